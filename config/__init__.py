@@ -1,0 +1,5 @@
+"""Settings of Outbox (the bottom layer: imports nothing of the project)."""
+
+from config.settings import Settings, SettingsError, SmtpTarget, load_settings, parse_smtp_url
+
+__all__ = ["Settings", "SettingsError", "SmtpTarget", "load_settings", "parse_smtp_url"]

@@ -1,0 +1,275 @@
+"""Outbox settings: one frozen, typed model, built once at start and passed down.
+
+Sources, highest first: ``OUTBOX_*`` environment variables, then the TOML file named by
+``OUTBOX_CONFIG`` (optional), then the defaults, which suit a development machine.
+A bad value raises :class:`SettingsError`, whose message names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import SettingsError as PydanticSettingsError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "OUTBOX_"
+
+#: Delay tiers for retries, in seconds (``outbox.retry.<seconds>`` queues).
+DEFAULT_RETRY_TIERS = (10, 60, 300, 1800, 7200)
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the setting (as its env variable)."""
+
+
+class SmtpTarget(BaseModel):
+    """The relay parsed from ``OUTBOX_SMTP_URL``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    username: str | None = None
+    password: SecretStr | None = None
+    use_tls: bool = False  # implicit TLS (smtps://)
+    start_tls: bool = False
+    verify_tls: bool = True
+    local_hostname: str | None = None
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """Parse ``smtp://user:pass@host:port?starttls=true`` or ``smtps://...``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"scheme must be smtp:// or smtps://, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("no host in SMTP URL")
+    query = {k: v[-1].lower() for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"starttls", "verify", "local_hostname"}
+    if unknown:
+        raise ValueError(f"unknown SMTP URL option(s): {', '.join(sorted(unknown))}")
+    implicit = parts.scheme == "smtps"
+    try:
+        port = parts.port or (465 if implicit else 25)
+    except ValueError as exc:
+        raise ValueError(f"bad port in SMTP URL: {exc}") from None
+    return SmtpTarget(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=SecretStr(unquote(parts.password)) if parts.password else None,
+        use_tls=implicit,
+        start_tls=_flag(query.get("starttls", "false"), "starttls"),
+        verify_tls=_flag(query.get("verify", "true"), "verify"),
+        local_hostname=query.get("local_hostname"),
+    )
+
+
+def _flag(value: str, name: str) -> bool:
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean")
+
+
+class Settings(BaseSettings):
+    """Every knob of Outbox. Frozen: build once with :func:`load_settings`, pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", case_sensitive=False
+    )
+
+    # --- connections -------------------------------------------------------------------
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    smtp_url: SecretStr = SecretStr("smtp://127.0.0.1:2525")
+    smtp_pool_size: int = Field(16, ge=1, le=512)
+    smtp_timeout: float = Field(30.0, gt=0)
+    smtp_max_messages_per_connection: int = Field(1000, ge=1)
+    smtp_idle_timeout: float = Field(60.0, gt=0)
+
+    # --- worker --------------------------------------------------------------------------
+    prefetch: int = Field(64, ge=1, le=10000)
+    concurrency: int = Field(64, ge=1, le=10000)
+    shutdown_grace: float = Field(20.0, ge=0)
+    idempotency_ttl: int = Field(3 * 86400, ge=3600, description="seconds a job id is remembered")
+    retry_tiers: Annotated[tuple[int, ...], NoDecode] = DEFAULT_RETRY_TIERS
+    retry_max_attempts: int = Field(12, ge=1)
+    retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
+    max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    message_id_domain: str = "outbox.localhost"
+    email_check_mx: bool = False
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+    # --- twilio ---------------------------------------------------------------------------
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_api_base: str = "https://api.twilio.com"
+
+    # --- webhooks / http --------------------------------------------------------------------
+    public_url: str = "http://127.0.0.1:8080"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    secret_key: SecretStr = SecretStr("dev-only-secret-change-me")
+    admin_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    bounces_port: int = Field(2626, ge=0, le=65535)
+
+    # --- development sinks -------------------------------------------------------------------
+    dev_mail_dir: Path = Path("var/mail")
+    dev_smtp_port: int = Field(2525, ge=0, le=65535)
+    dev_twilio_port: int = Field(8081, ge=0, le=65535)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # explicit overrides, then OUTBOX_* variables, then the TOML file, then defaults
+        path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: SecretStr) -> SecretStr:
+        parse_smtp_url(value.get_secret_value())
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("public_url", "twilio_api_base")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("retry_tiers")
+    @classmethod
+    def _check_tiers(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(t <= 0 for t in value) or list(value) != sorted(set(value)):
+            raise ValueError("must be positive seconds, strictly increasing")
+        return value
+
+    @field_validator("admin_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("retry_tiers", mode="before")
+    @classmethod
+    def _split_tiers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(int(t) for t in value.split(",") if t.strip())
+            except ValueError:
+                raise ValueError("must be comma-separated whole seconds, e.g. 10,60,300") from None
+        return value
+
+    @property
+    def smtp(self) -> SmtpTarget:
+        """The parsed SMTP relay."""
+        return parse_smtp_url(self.smtp_url.get_secret_value())
+
+    @property
+    def twilio_configured(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from ``os.environ`` and the optional TOML file ``OUTBOX_CONFIG``.
+
+    Keyword ``overrides`` win over both (the CLI and tests use them).
+    """
+    _read_toml(os.environ.get(f"{ENV_PREFIX}CONFIG"))  # fail early, with the file named
+    unknown_env = _unknown_env(dict(os.environ))
+    if unknown_env:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown_env)}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    except PydanticSettingsError as exc:  # a value the source itself could not decode
+        raise SettingsError(f"invalid settings: {exc}") from None
+
+
+def _read_toml(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(f"OUTBOX_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"OUTBOX_CONFIG: {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise SettingsError(f"OUTBOX_CONFIG: unknown setting(s) in {path}: {', '.join(unknown)}")
+    return data
+
+
+def _unknown_env(env: dict[str, str]) -> list[str]:
+    known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
+    known.add(f"{ENV_PREFIX}CONFIG")
+    allowed_other = {f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_"}  # harness variables
+    return sorted(
+        k
+        for k in env
+        if k.upper().startswith(ENV_PREFIX)
+        and k.upper() not in known
+        and not any(k.upper().startswith(p) for p in allowed_other)
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        label = f"{ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
+        lines.append(f"{label}: {err['msg']}")
+    return "invalid settings: " + "; ".join(lines)

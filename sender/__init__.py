@@ -1,0 +1,1 @@
+"""The worker: message bus, job models, pipeline, channels."""

@@ -1,0 +1,227 @@
+"""Job (CRM → Outbox) and status event (Outbox → CRM) formats, schema version 1.
+
+A job that does not validate raises :class:`InvalidJob` whose message says why; the worker
+dead-letters it with that reason and, if an ``id`` could be read, publishes ``rejected``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+#: Ids are used in Message-IDs, Redis keys and URLs: keep them to a safe alphabet.
+SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+_NO_CRLF = r"^[^\r\n\x00]*$"
+
+JobId = Annotated[str, StringConstraints(pattern=SAFE_ID)]
+AccountId = Annotated[str, StringConstraints(pattern=SAFE_ID)]
+HeaderText = Annotated[str, StringConstraints(pattern=_NO_CRLF, max_length=998)]
+Category = Literal["marketing", "transactional", "notification"]
+
+STATUSES = (
+    "sent",
+    "deferred",
+    "delivered",
+    "bounced",
+    "soft_bounced",
+    "complained",
+    "unsubscribed",
+    "failed",
+    "suppressed",
+    "no_consent",
+    "blocked",
+    "expired",
+    "rejected",
+)
+Status = Literal[
+    "sent",
+    "deferred",
+    "delivered",
+    "bounced",
+    "soft_bounced",
+    "complained",
+    "unsubscribed",
+    "failed",
+    "suppressed",
+    "no_consent",
+    "blocked",
+    "expired",
+    "rejected",
+]
+
+
+class InvalidJob(ValueError):
+    """The job cannot be processed; ``reason`` is for people, ``job_id`` when one was readable."""
+
+    def __init__(self, reason: str, job_id: str | None = None, account_id: str | None = None,
+                 channel: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.job_id = job_id
+        self.account_id = account_id
+        self.channel = channel
+
+
+class _JobBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    v: Literal[1]
+    id: JobId
+    account_id: AccountId
+    category: Category
+    topic: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    not_after: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _topic_for_notifications(self) -> _JobBase:
+        if self.category == "notification" and not self.topic:
+            raise ValueError("a notification job needs a topic (task, meeting, call, ...)")
+        return self
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Past ``not_after``: not to be sent."""
+        return self.not_after is not None and (now or datetime.now(UTC)) > self.not_after
+
+
+class EmailJob(_JobBase):
+    """An email job: ``to`` is one address; ``text`` and/or ``html``."""
+
+    channel: Literal["email"]
+    to: Annotated[str, StringConstraints(pattern=_NO_CRLF, min_length=3, max_length=320)]
+    from_: HeaderText = Field(alias="from", min_length=3)
+    reply_to: HeaderText | None = None
+    subject: HeaderText
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, HeaderText] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_body(self) -> EmailJob:
+        if not self.text and not self.html:
+            raise ValueError("an email job needs text or html")
+        return self
+
+
+class SmsJob(_JobBase):
+    """An SMS job: ``to`` in E.164, ``body`` the text, ``from`` optional."""
+
+    channel: Literal["sms"]
+    to: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()\-]{3,32}$")]
+    from_: Annotated[str, StringConstraints(max_length=64)] | None = Field(None, alias="from")
+    body: Annotated[str, StringConstraints(min_length=1, max_length=1600)]
+
+
+Job = Annotated[EmailJob | SmsJob, Field(discriminator="channel")]
+_JOB_ADAPTER: TypeAdapter[EmailJob | SmsJob] = TypeAdapter(Job)
+_CHANNELS = ("email", "sms")
+
+
+def parse_job(body: bytes, *, max_bytes: int) -> EmailJob | SmsJob:
+    """Decode and validate one job; raise :class:`InvalidJob` with a readable reason."""
+    if len(body) > max_bytes:
+        raise InvalidJob(f"job is {len(body)} bytes, over the limit of {max_bytes}",
+                         *_salvage_ids(body[:4096]))
+    try:
+        return _JOB_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise InvalidJob(_describe(exc), *_salvage_ids(body)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if p not in _CHANNELS) or "job"
+        if err["type"] == "json_invalid":
+            return f"not valid JSON: {err['msg']}"
+        if err["type"] == "union_tag_invalid":
+            return "channel must be 'email' or 'sms'"
+        if err["type"] == "union_tag_not_found":
+            return "missing field: channel"
+        if err["type"] == "model_attributes_type":
+            return "a job must be a JSON object"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _salvage_ids(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """Best effort: the id, account and channel of an invalid job, for its ``rejected`` event."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _regex_ids(body)
+    if not isinstance(data, dict):
+        return None, None, None
+    job_id, account_id, channel = (
+        v if isinstance(v, str) and re.match(SAFE_ID, v) else None
+        for v in (data.get("id"), data.get("account_id"), data.get("channel"))
+    )
+    return job_id, account_id, channel if channel in _CHANNELS else None
+
+
+_ID_RE = re.compile(rb'"(id|account_id|channel)"\s*:\s*"([A-Za-z0-9._:\-]{1,128})"')
+
+
+def _regex_ids(body: bytes) -> tuple[str | None, str | None, str | None]:
+    found = {m.group(1).decode(): m.group(2).decode() for m in _ID_RE.finditer(body)}
+    channel = found.get("channel")
+    return found.get("id"), found.get("account_id"), channel if channel in _CHANNELS else None
+
+
+def utcnow_iso() -> str:
+    """Now, as the events write it: RFC 3339 UTC with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def status_event(
+    *,
+    job_id: str,
+    account_id: str | None,
+    channel: str | None,
+    status: Status,
+    reason: str | None = None,
+    detail: str | None = None,
+    provider: str | None = None,
+    provider_message_id: str | None = None,
+    attempt: int = 1,
+    metadata: dict[str, Any] | None = None,
+    at: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One status event (DESIGN.md: "Status events"). Extra keys (e.g. ``segments``) are added."""
+    event = {
+        "v": SCHEMA_VERSION,
+        "id": job_id,
+        "account_id": account_id,
+        "channel": channel,
+        "status": status,
+        "reason": reason,
+        "detail": detail,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "attempt": attempt,
+        "at": at or utcnow_iso(),
+        "metadata": metadata or {},
+    }
+    event.update(extra)
+    return event
+
+
+def event_routing_key(event: dict[str, Any]) -> str:
+    """``<channel>.<status>`` on the ``outbox.status`` exchange."""
+    return f"{event['channel'] or 'unknown'}.{event['status']}"
