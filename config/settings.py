@@ -50,7 +50,7 @@ class SmtpTarget(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     use_tls: bool = False  # implicit TLS (smtps://)
-    start_tls: bool = False
+    start_tls: bool | None = None  # None: upgrade when the server offers it
     verify_tls: bool = True
     local_hostname: str | None = None
 
@@ -77,7 +77,7 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         username=unquote(parts.username) if parts.username else None,
         password=SecretStr(unquote(parts.password)) if parts.password else None,
         use_tls=implicit,
-        start_tls=_flag(query.get("starttls", "false"), "starttls"),
+        start_tls=_flag(query["starttls"], "starttls") if "starttls" in query else None,
         verify_tls=_flag(query.get("verify", "true"), "verify"),
         local_hostname=query.get("local_hostname"),
     )

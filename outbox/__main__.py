@@ -1,0 +1,5 @@
+"""``python -m outbox``."""
+
+from outbox.cli import main
+
+raise SystemExit(main())

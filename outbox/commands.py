@@ -1,0 +1,196 @@
+"""Subcommands of ``outbox`` (each a small function: parse, build settings, run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from outbox.cli import CliError, print_records, read_lines, run_async, run_once, settings
+
+log = logging.getLogger("outbox.cli")
+ENQUEUE_WINDOW = 256  # publishes awaiting their confirms at once
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add every subcommand to the parser."""
+    p = sub.add_parser("worker", help="consume jobs and send them")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("webhooks", help="the HTTP server: webhooks, admin API, metrics")
+    p.add_argument("--port", type=int, help="listen port (default OUTBOX_HTTP_PORT)")
+    p.set_defaults(func=cmd_webhooks)
+
+    p = sub.add_parser("run", help="worker and webhook server in one process")
+    p.add_argument("--dev", action="store_true",
+                   help="also run the local sinks (capturing SMTP server, Twilio stand-in)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("dev-sinks", help="a capturing SMTP server and a Twilio-compatible API")
+    p.set_defaults(func=cmd_dev_sinks)
+
+    p = sub.add_parser("enqueue", help="publish jobs from a JSON-lines file (or - for stdin)")
+    p.add_argument("source", metavar="FILE|-")
+    p.add_argument("--no-validate", action="store_true",
+                   help="publish lines as they are (the worker dead-letters invalid ones)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("classify", help="classify an SMTP reply (or - : one per line on stdin)")
+    p.add_argument("reply", metavar="REPLY|-")
+    p.set_defaults(func=cmd_classify)
+
+
+# --- long-running ---------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from sender.service import run_worker
+
+    cfg = settings()
+    return run_async(lambda stop: _with_metrics(cfg, lambda reg: run_worker(cfg, stop, reg)))
+
+
+async def _with_metrics(cfg: Any, run: Any) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr=cfg.http_host, registry=registry)
+    await run(registry)
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    cfg = settings(http_port=args.port)
+    return run_async(lambda stop: _serve_http(cfg, stop))
+
+
+async def _serve_http(cfg: Any, stop: asyncio.Event, registry: Any = None) -> None:
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from sender.bus import Bus
+    from sender.service import make_redis
+    from webhooks.app import make_app
+
+    redis = make_redis(cfg)
+    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    await bus.connect(declare=True)
+    app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, cfg.http_host, cfg.http_port).start()
+    log.info("http server on %s:%d", cfg.http_host, cfg.http_port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await bus.close()
+        await redis.aclose()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = settings()
+    return run_async(lambda stop: _run_all(cfg, stop, dev=args.dev))
+
+
+async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sender.service import run_worker
+
+    registry = CollectorRegistry()
+    sinks = await _start_sinks(cfg) if dev else []
+    try:
+        await asyncio.gather(run_worker(cfg, stop, registry), _serve_http(cfg, stop, registry))
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def cmd_dev_sinks(args: argparse.Namespace) -> int:
+    cfg = settings()
+
+    async def _run(stop: asyncio.Event) -> None:
+        sinks = await _start_sinks(cfg)
+        await stop.wait()
+        for sink in sinks:
+            sink.close()
+
+    return run_async(_run)
+
+
+async def _start_sinks(cfg: Any) -> list[Any]:
+    from outbox.devsinks.smtp_sink import start_smtp_sink
+
+    server, _ = await start_smtp_sink(cfg.dev_mail_dir, cfg.http_host, cfg.dev_smtp_port)
+    print(f"dev SMTP sink on {cfg.http_host}:{cfg.dev_smtp_port} -> {cfg.dev_mail_dir}/",
+          file=sys.stderr)
+    return [server]
+
+
+# --- one-shot ---------------------------------------------------------------------------
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    cfg = settings()
+    name, stream = read_lines(args.source)
+    summary = run_once(_enqueue(cfg, stream, name, validate=not args.no_validate))
+    print_records(summary, args.json,
+                  lambda s: f"published {s['published']}, invalid {s['invalid']}, "
+                            f"failed {s['failed']}")
+    return 0 if summary["invalid"] == 0 and summary["failed"] == 0 else 1
+
+
+async def _enqueue(cfg: Any, stream: Any, name: str, *, validate: bool) -> dict[str, int]:
+    from sender.bus import PublishFailed
+    from sender.client import Outbox
+    from sender.models import InvalidJob
+
+    counts = {"published": 0, "invalid": 0, "failed": 0}
+
+    async def one(lineno: int, line: bytes) -> None:
+        try:
+            await outbox.enqueue(line, validate=validate)
+            counts["published"] += 1
+        except InvalidJob as exc:
+            counts["invalid"] += 1
+            print(f"{name}:{lineno}: invalid job: {exc.reason}", file=sys.stderr)
+        except PublishFailed as exc:
+            counts["failed"] += 1
+            print(f"{name}:{lineno}: not published: {exc}", file=sys.stderr)
+
+    async with Outbox(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers,
+                      max_job_bytes=cfg.max_job_bytes) as outbox:
+        pending: set[asyncio.Task[None]] = set()
+        for lineno, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            pending.add(asyncio.create_task(one(lineno, line.rstrip(b"\r\n"))))
+            if len(pending) >= ENQUEUE_WINDOW:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if pending:
+            await asyncio.wait(pending)
+    return counts
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from suppression.classify import classify_reply
+
+    if args.reply != "-":
+        print(json.dumps({"reply": args.reply, **classify_reply(args.reply).as_dict()},
+                         ensure_ascii=False))
+        return 0
+    for raw in sys.stdin:
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        print(json.dumps({"reply": line, **classify_reply(line).as_dict()},
+                         ensure_ascii=False), flush=True)
+    return 0
+
+
+__all__ = ["CliError", "register"]

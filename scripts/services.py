@@ -1,0 +1,222 @@
+"""Start and stop the local RabbitMQ and Redis that development, tests and benchmarks use.
+
+Each service runs as its own process on loopback with its own ports and data directory under
+``var/`` (so the tests' services never touch the development ones), and is stopped by the PID
+we recorded, never by name. Standard library only: this runs before the virtualenv exists.
+
+    python3 scripts/services.py start dev      # RabbitMQ :5672 (+ management :15672), Redis :6379 (AOF)
+    python3 scripts/services.py start test     # RabbitMQ :5673 (+ :15673), Redis :6380
+    python3 scripts/services.py stop test
+    python3 scripts/services.py status dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Ports and directory of one set of services."""
+
+    name: str
+    amqp_port: int
+    management_port: int
+    redis_port: int
+    redis_aof: bool
+
+    @property
+    def dir(self) -> Path:
+        return ROOT / "var" / "services" / self.name
+
+    @property
+    def node(self) -> str:
+        return f"outbox-{self.name}@localhost"
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+PROFILES = {
+    "dev": Profile("dev", 5672, 15672, 6379, redis_aof=True),
+    "test": Profile("test", 5673, 15673, 6380, redis_aof=False),
+    "bench": Profile("bench", 5674, 15674, 6381, redis_aof=False),
+}
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def rabbit_env(p: Profile) -> dict[str, str]:
+    """Environment for a RabbitMQ node of its own: loopback only, data under var/."""
+    base = p.dir / "rabbitmq"
+    return {
+        **os.environ,
+        "HOME": os.environ.get("HOME", "/root"),
+        "RABBITMQ_NODENAME": p.node,
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(p.amqp_port),
+        "RABBITMQ_DIST_PORT": str(p.amqp_port + 20000),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+    }
+
+
+def start_rabbitmq(p: Profile) -> None:
+    """Start a detached RabbitMQ node and wait until it takes connections."""
+    if port_open(p.amqp_port):
+        print(f"rabbitmq: something already listens on :{p.amqp_port}; using it")
+        return
+    if not (RABBIT_BIN / "rabbitmq-server").exists():
+        sys.exit("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    base = p.dir / "rabbitmq"
+    (base / "log").mkdir(parents=True, exist_ok=True)
+    (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    (base / "rabbitmq-env.conf").write_text("")
+    (base / "advanced.config").write_text("[].\n")
+    (base / "rabbitmq.conf").write_text(
+        f"listeners.tcp.default = 127.0.0.1:{p.amqp_port}\n"
+        f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {p.management_port}\n"
+        "vm_memory_high_watermark.relative = 0.3\ndisk_free_limit.absolute = 200MB\n"
+    )
+    env = rabbit_env(p)
+    log = open(base / "log" / "startup.log", "ab")
+    subprocess.Popen(
+        [str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
+        env=env, stdout=log, stderr=log, start_new_session=True,
+    ).wait()
+    _ctl(p, "wait", "--timeout", "90", str(base / "rabbitmq.pid"))
+    _ctl(p, "await_startup", "--timeout", "60")
+    print(f"rabbitmq: node {p.node} up on 127.0.0.1:{p.amqp_port} (management :{p.management_port})")
+
+
+def stop_rabbitmq(p: Profile) -> None:
+    """Stop our node by its PID (``rabbitmqctl stop`` first, then the PID file)."""
+    pidfile = p.dir / "rabbitmq" / "rabbitmq.pid"
+    if not pidfile.exists():
+        return
+    pid = _read_pid(pidfile)
+    subprocess.run([str(RABBIT_BIN / "rabbitmqctl"), "stop", str(pidfile)],
+                   env=rabbit_env(p), capture_output=True, timeout=90)
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+    pidfile.unlink(missing_ok=True)
+    print(f"rabbitmq: node {p.node} stopped")
+
+
+def _ctl(p: Profile, *args: str) -> None:
+    result = subprocess.run([str(RABBIT_BIN / "rabbitmqctl"), *args], env=rabbit_env(p),
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        log = p.dir / "rabbitmq" / "log"
+        sys.exit(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}\n(see {log})")
+
+
+def start_redis(p: Profile) -> None:
+    """Start redis-server on loopback with its own directory (AOF for the dev profile)."""
+    if port_open(p.redis_port):
+        print(f"redis: something already listens on :{p.redis_port}; using it")
+        return
+    if not Path(REDIS_BIN).exists():
+        sys.exit("redis-server is not installed (apt-get install redis-server)")
+    base = p.dir / "redis"
+    base.mkdir(parents=True, exist_ok=True)
+    aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if p.redis_aof else \
+        ["--appendonly", "no", "--save", ""]
+    subprocess.run(
+        [REDIS_BIN, "--bind", "127.0.0.1", "--port", str(p.redis_port), "--dir", str(base),
+         "--daemonize", "yes", "--pidfile", str(base / "redis.pid"),
+         "--logfile", str(base / "redis.log"), "--databases", "64", *aof],
+        check=True,
+    )
+    _wait_port(p.redis_port, "redis")
+    print(f"redis: up on 127.0.0.1:{p.redis_port} (AOF {'on' if p.redis_aof else 'off'})")
+
+
+def stop_redis(p: Profile) -> None:
+    """Stop our redis-server by the PID it wrote."""
+    pidfile = p.dir / "redis" / "redis.pid"
+    pid = _read_pid(pidfile) if pidfile.exists() else None
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+        print("redis: stopped")
+    pidfile.unlink(missing_ok=True)
+
+
+def _wait_port(port: int, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open(port):
+        if time.monotonic() > deadline:
+            sys.exit(f"{what} did not open port {port} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop", "status", "env"])
+    parser.add_argument("profile", choices=sorted(PROFILES))
+    args = parser.parse_args(argv)
+    p = PROFILES[args.profile]
+    if args.action == "start":
+        start_redis(p)
+        start_rabbitmq(p)
+    elif args.action == "stop":
+        stop_rabbitmq(p)
+        stop_redis(p)
+    elif args.action == "env":
+        print(f"OUTBOX_AMQP_URL={p.amqp_url}\nOUTBOX_REDIS_URL={p.redis_url}")
+    else:
+        for name, port in (("rabbitmq", p.amqp_port), ("redis", p.redis_port)):
+            print(f"{name}: {'up' if port_open(port) else 'down'} on :{port}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The message bus: one robust AMQP connection, confirmed publishing, the topology.
+
+Every publish that matters waits for the broker's confirm and is ``mandatory``: an unroutable
+or refused message raises :class:`PublishFailed` to the caller, never a silent drop.
+
+Exceptions::
+
+    PublishFailed          the broker did not take the message (nack, unroutable, channel lost)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+from aio_pika.exceptions import AMQPError
+
+from sender import topology
+
+log = logging.getLogger("outbox.bus")
+
+ATTEMPT_HEADER = "x-outbox-attempt"
+FIRST_SEEN_HEADER = "x-outbox-first-seen"  # epoch seconds of the first enqueue
+REASON_HEADER = "x-outbox-reason"
+
+
+class PublishFailed(RuntimeError):
+    """The broker did not confirm the message; the caller still owns it."""
+
+
+class Bus:
+    """A robust connection with one confirmed publishing channel.
+
+    ``connect(fail_fast=True)`` fails loudly on a bad URL or refused login; afterwards the
+    connection reconnects forever and consumers are restored by aio-pika.
+    """
+
+    def __init__(self, url: str, *, retry_tiers: tuple[int, ...]) -> None:
+        self._url = url
+        self.retry_tiers = retry_tiers
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def connect(self, *, declare: bool = True) -> None:
+        """Open the connection and publishing channel; declare the topology."""
+        self.connection = await aio_pika.connect_robust(
+            self._url, fail_fast=True, client_properties={"connection_name": "outbox"}
+        )
+        self._channel = await self.connection.channel(publisher_confirms=True,
+                                                      on_return_raises=True)
+        if declare:
+            await topology.declare(self._channel, self.retry_tiers)
+        for name in (topology.JOBS_EXCHANGE, topology.STATUS_EXCHANGE,
+                     topology.DEAD_EXCHANGE, topology.RETRY_EXCHANGE):
+            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+        self._exchanges[""] = self._channel.default_exchange
+
+    async def channel(self, prefetch: int) -> AbstractChannel:
+        """A new channel for consuming, with its prefetch."""
+        assert self.connection is not None, "connect() first"
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+        content_type: str = "application/json",
+        expiration: float | None = None,
+    ) -> None:
+        """Publish one persistent message and wait for the broker's confirm."""
+        message = aio_pika.Message(
+            body,
+            headers=headers or {},
+            expiration=expiration,
+            content_type=content_type,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            timestamp=time.time(),
+        )
+        try:
+            await self._exchanges[exchange].publish(message, routing_key, mandatory=True)
+        except (AMQPError, ConnectionError, asyncio.TimeoutError, RuntimeError) as exc:
+            raise PublishFailed(
+                f"{exchange or '(default)'} {routing_key}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def publish_job(self, job: dict[str, Any] | bytes, channel: str | None = None,
+                          *, message_id: str | None = None) -> None:
+        """Publish a job to ``outbox.jobs`` (routing key = its channel)."""
+        body = job if isinstance(job, bytes) else json.dumps(job, ensure_ascii=False).encode()
+        if channel is None:
+            channel = job["channel"] if isinstance(job, dict) else json.loads(body)["channel"]
+        headers = {FIRST_SEEN_HEADER: int(time.time())}
+        await self.publish(topology.JOBS_EXCHANGE, channel, body, headers=headers,
+                           message_id=message_id)
+
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        """Publish one status event on ``outbox.status`` as ``<channel>.<status>``."""
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        key = f"{event.get('channel') or 'unknown'}.{event['status']}"
+        await self.publish(topology.STATUS_EXCHANGE, key, body, message_id=event.get("id"))
+
+    async def publish_dead(self, body: bytes, reason: str, routing_key: str,
+                           headers: dict[str, Any] | None = None) -> None:
+        """Put a message on ``outbox.dead`` with the reason it could not be processed."""
+        await self.publish(topology.DEAD_EXCHANGE, routing_key, body,
+                           headers={**(headers or {}), REASON_HEADER: reason[:1000]})
+
+    async def publish_retry(self, body: bytes, routing_key: str, tier: int,
+                            headers: dict[str, Any], *, expiration: float | None = None) -> None:
+        """Park a job in the delay queue of ``tier`` seconds; it returns to outbox.jobs."""
+        await self.publish(topology.RETRY_EXCHANGE, routing_key, body,
+                           headers={**headers, topology.TIER_HEADER: str(tier)},
+                           expiration=expiration)
+
+    async def publish_to_queue(self, queue: str, body: bytes,
+                               headers: dict[str, Any] | None = None) -> None:
+        """Publish straight to a queue through the default exchange (``outbox.events``)."""
+        await self.publish("", queue, body, headers=headers)
+
+    async def close(self) -> None:
+        """Close the connection (unsettled deliveries return to their queues)."""
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None

@@ -1,0 +1,46 @@
+"""The one small interface every delivery channel implements.
+
+Exceptions::
+
+    SendFailure            the provider did not take the message; ``outcome`` says how
+                           (kind hard/soft/block/complaint/transient, reason) and whether
+                           a retry may help (``outcome.retryable``)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from suppression.classify import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The provider accepted the message."""
+
+    provider: str
+    provider_message_id: str | None = None
+    detail: str | None = None
+    extra: dict[str, Any] | None = None  # added to the status event (e.g. SMS segments)
+
+
+class SendFailure(Exception):
+    """The provider refused or could not be reached; ``outcome`` classifies it."""
+
+    def __init__(self, outcome: Outcome, detail: str, provider: str) -> None:
+        super().__init__(f"{provider}: {outcome.kind}/{outcome.reason}: {detail}")
+        self.outcome = outcome
+        self.detail = detail
+        self.provider = provider
+
+
+class Channel(Protocol):
+    """Send one job; ``close`` releases connections."""
+
+    name: str
+    provider: str
+
+    async def send(self, job: Any) -> SendResult: ...
+
+    async def close(self) -> None: ...

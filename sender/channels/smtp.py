@@ -1,0 +1,168 @@
+"""Email over SMTP: a pool of persistent aiosmtplib connections to one relay.
+
+Connection problems (refused, dropped, timed out) are told apart from SMTP replies: the first
+become a ``transient/networkerror`` failure and the connection is thrown away; the second are
+classified from their code, enhanced status code and text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiosmtplib
+from aiosmtplib.errors import (
+    SMTPException,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+)
+
+from config import SmtpTarget
+from sender.channels.base import SendFailure, SendResult
+from sender.mime import render_email
+from sender.models import EmailJob
+from suppression.classify import Outcome, classify_smtp
+
+log = logging.getLogger("outbox.smtp")
+
+# The relay's id for the message: Postfix "queued as ABC", SES "Ok 0100018...".
+_QUEUE_ID = re.compile(r"queued as\s+<?([\w.@\-]+)|^(?:\d\.\d\.\d\s+)?Ok\s+<?([\w.@\-]+)",
+                       re.IGNORECASE)
+NETWORK_ERROR = Outcome("transient", "networkerror")
+
+
+@dataclass(slots=True)
+class _Conn:
+    smtp: aiosmtplib.SMTP
+    sent: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class SmtpPool:
+    """Up to ``size`` persistent connections; each carries at most ``max_messages`` messages
+    and is dropped after ``idle_timeout`` seconds unused."""
+
+    def __init__(self, target: SmtpTarget, *, size: int, timeout: float, max_messages: int,
+                 idle_timeout: float,
+                 factory: Callable[..., aiosmtplib.SMTP] = aiosmtplib.SMTP) -> None:
+        self._target = target
+        self._timeout = timeout
+        self._max_messages = max_messages
+        self._idle_timeout = idle_timeout
+        self._factory = factory
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[_Conn] = []
+        self.opened = 0  # connections opened so far (tests and metrics)
+
+    async def send(self, envelope_from: str, recipients: list[str], data: bytes,
+                   *, smtputf8: bool = False) -> str:
+        """Send one message; return the relay's reply text. Raises SMTPException/OSError."""
+        async with self._slots:
+            conn = await self._checkout()
+            try:
+                options = ["SMTPUTF8"] if smtputf8 else []
+                _, reply = await conn.smtp.sendmail(envelope_from, recipients, data,
+                                                    mail_options=options)
+            except SMTPResponseException:
+                self._checkin(conn)  # aiosmtplib sent RSET: the connection is still good
+                raise
+            except SMTPRecipientsRefused:
+                self._checkin(conn)
+                raise
+            except BaseException:
+                self._discard(conn)
+                raise
+            conn.sent += 1
+            self._checkin(conn)
+            return reply
+
+    async def _checkout(self) -> _Conn:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.smtp.is_connected and now - conn.last_used < self._idle_timeout:
+                return conn
+            self._discard(conn)
+        return await self._open()
+
+    async def _open(self) -> _Conn:
+        t = self._target
+        tls_context = None
+        if (t.use_tls or t.start_tls is not False) and not t.verify_tls:
+            tls_context = ssl.create_default_context()
+            tls_context.check_hostname = False
+            tls_context.verify_mode = ssl.CERT_NONE
+        smtp = self._factory(
+            hostname=t.host, port=t.port, use_tls=t.use_tls,
+            start_tls=False if t.use_tls else t.start_tls,
+            validate_certs=t.verify_tls, tls_context=tls_context,
+            username=t.username, password=t.password.get_secret_value() if t.password else None,
+            timeout=self._timeout, local_hostname=t.local_hostname,
+        )
+        await smtp.connect()
+        self.opened += 1
+        return _Conn(smtp)
+
+    def _checkin(self, conn: _Conn) -> None:
+        if conn.sent >= self._max_messages or not conn.smtp.is_connected:
+            self._discard(conn)
+            return
+        conn.last_used = time.monotonic()
+        self._idle.append(conn)
+
+    def _discard(self, conn: _Conn) -> None:
+        if conn.smtp.is_connected:
+            asyncio.get_running_loop().create_task(_quit(conn.smtp))
+
+    async def close(self) -> None:
+        """QUIT every idle connection."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_quit(c.smtp) for c in idle))
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        await asyncio.wait_for(smtp.quit(), 5)
+    except (SMTPException, OSError, asyncio.TimeoutError):
+        smtp.close()
+
+
+class SmtpChannel:
+    """The email channel: render the job, hand it to the relay, classify what came back."""
+
+    name = "email"
+    provider = "smtp"
+
+    def __init__(self, pool: SmtpPool, *, message_id_domain: str) -> None:
+        self._pool = pool
+        self._message_id_domain = message_id_domain
+
+    async def send(self, job: EmailJob) -> SendResult:
+        """Send one email job. Raises SendFailure; MimeError for content that cannot be sent."""
+        msg = render_email(job, message_id_domain=self._message_id_domain)
+        try:
+            reply = await self._pool.send(msg.envelope_from, list(msg.recipients), msg.data,
+                                          smtputf8=msg.smtputf8)
+        except SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            raise self._failure(refused.code, refused.message) from None
+        except SMTPResponseException as exc:
+            raise self._failure(exc.code, exc.message) from None
+        except (SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", self.provider) \
+                from None
+        match = _QUEUE_ID.search(reply)
+        queue_id = (match.group(1) or match.group(2)) if match else None
+        return SendResult(self.provider, queue_id, reply[:200])
+
+    def _failure(self, code: int, text: str) -> SendFailure:
+        outcome = classify_smtp(code, text)
+        return SendFailure(outcome, f"{code} {text}"[:500], self.provider)
+
+    async def close(self) -> None:
+        await self._pool.close()

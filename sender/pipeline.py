@@ -1,0 +1,226 @@
+"""The pipeline of one job, and the single place where its message is settled.
+
+decode and validate → pre-send gate (claim, expiry; one Redis round trip) → send →
+classify → post-send record (one round trip) → status event (confirmed) → ack.
+
+Every delivery leaves on exactly one path:
+
+* ``ack``                       done: sent, refused for good, duplicate, expired;
+* dead-letter + ``ack``         the job is invalid (``outbox.dead`` with the reason);
+* retry-publish + ``ack``       a temporary failure: parked in a delay tier;
+* no settlement                 shutdown or a broker outage: RabbitMQ redelivers it.
+
+Redis unreachable means no send: the job is held (not acked) and the Redis call retried with
+backoff until Redis answers or the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aio_pika.abc import AbstractIncomingMessage
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sender.bus import ATTEMPT_HEADER, FIRST_SEEN_HEADER, Bus
+from sender.channels.base import Channel, SendFailure, SendResult
+from sender.metrics import Metrics
+from sender.mime import MimeError
+from sender.models import EmailJob, InvalidJob, SmsJob, parse_job, status_event
+from suppression.gate import Decision, Gate
+
+log = logging.getLogger("outbox.pipeline")
+T = TypeVar("T")
+Job = EmailJob | SmsJob
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_FINAL_FOR_KIND = {"hard": "bounced", "complaint": "complained"}
+
+
+class Stopping(Exception):
+    """The worker is stopping: leave the message unsettled so RabbitMQ redelivers it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Delay tiers, bounded by attempts and by the job's age."""
+
+    tiers: tuple[int, ...]
+    max_attempts: int
+    max_age: int
+
+    def delay(self, attempt: int, first_seen: float, now: float) -> int | None:
+        """The tier for the next try after ``attempt`` failed, or None to give up."""
+        if attempt >= self.max_attempts:
+            return None
+        tier = self.tiers[min(attempt - 1, len(self.tiers) - 1)]
+        if now + tier - first_seen > self.max_age:
+            return None
+        return tier
+
+
+class Pipeline:
+    """Processes deliveries from the job queues; stateless across jobs."""
+
+    def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
+                 metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
+                 owner: str, stopping: Callable[[], bool]) -> None:
+        self._bus = bus
+        self._gate = gate
+        self._channels = channels
+        self._metrics = metrics
+        self._retry = retry
+        self._max_job_bytes = max_job_bytes
+        self._owner = owner
+        self._stopping = stopping
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Process one delivery and settle it (or leave it for redelivery on shutdown)."""
+        try:
+            job = parse_job(message.body, max_bytes=self._max_job_bytes)
+        except InvalidJob as exc:
+            await self._reject_invalid(message, exc)
+            return
+        attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
+        decision = await self._redis(lambda: self._gate.pre_send(
+            job.account_id, job.id, owner=self._owner, redelivered=bool(message.redelivered),
+            expired=job.expired(), attempt=attempt))
+        if decision.verdict == "send":
+            await self._send(message, job, attempt)
+        else:
+            await asyncio.shield(self._not_sent(message, job, decision))
+
+    async def _not_sent(self, message: AbstractIncomingMessage, job: Job,
+                        decision: Decision) -> None:
+        if decision.verdict == "expired":
+            await self._finish(message, job, "expired", decision.attempt, reason="expired",
+                               detail="past not_after")
+            return
+        self._metrics.duplicates.labels(job.channel, decision.verdict).inc()
+        if decision.verdict == "done":
+            # Its event may not have gone out before the crash that caused this redelivery.
+            await self._bus.publish_event(status_event(
+                job_id=job.id, account_id=job.account_id, channel=job.channel,
+                status=decision.status, provider=decision.provider,  # type: ignore[arg-type]
+                provider_message_id=decision.provider_message_id,
+                attempt=decision.attempt, metadata=job.metadata, detail="redelivered"))
+        await message.ack()
+
+    async def _send(self, message: AbstractIncomingMessage, job: Job, attempt: int) -> None:
+        channel = self._channels[job.channel]
+        inflight = self._metrics.inflight.labels(job.channel)
+        inflight.inc()
+        started = time.perf_counter()
+        try:
+            result = await channel.send(job)
+        except SendFailure as failure:
+            self._metrics.provider_replies.labels(failure.provider, failure.outcome.kind).inc()
+            await asyncio.shield(self._failed(message, job, attempt, failure))
+            return
+        except (MimeError, InvalidJob) as exc:
+            await asyncio.shield(self._finish(message, job, "rejected", attempt,
+                                              reason="invalid", detail=str(exc)))
+            return
+        finally:
+            inflight.dec()
+        self._metrics.send_seconds.labels(job.channel, result.provider).observe(
+            time.perf_counter() - started)
+        await asyncio.shield(self._sent(message, job, attempt, result))
+
+    async def _sent(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                    result: SendResult) -> None:
+        await self._finish(message, job, "sent", attempt, provider=result.provider,
+                           provider_message_id=result.provider_message_id,
+                           detail=result.detail, extra=result.extra)
+
+    async def _failed(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                      failure: SendFailure) -> None:
+        outcome = failure.outcome
+        final = _FINAL_FOR_KIND.get(outcome.kind or "")
+        if final is None:
+            first_seen = _int(message.headers.get(FIRST_SEEN_HEADER), 0) or time.time()
+            tier = self._retry.delay(attempt, first_seen, time.time())
+            if tier is not None:
+                await self._defer(message, job, attempt, failure, tier)
+                return
+            final = "failed"
+        await self._finish(message, job, final, attempt, reason=outcome.reason,
+                           detail=failure.detail, provider=failure.provider)
+
+    async def _defer(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                     failure: SendFailure, tier: int) -> None:
+        await self._redis(lambda: self._gate.post_send(
+            job.account_id, job.id, status="R", attempt=attempt, provider=failure.provider))
+        headers = dict(message.headers)
+        headers[ATTEMPT_HEADER] = attempt + 1
+        headers.setdefault(FIRST_SEEN_HEADER, int(time.time()))
+        # Jitter inside the tier: per-message TTL between 80 % and 100 % of the queue's TTL.
+        expiration = tier * random.uniform(0.8, 1.0)
+        await self._bus.publish_retry(message.body, job.channel, tier, headers,
+                                      expiration=expiration)
+        self._metrics.retries.labels(job.channel, str(tier)).inc()
+        await self._event_and_ack(message, job, "deferred", attempt,
+                                  reason=failure.outcome.reason, detail=failure.detail,
+                                  provider=failure.provider)
+
+    async def _finish(self, message: AbstractIncomingMessage, job: Job, status: str,
+                      attempt: int, *, provider: str | None = None,
+                      provider_message_id: str | None = None, **event: Any) -> None:
+        """Record a final status, publish its event, ack."""
+        await self._redis(lambda: self._gate.post_send(
+            job.account_id, job.id, status=status, attempt=attempt, provider=provider,
+            provider_message_id=provider_message_id))
+        await self._event_and_ack(message, job, status, attempt, provider=provider,
+                                  provider_message_id=provider_message_id, **event)
+
+    async def _event_and_ack(self, message: AbstractIncomingMessage, job: Job, status: str,
+                             attempt: int, extra: dict[str, Any] | None = None,
+                             **fields: Any) -> None:
+        await self._bus.publish_event(status_event(
+            job_id=job.id, account_id=job.account_id, channel=job.channel,
+            status=status, attempt=attempt, metadata=job.metadata,  # type: ignore[arg-type]
+            **fields, **(extra or {})))
+        self._metrics.jobs.labels(job.channel, status).inc()
+        await message.ack()
+
+    async def _reject_invalid(self, message: AbstractIncomingMessage, exc: InvalidJob) -> None:
+        """Dead-letter an invalid job with its reason; a ``rejected`` event if it had an id."""
+        channel = exc.channel or message.routing_key or "unknown"
+        await self._bus.publish_dead(message.body, exc.reason, channel,
+                                     headers=dict(message.headers))
+        if exc.job_id:
+            await self._bus.publish_event(status_event(
+                job_id=exc.job_id, account_id=exc.account_id, channel=channel,
+                status="rejected", reason="invalid", detail=exc.reason))
+        self._metrics.jobs.labels(channel, "rejected").inc()
+        log.warning("job rejected", extra={"job_id": exc.job_id, "reason": exc.reason})
+        await message.ack()
+
+    async def _redis(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis call; while Redis is unreachable, hold the job and retry with backoff."""
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await call()
+            except _REDIS_ERRORS as exc:
+                if self._stopping():
+                    raise Stopping from exc
+                log.warning("redis unavailable, holding job: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._metrics.redis_seconds.observe(time.perf_counter() - started)
+            return result
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

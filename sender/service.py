@@ -1,0 +1,47 @@
+"""Start-up and shutdown of one worker process: connections in, worker run, connections out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from config import Settings
+from sender.bus import Bus
+from sender.worker import Worker, build_channels
+
+log = logging.getLogger("outbox.service")
+
+
+def make_redis(settings: Settings) -> Redis:
+    """The Redis pool (hiredis parser when installed); timeouts so an outage is noticed."""
+    return Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5,
+                          socket_connect_timeout=5, health_check_interval=15,
+                          max_connections=max(64, settings.concurrency * 2))
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event,
+                     registry: CollectorRegistry | None = None) -> None:
+    """Run a worker until ``stop`` is set, then drain and close everything."""
+    registry = registry or CollectorRegistry()
+    redis = make_redis(settings)
+    await redis.ping()  # fail fast on a bad URL
+    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
+    await bus.connect(declare=True)
+    channels = build_channels(settings)
+    worker = Worker(settings, bus=bus, redis=redis, channels=channels, registry=registry)
+    try:
+        await worker.start()
+        log.info("worker %s started (%s)", worker.worker_id, ", ".join(channels))
+        await stop.wait()
+        log.info("stopping: %d jobs in flight", worker.inflight)
+        await worker.stop()
+    finally:
+        await worker.close()
+        for channel in channels.values():
+            await channel.close()
+        await bus.close()
+        await redis.aclose()
+        log.info("worker stopped")

@@ -1,0 +1,124 @@
+"""RabbitMQ topology of Outbox, as data: declared idempotently at start and exported as
+``deploy/rabbitmq/definitions.json`` from the same description.
+
+::
+
+    CRM ──► outbox.jobs (direct) ──email──► outbox.email (quorum) ─┐
+                    ▲            └──sms────► outbox.sms   (quorum) ─┤ worker
+                    │ dead-letter after TTL                         │
+    outbox.retry (headers, x-outbox-tier) ──► outbox.retry.<s> ◄────┤ deferred jobs
+    outbox.dead (fanout) ──► outbox.dead (quorum)  ◄────────────────┤ invalid jobs, poison
+    outbox.status (topic) ──#──► outbox.status (quorum, for the CRM) ◄┘ status events
+    (default exchange) ──► outbox.events (quorum) ◄── webhooks server; applied by the worker
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, ExchangeType
+
+JOBS_EXCHANGE = "outbox.jobs"
+STATUS_EXCHANGE = "outbox.status"
+DEAD_EXCHANGE = "outbox.dead"
+RETRY_EXCHANGE = "outbox.retry"
+EMAIL_QUEUE = "outbox.email"
+SMS_QUEUE = "outbox.sms"
+DEAD_QUEUE = "outbox.dead"
+EVENTS_QUEUE = "outbox.events"
+STATUS_QUEUE = "outbox.status"
+JOB_QUEUES = {"email": EMAIL_QUEUE, "sms": SMS_QUEUE}
+TIER_HEADER = "x-outbox-tier"
+
+#: A message that crashes the worker this many times goes to outbox.dead (quorum queues count).
+DELIVERY_LIMIT = 20
+
+
+def retry_queue(seconds: int) -> str:
+    """Name of the delay queue for one tier."""
+    return f"outbox.retry.{seconds}"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Queue:
+    name: str
+    arguments: dict[str, Any]
+    bindings: tuple[tuple[str, str, dict[str, Any]], ...] = field(default=())  # (exchange, key, args)
+
+
+def _quorum(**extra: Any) -> dict[str, Any]:
+    return {"x-queue-type": "quorum", **extra}
+
+
+def describe(retry_tiers: tuple[int, ...]) -> tuple[list[Exchange], list[Queue]]:
+    """The whole topology for the given retry tiers."""
+    exchanges = [
+        Exchange(JOBS_EXCHANGE, "direct"),
+        Exchange(STATUS_EXCHANGE, "topic"),
+        Exchange(DEAD_EXCHANGE, "fanout"),
+        Exchange(RETRY_EXCHANGE, "headers"),
+    ]
+    job_args = _quorum(**{
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": DELIVERY_LIMIT,
+    })
+    queues = [
+        Queue(EMAIL_QUEUE, job_args, ((JOBS_EXCHANGE, "email", {}),)),
+        Queue(SMS_QUEUE, job_args, ((JOBS_EXCHANGE, "sms", {}),)),
+        Queue(DEAD_QUEUE, _quorum(), ((DEAD_EXCHANGE, "", {}),)),
+        Queue(EVENTS_QUEUE, _quorum(**{"x-delivery-limit": DELIVERY_LIMIT,
+                                       "x-dead-letter-exchange": DEAD_EXCHANGE})),
+        Queue(STATUS_QUEUE, _quorum(), ((STATUS_EXCHANGE, "#", {}),)),
+    ]
+    for seconds in retry_tiers:
+        # Classic queues: one TTL per queue, so messages expire in order from the head,
+        # then dead-letter back to outbox.jobs with their original routing key.
+        args = {"x-message-ttl": seconds * 1000, "x-dead-letter-exchange": JOBS_EXCHANGE}
+        match = {"x-match": "all", TIER_HEADER: str(seconds)}
+        queues.append(Queue(retry_queue(seconds), args, ((RETRY_EXCHANGE, "", match),)))
+    return exchanges, queues
+
+
+async def declare(channel: AbstractChannel, retry_tiers: tuple[int, ...]) -> None:
+    """Declare every exchange, queue and binding (idempotent)."""
+    exchanges, queues = describe(retry_tiers)
+    for ex in exchanges:
+        await channel.declare_exchange(ex.name, ExchangeType(ex.type), durable=True)
+    for q in queues:
+        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+        for exchange, key, args in q.bindings:
+            await queue.bind(exchange, routing_key=key, arguments=args or None)
+
+
+def definitions(retry_tiers: tuple[int, ...], vhost: str = "/") -> dict[str, Any]:
+    """The topology in RabbitMQ's definitions format (``rabbitmqctl import_definitions``)."""
+    exchanges, queues = describe(retry_tiers)
+    return {
+        "exchanges": [
+            {"name": e.name, "vhost": vhost, "type": e.type, "durable": True,
+             "auto_delete": False, "internal": False, "arguments": {}}
+            for e in exchanges
+        ],
+        "queues": [
+            {"name": q.name, "vhost": vhost, "durable": True, "auto_delete": False,
+             "arguments": q.arguments}
+            for q in queues
+        ],
+        "bindings": [
+            {"source": ex, "vhost": vhost, "destination": q.name, "destination_type": "queue",
+             "routing_key": key, "arguments": args}
+            for q in queues
+            for ex, key, args in q.bindings
+        ],
+    }
+
+

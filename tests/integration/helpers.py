@@ -1,0 +1,107 @@
+"""Helpers for integration tests: jobs, an in-process worker, reading queues."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+from prometheus_client import CollectorRegistry
+
+from config import Settings
+from sender.bus import Bus
+from sender.service import make_redis
+from sender.worker import Worker, build_channels
+
+_seq = itertools.count()
+
+
+def email_job(**fields: Any) -> dict[str, Any]:
+    """A valid transactional email job; fields override."""
+    n = next(_seq)
+    job = {
+        "v": 1, "id": f"job-{uuid.uuid4().hex[:10]}-{n}", "account_id": "acct_1",
+        "channel": "email", "category": "transactional", "topic": None,
+        "to": f"user{n}@example.com", "from": "Acme <sales@acme.example>",
+        "reply_to": None, "subject": f"Receipt {n}", "text": f"Thank you {n}",
+        "html": f"<p>Thank you {n}</p>", "headers": {}, "metadata": {"n": n},
+        "not_after": None,
+    }
+    job.update(fields)
+    return job
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """A started worker in this loop; stopped and closed on exit."""
+    redis = make_redis(settings)
+    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
+    await bus.connect()
+    channels = build_channels(settings)
+    worker = Worker(settings, bus=bus, redis=redis, channels=channels,
+                    registry=CollectorRegistry())
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+        await worker.close()
+        for channel in channels.values():
+            await channel.close()
+        await bus.close()
+        await redis.aclose()
+
+
+async def publish(amqp_url: str, jobs: list[dict[str, Any] | bytes],
+                  routing_key: str | None = None) -> None:
+    """Publish raw jobs to outbox.jobs (declaring the topology), unvalidated."""
+    bus = Bus(amqp_url, retry_tiers=(1, 2))
+    await bus.connect()
+    try:
+        for job in jobs:
+            body = job if isinstance(job, bytes) else json.dumps(job).encode()
+            key = routing_key or (job.get("channel", "email") if isinstance(job, dict)
+                                  else "email")
+            await bus.publish("outbox.jobs", key, body)
+    finally:
+        await bus.close()
+
+
+async def collect(amqp_url: str, queue: str, until: Callable[[list[Any]], bool],
+                  timeout: float = 30.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Consume ``queue`` (acking) until ``until(messages)`` or ``timeout``; return them."""
+    connection = await aio_pika.connect(amqp_url)
+    got: list[Any] = []
+    try:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue, ensure=True)
+        deadline = time.monotonic() + timeout
+        while not until(got) and time.monotonic() < deadline:
+            message = await q.get(fail=False, no_ack=True)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            got.append(message)
+    finally:
+        await connection.close()
+    return got
+
+
+def events(messages: list[Any]) -> list[dict[str, Any]]:
+    """Decode status events."""
+    return [json.loads(m.body) for m in messages]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll until ``predicate()``; fail the test with a timeout otherwise."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
