@@ -1,0 +1,73 @@
+"""Settings: env over TOML over defaults; a bad value names the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import SettingsError, load_settings, parse_smtp_url
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("OUTBOX_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_suit_a_development_machine():
+    s = load_settings()
+    assert s.amqp_url.get_secret_value() == "amqp://guest:guest@127.0.0.1:5672/"
+    assert s.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
+    assert s.bounces_port == 2626 and s.metrics_port == 0
+
+
+def test_env_beats_toml_beats_default(monkeypatch, tmp_path):
+    cfg = tmp_path / "outbox.toml"
+    cfg.write_text('prefetch = 7\nconcurrency = 9\nmessage_id_domain = "mail.acme.example"\n')
+    monkeypatch.setenv("OUTBOX_CONFIG", str(cfg))
+    monkeypatch.setenv("OUTBOX_PREFETCH", "11")
+    s = load_settings()
+    assert (s.prefetch, s.concurrency, s.message_id_domain) == (11, 9, "mail.acme.example")
+
+
+def test_settings_are_frozen():
+    s = load_settings()
+    with pytest.raises(Exception):
+        s.prefetch = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("OUTBOX_PREFETCH", "lots", "OUTBOX_PREFETCH"),
+    ("OUTBOX_PREFETCH", "0", "OUTBOX_PREFETCH"),
+    ("OUTBOX_SMTP_URL", "http://relay", "OUTBOX_SMTP_URL"),
+    ("OUTBOX_SMTP_URL", "smtp://relay?starttls=maybe", "OUTBOX_SMTP_URL"),
+    ("OUTBOX_AMQP_URL", "redis://x", "OUTBOX_AMQP_URL"),
+    ("OUTBOX_EMAIL_CHECK_MX", "perhaps", "OUTBOX_EMAIL_CHECK_MX"),
+    ("OUTBOX_RETRY_TIERS", "60,10", "OUTBOX_RETRY_TIERS"),
+    ("OUTBOX_PUBLIC_URL", "ftp://x", "OUTBOX_PUBLIC_URL"),
+    ("OUTBOX_SMTP_POOL_SIZE", "-1", "OUTBOX_SMTP_POOL_SIZE"),
+    ("OUTBOX_NO_SUCH_THING", "1", "OUTBOX_NO_SUCH_THING"),
+])
+def test_a_bad_value_stops_start_up_naming_the_setting(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=message):
+        load_settings()
+
+
+def test_a_bad_toml_file_is_named(monkeypatch, tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("prefetch = [\n")
+    monkeypatch.setenv("OUTBOX_CONFIG", str(cfg))
+    with pytest.raises(SettingsError, match="bad.toml"):
+        load_settings()
+
+
+def test_smtp_url_forms():
+    t = parse_smtp_url("smtps://me%40x:p%3Ass@relay.example")
+    assert (t.host, t.port, t.use_tls, t.username) == ("relay.example", 465, True, "me@x")
+    assert t.password is not None and t.password.get_secret_value() == "p:ss"
+    t = parse_smtp_url("smtp://relay:587?starttls=true")
+    assert (t.port, t.start_tls, t.use_tls) == (587, True, False)
+    assert parse_smtp_url("smtp://relay").start_tls is None
