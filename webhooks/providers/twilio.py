@@ -1,0 +1,245 @@
+"""Twilio: signature check, status callbacks, inbound SMS. Pure: no I/O.
+
+Status callbacks (``POST /webhooks/twilio/status``) are form-encoded with, among others,
+``MessageSid``, ``SmsSid``, ``AccountSid``, ``MessagingServiceSid``, ``From``, ``To``,
+``MessageStatus``, ``SmsStatus``, ``ErrorCode`` (failures only), ``ApiVersion`` and, for
+``delivered``/``undelivered``, ``RawDlrDoneDate``. Twilio adds parameters without notice, so
+:func:`verify` signs whatever was posted and :func:`parse` ignores what it does not know.
+
+``MessageStatus`` → ``ProviderEvent.type``:
+
+=============================================  ==============================================
+``delivered``                                   ``delivered``
+``undelivered``/``failed``, ErrorCode 21610     ``unsubscribed`` (the recipient sent STOP)
+``undelivered``/``failed``, ErrorCode 30007     ``complained`` (carrier filtering counts
+                                                against the account like a complaint)
+``undelivered``/``failed``, classifier kind     ``hard`` → ``bounced``; ``complaint`` →
+                                                ``complained``; ``soft``/``transient``/
+                                                ``block``/none → ``soft_bounced``
+``undelivered``/``failed`` without ErrorCode    ``soft_bounced``, kind ``transient``,
+                                                reason ``undefined``
+``accepted``/``queued``/``sending``/``sent``    ``accepted``
+``read``                                        ``opened``
+anything else (``scheduled``, ``canceled``…)    ``other``
+=============================================  ==============================================
+
+Inbound SMS (``POST /webhooks/twilio/inbound``): :func:`parse_inbound` reads ``From``, ``To``,
+``Body``, ``MessageSid`` and decides the keyword. The whole body, trimmed and case-insensitive,
+must be one of Twilio's default keywords — STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE,
+OPTOUT → ``"stop"``; START, YES, UNSTOP → ``"start"``; HELP, INFO → ``"help"`` — or, for Hong Kong
+recipients, 取消 ("cancel") or 退訂/退订 ("unsubscribe", traditional and simplified) → ``"stop"``
+(Twilio itself does not act on these; we honour them). "Stop texting me" is not a keyword. When
+the Messaging Service uses Advanced Opt-Out, Twilio posts ``OptOutType`` (STOP/START/HELP) for
+its own configured keywords, and that wins.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+from twilio.request_validator import RequestValidator, add_port, remove_port
+
+from sender.models import utcnow_iso
+from suppression.classify import classify_twilio
+from webhooks.providers.base import PayloadError, ProviderEvent
+
+PROVIDER = "twilio"
+SIGNATURE_HEADER = "X-Twilio-Signature"
+
+STOP_KEYWORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT",
+     "取消", "退訂", "退订"}
+)
+START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
+HELP_KEYWORDS = frozenset({"HELP", "INFO"})
+
+_ACCEPTED = frozenset({"accepted", "queued", "sending", "sent"})
+_FAILED = frozenset({"undelivered", "failed"})
+#: Carrier filtering: counted against the account like a complaint.
+CARRIER_FILTERED = "30007"
+#: The recipient replied STOP to this sender ("Attempt to send to unsubscribed recipient").
+UNSUBSCRIBED_RECIPIENT = "21610"
+
+
+def verify(url: str, params: Mapping[str, str], signature: str, auth_token: str) -> bool:
+    """Whether ``signature`` (the ``X-Twilio-Signature`` header) signs ``url`` + ``params``.
+
+    ``url`` is the full URL Twilio requested (scheme, host, path and query, as configured in
+    Twilio, i.e. ``OUTBOX_PUBLIC_URL`` + path); ``params`` the POSTed form fields (a plain
+    mapping, or a multidict whose repeated fields all count). HMAC-SHA1 of the URL followed by
+    each parameter name and value in name order, base64, keyed with the auth token — computed by
+    the twilio package's ``RequestValidator``. Like it, the URL is tried with and without an
+    explicit port (Twilio is inconsistent about ``:443``); unlike its ``compare``, the comparison
+    is :func:`hmac.compare_digest`.
+    """
+    if not signature or not auth_token:
+        return False
+    validator = RequestValidator(auth_token)
+    parsed = urlparse(url)
+    given = signature.strip().encode("utf-8")
+    ok = False
+    for candidate in dict.fromkeys((remove_port(parsed), add_port(parsed))):
+        expected = validator.compute_signature(candidate, params).encode("utf-8")
+        ok |= hmac.compare_digest(expected, given)
+    return ok
+
+
+def decode_form(body: bytes, content_type: str) -> dict[str, str]:
+    """The fields of a form-encoded Twilio webhook body (the first value of a repeated field)."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime != "application/x-www-form-urlencoded":
+        raise PayloadError(
+            f"Twilio webhooks are application/x-www-form-urlencoded, not {content_type or 'untyped'!r}"
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not UTF-8: {exc}") from None
+    if not text.strip():
+        raise PayloadError("empty body")
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True,
+                          encoding="utf-8", errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"body is not a valid form: {exc}") from None
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        fields.setdefault(key, value)
+    return fields
+
+
+def _require(fields: Mapping[str, str], name: str) -> str:
+    value = fields.get(name, "").strip()
+    if not value:
+        raise PayloadError(f"missing {name}")
+    return value
+
+
+def _event_time(fields: Mapping[str, str]) -> str:
+    """``Timestamp`` when Twilio sent one (RFC 2822 or ISO 8601), else now. ``RawDlrDoneDate``
+    is not used: it is the carrier's local time, minute precision, with no time zone."""
+    raw = fields.get("Timestamp", "").strip()
+    when: datetime | None = None
+    if raw:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            try:
+                when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                when = None
+    if when is not None and when.tzinfo is not None:
+        return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utcnow_iso()
+
+
+def _failure_type(error_code: str | None, kind: str | None) -> str:
+    if error_code == UNSUBSCRIBED_RECIPIENT:
+        return "unsubscribed"
+    if error_code == CARRIER_FILTERED:
+        return "complained"
+    if kind == "hard":
+        return "bounced"
+    if kind == "complaint":
+        return "complained"
+    return "soft_bounced"
+
+
+def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
+    """One :class:`ProviderEvent` for a message status callback; :class:`PayloadError` if the
+    body is not a form or lacks ``MessageSid``/``MessageStatus``."""
+    fields = decode_form(body, content_type)
+    sid = _require(fields, "MessageSid")
+    status = _require(fields, "MessageStatus").lower()
+    error_code = fields.get("ErrorCode", "").strip() or None
+    kind: str | None = None
+    reason: str | None = None
+    diagnostic: str | None = None
+
+    if status == "delivered":
+        event_type, reason = "delivered", "delivered"
+    elif status in _FAILED:
+        if error_code is None:  # a failure Twilio did not explain: retry, suppress nothing
+            kind, reason = "transient", "undefined"
+        else:
+            outcome = classify_twilio(error_code)
+            kind, reason = outcome.kind, outcome.reason
+        event_type = _failure_type(error_code, kind)
+        diagnostic = error_code
+        if error_code and fields.get("ErrorMessage", "").strip():
+            diagnostic = f"{error_code}: {fields['ErrorMessage'].strip()}"
+    elif status in _ACCEPTED:
+        event_type = "accepted"
+    elif status == "read":
+        event_type = "opened"
+    else:
+        event_type = "other"
+
+    return [
+        ProviderEvent(
+            provider=PROVIDER,
+            type=event_type,
+            recipient=fields.get("To") or None,
+            provider_message_id=sid,
+            message_id=None,
+            job_id=None,
+            kind=kind,
+            reason=reason,
+            diagnostic=diagnostic,
+            at=_event_time(fields),
+            event_id=f"{sid}:{status}",
+            raw=dict(fields),
+        )
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    """An SMS a recipient sent to one of our numbers. ``keyword``: ``"stop"``, ``"start"``,
+    ``"help"`` or ``None`` (see the module docstring)."""
+
+    from_: str
+    to: str
+    body: str
+    message_sid: str
+    keyword: str | None
+    account_sid: str | None = None
+    messaging_service_sid: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def keyword_of(body: str, opt_out_type: str | None = None) -> str | None:
+    """The opt-out/opt-in/help keyword the whole ``body`` is, if any."""
+    if opt_out_type and opt_out_type.strip().upper() in {"STOP", "START", "HELP"}:
+        return opt_out_type.strip().lower()
+    word = body.strip().upper()
+    if word in STOP_KEYWORDS:
+        return "stop"
+    if word in START_KEYWORDS:
+        return "start"
+    if word in HELP_KEYWORDS:
+        return "help"
+    return None
+
+
+def parse_inbound(body: bytes, content_type: str) -> InboundSms:
+    """The inbound message Twilio posted; :class:`PayloadError` without ``From``, ``To`` or
+    ``MessageSid``. ``Body`` may be empty (an MMS with only media)."""
+    fields = decode_form(body, content_type)
+    text = fields.get("Body", "")
+    return InboundSms(
+        from_=_require(fields, "From"),
+        to=_require(fields, "To"),
+        body=text,
+        message_sid=_require(fields, "MessageSid"),
+        keyword=keyword_of(text, fields.get("OptOutType")),
+        account_sid=fields.get("AccountSid") or None,
+        messaging_service_sid=fields.get("MessagingServiceSid") or None,
+        raw=dict(fields),
+    )
