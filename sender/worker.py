@@ -67,7 +67,9 @@ class Worker:
         for name in self.channels:
             channel = await self.bus.channel(self.settings.prefetch)
             self._amqp_channels.append(channel)
-            queue = await channel.get_queue(topology.JOB_QUEUES[name], ensure=False)
+            # declare_queue (passive), not get_queue: only declared queues are restored,
+            # with their consumers, after aio-pika reconnects.
+            queue = await channel.declare_queue(topology.JOB_QUEUES[name], passive=True)
             tag = await queue.consume(self._on_message, no_ack=False)
             self._consumers.append((queue, tag))
             log.info("consuming %s", queue.name)
