@@ -26,13 +26,18 @@ class SendResult:
 
 
 class SendFailure(Exception):
-    """The provider refused or could not be reached; ``outcome`` classifies it."""
+    """The provider refused or could not be reached; ``outcome`` classifies it.
 
-    def __init__(self, outcome: Outcome, detail: str, provider: str) -> None:
+    ``status`` names the job's final status when it is not the kind's default (a number that
+    cannot take SMS is ``rejected``; Twilio's 21610 is ``unsubscribed``)."""
+
+    def __init__(self, outcome: Outcome, detail: str, provider: str,
+                 status: str | None = None) -> None:
         super().__init__(f"{provider}: {outcome.kind}/{outcome.reason}: {detail}")
         self.outcome = outcome
         self.detail = detail
         self.provider = provider
+        self.status = status
 
 
 class Channel(Protocol):

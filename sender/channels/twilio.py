@@ -1,0 +1,163 @@
+"""SMS through Twilio's Messages API with the ``twilio`` package's async client.
+
+One shared ``AsyncTwilioHttpClient`` session; ``OUTBOX_TWILIO_API_BASE`` replaces the API's
+base URL (the local stand-in in development and tests). Before any request the number is
+parsed and normalised to E.164 (phonenumbers, default region HK) and refused when it cannot
+take SMS (landline, invalid), and the body's segments are counted (GSM-7 or UCS-2) against a
+maximum. Each sender (number or Messaging Service) has its own rate limit, so Twilio's queue
+is never overfilled. The status callback URL carries the job and account ids; Twilio signs
+the whole URL, so a callback names its job authentically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import phonenumbers
+from aiohttp import ClientError
+from phonenumbers import PhoneNumberType
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from sender.channels.base import SendFailure, SendResult
+from sender.channels.sms_segments import segments
+from sender.models import SmsJob
+from suppression.classify import Outcome, classify_twilio
+
+PROVIDER = "twilio"
+SMS_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE,
+                       PhoneNumberType.PERSONAL_NUMBER, PhoneNumberType.PAGER,
+                       PhoneNumberType.VOIP})
+NETWORK_ERROR = Outcome("transient", "networkerror")
+RATE_LIMITED = Outcome("transient", "speeding")
+# Twilio errors that end the job with a status other than the kind's default.
+_STATUS_FOR_CODE = {21211: "rejected", 21614: "rejected", 21610: "unsubscribed"}
+
+
+class InvalidNumber(ValueError):
+    """The recipient cannot take SMS; the message says why."""
+
+
+def normalise_number(raw: str, region: str = "HK") -> str:
+    """E.164 form of ``raw``; InvalidNumber when it is not a number that can take SMS."""
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidNumber(f"not a phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidNumber("not a valid phone number")
+    kind = phonenumbers.number_type(number)
+    if kind not in SMS_TYPES:
+        raise InvalidNumber(f"cannot take SMS ({PhoneNumberType.to_string(kind).lower()})")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class RateLimiter:
+    """A token bucket per sender: ``rate`` messages a second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, sender: str) -> None:
+        """Wait until ``sender`` may send one more message."""
+        async with self._lock:
+            tokens, stamp = self._buckets.get(sender, (float(self._burst), time.monotonic()))
+            now = time.monotonic()
+            tokens = min(self._burst, tokens + (now - stamp) * self._rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self._rate
+            self._buckets[sender] = (tokens - 1, now + wait)
+        if wait:
+            await asyncio.sleep(wait)
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioConfig:
+    account_sid: str
+    auth_token: str
+    api_base: str
+    from_: str | None
+    messaging_service_sid: str | None
+    status_callback: str | None  # OUTBOX_PUBLIC_URL + /webhooks/twilio/status
+    region: str = "HK"
+    max_segments: int = 10
+    rate_per_sender: float = 10.0
+
+
+def make_client(config: TwilioConfig) -> Client:
+    """The twilio ``Client`` on one shared async HTTP session, pointed at ``api_base``."""
+    client = Client(config.account_sid, config.auth_token,
+                    http_client=AsyncTwilioHttpClient())
+    client.edge = None  # or the client rewrites the host from TWILIO_EDGE/TWILIO_REGION
+    client.region = None
+    client.api.base_url = config.api_base.rstrip("/")
+    return client
+
+
+class TwilioChannel:
+    """The SMS channel."""
+
+    name = "sms"
+    provider = PROVIDER
+
+    def __init__(self, config: TwilioConfig, client: Client | None = None) -> None:
+        if not (config.from_ or config.messaging_service_sid):
+            raise ValueError("Twilio needs OUTBOX_TWILIO_FROM or a Messaging Service SID")
+        self._config = config
+        self._client = client or make_client(config)
+        self._limiter = RateLimiter(config.rate_per_sender, max(1, int(config.rate_per_sender)))
+
+    async def send(self, job: SmsJob) -> SendResult:
+        """Send one SMS job; SendFailure (with ``status`` for refusals that end the job)."""
+        to = self._check_number(job.to)
+        encoding, count = segments(job.body)
+        if count > self._config.max_segments:
+            raise SendFailure(Outcome("hard", "mesgtoobig"), f"{count} segments, over the "
+                              f"maximum of {self._config.max_segments}", PROVIDER,
+                              status="rejected")
+        sender = job.from_ or self._config.from_
+        params = self._params(job, to, sender)
+        await self._limiter.acquire(sender or self._config.messaging_service_sid or "")
+        try:
+            message = await self._client.messages.create_async(**params)
+        except TwilioRestException as exc:
+            raise self._failure(exc) from None
+        except (ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
+        return SendResult(PROVIDER, message.sid, message.status,
+                          {"segments": count, "encoding": encoding})
+
+    def _check_number(self, raw: str) -> str:
+        try:
+            return normalise_number(raw, self._config.region)
+        except InvalidNumber as exc:
+            raise SendFailure(Outcome("hard", "userunknown"), str(exc), PROVIDER,
+                              status="rejected") from None
+
+    def _params(self, job: SmsJob, to: str, sender: str | None) -> dict[str, str]:
+        params = {"to": to, "body": job.body}
+        if job.from_ or not self._config.messaging_service_sid:
+            params["from_"] = sender or ""
+        else:
+            params["messaging_service_sid"] = self._config.messaging_service_sid
+        if self._config.status_callback:
+            query = urlencode({"j": job.id, "a": job.account_id})
+            params["status_callback"] = f"{self._config.status_callback}?{query}"
+        return params
+
+    def _failure(self, exc: TwilioRestException) -> SendFailure:
+        if exc.status == 429 or exc.code == 20429 or exc.status >= 500:
+            outcome = RATE_LIMITED if exc.status == 429 or exc.code == 20429 else NETWORK_ERROR
+            return SendFailure(outcome, f"HTTP {exc.status} {exc.code}: {exc.msg}", PROVIDER)
+        outcome = classify_twilio(exc.code)
+        return SendFailure(outcome, f"{exc.code}: {exc.msg}"[:500], PROVIDER,
+                           status=_STATUS_FOR_CODE.get(exc.code or 0))
+
+    async def close(self) -> None:
+        await self._client.http_client.close()  # type: ignore[union-attr]
