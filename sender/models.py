@@ -24,8 +24,8 @@ from pydantic import (
 
 SCHEMA_VERSION = 1
 
-#: Ids are used in Message-IDs, Redis keys and URLs: keep them to a safe alphabet.
-SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+#: Ids are used in Message-IDs (dot-atom text: no ':'), VERP addresses, Redis keys and URLs.
+SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 _NO_CRLF = r"^[^\r\n\x00]*$"
 
 JobId = Annotated[str, StringConstraints(pattern=SAFE_ID)]
@@ -174,7 +174,7 @@ def _salvage_ids(body: bytes) -> tuple[str | None, str | None, str | None]:
     return job_id, account_id, channel if channel in _CHANNELS else None
 
 
-_ID_RE = re.compile(rb'"(id|account_id|channel)"\s*:\s*"([A-Za-z0-9._:\-]{1,128})"')
+_ID_RE = re.compile(rb'"(id|account_id|channel)"\s*:\s*"([A-Za-z0-9._\-]{1,128})"')
 
 
 def _regex_ids(body: bytes) -> tuple[str | None, str | None, str | None]:

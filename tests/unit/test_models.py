@@ -35,6 +35,7 @@ def test_a_valid_sms_job_parses():
 @pytest.mark.parametrize(("changes", "reason"), [
     ({"v": 2}, "v: Input should be 1"),
     ({"id": "has space"}, "id: String should match pattern"),
+    ({"id": "crm:991"}, "id: String should match pattern"),  # ':' cannot be in a Message-ID
     ({"account_id": "{acct}"}, "account_id: String should match pattern"),
     ({"category": "spam"}, "category: Input should be 'marketing'"),
     ({"text": None, "html": None}, "needs text or html"),
