@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from suppression.tokens import BadToken, Unsubscribe, make_token, read_token
+
+SECRET = "k" * 32
+text = st.text(st.characters(blacklist_characters="\x1f", blacklist_categories=("Cs",)),
+               min_size=1, max_size=60)
+
+
+@given(text, st.sampled_from(["email", "sms"]), text, text)
+def test_round_trip(account, channel, recipient, job):
+    u = Unsubscribe(account, channel, recipient, job)
+    token = make_token(SECRET, u)
+    assert read_token(SECRET, token) == u
+    assert all(c.isalnum() or c in "-_." for c in token)  # safe in a URL path
+
+
+def test_a_forged_or_damaged_token_is_refused():
+    token = make_token(SECRET, Unsubscribe("acct_1", "email", "a@example.com", "j1"))
+    body, sig = token.split(".")
+    other = make_token(SECRET, Unsubscribe("acct_2", "email", "a@example.com", "j1"))
+    for bad in (f"{other.split('.')[0]}.{sig}", token[:-2], "nodot", "", f"{body}.AAAA"):
+        with pytest.raises(BadToken):
+            read_token(SECRET, bad)
+    with pytest.raises(BadToken):
+        read_token("another-secret", token)
