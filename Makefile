@@ -32,14 +32,14 @@ services: deps
 stop-services:
 	$(PYTHON) scripts/services.py stop dev
 
-run: services
+run: services $(STAMP)
 	mkdir -p var/mail
 	$(VENV)/bin/outbox run --dev
 
-test: deps
+test: deps $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: deps
+bench: deps $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 definitions: $(STAMP)
