@@ -61,10 +61,12 @@ def amqp_url(broker: services.Profile) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url(broker: services.Profile) -> Iterator[str]:
-    """Redis db 1, wiped before the test."""
+    """A Redis db of this test process (so parallel runs do not share one), wiped first."""
+    import os
+
     import redis
 
-    url = f"redis://127.0.0.1:{PROFILE.redis_port}/1"
+    url = f"redis://127.0.0.1:{PROFILE.redis_port}/{os.getpid() % 62 + 1}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
