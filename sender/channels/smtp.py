@@ -132,22 +132,52 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
         smtp.close()
 
 
+#: Sends in flight per recipient domain for the large mailbox providers (the rest get the
+#: configured default): they throttle senders that open many parallel sessions.
+DOMAIN_CONCURRENCY = {
+    "gmail.com": 20, "googlemail.com": 20,
+    "outlook.com": 10, "hotmail.com": 10, "live.com": 10, "msn.com": 10,
+    "yahoo.com": 10, "yahoo.com.hk": 10, "icloud.com": 10, "me.com": 10,
+    "qq.com": 5, "163.com": 5, "126.com": 5, "netvigator.com": 5,
+}
+
+
+class DomainLimiter:
+    """A semaphore per recipient domain, made on first use."""
+
+    def __init__(self, limits: dict[str, int], default: int) -> None:
+        self._limits = {**DOMAIN_CONCURRENCY, **limits}
+        self._default = default
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+
+    def __call__(self, address: str) -> asyncio.Semaphore:
+        domain = address.rpartition("@")[2].lower()
+        semaphore = self._semaphores.get(domain)
+        if semaphore is None:
+            semaphore = asyncio.Semaphore(self._limits.get(domain, self._default))
+            self._semaphores[domain] = semaphore
+        return semaphore
+
+
 class SmtpChannel:
     """The email channel: render the job, hand it to the relay, classify what came back."""
 
     name = "email"
     provider = "smtp"
 
-    def __init__(self, pool: SmtpPool, *, message_id_domain: str) -> None:
+    def __init__(self, pool: SmtpPool, *, message_id_domain: str,
+                 domains: DomainLimiter | None = None) -> None:
         self._pool = pool
         self._message_id_domain = message_id_domain
+        self._domains = domains or DomainLimiter({}, 32)
 
     async def send(self, job: EmailJob) -> SendResult:
         """Send one email job. Raises SendFailure; MimeError for content that cannot be sent."""
         msg = render_email(job, message_id_domain=self._message_id_domain)
         try:
-            reply = await self._pool.send(msg.envelope_from, list(msg.recipients), msg.data,
-                                          smtputf8=msg.smtputf8)
+            async with self._domains(msg.recipients[0]):
+                reply = await self._pool.send(msg.envelope_from, list(msg.recipients),
+                                              msg.data, smtputf8=msg.smtputf8)
         except SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             raise self._failure(refused.code, refused.message) from None

@@ -172,3 +172,33 @@ async def test_connection_refused_is_a_network_error():
         await channel.send(_job())
     await channel.close()
     assert info.value.outcome.reason == "networkerror"
+
+
+async def test_concurrency_is_bounded_per_recipient_domain(smtp_server):
+    from sender.channels.smtp import DomainLimiter
+
+    url, recorder = smtp_server
+    recorder.delay = 0.05
+    limiter = DomainLimiter({"slow.example": 2}, default=8)
+    channel = SmtpChannel(SmtpPool(parse_smtp_url(url), size=16, timeout=5, max_messages=100,
+                                   idle_timeout=30), message_id_domain="mail.test",
+                          domains=limiter)
+    peak = {"slow.example": 0, "fast.example": 0}
+
+    async def watch() -> None:
+        while True:
+            for domain in peak:
+                in_use = limiter(f"x@{domain}")._value  # free slots left
+                limit = 2 if domain == "slow.example" else 8
+                peak[domain] = max(peak[domain], limit - in_use)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    jobs = [_job(to=f"u{i}@slow.example") for i in range(8)] + \
+        [_job(to=f"u{i}@fast.example") for i in range(8)]
+    await asyncio.gather(*(channel.send(j) for j in jobs))
+    watcher.cancel()
+    await channel.close()
+    assert len(recorder.messages) == 16
+    assert peak["slow.example"] == 2
+    assert peak["fast.example"] > 2
