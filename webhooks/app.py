@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from config import Settings
 from sender.bus import Bus
+from webhooks.handlers import TwilioWebhooks, WebhookMetrics
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -27,6 +28,8 @@ def make_app(settings: Settings, *, bus: Bus, redis: Redis,
     app[BUS] = bus
     app[REDIS] = redis
     app[REGISTRY] = registry
+    metrics_ = WebhookMetrics(registry)
+    app.router.add_routes(TwilioWebhooks(settings, bus, metrics_).routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,0 +1,111 @@
+"""Provider webhook handlers: verify first (401/403 and no effect when it fails), then parse
+(400 for a body that cannot be read), then hand the events to the worker on ``outbox.events``
+and answer 2xx only once the broker has confirmed them (503 otherwise: the provider retries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from config import Settings
+from sender.bus import Bus, PublishFailed
+from sender.models import utcnow_iso
+from webhooks.events import publish_events
+from webhooks.providers import twilio
+from webhooks.providers.base import PayloadError, ProviderEvent
+
+log = logging.getLogger("outbox.webhooks")
+
+
+class WebhookMetrics:
+    """``outbox_webhook_events_total{provider,type,result}``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter("outbox_webhook_events_total", "Webhook events by outcome",
+                              ["provider", "type", "result"], registry=registry)
+
+    def count(self, provider: str, type_: str, result: str, n: int = 1) -> None:
+        self.events.labels(provider, type_, result).inc(n)
+
+
+class TwilioWebhooks:
+    """``POST /webhooks/twilio/status`` and ``POST /webhooks/twilio/inbound``."""
+
+    def __init__(self, settings: Settings, bus: Bus, metrics: WebhookMetrics) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/webhooks/twilio/status", self.status),
+                web.post("/webhooks/twilio/inbound", self.inbound)]
+
+    async def _verified(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
+        token = self._settings.twilio_auth_token
+        if token is None:
+            raise web.HTTPNotFound(text="Twilio is not configured")
+        body = await request.read()
+        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        url = self._settings.public_url + request.path_qs
+        signature = request.headers.get(twilio.SIGNATURE_HEADER, "")
+        if not twilio.verify(url, params, signature, token.get_secret_value()):
+            self._metrics.count("twilio", "unknown", "bad_signature")
+            log.warning("twilio webhook with a bad signature refused", extra={"url": url})
+            raise web.HTTPForbidden(text="bad signature")
+        return body, params
+
+    async def status(self, request: web.Request) -> web.Response:
+        """Status callback → one event for its job (named by the signed ``j``/``a`` query)."""
+        body, _ = await self._verified(request)
+        try:
+            events = twilio.parse(body, request.content_type)
+        except PayloadError as exc:
+            self._metrics.count("twilio", "unknown", "bad_payload")
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        job_id, account_id = request.query.get("j"), request.query.get("a")
+        events = [dataclasses.replace(e, job_id=e.job_id or job_id,
+                                      account_id=e.account_id or account_id) for e in events]
+        await self._publish(events)
+        return web.Response(status=204)
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """Inbound SMS: STOP and its kin opt out, START opts back in; others are ignored."""
+        body, params = await self._verified(request)
+        try:
+            sms = twilio.parse_inbound(body, request.content_type)
+        except PayloadError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        if sms.keyword in ("stop", "start"):
+            event = _opt_event(sms, request.query.get("a"))
+            await self._publish([event])
+        else:
+            self._metrics.count("twilio", "inbound", "ignored")
+        # An empty TwiML answer: Twilio sends its own STOP/START confirmations.
+        return web.Response(text="<Response/>", content_type="application/xml")
+
+    async def _publish(self, events: list[ProviderEvent]) -> None:
+        try:
+            await publish_events(self._bus, events)
+        except PublishFailed as exc:
+            log.warning("webhook events not published: %s", exc)
+            for event in events:
+                self._metrics.count(event.provider, event.type, "unavailable")
+            raise web.HTTPServiceUnavailable(text="try again") from None
+        for event in events:
+            self._metrics.count(event.provider, event.type, "accepted")
+
+
+def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
+    """An inbound STOP/START as an event: ``unsubscribed`` or ``other`` with reason ``start``."""
+    stop = sms.keyword == "stop"
+    return ProviderEvent(
+        provider="twilio", type="unsubscribed" if stop else "other", recipient=sms.from_,
+        provider_message_id=sms.message_sid, message_id=None, job_id=None,
+        kind=None, reason="sms_stop" if stop else "sms_start", diagnostic=sms.body[:160],
+        at=utcnow_iso(), event_id=f"{sms.message_sid}:{sms.keyword}", account_id=account_id,
+        raw={"to": sms.to})
