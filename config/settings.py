@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(30.0, gt=0)
     smtp_max_messages_per_connection: int = Field(1000, ge=1)
     smtp_idle_timeout: float = Field(60.0, gt=0)
+    #: sends in flight per recipient domain: "domain=n,..." over the built-in defaults
+    smtp_domain_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    smtp_domain_concurrency_default: int = Field(32, ge=1)
 
     # --- worker --------------------------------------------------------------------------
     prefetch: int = Field(64, ge=1, le=10000)
@@ -119,6 +122,23 @@ class Settings(BaseSettings):
     message_id_domain: str = "outbox.localhost"
     email_check_mx: bool = False
     metrics_port: int = Field(0, ge=0, le=65535)
+    # account reputation and limits (suppression/reputation.py); all overridable per account
+    account_rate: float = Field(500.0, gt=0, description="messages/s per account and channel")
+    account_burst: int = Field(5000, ge=1)
+    throttle_factor: float = Field(0.1, gt=0, le=1)
+    consent_mode: Literal["opt_in", "opt_out"] = "opt_in"
+    reputation_window: int = Field(86400, ge=60)
+    reputation_bucket: int = Field(3600, ge=1)
+    min_bounce_volume: int = Field(200, ge=1)
+    min_complaint_volume: int = Field(1000, ge=1)
+    early_bounce_volume: int = Field(50, ge=1)
+    early_complaint_volume: int = Field(250, ge=1)
+    throttle_bounce_rate: float = Field(0.05, gt=0, le=1)
+    block_bounce_rate: float = Field(0.10, gt=0, le=1)
+    throttle_complaint_rate: float = Field(0.001, gt=0, le=1)
+    block_complaint_rate: float = Field(0.003, gt=0, le=1)
+    wilson_z: float = Field(1.96, gt=0)
+    probation_seconds: int = Field(86400, ge=0)
 
     # --- twilio ---------------------------------------------------------------------------
     twilio_account_sid: str | None = None
@@ -199,6 +219,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
+
+    @field_validator("smtp_domain_concurrency", mode="before")
+    @classmethod
+    def _split_domains(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+            return {d.strip().lower(): int(n) for d, n in pairs}
+        except ValueError:
+            raise ValueError("must be domain=count pairs, e.g. gmail.com=20,qq.com=5") from None
 
     @field_validator("retry_tiers", mode="before")
     @classmethod

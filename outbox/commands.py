@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("reply", metavar="REPLY|-")
     p.set_defaults(func=cmd_classify)
 
+    from outbox import support
+
+    support.register(sub)
+
 
 # --- long-running ---------------------------------------------------------------------
 

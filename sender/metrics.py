@@ -30,3 +30,8 @@ class Metrics:
         self.duplicates = Counter("outbox_duplicate_deliveries_total",
                                   "Deliveries not sent because the job id was already taken",
                                   ["channel", "verdict"], registry=registry)
+        self.account_transitions = Counter("outbox_account_transitions_total",
+                                           "Automatic account state changes seen by this worker",
+                                           ["from", "to"], registry=registry)
+        self.accounts = Gauge("outbox_accounts", "Accounts by state (refreshed periodically)",
+                              ["state"], registry=registry)

@@ -1,14 +1,25 @@
 """The pipeline of one job, and the single place where its message is settled.
 
-decode and validate → pre-send gate (claim, expiry; one Redis round trip) → send →
-classify → post-send record (one round trip) → status event (confirmed) → ack.
+decode and validate → pre-send gate (claim, expiry, account state, suppression, consent and
+preferences, DNC, rate token; one Redis round trip) → send → classify → post-send record and
+reputation (one round trip) → status event (confirmed) → ack.
 
 Every delivery leaves on exactly one path:
 
 * ``ack``                       done: sent, refused for good, duplicate, expired;
 * dead-letter + ``ack``         the job is invalid (``outbox.dead`` with the reason);
 * retry-publish + ``ack``       a temporary failure: parked in a delay tier;
+* park + ``ack``                the account is over its rate: parked in the smallest delay
+                                tier that covers the wait; not an attempt, and no status
+                                event (the job's status has not changed: it is still waiting
+                                to be sent), only ``outbox_jobs_total{status="rate_limited"}``
+                                and ``outbox_retries_total``;
 * no settlement                 shutdown or a broker outage: RabbitMQ redelivers it.
+
+Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
+script itself; the pipeline only publishes their event. An automatic account transition found
+by the post-send script is counted (``outbox_account_transitions_total``) and logged; a block
+is also published as a status event (``<channel>.blocked``, id ``<account>:<audit id>``).
 
 Redis unreachable means no send: the job is held (not acked) and the Redis call retried with
 backoff until Redis answers or the worker stops.
@@ -33,13 +44,16 @@ from sender.channels.base import Channel, SendFailure, SendResult
 from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import EmailJob, InvalidJob, SmsJob, parse_job, status_event
-from suppression.gate import Decision, Gate
+from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 
 log = logging.getLogger("outbox.pipeline")
 T = TypeVar("T")
 Job = EmailJob | SmsJob
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _FINAL_FOR_KIND = {"hard": "bounced", "complaint": "complained"}
+# a message handed over counts as a send; a refusal at once also as a hard bounce/complaint
+_COUNTS = {"sent": Counts(sends=1), "bounced": Counts(sends=1, hard=1),
+           "complained": Counts(sends=1, complaints=1)}
 
 
 class Stopping(Exception):
@@ -53,6 +67,10 @@ class RetryPolicy:
     tiers: tuple[int, ...]
     max_attempts: int
     max_age: int
+
+    def park_tier(self, wait_ms: int) -> int:
+        """The smallest tier that covers ``wait_ms`` (the largest when none does)."""
+        return next((t for t in self.tiers if t * 1000 >= wait_ms), self.tiers[-1])
 
     def delay(self, attempt: int, first_seen: float, now: float) -> int | None:
         """The tier for the next try after ``attempt`` failed, or None to give up."""
@@ -72,6 +90,7 @@ class Pipeline:
                  owner: str, stopping: Callable[[], bool]) -> None:
         self._bus = bus
         self._gate = gate
+        self.gate = gate
         self._channels = channels
         self._metrics = metrics
         self._retry = retry
@@ -89,7 +108,8 @@ class Pipeline:
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
         decision = await self._redis(lambda: self._gate.pre_send(
             job.account_id, job.id, owner=self._owner, redelivered=bool(message.redelivered),
-            expired=job.expired(), attempt=attempt))
+            expired=job.expired(), attempt=attempt, channel=job.channel,
+            category=job.category, topic=job.topic, address=job.to))
         if decision.verdict == "send":
             await self._send(message, job, attempt)
         else:
@@ -97,18 +117,51 @@ class Pipeline:
 
     async def _not_sent(self, message: AbstractIncomingMessage, job: Job,
                         decision: Decision) -> None:
-        if decision.verdict == "expired":
-            await self._finish(message, job, "expired", decision.attempt, reason="expired",
-                               detail="past not_after")
-            return
+        verdict, attempt = decision.verdict, decision.attempt
+        if verdict == "rate_limited":
+            await self._park(message, job, attempt, decision.wait_ms)
+        elif verdict == "expired":
+            await self._event_and_ack(message, job, "expired", attempt, reason="expired",
+                                      detail="past not_after")
+        elif verdict in REFUSALS and decision.settle:
+            # a global suppression found beside the script's optimistic claim
+            await self._finish(message, job, verdict, attempt, reason=decision.reason,
+                               refund=decision.claimed)
+        elif verdict in REFUSALS:
+            await self._event_and_ack(message, job, verdict, attempt, reason=decision.reason)
+        else:
+            await self._already(message, job, decision)
+
+    async def _already(self, message: AbstractIncomingMessage, job: Job,
+                       decision: Decision) -> None:
         self._metrics.duplicates.labels(job.channel, decision.verdict).inc()
         if decision.verdict == "done":
             # Its event may not have gone out before the crash that caused this redelivery.
             await self._bus.publish_event(status_event(
                 job_id=job.id, account_id=job.account_id, channel=job.channel,
                 status=decision.status, provider=decision.provider,  # type: ignore[arg-type]
-                provider_message_id=decision.provider_message_id,
+                provider_message_id=decision.provider_message_id, reason=decision.reason,
                 attempt=decision.attempt, metadata=job.metadata, detail="redelivered"))
+        await message.ack()
+
+    async def _park(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                    wait_ms: int) -> None:
+        """Over the account's rate: park without counting an attempt, or give up past the
+        retry age (``failed``, reason ``speeding``)."""
+        first_seen = _int(message.headers.get(FIRST_SEEN_HEADER), 0) or time.time()
+        if time.time() - first_seen > self._retry.max_age:
+            await self._finish(message, job, "failed", attempt, reason="speeding",
+                               detail="rate limited past the retry age")
+            return
+        tier = self._retry.park_tier(wait_ms)
+        headers = dict(message.headers)
+        headers.setdefault(FIRST_SEEN_HEADER, int(time.time()))
+        # spread the returns over the tier, never sooner than the wait
+        expiration = max(wait_ms / 1000, tier * random.uniform(0.8, 1.0))
+        await self._bus.publish_retry(message.body, job.channel, tier, headers,
+                                      expiration=expiration)
+        self._metrics.retries.labels(job.channel, str(tier)).inc()
+        self._metrics.jobs.labels(job.channel, "rate_limited").inc()
         await message.ack()
 
     async def _send(self, message: AbstractIncomingMessage, job: Job, attempt: int) -> None:
@@ -155,7 +208,8 @@ class Pipeline:
     async def _defer(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                      failure: SendFailure, tier: int) -> None:
         await self._redis(lambda: self._gate.post_send(
-            job.account_id, job.id, status="R", attempt=attempt, provider=failure.provider))
+            job.account_id, job.id, status="R", attempt=attempt, provider=failure.provider,
+            channel=job.channel))
         headers = dict(message.headers)
         headers[ATTEMPT_HEADER] = attempt + 1
         headers.setdefault(FIRST_SEEN_HEADER, int(time.time()))
@@ -170,13 +224,31 @@ class Pipeline:
 
     async def _finish(self, message: AbstractIncomingMessage, job: Job, status: str,
                       attempt: int, *, provider: str | None = None,
-                      provider_message_id: str | None = None, **event: Any) -> None:
-        """Record a final status, publish its event, ack."""
-        await self._redis(lambda: self._gate.post_send(
+                      provider_message_id: str | None = None, reason: str | None = None,
+                      refund: bool = False, **event: Any) -> None:
+        """Record a final status and its reputation counts, publish its event, ack."""
+        transition = await self._redis(lambda: self._gate.post_send(
             job.account_id, job.id, status=status, attempt=attempt, provider=provider,
-            provider_message_id=provider_message_id))
+            provider_message_id=provider_message_id, channel=job.channel, reason=reason,
+            counts=_COUNTS.get(status, Counts()), address=job.to, refund=refund))
+        if transition is not None:
+            await self._account_moved(job, transition)
         await self._event_and_ack(message, job, status, attempt, provider=provider,
-                                  provider_message_id=provider_message_id, **event)
+                                  provider_message_id=provider_message_id, reason=reason,
+                                  **event)
+
+    async def _account_moved(self, job: Job, t: Transition) -> None:
+        """Count and log an automatic transition; publish a block as a status event."""
+        self._metrics.account_transitions.labels(t.from_state, t.to_state).inc()
+        log.warning("account %s", t.to_state, extra={
+            "account_id": t.account_id, "from": t.from_state, "to": t.to_state,
+            "reason": t.reason, "detail": t.detail, "audit_id": t.audit_id})
+        if t.to_state == "blocked":
+            await self._bus.publish_event(status_event(
+                job_id=f"{t.account_id}:{t.audit_id}", account_id=t.account_id,
+                channel=job.channel, status="blocked", reason=t.reason,
+                detail=f"system: {t.detail}", attempt=0, actor="system",
+                **{"from": t.from_state}))
 
     async def _event_and_ack(self, message: AbstractIncomingMessage, job: Job, status: str,
                              attempt: int, extra: dict[str, Any] | None = None,

@@ -6,7 +6,7 @@
     CRM ──► outbox.jobs (direct) ──email──► outbox.email (quorum) ─┐
                     ▲            └──sms────► outbox.sms   (quorum) ─┤ worker
                     │ dead-letter after TTL                         │
-    outbox.retry (headers, x-outbox-tier) ──► outbox.retry.<s> ◄────┤ deferred jobs
+    outbox.retry (headers, outbox-tier)   ──► outbox.retry.<s> ◄────┤ deferred jobs
     outbox.dead (fanout) ──► outbox.dead (quorum)  ◄────────────────┤ invalid jobs, poison
     outbox.status (topic) ──#──► outbox.status (quorum, for the CRM) ◄┘ status events
     (default exchange) ──► outbox.events (quorum) ◄── webhooks server; applied by the worker
@@ -29,7 +29,8 @@ DEAD_QUEUE = "outbox.dead"
 EVENTS_QUEUE = "outbox.events"
 STATUS_QUEUE = "outbox.status"
 JOB_QUEUES = {"email": EMAIL_QUEUE, "sms": SMS_QUEUE}
-TIER_HEADER = "x-outbox-tier"
+# not "x-...": a headers exchange ignores x- headers when matching (every tier queue matched)
+TIER_HEADER = "outbox-tier"
 
 #: A message that crashes the worker this many times goes to outbox.dead (quorum queues count).
 DELIVERY_LIMIT = 20

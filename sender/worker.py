@@ -28,8 +28,11 @@ from sender.channels.smtp import SmtpChannel, SmtpPool
 from sender.metrics import Metrics
 from sender.pipeline import Pipeline, RetryPolicy, Stopping
 from suppression.gate import Gate
+from suppression.reputation import Policy
+from suppression.store import AccountStore
 
 log = logging.getLogger("outbox.worker")
+ACCOUNTS_GAUGE_PERIOD = 30.0  # seconds between refreshes of outbox_accounts{state}
 
 
 class Worker:
@@ -48,8 +51,10 @@ class Worker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._amqp_channels: list[AbstractChannel] = []
         self._stopping = False
+        self._gauge_task: asyncio.Task[None] | None = None
         self.pipeline = Pipeline(
-            bus=bus, gate=Gate(redis, idempotency_ttl=settings.idempotency_ttl),
+            bus=bus, gate=Gate(redis, idempotency_ttl=settings.idempotency_ttl,
+                                policy=Policy.from_settings(settings)),
             channels=self.channels, metrics=self.metrics,
             retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                               settings.retry_max_age),
@@ -73,6 +78,18 @@ class Worker:
             tag = await queue.consume(self._on_message, no_ack=False)
             self._consumers.append((queue, tag))
             log.info("consuming %s", queue.name)
+        self._gauge_task = asyncio.create_task(self._refresh_accounts_gauge())
+
+    async def _refresh_accounts_gauge(self) -> None:
+        """Keep ``outbox_accounts{state}`` current (every worker reports the same totals)."""
+        store = AccountStore(self.redis, self.pipeline.gate.policy)
+        while True:
+            try:
+                for state, count in (await store.count_by_state()).items():
+                    self.metrics.accounts.labels(state).set(count)
+            except Exception as exc:  # Redis down: the pipeline reports it; try again later
+                log.debug("accounts gauge: %s", exc)
+            await asyncio.sleep(ACCOUNTS_GAUGE_PERIOD)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:
@@ -98,6 +115,10 @@ class Worker:
     async def stop(self, grace: float | None = None) -> None:
         """Stop consuming, wait for in-flight jobs up to ``grace`` seconds, cancel the rest."""
         self._stopping = True
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
+            await asyncio.gather(self._gauge_task, return_exceptions=True)
+            self._gauge_task = None
         for queue, tag in self._consumers:
             try:
                 await queue.cancel(tag)

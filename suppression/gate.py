@@ -1,38 +1,71 @@
 """The per-job Redis gate: one round trip before the send, one after.
 
 ``pre_send`` claims the job id (idempotency) and answers whether it may go out; ``post_send``
-records what happened. Both are single Lua scripts over the account's hash-tagged keys, run
-with EVALSHA (loaded once; reloaded after a Redis restart).
+records what happened and moves the account's reputation. Each is ONE pipeline
+(``transaction=False``) holding one EVALSHA over the account's hash-tagged keys plus the plain
+commands on global (per-address) keys, which live in other Cluster slots and so cannot be
+touched by the script.
+
+Pre-send, in one round trip::
+
+    HGET   outbox:supp:<channel>:<addr> reason      global suppression (bounce, complaint...)
+    EXISTS outbox:dnc:<e164>                         only for marketing SMS
+    EVALSHA pre_send.lua  (claim, expiry, account state, per-account suppression,
+                           consent / preferences, token bucket — in that order)
+
+The script cannot see the global read (same pipeline, no dependency possible), so it claims
+*optimistically*: when it answers ``send`` (or ``rate_limited``) but the global read says the
+address is suppressed, :meth:`Gate.pre_send` turns the answer into ``suppressed`` with
+``settle=True``; the caller then does not send and settles the job as ``suppressed`` in its
+post-send write (one round trip, which it makes anyway), which also gives back the rate token.
 
 Claim rules (the job hash's ``st`` field):
 
-* absent, or ``R`` (waiting for a retry)    → claim it (``S``) and send;
+* absent, or ``R`` (waiting for a retry)    → evaluate, claim it (``S``) and send;
 * ``S`` and the delivery is a redelivery    → the previous holder died mid-send: take over;
 * ``S`` and not a redelivery                → a concurrent duplicate publish: do not send;
 * a final status                            → already done: do not send again.
+
+Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are written as the job's
+final status by the script itself, so a redelivery answers ``done``; ``rate_limited`` leaves
+the job waiting (``R``) and is not an attempt.
+
+Post-send, in one round trip: EVALSHA post_send.lua (job status, reputation counters, state
+transition with its audit record) plus, for a hard bounce or complaint, the global
+suppression entry of the address, plus ``SADD outbox:accounts``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from suppression import keys
+from suppression.address import BadAddress, normalise
+from suppression.reputation import Policy
 
 log = logging.getLogger("outbox.gate")
 
 _LUA_DIR = Path(__file__).parent / "lua"
+REFUSALS = ("blocked", "suppressed", "no_consent")
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The answer of ``pre_send``: ``verdict`` is ``send``, ``done``, ``duplicate`` or ``expired``.
+    """The answer of ``pre_send``.
 
-    For ``done``, ``status`` is the final status recorded earlier (its event may need resending).
+    ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``blocked``, ``suppressed``,
+    ``no_consent`` or ``rate_limited``. For ``done``, ``status`` is the final status recorded
+    earlier (its event may need resending). ``reason`` explains a refusal; ``wait_ms`` is the
+    wait before a token is free; ``settle`` says the refusal still has to be written
+    (a global suppression found beside an optimistic claim).
     """
 
     verdict: str
@@ -40,58 +73,192 @@ class Decision:
     provider: str | None = None
     provider_message_id: str | None = None
     attempt: int = 0
+    reason: str | None = None
+    wait_ms: int = 0
+    settle: bool = False
+    claimed: bool = False
 
 
-class _Script:
-    """A Lua script run by EVALSHA, loaded on first use and again after NOSCRIPT."""
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An automatic change of an account's state, recorded in its audit stream."""
 
-    def __init__(self, redis: Redis, name: str) -> None:
-        self._redis = redis
-        self._source = (_LUA_DIR / f"{name}.lua").read_text()
-        self._sha: str | None = None
+    account_id: str
+    from_state: str
+    to_state: str
+    audit_id: str
+    reason: str
+    detail: str
+    sends: int
+    hard_bounces: int
+    complaints: int
 
-    async def __call__(self, keys_: list[str], args: list[str | int]) -> list:
-        if self._sha is None:
-            self._sha = await self._redis.script_load(self._source)
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What one outcome adds to the reputation counters."""
+
+    sends: int = 0
+    hard: int = 0
+    complaints: int = 0
+
+
+class Script:
+    """A Lua script run by EVALSHA (sha computed locally: no extra round trip on start);
+    loaded after NOSCRIPT (first use, or a Redis restart)."""
+
+    def __init__(self, name: str) -> None:
+        self.source = (_LUA_DIR / f"{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def queue(self, pipe: Any, keys_: list[str], args: list[Any]) -> None:
+        """Add the EVALSHA to a pipeline."""
+        pipe.evalsha(self.sha, len(keys_), *keys_, *args)
+
+    async def load(self, redis: Redis) -> None:
+        await redis.script_load(self.source)
+
+    async def __call__(self, redis: Redis, keys_: list[str], args: list[Any]) -> Any:
+        """Run alone (support actions)."""
         try:
-            return await self._redis.evalsha(self._sha, len(keys_), *keys_, *args)
+            return await redis.evalsha(self.sha, len(keys_), *keys_, *args)
         except NoScriptError:
-            self._sha = await self._redis.script_load(self._source)
-            return await self._redis.evalsha(self._sha, len(keys_), *keys_, *args)
+            await self.load(redis)
+            return await redis.evalsha(self.sha, len(keys_), *keys_, *args)
+
+
+PRE_SEND = Script("pre_send")
+POST_SEND = Script("post_send")
+
+
+async def run_pipeline(redis: Redis, build: Any, script: Script) -> list[Any]:
+    """Build and execute one non-transactional pipeline; reload the script after NOSCRIPT.
+
+    Command errors other than NOSCRIPT are raised."""
+    for _ in range(2):
+        pipe = redis.pipeline(transaction=False)
+        build(pipe)
+        results = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await script.load(redis)
+            continue
+        for r in results:
+            if isinstance(r, ResponseError):
+                raise r
+        return results
+    raise NoScriptError("script vanished twice")
 
 
 class Gate:
     """Pre- and post-send Redis checks for one worker process (stateless otherwise)."""
 
-    def __init__(self, redis: Redis, *, idempotency_ttl: int) -> None:
+    def __init__(self, redis: Redis, *, idempotency_ttl: int,
+                 policy: Policy | None = None) -> None:
         self._redis = redis
         self._ttl = idempotency_ttl
-        self._pre = _Script(redis, "pre_send")
-        self._post = _Script(redis, "post_send")
+        self.policy = policy or Policy()
 
-    async def pre_send(self, account_id: str, job_id: str, *, owner: str,
-                       redelivered: bool, expired: bool, attempt: int) -> Decision:
-        """Claim the job for ``owner`` unless done, duplicate or expired (one round trip)."""
-        reply = await self._pre(
-            [keys.job(account_id, job_id)],
-            [owner, int(redelivered), int(expired), self._ttl, attempt],
-        )
-        verdict, status, provider, pm, att = (_text(x) for x in reply)
-        return Decision(verdict, status or None, provider or None, pm or None, int(att or 0))
+    async def pre_send(self, account_id: str, job_id: str, *, owner: str, redelivered: bool,
+                       expired: bool, attempt: int, channel: str = "email",
+                       category: str = "transactional", topic: str | None = None,
+                       address: str = "") -> Decision:
+        """Claim the job for ``owner`` unless done, duplicate, expired or refused
+        (one round trip)."""
+        addr = _normalised(channel, address)
+        dnc = channel == "sms" and category == "marketing"
+        script_keys = [
+            keys.job(account_id, job_id), keys.state(account_id), keys.config(account_id),
+            keys.account_suppression(account_id, channel, addr),
+            keys.consent(account_id, channel, addr), keys.prefs(account_id, addr),
+            keys.bucket(account_id, channel)]
+        p = self.policy
+        args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
+                f"{topic}:{channel}" if topic else "", repr(p.rate), p.burst,
+                repr(p.throttle_factor), p.consent_mode]
+
+        def build(pipe: Any) -> None:
+            pipe.hget(keys.global_suppression(channel, addr), "reason")
+            if dnc:
+                pipe.exists(keys.dnc(addr))
+            PRE_SEND.queue(pipe, script_keys, args)
+
+        results = await run_pipeline(self._redis, build, PRE_SEND)
+        decision = _decision(results[-1])
+        global_reason = _text(results[0]) or ("dnc_register" if dnc and results[1] else "")
+        if global_reason and decision.verdict in ("send", "rate_limited"):
+            return Decision("suppressed", "suppressed", attempt=decision.attempt,
+                            reason=global_reason, settle=True,
+                            claimed=decision.verdict == "send")
+        return decision
 
     async def post_send(self, account_id: str, job_id: str, *, status: str, attempt: int,
-                        provider: str | None = None,
-                        provider_message_id: str | None = None) -> None:
-        """Record the job's new state: a final status, or ``R`` when a retry is scheduled."""
-        await self._post(
-            [keys.job(account_id, job_id)],
-            [status, attempt, provider or "", provider_message_id or "", self._ttl],
-        )
+                        provider: str | None = None, provider_message_id: str | None = None,
+                        channel: str = "email", reason: str | None = None,
+                        counts: Counts = Counts(), address: str = "",
+                        refund: bool = False) -> Transition | None:
+        """Record the job's new state (a final status, or ``R`` when a retry is scheduled),
+        count the outcome, move the account's state; one round trip.
+
+        A hard bounce or a complaint also suppresses ``address`` globally."""
+        script_keys, args = self.post_send_call(
+            account_id, job_id, status=status, attempt=attempt, provider=provider,
+            provider_message_id=provider_message_id, channel=channel, reason=reason,
+            counts=counts, refund=refund)
+        fact = "hard_bounce" if counts.hard else "complaint" if counts.complaints else None
+
+        def build(pipe: Any) -> None:
+            POST_SEND.queue(pipe, script_keys, args)
+            if fact and address:
+                gkey = keys.global_suppression(channel, _normalised(channel, address))
+                pipe.hset(gkey, mapping={"reason": fact, "source": job_id,
+                                         "at": int(time.time()), "account": account_id,
+                                         "detail": reason or "", "actor": "system"})
+                pipe.persist(gkey)
+            if counts.sends:
+                pipe.sadd(keys.ACCOUNTS, account_id)
+
+        results = await run_pipeline(self._redis, build, POST_SEND)
+        return _transition(account_id, results[0])
+
+    def post_send_call(self, account_id: str, job_id: str, *, status: str, attempt: int,
+                       provider: str | None = None, provider_message_id: str | None = None,
+                       channel: str = "email", reason: str | None = None,
+                       counts: Counts = Counts(), refund: bool = False
+                       ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of post_send.lua (tests run the script with them too)."""
+        script_keys = [
+            keys.job(account_id, job_id), keys.state(account_id), keys.config(account_id),
+            keys.reputation(account_id, channel), keys.audit(account_id),
+            keys.recent(account_id), keys.bucket(account_id, channel)]
+        args = [status, attempt, provider or "", provider_message_id or "", self._ttl,
+                reason or "", channel, job_id, counts.sends, counts.hard, counts.complaints,
+                *self.policy.reputation_args(), int(refund)]
+        return script_keys, args
 
     async def job_state(self, account_id: str, job_id: str) -> dict[str, str]:
         """The job hash, decoded (support tools and tests)."""
         raw = await self._redis.hgetall(keys.job(account_id, job_id))
         return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _normalised(channel: str, address: str) -> str:
+    try:
+        return normalise(channel, address)
+    except BadAddress:
+        return address.strip().lower()
+
+
+def _decision(reply: list[Any]) -> Decision:
+    verdict, status, provider, pm, att, reason, wait = (_text(x) for x in reply)
+    return Decision(verdict, status or None, provider or None, pm or None, int(att or 0),
+                    reason or None, int(wait or 0), claimed=verdict == "send")
+
+
+def _transition(account_id: str, reply: list[Any]) -> Transition | None:
+    if not reply or int(reply[0]) == 0:
+        return None
+    _, frm, to, audit_id, why, detail, s, h, c = (_text(x) for x in reply)
+    return Transition(account_id, frm, to, audit_id, why, detail, int(s), int(h), int(c))
 
 
 def _text(value: bytes | str | int | None) -> str:

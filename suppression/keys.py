@@ -1,16 +1,40 @@
 """Every Redis key Outbox uses, with its expiry: the one place to look.
 
 Keys of one account share the hash tag ``{acct:<id>}`` so the per-account Lua scripts touch a
-single slot on Redis Cluster; global (per-address) keys live apart.
+single slot on Redis Cluster; global (per-address) keys live apart and are read or written
+by plain commands in the same pipeline as the script (one round trip, ``transaction=False``).
+Addresses in keys are normalised (:func:`suppression.address.normalise`): e-mail lower-cased,
+phone numbers in E.164.
 
 | key | type | expiry | what |
 | --- | --- | --- | --- |
 | ``outbox:{acct:A}:job:<id>`` | hash | ``idempotency_ttl`` (3 days) | job state: claim, final status, provider id |
+| ``outbox:{acct:A}:state`` | hash | none | ``state`` (active/throttled/blocked/suspended), ``since``, ``reason``, ``probation_until``, ``lvl:<channel>`` (0 ok, 1 throttle, 2 block) |
+| ``outbox:{acct:A}:cfg`` | hash | none | limits (``rate``, ``burst``), threshold overrides, ``consent_mode``, sender information |
+| ``outbox:{acct:A}:tb:<channel>`` | hash | ``burst / rate`` + 1 s | token bucket: ``t`` tokens, ``ts`` last refill (ms, Redis TIME) |
+| ``outbox:{acct:A}:rep:<channel>`` | hash | window + bucket | reputation counters: fields ``s:<t>``, ``h:<t>``, ``c:<t>`` (sends, hard bounces, complaints in the bucket starting at epoch second t) |
+| ``outbox:{acct:A}:recent`` | list | none (50 newest kept) | recent hard bounces and complaints (JSON: at, channel, kind, reason, job) |
+| ``outbox:{acct:A}:audit`` | stream | none; entries trimmed by MINID only after 3 years | support actions and automatic transitions |
+| ``outbox:{acct:A}:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | per-account suppression (unsubscribe, sms_stop, manual...) |
+| ``outbox:{acct:A}:consent:<channel>:<addr>`` | hash | none (≥ 3 years required) | consent: ``status`` granted/revoked, grant and revoke times, source, evidence |
+| ``outbox:{acct:A}:prefs:<addr>`` | hash | none | notification preferences: field ``<topic>:<channel>`` → ``1`` on / ``0`` off |
+| ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
+| ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
+| ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
+| ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
+
+Suppression and consent hashes hold ``reason``/``status``, ``source``, ``at`` (epoch s),
+``expires_at`` (epoch s, or absent), ``actor``.
 """
 
 from __future__ import annotations
 
 PREFIX = "outbox:"
+ACCOUNTS = f"{PREFIX}accounts"
+GLOBAL_AUDIT = f"{PREFIX}audit"
+#: audit records are kept at least this long (UEMO s.8-s.10: 3 years; a margin added)
+AUDIT_KEEP_SECONDS = 1100 * 86400
+CHANNELS = ("email", "sms")
 
 
 def account_tag(account_id: str) -> str:
@@ -20,6 +44,67 @@ def account_tag(account_id: str) -> str:
 
 def job(account_id: str, job_id: str) -> str:
     """Job state hash: ``st`` state (``S`` sending, ``R`` waiting for a retry, or a final
-    status), ``o`` owner of the claim, ``a`` attempt, ``p`` provider, ``pm`` provider message id.
-    Expires after ``idempotency_ttl``."""
+    status), ``o`` owner of the claim, ``a`` attempt, ``p`` provider, ``pm`` provider message id,
+    ``r`` reason of a refusal. Expires after ``idempotency_ttl``."""
     return f"{account_tag(account_id)}:job:{job_id}"
+
+
+def state(account_id: str) -> str:
+    """Account state hash (no expiry)."""
+    return f"{account_tag(account_id)}:state"
+
+
+def config(account_id: str) -> str:
+    """Account settings hash: limits, threshold overrides, consent mode, sender information."""
+    return f"{account_tag(account_id)}:cfg"
+
+
+def bucket(account_id: str, channel: str) -> str:
+    """Token bucket of one account and channel (expires when full again)."""
+    return f"{account_tag(account_id)}:tb:{channel}"
+
+
+def reputation(account_id: str, channel: str) -> str:
+    """Reputation counters in time buckets (expire with the window)."""
+    return f"{account_tag(account_id)}:rep:{channel}"
+
+
+def recent(account_id: str) -> str:
+    """The 50 newest hard bounces and complaints of an account."""
+    return f"{account_tag(account_id)}:recent"
+
+
+def audit(account_id: str) -> str:
+    """Audit stream of one account."""
+    return f"{account_tag(account_id)}:audit"
+
+
+def account_suppression(account_id: str, channel: str, address: str) -> str:
+    """A per-account suppression entry."""
+    return f"{account_tag(account_id)}:supp:{channel}:{address}"
+
+
+def consent(account_id: str, channel: str, address: str) -> str:
+    """A consent record (kept at least 3 years: no expiry)."""
+    return f"{account_tag(account_id)}:consent:{channel}:{address}"
+
+
+def prefs(account_id: str, address: str) -> str:
+    """Notification preferences of one recipient for one account."""
+    return f"{account_tag(account_id)}:prefs:{address}"
+
+
+def global_suppression(channel: str, address: str) -> str:
+    """A global (per-address) suppression entry."""
+    return f"{PREFIX}supp:{channel}:{address}"
+
+
+def dnc(number: str) -> str:
+    """A Do-not-call register number (E.164)."""
+    return f"{PREFIX}dnc:{number}"
+
+
+def account_from_key(key: str) -> str:
+    """The account id in an account key (``outbox:{acct:A}:...`` → ``A``)."""
+    start = key.index("{acct:") + 6
+    return key[start:key.index("}", start)]

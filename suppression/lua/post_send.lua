@@ -1,9 +1,123 @@
--- Post-send record for one job. One round trip.
--- KEYS[1]  job hash
--- ARGV     status ('R' = retry scheduled, else a final status), attempt, provider,
---          provider_message_id, ttl seconds
+-- Post-send record for one job, and the account's reputation. One round trip (the caller
+-- pipelines the global suppression write of a hard bounce beside it).
+-- KEYS[1]  job hash                outbox:{acct:A}:job:ID
+-- KEYS[2]  account state hash      outbox:{acct:A}:state
+-- KEYS[3]  account settings hash   outbox:{acct:A}:cfg
+-- KEYS[4]  reputation counters     outbox:{acct:A}:rep:<channel>
+-- KEYS[5]  audit stream            outbox:{acct:A}:audit
+-- KEYS[6]  recent bounces list     outbox:{acct:A}:recent
+-- KEYS[7]  token bucket            outbox:{acct:A}:tb:<channel>
+-- ARGV[1..6]   status ('R' = retry scheduled, else a final status), attempt, provider,
+--              provider_message_id, ttl seconds, reason
+-- ARGV[7..11]  channel, job id, sends +n, hard bounces +n, complaints +n
+-- ARGV[12..22] bucket s, window s, min bounce volume, min complaint volume, early bounce
+--              volume, early complaint volume, throttle bounce, block bounce, throttle
+--              complaint, block complaint, z        (defaults; the account's cfg overrides)
+-- ARGV[23]     refund the rate token (1: the job was claimed but not sent)
+-- returns  {0} or, when the account's state moved,
+--          {1, from, to, audit id, why, detail, sends, hard, complaints}
 local job = KEYS[1]
-redis.call('HSET', job, 'st', ARGV[1], 'a', ARGV[2], 'p', ARGV[3], 'pm', ARGV[4])
-redis.call('HDEL', job, 'o')
-redis.call('EXPIRE', job, tonumber(ARGV[5]))
-return 1
+if ARGV[1] ~= '' then
+  redis.call('HSET', job, 'st', ARGV[1], 'a', ARGV[2], 'p', ARGV[3], 'pm', ARGV[4], 'r', ARGV[6])
+  redis.call('HDEL', job, 'o')
+  redis.call('EXPIRE', job, tonumber(ARGV[5]))
+end
+if ARGV[23] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[7], 't', 1)
+end
+local channel, job_id = ARGV[7], ARGV[8]
+local inc_s, inc_h, inc_c = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+if inc_s + inc_h + inc_c == 0 then
+  return {0}
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cfg = redis.call('HMGET', KEYS[3], 'reputation_bucket', 'reputation_window',
+  'min_bounce_volume', 'min_complaint_volume', 'early_bounce_volume', 'early_complaint_volume',
+  'throttle_bounce', 'block_bounce', 'throttle_complaint', 'block_complaint')
+local p = {}
+for i = 1, 10 do p[i] = tonumber(cfg[i]) or tonumber(ARGV[11 + i]) end
+local bucket, window = p[1], p[2]
+local z = tonumber(ARGV[22])
+
+-- count into the current bucket, then sum the buckets still inside the window
+local rep = KEYS[4]
+local start = now - now % bucket
+if inc_s > 0 then redis.call('HINCRBY', rep, 's:' .. start, inc_s) end
+if inc_h > 0 then redis.call('HINCRBY', rep, 'h:' .. start, inc_h) end
+if inc_c > 0 then redis.call('HINCRBY', rep, 'c:' .. start, inc_c) end
+redis.call('EXPIRE', rep, window + bucket)
+local sums = {s = 0, h = 0, c = 0}
+local fields = redis.call('HGETALL', rep)
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  local kind, from = string.sub(f, 1, 1), tonumber(string.sub(f, 3))
+  if from + bucket <= now - window then
+    redis.call('HDEL', rep, f)
+  else
+    sums[kind] = sums[kind] + tonumber(fields[i + 1])
+  end
+end
+if inc_h > 0 or inc_c > 0 then
+  redis.call('LPUSH', KEYS[6], cjson.encode({at = now, channel = channel, job = job_id,
+    kind = inc_c > 0 and 'complaint' or 'hard', reason = ARGV[6]}))
+  redis.call('LTRIM', KEYS[6], 0, 49)
+end
+
+-- BEGIN wilson (suppression/reputation.py mirrors this; a property test checks they agree)
+local function wilson(k, n, zz)
+  if n <= 0 then return 0.0 end
+  local ph = math.min(1, k / n)  -- complaints can outlive their sends in the window
+  local z2 = zz * zz
+  local centre = ph + z2 / (2 * n)
+  local margin = zz * math.sqrt(ph * (1 - ph) / n + z2 / (4 * n * n))
+  return math.max(0.0, (centre - margin) / (1 + z2 / n))
+end
+
+-- 0 fine, 1 throttle, 2 block
+local function level(k, n, min_n, early_n, throttle, block)
+  local lb = wilson(k, n, z)
+  if n >= math.min(min_n, early_n) and lb >= block then return 2, lb end
+  if n >= min_n and lb >= throttle then return 1, lb end
+  return 0, lb
+end
+-- END wilson
+
+local lb_level, lb_b = level(sums.h, sums.s, p[3], p[5], p[7], p[8])
+local lc_level, lb_c = level(sums.c, sums.s, p[4], p[6], p[9], p[10])
+local lvl = math.max(lb_level, lc_level)
+local why = lb_level >= lc_level and 'hard_bounce_rate' or 'complaint_rate'
+
+local st = redis.call('HMGET', KEYS[2], 'state', 'lvl:email', 'lvl:sms')
+local from = st[1] or 'active'
+redis.call('HSET', KEYS[2], 'lvl:' .. channel, lvl)
+if from == 'blocked' or from == 'suspended' then
+  return {0}  -- only a support action lifts these
+end
+local to = 'active'
+if lvl == 2 then
+  to = 'blocked'
+else
+  local levels = {email = tonumber(st[2]) or 0, sms = tonumber(st[3]) or 0}
+  levels[channel] = lvl
+  local worst = 0
+  for _, v in pairs(levels) do worst = math.max(worst, v) end
+  if worst >= 1 then to = 'throttled' end
+  if lvl == 0 and worst >= 1 then why = 'other_channel' end
+end
+if to == from then
+  return {0}
+end
+if to == 'active' then why = 'recovered' end
+local detail = string.format('%s: %d sends, %d hard bounces (lower bound %.4f), %d complaints '
+  .. '(lower bound %.5f) in %d s', channel, sums.s, sums.h, lb_b, sums.c, lb_c, window)
+redis.call('HSET', KEYS[2], 'state', to, 'since', now, 'reason', why)
+local minid = now_ms - 1100 * 86400 * 1000  -- keep at least 3 years
+local id = redis.call('XADD', KEYS[5], 'MINID', '~', minid, '*',
+  'at', now, 'actor', 'system', 'action', 'auto', 'from', from, 'to', to, 'reason', why,
+  'detail', detail, 'channel', channel, 'job', job_id, 'sends', sums.s, 'hard', sums.h,
+  'complaints', sums.c, 'bounce_lb', string.format('%.6f', lb_b),
+  'complaint_lb', string.format('%.6f', lb_c))
+return {1, from, to, id, why, detail, sums.s, sums.h, sums.c}

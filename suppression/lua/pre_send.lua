@@ -1,27 +1,96 @@
--- Pre-send gate for one job: claim it, or say why not. One round trip.
--- KEYS[1]  job hash (outbox:{acct:A}:job:ID)
--- ARGV     owner, redelivered (0/1), expired (0/1), ttl seconds, attempt
--- returns  {verdict, status, provider, provider_message_id, attempt}
+-- Pre-send gate for one job: claim it, or say why not. One round trip (with the global
+-- suppression read the caller pipelines beside it).
+-- KEYS[1]  job hash                 outbox:{acct:A}:job:ID
+-- KEYS[2]  account state hash       outbox:{acct:A}:state
+-- KEYS[3]  account settings hash    outbox:{acct:A}:cfg
+-- KEYS[4]  per-account suppression  outbox:{acct:A}:supp:<channel>:<addr>
+-- KEYS[5]  consent record           outbox:{acct:A}:consent:<channel>:<addr>
+-- KEYS[6]  notification prefs       outbox:{acct:A}:prefs:<addr>
+-- KEYS[7]  token bucket             outbox:{acct:A}:tb:<channel>
+-- ARGV     owner, redelivered (0/1), expired (0/1), ttl seconds, attempt,
+--          category, prefs field ('<topic>:<channel>' or ''), default rate (msg/s),
+--          default burst, throttle factor, default consent mode
+-- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}
+--   verdict: send | done | duplicate | expired | blocked | suppressed | no_consent | rate_limited
+-- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences, and
+-- the rate token last, so a refused job never consumes one.
 local job = KEYS[1]
 local owner, redelivered, expired = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
 local ttl, attempt = tonumber(ARGV[4]), ARGV[5]
+local category, pref_field = ARGV[6], ARGV[7]
 
 local st = redis.call('HGET', job, 'st')
 if st and st ~= 'R' then
   if st ~= 'S' then
-    local f = redis.call('HMGET', job, 'p', 'pm', 'a')
-    return {'done', st, f[1] or '', f[2] or '', f[3] or '0'}
+    local f = redis.call('HMGET', job, 'p', 'pm', 'a', 'r')
+    return {'done', st, f[1] or '', f[2] or '', f[3] or '0', f[4] or '', 0}
   end
   if not redelivered then
     -- held by a live delivery: this one is a duplicate publish of the same id
-    return {'duplicate', st, '', '', redis.call('HGET', job, 'a') or '0'}
+    return {'duplicate', st, '', '', redis.call('HGET', job, 'a') or '0', '', 0}
   end
 end
-if expired then
-  redis.call('HSET', job, 'st', 'expired', 'a', attempt)
+
+-- A refusal is final: record it so a redelivery answers 'done' without re-evaluating.
+local function refuse(verdict, status, reason)
+  redis.call('HSET', job, 'st', status, 'a', attempt, 'r', reason)
+  redis.call('HDEL', job, 'o')
   redis.call('EXPIRE', job, ttl)
-  return {'expired', 'expired', '', '', attempt}
+  return {verdict, status, '', '', attempt, reason, 0}
 end
+
+if expired then
+  return refuse('expired', 'expired', 'expired')
+end
+
+local state = redis.call('HGET', KEYS[2], 'state') or 'active'
+if state == 'blocked' or state == 'suspended' then
+  return refuse('blocked', 'blocked', 'account_' .. state)
+end
+
+local entry = redis.call('HGET', KEYS[4], 'reason')
+if entry then
+  return refuse('suppressed', 'suppressed', entry)
+end
+
+local cfg = redis.call('HMGET', KEYS[3], 'rate', 'burst', 'consent_mode')
+if category == 'marketing' then
+  local consent = redis.call('HGET', KEYS[5], 'status')
+  local mode = cfg[3] or ARGV[11]
+  if consent == 'revoked' or (consent ~= 'granted' and mode ~= 'opt_out') then
+    return refuse('no_consent', 'no_consent', consent == 'revoked' and 'revoked' or 'no_consent')
+  end
+elseif category == 'notification' and pref_field ~= '' then
+  if redis.call('HGET', KEYS[6], pref_field) == '0' then
+    return refuse('suppressed', 'suppressed', 'preference')
+  end
+end
+
+-- Token bucket on Redis's clock; a throttled account gets the reduced rate and burst.
+local rate = tonumber(cfg[1]) or tonumber(ARGV[8])
+local burst = tonumber(cfg[2]) or tonumber(ARGV[9])
+if state == 'throttled' then
+  local factor = tonumber(ARGV[10])
+  rate = rate * factor
+  burst = math.max(1, math.floor(burst * factor))
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', KEYS[7], 't', 'ts')
+local tokens = tonumber(b[1]) or burst
+local last = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)
+if tokens < 1 then
+  -- not claimed, not counted: the caller parks it; a crashed holder's claim is released
+  if st == 'S' then
+    redis.call('HSET', job, 'st', 'R')
+    redis.call('HDEL', job, 'o')
+  end
+  return {'rate_limited', '', '', '', attempt, 'speeding', math.ceil((1 - tokens) * 1000 / rate)}
+end
+redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
+
 redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt)
 redis.call('EXPIRE', job, ttl)
-return {'send', '', '', '', attempt}
+return {'send', '', '', '', attempt, '', 0}

@@ -7,7 +7,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -105,3 +105,23 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+def cli_runner(monkeypatch: Any, amqp_url: str, redis_url: str
+               ) -> Callable[..., Awaitable[int]]:
+    """``await run("accounts", "show", ...)``: ``outbox.cli.main`` in this process (in a
+    thread: the CLI runs its own loop), with OUTBOX_* pointed at the test vhost and Redis."""
+    import os
+
+    from outbox import cli
+
+    for key in list(os.environ):
+        if key.startswith("OUTBOX_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("OUTBOX_AMQP_URL", amqp_url)
+    monkeypatch.setenv("OUTBOX_REDIS_URL", redis_url)
+
+    async def run(*argv: str) -> int:
+        return await asyncio.to_thread(cli.main, ["--log-level", "WARNING", *argv])
+
+    return run

@@ -1,0 +1,532 @@
+"""Support subcommands: ``accounts``, ``suppression``, ``consent``, ``prefs``, ``audit``.
+
+Thin: parse, build settings, call the stores in :mod:`suppression.store`, print. Exit status:
+0 done, 1 a failure while running (or bad lines in an import), 2 bad input (unknown account,
+missing reason or actor, bad address...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from outbox.cli import CliError, print_records, read_lines, run_once, settings
+
+Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+PROGRESS_MIN_LINES = 10_000  # show a progress bar on stderr above this many lines
+
+
+def register(sub: Sub) -> None:
+    """Add the support subcommands to the ``outbox`` parser."""
+    _accounts(sub)
+    _suppression(sub)
+    _consent(sub)
+    _prefs(sub)
+    p = sub.add_parser("audit", help="an account's audit log, newest first")
+    p.add_argument("account_id", metavar="ID")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+
+def _who(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", required=True, help="why (written to the audit log)")
+    p.add_argument("--actor", required=True, help="who (written to the audit log)")
+
+
+def _accounts(sub: Sub) -> None:
+    acc = sub.add_parser("accounts", help="account state, limits, blocks").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = acc.add_parser("list", help="accounts and their states")
+    p.add_argument("--state", choices=["active", "throttled", "blocked", "suspended"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_list)
+    p = acc.add_parser("show", help="state, rates, limits, sender information, transitions")
+    p.add_argument("account_id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_show)
+    p = acc.add_parser("configure", help="sender information, rate limits, threshold overrides")
+    p.add_argument("account_id", metavar="ID")
+    for flag in ("business-name", "address", "contact-email", "contact-phone"):
+        p.add_argument(f"--{flag}")
+    p.add_argument("--rate", type=float, help="messages per second per channel")
+    p.add_argument("--burst", type=int)
+    for flag in ("throttle-bounce", "block-bounce", "throttle-complaint", "block-complaint"):
+        p.add_argument(f"--{flag}", type=float, help="rate as a fraction (0.05 = 5 %%)")
+    for flag in ("min-bounce-volume", "min-complaint-volume", "early-bounce-volume",
+                 "early-complaint-volume", "reputation-window", "reputation-bucket"):
+        p.add_argument(f"--{flag}", type=int)
+    p.add_argument("--consent-mode", choices=["opt_in", "opt_out"])
+    p.add_argument("--actor", default="support")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_configure)
+    for name, text in (("unblock", "lift a block (starts probation with fresh counters)"),
+                       ("suspend", "stop all sending until unsuspended"),
+                       ("unsuspend", "lift a suspension (starts probation)")):
+        p = acc.add_parser(name, help=text)
+        p.add_argument("account_id", metavar="ID")
+        _who(p)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_accounts_support, support_action=name)
+
+
+def _suppression(sub: Sub) -> None:
+    sup = sub.add_parser("suppression", help="suppression entries").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = sup.add_parser("add", help="suppress an address (global, or for one account)")
+    p.add_argument("address")
+    p.add_argument("--account")
+    p.add_argument("--channel", choices=["email", "sms"], required=True)
+    p.add_argument("--reason", required=True,
+                   help="hard_bounce, complaint, invalid (global); unsubscribe, sms_stop "
+                        "(per account); manual")
+    p.add_argument("--expires", type=int, metavar="SECONDS")
+    p.add_argument("--source", default="")
+    p.add_argument("--actor", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suppression_add)
+    p = sup.add_parser("remove", help="remove an entry (audited)")
+    p.add_argument("address")
+    p.add_argument("--account")
+    p.add_argument("--channel", choices=["email", "sms"], required=True)
+    _who(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suppression_remove)
+    p = sup.add_parser("check", help="is an address suppressed, and why")
+    p.add_argument("address")
+    p.add_argument("--account")
+    p.add_argument("--channel", choices=["email", "sms"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suppression_check)
+    p = sup.add_parser("list", help="global entries, or one account's")
+    p.add_argument("--account")
+    p.add_argument("--reason")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suppression_list)
+    p = sup.add_parser("import", help="import a CSV (address[,channel,reason]) or, with --dnc, "
+                                      "the Do-not-call register (one number a line)")
+    p.add_argument("file", metavar="FILE|-")
+    p.add_argument("--account")
+    p.add_argument("--reason", default="manual", help="when the CSV has no reason column")
+    p.add_argument("--dnc", action="store_true", help="OFCA DNC register numbers (global, SMS)")
+    p.add_argument("--actor", default="import")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suppression_import)
+    p = sup.add_parser("export", help="entries as CSV on stdout")
+    p.add_argument("--account")
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_suppression_export)
+
+
+def _consent(sub: Sub) -> None:
+    con = sub.add_parser("consent", help="marketing consent records").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    for name in ("grant", "revoke", "show"):
+        p = con.add_parser(name, help=f"{name} consent of a recipient for an account")
+        p.add_argument("account_id", metavar="ACCOUNT")
+        p.add_argument("recipient", metavar="RECIPIENT")
+        p.add_argument("--channel", choices=["email", "sms"], required=True)
+        if name != "show":
+            p.add_argument("--source", default="", help="how it was given (form, call...)")
+            p.add_argument("--evidence", default="", help="a reference to the proof")
+            p.add_argument("--actor", default="support")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_consent, consent_action=name)
+
+
+def _prefs(sub: Sub) -> None:
+    pre = sub.add_parser("prefs", help="notification preferences").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = pre.add_parser("set", help="switch a notification topic on or off")
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("recipient", metavar="RECIPIENT")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--channel", choices=["email", "sms"], required=True)
+    onoff = p.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--on", dest="on", action="store_true")
+    onoff.add_argument("--off", dest="on", action="store_false")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prefs_set)
+    p = pre.add_parser("show", help="a recipient's preferences for an account")
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("recipient", metavar="RECIPIENT")
+    p.add_argument("--channel", choices=["email", "sms"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prefs_show)
+
+
+# --- plumbing ---------------------------------------------------------------------------
+
+
+def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    """Run ``work(redis, cfg)`` with a Redis client from the settings; store errors → exit 2."""
+    from redis.asyncio import Redis
+
+    from suppression.store import StoreError
+
+    cfg = settings()
+
+    async def _main() -> Any:
+        redis = Redis.from_url(cfg.redis_url.get_secret_value(), socket_timeout=10,
+                               socket_connect_timeout=5)
+        try:
+            return await work(redis, cfg)
+        finally:
+            await redis.aclose()
+
+    try:
+        return run_once(_main())
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _policy(cfg: Any) -> Any:
+    from suppression.reputation import Policy
+
+    return Policy.from_settings(cfg)
+
+
+def _lines(records: list[dict[str, Any]], fields: tuple[str, ...]) -> str:
+    if not records:
+        return "(none)"
+    return "\n".join("  ".join(str(r.get(f) if r.get(f) is not None else "-") for f in fields)
+                     for r in records)
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    from suppression.store import AccountStore
+
+    rows = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).list(args.state))
+    print_records(rows, args.json, lambda rs: _lines(rs, ("account_id", "state")))
+    return 0
+
+
+def cmd_accounts_show(args: argparse.Namespace) -> int:
+    from suppression.store import AccountStore
+
+    info = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).show(args.account_id))
+    print_records(info, args.json, _show_text)
+    return 0
+
+
+def _show_text(info: dict[str, Any]) -> str:
+    lines = [f"account {info['account_id']}: {info['state']}"
+             + (f" (probation until {info['probation_until']})" if info["probation_until"]
+                else "")]
+    for channel, r in info["rates"].items():
+        lines.append(f"  {channel}: {r['sends']} sends, {r['hard_bounces']} hard bounces "
+                     f"({r['bounce_rate']:.2%}, lower bound {r['bounce_wilson_lower']:.2%}), "
+                     f"{r['complaints']} complaints ({r['complaint_rate']:.3%}, lower bound "
+                     f"{r['complaint_wilson_lower']:.3%}) in {r['window']} s")
+    lines.append(f"  limits: {json.dumps(info['limits'])}")
+    lines.append(f"  sender: {json.dumps(info['sender'], ensure_ascii=False)}")
+    for t in info["recent_transitions"]:
+        lines.append(f"  {t.get('id')} {t.get('action')} {t.get('from')} -> {t.get('to')}: "
+                     f"{t.get('detail')}")
+    return "\n".join(lines)
+
+
+def cmd_accounts_configure(args: argparse.Namespace) -> int:
+    from suppression.store import AccountStore
+
+    fields = {name: getattr(args, name) for name in (
+        "business_name", "address", "contact_email", "contact_phone", "rate", "burst",
+        "throttle_bounce", "block_bounce", "throttle_complaint", "block_complaint",
+        "min_bounce_volume", "min_complaint_volume", "early_bounce_volume",
+        "early_complaint_volume", "reputation_window", "reputation_bucket", "consent_mode")}
+    if all(v is None for v in fields.values()):
+        raise CliError("nothing to configure: give at least one setting")
+    cfg_now = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).configure(
+        args.account_id, actor=args.actor, **fields))
+    print_records({"account_id": args.account_id, "settings": cfg_now}, args.json,
+                  lambda c: json.dumps(c, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_accounts_support(args: argparse.Namespace) -> int:
+    """unblock / suspend / unsuspend: change, audit, then publish ``account.<state>``."""
+    from suppression.store import AccountStore
+
+    async def work(redis: Any, cfg: Any) -> Any:
+        change = await AccountStore(redis, _policy(cfg)).support(
+            args.account_id, args.support_action, actor=args.actor, reason=args.reason)
+        published = await _publish_account_event(cfg, change, args)
+        return change, published
+
+    change, published = _run(work)
+    record = {"account_id": change.account_id, "from": change.from_state,
+              "to": change.to_state, "audit_id": change.audit_id,
+              "probation_until": change.probation_until, "event_published": published}
+    print_records(record, args.json,
+                  lambda c: f"{c['account_id']}: {c['from']} -> {c['to']} (audit {c['audit_id']})")
+    if not published:
+        print("outbox: the change is made and audited, but its status event was not "
+              "published", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _publish_account_event(cfg: Any, change: Any, args: argparse.Namespace) -> bool:
+    from sender import topology
+    from sender.bus import Bus, PublishFailed
+    from sender.models import status_event
+
+    event = status_event(
+        job_id=f"{change.account_id}:{change.audit_id}", account_id=change.account_id,
+        channel=None, status=change.to_state, reason=args.reason,  # type: ignore[arg-type]
+        detail=f"{args.actor}: {args.reason}", attempt=0, action=args.support_action,
+        actor=args.actor, probation_until=change.probation_until,
+        **{"from": change.from_state})
+    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    try:
+        await bus.connect(declare=True)
+        await bus.publish(topology.STATUS_EXCHANGE, f"account.{change.to_state}",
+                          json.dumps(event, ensure_ascii=False).encode(),
+                          message_id=event["id"])
+        return True
+    except (PublishFailed, OSError, ConnectionError) as exc:
+        print(f"outbox: status event not published: {exc}", file=sys.stderr)
+        return False
+    finally:
+        await bus.close()
+
+
+# --- suppression --------------------------------------------------------------------------
+
+_ENTRY_FIELDS = ("address", "channel", "scope", "account_id", "reason", "source", "at",
+                 "expires_at")
+
+
+def cmd_suppression_add(args: argparse.Namespace) -> int:
+    from suppression.store import SuppressionStore
+
+    entry = _run(lambda r, cfg: SuppressionStore(r).add(
+        args.address, channel=args.channel, reason=args.reason, account_id=args.account,
+        expires=args.expires, source=args.source or f"cli:{args.actor}", actor=args.actor))
+    print_records(entry, args.json, lambda e: _lines([e], _ENTRY_FIELDS))
+    return 0
+
+
+def cmd_suppression_remove(args: argparse.Namespace) -> int:
+    from suppression.store import SuppressionStore
+
+    removed = _run(lambda r, cfg: SuppressionStore(r).remove(
+        args.address, channel=args.channel, account_id=args.account, actor=args.actor,
+        reason=args.reason))
+    print_records({"address": args.address, "removed": removed}, args.json,
+                  lambda d: f"removed {len(d['removed'])} entr{'y' if len(d['removed']) == 1 else 'ies'}")
+    return 0
+
+
+def cmd_suppression_check(args: argparse.Namespace) -> int:
+    from suppression.store import SuppressionStore
+
+    entries = _run(lambda r, cfg: SuppressionStore(r).check(
+        args.address, account_id=args.account, channel=args.channel))
+    record = {"address": args.address, "suppressed": bool(entries), "entries": entries}
+    print_records(record, args.json,
+                  lambda d: f"{d['address']}: " + ("suppressed\n" + _lines(d["entries"], _ENTRY_FIELDS)
+                                                  if d["suppressed"] else "not suppressed"))
+    return 0
+
+
+async def _collect(store: Any, account: str | None, reason: str | None) -> list[dict[str, Any]]:
+    return [e async for e in store.entries(account_id=account, reason=reason)]
+
+
+def cmd_suppression_list(args: argparse.Namespace) -> int:
+    from suppression.store import SuppressionStore
+
+    entries = _run(lambda r, cfg: _collect(SuppressionStore(r), args.account, args.reason))
+    print_records(entries, args.json, lambda es: _lines(es, _ENTRY_FIELDS))
+    return 0
+
+
+def cmd_suppression_export(args: argparse.Namespace) -> int:
+    from suppression.store import SuppressionStore
+
+    async def work(redis: Any, cfg: Any) -> int:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(_ENTRY_FIELDS)
+        count = 0
+        async for e in SuppressionStore(redis).entries(account_id=args.account,
+                                                       reason=args.reason):
+            out.writerow(["" if e[f] is None else e[f] for f in _ENTRY_FIELDS])
+            count += 1
+        return count
+
+    _run(work)
+    return 0
+
+
+def cmd_suppression_import(args: argparse.Namespace) -> int:
+    """Validate every line first (bad ones reported with their numbers), then store the good
+    ones in pipelined batches; exit 1 if any line was bad."""
+    name, stream = read_lines(args.file)
+    raw = stream.read()
+    text = raw.decode("utf-8-sig", errors="replace") if isinstance(raw, bytes) else raw
+    lines = text.splitlines()
+    progress = _Progress(len(lines)) if len(lines) >= PROGRESS_MIN_LINES else None
+    if args.dnc:
+        good, bad = _parse_dnc(lines)
+    else:
+        good, bad = _parse_csv(lines, args.reason, args.account)
+    for lineno, why in bad:
+        print(f"{name}:{lineno}: {why}", file=sys.stderr)
+    source = f"import:{name}"
+
+    async def work(redis: Any, cfg: Any) -> int:
+        from suppression.store import SuppressionStore
+
+        store = SuppressionStore(redis)
+        done = 0
+        for i in range(0, len(good), 1000):
+            batch = good[i:i + 1000]
+            if args.dnc:
+                done += await store.add_dnc(batch, source=source)  # type: ignore[arg-type]
+            else:
+                done += await store.add_many(batch, account_id=args.account, source=source,
+                                             actor=args.actor)
+            if progress:
+                progress.show(done + len(bad))
+        await store.audit.record(args.account, actor=args.actor, action="suppression.import",
+                                 reason=f"{done} entries from {name}",
+                                 bad_lines=len(bad), dnc=int(args.dnc))
+        return done
+
+    imported = _run(work)
+    if progress:
+        progress.close()
+    print_records({"file": name, "imported": imported, "bad": len(bad)}, args.json,
+                  lambda s: f"imported {s['imported']}, bad lines {s['bad']}")
+    return 1 if bad else 0
+
+
+def _parse_dnc(lines: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
+    """One number a line; Hong Kong numbers may come without +852."""
+    from suppression.address import BadAddress, e164
+
+    good, bad = [], []
+    for lineno, line in enumerate(lines, 1):
+        number = line.strip()
+        if not number or number.startswith("#"):
+            continue
+        try:
+            good.append(e164(number, default_region="HK"))
+        except BadAddress as exc:
+            bad.append((lineno, str(exc)))
+    return good, bad
+
+
+def _parse_csv(lines: list[str], default_reason: str, account: str | None
+               ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+    """CSV with a header ``address[,channel,reason]``; each row checked as ``add`` would."""
+    from suppression.address import BadAddress, guess_channel, normalise
+    from suppression.store import BadEntry, SuppressionStore
+
+    rows = list(csv.reader(io.StringIO("\n".join(lines))))
+    if not rows or [c.strip().lower() for c in rows[0]][:1] != ["address"]:
+        return [], [(1, "the first line must be a header: address[,channel,reason]")]
+    header = [c.strip().lower() for c in rows[0]]
+    good, bad = [], []
+    for lineno, row in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in row):
+            continue
+        rec = dict(zip(header, (c.strip() for c in row), strict=False))
+        address = rec.get("address", "")
+        channel = rec.get("channel") or guess_channel(address)
+        reason = rec.get("reason") or default_reason
+        try:
+            if channel not in ("email", "sms"):
+                raise BadEntry(f"channel must be email or sms, not {channel!r}")
+            normalise(channel, address)
+            SuppressionStore.scope(reason, account)
+        except (BadAddress, BadEntry) as exc:
+            bad.append((lineno, str(exc)))
+            continue
+        good.append((address, channel, reason))
+    return good, bad
+
+
+class _Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+
+    def show(self, done: int) -> None:
+        frac = min(done / self.total, 1.0)
+        bar = "#" * int(frac * 40)
+        print(f"\r[{bar:<40}] {done}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(file=sys.stderr)
+
+
+# --- consent, prefs, audit ------------------------------------------------------------------
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    from suppression.store import ConsentStore
+
+    def work(redis: Any, cfg: Any) -> Awaitable[dict[str, Any]]:
+        store = ConsentStore(redis)
+        if args.consent_action == "show":
+            return store.get(args.account_id, args.recipient, channel=args.channel)
+        return store.set(args.account_id, args.recipient, channel=args.channel,
+                         granted=args.consent_action == "grant", source=args.source,
+                         evidence=args.evidence, actor=args.actor)
+
+    record = _run(work)
+    print_records(record, args.json,
+                  lambda r: f"{r['account_id']} {r['recipient']} {r['channel']}: {r['status']}")
+    return 0
+
+
+def cmd_prefs_set(args: argparse.Namespace) -> int:
+    from suppression.store import PrefsStore
+
+    record = _run(lambda r, cfg: PrefsStore(r).set(args.account_id, args.recipient,
+                                                   topic=args.topic, channel=args.channel,
+                                                   on=args.on))
+    print_records(record, args.json, _prefs_text)
+    return 0
+
+
+def cmd_prefs_show(args: argparse.Namespace) -> int:
+    from suppression.store import PrefsStore
+
+    record = _run(lambda r, cfg: PrefsStore(r).get(args.account_id, args.recipient,
+                                                   channel=args.channel))
+    print_records(record, args.json, _prefs_text)
+    return 0
+
+
+def _prefs_text(r: dict[str, Any]) -> str:
+    lines = [f"{r['account_id']} {r['recipient']} (topics not listed are on)"]
+    for topic, chans in sorted(r["topics"].items()):
+        lines.append("  " + topic + ": " + ", ".join(
+            f"{c} {'on' if on else 'off'}" for c, on in sorted(chans.items())))
+    return "\n".join(lines)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from suppression.store import AccountStore
+
+    async def work(redis: Any, cfg: Any) -> list[dict[str, str]]:
+        store = AccountStore(redis, _policy(cfg))
+        await store.require(args.account_id)
+        return await store.audit.read(args.account_id, limit=args.limit)
+
+    records = _run(work)
+    print_records(records, args.json,
+                  lambda rs: _lines(rs, ("id", "actor", "action", "from", "to", "detail")))
+    return 0

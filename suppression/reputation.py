@@ -1,0 +1,179 @@
+"""Account reputation: the rule that throttles and blocks, and its Python mirror.
+
+The worker decides in Lua (``suppression/lua/post_send.lua``), on every recorded outcome, in the
+same round trip that records it; this module mirrors the arithmetic for ``outbox accounts
+show`` and for the property test that checks the two agree.
+
+Counters: per account and channel, sends, hard bounces and complaints in time buckets
+(``reputation_bucket``, default 1 h) summed over a rolling window (``reputation_window``,
+default 24 h; rounded up to whole buckets). A message refused at once by the relay with a hard
+bounce counts as a send *and* a hard bounce (it was handed over; the rate is per attempt).
+
+The rule (per channel; the account takes the worst channel)::
+
+    lb = Wilson score lower bound (z = 1.96, i.e. 95 %) of k bad out of n sends
+    block     if lb >= block line    and n >= min(min_volume, early_volume)
+    throttle  if lb >= throttle line and n >= min_volume
+    otherwise fine
+
+================================  =========  ===========
+parameter                         bounces    complaints
+================================  =========  ===========
+throttle line                     5 %        0.1 %
+block line                        10 %       0.3 %
+minimum volume (throttle, block)  200        1,000
+early block volume                50         250
+================================  =========  ===========
+
+Deciding on the *lower* bound rather than the raw rate means: the line is crossed only when we
+are 95 % sure the true rate is above it. A small sender with 3 bounces in 20 sends (15 %) is
+not punished for noise, while a 30 %-dirty blast is blocked after about 50 sends
+(lb(15, 50) = 0.19 > 10 %) instead of running on to 200. Every parameter is a setting
+(``OUTBOX_*``) and can be overridden per account (``outbox accounts configure``).
+
+``blocked`` and ``suspended`` are left only by a support action (unblock, unsuspend), which
+starts a probation period (``probation_seconds``, default 24 h) with fresh counters.
+``throttled`` is left automatically when the rates fall back under the lines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+STATES = ("active", "throttled", "blocked", "suspended")
+
+#: per-account overrides accepted in the account's settings hash, and their types
+OVERRIDES: dict[str, type] = {
+    "rate": float, "burst": int, "consent_mode": str,
+    "reputation_bucket": int, "reputation_window": int,
+    "min_bounce_volume": int, "min_complaint_volume": int,
+    "early_bounce_volume": int, "early_complaint_volume": int,
+    "throttle_bounce": float, "block_bounce": float,
+    "throttle_complaint": float, "block_complaint": float,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Defaults for limits and reputation (settings); an account's cfg hash overrides them."""
+
+    rate: float = 500.0
+    burst: int = 5000
+    throttle_factor: float = 0.1
+    consent_mode: str = "opt_in"
+    reputation_bucket: int = 3600
+    reputation_window: int = 86400
+    min_bounce_volume: int = 200
+    min_complaint_volume: int = 1000
+    early_bounce_volume: int = 50
+    early_complaint_volume: int = 250
+    throttle_bounce: float = 0.05
+    block_bounce: float = 0.10
+    throttle_complaint: float = 0.001
+    block_complaint: float = 0.003
+    z: float = 1.96
+    probation_seconds: int = 86400
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Policy:
+        """Read the defaults from the settings (missing ones keep the defaults above)."""
+        names = {
+            "rate": "account_rate", "burst": "account_burst",
+            "throttle_bounce": "throttle_bounce_rate", "block_bounce": "block_bounce_rate",
+            "throttle_complaint": "throttle_complaint_rate",
+            "block_complaint": "block_complaint_rate", "z": "wilson_z",
+        }
+        values = {}
+        for field in cls.__dataclass_fields__:
+            value = getattr(settings, names.get(field, field), None)
+            if value is not None:
+                values[field] = value
+        return cls(**values)
+
+    def with_overrides(self, cfg: dict[str, str]) -> Policy:
+        """This policy with an account's overrides applied."""
+        values = asdict(self)
+        for name, kind in OVERRIDES.items():
+            if cfg.get(name) not in (None, ""):
+                values[name] = kind(cfg[name])
+        return Policy(**values)
+
+    def reputation_args(self) -> list[str | int | float]:
+        """ARGV[12..22] of post_send.lua."""
+        return [self.reputation_bucket, self.reputation_window, self.min_bounce_volume,
+                self.min_complaint_volume, self.early_bounce_volume,
+                self.early_complaint_volume, repr(self.throttle_bounce),
+                repr(self.block_bounce), repr(self.throttle_complaint),
+                repr(self.block_complaint), repr(self.z)]
+
+
+def wilson_lower(k: float, n: float, z: float = 1.96) -> float:
+    """Wilson score interval lower bound of ``k`` successes in ``n`` trials (same arithmetic,
+    in the same order, as ``wilson`` in post_send.lua)."""
+    if n <= 0:
+        return 0.0
+    ph = min(1.0, k / n)
+    z2 = z * z
+    centre = ph + z2 / (2 * n)
+    margin = z * math.sqrt(ph * (1 - ph) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z2 / n))
+
+
+def level(k: int, n: int, *, min_n: int, early_n: int, throttle: float, block: float,
+          z: float = 1.96) -> int:
+    """0 fine, 1 throttle, 2 block (``level`` in post_send.lua)."""
+    lb = wilson_lower(k, n, z)
+    if n >= min(min_n, early_n) and lb >= block:
+        return 2
+    if n >= min_n and lb >= throttle:
+        return 1
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """One channel's counters over the window, with rates and bounds."""
+
+    sends: int
+    hard_bounces: int
+    complaints: int
+    window: int
+    policy: Policy
+
+    @property
+    def bounce_level(self) -> int:
+        p = self.policy
+        return level(self.hard_bounces, self.sends, min_n=p.min_bounce_volume,
+                     early_n=p.early_bounce_volume, throttle=p.throttle_bounce,
+                     block=p.block_bounce, z=p.z)
+
+    @property
+    def complaint_level(self) -> int:
+        p = self.policy
+        return level(self.complaints, self.sends, min_n=p.min_complaint_volume,
+                     early_n=p.early_complaint_volume, throttle=p.throttle_complaint,
+                     block=p.block_complaint, z=p.z)
+
+    def as_dict(self) -> dict[str, Any]:
+        n = self.sends
+        return {
+            "sends": n, "hard_bounces": self.hard_bounces, "complaints": self.complaints,
+            "bounce_rate": self.hard_bounces / n if n else 0.0,
+            "complaint_rate": self.complaints / n if n else 0.0,
+            "bounce_wilson_lower": wilson_lower(self.hard_bounces, n, self.policy.z),
+            "complaint_wilson_lower": wilson_lower(self.complaints, n, self.policy.z),
+            "bounce_level": self.bounce_level, "complaint_level": self.complaint_level,
+            "window": self.window,
+        }
+
+
+def sum_buckets(fields: dict[str, str], *, now: int, bucket: int, window: int) -> dict[str, int]:
+    """Sum ``s:/h:/c:<start>`` bucket fields still inside the window (as post_send.lua)."""
+    sums = {"s": 0, "h": 0, "c": 0}
+    for name, value in fields.items():
+        kind, start = name[:1], int(name[2:])
+        if start + bucket > now - window and kind in sums:
+            sums[kind] += int(value)
+    return sums

@@ -1,0 +1,486 @@
+"""Support-side data operations: suppression entries, consent, preferences, accounts, audit.
+
+Async, Redis injected; the CLI (``outbox/support.py``) and the admin API use these, the worker
+never does (its reads are the gate's single round trip). Key layout: :mod:`suppression.keys`.
+
+Scope (DESIGN "Scope of suppression and consent"): facts about an address
+(``hard_bounce``, ``complaint``, ``invalid``) are global whatever account is named; choices of
+a person (``unsubscribe``, ``sms_stop``) belong to one account and need it; ``manual`` is
+either; ``dnc_register`` entries come only from the register import and apply to marketing SMS.
+
+Exceptions::
+
+    StoreError          a request that cannot be carried out (message says why)
+    ├── UnknownAccount  no such account
+    └── BadEntry        a bad address, channel, reason or scope
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from suppression import keys
+from suppression.address import BadAddress, normalise
+from suppression.gate import Script
+from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
+
+FACTS = ("hard_bounce", "complaint", "invalid")
+CHOICES = ("unsubscribe", "sms_stop")
+REASONS = (*FACTS, *CHOICES, "dnc_register", "manual")
+SENDER_FIELDS = ("business_name", "address", "contact_email", "contact_phone")
+_SUPPORT = Script("support")
+
+
+class StoreError(Exception):
+    """A support request that cannot be carried out."""
+
+
+class UnknownAccount(StoreError):
+    """No account with that id."""
+
+
+class BadEntry(StoreError):
+    """A bad address, channel, reason or scope."""
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _addr(channel: str, address: str) -> str:
+    if channel not in keys.CHANNELS:
+        raise BadEntry(f"channel must be email or sms, not {channel!r}")
+    try:
+        return normalise(channel, address)
+    except BadAddress as exc:
+        raise BadEntry(str(exc)) from None
+
+
+class Audit:
+    """Audit streams: one per account (``outbox:{acct:A}:audit``) and one global."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def record(self, account_id: str | None, *, actor: str, action: str, reason: str,
+                     before: str = "", after: str = "", **extra: Any) -> str:
+        """Append one record; returns its id. Trimmed only below 3 years."""
+        key = keys.audit(account_id) if account_id else keys.GLOBAL_AUDIT
+        now = int(time.time())
+        fields = {"at": now, "actor": actor, "action": action, "reason": reason,
+                  "from": before, "to": after, "detail": f"{actor}: {reason}",
+                  **{k: "" if v is None else v for k, v in extra.items()}}
+        minid = (now - keys.AUDIT_KEEP_SECONDS) * 1000
+        return _text(await self._redis.xadd(key, fields, minid=minid, approximate=True))
+
+    async def read(self, account_id: str | None, *, limit: int = 100) -> list[dict[str, str]]:
+        """Newest first."""
+        key = keys.audit(account_id) if account_id else keys.GLOBAL_AUDIT
+        rows = await self._redis.xrevrange(key, count=limit)
+        return [{"id": _text(i), **_decode(f)} for i, f in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A support action's effect on an account's state."""
+
+    account_id: str
+    from_state: str
+    to_state: str
+    audit_id: str
+    probation_until: int | None
+
+
+class AccountStore:
+    """Account state, settings, reputation snapshot and support actions."""
+
+    def __init__(self, redis: Redis, policy: Policy) -> None:
+        self._redis = redis
+        self.policy = policy
+        self.audit = Audit(redis)
+
+    async def exists(self, account_id: str) -> bool:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sismember(keys.ACCOUNTS, account_id)
+        pipe.exists(keys.state(account_id), keys.config(account_id))
+        member, count = await pipe.execute()
+        return bool(member) or bool(count)
+
+    async def require(self, account_id: str) -> None:
+        if not await self.exists(account_id):
+            raise UnknownAccount(f"unknown account {account_id!r}")
+
+    async def ids(self) -> list[str]:
+        return sorted(_text(m) for m in await self._redis.smembers(keys.ACCOUNTS))
+
+    async def states(self, ids: list[str]) -> dict[str, str]:
+        pipe = self._redis.pipeline(transaction=False)
+        for account_id in ids:
+            pipe.hget(keys.state(account_id), "state")
+        return {a: _text(s) or "active" for a, s in zip(ids, await pipe.execute(), strict=True)}
+
+    async def list(self, state: str | None = None) -> list[dict[str, str]]:
+        found = await self.states(await self.ids())
+        return [{"account_id": a, "state": s} for a, s in found.items()
+                if state is None or s == state]
+
+    async def count_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for s in (await self.states(await self.ids())).values():
+            counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    async def configure(self, account_id: str, *, actor: str = "support",
+                        **fields: Any) -> dict[str, str]:
+        """Set sender information, limits and overrides (``None`` values are left alone)."""
+        values = {k: v for k, v in fields.items() if v is not None}
+        unknown = set(values) - set(OVERRIDES) - set(SENDER_FIELDS)
+        if unknown:
+            raise BadEntry(f"unknown account setting(s): {', '.join(sorted(unknown))}")
+        if values.get("consent_mode") not in (None, "opt_in", "opt_out"):
+            raise BadEntry("consent_mode must be opt_in or opt_out")
+        for name, value in values.items():
+            if name in OVERRIDES and OVERRIDES[name] is not str:
+                try:
+                    number = OVERRIDES[name](value)
+                except ValueError:
+                    raise BadEntry(f"{name} must be a number, not {value!r}") from None
+                if number <= 0:
+                    raise BadEntry(f"{name} must be positive")
+        if values:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(keys.config(account_id), mapping={k: str(v) for k, v in values.items()})
+            pipe.sadd(keys.ACCOUNTS, account_id)
+            await pipe.execute()
+            changed = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
+            await self.audit.record(account_id, actor=actor, action="configure",
+                                    reason=changed)
+        return _decode(await self._redis.hgetall(keys.config(account_id)))
+
+    async def show(self, account_id: str, *, transitions: int = 10) -> dict[str, Any]:
+        """Everything support needs on one account (``outbox accounts show``)."""
+        await self.require(account_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys.state(account_id))
+        pipe.hgetall(keys.config(account_id))
+        for channel in keys.CHANNELS:
+            pipe.hgetall(keys.reputation(account_id, channel))
+        pipe.lrange(keys.recent(account_id), 0, 19)
+        pipe.time()
+        state, cfg, *reps, recent, now = await pipe.execute()
+        state, cfg = _decode(state), _decode(cfg)
+        policy = self.policy.with_overrides(cfg)
+        return {
+            "account_id": account_id,
+            "state": state.get("state") or "active",
+            "since": state.get("since") or None,
+            "state_reason": state.get("reason") or None,
+            "probation_until": state.get("probation_until") or None,
+            "rates": {ch: self._rates(_decode(rep), policy, int(now[0]))
+                      for ch, rep in zip(keys.CHANNELS, reps, strict=True)},
+            "limits": {"rate": policy.rate, "burst": policy.burst,
+                       "throttle_factor": policy.throttle_factor,
+                       "consent_mode": policy.consent_mode,
+                       "thresholds": _thresholds(policy)},
+            "overrides": {k: v for k, v in cfg.items() if k in OVERRIDES},
+            "sender": {k: cfg.get(k) for k in SENDER_FIELDS},
+            "recent_transitions": await self.audit.read(account_id, limit=transitions),
+            "recent_bounce_reasons": [_json(r) for r in recent],
+        }
+
+    @staticmethod
+    def _rates(fields: dict[str, str], policy: Policy, now: int) -> dict[str, Any]:
+        sums = sum_buckets(fields, now=now, bucket=policy.reputation_bucket,
+                           window=policy.reputation_window)
+        return Rates(sums["s"], sums["h"], sums["c"], policy.reputation_window,
+                     policy).as_dict()
+
+    async def support(self, account_id: str, action: str, *, actor: str,
+                      reason: str) -> Change:
+        """``unblock``, ``suspend`` or ``unsuspend``, audited; unblock and unsuspend start a
+        probation period with fresh counters."""
+        if not actor.strip() or not reason.strip():
+            raise BadEntry("an actor and a reason are required")
+        await self.require(account_id)
+        reply = [_text(x) for x in await _SUPPORT(
+            self._redis, *support_call(account_id, action, actor=actor, reason=reason,
+                                       probation=self.policy.probation_seconds))]
+        if reply[0] != "ok":
+            raise StoreError(f"cannot {action} account {account_id!r}: it is {reply[1]}")
+        return Change(account_id, reply[1], reply[2], reply[3],
+                      int(reply[4]) if reply[4] else None)
+
+
+def support_call(account_id: str, action: str, *, actor: str, reason: str,
+                 probation: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of support.lua."""
+    if action not in ("unblock", "suspend", "unsuspend"):
+        raise BadEntry(f"unknown support action {action!r}")
+    return ([keys.state(account_id), keys.audit(account_id),
+             *(keys.reputation(account_id, ch) for ch in keys.CHANNELS)],
+            [action, actor, reason, probation])
+
+
+def _thresholds(p: Policy) -> dict[str, Any]:
+    return {"throttle_bounce": p.throttle_bounce, "block_bounce": p.block_bounce,
+            "throttle_complaint": p.throttle_complaint, "block_complaint": p.block_complaint,
+            "min_bounce_volume": p.min_bounce_volume,
+            "min_complaint_volume": p.min_complaint_volume,
+            "early_bounce_volume": p.early_bounce_volume,
+            "early_complaint_volume": p.early_complaint_volume,
+            "window": p.reputation_window, "bucket": p.reputation_bucket, "z": p.z}
+
+
+def _json(raw: Any) -> Any:
+    import json
+
+    try:
+        return json.loads(_text(raw))
+    except ValueError:
+        return _text(raw)
+
+
+class SuppressionStore:
+    """Suppression entries: global, per account, and the DNC register."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.audit = Audit(redis)
+
+    @staticmethod
+    def scope(reason: str, account_id: str | None) -> str | None:
+        """The account an entry belongs to, or None for a global entry."""
+        if reason not in REASONS or reason == "dnc_register":
+            raise BadEntry(f"reason must be one of {', '.join(r for r in REASONS if r != 'dnc_register')}"
+                           f" (DNC numbers come from `suppression import --dnc`), not {reason!r}")
+        if reason in FACTS:
+            return None
+        if reason in CHOICES and not account_id:
+            raise BadEntry(f"{reason} is a person's choice for one account: give --account")
+        return account_id
+
+    def _key(self, channel: str, addr: str, account_id: str | None) -> str:
+        if account_id:
+            return keys.account_suppression(account_id, channel, addr)
+        return keys.global_suppression(channel, addr)
+
+    async def add(self, address: str, *, channel: str, reason: str,
+                  account_id: str | None = None, expires: int | None = None,
+                  source: str = "", actor: str = "support", audit: bool = True,
+                  pipe: Any = None) -> dict[str, Any]:
+        """Add (or replace) one entry; returns it. ``pipe``: queue the writes there instead."""
+        addr = _addr(channel, address)
+        scope_account = self.scope(reason, account_id)
+        if expires is not None and expires <= 0:
+            raise BadEntry("--expires must be a positive number of seconds")
+        now = int(time.time())
+        entry = {"reason": reason, "source": source, "at": now, "actor": actor,
+                 "expires_at": now + expires if expires else ""}
+        key = self._key(channel, addr, scope_account)
+        run = pipe if pipe is not None else self._redis.pipeline(transaction=False)
+        run.delete(key)
+        run.hset(key, mapping=entry)
+        if expires:
+            run.expire(key, expires)
+        if scope_account:
+            run.sadd(keys.ACCOUNTS, scope_account)
+        if pipe is None:
+            await run.execute()
+        if audit:
+            await self.audit.record(scope_account, actor=actor, action="suppression.add",
+                                    reason=reason, address=addr, channel=channel,
+                                    source=source)
+        return _entry(key, _decode({k: str(v) for k, v in entry.items()}))
+
+    async def remove(self, address: str, *, channel: str, account_id: str | None = None,
+                     actor: str, reason: str) -> list[dict[str, Any]]:
+        """Remove the entries of ``address`` in the given scope (global, or one account's);
+        audited. Returns the removed entries."""
+        if not actor.strip() or not reason.strip():
+            raise BadEntry("an actor and a reason are required")
+        addr = _addr(channel, address)
+        key = self._key(channel, addr, account_id)
+        found = _decode(await self._redis.hgetall(key))
+        if not found:
+            return []
+        await self._redis.delete(key)
+        await self.audit.record(account_id, actor=actor, action="suppression.remove",
+                                reason=reason, address=addr, channel=channel,
+                                removed=found.get("reason", ""))
+        return [_entry(key, found)]
+
+    async def check(self, address: str, *, account_id: str | None = None,
+                    channel: str | None = None) -> list[dict[str, Any]]:
+        """Every entry that applies to ``address`` (global, DNC, and the account's)."""
+        channels = [channel] if channel else [c for c in keys.CHANNELS
+                                              if _fits(c, address)]
+        wanted = []
+        for ch in channels:
+            addr = _addr(ch, address)
+            wanted.append(keys.global_suppression(ch, addr))
+            if ch == "sms":
+                wanted.append(keys.dnc(addr))
+            if account_id:
+                wanted.append(keys.account_suppression(account_id, ch, addr))
+        pipe = self._redis.pipeline(transaction=False)
+        for key in wanted:
+            pipe.hgetall(key)
+        return [_entry(k, _decode(v)) for k, v in zip(wanted, await pipe.execute(), strict=True)
+                if v]
+
+    async def entries(self, *, account_id: str | None = None,
+                      reason: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Entries of one account, or the global ones (DNC numbers only when
+        ``reason='dnc_register'``), by SCAN."""
+        if account_id:
+            pattern = f"{keys.account_tag(account_id)}:supp:*"
+        elif reason == "dnc_register":
+            pattern = f"{keys.PREFIX}dnc:*"
+        else:
+            pattern = f"{keys.PREFIX}supp:*"
+        batch: list[str] = []
+        async for key in self._redis.scan_iter(match=pattern, count=1000):
+            batch.append(_text(key))
+            if len(batch) >= 500:
+                async for e in self._fetch(batch, reason):
+                    yield e
+                batch = []
+        async for e in self._fetch(batch, reason):
+            yield e
+
+    async def _fetch(self, batch: list[str], reason: str | None) -> AsyncIterator[dict[str, Any]]:
+        if not batch:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in batch:
+            pipe.hgetall(key)
+        for key, raw in zip(batch, await pipe.execute(), strict=True):
+            entry = _decode(raw)
+            if entry and (reason is None or entry.get("reason") == reason):
+                yield _entry(key, entry)
+
+    async def add_many(self, rows: Iterable[tuple[str, str, str]], *,
+                       account_id: str | None, source: str, actor: str) -> int:
+        """Add validated ``(address, channel, reason)`` rows, pipelined; returns the count."""
+        count = 0
+        pipe = self._redis.pipeline(transaction=False)
+        for address, channel, reason in rows:
+            await self.add(address, channel=channel, reason=reason, account_id=account_id,
+                           source=source, actor=actor, audit=False, pipe=pipe)
+            count += 1
+        await pipe.execute()
+        return count
+
+    async def add_dnc(self, numbers: Iterable[str], *, source: str) -> int:
+        """Store E.164 numbers as DNC register entries (marketing SMS only)."""
+        now = int(time.time())
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        for number in numbers:
+            pipe.hset(keys.dnc(number), mapping={"reason": "dnc_register", "source": source,
+                                                 "at": now, "actor": "import"})
+            count += 1
+        await pipe.execute()
+        return count
+
+
+def _fits(channel: str, address: str) -> bool:
+    return ("@" in address) == (channel == "email")
+
+
+def _entry(key: str, fields: dict[str, str]) -> dict[str, Any]:
+    """An entry as printed: address, channel, scope, account and the stored fields."""
+    if key.startswith(keys.PREFIX + "dnc:"):
+        scope, account, channel, addr = "dnc", None, "sms", key.split(":", 2)[2]
+    elif key.startswith(keys.PREFIX + "supp:"):
+        _, _, channel, addr = key.split(":", 3)
+        scope, account = "global", None
+    else:
+        account = keys.account_from_key(key)
+        rest = key.split("}:supp:", 1)[1]
+        channel, addr = rest.split(":", 1)
+        scope = "account"
+    return {"address": addr, "channel": channel, "scope": scope, "account_id": account,
+            "reason": fields.get("reason"), "source": fields.get("source") or None,
+            "at": int(fields["at"]) if fields.get("at") else None,
+            "expires_at": int(fields["expires_at"]) if fields.get("expires_at") else None,
+            "actor": fields.get("actor") or None}
+
+
+class ConsentStore:
+    """Consent records: account × recipient × channel, granted or revoked, with evidence.
+    Never expire (kept at least 3 years); a revoke keeps the grant's evidence beside it."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.audit = Audit(redis)
+
+    async def set(self, account_id: str, recipient: str, *, channel: str, granted: bool,
+                  source: str = "", evidence: str = "", actor: str = "support"
+                  ) -> dict[str, Any]:
+        addr = _addr(channel, recipient)
+        key = keys.consent(account_id, channel, addr)
+        now = int(time.time())
+        verb = "grant" if granted else "revoke"
+        status = "granted" if granted else "revoked"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={"status": status, "at": now, f"{verb}ed_at": now,
+                                f"{verb}_source": source, f"{verb}_evidence": evidence,
+                                "actor": actor})
+        pipe.sadd(keys.ACCOUNTS, account_id)
+        await pipe.execute()
+        await self.audit.record(account_id, actor=actor, action=f"consent.{verb}",
+                                reason=source or verb, address=addr, channel=channel)
+        return await self.get(account_id, recipient, channel=channel)
+
+    async def grant(self, account_id: str, recipient: str, **kw: Any) -> dict[str, Any]:
+        return await self.set(account_id, recipient, granted=True, **kw)
+
+    async def revoke(self, account_id: str, recipient: str, **kw: Any) -> dict[str, Any]:
+        return await self.set(account_id, recipient, granted=False, **kw)
+
+    async def get(self, account_id: str, recipient: str, *, channel: str) -> dict[str, Any]:
+        addr = _addr(channel, recipient)
+        raw = _decode(await self._redis.hgetall(keys.consent(account_id, channel, addr)))
+        return {"account_id": account_id, "recipient": addr, "channel": channel,
+                "status": raw.get("status") or "none", **{k: v for k, v in raw.items()
+                                                          if k != "status"}}
+
+
+class PrefsStore:
+    """Notification preferences: account × recipient × topic × channel, on or off
+    (no record = on)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def set(self, account_id: str, recipient: str, *, topic: str, channel: str,
+                  on: bool) -> dict[str, Any]:
+        if not topic or ":" in topic:
+            raise BadEntry("a topic is a non-empty name without ':'")
+        addr = _addr(channel, recipient)
+        await self._redis.hset(keys.prefs(account_id, addr), f"{topic}:{channel}",
+                               "1" if on else "0")
+        return await self.get(account_id, addr, channel=channel)
+
+    async def get(self, account_id: str, recipient: str, *,
+                  channel: str | None = None) -> dict[str, Any]:
+        channel = channel or ("email" if "@" in recipient else "sms")
+        addr = _addr(channel, recipient)
+        raw = _decode(await self._redis.hgetall(keys.prefs(account_id, addr)))
+        prefs: dict[str, dict[str, bool]] = {}
+        for field, value in raw.items():
+            topic, _, ch = field.rpartition(":")
+            prefs.setdefault(topic, {})[ch] = value == "1"
+        return {"account_id": account_id, "recipient": addr, "topics": prefs}

@@ -1,0 +1,139 @@
+"""The pre-send verdicts over the real Lua and a real Redis (one round trip each)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from suppression.gate import Counts, Gate
+from suppression.reputation import Policy
+from suppression.store import AccountStore, ConsentStore, PrefsStore, SuppressionStore
+
+A = "acct_g"
+
+
+@pytest.fixture
+async def redis(redis_url):
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def gate(redis):
+    return Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1000, burst=1000))
+
+
+_n = iter(range(10**9))
+
+
+async def check(gate, *, account=A, redelivered=False, **job):
+    job.setdefault("address", "rcpt@example.com")
+    return await gate.pre_send(account, job.pop("job_id", f"j{next(_n)}"), owner="w",
+                               redelivered=redelivered, expired=False, attempt=1, **job)
+
+
+async def test_a_clean_job_is_claimed(gate):
+    d = await check(gate, job_id="j-clean")
+    assert (d.verdict, d.claimed) == ("send", True)
+    assert (await gate.job_state(A, "j-clean"))["st"] == "S"
+
+
+async def test_blocked_and_suspended_accounts_refuse_and_record_it(gate, redis):
+    await redis.hset("outbox:{acct:" + A + "}:state", "state", "blocked")
+    d = await check(gate, job_id="j-b")
+    assert (d.verdict, d.reason) == ("blocked", "account_blocked")
+    # recorded: a redelivery answers done, it does not re-evaluate
+    again = await check(gate, job_id="j-b", redelivered=True)
+    assert (again.verdict, again.status, again.reason) == ("done", "blocked", "account_blocked")
+    await redis.hset("outbox:{acct:" + A + "}:state", "state", "suspended")
+    assert (await check(gate)).reason == "account_suspended"
+
+
+async def test_suppression_scopes(gate, redis):
+    store = SuppressionStore(redis)
+    await store.add("Gone@Example.com", channel="email", reason="hard_bounce")
+    await store.add("left@example.com", channel="email", reason="unsubscribe", account_id=A)
+    # global: every account, found by the pipelined read, settled by the caller
+    for account in (A, "acct_other"):
+        d = await check(gate, account=account, address="gone@EXAMPLE.com")
+        assert (d.verdict, d.reason, d.settle) == ("suppressed", "hard_bounce", True)
+    # per account: refused by the script for that account only
+    d = await check(gate, address="LEFT@example.com")
+    assert (d.verdict, d.reason, d.settle) == ("suppressed", "unsubscribe", False)
+    assert (await check(gate, account="acct_other", address="left@example.com")).verdict == "send"
+    # channel matters
+    assert (await check(gate, channel="sms", address="+85291234567")).verdict == "send"
+
+
+async def test_marketing_consent_opt_in_and_opt_out(gate, redis):
+    consent = ConsentStore(redis)
+    d = await check(gate, category="marketing", address="m@example.com")
+    assert (d.verdict, d.reason) == ("no_consent", "no_consent")
+    await consent.grant(A, "m@example.com", channel="email", source="form")
+    assert (await check(gate, category="marketing", address="m@example.com")).verdict == "send"
+    await consent.revoke(A, "m@example.com", channel="email")
+    d = await check(gate, category="marketing", address="m@example.com")
+    assert (d.verdict, d.reason) == ("no_consent", "revoked")
+    # opt-out accounts send marketing unless revoked
+    await AccountStore(redis, Policy()).configure(A, consent_mode="opt_out")
+    assert (await check(gate, category="marketing", address="new@example.com")).verdict == "send"
+    assert (await check(gate, category="marketing",
+                        address="m@example.com")).verdict == "no_consent"
+    # transactional mail never needs consent
+    assert (await check(gate, address="m@example.com")).verdict == "send"
+
+
+async def test_notification_preferences(gate, redis):
+    prefs = PrefsStore(redis)
+    await prefs.set(A, "+852 9123 4567", topic="meeting", channel="sms", on=False)
+    job = {"channel": "sms", "category": "notification", "address": "+85291234567"}
+    d = await check(gate, topic="meeting", **job)
+    assert (d.verdict, d.reason) == ("suppressed", "preference")
+    assert (await check(gate, topic="task", **job)).verdict == "send"
+    await prefs.set(A, "+85291234567", topic="meeting", channel="sms", on=True)
+    assert (await check(gate, topic="meeting", **job)).verdict == "send"
+
+
+async def test_dnc_register_applies_to_marketing_sms_only(gate, redis):
+    await SuppressionStore(redis).add_dnc(["+85261234567"], source="test")
+    await ConsentStore(redis).grant(A, "+85261234567", channel="sms")
+    d = await check(gate, channel="sms", category="marketing", address="6123 4567")
+    assert (d.verdict, d.reason) == ("suppressed", "dnc_register")
+    assert (await check(gate, channel="sms", category="notification", topic="task",
+                        address="+85261234567")).verdict == "send"
+
+
+async def test_rate_limit_is_last_and_refusals_take_no_token(redis):
+    gate = Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1, burst=2))
+    for _ in range(5):  # refused jobs do not consume tokens
+        assert (await check(gate, category="marketing")).verdict == "no_consent"
+    assert [(await check(gate)).verdict for _ in range(3)] == ["send", "send", "rate_limited"]
+    d = await check(gate, job_id="j-rl")
+    assert d.verdict == "rate_limited" and 0 < d.wait_ms <= 1000
+    assert await gate.job_state(A, "j-rl") == {}  # not claimed, not an attempt
+
+
+async def test_throttled_accounts_get_the_reduced_rate(redis):
+    gate = Gate(redis, idempotency_ttl=3600, policy=Policy(rate=100, burst=50,
+                                                           throttle_factor=0.1))
+    await redis.hset("outbox:{acct:" + A + "}:state", "state", "throttled")
+    verdicts = [(await check(gate)).verdict for _ in range(6)]
+    assert verdicts == ["send"] * 5 + ["rate_limited"]  # burst 50 * 10 % = 5
+
+
+async def test_a_global_refusal_gives_its_token_back(redis):
+    gate = Gate(redis, idempotency_ttl=3600, policy=Policy(rate=0.001, burst=1))
+    await SuppressionStore(redis).add("x@example.com", channel="email", reason="complaint")
+    d = await check(gate, job_id="j-g", address="x@example.com")
+    assert d.settle and d.claimed
+    await gate.post_send(A, "j-g", status="suppressed", attempt=1, reason=d.reason, refund=True)
+    assert (await gate.job_state(A, "j-g"))["st"] == "suppressed"
+    assert (await check(gate)).verdict == "send"  # the token came back
+
+
+async def test_a_hard_bounce_suppresses_the_address_globally(gate, redis):
+    await gate.post_send(A, "j-h", status="bounced", attempt=1, reason="userunknown",
+                         counts=Counts(sends=1, hard=1), address="Dead@Example.com")
+    [entry] = await SuppressionStore(redis).check("dead@example.com", account_id="acct_x")
+    assert (entry["scope"], entry["reason"], entry["source"]) == ("global", "hard_bounce", "j-h")

@@ -1,0 +1,172 @@
+"""Suppression scopes, consent, preferences and the imports, through the stores and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from outbox import cli
+from suppression.store import BadEntry, ConsentStore, PrefsStore, SuppressionStore
+
+
+@pytest.fixture
+async def store(redis_url):
+    client = Redis.from_url(redis_url)
+    yield SuppressionStore(client)
+    await client.aclose()
+
+
+async def test_facts_are_global_choices_per_account(store):
+    hb = await store.add("Bob@Example.com", channel="email", reason="hard_bounce",
+                         account_id="acct_1")  # a fact: global whatever account is named
+    assert (hb["scope"], hb["account_id"], hb["address"]) == ("global", None, "bob@example.com")
+    un = await store.add("carol@example.com", channel="email", reason="unsubscribe",
+                         account_id="acct_1")
+    assert (un["scope"], un["account_id"]) == ("account", "acct_1")
+    with pytest.raises(BadEntry, match="--account"):
+        await store.add("carol@example.com", channel="email", reason="unsubscribe")
+    with pytest.raises(BadEntry, match="reason"):
+        await store.add("carol@example.com", channel="email", reason="dunno")
+
+    assert [e["reason"] for e in await store.check("BOB@example.com")] == ["hard_bounce"]
+    assert [e["reason"] for e in await store.check("carol@example.com",
+                                                   account_id="acct_1")] == ["unsubscribe"]
+    assert await store.check("carol@example.com", account_id="acct_2") == []
+    assert await store.check("carol@example.com") == []
+    with pytest.raises(BadEntry, match="phone"):
+        await store.check("bob@example.com", channel="sms")
+
+
+async def test_remove_is_scoped_and_audited(store):
+    await store.add("dan@example.com", channel="email", reason="manual", account_id="acct_1")
+    await store.add("dan@example.com", channel="email", reason="manual")
+    removed = await store.remove("dan@example.com", channel="email", account_id="acct_1",
+                                 actor="alice", reason="asked by customer")
+    assert [e["scope"] for e in removed] == ["account"]
+    assert [e["scope"] for e in await store.check("dan@example.com", account_id="acct_1")] == \
+        ["global"]
+    with pytest.raises(BadEntry):
+        await store.remove("dan@example.com", channel="email", actor="", reason="x")
+    [record] = [r for r in await store.audit.read("acct_1") if r["action"] == "suppression.remove"]
+    assert (record["actor"], record["reason"]) == ("alice", "asked by customer")
+
+
+async def test_an_entry_can_expire(store):
+    await store.add("eve@example.com", channel="email", reason="manual", expires=1)
+    [entry] = await store.check("eve@example.com")
+    assert entry["expires_at"] - entry["at"] == 1
+    ttl = await store._redis.ttl("outbox:supp:email:eve@example.com")
+    assert 0 < ttl <= 1
+
+
+async def test_list_by_scope_and_reason(store):
+    await store.add("a@example.com", channel="email", reason="complaint")
+    await store.add("b@example.com", channel="email", reason="invalid")
+    await store.add("+85291234567", channel="sms", reason="sms_stop", account_id="acct_1")
+    assert sorted([e["address"] async for e in store.entries()]) == ["a@example.com", "b@example.com"]
+    assert [e["address"] async for e in store.entries(reason="invalid")] == ["b@example.com"]
+    assert [e["address"] async for e in store.entries(account_id="acct_1")] == ["+85291234567"]
+
+
+async def test_consent_keeps_the_grant_beside_the_revoke(redis_url):
+    client = Redis.from_url(redis_url)
+    consent = ConsentStore(client)
+    assert (await consent.get("acct_1", "f@example.com", channel="email"))["status"] == "none"
+    await consent.grant("acct_1", "F@example.com", channel="email", source="form",
+                        evidence="ip 192.0.2.1")
+    record = await consent.revoke("acct_1", "f@example.com", channel="email", source="reply")
+    assert record["status"] == "revoked"
+    assert (record["grant_source"], record["grant_evidence"], record["revoke_source"]) == \
+        ("form", "ip 192.0.2.1", "reply")
+    assert await client.ttl("outbox:{acct:acct_1}:consent:email:f@example.com") == -1
+    await client.aclose()
+
+
+async def test_preferences(redis_url):
+    client = Redis.from_url(redis_url)
+    prefs = PrefsStore(client)
+    await prefs.set("acct_1", "+852 9123 4567", topic="meeting", channel="sms", on=False)
+    await prefs.set("acct_1", "+85291234567", topic="task", channel="sms", on=True)
+    shown = await prefs.get("acct_1", "+85291234567")
+    assert shown["topics"] == {"meeting": {"sms": False}, "task": {"sms": True}}
+    await client.aclose()
+
+
+# --- through the CLI (sync tests: the CLI runs its own loop) ----------------------------
+
+
+@pytest.fixture
+def outbox(monkeypatch, redis_url, capsys):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("OUTBOX_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("OUTBOX_REDIS_URL", redis_url)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(["--log-level", "WARNING", *argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_dnc_import_reports_bad_lines_and_exits_1(outbox, tmp_path):
+    register = tmp_path / "dnc.txt"
+    register.write_text("91234567\n+852 6123 4567\n12\n\n51234567\nnot-a-number\n")
+    code, out, err = outbox("suppression", "import", str(register), "--dnc", "--json")
+    assert code == 1
+    assert json.loads(out) == {"file": str(register), "imported": 3, "bad": 2}
+    assert f"{register}:3:" in err and f"{register}:6:" in err
+    code, out, _ = outbox("suppression", "check", "91234567", "--json")
+    found = json.loads(out)
+    assert found["suppressed"] is True
+    assert [(e["address"], e["reason"], e["scope"]) for e in found["entries"]] == \
+        [("+85291234567", "dnc_register", "dnc")]
+
+
+def test_csv_import_and_export(outbox, tmp_path):
+    data = tmp_path / "list.csv"
+    data.write_text("address,channel,reason\nA@x.example,email,unsubscribe\n"
+                    "b@x.example,email,hard_bounce\nnope,email,manual\n"
+                    "+85291234567,sms,sms_stop\nc@x.example,fax,manual\n")
+    code, out, err = outbox("suppression", "import", str(data), "--account", "acct_1")
+    assert code == 1 and "imported 3, bad lines 2" in out
+    assert f"{data}:4:" in err and f"{data}:6:" in err
+    code, out, _ = outbox("suppression", "export", "--account", "acct_1")
+    rows = out.strip().splitlines()
+    assert rows[0].startswith("address,channel,scope")
+    assert sorted(r.split(",")[0] for r in rows[1:]) == ["+85291234567", "a@x.example"]
+    code, out, _ = outbox("suppression", "check", "b@x.example", "--json")
+    assert json.loads(out)["entries"][0]["scope"] == "global"  # a fact, whatever the account
+
+
+def test_support_actions_need_a_known_account(outbox):
+    code, _, err = outbox("accounts", "unblock", "acct_none", "--reason", "r", "--actor", "a")
+    assert code == 2 and "unknown account" in err
+    code, _, err = outbox("audit", "acct_none")
+    assert code == 2
+    with pytest.raises(SystemExit) as exc:  # reason and actor are required
+        outbox("accounts", "suspend", "acct_none", "--actor", "a")
+    assert exc.value.code == 2
+
+
+def test_configure_then_show(outbox):
+    code, _, _ = outbox("accounts", "configure", "acct_9", "--business-name", "Acme Ltd",
+                        "--address", "1 Queen's Road, Hong Kong", "--contact-email",
+                        "hello@acme.example", "--rate", "20", "--block-bounce", "0.08",
+                        "--consent-mode", "opt_out")
+    assert code == 0
+    code, out, _ = outbox("accounts", "show", "acct_9", "--json")
+    shown = json.loads(out)
+    assert shown["state"] == "active"
+    assert shown["sender"]["business_name"] == "Acme Ltd"
+    assert shown["limits"]["rate"] == 20.0 and shown["limits"]["consent_mode"] == "opt_out"
+    assert shown["limits"]["thresholds"]["block_bounce"] == 0.08
+    assert set(shown["rates"]["email"]) >= {"sends", "hard_bounces", "complaints", "bounce_rate",
+                                            "bounce_wilson_lower", "window"}
+    code, out, _ = outbox("accounts", "list", "--json")
+    assert json.loads(out) == [{"account_id": "acct_9", "state": "active"}]
