@@ -20,6 +20,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import SettingsError as PydanticSettingsError
 from pydantic_settings import (
@@ -120,6 +121,7 @@ class Settings(BaseSettings):
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     message_id_domain: str = "outbox.localhost"
+    bounce_domain: str | None = None  # VERP: envelope sender bounce+<acct>+<job>@<this>
     email_check_mx: bool = False
     metrics_port: int = Field(0, ge=0, le=65535)
     # account reputation and limits (suppression/reputation.py); all overridable per account
@@ -146,6 +148,9 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
+    twilio_rate_per_sender: float = Field(10.0, gt=0, description="messages/s per number")
+    sms_region: str = Field("HK", pattern=r"^[A-Z]{2}$", description="for numbers without +")
+    sms_max_segments: int = Field(10, ge=1, le=10)
 
     # --- webhooks / http --------------------------------------------------------------------
     public_url: str = "http://127.0.0.1:8080"
@@ -240,6 +245,16 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("must be comma-separated whole seconds, e.g. 10,60,300") from None
         return value
+
+    @model_validator(mode="after")
+    def _twilio_complete(self) -> Settings:
+        parts = (self.twilio_account_sid, self.twilio_auth_token)
+        if any(parts) and not all(parts):
+            raise ValueError("OUTBOX_TWILIO_ACCOUNT_SID and OUTBOX_TWILIO_AUTH_TOKEN go together")
+        if all(parts) and not (self.twilio_from or self.twilio_messaging_service_sid):
+            raise ValueError("Twilio needs OUTBOX_TWILIO_FROM or "
+                             "OUTBOX_TWILIO_MESSAGING_SERVICE_SID")
+        return self
 
     @property
     def smtp(self) -> SmtpTarget:

@@ -27,6 +27,9 @@ class Metrics:
                               registry=registry)
         self.redis_seconds = Histogram("outbox_redis_seconds", "Redis round-trip time",
                                        buckets=_REDIS_BUCKETS, registry=registry)
+        self.provider_events = Counter("outbox_provider_events_total",
+                                       "Provider events applied by the worker",
+                                       ["provider", "type", "result"], registry=registry)
         self.duplicates = Counter("outbox_duplicate_deliveries_total",
                                   "Deliveries not sent because the job id was already taken",
                                   ["channel", "verdict"], registry=registry)

@@ -106,12 +106,12 @@ class Pipeline:
             await self._reject_invalid(message, exc)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
-        decision = await self._redis(lambda: self._gate.pre_send(
+        decision = await self.redis_call(lambda: self._gate.pre_send(
             job.account_id, job.id, owner=self._owner, redelivered=bool(message.redelivered),
             expired=job.expired(), attempt=attempt, channel=job.channel,
             category=job.category, topic=job.topic, address=job.to))
         if decision.verdict == "send":
-            await self._send(message, job, attempt)
+            await self._send(message, job, attempt, decision.sender)
         else:
             await asyncio.shield(self._not_sent(message, job, decision))
 
@@ -164,13 +164,14 @@ class Pipeline:
         self._metrics.jobs.labels(job.channel, "rate_limited").inc()
         await message.ack()
 
-    async def _send(self, message: AbstractIncomingMessage, job: Job, attempt: int) -> None:
+    async def _send(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                    sender: tuple[str, ...] | None) -> None:
         channel = self._channels[job.channel]
         inflight = self._metrics.inflight.labels(job.channel)
         inflight.inc()
         started = time.perf_counter()
         try:
-            result = await channel.send(job)
+            result = await channel.send(job, sender)
         except SendFailure as failure:
             self._metrics.provider_replies.labels(failure.provider, failure.outcome.kind).inc()
             await asyncio.shield(self._failed(message, job, attempt, failure))
@@ -194,7 +195,7 @@ class Pipeline:
     async def _failed(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                       failure: SendFailure) -> None:
         outcome = failure.outcome
-        final = _FINAL_FOR_KIND.get(outcome.kind or "")
+        final = failure.status or _FINAL_FOR_KIND.get(outcome.kind or "")
         if final is None:
             first_seen = _int(message.headers.get(FIRST_SEEN_HEADER), 0) or time.time()
             tier = self._retry.delay(attempt, first_seen, time.time())
@@ -203,11 +204,12 @@ class Pipeline:
                 return
             final = "failed"
         await self._finish(message, job, final, attempt, reason=outcome.reason,
-                           detail=failure.detail, provider=failure.provider)
+                           detail=failure.detail, provider=failure.provider,
+                           suppress=failure.suppress)
 
     async def _defer(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                      failure: SendFailure, tier: int) -> None:
-        await self._redis(lambda: self._gate.post_send(
+        await self.redis_call(lambda: self._gate.post_send(
             job.account_id, job.id, status="R", attempt=attempt, provider=failure.provider,
             channel=job.channel))
         headers = dict(message.headers)
@@ -225,14 +227,22 @@ class Pipeline:
     async def _finish(self, message: AbstractIncomingMessage, job: Job, status: str,
                       attempt: int, *, provider: str | None = None,
                       provider_message_id: str | None = None, reason: str | None = None,
-                      refund: bool = False, **event: Any) -> None:
+                      refund: bool = False, suppress: str | None = None,
+                      **event: Any) -> None:
         """Record a final status and its reputation counts, publish its event, ack."""
-        transition = await self._redis(lambda: self._gate.post_send(
+        recorded = await self.redis_call(lambda: self._gate.post_send(
             job.account_id, job.id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=job.channel, reason=reason,
-            counts=_COUNTS.get(status, Counts()), address=job.to, refund=refund))
-        if transition is not None:
-            await self._account_moved(job, transition)
+            counts=_COUNTS.get(status, Counts()), address=job.to, refund=refund,
+            suppress=suppress))
+        if recorded.transition is not None:
+            await self._account_moved(job, recorded.transition)
+        if not recorded.applied:
+            # a provider event got there first (delivered before our own "sent"):
+            # announcing "sent" now would move the status backwards
+            self._metrics.jobs.labels(job.channel, status).inc()
+            await message.ack()
+            return
         await self._event_and_ack(message, job, status, attempt, provider=provider,
                                   provider_message_id=provider_message_id, reason=reason,
                                   **event)
@@ -273,7 +283,7 @@ class Pipeline:
         log.warning("job rejected", extra={"job_id": exc.job_id, "reason": exc.reason})
         await message.ack()
 
-    async def _redis(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def redis_call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis call; while Redis is unreachable, hold the job and retry with backoff."""
         delay = 0.1
         while True:

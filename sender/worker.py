@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from prometheus_client import CollectorRegistry
@@ -24,12 +24,15 @@ from config import Settings
 from sender import topology
 from sender.bus import Bus, PublishFailed
 from sender.channels.base import Channel
-from sender.channels.smtp import SmtpChannel, SmtpPool
+from sender.channels.mx import MxChecker
+from sender.channels.smtp import DomainLimiter, EmailOptions, SmtpChannel, SmtpPool
+from sender.channels.twilio import TwilioChannel, TwilioConfig
+from sender.events import EventApplier
 from sender.metrics import Metrics
 from sender.pipeline import Pipeline, RetryPolicy, Stopping
 from suppression.gate import Gate
 from suppression.reputation import Policy
-from suppression.store import AccountStore
+from suppression.store import AccountStore, SuppressionStore
 
 log = logging.getLogger("outbox.worker")
 ACCOUNTS_GAUGE_PERIOD = 30.0  # seconds between refreshes of outbox_accounts{state}
@@ -61,6 +64,8 @@ class Worker:
             max_job_bytes=settings.max_job_bytes, owner=self.worker_id,
             stopping=lambda: self._stopping,
         )
+        self.events = EventApplier(bus=bus, gate=self.pipeline.gate,
+                                   store=SuppressionStore(redis), metrics=self.metrics)
 
     @property
     def inflight(self) -> int:
@@ -78,7 +83,21 @@ class Worker:
             tag = await queue.consume(self._on_message, no_ack=False)
             self._consumers.append((queue, tag))
             log.info("consuming %s", queue.name)
+        await self._consume_events()
         self._gauge_task = asyncio.create_task(self._refresh_accounts_gauge())
+
+    async def _consume_events(self) -> None:
+        """Provider events from the webhook server and the bounce listener."""
+        channel = await self.bus.channel(self.settings.prefetch)
+        self._amqp_channels.append(channel)
+        queue = await channel.declare_queue(topology.EVENTS_QUEUE, passive=True)
+        tag = await queue.consume(self._on_event, no_ack=False)
+        self._consumers.append((queue, tag))
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        # held (not acked) and retried while Redis is down, like a job
+        await self._guarded(message, lambda m: self.pipeline.redis_call(
+            lambda: self.events.handle(m)))
 
     async def _refresh_accounts_gauge(self) -> None:
         """Keep ``outbox_accounts{state}`` current (every worker reports the same totals)."""
@@ -92,6 +111,11 @@ class Worker:
             await asyncio.sleep(ACCOUNTS_GAUGE_PERIOD)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        await self._guarded(message, self.pipeline.handle)
+
+    async def _guarded(self, message: AbstractIncomingMessage,
+                       handle: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
+        """Run one delivery under the semaphore; whatever goes wrong, it is not lost."""
         if self._stopping:
             return  # left unsettled: returned to the queue when the channel closes
         task = asyncio.current_task()
@@ -100,7 +124,7 @@ class Worker:
         try:
             async with self._semaphore:
                 if not self._stopping:
-                    await self.pipeline.handle(message)
+                    await handle(message)
         except (Stopping, asyncio.CancelledError):
             pass
         except PublishFailed as exc:
@@ -157,6 +181,25 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     pool = SmtpPool(settings.smtp, size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                     max_messages=settings.smtp_max_messages_per_connection,
                     idle_timeout=settings.smtp_idle_timeout)
+    options = EmailOptions(
+        message_id_domain=settings.message_id_domain, public_url=settings.public_url,
+        secret_key=settings.secret_key.get_secret_value(),
+        bounce_domain=settings.bounce_domain,
+        mx=MxChecker() if settings.email_check_mx else None)
+    domains = DomainLimiter(settings.smtp_domain_concurrency,
+                            settings.smtp_domain_concurrency_default)
     channels: dict[str, Channel] = {
-        "email": SmtpChannel(pool, message_id_domain=settings.message_id_domain)}
+        "email": SmtpChannel(pool, options=options, domains=domains)}
+    if settings.twilio_configured:
+        channels["sms"] = TwilioChannel(TwilioConfig(
+            account_sid=settings.twilio_account_sid or "",
+            auth_token=settings.twilio_auth_token.get_secret_value()
+            if settings.twilio_auth_token else "",
+            api_base=settings.twilio_api_base, from_=settings.twilio_from,
+            messaging_service_sid=settings.twilio_messaging_service_sid,
+            status_callback=f"{settings.public_url}/webhooks/twilio/status",
+            region=settings.sms_region, max_segments=settings.sms_max_segments,
+            rate_per_sender=settings.twilio_rate_per_sender))
+    else:
+        log.warning("Twilio is not configured: SMS jobs wait in outbox.sms")
     return channels

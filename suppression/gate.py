@@ -77,6 +77,18 @@ class Decision:
     wait_ms: int = 0
     settle: bool = False
     claimed: bool = False
+    #: for a marketing job that may be sent: business_name, address, contact_email,
+    #: contact_phone of the account ('' when unset)
+    sender: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The answer of ``post_send``: ``applied`` is 1 when the job took the status, 0 when it
+    already had a later one (nothing to announce), -1 for a provider event seen before."""
+
+    transition: Transition | None
+    applied: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,30 +207,37 @@ class Gate:
                         provider: str | None = None, provider_message_id: str | None = None,
                         channel: str = "email", reason: str | None = None,
                         counts: Counts = Counts(), address: str = "",
-                        refund: bool = False) -> Transition | None:
+                        refund: bool = False, suppress: str | None = None,
+                        event_id: str | None = None, event_ttl: int = 0) -> Recorded:
         """Record the job's new state (a final status, or ``R`` when a retry is scheduled),
         count the outcome, move the account's state; one round trip.
 
-        A hard bounce or a complaint also suppresses ``address`` globally."""
+        A status never moves backwards: a late ``sent`` does not overwrite ``delivered``.
+        A hard bounce or a complaint also suppresses ``address`` globally; ``suppress`` names
+        another reason (``invalid`` globally, ``unsubscribe``/``sms_stop`` for the account),
+        or ``""`` for none (carrier filtering counts like a complaint, but is no fact about
+        the recipient).
+        With ``event_id`` (a provider event) the call takes effect once: a repeat changes
+        nothing."""
         script_keys, args = self.post_send_call(
             account_id, job_id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=channel, reason=reason,
             counts=counts, refund=refund)
-        fact = "hard_bounce" if counts.hard else "complaint" if counts.complaints else None
+        if event_id:
+            script_keys.append(keys.event(account_id, event_id))
+            args.append(event_ttl or keys.EVENT_TTL)
+        fact = suppress if suppress is not None else (
+            "hard_bounce" if counts.hard else "complaint" if counts.complaints else None)
 
         def build(pipe: Any) -> None:
             POST_SEND.queue(pipe, script_keys, args)
             if fact and address:
-                gkey = keys.global_suppression(channel, _normalised(channel, address))
-                pipe.hset(gkey, mapping={"reason": fact, "source": job_id,
-                                         "at": int(time.time()), "account": account_id,
-                                         "detail": reason or "", "actor": "system"})
-                pipe.persist(gkey)
+                _suppress(pipe, account_id, channel, address, fact, job_id, reason)
             if counts.sends:
                 pipe.sadd(keys.ACCOUNTS, account_id)
 
         results = await run_pipeline(self._redis, build, POST_SEND)
-        return _transition(account_id, results[0])
+        return Recorded(_transition(account_id, results[0]), int(results[0][9]))
 
     def post_send_call(self, account_id: str, job_id: str, *, status: str, attempt: int,
                        provider: str | None = None, provider_message_id: str | None = None,
@@ -235,10 +254,29 @@ class Gate:
                 *self.policy.reputation_args(), int(refund)]
         return script_keys, args
 
+    async def suppress_address(self, channel: str, address: str, *, reason: str,
+                               source: str, detail: str | None = None,
+                               account_id: str = "") -> None:
+        """A suppression entry without a job to record (an event naming no account)."""
+        pipe = self._redis.pipeline(transaction=False)
+        _suppress(pipe, account_id, channel, address, reason, source, detail)
+        await pipe.execute()
+
     async def job_state(self, account_id: str, job_id: str) -> dict[str, str]:
         """The job hash, decoded (support tools and tests)."""
         raw = await self._redis.hgetall(keys.job(account_id, job_id))
         return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _suppress(pipe: Any, account_id: str, channel: str, address: str, reason: str,
+              source: str, detail: str | None) -> None:
+    """Queue a suppression entry: a person's choice for the account, a fact globally."""
+    addr = _normalised(channel, address)
+    key = (keys.account_suppression(account_id, channel, addr)
+           if reason in ("unsubscribe", "sms_stop") else keys.global_suppression(channel, addr))
+    pipe.hset(key, mapping={"reason": reason, "source": source, "at": int(time.time()),
+                            "account": account_id, "detail": detail or "", "actor": "system"})
+    pipe.persist(key)
 
 
 def _normalised(channel: str, address: str) -> str:
@@ -249,15 +287,16 @@ def _normalised(channel: str, address: str) -> str:
 
 
 def _decision(reply: list[Any]) -> Decision:
-    verdict, status, provider, pm, att, reason, wait = (_text(x) for x in reply)
+    verdict, status, provider, pm, att, reason, wait = (_text(x) for x in reply[:7])
+    sender = tuple(_text(x) for x in reply[7:11]) if len(reply) > 7 else None
     return Decision(verdict, status or None, provider or None, pm or None, int(att or 0),
-                    reason or None, int(wait or 0), claimed=verdict == "send")
+                    reason or None, int(wait or 0), claimed=verdict == "send", sender=sender)
 
 
 def _transition(account_id: str, reply: list[Any]) -> Transition | None:
     if not reply or int(reply[0]) == 0:
         return None
-    _, frm, to, audit_id, why, detail, s, h, c = (_text(x) for x in reply)
+    _, frm, to, audit_id, why, detail, s, h, c = (_text(x) for x in reply[:9])
     return Transition(account_id, frm, to, audit_id, why, detail, int(s), int(h), int(c))
 
 

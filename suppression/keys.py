@@ -18,6 +18,7 @@ phone numbers in E.164.
 | ``outbox:{acct:A}:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | per-account suppression (unsubscribe, sms_stop, manual...) |
 | ``outbox:{acct:A}:consent:<channel>:<addr>`` | hash | none (≥ 3 years required) | consent: ``status`` granted/revoked, grant and revoke times, source, evidence |
 | ``outbox:{acct:A}:prefs:<addr>`` | hash | none | notification preferences: field ``<topic>:<channel>`` → ``1`` on / ``0`` off |
+| ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
@@ -35,6 +36,7 @@ GLOBAL_AUDIT = f"{PREFIX}audit"
 #: audit records are kept at least this long (UEMO s.8-s.10: 3 years; a margin added)
 AUDIT_KEEP_SECONDS = 1100 * 86400
 CHANNELS = ("email", "sms")
+EVENT_TTL = 7 * 86400  # providers retry webhooks for up to 3 days (SendGrid 72 h, SES 23 h)
 
 
 def account_tag(account_id: str) -> str:
@@ -92,6 +94,11 @@ def consent(account_id: str, channel: str, address: str) -> str:
 def prefs(account_id: str, address: str) -> str:
     """Notification preferences of one recipient for one account."""
     return f"{account_tag(account_id)}:prefs:{address}"
+
+
+def event(account_id: str, event_id: str) -> str:
+    """Marker of a provider event already applied (``EVENT_TTL``, 7 days)."""
+    return f"{account_tag(account_id)}:evt:{event_id}"
 
 
 def global_suppression(channel: str, address: str) -> str:

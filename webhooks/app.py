@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 
 from config import Settings
 from sender.bus import Bus
-from webhooks.handlers import TwilioWebhooks, WebhookMetrics
+from suppression.store import SuppressionStore
+from webhooks.handlers import TwilioWebhooks, UnsubscribeWebhooks, WebhookMetrics
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -30,6 +31,8 @@ def make_app(settings: Settings, *, bus: Bus, redis: Redis,
     app[REGISTRY] = registry
     metrics_ = WebhookMetrics(registry)
     app.router.add_routes(TwilioWebhooks(settings, bus, metrics_).routes())
+    app.router.add_routes(UnsubscribeWebhooks(settings, bus, SuppressionStore(redis),
+                                              metrics_).routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

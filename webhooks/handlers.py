@@ -6,6 +6,7 @@ and answer 2xx only once the broker has confirmed them (503 otherwise: the provi
 from __future__ import annotations
 
 import dataclasses
+import html
 import logging
 from urllib.parse import parse_qsl
 
@@ -15,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter
 from config import Settings
 from sender.bus import Bus, PublishFailed
 from sender.models import utcnow_iso
+from suppression.store import SuppressionStore
+from suppression.tokens import BadToken, Unsubscribe, read_token
 from webhooks.events import publish_events
 from webhooks.providers import twilio
 from webhooks.providers.base import PayloadError, ProviderEvent
@@ -109,3 +112,58 @@ def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
         kind=None, reason="sms_stop" if stop else "sms_start", diagnostic=sms.body[:160],
         at=utcnow_iso(), event_id=f"{sms.message_sid}:{sms.keyword}", account_id=account_id,
         raw={"to": sms.to})
+
+
+class UnsubscribeWebhooks:
+    """``GET /u/<token>`` (a page with a button) and ``POST /u/<token>`` (the button, and
+    RFC 8058 one-click from the mailbox provider). A POST is honoured at once: the account's
+    suppression entry is written before the answer, then the event goes to the worker for
+    the job's status. A GET changes nothing (link scanners follow GETs)."""
+
+    def __init__(self, settings: Settings, bus: Bus, store: SuppressionStore,
+                 metrics: WebhookMetrics) -> None:
+        self._secret = settings.secret_key.get_secret_value()
+        self._bus = bus
+        self._store = store
+        self._metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/u/{token}", self.page), web.post("/u/{token}", self.unsubscribe)]
+
+    def _read(self, request: web.Request) -> Unsubscribe:
+        try:
+            return read_token(self._secret, request.match_info["token"])
+        except BadToken:
+            self._metrics.count("unsubscribe", "unsubscribed", "bad_token")
+            raise web.HTTPNotFound(text="This unsubscribe link is not valid. "
+                                        "此取消訂閱連結無效。") from None
+
+    async def page(self, request: web.Request) -> web.Response:
+        u = self._read(request)
+        body = _PAGE.format(recipient=html.escape(u.recipient))
+        return web.Response(text=body, content_type="text/html")
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        u = self._read(request)
+        await self._store.add(u.recipient, channel=u.channel, reason="unsubscribe",
+                              account_id=u.account_id, source=f"job:{u.job_id}",
+                              actor="recipient")
+        event = ProviderEvent(
+            provider="unsubscribe", type="unsubscribed", recipient=u.recipient,
+            provider_message_id=None, message_id=None, job_id=u.job_id, kind=None,
+            reason="unsubscribe", diagnostic="one-click" if "List-Unsubscribe" in
+            (await request.text()) else "unsubscribe page", at=utcnow_iso(),
+            event_id=f"{u.job_id}:{u.recipient}", account_id=u.account_id)
+        try:
+            await publish_events(self._bus, [event])
+        except PublishFailed as exc:  # the suppression is written: the CRM hears it later
+            log.warning("unsubscribe event not published: %s", exc)
+        self._metrics.count("unsubscribe", "unsubscribed", "accepted")
+        return web.Response(text=_DONE, content_type="text/html")
+
+
+_PAGE = """<!doctype html><meta charset="utf-8"><title>Unsubscribe 取消訂閱</title>
+<p>Unsubscribe {recipient} from these messages? 要為 {recipient} 取消訂閱嗎？</p>
+<form method="post"><button type="submit">Unsubscribe 取消訂閱</button></form>"""
+_DONE = """<!doctype html><meta charset="utf-8"><title>Unsubscribed 已取消訂閱</title>
+<p>You are unsubscribed. 你已取消訂閱。</p>"""

@@ -29,15 +29,18 @@ class SendFailure(Exception):
     """The provider refused or could not be reached; ``outcome`` classifies it.
 
     ``status`` names the job's final status when it is not the kind's default (a number that
-    cannot take SMS is ``rejected``; Twilio's 21610 is ``unsubscribed``)."""
+    cannot take SMS is ``rejected``; Twilio's 21610 is ``unsubscribed``); ``suppress`` the
+    suppression reason the refusal teaches about the recipient (``invalid`` globally,
+    ``sms_stop`` for the job's account)."""
 
     def __init__(self, outcome: Outcome, detail: str, provider: str,
-                 status: str | None = None) -> None:
+                 status: str | None = None, suppress: str | None = None) -> None:
         super().__init__(f"{provider}: {outcome.kind}/{outcome.reason}: {detail}")
         self.outcome = outcome
         self.detail = detail
         self.provider = provider
         self.status = status
+        self.suppress = suppress
 
 
 class Channel(Protocol):
@@ -46,6 +49,8 @@ class Channel(Protocol):
     name: str
     provider: str
 
-    async def send(self, job: Any) -> SendResult: ...
+    async def send(self, job: Any, sender: tuple[str, ...] | None = None) -> SendResult:
+        """``sender``: the account's sender information, given for marketing jobs."""
+        ...
 
     async def close(self) -> None: ...

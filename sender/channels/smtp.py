@@ -24,9 +24,12 @@ from aiosmtplib.errors import (
 
 from config import SmtpTarget
 from sender.channels.base import SendFailure, SendResult
-from sender.mime import render_email
+from sender.channels.mx import MxChecker, Undeliverable, check_syntax
+from sender.compliance import MissingSenderInfo, SenderInfo, email_compliance
+from sender.mime import RenderedEmail, render_email
 from sender.models import EmailJob
 from suppression.classify import Outcome, classify_smtp
+from suppression.verp import verp_address
 
 log = logging.getLogger("outbox.smtp")
 
@@ -159,21 +162,35 @@ class DomainLimiter:
         return semaphore
 
 
+@dataclass(frozen=True, slots=True)
+class EmailOptions:
+    """What the email channel needs besides the pool."""
+
+    message_id_domain: str
+    public_url: str = "http://127.0.0.1:8080"
+    secret_key: str = "dev-only-secret-change-me"
+    bounce_domain: str | None = None  # VERP envelope senders bounce+<acct>+<job>@ this
+    mx: MxChecker | None = None
+
+
 class SmtpChannel:
-    """The email channel: render the job, hand it to the relay, classify what came back."""
+    """The email channel: check the address, render the job (with the compliance footer and
+    headers for marketing), hand it to the relay, classify what came back."""
 
     name = "email"
     provider = "smtp"
 
-    def __init__(self, pool: SmtpPool, *, message_id_domain: str,
+    def __init__(self, pool: SmtpPool, *, message_id_domain: str | None = None,
+                 options: EmailOptions | None = None,
                  domains: DomainLimiter | None = None) -> None:
         self._pool = pool
-        self._message_id_domain = message_id_domain
+        self._options = options or EmailOptions(message_id_domain or "outbox.localhost")
         self._domains = domains or DomainLimiter({}, 32)
 
-    async def send(self, job: EmailJob) -> SendResult:
+    async def send(self, job: EmailJob, sender: tuple[str, ...] | None = None) -> SendResult:
         """Send one email job. Raises SendFailure; MimeError for content that cannot be sent."""
-        msg = render_email(job, message_id_domain=self._message_id_domain)
+        await self._check_address(job.to)
+        msg = self._render(job, sender)
         try:
             async with self._domains(msg.recipients[0]):
                 reply = await self._pool.send(msg.envelope_from, list(msg.recipients),
@@ -189,6 +206,36 @@ class SmtpChannel:
         match = _QUEUE_ID.search(reply)
         queue_id = (match.group(1) or match.group(2)) if match else None
         return SendResult(self.provider, queue_id, reply[:200])
+
+    async def _check_address(self, address: str) -> None:
+        try:
+            normalised = check_syntax(address)
+            if self._options.mx is not None:
+                await self._options.mx.check(normalised.rpartition("@")[2])
+        except Undeliverable as exc:
+            raise SendFailure(Outcome("hard", exc.reason), str(exc), self.provider,
+                              status="rejected") from None
+
+    def _render(self, job: EmailJob, sender: tuple[str, ...] | None) -> RenderedEmail:
+        o = self._options
+        extra: tuple[tuple[str, str], ...] = (("X-Outbox-Account", job.account_id),)
+        footer_text = footer_html = None
+        if job.category == "marketing":
+            try:
+                info = SenderInfo.require(sender)
+            except MissingSenderInfo as exc:
+                raise SendFailure(Outcome("hard", "notaccept"), str(exc), self.provider,
+                                  status="rejected", suppress="") from None
+            c = email_compliance(info, secret=o.secret_key, public_url=o.public_url,
+                                 mail_domain=o.bounce_domain or o.message_id_domain,
+                                 account_id=job.account_id, recipient=job.to, job_id=job.id)
+            extra += c.headers
+            footer_text, footer_html = c.footer_text, c.footer_html
+        envelope = (verp_address(job.account_id, job.id, o.bounce_domain)
+                    if o.bounce_domain else None)
+        return render_email(job, message_id_domain=o.message_id_domain, extra_headers=extra,
+                            footer_text=footer_text, footer_html=footer_html,
+                            envelope_from=envelope)
 
     def _failure(self, code: int, text: str) -> SendFailure:
         outcome = classify_smtp(code, text)

@@ -25,6 +25,7 @@ from twilio.rest import Client
 
 from sender.channels.base import SendFailure, SendResult
 from sender.channels.sms_segments import segments
+from sender.compliance import MissingSenderInfo, SenderInfo, sms_marketing_body
 from sender.models import SmsJob
 from suppression.classify import Outcome, classify_twilio
 
@@ -36,6 +37,7 @@ NETWORK_ERROR = Outcome("transient", "networkerror")
 RATE_LIMITED = Outcome("transient", "speeding")
 # Twilio errors that end the job with a status other than the kind's default.
 _STATUS_FOR_CODE = {21211: "rejected", 21614: "rejected", 21610: "unsubscribed"}
+_SUPPRESS_FOR_CODE = {21211: "invalid", 21614: "invalid", 21610: "sms_stop"}
 
 
 class InvalidNumber(ValueError):
@@ -113,17 +115,19 @@ class TwilioChannel:
         self._client = client or make_client(config)
         self._limiter = RateLimiter(config.rate_per_sender, max(1, int(config.rate_per_sender)))
 
-    async def send(self, job: SmsJob) -> SendResult:
-        """Send one SMS job; SendFailure (with ``status`` for refusals that end the job)."""
+    async def send(self, job: SmsJob, sender: tuple[str, ...] | None = None) -> SendResult:
+        """Send one SMS job; SendFailure (with ``status`` for refusals that end the job).
+        Marketing carries the account's identification and the opt-out line."""
         to = self._check_number(job.to)
-        encoding, count = segments(job.body)
+        body = self._body(job, sender)
+        encoding, count = segments(body)
         if count > self._config.max_segments:
             raise SendFailure(Outcome("hard", "mesgtoobig"), f"{count} segments, over the "
                               f"maximum of {self._config.max_segments}", PROVIDER,
-                              status="rejected")
-        sender = job.from_ or self._config.from_
-        params = self._params(job, to, sender)
-        await self._limiter.acquire(sender or self._config.messaging_service_sid or "")
+                              status="rejected", suppress="")
+        from_ = job.from_ or self._config.from_
+        params = self._params(job, to, from_, body)
+        await self._limiter.acquire(from_ or self._config.messaging_service_sid or "")
         try:
             message = await self._client.messages.create_async(**params)
         except TwilioRestException as exc:
@@ -138,12 +142,21 @@ class TwilioChannel:
             return normalise_number(raw, self._config.region)
         except InvalidNumber as exc:
             raise SendFailure(Outcome("hard", "userunknown"), str(exc), PROVIDER,
-                              status="rejected") from None
+                              status="rejected", suppress="invalid") from None
 
-    def _params(self, job: SmsJob, to: str, sender: str | None) -> dict[str, str]:
-        params = {"to": to, "body": job.body}
+    def _body(self, job: SmsJob, sender: tuple[str, ...] | None) -> str:
+        if job.category != "marketing":
+            return job.body
+        try:
+            return sms_marketing_body(job.body, SenderInfo.require(sender))
+        except MissingSenderInfo as exc:
+            raise SendFailure(Outcome("hard", "notaccept"), str(exc), PROVIDER,
+                              status="rejected", suppress="") from None
+
+    def _params(self, job: SmsJob, to: str, from_: str | None, body: str) -> dict[str, str]:
+        params = {"to": to, "body": body}
         if job.from_ or not self._config.messaging_service_sid:
-            params["from_"] = sender or ""
+            params["from_"] = from_ or ""
         else:
             params["messaging_service_sid"] = self._config.messaging_service_sid
         if self._config.status_callback:
@@ -157,7 +170,8 @@ class TwilioChannel:
             return SendFailure(outcome, f"HTTP {exc.status} {exc.code}: {exc.msg}", PROVIDER)
         outcome = classify_twilio(exc.code)
         return SendFailure(outcome, f"{exc.code}: {exc.msg}"[:500], PROVIDER,
-                           status=_STATUS_FOR_CODE.get(exc.code or 0))
+                           status=_STATUS_FOR_CODE.get(exc.code or 0),
+                           suppress=_SUPPRESS_FOR_CODE.get(exc.code or 0))
 
     async def close(self) -> None:
         await self._client.http_client.close()  # type: ignore[union-attr]

@@ -14,12 +14,43 @@
 --              volume, early complaint volume, throttle bounce, block bounce, throttle
 --              complaint, block complaint, z        (defaults; the account's cfg overrides)
 -- ARGV[23]     refund the rate token (1: the job was claimed but not sent)
--- returns  {0} or, when the account's state moved,
---          {1, from, to, audit id, why, detail, sends, hard, complaints}
+-- KEYS[8], ARGV[24]  (provider events only) the event's marker key and how long it is kept:
+--              an event already applied changes nothing a second time
+-- returns  {moved, from, to, audit id, why, detail, sends, hard, complaints, applied}:
+--          moved 1 when the account's state moved; applied 1 when the job took the status,
+--          0 when it already had a later one (a status never moves backwards), -1 for an
+--          event seen before
 local job = KEYS[1]
+local applied = 1
+local function answer(moved, ...)
+  if moved == 0 then return {0, '', '', '', '', '', 0, 0, 0, applied} end
+  local out = {moved, ...}
+  out[10] = applied
+  return out
+end
+
+if KEYS[8] and ARGV[24] and ARGV[24] ~= '' then
+  if not redis.call('SET', KEYS[8], '1', 'NX', 'EX', tonumber(ARGV[24])) then
+    applied = -1
+    return answer(0)
+  end
+end
+
+-- How far along a job is; a status is written only if it is at least as far as the one held.
+local RANK = {S = 0, R = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 4,
+  rejected = 4, failed = 4, suppressed = 4, no_consent = 4, blocked = 4, delivered = 5,
+  bounced = 5, complained = 6, unsubscribed = 6}
 if ARGV[1] ~= '' then
-  redis.call('HSET', job, 'st', ARGV[1], 'a', ARGV[2], 'p', ARGV[3], 'pm', ARGV[4], 'r', ARGV[6])
-  redis.call('HDEL', job, 'o')
+  local held = redis.call('HGET', job, 'st')
+  if held and (RANK[ARGV[1]] or 0) < (RANK[held] or 0) then
+    applied = 0
+    redis.call('HDEL', job, 'o')
+    if ARGV[4] ~= '' then redis.call('HSET', job, 'pm', ARGV[4]) end
+  else
+    redis.call('HSET', job, 'st', ARGV[1], 'a', ARGV[2], 'p', ARGV[3], 'pm', ARGV[4],
+      'r', ARGV[6])
+    redis.call('HDEL', job, 'o')
+  end
   redis.call('EXPIRE', job, tonumber(ARGV[5]))
 end
 if ARGV[23] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
@@ -28,7 +59,7 @@ end
 local channel, job_id = ARGV[7], ARGV[8]
 local inc_s, inc_h, inc_c = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 if inc_s + inc_h + inc_c == 0 then
-  return {0}
+  return answer(0)
 end
 
 local t = redis.call('TIME')
@@ -94,7 +125,7 @@ local st = redis.call('HMGET', KEYS[2], 'state', 'lvl:email', 'lvl:sms')
 local from = st[1] or 'active'
 redis.call('HSET', KEYS[2], 'lvl:' .. channel, lvl)
 if from == 'blocked' or from == 'suspended' then
-  return {0}  -- only a support action lifts these
+  return answer(0)  -- only a support action lifts these
 end
 local to = 'active'
 if lvl == 2 then
@@ -108,7 +139,7 @@ else
   if lvl == 0 and worst >= 1 then why = 'other_channel' end
 end
 if to == from then
-  return {0}
+  return answer(0)
 end
 if to == 'active' then why = 'recovered' end
 local detail = string.format('%s: %d sends, %d hard bounces (lower bound %.4f), %d complaints '
@@ -120,4 +151,4 @@ local id = redis.call('XADD', KEYS[5], 'MINID', '~', minid, '*',
   'detail', detail, 'channel', channel, 'job', job_id, 'sends', sums.s, 'hard', sums.h,
   'complaints', sums.c, 'bounce_lb', string.format('%.6f', lb_b),
   'complaint_lb', string.format('%.6f', lb_c))
-return {1, from, to, id, why, detail, sums.s, sums.h, sums.c}
+return answer(1, from, to, id, why, detail, sums.s, sums.h, sums.c)

@@ -10,7 +10,9 @@
 -- ARGV     owner, redelivered (0/1), expired (0/1), ttl seconds, attempt,
 --          category, prefs field ('<topic>:<channel>' or ''), default rate (msg/s),
 --          default burst, throttle factor, default consent mode
--- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}
+-- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
+--          a marketing job that may be sent, the account's sender information after them:
+--          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8)
 --   verdict: send | done | duplicate | expired | blocked | suppressed | no_consent | rate_limited
 -- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences, and
 -- the rate token last, so a refused job never consumes one.
@@ -53,7 +55,8 @@ if entry then
   return refuse('suppressed', 'suppressed', entry)
 end
 
-local cfg = redis.call('HMGET', KEYS[3], 'rate', 'burst', 'consent_mode')
+local cfg = redis.call('HMGET', KEYS[3], 'rate', 'burst', 'consent_mode',
+  'business_name', 'address', 'contact_email', 'contact_phone')
 if category == 'marketing' then
   local consent = redis.call('HGET', KEYS[5], 'status')
   local mode = cfg[3] or ARGV[11]
@@ -93,4 +96,8 @@ redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 
 redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt)
 redis.call('EXPIRE', job, ttl)
+if category == 'marketing' then
+  return {'send', '', '', '', attempt, '', 0, cfg[4] or '', cfg[5] or '', cfg[6] or '',
+    cfg[7] or ''}
+end
 return {'send', '', '', '', attempt, '', 0}

@@ -36,6 +36,9 @@ async def test_marketing_needs_consent_grant_then_revoke(make_settings, smtp_ser
     def marketing() -> dict:
         return email_job(account_id=ACCOUNT, category="marketing", to=RCPT)
 
+    assert await cli_env("accounts", "configure", ACCOUNT, "--business-name", "Acme Ltd",
+                         "--address", "1 Queen's Road Central, Hong Kong",
+                         "--contact-email", "hello@acme.example") == 0
     async with running_worker(settings):
         first = await _one(amqp_url, marketing())
         assert (first["status"], first["reason"]) == ("no_consent", "no_consent")

@@ -47,7 +47,17 @@ def test_a_plain_message_is_not_a_report():
 
 
 def test_verp_round_trip():
-    address = dsn.verp_address("acct_1", "job.9-x", "b.example")
+    from suppression.verp import parse_verp, verp_address
+
+    address = verp_address("acct_1", "job.9-x", "b.example")
     assert address == "bounce+acct_1+job.9-x@b.example"
-    assert dsn.parse_verp(f"<{address}>") == ("acct_1", "job.9-x")
-    assert dsn.parse_verp("someone@b.example") is None
+    assert parse_verp(f"<{address}>") == ("acct_1", "job.9-x")
+    assert parse_verp("someone@b.example") is None
+
+
+def test_an_arf_report_names_the_account_by_the_quoted_header():
+    raw = (DATA / "arf-abuse.eml").read_bytes().replace(
+        b"Message-ID: <job-77@mail.outbox.example>",
+        b"Message-ID: <job-77@mail.outbox.example>\nX-Outbox-Account: acct_3")
+    [event] = dsn.parse(raw)
+    assert (event.account_id, event.job_id) == ("acct_3", "job-77")

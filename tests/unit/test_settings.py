@@ -71,3 +71,14 @@ def test_smtp_url_forms():
     t = parse_smtp_url("smtp://relay:587?starttls=true")
     assert (t.port, t.start_tls, t.use_tls) == (587, True, False)
     assert parse_smtp_url("smtp://relay").start_tls is None
+
+
+def test_twilio_settings_must_be_complete(monkeypatch):
+    monkeypatch.setenv("OUTBOX_TWILIO_ACCOUNT_SID", "AC123")
+    with pytest.raises(SettingsError, match="OUTBOX_TWILIO_AUTH_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("OUTBOX_TWILIO_AUTH_TOKEN", "t")
+    with pytest.raises(SettingsError, match="OUTBOX_TWILIO_FROM"):
+        load_settings()
+    monkeypatch.setenv("OUTBOX_TWILIO_FROM", "+15005550006")
+    assert load_settings().twilio_configured

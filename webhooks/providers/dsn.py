@@ -2,8 +2,9 @@
 RFC 5965 (ARF) feedback reports, as received by ``outbox bounces``. Pure: no I/O.
 
 ``parse(message: bytes, envelope_to: Sequence[str] = ())`` returns one ProviderEvent per
-recipient block. The job is found from the VERP envelope recipient (``verp_address``), else
-from the quoted original's ``Message-ID: <job-id@domain>``.
+recipient block. The job is found from the VERP envelope recipient
+(:func:`suppression.verp.verp_address`), else from the quoted original's
+``Message-ID: <job-id@domain>`` and ``X-Outbox-Account`` header.
 
 =====================================  =============================================
 report                                  ProviderEvent.type
@@ -29,28 +30,14 @@ from email.policy import compat32
 
 from sender.models import utcnow_iso
 from suppression.classify import Outcome, classify_smtp
+from suppression.verp import parse_verp
 from webhooks.providers.base import PayloadError, ProviderEvent
 
 PROVIDER = "smtp"
 _MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^>]+>")
 _CODE = re.compile(r"\b([245]\d\d)\b")
-_VERP = re.compile(r"^bounce\+([A-Za-z0-9._\-]+)\+([A-Za-z0-9._\-]+)@", re.IGNORECASE)
 _TYPE_FOR_ACTION = {"delayed": "soft_bounced", "delivered": "delivered",
                     "relayed": "delivered", "expanded": "delivered"}
-
-
-def verp_address(account_id: str, job_id: str, domain: str) -> str:
-    """The envelope sender that names its job: ``bounce+<account>+<job>@domain`` (ids are
-    ``[A-Za-z0-9._-]``, all allowed unquoted in a local part)."""
-    return f"bounce+{account_id}+{job_id}@{domain}"
-
-
-def parse_verp(address: str) -> tuple[str, str] | None:
-    """``(account_id, job_id)`` from a VERP address, or None."""
-    match = _VERP.match(address.strip("<>"))
-    if not match:
-        return None
-    return match.group(1), match.group(2)
 
 
 def parse(message: bytes, envelope_to: Sequence[str] = ()) -> list[ProviderEvent]:
@@ -75,11 +62,16 @@ def _ids(msg: Message, envelope_to: Sequence[str]) -> dict[str, str | None]:
     verp = next((v for v in map(parse_verp, envelope_to) if v), None)
     match = _MESSAGE_ID.search(message_id or "")
     return {
-        "account_id": verp[0] if verp else None,
+        "account_id": verp[0] if verp else _header(original, "X-Outbox-Account"),
         "job_id": verp[1] if verp else (match.group(1) if match else None),
         "message_id": message_id.strip() if message_id else None,
         "to": original.get("To") if original is not None else None,
     }
+
+
+def _header(msg: Message | None, name: str) -> str | None:
+    value = msg.get(name) if msg is not None else None
+    return value.strip() if value else None
 
 
 def _original_headers(msg: Message) -> Message | None:
