@@ -59,24 +59,49 @@ def normalise_number(raw: str, region: str = "HK") -> str:
 
 
 class RateLimiter:
-    """A token bucket per sender: ``rate`` messages a second, bursts of ``burst``."""
+    """A token bucket per sender: ``rate`` messages a second, bursts of ``burst``.
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
+    Twilio's 429 halves the sender's rate (down to ``floor``); each accepted message gives
+    back a twentieth of the configured rate (additive increase, multiplicative decrease), so a
+    storm of 429s slows sending down instead of hammering the API."""
+
+    def __init__(self, rate: float, burst: int, floor: float = 0.5) -> None:
+        self._configured = rate
         self._burst = burst
+        self._floor = min(floor, rate)
+        self._rates: dict[str, float] = {}
+        self.lowest = rate  # the lowest rate any sender was cut to (metrics, tests)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = asyncio.Lock()
+
+    def rate(self, sender: str) -> float:
+        """The sender's current rate (messages per second)."""
+        return self._rates.get(sender, self._configured)
 
     async def acquire(self, sender: str) -> None:
         """Wait until ``sender`` may send one more message."""
         async with self._lock:
+            rate = self.rate(sender)
             tokens, stamp = self._buckets.get(sender, (float(self._burst), time.monotonic()))
             now = time.monotonic()
-            tokens = min(self._burst, tokens + (now - stamp) * self._rate)
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / self._rate
-            self._buckets[sender] = (tokens - 1, now + wait)
+            tokens = min(self._burst, tokens + max(0.0, now - stamp) * rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
+            self._buckets[sender] = (tokens - 1 + wait * rate, now + wait)
         if wait:
             await asyncio.sleep(wait)
+
+    def slow_down(self, sender: str) -> None:
+        self._rates[sender] = max(self._floor, self.rate(sender) / 2)
+        self.lowest = min(self.lowest, self._rates[sender])
+        self._buckets[sender] = (0.0, time.monotonic())
+
+    def speed_up(self, sender: str) -> None:
+        if sender in self._rates:
+            rate = self._rates[sender] + self._configured / 20
+            if rate >= self._configured:
+                del self._rates[sender]
+            else:
+                self._rates[sender] = rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +152,17 @@ class TwilioChannel:
                               status="rejected", suppress="")
         from_ = job.from_ or self._config.from_
         params = self._params(job, to, from_, body)
-        await self._limiter.acquire(from_ or self._config.messaging_service_sid or "")
+        lane = from_ or self._config.messaging_service_sid or ""
+        await self._limiter.acquire(lane)
         try:
             message = await self._client.messages.create_async(**params)
         except TwilioRestException as exc:
+            if exc.status == 429 or exc.code == 20429:
+                self._limiter.slow_down(lane)
             raise self._failure(exc) from None
         except (ClientError, OSError, asyncio.TimeoutError) as exc:
             raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
+        self._limiter.speed_up(lane)
         return SendResult(PROVIDER, message.sid, message.status,
                           {"segments": count, "encoding": encoding})
 
