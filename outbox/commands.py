@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("dev-sinks", help="a capturing SMTP server and a Twilio-compatible API")
     p.set_defaults(func=cmd_dev_sinks)
 
+    p = sub.add_parser("bounces", help="SMTP listener for DSN bounces and ARF complaints "
+                       "(port OUTBOX_BOUNCES_PORT)")
+    p.add_argument("--port", type=int, help="listen port (default OUTBOX_BOUNCES_PORT)")
+    p.set_defaults(func=cmd_bounces)
+
     p = sub.add_parser("enqueue", help="publish jobs from a JSON-lines file (or - for stdin)")
     p.add_argument("source", metavar="FILE|-")
     p.add_argument("--no-validate", action="store_true",
@@ -98,7 +103,16 @@ async def _serve_http(cfg: Any, stop: asyncio.Event, registry: Any = None) -> No
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = settings()
+    if args.dev and not cfg.twilio_configured:
+        cfg = settings(**DEV_TWILIO, twilio_api_base=f"http://{cfg.http_host}:"
+                       f"{cfg.dev_twilio_port}")
     return run_async(lambda stop: _run_all(cfg, stop, dev=args.dev))
+
+
+#: Credentials of the local Twilio stand-in (``outbox run --dev`` uses them when no real
+#: Twilio account is configured).
+DEV_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "dev-auth-token",
+              "twilio_from": "+15005550006"}
 
 
 async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool) -> None:
@@ -109,10 +123,11 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool) -> None:
     registry = CollectorRegistry()
     sinks = await _start_sinks(cfg) if dev else []
     try:
-        await asyncio.gather(run_worker(cfg, stop, registry), _serve_http(cfg, stop, registry))
+        await asyncio.gather(run_worker(cfg, stop, registry), _serve_http(cfg, stop, registry),
+                             _serve_bounces(cfg, stop))
     finally:
         for sink in sinks:
-            sink.close()
+            await sink.close()
 
 
 def cmd_dev_sinks(args: argparse.Namespace) -> int:
@@ -122,18 +137,56 @@ def cmd_dev_sinks(args: argparse.Namespace) -> int:
         sinks = await _start_sinks(cfg)
         await stop.wait()
         for sink in sinks:
-            sink.close()
+            await sink.close()
 
     return run_async(_run)
 
 
-async def _start_sinks(cfg: Any) -> list[Any]:
+class _Closer:
+    """Something started that has an async close."""
+
+    def __init__(self, close: Any) -> None:
+        self.close = close
+
+
+async def _start_sinks(cfg: Any) -> list[_Closer]:
     from outbox.devsinks.smtp_sink import start_smtp_sink
+    from outbox.devsinks.twilio_api import TwilioStandIn
 
     server, _ = await start_smtp_sink(cfg.dev_mail_dir, cfg.http_host, cfg.dev_smtp_port)
-    print(f"dev SMTP sink on {cfg.http_host}:{cfg.dev_smtp_port} -> {cfg.dev_mail_dir}/",
-          file=sys.stderr)
-    return [server]
+    sid = cfg.twilio_account_sid or DEV_TWILIO["twilio_account_sid"]
+    token = (cfg.twilio_auth_token.get_secret_value() if cfg.twilio_auth_token
+             else DEV_TWILIO["twilio_auth_token"])
+    twilio = TwilioStandIn(account_sid=sid, auth_token=token, callback_delay=0.5)
+    base = await twilio.start(cfg.http_host, cfg.dev_twilio_port)
+    print(f"dev SMTP sink on {cfg.http_host}:{cfg.dev_smtp_port} -> {cfg.dev_mail_dir}/\n"
+          f"dev Twilio API on {base} (account {sid})", file=sys.stderr)
+
+    async def close_smtp() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return [_Closer(close_smtp), _Closer(twilio.close)]
+
+
+def cmd_bounces(args: argparse.Namespace) -> int:
+    cfg = settings(bounces_port=args.port)
+    return run_async(lambda stop: _serve_bounces(cfg, stop))
+
+
+async def _serve_bounces(cfg: Any, stop: asyncio.Event) -> None:
+    from sender.bus import Bus
+    from webhooks.bounces import start_bounce_listener
+
+    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    await bus.connect(declare=True)
+    server = await start_bounce_listener(bus, cfg.http_host, cfg.bounces_port)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+        await bus.close()
 
 
 # --- one-shot ---------------------------------------------------------------------------

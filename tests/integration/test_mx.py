@@ -107,3 +107,24 @@ def test_invalid_syntax_is_refused(address):
     with pytest.raises(Undeliverable) as info:
         check_syntax(address)
     assert info.value.reason == "syntaxerror"
+
+
+async def test_the_email_channel_rejects_an_undeliverable_domain_before_sending(
+        dns_server, smtp_server):
+    from config import parse_smtp_url
+    from sender.channels.base import SendFailure
+    from sender.channels.smtp import EmailOptions, SmtpChannel, SmtpPool
+    from sender.models import EmailJob
+    from tests.integration.helpers import email_job
+
+    server, resolver = dns_server
+    url, recorder = smtp_server
+    channel = SmtpChannel(SmtpPool(parse_smtp_url(url), size=1, timeout=5, max_messages=10,
+                                   idle_timeout=10),
+                          options=EmailOptions("mail.test", mx=MxChecker(resolver)))
+    with pytest.raises(SendFailure) as info:
+        await channel.send(EmailJob.model_validate(email_job(to="x@nx.example")))
+    await channel.send(EmailJob.model_validate(email_job(to="x@mx.example")))
+    await channel.close()
+    assert (info.value.status, info.value.outcome.reason) == ("rejected", "hostunknown")
+    assert [r for _, r, _ in recorder.messages] == [["x@mx.example"]]
