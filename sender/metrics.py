@@ -36,5 +36,7 @@ class Metrics:
         self.account_transitions = Counter("outbox_account_transitions_total",
                                            "Automatic account state changes seen by this worker",
                                            ["from", "to"], registry=registry)
+        self.queue_depth = Gauge("outbox_queue_depth", "Messages ready in each queue",
+                                 ["queue"], registry=registry)
         self.accounts = Gauge("outbox_accounts", "Accounts by state (refreshed periodically)",
                               ["state"], registry=registry)

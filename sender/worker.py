@@ -55,6 +55,7 @@ class Worker:
         self._amqp_channels: list[AbstractChannel] = []
         self._stopping = False
         self._gauge_task: asyncio.Task[None] | None = None
+        self._gauge_channel: AbstractChannel | None = None
         self.pipeline = Pipeline(
             bus=bus, gate=Gate(redis, idempotency_ttl=settings.idempotency_ttl,
                                 policy=Policy.from_settings(settings)),
@@ -100,15 +101,28 @@ class Worker:
             lambda: self.events.handle(m)))
 
     async def _refresh_accounts_gauge(self) -> None:
-        """Keep ``outbox_accounts{state}`` current (every worker reports the same totals)."""
+        """Keep ``outbox_accounts{state}`` and ``outbox_queue_depth{queue}`` current (every
+        worker reports the same totals; Prometheus rules take the max)."""
         store = AccountStore(self.redis, self.pipeline.gate.policy)
         while True:
             try:
                 for state, count in (await store.count_by_state()).items():
                     self.metrics.accounts.labels(state).set(count)
-            except Exception as exc:  # Redis down: the pipeline reports it; try again later
-                log.debug("accounts gauge: %s", exc)
+                await self._refresh_queue_depths()
+            except Exception as exc:  # an outage: the pipeline reports it; try again later
+                log.debug("gauges: %s", exc)
             await asyncio.sleep(ACCOUNTS_GAUGE_PERIOD)
+
+    async def _refresh_queue_depths(self) -> None:
+        # A channel of its own (a failed passive declare closes its channel), used through
+        # the raw aiormq channel so the robust layer does not collect a queue per call.
+        if self._gauge_channel is None or self._gauge_channel.is_closed:
+            self._gauge_channel = await self.bus.channel(1)
+        raw = await self._gauge_channel.get_underlay_channel()
+        _, queues = topology.describe(self.settings.retry_tiers)
+        for q in queues:
+            ok = await raw.queue_declare(q.name, passive=True)
+            self.metrics.queue_depth.labels(q.name).set(ok.message_count or 0)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         await self._guarded(message, self.pipeline.handle)
@@ -161,6 +175,9 @@ class Worker:
 
     async def close(self) -> None:
         """Close the consuming channels; unsettled messages return to their queues."""
+        if self._gauge_channel is not None:
+            self._amqp_channels.append(self._gauge_channel)
+            self._gauge_channel = None
         for channel in self._amqp_channels:
             try:
                 await channel.close()

@@ -146,3 +146,22 @@ async def test_retries_give_up_with_failed_after_max_attempts(make_settings, smt
     async with running_worker(settings):
         got = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 2, timeout=15)
     assert [(e["status"], e["attempt"]) for e in events(got)] == [("deferred", 1), ("failed", 2)]
+
+
+async def test_worker_reports_queue_depths_and_job_counts(make_settings, smtp_server,
+                                                          amqp_url):
+    from prometheus_client import generate_latest
+
+    smtp_url, recorder = smtp_server
+    settings = make_settings(smtp_url=smtp_url)
+    await publish(amqp_url, [b"not json"], routing_key="email")
+    async with running_worker(settings) as worker:
+        await collect(amqp_url, "outbox.dead", lambda m: len(m) >= 1)
+        await publish(amqp_url, [email_job()])
+        await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1)
+        await worker._refresh_queue_depths()
+        text = generate_latest(worker.metrics.registry).decode()
+    assert 'outbox_queue_depth{queue="outbox.email"} 0.0' in text
+    assert 'outbox_queue_depth{queue="outbox.retry.1"} 0.0' in text
+    assert 'outbox_jobs_total{channel="email",status="sent"} 1.0' in text
+    assert 'outbox_jobs_total{channel="email",status="rejected"} 1.0' in text
