@@ -47,3 +47,23 @@ def test_exported_topology_matches_the_code():
 
     exported = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
     assert exported == definitions(DEFAULT_RETRY_TIERS)
+
+
+def test_dashboards_and_alerts_use_only_metrics_that_exist():
+    import re
+
+    from prometheus_client import CollectorRegistry
+
+    from sender.metrics import Metrics
+    from webhooks.handlers import WebhookMetrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    WebhookMetrics(registry)
+    known = {name for m in registry.collect() for name in
+             (m.name, f"{m.name}_total", f"{m.name}_bucket", f"{m.name}_count", f"{m.name}_sum")}
+    used = set()
+    for path in [ROOT / "deploy/prometheus/outbox-rules.yml",
+                 ROOT / "deploy/grafana/outbox-dashboard.json"]:
+        used |= set(re.findall(r"\b(outbox_[a-z_]+)", path.read_text()))
+    assert used and used <= known, sorted(used - known)
