@@ -96,7 +96,7 @@ class Bus:
         )
         try:
             await self._exchanges[exchange].publish(message, routing_key, mandatory=True)
-        except (AMQPError, ConnectionError, asyncio.TimeoutError, RuntimeError) as exc:
+        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
             raise PublishFailed(
                 f"{exchange or '(default)'} {routing_key}: {type(exc).__name__}: {exc}"
             ) from exc

@@ -131,7 +131,7 @@ class SmtpPool:
 async def _quit(smtp: aiosmtplib.SMTP) -> None:
     try:
         await asyncio.wait_for(smtp.quit(), 5)
-    except (SMTPException, OSError, asyncio.TimeoutError):
+    except (TimeoutError, SMTPException, OSError):
         smtp.close()
 
 
@@ -200,7 +200,7 @@ class SmtpChannel:
             raise self._failure(refused.code, refused.message) from None
         except SMTPResponseException as exc:
             raise self._failure(exc.code, exc.message) from None
-        except (SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SMTPException, OSError) as exc:
             raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", self.provider) \
                 from None
         match = _QUEUE_ID.search(reply)

@@ -160,7 +160,7 @@ class TwilioChannel:
             if exc.status == 429 or exc.code == 20429:
                 self._limiter.slow_down(lane)
             raise self._failure(exc) from None
-        except (ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ClientError, OSError) as exc:
             raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
         self._limiter.speed_up(lane)
         return SendResult(PROVIDER, message.sid, message.status,

@@ -34,7 +34,9 @@ def test_env_beats_toml_beats_default(monkeypatch, tmp_path):
 
 def test_settings_are_frozen():
     s = load_settings()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         s.prefetch = 3  # type: ignore[misc]
 
 
