@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 EventType = Literal[
     "delivered",
@@ -19,17 +19,7 @@ EventType = Literal[
     "clicked",
     "other",
 ]
-EVENT_TYPES: tuple[str, ...] = (
-    "delivered",
-    "bounced",
-    "soft_bounced",
-    "complained",
-    "unsubscribed",
-    "accepted",
-    "opened",
-    "clicked",
-    "other",
-)
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 
 class PayloadError(ValueError):
