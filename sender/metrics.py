@@ -30,6 +30,9 @@ class Metrics:
         self.provider_events = Counter("outbox_provider_events_total",
                                        "Provider events applied by the worker",
                                        ["provider", "type", "result"], registry=registry)
+        self.sms_segments = Counter("outbox_sms_segments_total",
+                                    "SMS segments handed to the provider",
+                                    ["encoding"], registry=registry)
         self.duplicates = Counter("outbox_duplicate_deliveries_total",
                                   "Deliveries not sent because the job id was already taken",
                                   ["channel", "verdict"], registry=registry)

@@ -188,6 +188,9 @@ class Pipeline:
 
     async def _sent(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                     result: SendResult) -> None:
+        if result.extra and "segments" in result.extra:
+            self._metrics.sms_segments.labels(result.extra.get("encoding", "")).inc(
+                result.extra["segments"])
         await self._finish(message, job, "sent", attempt, provider=result.provider,
                            provider_message_id=result.provider_message_id,
                            detail=result.detail, extra=result.extra)

@@ -97,3 +97,26 @@ async def test_a_429_storm_slows_sending_without_losing_a_job(loop_settings, amq
     assert len(api.requests) > 30, "the stand-in refused some creates with 429"
     assert len(api.messages) == 30, "every job created exactly once at Twilio"
     assert lowest < 50.0 / 4, "the sender's rate was cut by the 429s"
+
+
+async def test_marketing_sms_carries_sender_and_opt_out_and_counts_segments(
+        loop_settings, amqp_url, monkeypatch, redis_url):
+    from prometheus_client import generate_latest
+
+    from tests.integration.helpers import cli_runner
+
+    settings, api = loop_settings
+    cli = cli_runner(monkeypatch, amqp_url, redis_url)
+    assert await cli("accounts", "configure", "acct_sms", "--business-name", "Acme",
+                     "--address", "Central, HK", "--contact-phone", "+852 2123 4567") == 0
+    assert await cli("consent", "grant", "acct_sms", "+85291230001", "--channel", "sms") == 0
+    async with running_worker(settings) as worker:
+        await publish(amqp_url, [sms_job("mk-1", "+85291230001", category="marketing",
+                                         topic=None, body="Spring sale 春季大減價")])
+        [event] = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1))
+        text = generate_latest(worker.metrics.registry).decode()
+    body = api.messages[-1]["body"]
+    assert body.startswith("Spring sale 春季大減價\nAcme +852 2123 4567")
+    assert body.endswith("Reply STOP to unsubscribe. 回覆STOP取消訂閱。")
+    assert (event["status"], event["encoding"], event["segments"]) == ("sent", "UCS-2", 2)
+    assert 'outbox_sms_segments_total{encoding="UCS-2"} 2.0' in text

@@ -165,3 +165,27 @@ async def test_worker_reports_queue_depths_and_job_counts(make_settings, smtp_se
     assert 'outbox_queue_depth{queue="outbox.retry.1"} 0.0' in text
     assert 'outbox_jobs_total{channel="email",status="sent"} 1.0' in text
     assert 'outbox_jobs_total{channel="email",status="rejected"} 1.0' in text
+
+
+async def test_a_policy_block_is_retried_and_never_suppresses_the_recipient(
+        make_settings, smtp_server, amqp_url):
+    from prometheus_client import generate_latest
+
+    from suppression.store import SuppressionStore
+
+    smtp_url, recorder = smtp_server
+    settings = make_settings(smtp_url=smtp_url, retry_tiers=(1,))
+    job = email_job(to="strict@example.com")
+    recorder.replies["strict@example.com"] = \
+        "550 5.7.1 Service unavailable; client host blocked using Spamhaus"
+    await publish(amqp_url, [job])
+    async with running_worker(settings) as worker:
+        first = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1)
+        entries = await SuppressionStore(worker.redis).check("strict@example.com")
+        del recorder.replies["strict@example.com"]
+        second = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1, timeout=15)
+        text = generate_latest(worker.metrics.registry).decode()
+    assert (events(first)[0]["status"], events(first)[0]["reason"]) == ("deferred", "blocked")
+    assert entries == []
+    assert events(second)[0]["status"] == "sent"
+    assert 'outbox_provider_replies_total{kind="block",provider="smtp"} 1.0' in text

@@ -192,3 +192,19 @@ def test_classify_smtp_never_raises(code: int | None, text: str, enhanced: str |
     out = classify_smtp(code, text, enhanced)
     assert out.reason in REASONS
     assert out.kind in KINDS
+
+
+def test_the_classify_command_reads_one_reply_per_line(monkeypatch, capsys):
+    import io
+    import json as _json
+
+    from outbox.cli import main
+
+    lines = "550 5.1.1 <bob@example.com>: User unknown\n\n452 4.2.2 Mailbox full\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    assert main(["classify", "-"]) == 0
+    out = [_json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(o["kind"], o["reason"]) for o in out] == [("hard", "userunknown"),
+                                                      ("soft", "mailboxfull")]
+    assert main(["classify", "421 4.7.0 Try again later"]) == 0
+    assert _json.loads(capsys.readouterr().out)["kind"] in ("block", "transient")
