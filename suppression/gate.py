@@ -80,6 +80,7 @@ class Decision:
     #: for a marketing job that may be sent: business_name, address, contact_email,
     #: contact_phone of the account ('' when unset)
     sender: tuple[str, ...] | None = None
+    consent: str = ""  # a marketing job's consent status: "granted" or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,10 @@ class Gate:
 
         results = await run_pipeline(self._redis, build, PRE_SEND)
         decision = _decision(results[-1])
-        global_reason = _text(results[0]) or ("dnc_register" if dnc and results[1] else "")
+        # UEMO s.11(2): a number on the DNC register may still get marketing its registered
+        # user consented to; without a consent record (opt-out accounts), the register wins.
+        listed = dnc and results[1] and decision.consent != "granted"
+        global_reason = _text(results[0]) or ("dnc_register" if listed else "")
         if global_reason and decision.verdict in ("send", "rate_limited"):
             return Decision("suppressed", "suppressed", attempt=decision.attempt,
                             reason=global_reason, settle=True,
@@ -289,8 +293,10 @@ def _normalised(channel: str, address: str) -> str:
 def _decision(reply: list[Any]) -> Decision:
     verdict, status, provider, pm, att, reason, wait = (_text(x) for x in reply[:7])
     sender = tuple(_text(x) for x in reply[7:11]) if len(reply) > 7 else None
+    consent = _text(reply[11]) if len(reply) > 11 else ""
     return Decision(verdict, status or None, provider or None, pm or None, int(att or 0),
-                    reason or None, int(wait or 0), claimed=verdict == "send", sender=sender)
+                    reason or None, int(wait or 0), claimed=verdict == "send", sender=sender,
+                    consent=consent)
 
 
 def _transition(account_id: str, reply: list[Any]) -> Transition | None:

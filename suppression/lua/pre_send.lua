@@ -12,7 +12,8 @@
 --          default burst, throttle factor, default consent mode
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
 --          a marketing job that may be sent, the account's sender information after them:
---          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8)
+--          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
+--          and the consent status ('granted' or ''; consent lifts the DNC register, s.11(2))
 --   verdict: send | done | duplicate | expired | blocked | suppressed | no_consent | rate_limited
 -- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences, and
 -- the rate token last, so a refused job never consumes one.
@@ -57,8 +58,9 @@ end
 
 local cfg = redis.call('HMGET', KEYS[3], 'rate', 'burst', 'consent_mode',
   'business_name', 'address', 'contact_email', 'contact_phone')
+local consent = false
 if category == 'marketing' then
-  local consent = redis.call('HGET', KEYS[5], 'status')
+  consent = redis.call('HGET', KEYS[5], 'status')
   local mode = cfg[3] or ARGV[11]
   if consent == 'revoked' or (consent ~= 'granted' and mode ~= 'opt_out') then
     return refuse('no_consent', 'no_consent', consent == 'revoked' and 'revoked' or 'no_consent')
@@ -98,6 +100,6 @@ redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt)
 redis.call('EXPIRE', job, ttl)
 if category == 'marketing' then
   return {'send', '', '', '', attempt, '', 0, cfg[4] or '', cfg[5] or '', cfg[6] or '',
-    cfg[7] or ''}
+    cfg[7] or '', consent or ''}
 end
 return {'send', '', '', '', attempt, '', 0}

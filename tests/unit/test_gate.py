@@ -95,13 +95,17 @@ async def test_notification_preferences(gate, redis):
     assert (await check(gate, topic="meeting", **job)).verdict == "send"
 
 
-async def test_dnc_register_applies_to_marketing_sms_only(gate, redis):
+async def test_dnc_register_applies_to_marketing_sms_without_consent(redis):
+    gate = Gate(redis, idempotency_ttl=3600, policy=Policy(consent_mode="opt_out"))
     await SuppressionStore(redis).add_dnc(["+85261234567"], source="test")
-    await ConsentStore(redis).grant(A, "+85261234567", channel="sms")
     d = await check(gate, channel="sms", category="marketing", address="6123 4567")
     assert (d.verdict, d.reason) == ("suppressed", "dnc_register")
     assert (await check(gate, channel="sms", category="notification", topic="task",
                         address="+85261234567")).verdict == "send"
+    # UEMO s.11(2): the registered user's consent lifts the register
+    await ConsentStore(redis).grant(A, "+85261234567", channel="sms")
+    d = await check(gate, channel="sms", category="marketing", address="+85261234567")
+    assert (d.verdict, d.consent) == ("send", "granted")
 
 
 async def test_rate_limit_is_last_and_refusals_take_no_token(redis):
