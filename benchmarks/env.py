@@ -1,0 +1,128 @@
+"""The services a benchmark run uses: RabbitMQ and Redis of the ``bench`` profile
+(``scripts/services.py``, started when down and stopped afterwards, reused when up), a fresh
+vhost per run (management API) and a flushed Redis db per run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import services  # noqa: E402  (scripts/services.py)
+
+PROFILE = services.PROFILES["bench"]
+REDIS_DB = 0        # flushed before every run
+TEMPLATE_DB = 1     # seeded once (consent, suppression), copied into REDIS_DB per run
+
+
+class Services:
+    """Start (or reuse) the bench profile's RabbitMQ and Redis."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def __enter__(self) -> Services:
+        up = services.port_open(PROFILE.amqp_port) and services.port_open(PROFILE.redis_port)
+        if not up:
+            services.start_redis(PROFILE)
+            services.start_rabbitmq(PROFILE)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            services.stop_rabbitmq(PROFILE)
+            services.stop_redis(PROFILE)
+
+    @staticmethod
+    def redis_url(db: int = REDIS_DB) -> str:
+        return f"redis://127.0.0.1:{PROFILE.redis_port}/{db}"
+
+
+def management(method: str, path: str, body: Any = None) -> Any:
+    url = f"http://127.0.0.1:{PROFILE.management_port}/api/{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+class Vhost:
+    """A fresh vhost, deleted on exit."""
+
+    def __init__(self, label: str) -> None:
+        self.name = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{PROFILE.amqp_port}/{self.name}"
+
+    def __enter__(self) -> Vhost:
+        management("PUT", f"vhosts/{self.name}", {})
+        management("PUT", f"permissions/{self.name}/guest",
+                   {"configure": ".*", "write": ".*", "read": ".*"})
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            management("DELETE", f"vhosts/{self.name}")
+        except OSError as e:
+            print(f"  (could not delete vhost {self.name}: {e})", file=sys.stderr)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the services and libraries, for the report."""
+    import subprocess
+    from importlib.metadata import version
+
+    out: dict[str, str] = {"python": sys.version.split()[0]}
+    for dist in ("aio-pika", "aiormq", "redis", "hiredis", "aiosmtplib", "pydantic", "uvloop",
+                 "outbox"):
+        try:
+            out[dist] = version(dist)
+        except Exception:
+            pass
+    try:
+        out["rabbitmq"] = management("GET", "overview")["rabbitmq_version"]
+        out["erlang"] = management("GET", "overview")["erlang_version"]
+    except Exception:
+        pass
+    try:
+        import redis
+        out["redis-server"] = redis.Redis.from_url(Services.redis_url()).info("server")[
+            "redis_version"]
+    except Exception:
+        pass
+    try:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "postfix"],
+                           capture_output=True, text=True)
+        out["postfix (smtp-sink)"] = r.stdout.strip()
+    except Exception:
+        pass
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {"nproc": os.cpu_count(), "cpu": model, "memory_gib": round(mem_kb / 2**20, 1),
+            "kernel": platform.release()}

@@ -1,0 +1,69 @@
+"""Measurements taken from outside the processes under test: /proc CPU and memory, Redis
+server statistics, percentiles."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM (peak resident set size) of one process, in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def redis_snapshot(client: Any) -> dict[str, Any]:
+    """Per-command call counts and the server's read-event counter."""
+    stats = client.info("stats")
+    cmds = {k.removeprefix("cmdstat_"): v["calls"]
+            for k, v in client.info("commandstats").items()}
+    return {"cmds": cmds, "reads": stats["total_reads_processed"],
+            "commands": stats["total_commands_processed"]}
+
+
+def redis_delta(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """Per job: commands by name (INFO commandstats; includes the commands Lua scripts run),
+    EVALSHA calls, and read events (≈ client round trips: one pipeline arrives as one read)."""
+    harness = {"info", "ping", "client|setname", "client", "select", "hello"}
+    per = {}
+    for name, calls in after["cmds"].items():
+        d = calls - before["cmds"].get(name, 0)
+        if d and name not in harness:
+            per[name] = round(d / jobs, 3)
+    return {
+        "commands_per_job": round(sum(per.values()), 2),
+        "evalsha_per_job": per.get("evalsha", 0.0),
+        "round_trips_per_job": round((after["reads"] - before["reads"]) / jobs, 2),
+        "total_commands_processed_per_job": round(
+            (after["commands"] - before["commands"]) / jobs, 2),
+        "by_command": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    i = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    return s[i]
+
+
+def median(values: list[float]) -> float | None:
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2

@@ -1,0 +1,143 @@
+"""The results as a Markdown table, the README results block, and the load plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _f(v: Any, nd: int = 0) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    return str(v)
+
+
+def table(out: dict[str, Any]) -> str:
+    s = out.get("summary", {})
+    rows = ["| system | workload | jobs/run | jobs/s | sent/s | CPU µs/job | p50 ms @50 % | "
+            "p99 ms @50 % | Redis cmd/job | EVALSHA/job | Redis reads/job | peak RSS MiB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, v in s.items():
+        lat = v.get("latency_at_half") or {}
+        rss = _f(v["peak_rss_mib"], 0)
+        if v["peak_rss_mib_total"] != v["peak_rss_mib"]:
+            rss += f" (total {_f(v['peak_rss_mib_total'], 0)})"
+        rows.append(
+            f"| {name} | {v['workload']} | {v['jobs']:,} | {_f(v['jobs_per_s'])} | "
+            f"{_f(v['sent_per_s'])} | {_f(v['cpu_us_per_job'])} | {_f(lat.get('p50_ms'), 1)} | "
+            f"{_f(lat.get('p99_ms'), 1)} | {_f(v['redis_commands_per_job'], 2)} | "
+            f"{_f(v['redis_evalsha_per_job'], 2)} | {_f(v['redis_round_trips_per_job'], 2)} | "
+            f"{rss} |")
+    lines = ["\n".join(rows)]
+    ratios = []
+    for name, v in s.items():
+        if not name.startswith("outbox"):
+            continue
+        for base in ("bare", "naive"):
+            b = s.get(base)
+            if b and b["jobs_per_s"] and b["cpu_us_per_job"]:
+                ratios.append(f"| {name} / {base} | {v['jobs_per_s'] / b['jobs_per_s']:.2f} | "
+                              f"{v['cpu_us_per_job'] / b['cpu_us_per_job']:.2f} |")
+    if ratios:
+        lines.append("| ratio | jobs/s | CPU/job |\n|---|---:|---:|\n" + "\n".join(ratios))
+    load = [r for r in out.get("load", []) if r.get("fraction") is not None
+            and r["system"].startswith("outbox x1")]
+    if load:
+        rows = ["| offered jobs/s | achieved jobs/s | p50 ms | p90 ms | p99 ms | max ms |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(load, key=lambda r: r["offered_jobs_per_s"]):
+            rows.append(f"| {_f(r['offered_jobs_per_s'])} ({r['fraction']:.0%}) | "
+                        f"{_f(r['achieved_jobs_per_s'])} | {_f(r['p50_ms'], 1)} | "
+                        f"{_f(r['p90_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} |")
+        lines.append("Outbox x1 against offered load (open loop):\n\n" + "\n".join(rows))
+    return "\n\n".join(lines)
+
+
+def profile_table(out: dict[str, Any], top: int = 15) -> str:
+    p = out.get("profile") or {}
+    if "samples" not in p:
+        return ""
+    rows = [f"py-spy, {p['samples']:,} samples ({p['file']}); % of samples of the worker's "
+            "threads, idle excluded.", "",
+            "| self % by package | | cumulative % by function | |", "|---|---:|---|---:|"]
+    a, b = p["self_by_package"][:top], p["cumulative_by_function"][:top]
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else ("", "")
+        y = b[i] if i < len(b) else ("", "")
+        rows.append(f"| {x[0]} | {x[1]} | `{y[0]}` | {y[1]} |")
+    return "\n".join(rows)
+
+
+def update_readme(out: dict[str, Any], path: Path) -> None:
+    m, v = out["machine"], out.get("versions", {})
+    block = [
+        START,
+        f"Run `{out['id']}`: `{out['command']}` ({out['elapsed_s']:.0f} s), "
+        f"results in `benchmarks/results/{out['id']}.json`.",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
+        f"{m['kernel']}; RabbitMQ, Redis, smtp-sink, the consumers and the harness all share "
+        "these cores.",
+        f"Code: commit {out.get('source', {}).get('head')} plus uncommitted changes in "
+        f"{len(out.get('source', {}).get('modified', []))} files (listed in the JSON).",
+        "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".",
+        f"Sink: `{out.get('sink', '')}`.",
+        "",
+        table(out),
+        "",
+    ]
+    prof = profile_table(out)
+    if prof:
+        block += [prof, ""]
+    block.append(END)
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n## Results\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1] if END in rest else ""
+    path.write_text(head + "\n".join(block) + tail)
+
+
+def plot(out: dict[str, Any], path: Path) -> Path | None:
+    """Achieved throughput and latency (p50, p99) against offered load, per system."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    load = [r for r in out.get("load", []) if r.get("achieved_jobs_per_s")]
+    if not load:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for system in dict.fromkeys(r["system"] for r in load):
+        pts = sorted((r for r in load if r["system"] == system),
+                     key=lambda r: r["offered_jobs_per_s"])
+        x = [r["offered_jobs_per_s"] for r in pts]
+        style = "o-" if len(pts) > 1 else "o"
+        ax1.plot(x, [r["achieved_jobs_per_s"] for r in pts], style, label=system)
+        ax2.plot(x, [r["p50_ms"] for r in pts], style, label=f"{system} p50")
+        if len(pts) > 1:
+            ax2.plot(x, [r["p99_ms"] for r in pts], "s--", label=f"{system} p99")
+        else:
+            ax2.plot(x, [r["p99_ms"] for r in pts], "s", label=f"{system} p99")
+    top = max(r["offered_jobs_per_s"] for r in load)
+    ax1.plot([0, top], [0, top], ":", color="grey", label="offered")
+    ax1.set_xlabel("offered load, jobs/s (open loop)")
+    ax1.set_ylabel("achieved, jobs/s (sink)")
+    ax1.set_title("Throughput")
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("offered load, jobs/s (open loop)")
+    ax2.set_ylabel("enqueue → accepted, ms")
+    ax2.set_yscale("log")
+    ax2.set_title("Latency")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"Outbox benchmarks {out['id']} ({out['machine']['nproc']} cores, shared)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

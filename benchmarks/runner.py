@@ -1,0 +1,335 @@
+"""One benchmark session: throughput runs, open-loop latency runs, the load curve, the profile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import redis as redis_sync
+
+from benchmarks import measure
+from benchmarks.env import REDIS_DB, TEMPLATE_DB, Services, Vhost
+from benchmarks.sink import SmtpSink, Window
+from benchmarks.systems import Processes, System
+from benchmarks.workloads import Job, Stream
+
+JOBS_EXCHANGE = "outbox.jobs"     # DESIGN.md contracts
+JOB_QUEUE = "outbox.email"
+STATUS_QUEUE = "outbox.status"
+STALL_SECONDS = 15.0
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+@dataclass
+class Context:
+    sink: SmtpSink
+    log_dir: Path
+    stream: Stream
+    seq: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def label(self, system: System, what: str) -> str:
+        self.seq += 1
+        return f"{self.seq:03d}-{system.kind}{system.processes}-{what}"
+
+
+# --- Redis and RabbitMQ preparation ---------------------------------------------------------
+
+
+def seed_template(stream: Stream) -> float:
+    """Seed consent and suppression into the template db once (Outbox's own store API)."""
+    r = redis_sync.Redis.from_url(Services.redis_url(TEMPLATE_DB))
+    r.flushdb()
+    r.close()
+    t = time.perf_counter()
+    asyncio.run(stream.seed(Services.redis_url(TEMPLATE_DB)))
+    return time.perf_counter() - t
+
+
+def prepare_redis(with_seed: bool) -> redis_sync.Redis:
+    """Flush the run's db; copy the seeded template into it when the system uses it."""
+    r = redis_sync.Redis.from_url(Services.redis_url(REDIS_DB))
+    r.flushdb()
+    if with_seed:
+        src = redis_sync.Redis.from_url(Services.redis_url(TEMPLATE_DB))
+        pipe = src.pipeline(transaction=False)
+        for i, key in enumerate(src.scan_iter(count=2000)):
+            pipe.copy(key, key, destination_db=REDIS_DB)
+            if i % 5000 == 4999:
+                pipe.execute()
+        pipe.execute()
+        src.close()
+    return r
+
+
+async def declare(url: str) -> None:
+    """Declare Outbox's topology with its own CRM-side client (a public contract)."""
+    from sender.client import Outbox
+
+    ob = Outbox(url)
+    await ob.connect()
+    await ob.close()
+
+
+def _message(body: bytes) -> aio_pika.Message:
+    return aio_pika.Message(body, content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+
+async def prefill(url: str, jobs: list[Job], routing_key: str) -> float:
+    """Publish every job with publisher confirms (512 in flight); returns seconds taken."""
+    t = time.perf_counter()
+    conn = await aio_pika.connect(url)
+    ch = await conn.channel(publisher_confirms=True)
+    ex = await ch.get_exchange(JOBS_EXCHANGE, ensure=False)
+    now = time.time()
+    for i in range(0, len(jobs), 512):
+        await asyncio.gather(*(ex.publish(_message(j.stamped(now)), routing_key)
+                               for j in jobs[i:i + 512]))
+    q = await ch.declare_queue(JOB_QUEUE, passive=True)
+    count = q.declaration_result.message_count
+    await conn.close()
+    if count != len(jobs):
+        raise RuntimeError(f"prefill: {count} messages in {JOB_QUEUE}, expected {len(jobs)}")
+    return time.perf_counter() - t
+
+
+async def queue_state(url: str, name: str = JOB_QUEUE) -> tuple[int, int]:
+    conn = await aio_pika.connect(url)
+    ch = await conn.channel()
+    q = await ch.declare_queue(name, passive=True)
+    res = q.declaration_result
+    await conn.close()
+    return res.message_count, res.consumer_count
+
+
+# --- waiting -------------------------------------------------------------------------------
+
+
+async def wait_done(url: str, window: Window, expected: int, procs: Processes,
+                    timeout: float) -> bool:
+    """Until the sink accepted ``expected`` messages; False on a stall or the timeout."""
+    deadline = time.monotonic() + timeout
+    last, changed = -1, time.monotonic()
+    while window.count < expected:
+        now = time.monotonic()
+        if not procs.alive():
+            raise RuntimeError(f"{procs.system.name} exited early (see {procs.log_dir})")
+        if window.count != last:
+            last, changed = window.count, now
+        elif now - changed > STALL_SECONDS:
+            ready, _ = await queue_state(url)
+            log(f"  stalled at {window.count}/{expected} accepted ({ready} jobs still queued)")
+            return False
+        if now > deadline:
+            log(f"  timeout at {window.count}/{expected} accepted")
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def wait_consumers(url: str, n: int, procs: Processes, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        _, consumers = await queue_state(url)
+        if consumers >= n:
+            return
+        if not procs.alive():
+            raise RuntimeError(f"{procs.system.name} exited early (see {procs.log_dir})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{procs.system.name}: no consumer after {timeout} s")
+        await asyncio.sleep(0.2)
+
+
+# --- one throughput run --------------------------------------------------------------------
+
+
+async def throughput_run(ctx: Context, system: System, n: int,
+                         wrap: list[str] | None = None,
+                         extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Prefill n jobs, start the system, measure from the first to the last accepted message."""
+    jobs = ctx.stream.jobs[:n]
+    expected = ctx.stream.expected(n, system.checks)
+    label = ctx.label(system, "tput")
+    with Vhost(label) as vh:
+        r = prepare_redis(system.checks)
+        await declare(vh.url)
+        fill = await prefill(vh.url, jobs, ctx.stream.routing_key)
+        before = measure.redis_snapshot(r)
+        procs = Processes(system, ctx.log_dir, label)
+        cpu0: dict[int, float] = {}
+
+        def at_first() -> None:
+            for pid in procs.pids:
+                try:
+                    cpu0[pid] = measure.cpu_seconds(pid)
+                except OSError:
+                    pass
+
+        window = ctx.sink.mark(on_first=at_first)
+        redis_url = Services.redis_url(REDIS_DB)
+        procs.start(system.command(vh.url, redis_url, ctx.sink.port),
+                    system.env(vh.url, redis_url, ctx.sink.url, extra_env), wrap=wrap)
+        try:
+            complete = await wait_done(vh.url, window, expected, procs,
+                                       timeout=max(120, n / 20))
+            cpu1 = {pid: measure.cpu_seconds(pid) for pid in procs.pids}
+            rss = [measure.peak_rss_mib(pid) for pid in procs.pids]
+            after = measure.redis_snapshot(r)
+        finally:
+            codes = procs.stop()
+        errors = procs.errors()
+        if errors:
+            log(f"  {errors} error records in {label}-*.log")
+        r.close()
+    elapsed = (window.last or 0) - (window.first or 0)
+    accepted = window.count
+    sent_rate = (accepted - 1) / elapsed if elapsed > 0 and accepted > 1 else 0.0
+    # every job (refused and invalid ones too) is work: jobs/s scales the sink's rate
+    jobs_rate = sent_rate * n / expected if expected else 0.0
+    cpu = sum(cpu1[p] - cpu0.get(p, cpu1[p]) for p in cpu1)
+    return {
+        "system": system.name, "jobs": n, "expected_sent": expected, "accepted": accepted,
+        "complete": complete, "prefill_s": round(fill, 2), "window_s": round(elapsed, 3),
+        "sent_per_s": round(sent_rate, 1), "jobs_per_s": round(jobs_rate, 1),
+        "cpu_us_per_job": round(cpu / n * 1e6, 1) if n else None,
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(max(rss), 1), "peak_rss_mib_total": round(sum(rss), 1),
+        "redis": measure.redis_delta(before, after, n), "exit_codes": codes, "log": label,
+        "log_errors": errors,
+    }
+
+
+# --- one open-loop run ----------------------------------------------------------------------
+
+
+async def open_loop_run(ctx: Context, system: System, rate: float,
+                        duration: float) -> dict[str, Any]:
+    """Publish at a fixed rate (open loop) while the system runs; latency of each accepted job
+    from its enqueue time (``metadata.t0``)."""
+    n = min(len(ctx.stream.jobs), max(1, int(rate * duration)))
+    jobs = ctx.stream.jobs[:n]
+    expected = ctx.stream.expected(n, system.checks)
+    label = ctx.label(system, f"load{int(rate)}")
+    lat_file = str(ctx.log_dir / f"{label}-latency.json") if system.kind != "outbox" else None
+    with Vhost(label) as vh:
+        r = prepare_redis(system.checks)
+        await declare(vh.url)
+        procs = Processes(system, ctx.log_dir, label)
+        redis_url = Services.redis_url(REDIS_DB)
+        procs.start(system.command(vh.url, redis_url, ctx.sink.port, lat_file),
+                    system.env(vh.url, redis_url, ctx.sink.url))
+        try:
+            await wait_consumers(vh.url, system.processes, procs)
+            await asyncio.sleep(1.0)
+            window = ctx.sink.mark()
+            published_s = await publish_at_rate(vh.url, jobs, rate, ctx.stream.routing_key)
+            complete = await wait_done(vh.url, window, expected, procs,
+                                       timeout=max(60, n / 50))
+            if system.kind == "outbox":
+                latencies = await sent_latencies(vh.url, expected)
+        finally:
+            procs.stop()
+        r.close()
+    if system.kind != "outbox":
+        latencies = json.loads(Path(lat_file).read_text()) if lat_file and \
+            Path(lat_file).exists() else []
+    elapsed = (window.last or 0) - (window.first or 0)
+    return {
+        "system": system.name, "offered_jobs_per_s": round(rate, 1), "jobs": n,
+        "publish_s": round(published_s, 2), "expected_sent": expected,
+        "accepted": window.count, "complete": complete,
+        "achieved_jobs_per_s": round((window.count - 1) / elapsed * n / expected, 1)
+        if elapsed > 0 and expected else None,
+        "latency_samples": len(latencies),
+        "p50_ms": _ms(measure.percentile(latencies, 50)),
+        "p90_ms": _ms(measure.percentile(latencies, 90)),
+        "p99_ms": _ms(measure.percentile(latencies, 99)),
+        "max_ms": _ms(max(latencies) if latencies else None), "log": label,
+    }
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 1)
+
+
+async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: str) -> float:
+    """Open loop: job i is published at start + i/rate, stamped with the time it is sent,
+    whatever the consumer does (no publisher confirms: the load generator must not slow down
+    with the broker's confirm latency; the queue's count is checked by the sink total)."""
+    conn = await aio_pika.connect(url)
+    ch = await conn.channel(publisher_confirms=False)
+    ex = await ch.get_exchange(JOBS_EXCHANGE, ensure=False)
+    start = time.monotonic()
+    i = 0
+    while i < len(jobs):
+        due = min(len(jobs), int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            await ex.publish(_message(jobs[i].stamped(time.time())), routing_key)
+            i += 1
+        await asyncio.sleep(0.002)
+    took = time.monotonic() - start
+    await conn.close()
+    return took
+
+
+async def sent_latencies(url: str, expected: int) -> list[float]:
+    """Read Outbox's ``sent`` status events from ``outbox.status`` (after the run, so the
+    reading does not compete for CPU) and return ``at`` − ``metadata.t0`` for each."""
+    conn = await aio_pika.connect(url)
+    ch = await conn.channel()
+    await ch.set_qos(prefetch_count=2000)
+    q = await ch.declare_queue(STATUS_QUEUE, passive=True)
+    out: list[float] = []
+    idle_since = time.monotonic()
+    async with q.iterator(no_ack=False) as it:  # never acked: requeued on close, no warnings
+        while len(out) < expected and time.monotonic() - idle_since < 3:
+            try:
+                msg = await asyncio.wait_for(it.__anext__(), 1.0)
+            except asyncio.TimeoutError:
+                continue
+            except StopAsyncIteration:
+                break
+            idle_since = time.monotonic()
+            ev = json.loads(msg.body)
+            t0 = (ev.get("metadata") or {}).get("t0")
+            if ev.get("status") == "sent" and isinstance(t0, (int, float)):
+                at = datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp()
+                out.append(at - t0)
+    await conn.close()
+    return out
+
+
+# --- profile ---------------------------------------------------------------------------------
+
+
+async def profile_run(ctx: Context, system: System, n: int, out: Path,
+                      rate_hz: int = 250) -> dict[str, Any]:
+    """The throughput run again, with the worker started under ``py-spy record``
+    (raw collapsed stacks, idle frames excluded, GIL not required: ``--nonblocking``)."""
+    spy = str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        spy = "py-spy"
+    wrap = [spy, "record", "--nonblocking", "-r", str(rate_hz), "-f", "raw", "-o", str(out),
+            "--"]
+    result = await throughput_run(ctx, system, n, wrap=wrap)
+    for _ in range(100):  # py-spy writes its file after the worker exits
+        if out.exists():
+            break
+        await asyncio.sleep(0.1)
+    return result
+
+
+def env_note() -> str:
+    return f"PID {os.getpid()}"
