@@ -14,16 +14,16 @@ import asyncio
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractExchange,
-    AbstractRobustConnection,
-    DeliveryMode,
-)
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
+from aiormq.exceptions import AMQPError as AiormqError
+from pamqp.commands import Basic
+
+BasicProperties = Basic.Properties
 
 from sender import topology
 
@@ -50,7 +50,6 @@ class Bus:
         self.retry_tiers = retry_tiers
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
 
     async def connect(self, *, declare: bool = True) -> None:
         """Open the connection and publishing channel; declare the topology."""
@@ -61,10 +60,6 @@ class Bus:
                                                       on_return_raises=True)
         if declare:
             await topology.declare(self._channel, self.retry_tiers)
-        for name in (topology.JOBS_EXCHANGE, topology.STATUS_EXCHANGE,
-                     topology.DEAD_EXCHANGE, topology.RETRY_EXCHANGE):
-            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
-        self._exchanges[""] = self._channel.default_exchange
 
     async def channel(self, prefetch: int) -> AbstractChannel:
         """A new channel for consuming, with its prefetch."""
@@ -84,19 +79,20 @@ class Bus:
         content_type: str = "application/json",
         expiration: float | None = None,
     ) -> None:
-        """Publish one persistent message and wait for the broker's confirm."""
-        message = aio_pika.Message(
-            body,
-            headers=headers or {},
-            expiration=expiration,
-            content_type=content_type,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            timestamp=time.time(),
-        )
+        """Publish one persistent message and wait for the broker's confirm.
+
+        Straight on the aiormq channel under aio-pika's robust one (after a reconnect it is
+        the new one): building an ``aio_pika.Message`` per publish cost about 90 µs more."""
+        assert self._channel is not None, "connect() first"
+        properties = BasicProperties(
+            content_type=content_type, delivery_mode=2, headers=headers or None,
+            message_id=message_id, timestamp=datetime.now(UTC).replace(microsecond=0),
+            expiration=str(int(expiration * 1000)) if expiration is not None else None)
         try:
-            await self._exchanges[exchange].publish(message, routing_key, mandatory=True)
-        except (TimeoutError, AMQPError, ConnectionError, RuntimeError) as exc:
+            channel = await self._channel.get_underlay_channel()
+            await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
+                                        properties=properties, mandatory=True)
+        except (AMQPError, AiormqError, ConnectionError, asyncio.TimeoutError, RuntimeError) as exc:
             raise PublishFailed(
                 f"{exchange or '(default)'} {routing_key}: {type(exc).__name__}: {exc}"
             ) from exc

@@ -128,3 +128,37 @@ async def test_the_email_channel_rejects_an_undeliverable_domain_before_sending(
     await channel.close()
     assert (info.value.status, info.value.outcome.reason) == ("rejected", "hostunknown")
     assert [r for _, r, _ in recorder.messages] == [["x@mx.example"]]
+
+
+@pytest.mark.parametrize("address", [
+    "plain@example.com", "Mixed.Case+tag@Example.COM", "o'brien@example.ie", "x@例子.香港",
+    "a..b@example.com", ".a@example.com", "a.@example.com", "a@example", "a@-x.com",
+    "a@x_y.com", "a@localhost", "a@b.invalid", "x" * 65 + "@example.com", "a@" + "b" * 64 + ".com",
+    "用户@例子.广告", "a b@example.com", "a@[127.0.0.1]", "@example.com", "a@",
+])
+def test_the_fast_path_agrees_with_email_validator(address):
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        expected = validate_email(address, check_deliverability=False,
+                                  allow_smtputf8=True).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        got = check_syntax(address)
+    except Undeliverable:
+        got = None
+    assert got == expected
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_atom = st.text("abcXYZ019!#$%&'*+/=?^_`{|}~-.", min_size=0, max_size=20)
+_label = st.text("abcxyz019-_", min_size=0, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_atom, st.lists(_label, min_size=1, max_size=4))
+def test_the_fast_path_agrees_with_email_validator_on_generated_addresses(local, labels):
+    test_the_fast_path_agrees_with_email_validator(f"{local}@{'.'.join(labels)}")

@@ -189,3 +189,16 @@ async def test_a_policy_block_is_retried_and_never_suppresses_the_recipient(
     assert entries == []
     assert events(second)[0]["status"] == "sent"
     assert 'outbox_provider_replies_total{kind="block",provider="smtp"} 1.0' in text
+
+
+async def test_an_unroutable_publish_is_an_error_not_a_silent_drop(amqp_url):
+    from sender.bus import Bus, PublishFailed
+
+    bus = Bus(amqp_url, retry_tiers=(1,))
+    await bus.connect()
+    try:
+        with pytest.raises(PublishFailed, match="NO_ROUTE|unroutable|312"):
+            await bus.publish("outbox.jobs", "fax", b"{}")
+        await bus.publish("outbox.jobs", "email", b"{}")  # the channel is still usable
+    finally:
+        await bus.close()

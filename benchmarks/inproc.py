@@ -1,0 +1,101 @@
+"""One Outbox worker in this process over a pre-filled queue, for profiling the worker's own
+code: CPU µs per job (this process only) and, with ``--cprofile``, the top functions.
+
+    .venv/bin/python -m benchmarks.inproc --jobs 5000 [--cprofile 25]
+
+Uses the bench services (scripts/services.py start bench), a fresh vhost, a flushed Redis db
+seeded like workload (a), and Postfix's smtp-sink. Not a throughput figure (the harness is),
+a before/after gauge for changes to the hot path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import subprocess
+import time
+
+from prometheus_client import CollectorRegistry
+
+from benchmarks.env import Services, Vhost
+from benchmarks.runner import declare, prefill
+from benchmarks.sink import SMTP_SINK, free_port
+from benchmarks.workloads import email_mix
+
+
+async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
+    from config import load_settings
+    from sender.bus import Bus
+    from sender.service import make_redis
+    from sender.worker import Worker, build_channels
+
+    stream = email_mix(n)
+    port = free_port()
+    sink = subprocess.Popen([SMTP_SINK, "-u", "root", "-m", "512", f"127.0.0.1:{port}", "1024"])
+    with Vhost("inproc") as vhost:
+        redis_url = Services.redis_url(2)
+        settings = load_settings(amqp_url=vhost.url, redis_url=redis_url,
+                                 smtp_url=f"smtp://127.0.0.1:{port}")
+        redis = make_redis(settings)
+        await redis.flushdb()
+        await stream.seed(redis_url)
+        await declare(vhost.url)
+        await prefill(vhost.url, stream.jobs[:n], "email")
+        bus = Bus(vhost.url, retry_tiers=settings.retry_tiers)
+        await bus.connect()
+        channels = build_channels(settings)
+        worker = Worker(settings, bus=bus, redis=redis, channels=channels,
+                        registry=CollectorRegistry())
+
+        def done() -> float:
+            return sum(s.value for m in worker.metrics.jobs.collect() for s in m.samples
+                       if s.name.endswith("_total"))
+
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if profiler:
+            profiler.enable()
+        await worker.start()
+        while done() < n:
+            await asyncio.sleep(0.05)
+        if profiler:
+            profiler.disable()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        statuses = {s.labels["status"]: int(s.value) for m in worker.metrics.jobs.collect()
+                    for s in m.samples if s.name.endswith("_total")}
+        retries = {s.labels["tier"]: int(s.value) for m in worker.metrics.retries.collect()
+                   for s in m.samples if s.name.endswith("_total")}
+        await worker.stop()
+        await worker.close()
+        for channel in channels.values():
+            await channel.close()
+        await bus.close()
+        await redis.aclose()
+    sink.terminate()
+    sink.wait()
+    return {"jobs": n, "cpu_us_per_job": round(cpu / n * 1e6), "jobs_per_s": round(n / wall),
+            "statuses": statuses, "retries": retries}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--cprofile", type=int, default=0, metavar="N",
+                   help="print the N functions with the most own time")
+    args = p.parse_args()
+    import uvloop
+
+    profiler = cProfile.Profile() if args.cprofile else None
+    with Services():
+        result = uvloop.run(_run(args.jobs, profiler))
+    print(result)
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.cprofile)
+        print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
