@@ -173,6 +173,8 @@ def sum_buckets(fields: dict[str, str], *, now: int, bucket: int, window: int) -
     """Sum ``s:/h:/c:<start>`` bucket fields still inside the window (as post_send.lua)."""
     sums = {"s": 0, "h": 0, "c": 0}
     for name, value in fields.items():
+        if name[1:2] != ":":
+            continue  # the script's running totals and bookkeeping (S, H, C, lo)
         kind, start = name[:1], int(name[2:])
         if start + bucket > now - window and kind in sums:
             sums[kind] += int(value)

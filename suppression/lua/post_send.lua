@@ -73,23 +73,40 @@ for i = 1, 10 do p[i] = tonumber(cfg[i]) or tonumber(ARGV[11 + i]) end
 local bucket, window = p[1], p[2]
 local z = tonumber(ARGV[22])
 
--- count into the current bucket, then sum the buckets still inside the window
+-- Count into the current bucket and into the running totals (S, H, C) of the buckets held.
+-- When the oldest bucket held ('lo') has left the window, or the totals are missing, the
+-- buckets are scanned once: expired ones dropped, totals recomputed. So a send is O(1), and
+-- the scan runs about once per bucket period.
 local rep = KEYS[4]
 local start = now - now % bucket
 if inc_s > 0 then redis.call('HINCRBY', rep, 's:' .. start, inc_s) end
 if inc_h > 0 then redis.call('HINCRBY', rep, 'h:' .. start, inc_h) end
 if inc_c > 0 then redis.call('HINCRBY', rep, 'c:' .. start, inc_c) end
 redis.call('EXPIRE', rep, window + bucket)
-local sums = {s = 0, h = 0, c = 0}
-local fields = redis.call('HGETALL', rep)
-for i = 1, #fields, 2 do
-  local f = fields[i]
-  local kind, from = string.sub(f, 1, 1), tonumber(string.sub(f, 3))
-  if from + bucket <= now - window then
-    redis.call('HDEL', rep, f)
-  else
-    sums[kind] = sums[kind] + tonumber(fields[i + 1])
+local held = redis.call('HMGET', rep, 'lo', 'S', 'H', 'C')
+local lo = tonumber(held[1])
+local sums
+if lo == nil or held[2] == false or lo + bucket <= now - window then
+  sums = {s = 0, h = 0, c = 0}
+  lo = start
+  local fields = redis.call('HGETALL', rep)
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    local kind, from = string.sub(f, 1, 1), tonumber(string.sub(f, 3))
+    if from and sums[kind] then
+      if from + bucket <= now - window then
+        redis.call('HDEL', rep, f)
+      else
+        sums[kind] = sums[kind] + tonumber(fields[i + 1])
+        lo = math.min(lo, from)
+      end
+    end
   end
+  redis.call('HSET', rep, 'lo', lo, 'S', sums.s, 'H', sums.h, 'C', sums.c)
+else
+  sums = {s = tonumber(held[2]) + inc_s, h = tonumber(held[3]) + inc_h,
+          c = tonumber(held[4]) + inc_c}
+  redis.call('HSET', rep, 'S', sums.s, 'H', sums.h, 'C', sums.c)
 end
 if inc_h > 0 or inc_c > 0 then
   redis.call('LPUSH', KEYS[6], cjson.encode({at = now, channel = channel, job = job_id,

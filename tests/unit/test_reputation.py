@@ -62,3 +62,41 @@ def test_lua_and_python_agree(probe, n, frac, z, min_n, early_n, lines):
     lb, lvl = probe(k, n, repr(z), min_n, early_n, repr(throttle), repr(block))
     assert float(lb) == pytest.approx(wilson_lower(k, n, z), rel=1e-12, abs=1e-15)
     assert lvl == level(k, n, min_n=min_n, early_n=early_n, throttle=throttle, block=block, z=z)
+
+
+def test_running_totals_follow_the_window(redis_url):
+    """post_send.lua keeps running totals; when buckets leave the window they are dropped and
+    the totals recomputed: at every step they equal the sum of the buckets in the window."""
+    import time as _time
+
+    import redis as _redis
+
+    from suppression import keys
+    from suppression.gate import POST_SEND, Counts, Gate
+    from suppression.reputation import Policy, sum_buckets
+
+    r = _redis.Redis.from_url(redis_url, decode_responses=True)
+    policy = Policy(reputation_bucket=1, reputation_window=2)
+    gate = Gate(None, idempotency_ttl=60, policy=policy)  # type: ignore[arg-type]
+    sha = r.script_load(POST_SEND.source)
+    rep = keys.reputation("acct_win", "email")
+
+    def outcome(counts: Counts) -> None:
+        k, a = gate.post_send_call("acct_win", "j", status="", attempt=1, counts=counts)
+        r.evalsha(sha, len(k), *k, *a)
+
+    def check() -> dict:
+        fields = r.hgetall(rep)
+        now = int(r.time()[0])
+        mirror = sum_buckets(fields, now=now, bucket=1, window=2)
+        assert (int(fields["S"]), int(fields["H"])) == (mirror["s"], mirror["h"])
+        return mirror
+
+    for _ in range(5):
+        outcome(Counts(sends=1, hard=1))
+    assert check() == {"s": 5, "h": 5, "c": 0}
+    _time.sleep(3.2)  # every bucket has left the 2 s window
+    outcome(Counts(sends=1))
+    assert check() == {"s": 1, "h": 0, "c": 0}
+    assert not [f for f in r.hgetall(rep) if f.startswith("h:")]  # expired buckets dropped
+    r.close()
