@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     sms_region: str = Field("HK", pattern=r"^[A-Z]{2}$", description="for numbers without +")
     sms_max_segments: int = Field(10, ge=1, le=10)
 
+    # --- email provider webhooks (webhooks/provider_routes.py; unset secret = 404) -----------
+    #: SNS topics whose messages are accepted; none = /webhooks/ses off (any AWS account can
+    #: get SNS to sign a message, so the topic is what makes one ours)
+    ses_topic_arns: Annotated[tuple[str, ...], NoDecode] = ()
+    sendgrid_public_key: SecretStr | None = None  # base64 DER, as SendGrid shows it
+    mailgun_signing_key: SecretStr | None = None
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+
     # --- webhooks / http --------------------------------------------------------------------
     public_url: str = "http://127.0.0.1:8080"
     http_host: str = "127.0.0.1"
@@ -221,6 +230,13 @@ class Settings(BaseSettings):
     @field_validator("admin_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("ses_topic_arns", mode="before")
+    @classmethod
+    def _split_arns(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value

@@ -275,22 +275,14 @@ def cmd_accounts_support(args: argparse.Namespace) -> int:
 
 
 async def _publish_account_event(cfg: Any, change: Any, args: argparse.Namespace) -> bool:
-    from sender import topology
+    from sender.account_events import publish_account_event
     from sender.bus import Bus, PublishFailed
-    from sender.models import status_event
 
-    event = status_event(
-        job_id=f"{change.account_id}:{change.audit_id}", account_id=change.account_id,
-        channel=None, status=change.to_state, reason=args.reason,  # type: ignore[arg-type]
-        detail=f"{args.actor}: {args.reason}", attempt=0, action=args.support_action,
-        actor=args.actor, probation_until=change.probation_until,
-        **{"from": change.from_state})
     bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
     try:
         await bus.connect(declare=True)
-        await bus.publish(topology.STATUS_EXCHANGE, f"account.{change.to_state}",
-                          json.dumps(event, ensure_ascii=False).encode(),
-                          message_id=event["id"])
+        await publish_account_event(bus, change, action=args.support_action, actor=args.actor,
+                                    reason=args.reason)
         return True
     except (PublishFailed, OSError, ConnectionError) as exc:
         print(f"outbox: status event not published: {exc}", file=sys.stderr)

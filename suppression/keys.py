@@ -23,6 +23,7 @@ phone numbers in E.164.
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
+| ``outbox:mg-token:<token>`` | string | ``MAILGUN_TOKEN_TTL`` (10 min) | a Mailgun webhook token already used (replays refused) |
 
 Suppression and consent hashes hold ``reason``/``status``, ``source``, ``at`` (epoch s),
 ``expires_at`` (epoch s, or absent), ``actor``.
@@ -37,6 +38,9 @@ GLOBAL_AUDIT = f"{PREFIX}audit"
 AUDIT_KEEP_SECONDS = 1100 * 86400
 CHANNELS = ("email", "sms")
 EVENT_TTL = 7 * 86400  # providers retry webhooks for up to 3 days (SendGrid 72 h, SES 23 h)
+#: longer than the webhook freshness window (5 min back, 1 min ahead): a token is refused
+#: for as long as its timestamp would be accepted
+MAILGUN_TOKEN_TTL = 600
 
 
 def account_tag(account_id: str) -> str:
@@ -99,6 +103,11 @@ def prefs(account_id: str, address: str) -> str:
 def event(account_id: str, event_id: str) -> str:
     """Marker of a provider event already applied (``EVENT_TTL``, 7 days)."""
     return f"{account_tag(account_id)}:evt:{event_id}"
+
+
+def mailgun_token(token: str) -> str:
+    """Marker of a Mailgun webhook token already seen (``MAILGUN_TOKEN_TTL``)."""
+    return f"{PREFIX}mg-token:{token}"
 
 
 def global_suppression(channel: str, address: str) -> str:

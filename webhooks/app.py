@@ -11,7 +11,14 @@ from redis.asyncio import Redis
 from config import Settings
 from sender.bus import Bus
 from suppression.store import SuppressionStore
+from webhooks.admin import AdminApi
 from webhooks.handlers import TwilioWebhooks, UnsubscribeWebhooks, WebhookMetrics
+from webhooks.provider_routes import (
+    MailgunWebhooks,
+    PostmarkWebhooks,
+    SendGridWebhooks,
+    SesWebhooks,
+)
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -33,6 +40,11 @@ def make_app(settings: Settings, *, bus: Bus, redis: Redis,
     app.router.add_routes(TwilioWebhooks(settings, bus, metrics_).routes())
     app.router.add_routes(UnsubscribeWebhooks(settings, bus, SuppressionStore(redis),
                                               metrics_).routes())
+    app.router.add_routes(SesWebhooks(settings, bus, metrics_).routes())
+    app.router.add_routes(SendGridWebhooks(settings, bus, metrics_).routes())
+    app.router.add_routes(MailgunWebhooks(settings, bus, redis, metrics_).routes())
+    app.router.add_routes(PostmarkWebhooks(settings, bus, metrics_).routes())
+    app.router.add_routes(AdminApi(settings, bus, redis).routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,0 +1,284 @@
+"""The email providers' webhooks in the real server, with real RabbitMQ and Redis: signed
+requests (made here as SNS, SendGrid and Mailgun sign them) become events on outbox.events;
+forgeries, stale timestamps and replays are refused and change nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from sender.bus import Bus, PublishFailed
+from sender.service import make_redis
+from tests.integration.helpers import collect
+from tests.unit.test_provider_mailgun import signature as mailgun_signature
+from tests.unit.test_provider_mailgun import signed as mailgun_signed
+from tests.unit.test_provider_postmark import record as postmark_record
+from tests.unit.test_provider_sendgrid import PUBLIC as SENDGRID_PUBLIC
+from tests.unit.test_provider_sendgrid import sign as sendgrid_sign
+from tests.unit.test_provider_ses import (
+    CERT,
+    TOPIC,
+    confirmation,
+    fixture,
+    notification,
+)
+from tests.unit.test_provider_ses import sign as sns_sign
+from webhooks import provider_routes
+from webhooks.app import make_app
+
+pytestmark = pytest.mark.integration
+MAILGUN_KEY = "key-signing-test-0123456789abcdef"
+PM_USER, PM_PASSWORD = "postmark", "pm-password"
+
+
+@pytest.fixture
+def fetched(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Certificate URLs the server fetched (there is no network: the fetcher is replaced)."""
+    urls: list[str] = []
+
+    async def fetch(url: str) -> str:
+        urls.append(url)
+        return CERT
+
+    monkeypatch.setattr(provider_routes, "fetch_certificate", fetch)
+    return urls
+
+
+async def _start(make_settings: Any, port: int, **overrides: Any) -> tuple[web.AppRunner, Any]:
+    settings = make_settings(**overrides)
+    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
+    await bus.connect()
+    redis = make_redis(settings)
+    runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
+                                    registry=CollectorRegistry()))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, (bus, redis)
+
+
+@pytest.fixture
+async def server(make_settings, unused_tcp_port, fetched):
+    runner, (bus, redis) = await _start(
+        make_settings, unused_tcp_port, ses_topic_arns=f"{TOPIC},arn:aws:sns:eu-west-1:1:other",
+        sendgrid_public_key=SENDGRID_PUBLIC, mailgun_signing_key=MAILGUN_KEY,
+        postmark_webhook_user=PM_USER, postmark_webhook_password=PM_PASSWORD)
+    yield f"http://127.0.0.1:{unused_tcp_port}"
+    await runner.cleanup()
+    await bus.close()
+    await redis.aclose()
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str] | None = None,
+                content_type: str = "application/json") -> tuple[int, str]:
+    async with (aiohttp.ClientSession() as session,
+                session.post(url, data=body, headers={"Content-Type": content_type,
+                                                      **(headers or {})}) as r):
+        return r.status, await r.text()
+
+
+async def _events(amqp_url: str, n: int, timeout: float = 30) -> list[dict[str, Any]]:
+    got = await collect(amqp_url, "outbox.events", lambda m: len(m) >= n, timeout=timeout)
+    return [json.loads(m.body) for m in got]
+
+
+async def _nothing(amqp_url: str) -> bool:
+    return await collect(amqp_url, "outbox.events", lambda m: len(m) >= 1, timeout=1) == []
+
+
+# --- SES ----------------------------------------------------------------------------------------
+
+async def test_ses_a_signed_bounce_is_an_event(server, amqp_url, fetched):
+    body = json.dumps(sns_sign(notification(fixture("ses-bounce")), "1")).encode()
+    assert (await _post(f"{server}/webhooks/ses", body, content_type="text/plain"))[0] == 200
+    [event] = await _events(amqp_url, 1)
+    assert (event["provider"], event["type"], event["kind"], event["reason"]) == \
+        ("ses", "bounced", "hard", "userunknown")
+    assert (event["job_id"], event["account_id"], event["recipient"]) == \
+        ("job-ses-1", "acct_7", "jane@example.com")
+    assert len(fetched) == 1
+
+
+async def test_ses_a_forged_signature_is_refused(server, amqp_url):
+    message = sns_sign(notification(fixture("ses-complaint")))
+    message["Message"] = json.dumps(fixture("ses-bounce"))
+    status, _ = await _post(f"{server}/webhooks/ses", json.dumps(message).encode())
+    assert status == 403
+    assert await _nothing(amqp_url)
+
+
+async def test_ses_a_certificate_url_off_amazonaws_is_refused_without_a_fetch(
+        server, amqp_url, fetched):
+    message = sns_sign(notification(fixture("ses-bounce")))
+    message["SigningCertURL"] = "https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"
+    status, _ = await _post(f"{server}/webhooks/ses", json.dumps(message).encode())
+    assert status == 403
+    assert fetched == []
+    assert await _nothing(amqp_url)
+
+
+async def test_ses_a_topic_not_allowed_is_refused(server, amqp_url, fetched):
+    message = sns_sign({**notification(fixture("ses-bounce")),
+                        "TopicArn": "arn:aws:sns:us-east-1:999999999999:theirs"})
+    assert (await _post(f"{server}/webhooks/ses", json.dumps(message).encode()))[0] == 403
+    assert fetched == []
+    assert await _nothing(amqp_url)
+
+
+async def test_ses_a_subscription_confirmation_is_logged_not_published(server, amqp_url, caplog):
+    body = json.dumps(sns_sign(confirmation())).encode()
+    status, _ = await _post(f"{server}/webhooks/ses", body, content_type="text/plain")
+    assert status == 200
+    assert "ConfirmSubscription" in caplog.text
+    assert await _nothing(amqp_url)
+
+
+# --- SendGrid -----------------------------------------------------------------------------------
+
+def _sendgrid_body() -> bytes:
+    return json.dumps([{
+        "email": "example@test.com", "timestamp": int(time.time()),
+        "smtp-id": "<job-sg-9@outbox.localhost>", "event": "bounce", "sg_event_id": "sg-ev-1",
+        "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+        "reason": "550 5.1.1 user unknown", "status": "5.1.1", "type": "bounce",
+        "outbox_account": "acct_3"}]).encode() + b"\r\n"
+
+
+async def test_sendgrid_a_signed_batch_is_events(server, amqp_url):
+    body, ts = _sendgrid_body(), str(int(time.time()))
+    headers = {"X-Twilio-Email-Event-Webhook-Signature": sendgrid_sign(body, ts),
+               "X-Twilio-Email-Event-Webhook-Timestamp": ts}
+    assert (await _post(f"{server}/webhooks/sendgrid", body, headers))[0] == 200
+    [event] = await _events(amqp_url, 1)
+    assert (event["type"], event["kind"], event["job_id"], event["account_id"]) == \
+        ("bounced", "hard", "job-sg-9", "acct_3")
+
+
+@pytest.mark.parametrize("forgery", ["tampered", "unsigned", "stale"])
+async def test_sendgrid_a_forged_or_stale_request_is_refused(server, amqp_url, forgery):
+    body = _sendgrid_body()
+    ts = str(int(time.time()) - (600 if forgery == "stale" else 0))
+    signature = sendgrid_sign(body, ts)
+    if forgery == "tampered":
+        body = body.replace(b"acct_3", b"acct_4")
+    if forgery == "unsigned":
+        signature = ""
+    headers = {"X-Twilio-Email-Event-Webhook-Signature": signature,
+               "X-Twilio-Email-Event-Webhook-Timestamp": ts}
+    assert (await _post(f"{server}/webhooks/sendgrid", body, headers))[0] == 403
+    assert await _nothing(amqp_url)
+
+
+# --- Mailgun ------------------------------------------------------------------------------------
+
+def _mailgun(name: str, timestamp: int | None = None, token: str = "a" * 50,
+             key: str = MAILGUN_KEY) -> bytes:
+    body = mailgun_signed(name, key)
+    ts = str(timestamp if timestamp is not None else int(time.time()))
+    body["signature"] = {"timestamp": ts, "token": token,
+                         "signature": mailgun_signature(ts, token, key)}
+    return json.dumps(body).encode()
+
+
+async def test_mailgun_a_signed_event_is_published_once_and_a_replay_refused(server, amqp_url):
+    body = _mailgun("failed_permanent")
+    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200
+    status, text = await _post(f"{server}/webhooks/mailgun", body)
+    assert status == 406 and "token" in text
+    # the same token under another body is the replay the token check exists for
+    assert (await _post(f"{server}/webhooks/mailgun", _mailgun("delivered")))[0] == 406
+    events = await _events(amqp_url, 2, timeout=2)
+    assert [(e["type"], e["job_id"], e["account_id"]) for e in events] == \
+        [("bounced", "job-mg-2", "acct_5")]
+    async with aiohttp.ClientSession() as session, session.get(f"{server}/metrics") as r:
+        metrics = await r.text()
+    assert 'outbox_webhook_events_total{provider="mailgun",result="replay",type="unknown"} 2.0' \
+        in metrics
+
+
+@pytest.mark.parametrize("forgery,status", [("old", 403), ("future", 403), ("wrong-key", 403)])
+async def test_mailgun_a_stale_or_forged_event_is_refused(server, amqp_url, forgery, status):
+    now = int(time.time())
+    body = {"old": lambda: _mailgun("delivered", now - 301, token="b" * 50),
+            "future": lambda: _mailgun("delivered", now + 120, token="c" * 50),
+            "wrong-key": lambda: _mailgun("delivered", token="d" * 50, key="not-the-key")}[forgery]()
+    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == status
+    assert await _nothing(amqp_url)
+
+
+async def test_mailgun_a_foreign_message_id_names_no_job(server, amqp_url):
+    assert (await _post(f"{server}/webhooks/mailgun", _mailgun("opened", token="e" * 50)))[0] \
+        == 200
+    [event] = await _events(amqp_url, 1)
+    assert (event["type"], event["job_id"]) == ("opened", None)
+
+
+# --- Postmark -----------------------------------------------------------------------------------
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_postmark_with_basic_auth_is_an_event(server, amqp_url):
+    body = json.dumps(postmark_record("hard_bounce")).encode()
+    assert (await _post(f"{server}/webhooks/postmark", body, _basic(PM_USER, PM_PASSWORD)))[0] \
+        == 200
+    [event] = await _events(amqp_url, 1)
+    assert (event["type"], event["reason"], event["job_id"], event["account_id"]) == \
+        ("bounced", "userunknown", "job-pm-1", "acct_9")
+
+
+@pytest.mark.parametrize("headers", [{}, _basic(PM_USER, "wrong"), _basic("other", PM_PASSWORD)])
+async def test_postmark_wrong_basic_auth_is_401(server, amqp_url, headers):
+    body = json.dumps(postmark_record("hard_bounce")).encode()
+    async with (aiohttp.ClientSession() as session,
+                session.post(f"{server}/webhooks/postmark", data=body,
+                             headers={"Content-Type": "application/json", **headers}) as r):
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"].startswith("Basic")
+    assert await _nothing(amqp_url)
+
+
+async def test_a_bad_payload_is_400(server, amqp_url):
+    body = b"[not json"
+    headers = _basic(PM_USER, PM_PASSWORD)
+    assert (await _post(f"{server}/webhooks/postmark", body, headers))[0] == 400
+    assert await _nothing(amqp_url)
+
+
+# --- not configured -----------------------------------------------------------------------------
+
+async def test_an_unconfigured_provider_answers_404(make_settings, unused_tcp_port):
+    runner, (bus, redis) = await _start(make_settings, unused_tcp_port)
+    try:
+        base = f"http://127.0.0.1:{unused_tcp_port}"
+        for path in ("ses", "sendgrid", "mailgun", "postmark"):
+            status, text = await _post(f"{base}/webhooks/{path}", b"{}")
+            assert (status, "not configured" in text) == (404, True), path
+    finally:
+        await runner.cleanup()
+        await bus.close()
+        await redis.aclose()
+
+
+async def test_mailgun_an_unconfirmed_publish_is_503_and_the_retry_is_taken(
+        server, amqp_url, monkeypatch):
+    real = provider_routes.publish_events
+
+    async def refuse(bus: Any, events: Any) -> int:
+        raise PublishFailed("broker did not confirm")
+
+    monkeypatch.setattr(provider_routes, "publish_events", refuse)
+    body = _mailgun("failed_permanent", token="f" * 50)
+    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 503
+    assert await _nothing(amqp_url)
+    monkeypatch.setattr(provider_routes, "publish_events", real)
+    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200  # token released
+    [event] = await _events(amqp_url, 1)
+    assert event["job_id"] == "job-mg-2"

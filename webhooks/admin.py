@@ -1,0 +1,562 @@
+"""The support/admin API (``/admin/...``) and its page: accounts, blocks, suppression, consent,
+audit. The data operations are :mod:`suppression.store`'s, the same the CLI uses.
+
+JSON in and out. Every API request needs ``Authorization: Bearer <token>``, compared in
+constant time with each of ``OUTBOX_ADMIN_TOKENS``. Answers other than 200::
+
+    400  bad input: invalid JSON, a missing or malformed field (named), a bad address...
+    401  no token, or a wrong one (with ``WWW-Authenticate: Bearer``)
+    403  OUTBOX_ADMIN_TOKENS is not set: the admin API and page are off
+    404  unknown account, or no such suppression entry
+    409  an action that does not apply to the account's state (unblock an active account)
+
+A refused request changes nothing. Changes are audited by the stores (with the actor and
+reason given in the request) and logged here with the actor; tokens are never logged.
+``GET /admin/`` is a self-contained page (no external assets) over the same API; it holds no
+data of its own, so it is served without a token (a browser cannot send one on navigation).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+
+from config import Settings
+from sender.account_events import publish_account_event
+from sender.bus import Bus, PublishFailed
+from sender.metrics import Metrics
+from suppression.reputation import OVERRIDES, STATES, Policy
+from suppression.store import (SENDER_FIELDS, AccountStore, BadEntry, Change, ConsentStore,
+                               StoreError, SuppressionStore, UnknownAccount)
+
+log = logging.getLogger("outbox.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_TEXT = 1000  # characters in a reason, actor, source...
+MAX_AUDIT = 1000  # records in one audit answer
+_REALM = 'Bearer realm="outbox-admin"'
+_NO_TOKENS = "the admin API is off: OUTBOX_ADMIN_TOKENS is not set"
+_dumps = partial(json.dumps, ensure_ascii=False)
+TOKEN_INDEX = web.RequestKey("admin_token_index", int)  # which token (by position) was used
+
+
+class ApiError(Exception):
+    """A request refused with ``status`` and a message for the caller."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class AdminApi:
+    """The ``/admin`` routes. ``registry_or_metrics``: where support transitions are counted
+    (``outbox_account_transitions_total``): the worker's :class:`sender.metrics.Metrics` when
+    the process runs one (``outbox run`` shares the registry), a registry of the server's
+    own otherwise, or None for no counting."""
+
+    def __init__(self, settings: Settings, bus: Bus, redis: Redis,
+                 registry_or_metrics: CollectorRegistry | Metrics | None = None) -> None:
+        self._tokens = [_digest(t.get_secret_value()) for t in settings.admin_tokens]
+        self._bus = bus
+        self._accounts = AccountStore(redis, Policy.from_settings(settings))
+        self._suppression = SuppressionStore(redis)
+        self._consent = ConsentStore(redis)
+        self._transitions = _transitions_counter(registry_or_metrics)
+
+    def routes(self) -> list[web.RouteDef]:
+        g = self._guard
+        return [
+            web.get("/admin", self.redirect), web.get("/admin/", self.page),
+            web.get("/admin/accounts", g(self.list_accounts)),
+            web.get("/admin/accounts/{account}", g(self.show_account)),
+            web.patch("/admin/accounts/{account}", g(self.configure_account)),
+            web.post("/admin/accounts/{account}/{action:unblock|suspend|unsuspend}",
+                     g(self.support_action)),
+            web.get("/admin/suppression/{address}", g(self.check_suppression)),
+            web.post("/admin/suppression", g(self.add_suppression)),
+            web.delete("/admin/suppression/{address}", g(self.remove_suppression)),
+            web.get("/admin/consent/{account}/{recipient}", g(self.show_consent)),
+            web.post("/admin/consent/{account}/{recipient}", g(self.set_consent)),
+            web.get("/admin/audit/{account}", g(self.audit)),
+        ]
+
+    # --- auth and errors ---------------------------------------------------------------
+
+    def _guard(self, handler: Handler) -> Handler:
+        """Authorise, run, and turn refusals into JSON errors."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                request[TOKEN_INDEX] = self._authorise(request)
+                return await handler(request)
+            except ApiError as exc:
+                return _error(exc.status, exc.message, exc.headers)
+            except UnknownAccount as exc:
+                return _error(404, str(exc))
+            except BadEntry as exc:
+                return _error(400, str(exc))
+            except StoreError as exc:  # refused by the account's state
+                return _error(409, str(exc))
+        return guarded
+
+    def _authorise(self, request: web.Request) -> int:
+        """The position of the matching token (logged instead of the token)."""
+        if not self._tokens:
+            raise ApiError(403, _NO_TOKENS)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(401, "an 'Authorization: Bearer <token>' header is required",
+                           {"WWW-Authenticate": _REALM})
+        digest = _digest(given.strip())
+        # compare with every token, no early exit: the time says nothing about which matched
+        matches = [hmac.compare_digest(digest, token) for token in self._tokens]
+        if not any(matches):
+            log.warning("admin request with a bad token refused",
+                        extra={"path": request.path, "remote": request.remote})
+            raise ApiError(401, "the token is not valid",
+                           {"WWW-Authenticate": f'{_REALM}, error="invalid_token"'})
+        return matches.index(True)
+
+    # --- the page ----------------------------------------------------------------------
+
+    async def redirect(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/admin/")
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        """The support page (no data in it: everything comes from the API with the token)."""
+        if not self._tokens:
+            return _error(403, _NO_TOKENS)
+        return web.Response(text=PAGE, content_type="text/html", headers=PAGE_HEADERS)
+
+    # --- accounts ----------------------------------------------------------------------
+
+    async def list_accounts(self, request: web.Request) -> web.StreamResponse:
+        """``?state=blocked``: accounts and their states."""
+        state = request.query.get("state") or None
+        if state is not None and state not in STATES:
+            raise ApiError(400, f"state must be one of {', '.join(STATES)}")
+        return _json(await self._accounts.list(state))
+
+    async def show_account(self, request: web.Request) -> web.StreamResponse:
+        """The document of ``outbox accounts show ID --json``."""
+        return _json(await self._accounts.show(request.match_info["account"]))
+
+    async def configure_account(self, request: web.Request) -> web.StreamResponse:
+        """Sender information, limits and overrides (names of ``accounts configure``)."""
+        account = request.match_info["account"]
+        body = await _json_body(request)
+        [actor] = _required(body, "actor")
+        fields = {k: _setting(k, v) for k, v in body.items() if k != "actor"}
+        if all(v is None for v in fields.values()):
+            raise ApiError(400, "nothing to configure: give at least one setting")
+        settings = await self._accounts.configure(account, actor=actor, **fields)
+        _log(request, "configure", actor, account_id=account,
+             settings=sorted(k for k, v in fields.items() if v is not None))
+        return _json({"account_id": account, "settings": settings})
+
+    async def support_action(self, request: web.Request) -> web.StreamResponse:
+        """unblock, suspend or unsuspend: change and audit (one script), then announce."""
+        account, action = request.match_info["account"], request.match_info["action"]
+        reason, actor = _required(await _json_body(request), "reason", "actor")
+        change = await self._accounts.support(account, action, actor=actor, reason=reason)
+        _log(request, action, actor, account_id=account, reason=reason,
+             from_state=change.from_state, to_state=change.to_state)
+        if self._transitions is not None:
+            self._transitions.labels(change.from_state, change.to_state).inc()
+        published = await self._announce(change, action, actor, reason)
+        return _json({"account_id": account, "state": change.to_state,
+                      "from": change.from_state, "audit_id": change.audit_id,
+                      "probation_until": change.probation_until,
+                      "event_published": published})
+
+    async def _announce(self, change: Change, action: str, actor: str, reason: str) -> bool:
+        """Publish ``account.<state>``; the change stands (and says so) if the broker fails."""
+        try:
+            await publish_account_event(self._bus, change, action=action, actor=actor,
+                                        reason=reason)
+            return True
+        except PublishFailed as exc:
+            log.error("account event not published: %s", exc,
+                      extra={"account_id": change.account_id, "audit_id": change.audit_id})
+            return False
+
+    # --- suppression -------------------------------------------------------------------
+
+    async def check_suppression(self, request: web.Request) -> web.StreamResponse:
+        """``?account=ID&channel=email``: like ``outbox suppression check --json``."""
+        address = request.match_info["address"]
+        entries = await self._suppression.check(
+            address, account_id=_optional(request.query, "account"),
+            channel=_optional(request.query, "channel"))
+        return _json({"address": address, "suppressed": bool(entries), "entries": entries})
+
+    async def add_suppression(self, request: web.Request) -> web.StreamResponse:
+        """Add an entry: global for facts, per account for a person's choices."""
+        body = await _json_body(request)
+        address, channel, reason, actor = _required(body, "address", "channel", "reason",
+                                                    "actor")
+        account = _optional(body, "account")
+        entry = await self._suppression.add(
+            address, channel=channel, reason=reason, account_id=account,
+            expires=_seconds(body.get("expires")), actor=actor,
+            source=_optional(body, "source") or f"admin:{actor}")
+        _log(request, "suppression.add", actor, account_id=entry["account_id"],
+             address=entry["address"], channel=channel, reason=reason)
+        return _json(entry)
+
+    async def remove_suppression(self, request: web.Request) -> web.StreamResponse:
+        """``?channel=..&account=..``, reason and actor in the body or the query; audited."""
+        data = {**request.query, **await _json_body(request)}
+        address = request.match_info["address"]
+        channel, reason, actor = _required(data, "channel", "reason", "actor")
+        account = _optional(data, "account")
+        removed = await self._suppression.remove(address, channel=channel, account_id=account,
+                                                 actor=actor, reason=reason)
+        if not removed:
+            scope = f"account {account}" if account else "the global list"
+            raise ApiError(404, f"no {channel} entry for {address} in {scope}")
+        _log(request, "suppression.remove", actor, account_id=account,
+             address=removed[0]["address"], channel=channel, reason=reason)
+        return _json({"address": address, "removed": removed})
+
+    # --- consent and audit -------------------------------------------------------------
+
+    async def show_consent(self, request: web.Request) -> web.StreamResponse:
+        """``?channel=email``: the consent record (status ``none`` when there is none)."""
+        [channel] = _required(request.query, "channel")
+        m = request.match_info
+        return _json(await self._consent.get(m["account"], m["recipient"], channel=channel))
+
+    async def set_consent(self, request: web.Request) -> web.StreamResponse:
+        """``{"channel", "granted": true|false, "source", "evidence", "actor"}``."""
+        body = await _json_body(request)
+        channel, actor = _required(body, "channel", "actor")
+        granted = body.get("granted")
+        if not isinstance(granted, bool):
+            raise ApiError(400, "granted must be true or false")
+        m = request.match_info
+        record = await self._consent.set(
+            m["account"], m["recipient"], channel=channel, granted=granted, actor=actor,
+            source=_optional(body, "source") or "", evidence=_optional(body, "evidence") or "")
+        _log(request, "consent.grant" if granted else "consent.revoke", actor,
+             account_id=m["account"], address=record["recipient"], channel=channel)
+        return _json(record)
+
+    async def audit(self, request: web.Request) -> web.StreamResponse:
+        """``?limit=50``: the account's audit records, newest first."""
+        account = request.match_info["account"]
+        limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
+        await self._accounts.require(account)
+        return _json(await self._accounts.audit.read(account, limit=limit))
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _digest(token: str) -> bytes:
+    """Tokens are compared as SHA-256 digests: equal lengths, so compare_digest is flat."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _transitions_counter(source: CollectorRegistry | Metrics | None) -> Any:
+    if source is None:
+        return None
+    if isinstance(source, Metrics):
+        return source.account_transitions
+    return Counter("outbox_account_transitions_total", "Account state changes",
+                   ["from", "to"], registry=source)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps,
+                             headers={"Cache-Control": "no-store",
+                                      "X-Content-Type-Options": "nosniff"})
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None
+           ) -> web.Response:
+    response = _json({"error": message}, status)
+    response.headers.update(headers or {})
+    return response
+
+
+def _log(request: web.Request, action: str, actor: str, **fields: Any) -> None:
+    """One line per change: who (actor, and which token by position), what, from where."""
+    log.info("admin %s by %s", action, actor, extra={
+        "action": action, "actor": actor, "token_index": request[TOKEN_INDEX],
+        "remote": request.remote, **fields})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object (``{}`` when empty); 400 otherwise."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _optional(data: Mapping[str, Any], name: str) -> str | None:
+    """A text field: stripped, None when absent or blank; 400 when not a string or too long."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string")
+    if len(value) > MAX_TEXT:
+        raise ApiError(400, f"{name} is longer than {MAX_TEXT} characters")
+    return value.strip() or None
+
+
+def _required(data: Mapping[str, Any], *names: str) -> list[str]:
+    """Non-blank text fields; one 400 naming every missing one."""
+    values = [_optional(data, name) for name in names]
+    missing = [n for n, v in zip(names, values, strict=True) if v is None]
+    if missing:
+        names_ = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 \
+            else missing[0]
+        raise ApiError(400, f"{names_} {'are' if len(missing) > 1 else 'is'} required")
+    return [v for v in values if v is not None]
+
+
+def _setting(name: str, value: Any) -> Any:
+    """A JSON value as ``accounts configure`` takes it: text for text, a finite number (or a
+    numeral) for a limit. Unknown names go on to the store, which refuses them."""
+    if value is None or (name not in OVERRIDES and name not in SENDER_FIELDS):
+        return value
+    kind = OVERRIDES.get(name, str)
+    if kind is str:
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise ApiError(400, f"{name} must be a string of up to {MAX_TEXT} characters")
+        return value
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ApiError(400, f"{name} must be a finite number")
+    if kind is int and not number.is_integer():
+        raise ApiError(400, f"{name} must be a whole number")
+    return int(number) if kind is int else number
+
+
+def _seconds(value: Any) -> int | None:
+    """``expires``: a whole number of seconds, or absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, "expires must be a whole number of seconds")
+    return value
+
+
+def _int(value: str | None, name: str, *, default: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number") from None
+    if not 1 <= number <= high:
+        raise ApiError(400, f"{name} must be between 1 and {high}")
+    return number
+
+
+# --- the page --------------------------------------------------------------------------
+# Everything shown comes from the API and may come from users (account ids, reasons, names):
+# the script builds the page with createElement and textContent only, never HTML strings.
+
+_STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;max-width:62rem;margin:1rem auto;padding:0 1rem;color:#222}
+fieldset{border:1px solid #ccc;margin:0 0 1rem;padding:.5rem 1rem}
+label{display:inline-block;margin:.3rem 1rem .3rem 0}
+input,button{font:inherit;padding:.2rem .4rem}
+table{border-collapse:collapse;margin:.5rem 0}
+td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
+#message{padding:.4rem .6rem;min-height:1.4em}
+.ok{background:#e3f6e3}.error{background:#fbe0e0}
+.state-blocked,.state-suspended{color:#b00020}.state-throttled{color:#a35200}
+"""
+
+_SCRIPT = """
+"use strict";
+const $ = (id) => document.getElementById(id);
+let current = null;  // the account on show
+
+// Text only: a value from the API never becomes markup.
+function el(tag, text) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+function row(cells, header) {
+  const tr = el("tr");
+  for (const cell of cells) tr.append(el(header ? "th" : "td", cell));
+  return tr;
+}
+function say(text, ok) {
+  $("message").textContent = text;
+  $("message").className = text ? (ok ? "ok" : "error") : "";
+}
+const pct = (x) => (100 * Number(x)).toFixed(2) + " %";
+const when = (s) => (s ? new Date(Number(s) * 1000).toLocaleString() : "");
+
+async function api(method, path, body) {
+  const token = $("token").value.trim();
+  if (!token) throw new Error("Paste the admin token first. 請先貼上存取權杖。");
+  const response = await fetch(path, {
+    method, headers: {"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+    body: body === undefined ? undefined : JSON.stringify(body)});
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(response.status + " " + (data.error || response.statusText));
+  return data;
+}
+
+function show(info) {
+  current = info.account_id;
+  $("title").textContent = info.account_id;
+  $("state").textContent = info.state;
+  $("state").className = "state-" + info.state;
+  $("state-note").textContent = [
+    info.state_reason ? "(" + info.state_reason + ")" : "",
+    info.probation_until ? "probation until 觀察期至 " + when(info.probation_until) : ""
+  ].join(" ");
+  $("rates").replaceChildren(row(["Channel 渠道", "Sends 發送", "Hard bounces 硬退回",
+    "Bounce rate 退回率", "Complaints 投訴", "Complaint rate 投訴率"], true));
+  for (const [channel, r] of Object.entries(info.rates)) {
+    $("rates").append(row([channel, r.sends, r.hard_bounces, pct(r.bounce_rate),
+                           r.complaints, pct(r.complaint_rate)]));
+  }
+  $("transitions").replaceChildren(row(["When 時間", "Action 操作", "From → to",
+    "By 操作者", "Reason 原因"], true));
+  for (const t of info.recent_transitions) {
+    $("transitions").append(row([when(t.at), t.action, (t.from || "") + " → " + (t.to || ""),
+                                 t.actor, t.reason]));
+  }
+  $("details").hidden = false;
+}
+
+async function lookup(id) {
+  try {
+    show(await api("GET", "/admin/accounts/" + encodeURIComponent(id)));
+    say("", true);
+  } catch (err) {
+    $("details").hidden = true;
+    say(err.message, false);
+  }
+}
+
+async function act(action) {
+  const body = {reason: $("reason").value, actor: $("actor").value};
+  try {
+    const r = await api("POST", "/admin/accounts/" + encodeURIComponent(current) + "/" + action,
+                        body);
+    await lookup(current);
+    say(r.account_id + ": " + r.from + " → " + r.state + (r.event_published ? "" :
+        " (status event NOT published: tell ops 狀態事件未發佈)"), r.event_published);
+    $("reason").value = "";
+  } catch (err) {
+    say(err.message, false);
+  }
+}
+
+async function listBlocked() {
+  try {
+    const rows = await api("GET", "/admin/accounts?state=blocked");
+    $("accounts").replaceChildren();
+    for (const a of rows) {
+      const button = el("button", a.account_id);
+      button.type = "button";
+      button.addEventListener("click", () => {
+        $("account").value = a.account_id;
+        lookup(a.account_id);
+      });
+      const item = el("li");
+      item.append(button);
+      $("accounts").append(item);
+    }
+    if (!rows.length) $("accounts").append(el("li", "None 沒有"));
+    $("list").hidden = false;
+  } catch (err) {
+    say(err.message, false);
+  }
+}
+
+$("lookup").addEventListener("submit", (e) => {
+  e.preventDefault();
+  lookup($("account").value.trim());
+});
+$("act").addEventListener("submit", (e) => {
+  e.preventDefault();
+  act(e.submitter.value);
+});
+$("list-blocked").addEventListener("click", listBlocked);
+"""
+
+PAGE = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Outbox support 支援</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Outbox support 支援</h1>
+<fieldset><legend>Token 存取權杖</legend>
+<label>Admin token <input id="token" type="password" autocomplete="off" size="40"></label>
+</fieldset>
+<form id="lookup"><fieldset><legend>Account 帳戶</legend>
+<label>Account ID 帳戶編號 <input id="account" required></label>
+<button type="submit">Look up 查詢</button>
+<button type="button" id="list-blocked">Blocked accounts 已封鎖帳戶</button>
+</fieldset></form>
+<div id="message" role="status"></div>
+<section id="list" hidden><h2>Blocked accounts 已封鎖帳戶</h2><ul id="accounts"></ul></section>
+<section id="details" hidden>
+<h2 id="title"></h2>
+<p>State 狀態: <strong id="state"></strong> <span id="state-note"></span></p>
+<h3>Rates in the window 時段內比率</h3><table id="rates"></table>
+<h3>Recent transitions 最近變更</h3><table id="transitions"></table>
+<form id="act"><fieldset><legend>Action 操作</legend>
+<label>Reason 原因 <input id="reason" required size="40" maxlength="{MAX_TEXT}"></label>
+<label>Your name 你的名字 <input id="actor" required maxlength="200"></label><br>
+<button type="submit" value="unblock">Unblock 解除封鎖</button>
+<button type="submit" value="suspend">Suspend 暫停</button>
+<button type="submit" value="unsuspend">Unsuspend 恢復</button>
+</fieldset></form>
+</section>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
+
+
+def _csp_hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
+
+
+# Only this page's own script and style run; it talks to this server only.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src {_csp_hash(_SCRIPT)}; "
+        f"style-src {_csp_hash(_STYLE)}; connect-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}

@@ -1,0 +1,273 @@
+"""Email provider webhooks: ``POST /webhooks/ses``, ``/webhooks/sendgrid``, ``/webhooks/mailgun``
+and ``/webhooks/postmark`` (DESIGN.md, "Webhook providers").
+
+Each handler, like :class:`webhooks.handlers.TwilioWebhooks`: answers 404 while its provider is
+not configured; verifies first (403 — 401 for Postmark's basic auth — and no effect when that
+fails); parses (400); publishes the events on ``outbox.events`` with publisher confirms and
+answers 200 only after (503 when the broker does not confirm: the provider retries).
+
+What the provider modules cannot know is added here:
+
+* SES: the ``TopicArn`` must be one of ``OUTBOX_SES_TOPIC_ARNS`` (SNS signs what any AWS
+  account publishes: the topic is what makes a message ours). The signing certificate is
+  fetched only from a URL :func:`ses.signing_cert_url_ok` accepts, with
+  :func:`fetch_certificate` (module level, replaceable) and cached by URL. A verified
+  ``SubscriptionConfirmation`` is logged with its ``SubscribeURL`` and answered 200 but not
+  confirmed: an operator confirms it once (a GET of that URL), so the server never fetches a
+  URL named in a request body.
+* SendGrid and Mailgun: the signed timestamp must be at most 5 minutes old and at most
+  1 minute ahead. Mailgun: a token is accepted once (``SET NX EX`` on
+  :func:`suppression.keys.mailgun_token`; a replay gets 406, Mailgun's "do not retry"); the
+  token is released again when the events could not be published, so Mailgun's retry is taken.
+* All: a ``job_id`` read from a Message-ID whose domain is not ``OUTBOX_MESSAGE_ID_DOMAIN``
+  is dropped (the provider's own Message-ID, not one of our jobs). The worker deduplicates
+  events by provider and event id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from config import Settings
+from sender.bus import Bus, PublishFailed
+from suppression import keys
+from webhooks.events import publish_events
+from webhooks.handlers import WebhookMetrics
+from webhooks.providers import mailgun, postmark, sendgrid, ses
+from webhooks.providers.base import PayloadError, ProviderEvent
+
+log = logging.getLogger("outbox.webhooks")
+
+#: a signed timestamp older than this, or further ahead than FUTURE_SKEW, is refused (seconds)
+MAX_AGE = 300
+FUTURE_SKEW = 60
+_MESSAGE_ID = re.compile(r"<([^<>@\s]+)@([^<>@\s]+)>")
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
+
+CertificateFetcher = Callable[[str], Awaitable[str]]
+
+
+async def fetch_certificate(url: str) -> str:
+    """The PEM at ``url`` (already checked by :func:`ses.signing_cert_url_ok`)."""
+    timeout = aiohttp.ClientTimeout(total=ses.FETCH_TIMEOUT)
+    async with (aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url, allow_redirects=False) as response):
+        response.raise_for_status()
+        return (await response.content.read(65536)).decode("ascii")
+
+
+class _ProviderWebhooks:
+    """What the four handlers share: publishing with confirms, metrics, attribution."""
+
+    provider = ""
+
+    def __init__(self, settings: Settings, bus: Bus, metrics: WebhookMetrics) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._metrics = metrics
+
+    def _refuse(self, error: type[web.HTTPException], result: str, text: str,
+                **kwargs: object) -> web.HTTPException:
+        self._metrics.count(self.provider, "unknown", result)
+        log.warning("%s webhook refused: %s", self.provider, text,
+                    extra={"provider": self.provider, "result": result})
+        return error(text=text, **kwargs)  # type: ignore[arg-type]
+
+    def _parse(self, parse: Callable[[bytes, str], list[ProviderEvent]], body: bytes,
+               content_type: str) -> list[ProviderEvent]:
+        try:
+            events = parse(body, content_type)
+        except PayloadError as exc:
+            raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        return [self._attribute(e) for e in events]
+
+    def _attribute(self, event: ProviderEvent) -> ProviderEvent:
+        """Drop a job id that is only the local part of someone else's Message-ID."""
+        match = _MESSAGE_ID.search(event.message_id or "")
+        ours = self._settings.message_id_domain.lower()
+        if match and event.job_id == match.group(1) and match.group(2).lower() != ours:
+            return dataclasses.replace(event, job_id=None)
+        return event
+
+    async def _publish(self, events: list[ProviderEvent]) -> web.Response:
+        try:
+            await publish_events(self._bus, events)
+        except PublishFailed as exc:
+            log.warning("webhook events not published: %s", exc)
+            for event in events:
+                self._metrics.count(event.provider, event.type, "unavailable")
+            raise web.HTTPServiceUnavailable(text="try again") from None
+        for event in events:
+            self._metrics.count(event.provider, event.type, "accepted")
+        return web.Response(status=200, text="ok")
+
+    def _check_fresh(self, timestamp: str) -> None:
+        try:
+            age = time.time() - float(timestamp)
+        except ValueError:
+            raise self._refuse(web.HTTPForbidden, "stale", "bad timestamp") from None
+        if age > MAX_AGE or age < -FUTURE_SKEW:
+            raise self._refuse(web.HTTPForbidden, "stale", "timestamp outside the window")
+
+
+class SesWebhooks(_ProviderWebhooks):
+    """``POST /webhooks/ses``: Amazon SNS notifications carrying SES events."""
+
+    provider = ses.PROVIDER
+
+    def __init__(self, settings: Settings, bus: Bus, metrics: WebhookMetrics,
+                 fetch: CertificateFetcher | None = None) -> None:
+        super().__init__(settings, bus, metrics)
+        self._fetch = fetch
+        self._certificates: dict[str, str] = {}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/webhooks/ses", self.notify)]
+
+    async def notify(self, request: web.Request) -> web.Response:
+        topics = self._settings.ses_topic_arns
+        if not topics:
+            raise web.HTTPNotFound(text="SES is not configured")
+        body = await request.read()
+        try:
+            envelope = ses.decode_envelope(body)
+        except PayloadError as exc:
+            raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        if envelope.get("TopicArn") not in topics:
+            raise self._refuse(web.HTTPForbidden, "bad_topic", "topic not accepted")
+        pem = await self._certificate(str(envelope.get("SigningCertURL") or ""))
+        if not ses.verify(envelope, certificate_pem=pem):
+            raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
+        if envelope["Type"] in ses.CONFIRMATION_TYPES:
+            return self._confirmation(envelope)
+        return await self._publish(self._parse(ses.parse, body, request.content_type))
+
+    async def _certificate(self, url: str) -> str:
+        """The signing certificate: refused before any fetch unless SNS's; cached."""
+        if not ses.signing_cert_url_ok(url):
+            raise self._refuse(web.HTTPForbidden, "bad_certificate_url",
+                               "SigningCertURL is not an SNS certificate URL")
+        pem = self._certificates.get(url)
+        if pem is None:
+            try:
+                pem = await (self._fetch or fetch_certificate)(url)
+            except (OSError, ValueError, aiohttp.ClientError) as exc:
+                log.warning("SNS certificate not fetched: %s", exc, extra={"url": url})
+                raise web.HTTPServiceUnavailable(text="certificate unavailable") from None
+            if not ses.certificate_current(pem):
+                raise self._refuse(web.HTTPForbidden, "bad_certificate", "certificate invalid")
+            self._certificates[url] = pem
+        return pem
+
+    def _confirmation(self, envelope: dict[str, object]) -> web.Response:
+        """Logged for an operator to confirm by hand (see the module docstring)."""
+        log.warning("SNS %s for %s: confirm by opening SubscribeURL %s",
+                    envelope["Type"], envelope.get("TopicArn"), envelope.get("SubscribeURL"),
+                    extra={"provider": "ses", "topic": envelope.get("TopicArn")})
+        self._metrics.count(self.provider, "other", "subscription")
+        return web.Response(status=200, text="logged; confirm by hand")
+
+
+class SendGridWebhooks(_ProviderWebhooks):
+    """``POST /webhooks/sendgrid``: the signed Event Webhook."""
+
+    provider = sendgrid.PROVIDER
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/webhooks/sendgrid", self.events)]
+
+    async def events(self, request: web.Request) -> web.Response:
+        key = self._settings.sendgrid_public_key
+        if key is None:
+            raise web.HTTPNotFound(text="SendGrid is not configured")
+        body = await request.read()
+        signature = request.headers.get(sendgrid.SIGNATURE_HEADER, "")
+        timestamp = request.headers.get(sendgrid.TIMESTAMP_HEADER, "")
+        if not sendgrid.verify(body, signature, timestamp, key.get_secret_value()):
+            raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
+        self._check_fresh(timestamp)
+        return await self._publish(self._parse(sendgrid.parse, body, request.content_type))
+
+
+class MailgunWebhooks(_ProviderWebhooks):
+    """``POST /webhooks/mailgun``: signed, fresh, and each token once."""
+
+    provider = mailgun.PROVIDER
+
+    def __init__(self, settings: Settings, bus: Bus, redis: Redis,
+                 metrics: WebhookMetrics) -> None:
+        super().__init__(settings, bus, metrics)
+        self._redis = redis
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/webhooks/mailgun", self.event)]
+
+    async def event(self, request: web.Request) -> web.Response:
+        key = self._settings.mailgun_signing_key
+        if key is None:
+            raise web.HTTPNotFound(text="Mailgun is not configured")
+        body = await request.read()
+        try:
+            sig = mailgun.decode(body, request.content_type)["signature"]
+        except PayloadError as exc:
+            raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        if not mailgun.verify(sig["timestamp"], sig["token"], sig["signature"],
+                              key.get_secret_value()):
+            raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
+        self._check_fresh(sig["timestamp"])
+        token_key = await self._claim(sig["token"])
+        try:
+            return await self._publish(self._parse(mailgun.parse, body, request.content_type))
+        except web.HTTPException as exc:
+            if exc.status >= 400:  # not taken: let Mailgun's retry through
+                await self._release(token_key)
+            raise
+
+    async def _claim(self, token: str) -> str:
+        if not _TOKEN.match(token):
+            raise self._refuse(web.HTTPForbidden, "bad_signature", "malformed token")
+        token_key = keys.mailgun_token(token)
+        try:
+            fresh = await self._redis.set(token_key, "1", nx=True, ex=keys.MAILGUN_TOKEN_TTL)
+        except RedisError as exc:
+            log.warning("mailgun token not recorded: %s", exc)
+            raise web.HTTPServiceUnavailable(text="try again") from None
+        if not fresh:
+            raise self._refuse(web.HTTPNotAcceptable, "replay", "token already used")
+        return token_key
+
+    async def _release(self, token_key: str) -> None:
+        try:
+            await self._redis.delete(token_key)
+        except RedisError as exc:  # the token expires on its own
+            log.warning("mailgun token not released: %s", exc)
+
+
+class PostmarkWebhooks(_ProviderWebhooks):
+    """``POST /webhooks/postmark``: HTTP basic auth on the webhook URL."""
+
+    provider = postmark.PROVIDER
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/webhooks/postmark", self.event)]
+
+    async def event(self, request: web.Request) -> web.Response:
+        user = self._settings.postmark_webhook_user
+        password = self._settings.postmark_webhook_password
+        if not user or password is None:
+            raise web.HTTPNotFound(text="Postmark is not configured")
+        if not postmark.basic_auth_ok(request.headers.get("Authorization"), user,
+                                      password.get_secret_value()):
+            raise self._refuse(web.HTTPUnauthorized, "bad_auth", "authentication required",
+                               headers={"WWW-Authenticate": 'Basic realm="outbox"'})
+        body = await request.read()
+        return await self._publish(self._parse(postmark.parse, body, request.content_type))
