@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     message_id_domain: str = "outbox.localhost"
     bounce_domain: str | None = None  # VERP: envelope sender bounce+<acct>+<job>@<this>
+    #: the relay behind OUTBOX_SMTP_URL, so its events can name the job and account again
+    smtp_relay: Literal["smtp", "ses", "sendgrid", "mailgun", "postmark"] = "smtp"
     email_check_mx: bool = False
     metrics_port: int = Field(0, ge=0, le=65535)
     # account reputation and limits (suppression/reputation.py); all overridable per account

@@ -201,7 +201,7 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     options = EmailOptions(
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
         secret_key=settings.secret_key.get_secret_value(),
-        bounce_domain=settings.bounce_domain,
+        bounce_domain=settings.bounce_domain, relay=settings.smtp_relay,
         mx=MxChecker() if settings.email_check_mx else None)
     domains = DomainLimiter(settings.smtp_domain_concurrency,
                             settings.smtp_domain_concurrency_default)

@@ -8,6 +8,7 @@ classified from their code, enhanced status code and text.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import ssl
@@ -171,6 +172,21 @@ class EmailOptions:
     secret_key: str = "dev-only-secret-change-me"
     bounce_domain: str | None = None  # VERP envelope senders bounce+<acct>+<job>@ this
     mx: MxChecker | None = None
+    relay: str = "smtp"  # ses, sendgrid, mailgun, postmark: tag mail the way its events return
+
+
+def relay_headers(relay: str, account_id: str, job_id: str) -> tuple[tuple[str, str], ...]:
+    """Headers through which an email provider's events name the job and account again
+    (each provider strips its own header before delivery)."""
+    pair = {"outbox_job": job_id, "outbox_account": account_id}
+    args = json.dumps(pair, separators=(",", ":"))
+    return {
+        "ses": (("X-SES-MESSAGE-TAGS", f"outbox_job={job_id}, outbox_account={account_id}"),),
+        "sendgrid": (("X-SMTPAPI", json.dumps({"unique_args": pair}, separators=(",", ":"))),),
+        "mailgun": (("X-Mailgun-Variables", args),),
+        "postmark": (("X-PM-Metadata-outbox_job", job_id),
+                     ("X-PM-Metadata-outbox_account", account_id)),
+    }.get(relay, ())
 
 
 class SmtpChannel:
@@ -218,7 +234,8 @@ class SmtpChannel:
 
     def _render(self, job: EmailJob, sender: tuple[str, ...] | None) -> RenderedEmail:
         o = self._options
-        extra: tuple[tuple[str, str], ...] = (("X-Outbox-Account", job.account_id),)
+        extra: tuple[tuple[str, str], ...] = (("X-Outbox-Account", job.account_id),
+                                              *relay_headers(o.relay, job.account_id, job.id))
         footer_text = footer_html = None
         if job.category == "marketing":
             try:
