@@ -141,3 +141,33 @@ async def test_a_hard_bounce_suppresses_the_address_globally(gate, redis):
                          counts=Counts(sends=1, hard=1), address="Dead@Example.com")
     [entry] = await SuppressionStore(redis).check("dead@example.com", account_id="acct_x")
     assert (entry["scope"], entry["reason"], entry["source"]) == ("global", "hard_bounce", "j-h")
+
+
+async def test_scripts_are_reloaded_after_a_redis_script_flush(gate, redis):
+    assert (await check(gate)).verdict == "send"
+    await redis.script_flush()
+    assert (await check(gate)).verdict == "send"
+
+
+async def test_an_error_reply_is_raised_and_the_connection_stays_usable(gate, redis):
+    from redis.exceptions import ResponseError
+
+    from suppression import keys
+
+    await redis.set(keys.global_suppression("email", "bad@example.com"), "not a hash")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await check(gate, address="bad@example.com")
+    for _ in range(3):  # every reply of that batch was read: the next ones line up
+        assert (await check(gate)).verdict == "send"
+
+
+async def test_a_cancelled_call_does_not_leave_replies_on_a_pooled_connection(gate, redis):
+    import asyncio
+
+    tasks = [asyncio.create_task(check(gate)) for _ in range(20)]
+    await asyncio.sleep(0)
+    for t in tasks[::2]:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    verdicts = [(await check(gate, job_id=f"after-{i}")).verdict for i in range(10)]
+    assert verdicts == ["send"] * 10
