@@ -37,7 +37,9 @@ async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
     sink = subprocess.Popen([SMTP_SINK, "-u", "root", "-m", "512", f"127.0.0.1:{port}", "1024"])
     with Vhost("inproc") as vhost:
         redis_url = Services.redis_url(2)
-        settings = load_settings(amqp_url=vhost.url, redis_url=redis_url,
+        import os
+        extra = {k[7:].lower(): v for k, v in os.environ.items() if k.startswith("INPROC_")}
+        settings = load_settings(amqp_url=vhost.url, redis_url=redis_url, **extra,
                                  smtp_url=f"smtp://127.0.0.1:{port}")
         redis = make_redis(settings)
         await redis.flushdb()

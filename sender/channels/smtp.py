@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import aiosmtplib
 from aiosmtplib.errors import (
     SMTPException,
+    SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
+    SMTPSenderRefused,
 )
 
 from config import SmtpTarget
@@ -69,14 +71,10 @@ class SmtpPool:
         async with self._slots:
             conn = await self._checkout()
             try:
-                options = ["SMTPUTF8"] if smtputf8 else []
-                _, reply = await conn.smtp.sendmail(envelope_from, recipients, data,
-                                                    mail_options=options)
+                reply = await _transaction(conn.smtp, envelope_from, recipients, data,
+                                           smtputf8=smtputf8)
             except SMTPResponseException:
-                self._checkin(conn)  # aiosmtplib sent RSET: the connection is still good
-                raise
-            except SMTPRecipientsRefused:
-                self._checkin(conn)
+                self._checkin(conn)  # reset after the refusal: the connection is still good
                 raise
             except BaseException:
                 self._discard(conn)
@@ -109,6 +107,11 @@ class SmtpPool:
             timeout=self._timeout, local_hostname=t.local_hostname,
         )
         await smtp.connect()
+        if smtp.is_ehlo_or_helo_needed:  # connect() greets only when it had to (TLS, AUTH)
+            try:
+                await smtp.ehlo()
+            except SMTPResponseException:
+                await smtp.helo()
         self.opened += 1
         return _Conn(smtp)
 
@@ -127,6 +130,37 @@ class SmtpPool:
         """QUIT every idle connection."""
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_quit(c.smtp) for c in idle))
+
+
+_UNSAFE = re.compile(r"[\x00-\x20<>\x7f]")
+
+
+async def _transaction(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes,
+                       *, smtputf8: bool) -> str:
+    """MAIL, RCPT, DATA with aiosmtplib's ``execute_command`` and ``data``.
+
+    ``sendmail`` would parse every address again with ``email.utils`` (four times a message,
+    about a tenth of the worker's time): ours come bare from the renderer, so they are only
+    checked for characters that could break the command line. A refusal raises the
+    aiosmtplib exception with the reply after a RSET, as ``sendmail`` does."""
+    encoding = "utf-8" if smtputf8 else "ascii"
+    if any(_UNSAFE.search(a) for a in (sender, *recipients)):
+        raise ValueError("an envelope address holds a character not allowed on a command line")
+    options = (b"SMTPUTF8",) if smtputf8 else ()
+    try:
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(encoding),
+                                           *options)
+        if reply.code != 250:
+            raise SMTPSenderRefused(reply.code, reply.message, sender)
+        for rcpt in recipients:
+            reply = await smtp.execute_command(b"RCPT", b"TO:<%s>" % rcpt.encode(encoding))
+            if reply.code not in (250, 251):
+                raise SMTPRecipientRefused(reply.code, reply.message, rcpt)
+        reply = await smtp.data(data)
+    except SMTPResponseException:
+        await smtp.rset()
+        raise
+    return reply.message
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:

@@ -202,3 +202,15 @@ async def test_concurrency_is_bounded_per_recipient_domain(smtp_server):
     assert len(recorder.messages) == 16
     assert peak["slow.example"] == 2
     assert peak["fast.example"] > 2
+
+
+async def test_an_internationalised_address_goes_out_with_smtputf8(smtp_server):
+    url, recorder = smtp_server
+    channel = _channel(url, size=1)
+    recorder.replies["gone@example.com"] = "550 5.1.1 User unknown"
+    with pytest.raises(SendFailure):
+        await channel.send(_job(to="gone@example.com"))
+    await channel.send(_job(to="陳大文@example.com"))  # same connection, after the RSET
+    await channel.close()
+    assert [r for _, r, _ in recorder.messages] == [["陳大文@example.com"]]
+    assert channel._pool.opened == 1
