@@ -49,7 +49,8 @@ from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 log = logging.getLogger("outbox.pipeline")
 T = TypeVar("T")
 Job = EmailJob | SmsJob
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)  # TimeoutError is an OSError
+REDIS_CALL_TIMEOUT = 5.0  # seconds for one round trip before it counts as an outage
 _FINAL_FOR_KIND = {"hard": "bounced", "complaint": "complained"}
 # a message handed over counts as a send; a refusal at once also as a hard bounce/complaint
 _COUNTS = {"sent": Counts(sends=1), "bounced": Counts(sends=1, hard=1),
@@ -292,7 +293,8 @@ class Pipeline:
         while True:
             started = time.perf_counter()
             try:
-                result = await call()
+                async with asyncio.timeout(REDIS_CALL_TIMEOUT):
+                    result = await call()
             except _REDIS_ERRORS as exc:
                 if self._stopping():
                     raise Stopping from exc

@@ -106,9 +106,10 @@ class Worker:
         store = AccountStore(self.redis, self.pipeline.gate.policy)
         while True:
             try:
-                for state, count in (await store.count_by_state()).items():
-                    self.metrics.accounts.labels(state).set(count)
-                await self._refresh_queue_depths()
+                async with asyncio.timeout(ACCOUNTS_GAUGE_PERIOD):
+                    for state, count in (await store.count_by_state()).items():
+                        self.metrics.accounts.labels(state).set(count)
+                    await self._refresh_queue_depths()
             except Exception as exc:  # an outage: the pipeline reports it; try again later
                 log.debug("gauges: %s", exc)
             await asyncio.sleep(ACCOUNTS_GAUGE_PERIOD)

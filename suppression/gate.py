@@ -210,6 +210,7 @@ class Gate:
         self._redis = redis
         self._ttl = idempotency_ttl
         self.policy = policy or Policy()
+        self._known_accounts: set[str] = set()  # already in outbox:accounts
 
     async def pre_send(self, account_id: str, job_id: str, *, owner: str, redelivered: bool,
                        expired: bool, attempt: int, channel: str = "email",
@@ -277,10 +278,12 @@ class Gate:
             POST_SEND.queue(pipe, script_keys, args)
             if fact and address:
                 _suppress(pipe, account_id, channel, address, fact, job_id, reason)
-            if counts.sends:
-                pipe.sadd(keys.ACCOUNTS, account_id)
+            if counts.sends and account_id not in self._known_accounts:
+                pipe.sadd(keys.ACCOUNTS, account_id)  # once per account and process
 
         results = await run_pipeline(self._redis, build, POST_SEND)
+        if counts.sends:
+            self._known_accounts.add(account_id)
         return Recorded(_transition(account_id, results[0]), int(results[0][9]))
 
     def post_send_call(self, account_id: str, job_id: str, *, status: str, attempt: int,

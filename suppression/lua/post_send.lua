@@ -140,7 +140,10 @@ local why = lb_level >= lc_level and 'hard_bounce_rate' or 'complaint_rate'
 
 local st = redis.call('HMGET', KEYS[2], 'state', 'lvl:email', 'lvl:sms')
 local from = st[1] or 'active'
-redis.call('HSET', KEYS[2], 'lvl:' .. channel, lvl)
+local held_lvl = tonumber(st[channel == 'email' and 2 or 3]) or 0
+if held_lvl ~= lvl then
+  redis.call('HSET', KEYS[2], 'lvl:' .. channel, lvl)
+end
 if from == 'blocked' or from == 'suspended' then
   return answer(0)  -- only a support action lifts these
 end

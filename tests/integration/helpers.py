@@ -40,7 +40,7 @@ def email_job(**fields: Any) -> dict[str, Any]:
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
     """A started worker in this loop; stopped and closed on exit."""
-    redis = make_redis(settings)
+    redis = make_redis(settings, socket_timeout=None)
     bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
     await bus.connect()
     channels = build_channels(settings)
