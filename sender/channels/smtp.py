@@ -213,14 +213,15 @@ def relay_headers(relay: str, account_id: str, job_id: str) -> tuple[tuple[str, 
     """Headers through which an email provider's events name the job and account again
     (each provider strips its own header before delivery)."""
     pair = {"outbox_job": job_id, "outbox_account": account_id}
-    args = json.dumps(pair, separators=(",", ":"))
-    return {
-        "ses": (("X-SES-MESSAGE-TAGS", f"outbox_job={job_id}, outbox_account={account_id}"),),
-        "sendgrid": (("X-SMTPAPI", json.dumps({"unique_args": pair}, separators=(",", ":"))),),
-        "mailgun": (("X-Mailgun-Variables", args),),
-        "postmark": (("X-PM-Metadata-outbox_job", job_id),
-                     ("X-PM-Metadata-outbox_account", account_id)),
-    }.get(relay, ())
+    if relay == "ses":
+        return (("X-SES-MESSAGE-TAGS", f"outbox_job={job_id}, outbox_account={account_id}"),)
+    if relay == "sendgrid":
+        return (("X-SMTPAPI", json.dumps({"unique_args": pair}, separators=(",", ":"))),)
+    if relay == "mailgun":
+        return (("X-Mailgun-Variables", json.dumps(pair, separators=(",", ":"))),)
+    if relay == "postmark":
+        return (("X-PM-Metadata-outbox_job", job_id), ("X-PM-Metadata-outbox_account", account_id))
+    return ()
 
 
 class SmtpChannel:
