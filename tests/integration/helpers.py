@@ -122,6 +122,14 @@ def cli_runner(monkeypatch: Any, amqp_url: str, redis_url: str
     monkeypatch.setenv("OUTBOX_REDIS_URL", redis_url)
 
     async def run(*argv: str) -> int:
-        return await asyncio.to_thread(cli.main, ["--log-level", "WARNING", *argv])
+        import logging
+
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        try:
+            return await asyncio.to_thread(cli.main, ["--log-level", "WARNING", *argv])
+        finally:  # the CLI configures logging for its run; give the tests theirs back
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
     return run
