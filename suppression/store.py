@@ -32,6 +32,7 @@ from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
 FACTS = ("hard_bounce", "complaint", "invalid")
 CHOICES = ("unsubscribe", "sms_stop")
 REASONS = (*FACTS, *CHOICES, "dnc_register", "manual")
+_RATE_LINES = ("throttle_bounce", "block_bounce", "throttle_complaint", "block_complaint")
 SENDER_FIELDS = ("business_name", "address", "contact_email", "contact_phone")
 _SUPPORT = Script("support")
 
@@ -158,6 +159,8 @@ class AccountStore:
                     raise BadEntry(f"{name} must be a number, not {value!r}") from None
                 if number <= 0:
                     raise BadEntry(f"{name} must be positive")
+                if name in _RATE_LINES and number > 1:
+                    raise BadEntry(f"{name} is a rate as a fraction (0.05 = 5 %), not {value!r}")
         if values:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hset(keys.config(account_id), mapping={k: str(v) for k, v in values.items()})

@@ -170,3 +170,15 @@ def test_configure_then_show(outbox):
                                             "bounce_wilson_lower", "window"}
     code, out, _ = outbox("accounts", "list", "--json")
     assert json.loads(out) == [{"account_id": "acct_9", "state": "active"}]
+
+
+async def test_a_rate_line_above_one_is_refused(redis_url):
+    from suppression.reputation import Policy
+    from suppression.store import AccountStore, BadEntry
+
+    client = Redis.from_url(redis_url)
+    accounts = AccountStore(client, Policy())
+    with pytest.raises(BadEntry, match="fraction"):
+        await accounts.configure("acct_r", block_bounce=5)
+    assert (await accounts.configure("acct_r", block_bounce=0.2))["block_bounce"] == "0.2"
+    await client.aclose()
