@@ -60,8 +60,11 @@ async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
         if profiler:
             profiler.enable()
         await worker.start()
+        rss: list[int] = []
         while done() < n:
             await asyncio.sleep(0.05)
+            if done() >= (len(rss) + 1) * n / 10:
+                rss.append(_rss_kib())
         if profiler:
             profiler.disable()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -78,7 +81,13 @@ async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
     sink.terminate()
     sink.wait()
     return {"jobs": n, "cpu_us_per_job": round(cpu / n * 1e6), "jobs_per_s": round(n / wall),
-            "statuses": statuses, "retries": retries}
+            "statuses": statuses, "retries": retries,
+            "rss_mib_each_tenth": [round(r / 1024, 1) for r in rss]}
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
 def main() -> None:
