@@ -40,6 +40,7 @@ test: deps $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: deps $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 definitions: $(STAMP)
