@@ -8,11 +8,21 @@ The worker applies each event once (deduplicated by provider and event id).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
+from typing import Protocol
 
-from sender.bus import Bus
+from aiohttp import web
+
+from sender.bus import Bus, PublishFailed
 from sender.topology import EVENTS_QUEUE
 from webhooks.providers.base import ProviderEvent
+
+log = logging.getLogger("outbox.webhooks")
+
+
+class _Counts(Protocol):
+    def count(self, provider: str, type_: str, result: str, n: int = 1) -> None: ...
 
 
 async def publish_events(bus: Bus, events: Iterable[ProviderEvent]) -> int:
@@ -24,3 +34,17 @@ async def publish_events(bus: Bus, events: Iterable[ProviderEvent]) -> int:
                                    headers={"x-outbox-provider": event.provider})
         count += 1
     return count
+
+
+async def hand_over(bus: Bus, events: list[ProviderEvent], metrics: _Counts) -> None:
+    """Publish a webhook's events and count them; 503 (the provider retries) when the broker
+    does not confirm them."""
+    try:
+        await publish_events(bus, events)
+    except PublishFailed as exc:
+        log.warning("webhook events not published: %s", exc)
+        for event in events:
+            metrics.count(event.provider, event.type, "unavailable")
+        raise web.HTTPServiceUnavailable(text="try again") from None
+    for event in events:
+        metrics.count(event.provider, event.type, "accepted")

@@ -18,7 +18,7 @@ from sender.bus import Bus, PublishFailed
 from sender.models import utcnow_iso
 from suppression.store import SuppressionStore
 from suppression.tokens import BadToken, Unsubscribe, read_token
-from webhooks.events import publish_events
+from webhooks.events import hand_over, publish_events
 from webhooks.providers import twilio
 from webhooks.providers.base import PayloadError, ProviderEvent
 
@@ -92,15 +92,7 @@ class TwilioWebhooks:
         return web.Response(text="<Response/>", content_type="application/xml")
 
     async def _publish(self, events: list[ProviderEvent]) -> None:
-        try:
-            await publish_events(self._bus, events)
-        except PublishFailed as exc:
-            log.warning("webhook events not published: %s", exc)
-            for event in events:
-                self._metrics.count(event.provider, event.type, "unavailable")
-            raise web.HTTPServiceUnavailable(text="try again") from None
-        for event in events:
-            self._metrics.count(event.provider, event.type, "accepted")
+        await hand_over(self._bus, events, self._metrics)
 
 
 def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:

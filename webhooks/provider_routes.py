@@ -38,9 +38,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config import Settings
-from sender.bus import Bus, PublishFailed
+from sender.bus import Bus
 from suppression import keys
-from webhooks.events import publish_events
+from webhooks.events import hand_over
 from webhooks.handlers import WebhookMetrics
 from webhooks.providers import mailgun, postmark, sendgrid, ses
 from webhooks.providers.base import PayloadError, ProviderEvent
@@ -99,15 +99,7 @@ class _ProviderWebhooks:
         return event
 
     async def _publish(self, events: list[ProviderEvent]) -> web.Response:
-        try:
-            await publish_events(self._bus, events)
-        except PublishFailed as exc:
-            log.warning("webhook events not published: %s", exc)
-            for event in events:
-                self._metrics.count(event.provider, event.type, "unavailable")
-            raise web.HTTPServiceUnavailable(text="try again") from None
-        for event in events:
-            self._metrics.count(event.provider, event.type, "accepted")
+        await hand_over(self._bus, events, self._metrics)
         return web.Response(status=200, text="ok")
 
     def _check_fresh(self, timestamp: str) -> None:

@@ -133,3 +133,26 @@ def cli_runner(monkeypatch: Any, amqp_url: str, redis_url: str
             root.setLevel(level)
 
     return run
+
+
+@asynccontextmanager
+async def running_app(settings: Settings, port: int) -> AsyncIterator[str]:
+    """The webhook server (``make_app``) with its own bus and Redis on 127.0.0.1:``port``;
+    yields its base URL."""
+    from aiohttp import web
+
+    from webhooks.app import make_app
+
+    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
+    await bus.connect()
+    redis = make_redis(settings)
+    runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
+                                    registry=CollectorRegistry()))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+        await bus.close()
+        await redis.aclose()

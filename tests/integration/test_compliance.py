@@ -10,14 +10,9 @@ from email.policy import default
 
 import aiohttp
 import pytest
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from sender.bus import Bus
-from sender.service import make_redis
-from tests.integration.helpers import cli_runner, collect, email_job, events, publish, \
-    running_worker
-from webhooks.app import make_app
+from tests.integration.helpers import (cli_runner, collect, email_job, events, publish,
+                                      running_app, running_worker)
 
 pytestmark = pytest.mark.integration
 ACCOUNT = "acct_shop"
@@ -71,14 +66,7 @@ async def test_marketing_mail_has_one_click_unsubscribe_and_bilingual_footer(
         assert "取消訂閱" not in "".join(_text_and_html(transactional))
 
         # the one-click POST, as a mailbox provider makes it (RFC 8058)
-        bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
-        await bus.connect()
-        redis = make_redis(settings)
-        runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
-                                        registry=CollectorRegistry()))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-        try:
+        async with running_app(settings, unused_tcp_port):
             async with aiohttp.ClientSession() as session:
                 async with session.get(https) as page:
                     assert page.status == 200 and "amy@example.com" in await page.text()
@@ -95,10 +83,6 @@ async def test_marketing_mail_has_one_click_unsubscribe_and_bilingual_footer(
             refused = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1))
             assert (refused[0]["status"], refused[0]["reason"]) == ("suppressed",
                                                                     "unsubscribe")
-        finally:
-            await runner.cleanup()
-            await bus.close()
-            await redis.aclose()
     assert len(recorder.messages) == 2
 
 

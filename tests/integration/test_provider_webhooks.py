@@ -269,16 +269,18 @@ async def test_an_unconfigured_provider_answers_404(make_settings, unused_tcp_po
 
 async def test_mailgun_an_unconfirmed_publish_is_503_and_the_retry_is_taken(
         server, amqp_url, monkeypatch):
-    real = provider_routes.publish_events
+    from webhooks import events as webhook_events
+
+    real = webhook_events.publish_events
 
     async def refuse(bus: Any, events: Any) -> int:
         raise PublishFailed("broker did not confirm")
 
-    monkeypatch.setattr(provider_routes, "publish_events", refuse)
+    monkeypatch.setattr(webhook_events, "publish_events", refuse)
     body = _mailgun("failed_permanent", token="f" * 50)
     assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 503
     assert await _nothing(amqp_url)
-    monkeypatch.setattr(provider_routes, "publish_events", real)
+    monkeypatch.setattr(webhook_events, "publish_events", real)
     assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200  # token released
     [event] = await _events(amqp_url, 1)
     assert event["job_id"] == "job-mg-2"

@@ -8,14 +8,9 @@ import collections
 from typing import Any
 
 import pytest
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from outbox.devsinks.twilio_api import TwilioStandIn
-from sender.bus import Bus
-from sender.service import make_redis
-from tests.integration.helpers import collect, events, publish, running_worker
-from webhooks.app import make_app
+from tests.integration.helpers import collect, events, publish, running_app, running_worker
 
 pytestmark = pytest.mark.integration
 SID, TOKEN, FROM = "AC" + "3" * 32, "loop-token", "+15005550006"
@@ -35,17 +30,8 @@ async def loop_settings(make_settings, unused_tcp_port):
     settings = make_settings(twilio_account_sid=SID, twilio_auth_token=TOKEN,
                              twilio_from=FROM, twilio_api_base=base, public_url=public,
                              twilio_rate_per_sender=50.0)
-    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
-    await bus.connect()
-    redis = make_redis(settings)
-    runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
-                                    registry=CollectorRegistry()))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    yield settings, api
-    await runner.cleanup()
-    await bus.close()
-    await redis.aclose()
+    async with running_app(settings, unused_tcp_port):
+        yield settings, api
     await api.close()
 
 

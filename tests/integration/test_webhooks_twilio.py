@@ -8,17 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 from twilio.request_validator import RequestValidator
 
 from outbox.devsinks.twilio_api import TwilioStandIn
-from sender.bus import Bus
 from sender.channels.twilio import TwilioChannel, TwilioConfig
 from sender.models import SmsJob
-from sender.service import make_redis
-from tests.integration.helpers import collect
-from webhooks.app import make_app
+from tests.integration.helpers import collect, running_app
 
 pytestmark = pytest.mark.integration
 SID, TOKEN = "AC" + "2" * 32, "auth-token-for-tests"
@@ -29,17 +24,8 @@ async def server(make_settings, unused_tcp_port):
     public = f"http://127.0.0.1:{unused_tcp_port}"
     settings = make_settings(twilio_account_sid=SID, twilio_auth_token=TOKEN,
                              twilio_from="+15005550006", public_url=public)
-    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
-    await bus.connect()
-    redis = make_redis(settings)
-    runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
-                                    registry=CollectorRegistry()))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    yield settings, public
-    await runner.cleanup()
-    await bus.close()
-    await redis.aclose()
+    async with running_app(settings, unused_tcp_port):
+        yield settings, public
 
 
 def _job(to: str, job_id: str) -> SmsJob:
