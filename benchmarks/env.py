@@ -28,16 +28,15 @@ class Services:
         self.started = False
 
     def __enter__(self) -> Services:
-        up = services.port_open(PROFILE.amqp_port) and services.port_open(PROFILE.redis_port)
-        if not up:
-            services.start_redis(PROFILE)
-            services.start_rabbitmq(PROFILE)
-            self.started = True
+        self.redis_started = services.start_redis(PROFILE)
+        self.rabbit_started = services.start_rabbitmq(PROFILE)
+        self.started = self.redis_started or self.rabbit_started
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.started:
+    def __exit__(self, *exc: Any) -> None:  # only what this session started is stopped
+        if self.rabbit_started:
             services.stop_rabbitmq(PROFILE)
+        if self.redis_started:
             services.stop_redis(PROFILE)
 
     @staticmethod

@@ -90,11 +90,12 @@ def rabbit_env(p: Profile) -> dict[str, str]:
     }
 
 
-def start_rabbitmq(p: Profile) -> None:
-    """Start a detached RabbitMQ node and wait until it takes connections."""
+def start_rabbitmq(p: Profile) -> bool:
+    """Start a detached RabbitMQ node and wait until it takes connections; False when one
+    was already listening (then it is not ours to stop)."""
     if port_open(p.amqp_port):
         print(f"rabbitmq: something already listens on :{p.amqp_port}; using it")
-        return
+        return False
     if not (RABBIT_BIN / "rabbitmq-server").exists():
         sys.exit("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
     base = p.dir / "rabbitmq"
@@ -116,6 +117,7 @@ def start_rabbitmq(p: Profile) -> None:
     _ctl(p, "wait", "--timeout", "90", str(base / "rabbitmq.pid"))
     _ctl(p, "await_startup", "--timeout", "60")
     print(f"rabbitmq: node {p.node} up on 127.0.0.1:{p.amqp_port} (management :{p.management_port})")
+    return True
 
 
 def stop_rabbitmq(p: Profile) -> None:
@@ -140,11 +142,12 @@ def _ctl(p: Profile, *args: str) -> None:
         sys.exit(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}\n(see {log})")
 
 
-def start_redis(p: Profile) -> None:
-    """Start redis-server on loopback with its own directory (AOF for the dev profile)."""
+def start_redis(p: Profile) -> bool:
+    """Start redis-server on loopback with its own directory (AOF for the dev profile);
+    False when one was already listening."""
     if port_open(p.redis_port):
         print(f"redis: something already listens on :{p.redis_port}; using it")
-        return
+        return False
     if not Path(REDIS_BIN).exists():
         sys.exit("redis-server is not installed (apt-get install redis-server)")
     base = p.dir / "redis"
@@ -159,6 +162,7 @@ def start_redis(p: Profile) -> None:
     )
     _wait_port(p.redis_port, "redis")
     print(f"redis: up on 127.0.0.1:{p.redis_port} (AOF {'on' if p.redis_aof else 'off'})")
+    return True
 
 
 def stop_redis(p: Profile) -> None:

@@ -28,14 +28,12 @@ PROFILE = services.PROFILES["test"]
 @pytest.fixture(scope="session")
 def broker() -> Iterator[services.Profile]:
     """RabbitMQ and Redis for the test session: reused when up, else started and stopped."""
-    started = not services.port_open(PROFILE.amqp_port) or not services.port_open(
-        PROFILE.redis_port)
-    if started:
-        services.start_redis(PROFILE)
-        services.start_rabbitmq(PROFILE)
+    redis_started = services.start_redis(PROFILE)
+    rabbit_started = services.start_rabbitmq(PROFILE)
     yield PROFILE
-    if started:
+    if rabbit_started:  # only what this session started is stopped
         services.stop_rabbitmq(PROFILE)
+    if redis_started:
         services.stop_redis(PROFILE)
 
 
