@@ -17,8 +17,8 @@ import io
 import pstats
 import subprocess
 import time
+from typing import Any
 
-from prometheus_client import CollectorRegistry
 
 from benchmarks.env import Services, Vhost
 from benchmarks.runner import declare, prefill
@@ -28,9 +28,7 @@ from benchmarks.workloads import email_mix
 
 async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
     from config import load_settings
-    from sender.bus import Bus
-    from sender.service import make_redis
-    from sender.worker import Worker, build_channels
+    from sender.service import make_redis, started_worker
 
     stream = email_mix(n)
     port = free_port()
@@ -46,38 +44,28 @@ async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
         await stream.seed(redis_url)
         await declare(vhost.url)
         await prefill(vhost.url, stream.jobs[:n], "email")
-        bus = Bus(vhost.url, retry_tiers=settings.retry_tiers)
-        await bus.connect()
-        channels = build_channels(settings)
-        worker = Worker(settings, bus=bus, redis=redis, channels=channels,
-                        registry=CollectorRegistry())
-
-        def done() -> float:
+        def done(worker: Any) -> float:
             return sum(s.value for m in worker.metrics.jobs.collect() for s in m.samples
                        if s.name.endswith("_total"))
 
+        await redis.aclose()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
-        await worker.start()
         rss: list[int] = []
-        while done() < n:
-            await asyncio.sleep(0.05)
-            if done() >= (len(rss) + 1) * n / 10:
-                rss.append(_rss_kib())
-        if profiler:
-            profiler.disable()
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        statuses = {s.labels["status"]: int(s.value) for m in worker.metrics.jobs.collect()
-                    for s in m.samples if s.name.endswith("_total")}
-        retries = {s.labels["tier"]: int(s.value) for m in worker.metrics.retries.collect()
-                   for s in m.samples if s.name.endswith("_total")}
-        await worker.stop()
-        await worker.close()
-        for channel in channels.values():
-            await channel.close()
-        await bus.close()
-        await redis.aclose()
+        async with started_worker(settings) as worker:
+            while done(worker) < n:
+                await asyncio.sleep(0.05)
+                if done(worker) >= (len(rss) + 1) * n / 10:
+                    rss.append(_rss_kib())
+            if profiler:
+                profiler.disable()
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            statuses = {s.labels["status"]: int(s.value)
+                        for m in worker.metrics.jobs.collect()
+                        for s in m.samples if s.name.endswith("_total")}
+            retries = {s.labels["tier"]: int(s.value) for m in worker.metrics.retries.collect()
+                       for s in m.samples if s.name.endswith("_total")}
     sink.terminate()
     sink.wait()
     return {"jobs": n, "cpu_us_per_job": round(cpu / n * 1e6), "jobs_per_s": round(n / wall),

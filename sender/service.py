@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -27,26 +30,38 @@ def make_redis(settings: Settings, *, socket_timeout: float | None = 5.0) -> Red
                           max_connections=max(64, settings.concurrency * 2))
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event,
-                     registry: CollectorRegistry | None = None) -> None:
-    """Run a worker until ``stop`` is set, then drain and close everything."""
-    registry = registry or CollectorRegistry()
+@asynccontextmanager
+async def started_worker(settings: Settings,
+                         registry: CollectorRegistry | None = None) -> AsyncIterator[Worker]:
+    """A worker with its own Redis pool, bus and channels, consuming; on exit it stops
+    (draining within the grace) and everything is closed."""
     redis = make_redis(settings, socket_timeout=None)
     await asyncio.wait_for(redis.ping(), 10)  # fail fast on a bad URL
     bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
-    await bus.connect(declare=True)
-    channels = build_channels(settings)
-    worker = Worker(settings, bus=bus, redis=redis, channels=channels, registry=registry)
+    channels: dict[str, Any] = {}
+    worker: Worker | None = None
     try:
+        await bus.connect(declare=True)
+        channels = build_channels(settings)
+        worker = Worker(settings, bus=bus, redis=redis, channels=channels,
+                        registry=registry or CollectorRegistry())
         await worker.start()
         log.info("worker %s started (%s)", worker.worker_id, ", ".join(channels))
-        await stop.wait()
-        log.info("stopping: %d jobs in flight", worker.inflight)
-        await worker.stop()
+        yield worker
     finally:
-        await worker.close()
+        if worker is not None:
+            log.info("stopping: %d jobs in flight", worker.inflight)
+            await worker.stop()
+            await worker.close()
         for channel in channels.values():
             await channel.close()
         await bus.close()
         await redis.aclose()
         log.info("worker stopped")
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event,
+                     registry: CollectorRegistry | None = None) -> None:
+    """Run a worker until ``stop`` is set, then drain and close everything."""
+    async with started_worker(settings, registry):
+        await stop.wait()

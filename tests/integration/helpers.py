@@ -16,8 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from config import Settings
 from sender.bus import Bus
-from sender.service import make_redis
-from sender.worker import Worker, build_channels
+from sender.service import make_redis, started_worker
 
 _seq = itertools.count()
 
@@ -37,25 +36,9 @@ def email_job(**fields: Any) -> dict[str, Any]:
     return job
 
 
-@asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    """A started worker in this loop; stopped and closed on exit."""
-    redis = make_redis(settings, socket_timeout=None)
-    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
-    await bus.connect()
-    channels = build_channels(settings)
-    worker = Worker(settings, bus=bus, redis=redis, channels=channels,
-                    registry=CollectorRegistry())
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-        await worker.close()
-        for channel in channels.values():
-            await channel.close()
-        await bus.close()
-        await redis.aclose()
+def running_worker(settings: Settings) -> Any:
+    """A started worker in this loop; stopped and closed on exit (the service's own)."""
+    return started_worker(settings)
 
 
 async def publish(amqp_url: str, jobs: list[dict[str, Any] | bytes],
