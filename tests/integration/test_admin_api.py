@@ -5,6 +5,7 @@ support page, whose script is run under node against data injected through the A
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -14,15 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from sender.bus import Bus
 from sender.service import make_redis
 from suppression.gate import Counts, Gate
-from tests.integration.helpers import collect
+from tests.integration.helpers import collect, running_app
 from webhooks.admin import PAGE
-from webhooks.app import make_app
 
 pytestmark = pytest.mark.integration
 TOKEN, OTHER = "admin-token-for-tests", "second-token"
@@ -51,28 +48,15 @@ class Admin:
 @pytest.fixture
 async def serve(make_settings, unused_tcp_port_factory):
     """``await serve(admin_tokens=...)`` → an :class:`Admin` on a server of its own."""
-    opened: list[Any] = []
-    session = aiohttp.ClientSession()
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
 
-    async def start(**overrides: Any) -> Admin:
-        port = unused_tcp_port_factory()
-        settings = make_settings(**overrides)
-        bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
-        await bus.connect()
-        redis = make_redis(settings)
-        runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
-                                        registry=CollectorRegistry()))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        opened.append((runner, bus, redis))
-        return Admin(f"http://127.0.0.1:{port}", session)
+        async def start(**overrides: Any) -> Admin:
+            base = await stack.enter_async_context(
+                running_app(make_settings(**overrides), unused_tcp_port_factory()))
+            return Admin(base, session)
 
-    yield start
-    await session.close()
-    for runner, bus, redis in opened:
-        await runner.cleanup()
-        await bus.close()
-        await redis.aclose()
+        yield start
 
 
 @pytest.fixture

@@ -11,12 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from sender.bus import Bus, PublishFailed
-from sender.service import make_redis
-from tests.integration.helpers import collect
+from sender.bus import PublishFailed
+from tests.integration.helpers import collect, running_app
 from tests.unit.test_provider_mailgun import signature as mailgun_signature
 from tests.unit.test_provider_mailgun import signed as mailgun_signed
 from tests.unit.test_provider_postmark import record as postmark_record
@@ -31,7 +28,6 @@ from tests.unit.test_provider_ses import (
 )
 from tests.unit.test_provider_ses import sign as sns_sign
 from webhooks import provider_routes
-from webhooks.app import make_app
 
 pytestmark = pytest.mark.integration
 MAILGUN_KEY = "key-signing-test-0123456789abcdef"
@@ -51,28 +47,14 @@ def fetched(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return urls
 
 
-async def _start(make_settings: Any, port: int, **overrides: Any) -> tuple[web.AppRunner, Any]:
-    settings = make_settings(**overrides)
-    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
-    await bus.connect()
-    redis = make_redis(settings)
-    runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
-                                    registry=CollectorRegistry()))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, (bus, redis)
-
-
 @pytest.fixture
 async def server(make_settings, unused_tcp_port, fetched):
-    runner, (bus, redis) = await _start(
-        make_settings, unused_tcp_port, ses_topic_arns=f"{TOPIC},arn:aws:sns:eu-west-1:1:other",
+    settings = make_settings(
+        ses_topic_arns=f"{TOPIC},arn:aws:sns:eu-west-1:1:other",
         sendgrid_public_key=SENDGRID_PUBLIC, mailgun_signing_key=MAILGUN_KEY,
         postmark_webhook_user=PM_USER, postmark_webhook_password=PM_PASSWORD)
-    yield f"http://127.0.0.1:{unused_tcp_port}"
-    await runner.cleanup()
-    await bus.close()
-    await redis.aclose()
+    async with running_app(settings, unused_tcp_port) as base:
+        yield base
 
 
 async def _post(url: str, body: bytes, headers: dict[str, str] | None = None,
@@ -255,16 +237,10 @@ async def test_a_bad_payload_is_400(server, amqp_url):
 # --- not configured -----------------------------------------------------------------------------
 
 async def test_an_unconfigured_provider_answers_404(make_settings, unused_tcp_port):
-    runner, (bus, redis) = await _start(make_settings, unused_tcp_port)
-    try:
-        base = f"http://127.0.0.1:{unused_tcp_port}"
+    async with running_app(make_settings(), unused_tcp_port) as base:
         for path in ("ses", "sendgrid", "mailgun", "postmark"):
             status, text = await _post(f"{base}/webhooks/{path}", b"{}")
             assert (status, "not configured" in text) == (404, True), path
-    finally:
-        await runner.cleanup()
-        await bus.close()
-        await redis.aclose()
 
 
 async def test_mailgun_an_unconfirmed_publish_is_503_and_the_retry_is_taken(
