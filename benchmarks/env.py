@@ -4,10 +4,7 @@ vhost per run (management API) and a flushed Redis db per run."""
 
 from __future__ import annotations
 
-import base64
-import json
 import sys
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,14 +42,8 @@ class Services:
 
 
 def management(method: str, path: str, body: Any = None) -> Any:
-    url = f"http://127.0.0.1:{PROFILE.management_port}/api/{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
+    """The bench node's management API (scripts/services.py)."""
+    return services.management(PROFILE, method, path, body)
 
 
 class Vhost:
@@ -66,9 +57,7 @@ class Vhost:
         return f"amqp://guest:guest@127.0.0.1:{PROFILE.amqp_port}/{self.name}"
 
     def __enter__(self) -> Vhost:
-        management("PUT", f"vhosts/{self.name}", {})
-        management("PUT", f"permissions/{self.name}/guest",
-                   {"configure": ".*", "write": ".*", "read": ".*"})
+        services.add_vhost(PROFILE, self.name)
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -13,6 +13,8 @@ we recorded, never by name. Standard library only: this runs before the virtuale
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import shutil
 import signal
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,6 +203,26 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def management(p: Profile, method: str, path: str, body: object = None) -> object:
+    """One call to the node's management HTTP API (guest, loopback); the JSON answer."""
+    url = f"http://127.0.0.1:{p.management_port}/api/{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def add_vhost(p: Profile, name: str) -> str:
+    """Create a vhost with full rights for guest; its AMQP URL."""
+    management(p, "PUT", f"vhosts/{name}", {})
+    management(p, "PUT", f"permissions/{name}/guest",
+               {"configure": ".*", "write": ".*", "read": ".*"})
+    return f"amqp://guest:guest@127.0.0.1:{p.amqp_port}/{name}"
 
 
 def main(argv: list[str] | None = None) -> int:

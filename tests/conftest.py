@@ -5,10 +5,7 @@ with per-recipient switches for 4xx/5xx replies."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import sys
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -37,24 +34,12 @@ def broker() -> Iterator[services.Profile]:
         services.stop_redis(PROFILE)
 
 
-def _management(method: str, path: str, body: Any = None) -> None:
-    url = f"http://127.0.0.1:{PROFILE.management_port}/api/{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    req.add_header("Content-Type", "application/json")
-    urllib.request.urlopen(req, timeout=30).read()
-
-
 @pytest.fixture
 def amqp_url(broker: services.Profile) -> Iterator[str]:
     """A fresh vhost for this test, deleted afterwards."""
     vhost = f"test-{uuid.uuid4().hex[:12]}"
-    _management("PUT", f"vhosts/{vhost}", {})
-    _management("PUT", f"permissions/{vhost}/guest",
-                {"configure": ".*", "write": ".*", "read": ".*"})
-    yield f"amqp://guest:guest@127.0.0.1:{PROFILE.amqp_port}/{vhost}"
-    _management("DELETE", f"vhosts/{vhost}")
+    yield services.add_vhost(PROFILE, vhost)
+    services.management(PROFILE, "DELETE", f"vhosts/{vhost}")
 
 
 @pytest.fixture
