@@ -90,7 +90,6 @@ class Pipeline:
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
                  owner: str, stopping: Callable[[], bool]) -> None:
         self._bus = bus
-        self._gate = gate
         self.gate = gate
         self._channels = channels
         self._metrics = metrics
@@ -107,7 +106,7 @@ class Pipeline:
             await self._reject_invalid(message, exc)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
-        decision = await self.redis_call(lambda: self._gate.pre_send(
+        decision = await self.redis_call(lambda: self.gate.pre_send(
             job.account_id, job.id, owner=self._owner, redelivered=bool(message.redelivered),
             expired=job.expired(), attempt=attempt, channel=job.channel,
             category=job.category, topic=job.topic, address=job.to))
@@ -213,7 +212,7 @@ class Pipeline:
 
     async def _defer(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                      failure: SendFailure, tier: int) -> None:
-        await self.redis_call(lambda: self._gate.post_send(
+        await self.redis_call(lambda: self.gate.post_send(
             job.account_id, job.id, status="R", attempt=attempt, provider=failure.provider,
             channel=job.channel))
         headers = dict(message.headers)
@@ -234,7 +233,7 @@ class Pipeline:
                       refund: bool = False, suppress: str | None = None,
                       **event: Any) -> None:
         """Record a final status and its reputation counts, publish its event, ack."""
-        recorded = await self.redis_call(lambda: self._gate.post_send(
+        recorded = await self.redis_call(lambda: self.gate.post_send(
             job.account_id, job.id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=job.channel, reason=reason,
             counts=_COUNTS.get(status, Counts()), address=job.to, refund=refund,

@@ -5,8 +5,12 @@ happening (DESIGN.md, "Webhook providers"), and :class:`PayloadError` for a body
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+
+from sender.models import SAFE_ID
 
 EventType = Literal[
     "delivered",
@@ -54,3 +58,25 @@ class ProviderEvent:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (as published on ``outbox.events``)."""
         return dataclasses.asdict(self)
+
+
+#: ``<job-id@domain>`` as Outbox writes Message-IDs; group 1 is the job id.
+MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>")
+_SAFE_ID = re.compile(SAFE_ID)
+
+
+def safe_id(value: Any) -> str | None:
+    """``value`` as a job or account id if it is one (``[A-Za-z0-9._-]``), else None."""
+    text = str(value or "").strip()
+    return text if _SAFE_ID.match(text) else None
+
+
+def json_body(body: bytes, content_type: str, provider: str) -> Any:
+    """The decoded JSON of a webhook that must be ``application/json``; PayloadError else."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime != "application/json":
+        raise PayloadError(f"{provider} webhooks are application/json, not {content_type!r}")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from None

@@ -31,10 +31,9 @@ from email.policy import compat32
 from sender.models import utcnow_iso
 from suppression.classify import Outcome, classify_smtp
 from suppression.verp import parse_verp
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import MESSAGE_ID, PayloadError, ProviderEvent
 
 PROVIDER = "smtp"
-_MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^>]+>")
 _CODE = re.compile(r"\b([245]\d\d)\b")
 _TYPE_FOR_ACTION = {"delayed": "soft_bounced", "delivered": "delivered",
                     "relayed": "delivered", "expanded": "delivered"}
@@ -60,7 +59,7 @@ def _ids(msg: Message, envelope_to: Sequence[str]) -> dict[str, str | None]:
     original = _original_headers(msg)
     message_id = original.get("Message-ID") if original is not None else None
     verp = next((v for v in map(parse_verp, envelope_to) if v), None)
-    match = _MESSAGE_ID.search(message_id or "")
+    match = MESSAGE_ID.search(message_id or "")
     return {
         "account_id": verp[0] if verp else _header(original, "X-Outbox-Account"),
         "job_id": verp[1] if verp else (match.group(1) if match else None),

@@ -37,13 +37,12 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sender.models import SAFE_ID, utcnow_iso
+from sender.models import utcnow_iso
 from suppression.classify import Outcome, classify_provider
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import PayloadError, ProviderEvent, json_body, safe_id
 
 PROVIDER = "mailgun"
 _MESSAGE_ID = re.compile(r"^<?([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>?$")
-_SAFE_ID = re.compile(SAFE_ID)
 _SIMPLE = {"delivered": "delivered", "complained": "complained", "unsubscribed": "unsubscribed",
            "accepted": "accepted", "opened": "opened", "clicked": "clicked"}
 _OUTCOMES = {"delivered": Outcome(None, "delivered"),
@@ -64,13 +63,7 @@ def verify(timestamp: str, token: str, signature: str, signing_key: str) -> bool
 def decode(body: bytes, content_type: str) -> dict[str, Any]:
     """The JSON body, with ``signature`` (timestamp, token and signature as strings) and
     ``event-data`` checked present. :class:`PayloadError` otherwise."""
-    mime = (content_type or "").split(";", 1)[0].strip().lower()
-    if mime != "application/json":
-        raise PayloadError(f"Mailgun webhooks are application/json, not {content_type!r}")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from None
+    data = json_body(body, content_type, "Mailgun")
     if not isinstance(data, dict) or not isinstance(data.get("event-data"), dict):
         raise PayloadError("no event-data object")
     sig = data.get("signature")
@@ -98,10 +91,10 @@ def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
         provider=PROVIDER, type=event_type, recipient=recipient,
         provider_message_id=message_id, message_id=f"<{message_id.strip('<>')}>"
         if message_id else None,
-        job_id=_safe(_var(variables, "outbox_job") or (match.group(1) if match else None)),
+        job_id=safe_id(_var(variables, "outbox_job") or (match.group(1) if match else None)),
         kind=outcome.kind, reason=outcome.reason, diagnostic=diagnostic, at=_iso(event),
         event_id=str(event.get("id") or _fallback_id(event)),
-        account_id=_safe(_var(variables, "outbox_account")))]
+        account_id=safe_id(_var(variables, "outbox_account")))]
 
 
 def _outcome(name: str, event: dict[str, Any]) -> tuple[Outcome, str, str | None]:
@@ -128,9 +121,6 @@ def _var(variables: Any, name: str) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _safe(value: str | None) -> str | None:
-    text = (value or "").strip()
-    return text if _SAFE_ID.match(text) else None
 
 
 def _fallback_id(event: dict[str, Any]) -> str:

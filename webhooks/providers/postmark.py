@@ -34,17 +34,15 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sender.models import SAFE_ID, utcnow_iso
+from sender.models import utcnow_iso
 from suppression.classify import Outcome, classify_provider
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import PayloadError, ProviderEvent, json_body, safe_id
 
 PROVIDER = "postmark"
-_SAFE_ID = re.compile(SAFE_ID)
 #: Postmark's bounce TypeCodes, for a record that has the code but not the name.
 TYPE_CODES = {
     1: "HardBounce", 2: "Transient", 16: "Unsubscribe", 32: "Subscribe", 64: "AutoResponder",
@@ -82,13 +80,7 @@ def basic_auth_ok(authorization: str | None, user: str, password: str) -> bool:
 def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
     """The events of one webhook body; :class:`PayloadError` if it is not JSON records with
     a ``RecordType``."""
-    mime = (content_type or "").split(";", 1)[0].strip().lower()
-    if mime != "application/json":
-        raise PayloadError(f"Postmark webhooks are application/json, not {content_type!r}")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from None
+    data = json_body(body, content_type, "Postmark")
     records = data if isinstance(data, list) else [data]
     if not records or not all(isinstance(r, dict) and r.get("RecordType") for r in records):
         raise PayloadError("Postmark record without RecordType")
@@ -158,8 +150,7 @@ def _event_id(record: dict[str, Any], record_type: str, recipient: str, when: An
 
 
 def _meta(metadata: Any, name: str) -> str | None:
-    value = str(metadata.get(name) or "").strip() if isinstance(metadata, dict) else ""
-    return value if _SAFE_ID.match(value) else None
+    return safe_id(metadata.get(name)) if isinstance(metadata, dict) else None
 
 
 def _int(value: Any) -> int:

@@ -35,7 +35,6 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,16 +43,20 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from sender.models import SAFE_ID, utcnow_iso
+from sender.models import utcnow_iso
 from suppression.classify import Outcome, classify_provider
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import (
+    MESSAGE_ID,
+    PayloadError,
+    ProviderEvent,
+    json_body,
+    safe_id,
+)
 
 PROVIDER = "sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 
-_MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>")
-_SAFE_ID = re.compile(SAFE_ID)
 _SIMPLE = {"delivered": "delivered", "processed": "accepted", "open": "opened",
            "click": "clicked", "spamreport": "complained", "unsubscribe": "unsubscribed",
            "group_unsubscribe": "unsubscribed"}
@@ -89,13 +92,7 @@ def verify(payload: bytes, signature: str, timestamp: str, public_key: str) -> b
 def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
     """One :class:`ProviderEvent` per element of the posted array; :class:`PayloadError` if
     the body is not a JSON array of objects with ``event`` and ``email``."""
-    mime = (content_type or "").split(";", 1)[0].strip().lower()
-    if mime != "application/json":
-        raise PayloadError(f"SendGrid events are application/json, not {content_type!r}")
-    try:
-        items = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from None
+    items = json_body(body, content_type, "SendGrid")
     if not isinstance(items, list):
         raise PayloadError("SendGrid posts a JSON array of events")
     return [_event(item) for item in items]
@@ -107,14 +104,14 @@ def _event(item: Any) -> ProviderEvent:
     name = str(item["event"]).lower()
     outcome, event_type, diagnostic = _outcome(name, item)
     smtp_id = str(item.get("smtp-id") or "").strip() or None
-    match = _MESSAGE_ID.search(smtp_id or "")
+    match = MESSAGE_ID.search(smtp_id or "")
     return ProviderEvent(
         provider=PROVIDER, type=event_type, recipient=str(item["email"]).strip().lower(),
         provider_message_id=_sg_message_id(item.get("sg_message_id")), message_id=smtp_id,
-        job_id=_safe(item.get("outbox_job") or (match.group(1) if match else None)),
+        job_id=safe_id(item.get("outbox_job") or (match.group(1) if match else None)),
         kind=outcome.kind, reason=outcome.reason, diagnostic=diagnostic, at=_iso(item),
         event_id=str(item.get("sg_event_id") or _fallback_id(item)),
-        account_id=_safe(item.get("outbox_account")))
+        account_id=safe_id(item.get("outbox_account")))
 
 
 def _outcome(name: str, item: dict[str, Any]) -> tuple[Outcome, str, str | None]:
@@ -152,9 +149,6 @@ def _sg_message_id(value: Any) -> str | None:
     return text.split(".filter", 1)[0] or None
 
 
-def _safe(value: Any) -> str | None:
-    text = str(value or "").strip()
-    return text if _SAFE_ID.match(text) else None
 
 
 def _fallback_id(item: dict[str, Any]) -> str:

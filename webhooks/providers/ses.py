@@ -56,9 +56,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sender.models import SAFE_ID, utcnow_iso
+from sender.models import utcnow_iso
 from suppression.classify import Outcome, classify_provider
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import (
+    MESSAGE_ID,
+    PayloadError,
+    ProviderEvent,
+    safe_id,
+)
 
 PROVIDER = "ses"
 NOTIFICATION = "Notification"
@@ -70,8 +75,6 @@ _SIGNED_KEYS = {
 }
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 _CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com$")
-_MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>")
-_SAFE_ID = re.compile(SAFE_ID)
 _CERT_CACHE: dict[str, str] = {}
 _CERT_CACHE_MAX = 32
 FETCH_TIMEOUT = 10.0
@@ -270,10 +273,10 @@ def _ids(mail: dict[str, Any]) -> dict[str, str | None]:
     common = mail.get("commonHeaders") or {}
     tags = mail.get("tags") or {}
     message_id = headers.get("message-id") or common.get("messageId") or None
-    match = _MESSAGE_ID.search(message_id or "")
+    match = MESSAGE_ID.search(message_id or "")
     return {
-        "job_id": _safe(_tag(tags, "outbox_job") or (match.group(1) if match else None)),
-        "account_id": _safe(headers.get("x-outbox-account") or _tag(tags, "outbox_account")),
+        "job_id": safe_id(_tag(tags, "outbox_job") or (match.group(1) if match else None)),
+        "account_id": safe_id(headers.get("x-outbox-account") or _tag(tags, "outbox_account")),
         "message_id": message_id.strip() if message_id else None,
         "ses_id": mail.get("messageId"),
     }
@@ -286,9 +289,6 @@ def _tag(tags: Any, name: str) -> str | None:
     return str(value) if value else None
 
 
-def _safe(value: str | None) -> str | None:
-    value = (value or "").strip()
-    return value if _SAFE_ID.match(value) else None
 
 
 def _list(section: Any, key: str) -> list[dict[str, Any]]:
