@@ -33,6 +33,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "OUTBOX_"
 
+#: The development default of ``OUTBOX_SECRET_KEY``; refused where the public can reach us.
+DEV_SECRET_KEY = "dev-only-secret-change-me"
+
 #: Delay tiers for retries, in seconds (``outbox.retry.<seconds>`` queues).
 DEFAULT_RETRY_TIERS = (10, 60, 300, 1800, 7200)
 
@@ -167,7 +170,9 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
-    secret_key: SecretStr = SecretStr("dev-only-secret-change-me")
+    #: comma-separated: the first signs (unsubscribe tokens, VERP addresses), all verify, so a
+    #: rotated-out key keeps old links working (UEMO: at least 30 days after sending)
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     admin_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     bounces_port: int = Field(2626, ge=0, le=65535)
 
@@ -264,6 +269,16 @@ class Settings(BaseSettings):
                 raise ValueError("must be comma-separated whole seconds, e.g. 10,60,300") from None
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_keys(cls, value: SecretStr) -> SecretStr:
+        keys = [k.strip() for k in value.get_secret_value().split(",")]
+        if not keys or any(not k for k in keys):
+            raise ValueError("must be one key or a comma-separated list of keys, none empty")
+        if any(len(k) < 16 for k in keys if k != DEV_SECRET_KEY):
+            raise ValueError("each key must be at least 16 characters")
+        return value
+
     @model_validator(mode="after")
     def _twilio_complete(self) -> Settings:
         parts = (self.twilio_account_sid, self.twilio_auth_token)
@@ -278,6 +293,21 @@ class Settings(BaseSettings):
     def smtp(self) -> SmtpTarget:
         """The parsed SMTP relay."""
         return parse_smtp_url(self.smtp_url.get_secret_value())
+
+    @property
+    def secret_keys(self) -> tuple[str, ...]:
+        """``OUTBOX_SECRET_KEY`` as a list: the first signs, every one verifies."""
+        return tuple(k.strip() for k in self.secret_key.get_secret_value().split(","))
+
+    @property
+    def signing_key(self) -> str:
+        """The key new tokens and VERP addresses are signed with."""
+        return self.secret_keys[0]
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        """Whether the development default is among the keys."""
+        return DEV_SECRET_KEY in self.secret_keys
 
     @property
     def twilio_configured(self) -> bool:

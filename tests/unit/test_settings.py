@@ -84,3 +84,17 @@ def test_twilio_settings_must_be_complete(monkeypatch):
         load_settings()
     monkeypatch.setenv("OUTBOX_TWILIO_FROM", "+15005550006")
     assert load_settings().twilio_configured
+
+
+def test_secret_key_is_a_list_the_first_signs() -> None:
+    s = load_settings(secret_key="new-key-0123456789abcdef, old-key-0123456789abcdef")
+    assert s.secret_keys == ("new-key-0123456789abcdef", "old-key-0123456789abcdef")
+    assert s.signing_key == "new-key-0123456789abcdef"
+    assert not s.uses_dev_secret
+    assert load_settings().uses_dev_secret
+
+
+@pytest.mark.parametrize("value", ["short", "good-key-0123456789,", ""])
+def test_secret_key_bad_values_name_the_setting(value: str) -> None:
+    with pytest.raises(SettingsError, match="OUTBOX_SECRET_KEY"):
+        load_settings(secret_key=value)
