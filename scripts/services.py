@@ -5,6 +5,7 @@ Each service runs as its own process on loopback with its own ports and data dir
 we recorded, never by name. Standard library only: this runs before the virtualenv exists.
 
     python3 scripts/services.py start dev      # RabbitMQ :5672 (+ management :15672), Redis :6379 (AOF)
+    python3 scripts/services.py start bench    # RabbitMQ :5674 (+ :15674), Redis :6381 (AOF, as in production)
     python3 scripts/services.py start test     # RabbitMQ :5673 (+ :15673), Redis :6380
     python3 scripts/services.py stop test
     python3 scripts/services.py status dev
@@ -61,7 +62,8 @@ class Profile:
 PROFILES = {
     "dev": Profile("dev", 5672, 15672, 6379, redis_aof=True),
     "test": Profile("test", 5673, 15673, 6380, redis_aof=False),
-    "bench": Profile("bench", 5674, 15674, 6381, redis_aof=False),
+    # benchmarks measure what production runs: AOF with fsync every second
+    "bench": Profile("bench", 5674, 15674, 6381, redis_aof=True),
 }
 
 
@@ -105,7 +107,9 @@ def start_rabbitmq(p: Profile) -> bool:
     (base / "log").mkdir(parents=True, exist_ok=True)
     (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
     (base / "rabbitmq-env.conf").write_text("")
-    (base / "advanced.config").write_text("[].\n")
+    # the Erlang distribution port too: loopback only (RABBITMQ_NODE_IP_ADDRESS covers AMQP only)
+    (base / "advanced.config").write_text(
+        "[{kernel, [{inet_dist_use_interface, {127,0,0,1}}]}].\n")
     (base / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{p.amqp_port}\n"
         f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {p.management_port}\n"
