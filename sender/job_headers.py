@@ -4,7 +4,8 @@ A job's ``headers`` are the CRM's own labels and threading, never instructions t
 server or relay. The rule, in order (names compare case-insensitively):
 
 1. the name must be RFC 5322 ftext (printable ASCII without ``:``), at most 76 characters;
-2. a name in :data:`REFUSED` (exactly, or by a prefix ending in ``-``) is refused with the
+2. a name in :data:`REFUSED` (exactly, or by a prefix: an entry ending in ``-`` or ``*``)
+   is refused with the
    reason given there: routing (who gets the mail, where bounces and receipts go), trace and
    authentication (what a receiving server writes), relay control (instructions SES,
    SendGrid, Mailgun, Postmark, Mandrill, SparkPost, Mailjet, Brevo read and strip: a
@@ -34,7 +35,8 @@ _RELAY = "relay-control header: instructions to the relay are the worker's alone
 _OURS = "written by the renderer or the worker itself"
 _UNSUB = "set by the worker (marketing carries its own signed one-click unsubscribe)"
 
-#: name (lower case) or prefix (ending in ``-``) → why a job may not set it
+#: name (lower case) or prefix (ending in ``-``, or ``*`` which is not part of it) → why a
+#: job may not set it
 REFUSED: dict[str, str] = {
     # routing: other recipients, other reply or bounce destinations
     **dict.fromkeys(("to", "cc", "bcc", "resent-", "apparently-to", "envelope-to",
@@ -48,19 +50,20 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(("received", "x-received", "received-spf", "authentication-results",
                      "arc-", "dkim-", "domainkey-signature", "x-google-dkim-signature",
                      "x-originating-ip", "x-spam-", "x-virus-", "x-ms-exchange-",
-                     "x-microsoft-antispam", "x-microsoft-antispam-", "x-forefront-",
-                     "x-google-", "x-gm-", "x-sg-", "x-ses-outgoing"), _TRACE),
+                     "x-microsoft-antispam*", "x-forefront-", "x-google-", "x-gm-", "x-sg-"),
+                    _TRACE),
     # relay control (read and stripped by providers)
-    **dict.fromkeys(("x-ses-", "x-smtpapi", "x-mailgun-", "x-pm-", "x-postmark-", "x-mc-",
-                     "x-msys-api", "x-mj-", "x-mailjet-", "x-mailin-", "x-sib-",
+    **dict.fromkeys(("x-ses-", "x-smtpapi*", "x-mailgun-", "x-pm-", "x-postmark-", "x-mc-",
+                     "x-msys-api*", "x-mj-", "x-mailjet-", "x-mailin-", "x-sib-",
                      "x-elasticemail-", "x-sendgrid-", "x-amz-", "x-outbox-"), _RELAY),
     # the message's own structure
     **dict.fromkeys(("from", "subject", "date", "message-id", "mime-version", "content-"),
                     _OURS),
-    **dict.fromkeys(("list-unsubscribe", "list-unsubscribe-post"), _UNSUB),
+    "list-unsubscribe*": _UNSUB,  # and List-Unsubscribe-Post
 }
-_REFUSED_NAMES = {k: v for k, v in REFUSED.items() if not k.endswith("-")}
-_REFUSED_PREFIXES = tuple((k, v) for k, v in REFUSED.items() if k.endswith("-"))
+_REFUSED_NAMES = {k: v for k, v in REFUSED.items() if not k.endswith(("-", "*"))}
+_REFUSED_PREFIXES = tuple((k.rstrip("*"), v) for k, v in REFUSED.items()
+                          if k.endswith(("-", "*")))
 
 #: non-``X-`` names a job may set (lower case), and why a CRM legitimately sets them
 ALLOWED = frozenset((
