@@ -68,3 +68,20 @@ async def test_address_variants_and_relay_headers_change_nothing(
     finally:
         await redis.aclose()
     assert json.loads(dead[0].body)["id"] in {j["id"] for j in (zero_width, *attacks.values())}
+
+
+async def test_canonicalise_moves_an_old_form_entry_from_the_cli(amqp_url, redis_url,
+                                                                  monkeypatch, capsys):
+    run = cli_runner(monkeypatch, amqp_url, redis_url)
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.hset("outbox:supp:email:user@bücher.example", "reason", "complaint")
+        assert await run("suppression", "canonicalise") == 0
+        assert "would move: outbox:supp:email:user@bücher.example -> user@xn--bcher-kva.example" \
+            in capsys.readouterr().out
+        assert await run("suppression", "canonicalise", "--apply", "--json") == 0
+        assert json.loads(capsys.readouterr().out)[0]["action"] == "moved"
+        assert await run("suppression", "check", "user@bücher.example") == 0
+        assert "complaint" in capsys.readouterr().out
+    finally:
+        await redis.aclose()

@@ -162,3 +162,42 @@ def test_a_record_under_one_variant_is_found_by_every_other(redis_url, kind, gen
     """Suppressed (or consented) as one variant, sent to another: the gate finds it."""
     reference, stored, sent = generated
     asyncio.run(_variant_case(redis_url, kind, reference, stored, sent))
+
+
+async def test_keys_of_the_older_form_are_found_and_moved(redis_url):
+    """Before the canonical form, keys had the lower-cased U-label domain: the gate no longer
+    reads them; ``canonicalise_keys`` (``outbox suppression canonicalise``) moves them."""
+    from suppression.store import canonicalise_keys
+
+    redis = Redis.from_url(redis_url)
+    old = "user@bücher.example"
+    try:
+        await redis.hset(f"outbox:supp:email:{old}", mapping={"reason": "hard_bounce"})
+        await redis.hset(f"outbox:{{acct:a1}}:supp:email:{old}",
+                         mapping={"reason": "unsubscribe"})
+        await redis.expire(f"outbox:{{acct:a1}}:supp:email:{old}", 3600)
+        await redis.hset(f"outbox:{{acct:a1}}:consent:email:{old}", "status", "granted")
+        await redis.hset(f"outbox:{{acct:a1}}:prefs:{old}", "meeting:email", "0")
+        await redis.hset("outbox:{acct:a1}:prefs:+85291234567", "meeting:sms", "0")
+        await redis.hset("outbox:supp:email:us\u200ber@example.com", "reason", "manual")
+        gate = Gate(redis, idempotency_ttl=60, policy=Policy(rate=1000, burst=1000))
+
+        async def verdict(job_id: str) -> str:
+            return (await gate.pre_send("a2", job_id, owner="w", redelivered=False,
+                                        expired=False, attempt=1, channel="email",
+                                        address="user@xn--bcher-kva.example")).verdict
+
+        assert await verdict("before") == "send"  # the old key is not read: documented
+        dry = await canonicalise_keys(redis)
+        assert sorted(f["action"] for f in dry) == ["no canonical form"] + ["would move"] * 4
+        assert await redis.exists(f"outbox:supp:email:{old}")  # a dry run changes nothing
+        moved = await canonicalise_keys(redis, apply=True)
+        assert sorted(f["action"] for f in moved) == ["moved"] * 4 + ["no canonical form"]
+        new = "user@xn--bcher-kva.example"
+        assert await redis.hget(f"outbox:supp:email:{new}", "reason") == b"hard_bounce"
+        assert 0 < await redis.ttl(f"outbox:{{acct:a1}}:supp:email:{new}") <= 3600
+        assert not await redis.exists(f"outbox:supp:email:{old}")
+        assert await verdict("after") == "suppressed"
+        assert [f["action"] for f in await canonicalise_keys(redis)] == ["no canonical form"]
+    finally:
+        await redis.aclose()
