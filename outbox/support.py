@@ -121,6 +121,12 @@ def _suppression(sub: Sub) -> None:
     p.add_argument("--account")
     p.add_argument("--reason")
     p.set_defaults(func=cmd_suppression_export)
+    p = sup.add_parser("canonicalise",
+                       help="find (and with --apply move) e-mail suppression, consent and "
+                            "preference keys written under an older address form")
+    p.add_argument("--apply", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suppression_canonicalise)
 
 
 def _consent(sub: Sub) -> None:
@@ -339,6 +345,15 @@ def cmd_suppression_list(args: argparse.Namespace) -> int:
 
     entries = _run(lambda r, cfg: _collect(SuppressionStore(r), args.account, args.reason))
     print_records(entries, args.json, lambda es: _lines(es, _ENTRY_FIELDS))
+    return 0
+
+
+def cmd_suppression_canonicalise(args: argparse.Namespace) -> int:
+    from suppression.store import canonicalise_keys
+
+    found = _run(lambda r, cfg: canonicalise_keys(r, apply=args.apply))
+    print_records(found, args.json, lambda fs: "\n".join(
+        f"{f['action']}: {f['key']} -> {f['canonical'] or '-'}" for f in fs) or "none found")
     return 0
 
 

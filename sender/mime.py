@@ -19,9 +19,10 @@ Decisions
   encoded-words in UTF-8, ``Q`` or ``B``, whichever is shorter, each word at most 75 characters
   and holding whole characters only.
 * **Caller headers** (``job.headers`` and ``extra_headers``): names must be RFC 5322 ftext and
-  at most 76 characters; values must not contain CR, LF or NUL; reserved names (see
-  :data:`RESERVED_HEADERS`, plus any ``Content-*`` name, which would describe our body) are
-  refused, except that ``extra_headers`` may set ``List-Unsubscribe`` and
+  at most 76 characters; values must not contain CR, LF or NUL. Job headers follow the
+  allow-list of :mod:`sender.job_headers` (job validation applies it first; this is the second
+  line). The worker's ``extra_headers`` may not use :data:`RESERVED_HEADERS` (plus any
+  ``Content-*`` name, which would describe our body), except ``List-Unsubscribe`` and
   ``List-Unsubscribe-Post``. A job header with the same name as one of ``extra_headers`` is
   dropped: the worker's header wins.
 * **Addresses** are parsed by a strict little parser of our own and cross-checked with
@@ -31,9 +32,11 @@ Decisions
   ``, ; : < > [ ] @ \\`` must be quoted. RFC 2047 encoded-words in a display name are decoded.
   Addr-specs are dot-atoms (no quoted local parts, no domain literals); local part ≤ 64
   octets, domain ≤ 255.
-* **IDN**: a non-ASCII domain is always converted to its A-label (IDNA 2008 with UTS 46
-  mapping via the ``idna`` package, stdlib IDNA 2003 if it is missing), in the headers and in
-  the envelope, so an IDN domain alone never needs SMTPUTF8. A non-ASCII *local part* is left as
+* **IDN**: a non-ASCII domain is always converted to its A-label, in the headers and in the
+  envelope, by the function that makes the suppression keys
+  (:func:`suppression.address.email_domain`: IDNA 2008, UTS 46, non-transitional), so the
+  domain on the wire is the domain that was checked, and an IDN domain alone never needs
+  SMTPUTF8. A non-ASCII *local part* is left as
   UTF-8 (RFC 6532) in the header and the envelope and sets ``smtputf8=True``; display names and
   the subject are RFC 2047-encoded even then, so the only raw UTF-8 is in addresses.
 * **Bodies**: line endings normalised to CRLF and a final line break added when missing (like
@@ -61,12 +64,9 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 from functools import lru_cache
 
+from sender import job_headers
 from sender.models import SAFE_ID, EmailJob
-
-try:  # IDNA 2008 + UTS 46 (a dependency of email-validator)
-    import idna as _idna
-except ImportError:  # pragma: no cover - stdlib IDNA 2003 fallback
-    _idna = None
+from suppression.address import BadAddress, email_domain, normalise
 
 __all__ = ["MimeError", "RenderedEmail", "render_email", "RESERVED_HEADERS"]
 
@@ -84,7 +84,8 @@ class RenderedEmail:
     smtputf8: bool  # True when an address has non-ASCII (needs SMTPUTF8)
 
 
-#: Header names a caller may not set (lower case). Any ``content-*`` name is refused too.
+#: Header names the worker's ``extra_headers`` may not set (lower case); ``content-*`` too.
+#: Job headers follow the stricter allow-list of :mod:`sender.job_headers`.
 RESERVED_HEADERS = frozenset(
     name.lower()
     for name in (
@@ -231,11 +232,9 @@ def _check_lines(header: str, name: str) -> str:
 
 def _idna_domain(domain: str) -> str:
     try:
-        if _idna is not None:
-            return _idna.encode(domain, uts46=True).decode("ascii")
-        return domain.encode("idna").decode("ascii")  # pragma: no cover
-    except (UnicodeError, ValueError) as exc:  # idna.IDNAError is a UnicodeError
-        raise MimeError(f"invalid internationalised domain {domain!r}: {exc}") from None
+        return email_domain(domain)
+    except BadAddress as exc:
+        raise MimeError(f"invalid internationalised domain: {exc}") from None
 
 
 def _check_addr_spec(addr: str, what: str) -> str:
@@ -245,6 +244,11 @@ def _check_addr_spec(addr: str, what: str) -> str:
         raise MimeError(f"{what}: {addr!r} is not an email address")
     if not _LOCAL_RE.match(local) or not local.isprintable():
         raise MimeError(f"{what}: invalid local part in {addr!r}")
+    if not local.isascii():  # invisible characters the ASCII-only checks above let through
+        try:
+            normalise("email", addr)
+        except BadAddress as exc:
+            raise MimeError(f"{what}: {exc}") from None
     if len(local.encode("utf-8", "surrogatepass")) > 64:
         raise MimeError(f"{what}: local part of {addr!r} is over 64 octets")
     if not domain.isascii():
@@ -392,7 +396,11 @@ def _caller_header_cached(name: str, value: str, ours: bool) -> str:
     if len(name) > _MAX_NAME:
         raise MimeError(f"header name {name[:20]!r}... is over {_MAX_NAME} characters")
     lname = name.lower()
-    if (lname in RESERVED_HEADERS and not (ours and lname in _OURS_MAY_SET)) or lname.startswith("content-"):
+    if not ours:
+        why = job_headers.refusal(name)
+        if why is not None:
+            raise MimeError(why)
+    elif (lname in RESERVED_HEADERS and lname not in _OURS_MAY_SET) or lname.startswith("content-"):
         raise MimeError(f"header {name} is reserved")
     if _BAD_VALUE_RE.search(value):
         raise MimeError(f"header {name}: value contains CR, LF or NUL")

@@ -19,8 +19,12 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
+
+from sender import job_headers
+from suppression.address import BadAddress, normalise
 
 SCHEMA_VERSION = 1
 
@@ -110,6 +114,23 @@ class EmailJob(_JobBase):
     text: str | None = None
     html: str | None = None
     headers: dict[str, HeaderText] = Field(default_factory=dict)
+
+    @field_validator("to")
+    @classmethod
+    def _canonical_to(cls, to: str) -> str:
+        """``to`` must have the canonical form every key uses (no invisible or control
+        characters, a valid IDNA domain); it is kept as given for the wire."""
+        try:
+            normalise("email", to)
+        except BadAddress as exc:
+            raise ValueError(str(exc)) from None
+        return to
+
+    @field_validator("headers")
+    @classmethod
+    def _allowed_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        """Job headers are an allow-list (:mod:`sender.job_headers`)."""
+        return job_headers.check(headers)
 
     @model_validator(mode="after")
     def _has_body(self) -> EmailJob:

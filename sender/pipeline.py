@@ -44,6 +44,7 @@ from sender.channels.base import Channel, SendFailure, SendResult
 from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import EmailJob, InvalidJob, SmsJob, parse_job, status_event
+from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 
 log = logging.getLogger("outbox.pipeline")
@@ -106,10 +107,16 @@ class Pipeline:
             await self._reject_invalid(message, exc)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
-        decision = await self.redis_call(lambda: self.gate.pre_send(
-            job.account_id, job.id, owner=self._owner, redelivered=bool(message.redelivered),
-            expired=job.expired(), attempt=attempt, channel=job.channel,
-            category=job.category, topic=job.topic, address=job.to))
+        try:
+            decision = await self.redis_call(lambda: self.gate.pre_send(
+                job.account_id, job.id, owner=self._owner,
+                redelivered=bool(message.redelivered), expired=job.expired(),
+                attempt=attempt, channel=job.channel, category=job.category,
+                topic=job.topic, address=job.to))
+        except BadAddress as exc:  # no canonical form, so no suppression key: never sent
+            await self._reject_invalid(message, InvalidJob(
+                f"to: {exc}", job.id, job.account_id, job.channel))
+            return
         if decision.verdict == "send":
             await self._send(message, job, attempt, decision.sender)
         else:

@@ -58,7 +58,8 @@ class Worker:
         self._gauge_channel: AbstractChannel | None = None
         self.pipeline = Pipeline(
             bus=bus, gate=Gate(redis, idempotency_ttl=settings.idempotency_ttl,
-                                policy=Policy.from_settings(settings)),
+                                policy=Policy.from_settings(settings),
+                                sms_region=settings.sms_region),
             channels=self.channels, metrics=self.metrics,
             retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                               settings.retry_max_age),

@@ -1,14 +1,43 @@
-"""Address normalisation for keys and comparisons.
+"""The one canonical form of an address, for every key and comparison.
 
-E-mail: trimmed and lower-cased as a whole (the domain is case-insensitive by definition; the
-local part technically is not, but no real mailbox provider treats ``Bob`` and ``bob`` as two
-people, so comparing case-insensitively is the safe side for suppression).
+Every place an address becomes a key (the gate and its Lua keys, the suppression, consent and
+preference stores, the CLI, the admin API, provider webhooks and events) calls
+:func:`normalise`; nothing falls back to another form. An address that has no canonical form
+raises :class:`BadAddress` (a job is rejected with that reason before anything is claimed).
+
+E-mail: ``local@domain``, trimmed of surrounding white space, split at the last ``@``.
+
+* The local part is lower-cased, then put in Unicode NFC (the local part is technically case
+  sensitive, but no real mailbox provider treats ``Bob`` and ``bob`` as two people, so
+  comparing case-insensitively is the safe side for suppression).
+* The domain is mapped and checked by IDNA 2008 with UTS 46 (the ``idna`` package,
+  ``uts46=True, transitional=False``) and written as its A-label, lower case:
+  ``BÜCHER.example``, ``bücher.example`` and ``xn--bcher-kva.example`` are one domain
+  (``xn--bcher-kva.example``); full-width letters and ideographic full stops map too.
+  The renderer writes the same A-label on the wire (:func:`email_domain`).
+* Invisible and control characters anywhere in the address are refused, not stripped (a
+  ``us\\u200ber@example.com`` is an attack on the keys, not a typo): Unicode categories Cc
+  (C0/C1 controls), Cf (format: zero-width space/joiner/non-joiner, BOM, soft hyphen, bidi
+  controls, tags), Cs, Co, Cn (surrogates, private use, unassigned), Zs/Zl/Zp (spaces and line
+  separators inside the address), and the other default-ignorable code points that render as
+  nothing (:data:`INVISIBLE`: combining grapheme joiner, Hangul fillers, variation selectors...).
+
+Keys written before this form existed used ``address.strip().lower()``: the same for an ASCII
+address, but a non-ASCII domain was kept as its lower-cased U-label (``user@bücher.example``)
+and a local part was not NFC-normalised. Such entries are no longer read by the gate; see the
+README ("Addresses") for how to find and rewrite them.
+
 Phone numbers: E.164 (``+85291234567``); numbers without a ``+`` are read in ``default_region``
 (Hong Kong unless told otherwise).
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from functools import lru_cache
+
+import idna
 import phonenumbers
 
 
@@ -16,16 +45,70 @@ class BadAddress(ValueError):
     """The address cannot be normalised for its channel."""
 
 
+#: Unicode general categories refused anywhere in an e-mail address.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+#: Default-ignorable (or blank) code points outside those categories: they render as nothing.
+INVISIBLE = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180E, 0x180F,
+     0x2800, 0x3164, 0xFFA0, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]
+)
+# an ASCII address needs no Unicode look-ups: refuse controls, DEL and spaces directly
+_ASCII_BAD = re.compile(r"[\x00-\x20\x7f]")
+
+
 def normalise(channel: str, address: str, *, default_region: str = "HK") -> str:
-    """The canonical form of ``address`` on ``channel`` (``email`` or ``sms``)."""
-    address = address.strip()
+    """The canonical form of ``address`` on ``channel`` (``email`` or ``sms``);
+    :class:`BadAddress` says why there is none."""
+    if not isinstance(address, str):
+        raise BadAddress(f"an address is text, not {type(address).__name__}")
     if channel == "email":
-        if address.count("@") < 1 or address.startswith("@") or address.endswith("@"):
-            raise BadAddress(f"not an e-mail address: {address!r}")
-        return address.lower()
+        return email(address)
     if channel == "sms":
-        return e164(address, default_region=default_region)
+        return e164(address.strip(), default_region=default_region)
     raise BadAddress(f"unknown channel {channel!r}")
+
+
+def email(address: str) -> str:
+    """The canonical form of an e-mail address (see the module docstring)."""
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise BadAddress(f"not an e-mail address: {address!r}")
+    if address.isascii():
+        bad = _ASCII_BAD.search(address)
+        if bad:
+            raise BadAddress(_invisible(address, bad.start()))
+    else:
+        for i, char in enumerate(address):
+            if ord(char) in INVISIBLE or unicodedata.category(char) in REFUSED_CATEGORIES:
+                raise BadAddress(_invisible(address, i))
+    if "@" in local:
+        raise BadAddress(f"more than one '@' in {address!r}")
+    if not local.isascii():
+        local = unicodedata.normalize("NFC", local.lower())
+    else:
+        local = local.lower()
+    return f"{local}@{email_domain(domain)}"
+
+
+@lru_cache(maxsize=65536)
+def email_domain(domain: str) -> str:
+    """A mail domain as IDNA 2008 / UTS 46 A-labels, lower case; :class:`BadAddress` if it is
+    not one (empty label, trailing dot, disallowed code point, bad punycode...)."""
+    try:
+        a_label = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except (UnicodeError, ValueError) as exc:  # idna.IDNAError is a UnicodeError
+        raise BadAddress(f"invalid domain {domain!r}: {exc}") from None
+    if a_label.endswith("."):
+        raise BadAddress(f"invalid domain {domain!r}: a mail domain has no trailing dot")
+    return a_label.lower()
+
+
+def _invisible(address: str, i: int) -> str:
+    char = address[i]
+    name = unicodedata.name(char, "control character" if ord(char) < 0xA0 else "unnamed")
+    return (f"invisible or control character U+{ord(char):04X} ({name}) at position {i} "
+            f"of the address {address!r}")
 
 
 def e164(number: str, *, default_region: str = "HK") -> str:

@@ -206,10 +206,11 @@ class Gate:
     """Pre- and post-send Redis checks for one worker process (stateless otherwise)."""
 
     def __init__(self, redis: Redis, *, idempotency_ttl: int,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, sms_region: str = "HK") -> None:
         self._redis = redis
         self._ttl = idempotency_ttl
         self.policy = policy or Policy()
+        self._region = sms_region  # numbers without a + (as the SMS channel reads them)
         self._known_accounts: set[str] = set()  # already in outbox:accounts
 
     async def pre_send(self, account_id: str, job_id: str, *, owner: str, redelivered: bool,
@@ -217,8 +218,12 @@ class Gate:
                        category: str = "transactional", topic: str | None = None,
                        address: str = "") -> Decision:
         """Claim the job for ``owner`` unless done, duplicate, expired or refused
-        (one round trip)."""
-        addr = _normalised(channel, address)
+        (one round trip).
+
+        ``address`` is read in its canonical form (:func:`suppression.address.normalise`);
+        one that has none raises :class:`~suppression.address.BadAddress` before anything is
+        read or claimed (job validation refuses such an e-mail address first)."""
+        addr = normalise(channel, address, default_region=self._region)
         dnc = channel == "sms" and category == "marketing"
         script_keys = [
             keys.job(account_id, job_id), keys.state(account_id), keys.config(account_id),
@@ -277,7 +282,8 @@ class Gate:
         def build(pipe: Any) -> None:
             POST_SEND.queue(pipe, script_keys, args)
             if fact and address:
-                _suppress(pipe, account_id, channel, address, fact, job_id, reason)
+                _suppress(pipe, account_id, channel, address, fact, job_id, reason,
+                          self._region)
             if counts.sends and account_id not in self._known_accounts:
                 pipe.sadd(keys.ACCOUNTS, account_id)  # once per account and process
 
@@ -306,8 +312,8 @@ class Gate:
                                account_id: str = "") -> None:
         """A suppression entry without a job to record (an event naming no account)."""
         pipe = self._redis.pipeline(transaction=False)
-        _suppress(pipe, account_id, channel, address, reason, source, detail)
-        await pipe.execute()
+        if _suppress(pipe, account_id, channel, address, reason, source, detail, self._region):
+            await pipe.execute()
 
     async def job_state(self, account_id: str, job_id: str) -> dict[str, str]:
         """The job hash, decoded (support tools and tests)."""
@@ -316,21 +322,23 @@ class Gate:
 
 
 def _suppress(pipe: Any, account_id: str, channel: str, address: str, reason: str,
-              source: str, detail: str | None) -> None:
-    """Queue a suppression entry: a person's choice for the account, a fact globally."""
-    addr = _normalised(channel, address)
+              source: str, detail: str | None, region: str) -> bool:
+    """Queue a suppression entry: a person's choice for the account, a fact globally.
+
+    An address without a canonical form (a provider event naming something that is no
+    address) is logged and not written: under any other key no check would ever find it."""
+    try:
+        addr = normalise(channel, address, default_region=region)
+    except BadAddress as exc:
+        log.warning("suppression not recorded: %s", exc, extra={
+            "account_id": account_id, "reason": reason, "source": source})
+        return False
     key = (keys.account_suppression(account_id, channel, addr)
            if reason in ("unsubscribe", "sms_stop") else keys.global_suppression(channel, addr))
     pipe.hset(key, mapping={"reason": reason, "source": source, "at": int(time.time()),
                             "account": account_id, "detail": detail or "", "actor": "system"})
     pipe.persist(key)
-
-
-def _normalised(channel: str, address: str) -> str:
-    try:
-        return normalise(channel, address)
-    except BadAddress:
-        return address.strip().lower()
+    return True
 
 
 def _decision(reply: list[Any]) -> Decision:

@@ -3,8 +3,8 @@
 Keys of one account share the hash tag ``{acct:<id>}`` so the per-account Lua scripts touch a
 single slot on Redis Cluster; global (per-address) keys live apart and are read or written
 by plain commands in the same pipeline as the script (one round trip, ``transaction=False``).
-Addresses in keys are normalised (:func:`suppression.address.normalise`): e-mail lower-cased,
-phone numbers in E.164.
+Addresses in keys are in their one canonical form (:func:`suppression.address.normalise`):
+e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbers in E.164.
 
 | key | type | expiry | what |
 | --- | --- | --- | --- |

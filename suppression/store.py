@@ -60,6 +60,8 @@ def _decode(raw: dict[Any, Any]) -> dict[str, str]:
 
 
 def _addr(channel: str, address: str) -> str:
+    """The canonical form (:func:`suppression.address.normalise`, as the gate reads it);
+    :class:`BadEntry` when there is none: nothing is written or read under another form."""
     if channel not in keys.CHANNELS:
         raise BadEntry(f"channel must be email or sms, not {channel!r}")
     try:
@@ -487,3 +489,66 @@ class PrefsStore:
             topic, _, ch = field.rpartition(":")
             prefs.setdefault(topic, {})[ch] = value == "1"
         return {"account_id": account_id, "recipient": addr, "topics": prefs}
+
+
+#: key patterns that hold an e-mail address, and where the address starts in them
+_ADDRESS_KEYS = (f"{keys.PREFIX}supp:email:*", f"{keys.PREFIX}{{acct:*}}:supp:email:*",
+                 f"{keys.PREFIX}{{acct:*}}:consent:email:*", f"{keys.PREFIX}{{acct:*}}:prefs:*")
+_ADDRESS_AT = ("supp:email:", "consent:email:", "prefs:")
+
+
+async def canonicalise_keys(redis: Redis, *, apply: bool = False) -> list[dict[str, str]]:
+    """E-mail keys written under an older address form (before the canonical form: a lower-cased
+    U-label domain, a local part not in NFC) that the gate no longer reads.
+
+    Each is reported as ``{key, address, canonical, action}``; with ``apply`` it is moved to its
+    canonical key (``moved``: hash copied with its expiry, old key deleted) unless that key
+    exists already (``kept``: both are left for a person to decide; for preferences the old
+    fields missing from the new hash are added first). An address with no canonical form (an
+    invisible character...) is left (``no canonical form``). Scans; meant for a one-off run."""
+    found: list[dict[str, str]] = []
+    for pattern in _ADDRESS_KEYS:
+        async for raw in redis.scan_iter(match=pattern, count=1000):
+            key = _text(raw)
+            head, address = _split_address_key(key)
+            if "@" not in address:
+                continue  # a phone number's preferences
+            try:
+                canonical = normalise("email", address)
+            except BadAddress:
+                found.append({"key": key, "address": address, "canonical": "",
+                              "action": "no canonical form"})
+                continue
+            if canonical == address:
+                continue
+            target = head + canonical
+            action = await _move(redis, key, target) if apply else "would move"
+            found.append({"key": key, "address": address, "canonical": canonical,
+                          "action": action})
+    return found
+
+
+def _split_address_key(key: str) -> tuple[str, str]:
+    """``(key prefix, address)``: the address is everything after the first marker."""
+    for marker in _ADDRESS_AT:
+        i = key.find(marker)
+        if i >= 0:
+            return key[: i + len(marker)], key[i + len(marker):]
+    return key, ""
+
+
+async def _move(redis: Redis, old: str, new: str) -> str:
+    fields = await redis.hgetall(old)
+    if await redis.exists(new):
+        if ":prefs:" in new:
+            for field, value in fields.items():
+                await redis.hsetnx(new, field, value)
+        return "kept"
+    ttl = await redis.pttl(old)
+    pipe = redis.pipeline(transaction=False)  # old and new may live in different slots
+    pipe.hset(new, mapping=fields)
+    if ttl > 0:
+        pipe.pexpire(new, ttl)
+    await pipe.execute()
+    await redis.delete(old)
+    return "moved"

@@ -20,6 +20,8 @@ import dns.rdatatype
 import dns.resolver
 from email_validator import EmailNotValidError, validate_email
 
+from suppression.address import BadAddress, email_domain
+
 log = logging.getLogger("outbox.mx")
 NEGATIVE_TTL = 3600  # seconds a "no such domain" is remembered when the answer has no TTL
 MIN_TTL, MAX_TTL = 60, 86400
@@ -46,19 +48,25 @@ _ASCII_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*
 
 
 def check_syntax(address: str) -> str:
-    """The normalised address; Undeliverable(reason ``syntaxerror``) when it is not one.
+    """The address with its domain as the A-label the keys and the wire use
+    (:func:`suppression.address.email_domain`); Undeliverable(reason ``syntaxerror``) when it
+    is not one.
 
     The domain's verdict is cached (a blast repeats few domains); a plain ASCII local part
     then needs only a regular expression, anything else goes through email-validator whole."""
     local, at, domain = address.rpartition("@")
-    if at and len(local) <= 64 and _ASCII_LOCAL.match(local):
-        return f"{local}@{_domain(domain)}"
-    return _validate(address)
+    if not (at and len(local) <= 64 and _ASCII_LOCAL.match(local)):
+        local, _, domain = _validate(address).rpartition("@")
+    return f"{local}@{_domain(domain)}"
 
 
 @lru_cache(maxsize=65536)
 def _domain(domain: str) -> str:
-    return _validate(f"postmaster@{domain}").rpartition("@")[2]
+    checked = _validate(f"postmaster@{domain}").rpartition("@")[2]
+    try:
+        return email_domain(checked)
+    except BadAddress as exc:
+        raise Undeliverable(f"invalid address: {exc}", "syntaxerror") from None
 
 
 def _validate(address: str) -> str:
