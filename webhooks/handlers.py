@@ -124,7 +124,7 @@ class UnsubscribeWebhooks:
 
     def __init__(self, settings: Settings, bus: Bus, store: SuppressionStore,
                  metrics: WebhookMetrics) -> None:
-        self._secret = settings.secret_key.get_secret_value()
+        self._secrets = settings.secret_keys
         self._bus = bus
         self._store = store
         self._metrics = metrics
@@ -134,7 +134,7 @@ class UnsubscribeWebhooks:
 
     def _read(self, request: web.Request) -> Unsubscribe:
         try:
-            return read_token(self._secret, request.match_info["token"])
+            return read_token(self._secrets, request.match_info["token"])
         except BadToken:
             self._metrics.count("unsubscribe", "unsubscribed", "bad_token")
             raise web.HTTPNotFound(text="This unsubscribe link is not valid. "
