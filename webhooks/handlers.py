@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter
 
