@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
+from config import Settings
 from outbox.cli import CliError, print_records, read_lines, run_async, run_once, settings
 
 log = logging.getLogger("outbox.cli")
@@ -55,11 +58,46 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 # --- long-running ---------------------------------------------------------------------
 
+#: Host names that are loopback by name (addresses are checked with ``ipaddress``).
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is loopback: ``localhost``, 127.0.0.0/8 or ::1."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dev_secret_problem(cfg: Settings) -> str | None:
+    """Why these settings must not face the public, or None: the development secret key signs
+    (or verifies) unsubscribe links while ``OUTBOX_PUBLIC_URL`` is reachable from outside, so
+    anyone who reads the source could unsubscribe anyone."""
+    if not cfg.uses_dev_secret or is_loopback_url(cfg.public_url):
+        return None
+    return (f"OUTBOX_SECRET_KEY includes the development key while OUTBOX_PUBLIC_URL "
+            f"({cfg.public_url}) is not loopback: anyone could forge unsubscribe links; "
+            f"set OUTBOX_SECRET_KEY to your own keys (at least 16 characters each)")
+
+
+def refuse_dev_secret(cfg: Settings) -> None:
+    """Stop a public server from starting with the development key (exit 2, one line)."""
+    problem = dev_secret_problem(cfg)
+    if problem:
+        raise CliError(problem)
+
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from sender.service import run_worker
 
     cfg = settings()
+    problem = dev_secret_problem(cfg)
+    if problem:  # the worker only signs links; the servers that honour them refuse to start
+        log.warning("%s", problem)
     return run_async(lambda stop: _with_metrics(cfg, lambda reg: run_worker(cfg, stop, reg)))
 
 
@@ -74,6 +112,7 @@ async def _with_metrics(cfg: Any, run: Any) -> None:
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     cfg = settings(http_port=args.port)
+    refuse_dev_secret(cfg)
     return run_async(lambda stop: _serve_http(cfg, stop))
 
 
@@ -106,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dev and not cfg.twilio_configured:
         cfg = settings(**DEV_TWILIO, twilio_api_base=f"http://{cfg.http_host}:"
                        f"{cfg.dev_twilio_port}")
+    refuse_dev_secret(cfg)
     return run_async(lambda stop: _run_all(cfg, stop, dev=args.dev))
 
 

@@ -1,6 +1,8 @@
 """Provider webhook handlers: verify first (401/403 and no effect when it fails), then parse
 (400 for a body that cannot be read), then hand the events to the worker on ``outbox.events``
 and answer 2xx only once the broker has confirmed them (503 otherwise: the provider retries).
+Twilio signs the decoded form, so its body is decoded once, strictly, before the check (400 for
+a body that is not a plain form, a repeated field included), and that decoding is what is parsed.
 """
 
 from __future__ import annotations
@@ -8,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
-from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter
 
 from config import Settings
@@ -48,28 +49,38 @@ class TwilioWebhooks:
         return [web.post("/webhooks/twilio/status", self.status),
                 web.post("/webhooks/twilio/inbound", self.inbound)]
 
-    async def _verified(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
+    async def _verified(self, request: web.Request) -> twilio.Form:
+        """The body decoded once (400 if it is not a strict form) and its signature checked
+        (403): the same :class:`twilio.Form` is what the parser then reads."""
         token = self._settings.twilio_auth_token
         if token is None:
             raise web.HTTPNotFound(text="Twilio is not configured")
-        body = await request.read()
-        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        try:
+            form = twilio.decode_form(await request.read(),
+                                      request.headers.get(hdrs.CONTENT_TYPE, ""))
+        except PayloadError as exc:
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         url = self._settings.public_url + request.path_qs
         signature = request.headers.get(twilio.SIGNATURE_HEADER, "")
-        if not twilio.verify(url, params, signature, token.get_secret_value()):
-            self._metrics.count("twilio", "unknown", "bad_signature")
-            log.warning("twilio webhook with a bad signature refused", extra={"url": url})
-            raise web.HTTPForbidden(text="bad signature")
-        return body, params
+        if not twilio.verify(url, form, signature, token.get_secret_value()):
+            raise self._refuse(request, web.HTTPForbidden, "bad_signature", "bad signature")
+        return form
+
+    def _refuse(self, request: web.Request, error: type[web.HTTPException], result: str,
+                text: str) -> web.HTTPException:
+        """Counted, logged, and the answer to raise: nothing of the request was acted on."""
+        self._metrics.count("twilio", "unknown", result)
+        log.warning("twilio webhook refused: %s", text,
+                    extra={"path": request.path_qs, "result": result})
+        return error(text=text)
 
     async def status(self, request: web.Request) -> web.Response:
         """Status callback → one event for its job (named by the signed ``j``/``a`` query)."""
-        body, _ = await self._verified(request)
+        form = await self._verified(request)
         try:
-            events = twilio.parse(body, request.content_type)
+            events = twilio.parse(form)
         except PayloadError as exc:
-            self._metrics.count("twilio", "unknown", "bad_payload")
-            raise web.HTTPBadRequest(text=str(exc)) from None
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         job_id, account_id = request.query.get("j"), request.query.get("a")
         events = [dataclasses.replace(e, job_id=e.job_id or job_id,
                                       account_id=e.account_id or account_id) for e in events]
@@ -78,11 +89,11 @@ class TwilioWebhooks:
 
     async def inbound(self, request: web.Request) -> web.Response:
         """Inbound SMS: STOP and its kin opt out, START opts back in; others are ignored."""
-        body, params = await self._verified(request)
+        form = await self._verified(request)
         try:
-            sms = twilio.parse_inbound(body, request.content_type)
+            sms = twilio.parse_inbound(form)
         except PayloadError as exc:
-            raise web.HTTPBadRequest(text=str(exc)) from None
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         if sms.keyword in ("stop", "start"):
             event = _opt_event(sms, request.query.get("a"))
             await self._publish([event])
@@ -114,7 +125,7 @@ class UnsubscribeWebhooks:
 
     def __init__(self, settings: Settings, bus: Bus, store: SuppressionStore,
                  metrics: WebhookMetrics) -> None:
-        self._secret = settings.secret_key.get_secret_value()
+        self._secrets = settings.secret_keys
         self._bus = bus
         self._store = store
         self._metrics = metrics
@@ -124,7 +135,7 @@ class UnsubscribeWebhooks:
 
     def _read(self, request: web.Request) -> Unsubscribe:
         try:
-            return read_token(self._secret, request.match_info["token"])
+            return read_token(self._secrets, request.match_info["token"])
         except BadToken:
             self._metrics.count("unsubscribe", "unsubscribed", "bad_token")
             raise web.HTTPNotFound(text="This unsubscribe link is not valid. "

@@ -139,3 +139,16 @@ async def running_app(settings: Settings, port: int) -> AsyncIterator[str]:
         await runner.cleanup()
         await bus.close()
         await redis.aclose()
+
+
+async def redis_state(url: str) -> dict[bytes, tuple[bytes | None, bool]]:
+    """Every key of the Redis db at ``url`` with its ``DUMP`` and whether it expires: two
+    equal snapshots mean nothing in that db changed in between."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        return {key: (await client.dump(key), await client.pttl(key) >= 0)
+                async for key in client.scan_iter(count=1000)}
+    finally:
+        await client.aclose()

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from sender.bus import PublishFailed
-from tests.integration.helpers import collect, running_app
+from tests.integration.helpers import collect, redis_state, running_app
 from tests.unit.test_provider_mailgun import signature as mailgun_signature
 from tests.unit.test_provider_mailgun import signed as mailgun_signed
 from tests.unit.test_provider_postmark import record as postmark_record
@@ -192,6 +192,21 @@ async def test_mailgun_a_stale_or_forged_event_is_refused(server, amqp_url, forg
             "wrong-key": lambda: _mailgun("delivered", token="d" * 50, key="not-the-key")}[forgery]()
     assert (await _post(f"{server}/webhooks/mailgun", body))[0] == status
     assert await _nothing(amqp_url)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("signature", "é" * 64), ("signature", "\ud800"), ("token", "tökén-" + "g" * 40),
+    ("token", "\udcff"), ("timestamp", "１７３２５３１２００"), ("timestamp", "\ud800"),
+])
+async def test_mailgun_a_non_ascii_signature_is_403_and_changes_nothing(
+        server, amqp_url, redis_url, field, value):
+    body = json.loads(_mailgun("failed_permanent", token="g" * 50))
+    body["signature"][field] = value
+    before = await redis_state(redis_url)
+    status, _ = await _post(f"{server}/webhooks/mailgun", json.dumps(body).encode())
+    assert status == 403
+    assert await _nothing(amqp_url)
+    assert await redis_state(redis_url) == before
 
 
 async def test_mailgun_a_foreign_message_id_names_no_job(server, amqp_url):

@@ -53,6 +53,20 @@ def test_tampering_or_the_wrong_key_fails(change: str) -> None:
     assert not mailgun.verify(ts, token, value, key)
 
 
+@pytest.mark.parametrize("field,value", [
+    ("signature", "é" * 64), ("signature", "\ud800"), ("signature", "０" * 64),
+    ("token", "tökén"), ("token", "\ud800"), ("timestamp", "１７３２５３１２００"),
+    ("timestamp", "\udcff"),
+])
+def test_a_non_ascii_value_is_unsigned_not_an_error(field: str, value: str) -> None:
+    sig = signed("delivered")["signature"]
+    sig[field] = value
+    if field != "signature":  # even correctly made with the key: Mailgun never sends these
+        sig["signature"] = hmac.new(KEY.encode(), f"{sig['timestamp']}{sig['token']}".encode(
+            "utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    assert not mailgun.verify(sig["timestamp"], sig["token"], sig["signature"], KEY)
+
+
 @pytest.mark.parametrize("name,event_type,kind,reason,job,account", [
     ("delivered", "delivered", None, "delivered", "job-mg-1", "acct_5"),
     ("failed_permanent", "bounced", "hard", "userunknown", "job-mg-2", "acct_5"),

@@ -15,7 +15,7 @@ text = st.text(st.characters(blacklist_characters="\x1f", blacklist_categories=(
 def test_round_trip(account, channel, recipient, job):
     u = Unsubscribe(account, channel, recipient, job)
     token = make_token(SECRET, u)
-    assert read_token(SECRET, token) == u
+    assert read_token([SECRET], token) == u
     assert all(c.isalnum() or c in "-_." for c in token)  # safe in a URL path
 
 
@@ -25,6 +25,23 @@ def test_a_forged_or_damaged_token_is_refused():
     other = make_token(SECRET, Unsubscribe("acct_2", "email", "a@example.com", "j1"))
     for bad in (f"{other.split('.')[0]}.{sig}", token[:-2], "nodot", "", f"{body}.AAAA"):
         with pytest.raises(BadToken):
-            read_token(SECRET, bad)
+            read_token([SECRET], bad)
     with pytest.raises(BadToken):
-        read_token("another-secret", token)
+        read_token(["another-secret"], token)
+    with pytest.raises(BadToken):
+        read_token([], token)
+
+
+def test_rotation_any_listed_key_verifies_only_listed_keys():
+    new, old, gone = "n" * 32, "o" * 32, "g" * 32
+    u = Unsubscribe("acct_1", "email", "a@example.com", "j1")
+    for signer in (new, old):
+        assert read_token((new, old), make_token(signer, u)) == u
+    with pytest.raises(BadToken):
+        read_token((new, old), make_token(gone, u))
+
+
+def test_one_string_is_not_a_list_of_keys():
+    token = make_token(SECRET, Unsubscribe("acct_1", "email", "a@example.com", "j1"))
+    with pytest.raises(TypeError):
+        read_token(SECRET, token)

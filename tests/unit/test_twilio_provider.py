@@ -34,6 +34,15 @@ def form(**fields: str) -> bytes:
     return urlencode(fields).encode()
 
 
+def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
+    """What the handler does: decode once, then parse that decoding."""
+    return tw.parse(tw.decode_form(body, content_type))
+
+
+def parse_inbound(body: bytes, content_type: str) -> tw.InboundSms:
+    return tw.parse_inbound(tw.decode_form(body, content_type))
+
+
 def status_body(status: str, error_code: str | None = None, **extra: str) -> bytes:
     fields = {
         "AccountSid": "AC" + "0" * 32, "ApiVersion": "2010-04-01", "From": "+15005550006",
@@ -103,11 +112,107 @@ def test_verify_unicode_params():
     assert tw.verify(URL, params, sign(URL, params), TOKEN)
 
 
+# Vectors of twilio-python's own tests (tests/unit/test_request_validator.py): auth token
+# "12345", this URL, these fields; and its multi-value vector, a name posted twice.
+LIB_PARAMS = {"CallSid": "CA1234567890ABCDE", "Digits": "1234", "From": "+14158675309",
+              "To": "+18005551212", "Caller": "+14158675309"}
+MULTI_BODY = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234"
+
+
+@pytest.mark.parametrize(("url", "signature"), [
+    (URL, "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+    (URL.replace(".com", ".com:1234"), "RSOYDt4T1cUTdK1PDd93/VVr8B8="),  # port removed
+    (URL, "kvajT1Ptam85bY51eRf/AJRuM3w="),  # signed with :443
+    (URL.replace("https", "http"), "0ZXoZLH/DfblKGATFgpif+LLRf4="),  # signed with :80
+    (URL.replace(".com", ".com:1234").replace("https", "http"), "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
+])
+def test_verify_twilio_library_vectors(url, signature):
+    body = urlencode(LIB_PARAMS).encode()
+    assert tw.verify(url, tw.decode_form(body, FORM), signature, TOKEN)
+    assert tw.verify(url, LIB_PARAMS, signature, TOKEN)
+
+
+@pytest.mark.parametrize("body", [MULTI_BODY,
+                                  b"Digits=1234&Sid=CA123&Digits=5678&SidAccount=AC123"])
+def test_verify_twilio_multi_value_vector_signs_every_value_in_order(body):
+    # Twilio signs a repeated name once per value, values sorted: "Digits1234Digits5678…"
+    form = tw.decode_form(body, FORM, repeatable=frozenset({"Digits"}))
+    assert form.getall("Digits") in (["5678", "1234"], ["1234", "5678"])
+    assert tw.verify(URL, form, "IK+Dwps556ElfBT0I3Rgjkr1wJU=", TOKEN)
+    written_out = URL + "Digits1234Digits5678SidCA123SidAccountAC123"
+    digest = hmac.new(TOKEN.encode(), written_out.encode(), hashlib.sha1).digest()
+    assert base64.b64encode(digest).decode() == "IK+Dwps556ElfBT0I3Rgjkr1wJU="
+
+
+@pytest.mark.parametrize("body", [
+    b"Sid=CA123&SidAccount=AC123&Digits=1234",                      # a value dropped
+    b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234&Digits=9",  # a value added
+    b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1235",          # a value changed
+])
+def test_verify_multi_value_edits_fail(body):
+    form = tw.decode_form(body, FORM, repeatable=frozenset({"Digits"}))
+    assert not tw.verify(URL, form, "IK+Dwps556ElfBT0I3Rgjkr1wJU=", TOKEN)
+
+
+# -- decode_form ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    MULTI_BODY,                                                      # Twilio's own shape
+    status_body("delivered") + b"&MessageStatus=undelivered",        # added behind
+    b"MessageStatus=undelivered&" + status_body("delivered"),        # added in front
+    status_body("delivered") + b"&" + status_body("delivered"),      # the whole body twice
+    status_body("delivered") + b"&To=%2B85291234567",                # the same value again
+    b"Body=STOP&From=%2B85290000001&From=%2B85290000002&To=1&MessageSid=SM1",
+])
+def test_decode_form_refuses_a_repeated_name(body):
+    with pytest.raises(PayloadError, match="more than once"):
+        tw.decode_form(body, FORM)
+
+
+@pytest.mark.parametrize(("content_type", "ok"), [
+    (FORM, True), (FORM + "; charset=utf-8", True), (FORM + '; charset="UTF-8"', True),
+    ("Application/X-WWW-Form-Urlencoded", True), (FORM + "; charset=iso-8859-1", False),
+    ("multipart/form-data; boundary=x", False), ("text/plain", False), ("", False),
+])
+def test_decode_form_content_type(content_type, ok):
+    if ok:
+        assert tw.decode_form(b"A=1", content_type)["A"] == "1"
+    else:
+        with pytest.raises(PayloadError):
+            tw.decode_form(b"A=1", content_type)
+
+
+@pytest.mark.parametrize("body", [b"A=1&&B=2", b"A=1&B", b"A=%C3%28", b"&",
+                                  b"&".join(b"F%d=1" % i for i in range(tw.MAX_FIELDS + 1))])
+def test_decode_form_is_strict(body):
+    with pytest.raises(PayloadError):
+        tw.decode_form(body, FORM)
+
+
+def test_form_is_the_fields_in_order():
+    form = tw.decode_form(b"B=2&A=1+%E5%8F%96&C=", FORM)
+    assert form.pairs == (("B", "2"), ("A", "1 取"), ("C", ""))
+    assert dict(form) == {"B": "2", "A": "1 取", "C": ""} and len(form) == 3
+    assert form.getall("A") == ["1 取"]
+    with pytest.raises(KeyError):
+        form.getall("D")
+
+
+def test_parsers_are_pure_over_plain_fields():
+    fields = {"MessageSid": SID, "MessageStatus": "delivered", "To": "+85291234567"}
+    [event] = tw.parse(fields)
+    assert (event.type, event.recipient, event.raw) == ("delivered", "+85291234567", fields)
+    sms = tw.parse_inbound({"From": "+85291234567", "To": "+1", "MessageSid": SID,
+                            "Body": "STOP"})
+    assert sms.keyword == "stop"
+
+
 # -- parse ------------------------------------------------------------------------------------
 
 
 def test_parse_delivered():
-    [event] = tw.parse(status_body("delivered", RawDlrDoneDate="2411251340"), FORM)
+    [event] = parse(status_body("delivered", RawDlrDoneDate="2411251340"), FORM)
     assert isinstance(event, ProviderEvent)
     assert event.provider == "twilio"
     assert event.type == "delivered"
@@ -129,7 +234,7 @@ def test_parse_delivered():
     ("failed", "21610", "unsubscribed"),
 ])
 def test_parse_failures(status, code, expected):
-    [event] = tw.parse(status_body(status, code), FORM)
+    [event] = parse(status_body(status, code), FORM)
     outcome = classify_twilio(code)
     assert event.type == expected
     assert (event.kind, event.reason) == (outcome.kind, outcome.reason)
@@ -139,21 +244,21 @@ def test_parse_failures(status, code, expected):
 
 def test_parse_failure_type_follows_the_classifier_kind():
     for code in ("30001", "30002", "30004", "30008", "30034", "21211", "21614", "99999"):
-        [event] = tw.parse(status_body("undelivered", code), FORM)
+        [event] = parse(status_body("undelivered", code), FORM)
         kind = classify_twilio(code).kind
         expected = {"hard": "bounced", "complaint": "complained"}.get(kind, "soft_bounced")
         assert (event.type, event.kind) == (expected, kind), code
 
 
 def test_parse_error_message_goes_into_diagnostic():
-    [event] = tw.parse(status_body("undelivered", "30003", ErrorMessage="Unreachable handset"),
+    [event] = parse(status_body("undelivered", "30003", ErrorMessage="Unreachable handset"),
                        FORM)
     assert event.diagnostic == "30003: Unreachable handset"
 
 
 def test_parse_empty_error_code_is_no_code():
     for code in ("", None):
-        [event] = tw.parse(status_body("undelivered", code), FORM)
+        [event] = parse(status_body("undelivered", code), FORM)
         assert event.diagnostic is None
         assert (event.type, event.kind, event.reason) == ("soft_bounced", "transient", "undefined")
 
@@ -164,22 +269,22 @@ def test_parse_empty_error_code_is_no_code():
     ("partially_delivered", "other"), ("Delivered", "delivered"),
 ])
 def test_parse_other_statuses(status, expected):
-    [event] = tw.parse(status_body(status), FORM)
+    [event] = parse(status_body(status), FORM)
     assert event.type == expected
     assert event.kind is None and event.diagnostic is None
 
 
 def test_parse_timestamp_when_present():
-    [event] = tw.parse(status_body("delivered", Timestamp="Mon, 25 Nov 2024 13:39:00 +0800"), FORM)
+    [event] = parse(status_body("delivered", Timestamp="Mon, 25 Nov 2024 13:39:00 +0800"), FORM)
     assert event.at == "2024-11-25T05:39:00.000Z"
-    [event] = tw.parse(status_body("delivered", Timestamp="2024-11-25T05:39:00Z"), FORM)
+    [event] = parse(status_body("delivered", Timestamp="2024-11-25T05:39:00Z"), FORM)
     assert event.at == "2024-11-25T05:39:00.000Z"
-    [event] = tw.parse(status_body("delivered", Timestamp="yesterday"), FORM)
+    [event] = parse(status_body("delivered", Timestamp="yesterday"), FORM)
     assert event.at.endswith("Z") and event.at != "yesterday"
 
 
 def test_parse_content_type_with_charset():
-    [event] = tw.parse(status_body("sent"), "application/x-www-form-urlencoded; charset=utf-8")
+    [event] = parse(status_body("sent"), "application/x-www-form-urlencoded; charset=utf-8")
     assert event.type == "accepted"
 
 
@@ -197,12 +302,12 @@ def test_parse_content_type_with_charset():
 ])
 def test_parse_malformed(body, content_type, message):
     with pytest.raises(PayloadError, match=message):
-        tw.parse(body, content_type)
+        parse(body, content_type)
     assert issubclass(PayloadError, ValueError)
 
 
 def test_event_as_dict_and_frozen():
-    [event] = tw.parse(status_body("undelivered", "30005"), FORM)
+    [event] = parse(status_body("undelivered", "30005"), FORM)
     data = event.as_dict()
     assert json.loads(json.dumps(data)) == data
     assert set(data) == {f.name for f in dataclasses.fields(ProviderEvent)}
@@ -234,13 +339,13 @@ def inbound(body_text: str | None, **extra: str) -> bytes:
     ("取消訂閱", None), ("", None), ("hello", None), ("yes please", None),
 ])
 def test_inbound_keywords(text, keyword):
-    sms = tw.parse_inbound(inbound(text), FORM)
+    sms = parse_inbound(inbound(text), FORM)
     assert sms.keyword == keyword
     assert sms.body == text
 
 
 def test_inbound_fields():
-    sms = tw.parse_inbound(inbound("Hi, can we move the meeting?", MessagingServiceSid="MG1"),
+    sms = parse_inbound(inbound("Hi, can we move the meeting?", MessagingServiceSid="MG1"),
                            FORM)
     assert sms.from_ == "+85291234567"
     assert sms.to == "+85230001234"
@@ -252,14 +357,14 @@ def test_inbound_fields():
 
 
 def test_inbound_without_body_is_media_only():
-    sms = tw.parse_inbound(inbound(None, NumMedia="1"), FORM)
+    sms = parse_inbound(inbound(None, NumMedia="1"), FORM)
     assert sms.body == "" and sms.keyword is None
 
 
 def test_inbound_advanced_opt_out_type_wins():
-    assert tw.parse_inbound(inbound("ARRET", OptOutType="STOP"), FORM).keyword == "stop"
-    assert tw.parse_inbound(inbound("hello", OptOutType="start"), FORM).keyword == "start"
-    assert tw.parse_inbound(inbound("STOP", OptOutType="bogus"), FORM).keyword == "stop"
+    assert parse_inbound(inbound("ARRET", OptOutType="STOP"), FORM).keyword == "stop"
+    assert parse_inbound(inbound("hello", OptOutType="start"), FORM).keyword == "start"
+    assert parse_inbound(inbound("STOP", OptOutType="bogus"), FORM).keyword == "stop"
 
 
 @pytest.mark.parametrize("missing", ["From", "To", "MessageSid"])
@@ -267,12 +372,12 @@ def test_inbound_missing_field(missing):
     fields = {"From": "+85291234567", "To": "+85230001234", "MessageSid": SID, "Body": "STOP"}
     del fields[missing]
     with pytest.raises(PayloadError, match=missing):
-        tw.parse_inbound(form(**fields), FORM)
+        parse_inbound(form(**fields), FORM)
 
 
 def test_inbound_wrong_content_type():
     with pytest.raises(PayloadError):
-        tw.parse_inbound(b'{"Body": "STOP"}', "application/json")
+        parse_inbound(b'{"Body": "STOP"}', "application/json")
 
 
 # -- segments ---------------------------------------------------------------------------------

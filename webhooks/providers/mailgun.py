@@ -52,12 +52,14 @@ _OUTCOMES = {"delivered": Outcome(None, "delivered"),
 
 def verify(timestamp: str, token: str, signature: str, signing_key: str) -> bool:
     """Whether ``signature`` is HMAC-SHA256(``signing_key``, ``timestamp`` + ``token``) in hex,
-    compared in constant time. Freshness and replay are the caller's."""
-    if not (timestamp and token and signature and signing_key):
+    compared in constant time. Freshness and replay are the caller's. Mailgun's three values
+    are ASCII (digits, hex): any other character makes the request unsigned, not an error."""
+    signed = (timestamp, token, signature)
+    if not (all(signed) and signing_key) or not all(v.isascii() for v in signed):
         return False
     expected = hmac.new(signing_key.encode(), f"{timestamp}{token}".encode(),
                         hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.strip().lower())
+    return hmac.compare_digest(expected.encode(), signature.strip().lower().encode())
 
 
 def decode(body: bytes, content_type: str) -> dict[str, Any]:

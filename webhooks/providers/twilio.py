@@ -5,6 +5,10 @@ Status callbacks (``POST /webhooks/twilio/status``) are form-encoded with, among
 ``MessageStatus``, ``SmsStatus``, ``ErrorCode`` (failures only), ``ApiVersion`` and, for
 ``delivered``/``undelivered``, ``RawDlrDoneDate``. Twilio adds parameters without notice, so
 :func:`verify` signs whatever was posted and :func:`parse` ignores what it does not know.
+The body is decoded once, strictly (:func:`decode_form`), and that one :class:`Form` is both
+what :func:`verify` checks and what :func:`parse`/:func:`parse_inbound` read: a field added,
+repeated or reordered by someone else cannot mean one thing to the signature and another to the
+parser (a repeated name is refused outright; Twilio repeats none here).
 
 ``MessageStatus`` → ``ProviderEvent.type``:
 
@@ -36,7 +40,8 @@ its own configured keywords, and that wins.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -71,18 +76,19 @@ def verify(url: str, params: Mapping[str, str], signature: str, auth_token: str)
     """Whether ``signature`` (the ``X-Twilio-Signature`` header) signs ``url`` + ``params``.
 
     ``url`` is the full URL Twilio requested (scheme, host, path and query, as configured in
-    Twilio, i.e. ``OUTBOX_PUBLIC_URL`` + path); ``params`` the POSTed form fields (a plain
-    mapping, or a multidict whose repeated fields all count). HMAC-SHA1 of the URL followed by
-    each parameter name and value in name order, base64, keyed with the auth token — computed by
-    the twilio package's ``RequestValidator``. Like it, the URL is tried with and without an
+    Twilio, i.e. ``OUTBOX_PUBLIC_URL`` + path); ``params`` the POSTed fields: a :class:`Form`
+    from :func:`decode_form` (every value of a repeated name counts) or a plain mapping.
+    Twilio's algorithm: HMAC-SHA1 keyed with the auth token over the URL followed by each name
+    and value, names in order and a repeated name's values in order, base64 — computed by the
+    twilio package's ``RequestValidator``. Like it, the URL is tried with and without an
     explicit port (Twilio is inconsistent about ``:443``); unlike its ``compare``, the comparison
-    is :func:`hmac.compare_digest`.
+    is :func:`hmac.compare_digest`, on bytes (a non-ASCII header is simply wrong).
     """
     if not signature or not auth_token:
         return False
     validator = RequestValidator(auth_token)
     parsed = urlparse(url)
-    given = signature.strip().encode("utf-8")
+    given = signature.strip().encode("utf-8", "surrogateescape")
     ok = False
     for candidate in dict.fromkeys((remove_port(parsed), add_port(parsed))):
         expected = validator.compute_signature(candidate, params).encode("utf-8")
@@ -90,13 +96,62 @@ def verify(url: str, params: Mapping[str, str], signature: str, auth_token: str)
     return ok
 
 
-def decode_form(body: bytes, content_type: str) -> dict[str, str]:
-    """The fields of a form-encoded Twilio webhook body (the first value of a repeated field)."""
-    mime = (content_type or "").split(";", 1)[0].strip().lower()
-    if mime != "application/x-www-form-urlencoded":
-        raise PayloadError(
-            f"Twilio webhooks are application/x-www-form-urlencoded, not {content_type or 'untyped'!r}"
-        )
+@dataclass(frozen=True, slots=True)
+class Form(Mapping[str, str]):
+    """A webhook body decoded once (by :func:`decode_form`), for the signature check and the
+    parser alike: ``pairs`` in the order posted; as a mapping, each name's (first) value;
+    :meth:`getall` every value of a name (what ``RequestValidator`` signs)."""
+
+    pairs: tuple[tuple[str, str], ...]
+    _first: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        first: dict[str, str] = {}
+        for name, value in self.pairs:
+            first.setdefault(name, value)
+        object.__setattr__(self, "_first", first)
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def getall(self, name: str) -> list[str]:
+        """Every value posted for ``name``, in order (``KeyError`` if none)."""
+        values = [v for k, v in self.pairs if k == name]
+        if not values:
+            raise KeyError(name)
+        return values
+
+
+#: Names Twilio may post more than once in a Messaging webhook: none. Media come as
+#: ``MediaUrl0``, ``MediaUrl1``…; the webhooks that do repeat a name (Conversations'
+#: ``MessagingBinding.Address``, Autopilot fields) are not posted to these endpoints. A repeated
+#: name is therefore someone else's edit, and is refused before anything reads the form.
+REPEATABLE: frozenset[str] = frozenset()
+#: More fields than any Twilio Messaging webhook posts (an MMS with 10 media has under 60).
+MAX_FIELDS = 256
+_FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def decode_form(body: bytes, content_type: str,
+                repeatable: frozenset[str] = REPEATABLE) -> Form:
+    """The one decoding of a Twilio webhook body; :class:`PayloadError` unless it is
+    ``application/x-www-form-urlencoded`` (charset absent or UTF-8; ``content_type`` is the whole
+    header), UTF-8, a well-formed form of at most :data:`MAX_FIELDS` fields, and names no field
+    twice but those in ``repeatable``."""
+    mime, _, rest = (content_type or "").partition(";")
+    if mime.strip().lower() != _FORM_TYPE:
+        raise PayloadError(f"Twilio webhooks are {_FORM_TYPE}, not {content_type or 'untyped'!r}")
+    params = (p.partition("=") for p in rest.split(";"))
+    charsets = [v.strip().strip('"').lower() for k, _, v in params if k.strip().lower() == "charset"]
+    if any(c not in ("utf-8", "utf8") for c in charsets):
+        charset = ", ".join(charsets)
+        raise PayloadError(f"Twilio webhooks are UTF-8, not {charset!r}")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -105,13 +160,14 @@ def decode_form(body: bytes, content_type: str) -> dict[str, str]:
         raise PayloadError("empty body")
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True,
-                          encoding="utf-8", errors="strict")
+                          encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(f"body is not a valid form: {exc}") from None
-    fields: dict[str, str] = {}
-    for key, value in pairs:
-        fields.setdefault(key, value)
-    return fields
+    counts = Counter(name for name, _ in pairs)
+    repeated = sorted(n for n, c in counts.items() if c > 1 and n not in repeatable)
+    if repeated:
+        raise PayloadError(f"field(s) posted more than once: {', '.join(repeated)}")
+    return Form(tuple(pairs))
 
 
 def _require(fields: Mapping[str, str], name: str) -> str:
@@ -151,10 +207,10 @@ def _failure_type(error_code: str | None, kind: str | None) -> str:
     return "soft_bounced"
 
 
-def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
-    """One :class:`ProviderEvent` for a message status callback; :class:`PayloadError` if the
-    body is not a form or lacks ``MessageSid``/``MessageStatus``."""
-    fields = decode_form(body, content_type)
+def parse(fields: Mapping[str, str]) -> list[ProviderEvent]:
+    """One :class:`ProviderEvent` for a message status callback, from the fields
+    :func:`decode_form` decoded (and the signature covered); :class:`PayloadError` without
+    ``MessageSid``/``MessageStatus``."""
     sid = _require(fields, "MessageSid")
     status = _require(fields, "MessageStatus").lower()
     error_code = fields.get("ErrorCode", "").strip() or None
@@ -228,10 +284,10 @@ def keyword_of(body: str, opt_out_type: str | None = None) -> str | None:
     return None
 
 
-def parse_inbound(body: bytes, content_type: str) -> InboundSms:
-    """The inbound message Twilio posted; :class:`PayloadError` without ``From``, ``To`` or
-    ``MessageSid``. ``Body`` may be empty (an MMS with only media)."""
-    fields = decode_form(body, content_type)
+def parse_inbound(fields: Mapping[str, str]) -> InboundSms:
+    """The inbound message Twilio posted, from the fields :func:`decode_form` decoded;
+    :class:`PayloadError` without ``From``, ``To`` or ``MessageSid``. ``Body`` may be empty (an
+    MMS with only media)."""
     text = fields.get("Body", "")
     return InboundSms(
         from_=_require(fields, "From"),
