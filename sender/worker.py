@@ -201,7 +201,7 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
                     idle_timeout=settings.smtp_idle_timeout)
     options = EmailOptions(
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
-        secret_key=settings.secret_key.get_secret_value(),
+        secret_key=settings.signing_key,
         bounce_domain=settings.bounce_domain, relay=settings.smtp_relay,
         mx=MxChecker() if settings.email_check_mx else None)
     domains = DomainLimiter(settings.smtp_domain_concurrency,
