@@ -50,3 +50,10 @@ def test_outbox_bounces_refuses_to_start_without_a_bounce_domain(monkeypatch, ca
     assert cli.main(["--log-level", "ERROR", "bounces"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("outbox: OUTBOX_BOUNCE_DOMAIN is not set")
+
+
+def test_the_worker_knows_the_listener_events_by_their_provider():
+    from sender.events import LISTENER_PROVIDER
+    from webhooks.providers import dsn
+
+    assert LISTENER_PROVIDER == dsn.PROVIDER
