@@ -170,6 +170,9 @@ class BounceHandler:
             events = dsn.parse(raw, envelope.rcpt_tos)
         except PayloadError as exc:
             return await self._keep(raw, "not_report", str(exc), session, envelope)
+        except Exception as exc:  # the parser choked on hostile input: kept, not retried forever
+            return await self._keep(raw, "not_report", f"unreadable ({type(exc).__name__}: "
+                                    f"{exc})", session, envelope)
         try:
             believed = await self._believe(events, envelope.rcpt_tos)
         except Unbelieved as exc:
