@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     admin_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     bounces_port: int = Field(2626, ge=0, le=65535)
+    #: the bounce listener's SIZE: real delivery reports are a few kilobytes
+    bounces_max_bytes: int = Field(2 * 1024 * 1024, ge=64 * 1024)
+    #: per peer IP, each connection and each message takes a token (421/450 when none is left)
+    bounces_rate: float = Field(2.0, gt=0, description="tokens/s per peer IP")
+    bounces_burst: int = Field(60, ge=1)
 
     # --- development sinks -------------------------------------------------------------------
     dev_mail_dir: Path = Path("var/mail")

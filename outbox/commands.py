@@ -163,8 +163,11 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool) -> None:
     registry = CollectorRegistry()
     sinks = await _start_sinks(cfg) if dev else []
     try:
+        if not cfg.bounce_domain:
+            log.info("no OUTBOX_BOUNCE_DOMAIN: the bounce listener is not started")
         await asyncio.gather(run_worker(cfg, stop, registry), _serve_http(cfg, stop, registry),
-                             _serve_bounces(cfg, stop))
+                             *([_serve_bounces(cfg, stop, registry)] if cfg.bounce_domain
+                               else []))
     finally:
         for sink in sinks:
             await sink.close()
@@ -210,23 +213,34 @@ async def _start_sinks(cfg: Any) -> list[_Closer]:
 
 
 def cmd_bounces(args: argparse.Namespace) -> int:
+    from webhooks.bounces import ListenerConfig
+
     cfg = settings(bounces_port=args.port)
-    return run_async(lambda stop: _serve_bounces(cfg, stop))
+    try:
+        ListenerConfig.from_settings(cfg)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return run_async(lambda stop: _with_metrics(cfg, lambda reg: _serve_bounces(cfg, stop, reg)))
 
 
-async def _serve_bounces(cfg: Any, stop: asyncio.Event) -> None:
+async def _serve_bounces(cfg: Any, stop: asyncio.Event, registry: Any = None) -> None:
     from sender.bus import Bus
-    from webhooks.bounces import start_bounce_listener
+    from sender.service import make_redis
+    from webhooks.bounces import ListenerConfig, start_bounce_listener
 
+    redis = make_redis(cfg)
     bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
     await bus.connect(declare=True)
-    server = await start_bounce_listener(bus, cfg.http_host, cfg.bounces_port)
+    server = await start_bounce_listener(ListenerConfig.from_settings(cfg), bus=bus,
+                                         redis=redis, host=cfg.http_host,
+                                         port=cfg.bounces_port, registry=registry)
     try:
         await stop.wait()
     finally:
         server.close()
         await server.wait_closed()
         await bus.close()
+        await redis.aclose()
 
 
 # --- one-shot ---------------------------------------------------------------------------

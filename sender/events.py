@@ -21,9 +21,15 @@ clicked, other    —                    —
 
 The job's status and the counters move in the same single Redis round trip as after a send
 (``Gate.post_send``), deduplicated by event id, and a status never moves backwards. A status
-event is published when the job's status changed. An event that names no account can only
-teach facts about the address (a hard bounce, a complaint: global suppression); one that
-needs an account and has none goes to ``outbox.dead`` with the reason.
+event is published when the job's status changed.
+
+Who is believed: the provider webhooks verify the provider's signature before publishing, so
+an event of theirs that names no account can still teach facts about the address (a hard
+bounce, a complaint: global suppression); one that needs an account and has none goes to
+``outbox.dead`` with the reason. Events of the bounce listener (provider ``smtp``) come from
+mail anyone can send: the listener publishes only reports proven to concern a job we sent
+(signed VERP address or our quoted Message-ID, and the job's own recipient), always with their
+account and job, so one without both is not applied at all: it goes to ``outbox.dead``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from suppression.store import SuppressionStore
 
 log = logging.getLogger("outbox.events")
 
+#: ``webhooks.providers.dsn.PROVIDER``: the events of the ``outbox bounces`` listener
+LISTENER_PROVIDER = "smtp"
 _STATUS = {"delivered": "delivered", "bounced": "bounced", "soft_bounced": "soft_bounced",
            "complained": "complained", "unsubscribed": "unsubscribed"}
 
@@ -93,6 +101,8 @@ class EventApplier:
         account, job = event.get("account_id"), event.get("job_id")
         if event["type"] == "other" and event.get("reason") == "sms_start":
             return await self._opt_in(event, account)
+        if event["provider"] == LISTENER_PROVIDER and not (account and job):
+            return "a bounce listener event that names no account and job is not believed"
         if not account:
             return await self._unattributed(event, channel, counts)
         status = _STATUS.get(event["type"], "")

@@ -38,6 +38,7 @@ suppression entry of the address, plus ``SADD outbox:accounts``.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -233,7 +234,7 @@ class Gate:
         p = self.policy
         args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
                 f"{topic}:{channel}" if topic else "", repr(p.rate), p.burst,
-                repr(p.throttle_factor), p.consent_mode]
+                repr(p.throttle_factor), p.consent_mode, recipient_digest(channel, addr)]
 
         def build(pipe: Any) -> None:
             pipe.hget(keys.global_suppression(channel, addr), "reason")
@@ -319,6 +320,34 @@ class Gate:
         """The job hash, decoded (support tools and tests)."""
         raw = await self._redis.hgetall(keys.job(account_id, job_id))
         return {_text(k): _text(v) for k, v in raw.items()}
+
+
+#: Job states in which the message may have been handed to the relay: ``S`` (being sent; its
+#: bounce can overtake the post-send write) and the statuses that follow an accepted send.
+HANDED_OVER = frozenset({"S", "sent", "delivered", "bounced", "soft_bounced", "complained",
+                         "unsubscribed"})
+
+
+def recipient_digest(channel: str, address: str) -> str:
+    """What the job hash keeps of its recipient (``rc``): enough to compare, not the address."""
+    return hashlib.sha256(f"{channel}:{_normalised(channel, address)}".encode()).hexdigest()[:32]
+
+
+async def sent_to(redis: Redis, account_id: str, job_id: str, address: str | None,
+                  channel: str = "email") -> str | None:
+    """None when job ``job_id`` of ``account_id`` was handed over for exactly ``address``;
+    else why it cannot be said (no such job, not sent, another recipient)."""
+    if not address:
+        return "the report names no recipient"
+    status, digest = (_text(v) for v in await redis.hmget(keys.job(account_id, job_id),
+                                                          ["st", "rc"]))
+    if not status:
+        return f"no record of job {job_id} of account {account_id} (unknown or expired)"
+    if status not in HANDED_OVER or not digest:
+        return f"job {job_id} of account {account_id} was not sent (status {status})"
+    if not hmac.compare_digest(digest, recipient_digest(channel, address)):
+        return f"job {job_id} of account {account_id} was not sent to {address}"
+    return None
 
 
 def _suppress(pipe: Any, account_id: str, channel: str, address: str, reason: str,

@@ -8,7 +8,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 
 | key | type | expiry | what |
 | --- | --- | --- | --- |
-| ``outbox:{acct:A}:job:<id>`` | hash | ``idempotency_ttl`` (3 days) | job state: claim, final status, provider id |
+| ``outbox:{acct:A}:job:<id>`` | hash | ``idempotency_ttl`` (3 days) | job state: claim, final status, provider id, recipient digest |
 | ``outbox:{acct:A}:state`` | hash | none | ``state`` (active/throttled/blocked/suspended), ``since``, ``reason``, ``probation_until``, ``lvl:<channel>`` (0 ok, 1 throttle, 2 block) |
 | ``outbox:{acct:A}:cfg`` | hash | none | limits (``rate``, ``burst``), threshold overrides, ``consent_mode``, sender information |
 | ``outbox:{acct:A}:tb:<channel>`` | hash | ``burst / rate`` + 1 s | token bucket: ``t`` tokens, ``ts`` last refill (ms, Redis TIME) |
@@ -51,7 +51,8 @@ def account_tag(account_id: str) -> str:
 def job(account_id: str, job_id: str) -> str:
     """Job state hash: ``st`` state (``S`` sending, ``R`` waiting for a retry, or a final
     status), ``o`` owner of the claim, ``a`` attempt, ``p`` provider, ``pm`` provider message id,
-    ``r`` reason of a refusal. Expires after ``idempotency_ttl``."""
+    ``r`` reason of a refusal, ``rc`` digest of the recipient (written on the claim:
+    ``gate.recipient_digest``). Expires after ``idempotency_ttl``."""
     return f"{account_tag(account_id)}:job:{job_id}"
 
 

@@ -1,65 +1,314 @@
 """``outbox bounces``: an SMTP listener for the bounces of a self-run relay.
 
-Point the relay's bounce address (the VERP domain, or the envelope sender) here. Each message
-is parsed as an RFC 3464 delivery report or an RFC 5965 feedback report; its events are
-published to ``outbox.events`` and only then is the message accepted (250). A message that is
-not a report (an auto-reply, say) is accepted and kept on ``outbox.dead`` with the reason, so
-nothing vanishes; when the broker cannot take it, the answer is 451 and the relay retries.
+Point the MX of ``OUTBOX_BOUNCE_DOMAIN`` here. Anyone on the Internet can connect, so what a
+message says is believed only when it proves it concerns a message we sent:
+
+* (a) it comes to a correctly signed VERP address ``bounce+<account>+<job>+<sig>@<domain>``
+  (:mod:`suppression.verp`; any key of ``OUTBOX_SECRET_KEY`` verifies), or
+* (b) without a VERP address, it quotes our ``Message-ID: <job@OUTBOX_MESSAGE_ID_DOMAIN>`` and
+  ``X-Outbox-Account`` of that job;
+
+and in both cases every recipient the report names is the job's own: the job hash must show
+the job handed over (``gate.HANDED_OVER``) for exactly that recipient (``rc``, written on the
+claim). A signed address is no proof about the recipient (every recipient of our mail sees
+its own VERP address), so (a) checks it too; a job whose record has expired cannot be checked
+and is not believed. Believed reports are published to ``outbox.events`` (one event per
+recipient, its id derived from the job, recipient and type: a report repeated is applied once)
+and only then accepted (250).
+
+Anything else changes NOTHING: a message that is not a report, a VERP address without a
+correct signature, a Message-ID that is not ours or of a job not sent to the recipient named,
+no attribution at all. It is accepted (250, so nobody retries it), kept as evidence on
+``outbox.dead`` (its first :data:`EVIDENCE_BYTES`; ``x-outbox-reason`` says why and whether
+it was cut), counted in ``outbox_bounces_total{result}`` and logged with one WARNING line.
+
+At the SMTP level: recipients outside the bounce domain get 550 5.1.1 at RCPT; at most
+:data:`MAX_RECIPIENTS` per message; ``SIZE`` is ``OUTBOX_BOUNCES_MAX_BYTES`` (552 above it);
+each connection and each message takes a token from its peer IP's bucket
+(``OUTBOX_BOUNCES_RATE``/``OUTBOX_BOUNCES_BURST``; 421 and close, or 450, when empty). Every
+4xx/5xx reply is logged (one line) and counted (``refused`` for 5xx, ``deferred`` for 4xx).
+When the broker or Redis cannot be reached the answer is 451 and the relay retries.
+
+``result``: ``accepted``, ``not_report``, ``unattributed``, ``refused``, ``deferred``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from config import Settings
 from sender.bus import Bus, PublishFailed
+from suppression.gate import sent_to
+from suppression.verp import parse_verp, verify_verp
 from webhooks.events import publish_events
 from webhooks.providers import dsn
-from webhooks.providers.base import PayloadError
+from webhooks.providers.base import PayloadError, ProviderEvent, safe_id
 
 log = logging.getLogger("outbox.bounces")
-MAX_REPORT_BYTES = 10 * 1024 * 1024
+
+EVIDENCE_BYTES = 256 * 1024  # what outbox.dead keeps of a message that is not believed
+MAX_RECIPIENTS = 10  # a report goes to one address; a few for relays that batch
+IDLE_TIMEOUT = 60.0
+RESULTS = ("accepted", "not_report", "unattributed", "refused", "deferred")
+TRY_LATER = "451 4.3.0 Temporary failure, try again later"
+
+
+class Unbelieved(Exception):
+    """The report does not prove it concerns a message we sent; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """What the listener needs from the settings."""
+
+    domain: str
+    keys: tuple[str, ...]
+    message_id_domain: str
+    max_bytes: int = 2 * 1024 * 1024
+    rate: float = 2.0
+    burst: int = 60
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ListenerConfig:
+        """ValueError when ``OUTBOX_BOUNCE_DOMAIN`` is not set: nothing could be accepted."""
+        if not settings.bounce_domain:
+            raise ValueError("OUTBOX_BOUNCE_DOMAIN is not set: the bounce listener accepts "
+                             "mail only for that domain")
+        return cls(domain=settings.bounce_domain.lower(), keys=settings.secret_keys,
+                   message_id_domain=settings.message_id_domain,
+                   max_bytes=settings.bounces_max_bytes, rate=settings.bounces_rate,
+                   burst=settings.bounces_burst)
+
+
+class PeerBuckets:
+    """An in-memory token bucket per peer IP (the least recently seen forgotten past
+    ``max_peers``)."""
+
+    def __init__(self, rate: float, burst: int, *, max_peers: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate, self._burst, self._max = rate, float(burst), max_peers
+        self._clock = clock
+        self._peers: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at); oldest first
+
+    def take(self, peer: str) -> bool:
+        """Take a token for ``peer``; False when it has none left."""
+        now = self._clock()
+        tokens, at = self._peers.pop(peer, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        allowed = tokens >= 1
+        self._peers[peer] = (tokens - 1 if allowed else tokens, now)
+        if len(self._peers) > self._max:
+            del self._peers[next(iter(self._peers))]
+        return allowed
+
+
+class BounceMetrics:
+    """``outbox_bounces_total{result}``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter("outbox_bounces_total", "Bounce listener messages and "
+                                "refusals by result", ["result"], registry=registry)
+        for result in RESULTS:
+            self.messages.labels(result)
+
+    def count(self, result: str) -> None:
+        self.messages.labels(result).inc()
+
+
+def _peer_ip(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown")
 
 
 class BounceHandler:
-    """aiosmtpd handler: parse, publish, then accept."""
+    """aiosmtpd handler: refuse what is not for us, believe only what proves itself."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, config: ListenerConfig, *, bus: Bus, redis: Redis,
+                 metrics: BounceMetrics, buckets: PeerBuckets) -> None:
+        self._config = config
         self._bus = bus
-        self.accepted = 0
+        self._redis = redis
+        self._metrics = metrics
+        self._buckets = buckets
+        self._message_id = re.compile(
+            rf"^<([A-Za-z0-9][A-Za-z0-9._\-]{{0,127}})@{re.escape(config.message_id_domain)}>$",
+            re.IGNORECASE)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if not self._buckets.take(_peer_ip(session.peer)):
+            return "450 4.7.1 Too many messages from your address, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if address.rpartition("@")[2].lower() != self._config.domain:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: not a bounce address"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         try:
             events = dsn.parse(raw, envelope.rcpt_tos)
         except PayloadError as exc:
-            return await self._not_a_report(raw, str(exc))
+            return await self._keep(raw, "not_report", str(exc), session, envelope)
+        except Exception as exc:  # the parser choked on hostile input: kept, not retried forever
+            return await self._keep(raw, "not_report", f"unreadable ({type(exc).__name__}: "
+                                    f"{exc})", session, envelope)
         try:
-            count = await publish_events(self._bus, events)
+            believed = await self._believe(events, envelope.rcpt_tos)
+        except Unbelieved as exc:
+            return await self._keep(raw, "unattributed", str(exc), session, envelope)
+        except (RedisError, OSError) as exc:
+            log.warning("report not checked (Redis), asking the relay to retry: %s", exc)
+            return TRY_LATER
+        try:
+            count = await publish_events(self._bus, believed)
         except PublishFailed as exc:
             log.warning("report not published, asking the relay to retry: %s", exc)
-            return "451 4.3.0 Temporary failure, try again later"
-        self.accepted += 1
-        log.info("report accepted", extra={"events": count})
+            return TRY_LATER
+        self._metrics.count("accepted")
+        first = believed[0]
+        log.info("report accepted", extra={"events": count, "account": first.account_id,
+                                           "job": first.job_id, "type": first.type})
         return "250 2.0.0 Report accepted"
 
-    async def _not_a_report(self, raw: bytes, reason: str) -> str:
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("bounce listener: unexpected error", exc_info=error)
+        return TRY_LATER
+
+    async def _believe(self, events: list[ProviderEvent],
+                       rcpt_tos: list[str]) -> list[ProviderEvent]:
+        """The events with their account and job, when the report proves them; Unbelieved
+        otherwise."""
+        if not events:
+            raise Unbelieved("the report has no recipient block with an Action")
+        account, job = self._verp(rcpt_tos) or self._quoted(events[0])
+        for event in events:
+            problem = await sent_to(self._redis, account, job, event.recipient)
+            if problem:
+                raise Unbelieved(problem)
+        return [dataclasses.replace(
+            e, account_id=account, job_id=job,
+            event_id=hashlib.sha256(f"{account}|{job}|{e.recipient}|{e.type}".encode())
+            .hexdigest()[:32]) for e in events]
+
+    def _verp(self, rcpt_tos: list[str]) -> tuple[str, str] | None:
+        claimed = [a for a in rcpt_tos
+                   if parse_verp(a) or a.strip("<>").lower().startswith("bounce+")]
+        for address in claimed:
+            verified = verify_verp(address, self._config.keys, self._config.domain)
+            if verified:
+                return verified
+        if claimed:
+            raise Unbelieved(f"VERP address {claimed[0]} has no correct signature")
+        return None
+
+    def _quoted(self, event: ProviderEvent) -> tuple[str, str]:
+        match = self._message_id.match((event.message_id or "").strip())
+        account = safe_id(event.account_id)
+        if not match or not account:
+            raise Unbelieved("names no job of ours: no signed VERP address, and no quoted "
+                             f"Message-ID <job@{self._config.message_id_domain}> with "
+                             "X-Outbox-Account")
+        return account, match.group(1)
+
+    async def _keep(self, raw: bytes, result: str, reason: str, session: Session,
+                    envelope: Envelope) -> str:
+        """Keep a message we do not act on as evidence (capped), count it, log one line."""
+        kept = raw[:EVIDENCE_BYTES]
+        cut = f" [first {len(kept)} of {len(raw)} bytes kept]" if len(kept) < len(raw) else ""
+        peer, rcpts = _peer_ip(session.peer), ",".join(envelope.rcpt_tos)
+        headers = {"x-outbox-peer": peer, "x-outbox-mail-from": str(envelope.mail_from)[:500],
+                   "x-outbox-rcpt-to": rcpts[:1000], "x-outbox-size": len(raw)}
         try:
-            await self._bus.publish_dead(raw, f"bounces listener: {reason}", "bounces")
-        except PublishFailed:
-            return "451 4.3.0 Temporary failure, try again later"
-        return "250 2.0.0 Accepted (not a report; kept for inspection)"
+            await self._bus.publish_dead(kept, f"bounces listener: {result}{cut}: {reason}",
+                                         "bounces", headers=headers)
+        except PublishFailed as exc:
+            log.warning("message not kept, asking the sender to retry: %s", exc)
+            return TRY_LATER
+        self._metrics.count(result)
+        log.warning("bounce listener: %s from %s to %s kept on outbox.dead, nothing changed: "
+                    "%s", result, peer, rcpts, reason,
+                    extra={"result": result, "peer": peer, "size": len(raw)})
+        return "250 2.0.0 Accepted (not acted on; kept for inspection)"
 
 
-async def start_bounce_listener(bus: Bus, host: str, port: int) -> asyncio.Server:
+class ListenerSMTP(SMTP):
+    """aiosmtpd's SMTP with a per-peer connection limit and a log line and count for every
+    refusal (4xx/5xx reply)."""
+
+    def __init__(self, handler: BounceHandler, *, buckets: PeerBuckets,
+                 metrics: BounceMetrics, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._buckets = buckets
+        self._metrics = metrics
+        self._turned_away = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = _peer_ip(transport.get_extra_info("peername"))
+        if self._original_transport is None and not self._buckets.take(peer):
+            self._turned_away = True
+            self._metrics.count("deferred")
+            log.warning("bounce listener refused a connection from %s: over its rate", peer)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(b"421 4.7.0 Too many connections from your address, "
+                                b"try again later\r\n")
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._turned_away:
+            super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._turned_away:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._turned_away else super().eof_received()
+
+    async def push(self, status: str | bytes) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if text[:1] in ("4", "5"):
+            self._metrics.count("refused" if text[:1] == "5" else "deferred")
+            log.warning("bounce listener refused %s: %s", _peer_ip(self.session.peer
+                                                                   if self.session else None),
+                        text)
+        await super().push(status)
+
+
+async def start_bounce_listener(config: ListenerConfig, *, bus: Bus, redis: Redis, host: str,
+                                port: int,
+                                registry: CollectorRegistry | None = None) -> asyncio.Server:
     """Start the listener in the running loop."""
-    handler = BounceHandler(bus)
+    metrics = BounceMetrics(registry or CollectorRegistry())
+    buckets = PeerBuckets(config.rate, config.burst)
+    handler = BounceHandler(config, bus=bus, redis=redis, metrics=metrics, buckets=buckets)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, data_size_limit=MAX_REPORT_BYTES, enable_SMTPUTF8=True,
-                     hostname="outbox-bounces"),
+        lambda: ListenerSMTP(handler, buckets=buckets, metrics=metrics,
+                             data_size_limit=config.max_bytes, enable_SMTPUTF8=True,
+                             hostname="outbox-bounces", timeout=IDLE_TIMEOUT),
         host=host, port=port)
-    log.info("bounce listener on %s:%d", host, port)
+    log.info("bounce listener on %s:%d for @%s", host, port, config.domain)
     return server

@@ -203,8 +203,8 @@ class EmailOptions:
 
     message_id_domain: str
     public_url: str = "http://127.0.0.1:8080"
-    secret_key: str = "dev-only-secret-change-me"
-    bounce_domain: str | None = None  # VERP envelope senders bounce+<acct>+<job>@ this
+    secret_key: str = "dev-only-secret-change-me"  # signs unsubscribe links and VERP addresses
+    bounce_domain: str | None = None  # VERP envelope senders bounce+<acct>+<job>+<sig>@ this
     mx: MxChecker | None = None
     relay: str = "smtp"  # ses, sendgrid, mailgun, postmark: tag mail the way its events return
 
@@ -283,7 +283,7 @@ class SmtpChannel:
                                  account_id=job.account_id, recipient=job.to, job_id=job.id)
             extra += c.headers
             footer_text, footer_html = c.footer_text, c.footer_html
-        envelope = (verp_address(job.account_id, job.id, o.bounce_domain)
+        envelope = (verp_address(job.account_id, job.id, o.bounce_domain, o.secret_key)
                     if o.bounce_domain else None)
         return render_email(job, message_id_domain=o.message_id_domain, extra_headers=extra,
                             footer_text=footer_text, footer_html=footer_html,

@@ -9,7 +9,8 @@
 -- KEYS[7]  token bucket             outbox:{acct:A}:tb:<channel>
 -- ARGV     owner, redelivered (0/1), expired (0/1), ttl seconds, attempt,
 --          category, prefs field ('<topic>:<channel>' or ''), default rate (msg/s),
---          default burst, throttle factor, default consent mode
+--          default burst, throttle factor, default consent mode, recipient digest (stored
+--          as 'rc' on the claim: a bounce that quotes the job must name this recipient)
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
 --          a marketing job that may be sent, the account's sender information after them:
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
@@ -96,7 +97,7 @@ end
 redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 
-redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt)
+redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', ARGV[12] or '')
 redis.call('EXPIRE', job, ttl)
 if category == 'marketing' then
   return {'send', '', '', '', attempt, '', 0, cfg[4] or '', cfg[5] or '', cfg[6] or '',

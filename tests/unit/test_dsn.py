@@ -46,15 +46,6 @@ def test_a_plain_message_is_not_a_report():
         dsn.parse(b"From: a@b\r\nSubject: hello\r\n\r\nout of office\r\n")
 
 
-def test_verp_round_trip():
-    from suppression.verp import parse_verp, verp_address
-
-    address = verp_address("acct_1", "job.9-x", "b.example")
-    assert address == "bounce+acct_1+job.9-x@b.example"
-    assert parse_verp(f"<{address}>") == ("acct_1", "job.9-x")
-    assert parse_verp("someone@b.example") is None
-
-
 def test_an_arf_report_names_the_account_by_the_quoted_header():
     raw = (DATA / "arf-abuse.eml").read_bytes().replace(
         b"Message-ID: <job-77@mail.outbox.example>",

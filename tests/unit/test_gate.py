@@ -171,3 +171,28 @@ async def test_a_cancelled_call_does_not_leave_replies_on_a_pooled_connection(ga
     await asyncio.gather(*tasks, return_exceptions=True)
     verdicts = [(await check(gate, job_id=f"after-{i}")).verdict for i in range(10)]
     assert verdicts == ["send"] * 10
+
+
+async def test_the_claim_keeps_a_digest_of_the_recipient_that_sent_to_compares(gate, redis):
+    from suppression.gate import recipient_digest, sent_to
+
+    await check(gate, job_id="j-rc", address="Bob@Example.com")
+    state = await gate.job_state(A, "j-rc")
+    assert state["rc"] == recipient_digest("email", "bob@example.com")
+    assert "bob" not in state["rc"]  # a digest, not the address
+    assert await sent_to(redis, A, "j-rc", "bob@EXAMPLE.com") is None
+    assert "not sent to eve@example.com" in await sent_to(redis, A, "j-rc", "eve@example.com")
+    assert "no record" in await sent_to(redis, A, "j-none", "bob@example.com")
+    assert "no record" in await sent_to(redis, "acct_other", "j-rc", "bob@example.com")
+    assert "names no recipient" in await sent_to(redis, A, "j-rc", None)
+    await gate.post_send(A, "j-rc", status="sent", attempt=1)  # the digest stays
+    assert await sent_to(redis, A, "j-rc", "bob@example.com") is None
+
+
+async def test_a_job_refused_before_the_send_was_not_sent_to_anyone(gate, redis):
+    from suppression.gate import sent_to
+
+    await redis.hset("outbox:{acct:" + A + "}:state", "state", "blocked")
+    await check(gate, job_id="j-refused", address="bob@example.com")
+    assert "was not sent (status blocked)" in await sent_to(redis, A, "j-refused",
+                                                            "bob@example.com")
