@@ -329,8 +329,9 @@ HANDED_OVER = frozenset({"S", "sent", "delivered", "bounced", "soft_bounced", "c
 
 
 def recipient_digest(channel: str, address: str) -> str:
-    """What the job hash keeps of its recipient (``rc``): enough to compare, not the address."""
-    return hashlib.sha256(f"{channel}:{_normalised(channel, address)}".encode()).hexdigest()[:32]
+    """What the job hash keeps of its recipient (``rc``): enough to compare, not the address.
+    ``address`` is canonical (:func:`suppression.address.normalise`)."""
+    return hashlib.sha256(f"{channel}:{address}".encode()).hexdigest()[:32]
 
 
 async def sent_to(redis: Redis, account_id: str, job_id: str, address: str | None,
@@ -345,7 +346,11 @@ async def sent_to(redis: Redis, account_id: str, job_id: str, address: str | Non
         return f"no record of job {job_id} of account {account_id} (unknown or expired)"
     if status not in HANDED_OVER or not digest:
         return f"job {job_id} of account {account_id} was not sent (status {status})"
-    if not hmac.compare_digest(digest, recipient_digest(channel, address)):
+    try:
+        canonical = normalise(channel, address)
+    except BadAddress:
+        return f"the report names no valid recipient ({address!r})"
+    if not hmac.compare_digest(digest, recipient_digest(channel, canonical)):
         return f"job {job_id} of account {account_id} was not sent to {address}"
     return None
 
