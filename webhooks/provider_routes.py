@@ -88,6 +88,12 @@ class _ProviderWebhooks:
             events = parse(body, content_type)
         except PayloadError as exc:
             raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            # a signed body of a shape the parser does not expect (a list where the provider
+            # documents an object, say): refused like any unreadable payload, never a 500
+            raise self._refuse(web.HTTPBadRequest, "bad_payload",
+                               f"payload not understood ({type(exc).__name__}: {exc})"[:300]
+                               ) from None
         return [self._attribute(e) for e in events]
 
     def _attribute(self, event: ProviderEvent) -> ProviderEvent:
