@@ -86,7 +86,8 @@ async def _serve_http(cfg: Any, stop: asyncio.Event, registry: Any = None) -> No
     from webhooks.app import make_app
 
     redis = make_redis(cfg)
-    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers,
+              status_max_length=cfg.status_queue_max_length)
     await bus.connect(declare=True)
     app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry())
     runner = web.AppRunner(app, access_log=None)
@@ -178,7 +179,8 @@ async def _serve_bounces(cfg: Any, stop: asyncio.Event) -> None:
     from sender.bus import Bus
     from webhooks.bounces import start_bounce_listener
 
-    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers,
+              status_max_length=cfg.status_queue_max_length)
     await bus.connect(declare=True)
     server = await start_bounce_listener(bus, cfg.http_host, cfg.bounces_port)
     try:

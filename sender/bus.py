@@ -45,9 +45,11 @@ class Bus:
     connection reconnects forever and consumers are restored by aio-pika.
     """
 
-    def __init__(self, url: str, *, retry_tiers: tuple[int, ...]) -> None:
+    def __init__(self, url: str, *, retry_tiers: tuple[int, ...],
+                 status_max_length: int = topology.DEFAULT_STATUS_QUEUE_MAX_LENGTH) -> None:
         self._url = url
         self.retry_tiers = retry_tiers
+        self.status_max_length = status_max_length
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
 
@@ -59,7 +61,7 @@ class Bus:
         self._channel = await self.connection.channel(publisher_confirms=True,
                                                       on_return_raises=True)
         if declare:
-            await topology.declare(self._channel, self.retry_tiers)
+            await topology.declare(self._channel, self.retry_tiers, self.status_max_length)
 
     async def channel(self, prefetch: int) -> AbstractChannel:
         """A new channel for consuming, with its prefetch."""
@@ -108,8 +110,12 @@ class Bus:
                            message_id=message_id)
 
     async def publish_event(self, event: dict[str, Any]) -> None:
-        """Publish one status event on ``outbox.status`` as ``<channel>.<status>``."""
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        """Publish one status event on ``outbox.status`` as ``<channel>.<status>``.
+
+        Always valid JSON: NaN/Infinity raise ValueError here (jobs holding them are refused
+        at validation, so this is a bug, never a CRM's parse error)."""
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode()
         key = f"{event.get('channel') or 'unknown'}.{event['status']}"
         await self.publish(topology.STATUS_EXCHANGE, key, body, message_id=event.get("id"))
 
