@@ -128,7 +128,7 @@ class Pipeline:
             return
         if job.channel != queue_channel or job.channel not in self._channels:
             await self._reject_invalid(message, InvalidJob(
-                f"a {job.channel} job on the {queue_channel} queue (routing key "
+                f"an {job.channel} job on the {queue_channel} queue (routing key "
                 f"{message.routing_key!r}): publish it with routing key {job.channel!r}",
                 job.id, job.account_id, job.channel), queue_channel)
             return
