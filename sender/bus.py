@@ -21,6 +21,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import AMQPError as AiormqError
+from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
 BasicProperties = Basic.Properties
@@ -36,6 +37,12 @@ REASON_HEADER = "x-outbox-reason"
 
 class PublishFailed(RuntimeError):
     """The broker did not confirm the message; the caller still owns it."""
+
+
+#: What an ack, nack or publish raises when the broker connection is gone: the delivery is
+#: the broker's again (it requeues it), nothing about the job itself.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    PublishFailed, AMQPError, AiormqError, ChannelInvalidStateError, ConnectionError)
 
 
 class Bus:
@@ -138,7 +145,11 @@ class Bus:
         await self.publish("", queue, body, headers=headers)
 
     async def close(self) -> None:
-        """Close the connection (unsettled deliveries return to their queues)."""
+        """Close the connection (unsettled deliveries return to their queues); bounded, so a
+        broker outage cannot hold a stopping process."""
         if self.connection is not None:
-            await self.connection.close()
-            self.connection = None
+            connection, self.connection = self.connection, None
+            try:
+                await asyncio.wait_for(connection.close(), 10)
+            except TimeoutError:
+                log.warning("the broker did not answer the close; leaving the connection")

@@ -49,7 +49,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sender.bus import ATTEMPT_HEADER, FIRST_SEEN_HEADER, Bus, PublishFailed
+from sender.bus import ATTEMPT_HEADER, BROKER_ERRORS, FIRST_SEEN_HEADER, Bus
 from sender.channels.base import Channel, NotSent, SendFailure, SendResult
 from sender.metrics import Metrics
 from sender.mime import MimeError
@@ -140,7 +140,7 @@ class Pipeline:
         if decision.verdict == "send":
             await self._send(message, job, attempt, decision.sender)
         else:
-            await asyncio.shield(self._not_sent(message, job, decision))
+            await protected(self._not_sent(message, job, decision))
 
     async def _not_sent(self, message: AbstractIncomingMessage, job: Job,
                         decision: Decision) -> None:
@@ -205,18 +205,18 @@ class Pipeline:
             raise Stopping from exc
         except SendFailure as failure:
             self._metrics.provider_replies.labels(failure.provider, failure.outcome.kind).inc()
-            await asyncio.shield(self._failed(message, job, attempt, failure))
+            await protected(self._failed(message, job, attempt, failure))
             return
         except (MimeError, InvalidJob) as exc:
-            await asyncio.shield(self._unrenderable(message, job, attempt, str(exc)))
+            await protected(self._unrenderable(message, job, attempt, str(exc)))
             return
         finally:
             inflight.dec()
         self._metrics.send_seconds.labels(job.channel, result.provider).observe(
             time.perf_counter() - started)
         try:
-            await asyncio.shield(self._sent(message, job, attempt, result))
-        except (Stopping, PublishFailed, asyncio.CancelledError):
+            await protected(self._sent(message, job, attempt, result))
+        except (Stopping, asyncio.CancelledError, *BROKER_ERRORS):
             raise
         except Exception as exc:
             raise SentThenFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -399,6 +399,29 @@ class Pipeline:
                 continue
             self._metrics.redis_seconds.observe(time.perf_counter() - started)
             return result
+
+
+async def protected(step: Awaitable[None]) -> None:
+    """Run a settling step to its end even if the delivery's task is cancelled (aiormq cancels
+    its consumers' tasks when a channel closes: a broker restart). What the orphaned step
+    raises later is logged once here; a bare ``asyncio.shield`` left it to asyncio's "Task
+    exception was never retrieved" with a traceback for every job in flight."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_orphan_done)
+        raise
+
+
+def _orphan_done(task: asyncio.Future[None]) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    exc = task.exception()
+    if isinstance(exc, (Stopping, *BROKER_ERRORS)):
+        log.warning("after the delivery was cancelled: %s; RabbitMQ redelivers the job", exc)
+    else:
+        log.error("after the delivery was cancelled", exc_info=exc)
 
 
 async def nack(message: AbstractIncomingMessage) -> None:

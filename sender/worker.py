@@ -23,20 +23,23 @@ from redis.asyncio import Redis
 
 from config import Settings
 from sender import topology
-from sender.bus import Bus, PublishFailed
+from sender.bus import BROKER_ERRORS, Bus
 from sender.channels.base import Channel
 from sender.channels.mx import MxChecker
 from sender.channels.smtp import DomainLimiter, EmailOptions, SmtpChannel, SmtpPool
 from sender.channels.twilio import TwilioChannel, TwilioConfig
 from sender.events import EventApplier
 from sender.metrics import Metrics
-from sender.pipeline import Pipeline, RetryPolicy, Stopping, nack
+from sender.pipeline import Pipeline, RetryPolicy, Stopping, nack, protected
 from suppression.gate import Gate
 from suppression.reputation import Policy
 from suppression.store import AccountStore, SuppressionStore
 
 log = logging.getLogger("outbox.worker")
 ACCOUNTS_GAUGE_PERIOD = 30.0  # seconds between refreshes of outbox_accounts{state}
+#: seconds for one broker call while stopping: a robust channel waits for the broker forever,
+#: and a SIGTERM during an outage must still end the process (the broker requeues anyway)
+BROKER_CALL_TIMEOUT = 5.0
 
 
 class Worker:
@@ -150,8 +153,9 @@ class Worker:
                     await handle(message)
         except (Stopping, asyncio.CancelledError):
             pass
-        except PublishFailed as exc:
-            log.warning("publish failed, job returned to its queue: %s", exc)
+        except BROKER_ERRORS as exc:  # not the job's fault: never counted towards poison
+            log.warning("broker: %s: %s; the job goes back to its queue",
+                        type(exc).__name__, exc)
             await nack(message)
         except Exception as exc:
             await self._unexpected(message, exc, source)
@@ -161,7 +165,7 @@ class Worker:
     async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception,
                           source: str) -> None:
         try:
-            await asyncio.shield(self.pipeline.unexpected(message, exc, source,
+            await protected(self.pipeline.unexpected(message, exc, source,
                                                           announce=source != "events"))
         except Exception as again:  # could not dead-letter: the broker keeps it
             log.warning("could not dead-letter after %s (%s), returned to its queue",
@@ -180,7 +184,7 @@ class Worker:
             self._gauge_task = None
         for queue, tag in self._consumers:
             try:
-                await queue.cancel(tag)
+                await asyncio.wait_for(queue.cancel(tag), BROKER_CALL_TIMEOUT)
             except Exception as exc:  # the channel may already be gone
                 log.debug("cancel %s: %s", tag, exc)
         self._consumers.clear()
@@ -201,7 +205,7 @@ class Worker:
             self._gauge_channel = None
         for channel in self._amqp_channels:
             try:
-                await channel.close()
+                await asyncio.wait_for(channel.close(), BROKER_CALL_TIMEOUT)
             except Exception as exc:
                 log.debug("closing channel: %s", exc)
         self._amqp_channels.clear()

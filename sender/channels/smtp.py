@@ -68,6 +68,7 @@ class SmtpPool:
         self._factory = factory
         self._slots = Slots(size)
         self._idle: list[_Conn] = []
+        self._quitting: set[asyncio.Task[None]] = set()  # referenced until done
         self.opened = 0  # connections opened so far (tests and metrics)
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
@@ -133,7 +134,9 @@ class SmtpPool:
 
     def _discard(self, conn: _Conn) -> None:
         if conn.smtp.is_connected:
-            asyncio.get_running_loop().create_task(_quit(conn.smtp))
+            task = asyncio.get_running_loop().create_task(_quit(conn.smtp))
+            self._quitting.add(task)
+            task.add_done_callback(self._quitting.discard)
 
     def stop(self) -> None:
         """No new transaction starts; those waiting for a slot raise NotSent now."""
@@ -142,7 +145,7 @@ class SmtpPool:
     async def close(self) -> None:
         """QUIT every idle connection."""
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(_quit(c.smtp) for c in idle))
+        await asyncio.gather(*(_quit(c.smtp) for c in idle), *self._quitting)
 
 
 _UNSAFE = re.compile(r"[\x00-\x20<>\x7f]")

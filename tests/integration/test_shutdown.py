@@ -86,3 +86,31 @@ async def test_stop_starts_no_new_send_and_loses_nothing(make_settings, held_rel
     received = relay.ids()
     assert set(received) == {j["id"] for j in jobs}
     assert max(received.values()) == 1, "nothing sent twice"
+
+
+async def test_a_shutdown_during_a_broker_outage_ends(make_settings, smtp_server, amqp_url):
+    """A robust channel waits for the broker forever: cancelling the consumers during an
+    outage hung SIGTERM until the broker came back."""
+    from urllib.parse import urlsplit
+
+    from tests.integration.proxy import TcpProxy
+
+    smtp_url, recorder = smtp_server
+    proxy = await TcpProxy(urlsplit(amqp_url).port).start()
+    port = urlsplit(amqp_url).port
+    settings = make_settings(smtp_url=smtp_url,
+                             amqp_url=amqp_url.replace(f":{port}/", f":{proxy.port}/"))
+    jobs = [email_job() for _ in range(5)]
+    try:
+        async with running_worker(settings) as worker:
+            await publish(amqp_url, jobs)
+            await collect(amqp_url, "outbox.status", lambda m: len(m) >= 5)
+            await proxy.cut()
+            await asyncio.sleep(0.5)
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(worker.stop(), 15)
+        # stop, close of the channels, of the SMTP pool and of the connection: all bounded
+        assert asyncio.get_running_loop().time() - started < 25
+    finally:
+        await proxy.close()
+    assert len(recorder.messages) == 5
