@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings, SettingsError, load_settings
+from sender.topology import TopologyMismatch
 
 log = logging.getLogger("outbox.cli")
 
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
-    except (SettingsError, CliError) as exc:
+    except (SettingsError, CliError, TopologyMismatch) as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -230,3 +230,24 @@ async def test_a_status_queue_declared_otherwise_is_named_with_the_fix(amqp_url)
     unbounded = Bus(amqp_url, retry_tiers=(1,), status_max_length=0)
     await unbounded.connect()  # the setting that matches it works
     await unbounded.close()
+
+
+async def test_the_worker_names_a_mismatched_status_queue_in_one_line(amqp_url, redis_url):
+    import os
+    import subprocess
+    import sys
+
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    await channel.declare_queue("outbox.status", durable=True,
+                                arguments={"x-queue-type": "quorum"})
+    await connection.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env.update(OUTBOX_AMQP_URL=amqp_url, OUTBOX_REDIS_URL=redis_url)
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "outbox", "--log-level", "ERROR", "worker"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "outbox: queue outbox.status exists with other arguments ("), done.stderr
