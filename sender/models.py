@@ -33,7 +33,8 @@ SCHEMA_VERSION = 1
 #: Nesting allowed in a job (objects and arrays); a real job is 3 deep.
 MAX_DEPTH = 64
 #: RFC 3339 date-time with its time zone (``Z`` or ``±hh:mm``)
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 #: Ids are used in Message-IDs (dot-atom text: no ':'), VERP addresses, Redis keys and URLs.
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"

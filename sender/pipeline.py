@@ -349,9 +349,10 @@ class Pipeline:
         log.error("dead-lettered: %s", reason, exc_info=cause)  # the one traceback
         await self._bus.publish_dead(message.body, reason, channel,
                                      headers=dict(message.headers))
-        if announce and not after_send:
-            await self._announce_error(message, channel, reason)
-        self._metrics.jobs.labels(channel, "failed").inc()
+        if announce:
+            if not after_send:
+                await self._announce_error(message, channel, reason)
+            self._metrics.jobs.labels(channel, "failed").inc()
         await message.ack()
 
     async def _announce_error(self, message: AbstractIncomingMessage, channel: str,

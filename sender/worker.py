@@ -4,8 +4,8 @@
 channels first (a send not yet started, e.g. waiting for an SMTP connection, gives up and is
 left unsettled), cancels the consumers (no new work), waits up to ``shutdown_grace`` seconds
 for the sends in flight, then cancels the rest; whatever was not settled (including
-prefetched messages never started) goes back to its queue when the channels close. Concurrency is capped twice: the broker's
-prefetch per queue and a semaphore around the work.
+prefetched messages never started) goes back to its queue when the channels close.
+Concurrency is capped twice: the broker's prefetch per queue and a semaphore around the work.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class Worker:
                           source: str) -> None:
         try:
             await protected(self.pipeline.unexpected(message, exc, source,
-                                                          announce=source != "events"))
+                                                     announce=source != "events"))
         except Exception as again:  # could not dead-letter: the broker keeps it
             log.warning("could not dead-letter after %s (%s), returned to its queue",
                         type(exc).__name__, again)
