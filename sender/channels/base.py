@@ -43,6 +43,11 @@ class Slots:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.closed = False
 
+    @property
+    def free(self) -> int:
+        """Slots not in use (tests, metrics)."""
+        return self._free
+
     async def acquire(self) -> None:
         if self.closed:
             raise NotSent("stopping")
