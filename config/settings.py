@@ -117,12 +117,17 @@ class Settings(BaseSettings):
     # --- worker --------------------------------------------------------------------------
     prefetch: int = Field(64, ge=1, le=10000)
     concurrency: int = Field(64, ge=1, le=10000)
-    shutdown_grace: float = Field(20.0, ge=0)
+    #: on SIGTERM, time for sends in flight; at least smtp_timeout (a send may wait that long
+    #: for the relay's reply, and one cut mid-DATA may already be stored: a duplicate)
+    shutdown_grace: float = Field(40.0, ge=0)
     idempotency_ttl: int = Field(3 * 86400, ge=3600, description="seconds a job id is remembered")
     retry_tiers: Annotated[tuple[int, ...], NoDecode] = DEFAULT_RETRY_TIERS
     retry_max_attempts: int = Field(12, ge=1)
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    #: status events kept in outbox.status when the CRM does not consume (oldest dropped
+    #: first); 0 = unbounded. Must match the queue's existing x-max-length.
+    status_queue_max_length: int = Field(100_000, ge=0)
     message_id_domain: str = "outbox.localhost"
     bounce_domain: str | None = None  # VERP: envelope sender bounce+<acct>+<job>@<this>
     #: the relay behind OUTBOX_SMTP_URL, so its events can name the job and account again
@@ -285,6 +290,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _grace_covers_a_send(self) -> Settings:
+        if self.shutdown_grace < self.smtp_timeout:
+            raise ValueError(
+                f"OUTBOX_SHUTDOWN_GRACE ({self.shutdown_grace:g} s) must be at least "
+                f"OUTBOX_SMTP_TIMEOUT ({self.smtp_timeout:g} s): a send in flight at shutdown "
+                "may wait that long for the relay's reply")
+        return self
+
+    @model_validator(mode="after")
     def _twilio_complete(self) -> Settings:
         parts = (self.twilio_account_sid, self.twilio_auth_token)
         if any(parts) and not all(parts):
@@ -368,7 +382,11 @@ def _unknown_env(env: dict[str, str]) -> list[str]:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        name = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if not name:  # a rule across settings: its message names them
+            lines.append(msg)
+            continue
         label = f"{ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
-        lines.append(f"{label}: {err['msg']}")
+        lines.append(f"{label}: {msg}")
     return "invalid settings: " + "; ".join(lines)

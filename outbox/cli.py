@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings, SettingsError, load_settings
+from sender.topology import TopologyMismatch
 
 log = logging.getLogger("outbox.cli")
 
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
-    except (SettingsError, CliError) as exc:
+    except (SettingsError, CliError, TopologyMismatch) as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -106,9 +107,23 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+#: (logger, text in the message) of library records that are no news: on a broker restart
+#: aio-pika tries to reopen every robust channel on the dead connection and logs each failure
+#: as an error; the robust connection reopens them itself once it is back (and logs the
+#: outage and every reconnect attempt already).
+_EXPECTED_NOISE = (("aio_pika.tools", "RobustChannel._on_close"),)
+
+
+class _DropExpectedNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and text in record.getMessage()
+                       for name, text in _EXPECTED_NOISE)
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter())
+    handler.addFilter(_DropExpectedNoise())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("aiormq", "aio_pika", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

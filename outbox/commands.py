@@ -125,7 +125,7 @@ async def _serve_http(cfg: Any, stop: asyncio.Event, registry: Any = None) -> No
     from webhooks.app import make_app
 
     redis = make_redis(cfg)
-    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    bus = Bus.from_settings(cfg)
     await bus.connect(declare=True)
     app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry())
     runner = web.AppRunner(app, access_log=None)
@@ -229,7 +229,7 @@ async def _serve_bounces(cfg: Any, stop: asyncio.Event, registry: Any = None) ->
     from webhooks.bounces import ListenerConfig, start_bounce_listener
 
     redis = make_redis(cfg)
-    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    bus = Bus.from_settings(cfg)
     await bus.connect(declare=True)
     server = await start_bounce_listener(ListenerConfig.from_settings(cfg), bus=bus,
                                          redis=redis, host=cfg.http_host,

@@ -284,7 +284,7 @@ async def _publish_account_event(cfg: Any, change: Any, args: argparse.Namespace
     from sender.account_events import publish_account_event
     from sender.bus import Bus, PublishFailed
 
-    bus = Bus(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers)
+    bus = Bus.from_settings(cfg)
     try:
         await bus.connect(declare=True)
         await publish_account_event(bus, change, action=args.support_action, actor=args.actor,

@@ -21,10 +21,12 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import AMQPError as AiormqError
+from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
 BasicProperties = Basic.Properties
 
+from config import Settings
 from sender import topology
 
 log = logging.getLogger("outbox.bus")
@@ -38,6 +40,12 @@ class PublishFailed(RuntimeError):
     """The broker did not confirm the message; the caller still owns it."""
 
 
+#: What an ack, nack or publish raises when the broker connection is gone: the delivery is
+#: the broker's again (it requeues it), nothing about the job itself.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    PublishFailed, AMQPError, AiormqError, ChannelInvalidStateError, ConnectionError)
+
+
 class Bus:
     """A robust connection with one confirmed publishing channel.
 
@@ -45,11 +53,19 @@ class Bus:
     connection reconnects forever and consumers are restored by aio-pika.
     """
 
-    def __init__(self, url: str, *, retry_tiers: tuple[int, ...]) -> None:
+    def __init__(self, url: str, *, retry_tiers: tuple[int, ...],
+                 status_max_length: int = topology.DEFAULT_STATUS_QUEUE_MAX_LENGTH) -> None:
         self._url = url
         self.retry_tiers = retry_tiers
+        self.status_max_length = status_max_length
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bus:
+        """The bus every Outbox process uses: the settings' broker, tiers and queue bound."""
+        return cls(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers,
+                   status_max_length=settings.status_queue_max_length)
 
     async def connect(self, *, declare: bool = True) -> None:
         """Open the connection and publishing channel; declare the topology."""
@@ -59,7 +75,7 @@ class Bus:
         self._channel = await self.connection.channel(publisher_confirms=True,
                                                       on_return_raises=True)
         if declare:
-            await topology.declare(self._channel, self.retry_tiers)
+            await topology.declare(self._channel, self.retry_tiers, self.status_max_length)
 
     async def channel(self, prefetch: int) -> AbstractChannel:
         """A new channel for consuming, with its prefetch."""
@@ -108,8 +124,12 @@ class Bus:
                            message_id=message_id)
 
     async def publish_event(self, event: dict[str, Any]) -> None:
-        """Publish one status event on ``outbox.status`` as ``<channel>.<status>``."""
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        """Publish one status event on ``outbox.status`` as ``<channel>.<status>``.
+
+        Always valid JSON: NaN/Infinity raise ValueError here (jobs holding them are refused
+        at validation, so this is a bug, never a CRM's parse error)."""
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode()
         key = f"{event.get('channel') or 'unknown'}.{event['status']}"
         await self.publish(topology.STATUS_EXCHANGE, key, body, message_id=event.get("id"))
 
@@ -132,7 +152,11 @@ class Bus:
         await self.publish("", queue, body, headers=headers)
 
     async def close(self) -> None:
-        """Close the connection (unsettled deliveries return to their queues)."""
+        """Close the connection (unsettled deliveries return to their queues); bounded, so a
+        broker outage cannot hold a stopping process."""
         if self.connection is not None:
-            await self.connection.close()
-            self.connection = None
+            connection, self.connection = self.connection, None
+            try:
+                await asyncio.wait_for(connection.close(), 10)
+            except TimeoutError:
+                log.warning("the broker did not answer the close; leaving the connection")

@@ -18,6 +18,7 @@ from typing import Any
 from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus
 from sender.models import parse_job
+from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH
 
 MAX_JOB_BYTES = 2 * 1024 * 1024
 
@@ -27,8 +28,12 @@ class Outbox:
     published before a worker starts is lost."""
 
     def __init__(self, amqp_url: str, *, retry_tiers: tuple[int, ...] = DEFAULT_RETRY_TIERS,
-                 max_job_bytes: int = MAX_JOB_BYTES) -> None:
-        self._bus = Bus(amqp_url, retry_tiers=retry_tiers)
+                 max_job_bytes: int = MAX_JOB_BYTES,
+                 status_queue_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH) -> None:
+        """``status_queue_max_length`` must match the workers' OUTBOX_STATUS_QUEUE_MAX_LENGTH
+        (RabbitMQ refuses a queue declared again with other arguments)."""
+        self._bus = Bus(amqp_url, retry_tiers=retry_tiers,
+                        status_max_length=status_queue_max_length)
         self._max_job_bytes = max_job_bytes
 
     async def connect(self) -> Outbox:

@@ -7,14 +7,24 @@ reputation (one round trip) → status event (confirmed) → ack.
 Every delivery leaves on exactly one path:
 
 * ``ack``                       done: sent, refused for good, duplicate, expired;
-* dead-letter + ``ack``         the job is invalid (``outbox.dead`` with the reason);
+* dead-letter + ``ack``         the job is invalid, on the wrong queue (a job of another
+                                channel) or refused by the renderer: ``outbox.dead`` with the
+                                reason (``x-outbox-reason``) and a ``rejected`` event when an
+                                id could be read;
 * retry-publish + ``ack``       a temporary failure: parked in a delay tier;
 * park + ``ack``                the account is over its rate: parked in the smallest delay
                                 tier that covers the wait; not an attempt, and no status
                                 event (the job's status has not changed: it is still waiting
                                 to be sent), only ``outbox_jobs_total{status="rate_limited"}``
                                 and ``outbox_retries_total``;
-* no settlement                 shutdown or a broker outage: RabbitMQ redelivers it.
+* no settlement                 shutdown or a broker outage: RabbitMQ redelivers it (marked
+                                redelivered, so the gate lets it take over its own claim);
+* ``nack`` (requeue)            an unexpected exception (a bug, a poison body): returned until
+                                its :data:`ERROR_DELIVERIES`-th delivery (RabbitMQ's
+                                ``x-delivery-count``), then dead-lettered with the exception as
+                                the reason and a ``failed`` event (reason ``error``), logged
+                                with its traceback once. One raised after the provider took the
+                                message is not retried (that would send it again).
 
 Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
 script itself; the pipeline only publishes their event. An automatic account transition found
@@ -39,8 +49,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sender.bus import ATTEMPT_HEADER, FIRST_SEEN_HEADER, Bus
-from sender.channels.base import Channel, SendFailure, SendResult
+from sender.bus import ATTEMPT_HEADER, BROKER_ERRORS, FIRST_SEEN_HEADER, Bus
+from sender.channels.base import Channel, NotSent, SendFailure, SendResult
 from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import EmailJob, InvalidJob, SmsJob, parse_job, status_event
@@ -56,10 +66,20 @@ _FINAL_FOR_KIND = {"hard": "bounced", "complaint": "complained"}
 # a message handed over counts as a send; a refusal at once also as a hard bounce/complaint
 _COUNTS = {"sent": Counts(sends=1), "bounced": Counts(sends=1, hard=1),
            "complained": Counts(sends=1, complaints=1)}
+#: Deliveries ending in an unexpected exception before a job is dead-lettered (RabbitMQ counts
+#: every return, shutdowns included; the queues' own x-delivery-limit is the backstop for a
+#: body that kills the process).
+ERROR_DELIVERIES = 3
+DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues
 
 
 class Stopping(Exception):
     """The worker is stopping: leave the message unsettled so RabbitMQ redelivers it."""
+
+
+class SentThenFailed(Exception):
+    """An unexpected exception after the provider took the message (``__cause__``): retrying
+    would send it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +119,19 @@ class Pipeline:
         self._owner = owner
         self._stopping = stopping
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Process one delivery and settle it (or leave it for redelivery on shutdown)."""
+    async def handle(self, message: AbstractIncomingMessage, queue_channel: str) -> None:
+        """Process one delivery from the queue of ``queue_channel`` and settle it (or leave it
+        for redelivery on shutdown)."""
         try:
             job = parse_job(message.body, max_bytes=self._max_job_bytes)
         except InvalidJob as exc:
-            await self._reject_invalid(message, exc)
+            await self._reject_invalid(message, exc, queue_channel)
+            return
+        if job.channel != queue_channel or job.channel not in self._channels:
+            await self._reject_invalid(message, InvalidJob(
+                f"an {job.channel} job on the {queue_channel} queue (routing key "
+                f"{message.routing_key!r}): publish it with routing key {job.channel!r}",
+                job.id, job.account_id, job.channel), queue_channel)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
         try:
@@ -120,7 +147,7 @@ class Pipeline:
         if decision.verdict == "send":
             await self._send(message, job, attempt, decision.sender)
         else:
-            await asyncio.shield(self._not_sent(message, job, decision))
+            await protected(self._not_sent(message, job, decision))
 
     async def _not_sent(self, message: AbstractIncomingMessage, job: Job,
                         decision: Decision) -> None:
@@ -174,24 +201,40 @@ class Pipeline:
     async def _send(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                     sender: tuple[str, ...] | None) -> None:
         channel = self._channels[job.channel]
+        if self._stopping():
+            raise Stopping  # claimed, not sent: the redelivery takes the claim over
         inflight = self._metrics.inflight.labels(job.channel)
         inflight.inc()
         started = time.perf_counter()
         try:
             result = await channel.send(job, sender)
+        except NotSent as exc:
+            raise Stopping from exc
         except SendFailure as failure:
             self._metrics.provider_replies.labels(failure.provider, failure.outcome.kind).inc()
-            await asyncio.shield(self._failed(message, job, attempt, failure))
+            await protected(self._failed(message, job, attempt, failure))
             return
         except (MimeError, InvalidJob) as exc:
-            await asyncio.shield(self._finish(message, job, "rejected", attempt,
-                                              reason="invalid", detail=str(exc)))
+            await protected(self._unrenderable(message, job, attempt, str(exc)))
             return
         finally:
             inflight.dec()
         self._metrics.send_seconds.labels(job.channel, result.provider).observe(
             time.perf_counter() - started)
-        await asyncio.shield(self._sent(message, job, attempt, result))
+        try:
+            await protected(self._sent(message, job, attempt, result))
+        except (Stopping, asyncio.CancelledError, *BROKER_ERRORS):
+            raise
+        except Exception as exc:
+            raise SentThenFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _unrenderable(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                            problem: str) -> None:
+        """Content the renderer refuses: a dead-letter copy with the reason, then the final
+        ``rejected`` (dead-letter first: a crash between repeats the copy, never loses it)."""
+        await self._bus.publish_dead(message.body, f"refused by the renderer: {problem}",
+                                     job.channel, headers=dict(message.headers))
+        await self._finish(message, job, "rejected", attempt, reason="invalid", detail=problem)
 
     async def _sent(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                     result: SendResult) -> None:
@@ -280,9 +323,10 @@ class Pipeline:
         self._metrics.jobs.labels(job.channel, status).inc()
         await message.ack()
 
-    async def _reject_invalid(self, message: AbstractIncomingMessage, exc: InvalidJob) -> None:
+    async def _reject_invalid(self, message: AbstractIncomingMessage, exc: InvalidJob,
+                              queue_channel: str) -> None:
         """Dead-letter an invalid job with its reason; a ``rejected`` event if it had an id."""
-        channel = exc.channel or message.routing_key or "unknown"
+        channel = exc.channel or queue_channel
         await self._bus.publish_dead(message.body, exc.reason, channel,
                                      headers=dict(message.headers))
         if exc.job_id:
@@ -292,6 +336,59 @@ class Pipeline:
         self._metrics.jobs.labels(channel, "rejected").inc()
         log.warning("job rejected", extra={"job_id": exc.job_id, "reason": exc.reason})
         await message.ack()
+
+    async def unexpected(self, message: AbstractIncomingMessage, exc: Exception,
+                         channel: str, *, announce: bool = True) -> None:
+        """An exception nobody expected: back to the queue until the delivery is the
+        :data:`ERROR_DELIVERIES`-th, then ``outbox.dead`` with the exception as the reason
+        and (``announce``) a ``failed`` event, reason ``error``. Never loops, never drops."""
+        deliveries = _int(message.headers.get(DELIVERY_COUNT_HEADER), 0) + 1
+        after_send = isinstance(exc, SentThenFailed)
+        cause = exc.__cause__ if after_send and exc.__cause__ is not None else exc
+        what = f"{type(cause).__name__}: {cause}"
+        if deliveries < ERROR_DELIVERIES and not after_send:
+            log.warning("unexpected error on delivery %d of at most %d, returned to its "
+                        "queue: %s", deliveries, ERROR_DELIVERIES, what)
+            await nack(message)
+            return
+        reason = (f"sent, then an unexpected error: {what}" if after_send else
+                  f"unexpected error on delivery {deliveries}: {what}")
+        log.error("dead-lettered: %s", reason, exc_info=cause)  # the one traceback
+        await self._bus.publish_dead(message.body, reason, channel,
+                                     headers=dict(message.headers))
+        if announce:
+            if not after_send:
+                await self._announce_error(message, channel, reason)
+            self._metrics.jobs.labels(channel, "failed").inc()
+        await message.ack()
+
+    async def _announce_error(self, message: AbstractIncomingMessage, channel: str,
+                              reason: str) -> None:
+        """The ``failed`` event of a dead-lettered job, recorded first when it can be (so a
+        republish answers ``done`` and no status moves backwards); best effort."""
+        try:
+            job: Job | None = parse_job(message.body, max_bytes=self._max_job_bytes)
+        except InvalidJob as exc:
+            job, ids = None, (exc.job_id, exc.account_id, exc.channel)
+        else:
+            ids = (job.id, job.account_id, job.channel)
+        job_id, account_id, job_channel = ids
+        if not job_id:
+            return
+        if job is not None and account_id:
+            try:
+                async with asyncio.timeout(REDIS_CALL_TIMEOUT):
+                    recorded = await self.gate.post_send(
+                        account_id, job_id, status="failed", channel=job.channel,
+                        attempt=_int(message.headers.get(ATTEMPT_HEADER), 1), reason="error")
+                if not recorded.applied:
+                    return  # it already has a later status
+            except Exception as exc:  # the gate may be what fails: announce all the same
+                log.debug("failed status not recorded: %s", exc)
+        await self._bus.publish_event(status_event(
+            job_id=job_id, account_id=account_id, channel=job_channel or channel,
+            status="failed", reason="error", detail=reason[:1000],
+            metadata=job.metadata if job is not None else None))
 
     async def redis_call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis call; while Redis is unreachable, hold the job and retry with backoff."""
@@ -310,6 +407,37 @@ class Pipeline:
                 continue
             self._metrics.redis_seconds.observe(time.perf_counter() - started)
             return result
+
+
+async def protected(step: Awaitable[None]) -> None:
+    """Run a settling step to its end even if the delivery's task is cancelled (aiormq cancels
+    its consumers' tasks when a channel closes: a broker restart). What the orphaned step
+    raises later is logged once here; a bare ``asyncio.shield`` left it to asyncio's "Task
+    exception was never retrieved" with a traceback for every job in flight."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_orphan_done)
+        raise
+
+
+def _orphan_done(task: asyncio.Future[None]) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    exc = task.exception()
+    if isinstance(exc, (Stopping, *BROKER_ERRORS)):
+        log.warning("after the delivery was cancelled: %s; RabbitMQ redelivers the job", exc)
+    else:
+        log.error("after the delivery was cancelled", exc_info=exc)
+
+
+async def nack(message: AbstractIncomingMessage) -> None:
+    """Return a delivery to its queue (marked redelivered, counted by a quorum queue)."""
+    try:
+        await message.nack(requeue=True)
+    except Exception as exc:  # the channel died: the broker requeues it anyway
+        log.debug("nack failed: %s", exc)
 
 
 def _int(value: Any, default: int) -> int:

@@ -37,7 +37,7 @@ async def started_worker(settings: Settings,
     (draining within the grace) and everything is closed."""
     redis = make_redis(settings, socket_timeout=None)
     await asyncio.wait_for(redis.ping(), 10)  # fail fast on a bad URL
-    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
+    bus = Bus.from_settings(settings)
     channels: dict[str, Any] = {}
     worker: Worker | None = None
     try:

@@ -10,6 +10,11 @@
     outbox.dead (fanout) ──► outbox.dead (quorum)  ◄────────────────┤ invalid jobs, poison
     outbox.status (topic) ──#──► outbox.status (quorum, for the CRM) ◄┘ status events
     (default exchange) ──► outbox.events (quorum) ◄── webhooks server; applied by the worker
+
+``outbox.status`` is bounded (``OUTBOX_STATUS_QUEUE_MAX_LENGTH``, x-max-length with overflow
+``drop-head``): with no CRM consuming, the oldest events go, not the broker's memory and disk.
+RabbitMQ refuses to declare a queue again with other arguments (PRECONDITION_FAILED); that
+becomes :class:`TopologyMismatch`, one line naming the queue and what to do.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, ExchangeType
+from aiormq.exceptions import ChannelPreconditionFailed
 
 JOBS_EXCHANGE = "outbox.jobs"
 STATUS_EXCHANGE = "outbox.status"
@@ -34,6 +40,12 @@ TIER_HEADER = "outbox-tier"
 
 #: A message that crashes the worker this many times goes to outbox.dead (quorum queues count).
 DELIVERY_LIMIT = 20
+#: Status events kept for the CRM when it does not consume (the oldest are dropped beyond).
+DEFAULT_STATUS_QUEUE_MAX_LENGTH = 100_000
+
+
+class TopologyMismatch(RuntimeError):
+    """A queue exists with other arguments than this configuration declares."""
 
 
 def retry_queue(seconds: int) -> str:
@@ -58,8 +70,16 @@ def _quorum(**extra: Any) -> dict[str, Any]:
     return {"x-queue-type": "quorum", **extra}
 
 
-def describe(retry_tiers: tuple[int, ...]) -> tuple[list[Exchange], list[Queue]]:
-    """The whole topology for the given retry tiers."""
+def _status_args(max_length: int) -> dict[str, Any]:
+    if not max_length:  # 0: unbounded (as before the setting existed)
+        return _quorum()
+    return _quorum(**{"x-max-length": max_length, "x-overflow": "drop-head"})
+
+
+def describe(retry_tiers: tuple[int, ...],
+             status_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH
+             ) -> tuple[list[Exchange], list[Queue]]:
+    """The whole topology for the given retry tiers and ``outbox.status`` bound."""
     exchanges = [
         Exchange(JOBS_EXCHANGE, "direct"),
         Exchange(STATUS_EXCHANGE, "topic"),
@@ -78,7 +98,7 @@ def describe(retry_tiers: tuple[int, ...]) -> tuple[list[Exchange], list[Queue]]
         Queue(DEAD_QUEUE, _quorum(), ((DEAD_EXCHANGE, "", {}),)),
         Queue(EVENTS_QUEUE, _quorum(**{"x-delivery-limit": DELIVERY_LIMIT,
                                        "x-dead-letter-exchange": DEAD_EXCHANGE})),
-        Queue(STATUS_QUEUE, _quorum(), ((STATUS_EXCHANGE, "#", {}),)),
+        Queue(STATUS_QUEUE, _status_args(status_max_length), ((STATUS_EXCHANGE, "#", {}),)),
     ]
     for seconds in retry_tiers:
         # Classic queues: one TTL per queue, so messages expire in order from the head,
@@ -89,20 +109,37 @@ def describe(retry_tiers: tuple[int, ...]) -> tuple[list[Exchange], list[Queue]]
     return exchanges, queues
 
 
-async def declare(channel: AbstractChannel, retry_tiers: tuple[int, ...]) -> None:
-    """Declare every exchange, queue and binding (idempotent)."""
-    exchanges, queues = describe(retry_tiers)
+async def declare(channel: AbstractChannel, retry_tiers: tuple[int, ...],
+                  status_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH) -> None:
+    """Declare every exchange, queue and binding (idempotent); raise
+    :class:`TopologyMismatch` for a queue that exists with other arguments."""
+    exchanges, queues = describe(retry_tiers, status_max_length)
     for ex in exchanges:
         await channel.declare_exchange(ex.name, ExchangeType(ex.type), durable=True)
     for q in queues:
-        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+        try:
+            queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+        except ChannelPreconditionFailed as exc:
+            raise TopologyMismatch(_mismatch(q.name, exc)) from None
         for exchange, key, args in q.bindings:
             await queue.bind(exchange, routing_key=key, arguments=args or None)
 
 
-def definitions(retry_tiers: tuple[int, ...], vhost: str = "/") -> dict[str, Any]:
+def _mismatch(name: str, exc: ChannelPreconditionFailed) -> str:
+    said = str(exc.args[0] if exc.args else exc).split(" - ", 1)[-1]
+    fix = ("set OUTBOX_STATUS_QUEUE_MAX_LENGTH to the queue's current x-max-length (0 for none), "
+           "or delete the queue once drained so it is declared again"
+           if name == STATUS_QUEUE else
+           "delete the queue once drained so it is declared again, or declare it as "
+           "deploy/rabbitmq/definitions.json does")
+    return f"queue {name} exists with other arguments ({said}): {fix} " \
+           f"(rabbitmqctl delete_queue {name})"
+
+
+def definitions(retry_tiers: tuple[int, ...], vhost: str = "/",
+                status_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH) -> dict[str, Any]:
     """The topology in RabbitMQ's definitions format (``rabbitmqctl import_definitions``)."""
-    exchanges, queues = describe(retry_tiers)
+    exchanges, queues = describe(retry_tiers, status_max_length)
     return {
         "exchanges": [
             {"name": e.name, "vhost": vhost, "type": e.type, "durable": True,

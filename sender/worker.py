@@ -1,10 +1,11 @@
 """The worker: consumes the job queues and runs each delivery through the pipeline.
 
-``start()``, ``stop()`` and ``close()`` are separate steps. ``stop()`` cancels the consumers
-first (no new work), waits up to ``shutdown_grace`` seconds for the jobs in flight, then
-cancels the rest; whatever was not settled (including prefetched messages never started)
-goes back to its queue when the channels close. Concurrency is capped twice: the broker's
-prefetch per queue and a semaphore around the work.
+``start()``, ``stop()`` and ``close()`` are separate steps. ``stop()`` stops the delivery
+channels first (a send not yet started, e.g. waiting for an SMTP connection, gives up and is
+left unsettled), cancels the consumers (no new work), waits up to ``shutdown_grace`` seconds
+for the sends in flight, then cancels the rest; whatever was not settled (including
+prefetched messages never started) goes back to its queue when the channels close.
+Concurrency is capped twice: the broker's prefetch per queue and a semaphore around the work.
 """
 
 from __future__ import annotations
@@ -22,20 +23,23 @@ from redis.asyncio import Redis
 
 from config import Settings
 from sender import topology
-from sender.bus import Bus, PublishFailed
+from sender.bus import BROKER_ERRORS, Bus
 from sender.channels.base import Channel
 from sender.channels.mx import MxChecker
 from sender.channels.smtp import DomainLimiter, EmailOptions, SmtpChannel, SmtpPool
 from sender.channels.twilio import TwilioChannel, TwilioConfig
 from sender.events import EventApplier
 from sender.metrics import Metrics
-from sender.pipeline import Pipeline, RetryPolicy, Stopping
+from sender.pipeline import Pipeline, RetryPolicy, Stopping, nack, protected
 from suppression.gate import Gate
 from suppression.reputation import Policy
 from suppression.store import AccountStore, SuppressionStore
 
 log = logging.getLogger("outbox.worker")
 ACCOUNTS_GAUGE_PERIOD = 30.0  # seconds between refreshes of outbox_accounts{state}
+#: seconds for one broker call while stopping: a robust channel waits for the broker forever,
+#: and a SIGTERM during an outage must still end the process (the broker requeues anyway)
+BROKER_CALL_TIMEOUT = 5.0
 
 
 class Worker:
@@ -82,7 +86,7 @@ class Worker:
             # declare_queue (passive), not get_queue: only declared queues are restored,
             # with their consumers, after aio-pika reconnects.
             queue = await channel.declare_queue(topology.JOB_QUEUES[name], passive=True)
-            tag = await queue.consume(self._on_message, no_ack=False)
+            tag = await queue.consume(self._job_consumer(name), no_ack=False)
             self._consumers.append((queue, tag))
             log.info("consuming %s", queue.name)
         await self._consume_events()
@@ -99,7 +103,7 @@ class Worker:
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         # held (not acked) and retried while Redis is down, like a job
         await self._guarded(message, lambda m: self.pipeline.redis_call(
-            lambda: self.events.handle(m)))
+            lambda: self.events.handle(m)), "events")
 
     async def _refresh_accounts_gauge(self) -> None:
         """Keep ``outbox_accounts{state}`` and ``outbox_queue_depth{queue}`` current (every
@@ -121,17 +125,24 @@ class Worker:
         if self._gauge_channel is None or self._gauge_channel.is_closed:
             self._gauge_channel = await self.bus.channel(1)
         raw = await self._gauge_channel.get_underlay_channel()
-        _, queues = topology.describe(self.settings.retry_tiers)
+        _, queues = topology.describe(self.settings.retry_tiers,
+                                      self.settings.status_queue_max_length)
         for q in queues:
             ok = await raw.queue_declare(q.name, passive=True)
             self.metrics.queue_depth.labels(q.name).set(ok.message_count or 0)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._guarded(message, self.pipeline.handle)
+    def _job_consumer(self, channel: str
+                      ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        """The consumer of one channel's queue: its jobs must be of that channel."""
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await self._guarded(message, lambda m: self.pipeline.handle(m, channel), channel)
+        return on_message
 
     async def _guarded(self, message: AbstractIncomingMessage,
-                       handle: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
-        """Run one delivery under the semaphore; whatever goes wrong, it is not lost."""
+                       handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
+                       source: str) -> None:
+        """Run one delivery under the semaphore; whatever goes wrong, it is not lost and it
+        does not loop (``Pipeline.unexpected``)."""
         if self._stopping:
             return  # left unsettled: returned to the queue when the channel closes
         task = asyncio.current_task()
@@ -143,25 +154,38 @@ class Worker:
                     await handle(message)
         except (Stopping, asyncio.CancelledError):
             pass
-        except PublishFailed as exc:
-            log.warning("publish failed, job returned to its queue: %s", exc)
-            await _nack(message)
-        except Exception:
-            log.exception("unexpected error, job returned to its queue")
-            await _nack(message)
+        except BROKER_ERRORS as exc:  # not the job's fault: never counted towards poison
+            log.warning("broker: %s: %s; the job goes back to its queue",
+                        type(exc).__name__, exc)
+            await nack(message)
+        except Exception as exc:
+            await self._unexpected(message, exc, source)
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
 
+    async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception,
+                          source: str) -> None:
+        try:
+            await protected(self.pipeline.unexpected(message, exc, source,
+                                                     announce=source != "events"))
+        except Exception as again:  # could not dead-letter: the broker keeps it
+            log.warning("could not dead-letter after %s (%s), returned to its queue",
+                        type(exc).__name__, again)
+            await nack(message)
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop consuming, wait for in-flight jobs up to ``grace`` seconds, cancel the rest."""
+        """Stop the sends not yet started and consuming, wait for in-flight sends up to
+        ``grace`` seconds, cancel the rest."""
         self._stopping = True
+        for sender in self.channels.values():
+            sender.stop()
         if self._gauge_task is not None:
             self._gauge_task.cancel()
             await asyncio.gather(self._gauge_task, return_exceptions=True)
             self._gauge_task = None
         for queue, tag in self._consumers:
             try:
-                await queue.cancel(tag)
+                await asyncio.wait_for(queue.cancel(tag), BROKER_CALL_TIMEOUT)
             except Exception as exc:  # the channel may already be gone
                 log.debug("cancel %s: %s", tag, exc)
         self._consumers.clear()
@@ -182,17 +206,10 @@ class Worker:
             self._gauge_channel = None
         for channel in self._amqp_channels:
             try:
-                await channel.close()
+                await asyncio.wait_for(channel.close(), BROKER_CALL_TIMEOUT)
             except Exception as exc:
                 log.debug("closing channel: %s", exc)
         self._amqp_channels.clear()
-
-
-async def _nack(message: AbstractIncomingMessage) -> None:
-    try:
-        await message.nack(requeue=True)
-    except Exception as exc:  # the channel died: the broker requeues it anyway
-        log.debug("nack failed: %s", exc)
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:

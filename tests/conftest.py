@@ -111,7 +111,7 @@ def make_settings(amqp_url: str, redis_url: str) -> Any:
 
     def _make(**overrides: Any) -> Any:
         base = {"amqp_url": amqp_url, "redis_url": redis_url, "retry_tiers": (1, 2),
-                "shutdown_grace": 5.0, "metrics_port": 0}
+                "shutdown_grace": 5.0, "smtp_timeout": 5.0, "metrics_port": 0}
         return load_settings(**{**base, **overrides})
 
     return _make

@@ -2,6 +2,8 @@
 
 Exceptions::
 
+    NotSent                the channel is stopping and the send did not start: nothing reached
+                           the provider, the job may be delivered again untouched
     SendFailure            the provider did not take the message; ``outcome`` says how
                            (kind hard/soft/block/complaint/transient, reason) and whether
                            a retry may help (``outcome.retryable``)
@@ -9,6 +11,8 @@ Exceptions::
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +27,65 @@ class SendResult:
     provider_message_id: str | None = None
     detail: str | None = None
     extra: dict[str, Any] | None = None  # added to the status event (e.g. SMS segments)
+
+
+class NotSent(Exception):
+    """The channel stopped before this send started (``Channel.stop``)."""
+
+
+class Slots:
+    """A semaphore whose waiters give up when it is closed: after :meth:`close`, every
+    ``acquire`` (waiting or new) raises :class:`NotSent`. Waiters are futures, not tasks:
+    nothing is spent on the uncontended path."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.closed = False
+
+    @property
+    def free(self) -> int:
+        """Slots not in use (tests, metrics)."""
+        return self._free
+
+    async def acquire(self) -> None:
+        if self.closed:
+            raise NotSent("stopping")
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() hands the slot over by setting the result
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # handed over just as we were cancelled: pass it on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    def close(self) -> None:
+        """No slot is given out any more; the waiters raise :class:`NotSent` now."""
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(NotSent("stopping"))
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 class SendFailure(Exception):
@@ -44,7 +107,8 @@ class SendFailure(Exception):
 
 
 class Channel(Protocol):
-    """Send one job; ``close`` releases connections."""
+    """Send one job; ``stop`` makes every send not yet started raise :class:`NotSent`
+    (those in flight finish); ``close`` releases connections."""
 
     name: str
     provider: str
@@ -52,5 +116,7 @@ class Channel(Protocol):
     async def send(self, job: Any, sender: tuple[str, ...] | None = None) -> SendResult:
         """``sender``: the account's sender information, given for marketing jobs."""
         ...
+
+    def stop(self) -> None: ...
 
     async def close(self) -> None: ...

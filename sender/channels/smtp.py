@@ -3,6 +3,11 @@
 Connection problems (refused, dropped, timed out) are told apart from SMTP replies: the first
 become a ``transient/networkerror`` failure and the connection is thrown away; the second are
 classified from their code, enhanced status code and text.
+
+``stop()`` (worker shutdown): a send waiting for its domain's turn, a pool slot or a new
+connection gives up with :class:`NotSent` before MAIL FROM; only transactions already started
+run on, so none is cut mid-DATA by the end of the grace (a relay that stores the message
+before its reply would otherwise get it again on the redelivery).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from aiosmtplib.errors import (
 )
 
 from config import SmtpTarget
-from sender.channels.base import SendFailure, SendResult
+from sender.channels.base import NotSent, SendFailure, SendResult, Slots
 from sender.channels.mx import MxChecker, Undeliverable, check_syntax
 from sender.compliance import MissingSenderInfo, SenderInfo, email_compliance
 from sender.mime import RenderedEmail, render_email
@@ -61,15 +66,20 @@ class SmtpPool:
         self._max_messages = max_messages
         self._idle_timeout = idle_timeout
         self._factory = factory
-        self._slots = asyncio.Semaphore(size)
+        self._slots = Slots(size)
         self._idle: list[_Conn] = []
+        self._quitting: set[asyncio.Task[None]] = set()  # referenced until done
         self.opened = 0  # connections opened so far (tests and metrics)
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
                    *, smtputf8: bool = False) -> str:
-        """Send one message; return the relay's reply text. Raises SMTPException/OSError."""
+        """Send one message; return the relay's reply text. Raises SMTPException/OSError, or
+        NotSent when the pool stopped before the transaction began."""
         async with self._slots:
             conn = await self._checkout()
+            if self._slots.closed:  # stopped while the connection was being opened
+                self._checkin(conn)
+                raise NotSent("stopping")
             try:
                 reply = await _transaction(conn.smtp, envelope_from, recipients, data,
                                            smtputf8=smtputf8)
@@ -124,12 +134,18 @@ class SmtpPool:
 
     def _discard(self, conn: _Conn) -> None:
         if conn.smtp.is_connected:
-            asyncio.get_running_loop().create_task(_quit(conn.smtp))
+            task = asyncio.get_running_loop().create_task(_quit(conn.smtp))
+            self._quitting.add(task)
+            task.add_done_callback(self._quitting.discard)
+
+    def stop(self) -> None:
+        """No new transaction starts; those waiting for a slot raise NotSent now."""
+        self._slots.close()
 
     async def close(self) -> None:
         """QUIT every idle connection."""
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(_quit(c.smtp) for c in idle))
+        await asyncio.gather(*(_quit(c.smtp) for c in idle), *self._quitting)
 
 
 _UNSAFE = re.compile(r"[\x00-\x20<>\x7f]")
@@ -181,20 +197,29 @@ DOMAIN_CONCURRENCY = {
 
 
 class DomainLimiter:
-    """A semaphore per recipient domain, made on first use."""
+    """A semaphore per recipient domain, made on first use; ``close`` makes every waiter
+    (and every later send) raise NotSent."""
 
     def __init__(self, limits: dict[str, int], default: int) -> None:
         self._limits = {**DOMAIN_CONCURRENCY, **limits}
         self._default = default
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._semaphores: dict[str, Slots] = {}
+        self._closed = False
 
-    def __call__(self, address: str) -> asyncio.Semaphore:
+    def __call__(self, address: str) -> Slots:
         domain = address.rpartition("@")[2].lower()
         semaphore = self._semaphores.get(domain)
         if semaphore is None:
-            semaphore = asyncio.Semaphore(self._limits.get(domain, self._default))
+            semaphore = Slots(self._limits.get(domain, self._default))
+            if self._closed:
+                semaphore.close()
             self._semaphores[domain] = semaphore
         return semaphore
+
+    def close(self) -> None:
+        self._closed = True
+        for semaphore in self._semaphores.values():
+            semaphore.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +317,11 @@ class SmtpChannel:
     def _failure(self, code: int, text: str) -> SendFailure:
         outcome = classify_smtp(code, text)
         return SendFailure(outcome, f"{code} {text}"[:500], self.provider)
+
+    def stop(self) -> None:
+        """Shutdown begins: sends not yet in a transaction raise NotSent."""
+        self._domains.close()
+        self._pool.stop()
 
     async def close(self) -> None:
         await self._pool.close()

@@ -23,7 +23,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from sender.channels.base import SendFailure, SendResult
+from sender.channels.base import NotSent, SendFailure, SendResult
 from sender.channels.sms_segments import segments
 from sender.compliance import MissingSenderInfo, SenderInfo, sms_marketing_body
 from sender.models import SmsJob
@@ -139,6 +139,7 @@ class TwilioChannel:
         self._config = config
         self._client = client or make_client(config)
         self._limiter = RateLimiter(config.rate_per_sender, max(1, int(config.rate_per_sender)))
+        self._stopped = False
 
     async def send(self, job: SmsJob, sender: tuple[str, ...] | None = None) -> SendResult:
         """Send one SMS job; SendFailure (with ``status`` for refusals that end the job).
@@ -154,6 +155,8 @@ class TwilioChannel:
         params = self._params(job, to, from_, body)
         lane = from_ or self._config.messaging_service_sid or ""
         await self._limiter.acquire(lane)
+        if self._stopped:  # the wait for the sender's rate outlived the worker
+            raise NotSent("stopping")
         try:
             message = await self._client.messages.create_async(**params)
         except TwilioRestException as exc:
@@ -201,6 +204,10 @@ class TwilioChannel:
         return SendFailure(outcome, f"{exc.code}: {exc.msg}"[:500], PROVIDER,
                            status=_STATUS_FOR_CODE.get(exc.code or 0),
                            suppress=_SUPPRESS_FOR_CODE.get(exc.code or 0))
+
+    def stop(self) -> None:
+        """Shutdown begins: a send still waiting for its sender's rate does not start."""
+        self._stopped = True
 
     async def close(self) -> None:
         await self._client.http_client.close()  # type: ignore[union-attr]

@@ -126,7 +126,7 @@ async def running_app(settings: Settings, port: int) -> AsyncIterator[str]:
 
     from webhooks.app import make_app
 
-    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
+    bus = Bus.from_settings(settings)
     await bus.connect()
     redis = make_redis(settings)
     runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,

@@ -51,7 +51,7 @@ def _settings(make_settings: Any, smtp_url: str, **overrides: Any) -> Any:
 async def listening(settings: Any, port: int) -> AsyncIterator[CollectorRegistry]:
     """The listener on 127.0.0.1:``port`` with its own bus and Redis; yields its metrics."""
     registry = CollectorRegistry()
-    bus = Bus(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers)
+    bus = Bus.from_settings(settings)
     await bus.connect()
     redis = make_redis(settings)
     server = await start_bounce_listener(ListenerConfig.from_settings(settings), bus=bus,

@@ -188,7 +188,7 @@ async def test_concurrency_is_bounded_per_recipient_domain(smtp_server):
     async def watch() -> None:
         while True:
             for domain in peak:
-                in_use = limiter(f"x@{domain}")._value  # free slots left
+                in_use = limiter(f"x@{domain}").free  # free slots left
                 limit = 2 if domain == "slow.example" else 8
                 peak[domain] = max(peak[domain], limit - in_use)
             await asyncio.sleep(0.005)

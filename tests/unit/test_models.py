@@ -66,3 +66,70 @@ def test_unknown_channel_is_not_echoed_into_routing():
         _parse(channel="fax")
     assert info.value.reason == "channel must be 'email' or 'sms'"
     assert info.value.channel is None
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"v": True}, "v: must be the integer 1"),
+    ({"v": 1.0}, "v: must be the integer 1"),
+    ({"v": "1"}, "v: must be the integer 1"),
+    ({"not_after": 12345}, "not_after: must be an RFC 3339 date-time with a timezone"),
+    ({"not_after": 1.7e9}, "not_after: must be an RFC 3339"),
+    ({"not_after": "2030-01-01"}, "not_after: must be an RFC 3339"),
+])
+def test_version_and_not_after_are_strict(changes, reason):
+    with pytest.raises(InvalidJob) as info:
+        _parse(**changes)
+    assert info.value.reason == reason or info.value.reason.startswith(reason)
+    assert info.value.job_id == "j1"
+
+
+def test_an_rfc3339_not_after_with_a_zone_is_taken():
+    assert _parse(not_after="2030-01-01T09:00:00.5+08:00").not_after is not None
+    assert _parse(not_after="2030-01-01T01:00:00Z").expired() is False
+
+
+@pytest.mark.parametrize(("literal", "reason"), [
+    (b"NaN", "not valid JSON: NaN and Infinity are not JSON numbers"),
+    (b"Infinity", "not valid JSON: NaN and Infinity are not JSON numbers"),
+    (b"-Infinity", "not valid JSON: NaN and Infinity are not JSON numbers"),
+    (b"1e999", "a number is out of range (not finite)"),  # parses to inf
+])
+def test_non_finite_numbers_are_refused_with_the_id(literal, reason):
+    body = json.dumps({**BASE, "metadata": {"score": 0}}).encode().replace(b"0}", literal + b"}")
+    with pytest.raises(InvalidJob) as info:
+        parse_job(body, max_bytes=100_000)
+    assert info.value.reason == reason
+    assert (info.value.job_id, info.value.account_id, info.value.channel) == \
+        ("j1", "acct_1", "email")
+
+
+@pytest.mark.parametrize("depth", [65, 5000, 100_000])
+def test_deep_nesting_is_refused_without_recursion(depth):
+    body = (json.dumps(BASE)[:-1] + ', "metadata": ' + '{"a": ' * depth + "1" + "}" * depth
+            + "}").encode()
+    with pytest.raises(InvalidJob) as info:
+        parse_job(body, max_bytes=10_000_000)
+    assert info.value.reason == "nested more than 64 levels deep"
+    assert info.value.job_id == "j1"
+
+
+def test_nesting_up_to_the_limit_is_taken():
+    body = (json.dumps(BASE)[:-1] + ', "metadata": ' + '{"a": ' * 63 + "1" + "}" * 63
+            + "}").encode()
+    assert parse_job(body, max_bytes=100_000).id == "j1"
+
+
+def test_a_huge_job_finds_its_id_at_the_end():
+    job = {k: v for k, v in BASE.items() if k != "id"}
+    body = json.dumps({**job, "text": "x" * 3_000_000, "id": "j1"}).encode()
+    assert body.index(b'"id"') > 2_900_000
+    with pytest.raises(InvalidJob, match="over the limit") as info:
+        parse_job(body, max_bytes=2 * 1024 * 1024)
+    assert (info.value.job_id, info.value.account_id) == ("j1", "acct_1")
+
+
+def test_a_huge_broken_body_still_finds_its_id_anywhere():
+    body = b'{"text": "' + b"x" * 3_000_000 + b'", "id": "late-1", "account_id": "a1", broken'
+    with pytest.raises(InvalidJob) as info:
+        parse_job(body, max_bytes=2 * 1024 * 1024)
+    assert (info.value.job_id, info.value.account_id) == ("late-1", "a1")

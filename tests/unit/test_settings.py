@@ -98,3 +98,20 @@ def test_secret_key_is_a_list_the_first_signs() -> None:
 def test_secret_key_bad_values_name_the_setting(value: str) -> None:
     with pytest.raises(SettingsError, match="OUTBOX_SECRET_KEY"):
         load_settings(secret_key=value)
+
+
+def test_the_shutdown_grace_must_cover_the_smtp_timeout(monkeypatch):
+    monkeypatch.setenv("OUTBOX_SHUTDOWN_GRACE", "20")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "invalid settings: OUTBOX_SHUTDOWN_GRACE (20 s) must be at least OUTBOX_SMTP_TIMEOUT "
+        "(30 s): a send in flight at shutdown may wait that long for the relay's reply")
+    monkeypatch.setenv("OUTBOX_SMTP_TIMEOUT", "15")
+    assert load_settings().shutdown_grace == 20
+
+
+def test_defaults_bound_the_status_queue_and_cover_a_send():
+    s = load_settings()
+    assert s.shutdown_grace > s.smtp_timeout
+    assert s.status_queue_max_length == 100_000
