@@ -164,7 +164,7 @@ def start_redis(p: Profile) -> bool:
     subprocess.run(
         [REDIS_BIN, "--bind", "127.0.0.1", "--port", str(p.redis_port), "--dir", str(base),
          "--daemonize", "yes", "--pidfile", str(base / "redis.pid"),
-         "--logfile", str(base / "redis.log"), "--databases", "64", *aof],
+         "--logfile", str(base / "redis.log"), *aof],
         check=True,
     )
     _wait_port(p.redis_port, "redis")

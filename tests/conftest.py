@@ -1,11 +1,17 @@
 """Shared fixtures: real RabbitMQ and Redis (started here if not running, stopped by PID
-afterwards), a fresh vhost and a wiped Redis db per test, and an aiosmtpd server per test
-with per-recipient switches for 4xx/5xx replies."""
+afterwards), a fresh vhost per test, a Redis db of this session (claimed by a lock so two runs
+on one machine never share one) wiped per test, and an aiosmtpd server per test with
+per-recipient switches for 4xx/5xx replies and a hold on DATA replies.
+
+Every test is marked by the services its fixtures need (``redis``, ``rabbitmq``, ``smtp``), so
+``pytest -m "not redis and not rabbitmq"`` runs the tests that need no service at all."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -14,28 +20,123 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import services  # noqa: E402  (scripts/services.py)
 
 PROFILE = services.PROFILES["test"]
+# marker -> the fixtures that need that service (fixtures built on them inherit it)
+SERVICE_MARKERS = {"redis": {"redis_server"}, "rabbitmq": {"rabbitmq_server"},
+                   "smtp": {"smtp_server"}}
+# db 0 holds the locks; a stock Redis has 16 databases
+TEST_DBS = range(1, 16)
+LOCK_KEY = "outbox-test-lock:{db}"
+LOCK_TTL = 60  # seconds; refreshed every LOCK_TTL / 4, so a killed run frees its db soon
+# set only when the value is still ours: a lock that expired and was claimed elsewhere stays lost
+_REFRESH = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
+           "return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
+           "return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the services its fixtures (direct or through others) need."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in SERVICE_MARKERS.items():
+            if names & fixtures:
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[services.Profile]:
-    """RabbitMQ and Redis for the test session: reused when up, else started and stopped."""
-    redis_started = services.start_redis(PROFILE)
-    rabbit_started = services.start_rabbitmq(PROFILE)
+def redis_server() -> Iterator[services.Profile]:
+    """The test Redis: reused when up, else started and stopped (by PID) at the end."""
+    started = services.start_redis(PROFILE)
     yield PROFILE
-    if rabbit_started:  # only what this session started is stopped
-        services.stop_rabbitmq(PROFILE)
-    if redis_started:
+    if started:  # only what this session started is stopped
         services.stop_redis(PROFILE)
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[services.Profile]:
+    """The test RabbitMQ: reused when up, else started and stopped (by PID) at the end."""
+    started = services.start_rabbitmq(PROFILE)
+    yield PROFILE
+    if started:
+        services.stop_rabbitmq(PROFILE)
+
+
+@pytest.fixture(scope="session")
+def broker(rabbitmq_server: services.Profile, redis_server: services.Profile
+           ) -> services.Profile:
+    """Both services (for tests about the services themselves)."""
+    return PROFILE
+
+
+def claim_db(client: redis.Redis, token: str, dbs: range = TEST_DBS) -> int:
+    """Claim the first db no other run holds (``SET outbox-test-lock:<db> token NX EX`` in
+    db 0 of ``client``); RuntimeError when every one is taken."""
+    for db in dbs:
+        if client.set(LOCK_KEY.format(db=db), token, nx=True, ex=LOCK_TTL):
+            return db
+    raise RuntimeError(f"every test Redis db {dbs.start}..{dbs.stop - 1} is claimed by another "
+                       f"run (keys {LOCK_KEY.format(db='*')} in db 0); wait or delete stale ones")
+
+
+class DbLock:
+    """This session's claim on a Redis db, refreshed by a daemon thread until released."""
+
+    def __init__(self, client: redis.Redis, token: str, db: int) -> None:
+        self.client, self.token, self.db = client, token, db
+        self.key = LOCK_KEY.format(db=db)
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, name="redis-db-lock", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(LOCK_TTL / 4):
+            try:
+                self.refresh()
+            except redis.RedisError:
+                pass  # a test may be cutting Redis off; the next round tries again
+
+    def refresh(self) -> None:
+        """Extend the claim; once it was taken by another run, it stays lost."""
+        self.lost |= not self.client.eval(_REFRESH, 1, self.key, self.token, LOCK_TTL)
+
+    def check(self) -> None:
+        """Fail the test when the claim was lost (another run may be using the db)."""
+        if self.lost:
+            pytest.fail(f"lost the lock on Redis db {self.db}: another run may share it")
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.eval(_RELEASE, 1, self.key, self.token)
+        self.client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_db_lock(redis_server: services.Profile) -> Iterator[DbLock]:
+    """A Redis db of this test session alone, claimed for the session and released after."""
+    client = redis.Redis(host="127.0.0.1", port=PROFILE.redis_port, db=0)
+    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    lock = DbLock(client, token, claim_db(client, token))
+    yield lock
+    lock.release()
+
+
+@pytest.fixture(scope="session")
+def redis_session_url(redis_db_lock: DbLock) -> str:
+    """The URL of this session's Redis db (not wiped: for fixtures that only run scripts)."""
+    return f"redis://127.0.0.1:{PROFILE.redis_port}/{redis_db_lock.db}"
+
+
 @pytest.fixture
-def amqp_url(broker: services.Profile) -> Iterator[str]:
+def amqp_url(rabbitmq_server: services.Profile) -> Iterator[str]:
     """A fresh vhost for this test, deleted afterwards."""
     vhost = f"test-{uuid.uuid4().hex[:12]}"
     yield services.add_vhost(PROFILE, vhost)
@@ -43,26 +144,32 @@ def amqp_url(broker: services.Profile) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(broker: services.Profile) -> Iterator[str]:
-    """A Redis db of this test process (so parallel runs do not share one), wiped first."""
-    import os
-
-    import redis
-
-    url = f"redis://127.0.0.1:{PROFILE.redis_port}/{os.getpid() % 62 + 1}"
-    client = redis.Redis.from_url(url)
+def redis_url(redis_db_lock: DbLock, redis_session_url: str) -> Iterator[str]:
+    """This session's Redis db, wiped first."""
+    redis_db_lock.check()
+    client = redis.Redis.from_url(redis_session_url)
     client.flushdb()
     client.close()
-    yield url
+    yield redis_session_url
 
 
 @dataclass
 class Recorder:
-    """What the test SMTP server received, and the switches that make it refuse."""
+    """What the test SMTP server received, and the switches that make it refuse or hold."""
 
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     replies: dict[str, str] = field(default_factory=dict)  # rcpt -> "550 5.1.1 ..." reply
     delay: float = 0.0
+    # DATA replies after the first ``hold_after`` messages wait for ``release()``: those sends
+    # are received by the relay but not yet confirmed to the sender (in flight)
+    hold_after: int | None = None
+    held: int = 0  # DATA replies waiting now
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        """Give every held DATA its reply now, and hold no more."""
+        self.hold_after = None
+        self._released.set()
 
     def by_rcpt(self, rcpt: str) -> list[bytes]:
         return [data for _, rcpts, data in self.messages if rcpt in rcpts]
@@ -83,9 +190,17 @@ class RecordingHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.recorder.delay:
             await asyncio.sleep(self.recorder.delay)
-        self.recorder.messages.append(
+        recorder = self.recorder
+        recorder.messages.append(
             (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return f"250 2.0.0 Ok: queued as Q{len(self.recorder.messages)}"
+        queued = len(recorder.messages)
+        if recorder.hold_after is not None and queued > recorder.hold_after:
+            recorder.held += 1
+            try:
+                await recorder._released.wait()
+            finally:
+                recorder.held -= 1
+        return f"250 2.0.0 Ok: queued as Q{queued}"
 
 
 @pytest_asyncio.fixture
@@ -100,6 +215,7 @@ async def smtp_server() -> AsyncIterator[tuple[str, Recorder]]:
         host="127.0.0.1", port=0)
     port = server.sockets[0].getsockname()[1]
     yield f"smtp://127.0.0.1:{port}", recorder
+    recorder.release()
     server.close()
     await server.wait_closed()
 

@@ -143,10 +143,22 @@ async def test_a_hard_bounce_suppresses_the_address_globally(gate, redis):
     assert (entry["scope"], entry["reason"], entry["source"]) == ("global", "hard_bounce", "j-h")
 
 
-async def test_scripts_are_reloaded_after_a_redis_script_flush(gate, redis):
+async def test_scripts_are_reloaded_after_a_redis_script_flush(gate, redis, monkeypatch):
+    """NOSCRIPT (a Redis restart or SCRIPT FLUSH) loads the script and runs the batch again.
+    A script the server has never seen stands for a flushed cache: SCRIPT FLUSH would empty it
+    for every run sharing the server."""
+    import hashlib
+    import uuid
+
+    from suppression.gate import PRE_SEND
+
     assert (await check(gate)).verdict == "send"
-    await redis.script_flush()
+    source = f"{PRE_SEND.source}\n-- {uuid.uuid4().hex}\n"
+    monkeypatch.setattr(PRE_SEND, "source", source)
+    monkeypatch.setattr(PRE_SEND, "sha", hashlib.sha1(source.encode()).hexdigest())
+    assert await redis.script_exists(PRE_SEND.sha) == [False]
     assert (await check(gate)).verdict == "send"
+    assert await redis.script_exists(PRE_SEND.sha) == [True]
 
 
 async def test_an_error_reply_is_raised_and_the_connection_stays_usable(gate, redis):

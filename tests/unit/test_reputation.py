@@ -45,8 +45,8 @@ def test_the_rule_blocks_clear_evidence_early_and_spares_noise():
 
 
 @pytest.fixture(scope="module")
-def probe(broker):
-    client = redis.Redis(port=broker.redis_port, db=1)
+def probe(redis_session_url):
+    client = redis.Redis.from_url(redis_session_url)  # runs a script only: writes nothing
     sha = client.script_load(PROBE)
     yield lambda *args: client.evalsha(sha, 0, *args)
     client.close()
