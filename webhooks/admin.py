@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -33,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from config import Settings
+from config.reputation import check_override
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
@@ -337,26 +337,20 @@ def _required(data: Mapping[str, Any], *names: str) -> list[str]:
 
 
 def _setting(name: str, value: Any) -> Any:
-    """A JSON value as ``accounts configure`` takes it: text for text, a finite number (or a
-    numeral) for a limit. Unknown names go on to the store, which refuses them."""
-    if value is None or (name not in OVERRIDES and name not in SENDER_FIELDS):
-        return value
-    kind = OVERRIDES.get(name, str)
-    if kind is str:
-        if not isinstance(value, str) or len(value) > MAX_TEXT:
-            raise ApiError(400, f"{name} must be a string of up to {MAX_TEXT} characters")
-        return value
-    try:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError
-        number = float(value)
-    except ValueError:
-        raise ApiError(400, f"{name} must be a number, not {value!r}") from None
-    if not math.isfinite(number):
-        raise ApiError(400, f"{name} must be a finite number")
-    if kind is int and not number.is_integer():
-        raise ApiError(400, f"{name} must be a whole number")
-    return int(number) if kind is int else number
+    """A JSON value as ``accounts configure`` takes it: text of up to MAX_TEXT characters for
+    sender information; for a limit or a line, what its declaration (config/reputation.py)
+    allows: a finite number (or a numeral) in its bounds, or one of its choices. Unknown names
+    go on to the store, which refuses them."""
+    if value is None:
+        return None
+    if name in OVERRIDES:
+        try:
+            return check_override(name, value)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+    if name in SENDER_FIELDS and (not isinstance(value, str) or len(value) > MAX_TEXT):
+        raise ApiError(400, f"{name} must be a string of up to {MAX_TEXT} characters")
+    return value
 
 
 def _seconds(value: Any) -> int | None:
