@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from config.reputation import OVERRIDES
-from outbox.cli import CliError, print_records, read_lines, run_once, settings
+from outbox.runtime import CliError, print_records, read_lines, run_once, settings
 
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 #: sender information of ``accounts configure`` (suppression.store.SENDER_FIELDS)
