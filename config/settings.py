@@ -31,6 +31,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from config.reputation import ReputationSettings
+
 ENV_PREFIX = "OUTBOX_"
 
 #: The development default of ``OUTBOX_SECRET_KEY``; refused where the public can reach us.
@@ -95,8 +97,12 @@ def _flag(value: str, name: str) -> bool:
     raise ValueError(f"{name}={value!r} is not a boolean")
 
 
-class Settings(BaseSettings):
-    """Every knob of Outbox. Frozen: build once with :func:`load_settings`, pass it down."""
+class Settings(ReputationSettings, BaseSettings):
+    """Every knob of Outbox. Frozen: build once with :func:`load_settings`, pass it down.
+
+    The account limits and reputation settings (``account_rate`` ... ``probation_seconds``)
+    come from :class:`ReputationSettings`, made from their one declaration in
+    :mod:`config.reputation`; read them as a :class:`config.reputation.Policy`."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, frozen=True, extra="forbid", case_sensitive=False
@@ -134,23 +140,7 @@ class Settings(BaseSettings):
     smtp_relay: Literal["smtp", "ses", "sendgrid", "mailgun", "postmark"] = "smtp"
     email_check_mx: bool = False
     metrics_port: int = Field(0, ge=0, le=65535)
-    # account reputation and limits (suppression/reputation.py); all overridable per account
-    account_rate: float = Field(500.0, gt=0, description="messages/s per account and channel")
-    account_burst: int = Field(5000, ge=1)
-    throttle_factor: float = Field(0.1, gt=0, le=1)
-    consent_mode: Literal["opt_in", "opt_out"] = "opt_in"
-    reputation_window: int = Field(86400, ge=60)
-    reputation_bucket: int = Field(3600, ge=1)
-    min_bounce_volume: int = Field(200, ge=1)
-    min_complaint_volume: int = Field(1000, ge=1)
-    early_bounce_volume: int = Field(50, ge=1)
-    early_complaint_volume: int = Field(250, ge=1)
-    throttle_bounce_rate: float = Field(0.05, gt=0, le=1)
-    block_bounce_rate: float = Field(0.10, gt=0, le=1)
-    throttle_complaint_rate: float = Field(0.001, gt=0, le=1)
-    block_complaint_rate: float = Field(0.003, gt=0, le=1)
-    wilson_z: float = Field(1.96, gt=0)
-    probation_seconds: int = Field(86400, ge=0)
+    # account limits and reputation (account_rate ... probation_seconds): ReputationSettings
 
     # --- twilio ---------------------------------------------------------------------------
     twilio_account_sid: str | None = None

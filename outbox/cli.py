@@ -1,4 +1,4 @@
-"""The ``outbox`` command: argument parsing and start-up of the parts.
+"""The ``outbox`` command: argument parsing, logging, and the exit status.
 
 Every subcommand has ``--help`` and exits non-zero on failure: 2 for bad input or settings
 (with a message naming what is wrong), 1 for a failure while running.
@@ -7,25 +7,18 @@ Every subcommand has ``--help`` and exits non-zero on failure: 2 for bad input o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import signal
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from config import Settings, SettingsError, load_settings
+from config import SettingsError
+from outbox import commands
+from outbox.runtime import EXIT_BAD_INPUT, CliError
 from sender.topology import TopologyMismatch
 
 log = logging.getLogger("outbox.cli")
-
-EXIT_BAD_INPUT = 2
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,45 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from outbox import commands
-
     commands.register(sub)
     return parser
-
-
-def settings(**overrides: Any) -> Settings:
-    """Build the settings once, at start; a bad value raises SettingsError (exit 2)."""
-    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def run_async(factory: Callable[[asyncio.Event], Any]) -> int:
-    """Run a long-lived coroutine on uvloop until SIGTERM/SIGINT sets its stop event."""
-    import uvloop
-
-    async def _main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        result = await factory(stop)
-        return int(result or 0)
-
-    return uvloop.run(_main())
-
-
-def run_once(coro: Any) -> Any:
-    """Run a short command's coroutine on uvloop."""
-    import uvloop
-
-    return uvloop.run(coro)
-
-
-def print_records(records: Any, as_json: bool, text: Callable[[Any], str] = str) -> None:
-    """Print records as JSON (``--json``) or as readable text."""
-    if as_json:
-        print(json.dumps(records, ensure_ascii=False, default=str))
-    else:
-        print(text(records))
 
 
 class _JsonFormatter(logging.Formatter):
@@ -127,14 +83,3 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("aiormq", "aio_pika", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-
-
-def read_lines(source: str) -> tuple[str, Any]:
-    """Open ``source`` (a path or ``-`` for stdin) for reading lines; CliError if it cannot."""
-    if source == "-":
-        return "<stdin>", sys.stdin.buffer
-    path = Path(source)
-    try:
-        return str(path), path.open("rb")
-    except OSError as exc:
-        raise CliError(f"cannot read {source}: {exc.strerror}") from None

@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Settings
-from outbox.cli import CliError, print_records, read_lines, run_async, run_once, settings
+from outbox import support
+from outbox.runtime import CliError, print_records, read_lines, run_async, run_once, settings
 
 log = logging.getLogger("outbox.cli")
 ENQUEUE_WINDOW = 256  # publishes awaiting their confirms at once
@@ -50,8 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("classify", help="classify an SMTP reply (or - : one per line on stdin)")
     p.add_argument("reply", metavar="REPLY|-")
     p.set_defaults(func=cmd_classify)
-
-    from outbox import support
 
     support.register(sub)
 

@@ -15,9 +15,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from outbox.cli import CliError, print_records, read_lines, run_once, settings
+from config.reputation import OVERRIDES
+from outbox.runtime import CliError, print_records, read_lines, run_once, settings
 
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+#: sender information of ``accounts configure`` (suppression.store.SENDER_FIELDS)
+SENDER_FLAGS = ("business_name", "address", "contact_email", "contact_phone")
 PROGRESS_MIN_LINES = 10_000  # show a progress bar on stderr above this many lines
 
 
@@ -52,16 +55,12 @@ def _accounts(sub: Sub) -> None:
     p.set_defaults(func=cmd_accounts_show)
     p = acc.add_parser("configure", help="sender information, rate limits, threshold overrides")
     p.add_argument("account_id", metavar="ID")
-    for flag in ("business-name", "address", "contact-email", "contact-phone"):
-        p.add_argument(f"--{flag}")
-    p.add_argument("--rate", type=float, help="messages per second per channel")
-    p.add_argument("--burst", type=int)
-    for flag in ("throttle-bounce", "block-bounce", "throttle-complaint", "block-complaint"):
-        p.add_argument(f"--{flag}", type=float, help="rate as a fraction (0.05 = 5 %%)")
-    for flag in ("min-bounce-volume", "min-complaint-volume", "early-bounce-volume",
-                 "early-complaint-volume", "reputation-window", "reputation-bucket"):
-        p.add_argument(f"--{flag}", type=int)
-    p.add_argument("--consent-mode", choices=["opt_in", "opt_out"])
+    for name in SENDER_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"))
+    for param in OVERRIDES.values():  # declared in config/reputation.py
+        p.add_argument(param.flag, type=param.kind, choices=param.choices or None,
+                       help=f"{param.help} (else OUTBOX_{param.setting.upper()}, default "
+                            f"{param.default})".replace("%", "%%"))
     p.add_argument("--actor", default="support")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_configure)
@@ -243,11 +242,7 @@ def _show_text(info: dict[str, Any]) -> str:
 def cmd_accounts_configure(args: argparse.Namespace) -> int:
     from suppression.store import AccountStore
 
-    fields = {name: getattr(args, name) for name in (
-        "business_name", "address", "contact_email", "contact_phone", "rate", "burst",
-        "throttle_bounce", "block_bounce", "throttle_complaint", "block_complaint",
-        "min_bounce_volume", "min_complaint_volume", "early_bounce_volume",
-        "early_complaint_volume", "reputation_window", "reputation_bucket", "consent_mode")}
+    fields = {name: getattr(args, name) for name in (*SENDER_FLAGS, *OVERRIDES)}
     if all(v is None for v in fields.values()):
         raise CliError("nothing to configure: give at least one setting")
     cfg_now = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).configure(

@@ -233,8 +233,8 @@ class Gate:
             keys.bucket(account_id, channel)]
         p = self.policy
         args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
-                f"{topic}:{channel}" if topic else "", repr(p.rate), p.burst,
-                repr(p.throttle_factor), p.consent_mode, recipient_digest(channel, addr)]
+                f"{topic}:{channel}" if topic else "", *p.script_args("pre_send"),
+                recipient_digest(channel, addr)]
 
         def build(pipe: Any) -> None:
             pipe.hget(keys.global_suppression(channel, addr), "reason")
@@ -305,7 +305,7 @@ class Gate:
             keys.recent(account_id), keys.bucket(account_id, channel)]
         args = [status, attempt, provider or "", provider_message_id or "", self._ttl,
                 reason or "", channel, job_id, counts.sends, counts.hard, counts.complaints,
-                *self.policy.reputation_args(), int(refund)]
+                *self.policy.script_args("post_send"), int(refund)]
         return script_keys, args
 
     async def suppress_address(self, channel: str, address: str, *, reason: str,

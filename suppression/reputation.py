@@ -28,8 +28,9 @@ early block volume                50         250
 Deciding on the *lower* bound rather than the raw rate means: the line is crossed only when we
 are 95 % sure the true rate is above it. A small sender with 3 bounces in 20 sends (15 %) is
 not punished for noise, while a 30 %-dirty blast is blocked after about 50 sends
-(lb(15, 50) = 0.19 > 10 %) instead of running on to 200. Every parameter is a setting
-(``OUTBOX_*``) and can be overridden per account (``outbox accounts configure``).
+(lb(15, 50) = 0.19 > 10 %) instead of running on to 200. The parameters are declared once,
+in :mod:`config.reputation` (:class:`Policy`): each is a setting (``OUTBOX_*``), and the lines,
+volumes, window and bucket can be overridden per account (``outbox accounts configure``).
 
 ``blocked`` and ``suspended`` are left only by a support action (unblock, unsuspend), which
 starts a probation period (``probation_seconds``, default 24 h) with fresh counters.
@@ -39,74 +40,15 @@ starts a probation period (``probation_seconds``, default 24 h) with fresh count
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from config.reputation import OVERRIDES, PARAMS, Policy
+
+__all__ = ["OVERRIDES", "PARAMS", "STATES", "Policy", "Rates", "level", "sum_buckets",
+           "wilson_lower"]
+
 STATES = ("active", "throttled", "blocked", "suspended")
-
-#: per-account overrides accepted in the account's settings hash, and their types
-OVERRIDES: dict[str, type] = {
-    "rate": float, "burst": int, "consent_mode": str,
-    "reputation_bucket": int, "reputation_window": int,
-    "min_bounce_volume": int, "min_complaint_volume": int,
-    "early_bounce_volume": int, "early_complaint_volume": int,
-    "throttle_bounce": float, "block_bounce": float,
-    "throttle_complaint": float, "block_complaint": float,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Defaults for limits and reputation (settings); an account's cfg hash overrides them."""
-
-    rate: float = 500.0
-    burst: int = 5000
-    throttle_factor: float = 0.1
-    consent_mode: str = "opt_in"
-    reputation_bucket: int = 3600
-    reputation_window: int = 86400
-    min_bounce_volume: int = 200
-    min_complaint_volume: int = 1000
-    early_bounce_volume: int = 50
-    early_complaint_volume: int = 250
-    throttle_bounce: float = 0.05
-    block_bounce: float = 0.10
-    throttle_complaint: float = 0.001
-    block_complaint: float = 0.003
-    z: float = 1.96
-    probation_seconds: int = 86400
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> Policy:
-        """Read the defaults from the settings (missing ones keep the defaults above)."""
-        names = {
-            "rate": "account_rate", "burst": "account_burst",
-            "throttle_bounce": "throttle_bounce_rate", "block_bounce": "block_bounce_rate",
-            "throttle_complaint": "throttle_complaint_rate",
-            "block_complaint": "block_complaint_rate", "z": "wilson_z",
-        }
-        values = {}
-        for field in cls.__dataclass_fields__:
-            value = getattr(settings, names.get(field, field), None)
-            if value is not None:
-                values[field] = value
-        return cls(**values)
-
-    def with_overrides(self, cfg: dict[str, str]) -> Policy:
-        """This policy with an account's overrides applied."""
-        values = asdict(self)
-        for name, kind in OVERRIDES.items():
-            if cfg.get(name) not in (None, ""):
-                values[name] = kind(cfg[name])
-        return Policy(**values)
-
-    def reputation_args(self) -> list[str | int | float]:
-        """ARGV[12..22] of post_send.lua."""
-        return [self.reputation_bucket, self.reputation_window, self.min_bounce_volume,
-                self.min_complaint_volume, self.early_bounce_volume,
-                self.early_complaint_volume, repr(self.throttle_bounce),
-                repr(self.block_bounce), repr(self.throttle_complaint),
-                repr(self.block_complaint), repr(self.z)]
 
 
 def wilson_lower(k: float, n: float, z: float = 1.96) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from config.reputation import check_override
 from suppression import keys
 from suppression.address import BadAddress, normalise
 from suppression.gate import Script
@@ -32,7 +33,6 @@ from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
 FACTS = ("hard_bounce", "complaint", "invalid")
 CHOICES = ("unsubscribe", "sms_stop")
 REASONS = (*FACTS, *CHOICES, "dnc_register", "manual")
-_RATE_LINES = ("throttle_bounce", "block_bounce", "throttle_complaint", "block_complaint")
 SENDER_FIELDS = ("business_name", "address", "contact_email", "contact_phone")
 _SUPPORT = Script("support")
 
@@ -151,18 +151,11 @@ class AccountStore:
         unknown = set(values) - set(OVERRIDES) - set(SENDER_FIELDS)
         if unknown:
             raise BadEntry(f"unknown account setting(s): {', '.join(sorted(unknown))}")
-        if values.get("consent_mode") not in (None, "opt_in", "opt_out"):
-            raise BadEntry("consent_mode must be opt_in or opt_out")
-        for name, value in values.items():
-            if name in OVERRIDES and OVERRIDES[name] is not str:
-                try:
-                    number = OVERRIDES[name](value)
-                except ValueError:
-                    raise BadEntry(f"{name} must be a number, not {value!r}") from None
-                if number <= 0:
-                    raise BadEntry(f"{name} must be positive")
-                if name in _RATE_LINES and number > 1:
-                    raise BadEntry(f"{name} is a rate as a fraction (0.05 = 5 %), not {value!r}")
+        try:  # the bounds and types declared in config/reputation.py
+            values = {k: check_override(k, v) if k in OVERRIDES else v
+                      for k, v in values.items()}
+        except ValueError as exc:
+            raise BadEntry(str(exc)) from None
         if values:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hset(keys.config(account_id), mapping={k: str(v) for k, v in values.items()})

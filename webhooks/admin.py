@@ -12,8 +12,9 @@ constant time with each of ``OUTBOX_ADMIN_TOKENS``. Answers other than 200::
 
 A refused request changes nothing. Changes are audited by the stores (with the actor and
 reason given in the request) and logged here with the actor; tokens are never logged.
-``GET /admin/`` is a self-contained page (no external assets) over the same API; it holds no
-data of its own, so it is served without a token (a browser cannot send one on navigation).
+``GET /admin/`` is a self-contained page (no external assets; its source is
+``webhooks/static/admin.*``, put together once at import) over the same API; it holds no data
+of its own, so it is served without a token (a browser cannot send one on navigation).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
+from importlib import resources
+from string import Template
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 
 from config import Settings
+from config.reputation import check_override
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
@@ -337,26 +340,20 @@ def _required(data: Mapping[str, Any], *names: str) -> list[str]:
 
 
 def _setting(name: str, value: Any) -> Any:
-    """A JSON value as ``accounts configure`` takes it: text for text, a finite number (or a
-    numeral) for a limit. Unknown names go on to the store, which refuses them."""
-    if value is None or (name not in OVERRIDES and name not in SENDER_FIELDS):
-        return value
-    kind = OVERRIDES.get(name, str)
-    if kind is str:
-        if not isinstance(value, str) or len(value) > MAX_TEXT:
-            raise ApiError(400, f"{name} must be a string of up to {MAX_TEXT} characters")
-        return value
-    try:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError
-        number = float(value)
-    except ValueError:
-        raise ApiError(400, f"{name} must be a number, not {value!r}") from None
-    if not math.isfinite(number):
-        raise ApiError(400, f"{name} must be a finite number")
-    if kind is int and not number.is_integer():
-        raise ApiError(400, f"{name} must be a whole number")
-    return int(number) if kind is int else number
+    """A JSON value as ``accounts configure`` takes it: text of up to MAX_TEXT characters for
+    sender information; for a limit or a line, what its declaration (config/reputation.py)
+    allows: a finite number (or a numeral) in its bounds, or one of its choices. Unknown names
+    go on to the store, which refuses them."""
+    if value is None:
+        return None
+    if name in OVERRIDES:
+        try:
+            return check_override(name, value)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+    if name in SENDER_FIELDS and (not isinstance(value, str) or len(value) > MAX_TEXT):
+        raise ApiError(400, f"{name} must be a string of up to {MAX_TEXT} characters")
+    return value
 
 
 def _seconds(value: Any) -> int | None:
@@ -381,169 +378,19 @@ def _int(value: str | None, name: str, *, default: int, high: int) -> int:
 
 
 # --- the page --------------------------------------------------------------------------
-# Everything shown comes from the API and may come from users (account ids, reasons, names):
-# the script builds the page with createElement and textContent only, never HTML strings.
+# webhooks/static/admin.{html,css,js}. Everything shown comes from the API and may come from
+# users (account ids, reasons, names): the script builds the page with createElement and
+# textContent only, never HTML strings.
 
-_STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;max-width:62rem;margin:1rem auto;padding:0 1rem;color:#222}
-fieldset{border:1px solid #ccc;margin:0 0 1rem;padding:.5rem 1rem}
-label{display:inline-block;margin:.3rem 1rem .3rem 0}
-input,button{font:inherit;padding:.2rem .4rem}
-table{border-collapse:collapse;margin:.5rem 0}
-td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
-#message{padding:.4rem .6rem;min-height:1.4em}
-.ok{background:#e3f6e3}.error{background:#fbe0e0}
-.state-blocked,.state-suspended{color:#b00020}.state-throttled{color:#a35200}
-"""
 
-_SCRIPT = """
-"use strict";
-const $ = (id) => document.getElementById(id);
-let current = null;  // the account on show
+def _static(name: str) -> str:
+    return (resources.files("webhooks") / "static" / name).read_text(encoding="utf-8")
 
-// Text only: a value from the API never becomes markup.
-function el(tag, text) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  return node;
-}
-function row(cells, header) {
-  const tr = el("tr");
-  for (const cell of cells) tr.append(el(header ? "th" : "td", cell));
-  return tr;
-}
-function say(text, ok) {
-  $("message").textContent = text;
-  $("message").className = text ? (ok ? "ok" : "error") : "";
-}
-const pct = (x) => (100 * Number(x)).toFixed(2) + " %";
-const when = (s) => (s ? new Date(Number(s) * 1000).toLocaleString() : "");
 
-async function api(method, path, body) {
-  const token = $("token").value.trim();
-  if (!token) throw new Error("Paste the admin token first. 請先貼上存取權杖。");
-  const response = await fetch(path, {
-    method, headers: {"Authorization": "Bearer " + token, "Content-Type": "application/json"},
-    body: body === undefined ? undefined : JSON.stringify(body)});
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(response.status + " " + (data.error || response.statusText));
-  return data;
-}
-
-function show(info) {
-  current = info.account_id;
-  $("title").textContent = info.account_id;
-  $("state").textContent = info.state;
-  $("state").className = "state-" + info.state;
-  $("state-note").textContent = [
-    info.state_reason ? "(" + info.state_reason + ")" : "",
-    info.probation_until ? "probation until 觀察期至 " + when(info.probation_until) : ""
-  ].join(" ");
-  $("rates").replaceChildren(row(["Channel 渠道", "Sends 發送", "Hard bounces 硬退回",
-    "Bounce rate 退回率", "Complaints 投訴", "Complaint rate 投訴率"], true));
-  for (const [channel, r] of Object.entries(info.rates)) {
-    $("rates").append(row([channel, r.sends, r.hard_bounces, pct(r.bounce_rate),
-                           r.complaints, pct(r.complaint_rate)]));
-  }
-  $("transitions").replaceChildren(row(["When 時間", "Action 操作", "From → to",
-    "By 操作者", "Reason 原因"], true));
-  for (const t of info.recent_transitions) {
-    $("transitions").append(row([when(t.at), t.action, (t.from || "") + " → " + (t.to || ""),
-                                 t.actor, t.reason]));
-  }
-  $("details").hidden = false;
-}
-
-async function lookup(id) {
-  try {
-    show(await api("GET", "/admin/accounts/" + encodeURIComponent(id)));
-    say("", true);
-  } catch (err) {
-    $("details").hidden = true;
-    say(err.message, false);
-  }
-}
-
-async function act(action) {
-  const body = {reason: $("reason").value, actor: $("actor").value};
-  try {
-    const r = await api("POST", "/admin/accounts/" + encodeURIComponent(current) + "/" + action,
-                        body);
-    await lookup(current);
-    say(r.account_id + ": " + r.from + " → " + r.state + (r.event_published ? "" :
-        " (status event NOT published: tell ops 狀態事件未發佈)"), r.event_published);
-    $("reason").value = "";
-  } catch (err) {
-    say(err.message, false);
-  }
-}
-
-async function listBlocked() {
-  try {
-    const rows = await api("GET", "/admin/accounts?state=blocked");
-    $("accounts").replaceChildren();
-    for (const a of rows) {
-      const button = el("button", a.account_id);
-      button.type = "button";
-      button.addEventListener("click", () => {
-        $("account").value = a.account_id;
-        lookup(a.account_id);
-      });
-      const item = el("li");
-      item.append(button);
-      $("accounts").append(item);
-    }
-    if (!rows.length) $("accounts").append(el("li", "None 沒有"));
-    $("list").hidden = false;
-  } catch (err) {
-    say(err.message, false);
-  }
-}
-
-$("lookup").addEventListener("submit", (e) => {
-  e.preventDefault();
-  lookup($("account").value.trim());
-});
-$("act").addEventListener("submit", (e) => {
-  e.preventDefault();
-  act(e.submitter.value);
-});
-$("list-blocked").addEventListener("click", listBlocked);
-"""
-
-PAGE = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Outbox support 支援</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>Outbox support 支援</h1>
-<fieldset><legend>Token 存取權杖</legend>
-<label>Admin token <input id="token" type="password" autocomplete="off" size="40"></label>
-</fieldset>
-<form id="lookup"><fieldset><legend>Account 帳戶</legend>
-<label>Account ID 帳戶編號 <input id="account" required></label>
-<button type="submit">Look up 查詢</button>
-<button type="button" id="list-blocked">Blocked accounts 已封鎖帳戶</button>
-</fieldset></form>
-<div id="message" role="status"></div>
-<section id="list" hidden><h2>Blocked accounts 已封鎖帳戶</h2><ul id="accounts"></ul></section>
-<section id="details" hidden>
-<h2 id="title"></h2>
-<p>State 狀態: <strong id="state"></strong> <span id="state-note"></span></p>
-<h3>Rates in the window 時段內比率</h3><table id="rates"></table>
-<h3>Recent transitions 最近變更</h3><table id="transitions"></table>
-<form id="act"><fieldset><legend>Action 操作</legend>
-<label>Reason 原因 <input id="reason" required size="40" maxlength="{MAX_TEXT}"></label>
-<label>Your name 你的名字 <input id="actor" required maxlength="200"></label><br>
-<button type="submit" value="unblock">Unblock 解除封鎖</button>
-<button type="submit" value="suspend">Suspend 暫停</button>
-<button type="submit" value="unsuspend">Unsuspend 恢復</button>
-</fieldset></form>
-</section>
-<script>{_SCRIPT}</script>
-</body></html>
-"""
+_STYLE = _static("admin.css")
+_SCRIPT = _static("admin.js")
+PAGE = Template(_static("admin.html")).substitute(style=_STYLE, script=_SCRIPT,
+                                                   max_text=MAX_TEXT)
 
 
 def _csp_hash(source: str) -> str:

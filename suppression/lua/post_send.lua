@@ -10,9 +10,11 @@
 -- ARGV[1..6]   status ('R' = retry scheduled, else a final status), attempt, provider,
 --              provider_message_id, ttl seconds, reason
 -- ARGV[7..11]  channel, job id, sends +n, hard bounces +n, complaints +n
--- ARGV[12..22] bucket s, window s, min bounce volume, min complaint volume, early bounce
---              volume, early complaint volume, throttle bounce, block bounce, throttle
---              complaint, block complaint, z        (defaults; the account's cfg overrides)
+-- ARGV[12..22] the defaults, in config/reputation.py's order (the account's cfg hash
+--              overrides all but z, under these names): reputation_bucket, reputation_window,
+--              min_bounce_volume, min_complaint_volume, early_bounce_volume,
+--              early_complaint_volume, throttle_bounce, block_bounce, throttle_complaint,
+--              block_complaint, z
 -- ARGV[23]     refund the rate token (1: the job was claimed but not sent)
 -- KEYS[8], ARGV[24]  (provider events only) the event's marker key and how long it is kept:
 --              an event already applied changes nothing a second time

@@ -7,10 +7,13 @@
 -- KEYS[5]  consent record           outbox:{acct:A}:consent:<channel>:<addr>
 -- KEYS[6]  notification prefs       outbox:{acct:A}:prefs:<addr>
 -- KEYS[7]  token bucket             outbox:{acct:A}:tb:<channel>
--- ARGV     owner, redelivered (0/1), expired (0/1), ttl seconds, attempt,
---          category, prefs field ('<topic>:<channel>' or ''), default rate (msg/s),
---          default burst, throttle factor, default consent mode, recipient digest (stored
---          as 'rc' on the claim: a bounce that quotes the job must name this recipient)
+-- ARGV[1..7]   owner, redelivered (0/1), expired (0/1), ttl seconds, attempt, category,
+--              prefs field ('<topic>:<channel>' or '')
+-- ARGV[8..11]  the defaults, in config/reputation.py's order (the account's cfg hash
+--              overrides all but throttle_factor, under these names): rate, burst,
+--              throttle_factor, consent_mode
+-- ARGV[12]     recipient digest (stored as 'rc' on the claim: a bounce that quotes the job
+--              must name this recipient)
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
 --          a marketing job that may be sent, the account's sender information after them:
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),

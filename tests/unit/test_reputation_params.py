@@ -1,0 +1,232 @@
+"""The reputation parameters are declared once (config/reputation.py), and every place that
+names them — settings, Policy, the CLI, the admin API, the Lua scripts — agrees with it."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, cast, get_type_hints
+
+import pytest
+
+from config import SettingsError, load_settings
+from config.reputation import OVERRIDES, PARAMS, Param, Policy, ReputationSettings, check_override
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA = ROOT / "suppression/lua"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("OUTBOX_"):
+            monkeypatch.delenv(key)
+
+
+def _script_params(script: str) -> list[Param]:
+    return [p for p in PARAMS if p.script == script]
+
+
+# --- the declaration itself ----------------------------------------------------------------
+
+
+def test_each_policy_field_is_typed_as_its_default():
+    hints = get_type_hints(Policy)
+    assert [p.name for p in PARAMS] == list(hints)
+    for p in PARAMS:
+        assert hints[p.name] is p.kind, p.name
+        assert p.kind in (int, float, str) and p.help
+        assert (p.kind is str) == bool(p.choices), p.name  # text only as a choice
+
+
+def test_the_defaults_are_inside_their_own_bounds():
+    for p in PARAMS:
+        if p.per_account:
+            assert check_override(p.name, p.default) == p.default
+
+
+# --- settings -----------------------------------------------------------------------------
+
+#: what a user sets today: these names and defaults must not change under them
+USER_SETTINGS = {
+    "OUTBOX_ACCOUNT_RATE": 500.0, "OUTBOX_ACCOUNT_BURST": 5000, "OUTBOX_THROTTLE_FACTOR": 0.1,
+    "OUTBOX_CONSENT_MODE": "opt_in", "OUTBOX_REPUTATION_WINDOW": 86400,
+    "OUTBOX_REPUTATION_BUCKET": 3600, "OUTBOX_MIN_BOUNCE_VOLUME": 200,
+    "OUTBOX_MIN_COMPLAINT_VOLUME": 1000, "OUTBOX_EARLY_BOUNCE_VOLUME": 50,
+    "OUTBOX_EARLY_COMPLAINT_VOLUME": 250, "OUTBOX_THROTTLE_BOUNCE_RATE": 0.05,
+    "OUTBOX_BLOCK_BOUNCE_RATE": 0.10, "OUTBOX_THROTTLE_COMPLAINT_RATE": 0.001,
+    "OUTBOX_BLOCK_COMPLAINT_RATE": 0.003, "OUTBOX_WILSON_Z": 1.96,
+    "OUTBOX_PROBATION_SECONDS": 86400,
+}
+
+
+def test_settings_hold_exactly_the_declared_parameters_with_the_same_names_and_defaults():
+    s = load_settings()
+    declared = {f"OUTBOX_{p.setting.upper()}": p.default for p in PARAMS}
+    assert declared == USER_SETTINGS
+    assert {f"OUTBOX_{n.upper()}": getattr(s, n) for n in ReputationSettings.__annotations__} \
+        == USER_SETTINGS
+    assert Policy.from_settings(s) == Policy()
+
+
+def test_settings_keep_the_declared_bounds():
+    fields = type(load_settings()).model_fields
+    for p in PARAMS:
+        info = fields[p.setting]
+        bounds = {k: getattr(m, k) for m in info.metadata for k in ("gt", "ge", "le")
+                  if getattr(m, k, None) is not None}
+        assert bounds == {k: v for k, v in (("gt", p.gt), ("ge", p.ge), ("le", p.le))
+                          if v is not None}, p.name
+
+
+def test_a_setting_from_the_environment_reaches_the_policy(monkeypatch):
+    monkeypatch.setenv("OUTBOX_WILSON_Z", "2.5")
+    monkeypatch.setenv("OUTBOX_ACCOUNT_BURST", "7")
+    monkeypatch.setenv("OUTBOX_CONSENT_MODE", "opt_out")
+    policy = Policy.from_settings(load_settings())
+    assert (policy.z, policy.burst, policy.consent_mode) == (2.5, 7, "opt_out")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("OUTBOX_BLOCK_BOUNCE_RATE", "5"), ("OUTBOX_REPUTATION_WINDOW", "59"),
+    ("OUTBOX_CONSENT_MODE", "maybe"), ("OUTBOX_ACCOUNT_RATE", "0"),
+    ("OUTBOX_PROBATION_SECONDS", "-1"),
+])
+def test_a_setting_out_of_bounds_is_refused_by_name(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+# --- per-account overrides: the store, the admin API, the CLI -------------------------------
+
+
+def test_overrides_are_applied_with_the_declared_types():
+    cfg = {"rate": "20", "burst": "30", "block_bounce": "0.2", "consent_mode": "opt_out",
+           "z": "9", "probation_seconds": "1", "reputation_window": ""}
+    policy = Policy().with_overrides(cfg)
+    assert (policy.rate, policy.burst, policy.block_bounce, policy.consent_mode) == \
+        (20.0, 30, 0.2, "opt_out")
+    assert (policy.z, policy.probation_seconds, policy.reputation_window) == \
+        (1.96, 86400, 86400)  # not overridable, or empty: the default stands
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("rate", "fast", "rate must be a number"), ("rate", True, "rate must be a number"),
+    ("rate", [1], "rate must be a number"), ("rate", -1, "rate must be positive"),
+    ("rate", math.nan, "finite"), ("rate", "inf", "finite"),
+    ("burst", 1.5, "burst must be a whole number"), ("burst", 0, "burst must be at least 1"),
+    ("reputation_window", 59, "at least 60"), ("block_bounce", 5, "fraction"),
+    ("consent_mode", "maybe", "consent_mode must be opt_in or opt_out"),
+    ("consent_mode", 1, "consent_mode must be opt_in or opt_out"),
+])
+def test_a_bad_override_is_refused_naming_it(name, value, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        check_override(name, value)
+
+
+def test_an_override_numeral_becomes_its_number():
+    assert check_override("burst", "500") == 500 and isinstance(check_override("burst", 5.0), int)
+    assert check_override("rate", 50) == 50.0 and isinstance(check_override("rate", 50), float)
+
+
+async def test_the_store_refuses_what_is_not_declared_overridable_and_writes_nothing():
+    from suppression.store import AccountStore, BadEntry
+
+    store = AccountStore(cast(Any, None), Policy())  # refused before any I/O
+    for name in ("z", "throttle_factor", "probation_seconds", "wilson_z", "account_rate"):
+        with pytest.raises(BadEntry, match=f"unknown account setting.*{name}"):
+            await store.configure("acct", **{name: 1})
+    with pytest.raises(BadEntry, match="at least 60"):
+        await store.configure("acct", reputation_window=1)
+
+
+def test_the_admin_api_takes_exactly_the_declared_overrides():
+    from webhooks.admin import ApiError, _setting
+
+    for p in OVERRIDES.values():
+        assert _setting(p.name, p.default) == p.default
+        with pytest.raises(ApiError) as refused:
+            _setting(p.name, {"a": 1})
+        assert refused.value.status == 400 and p.name in refused.value.message
+    for name in ("z", "throttle_factor", "probation_seconds"):  # the store refuses these
+        assert {"a": 1} == _setting(name, {"a": 1})
+
+
+def test_the_cli_has_a_flag_for_exactly_each_declared_override():
+    from outbox.cli import build_parser
+    from outbox.support import SENDER_FLAGS
+
+    parser = build_parser()
+    accounts = _subparser(parser, "accounts")
+    configure = _subparser(accounts, "configure")
+    options = {a.option_strings[0]: a for a in configure._actions if a.option_strings}
+    other = {"-h", "--actor", "--json", *("--" + f.replace("_", "-") for f in SENDER_FLAGS)}
+    assert set(options) - other == {p.flag for p in OVERRIDES.values()}
+    for p in OVERRIDES.values():
+        assert options[p.flag].type is p.kind and options[p.flag].dest == p.name
+        assert tuple(options[p.flag].choices or ()) == p.choices
+
+
+def _subparser(parser, name):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise AssertionError(f"no subcommand {name}")
+
+
+# --- the scripts' arguments -----------------------------------------------------------------
+
+
+def _argv_block(script: str, first: int) -> tuple[int, int, str]:
+    """The header comment's ``-- ARGV[first..last]`` entry: its range and its text."""
+    header = "".join(ln[2:] + "\n" for ln in (LUA / f"{script}.lua").read_text().splitlines()
+                     if ln.startswith("--"))
+    found = re.search(rf"ARGV\[{first}\.\.(\d+)\](.*?)(?=\n\s*(?:ARGV|KEYS)\[|\nreturns)",
+                      header, re.S)
+    assert found, f"no ARGV[{first}..] entry in {script}.lua's header"
+    return first, int(found.group(1)), " ".join(found.group(2).split())
+
+
+@pytest.mark.parametrize("script, first", [("pre_send", 8), ("post_send", 12)])
+def test_the_script_header_lists_the_declared_arguments_in_order(script, first):
+    declared = _script_params(script)
+    low, high, text = _argv_block(script, first)
+    assert high - low + 1 == len(declared)
+    assert [n.strip() for n in text.rsplit(": ", 1)[1].split(",")] == [p.name for p in declared]
+    fixed = [p.name for p in declared if not p.per_account]
+    assert re.search(r"overrides all but (\w+)", text).group(1) == " ".join(fixed)
+    after = (LUA / f"{script}.lua").read_text()
+    assert f"-- ARGV[{high + 1}]" in after  # the next argument follows straight on
+
+
+@pytest.mark.parametrize("script", ["pre_send", "post_send"])
+def test_the_script_reads_the_account_overrides_under_the_declared_names(script):
+    source = (LUA / f"{script}.lua").read_text()
+    call = re.search(r"HMGET', KEYS\[3\],(.*?)\)", source, re.S).group(1)
+    read = re.findall(r"'(\w+)'", call)
+    overridable = [p.name for p in _script_params(script) if p.per_account]
+    assert read[:len(overridable)] == overridable  # by position: cfg[i] / p[i]
+    assert not set(read[len(overridable):]) & {p.name for p in PARAMS}
+
+
+def test_post_send_gets_the_policy_at_the_declared_positions():
+    from suppression.gate import Gate
+
+    policy = Policy(reputation_bucket=11, reputation_window=222, min_bounce_volume=3,
+                    min_complaint_volume=4, early_bounce_volume=5, early_complaint_volume=6,
+                    throttle_bounce=0.07, block_bounce=0.08, throttle_complaint=0.009,
+                    block_complaint=0.01, z=2.5)
+    gate = Gate(cast(Any, None), idempotency_ttl=60, policy=policy)  # no I/O here
+    _, args = gate.post_send_call("a", "j", status="sent", attempt=1)
+    low, high, _ = _argv_block("post_send", 12)
+    given = dict(zip([p.name for p in _script_params("post_send")], args[low - 1:high],
+                     strict=True))
+    assert given == {p.name: (repr(getattr(policy, p.name)) if p.kind is float
+                              else getattr(policy, p.name)) for p in _script_params("post_send")}
+    assert len(args) == high + 1  # then the refund flag, ARGV[high + 1]
