@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBS := rabbitmq-server redis-server postfix
 
-.PHONY: run test bench services stop-services deps clean definitions
+.PHONY: run test lint bench services stop-services deps clean definitions
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 deps: $(STAMP)
@@ -38,6 +38,11 @@ run: services $(STAMP)
 
 test: deps $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# ruff (E, F, W, I, B, UP, ASYNC) on everything; mypy --strict on the product packages
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: deps $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
