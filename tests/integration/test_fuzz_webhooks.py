@@ -95,8 +95,8 @@ def _request(draw: st.DrawFn) -> dict[str, Any]:
         event = copy.deepcopy(_mailgun[draw(st.sampled_from(sorted(_mailgun)))])
         data = event["event-data"]
         data["id"] = marker
-        for key in draw(st.lists(st.sampled_from(sorted(data)), max_size=3)):
-            data[key] = draw(_json)
+        for key in draw(st.lists(st.sampled_from(sorted(set(data) - {"id"})), max_size=3)):
+            data[key] = draw(_json)  # any field hostile, but the marker kept
         sig = event["signature"]
         sig["timestamp"], sig["token"] = str(int(time.time())), f"{n:050d}"
         sig["signature"] = hmac.new(MAILGUN_KEY.encode(),
@@ -110,7 +110,8 @@ def _request(draw: st.DrawFn) -> dict[str, Any]:
     elif kind.startswith("postmark"):
         record = copy.deepcopy(_postmark[draw(st.sampled_from(sorted(_postmark)))])
         record["MessageID"] = marker
-        for key in draw(st.lists(st.sampled_from(sorted(record)), max_size=3)):
+        for key in draw(st.lists(st.sampled_from(sorted(set(record) - {"MessageID"})),
+                                 max_size=3)):
             record[key] = draw(_json)
         body = json.dumps(record).encode() if draw(st.integers(0, 9)) else draw(st.binary())
         req.update(path="/webhooks/postmark", body=body, content_type="application/json",
@@ -240,7 +241,7 @@ def test_hostile_webhook_bodies_each_end_in_one_place(fuzz_server, amqp_url, red
                               timeout=30))
     got += asyncio.run(collect(amqp_url, "outbox.events", lambda m: False, timeout=1))
     markers = [_marker(m.body) for m in got]
-    assert None not in markers, "an event no request explains"
+    assert None not in markers, [m.body[:400] for m in got if _marker(m.body) is None][:3]
     assert set(markers) <= taken, "an event from a refused request"
     assert len(markers) == len(set(markers)), "one request, two events"
     assert {r["marker"] for r in evented} <= set(markers), "a taken callback left no event"
