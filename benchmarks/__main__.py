@@ -23,8 +23,14 @@ from typing import Any
 from benchmarks import measure, report, systems
 from benchmarks.env import ROOT, Services, machine, versions
 from benchmarks.profile import summarise
-from benchmarks.runner import (Context, log, open_loop_run, profile_run, seed_template,
-                               throughput_run)
+from benchmarks.runner import (
+    Context,
+    log,
+    open_loop_run,
+    profile_run,
+    seed_template,
+    throughput_run,
+)
 from benchmarks.sink import SmtpSink
 from benchmarks.systems import BARE, NAIVE, System, outbox
 from benchmarks.workloads import WORKLOADS

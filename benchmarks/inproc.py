@@ -19,7 +19,6 @@ import subprocess
 import time
 from typing import Any
 
-
 from benchmarks.env import Services, Vhost
 from benchmarks.runner import declare, prefill
 from benchmarks.sink import SMTP_SINK, free_port

@@ -297,7 +297,7 @@ async def sent_latencies(url: str, expected: int) -> list[float]:
         while len(out) < expected and time.monotonic() - idle_since < 3:
             try:
                 msg = await asyncio.wait_for(it.__anext__(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             except StopAsyncIteration:
                 break

@@ -24,10 +24,10 @@ from aiormq.exceptions import AMQPError as AiormqError
 from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
-BasicProperties = Basic.Properties
-
 from config import Settings
 from sender import topology
+
+BasicProperties = Basic.Properties
 
 log = logging.getLogger("outbox.bus")
 
@@ -108,7 +108,7 @@ class Bus:
             channel = await self._channel.get_underlay_channel()
             await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
                                         properties=properties, mandatory=True)
-        except (AMQPError, AiormqError, ConnectionError, asyncio.TimeoutError, RuntimeError) as exc:
+        except (TimeoutError, AMQPError, AiormqError, ConnectionError, RuntimeError) as exc:
             raise PublishFailed(
                 f"{exchange or '(default)'} {routing_key}: {type(exc).__name__}: {exc}"
             ) from exc

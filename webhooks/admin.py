@@ -40,8 +40,16 @@ from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
 from suppression.reputation import OVERRIDES, STATES, Policy
-from suppression.store import (SENDER_FIELDS, AccountStore, BadEntry, Change, ConsentStore,
-                               StoreError, SuppressionStore, UnknownAccount)
+from suppression.store import (
+    SENDER_FIELDS,
+    AccountStore,
+    BadEntry,
+    Change,
+    ConsentStore,
+    StoreError,
+    SuppressionStore,
+    UnknownAccount,
+)
 
 log = logging.getLogger("outbox.admin")
 

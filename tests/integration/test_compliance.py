@@ -11,8 +11,15 @@ from email.policy import default
 import aiohttp
 import pytest
 
-from tests.integration.helpers import (cli_runner, collect, email_job, events, publish,
-                                      running_app, running_worker)
+from tests.integration.helpers import (
+    cli_runner,
+    collect,
+    email_job,
+    events,
+    publish,
+    running_app,
+    running_worker,
+)
 
 pytestmark = pytest.mark.integration
 ACCOUNT = "acct_shop"

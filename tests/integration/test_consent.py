@@ -7,8 +7,14 @@ import json
 
 import pytest
 
-from tests.integration.helpers import (cli_runner, collect, email_job, events, publish,
-                                      running_worker)
+from tests.integration.helpers import (
+    cli_runner,
+    collect,
+    email_job,
+    events,
+    publish,
+    running_worker,
+)
 
 pytestmark = pytest.mark.integration
 ACCOUNT = "acct_consent"

@@ -26,9 +26,9 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from multidict import MultiDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
 from tests.integration.helpers import collect, running_app

@@ -8,8 +8,14 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.helpers import (cli_runner, collect, email_job, events, publish,
-                                      running_worker)
+from tests.integration.helpers import (
+    cli_runner,
+    collect,
+    email_job,
+    events,
+    publish,
+    running_worker,
+)
 
 pytestmark = pytest.mark.integration
 

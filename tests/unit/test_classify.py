@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from suppression.classify import Outcome, classify_provider, classify_reply, classify_smtp, classify_twilio
+from suppression.classify import (
+    Outcome,
+    classify_provider,
+    classify_reply,
+    classify_smtp,
+    classify_twilio,
+)
 from suppression.classify_rules import KINDS, REASON_KIND, REASONS
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bounces" / "corpus.jsonl"
