@@ -38,8 +38,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.classify import Outcome, classify_provider
-from webhooks.providers.base import PayloadError, ProviderEvent, json_body, safe_id
+from webhooks.providers.base import PayloadError, json_body, safe_id
 
 PROVIDER = "mailgun"
 _MESSAGE_ID = re.compile(r"^<?([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>?$")
@@ -90,7 +91,7 @@ def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
     match = _MESSAGE_ID.match(message_id or "")
     recipient = str(event.get("recipient") or "").strip().lower() or None
     return [ProviderEvent(
-        provider=PROVIDER, type=event_type, recipient=recipient,
+        provider=PROVIDER, type=event_type, channel="email", recipient=recipient,
         provider_message_id=message_id, message_id=f"<{message_id.strip('<>')}>"
         if message_id else None,
         job_id=safe_id(_var(variables, "outbox_job") or (match.group(1) if match else None)),
