@@ -65,6 +65,11 @@ def _effects(event: ProviderEvent) -> tuple[Counts, str | None]:
     return Counts(), ""
 
 
+def _source(event: ProviderEvent) -> str:
+    """The evidence a suppression entry keeps of the event that taught it."""
+    return f"{event.provider}:{event.event_id}"
+
+
 class EventApplier:
     """Applies one provider event per delivery from ``outbox.events``."""
 
@@ -107,7 +112,8 @@ class EventApplier:
             attempt=0, provider=event.provider,
             provider_message_id=event.provider_message_id, channel=event.channel,
             reason=event.reason, counts=counts, address=event.recipient or "",
-            suppress=suppress, event_id=f"{event.provider}:{event.event_id}")
+            suppress=suppress, source=_source(event), detail=event.diagnostic or event.reason,
+            event_id=f"{event.provider}:{event.event_id}")
         self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
                                              "applied").inc()
@@ -128,8 +134,7 @@ class EventApplier:
         if (counts.hard or counts.complaints) and event.recipient:
             reason = "hard_bounce" if counts.hard else "complaint"
             await self._gate.suppress_address(event.channel, event.recipient, reason=reason,
-                                              source=str(event.event_id),
-                                              detail=event.diagnostic)
+                                              source=_source(event), detail=event.diagnostic)
             return None
         if event.type == "unsubscribed":
             return "an unsubscribe that names no account cannot be applied"

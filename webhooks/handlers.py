@@ -148,14 +148,14 @@ class UnsubscribeWebhooks:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         u = self._read(request)
+        how = "one-click" if "List-Unsubscribe" in (await request.text()) else "unsubscribe page"
         await self._store.add(u.recipient, channel=u.channel, reason="unsubscribe",
-                              account_id=u.account_id, source=f"job:{u.job_id}",
+                              account_id=u.account_id, source=f"job:{u.job_id}", detail=how,
                               actor="recipient")
         event = ProviderEvent(
             provider="unsubscribe", type="unsubscribed", channel=u.channel, recipient=u.recipient,
             provider_message_id=None, message_id=None, job_id=u.job_id, kind=None,
-            reason="unsubscribe", diagnostic="one-click" if "List-Unsubscribe" in
-            (await request.text()) else "unsubscribe page", at=utcnow_iso(),
+            reason="unsubscribe", diagnostic=how, at=utcnow_iso(),
             event_id=f"{u.job_id}:{u.recipient}", account_id=u.account_id)
         try:
             await publish_events(self._bus, [event])
