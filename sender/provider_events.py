@@ -133,6 +133,7 @@ _WIRE = {"wire": True}
 
 
 def _describe(exc: ValidationError) -> str:
+    """What is wrong with an event, in one line (its first three problems)."""
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         if err["type"] == "json_invalid":

@@ -116,7 +116,8 @@ def _outcome(name: str, event: dict[str, Any]) -> tuple[Outcome, str, str | None
         detail = " ".join(str(status.get(k) or "") for k in ("code", "message")).strip()
         return _OUTCOMES[name], _SIMPLE[name], detail or None
     detail = event.get("url") or (event.get("reject") or {}).get("reason")
-    return Outcome(None, "undefined"), _SIMPLE.get(name, "other"), detail or None
+    text = str(detail)[:500] if detail else None  # a signed payload may still hold any JSON
+    return Outcome(None, "undefined"), _SIMPLE.get(name, "other"), text
 
 
 def _var(variables: Any, name: str) -> str | None:
