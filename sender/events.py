@@ -1,7 +1,8 @@
 """Applying provider events (``outbox.events``) in the worker.
 
 The webhook server and the bounce listener verify and parse what providers send and publish
-one normalised event per happening; here each one is applied once:
+one normalised event per happening (:class:`sender.provider_events.ProviderEvent`: a body that
+does not validate goes to ``outbox.dead`` with the reason); here each one is applied once:
 
 ================  ===================  =================================================
 event type        job status           effect
@@ -34,15 +35,14 @@ account and job, so one without both is not applied at all: it goes to ``outbox.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from sender.bus import Bus
 from sender.metrics import Metrics
 from sender.models import status_event
+from sender.provider_events import InvalidEvent, ProviderEvent
 from suppression.gate import Counts, Gate
 from suppression.store import SuppressionStore
 
@@ -54,20 +54,20 @@ _STATUS = {"delivered": "delivered", "bounced": "bounced", "soft_bounced": "soft
            "complained": "complained", "unsubscribed": "unsubscribed"}
 
 
-def _channel(event: dict[str, Any]) -> str:
-    return "sms" if event.get("provider") == "twilio" else "email"
-
-
-def _effects(event: dict[str, Any], channel: str) -> tuple[Counts, str | None]:
+def _effects(event: ProviderEvent) -> tuple[Counts, str | None]:
     """What an event adds to the counters, and which suppression it leaves ("" = none)."""
-    kind, type_ = event.get("kind"), event["type"]
-    if type_ == "bounced" and kind == "hard":
+    if event.type == "bounced" and event.kind == "hard":
         return Counts(hard=1), None  # None: the hard bounce's own global entry
-    if type_ == "complained":
-        return Counts(complaints=1), None if kind == "complaint" else ""
-    if type_ == "unsubscribed":
-        return Counts(), "sms_stop" if channel == "sms" else "unsubscribe"
+    if event.type == "complained":
+        return Counts(complaints=1), None if event.kind == "complaint" else ""
+    if event.type == "unsubscribed":
+        return Counts(), "sms_stop" if event.channel == "sms" else "unsubscribe"
     return Counts(), ""
+
+
+def _source(event: ProviderEvent) -> str:
+    """The evidence a suppression entry keeps of the event that taught it."""
+    return f"{event.provider}:{event.event_id}"
 
 
 class EventApplier:
@@ -81,12 +81,12 @@ class EventApplier:
         self._metrics = metrics
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Apply and ack; an unreadable event is dead-lettered with the reason."""
+        """Decode, validate, apply and ack; an invalid or inapplicable event is dead-lettered
+        with the reason."""
         try:
-            event = json.loads(message.body)
-            event["type"], event["provider"]  # noqa: B018 (both required)
-        except (ValueError, KeyError, TypeError) as exc:
-            await self._dead(message, f"unreadable provider event: {exc}")
+            event = ProviderEvent.from_json(message.body)
+        except InvalidEvent as exc:
+            await self._dead(message, f"invalid provider event: {exc}")
             return
         problem = await self.apply(event)
         if problem:
@@ -94,27 +94,27 @@ class EventApplier:
             return
         await message.ack()
 
-    async def apply(self, event: dict[str, Any]) -> str | None:
+    async def apply(self, event: ProviderEvent) -> str | None:
         """Apply one event; returns why it could not be, or None."""
-        channel = _channel(event)
-        counts, suppress = _effects(event, channel)
-        account, job = event.get("account_id"), event.get("job_id")
-        if event["type"] == "other" and event.get("reason") == "sms_start":
-            return await self._opt_in(event, account)
-        if event["provider"] == LISTENER_PROVIDER and not (account and job):
+        counts, suppress = _effects(event)
+        account, job = event.account_id, event.job_id
+        if event.type == "other" and event.reason == "sms_start":
+            return await self._opt_in(event)
+        if event.provider == LISTENER_PROVIDER and not (account and job):
             return "a bounce listener event that names no account and job is not believed"
         if not account:
-            return await self._unattributed(event, channel, counts)
-        status = _STATUS.get(event["type"], "")
+            return await self._unattributed(event, counts)
+        status = _STATUS.get(event.type, "")
         if not status and not counts.hard and not counts.complaints:
             return None  # accepted / opened / clicked: nothing to record
         recorded = await self._gate.post_send(
-            account, job or f"event-{event.get('event_id')}", status=status if job else "",
-            attempt=0, provider=event.get("provider"),
-            provider_message_id=event.get("provider_message_id"), channel=channel,
-            reason=event.get("reason"), counts=counts, address=event.get("recipient") or "",
-            suppress=suppress, event_id=f"{event['provider']}:{event.get('event_id')}")
-        self._metrics.provider_events.labels(event["provider"], event["type"],
+            account, job or f"event-{event.event_id}", status=status if job else "",
+            attempt=0, provider=event.provider,
+            provider_message_id=event.provider_message_id, channel=event.channel,
+            reason=event.reason, counts=counts, address=event.recipient or "",
+            suppress=suppress, source=_source(event), detail=event.diagnostic or event.reason,
+            event_id=f"{event.provider}:{event.event_id}")
+        self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
                                              "applied").inc()
         if recorded.transition is not None:
@@ -122,31 +122,28 @@ class EventApplier:
                                                      recorded.transition.to_state).inc()
         if job and status and recorded.applied == 1:
             await self._bus.publish_event(status_event(
-                job_id=job, account_id=account, channel=channel, status=status,  # type: ignore[arg-type]
-                reason=event.get("reason"), detail=event.get("diagnostic"),
-                provider=event.get("provider"),
-                provider_message_id=event.get("provider_message_id"), attempt=0))
-            self._metrics.jobs.labels(channel, status).inc()
+                job_id=job, account_id=account, channel=event.channel,
+                status=status,  # type: ignore[arg-type]
+                reason=event.reason, detail=event.diagnostic, provider=event.provider,
+                provider_message_id=event.provider_message_id, attempt=0))
+            self._metrics.jobs.labels(event.channel, status).inc()
         return None
 
-    async def _unattributed(self, event: dict[str, Any], channel: str,
-                            counts: Counts) -> str | None:
+    async def _unattributed(self, event: ProviderEvent, counts: Counts) -> str | None:
         """No account: a fact about the address is still a fact; a choice needs an account."""
-        recipient = event.get("recipient")
-        if (counts.hard or counts.complaints) and recipient:
+        if (counts.hard or counts.complaints) and event.recipient:
             reason = "hard_bounce" if counts.hard else "complaint"
-            await self._gate.suppress_address(channel, recipient, reason=reason,
-                                              source=str(event.get("event_id")),
-                                              detail=event.get("diagnostic"))
+            await self._gate.suppress_address(event.channel, event.recipient, reason=reason,
+                                              source=_source(event), detail=event.diagnostic)
             return None
-        if event["type"] == "unsubscribed":
+        if event.type == "unsubscribed":
             return "an unsubscribe that names no account cannot be applied"
         return None
 
-    async def _opt_in(self, event: dict[str, Any], account: str | None) -> str | None:
-        if not account or not event.get("recipient"):
+    async def _opt_in(self, event: ProviderEvent) -> str | None:
+        if not event.account_id or not event.recipient:
             return "an SMS START that names no account cannot be applied"
-        await self._store.remove(event["recipient"], channel="sms", account_id=account,
+        await self._store.remove(event.recipient, channel="sms", account_id=event.account_id,
                                  actor="recipient", reason="replied START")
         return None
 

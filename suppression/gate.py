@@ -32,7 +32,8 @@ the job waiting (``R``) and is not an attempt.
 
 Post-send, in one round trip: EVALSHA post_send.lua (job status, reputation counters, state
 transition with its audit record) plus, for a hard bounce or complaint, the global
-suppression entry of the address, plus ``SADD outbox:accounts``.
+suppression entry of the address (queued by :func:`suppression.entries.queue`, the one
+writer), plus ``SADD outbox:accounts``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,10 @@ import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from suppression import keys
+from suppression import entries, keys
 from suppression.address import BadAddress, normalise
+from suppression.entries import BadEntry, Entry
+from suppression.replies import decode, text
 from suppression.reputation import Policy
 
 log = logging.getLogger("outbox.gate")
@@ -247,7 +249,7 @@ class Gate:
         # UEMO s.11(2): a number on the DNC register may still get marketing its registered
         # user consented to; without a consent record (opt-out accounts), the register wins.
         listed = dnc and results[1] and decision.consent != "granted"
-        global_reason = _text(results[0]) or ("dnc_register" if listed else "")
+        global_reason = text(results[0]) or ("dnc_register" if listed else "")
         if global_reason and decision.verdict in ("send", "rate_limited"):
             return Decision("suppressed", "suppressed", attempt=decision.attempt,
                             reason=global_reason, settle=True,
@@ -259,6 +261,7 @@ class Gate:
                         channel: str = "email", reason: str | None = None,
                         counts: Counts = Counts(), address: str = "",
                         refund: bool = False, suppress: str | None = None,
+                        source: str | None = None, detail: str | None = None,
                         event_id: str | None = None, event_ttl: int = 0) -> Recorded:
         """Record the job's new state (a final status, or ``R`` when a retry is scheduled),
         count the outcome, move the account's state; one round trip.
@@ -267,7 +270,8 @@ class Gate:
         A hard bounce or a complaint also suppresses ``address`` globally; ``suppress`` names
         another reason (``invalid`` globally, ``unsubscribe``/``sms_stop`` for the account),
         or ``""`` for none (carrier filtering counts like a complaint, but is no fact about
-        the recipient).
+        the recipient). The entry's evidence: ``source`` (default ``job:<job_id>``) and
+        ``detail`` (default ``reason``).
         With ``event_id`` (a provider event) the call takes effect once: a repeat changes
         nothing."""
         script_keys, args = self.post_send_call(
@@ -279,12 +283,16 @@ class Gate:
             args.append(event_ttl or keys.EVENT_TTL)
         fact = suppress if suppress is not None else (
             "hard_bounce" if counts.hard else "complaint" if counts.complaints else None)
+        entry = None
+        if fact and address:
+            entry = self._entry(channel, address, fact, account_id=account_id,
+                                source=source or f"job:{job_id}",
+                                detail=reason if detail is None else detail)
 
         def build(pipe: Any) -> None:
             POST_SEND.queue(pipe, script_keys, args)
-            if fact and address:
-                _suppress(pipe, account_id, channel, address, fact, job_id, reason,
-                          self._region)
+            if entry is not None:
+                entries.queue(pipe, entry)
             if counts.sends and account_id not in self._known_accounts:
                 pipe.sadd(keys.ACCOUNTS, account_id)  # once per account and process
 
@@ -312,14 +320,28 @@ class Gate:
                                source: str, detail: str | None = None,
                                account_id: str = "") -> None:
         """A suppression entry without a job to record (an event naming no account)."""
-        pipe = self._redis.pipeline(transaction=False)
-        if _suppress(pipe, account_id, channel, address, reason, source, detail, self._region):
-            await pipe.execute()
+        entry = self._entry(channel, address, reason, account_id=account_id, source=source,
+                            detail=detail)
+        if entry is not None:
+            await entries.write(self._redis, entry)
+
+    def _entry(self, channel: str, address: str, reason: str, *, account_id: str,
+               source: str, detail: str | None) -> Entry | None:
+        """The entry to write, or None (logged) when it cannot be: an address without a
+        canonical form (a provider event naming something that is no address), which no
+        check would ever find under any other key."""
+        try:
+            return entries.entry(channel, address, reason, account_id=account_id,
+                                 source=source, detail=detail, region=self._region)
+        except BadEntry as exc:
+            log.warning("suppression not recorded: %s", exc, extra={
+                "account_id": account_id, "reason": reason, "source": source})
+            return None
 
     async def job_state(self, account_id: str, job_id: str) -> dict[str, str]:
         """The job hash, decoded (support tools and tests)."""
         raw = await self._redis.hgetall(keys.job(account_id, job_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return decode(raw)
 
 
 #: Job states in which the message may have been handed to the relay: ``S`` (being sent; its
@@ -340,7 +362,7 @@ async def sent_to(redis: Redis, account_id: str, job_id: str, address: str | Non
     else why it cannot be said (no such job, not sent, another recipient)."""
     if not address:
         return "the report names no recipient"
-    status, digest = (_text(v) for v in await redis.hmget(keys.job(account_id, job_id),
+    status, digest = (text(v) for v in await redis.hmget(keys.job(account_id, job_id),
                                                           ["st", "rc"]))
     if not status:
         return f"no record of job {job_id} of account {account_id} (unknown or expired)"
@@ -355,30 +377,10 @@ async def sent_to(redis: Redis, account_id: str, job_id: str, address: str | Non
     return None
 
 
-def _suppress(pipe: Any, account_id: str, channel: str, address: str, reason: str,
-              source: str, detail: str | None, region: str) -> bool:
-    """Queue a suppression entry: a person's choice for the account, a fact globally.
-
-    An address without a canonical form (a provider event naming something that is no
-    address) is logged and not written: under any other key no check would ever find it."""
-    try:
-        addr = normalise(channel, address, default_region=region)
-    except BadAddress as exc:
-        log.warning("suppression not recorded: %s", exc, extra={
-            "account_id": account_id, "reason": reason, "source": source})
-        return False
-    key = (keys.account_suppression(account_id, channel, addr)
-           if reason in ("unsubscribe", "sms_stop") else keys.global_suppression(channel, addr))
-    pipe.hset(key, mapping={"reason": reason, "source": source, "at": int(time.time()),
-                            "account": account_id, "detail": detail or "", "actor": "system"})
-    pipe.persist(key)
-    return True
-
-
 def _decision(reply: list[Any]) -> Decision:
-    verdict, status, provider, pm, att, reason, wait = (_text(x) for x in reply[:7])
-    sender = tuple(_text(x) for x in reply[7:11]) if len(reply) > 7 else None
-    consent = _text(reply[11]) if len(reply) > 11 else ""
+    verdict, status, provider, pm, att, reason, wait = (text(x) for x in reply[:7])
+    sender = tuple(text(x) for x in reply[7:11]) if len(reply) > 7 else None
+    consent = text(reply[11]) if len(reply) > 11 else ""
     return Decision(verdict, status or None, provider or None, pm or None, int(att or 0),
                     reason or None, int(wait or 0), claimed=verdict == "send", sender=sender,
                     consent=consent)
@@ -387,13 +389,6 @@ def _decision(reply: list[Any]) -> Decision:
 def _transition(account_id: str, reply: list[Any]) -> Transition | None:
     if not reply or int(reply[0]) == 0:
         return None
-    _, frm, to, audit_id, why, detail, s, h, c = (_text(x) for x in reply[:9])
+    _, frm, to, audit_id, why, detail, s, h, c = (text(x) for x in reply[:9])
     return Transition(account_id, frm, to, audit_id, why, detail, int(s), int(h), int(c))
 
-
-def _text(value: bytes | str | int | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)

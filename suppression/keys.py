@@ -25,8 +25,10 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:mg-token:<token>`` | string | ``MAILGUN_TOKEN_TTL`` (10 min) | a Mailgun webhook token already used (replays refused) |
 
-Suppression and consent hashes hold ``reason``/``status``, ``source``, ``at`` (epoch s),
-``expires_at`` (epoch s, or absent), ``actor``.
+Suppression hashes (``supp`` and ``dnc``) are written only by :mod:`suppression.entries`
+and hold its ``FIELDS``: ``reason``, ``source``, ``at`` (epoch s), ``account``, ``detail``,
+``actor``, ``expires_at`` (epoch s, or empty). Consent hashes hold ``status``, ``at``, the grant
+and revoke times, sources and evidence, ``actor``.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 Async, Redis injected; the CLI (``outbox/support.py``) and the admin API use these, the worker
 never does (its reads are the gate's single round trip). Key layout: :mod:`suppression.keys`.
 
-Scope (DESIGN "Scope of suppression and consent"): facts about an address
-(``hard_bounce``, ``complaint``, ``invalid``) are global whatever account is named; choices of
-a person (``unsubscribe``, ``sms_stop``) belong to one account and need it; ``manual`` is
-either; ``dnc_register`` entries come only from the register import and apply to marketing SMS.
+Suppression entries are written by :mod:`suppression.entries` (the one writer: shape, scope
+rule, canonical address), which the gate uses too. Scope (DESIGN "Scope of suppression and
+consent"): facts about an address (``hard_bounce``, ``complaint``, ``invalid``) are global
+whatever account is named; choices of a person (``unsubscribe``, ``sms_stop``) belong to one
+account and need it; ``manual`` is either; ``dnc_register`` entries come only from the register
+import (:meth:`SuppressionStore.add_dnc`) and apply to marketing SMS.
 
-Exceptions::
+Exceptions (``StoreError`` and ``BadEntry`` are :mod:`suppression.entries`')::
 
     StoreError          a request that cannot be carried out (message says why)
     ├── UnknownAccount  no such account
@@ -25,49 +27,20 @@ from typing import Any
 from redis.asyncio import Redis
 
 from config.reputation import check_override
-from suppression import keys
+from suppression import entries, keys
 from suppression.address import BadAddress, normalise
+from suppression.entries import BadEntry, StoreError
 from suppression.gate import Script
+from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
 
-FACTS = ("hard_bounce", "complaint", "invalid")
-CHOICES = ("unsubscribe", "sms_stop")
-REASONS = (*FACTS, *CHOICES, "dnc_register", "manual")
 SENDER_FIELDS = ("business_name", "address", "contact_email", "contact_phone")
 _SUPPORT = Script("support")
-
-
-class StoreError(Exception):
-    """A support request that cannot be carried out."""
 
 
 class UnknownAccount(StoreError):
     """No account with that id."""
 
-
-class BadEntry(StoreError):
-    """A bad address, channel, reason or scope."""
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _addr(channel: str, address: str) -> str:
-    """The canonical form (:func:`suppression.address.normalise`, as the gate reads it);
-    :class:`BadEntry` when there is none: nothing is written or read under another form."""
-    if channel not in keys.CHANNELS:
-        raise BadEntry(f"channel must be email or sms, not {channel!r}")
-    try:
-        return normalise(channel, address)
-    except BadAddress as exc:
-        raise BadEntry(str(exc)) from None
 
 
 class Audit:
@@ -85,13 +58,13 @@ class Audit:
                   "from": before, "to": after, "detail": f"{actor}: {reason}",
                   **{k: "" if v is None else v for k, v in extra.items()}}
         minid = (now - keys.AUDIT_KEEP_SECONDS) * 1000
-        return _text(await self._redis.xadd(key, fields, minid=minid, approximate=True))
+        return text(await self._redis.xadd(key, fields, minid=minid, approximate=True))
 
     async def read(self, account_id: str | None, *, limit: int = 100) -> list[dict[str, str]]:
         """Newest first."""
         key = keys.audit(account_id) if account_id else keys.GLOBAL_AUDIT
         rows = await self._redis.xrevrange(key, count=limit)
-        return [{"id": _text(i), **_decode(f)} for i, f in rows]
+        return [{"id": text(i), **decode(f)} for i, f in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +98,13 @@ class AccountStore:
             raise UnknownAccount(f"unknown account {account_id!r}")
 
     async def ids(self) -> list[str]:
-        return sorted(_text(m) for m in await self._redis.smembers(keys.ACCOUNTS))
+        return sorted(text(m) for m in await self._redis.smembers(keys.ACCOUNTS))
 
     async def states(self, ids: list[str]) -> dict[str, str]:
         pipe = self._redis.pipeline(transaction=False)
         for account_id in ids:
             pipe.hget(keys.state(account_id), "state")
-        return {a: _text(s) or "active" for a, s in zip(ids, await pipe.execute(), strict=True)}
+        return {a: text(s) or "active" for a, s in zip(ids, await pipe.execute(), strict=True)}
 
     async def list(self, state: str | None = None) -> list[dict[str, str]]:
         found = await self.states(await self.ids())
@@ -164,7 +137,7 @@ class AccountStore:
             changed = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
             await self.audit.record(account_id, actor=actor, action="configure",
                                     reason=changed)
-        return _decode(await self._redis.hgetall(keys.config(account_id)))
+        return decode(await self._redis.hgetall(keys.config(account_id)))
 
     async def show(self, account_id: str, *, transitions: int = 10) -> dict[str, Any]:
         """Everything support needs on one account (``outbox accounts show``)."""
@@ -177,7 +150,7 @@ class AccountStore:
         pipe.lrange(keys.recent(account_id), 0, 19)
         pipe.time()
         state, cfg, *reps, recent, now = await pipe.execute()
-        state, cfg = _decode(state), _decode(cfg)
+        state, cfg = decode(state), decode(cfg)
         policy = self.policy.with_overrides(cfg)
         return {
             "account_id": account_id,
@@ -185,7 +158,7 @@ class AccountStore:
             "since": state.get("since") or None,
             "state_reason": state.get("reason") or None,
             "probation_until": state.get("probation_until") or None,
-            "rates": {ch: self._rates(_decode(rep), policy, int(now[0]))
+            "rates": {ch: self._rates(decode(rep), policy, int(now[0]))
                       for ch, rep in zip(keys.CHANNELS, reps, strict=True)},
             "limits": {"rate": policy.rate, "burst": policy.burst,
                        "throttle_factor": policy.throttle_factor,
@@ -211,7 +184,7 @@ class AccountStore:
         if not actor.strip() or not reason.strip():
             raise BadEntry("an actor and a reason are required")
         await self.require(account_id)
-        reply = [_text(x) for x in await _SUPPORT(
+        reply = [text(x) for x in await _SUPPORT(
             self._redis, *support_call(account_id, action, actor=actor, reason=reason,
                                        probation=self.policy.probation_seconds))]
         if reply[0] != "ok":
@@ -244,9 +217,9 @@ def _json(raw: Any) -> Any:
     import json
 
     try:
-        return json.loads(_text(raw))
+        return json.loads(text(raw))
     except ValueError:
-        return _text(raw)
+        return text(raw)
 
 
 class SuppressionStore:
@@ -258,48 +231,32 @@ class SuppressionStore:
 
     @staticmethod
     def scope(reason: str, account_id: str | None) -> str | None:
-        """The account an entry belongs to, or None for a global entry."""
-        if reason not in REASONS or reason == "dnc_register":
-            raise BadEntry(f"reason must be one of {', '.join(r for r in REASONS if r != 'dnc_register')}"
-                           f" (DNC numbers come from `suppression import --dnc`), not {reason!r}")
-        if reason in FACTS:
-            return None
-        if reason in CHOICES and not account_id:
-            raise BadEntry(f"{reason} is a person's choice for one account: give --account")
-        return account_id
-
-    def _key(self, channel: str, addr: str, account_id: str | None) -> str:
-        if account_id:
-            return keys.account_suppression(account_id, channel, addr)
-        return keys.global_suppression(channel, addr)
+        """The account an entry belongs to, or None for a global entry
+        (:func:`suppression.entries.scope`); DNC numbers come only from the register import."""
+        if reason not in entries.REASONS or reason == "dnc_register":
+            allowed = ", ".join(r for r in entries.REASONS if r != "dnc_register")
+            raise BadEntry(f"reason must be one of {allowed} (DNC numbers come from "
+                           f"`suppression import --dnc`), not {reason!r}")
+        return entries.scope(reason, account_id)
 
     async def add(self, address: str, *, channel: str, reason: str,
                   account_id: str | None = None, expires: int | None = None,
-                  source: str = "", actor: str = "support", audit: bool = True,
-                  pipe: Any = None) -> dict[str, Any]:
-        """Add (or replace) one entry; returns it. ``pipe``: queue the writes there instead."""
-        addr = _addr(channel, address)
-        scope_account = self.scope(reason, account_id)
-        if expires is not None and expires <= 0:
-            raise BadEntry("--expires must be a positive number of seconds")
-        now = int(time.time())
-        entry = {"reason": reason, "source": source, "at": now, "actor": actor,
-                 "expires_at": now + expires if expires else ""}
-        key = self._key(channel, addr, scope_account)
-        run = pipe if pipe is not None else self._redis.pipeline(transaction=False)
-        run.delete(key)
-        run.hset(key, mapping=entry)
-        if expires:
-            run.expire(key, expires)
-        if scope_account:
-            run.sadd(keys.ACCOUNTS, scope_account)
-        if pipe is None:
-            await run.execute()
+                  source: str = "", detail: str | None = None, actor: str = "support",
+                  audit: bool = True, pipe: Any = None) -> dict[str, Any]:
+        """Add (or replace) one entry (:mod:`suppression.entries`); returns it.
+        ``pipe``: queue the writes there instead."""
+        self.scope(reason, account_id)
+        e = entries.entry(channel, address, reason, account_id=account_id, source=source,
+                          detail=detail, actor=actor, expires=expires)
+        if pipe is not None:
+            entries.queue(pipe, e)
+        else:
+            await entries.write(self._redis, e)
         if audit:
-            await self.audit.record(scope_account, actor=actor, action="suppression.add",
-                                    reason=reason, address=addr, channel=channel,
+            await self.audit.record(e.account_id, actor=actor, action="suppression.add",
+                                    reason=reason, address=e.address, channel=channel,
                                     source=source)
-        return _entry(key, _decode({k: str(v) for k, v in entry.items()}))
+        return entries.describe(e.key, {k: str(v) for k, v in e.fields.items()})
 
     async def remove(self, address: str, *, channel: str, account_id: str | None = None,
                      actor: str, reason: str) -> list[dict[str, Any]]:
@@ -307,16 +264,16 @@ class SuppressionStore:
         audited. Returns the removed entries."""
         if not actor.strip() or not reason.strip():
             raise BadEntry("an actor and a reason are required")
-        addr = _addr(channel, address)
-        key = self._key(channel, addr, account_id)
-        found = _decode(await self._redis.hgetall(key))
+        addr = entries.canonical(channel, address)
+        key = entries.key(channel, addr, account_id)
+        found = decode(await self._redis.hgetall(key))
         if not found:
             return []
         await self._redis.delete(key)
         await self.audit.record(account_id, actor=actor, action="suppression.remove",
                                 reason=reason, address=addr, channel=channel,
                                 removed=found.get("reason", ""))
-        return [_entry(key, found)]
+        return [entries.describe(key, found)]
 
     async def check(self, address: str, *, account_id: str | None = None,
                     channel: str | None = None) -> list[dict[str, Any]]:
@@ -325,7 +282,7 @@ class SuppressionStore:
                                               if _fits(c, address)]
         wanted = []
         for ch in channels:
-            addr = _addr(ch, address)
+            addr = entries.canonical(ch, address)
             wanted.append(keys.global_suppression(ch, addr))
             if ch == "sms":
                 wanted.append(keys.dnc(addr))
@@ -334,8 +291,8 @@ class SuppressionStore:
         pipe = self._redis.pipeline(transaction=False)
         for key in wanted:
             pipe.hgetall(key)
-        return [_entry(k, _decode(v)) for k, v in zip(wanted, await pipe.execute(), strict=True)
-                if v]
+        found = zip(wanted, await pipe.execute(), strict=True)
+        return [entries.describe(k, decode(v)) for k, v in found if v]
 
     async def entries(self, *, account_id: str | None = None,
                       reason: str | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -349,7 +306,7 @@ class SuppressionStore:
             pattern = f"{keys.PREFIX}supp:*"
         batch: list[str] = []
         async for key in self._redis.scan_iter(match=pattern, count=1000):
-            batch.append(_text(key))
+            batch.append(text(key))
             if len(batch) >= 500:
                 async for e in self._fetch(batch, reason):
                     yield e
@@ -364,9 +321,9 @@ class SuppressionStore:
         for key in batch:
             pipe.hgetall(key)
         for key, raw in zip(batch, await pipe.execute(), strict=True):
-            entry = _decode(raw)
+            entry = decode(raw)
             if entry and (reason is None or entry.get("reason") == reason):
-                yield _entry(key, entry)
+                yield entries.describe(key, entry)
 
     async def add_many(self, rows: Iterable[tuple[str, str, str]], *,
                        account_id: str | None, source: str, actor: str) -> int:
@@ -381,13 +338,13 @@ class SuppressionStore:
         return count
 
     async def add_dnc(self, numbers: Iterable[str], *, source: str) -> int:
-        """Store E.164 numbers as DNC register entries (marketing SMS only)."""
+        """Store E.164 numbers as DNC register entries (marketing SMS only), pipelined."""
         now = int(time.time())
         pipe = self._redis.pipeline(transaction=False)
         count = 0
         for number in numbers:
-            pipe.hset(keys.dnc(number), mapping={"reason": "dnc_register", "source": source,
-                                                 "at": now, "actor": "import"})
+            entries.queue(pipe, entries.entry("sms", number, "dnc_register", source=source,
+                                              actor="import", now=now))
             count += 1
         await pipe.execute()
         return count
@@ -395,25 +352,6 @@ class SuppressionStore:
 
 def _fits(channel: str, address: str) -> bool:
     return ("@" in address) == (channel == "email")
-
-
-def _entry(key: str, fields: dict[str, str]) -> dict[str, Any]:
-    """An entry as printed: address, channel, scope, account and the stored fields."""
-    if key.startswith(keys.PREFIX + "dnc:"):
-        scope, account, channel, addr = "dnc", None, "sms", key.split(":", 2)[2]
-    elif key.startswith(keys.PREFIX + "supp:"):
-        _, _, channel, addr = key.split(":", 3)
-        scope, account = "global", None
-    else:
-        account = keys.account_from_key(key)
-        rest = key.split("}:supp:", 1)[1]
-        channel, addr = rest.split(":", 1)
-        scope = "account"
-    return {"address": addr, "channel": channel, "scope": scope, "account_id": account,
-            "reason": fields.get("reason"), "source": fields.get("source") or None,
-            "at": int(fields["at"]) if fields.get("at") else None,
-            "expires_at": int(fields["expires_at"]) if fields.get("expires_at") else None,
-            "actor": fields.get("actor") or None}
 
 
 class ConsentStore:
@@ -427,7 +365,7 @@ class ConsentStore:
     async def set(self, account_id: str, recipient: str, *, channel: str, granted: bool,
                   source: str = "", evidence: str = "", actor: str = "support"
                   ) -> dict[str, Any]:
-        addr = _addr(channel, recipient)
+        addr = entries.canonical(channel, recipient)
         key = keys.consent(account_id, channel, addr)
         now = int(time.time())
         verb = "grant" if granted else "revoke"
@@ -449,8 +387,8 @@ class ConsentStore:
         return await self.set(account_id, recipient, granted=False, **kw)
 
     async def get(self, account_id: str, recipient: str, *, channel: str) -> dict[str, Any]:
-        addr = _addr(channel, recipient)
-        raw = _decode(await self._redis.hgetall(keys.consent(account_id, channel, addr)))
+        addr = entries.canonical(channel, recipient)
+        raw = decode(await self._redis.hgetall(keys.consent(account_id, channel, addr)))
         return {"account_id": account_id, "recipient": addr, "channel": channel,
                 "status": raw.get("status") or "none", **{k: v for k, v in raw.items()
                                                           if k != "status"}}
@@ -467,7 +405,7 @@ class PrefsStore:
                   on: bool) -> dict[str, Any]:
         if not topic or ":" in topic:
             raise BadEntry("a topic is a non-empty name without ':'")
-        addr = _addr(channel, recipient)
+        addr = entries.canonical(channel, recipient)
         await self._redis.hset(keys.prefs(account_id, addr), f"{topic}:{channel}",
                                "1" if on else "0")
         return await self.get(account_id, addr, channel=channel)
@@ -475,8 +413,8 @@ class PrefsStore:
     async def get(self, account_id: str, recipient: str, *,
                   channel: str | None = None) -> dict[str, Any]:
         channel = channel or ("email" if "@" in recipient else "sms")
-        addr = _addr(channel, recipient)
-        raw = _decode(await self._redis.hgetall(keys.prefs(account_id, addr)))
+        addr = entries.canonical(channel, recipient)
+        raw = decode(await self._redis.hgetall(keys.prefs(account_id, addr)))
         prefs: dict[str, dict[str, bool]] = {}
         for field, value in raw.items():
             topic, _, ch = field.rpartition(":")
@@ -502,7 +440,7 @@ async def canonicalise_keys(redis: Redis, *, apply: bool = False) -> list[dict[s
     found: list[dict[str, str]] = []
     for pattern in _ADDRESS_KEYS:
         async for raw in redis.scan_iter(match=pattern, count=1000):
-            key = _text(raw)
+            key = text(raw)
             head, address = _split_address_key(key)
             if "@" not in address:
                 continue  # a phone number's preferences

@@ -35,7 +35,6 @@ When the broker or Redis cannot be reached the answer is 451 and the relay retri
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import re
@@ -51,11 +50,12 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from sender.bus import Bus, PublishFailed
+from sender.provider_events import ProviderEvent
 from suppression.gate import sent_to
 from suppression.verp import parse_verp, verify_verp
 from webhooks.events import publish_events
 from webhooks.providers import dsn
-from webhooks.providers.base import PayloadError, ProviderEvent, safe_id
+from webhooks.providers.base import PayloadError, safe_id
 
 log = logging.getLogger("outbox.bounces")
 
@@ -206,8 +206,8 @@ class BounceHandler:
             problem = await sent_to(self._redis, account, job, event.recipient)
             if problem:
                 raise Unbelieved(problem)
-        return [dataclasses.replace(
-            e, account_id=account, job_id=job,
+        return [e.replace(
+            account_id=account, job_id=job,
             event_id=hashlib.sha256(f"{account}|{job}|{e.recipient}|{e.type}".encode())
             .hexdigest()[:32]) for e in events]
 

@@ -2,12 +2,13 @@
 
 The webhook handlers and the ``outbox bounces`` listener acknowledge their sender only after
 this returns, so an event the broker did not confirm is retried by the provider, never lost.
-The worker applies each event once (deduplicated by provider and event id).
+The worker applies each event once (deduplicated by provider and event id). The body is
+:meth:`sender.provider_events.ProviderEvent.to_json`, which the worker reads back with
+``ProviderEvent.from_json``: the one contract of ``outbox.events``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Protocol
@@ -15,8 +16,8 @@ from typing import Protocol
 from aiohttp import web
 
 from sender.bus import Bus, PublishFailed
+from sender.provider_events import ProviderEvent
 from sender.topology import EVENTS_QUEUE
-from webhooks.providers.base import ProviderEvent
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -29,8 +30,7 @@ async def publish_events(bus: Bus, events: Iterable[ProviderEvent]) -> int:
     """Publish each event (confirmed); returns how many. Raises PublishFailed."""
     count = 0
     for event in events:
-        body = json.dumps(event.as_dict(), ensure_ascii=False, default=str).encode()
-        await bus.publish_to_queue(EVENTS_QUEUE, body,
+        await bus.publish_to_queue(EVENTS_QUEUE, event.to_json(),
                                    headers={"x-outbox-provider": event.provider})
         count += 1
     return count

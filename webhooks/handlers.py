@@ -7,7 +7,6 @@ a body that is not a plain form, a repeated field included), and that decoding i
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import logging
 
@@ -17,11 +16,12 @@ from prometheus_client import CollectorRegistry, Counter
 from config import Settings
 from sender.bus import Bus, PublishFailed
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.store import SuppressionStore
 from suppression.tokens import BadToken, Unsubscribe, read_token
 from webhooks.events import hand_over, publish_events
 from webhooks.providers import twilio
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import PayloadError, safe_id
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -81,9 +81,9 @@ class TwilioWebhooks:
             events = twilio.parse(form)
         except PayloadError as exc:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
-        job_id, account_id = request.query.get("j"), request.query.get("a")
-        events = [dataclasses.replace(e, job_id=e.job_id or job_id,
-                                      account_id=e.account_id or account_id) for e in events]
+        job_id, account_id = safe_id(request.query.get("j")), safe_id(request.query.get("a"))
+        events = [e.replace(job_id=e.job_id or job_id, account_id=e.account_id or account_id)
+                  for e in events]
         await self._publish(events)
         return web.Response(status=204)
 
@@ -95,7 +95,7 @@ class TwilioWebhooks:
         except PayloadError as exc:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         if sms.keyword in ("stop", "start"):
-            event = _opt_event(sms, request.query.get("a"))
+            event = _opt_event(sms, safe_id(request.query.get("a")))
             await self._publish([event])
         else:
             self._metrics.count("twilio", "inbound", "ignored")
@@ -110,8 +110,8 @@ def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
     """An inbound STOP/START as an event: ``unsubscribed`` or ``other`` with reason ``start``."""
     stop = sms.keyword == "stop"
     return ProviderEvent(
-        provider="twilio", type="unsubscribed" if stop else "other", recipient=sms.from_,
-        provider_message_id=sms.message_sid, message_id=None, job_id=None,
+        provider="twilio", type="unsubscribed" if stop else "other", channel="sms",
+        recipient=sms.from_, provider_message_id=sms.message_sid, message_id=None, job_id=None,
         kind=None, reason="sms_stop" if stop else "sms_start", diagnostic=sms.body[:160],
         at=utcnow_iso(), event_id=f"{sms.message_sid}:{sms.keyword}", account_id=account_id,
         raw={"to": sms.to})
@@ -148,14 +148,14 @@ class UnsubscribeWebhooks:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         u = self._read(request)
+        how = "one-click" if "List-Unsubscribe" in (await request.text()) else "unsubscribe page"
         await self._store.add(u.recipient, channel=u.channel, reason="unsubscribe",
-                              account_id=u.account_id, source=f"job:{u.job_id}",
+                              account_id=u.account_id, source=f"job:{u.job_id}", detail=how,
                               actor="recipient")
         event = ProviderEvent(
-            provider="unsubscribe", type="unsubscribed", recipient=u.recipient,
+            provider="unsubscribe", type="unsubscribed", channel=u.channel, recipient=u.recipient,
             provider_message_id=None, message_id=None, job_id=u.job_id, kind=None,
-            reason="unsubscribe", diagnostic="one-click" if "List-Unsubscribe" in
-            (await request.text()) else "unsubscribe page", at=utcnow_iso(),
+            reason="unsubscribe", diagnostic=how, at=utcnow_iso(),
             event_id=f"{u.job_id}:{u.recipient}", account_id=u.account_id)
         try:
             await publish_events(self._bus, [event])

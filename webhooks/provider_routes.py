@@ -26,7 +26,6 @@ What the provider modules cannot know is added here:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -39,11 +38,12 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from sender.bus import Bus
+from sender.provider_events import ProviderEvent
 from suppression import keys
 from webhooks.events import hand_over
 from webhooks.handlers import WebhookMetrics
 from webhooks.providers import mailgun, postmark, sendgrid, ses
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import PayloadError
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -101,7 +101,7 @@ class _ProviderWebhooks:
         match = _MESSAGE_ID.search(event.message_id or "")
         ours = self._settings.message_id_domain.lower()
         if match and event.job_id == match.group(1) and match.group(2).lower() != ours:
-            return dataclasses.replace(event, job_id=None)
+            return event.replace(job_id=None)
         return event
 
     async def _publish(self, events: list[ProviderEvent]) -> web.Response:

@@ -140,7 +140,8 @@ async def test_a_hard_bounce_suppresses_the_address_globally(gate, redis):
     await gate.post_send(A, "j-h", status="bounced", attempt=1, reason="userunknown",
                          counts=Counts(sends=1, hard=1), address="Dead@Example.com")
     [entry] = await SuppressionStore(redis).check("dead@example.com", account_id="acct_x")
-    assert (entry["scope"], entry["reason"], entry["source"]) == ("global", "hard_bounce", "j-h")
+    assert (entry["scope"], entry["reason"], entry["source"]) == ("global", "hard_bounce",
+                                                                "job:j-h")
 
 
 async def test_scripts_are_reloaded_after_a_redis_script_flush(gate, redis, monkeypatch):

@@ -109,6 +109,14 @@ def test_an_event_without_an_id_gets_a_stable_one() -> None:
     assert first.event_id == again.event_id and len(first.event_id) == 32
 
 
+def test_a_click_whose_url_is_not_text_still_makes_a_valid_event() -> None:
+    """The event contract wants text: a number where Mailgun documents a URL is kept as text."""
+    body = signed("clicked")
+    body["event-data"]["url"] = 12345
+    [event] = mailgun.parse(json.dumps(body).encode(), "application/json")
+    assert (event.type, event.diagnostic) == ("clicked", "12345")
+
+
 @pytest.mark.parametrize("body,ctype", [
     (b"{}", "application/x-www-form-urlencoded"), (b"not json", "application/json"),
     (b'{"event-data": {"event": "delivered"}}', "application/json"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -13,11 +12,13 @@ from urllib.parse import urlencode
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from sender.channels.sms_segments import GSM7_BASIC, GSM7_EXTENSION, segments
+from sender.provider_events import ProviderEvent
 from suppression.classify import classify_twilio
 from webhooks.providers import twilio as tw
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import PayloadError
 
 FORM = "application/x-www-form-urlencoded"
 TOKEN = "12345"
@@ -306,15 +307,14 @@ def test_parse_malformed(body, content_type, message):
     assert issubclass(PayloadError, ValueError)
 
 
-def test_event_as_dict_and_frozen():
+def test_event_wire_form_and_frozen():
     [event] = parse(status_body("undelivered", "30005"), FORM)
-    data = event.as_dict()
-    assert json.loads(json.dumps(data)) == data
-    assert set(data) == {f.name for f in dataclasses.fields(ProviderEvent)}
-    assert data["type"] == "bounced" and data["raw"]["ErrorCode"] == "30005"
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    data = json.loads(event.to_json())
+    assert set(data) == set(ProviderEvent.model_fields)
+    assert (data["type"], data["channel"], data["raw"]["ErrorCode"]) == ("bounced", "sms", "30005")
+    assert ProviderEvent.from_json(event.to_json()) == event
+    with pytest.raises(ValidationError):
         event.type = "delivered"  # type: ignore[misc]
-    assert not hasattr(event, "__dict__")  # slots
 
 
 # -- parse_inbound ----------------------------------------------------------------------------

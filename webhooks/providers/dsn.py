@@ -29,9 +29,10 @@ from email.message import Message
 from email.policy import compat32
 
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.classify import Outcome, classify_smtp
 from suppression.verp import parse_verp
-from webhooks.providers.base import MESSAGE_ID, PayloadError, ProviderEvent
+from webhooks.providers.base import MESSAGE_ID, PayloadError, safe_id
 
 PROVIDER = "smtp"
 _CODE = re.compile(r"\b([245]\d\d)\b")
@@ -61,7 +62,7 @@ def _ids(msg: Message, envelope_to: Sequence[str]) -> dict[str, str | None]:
     verp = next((v for v in map(parse_verp, envelope_to) if v), None)
     match = MESSAGE_ID.search(message_id or "")
     return {
-        "account_id": verp[0] if verp else _header(original, "X-Outbox-Account"),
+        "account_id": verp[0] if verp else safe_id(_header(original, "X-Outbox-Account")),
         "job_id": verp[1] if verp else (match.group(1) if match else None),
         "message_id": message_id.strip() if message_id else None,
         "to": original.get("To") if original is not None else None,
@@ -135,9 +136,9 @@ def _event(event_type: str, recipient: str | None, ids: dict[str, str | None],
            outcome: Outcome, diagnostic: str, seed: str) -> ProviderEvent:
     event_id = hashlib.sha256(f"{seed}|{recipient}|{event_type}".encode()).hexdigest()[:32]
     return ProviderEvent(
-        provider=PROVIDER, type=event_type, recipient=recipient, provider_message_id=None,
-        message_id=ids["message_id"], job_id=ids["job_id"], kind=outcome.kind,
-        reason=outcome.reason, diagnostic=diagnostic[:500], at=utcnow_iso(),
+        provider=PROVIDER, type=event_type, channel="email", recipient=recipient,
+        provider_message_id=None, message_id=ids["message_id"], job_id=ids["job_id"],
+        kind=outcome.kind, reason=outcome.reason, diagnostic=diagnostic[:500], at=utcnow_iso(),
         event_id=event_id, account_id=ids["account_id"])
 
 

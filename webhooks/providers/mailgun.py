@@ -38,8 +38,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.classify import Outcome, classify_provider
-from webhooks.providers.base import PayloadError, ProviderEvent, json_body, safe_id
+from webhooks.providers.base import PayloadError, json_body, safe_id
 
 PROVIDER = "mailgun"
 _MESSAGE_ID = re.compile(r"^<?([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>?$")
@@ -90,7 +91,7 @@ def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
     match = _MESSAGE_ID.match(message_id or "")
     recipient = str(event.get("recipient") or "").strip().lower() or None
     return [ProviderEvent(
-        provider=PROVIDER, type=event_type, recipient=recipient,
+        provider=PROVIDER, type=event_type, channel="email", recipient=recipient,
         provider_message_id=message_id, message_id=f"<{message_id.strip('<>')}>"
         if message_id else None,
         job_id=safe_id(_var(variables, "outbox_job") or (match.group(1) if match else None)),
@@ -115,7 +116,8 @@ def _outcome(name: str, event: dict[str, Any]) -> tuple[Outcome, str, str | None
         detail = " ".join(str(status.get(k) or "") for k in ("code", "message")).strip()
         return _OUTCOMES[name], _SIMPLE[name], detail or None
     detail = event.get("url") or (event.get("reject") or {}).get("reason")
-    return Outcome(None, "undefined"), _SIMPLE.get(name, "other"), detail or None
+    text = str(detail)[:500] if detail else None  # a signed payload may still hold any JSON
+    return Outcome(None, "undefined"), _SIMPLE.get(name, "other"), text
 
 
 def _var(variables: Any, name: str) -> str | None:

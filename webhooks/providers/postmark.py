@@ -39,8 +39,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.classify import Outcome, classify_provider
-from webhooks.providers.base import PayloadError, ProviderEvent, json_body, safe_id
+from webhooks.providers.base import PayloadError, json_body, safe_id
 
 PROVIDER = "postmark"
 #: Postmark's bounce TypeCodes, for a record that has the code but not the name.
@@ -105,7 +106,7 @@ def _event(record: dict[str, Any]) -> ProviderEvent:
     recipient = str(record.get("Email") or record.get("Recipient") or "").strip().lower()
     metadata = record.get("Metadata") or {}
     return ProviderEvent(
-        provider=PROVIDER, type=event_type, recipient=recipient or None,
+        provider=PROVIDER, type=event_type, channel="email", recipient=recipient or None,
         provider_message_id=str(record.get("MessageID") or "") or None, message_id=None,
         job_id=_meta(metadata, "outbox_job"), kind=outcome.kind, reason=outcome.reason,
         diagnostic=str(diagnostic or "")[:500] or None, at=_iso(when),

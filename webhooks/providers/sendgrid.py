@@ -44,11 +44,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.classify import Outcome, classify_provider
 from webhooks.providers.base import (
     MESSAGE_ID,
     PayloadError,
-    ProviderEvent,
     json_body,
     safe_id,
 )
@@ -106,7 +106,8 @@ def _event(item: Any) -> ProviderEvent:
     smtp_id = str(item.get("smtp-id") or "").strip() or None
     match = MESSAGE_ID.search(smtp_id or "")
     return ProviderEvent(
-        provider=PROVIDER, type=event_type, recipient=str(item["email"]).strip().lower(),
+        provider=PROVIDER, type=event_type, channel="email",
+        recipient=str(item["email"]).strip().lower(),
         provider_message_id=_sg_message_id(item.get("sg_message_id")), message_id=smtp_id,
         job_id=safe_id(item.get("outbox_job") or (match.group(1) if match else None)),
         kind=outcome.kind, reason=outcome.reason, diagnostic=diagnostic, at=_iso(item),

@@ -57,11 +57,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.classify import Outcome, classify_provider
 from webhooks.providers.base import (
     MESSAGE_ID,
     PayloadError,
-    ProviderEvent,
     safe_id,
 )
 
@@ -308,7 +308,7 @@ def _event(event_type: str, recipient: str | None, ids: dict[str, str | None], o
     event_id = hashlib.sha256(
         f"{ids['ses_id']}|{seed}|{recipient}|{event_type}".encode()).hexdigest()[:32]
     return ProviderEvent(
-        provider=PROVIDER, type=event_type, recipient=recipient,
+        provider=PROVIDER, type=event_type, channel="email", recipient=recipient,
         provider_message_id=ids["ses_id"], message_id=ids["message_id"], job_id=ids["job_id"],
         kind=outcome.kind, reason=outcome.reason, diagnostic=(diagnostic or "")[:500] or None,
         at=_iso(when), event_id=event_id, account_id=ids["account_id"])

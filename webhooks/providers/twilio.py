@@ -51,8 +51,9 @@ from urllib.parse import parse_qsl, urlparse
 from twilio.request_validator import RequestValidator, add_port, remove_port
 
 from sender.models import utcnow_iso
+from sender.provider_events import ProviderEvent
 from suppression.classify import classify_twilio
-from webhooks.providers.base import PayloadError, ProviderEvent
+from webhooks.providers.base import PayloadError
 
 PROVIDER = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -241,6 +242,7 @@ def parse(fields: Mapping[str, str]) -> list[ProviderEvent]:
         ProviderEvent(
             provider=PROVIDER,
             type=event_type,
+            channel="sms",
             recipient=fields.get("To") or None,
             provider_message_id=sid,
             message_id=None,

@@ -1,0 +1,139 @@
+"""The contract of ``outbox.events``: one typed event, serialised by the webhook side and decoded
+and validated by the worker; bodies queued before ``channel`` existed are still read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from sender.events import EventApplier
+from sender.metrics import Metrics
+from sender.provider_events import EVENT_TYPES, InvalidEvent, ProviderEvent
+from suppression.gate import Gate
+from suppression.store import SuppressionStore
+
+FIELDS = {"provider": "ses", "type": "bounced", "channel": "email",
+          "recipient": "bob@example.com", "provider_message_id": "pm-1", "message_id": None,
+          "job_id": "j1", "kind": "hard", "reason": "userunknown", "diagnostic": "550 5.1.1",
+          "at": "2026-01-01T00:00:00.000Z", "event_id": "e1", "account_id": "acct_1"}
+
+
+def test_round_trip_keeps_every_field():
+    event = ProviderEvent(**FIELDS, raw={"n": 1, "name": "Zoë"})
+    body = event.to_json()
+    assert json.loads(body) == {**FIELDS, "raw": {"n": 1, "name": "Zoë"}}
+    assert ProviderEvent.from_json(body) == event
+
+
+@pytest.mark.parametrize(("provider", "channel"), [
+    ("twilio", "sms"), ("ses", "email"), ("smtp", "email"), ("unsubscribe", "email")])
+def test_a_body_queued_before_channel_existed_gets_the_old_rule(provider, channel):
+    legacy = {k: v for k, v in FIELDS.items() if k != "channel"} | {"provider": provider}
+    assert ProviderEvent.from_json(json.dumps(legacy)).channel == channel
+
+
+def test_the_channel_on_the_wire_wins_over_the_provider():
+    body = json.dumps({**FIELDS, "provider": "unsubscribe", "channel": "sms"})
+    assert ProviderEvent.from_json(body).channel == "sms"
+
+
+def test_a_producer_must_name_the_channel():
+    fields = {k: v for k, v in FIELDS.items() if k != "channel"}
+    with pytest.raises(ValidationError, match="channel"):
+        ProviderEvent(**fields)
+
+
+def test_unknown_fields_are_ignored_and_the_event_is_frozen():
+    event = ProviderEvent.from_json(json.dumps({**FIELDS, "added_later": 1}))
+    assert not hasattr(event, "added_later")
+    with pytest.raises(ValidationError):
+        event.__setattr__("type", "delivered")
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"not json", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (json.dumps({**FIELDS, "type": "exploded"}), "type must be one of"),
+    (json.dumps({**FIELDS, "channel": "fax"}), "channel must be one of"),
+    (json.dumps({**FIELDS, "account_id": "a:b"}), "account_id"),
+    (json.dumps({**FIELDS, "job_id": "../x"}), "job_id"),
+    (json.dumps({k: v for k, v in FIELDS.items() if k != "event_id"}), "event_id"),
+    (json.dumps({**FIELDS, "event_id": ""}), "event_id"),
+    (json.dumps({**FIELDS, "provider": "Evil Corp"}), "provider"),
+    (json.dumps({**FIELDS, "recipient": 7}), "recipient"),
+])
+def test_an_invalid_body_says_why(body, reason):
+    with pytest.raises(InvalidEvent, match=reason):
+        ProviderEvent.from_json(body)
+
+
+def test_replace_validates():
+    event = ProviderEvent(**FIELDS)
+    assert event.replace(job_id=None).job_id is None
+    with pytest.raises(ValidationError):
+        event.replace(account_id="no spaces allowed")
+    assert "other" in EVENT_TYPES
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.dead: list[tuple[bytes, str]] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def publish_dead(self, body: bytes, reason: str, source: str, **_: object) -> None:
+        self.dead.append((body, reason))
+
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+class FakeMessage:
+    def __init__(self, body: bytes) -> None:
+        self.body: bytes = body
+        self.headers: dict[str, Any] = {}
+        self.acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+
+@pytest.fixture
+async def applier(redis_url):
+    client = Redis.from_url(redis_url)
+    bus = FakeBus()
+    publisher: Any = bus
+    yield EventApplier(bus=publisher, gate=Gate(client, idempotency_ttl=60),
+                       store=SuppressionStore(client), metrics=Metrics(CollectorRegistry())), \
+        bus, SuppressionStore(client)
+    await client.aclose()
+
+
+async def test_an_invalid_event_is_dead_lettered_with_the_reason_and_changes_nothing(applier):
+    worker, bus, store = applier
+    body = json.dumps({**FIELDS, "type": "exploded"}).encode()
+    message = FakeMessage(body)
+    incoming: Any = message
+    await worker.handle(incoming)
+    assert message.acked and bus.events == []
+    [(dead_body, reason)] = bus.dead
+    assert dead_body == body and reason.startswith("invalid provider event: type must be one of")
+    assert await store.check("bob@example.com", account_id="acct_1") == []
+
+
+async def test_the_producer_s_channel_decides_the_entry_not_the_provider(applier):
+    """An unsubscribe for an SMS recipient from a provider other than Twilio is an ``sms_stop``
+    of the account (before, any provider but Twilio was taken for e-mail)."""
+    worker, bus, store = applier
+    body = json.dumps({**FIELDS, "provider": "unsubscribe", "type": "unsubscribed",
+                       "channel": "sms", "recipient": "+85291234567", "kind": None,
+                       "reason": "unsubscribe"}).encode()
+    incoming: Any = FakeMessage(body)
+    await worker.handle(incoming)
+    [entry] = await store.check("+85291234567", account_id="acct_1")
+    assert (entry["channel"], entry["scope"], entry["reason"]) == ("sms", "account", "sms_stop")
+    assert [(e["channel"], e["status"]) for e in bus.events] == [("sms", "unsubscribed")]

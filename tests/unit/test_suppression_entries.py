@@ -1,0 +1,210 @@
+"""The one suppression writer (:mod:`suppression.entries`): every path that suppresses an
+address (the gate after a send, the support store, the unsubscribe handler, the event applier)
+leaves an entry of the same shape, under the key that both ``SuppressionStore.check`` and the
+gate's ``pre_send`` read."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from sender.events import EventApplier
+from sender.metrics import Metrics
+from suppression import entries, keys
+from suppression.entries import BadEntry
+from suppression.gate import Counts, Gate
+from suppression.reputation import Policy
+from suppression.store import SuppressionStore
+from suppression.tokens import Unsubscribe, make_token
+from webhooks.handlers import UnsubscribeWebhooks, WebhookMetrics
+
+SECRET = "a-secret-of-at-least-16"
+_n = iter(range(10**9))
+
+
+@pytest.fixture
+async def redis(redis_url):
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def gate(redis):
+    return Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1000, burst=1000))
+
+
+class FakeBus:
+    """What the applier and the unsubscribe handler publish, kept for the asserts."""
+
+    def __init__(self) -> None:
+        self.published: list[Any] = []
+
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        self.published.append(event)
+
+    async def publish_to_queue(self, queue: str, body: bytes, **_: Any) -> None:
+        self.published.append((queue, body))
+
+    async def publish_dead(self, body: bytes, reason: str, *_: Any, **__: Any) -> None:
+        self.published.append(("dead", reason))
+
+
+def applier(redis: Redis, gate: Gate) -> EventApplier:
+    bus: Any = FakeBus()
+    return EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis),
+                        metrics=Metrics(CollectorRegistry()))
+
+
+def event_body(**fields: Any) -> bytes:
+    base = {"provider": "ses", "type": "bounced", "channel": "email", "recipient": None,
+            "provider_message_id": "pm", "message_id": None, "job_id": "j-ev", "kind": "hard",
+            "reason": "userunknown", "diagnostic": "550 5.1.1 no such user",
+            "at": "2026-01-01T00:00:00.000Z", "event_id": f"e{next(_n)}",
+            "account_id": "acct_e"}
+    return json.dumps({**base, **fields}).encode()
+
+
+class _Message:
+    def __init__(self, body: bytes) -> None:
+        self.body: bytes = body
+        self.headers: dict[str, Any] = {}
+
+    async def ack(self) -> None:
+        pass
+
+
+def incoming(body: bytes) -> Any:
+    """A delivery from ``outbox.events`` as the applier sees it."""
+    return _Message(body)
+
+
+async def by_gate(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
+    await gate.post_send("acct_g", "j-hb", status="bounced", attempt=1, reason="userunknown",
+                         counts=Counts(sends=1, hard=1), address="Gate@Example.com")
+    return "email", "gate@example.com", None
+
+
+async def by_store(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
+    await SuppressionStore(redis).add("Store@Example.com", channel="email", reason="manual",
+                                      source="cli:alice", actor="alice")
+    return "email", "store@example.com", None
+
+
+async def by_unsubscribe(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
+    bus = FakeBus()
+    settings: Any = SimpleNamespace(secret_keys=(SECRET,))
+    publisher: Any = bus
+    handler = UnsubscribeWebhooks(settings, publisher, SuppressionStore(redis),
+                                  WebhookMetrics(CollectorRegistry()))
+    app = web.Application()
+    app.add_routes(handler.routes())
+    token = make_token(SECRET, Unsubscribe("acct_u", "email", "Unsub@Example.com", "j-u"))
+    async with TestClient(TestServer(app)) as client:
+        answer = await client.post(f"/u/{token}", data="List-Unsubscribe=One-Click")
+        assert answer.status == 200
+    assert len(bus.published) == 1  # and the event for the job's status went to the worker
+    return "email", "unsub@example.com", "acct_u"
+
+
+async def by_event(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
+    await applier(redis, gate).handle(incoming(event_body(
+        recipient="Event@Example.com")))
+    return "email", "event@example.com", None
+
+
+async def by_unattributed_event(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
+    await applier(redis, gate).handle(incoming(event_body(
+        type="complained", kind="complaint", recipient="Nobody@Example.com", account_id=None,
+        job_id=None)))
+    return "email", "nobody@example.com", None
+
+
+async def by_sms_stop_event(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
+    await applier(redis, gate).handle(incoming(event_body(
+        provider="twilio", channel="sms", type="unsubscribed", kind=None, reason="sms_stop",
+        recipient="+852 9123 4567", account_id="acct_s", job_id=None)))
+    return "sms", "+85291234567", "acct_s"
+
+
+PATHS = [by_gate, by_store, by_unsubscribe, by_event, by_unattributed_event, by_sms_stop_event]
+
+
+@pytest.mark.parametrize("write", PATHS, ids=[p.__name__ for p in PATHS])
+async def test_every_path_writes_the_same_shape_where_both_readers_find_it(redis, gate, write):
+    channel, address, account = await write(redis, gate)
+    key = entries.key(channel, address, account)
+    stored = {k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}
+    assert tuple(sorted(stored)) == tuple(sorted(entries.FIELDS))
+    assert stored["source"] and int(stored["at"]) > 0 and stored["actor"]
+    assert await redis.ttl(key) == -1  # no expiry: kept until support removes it
+
+    [found] = await SuppressionStore(redis).check(address, account_id=account or "acct_any",
+                                                  channel=channel)
+    assert (found["address"], found["reason"]) == (address, stored["reason"])
+    assert found["scope"] == ("account" if account else "global")
+
+    d = await gate.pre_send(account or "acct_any", f"j{next(_n)}", owner="w",
+                            redelivered=False, expired=False, attempt=1, channel=channel,
+                            address=address)
+    assert (d.verdict, d.reason) == ("suppressed", stored["reason"])
+
+
+async def test_evidence_names_what_taught_the_entry(redis, gate):
+    await by_gate(redis, gate)
+    await by_unsubscribe(redis, gate)
+    await by_event(redis, gate)
+    hb = await redis.hgetall(keys.global_suppression("email", "gate@example.com"))
+    assert (hb[b"source"], hb[b"account"], hb[b"detail"], hb[b"actor"]) == (
+        b"job:j-hb", b"acct_g", b"userunknown", b"system")
+    un = await redis.hgetall(keys.account_suppression("acct_u", "email", "unsub@example.com"))
+    assert (un[b"source"], un[b"detail"], un[b"actor"]) == (b"job:j-u", b"one-click",
+                                                             b"recipient")
+    ev = await redis.hgetall(keys.global_suppression("email", "event@example.com"))
+    assert ev[b"source"].startswith(b"ses:e") and ev[b"detail"] == b"550 5.1.1 no such user"
+
+
+def test_the_scope_rule():
+    hb = entries.entry("email", "A@Example.com", "hard_bounce", account_id="acct_1")
+    assert (hb.key, hb.account_id, hb.fields["account"]) == (
+        "outbox:supp:email:a@example.com", None, "acct_1")  # a fact; the account is evidence
+    un = entries.entry("email", "a@example.com", "unsubscribe", account_id="acct_1")
+    assert un.key == "outbox:{acct:acct_1}:supp:email:a@example.com"
+    assert un.fields["actor"] == "recipient" and hb.fields["actor"] == "system"
+    assert entries.entry("email", "a@example.com", "manual").account_id is None
+    assert entries.entry("email", "a@example.com", "manual", account_id="a1").account_id == "a1"
+    assert entries.entry("sms", "91234567", "dnc_register").key == "outbox:dnc:+85291234567"
+    with pytest.raises(BadEntry, match="--account"):
+        entries.entry("sms", "+85291234567", "sms_stop")
+    with pytest.raises(BadEntry, match="reason must be one of"):
+        entries.entry("email", "a@example.com", "bored")
+    with pytest.raises(BadEntry, match="U\\+200B"):
+        entries.entry("email", "a\u200b@example.com", "complaint")
+    with pytest.raises(BadEntry, match="DNC"):
+        entries.entry("email", "a@example.com", "dnc_register")
+
+
+async def test_a_replaced_entry_keeps_nothing_of_the_old_one(redis, gate):
+    store = SuppressionStore(redis)
+    await store.add("old@example.com", channel="email", reason="manual", expires=3600,
+                    source="cli:alice", actor="alice")
+    await gate.post_send("acct_r", "j-r", status="bounced", attempt=1, reason="userunknown",
+                         counts=Counts(sends=1, hard=1), address="old@example.com")
+    [entry] = await store.check("old@example.com")
+    assert (entry["reason"], entry["actor"], entry["expires_at"]) == ("hard_bounce", "system",
+                                                                      None)
+    assert await redis.ttl("outbox:supp:email:old@example.com") == -1
+
+
+async def test_an_event_naming_no_address_writes_nothing(redis, gate):
+    """A signed provider event whose recipient has no canonical form: no entry under any key."""
+    await applier(redis, gate).handle(incoming(event_body(
+        recipient="victim\u200b@example.com")))
+    assert [k async for k in redis.scan_iter(match="outbox:*supp*")] == []
