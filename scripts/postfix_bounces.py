@@ -1,6 +1,8 @@
-"""Make genuine Postfix bounces for the test corpus (tests/data/bounces/mail/postfix/).
+"""Make genuine Postfix (or Exim) bounces for the test corpus (tests/data/bounces/mail/<mta>/).
 
-Runs a private Postfix instance (its own config and queue directories under a temporary
+Runs a private Postfix instance (or Exim: ``--exim DIR``, the unpacked ``exim4-daemon-light``
+package, whose Debian package cannot be installed beside Postfix; it runs with its own
+configuration and spool, :data:`EXIM_CONF`) (its own config and queue directories under a temporary
 directory, SMTP on 127.0.0.1:10025 only; needs root and Debian's ``postfix`` package, whose
 system instance is left alone) that relays ``@refuse.test`` to a local aiosmtpd refusing each
 recipient with the reply chosen in :data:`REPLIES`, and every other domain (the bounces, sent to
@@ -9,6 +11,9 @@ written as ``<case>.eml``; ``labels.json`` beside them says what each case's rep
 kind a reader should find.
 
     sudo PYTHONPATH=. .venv/bin/python scripts/postfix_bounces.py tests/data/bounces/mail/postfix
+    apt-get download exim4-daemon-light exim4-base libidn12; for f in *.deb; do dpkg -x $f x; done
+    sudo PYTHONPATH=. .venv/bin/python scripts/postfix_bounces.py tests/data/bounces/mail/exim \
+        --exim x   # needs the system user Debian-exim (useradd --system Debian-exim)
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ KEY = "current-key-0123456789abcdef"  # tests/integration/test_bounces_listener.
 BOUNCE_DOMAIN = "bounces.outbox.example"
 MSGID_DOMAIN = "mail.outbox.example"
 ACCOUNT = "acct_pf"
-REFUSER, KEEPER, POSTFIX = 2526, 2527, 10025
+REFUSER, KEEPER, POSTFIX, EXIM = 2526, 2527, 10025, 10026
 
 #: local part -> (reply at RCPT (or at DATA when it starts with "DATA "), expected kind)
 REPLIES: dict[str, tuple[str, str | None]] = {
@@ -100,6 +105,47 @@ smtp_connect_timeout = 5s
 """
 
 
+EXIM_CONF = """\
+spool_directory = {dir}/spool
+exim_path = {dir}/exim
+dsn_advertise_hosts = *
+log_file_path = {dir}/%slog
+primary_hostname = mx2.sender-relay.test
+qualify_domain = sender-relay.test
+daemon_smtp_ports = {port}
+local_interfaces = 127.0.0.1
+acl_smtp_rcpt = accept
+host_lookup =
+rfc1413_hosts =
+delay_warning = 3s
+begin routers
+refuse:
+  driver = manualroute
+  domains = refuse.test
+  transport = to_refuser
+  route_list = * 127.0.0.1
+  self = send
+keep:
+  driver = manualroute
+  transport = to_keeper
+  route_list = * 127.0.0.1
+  self = send
+begin transports
+to_refuser:
+  driver = smtp
+  port = {refuser}
+  allow_localhost
+  hosts_avoid_tls = *
+to_keeper:
+  driver = smtp
+  port = {keeper}
+  allow_localhost
+  hosts_avoid_tls = *
+begin retry
+* * F,8s,1s
+"""
+
+
 class Refuser:
     """Refuse each recipient of ``@refuse.test`` with the reply its local part chooses."""
 
@@ -160,7 +206,24 @@ def configure(root: Path) -> Path:
     return conf
 
 
-def send(case: str, parts: list[str], options: str, verp: bool) -> dict[str, Any]:
+def start_exim(root: Path, unpacked: Path) -> subprocess.Popen[bytes]:
+    (root / "spool").mkdir()
+    shutil.chown(root / "spool", "Debian-exim")
+    shutil.chown(root, "Debian-exim")
+    conf = root / "exim.conf"
+    conf.write_text(EXIM_CONF.format(dir=root, port=EXIM, refuser=REFUSER, keeper=KEEPER))
+    unpacked = unpacked.resolve()
+    wrapper = root / "exim"  # Exim re-executes itself with a cleared environment
+    wrapper.write_text(f"#!/bin/sh\nLD_LIBRARY_PATH={unpacked}/usr/lib/x86_64-linux-gnu "
+                       f"exec {unpacked}/usr/sbin/exim4 \"$@\"\n")
+    wrapper.chmod(0o755)
+    daemon = subprocess.Popen([str(wrapper), "-C", str(conf), "-bdf", "-q1s"])
+    time.sleep(2)
+    return daemon
+
+
+def send(case: str, parts: list[str], options: str, verp: bool,
+         port: int = POSTFIX) -> dict[str, Any]:
     job = f"job-pf-{case}"
     msg = EmailMessage()
     msg["From"] = "Acme <sales@acme.example>"
@@ -171,7 +234,7 @@ def send(case: str, parts: list[str], options: str, verp: bool) -> dict[str, Any
     msg.set_content(f"Thank you ({case}).\n")
     sender = verp_address(ACCOUNT, job, BOUNCE_DOMAIN, KEY) if verp \
         else f"bounces@{BOUNCE_DOMAIN}"
-    with smtplib.SMTP("127.0.0.1", POSTFIX) as client:
+    with smtplib.SMTP("127.0.0.1", port) as client:
         client.ehlo("outbox.test")
         rcpt_options = [options] if options else []
         client.sendmail(sender, [f"{p}@refuse.test" for p in parts], msg.as_bytes(),
@@ -184,30 +247,38 @@ def send(case: str, parts: list[str], options: str, verp: bool) -> dict[str, Any
                            for p in parts}}
 
 
-def main(out: Path) -> int:
+def main(out: Path, exim: Path | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     keeper = Keeper()
     servers = [Controller(Refuser(), hostname="127.0.0.1", port=REFUSER),
                Controller(keeper, hostname="127.0.0.1", port=KEEPER)]
     for server in servers:
         server.start()
-    root = Path(tempfile.mkdtemp(prefix="outbox-postfix-"))
-    conf = configure(root)
-    postfix(conf, "start")
+    root = Path(tempfile.mkdtemp(prefix="outbox-mta-"))
+    daemon = start_exim(root, exim) if exim else None
+    conf = None if exim else configure(root)
+    if conf:
+        postfix(conf, "start")
     try:
-        sent = {case: send(case, parts, options, verp) for case, parts, options, verp in CASES}
+        sent = {case: send(case, parts, options, verp, EXIM if exim else POSTFIX)
+                for case, parts, options, verp in CASES}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(keeper.messages) < len(CASES) + 3:
             time.sleep(1)
         time.sleep(3)
     finally:
-        postfix(conf, "stop")
+        if conf:
+            postfix(conf, "stop")
+        if daemon:
+            daemon.terminate()
+            daemon.wait()
         for server in servers:
             server.stop()
     labels: dict[str, Any] = {}
     for n, (mail_from, rcpt_tos, data) in enumerate(keeper.messages):
         case = next((c for c, s in sent.items() if s["job"].encode() in data), f"unknown-{n}")
-        kind = "delayed" if b"Action: delayed" in data else "report"
+        delayed = b"Action: delayed" in data or b"Warning: message" in data
+        kind = "delayed" if delayed else "report"
         name = f"{case}-{kind}" if kind == "delayed" else case
         (out / f"{name}.eml").write_bytes(data.replace(b"\r\n", b"\n"))
         labels[name] = {**sent.get(case, {}), "envelope_to": rcpt_tos,
@@ -221,4 +292,4 @@ def main(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[3]) if sys.argv[2:3] == ["--exim"] else None))
