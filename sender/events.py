@@ -70,6 +70,17 @@ def _effects(event: dict[str, Any], channel: str) -> tuple[Counts, str | None]:
     return Counts(), ""
 
 
+def evidence(event: dict[str, Any]) -> str:
+    """What a suppression made from an event keeps as its ``detail``, so support can say why
+    before reactivating: the server's words, the report's own Message-ID (a bounce by mail),
+    and when the report was received."""
+    raw = event.get("raw") if isinstance(event.get("raw"), dict) else {}
+    parts = [str(event.get("diagnostic") or event.get("reason") or "")[:500],
+             f"report {raw['report_message_id']}" if raw.get("report_message_id") else "",
+             f"received {event['at']}" if event.get("at") else ""]
+    return " | ".join(p for p in parts if p)
+
+
 class EventApplier:
     """Applies one provider event per delivery from ``outbox.events``."""
 
@@ -113,7 +124,8 @@ class EventApplier:
             attempt=0, provider=event.get("provider"),
             provider_message_id=event.get("provider_message_id"), channel=channel,
             reason=event.get("reason"), counts=counts, address=event.get("recipient") or "",
-            suppress=suppress, event_id=f"{event['provider']}:{event.get('event_id')}")
+            suppress=suppress, event_id=f"{event['provider']}:{event.get('event_id')}",
+            detail=evidence(event))
         self._metrics.provider_events.labels(event["provider"], event["type"],
                                              "duplicate" if recorded.applied < 0 else
                                              "applied").inc()
@@ -137,7 +149,7 @@ class EventApplier:
             reason = "hard_bounce" if counts.hard else "complaint"
             await self._gate.suppress_address(channel, recipient, reason=reason,
                                               source=str(event.get("event_id")),
-                                              detail=event.get("diagnostic"))
+                                              detail=evidence(event))
             return None
         if event["type"] == "unsubscribed":
             return "an unsubscribe that names no account cannot be applied"

@@ -10,7 +10,7 @@ Order of precedence used by the classifier:
 2. ``ENHANCED_RULES``: RFC 3463 status code, exact ``"5.1.1"`` first, then the
    class-free ``"x.1.1"`` form, then the subject only ``"x.1"``.
 3. ``BASIC_RULES``: SMTP basic reply code.
-4. ``"undefined"``; its kind then comes from the reply class (5xx hard,
+4. ``"undefined"``; its kind then comes from the reply class (5xx soft: never suppress on a guess,
    anything else transient).
 
 Most phrases come from Sisimai's per-host tables (go-sisimai ``rhost/*.go``,

@@ -259,7 +259,8 @@ class Gate:
                         channel: str = "email", reason: str | None = None,
                         counts: Counts = Counts(), address: str = "",
                         refund: bool = False, suppress: str | None = None,
-                        event_id: str | None = None, event_ttl: int = 0) -> Recorded:
+                        event_id: str | None = None, event_ttl: int = 0,
+                        detail: str | None = None) -> Recorded:
         """Record the job's new state (a final status, or ``R`` when a retry is scheduled),
         count the outcome, move the account's state; one round trip.
 
@@ -267,7 +268,8 @@ class Gate:
         A hard bounce or a complaint also suppresses ``address`` globally; ``suppress`` names
         another reason (``invalid`` globally, ``unsubscribe``/``sms_stop`` for the account),
         or ``""`` for none (carrier filtering counts like a complaint, but is no fact about
-        the recipient).
+        the recipient). ``detail``: the entry's evidence (the server's words, the report, when
+        it came); the reason when not given.
         With ``event_id`` (a provider event) the call takes effect once: a repeat changes
         nothing."""
         script_keys, args = self.post_send_call(
@@ -283,7 +285,7 @@ class Gate:
         def build(pipe: Any) -> None:
             POST_SEND.queue(pipe, script_keys, args)
             if fact and address:
-                _suppress(pipe, account_id, channel, address, fact, job_id, reason,
+                _suppress(pipe, account_id, channel, address, fact, job_id, detail or reason,
                           self._region)
             if counts.sends and account_id not in self._known_accounts:
                 pipe.sadd(keys.ACCOUNTS, account_id)  # once per account and process

@@ -413,7 +413,7 @@ def _entry(key: str, fields: dict[str, str]) -> dict[str, Any]:
             "reason": fields.get("reason"), "source": fields.get("source") or None,
             "at": int(fields["at"]) if fields.get("at") else None,
             "expires_at": int(fields["expires_at"]) if fields.get("expires_at") else None,
-            "actor": fields.get("actor") or None}
+            "actor": fields.get("actor") or None, "detail": fields.get("detail") or None}
 
 
 class ConsentStore:
