@@ -14,8 +14,15 @@ from urllib.parse import urlsplit
 
 from config import Settings
 from outbox import support
-from outbox.runtime import (EXIT_BAD_INPUT, CliError, print_records, read_lines, run_async,
-                            run_once, settings)
+from outbox.runtime import (
+    EXIT_BAD_INPUT,
+    CliError,
+    print_records,
+    read_lines,
+    run_async,
+    run_once,
+    settings,
+)
 
 log = logging.getLogger("outbox.cli")
 ENQUEUE_WINDOW = 256  # publishes awaiting their confirms at once

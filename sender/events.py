@@ -74,7 +74,7 @@ def evidence(event: dict[str, Any]) -> str:
     """What a suppression made from an event keeps as its ``detail``, so support can say why
     before reactivating: the server's words, the report's own Message-ID (a bounce by mail),
     and when the report was received."""
-    raw = event.get("raw") if isinstance(event.get("raw"), dict) else {}
+    raw: dict[str, Any] = event["raw"] if isinstance(event.get("raw"), dict) else {}
     parts = [str(event.get("diagnostic") or event.get("reason") or "")[:500],
              f"report {raw['report_message_id']}" if raw.get("report_message_id") else "",
              f"received {event['at']}" if event.get("at") else ""]

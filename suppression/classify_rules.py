@@ -142,6 +142,9 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"recipnotfound|exrecipnotfound", r"invalid recipient address", r"recipient (?:address )?rejected$",
         r"find the recipient domain", r"account does not exist", r"unknown local part",
         r"no mailbox here", r"not our customer", r"address (?:is )?(?:invalid|rejected)",
+        # Domino ("not listed in Domino Directory"), RFC 3464's example gateway reply
+        r"not listed in (?:the )?(?:domino directory|public name (?:&|and) address book)",
+        r"is not a registered (?:gateway )?user",
     ]),
     ("mailboxfull", [
         r"mailbox (?:is )?full", r"over ?quota", r"quota (?:exceeded|full)", r"out of storage space",

@@ -69,10 +69,12 @@ _FLAGS = re.I | re.M
 _CODE = re.compile(r"(?<![\w.:/\-#])#?([245][0-5]\d)(?=[ \-]|$)", re.M)
 _ENHANCED = re.compile(r"(?<![\w.])([245]\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)")
 _ADDR = re.compile(R.ADDR)
-_VERP_ANY = re.compile(rf"bounce\+[A-Za-z0-9._\-]+\+[A-Za-z0-9._\-]+(?:\+[A-Za-z2-7]+)?@"
-                       rf"[A-Za-z0-9.\-]+[A-Za-z0-9]", re.I)
+_VERP_ANY = re.compile(r"bounce\+[A-Za-z0-9._\-]+\+[A-Za-z0-9._\-]+(?:\+[A-Za-z2-7]+)?@"
+                       r"[A-Za-z0-9.\-]+[A-Za-z0-9]", re.I)
 _ACCOUNT = re.compile(r"^X-Outbox-Account:[ \t]*([A-Za-z0-9._\-]+)", _FLAGS)
-_MSGID_LINE = re.compile(r"^Message-ID:[ \t]*(<[^<>\s]+>)", _FLAGS)
+_MSGID_LINE = re.compile(r"^Message-ID:[ \t]*(<[^<>\s]+>)|\"Message-ID\",\s*\"value\":\s*"
+                         r"\"(<[^<>\s\"]+>)\"", _FLAGS)  # a header line, or SES's JSON
+_ACCOUNT_JSON = re.compile(r"\"X-Outbox-Account\",\s*\"value\":\s*\"([A-Za-z0-9._\-]+)\"", re.I)
 _NOT_RECIPIENTS = re.compile(r"^(?:mailer[-_]?daemon|postmaster|bounces?|noreply|no-reply|"
                              r"abuse|root)(?:[+@])", re.I)
 _TYPE_FOR_ACTION = {"delivered": "delivered", "relayed": "delivered", "expanded": "delivered"}
@@ -295,7 +297,8 @@ def _dsn_findings(blocks: list[Message]) -> list[Finding]:
             (status or " ")[0], "")
         if not recipient or act not in ACTIONS:
             continue
-        diagnostic = " ".join((block.get("Diagnostic-Code") or "").split())
+        diagnostic = " ".join((block.get("Diagnostic-Code") or "").split()) or " ".join(
+            (block.get("Status") or "").split())  # "4.0.0 (host name lookup failure)"
         text = diagnostic.split(";", 1)[-1].strip()
         specific = _status(text)
         if specific and (not status or status.endswith(".0.0")) and specific[0] == \
@@ -398,19 +401,22 @@ def _text_report(report: Report, msg: Message, top: str, text: str) -> Report:
 def _text_findings(top: str, text: str) -> tuple[str, list[Finding]]:
     """The family whose markers the report carries ("generic" if none) and its findings."""
     head = top + "\n" + text[:4000]
-    for family, detect, recipients, begin, delayed in _FAMILIES:
-        if _any(detect, head):
-            section = _section(text, begin)
-            found = _findings(section, recipients, top, _delayed(top, text, delayed))
-            return family.name, found or _findings(section, _GENERIC, top,
-                                                   _delayed(top, text, delayed))
-    section = _section(text, None)
-    return "generic", _findings(section, _GENERIC, top, _delayed(top, text, ()))
+    name = next((f.name for f, detect, *_ in _FAMILIES if _any(detect, head)), "generic")
+    # the family's own patterns first, then every other family's, then the generic ones
+    for _family, _, recipients, begin, delayed in sorted(_FAMILIES,
+                                                        key=lambda f: f[0].name != name):
+        found = _findings(_section(text, begin), recipients, top,
+                          _delayed(top, text, delayed))
+        if found:
+            return name, found
+    return name, _findings(_section(text, None), _GENERIC, top, _delayed(top, text, ()))
 
 
 def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
               delayed: bool) -> list[Finding]:
-    exclude = {a.lower() for a in _ADDR.findall(top)}
+    exclude = {a.lower() for line in top.splitlines() if re.match(
+        r"(?:From|To|Cc|Sender|Return-Path|Reply-To|Delivered-To|X-Original-To):", line, re.I)
+        for a in _ADDR.findall(line)}
     hits: list[tuple[int, int, str, str | None]] = []  # start, end, recipient, diag
     for pattern in patterns:
         for m in pattern.finditer(section):
@@ -464,15 +470,17 @@ def _ids(msg: Message, top: str, text: str, raw: bytes, envelope_to: Sequence[st
         [original.get("Message-ID") or "" if original is not None else ""]
         + [m for h in ("References", "In-Reply-To") for m in re.findall(
             r"<[^<>\s]+>", msg.get(h) or "")]
-        + _MSGID_LINE.findall(text)
-        + _MSGID_LINE.findall(raw[:2_000_000].decode("latin-1"))) if c.strip()]
+        + [a or b for a, b in _MSGID_LINE.findall(text)]
+        + [a or b for a, b in _MSGID_LINE.findall(raw[:2_000_000].decode("latin-1"))])
+        if c.strip()]
     own = (msg.get("Message-ID") or "").strip()
     candidates = [c for c in candidates if c != own]
     ours = [c for c in candidates if message_id_domain
             and c.rstrip(">").lower().endswith("@" + message_id_domain.lower())]
     message_id = (ours or candidates or [None])[0]
     match = MESSAGE_ID.fullmatch(message_id or "") if (ours or not message_id_domain) else None
-    account = _ACCOUNT.search(_headers_of(original) + "\n" + text) or _ACCOUNT.search(everything)
+    account = _ACCOUNT.search(_headers_of(original) + "\n" + text) or _ACCOUNT.search(
+        everything) or _ACCOUNT_JSON.search(text)
     account_id = verp[0] if verp else safe_id(account.group(1)) if account else None
     job_id = verp[1] if verp else match.group(1) if match else None
     provider_mid = message_id if message_id and not match else None
@@ -501,7 +509,8 @@ def _original(msg: Message) -> Message | None:
 
 def _notification_text(msg: Message) -> str:
     """The report's own words: its text parts (HTML flattened), not the attached original."""
-    texts, htmls = [], []
+    texts: list[str] = []
+    htmls: list[str] = []
     for part in _own_parts(msg):
         ctype = part.get_content_type()
         if part.is_multipart() or ctype not in ("text/plain", "text/html"):
