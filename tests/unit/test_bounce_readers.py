@@ -75,8 +75,13 @@ def test_attribution_prefers_verp_then_our_message_id():
         "job-pf-msgid-only", "acct_pf", "message-id")
     other = dsn.read(raw, (), "elsewhere.example")  # not our Message-ID: no job
     assert other.ids.job_id is None and other.ids.provider_message_id
-    verp = dsn.read((CORPUS / "postfix" / "nouser.eml").read_bytes(), ())
-    assert (verp.ids.job_id, verp.ids.attribution) == ("job-pf-nouser", "verp")
+    nouser = (CORPUS / "postfix" / "nouser.eml").read_bytes()
+    envelope = json.loads((CORPUS / "postfix" / "labels.json").read_text())["nouser"]
+    verp = dsn.read(nouser, envelope["envelope_to"], "mail.outbox.example")
+    assert (verp.ids.job_id, verp.ids.account_id, verp.ids.attribution) == (
+        "job-pf-nouser", "acct_pf", "verp")
+    quoted = dsn.read(nouser, (), "elsewhere.example")  # X-Postfix-Sender quotes the VERP
+    assert (quoted.ids.job_id, quoted.ids.attribution) == ("job-pf-nouser", "verp-quoted")
 
 
 def test_temporary_replies_are_never_hard_and_vague_ones_not_hard():

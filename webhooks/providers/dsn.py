@@ -36,10 +36,12 @@ ARF other feedback types                 ``other``
 A reply whose basic code and enhanced status are both temporary (4xx, 4.x.x) is never read as
 hard, whatever its words say: the server itself said "try again" (never suppress on a guess).
 
-Attribution (:class:`Ids`), first found wins: the VERP envelope recipient (or a VERP address
-quoted in the report), our Message-ID quoted anywhere (the attached original's headers, the
-report's ``References``/``In-Reply-To``, ``Message-ID:`` lines of an inline original), the
-``X-Outbox-Account`` header, the provider's message id. What is *believed* is the listener's
+Attribution (:class:`Ids`, ``attribution`` says which), first found wins: the VERP envelope
+recipient (``verp``); our Message-ID quoted anywhere (``message-id``: the attached original's
+headers, the report's ``References``/``In-Reply-To``, ``Message-ID:`` lines of an inline
+original), its account from ``X-Outbox-Account``; a VERP address quoted in the report
+(``verp-quoted``: ``X-Postfix-Sender``, the original's ``Return-Path``); ``X-Outbox-Account``
+alone; the provider's message id (``provider-message-id``). What is *believed* is the listener's
 decision (:mod:`webhooks.bounces`), not this module's.
 """
 
@@ -464,8 +466,8 @@ def _ids(msg: Message, top: str, text: str, raw: bytes, envelope_to: Sequence[st
     original = _original(msg)
     everything = "\n".join((top, _headers_of(original), text,
                             raw[:2_000_000].decode("latin-1")))
-    verp = next((v for v in map(parse_verp, envelope_to) if v), None) or next(
-        (v for v in map(parse_verp, _VERP_ANY.findall(everything)) if v), None)
+    verp = next((v for v in map(parse_verp, envelope_to) if v), None)
+    quoted = next((v for v in map(parse_verp, _VERP_ANY.findall(everything)) if v), None)
     candidates = [c.strip() for c in (
         [original.get("Message-ID") or "" if original is not None else ""]
         + [m for h in ("References", "In-Reply-To") for m in re.findall(
@@ -481,12 +483,19 @@ def _ids(msg: Message, top: str, text: str, raw: bytes, envelope_to: Sequence[st
     match = MESSAGE_ID.fullmatch(message_id or "") if (ours or not message_id_domain) else None
     account = _ACCOUNT.search(_headers_of(original) + "\n" + text) or _ACCOUNT.search(
         everything) or _ACCOUNT_JSON.search(text)
-    account_id = verp[0] if verp else safe_id(account.group(1)) if account else None
-    job_id = verp[1] if verp else match.group(1) if match else None
+    header_account = safe_id(account.group(1)) if account else None
+    if verp:
+        account_id, job_id, attribution = verp[0], verp[1], "verp"
+    elif match:  # our Message-ID; its account from X-Outbox-Account, or a quoted VERP of it
+        job_id, attribution = match.group(1), "message-id"
+        account_id = header_account or (quoted[0] if quoted and quoted[1] == job_id else None)
+    elif quoted:
+        account_id, job_id, attribution = quoted[0], quoted[1], "verp-quoted"
+    else:
+        account_id, job_id = header_account, None
+        attribution = "x-outbox-account" if account_id else None
     provider_mid = message_id if message_id and not match else None
-    attribution = ("verp" if verp else "message-id" if job_id else
-                   "x-outbox-account" if account_id else
-                   "provider-message-id" if provider_mid else None)
+    attribution = attribution or ("provider-message-id" if provider_mid else None)
     return Ids(account_id, job_id, message_id, provider_mid, attribution)
 
 
