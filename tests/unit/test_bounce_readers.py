@@ -110,7 +110,8 @@ def _cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
 
 
 def test_bounces_parse_prints_one_line_per_recipient_and_exits_0():
-    done = _cli(str(CORPUS / "postfix" / "multi.eml"), str(CORPUS / "docs" / "autoreply-rfc3834.eml"))
+    done = _cli(str(CORPUS / "postfix" / "multi.eml"),
+                str(CORPUS / "docs" / "autoreply-rfc3834.eml"))
     lines = [json.loads(x) for x in done.stdout.splitlines()]
     assert done.returncode == 0
     assert [(x["recipient"], x["type"], x["kind"]) for x in lines] == [
