@@ -295,7 +295,7 @@ async def _publish_account_event(cfg: Any, change: Any, args: argparse.Namespace
 # --- suppression --------------------------------------------------------------------------
 
 _ENTRY_FIELDS = ("address", "channel", "scope", "account_id", "reason", "source", "at",
-                 "expires_at")
+                 "expires_at", "detail")
 
 
 def cmd_suppression_add(args: argparse.Namespace) -> int:

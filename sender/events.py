@@ -70,6 +70,17 @@ def _source(event: ProviderEvent) -> str:
     return f"{event.provider}:{event.event_id}"
 
 
+def evidence(event: ProviderEvent) -> str:
+    """What a suppression made from an event keeps as its ``detail``, so support can say why
+    before reactivating: the server's words, the report's own Message-ID (a bounce by mail),
+    and when the report was received."""
+    raw = event.raw if isinstance(event.raw, dict) else {}
+    parts = [str(event.diagnostic or event.reason or "")[:500],
+             f"report {raw['report_message_id']}" if raw.get("report_message_id") else "",
+             f"received {event.at}" if event.at else ""]
+    return " | ".join(p for p in parts if p)
+
+
 class EventApplier:
     """Applies one provider event per delivery from ``outbox.events``."""
 
@@ -112,7 +123,7 @@ class EventApplier:
             attempt=0, provider=event.provider,
             provider_message_id=event.provider_message_id, channel=event.channel,
             reason=event.reason, counts=counts, address=event.recipient or "",
-            suppress=suppress, source=_source(event), detail=event.diagnostic or event.reason,
+            suppress=suppress, source=_source(event), detail=evidence(event),
             event_id=f"{event.provider}:{event.event_id}")
         self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
@@ -134,7 +145,7 @@ class EventApplier:
         if (counts.hard or counts.complaints) and event.recipient:
             reason = "hard_bounce" if counts.hard else "complaint"
             await self._gate.suppress_address(event.channel, event.recipient, reason=reason,
-                                              source=_source(event), detail=event.diagnostic)
+                                              source=_source(event), detail=evidence(event))
             return None
         if event.type == "unsubscribed":
             return "an unsubscribe that names no account cannot be applied"

@@ -21,7 +21,8 @@ reason -> kind (``REASON_KIND``)::
                failedstarttls securityerror syntaxerror onhold
                (our side, the network or a system problem)
     None       delivered vacation
-    undefined  by reply class: 5xx -> hard, otherwise transient
+    undefined  soft for 5xx (a permanent reply whose words say nothing: never
+               suppress on a guess), otherwise transient
 
 Precedence for SMTP replies: 2xx -> delivered; then the ordered text rules
 (first match wins; they see ``"<code> <enhanced> <text>"`` lower-cased); then
@@ -71,11 +72,12 @@ class Outcome:
 
 
 def _kind(reason: str, code: int | None, enhanced: str | None) -> str | None:
-    """Kind of a reason; ``undefined`` is hard for 5xx, transient otherwise."""
+    """Kind of a reason; ``undefined`` is soft for 5xx (words that say nothing are no ground
+    to suppress an address), transient otherwise."""
     if reason != "undefined":
         return R.REASON_KIND[reason]
     permanent = (code is not None and 500 <= code < 600) or (enhanced or "").startswith("5.")
-    return "hard" if permanent else "transient"
+    return "soft" if permanent else "transient"
 
 
 def _text_reason(text: str) -> str | None:

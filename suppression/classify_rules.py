@@ -10,7 +10,7 @@ Order of precedence used by the classifier:
 2. ``ENHANCED_RULES``: RFC 3463 status code, exact ``"5.1.1"`` first, then the
    class-free ``"x.1.1"`` form, then the subject only ``"x.1"``.
 3. ``BASIC_RULES``: SMTP basic reply code.
-4. ``"undefined"``; its kind then comes from the reply class (5xx hard,
+4. ``"undefined"``; its kind then comes from the reply class (5xx soft: never suppress on a guess,
    anything else transient).
 
 Most phrases come from Sisimai's per-host tables (go-sisimai ``rhost/*.go``,
@@ -142,6 +142,9 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"recipnotfound|exrecipnotfound", r"invalid recipient address", r"recipient (?:address )?rejected$",
         r"find the recipient domain", r"account does not exist", r"unknown local part",
         r"no mailbox here", r"not our customer", r"address (?:is )?(?:invalid|rejected)",
+        # Domino ("not listed in Domino Directory"), RFC 3464's example gateway reply
+        r"not listed in (?:the )?(?:domino directory|public name (?:&|and) address book)",
+        r"is not a registered (?:gateway )?user",
     ]),
     ("mailboxfull", [
         r"mailbox (?:is )?full", r"over ?quota", r"quota (?:exceeded|full)", r"out of storage space",

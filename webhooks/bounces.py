@@ -167,7 +167,7 @@ class BounceHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         try:
-            events = dsn.parse(raw, envelope.rcpt_tos)
+            events = dsn.parse(raw, envelope.rcpt_tos, self._config.message_id_domain)
         except PayloadError as exc:
             return await self._keep(raw, "not_report", str(exc), session, envelope)
         except Exception as exc:  # the parser choked on hostile input: kept, not retried forever

@@ -330,7 +330,7 @@ async def test_a_non_report_is_kept_capped_counted_and_logged_once(
     [kept] = await collect(amqp_url, "outbox.dead", lambda m: len(m) >= 1)
     reason = kept.headers["x-outbox-reason"]
     assert reason.startswith(f"bounces listener: not_report [first 262144 of {len(body)} "
-                             "bytes kept]: not a delivery status notification")
+                             "bytes kept]: an auto-reply")
     assert kept.body == body[:262144] and kept.headers["x-outbox-size"] == len(body)
     assert kept.headers["x-outbox-rcpt-to"] == f"anyone@{DOMAIN}"
     assert counted(registry, "not_report") == 1
@@ -374,3 +374,53 @@ async def test_the_worker_does_not_apply_a_listener_event_without_account_and_jo
         await bus.close()
     assert "names no account and job is not believed" in dead.headers["x-outbox-reason"]
     assert entries == []
+
+
+# --- genuine bounces made by a real Postfix (tests/data/bounces/mail/postfix) ---------------
+
+MAIL = Path(__file__).resolve().parents[1] / "data" / "bounces" / "mail"
+
+
+@pytest.mark.parametrize(("case", "to_verp"), [("nouser", True), ("msgid-only", False)])
+async def test_a_genuine_postfix_bounce_ends_the_job_bounced_with_its_evidence(
+        make_settings, smtp_server, amqp_url, unused_tcp_port, case, to_verp):
+    smtp_url, recorder = smtp_server
+    settings = _settings(make_settings, smtp_url)
+    job, verp = await sent_job(settings, amqp_url, recorder, id=f"job-pf-{case}",
+                               account_id="acct_pf", to="nouser@refuse.example.net")
+    # the refusing host's domain was .test (RFC 2606), which jobs may not name
+    report = (MAIL / "postfix" / f"{case}.eml").read_bytes().replace(b"refuse.test",
+                                                                    b"refuse.example.net")
+    assert (verp.encode() in report) == to_verp  # made with the same key, domain and job
+    async with listening(settings, unused_tcp_port) as registry, \
+            running_worker(settings) as worker:
+        await smtp_send(unused_tcp_port, [verp if to_verp else f"postmaster@{DOMAIN}"], report,
+                        sender="MAILER-DAEMON@sender-relay.test")
+        [bounced] = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1))
+        [entry] = await SuppressionStore(worker.redis).check("nouser@refuse.example.net")
+    assert (bounced["id"], bounced["status"], bounced["reason"]) == (job["id"], "bounced",
+                                                                     "userunknown")
+    assert (entry["reason"], entry["scope"], entry["source"]) == ("hard_bounce", "global",
+                                                                  job["id"])
+    report_id = re.search(rb"^Message-Id: (<[^>]+>)", report, re.M | re.I).group(1).decode()
+    assert entry["detail"].startswith("smtp; 550 5.1.1 <nouser@refuse.example.net>: Recipient "
+                                      "address rejected")
+    assert f"report {report_id}" in entry["detail"] and "| received 20" in entry["detail"]
+    assert counted(registry, "accepted") == 1
+
+
+async def test_an_auto_reply_to_our_verp_address_changes_nothing(
+        make_settings, smtp_server, amqp_url, unused_tcp_port):
+    smtp_url, recorder = smtp_server
+    settings = _settings(make_settings, smtp_url)
+    job, verp = await sent_job(settings, amqp_url, recorder, account_id="acct_v",
+                               to="bob@example.org")
+    reply = (MAIL / "docs" / "autoreply-rfc3834.eml").read_bytes().replace(
+        b"job-d-ar", job["id"].encode())
+    async with listening(settings, unused_tcp_port) as registry, \
+            unchanged(settings, amqp_url):
+        await smtp_send(unused_tcp_port, [verp], reply, sender="bob@example.org")
+    [kept] = await collect(amqp_url, "outbox.dead", lambda m: len(m) >= 1)
+    assert "not_report" in kept.headers["x-outbox-reason"]
+    assert "auto-reply" in kept.headers["x-outbox-reason"]
+    assert counted(registry, "not_report") == 1 and counted(registry, "accepted") == 0

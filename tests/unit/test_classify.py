@@ -43,7 +43,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "data" / "bounces" / "corpus.json
         ("I am out of the office until 02/02/2018", None, "vacation"),
         ("250 2.0.0 Ok: queued as 4D8E32E0F1", None, "delivered"),
         ("X-Unix; 255", "transient", "mailererror"),
-        ("550 something nobody has a rule for", "hard", "undefined"),
+        ("550 something nobody has a rule for", "soft", "undefined"),
         ("450 something nobody has a rule for", "transient", "undefined"),
         ("451 something nobody has a rule for", "transient", "systemerror"),
         ("5.1.1", "hard", "userunknown"),
@@ -87,7 +87,7 @@ def test_classify_smtp_matches_classify_reply() -> None:
         "soft", "mailboxfull", 452, "4.2.2")
     assert classify_smtp(250, "OK") == Outcome(None, "delivered", 250, None)
     assert classify_smtp(None, "", "5.2.2").reason == "mailboxfull"
-    assert classify_smtp(550, "", "not-a-code") == Outcome("hard", "undefined", 550, None)
+    assert classify_smtp(550, "", "not-a-code") == Outcome("soft", "undefined", 550, None)
 
 
 @pytest.mark.parametrize(

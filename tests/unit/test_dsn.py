@@ -25,8 +25,16 @@ def test_a_postfix_bounce_names_its_job_by_verp():
 
 
 def test_without_verp_the_quoted_message_id_names_the_job():
-    [event] = dsn.parse((DATA / "postfix-dsn.eml").read_bytes())
+    raw = b"\n".join(line for line in (DATA / "postfix-dsn.eml").read_bytes().split(b"\n")
+                     if b"bounce+" not in line)
+    [event] = dsn.parse(raw)
     assert (event.account_id, event.job_id) == (None, "01JD6Y3M9Q0B8ZP6X2N4K7R1TC")
+
+
+def test_a_verp_address_quoted_in_the_report_names_the_job_without_the_envelope():
+    report = dsn.read((DATA / "postfix-dsn.eml").read_bytes())  # X-Postfix-Sender: the VERP
+    assert (report.ids.account_id, report.ids.job_id, report.ids.attribution) == (
+        "acct_7", "01JD6Y3M9Q0B8ZP6X2N4K7R1TC", "message-id")
 
 
 def test_a_delay_report_is_a_soft_bounce():

@@ -1,150 +1,593 @@
-"""Asynchronous bounces from a self-run relay: RFC 3464 delivery status notifications and
-RFC 5965 (ARF) feedback reports, as received by ``outbox bounces``. Pure: no I/O.
+"""Bounces and complaint reports that come back by mail, as received by ``outbox bounces`` and
+read by ``outbox bounces parse`` (the same code: :func:`read`, then :func:`events`). Pure.
 
-``parse(message: bytes, envelope_to: Sequence[str] = ())`` returns one ProviderEvent per
-recipient block. The job is found from the VERP envelope recipient
-(:func:`suppression.verp.verp_address`), else from the quoted original's
-``Message-ID: <job-id@domain>`` and ``X-Outbox-Account`` header.
+Readers, tried in this order (``format`` names the one that understood the message):
 
-=====================================  =============================================
-report                                  ProviderEvent.type
-=====================================  =============================================
-DSN ``Action: failed``, kind hard       ``bounced``
-DSN ``Action: failed``, other kinds     ``soft_bounced`` (policy blocks are not the
-                                        recipient's fault; transient errors recur)
-DSN ``Action: delayed``                 ``soft_bounced``
-DSN ``Action: delivered``/``relayed``   ``delivered``
-ARF ``Feedback-Type: abuse``/``fraud``  ``complained``
-ARF other feedback types                ``other``
-=====================================  =============================================
+==============  ===========================================================================
+``rfc3464``     a ``message/delivery-status`` part (RFC 3464), wherever it is in the report
+``arf``         a ``message/feedback-report`` part (RFC 5965)
+``ses-json``    an Amazon SES notification delivered by mail (SNS e-mail subscription)
+``complaint``   an abuse report that is not ARF (Microsoft's, a forwarded "abuse report")
+<family>        the text of a bounce from a known server family (``postfix``, ``exim``,
+                ``qmail``/Yahoo, ``sendmail``, ``exchange``/Outlook/Office 365, ``gmail``,
+                ``domino``, ``groupwise``, ``courier``, ``mdaemon``, ``opensmtpd``, ...;
+                patterns as data in :mod:`webhooks.providers.bounce_readers`)
+``generic``     the text of a message that is a bounce by its sender or subject, of no
+                family we know: recipients and diagnostics found by generic patterns
+``none``        not a report: an auto-reply (RFC 3834, vacation, out of office,
+                challenge-response) or anything else; ``why`` says which. Nothing is done.
+==============  ===========================================================================
+
+Each recipient found is one :class:`Finding` (action, enhanced status, reply code, the
+server's words) and one event:
+
+======================================  ===================================================
+finding                                  ProviderEvent.type (kind)
+======================================  ===================================================
+``failed``, kind hard                    ``bounced`` (the address is suppressed)
+``failed``, other kinds                  ``soft_bounced`` (policy blocks, mailbox full,
+                                         system errors: not the address's fault)
+``delayed``                              ``soft_bounced``; never hard, suppresses nothing
+``delivered``/``relayed``/``expanded``   ``delivered``
+a complaint (ARF abuse/fraud, non-ARF)   ``complained``
+ARF other feedback types                 ``other``
+======================================  ===================================================
+
+A reply whose basic code and enhanced status are both temporary (4xx, 4.x.x) is never read as
+hard, whatever its words say: the server itself said "try again" (never suppress on a guess).
+
+Attribution (:class:`Ids`, ``attribution`` says which), first found wins: the VERP envelope
+recipient (``verp``); our Message-ID quoted anywhere (``message-id``: the attached original's
+headers, the report's ``References``/``In-Reply-To``, ``Message-ID:`` lines of an inline
+original), its account from ``X-Outbox-Account``; a VERP address quoted in the report
+(``verp-quoted``: ``X-Postfix-Sender``, the original's ``Return-Path``); ``X-Outbox-Account``
+alone; the provider's message id (``provider-message-id``). What is *believed* is the listener's
+decision (:mod:`webhooks.bounces`), not this module's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from email import message_from_bytes
+from email.header import decode_header, make_header
 from email.message import Message
 from email.policy import compat32
+from typing import Any
 
 from sender.models import utcnow_iso
 from sender.provider_events import ProviderEvent
-from suppression.classify import Outcome, classify_smtp
+from suppression.classify import Outcome, classify_provider, classify_smtp
 from suppression.verp import parse_verp
+from webhooks.providers import bounce_readers as R
 from webhooks.providers.base import MESSAGE_ID, PayloadError, safe_id
 
 PROVIDER = "smtp"
-_CODE = re.compile(r"\b([245]\d\d)\b")
-_TYPE_FOR_ACTION = {"delayed": "soft_bounced", "delivered": "delivered",
-                    "relayed": "delivered", "expanded": "delivered"}
+ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
+_FLAGS = re.I | re.M
+_CODE = re.compile(r"(?<![\w.:/\-#])#?([245][0-5]\d)(?=[ \-]|$)", re.M)
+_ENHANCED = re.compile(r"(?<![\w.])([245]\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)")
+_ADDR = re.compile(R.ADDR)
+_VERP_ANY = re.compile(r"bounce\+[A-Za-z0-9._\-]+\+[A-Za-z0-9._\-]+(?:\+[A-Za-z2-7]+)?@"
+                       r"[A-Za-z0-9.\-]+[A-Za-z0-9]", re.I)
+_ACCOUNT = re.compile(r"^X-Outbox-Account:[ \t]*([A-Za-z0-9._\-]+)", _FLAGS)
+_MSGID_LINE = re.compile(r"^Message-ID:[ \t]*(<[^<>\s]+>)|\"Message-ID\",\s*\"value\":\s*"
+                         r"\"(<[^<>\s\"]+>)\"", _FLAGS)  # a header line, or SES's JSON
+_ACCOUNT_JSON = re.compile(r"\"X-Outbox-Account\",\s*\"value\":\s*\"([A-Za-z0-9._\-]+)\"", re.I)
+_NOT_RECIPIENTS = re.compile(r"^(?:mailer[-_]?daemon|postmaster|bounces?|noreply|no-reply|"
+                             r"abuse|root)(?:[+@])", re.I)
+_TYPE_FOR_ACTION = {"delivered": "delivered", "relayed": "delivered", "expanded": "delivered"}
+_MAX_DIAG = 1000
 
 
-def parse(message: bytes, envelope_to: Sequence[str] = ()) -> list[ProviderEvent]:
-    """The events in one report message; PayloadError when it is not a DSN or ARF report."""
+def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, _FLAGS) for p in patterns)
+
+
+_FAMILIES = tuple((f, _compile(f.detect), _compile(f.recipients),
+                   re.compile(f.begin, _FLAGS) if f.begin else None, _compile(f.delayed))
+                  for f in R.FAMILIES)
+_ORIGINAL = _compile(R.ORIGINAL_MARKERS)
+_GENERIC = _compile(R.GENERIC_RECIPIENTS)
+_DELAY = _compile(R.DELAY_MARKERS)
+_AUTO_HEADERS, _AUTO_SUBJECTS = _compile(R.AUTO_REPLY_HEADERS), _compile(R.AUTO_REPLY_SUBJECTS)
+_COMPLAINT, _COMPLAINT_RCPT = _compile(R.COMPLAINT_MARKERS), _compile(R.COMPLAINT_RECIPIENTS)
+_BOUNCE_SENDERS, _BOUNCE_SUBJECTS = re.compile(R.BOUNCE_SENDERS, _FLAGS), \
+    re.compile(R.BOUNCE_SUBJECTS, _FLAGS)
+_SES = _compile(R.SES_MAIL)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What the report says about one recipient. ``outcome``: the report's own verdict (ARF,
+    SES), else the classifier decides from the status, reply code and diagnostic."""
+
+    recipient: str | None
+    action: str
+    status: str | None = None
+    reply_code: int | None = None
+    diagnostic: str = ""
+    outcome: Outcome | None = None
+    complaint: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ids:
+    """What ties the report to a job, and how it was found (``attribution``)."""
+
+    account_id: str | None = None
+    job_id: str | None = None
+    message_id: str | None = None
+    provider_message_id: str | None = None
+    attribution: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One message read: which reader understood it, its findings, its ids, and for a message
+    that is not a report, why."""
+
+    format: str
+    findings: tuple[Finding, ...] = ()
+    ids: Ids = field(default_factory=Ids)
+    why: str = ""
+    report_id: str | None = None  # the report's own Message-ID (evidence)
+    feedback_type: str | None = None
+
+
+# --- the entry points ----------------------------------------------------------------------
+
+
+def parse(message: bytes, envelope_to: Sequence[str] = (),
+          message_id_domain: str | None = None) -> list[ProviderEvent]:
+    """The events of one report message; PayloadError (saying why) when it is not a report."""
+    report = read(message, envelope_to, message_id_domain)
+    if report.format == "none":
+        raise PayloadError(report.why)
+    found = events(report, seed=report.report_id or hashlib.sha256(message).hexdigest())
+    if not found:
+        raise PayloadError(f"a {report.format} report that names no recipient")
+    return found
+
+
+def read(message: bytes, envelope_to: Sequence[str] = (),
+         message_id_domain: str | None = None) -> Report:
+    """Read one message with the first reader that understands it (see the module doc)."""
     msg = message_from_bytes(message, policy=compat32)
-    report_type = (msg.get_param("report-type") or "").lower() \
-        if msg.get_content_type() == "multipart/report" else ""
-    ids = _ids(msg, envelope_to)
-    event_seed = msg.get("Message-ID") or hashlib.sha256(message).hexdigest()
-    if report_type == "delivery-status":
-        return _dsn_events(msg, ids, event_seed)
-    if report_type == "feedback-report":
-        return _arf_events(msg, ids, event_seed)
-    raise PayloadError("not a delivery status notification or feedback report "
-                       f"(content type {msg.get_content_type()}, report-type {report_type!r})")
+    top = _header_text(msg)
+    text = _notification_text(msg)
+    report_id = (msg.get("Message-ID") or "").strip() or None
+    ids = _ids(msg, top, text, message, envelope_to, message_id_domain)
+    report = Report("none", ids=ids, report_id=report_id)
+    status_blocks = _parts(msg, "message/delivery-status")
+    if status_blocks:
+        findings = _dsn_findings(status_blocks)
+        if findings:
+            return replace(report, format="rfc3464", findings=_enrich(findings, top, text))
+    feedback = _parts(msg, "message/feedback-report")
+    if feedback:
+        return _arf(report, msg, feedback[0])
+    if _any(_SES[:1], top) and _any(_SES[1:], text):
+        ses = _ses_findings(text)
+        if ses:
+            return replace(report, format="ses-json", findings=ses)
+    if _any(_COMPLAINT, top + "\n" + text) and (_original(msg) is not None
+                                                or _any(_COMPLAINT_RCPT, top)):
+        return replace(report, format="complaint", findings=(_complaint(msg, top),))
+    return _text_report(report, msg, top, text)
 
 
-def _ids(msg: Message, envelope_to: Sequence[str]) -> dict[str, str | None]:
-    """Job id, account id and the original's Message-ID, by VERP first, quoted headers next."""
-    original = _original_headers(msg)
-    message_id = original.get("Message-ID") if original is not None else None
-    verp = next((v for v in map(parse_verp, envelope_to) if v), None)
-    match = MESSAGE_ID.search(message_id or "")
-    return {
-        "account_id": verp[0] if verp else safe_id(_header(original, "X-Outbox-Account")),
-        "job_id": verp[1] if verp else (match.group(1) if match else None),
-        "message_id": message_id.strip() if message_id else None,
-        "to": original.get("To") if original is not None else None,
-    }
+def events(report: Report, seed: str) -> list[ProviderEvent]:
+    """One event per finding (see the module doc for the types)."""
+    return [_event(report, f, seed) for f in report.findings]
 
 
-def _header(msg: Message | None, name: str) -> str | None:
-    value = msg.get(name) if msg is not None else None
-    return value.strip() if value else None
+def describe(report: Report) -> list[dict[str, Any]]:
+    """What ``outbox bounces parse`` prints: one dict per recipient, or one saying why the
+    message is not a report."""
+    ids = {"job_id": report.ids.job_id, "account_id": report.ids.account_id,
+           "message_id": report.ids.message_id,
+           "provider_message_id": report.ids.provider_message_id,
+           "attribution": report.ids.attribution, "report_message_id": report.report_id}
+    if report.format == "none" or not report.findings:
+        return [{"recipient": None, "action": None, "type": "none", "kind": None,
+                 "reason": None, "status": None, "reply_code": None, "diagnostic": None,
+                 **ids, "format": report.format,
+                 "why": report.why or f"a {report.format} report that names no recipient"}]
+    lines = []
+    for finding, event in zip(report.findings, events(report, seed=report.report_id or ""),
+                              strict=True):
+        action = None if finding.complaint or report.format == "arf" else finding.action
+        lines.append({"recipient": finding.recipient, "action": action,
+                      "type": event.type, "kind": event.kind, "reason": event.reason,
+                      "status": finding.status, "reply_code": finding.reply_code,
+                      "diagnostic": event.diagnostic, **ids, "format": report.format})
+    return lines
 
 
-def _original_headers(msg: Message) -> Message | None:
-    for part in msg.walk():
-        ctype = part.get_content_type()
-        if ctype in ("message/rfc822", "message/rfc822-headers", "text/rfc822-headers"):
-            payload = part.get_payload()
-            if isinstance(payload, list) and payload:
-                return payload[0]
-            if isinstance(payload, str):
-                return message_from_bytes(payload.encode("utf-8", "replace"), policy=compat32)
-    return None
+# --- outcome and event ---------------------------------------------------------------------
 
 
-def _status_blocks(msg: Message, ctype: str) -> list[Message]:
-    for part in msg.walk():
+def outcome_of(finding: Finding) -> Outcome:
+    """The finding's kind and reason (see the module doc for the rules beyond the
+    classifier's)."""
+    if finding.outcome is not None:
+        return finding.outcome
+    if finding.action in ("delivered", "relayed", "expanded"):
+        return Outcome(None, "delivered", finding.reply_code, finding.status)
+    text = finding.diagnostic.split(";", 1)[-1] if finding.diagnostic[:8].lower().startswith(
+        ("smtp;", "x-")) else finding.diagnostic
+    status = finding.status
+    enhanced = _ENHANCED.search(text)
+    if enhanced and (not status or status.endswith(".0.0")):
+        status = enhanced.group(1)  # the server's own code is more specific than x.0.0
+    outcome = classify_smtp(finding.reply_code, text, status)
+    temporary = all(c is None or str(c).startswith("4") for c in (finding.reply_code, status)) \
+        and (finding.reply_code or status)
+    if outcome.kind == "hard" and (finding.action == "delayed" or temporary):
+        return replace(outcome, kind="soft")
+    if outcome.kind is None and finding.action in ("failed", "delayed"):
+        return Outcome("soft", "undefined", outcome.code, outcome.enhanced)  # not a failure?
+    return outcome
+
+
+def _event(report: Report, finding: Finding, seed: str) -> ProviderEvent:
+    outcome = outcome_of(finding)
+    if finding.complaint:
+        event_type = "complained"
+    elif report.format == "arf":
+        event_type = "other"
+    elif finding.action == "failed":
+        event_type = "bounced" if outcome.kind == "hard" else "soft_bounced"
+    elif finding.action == "delayed":
+        event_type = "soft_bounced"
+    else:
+        event_type = _TYPE_FOR_ACTION.get(finding.action, "other")
+    event_id = hashlib.sha256(f"{seed}|{finding.recipient}|{event_type}".encode()).hexdigest()
+    ids = report.ids
+    return ProviderEvent(
+        provider=PROVIDER, type=event_type, channel="email", recipient=finding.recipient,
+        provider_message_id=ids.provider_message_id, message_id=ids.message_id,
+        job_id=ids.job_id, kind=outcome.kind, reason=outcome.reason,
+        diagnostic=(finding.diagnostic or finding.status or "")[:500], at=utcnow_iso(),
+        event_id=event_id[:32], account_id=ids.account_id,
+        raw={"format": report.format, "action": finding.action, "status": finding.status,
+             "reply_code": finding.reply_code, "report_message_id": report.report_id,
+             "attribution": ids.attribution})
+
+
+# --- RFC 3464 and ARF --------------------------------------------------------------------
+
+
+def _parts(msg: Message, ctype: str) -> list[Message]:
+    """The header blocks of the first ``ctype`` part outside any attached original."""
+    for part in _own_parts(msg):
         if part.get_content_type() == ctype:
-            payload = part.get_payload()
+            payload = part.get_payload(decode=False)
             if isinstance(payload, list):
-                return payload
-            text = payload if isinstance(payload, str) else ""
-            return [message_from_bytes(b.encode(), policy=compat32)
-                    for b in re.split(r"\r?\n\r?\n", text.strip()) if b.strip()]
+                return [p for p in payload if isinstance(p, Message)]
+            raw = part.get_payload(decode=True)
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload)
+            return [message_from_bytes(b.encode("utf-8", "replace"), policy=compat32)
+                    for b in re.split(r"\r?\n[ \t]*\r?\n", text.strip()) if b.strip()]
     return []
 
 
-def _dsn_events(msg: Message, ids: dict[str, str | None], seed: str) -> list[ProviderEvent]:
-    blocks = _status_blocks(msg, "message/delivery-status")
-    if len(blocks) < 2:
-        raise PayloadError("delivery status notification without a per-recipient block")
-    return [_dsn_event(block, ids, seed) for block in blocks[1:] if block.get("Action")]
+def _own_parts(msg: Message) -> Iterable[Message]:
+    """The report's parts, not descending into attached messages."""
+    yield msg
+    if msg.get_content_type() in ("message/rfc822", "text/rfc822-headers",
+                                  "message/rfc822-headers"):
+        return
+    payload = msg.get_payload()
+    if msg.is_multipart() and isinstance(payload, list):
+        for part in payload:
+            if isinstance(part, Message):
+                yield from _own_parts(part)
 
 
-def _dsn_event(block: Message, ids: dict[str, str | None], seed: str) -> ProviderEvent:
-    recipient = _address(block.get("Final-Recipient") or block.get("Original-Recipient"))
-    action = (block.get("Action") or "").strip().lower()
-    status = (block.get("Status") or "").strip()
-    diagnostic = " ".join((block.get("Diagnostic-Code") or "").split())
-    text = diagnostic.split(";", 1)[-1].strip()
-    code_match = _CODE.search(text)
-    outcome = classify_smtp(int(code_match.group(1)) if code_match else None, text,
-                            status or None)
-    kind_type = "bounced" if outcome.kind == "hard" else "soft_bounced"
-    event_type = kind_type if action == "failed" else _TYPE_FOR_ACTION.get(action, "other")
-    return _event(event_type, recipient, ids, outcome, diagnostic or status, seed)
+def _dsn_findings(blocks: list[Message]) -> list[Finding]:
+    found = []
+    for block in blocks:
+        recipient = _address(block.get("Final-Recipient") or block.get("Original-Recipient"))
+        status = _status(block.get("Status"))
+        action = (block.get("Action") or "").strip().lower().split()[0:1]
+        act = action[0] if action else {"5": "failed", "4": "delayed", "2": "delivered"}.get(
+            (status or " ")[0], "")
+        if not recipient or act not in ACTIONS:
+            continue
+        diagnostic = " ".join((block.get("Diagnostic-Code") or "").split()) or " ".join(
+            (block.get("Status") or "").split())  # "4.0.0 (host name lookup failure)"
+        text = diagnostic.split(";", 1)[-1].strip()
+        specific = _status(text)
+        if specific and (not status or status.endswith(".0.0")) and specific[0] == \
+                (status or specific)[0]:
+            status = specific  # Exim writes x.0.0 and the server's own code in the text
+        found.append(Finding(recipient, act, status, _code(text), diagnostic or status or ""))
+    return found
 
 
-def _arf_events(msg: Message, ids: dict[str, str | None], seed: str) -> list[ProviderEvent]:
-    blocks = _status_blocks(msg, "message/feedback-report")
-    if not blocks:
-        raise PayloadError("feedback report without a message/feedback-report part")
-    report = blocks[0]
-    feedback = (report.get("Feedback-Type") or "").strip().lower()
-    recipient = _address(report.get("Original-Rcpt-To") or ids.get("to"))
-    event_type = "complained" if feedback in ("abuse", "fraud", "") else "other"
-    outcome = Outcome("complaint", "feedback") if event_type == "complained" \
-        else Outcome(None, "undefined")
-    return [_event(event_type, recipient, ids, outcome, f"feedback-type {feedback}", seed)]
+def _enrich(findings: list[Finding], top: str, text: str) -> tuple[Finding, ...]:
+    """A DSN whose blocks carry no diagnostic: the server's words from its text part."""
+    if all(f.diagnostic and f.diagnostic != f.status for f in findings):
+        return tuple(findings)
+    texts = {f.recipient: f for f in _text_findings(top, text)[1]}
+    return tuple(replace(f, diagnostic=texts[f.recipient].diagnostic,
+                         reply_code=f.reply_code or texts[f.recipient].reply_code)
+                 if f.recipient in texts and (not f.diagnostic or f.diagnostic == f.status)
+                 else f for f in findings)
 
 
-def _event(event_type: str, recipient: str | None, ids: dict[str, str | None],
-           outcome: Outcome, diagnostic: str, seed: str) -> ProviderEvent:
-    event_id = hashlib.sha256(f"{seed}|{recipient}|{event_type}".encode()).hexdigest()[:32]
-    return ProviderEvent(
-        provider=PROVIDER, type=event_type, channel="email", recipient=recipient,
-        provider_message_id=None, message_id=ids["message_id"], job_id=ids["job_id"],
-        kind=outcome.kind, reason=outcome.reason, diagnostic=diagnostic[:500], at=utcnow_iso(),
-        event_id=event_id, account_id=ids["account_id"])
+def _arf(report: Report, msg: Message, block: Message) -> Report:
+    feedback = (block.get("Feedback-Type") or "").strip().lower()
+    original = _original(msg)
+    recipient = _address(block.get("Original-Rcpt-To")
+                         or (original.get("To") if original is not None else None))
+    complaint = feedback in ("abuse", "fraud", "")
+    outcome = Outcome("complaint", "feedback") if complaint else Outcome(None, "undefined")
+    return replace(report, format="arf", feedback_type=feedback, findings=(Finding(
+        recipient, "failed", None, None, f"feedback-type {feedback}", outcome, complaint),))
 
 
-def _address(field: str | None) -> str | None:
-    """``rfc822; bob@example.com`` or ``<bob@example.com>`` → ``bob@example.com``."""
+def _complaint(msg: Message, top: str) -> Finding:
+    original = _original(msg)
+    recipient = next((m.group("rcpt") for p in _COMPLAINT_RCPT for m in [p.search(top)] if m),
+                     None) or (original.get("To") if original is not None else None)
+    return Finding(_address(recipient), "failed", None, None, "complaint report (not ARF)",
+                   Outcome("complaint", "feedback"), True)
+
+
+def _ses_findings(text: str) -> tuple[Finding, ...]:
+    """An SES Bounce/Complaint/DeliveryDelay notification's JSON in the body of a mail."""
+    start = text.find("{")
+    try:
+        note = json.loads(text[start:text.rfind("}") + 1]) if start >= 0 else None
+    except ValueError:
+        return ()
+    if not isinstance(note, dict):
+        return ()
+    kind = note.get("notificationType") or note.get("eventType")
+    if kind == "Bounce":
+        bounce = note.get("bounce") or {}
+        found = []
+        for r in bounce.get("bouncedRecipients") or []:
+            diag = str(r.get("diagnosticCode") or "")
+            outcome = classify_provider("ses", bounce.get("bounceType"),
+                                        bounce.get("bounceSubType"), diag.split(";", 1)[-1])
+            if outcome.kind == "hard" and str(bounce.get("bounceType")).lower() != "permanent":
+                outcome = replace(outcome, kind="soft")
+            found.append(Finding(_address(r.get("emailAddress")), "failed",
+                                 _status(r.get("status")), _code(diag), diag, outcome))
+        return tuple(found)
+    if kind == "Complaint":
+        return tuple(Finding(_address(r.get("emailAddress")), "failed", None, None,
+                             "complaint (Amazon SES)", Outcome("complaint", "feedback"), True)
+                     for r in (note.get("complaint") or {}).get("complainedRecipients") or [])
+    if kind == "DeliveryDelay":
+        return tuple(Finding(_address(r.get("emailAddress")), "delayed",
+                             _status(r.get("status")), _code(str(r.get("diagnosticCode"))),
+                             str(r.get("diagnosticCode") or ""))
+                     for r in (note.get("deliveryDelay") or {}).get("delayedRecipients") or [])
+    return ()
+
+
+# --- bounce text ---------------------------------------------------------------------------
+
+
+def _text_report(report: Report, msg: Message, top: str, text: str) -> Report:
+    auto = _any(_AUTO_SUBJECTS, top)
+    family, findings = _text_findings(top, text)
+    bouncy = family != "generic" or _BOUNCE_SENDERS.search(top) or _BOUNCE_SUBJECTS.search(top)
+    if bouncy and not (auto and family == "generic"):
+        if not findings:
+            original = _original(msg)
+            to = _address(original.get("To")) if original is not None else None
+            if to:
+                section = _section(text, None)
+                findings = [Finding(to, "delayed" if _delayed(top, text, ()) else "failed",
+                                    _status_in(section), _code(section), _clean(section))]
+        if findings:
+            return replace(report, format=family, findings=tuple(findings))
+        return replace(report, why="looks like a bounce, but names no recipient we could find")
+    if auto or _any(_AUTO_HEADERS, top):
+        return replace(report, why="an auto-reply (RFC 3834 Auto-Submitted, vacation, out of "
+                       "office or challenge-response), not a bounce: nothing to act on")
+    return replace(report, why="not a delivery status notification, feedback report or bounce "
+                   f"(content type {msg.get_content_type()}, subject "
+                   f"{_subject(msg)!r})")
+
+
+def _text_findings(top: str, text: str) -> tuple[str, list[Finding]]:
+    """The family whose markers the report carries ("generic" if none) and its findings."""
+    head = top + "\n" + text[:4000]
+    name = next((f.name for f, detect, *_ in _FAMILIES if _any(detect, head)), "generic")
+    # the family's own patterns first, then every other family's, then the generic ones
+    for _family, _, recipients, begin, delayed in sorted(_FAMILIES,
+                                                        key=lambda f: f[0].name != name):
+        found = _findings(_section(text, begin), recipients, top,
+                          _delayed(top, text, delayed))
+        if found:
+            return name, found
+    return name, _findings(_section(text, None), _GENERIC, top, _delayed(top, text, ()))
+
+
+def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
+              delayed: bool) -> list[Finding]:
+    exclude = {a.lower() for line in top.splitlines() if re.match(
+        r"(?:From|To|Cc|Sender|Return-Path|Reply-To|Delivered-To|X-Original-To):", line, re.I)
+        for a in _ADDR.findall(line)}
+    hits: list[tuple[int, int, str, str | None]] = []  # start, end, recipient, diag
+    for pattern in patterns:
+        for m in pattern.finditer(section):
+            rcpt = m.group("rcpt").lower().rstrip(".")
+            if rcpt in exclude or _NOT_RECIPIENTS.match(rcpt) or parse_verp(rcpt):
+                continue
+            diag = m.group("diag") if "diag" in pattern.groupindex else None
+            hits.append((m.start(), m.end(), rcpt, diag))
+        if hits:
+            break
+    hits.sort()
+    found: dict[str, Finding] = {}
+    for i, (_, end, rcpt, diag) in enumerate(hits):
+        following = hits[i + 1][0] if i + 1 < len(hits) else len(section)
+        words = diag if diag and diag.strip() else section[end:following]
+        if not _CODE.search(words) and not _ENHANCED.search(words) and len(hits) == 1:
+            words = f"{words}\n{section}"  # one recipient: the whole section is its story
+        if rcpt not in found:
+            clean = _clean(words)
+            found[rcpt] = Finding(rcpt, "delayed" if delayed else "failed", _status_in(clean),
+                                  _code(clean), clean)
+    return list(found.values())
+
+
+def _section(text: str, begin: re.Pattern[str] | None) -> str:
+    """The server's own words: after ``begin`` (when found), before the returned original."""
+    match = begin.search(text) if begin else None
+    start = match.end() if match else 0
+    ends = [m.start() for p in _ORIGINAL for m in [p.search(text, start)] if m]
+    return text[start:min(ends)] if ends else text[start:]
+
+
+def _delayed(top: str, text: str, markers: Iterable[re.Pattern[str]]) -> bool:
+    head = top + "\n" + _section(text, None)[:6000]
+    permanent = re.search(r"permanent(?:ly)? (?:error|fatal|failure|failed)|"
+                          r"failed permanently|gave up|given up|giving up", head, re.I)
+    return not permanent and (_any(markers, head) or _any(_DELAY, head))
+
+
+# --- attribution -------------------------------------------------------------------------
+
+
+def _ids(msg: Message, top: str, text: str, raw: bytes, envelope_to: Sequence[str],
+         message_id_domain: str | None) -> Ids:
+    original = _original(msg)
+    everything = "\n".join((top, _headers_of(original), text,
+                            raw[:2_000_000].decode("latin-1")))
+    verp = next((v for v in map(parse_verp, envelope_to) if v), None)
+    quoted = next((v for v in map(parse_verp, _VERP_ANY.findall(everything)) if v), None)
+    candidates = [c.strip() for c in (
+        [original.get("Message-ID") or "" if original is not None else ""]
+        + [m for h in ("References", "In-Reply-To") for m in re.findall(
+            r"<[^<>\s]+>", msg.get(h) or "")]
+        + [a or b for a, b in _MSGID_LINE.findall(text)]
+        + [a or b for a, b in _MSGID_LINE.findall(raw[:2_000_000].decode("latin-1"))])
+        if c.strip()]
+    own = (msg.get("Message-ID") or "").strip()
+    candidates = [c for c in candidates if c != own]
+    ours = [c for c in candidates if message_id_domain
+            and c.rstrip(">").lower().endswith("@" + message_id_domain.lower())]
+    message_id = (ours or candidates or [None])[0]
+    match = MESSAGE_ID.fullmatch(message_id or "") if (ours or not message_id_domain) else None
+    account = _ACCOUNT.search(_headers_of(original) + "\n" + text) or _ACCOUNT.search(
+        everything) or _ACCOUNT_JSON.search(text)
+    header_account = safe_id(account.group(1)) if account else None
+    if verp:
+        account_id, job_id, attribution = verp[0], verp[1], "verp"
+    elif match:  # our Message-ID; its account from X-Outbox-Account, or a quoted VERP of it
+        job_id, attribution = match.group(1), "message-id"
+        account_id = header_account or (quoted[0] if quoted and quoted[1] == job_id else None)
+    elif quoted:
+        account_id, job_id, attribution = quoted[0], quoted[1], "verp-quoted"
+    else:
+        account_id, job_id = header_account, None
+        attribution = "x-outbox-account" if account_id else None
+    provider_mid = message_id if message_id and not match else None
+    attribution = attribution or ("provider-message-id" if provider_mid else None)
+    return Ids(account_id, job_id, message_id, provider_mid, attribution)
+
+
+def _original(msg: Message) -> Message | None:
+    """The headers of the returned original, when the report attaches it."""
+    for part in _own_parts(msg):
+        ctype = part.get_content_type()
+        if ctype in ("message/rfc822", "message/rfc822-headers", "text/rfc822-headers"):
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                return payload[0]
+            raw = part.get_payload(decode=True)
+            if isinstance(raw, bytes):
+                return message_from_bytes(raw, policy=compat32)
+    return None
+
+
+# --- text helpers -------------------------------------------------------------------------
+
+
+def _notification_text(msg: Message) -> str:
+    """The report's own words: its text parts (HTML flattened), not the attached original."""
+    texts: list[str] = []
+    htmls: list[str] = []
+    for part in _own_parts(msg):
+        ctype = part.get_content_type()
+        if part.is_multipart() or ctype not in ("text/plain", "text/html"):
+            continue
+        raw = part.get_payload(decode=True)
+        if not isinstance(raw, bytes):
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            body = raw.decode(charset, "replace")
+        except LookupError:
+            body = raw.decode("utf-8", "replace")
+        (texts if ctype == "text/plain" else htmls).append(body)
+    if not texts and htmls:
+        texts = [html.unescape(re.sub(r"<[^>]+>", "\n", re.sub(
+            r"(?is)<(script|style).*?</\1>", "", h))) for h in htmls]
+    return "\n".join(texts).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _header_text(msg: Message) -> str:
+    lines = []
+    for name, value in msg.items():
+        try:
+            decoded = str(make_header(decode_header(str(value))))
+        except (ValueError, LookupError, UnicodeDecodeError):
+            decoded = str(value)
+        lines.append(f"{name}: {' '.join(decoded.split())}")
+    return "\n".join(lines)
+
+
+def _headers_of(msg: Message | None) -> str:
+    return "" if msg is None else "\n".join(f"{k}: {v}" for k, v in msg.items())
+
+
+def _subject(msg: Message) -> str:
+    try:
+        return str(make_header(decode_header(msg.get("Subject") or "")))[:100]
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return str(msg.get("Subject") or "")[:100]
+
+
+def _any(patterns: Iterable[re.Pattern[str]], text: str) -> bool:
+    return any(p.search(text) for p in patterns)
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())[:_MAX_DIAG]
+
+
+def _code(text: str) -> int | None:
+    match = _CODE.search(text or "")
+    return int(match.group(1)) if match else None
+
+
+def _status(value: Any) -> str | None:
+    match = _ENHANCED.search(str(value or ""))
+    return match.group(1) if match else None
+
+
+def _status_in(text: str) -> str | None:
+    return _status(text)
+
+
+def _address(field: Any) -> str | None:
+    """``rfc822; bob@example.com``, ``Bob <bob@example.com>`` → ``bob@example.com``."""
     if not field:
         return None
-    value = field.split(";", 1)[-1].strip().strip("<>").strip()
-    return value.lower() or None
+    value = str(field).split(";", 1)[-1] if ";" in str(field) else str(field)
+    match = _ADDR.search(value)
+    return match.group(0).lower().rstrip(".") if match else None

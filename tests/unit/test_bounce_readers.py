@@ -1,0 +1,135 @@
+"""Bounces by mail, per server family and per format, on the corpus of tests/data/bounces/mail
+(genuine Postfix and Exim bounces, RFC examples, and messages written from each server's
+documentation; see its README). ``outbox bounces parse`` is checked as a command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+from bounce_corpus_score import CORPUS, expected, score  # scripts/ (tests/conftest.py)
+
+from sender.events import evidence
+from webhooks.providers import dsn
+from webhooks.providers.base import PayloadError
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = [(d.name, f, want) for d in sorted(CORPUS.iterdir()) if (d / "labels.json").exists()
+         for f, want in sorted(expected(d).items())]
+
+
+@pytest.mark.parametrize(("directory", "file", "want"), CASES,
+                         ids=[f"{d}/{f}" for d, f, _ in CASES])
+def test_each_message_reads_with_the_right_kind_per_recipient(directory, file, want):
+    report = dsn.read((CORPUS / directory / file).read_bytes(), (), "mail.outbox.example")
+    got = {line["recipient"]: line for line in dsn.describe(report)}
+    if not want:
+        assert report.format == "none" and list(got) == [None]
+        with pytest.raises(PayloadError, match="auto-reply"):
+            dsn.parse((CORPUS / directory / file).read_bytes())
+        return
+    assert report.format != "none", report.why
+    delayed = "-delayed" in file
+    for recipient, kind in want.items():
+        assert got[recipient]["kind"] == ("soft" if delayed and kind == "hard" else kind)
+        if delayed:
+            assert got[recipient]["type"] == "soft_bounced"  # a delay suppresses nothing
+        assert got[recipient]["type"] != "bounced" or got[recipient]["kind"] == "hard"
+    assert report.ids.job_id and report.ids.job_id.startswith("job-") or directory == "docs"
+
+
+def test_the_corpus_score_by_family_is_complete():
+    table = score()
+    assert sum(r.get("bounces", 0) for r in table.values()) >= 60
+    for family, row in table.items():
+        assert row.get("read", 0) == row.get("bounces", 0), family
+        assert row.get("right_kind", 0) == row.get("recipients", 0), (family, row.get("misses"))
+        assert row.get("left_alone", 0) == row.get("not_bounces", 0), family
+
+
+@pytest.mark.parametrize(("mta", "family"), [("postfix", "postfix"), ("exim", "exim")])
+def test_the_text_of_a_genuine_bounce_alone_is_read_by_its_family(mta, family):
+    """Older releases (and relays that strip the report) send only the notification text."""
+    msg = message_from_bytes((CORPUS / mta / "multi.eml").read_bytes())
+    notification = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+    header = "".join(f"{k}: {v}\n" for k, v in msg.items() if k.lower() in (
+        "from", "to", "subject", "message-id", "auto-submitted"))
+    text = (header + "\n" + notification.get_payload()).encode()
+    report = dsn.read(text, (), "mail.outbox.example")
+    kinds = {f.recipient: dsn.outcome_of(f).kind for f in report.findings}
+    assert report.format == family
+    assert kinds == {"nouser@refuse.test": "hard", "quota@refuse.test": "soft",
+                     "spamhaus@refuse.test": "block"}
+    assert all(f.reply_code and f.status for f in report.findings)
+
+
+def test_attribution_prefers_verp_then_our_message_id():
+    raw = (CORPUS / "postfix" / "msgid-only.eml").read_bytes()
+    report = dsn.read(raw, (), "mail.outbox.example")
+    assert (report.ids.job_id, report.ids.account_id, report.ids.attribution) == (
+        "job-pf-msgid-only", "acct_pf", "message-id")
+    other = dsn.read(raw, (), "elsewhere.example")  # not our Message-ID: no job
+    assert other.ids.job_id is None and other.ids.provider_message_id
+    nouser = (CORPUS / "postfix" / "nouser.eml").read_bytes()
+    envelope = json.loads((CORPUS / "postfix" / "labels.json").read_text())["nouser"]
+    verp = dsn.read(nouser, envelope["envelope_to"], "mail.outbox.example")
+    assert (verp.ids.job_id, verp.ids.account_id, verp.ids.attribution) == (
+        "job-pf-nouser", "acct_pf", "verp")
+    quoted = dsn.read(nouser, (), "elsewhere.example")  # X-Postfix-Sender quotes the VERP
+    assert (quoted.ids.job_id, quoted.ids.attribution) == ("job-pf-nouser", "verp-quoted")
+
+
+def test_temporary_replies_are_never_hard_and_vague_ones_not_hard():
+    assert dsn.outcome_of(dsn.Finding("a@x.example", "failed", "4.1.1", 450,
+                                      "450 4.1.1 user unknown")).kind == "soft"
+    assert dsn.outcome_of(dsn.Finding("a@x.example", "delayed", "5.1.1", 550,
+                                      "550 5.1.1 user unknown")).kind == "soft"
+    assert dsn.outcome_of(dsn.Finding("a@x.example", "failed", None, 550,
+                                      "550 Requested action not taken")).kind == "soft"
+    assert dsn.outcome_of(dsn.Finding("a@x.example", "failed", "5.7.1", 554,
+                                      "554 5.7.1 blocked using zen.spamhaus.org")).kind == "block"
+
+
+def test_the_evidence_kept_with_a_suppression():
+    [event] = dsn.parse((CORPUS / "postfix" / "nouser.eml").read_bytes())
+    text = evidence(event)
+    assert text.startswith("smtp; 550 5.1.1 <nouser@refuse.test>")
+    assert "report <" in text and "@mx1.sender-relay.test>" in text
+    assert f"received {event.at}" in text
+
+
+def _cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "outbox", "bounces", "parse", *args],
+                          input=stdin, capture_output=True, env=env, cwd=ROOT, timeout=60)
+
+
+def test_bounces_parse_prints_one_line_per_recipient_and_exits_0():
+    done = _cli(str(CORPUS / "postfix" / "multi.eml"),
+                str(CORPUS / "docs" / "autoreply-rfc3834.eml"))
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert done.returncode == 0
+    assert [(x["recipient"], x["type"], x["kind"]) for x in lines] == [
+        ("nouser@refuse.test", "bounced", "hard"), ("quota@refuse.test", "soft_bounced", "soft"),
+        ("spamhaus@refuse.test", "soft_bounced", "block"), (None, "none", None)]
+    first = lines[0]
+    assert {k: first[k] for k in ("action", "status", "reply_code", "format", "job_id",
+                                  "account_id")} == {
+        "action": "failed", "status": "5.1.1", "reply_code": 550, "format": "rfc3464",
+        "job_id": "job-pf-multi", "account_id": "acct_pf"}
+    assert first["source"].endswith("multi.eml") and "auto-reply" in lines[-1]["why"]
+
+
+def test_bounces_parse_reads_directories_and_stdin_and_exits_2_for_an_unreadable_path():
+    done = _cli(str(CORPUS / "exim"), "-", "/nonexistent/bounce.eml",
+                stdin=(CORPUS / "docs" / "qmail-userunknown.eml").read_bytes())
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert done.returncode == 2 and b"cannot read /nonexistent/bounce.eml" in done.stderr
+    assert len({x["source"] for x in lines}) == 23  # 21 Exim bounces, labels.json, stdin
+    assert [x["type"] for x in lines if x["source"].endswith("labels.json")] == ["none"]
+    assert [x["format"] for x in lines if x["source"] == "-"] == ["qmail", "qmail"]
