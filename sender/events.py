@@ -66,8 +66,9 @@ def _effects(event: ProviderEvent) -> tuple[Counts, str | None]:
 
 
 def _source(event: ProviderEvent) -> str:
-    """The evidence a suppression entry keeps of the event that taught it."""
-    return f"{event.provider}:{event.event_id}"
+    """What a suppression entry names as its source: the job (``job:<id>``, as a bounce at
+    send time does), else the provider's event (``<provider>:<event id>``)."""
+    return f"job:{event.job_id}" if event.job_id else f"{event.provider}:{event.event_id}"
 
 
 def evidence(event: ProviderEvent) -> str:

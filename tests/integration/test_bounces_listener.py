@@ -401,7 +401,7 @@ async def test_a_genuine_postfix_bounce_ends_the_job_bounced_with_its_evidence(
     assert (bounced["id"], bounced["status"], bounced["reason"]) == (job["id"], "bounced",
                                                                      "userunknown")
     assert (entry["reason"], entry["scope"], entry["source"]) == ("hard_bounce", "global",
-                                                                  job["id"])
+                                                                  f"job:{job['id']}")
     report_id = re.search(rb"^Message-Id: (<[^>]+>)", report, re.M | re.I).group(1).decode()
     assert entry["detail"].startswith("smtp; 550 5.1.1 <nouser@refuse.example.net>: Recipient "
                                       "address rejected")

@@ -168,7 +168,7 @@ async def test_evidence_names_what_taught_the_entry(redis, gate):
     assert (un[b"source"], un[b"detail"], un[b"actor"]) == (b"job:j-u", b"one-click",
                                                              b"recipient")
     ev = await redis.hgetall(keys.global_suppression("email", "event@example.com"))
-    assert ev[b"source"].startswith(b"ses:e")
+    assert ev[b"source"] == b"job:j-ev"
     assert ev[b"detail"] == b"550 5.1.1 no such user | received 2026-01-01T00:00:00.000Z"
 
 
