@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
+import secrets
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,7 +116,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
     problem = dev_secret_problem(cfg)
     if problem:  # the worker only signs links; the servers that honour them refuse to start
         log.warning("%s", problem)
-    return run_async(lambda stop: _with_metrics(cfg, lambda reg: run_worker(cfg, stop, reg)))
+    return run_async(lambda stop: _with_metrics(
+        cfg, lambda reg: _when_reachable(cfg, stop, lambda: run_worker(cfg, stop, reg))))
+
+
+def _service_urls(cfg: Settings) -> dict[str, str]:
+    return {"amqp": cfg.amqp_url.get_secret_value(), "redis": cfg.redis_url.get_secret_value()}
+
+
+async def _when_reachable(cfg: Settings, stop: asyncio.Event,
+                          start: Callable[[], Awaitable[None]]) -> None:
+    """Wait for RabbitMQ and Redis (one log line naming the setting and masked URL an
+    attempt, with backoff), then run ``start()`` until it returns; a service lost again during
+    start-up means waiting again. Returns at once when ``stop`` is set while waiting."""
+    from sender.connect import RETRY_DELAYS, ServiceUnreachable, wait_for_services
+
+    failures = 0
+    while await wait_for_services(_service_urls(cfg), stop):
+        try:
+            await start()
+            return
+        except ServiceUnreachable as exc:
+            delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+            failures += 1
+            log.error("%s (during start-up, retrying in %g s)", exc, delay,
+                      extra={"setting": exc.setting, "url": exc.url, "retry_in": delay})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
 
 
 async def _with_metrics(cfg: Any, run: Any) -> None:
@@ -128,40 +157,77 @@ async def _with_metrics(cfg: Any, run: Any) -> None:
 def cmd_webhooks(args: argparse.Namespace) -> int:
     cfg = settings(http_port=args.port)
     refuse_dev_secret(cfg)
-    return run_async(lambda stop: _serve_http(cfg, stop))
+    return run_async(lambda stop: _when_reachable(cfg, stop, lambda: _serve_http(cfg, stop)))
 
 
 async def _serve_http(cfg: Any, stop: asyncio.Event, registry: Any = None) -> None:
-    from aiohttp import web
-    from prometheus_client import CollectorRegistry
+    async with _http_server(cfg, registry):
+        await stop.wait()
 
+
+@contextlib.asynccontextmanager
+async def _connected(cfg: Settings) -> AsyncIterator[tuple[Any, Any]]:
+    """(bus, redis) of a server: Redis answered, the bus connected and the topology declared
+    (ServiceUnreachable in one line otherwise); both closed on exit."""
     from sender.bus import Bus
+    from sender.connect import ping_redis
     from sender.service import make_redis
-    from webhooks.app import make_app
 
     redis = make_redis(cfg)
     bus = Bus.from_settings(cfg)
-    await bus.connect(declare=True)
-    app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry())
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, cfg.http_host, cfg.http_port).start()
-    log.info("http server on %s:%d", cfg.http_host, cfg.http_port)
     try:
-        await stop.wait()
+        await ping_redis(redis, cfg.redis_url.get_secret_value())
+        await bus.connect(declare=True)
+        yield bus, redis
     finally:
-        await runner.cleanup()
         await bus.close()
         await redis.aclose()
 
 
+@contextlib.asynccontextmanager
+async def _http_server(cfg: Settings, registry: Any = None) -> AsyncIterator[None]:
+    """The webhook/admin HTTP server, listening until the block ends."""
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from webhooks.app import make_app
+
+    async with _connected(cfg) as (bus, redis):
+        app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, cfg.http_host, cfg.http_port).start()
+            log.info("http server on %s:%d", cfg.http_host, cfg.http_port)
+            yield
+        finally:
+            await runner.cleanup()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = settings()
-    if args.dev and not cfg.twilio_configured:
-        cfg = settings(**DEV_TWILIO, twilio_api_base=f"http://{cfg.http_host}:"
-                       f"{cfg.dev_twilio_port}")
+    if args.dev:
+        cfg = settings(**dev_overrides(cfg))
     refuse_dev_secret(cfg)
     return run_async(lambda stop: _run_all(cfg, stop, dev=args.dev))
+
+
+#: The admin token of ``outbox run --dev`` when none is configured and the server is loopback
+#: only (otherwise a random one is made); printed in the ready banner.
+DEV_ADMIN_TOKEN = "dev-admin-token"
+
+
+def dev_overrides(cfg: Settings) -> dict[str, Any]:
+    """What ``--dev`` changes: SMS to the Twilio stand-in when no Twilio account is
+    configured, and a development admin token when none is."""
+    overrides: dict[str, Any] = {}
+    if not cfg.twilio_configured:
+        overrides |= {**DEV_TWILIO,
+                      "twilio_api_base": f"http://{cfg.http_host}:{cfg.dev_twilio_port}"}
+    if not cfg.admin_tokens:
+        overrides["admin_tokens"] = (DEV_ADMIN_TOKEN if is_loopback_url(f"http://{cfg.http_host}")
+                                     else secrets.token_urlsafe(18))
+    return overrides
 
 
 #: Credentials of the local Twilio stand-in (``outbox run --dev`` uses them when no real
@@ -171,21 +237,57 @@ DEV_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "dev-a
 
 
 async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from sender.service import run_worker
-
-    registry = CollectorRegistry()
+    """Worker, HTTP server and bounce listener started in turn once RabbitMQ and Redis
+    answer; stopped in the reverse order (the worker drains last)."""
     sinks = await _start_sinks(cfg) if dev else []
+    if not cfg.bounce_domain:
+        log.info("no OUTBOX_BOUNCE_DOMAIN: the bounce listener is not started")
+
+    async def start() -> None:
+        from prometheus_client import CollectorRegistry
+
+        from sender.service import started_worker
+
+        registry = CollectorRegistry()  # a new one each attempt: nothing registered twice
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(started_worker(cfg, registry))
+            await stack.enter_async_context(_http_server(cfg, registry))
+            if cfg.bounce_domain:
+                await stack.enter_async_context(_bounce_listener(cfg, registry))
+            log.info("ready")
+            if dev:
+                print(ready_banner(cfg), file=sys.stderr, flush=True)
+            await stop.wait()
+
     try:
-        if not cfg.bounce_domain:
-            log.info("no OUTBOX_BOUNCE_DOMAIN: the bounce listener is not started")
-        await asyncio.gather(run_worker(cfg, stop, registry), _serve_http(cfg, stop, registry),
-                             *([_serve_bounces(cfg, stop, registry)] if cfg.bounce_domain
-                               else []))
+        await _when_reachable(cfg, stop, start)
     finally:
         for sink in sinks:
             await sink.close()
+
+
+#: The job the ready banner enqueues (a transactional email to the local sink).
+EXAMPLE_JOB = {"v": 1, "id": "example-1", "account_id": "acct_demo", "channel": "email",
+               "category": "transactional", "to": "someone@example.com",
+               "from": "Demo <demo@example.com>", "subject": "Hello from Outbox",
+               "text": "It works."}
+
+
+def ready_banner(cfg: Settings) -> str:
+    """What ``outbox run --dev`` prints once everything is up: where mail lands, how to
+    enqueue the example job, the admin page and its development token."""
+    token = cfg.admin_tokens[0].get_secret_value() if cfg.admin_tokens else "(none)"
+    job = json.dumps(EXAMPLE_JOB, separators=(",", ":"))
+    base = f"http://{cfg.http_host}:{cfg.http_port}"
+    return "\n".join((
+        "",
+        "Outbox is ready (development).",
+        f"  mail lands in   {cfg.dev_mail_dir}/*.eml (SMTP sink {cfg.http_host}:"
+        f"{cfg.dev_smtp_port}); SMS go to the Twilio stand-in on port {cfg.dev_twilio_port}",
+        f"  enqueue a job   echo '{job}' | .venv/bin/outbox enqueue -",
+        f"  admin page      {base}/admin/   token: {token}",
+        "  stop            Ctrl-C (then `make stop-services` for RabbitMQ and Redis)",
+        ""))
 
 
 def cmd_dev_sinks(args: argparse.Namespace) -> int:
@@ -235,7 +337,8 @@ def cmd_bounces(args: argparse.Namespace) -> int:
         ListenerConfig.from_settings(cfg)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    return run_async(lambda stop: _with_metrics(cfg, lambda reg: _serve_bounces(cfg, stop, reg)))
+    return run_async(lambda stop: _with_metrics(
+        cfg, lambda reg: _when_reachable(cfg, stop, lambda: _serve_bounces(cfg, stop, reg))))
 
 
 def cmd_bounces_parse(args: argparse.Namespace) -> int:
@@ -279,23 +382,24 @@ def _messages(paths: list[str]) -> Any:
 
 
 async def _serve_bounces(cfg: Any, stop: asyncio.Event, registry: Any = None) -> None:
-    from sender.bus import Bus
-    from sender.service import make_redis
+    async with _bounce_listener(cfg, registry):
+        await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def _bounce_listener(cfg: Settings, registry: Any = None) -> AsyncIterator[None]:
+    """The DSN/ARF SMTP listener, listening until the block ends."""
     from webhooks.bounces import ListenerConfig, start_bounce_listener
 
-    redis = make_redis(cfg)
-    bus = Bus.from_settings(cfg)
-    await bus.connect(declare=True)
-    server = await start_bounce_listener(ListenerConfig.from_settings(cfg), bus=bus,
-                                         redis=redis, host=cfg.http_host,
-                                         port=cfg.bounces_port, registry=registry)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        await server.wait_closed()
-        await bus.close()
-        await redis.aclose()
+    async with _connected(cfg) as (bus, redis):
+        server = await start_bounce_listener(ListenerConfig.from_settings(cfg), bus=bus,
+                                             redis=redis, host=cfg.http_host,
+                                             port=cfg.bounces_port, registry=registry)
+        try:
+            yield
+        finally:
+            server.close()
+            await server.wait_closed()
 
 
 # --- one-shot ---------------------------------------------------------------------------
@@ -329,8 +433,7 @@ async def _enqueue(cfg: Any, stream: Any, name: str, *, validate: bool) -> dict[
             counts["failed"] += 1
             print(f"{name}:{lineno}: not published: {exc}", file=sys.stderr)
 
-    async with Outbox(cfg.amqp_url.get_secret_value(), retry_tiers=cfg.retry_tiers,
-                      max_job_bytes=cfg.max_job_bytes) as outbox:
+    async with Outbox.from_settings(cfg) as outbox:
         pending: set[asyncio.Task[None]] = set()
         for lineno, line in enumerate(stream, 1):
             if not line.strip():

@@ -169,18 +169,23 @@ def _prefs(sub: Sub) -> None:
 
 
 def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
-    """Run ``work(redis, cfg)`` with a Redis client from the settings; store errors → exit 2."""
+    """Run ``work(redis, cfg)`` with a Redis client from the settings; store errors → exit 2;
+    Redis unreachable (at start or midway) → one line naming OUTBOX_REDIS_URL, exit 1."""
     from redis.asyncio import Redis
 
+    from sender.connect import REDIS_DOWN, ping_redis, redis_error
     from suppression.store import StoreError
 
     cfg = settings()
+    url = cfg.redis_url.get_secret_value()
 
     async def _main() -> Any:
-        redis = Redis.from_url(cfg.redis_url.get_secret_value(), socket_timeout=10,
-                               socket_connect_timeout=5)
+        redis = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         try:
+            await ping_redis(redis, url)
             return await work(redis, cfg)
+        except REDIS_DOWN as exc:
+            raise redis_error(url, exc) from None
         finally:
             await redis.aclose()
 

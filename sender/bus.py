@@ -6,6 +6,8 @@ or refused message raises :class:`PublishFailed` to the caller, never a silent d
 Exceptions::
 
     PublishFailed          the broker did not take the message (nack, unroutable, channel lost)
+    ServiceUnreachable     connect: the broker cannot be reached (sender.connect; one line)
+    ServiceRefused         connect: the broker refused the login or vhost (sender.connect)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pamqp.commands import Basic
 
 from config import Settings
 from sender import topology
+from sender.connect import amqp_error
 
 BasicProperties = Basic.Properties
 
@@ -54,8 +57,11 @@ class Bus:
     """
 
     def __init__(self, url: str, *, retry_tiers: tuple[int, ...],
-                 status_max_length: int = topology.DEFAULT_STATUS_QUEUE_MAX_LENGTH) -> None:
+                 status_max_length: int = topology.DEFAULT_STATUS_QUEUE_MAX_LENGTH,
+                 setting: str | None = None) -> None:
+        """``setting``: where ``url`` came from, named by the error when it is unreachable."""
         self._url = url
+        self.setting = setting
         self.retry_tiers = retry_tiers
         self.status_max_length = status_max_length
         self.connection: AbstractRobustConnection | None = None
@@ -65,13 +71,18 @@ class Bus:
     def from_settings(cls, settings: Settings) -> Bus:
         """The bus every Outbox process uses: the settings' broker, tiers and queue bound."""
         return cls(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers,
-                   status_max_length=settings.status_queue_max_length)
+                   status_max_length=settings.status_queue_max_length, setting="OUTBOX_AMQP_URL")
 
     async def connect(self, *, declare: bool = True) -> None:
-        """Open the connection and publishing channel; declare the topology."""
-        self.connection = await aio_pika.connect_robust(
-            self._url, fail_fast=True, client_properties={"connection_name": "outbox"}
-        )
+        """Open the connection and publishing channel; declare the topology. A broker that
+        cannot be reached raises :class:`sender.connect.ServiceUnreachable`, one that refuses
+        the login :class:`sender.connect.ServiceRefused` (one line each, password masked)."""
+        try:
+            self.connection = await aio_pika.connect_robust(
+                self._url, fail_fast=True, client_properties={"connection_name": "outbox"}
+            )
+        except (AMQPError, AiormqError, OSError) as exc:
+            raise amqp_error(self._url, exc, self.setting) from None
         self._channel = await self.connection.channel(publisher_confirms=True,
                                                       on_return_raises=True)
         if declare:

@@ -323,3 +323,35 @@ def status_event(
 def event_routing_key(event: dict[str, Any]) -> str:
     """``<channel>.<status>`` on the ``outbox.status`` exchange."""
     return f"{event['channel'] or 'unknown'}.{event['status']}"
+
+
+class StatusEvent(BaseModel):
+    """A status event as the CRM reads it (the contract of :func:`status_event`): the known
+    fields typed, any others (``segments``, ``encoding`` of SMS; ``action``, ``actor``,
+    ``from``, ``probation_until`` of account events) kept as extra attributes.
+
+    ``status`` is a job status (:data:`STATUSES`) or, for ``account.<state>`` events, the
+    account's new state; ``channel`` is None for those. ``routing_key`` is the key it was
+    published with (``<channel>.<status>``, ``account.<state>``)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    v: Literal[1]
+    id: str
+    account_id: str | None
+    channel: str | None
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    attempt: int = 1
+    at: AwareDatetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    routing_key: str = Field("", exclude=True)
+
+    @classmethod
+    def parse(cls, body: bytes, routing_key: str = "") -> StatusEvent:
+        """One event from its JSON body; ``ValueError`` (pydantic's) when it is not one."""
+        event = cls.model_validate_json(body)
+        return event.model_copy(update={"routing_key": routing_key or event.routing_key})

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from config import Settings
 from sender.bus import Bus
+from sender.connect import ping_redis
 from sender.worker import Worker, build_channels
 
 log = logging.getLogger("outbox.service")
@@ -36,7 +37,11 @@ async def started_worker(settings: Settings,
     """A worker with its own Redis pool, bus and channels, consuming; on exit it stops
     (draining within the grace) and everything is closed."""
     redis = make_redis(settings, socket_timeout=None)
-    await asyncio.wait_for(redis.ping(), 10)  # fail fast on a bad URL
+    try:  # fail fast, in one line, on a bad URL or a Redis that is not there
+        await ping_redis(redis, settings.redis_url.get_secret_value())
+    except BaseException:
+        await redis.aclose()
+        raise
     bus = Bus.from_settings(settings)
     channels: dict[str, Any] = {}
     worker: Worker | None = None

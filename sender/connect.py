@@ -1,0 +1,216 @@
+"""Reaching RabbitMQ and Redis: one readable line when a service is not there.
+
+A connection that is refused, times out or names an unknown host becomes
+:class:`ServiceUnreachable`; a server that answers but refuses the login (wrong password, unknown
+vhost or db) becomes :class:`ServiceRefused`. Either message is one line naming the service, the
+URL with its password masked, the setting it came from and what to do::
+
+    cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:5672/ (OUTBOX_AMQP_URL): connection
+    refused; is RabbitMQ running? start it with `make services` or set OUTBOX_AMQP_URL
+
+One-shot commands print it and exit 1 (2 for a refused login: a setting is wrong); the
+long-running ones wait with :func:`wait_for_services`, retrying with backoff, one log line an
+attempt, until the services are up or the process is told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError as RedisAuthError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("outbox.connect")
+
+#: service key -> (name for people, the setting holding its URL)
+SERVICES = {"amqp": ("RabbitMQ", "OUTBOX_AMQP_URL"), "redis": ("Redis", "OUTBOX_REDIS_URL")}
+#: seconds between start-up attempts; the last one repeats
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+#: one attempt to reach a service at start (a host that drops packets must not hang it)
+CONNECT_TIMEOUT = 10.0
+#: What redis-py raises for a server that cannot be reached or stops answering (a refused
+#: login is its subclass AuthenticationError, told apart by :func:`redis_error`)
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+#: ... and what else a first ping can raise: our own time limit, a refused db or password
+_REDIS_AT_CONNECT: tuple[type[BaseException], ...] = (*REDIS_DOWN, OSError, RedisResponseError)
+
+
+class ServiceUnreachable(ConnectionError):
+    """A service could not be reached; worth retrying. ``str()`` is the one line to print."""
+
+    def __init__(self, service: str, url: str, why: str, setting: str | None) -> None:
+        name = SERVICES.get(service, (service, None))[0]
+        where = f"{name} at {mask_url(url)}" + (f" ({setting})" if setting else "")
+        todo = f"is {name} running? start it with `make services`" + (
+            f" or set {setting}" if setting else "")
+        super().__init__(f"cannot reach {where}: {why}; {todo}")
+        self.service, self.setting, self.url, self.why = service, setting, mask_url(url), why
+
+
+class ServiceRefused(RuntimeError):
+    """A service answered but refused us (login, vhost, db): a setting is wrong, retrying
+    will not help. ``str()`` is the one line to print."""
+
+    def __init__(self, service: str, url: str, why: str, setting: str | None) -> None:
+        name = SERVICES.get(service, (service, None))[0]
+        where = f"{name} at {mask_url(url)}" + (f" ({setting})" if setting else "")
+        fix = "check the user, password and vhost" if service == "amqp" else \
+            "check the password and db number"
+        super().__init__(f"{where} refused the connection: {why}; {fix}"
+                         + (f" in {setting}" if setting else ""))
+        self.service, self.setting, self.url, self.why = service, setting, mask_url(url), why
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (userinfo or a ``password=`` query value) as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = parts.query
+    if "password" in query.lower():
+        query = urlencode([(k, "***" if k.lower() == "password" else v)
+                           for k, v in parse_qsl(query, keep_blank_values=True)], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def why(exc: BaseException) -> str:
+    """A few words for people on why a connection failed (from the OS error underneath)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for err in chain:
+        if isinstance(err, socket.gaierror):
+            return f"unknown host ({err.strerror})"
+        if isinstance(err, ConnectionRefusedError) or (
+                isinstance(err, OSError) and err.errno == errno.ECONNREFUSED):
+            return "connection refused"
+        if isinstance(err, TimeoutError):
+            return "timed out"
+    for err in chain:
+        if isinstance(err, OSError) and isinstance(err.strerror, str) and err.strerror:
+            return err.strerror.lower()
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def amqp_error(url: str, exc: BaseException, setting: str | None = "OUTBOX_AMQP_URL"
+               ) -> ServiceUnreachable | ServiceRefused:
+    """What a failed AMQP connect means: refused by the broker (login, vhost) or unreachable."""
+    from aiormq.exceptions import AuthenticationError, ProbableAuthenticationError
+
+    if isinstance(exc, AuthenticationError | ProbableAuthenticationError):
+        return ServiceRefused("amqp", url, "login refused", setting)
+    if "Connection.OpenOk" in str(exc):  # the broker closed at Connection.Open: no such vhost
+        vhost = urlsplit(url).path.lstrip("/") or "/"
+        return ServiceRefused("amqp", url, f"vhost {vhost!r} not found or not allowed", setting)
+    return ServiceUnreachable("amqp", url, why(exc), setting)
+
+
+def redis_error(url: str, exc: BaseException, setting: str | None = "OUTBOX_REDIS_URL"
+                ) -> ServiceUnreachable | ServiceRefused:
+    """What a failed Redis call at connect means: refused (password, db) or unreachable."""
+    if isinstance(exc, RedisAuthError | RedisResponseError):
+        return ServiceRefused("redis", url, " ".join(str(exc).split())[:200], setting)
+    return ServiceUnreachable("redis", url, why(exc), setting)
+
+
+async def ping_redis(redis: Redis, url: str, *, setting: str | None = "OUTBOX_REDIS_URL",
+                     within: float = CONNECT_TIMEOUT) -> None:
+    """Check ``redis`` answers; raise :class:`ServiceUnreachable` / :class:`ServiceRefused`."""
+    try:
+        await asyncio.wait_for(redis.ping(), within)
+    except _REDIS_AT_CONNECT as exc:
+        raise redis_error(url, exc, setting) from None
+
+
+async def probe_amqp(url: str, *, setting: str | None = "OUTBOX_AMQP_URL",
+                     within: float = CONNECT_TIMEOUT) -> None:
+    """Open and close one AMQP connection; raise as :func:`amqp_error` says."""
+    import aio_pika
+    from aiormq.exceptions import AMQPError
+
+    try:
+        connection = await asyncio.wait_for(
+            aio_pika.connect(url, client_properties={"connection_name": "outbox probe"}),
+            within)
+    except (AMQPError, OSError) as exc:
+        raise amqp_error(url, exc, setting) from None
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.close(), within)
+
+
+async def probe_redis(url: str, *, setting: str | None = "OUTBOX_REDIS_URL",
+                      within: float = CONNECT_TIMEOUT) -> None:
+    """Ping Redis at ``url`` once with its own client."""
+    redis = Redis.from_url(url, socket_connect_timeout=within, socket_timeout=within)
+    try:
+        await ping_redis(redis, url, setting=setting, within=within)
+    finally:
+        await redis.aclose()
+
+
+async def wait_for_services(urls: dict[str, str], stop: asyncio.Event, *,
+                            delays: Iterable[float] = RETRY_DELAYS) -> bool:
+    """Probe each service of ``urls`` (``{"amqp": url, "redis": url}``) until all answer,
+    logging one line per unreachable service and attempt, waiting with backoff in between.
+    True once all are up; False when ``stop`` is set first (at once, even mid-probe).
+    A refused login raises :class:`ServiceRefused` (retrying would not help)."""
+    probes: dict[str, Callable[[str], Awaitable[None]]] = {"amqp": probe_amqp,
+                                                           "redis": probe_redis}
+    steps = list(delays)
+    attempt = 0
+    while True:
+        attempt += 1
+        down: list[ServiceUnreachable] = []
+        for service, url in urls.items():
+            try:
+                if not await _unless_stopped(probes[service](url), stop):
+                    return False
+            except ServiceUnreachable as exc:
+                down.append(exc)
+        if not down:
+            if attempt > 1:
+                log.info("%s reachable: starting", " and ".join(
+                    SERVICES[s][0] for s in urls), extra={"attempt": attempt})
+            return True
+        delay = steps[min(attempt - 1, len(steps) - 1)]
+        for failure in down:
+            log.error("%s (attempt %d, retrying in %g s)", failure, attempt, delay,
+                      extra={"setting": failure.setting, "url": failure.url,
+                             "attempt": attempt, "retry_in": delay})
+        if not await _unless_stopped(asyncio.sleep(delay), stop):
+            return False
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it): True when it finished."""
+    if stop.is_set():
+        if asyncio.iscoroutine(work):
+            work.close()
+        return False
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return False
+    task.result()  # raises what the probe raised
+    return True
