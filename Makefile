@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBS := rabbitmq-server redis-server postfix
+# prometheus: Debian ships promtool in it; the tests check the alerting rules with it
+DEBS := rabbitmq-server redis-server postfix prometheus
 
 .PHONY: run test lint bench services stop-services deps clean definitions
 

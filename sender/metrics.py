@@ -9,6 +9,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 
+#: The account state changes the post-send script makes by itself (post_send.lua). Their
+#: ``outbox_account_transitions_total`` series are exposed at 0 from the start: a series born
+#: at 1 gives ``increase()`` nothing to compare, and the first block after a start went
+#: unalerted (deploy/prometheus/outbox-rules.yml, OutboxAccountBlocked).
+AUTOMATIC_TRANSITIONS = (("active", "throttled"), ("active", "blocked"),
+                         ("throttled", "active"), ("throttled", "blocked"))
+
 
 class _Cached:
     """A labelled collector whose ``labels()`` children are kept in a dict: prometheus_client
@@ -59,6 +66,8 @@ class Metrics:
         self.account_transitions = _Cached(Counter("outbox_account_transitions_total",
                                            "Automatic account state changes seen by this worker",
                                            ["from", "to"], registry=registry))
+        for from_state, to_state in AUTOMATIC_TRANSITIONS:
+            self.account_transitions.labels(from_state, to_state)
         self.queue_depth = _Cached(Gauge("outbox_queue_depth", "Messages ready in each queue",
                                  ["queue"], registry=registry))
         self.accounts = _Cached(Gauge("outbox_accounts", "Accounts by state (refreshed periodically)",
