@@ -17,8 +17,9 @@ from typing import Any
 
 from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus
-from sender.models import parse_job
+from sender.channels.registry import parse_job
 from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH
+from suppression import channels
 
 MAX_JOB_BYTES = 2 * 1024 * 1024
 
@@ -61,10 +62,10 @@ class Outbox:
 
 
 def _guess_channel(body: bytes) -> str:
-    """Routing key for an unvalidated body: its channel if readable, else ``email``
-    (the worker dead-letters what it cannot parse)."""
+    """Routing key for an unvalidated body: its channel if readable and declared, else
+    ``email`` (the worker dead-letters what it cannot parse)."""
     try:
         channel = json.loads(body).get("channel")
     except (ValueError, AttributeError, UnicodeDecodeError):
-        return "email"
-    return channel if channel in ("email", "sms") else "email"
+        return channels.EMAIL.name
+    return channel if channel in channels.names() else channels.EMAIL.name
