@@ -58,6 +58,8 @@ INVISIBLE = frozenset(
 )
 # an ASCII address needs no Unicode look-ups: refuse controls, DEL and spaces directly
 _ASCII_BAD = re.compile(r"[\x00-\x20\x7f]")
+# what a phone number as people write it looks like (``+852 9123 4567``, ``(202) 555-0123``)
+_PHONE_LIKE = re.compile(r"^[+(0-9][0-9 ()\-.]*$")
 
 
 def email(address: str) -> str:
@@ -131,4 +133,4 @@ EMAIL = AddressKind("e-mail address", lambda address, _region: email(address),
 #: a phone number, canonical in E.164 (``+85291234567``)
 PHONE = AddressKind("phone number",
                     lambda address, region: e164(address.strip(), default_region=region),
-                    lambda address: "@" not in address)
+                    lambda address: _PHONE_LIKE.match(address.strip()) is not None)

@@ -280,8 +280,7 @@ class SuppressionStore:
                     channel: str | None = None) -> list[dict[str, Any]]:
         """Every entry that applies to ``address`` (global, DNC, and the account's)."""
         wanted = []
-        for ch in [channel] if channel else [c for c in channels.names()
-                                              if channels.fits(c, address)]:
+        for ch in [channel] if channel else channels.candidates(address):
             addr = entries.canonical(ch, address)
             wanted.append(keys.global_suppression(ch, addr))
             if ch == channels.DNC:
