@@ -17,6 +17,7 @@ from typing import Any
 
 from config.reputation import OVERRIDES
 from outbox.runtime import CliError, print_records, read_lines, run_once, settings
+from suppression import channels
 
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 #: sender information of ``accounts configure`` (suppression.store.SENDER_FIELDS)
@@ -80,7 +81,7 @@ def _suppression(sub: Sub) -> None:
     p = sup.add_parser("add", help="suppress an address (global, or for one account)")
     p.add_argument("address")
     p.add_argument("--account")
-    p.add_argument("--channel", choices=["email", "sms"], required=True)
+    p.add_argument("--channel", choices=channels.names(), required=True)
     p.add_argument("--reason", required=True,
                    help="hard_bounce, complaint, invalid (global); unsubscribe, sms_stop "
                         "(per account); manual")
@@ -92,14 +93,14 @@ def _suppression(sub: Sub) -> None:
     p = sup.add_parser("remove", help="remove an entry (audited)")
     p.add_argument("address")
     p.add_argument("--account")
-    p.add_argument("--channel", choices=["email", "sms"], required=True)
+    p.add_argument("--channel", choices=channels.names(), required=True)
     _who(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_suppression_remove)
     p = sup.add_parser("check", help="is an address suppressed, and why")
     p.add_argument("address")
     p.add_argument("--account")
-    p.add_argument("--channel", choices=["email", "sms"])
+    p.add_argument("--channel", choices=channels.names())
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_suppression_check)
     p = sup.add_parser("list", help="global entries, or one account's")
@@ -135,7 +136,7 @@ def _consent(sub: Sub) -> None:
         p = con.add_parser(name, help=f"{name} consent of a recipient for an account")
         p.add_argument("account_id", metavar="ACCOUNT")
         p.add_argument("recipient", metavar="RECIPIENT")
-        p.add_argument("--channel", choices=["email", "sms"], required=True)
+        p.add_argument("--channel", choices=channels.names(), required=True)
         if name != "show":
             p.add_argument("--source", default="", help="how it was given (form, call...)")
             p.add_argument("--evidence", default="", help="a reference to the proof")
@@ -151,7 +152,7 @@ def _prefs(sub: Sub) -> None:
     p.add_argument("account_id", metavar="ACCOUNT")
     p.add_argument("recipient", metavar="RECIPIENT")
     p.add_argument("--topic", required=True)
-    p.add_argument("--channel", choices=["email", "sms"], required=True)
+    p.add_argument("--channel", choices=channels.names(), required=True)
     onoff = p.add_mutually_exclusive_group(required=True)
     onoff.add_argument("--on", dest="on", action="store_true")
     onoff.add_argument("--off", dest="on", action="store_false")
@@ -160,7 +161,7 @@ def _prefs(sub: Sub) -> None:
     p = pre.add_parser("show", help="a recipient's preferences for an account")
     p.add_argument("account_id", metavar="ACCOUNT")
     p.add_argument("recipient", metavar="RECIPIENT")
-    p.add_argument("--channel", choices=["email", "sms"])
+    p.add_argument("--channel", choices=channels.names())
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prefs_show)
 
@@ -436,7 +437,7 @@ def _parse_dnc(lines: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
 def _parse_csv(lines: list[str], default_reason: str, account: str | None
                ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
     """CSV with a header ``address[,channel,reason]``; each row checked as ``add`` would."""
-    from suppression.address import BadAddress, guess_channel, normalise
+    from suppression.address import BadAddress
     from suppression.store import BadEntry, SuppressionStore
 
     rows = list(csv.reader(io.StringIO("\n".join(lines))))
@@ -449,12 +450,12 @@ def _parse_csv(lines: list[str], default_reason: str, account: str | None
             continue
         rec = dict(zip(header, (c.strip() for c in row), strict=False))
         address = rec.get("address", "")
-        channel = rec.get("channel") or guess_channel(address)
         reason = rec.get("reason") or default_reason
         try:
-            if channel not in ("email", "sms"):
-                raise BadEntry(f"channel must be email or sms, not {channel!r}")
-            normalise(channel, address)
+            channel = rec.get("channel") or channels.guess(address)
+            if channel not in channels.names():
+                raise BadEntry(f"channel must be {channels.choices()}, not {channel!r}")
+            channels.normalise(channel, address)
             SuppressionStore.scope(reason, account)
         except (BadAddress, BadEntry) as exc:
             bad.append((lineno, str(exc)))

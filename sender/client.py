@@ -38,8 +38,10 @@ from pydantic import BaseModel
 from config import Settings
 from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus, PublishFailed
-from sender.models import Category, EmailJob, InvalidJob, SmsJob, StatusEvent, parse_job
+from sender.channels.registry import parse_job
+from sender.models import Category, EmailJob, InvalidJob, SmsJob, StatusEvent
 from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH, STATUS_EXCHANGE, STATUS_QUEUE
+from suppression import channels
 
 log = logging.getLogger("outbox.client")
 
@@ -338,13 +340,13 @@ def _validated(body: bytes, max_bytes: int) -> Job:
 
 
 def _guess_channel(body: bytes) -> str:
-    """Routing key for an unvalidated body: its channel if readable, else ``email``
-    (the worker dead-letters what it cannot parse)."""
+    """Routing key for an unvalidated body: its channel if readable and declared, else
+    ``email`` (the worker dead-letters what it cannot parse)."""
     try:
         channel = json.loads(body).get("channel")
     except (ValueError, AttributeError, UnicodeDecodeError):
-        return "email"
-    return channel if channel in ("email", "sms") else "email"
+        return channels.EMAIL.name
+    return channel if channel in channels.names() else channels.EMAIL.name
 
 
 __all__ = ["EVENTS_MAX_LENGTH", "InvalidBatch", "InvalidJob", "Job", "Outbox", "PublishFailed",

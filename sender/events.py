@@ -42,7 +42,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from sender.bus import Bus
 from sender.metrics import Metrics
 from sender.models import status_event
+from sender.pipeline import RedisCalls
 from sender.provider_events import InvalidEvent, ProviderEvent
+from suppression import channels
 from suppression.gate import Counts, Gate
 from suppression.store import SuppressionStore
 
@@ -61,7 +63,7 @@ def _effects(event: ProviderEvent) -> tuple[Counts, str | None]:
     if event.type == "complained":
         return Counts(complaints=1), None if event.kind == "complaint" else ""
     if event.type == "unsubscribed":
-        return Counts(), "sms_stop" if event.channel == "sms" else "unsubscribe"
+        return Counts(), channels.get(event.channel).opt_out
     return Counts(), ""
 
 
@@ -86,15 +88,24 @@ class EventApplier:
     """Applies one provider event per delivery from ``outbox.events``."""
 
     def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, redis_call: RedisCalls | None = None) -> None:
+        """``gate``: the pipeline's own; ``redis_call``: the pipeline's too, so an event is
+        held (not acked) and retried while Redis is down, like a job."""
         self._bus = bus
         self._gate = gate
         self._store = store
         self._metrics = metrics
+        self._redis_call = redis_call
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Decode, validate, apply and ack; an invalid or inapplicable event is dead-lettered
         with the reason."""
+        if self._redis_call is None:
+            await self._handle(message)
+        else:
+            await self._redis_call(lambda: self._handle(message))
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
             event = ProviderEvent.from_json(message.body)
         except InvalidEvent as exc:

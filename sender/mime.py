@@ -66,7 +66,8 @@ from functools import lru_cache
 
 from sender import job_headers
 from sender.models import SAFE_ID, EmailJob
-from suppression.address import BadAddress, email_domain, normalise
+from suppression.address import BadAddress, email_domain
+from suppression.address import email as canonical_email
 
 __all__ = ["MimeError", "RenderedEmail", "render_email", "RESERVED_HEADERS"]
 
@@ -246,7 +247,7 @@ def _check_addr_spec(addr: str, what: str) -> str:
         raise MimeError(f"{what}: invalid local part in {addr!r}")
     if not local.isascii():  # invisible characters the ASCII-only checks above let through
         try:
-            normalise("email", addr)
+            canonical_email(addr)
         except BadAddress as exc:
             raise MimeError(f"{what}: {exc}") from None
     if len(local.encode("utf-8", "surrogatepass")) > 64:

@@ -1,7 +1,10 @@
 """Job (CRM → Outbox) and status event (Outbox → CRM) formats, schema version 1.
 
-A job that does not validate raises :class:`InvalidJob` whose message says why; the worker
-dead-letters it with that reason and, if an ``id`` could be read, publishes ``rejected``.
+Each channel's job model derives from :class:`JobBase` with ``channel: Literal["<name>"]``;
+which models a job may be is declared in :mod:`sender.channels.registry`, whose ``parse_job``
+validates a body with :func:`load` and :func:`invalid` from here. A job that does not
+validate raises :class:`InvalidJob` whose message says why; the worker dead-letters it with
+that reason and, if an ``id`` could be read, publishes ``rejected``.
 
 Hostile bodies are refused before pydantic sees them: JSON is parsed by pydantic-core (Rust, no
 Python recursion) without ``NaN``/``Infinity``, then walked once without recursion for its depth
@@ -11,10 +14,12 @@ validates can always be written back as valid JSON (status events carry its ``me
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -30,7 +35,9 @@ from pydantic import (
 from pydantic_core import from_json
 
 from sender import job_headers
-from suppression.address import BadAddress, normalise
+from suppression import channels
+from suppression.address import BadAddress
+from suppression.address import email as canonical_email
 
 SCHEMA_VERSION = 1
 #: Nesting allowed in a job (objects and arrays); a real job is 3 deep.
@@ -92,8 +99,13 @@ class InvalidJob(ValueError):
         self.channel = channel
 
 
-class _JobBase(BaseModel):
+class JobBase(BaseModel):
+    """What every job has; a channel's model adds ``channel`` (its name) and ``to``."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    if TYPE_CHECKING:  # declared by each channel's model, with its own type and checks
+        channel: str
+        to: str
 
     v: Literal[1]
     id: JobId
@@ -121,7 +133,7 @@ class _JobBase(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _topic_for_notifications(self) -> _JobBase:
+    def _topic_for_notifications(self) -> JobBase:
         if self.category == "notification" and not self.topic:
             raise ValueError("a notification job needs a topic (task, meeting, call, ...)")
         return self
@@ -131,7 +143,7 @@ class _JobBase(BaseModel):
         return self.not_after is not None and (now or datetime.now(UTC)) > self.not_after
 
 
-class EmailJob(_JobBase):
+class EmailJob(JobBase):
     """An email job: ``to`` is one address; ``text`` and/or ``html``."""
 
     channel: Literal["email"]
@@ -149,7 +161,7 @@ class EmailJob(_JobBase):
         """``to`` must have the canonical form every key uses (no invisible or control
         characters, a valid IDNA domain); it is kept as given for the wire."""
         try:
-            normalise("email", to)
+            canonical_email(to)
         except BadAddress as exc:
             raise ValueError(str(exc)) from None
         return to
@@ -167,7 +179,7 @@ class EmailJob(_JobBase):
         return self
 
 
-class SmsJob(_JobBase):
+class SmsJob(JobBase):
     """An SMS job: ``to`` in E.164, ``body`` the text, ``from`` optional."""
 
     channel: Literal["sms"]
@@ -176,25 +188,21 @@ class SmsJob(_JobBase):
     body: Annotated[str, StringConstraints(min_length=1, max_length=1600)]
 
 
-Job = Annotated[EmailJob | SmsJob, Field(discriminator="channel")]
-_JOB_ADAPTER: TypeAdapter[EmailJob | SmsJob] = TypeAdapter(Job)
-_CHANNELS = ("email", "sms")
+def job_adapter(models: tuple[type[JobBase], ...]) -> TypeAdapter[JobBase]:
+    """A validator for a job of any of ``models``, told apart by ``channel``."""
+    if len(models) == 1:
+        return TypeAdapter(models[0])
+    union: Any = Annotated[functools.reduce(operator.or_, models), Field(discriminator="channel")]
+    return TypeAdapter(union)
 
 
-def parse_job(body: bytes, *, max_bytes: int) -> EmailJob | SmsJob:
-    """Decode and validate one job; raise :class:`InvalidJob` with a readable reason."""
+def load(body: bytes, *, max_bytes: int) -> Any:
+    """A job body as JSON data, before its model is checked: at most ``max_bytes``, JSON
+    without NaN/Infinity, at most :data:`MAX_DEPTH` deep, every number finite; raise
+    :class:`InvalidJob` with a readable reason."""
     if len(body) > max_bytes:
         raise InvalidJob(f"job is {len(body)} bytes, over the limit of {max_bytes}",
                          *_salvage_ids(body))
-    data = _load(body)
-    try:
-        return _JOB_ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        raise InvalidJob(_describe(exc), *_ids_of(data)) from None
-
-
-def _load(body: bytes) -> Any:
-    """JSON without NaN/Infinity, at most :data:`MAX_DEPTH` deep, every number finite."""
     try:
         data = from_json(body, allow_inf_nan=False)
     except ValueError as exc:
@@ -235,14 +243,20 @@ def _unwritable(data: Any) -> str | None:
     return None
 
 
+def invalid(exc: ValidationError, data: Any) -> InvalidJob:
+    """The :class:`InvalidJob` for ``data`` that failed its model's validation."""
+    return InvalidJob(_describe(exc), *_ids_of(data))
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
+    names = channels.names()
     for err in exc.errors(include_url=False)[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if p not in _CHANNELS) or "job"
+        loc = ".".join(str(p) for p in err["loc"] if p not in names) or "job"
         if err["type"] == "json_invalid":
             return f"not valid JSON: {err['msg']}"
         if err["type"] == "union_tag_invalid":
-            return "channel must be 'email' or 'sms'"
+            return f"channel must be {channels.choices(quote=True)}"
         if err["type"] == "union_tag_not_found":
             return "missing field: channel"
         if err["type"] == "model_attributes_type":
@@ -269,7 +283,7 @@ def _ids_of(data: Any) -> tuple[str | None, str | None, str | None]:
         v if isinstance(v, str) and re.match(SAFE_ID, v) else None
         for v in (data.get("id"), data.get("account_id"), data.get("channel"))
     )
-    return job_id, account_id, channel if channel in _CHANNELS else None
+    return job_id, account_id, channel if channel in channels.names() else None
 
 
 _ID_RE = re.compile(rb'"(id|account_id|channel)"\s*:\s*"([A-Za-z0-9._\-]{1,128})"')
@@ -278,7 +292,8 @@ _ID_RE = re.compile(rb'"(id|account_id|channel)"\s*:\s*"([A-Za-z0-9._\-]{1,128})
 def _regex_ids(body: bytes) -> tuple[str | None, str | None, str | None]:
     found = {m.group(1).decode(): m.group(2).decode() for m in _ID_RE.finditer(body)}
     channel = found.get("channel")
-    return found.get("id"), found.get("account_id"), channel if channel in _CHANNELS else None
+    return (found.get("id"), found.get("account_id"),
+            channel if channel in channels.names() else None)
 
 
 def utcnow_iso() -> str:

@@ -51,15 +51,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sender.bus import ATTEMPT_HEADER, BROKER_ERRORS, FIRST_SEEN_HEADER, Bus
 from sender.channels.base import Channel, NotSent, SendFailure, SendResult
+from sender.channels.registry import parse_job
 from sender.metrics import Metrics
 from sender.mime import MimeError
-from sender.models import EmailJob, InvalidJob, SmsJob, parse_job, status_event
+from sender.models import InvalidJob, JobBase, status_event
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 
 log = logging.getLogger("outbox.pipeline")
 T = TypeVar("T")
-Job = EmailJob | SmsJob
+Job = JobBase
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)  # TimeoutError is an OSError
 REDIS_CALL_TIMEOUT = 5.0  # seconds for one round trip before it counts as an outage
 _FINAL_FOR_KIND = {"hard": "bounced", "complaint": "complained"}
@@ -104,12 +105,39 @@ class RetryPolicy:
         return tier
 
 
+class RedisCalls:
+    """Runs Redis calls for the deliveries: while Redis is unreachable the delivery is held
+    (not settled) and the call retried with backoff, until Redis answers or the worker stops
+    (:class:`Stopping`). Shared by the pipeline and the provider-event applier."""
+
+    def __init__(self, metrics: Metrics, stopping: Callable[[], bool]) -> None:
+        self._metrics = metrics
+        self._stopping = stopping
+
+    async def __call__(self, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(REDIS_CALL_TIMEOUT):
+                    result = await call()
+            except _REDIS_ERRORS as exc:
+                if self._stopping():
+                    raise Stopping from exc
+                log.warning("redis unavailable, holding job: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._metrics.redis_seconds.observe(time.perf_counter() - started)
+            return result
+
+
 class Pipeline:
     """Processes deliveries from the job queues; stateless across jobs."""
 
     def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
-                 owner: str, stopping: Callable[[], bool]) -> None:
+                 owner: str, stopping: Callable[[], bool], redis_call: RedisCalls) -> None:
         self._bus = bus
         self.gate = gate
         self._channels = channels
@@ -118,6 +146,7 @@ class Pipeline:
         self._max_job_bytes = max_job_bytes
         self._owner = owner
         self._stopping = stopping
+        self.redis_call = redis_call
 
     async def handle(self, message: AbstractIncomingMessage, queue_channel: str) -> None:
         """Process one delivery from the queue of ``queue_channel`` and settle it (or leave it
@@ -389,24 +418,6 @@ class Pipeline:
             job_id=job_id, account_id=account_id, channel=job_channel or channel,
             status="failed", reason="error", detail=reason[:1000],
             metadata=job.metadata if job is not None else None))
-
-    async def redis_call(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis call; while Redis is unreachable, hold the job and retry with backoff."""
-        delay = 0.1
-        while True:
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout(REDIS_CALL_TIMEOUT):
-                    result = await call()
-            except _REDIS_ERRORS as exc:
-                if self._stopping():
-                    raise Stopping from exc
-                log.warning("redis unavailable, holding job: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._metrics.redis_seconds.observe(time.perf_counter() - started)
-            return result
 
 
 async def protected(step: Awaitable[None]) -> None:

@@ -30,6 +30,7 @@ queued by an older or newer webhook server are still applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -44,6 +45,7 @@ from pydantic import (
 )
 
 from sender.models import AccountId, JobId
+from suppression import channels
 
 EventType = Literal[
     "delivered",
@@ -57,7 +59,6 @@ EventType = Literal[
     "other",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
-CHANNELS = ("email", "sms")
 #: ``webhooks.providers.twilio.PROVIDER``: before ``channel`` existed, the channel was guessed
 #: from the provider: Twilio's events were SMS, every other provider's e-mail
 _LEGACY_SMS_PROVIDER = "twilio"
@@ -67,10 +68,10 @@ class InvalidEvent(ValueError):
     """A provider event that cannot be read; the message says why."""
 
 
-def _one_of(name: str, allowed: tuple[str, ...]) -> AfterValidator:
+def _one_of(name: str, allowed: Callable[[], tuple[str, ...]]) -> AfterValidator:
     def check(value: str) -> str:
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if value not in allowed():
+            raise ValueError(f"{name} must be one of {', '.join(allowed())}, not {value!r}")
         return value
     return AfterValidator(check)
 
@@ -87,8 +88,8 @@ class ProviderEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     provider: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
-    type: Annotated[str, _one_of("type", EVENT_TYPES)]
-    channel: Annotated[str, _one_of("channel", CHANNELS)]
+    type: Annotated[str, _one_of("type", lambda: EVENT_TYPES)]
+    channel: Annotated[str, _one_of("channel", channels.names)]
     recipient: str | None
     provider_message_id: str | None
     message_id: str | None
@@ -108,7 +109,7 @@ class ProviderEvent(BaseModel):
         before the field existed; it gets the rule of that time."""
         if info.context == _WIRE and isinstance(data, dict) and "channel" not in data:
             sms = data.get("provider") == _LEGACY_SMS_PROVIDER
-            return {**data, "channel": "sms" if sms else "email"}
+            return {**data, "channel": (channels.SMS if sms else channels.EMAIL).name}
         return data
 
     def replace(self, **changes: Any) -> ProviderEvent:

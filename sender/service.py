@@ -1,20 +1,38 @@
-"""Start-up and shutdown of one worker process: connections in, worker run, connections out."""
+"""Start-up and shutdown of one worker process: connections in, worker assembled and run,
+connections out.
+
+:func:`build_worker` is the one place the pieces are made and wired: one :class:`Gate` shared by
+the pipeline and the provider-event applier, one Redis-call guard (hold and retry while Redis
+is down) shared by both, the senders of the declared channels
+(:func:`sender.channels.registry.build_senders`), the metrics and the gauges.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from config import Settings
 from sender.bus import Bus
+from sender.channels.base import Channel
+from sender.channels.registry import build_senders
 from sender.connect import ping_redis
-from sender.worker import Worker, build_channels
+from sender.events import EventApplier
+from sender.gauges import Gauges
+from sender.metrics import Metrics
+from sender.pipeline import Pipeline, RedisCalls, RetryPolicy
+from sender.worker import Worker
+from suppression.gate import Gate
+from suppression.reputation import Policy
+from suppression.store import AccountStore, SuppressionStore
 
 log = logging.getLogger("outbox.service")
 
@@ -31,6 +49,30 @@ def make_redis(settings: Settings, *, socket_timeout: float | None = 5.0) -> Red
                           max_connections=max(64, settings.concurrency * 2))
 
 
+def build_worker(settings: Settings, *, bus: Bus, redis: Redis,
+                 channels: dict[str, Channel], registry: CollectorRegistry) -> Worker:
+    """The worker and everything it runs, wired together (no I/O)."""
+    metrics = Metrics(registry)
+    stop = asyncio.Event()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    policy = Policy.from_settings(settings)
+    gate = Gate(redis, idempotency_ttl=settings.idempotency_ttl, policy=policy,
+                sms_region=settings.sms_region)
+    redis_call = RedisCalls(metrics, stop.is_set)
+    pipeline = Pipeline(
+        bus=bus, gate=gate, channels=channels, metrics=metrics,
+        retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
+                          settings.retry_max_age),
+        max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
+        redis_call=redis_call)
+    events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), metrics=metrics,
+                          redis_call=redis_call)
+    gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
+    return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
+                  channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
+                  gauges=gauges)
+
+
 @asynccontextmanager
 async def started_worker(settings: Settings,
                          registry: CollectorRegistry | None = None) -> AsyncIterator[Worker]:
@@ -43,13 +85,13 @@ async def started_worker(settings: Settings,
         await redis.aclose()
         raise
     bus = Bus.from_settings(settings)
-    channels: dict[str, Any] = {}
+    channels: dict[str, Channel] = {}
     worker: Worker | None = None
     try:
         await bus.connect(declare=True)
-        channels = build_channels(settings)
-        worker = Worker(settings, bus=bus, redis=redis, channels=channels,
-                        registry=registry or CollectorRegistry())
+        channels = build_senders(settings)
+        worker = build_worker(settings, bus=bus, redis=redis, channels=channels,
+                              registry=registry or CollectorRegistry())
         await worker.start()
         log.info("worker %s started (%s)", worker.worker_id, ", ".join(channels))
         yield worker

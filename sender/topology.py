@@ -11,6 +11,9 @@
     outbox.status (topic) ──#──► outbox.status (quorum, for the CRM) ◄┘ status events
     (default exchange) ──► outbox.events (quorum) ◄── webhooks server; applied by the worker
 
+The job queues (``outbox.email``, ``outbox.sms``) are the declared channels'
+(:mod:`sender.channels.registry`): one quorum queue each, bound with the channel's name.
+
 ``outbox.status`` is bounded (``OUTBOX_STATUS_QUEUE_MAX_LENGTH``, x-max-length with overflow
 ``drop-head``): with no CRM consuming, the oldest events go, not the broker's memory and disk.
 RabbitMQ refuses to declare a queue again with other arguments (PRECONDITION_FAILED); that
@@ -25,16 +28,15 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, ExchangeType
 from aiormq.exceptions import ChannelPreconditionFailed
 
+from sender.channels import registry
+
 JOBS_EXCHANGE = "outbox.jobs"
 STATUS_EXCHANGE = "outbox.status"
 DEAD_EXCHANGE = "outbox.dead"
 RETRY_EXCHANGE = "outbox.retry"
-EMAIL_QUEUE = "outbox.email"
-SMS_QUEUE = "outbox.sms"
 DEAD_QUEUE = "outbox.dead"
 EVENTS_QUEUE = "outbox.events"
 STATUS_QUEUE = "outbox.status"
-JOB_QUEUES = {"email": EMAIL_QUEUE, "sms": SMS_QUEUE}
 # not "x-...": a headers exchange ignores x- headers when matching (every tier queue matched)
 TIER_HEADER = "outbox-tier"
 
@@ -93,8 +95,8 @@ def describe(retry_tiers: tuple[int, ...],
         "x-delivery-limit": DELIVERY_LIMIT,
     })
     queues = [
-        Queue(EMAIL_QUEUE, job_args, ((JOBS_EXCHANGE, "email", {}),)),
-        Queue(SMS_QUEUE, job_args, ((JOBS_EXCHANGE, "sms", {}),)),
+        *(Queue(d.queue, job_args, ((JOBS_EXCHANGE, d.name, {}),))
+          for d in registry.deliveries()),
         Queue(DEAD_QUEUE, _quorum(), ((DEAD_EXCHANGE, "", {}),)),
         Queue(EVENTS_QUEUE, _quorum(**{"x-delivery-limit": DELIVERY_LIMIT,
                                        "x-dead-letter-exchange": DEAD_EXCHANGE})),

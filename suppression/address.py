@@ -2,8 +2,10 @@
 
 Every place an address becomes a key (the gate and its Lua keys, the suppression, consent and
 preference stores, the CLI, the admin API, provider webhooks and events) calls
-:func:`normalise`; nothing falls back to another form. An address that has no canonical form
-raises :class:`BadAddress` (a job is rejected with that reason before anything is claimed).
+:func:`suppression.channels.normalise`, which applies the channel's :class:`AddressKind`
+(:data:`EMAIL`, :data:`PHONE`); nothing falls back to another form. An address that has no
+canonical form raises :class:`BadAddress` (a job is rejected with that reason before anything
+is claimed).
 
 E-mail: ``local@domain``, trimmed of surrounding white space, split at the last ``@``.
 
@@ -35,6 +37,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import idna
@@ -54,18 +58,8 @@ INVISIBLE = frozenset(
 )
 # an ASCII address needs no Unicode look-ups: refuse controls, DEL and spaces directly
 _ASCII_BAD = re.compile(r"[\x00-\x20\x7f]")
-
-
-def normalise(channel: str, address: str, *, default_region: str = "HK") -> str:
-    """The canonical form of ``address`` on ``channel`` (``email`` or ``sms``);
-    :class:`BadAddress` says why there is none."""
-    if not isinstance(address, str):
-        raise BadAddress(f"an address is text, not {type(address).__name__}")
-    if channel == "email":
-        return email(address)
-    if channel == "sms":
-        return e164(address.strip(), default_region=default_region)
-    raise BadAddress(f"unknown channel {channel!r}")
+# what a phone number as people write it looks like (``+852 9123 4567``, ``(202) 555-0123``)
+_PHONE_LIKE = re.compile(r"^[+(0-9][0-9 ()\-.]*$")
 
 
 def email(address: str) -> str:
@@ -122,6 +116,21 @@ def e164(number: str, *, default_region: str = "HK") -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def guess_channel(address: str) -> str:
-    """``email`` when the address has an ``@``, else ``sms``."""
-    return "email" if "@" in address else "sms"
+@dataclass(frozen=True, slots=True)
+class AddressKind:
+    """What the addresses of a channel look like: ``normalise(address, default_region)`` gives
+    the canonical form (:class:`BadAddress` when there is none); ``looks_like`` is the cheap
+    test :func:`suppression.channels.guess` uses when a row names no channel."""
+
+    name: str
+    normalise: Callable[[str, str], str]
+    looks_like: Callable[[str], bool]
+
+
+#: an e-mail address (``local@domain``)
+EMAIL = AddressKind("e-mail address", lambda address, _region: email(address),
+                    lambda address: "@" in address)
+#: a phone number, canonical in E.164 (``+85291234567``)
+PHONE = AddressKind("phone number",
+                    lambda address, region: e164(address.strip(), default_region=region),
+                    lambda address: _PHONE_LIKE.match(address.strip()) is not None)

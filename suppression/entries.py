@@ -19,7 +19,7 @@ Scope (DESIGN "Scope of suppression and consent")::
     sms_stop       account                           the account is required
     manual         support's decision                the account's when one is named, else global
 
-The address is put in its canonical form (:func:`suppression.address.normalise`): the form
+The address is put in its canonical form (:func:`suppression.channels.normalise`): the form
 every read uses; one that has none is refused (:class:`BadEntry`), never written under another.
 
 Shape: a hash of :data:`FIELDS`, every field written every time, so a replaced entry keeps
@@ -43,8 +43,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from suppression import keys
-from suppression.address import BadAddress, normalise
+from suppression import channels, keys
+from suppression.address import BadAddress
 
 FACTS = ("hard_bounce", "complaint", "invalid", "dnc_register")
 CHOICES = ("unsubscribe", "sms_stop")
@@ -87,10 +87,10 @@ def scope(reason: str, account_id: str | None) -> str | None:
 def canonical(channel: str, address: str, *, region: str = "HK") -> str:
     """The canonical form of ``address``; :class:`BadEntry` for a bad channel, or an address
     that has none (nothing is written or read under another form)."""
-    if channel not in keys.CHANNELS:
-        raise BadEntry(f"channel must be email or sms, not {channel!r}")
+    if channel not in channels.names():
+        raise BadEntry(f"channel must be {channels.choices()}, not {channel!r}")
     try:
-        return normalise(channel, address, default_region=region)
+        return channels.normalise(channel, address, default_region=region)
     except BadAddress as exc:
         raise BadEntry(str(exc)) from None
 
@@ -101,8 +101,8 @@ def entry(channel: str, address: str, reason: str, *, account_id: str | None = N
     """Build one entry (no I/O); :class:`BadEntry` says why it cannot be written."""
     addr = canonical(channel, address, region=region)
     owner = scope(reason, account_id)
-    if reason == "dnc_register" and channel != "sms":
-        raise BadEntry("the DNC register holds phone numbers (channel sms)")
+    if reason == "dnc_register" and channel != channels.DNC:
+        raise BadEntry(f"the DNC register holds phone numbers (channel {channels.DNC})")
     if expires is not None and expires <= 0:
         raise BadEntry("--expires must be a positive number of seconds")
     at = now if now is not None else int(time.time())
@@ -143,7 +143,7 @@ def describe(key: str, fields: dict[str, str]) -> dict[str, Any]:
     """A stored entry as printed (CLI ``--json``, admin API): address, channel, scope, owning
     account and the stored fields."""
     if key.startswith(keys.PREFIX + "dnc:"):
-        scope_, account, channel, addr = "dnc", None, "sms", key.split(":", 2)[2]
+        scope_, account, channel, addr = "dnc", None, channels.DNC, key.split(":", 2)[2]
     elif key.startswith(keys.PREFIX + "supp:"):
         _, _, channel, addr = key.split(":", 3)
         scope_, account = "global", None

@@ -49,8 +49,9 @@ import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from suppression import entries, keys
-from suppression.address import BadAddress, normalise
+from suppression import channels, entries, keys
+from suppression.address import BadAddress
+from suppression.channels import normalise
 from suppression.entries import BadEntry, Entry
 from suppression.replies import decode, text
 from suppression.reputation import Policy
@@ -223,11 +224,11 @@ class Gate:
         """Claim the job for ``owner`` unless done, duplicate, expired or refused
         (one round trip).
 
-        ``address`` is read in its canonical form (:func:`suppression.address.normalise`);
+        ``address`` is read in its canonical form (:func:`suppression.channels.normalise`);
         one that has none raises :class:`~suppression.address.BadAddress` before anything is
         read or claimed (job validation refuses such an e-mail address first)."""
         addr = normalise(channel, address, default_region=self._region)
-        dnc = channel == "sms" and category == "marketing"
+        dnc = channel == channels.DNC and category == "marketing"
         script_keys = [
             keys.job(account_id, job_id), keys.state(account_id), keys.config(account_id),
             keys.account_suppression(account_id, channel, addr),
@@ -277,10 +278,7 @@ class Gate:
         script_keys, args = self.post_send_call(
             account_id, job_id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=channel, reason=reason,
-            counts=counts, refund=refund)
-        if event_id:
-            script_keys.append(keys.event(account_id, event_id))
-            args.append(event_ttl or keys.EVENT_TTL)
+            counts=counts, refund=refund, event_id=event_id, event_ttl=event_ttl)
         fact = suppress if suppress is not None else (
             "hard_bounce" if counts.hard else "complaint" if counts.complaints else None)
         entry = None
@@ -304,16 +302,21 @@ class Gate:
     def post_send_call(self, account_id: str, job_id: str, *, status: str, attempt: int,
                        provider: str | None = None, provider_message_id: str | None = None,
                        channel: str = "email", reason: str | None = None,
-                       counts: Counts = Counts(), refund: bool = False
+                       counts: Counts = Counts(), refund: bool = False,
+                       event_id: str | None = None, event_ttl: int = 0
                        ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of post_send.lua (tests run the script with them too)."""
+        """KEYS and ARGV of post_send.lua (tests run the script with them too): the account's
+        state is the worst over every declared channel (:func:`suppression.channels.names`)."""
         script_keys = [
             keys.job(account_id, job_id), keys.state(account_id), keys.config(account_id),
             keys.reputation(account_id, channel), keys.audit(account_id),
             keys.recent(account_id), keys.bucket(account_id, channel)]
+        if event_id:
+            script_keys.append(keys.event(account_id, event_id))
         args = [status, attempt, provider or "", provider_message_id or "", self._ttl,
                 reason or "", channel, job_id, counts.sends, counts.hard, counts.complaints,
-                *self.policy.script_args("post_send"), int(refund)]
+                *self.policy.script_args("post_send"), int(refund),
+                (event_ttl or keys.EVENT_TTL) if event_id else "", *channels.names()]
         return script_keys, args
 
     async def suppress_address(self, channel: str, address: str, *, reason: str,
@@ -352,7 +355,7 @@ HANDED_OVER = frozenset({"S", "sent", "delivered", "bounced", "soft_bounced", "c
 
 def recipient_digest(channel: str, address: str) -> str:
     """What the job hash keeps of its recipient (``rc``): enough to compare, not the address.
-    ``address`` is canonical (:func:`suppression.address.normalise`)."""
+    ``address`` is canonical (:func:`suppression.channels.normalise`)."""
     return hashlib.sha256(f"{channel}:{address}".encode()).hexdigest()[:32]
 
 

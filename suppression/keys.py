@@ -3,7 +3,7 @@
 Keys of one account share the hash tag ``{acct:<id>}`` so the per-account Lua scripts touch a
 single slot on Redis Cluster; global (per-address) keys live apart and are read or written
 by plain commands in the same pipeline as the script (one round trip, ``transaction=False``).
-Addresses in keys are in their one canonical form (:func:`suppression.address.normalise`):
+Addresses in keys are in their one canonical form (:func:`suppression.channels.normalise`):
 e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbers in E.164.
 
 | key | type | expiry | what |
@@ -38,7 +38,6 @@ ACCOUNTS = f"{PREFIX}accounts"
 GLOBAL_AUDIT = f"{PREFIX}audit"
 #: audit records are kept at least this long (UEMO s.8-s.10: 3 years; a margin added)
 AUDIT_KEEP_SECONDS = 1100 * 86400
-CHANNELS = ("email", "sms")
 EVENT_TTL = 7 * 86400  # providers retry webhooks for up to 3 days (SendGrid 72 h, SES 23 h)
 #: longer than the webhook freshness window (5 min back, 1 min ahead): a token is refused
 #: for as long as its timestamp would be accepted

@@ -27,8 +27,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from config.reputation import check_override
-from suppression import entries, keys
-from suppression.address import BadAddress, normalise
+from suppression import channels, entries, keys
+from suppression.address import BadAddress
+from suppression.address import email as canonical_email
 from suppression.entries import BadEntry, StoreError
 from suppression.gate import Script
 from suppression.replies import decode, text
@@ -145,7 +146,7 @@ class AccountStore:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.state(account_id))
         pipe.hgetall(keys.config(account_id))
-        for channel in keys.CHANNELS:
+        for channel in channels.names():
             pipe.hgetall(keys.reputation(account_id, channel))
         pipe.lrange(keys.recent(account_id), 0, 19)
         pipe.time()
@@ -159,7 +160,7 @@ class AccountStore:
             "state_reason": state.get("reason") or None,
             "probation_until": state.get("probation_until") or None,
             "rates": {ch: self._rates(decode(rep), policy, int(now[0]))
-                      for ch, rep in zip(keys.CHANNELS, reps, strict=True)},
+                      for ch, rep in zip(channels.names(), reps, strict=True)},
             "limits": {"rate": policy.rate, "burst": policy.burst,
                        "throttle_factor": policy.throttle_factor,
                        "consent_mode": policy.consent_mode,
@@ -199,8 +200,8 @@ def support_call(account_id: str, action: str, *, actor: str, reason: str,
     if action not in ("unblock", "suspend", "unsuspend"):
         raise BadEntry(f"unknown support action {action!r}")
     return ([keys.state(account_id), keys.audit(account_id),
-             *(keys.reputation(account_id, ch) for ch in keys.CHANNELS)],
-            [action, actor, reason, probation])
+             *(keys.reputation(account_id, ch) for ch in channels.names())],
+            [action, actor, reason, probation, *channels.names()])
 
 
 def _thresholds(p: Policy) -> dict[str, Any]:
@@ -278,13 +279,11 @@ class SuppressionStore:
     async def check(self, address: str, *, account_id: str | None = None,
                     channel: str | None = None) -> list[dict[str, Any]]:
         """Every entry that applies to ``address`` (global, DNC, and the account's)."""
-        channels = [channel] if channel else [c for c in keys.CHANNELS
-                                              if _fits(c, address)]
         wanted = []
-        for ch in channels:
+        for ch in [channel] if channel else channels.candidates(address):
             addr = entries.canonical(ch, address)
             wanted.append(keys.global_suppression(ch, addr))
-            if ch == "sms":
+            if ch == channels.DNC:
                 wanted.append(keys.dnc(addr))
             if account_id:
                 wanted.append(keys.account_suppression(account_id, ch, addr))
@@ -343,15 +342,11 @@ class SuppressionStore:
         pipe = self._redis.pipeline(transaction=False)
         count = 0
         for number in numbers:
-            entries.queue(pipe, entries.entry("sms", number, "dnc_register", source=source,
-                                              actor="import", now=now))
+            entries.queue(pipe, entries.entry(channels.DNC, number, "dnc_register",
+                                              source=source, actor="import", now=now))
             count += 1
         await pipe.execute()
         return count
-
-
-def _fits(channel: str, address: str) -> bool:
-    return ("@" in address) == (channel == "email")
 
 
 class ConsentStore:
@@ -412,7 +407,7 @@ class PrefsStore:
 
     async def get(self, account_id: str, recipient: str, *,
                   channel: str | None = None) -> dict[str, Any]:
-        channel = channel or ("email" if "@" in recipient else "sms")
+        channel = channel or channels.guess(recipient)
         addr = entries.canonical(channel, recipient)
         raw = decode(await self._redis.hgetall(keys.prefs(account_id, addr)))
         prefs: dict[str, dict[str, bool]] = {}
@@ -445,7 +440,7 @@ async def canonicalise_keys(redis: Redis, *, apply: bool = False) -> list[dict[s
             if "@" not in address:
                 continue  # a phone number's preferences
             try:
-                canonical = normalise("email", address)
+                canonical = canonical_email(address)
             except BadAddress:
                 found.append({"key": key, "address": address, "canonical": "",
                               "action": "no canonical form"})

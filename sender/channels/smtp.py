@@ -30,7 +30,7 @@ from aiosmtplib.errors import (
     SMTPSenderRefused,
 )
 
-from config import SmtpTarget
+from config import Settings, SmtpTarget
 from sender.channels.base import NotSent, SendFailure, SendResult, Slots
 from sender.channels.mx import MxChecker, Undeliverable, check_syntax
 from sender.compliance import MissingSenderInfo, SenderInfo, email_compliance
@@ -325,3 +325,18 @@ class SmtpChannel:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def build(settings: Settings) -> SmtpChannel:
+    """The e-mail channel the settings configure (always: the relay is required)."""
+    pool = SmtpPool(settings.smtp, size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
+                    max_messages=settings.smtp_max_messages_per_connection,
+                    idle_timeout=settings.smtp_idle_timeout)
+    options = EmailOptions(
+        message_id_domain=settings.message_id_domain, public_url=settings.public_url,
+        secret_key=settings.signing_key,
+        bounce_domain=settings.bounce_domain, relay=settings.smtp_relay,
+        mx=MxChecker() if settings.email_check_mx else None)
+    domains = DomainLimiter(settings.smtp_domain_concurrency,
+                            settings.smtp_domain_concurrency_default)
+    return SmtpChannel(pool, options=options, domains=domains)

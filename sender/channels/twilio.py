@@ -23,6 +23,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
+from config import Settings
 from sender.channels.base import NotSent, SendFailure, SendResult
 from sender.channels.sms_segments import segments
 from sender.compliance import MissingSenderInfo, SenderInfo, sms_marketing_body
@@ -211,3 +212,18 @@ class TwilioChannel:
 
     async def close(self) -> None:
         await self._client.http_client.close()  # type: ignore[union-attr]
+
+
+def build(settings: Settings) -> TwilioChannel | None:
+    """The SMS channel when Twilio is configured; None leaves SMS jobs waiting in their queue."""
+    if not settings.twilio_configured:
+        return None
+    return TwilioChannel(TwilioConfig(
+        account_sid=settings.twilio_account_sid or "",
+        auth_token=settings.twilio_auth_token.get_secret_value()
+        if settings.twilio_auth_token else "",
+        api_base=settings.twilio_api_base, from_=settings.twilio_from,
+        messaging_service_sid=settings.twilio_messaging_service_sid,
+        status_callback=f"{settings.public_url}/webhooks/twilio/status",
+        region=settings.sms_region, max_segments=settings.sms_max_segments,
+        rate_per_sender=settings.twilio_rate_per_sender))

@@ -16,8 +16,10 @@
 --              early_complaint_volume, throttle_bounce, block_bounce, throttle_complaint,
 --              block_complaint, z
 -- ARGV[23]     refund the rate token (1: the job was claimed but not sent)
--- KEYS[8], ARGV[24]  (provider events only) the event's marker key and how long it is kept:
---              an event already applied changes nothing a second time
+-- KEYS[8], ARGV[24]  (provider events only; ARGV[24] '' otherwise) the event's marker key and
+--              how long it is kept: an event already applied changes nothing a second time
+-- ARGV[25..]   every channel (suppression/channels.py): the account's state is the worst
+--              level over all of them (state hash fields lvl:<channel>)
 -- returns  {moved, from, to, audit id, why, detail, sends, hard, complaints, applied}:
 --          moved 1 when the account's state moved; applied 1 when the job took the status,
 --          0 when it already had a later one (a status never moves backwards), -1 for an
@@ -31,7 +33,7 @@ local function answer(moved, ...)
   return out
 end
 
-if KEYS[8] and ARGV[24] and ARGV[24] ~= '' then
+if KEYS[8] and ARGV[24] ~= '' then
   if not redis.call('SET', KEYS[8], '1', 'NX', 'EX', tonumber(ARGV[24])) then
     applied = -1
     return answer(0)
@@ -140,9 +142,16 @@ local lc_level, lb_c = level(sums.c, sums.s, p[4], p[6], p[9], p[10])
 local lvl = math.max(lb_level, lc_level)
 local why = lb_level >= lc_level and 'hard_bounce_rate' or 'complaint_rate'
 
-local st = redis.call('HMGET', KEYS[2], 'state', 'lvl:email', 'lvl:sms')
+-- the levels held: this channel's, and the worst of the others
+local fields = {'state'}
+for i = 25, #ARGV do fields[#fields + 1] = 'lvl:' .. ARGV[i] end
+local st = redis.call('HMGET', KEYS[2], unpack(fields))
 local from = st[1] or 'active'
-local held_lvl = tonumber(st[channel == 'email' and 2 or 3]) or 0
+local held_lvl, others = 0, 0
+for i = 25, #ARGV do
+  local v = tonumber(st[i - 23]) or 0
+  if ARGV[i] == channel then held_lvl = v else others = math.max(others, v) end
+end
 if held_lvl ~= lvl then
   redis.call('HSET', KEYS[2], 'lvl:' .. channel, lvl)
 end
@@ -153,10 +162,7 @@ local to = 'active'
 if lvl == 2 then
   to = 'blocked'
 else
-  local levels = {email = tonumber(st[2]) or 0, sms = tonumber(st[3]) or 0}
-  levels[channel] = lvl
-  local worst = 0
-  for _, v in pairs(levels) do worst = math.max(worst, v) end
+  local worst = math.max(lvl, others)
   if worst >= 1 then to = 'throttled' end
   if lvl == 0 and worst >= 1 then why = 'other_channel' end
 end

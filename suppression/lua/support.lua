@@ -1,7 +1,8 @@
 -- A support action on an account's state, with its audit record. Atomic against the worker's
 -- post-send script (same slot, same keys).
 -- KEYS[1] state hash, KEYS[2] audit stream, KEYS[3..] reputation counter hashes (reset)
--- ARGV    action (unblock | suspend | unsuspend), actor, reason, probation seconds
+-- ARGV    action (unblock | suspend | unsuspend), actor, reason, probation seconds,
+--         ARGV[5..] every channel (suppression/channels.py): its level is reset
 -- returns {'ok', from, to, audit id, probation_until} or {'refused', current state}
 local action, actor, reason = ARGV[1], ARGV[2], ARGV[3]
 local probation = tonumber(ARGV[4])
@@ -19,7 +20,8 @@ if action ~= 'suspend' then
   -- probation: the counters start afresh
   for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
   until_ = now + probation
-  redis.call('HSET', KEYS[1], 'lvl:email', 0, 'lvl:sms', 0, 'probation_until', until_)
+  for i = 5, #ARGV do redis.call('HSET', KEYS[1], 'lvl:' .. ARGV[i], 0) end
+  redis.call('HSET', KEYS[1], 'probation_until', until_)
 end
 redis.call('HSET', KEYS[1], 'state', to, 'since', now, 'reason', action)
 local minid = (now - 1100 * 86400) * 1000  -- keep at least 3 years

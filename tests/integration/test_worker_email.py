@@ -159,7 +159,7 @@ async def test_worker_reports_queue_depths_and_job_counts(make_settings, smtp_se
         await collect(amqp_url, "outbox.dead", lambda m: len(m) >= 1)
         await publish(amqp_url, [email_job()])
         await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1)
-        await worker._refresh_queue_depths()
+        await worker.gauges.queue_depths()
         text = generate_latest(worker.metrics.registry).decode()
     assert 'outbox_queue_depth{queue="outbox.email"} 0.0' in text
     assert 'outbox_queue_depth{queue="outbox.retry.1"} 0.0' in text

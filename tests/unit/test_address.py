@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from suppression.address import BadAddress, normalise
+from suppression.address import BadAddress
+from suppression.channels import normalise
 from suppression.gate import Gate
 from suppression.reputation import Policy
 from suppression.store import BadEntry, ConsentStore, PrefsStore, SuppressionStore

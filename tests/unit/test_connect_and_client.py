@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import load_settings
 from outbox.commands import DEV_ADMIN_TOKEN, EXAMPLE_JOB, dev_overrides, ready_banner
+from sender.channels.registry import parse_job
 from sender.client import InvalidBatch, Outbox, email_job, routing_key, sms_job
 from sender.connect import (
     ServiceRefused,
@@ -26,7 +27,7 @@ from sender.connect import (
     wait_for_services,
     why,
 )
-from sender.models import EmailJob, InvalidJob, SmsJob, StatusEvent, parse_job
+from sender.models import EmailJob, InvalidJob, SmsJob, StatusEvent
 
 
 @pytest.mark.parametrize(("url", "masked"), [

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sender import job_headers
+from sender.channels.registry import parse_job
 from sender.mime import MimeError, render_email
-from sender.models import EmailJob, InvalidJob, parse_job
+from sender.models import EmailJob, InvalidJob
 
 DOMAIN = "mail.outbox.example"
 BASE = {"v": 1, "id": "j1", "account_id": "acct_1", "channel": "email",

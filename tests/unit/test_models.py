@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sender.models import InvalidJob, parse_job
+from sender.channels.registry import parse_job
+from sender.models import InvalidJob
 
 BASE = {"v": 1, "id": "j1", "account_id": "acct_1", "channel": "email",
         "category": "transactional", "to": "a@example.com", "from": "Acme <s@acme.example>",

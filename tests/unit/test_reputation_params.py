@@ -229,4 +229,6 @@ def test_post_send_gets_the_policy_at_the_declared_positions():
                      strict=True))
     assert given == {p.name: (repr(getattr(policy, p.name)) if p.kind is float
                               else getattr(policy, p.name)) for p in _script_params("post_send")}
-    assert len(args) == high + 1  # then the refund flag, ARGV[high + 1]
+    # then the refund flag (ARGV[high + 1]), the event's TTL ('' for a job) and every channel
+    from suppression import channels
+    assert args[high:] == [0, "", *channels.names()]

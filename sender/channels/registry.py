@@ -1,0 +1,109 @@
+"""The delivery channels, each declared once: what the worker needs on top of
+:mod:`suppression.channels` (name, address kind, opt-out reason).
+
+A :class:`Delivery` is the channel, its job model (a :class:`sender.models.JobBase` with
+``channel: Literal["<name>"]``), its queue (bound to ``outbox.jobs`` with the channel's name as
+routing key) and the factory of its sender (``None`` when the settings do not configure it: its
+jobs wait in its queue). The topology, the job parser, the client's routing and the worker's
+consumers all read this list; :func:`declare` also declares the channel in
+:mod:`suppression.channels`, so the keys, the Lua scripts, the CLI and the admin API know it.
+
+Adding a channel (README, "Adding a channel"): a module ``sender/channels/<name>.py`` with its
+job model, its sender (:class:`sender.channels.base.Channel`) and ``build(settings)``, and one
+``declare`` line below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import TypeAdapter, ValidationError
+
+from config import Settings
+from sender import models
+from sender.channels import smtp, twilio
+from sender.channels.base import Channel as Sender
+from sender.models import EmailJob, JobBase, SmsJob
+from suppression import channels
+from suppression.channels import Channel
+
+log = logging.getLogger("outbox.channels")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One channel as the worker sees it."""
+
+    channel: Channel
+    job: type[JobBase]
+    queue: str
+    build: Callable[[Settings], Sender | None]
+
+    @property
+    def name(self) -> str:
+        """The channel's name: its jobs' ``channel`` and their routing key."""
+        return self.channel.name
+
+
+_DECLARED: dict[str, Delivery] = {}
+_ADAPTER: dict[tuple[type[JobBase], ...], TypeAdapter[JobBase]] = {}
+
+
+def declare(delivery: Delivery) -> Delivery:
+    """Add a channel (and declare it in :mod:`suppression.channels`)."""
+    channels.declare(delivery.channel)
+    _DECLARED[delivery.name] = delivery
+    return delivery
+
+
+def withdraw(name: str) -> None:
+    """Forget a channel here and in :mod:`suppression.channels` (a test's throwaway one)."""
+    _DECLARED.pop(name, None)
+    channels.withdraw(name)
+
+
+def deliveries() -> tuple[Delivery, ...]:
+    """Every declared channel, in declaration order."""
+    return tuple(_DECLARED.values())
+
+
+def get(name: str) -> Delivery:
+    """The channel called ``name`` (``KeyError`` when there is none)."""
+    return _DECLARED[name]
+
+
+def queues() -> dict[str, str]:
+    """Each channel's job queue."""
+    return {d.name: d.queue for d in _DECLARED.values()}
+
+
+def parse_job(body: bytes, *, max_bytes: int) -> JobBase:
+    """Decode and validate one job of any declared channel; raise
+    :class:`sender.models.InvalidJob` with a readable reason."""
+    data = models.load(body, max_bytes=max_bytes)
+    job_models = tuple(d.job for d in _DECLARED.values())
+    adapter = _ADAPTER.get(job_models)
+    if adapter is None:
+        adapter = _ADAPTER[job_models] = models.job_adapter(job_models)
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        raise models.invalid(exc, data) from None
+
+
+def build_senders(settings: Settings) -> dict[str, Sender]:
+    """The senders the settings configure, by channel."""
+    senders: dict[str, Sender] = {}
+    for d in _DECLARED.values():
+        sender = d.build(settings)
+        if sender is None:
+            log.warning("channel %s is not configured: its jobs wait in %s", d.name, d.queue)
+        else:
+            senders[d.name] = sender
+    return senders
+
+
+EMAIL = declare(Delivery(channels.EMAIL, EmailJob, "outbox.email", smtp.build))
+SMS = declare(Delivery(channels.SMS, SmsJob, "outbox.sms", twilio.build))

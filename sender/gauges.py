@@ -1,0 +1,74 @@
+"""The worker's periodic gauges: ``outbox_accounts{state}`` and ``outbox_queue_depth{queue}``
+(every worker reports the same totals; the Prometheus rules take the max)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aio_pika.abc import AbstractChannel
+
+from config import Settings
+from sender import topology
+from sender.bus import Bus
+from sender.metrics import Metrics
+from suppression.store import AccountStore
+
+log = logging.getLogger("outbox.worker")
+ACCOUNTS_GAUGE_PERIOD = 30.0  # seconds between refreshes of outbox_accounts{state}
+#: seconds for closing its broker channel: a robust channel waits for the broker forever
+BROKER_CALL_TIMEOUT = 5.0
+
+
+class Gauges:
+    """Refreshes the gauges every :data:`ACCOUNTS_GAUGE_PERIOD` seconds until stopped."""
+
+    def __init__(self, settings: Settings, *, bus: Bus, accounts: AccountStore,
+                 metrics: Metrics) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._accounts = accounts
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+        self._channel: AbstractChannel | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            try:
+                await asyncio.wait_for(self._channel.close(), BROKER_CALL_TIMEOUT)
+            except Exception as exc:
+                log.debug("closing channel: %s", exc)
+            self._channel = None
+
+    async def _refresh(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(ACCOUNTS_GAUGE_PERIOD):
+                    for state, count in (await self._accounts.count_by_state()).items():
+                        self._metrics.accounts.labels(state).set(count)
+                    await self.queue_depths()
+            except Exception as exc:  # an outage: the pipeline reports it; try again later
+                log.debug("gauges: %s", exc)
+            await asyncio.sleep(ACCOUNTS_GAUGE_PERIOD)
+
+    async def queue_depths(self) -> None:
+        """Set ``outbox_queue_depth`` of every queue of the topology (one pass)."""
+        # A channel of its own (a failed passive declare closes its channel), used through
+        # the raw aiormq channel so the robust layer does not collect a queue per call.
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._bus.channel(1)
+        raw = await self._channel.get_underlay_channel()
+        _, queues = topology.describe(self._settings.retry_tiers,
+                                      self._settings.status_queue_max_length)
+        for q in queues:
+            ok = await raw.queue_declare(q.name, passive=True)
+            self._metrics.queue_depth.labels(q.name).set(ok.message_count or 0)
