@@ -180,3 +180,21 @@ async def test_a_provider_status_event_carries_the_job_s_metadata(applier):
     await worker.apply(ProviderEvent(**{**FIELDS, "job_id": "j-bare", "event_id": "e-bare"}))
     assert [(e["id"], e["status"], e["metadata"]) for e in bus.events] == [
         ("j-meta", "bounced", {"crm_message_id": 7}), ("j-bare", "bounced", {})]
+
+
+async def test_the_metadata_costs_no_round_trip_of_its_own(applier, monkeypatch):
+    """Applying a provider event is one Redis round trip, its metadata read included."""
+    from suppression import gate as gate_module
+
+    worker, bus, _ = applier
+    await _sent(worker._gate, "j-rt", {"crm_message_id": 8})
+    real, calls = gate_module.execute, []
+
+    async def counted(redis: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        calls.append([c[0] for c in commands])
+        return await real(redis, commands)
+
+    monkeypatch.setattr(gate_module, "execute", counted)
+    await worker.apply(ProviderEvent(**{**FIELDS, "job_id": "j-rt", "event_id": "e-rt"}))
+    assert len(calls) == 1 and calls[0][:2] == ["EVALSHA", "HGET"]
+    assert bus.events[-1]["metadata"] == {"crm_message_id": 8}
