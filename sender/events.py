@@ -15,6 +15,8 @@ complained        ``complained``       complaint counted; address suppressed glo
                                        (carrier filtering, Twilio 30007: counted only)
 unsubscribed      ``unsubscribed``     the account's suppression (``unsubscribe`` /
                                        ``sms_stop``)
+failed            ``failed``           — (the provider never sent it: not a bounce, not
+                                       counted, nothing suppressed)
 other sms_start   —                    the account's ``sms_stop`` entry removed
 accepted, opened,
 clicked, other    —                    —
@@ -22,7 +24,8 @@ clicked, other    —                    —
 
 The job's status and the counters move in the same single Redis round trip as after a send
 (``Gate.post_send``), deduplicated by event id, and a status never moves backwards. A status
-event is published when the job's status changed.
+event is published when the job's status changed, with the job's ``metadata`` as the worker
+kept it at the claim (read in that same round trip), as the worker's own events carry it.
 
 Who is believed: the provider webhooks verify the provider's signature before publishing, so
 an event of theirs that names no account can still teach facts about the address (a hard
@@ -35,7 +38,9 @@ account and job, so one without both is not applied at all: it goes to ``outbox.
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -53,7 +58,7 @@ log = logging.getLogger("outbox.events")
 #: ``webhooks.providers.dsn.PROVIDER``: the events of the ``outbox bounces`` listener
 LISTENER_PROVIDER = "smtp"
 _STATUS = {"delivered": "delivered", "bounced": "bounced", "soft_bounced": "soft_bounced",
-           "complained": "complained", "unsubscribed": "unsubscribed"}
+           "complained": "complained", "unsubscribed": "unsubscribed", "failed": "failed"}
 
 
 def _effects(event: ProviderEvent) -> tuple[Counts, str | None]:
@@ -71,6 +76,16 @@ def _source(event: ProviderEvent) -> str:
     """What a suppression entry names as its source: the job (``job:<id>``, as a bounce at
     send time does), else the provider's event (``<provider>:<event id>``)."""
     return f"job:{event.job_id}" if event.job_id else f"{event.provider}:{event.event_id}"
+
+
+def job_metadata(kept: str) -> dict[str, Any]:
+    """The job's ``metadata`` from what the job hash keeps (``{}`` when nothing, or nothing
+    readable, was kept)."""
+    try:
+        value = json.loads(kept) if kept else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def evidence(event: ProviderEvent) -> str:
@@ -148,7 +163,8 @@ class EventApplier:
                 job_id=job, account_id=account, channel=event.channel,
                 status=status,  # type: ignore[arg-type]
                 reason=event.reason, detail=event.diagnostic, provider=event.provider,
-                provider_message_id=event.provider_message_id, attempt=0))
+                provider_message_id=event.provider_message_id, attempt=0,
+                metadata=job_metadata(recorded.metadata)))
             self._metrics.jobs.labels(event.channel, status).inc()
         return None
 

@@ -168,7 +168,7 @@ class Pipeline:
                 job.account_id, job.id, owner=self._owner,
                 redelivered=bool(message.redelivered), expired=job.expired(),
                 attempt=attempt, channel=job.channel, category=job.category,
-                topic=job.topic, address=job.to))
+                topic=job.topic, address=job.to, metadata=job.metadata))
         except BadAddress as exc:  # no canonical form, so no suppression key: never sent
             await self._reject_invalid(message, InvalidJob(
                 f"to: {exc}", job.id, job.account_id, job.channel))

@@ -9,7 +9,8 @@ worker dead-letters it with that reason). Fields (README "Provider events"):
 ======================  ========================================================================
 ``provider``            who reported it: ``twilio``, ``ses``, ``sendgrid``, ``mailgun``,
                         ``postmark``, ``smtp`` (the bounce listener), ``unsubscribe``
-``type``                one of :data:`EVENT_TYPES`
+``type``                one of :data:`EVENT_TYPES`; ``failed``: the provider never sent it
+                        (SES Reject / Rendering Failure, Mailgun rejected): no bounce
 ``channel``             ``email`` or ``sms``: set by the producer. An event queued before the
                         field existed is read as ``sms`` for ``twilio`` and ``email`` otherwise
 ``recipient``           the address the provider names (canonicalised where it becomes a key)
@@ -53,6 +54,7 @@ EventType = Literal[
     "soft_bounced",
     "complained",
     "unsubscribed",
+    "failed",
     "accepted",
     "opened",
     "clicked",

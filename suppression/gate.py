@@ -11,7 +11,8 @@ Pre-send, in one round trip::
     HGET   outbox:supp:<channel>:<addr> reason      global suppression (bounce, complaint...)
     EXISTS outbox:dnc:<e164>                         only for marketing SMS
     EVALSHA pre_send.lua  (claim, expiry, account state, per-account suppression,
-                           consent / preferences, token bucket — in that order)
+                           consent / preferences, token bucket — in that order; the claim
+                           keeps the recipient's digest and the job's metadata)
 
 The script cannot see the global read (same pipeline, no dependency possible), so it claims
 *optimistically*: when it answers ``send`` (or ``rate_limited``) but the global read says the
@@ -40,7 +41,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,9 @@ log = logging.getLogger("outbox.gate")
 
 _LUA_DIR = Path(__file__).parent / "lua"
 REFUSALS = ("blocked", "suppressed", "no_consent")
+#: the most of a job's ``metadata`` (its JSON, in bytes) the job hash keeps (field ``md``) for
+#: the status events of provider events; a larger one is not kept, and those events carry ``{}``
+METADATA_MAX_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,9 @@ class Recorded:
 
     transition: Transition | None
     applied: int
+    #: for a provider event (``event_id``): the job's ``metadata`` as kept at the claim (JSON
+    #: text; "" when none was kept)
+    metadata: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,13 +229,16 @@ class Gate:
     async def pre_send(self, account_id: str, job_id: str, *, owner: str, redelivered: bool,
                        expired: bool, attempt: int, channel: str = "email",
                        category: str = "transactional", topic: str | None = None,
-                       address: str = "") -> Decision:
+                       address: str = "", metadata: Mapping[str, Any] | None = None
+                       ) -> Decision:
         """Claim the job for ``owner`` unless done, duplicate, expired or refused
         (one round trip).
 
         ``address`` is read in its canonical form (:func:`suppression.channels.normalise`);
         one that has none raises :class:`~suppression.address.BadAddress` before anything is
-        read or claimed (job validation refuses such an e-mail address first)."""
+        read or claimed (job validation refuses such an e-mail address first). The job's
+        ``metadata`` is kept with the claim (:func:`metadata_arg`), so the status events of
+        provider events about the job can carry it."""
         addr = normalise(channel, address, default_region=self._region)
         dnc = channel == channels.DNC and category == "marketing"
         script_keys = [
@@ -237,7 +249,7 @@ class Gate:
         p = self.policy
         args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
                 f"{topic}:{channel}" if topic else "", *p.script_args("pre_send"),
-                recipient_digest(channel, addr)]
+                recipient_digest(channel, addr), metadata_arg(metadata)]
 
         def build(pipe: Any) -> None:
             pipe.hget(keys.global_suppression(channel, addr), "reason")
@@ -274,7 +286,8 @@ class Gate:
         the recipient). The entry's evidence: ``source`` (default ``job:<job_id>``) and
         ``detail`` (default ``reason``).
         With ``event_id`` (a provider event) the call takes effect once: a repeat changes
-        nothing."""
+        nothing; and the job's kept ``metadata`` is read in the same round trip
+        (:attr:`Recorded.metadata`)."""
         script_keys, args = self.post_send_call(
             account_id, job_id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=channel, reason=reason,
@@ -289,6 +302,8 @@ class Gate:
 
         def build(pipe: Any) -> None:
             POST_SEND.queue(pipe, script_keys, args)
+            if event_id:
+                pipe.hget(script_keys[0], "md")  # results[1]: the job hash's metadata
             if entry is not None:
                 entries.queue(pipe, entry)
             if counts.sends and account_id not in self._known_accounts:
@@ -297,7 +312,8 @@ class Gate:
         results = await run_pipeline(self._redis, build, POST_SEND)
         if counts.sends:
             self._known_accounts.add(account_id)
-        return Recorded(_transition(account_id, results[0]), int(results[0][9]))
+        return Recorded(_transition(account_id, results[0]), int(results[0][9]),
+                        text(results[1]) if event_id else "")
 
     def post_send_call(self, account_id: str, job_id: str, *, status: str, attempt: int,
                        provider: str | None = None, provider_message_id: str | None = None,
@@ -351,6 +367,23 @@ class Gate:
 #: bounce can overtake the post-send write) and the statuses that follow an accepted send.
 HANDED_OVER = frozenset({"S", "sent", "delivered", "bounced", "soft_bounced", "complained",
                          "unsubscribed"})
+
+
+def metadata_arg(metadata: Mapping[str, Any] | None) -> str:
+    """A job's ``metadata`` as the job hash keeps it: compact JSON, or "" when it is empty or
+    over :data:`METADATA_MAX_BYTES` (not kept: a job hash lives for the idempotency TTL, and
+    Redis memory is not the place for large blobs)."""
+    if not metadata:
+        return ""
+    try:
+        encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False,
+                             allow_nan=False)
+    except (TypeError, ValueError):  # job validation makes this unreachable; keep nothing
+        return ""
+    if len(encoded.encode()) > METADATA_MAX_BYTES:
+        log.debug("job metadata of %d characters not kept for provider events", len(encoded))
+        return ""
+    return encoded
 
 
 def recipient_digest(channel: str, address: str) -> str:

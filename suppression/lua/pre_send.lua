@@ -14,6 +14,8 @@
 --              throttle_factor, consent_mode
 -- ARGV[12]     recipient digest (stored as 'rc' on the claim: a bounce that quotes the job
 --              must name this recipient)
+-- ARGV[13]     the job's metadata as JSON, or '' (stored as 'md' on the claim: provider
+--              events about the job carry it in their status events)
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
 --          a marketing job that may be sent, the account's sender information after them:
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
@@ -101,6 +103,9 @@ redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 
 redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', ARGV[12] or '')
+if ARGV[13] and ARGV[13] ~= '' then
+  redis.call('HSET', job, 'md', ARGV[13])
+end
 redis.call('EXPIRE', job, ttl)
 if category == 'marketing' then
   return {'send', '', '', '', attempt, '', 0, cfg[4] or '', cfg[5] or '', cfg[6] or '',

@@ -1,6 +1,7 @@
 """The email providers' webhooks in the real server, with real RabbitMQ and Redis: signed
 requests (made here as SNS, SendGrid and Mailgun sign them) become events on outbox.events;
-forgeries, stale timestamps and replays are refused and change nothing."""
+forgeries, stale timestamps and replays are refused and change nothing. With the real worker
+too: provider events end jobs it sent, and their status events carry the job's metadata."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from sender.bus import PublishFailed
-from tests.integration.helpers import collect, redis_state, running_app
+from suppression import keys
+from suppression.store import SuppressionStore
+from tests.integration.helpers import (
+    collect,
+    email_job,
+    events,
+    publish,
+    redis_state,
+    running_app,
+    running_worker,
+)
 from tests.unit.test_provider_mailgun import signature as mailgun_signature
 from tests.unit.test_provider_mailgun import signed as mailgun_signed
 from tests.unit.test_provider_postmark import record as postmark_record
@@ -275,3 +287,87 @@ async def test_mailgun_an_unconfirmed_publish_is_503_and_the_retry_is_taken(
     assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200  # token released
     [event] = await _events(amqp_url, 1)
     assert event["job_id"] == "job-mg-2"
+
+
+# --- through the worker: provider events end the jobs it sent, with their metadata ------------
+
+@pytest.fixture
+async def loop(make_settings, smtp_server, unused_tcp_port, fetched):
+    """The webhook server and a worker sending to a local SMTP server, on one settings."""
+    smtp_url, _ = smtp_server
+    settings = make_settings(
+        smtp_url=smtp_url, ses_topic_arns=TOPIC, mailgun_signing_key=MAILGUN_KEY,
+        postmark_webhook_user=PM_USER, postmark_webhook_password=PM_PASSWORD)
+    async with running_app(settings, unused_tcp_port) as base, running_worker(settings):
+        yield base
+
+
+def _postmark_for(name: str, job: dict[str, Any], **fields: Any) -> bytes:
+    body = {**postmark_record(name), **fields,
+            "Metadata": {"outbox_account": job["account_id"], "outbox_job": job["id"]}}
+    body["Email" if "Email" in body else "Recipient"] = job["to"]
+    return json.dumps(body).encode()
+
+
+async def test_provider_events_end_sent_jobs_and_carry_their_metadata(loop, amqp_url,
+                                                                      redis_url):
+    """Four jobs with metadata, sent by the worker; then, through the real webhook server: a
+    Mailgun delivery, a Postmark hard bounce and a spam complaint each reported twice (the
+    record and the SubscriptionChange that suppressed the address), an SES Reject. Each job's
+    status event carries its metadata; the bounce and the complaint count and suppress once;
+    the Reject (never sent) counts and suppresses nothing."""
+    names = ("delivered", "bounced", "complained", "failed")
+    jobs = {n: email_job(id=f"job-e2e-{n}", account_id="acct_e2e", to=f"{n}@example.com",
+                         metadata={"crm_message_id": 990 + i, "thread": [n, "ü"]})
+            for i, n in enumerate(names)}
+    await publish(amqp_url, list(jobs.values()))
+    sent = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 4))
+    assert {(e["id"], e["status"]) for e in sent} == {(j["id"], "sent") for j in jobs.values()}
+
+    mailgun = mailgun_signed("delivered", MAILGUN_KEY)
+    mailgun["event-data"]["user-variables"] = {"outbox_account": "acct_e2e",
+                                               "outbox_job": jobs["delivered"]["id"]}
+    mailgun["event-data"]["recipient"] = jobs["delivered"]["to"]
+    token, ts = "h" * 50, str(int(time.time()))
+    mailgun["signature"] = {"timestamp": ts, "token": token,
+                            "signature": mailgun_signature(ts, token, MAILGUN_KEY)}
+    assert (await _post(f"{loop}/webhooks/mailgun", json.dumps(mailgun).encode()))[0] == 200
+    auth = _basic(PM_USER, PM_PASSWORD)
+    for name, job, message_id in (("hard_bounce", "bounced", "pm-bounce-1"),
+                                  ("subscription_change_bounce", "bounced", "pm-bounce-1"),
+                                  ("spam_complaint", "complained", "pm-spam-1"),
+                                  ("subscription_change_spam", "complained", "pm-spam-1")):
+        body = _postmark_for(name, jobs[job], MessageID=message_id)
+        assert (await _post(f"{loop}/webhooks/postmark", body, auth))[0] == 200
+    reject = fixture("ses-reject")
+    reject["mail"]["destination"] = [jobs["failed"]["to"]]
+    reject["mail"]["headers"] = [
+        h for h in reject["mail"]["headers"] if h["name"] not in ("Message-ID",
+                                                                   "X-Outbox-Account")] + [
+        {"name": "Message-ID", "value": f"<{jobs['failed']['id']}@outbox.localhost>"},
+        {"name": "X-Outbox-Account", "value": "acct_e2e"}]
+    body = json.dumps(sns_sign(notification(reject))).encode()
+    assert (await _post(f"{loop}/webhooks/ses", body, content_type="text/plain"))[0] == 200
+
+    later = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 4))
+    by_status = {e["status"]: e for e in later}
+    assert sorted(by_status) == sorted(names)
+    for name in names:
+        event = by_status[name]
+        assert (event["id"], event["metadata"]) == (jobs[name]["id"], jobs[name]["metadata"])
+    assert (by_status["failed"]["provider"], by_status["failed"]["reason"],
+            by_status["failed"]["detail"]) == ("ses", "virusdetected", "Bad content")
+    # the second report of the bounce and of the complaint changed nothing
+    assert await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1, timeout=2) == []
+    client = Redis.from_url(redis_url)
+    try:
+        rep = await client.hgetall(keys.reputation("acct_e2e", "email"))
+        assert (rep[b"S"], rep[b"H"], rep[b"C"]) == (b"4", b"1", b"1")
+        store = SuppressionStore(client)
+        reasons = {n: [e["reason"] for e in await store.check(jobs[n]["to"],
+                                                               account_id="acct_e2e")]
+                   for n in names}
+    finally:
+        await client.aclose()
+    assert reasons == {"delivered": [], "bounced": ["hard_bounce"],
+                       "complained": ["complaint"], "failed": []}

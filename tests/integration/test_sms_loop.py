@@ -44,8 +44,10 @@ def _by_id(messages: list) -> dict[str, list[str]]:
 
 async def test_delivered_bounced_and_stop_through_the_whole_loop(loop_settings, amqp_url):
     settings, api = loop_settings
-    jobs = [sms_job("sms-ok", "+85291230001"), sms_job("sms-gone", "+85291230005"),
-            sms_job("sms-stop", "+15005550004")]
+    jobs = [sms_job(i, to, metadata={"crm_message_id": n, "ref": i})
+            for n, (i, to) in enumerate([("sms-ok", "+85291230001"),
+                                         ("sms-gone", "+85291230005"),
+                                         ("sms-stop", "+15005550004")])]
     async with running_worker(settings):
         await publish(amqp_url, jobs)
         got = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 5)
@@ -53,6 +55,9 @@ async def test_delivered_bounced_and_stop_through_the_whole_loop(loop_settings, 
         assert statuses["sms-ok"] == ["sent", "delivered"]
         assert statuses["sms-gone"] == ["sent", "bounced"]
         assert statuses["sms-stop"] == ["unsubscribed"]  # Twilio 21610 at create
+        # the provider's events (Twilio's signed callbacks) carry the job's metadata too
+        metadata = {j["id"]: j["metadata"] for j in jobs}
+        assert all(e["metadata"] == metadata[e["id"]] for e in events(got))
 
         # later jobs to those numbers are refused before any request
         requests_before = len(api.requests)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from redis.asyncio import Redis
 
@@ -209,3 +211,36 @@ async def test_a_job_refused_before_the_send_was_not_sent_to_anyone(gate, redis)
     await check(gate, job_id="j-refused", address="bob@example.com")
     assert "was not sent (status blocked)" in await sent_to(redis, A, "j-refused",
                                                             "bob@example.com")
+
+
+async def test_the_claim_keeps_the_job_s_metadata_within_its_bound(gate):
+    """Kept as compact JSON with the claim (``md``), for provider events' status events; one
+    over METADATA_MAX_BYTES, or none, is not kept; a refusal keeps nothing."""
+    from suppression.gate import METADATA_MAX_BYTES
+
+    small = {"crm_message_id": 991, "name": "Zoë"}
+    await check(gate, job_id="j-md", metadata=small)
+    kept = (await gate.job_state(A, "j-md"))["md"]
+    assert json.loads(kept) == small and " " not in kept
+    big = {"blob": "x" * METADATA_MAX_BYTES}
+    await check(gate, job_id="j-md-big", metadata=big)
+    await check(gate, job_id="j-md-none", metadata={})
+    for job in ("j-md-big", "j-md-none"):
+        assert "md" not in await gate.job_state(A, job)
+    edge = {"b": "é" * ((METADATA_MAX_BYTES - 8) // 2)}  # 4096 bytes of UTF-8 exactly
+    assert len(json.dumps(edge, separators=(",", ":"), ensure_ascii=False).encode()) == 4096
+    await check(gate, job_id="j-md-edge", metadata=edge)
+    assert json.loads((await gate.job_state(A, "j-md-edge"))["md"]) == edge
+    await gate.pre_send(A, "j-md-exp", owner="w", redelivered=False, expired=True, attempt=1,
+                        address="rcpt@example.com", metadata=small)
+    assert (await gate.job_state(A, "j-md-exp"))["st"] == "expired"
+    assert "md" not in await gate.job_state(A, "j-md-exp")
+
+
+async def test_a_provider_event_reads_the_kept_metadata_in_its_round_trip(gate):
+    await check(gate, job_id="j-md-ev", metadata={"k": [1, 2]})
+    recorded = await gate.post_send(A, "j-md-ev", status="delivered", attempt=0,
+                                    event_id="ev-md-1")
+    assert (recorded.applied, json.loads(recorded.metadata)) == (1, {"k": [1, 2]})
+    plain = await gate.post_send(A, "j-md-ev", status="delivered", attempt=0)
+    assert plain.metadata == ""  # the worker's own post-send does not read it

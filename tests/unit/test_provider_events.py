@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 from sender.events import EventApplier
 from sender.metrics import Metrics
 from sender.provider_events import EVENT_TYPES, InvalidEvent, ProviderEvent
-from suppression.gate import Gate
+from suppression import keys
+from suppression.gate import Counts, Gate
 from suppression.store import SuppressionStore
 
 FIELDS = {"provider": "ses", "type": "bounced", "channel": "email",
@@ -137,3 +138,63 @@ async def test_the_producer_s_channel_decides_the_entry_not_the_provider(applier
     [entry] = await store.check("+85291234567", account_id="acct_1")
     assert (entry["channel"], entry["scope"], entry["reason"]) == ("sms", "account", "sms_stop")
     assert [(e["channel"], e["status"]) for e in bus.events] == [("sms", "unsubscribed")]
+
+
+async def _sent(gate: Gate, job: str, metadata: dict[str, Any]) -> None:
+    """A job claimed (its metadata kept) and handed over, as the worker does it."""
+    decision = await gate.pre_send("acct_1", job, owner="w", redelivered=False, expired=False,
+                                   attempt=1, address="bob@example.com", metadata=metadata)
+    assert decision.verdict == "send"
+    await gate.post_send("acct_1", job, status="sent", attempt=1, provider="smtp",
+                         provider_message_id="pm-1", counts=Counts(sends=1))
+
+
+async def test_a_never_sent_event_fails_the_job_and_is_no_bounce(applier, redis_url):
+    """``failed`` (SES Reject, Mailgun rejected): the job ends failed, its status event carries
+    the job's metadata; nothing is counted, nothing suppressed; a repeat changes nothing."""
+    worker, bus, store = applier
+    gate: Gate = worker._gate
+    metadata = {"crm_message_id": 991, "tags": ["a", "ü"]}
+    await _sent(gate, "j-failed", metadata)
+    event = ProviderEvent(**{**FIELDS, "type": "failed", "kind": None, "reason": "rejected",
+                             "job_id": "j-failed", "event_id": "e-failed"})
+    for _ in range(2):
+        incoming: Any = FakeMessage(event.to_json())
+        await worker.handle(incoming)
+    [status] = bus.events
+    assert (status["id"], status["status"], status["reason"], status["metadata"]) == \
+        ("j-failed", "failed", "rejected", metadata)
+    assert (await gate.job_state("acct_1", "j-failed"))["st"] == "failed"
+    assert await store.check("bob@example.com", account_id="acct_1") == []
+    client = Redis.from_url(redis_url)
+    rep = await client.hgetall(keys.reputation("acct_1", "email"))
+    assert (rep.get(b"S"), rep.get(b"H", b"0"), rep.get(b"C", b"0")) == (b"1", b"0", b"0")
+    assert await client.llen(keys.recent("acct_1")) == 0
+    await client.aclose()
+
+
+async def test_a_provider_status_event_carries_the_job_s_metadata(applier):
+    worker, bus, _ = applier
+    await _sent(worker._gate, "j-meta", {"crm_message_id": 7})
+    await worker.apply(ProviderEvent(**{**FIELDS, "job_id": "j-meta", "event_id": "e-meta"}))
+    await worker.apply(ProviderEvent(**{**FIELDS, "job_id": "j-bare", "event_id": "e-bare"}))
+    assert [(e["id"], e["status"], e["metadata"]) for e in bus.events] == [
+        ("j-meta", "bounced", {"crm_message_id": 7}), ("j-bare", "bounced", {})]
+
+
+async def test_the_metadata_costs_no_round_trip_of_its_own(applier, monkeypatch):
+    """Applying a provider event is one Redis round trip, its metadata read included."""
+    from suppression import gate as gate_module
+
+    worker, bus, _ = applier
+    await _sent(worker._gate, "j-rt", {"crm_message_id": 8})
+    real, calls = gate_module.execute, []
+
+    async def counted(redis: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        calls.append([c[0] for c in commands])
+        return await real(redis, commands)
+
+    monkeypatch.setattr(gate_module, "execute", counted)
+    await worker.apply(ProviderEvent(**{**FIELDS, "job_id": "j-rt", "event_id": "e-rt"}))
+    assert len(calls) == 1 and calls[0][:2] == ["EVALSHA", "HGET"]
+    assert bus.events[-1]["metadata"] == {"crm_message_id": 8}

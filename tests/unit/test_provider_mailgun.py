@@ -74,6 +74,7 @@ def test_a_non_ascii_value_is_unsigned_not_an_error(field: str, value: str) -> N
     ("complained", "complained", "complaint", "feedback", "job-mg-4", "acct_5"),
     ("unsubscribed", "unsubscribed", None, "unsubscribe", "job-mg-5", "acct_5"),
     ("clicked", "clicked", None, "undefined", "job-mg-6", None),
+    ("rejected", "failed", None, "rejected", "job-mg-8", "acct_5"),
 ])
 def test_each_documented_event_maps(name: str, event_type: str, kind: str | None, reason: str,
                                     job: str, account: str | None) -> None:
@@ -92,6 +93,19 @@ def test_the_fields_of_a_permanent_failure() -> None:
     assert event.event_id == "G9Bn5sl1TC6nu79C8C0bwg"
     assert event.diagnostic.startswith("550 5.1.1 The email account")
     assert event.at == "2018-08-12T21:47:02.389Z"
+
+
+def test_a_rejected_message_was_never_sent_and_is_no_bounce() -> None:
+    """Mailgun refused to send it (here: its own suppression of an address that bounced):
+    the job ends ``failed``; no kind, so the worker counts and suppresses nothing."""
+    [event] = mailgun.parse(json.dumps(signed("rejected")).encode(), "application/json")
+    assert (event.type, event.kind, event.recipient) == ("failed", None, "to@example.com")
+    assert event.diagnostic == "hardfail — Not delivering to previously bounced address"
+    assert (event.event_id, event.at) == ("oXAVv5URCF-dKv8c6Sa7T", "2016-08-12T16:58:09.000Z")
+    body = signed("rejected")
+    body["event-data"]["reject"] = "not an object"  # signed, yet any JSON: still readable
+    [event] = mailgun.parse(json.dumps(body).encode(), "application/json")
+    assert (event.type, event.diagnostic) == ("failed", "rejected")
 
 
 def test_an_opened_event_with_mailguns_own_message_id() -> None:

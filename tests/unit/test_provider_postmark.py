@@ -48,7 +48,9 @@ def test_basic_auth(header: str | None, ok: bool) -> None:
     ("delivery", "delivered", None, "delivered", "john@example.com", "job-pm-4"),
     ("subscription_change", "unsubscribed", None, "unsubscribe",
      "bounced-address@wildbit.com", "job-pm-5"),
-    ("subscription_change_bounce", "other", None, "undefined", "john@example.com", None),
+    ("subscription_change_bounce", "bounced", "hard", "undefined", "john@example.com", None),
+    ("subscription_change_spam", "complained", "complaint", "feedback", "john@example.com",
+     "job-pm-3"),
     ("open", "opened", None, "undefined", "john@example.com", "job-pm-6"),
     ("click", "clicked", None, "undefined", "john@example.com", None),
 ])
@@ -64,7 +66,7 @@ def test_the_fields_of_a_hard_bounce() -> None:
     event = parse_one(record("hard_bounce"))
     assert event.provider_message_id == "883953f4-6105-42a2-a16a-77a8eac79483"
     assert event.message_id is None
-    assert event.event_id == "bounce-4323372036854775807"
+    assert event.event_id.startswith("bounced-") and len(event.event_id) == 40
     assert event.diagnostic == "smtp;550 5.1.1 The email account that you tried to reach does " \
                                "not exist."
     assert event.at == "2019-11-05T16:33:54.907Z"
@@ -92,10 +94,33 @@ def test_a_soft_bounce_whose_reply_reads_permanent_is_not_a_hard_bounce() -> Non
 
 
 def test_a_recipient_change_by_the_customer_is_not_an_unsubscribe() -> None:
-    body = {**record("subscription_change"), "Origin": "Customer"}
-    assert parse_one(body).type == "other"
-    body = {**record("subscription_change"), "SuppressSending": False}
-    assert parse_one(body).type == "other"
+    """Postmark: ``Origin`` Customer (the API or UI) or Admin (Postmark staff) made the manual
+    suppression, not the recipient; a reactivation (``SuppressSending`` false) asks nothing."""
+    for origin in ("Customer", "Admin"):
+        body = {**record("subscription_change"), "Origin": origin, "MessageID": None}
+        assert parse_one(body).type == "other"
+    for name in ("subscription_change", "subscription_change_bounce",
+                 "subscription_change_spam"):
+        body = {**record(name), "SuppressSending": False}
+        assert (parse_one(body).type, parse_one(body).kind) == ("other", None)
+
+
+@pytest.mark.parametrize("record_name,suppression_name,patch", [
+    ("hard_bounce", "subscription_change_bounce",
+     {"MessageID": "883953f4-6105-42a2-a16a-77a8eac79483"}),
+    ("spam_complaint", "subscription_change_spam", {}),
+])
+def test_a_suppression_and_its_own_record_are_one_event(record_name: str,
+                                                        suppression_name: str,
+                                                        patch: dict[str, Any]) -> None:
+    """Postmark reports a hard bounce (a complaint) twice: the Bounce (SpamComplaint) record and
+    the SubscriptionChange that suppressed the address. One event id: applied, counted once."""
+    own = parse_one(record(record_name))
+    change = parse_one({**record(suppression_name), **patch})
+    assert (change.type, change.kind) == (own.type, own.kind)
+    assert change.event_id == own.event_id
+    other_message = parse_one({**record(suppression_name), **patch, "MessageID": "other"})
+    assert other_message.event_id != own.event_id
 
 
 def test_event_ids_are_stable_and_distinct() -> None:

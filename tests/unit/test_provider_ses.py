@@ -262,9 +262,36 @@ def test_event_publishing_names_and_message_tags() -> None:
     mail = {k: v for k, v in note["mail"].items() if k not in ("headers", "commonHeaders")}
     mail["tags"] = {"outbox_job": ["job-tagged"], "outbox_account": ["acct_t"]}
     for name, expected in [("Send", "accepted"), ("Open", "opened"), ("Click", "clicked"),
-                           ("Reject", "other")]:
+                           ("Subscription", "other")]:
         [event] = _parse({"eventType": name, "mail": mail})
         assert (event.type, event.job_id, event.account_id) == (expected, "job-tagged", "acct_t")
+
+
+@pytest.mark.parametrize("name,reason,job,diagnostic", [
+    ("ses-reject", "virusdetected", "job-ses-8", "Bad content"),
+    ("ses-rendering-failure", "contenterror", "job-ses-9",
+     "Attribute 'attributeName' is not present in the rendering data. MyTemplate"),
+])
+def test_a_message_ses_never_sent_ends_failed_and_is_no_bounce(name: str, reason: str, job: str,
+                                                               diagnostic: str) -> None:
+    """Reject (a virus) and Rendering Failure (the template): nothing reached the recipient's
+    server, so nothing is learnt about the address (no kind: never counted or suppressed)."""
+    [event] = _parse(fixture(name))
+    assert (event.provider, event.type, event.kind, event.reason) == \
+        ("ses", "failed", None, reason)
+    assert (event.recipient, event.job_id, event.account_id) == \
+        ("recipient@example.com", job, "acct_7")
+    assert event.provider_message_id == \
+        "EXAMPLE7c191be45-e9aedb9a-02f9-4d12-a87d-dd0099a07f8a-000000"
+    assert event.diagnostic == diagnostic
+    assert event.at == fixture(name)["mail"]["timestamp"]
+    assert _parse(fixture(name))[0].event_id == event.event_id  # stable: applied once
+
+
+def test_a_reject_without_its_section_still_fails_the_job() -> None:
+    note = {k: v for k, v in fixture("ses-reject").items() if k != "reject"}
+    [event] = _parse(note)
+    assert (event.type, event.reason, event.diagnostic) == ("failed", "virusdetected", "Reject")
 
 
 def test_the_event_id_is_stable_and_distinct() -> None:

@@ -16,9 +16,12 @@ old timestamps and tokens it has seen (replays of a captured signature with anot
                                              retries; permanent policy blocks, ``old``)
 ``complained``                               ``complained``
 ``unsubscribed``                             ``unsubscribed``
+``rejected``                                 ``failed`` (Mailgun refused to send it: reason
+                                             ``rejected``, no kind; ``reject.reason`` and
+                                             ``reject.description`` are the diagnostic)
 ``accepted``                                 ``accepted``
 ``opened`` / ``clicked``                     ``opened`` / ``clicked``
-anything else (``rejected``, ``stored``…)    ``other``
+anything else (``stored``…)                  ``other``
 ==========================================  ==============================================
 
 ``message.headers.message-id`` is the message's Message-ID without its angle brackets; the job
@@ -115,7 +118,13 @@ def _outcome(name: str, event: dict[str, Any]) -> tuple[Outcome, str, str | None
         status = event.get("delivery-status") or {}
         detail = " ".join(str(status.get(k) or "") for k in ("code", "message")).strip()
         return _OUTCOMES[name], _SIMPLE[name], detail or None
-    detail = event.get("url") or (event.get("reject") or {}).get("reason")
+    if name == "rejected":  # never sent: not a bounce, nothing learnt about the address
+        reject = event.get("reject")
+        reject = reject if isinstance(reject, dict) else {}
+        words = " — ".join(str(reject[k]).strip() for k in ("reason", "description")
+                           if str(reject.get(k) or "").strip())
+        return Outcome(None, "rejected"), "failed", (words or name)[:500]
+    detail = event.get("url")
     text = str(detail)[:500] if detail else None  # a signed payload may still hold any JSON
     return Outcome(None, "undefined"), _SIMPLE.get(name, "other"), text
 

@@ -15,13 +15,21 @@ is read too. ``RecordType`` → ``ProviderEvent.type``:
 ``Bounce``, Unsubscribe                         ``unsubscribed`` (the recipient asked)
 ``SpamComplaint``                               ``complained``
 ``Delivery``                                    ``delivered``
+``SubscriptionChange``, ``SuppressSending``     ``bounced`` (kind ``hard``) / ``complained``,
+true, reason ``HardBounce`` / ``SpamComplaint``  as the Bounce / SpamComplaint record
 ``SubscriptionChange``, ``SuppressSending``     ``unsubscribed`` when the recipient asked
-true, reason ``ManualSuppression``              (``Origin`` ``Recipient``); else ``other``
-``SubscriptionChange``, other                   ``other`` (a HardBounce/SpamComplaint
-                                                suppression arrives as its own record too)
+true, reason ``ManualSuppression``              (``Origin`` ``Recipient``: Postmark's
+                                                unsubscribe link); else ``other`` (made by
+                                                the customer or a Postmark admin: nothing
+                                                the recipient said)
+``SubscriptionChange``, reactivation            ``other``
 ``Open`` / ``Click``                            ``opened`` / ``clicked``
 anything else                                   ``other``
 =============================================  ===========================================
+
+A hard bounce or a spam complaint reaches us twice, as its Bounce / SpamComplaint record and
+as the SubscriptionChange that suppressed the address: both get one event id, from the
+message, the recipient and the type, so the worker applies it once (counted once).
 
 ``MessageID`` is Postmark's id, not the Message-ID header; the job and account are the
 ``outbox_job`` and ``outbox_account`` metadata (``X-PM-Metadata-outbox_job`` over SMTP).
@@ -58,6 +66,11 @@ TYPE_CODES = {
 #: reads permanent in any other Type is kind ``soft``: Postmark did not give up)
 _HARD_TYPES = frozenset({"hardbounce", "bademailaddress", "manuallydeactivated", "addresschange"})
 _NOT_FAILURES = frozenset({"autoresponder", "subscribe"})
+#: the classifier's kinds that are a failure of their own event type (any other: soft)
+_KIND_TYPES = {"hard": "bounced", "complaint": "complained"}
+#: SubscriptionChange reasons that are a hard bounce or a complaint (classified like a Bounce
+#: record of that Type): the same event as Postmark's own Bounce / SpamComplaint record
+_SUPPRESSION_REASONS = frozenset({"HardBounce", "SpamComplaint"})
 _SIMPLE = {"Delivery": ("delivered", "DeliveredAt"), "Open": ("opened", "ReceivedAt"),
            "Click": ("clicked", "ReceivedAt")}
 
@@ -110,7 +123,7 @@ def _event(record: dict[str, Any]) -> ProviderEvent:
         provider_message_id=str(record.get("MessageID") or "") or None, message_id=None,
         job_id=_meta(metadata, "outbox_job"), kind=outcome.kind, reason=outcome.reason,
         diagnostic=str(diagnostic or "")[:500] or None, at=_iso(when),
-        event_id=_event_id(record, record_type, recipient, when),
+        event_id=_event_id(record, record_type, event_type, recipient, when),
         account_id=_meta(metadata, "outbox_account"))
 
 
@@ -126,8 +139,7 @@ def _bounce(record: dict[str, Any]) -> tuple[Outcome, str, str | None, Any]:
     elif name.lower() == "unsubscribe":  # the recipient replied asking to be removed
         outcome, event_type = Outcome(None, "unsubscribe"), "unsubscribed"
     else:
-        event_type = {"hard": "bounced", "complaint": "complained"}.get(outcome.kind or "",
-                                                                      "soft_bounced")
+        event_type = _KIND_TYPES.get(outcome.kind or "", "soft_bounced")
     diagnostic = details or record.get("Description") or name
     return outcome, event_type, diagnostic, record.get("BouncedAt")
 
@@ -136,13 +148,24 @@ def _subscription(record: dict[str, Any]) -> tuple[Outcome, str, str]:
     reason = str(record.get("SuppressionReason") or "")
     origin = str(record.get("Origin") or "")
     detail = f"{'suppress' if record.get('SuppressSending') else 'reactivate'} {reason} {origin}"
-    if record.get("SuppressSending") and reason == "ManualSuppression" and origin == "Recipient":
+    if not record.get("SuppressSending"):
+        return Outcome(None, "undefined"), "other", detail.strip()
+    if reason in _SUPPRESSION_REASONS:
+        outcome = classify_provider(PROVIDER, reason)
+        return outcome, _KIND_TYPES.get(outcome.kind or "", "other"), detail.strip()
+    if reason == "ManualSuppression" and origin == "Recipient":
         return Outcome(None, "unsubscribe"), "unsubscribed", detail.strip()
     return Outcome(None, "undefined"), "other", detail.strip()
 
 
-def _event_id(record: dict[str, Any], record_type: str, recipient: str, when: Any) -> str:
-    """Postmark's bounce ``ID`` when there is one, else a hash of what names the happening."""
+def _event_id(record: dict[str, Any], record_type: str, event_type: str, recipient: str,
+              when: Any) -> str:
+    """A hard bounce or complaint: one id per message, recipient and type, whichever record
+    says it (Bounce / SpamComplaint, SubscriptionChange). Else Postmark's bounce ``ID`` when
+    there is one, else a hash of what names the happening."""
+    if event_type in ("bounced", "complained") and record.get("MessageID") and recipient:
+        seed = f"{record['MessageID']}|{event_type}|{recipient}"
+        return f"{event_type}-{hashlib.sha256(seed.encode()).hexdigest()[:32]}"
     if record.get("ID") and record_type in ("Bounce", "SpamComplaint"):
         return f"{record_type.lower()}-{record['ID']}"
     seed = f"{record.get('MessageID')}|{record_type}|{recipient}|{when}|" \

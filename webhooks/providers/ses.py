@@ -27,9 +27,12 @@ A ``Notification``'s ``Message`` is the SES notification (``notificationType``, 
 ``Delivery``                                ``delivered``
 ``DeliveryDelay``                           ``soft_bounced``, kind ``transient``
 ``Send``                                    ``accepted``
+``Reject``                                  ``failed`` (SES found a virus and did not send
+                                            it: reason ``virusdetected``, no kind)
+``Rendering Failure``                       ``failed`` (the template did not render, so
+                                            nothing was sent: reason ``contenterror``)
 ``Open`` / ``Click``                        ``opened`` / ``clicked``
-anything else (``Reject``, ``Subscription``  ``other``
-…)
+anything else (``Subscription`` …)          ``other``
 =========================================  =================================================
 
 The job is the ``outbox_job`` message tag, else ``<job-id@domain>`` in the original
@@ -231,6 +234,14 @@ def _events(kind: str, note: dict[str, Any], ids: dict[str, str | None],
         return [_event("soft_bounced", _address(r), ids, Outcome("transient", "undefined"),
                        r.get("diagnosticCode") or delay.get("delayType"), delay.get("timestamp"),
                        f"{seed}:delay") for r in _list(delay, "delayedRecipients")]
+    if kind in _NEVER_SENT:
+        section_name, field, reason = _NEVER_SENT[kind]
+        section = note.get(section_name) or {}
+        section = section if isinstance(section, dict) else {}
+        words = " ".join(str(section.get(k) or "") for k in (field, "templateName")).strip()
+        return [_event("failed", str(r).strip().lower() or None, ids, Outcome(None, reason),
+                       words or kind, mail.get("timestamp"), f"{seed}:{kind}")
+                for r in (mail.get("destination") or [])]
     event_type, detail = _SIMPLE.get(kind, ("other", None))
     section = note.get(detail or "") or {}
     recipients = section.get("recipients") if kind == "Delivery" else mail.get("destination")
@@ -241,6 +252,10 @@ def _events(kind: str, note: dict[str, Any], ids: dict[str, str | None],
             for r in (recipients or [])]
 
 
+#: event types of messages SES never sent: the record's section, the field with SES's words,
+#: and the reason (no kind: not a bounce, nothing learnt about the address)
+_NEVER_SENT = {"Reject": ("reject", "reason", "virusdetected"),
+               "Rendering Failure": ("failure", "errorMessage", "contenterror")}
 _SIMPLE = {"Delivery": ("delivered", "delivery"), "Send": ("accepted", "send"),
            "Open": ("opened", "open"), "Click": ("clicked", "click")}
 
