@@ -41,7 +41,8 @@ LOAD_POINTS = (0.25, 0.5, 0.75, 1.0, 1.25)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, help="jobs per throughput run (default 20000, a slice of the "
+    p.add_argument("--jobs", type=int,
+                   help="jobs per throughput run (default 20000, a slice of the "
                    "50,000-job stream, to keep a full run under 15 min; --quick 5000)")
     p.add_argument("--naive-jobs", type=int,
                    help="jobs per run of the naive baseline (default min(jobs, 10000): it is "

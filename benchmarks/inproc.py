@@ -25,7 +25,7 @@ from benchmarks.sink import SMTP_SINK, free_port
 from benchmarks.workloads import email_mix
 
 
-async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
+async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, Any]:
     from config import load_settings
     from sender.service import make_redis, started_worker
 
@@ -44,8 +44,8 @@ async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, float]:
         await declare(vhost.url)
         await prefill(vhost.url, stream.jobs[:n], "email")
         def done(worker: Any) -> float:
-            return sum(s.value for m in worker.metrics.jobs.collect() for s in m.samples
-                       if s.name.endswith("_total"))
+            return float(sum(s.value for m in worker.metrics.jobs.collect() for s in m.samples
+                             if s.name.endswith("_total")))
 
         await redis.aclose()
         cpu0, wall0 = time.process_time(), time.perf_counter()

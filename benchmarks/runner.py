@@ -65,7 +65,7 @@ def prepare_redis(with_seed: bool) -> redis_sync.Redis:
         src = redis_sync.Redis.from_url(Services.redis_url(TEMPLATE_DB))
         pipe = src.pipeline(transaction=False)
         for i, key in enumerate(src.scan_iter(count=2000)):
-            pipe.copy(key, key, destination_db=REDIS_DB)
+            pipe.copy(key, key, destination_db=str(REDIS_DB))  # redis-py types it str
             if i % 5000 == 4999:
                 pipe.execute()
         pipe.execute()
@@ -111,7 +111,8 @@ async def queue_state(url: str, name: str = JOB_QUEUE) -> tuple[int, int]:
     q = await ch.declare_queue(name, passive=True)
     res = q.declaration_result
     await conn.close()
-    return res.message_count, res.consumer_count
+    # a passive declare's Declare-Ok always carries both counts; aiormq types them Optional
+    return res.message_count or 0, res.consumer_count or 0
 
 
 # --- waiting -------------------------------------------------------------------------------

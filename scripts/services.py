@@ -4,8 +4,8 @@ Each service runs as its own process on loopback with its own ports and data dir
 ``var/`` (so the tests' services never touch the development ones), and is stopped by the PID
 we recorded, never by name. Standard library only: this runs before the virtualenv exists.
 
-    python3 scripts/services.py start dev      # RabbitMQ :5672 (+ management :15672), Redis :6379 (AOF)
-    python3 scripts/services.py start bench    # RabbitMQ :5674 (+ :15674), Redis :6381 (AOF, as in production)
+    python3 scripts/services.py start dev      # RabbitMQ :5672 (+ mgmt :15672), Redis :6379 (AOF)
+    python3 scripts/services.py start bench    # RabbitMQ :5674 (+ :15674), Redis :6381 (AOF, prod)
     python3 scripts/services.py start test     # RabbitMQ :5673 (+ :15673), Redis :6380
     python3 scripts/services.py stop test
     python3 scripts/services.py status dev
@@ -123,7 +123,8 @@ def start_rabbitmq(p: Profile) -> bool:
     ).wait()
     _ctl(p, "wait", "--timeout", "90", str(base / "rabbitmq.pid"))
     _ctl(p, "await_startup", "--timeout", "60")
-    print(f"rabbitmq: node {p.node} up on 127.0.0.1:{p.amqp_port} (management :{p.management_port})")
+    print(f"rabbitmq: node {p.node} up on 127.0.0.1:{p.amqp_port} "
+          f"(management :{p.management_port})")
     return True
 
 

@@ -39,7 +39,7 @@ from config import Settings
 from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus, PublishFailed
 from sender.channels.registry import parse_job
-from sender.models import Category, EmailJob, InvalidJob, SmsJob, StatusEvent
+from sender.models import Category, EmailJob, InvalidJob, JobBase, SmsJob, StatusEvent
 from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH, STATUS_EXCHANGE, STATUS_QUEUE
 from suppression import channels
 
@@ -53,8 +53,8 @@ EVENTS_MAX_LENGTH = 10_000
 #: A topic binding: words of letters, digits, ``_`` and ``-``, or ``*`` / ``#``, joined by dots.
 _BINDING = re.compile(r"^(?:[A-Za-z0-9_\-]+|\*|#)(?:\.(?:[A-Za-z0-9_\-]+|\*|#))*$")
 
-Job = EmailJob | SmsJob
-JobInput = EmailJob | SmsJob | Mapping[str, Any] | bytes
+Job = JobBase  # a job of any declared channel (EmailJob, SmsJob, ...), as parse_job returns it
+JobInput = JobBase | Mapping[str, Any] | bytes
 
 
 class InvalidBatch(InvalidJob):

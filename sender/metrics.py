@@ -42,9 +42,10 @@ class Metrics:
         self.registry = registry
         self.jobs = _Cached(Counter("outbox_jobs_total", "Jobs by final or intermediate status",
                             ["channel", "status"], registry=registry))
-        self.send_seconds = _Cached(Histogram("outbox_send_seconds", "Time to hand one message over",
-                                      ["channel", "provider"], buckets=_SEND_BUCKETS,
-                                      registry=registry))
+        self.send_seconds = _Cached(Histogram("outbox_send_seconds",
+                                              "Time to hand one message over",
+                                              ["channel", "provider"], buckets=_SEND_BUCKETS,
+                                              registry=registry))
         self.provider_replies = _Cached(Counter("outbox_provider_replies_total",
                                         "Provider replies by classified kind",
                                         ["provider", "kind"], registry=registry))
@@ -70,5 +71,6 @@ class Metrics:
             self.account_transitions.labels(from_state, to_state)
         self.queue_depth = _Cached(Gauge("outbox_queue_depth", "Messages ready in each queue",
                                  ["queue"], registry=registry))
-        self.accounts = _Cached(Gauge("outbox_accounts", "Accounts by state (refreshed periodically)",
-                              ["state"], registry=registry))
+        self.accounts = _Cached(Gauge("outbox_accounts",
+                                      "Accounts by state (refreshed periodically)",
+                                      ["state"], registry=registry))

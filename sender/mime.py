@@ -176,7 +176,8 @@ def _encoded_words(text: str, first_room: int) -> list[str]:
                     j -= 1
             else:
                 j = n
-            words.append(f"=?utf-8?b?{binascii.b2a_base64(data[i:j], newline=False).decode('ascii')}?=")
+            encoded = binascii.b2a_base64(data[i:j], newline=False).decode("ascii")
+            words.append(f"=?utf-8?b?{encoded}?=")
             i = j
             cap = _B_CHUNK
     return words
@@ -223,7 +224,8 @@ def _unstructured(name: str, value: str) -> str:
 
 
 def _check_lines(header: str, name: str) -> str:
-    if len(header) > _HARD_LINE // 4 and max(len(x.encode("utf-8")) for x in header.split(_CRLF)) > _HARD_LINE:
+    if (len(header) > _HARD_LINE // 4
+            and max(len(x.encode("utf-8")) for x in header.split(_CRLF)) > _HARD_LINE):
         raise MimeError(f"header {name} cannot be folded under {_HARD_LINE} octets a line")
     return header
 
@@ -271,7 +273,8 @@ def _parse_phrase(display: str, what: str) -> str:
         elif atom is not None:
             parts.append(atom)
         else:
-            hint = "more than one address" if bad == "," else f"unquoted {bad!r} in the display name"
+            hint = ("more than one address" if bad == ","
+                    else f"unquoted {bad!r} in the display name")
             raise MimeError(f"{what}: {hint} in {display!r}")
     while parts and parts[0] is None:
         parts.pop(0)
@@ -485,8 +488,8 @@ def _insert_html_footer(html: str, footer: str) -> str:
 
 def _part(subtype: bytes, body: str) -> tuple[bytes, bytes, bytes]:
     cte, data = _encode_body(body)
-    head = b"".join((b"Content-Type: text/", subtype, b"; charset=utf-8\r\nContent-Transfer-Encoding: ",
-                     cte, b"\r\n"))
+    head = b"".join((b"Content-Type: text/", subtype,
+                     b"; charset=utf-8\r\nContent-Transfer-Encoding: ", cte, b"\r\n"))
     return head, data, cte
 
 
@@ -588,7 +591,8 @@ def _render(job: EmailJob, message_id_domain: str, extra_headers: Sequence[tuple
         while True:
             boundary = b"=_" + secrets.token_hex(16).encode("ascii")
             # "=_" never occurs in quoted-printable or base64; check the 7bit parts
-            if not (t_cte == b"7bit" and boundary in t_data) and not (h_cte == b"7bit" and boundary in h_data):
+            if (not (t_cte == b"7bit" and boundary in t_data)
+                    and not (h_cte == b"7bit" and boundary in h_data)):
                 break
         delim = b"--" + boundary
         data = b"".join((
@@ -598,7 +602,8 @@ def _render(job: EmailJob, message_id_domain: str, extra_headers: Sequence[tuple
             b"\r\n", delim, b"--\r\n",
         ))
     else:
-        p_head, p_data, _ = _part(b"plain", text) if text is not None else _part(b"html", html or "")
+        p_head, p_data, _ = (_part(b"plain", text) if text is not None
+                             else _part(b"html", html or ""))
         data = b"".join((head, p_head, b"\r\n", p_data))
     if len(data) > max_bytes:
         raise MimeError(f"message is {len(data)} bytes, over the limit of {max_bytes}")

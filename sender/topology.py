@@ -65,7 +65,8 @@ class Exchange:
 class Queue:
     name: str
     arguments: dict[str, Any]
-    bindings: tuple[tuple[str, str, dict[str, Any]], ...] = field(default=())  # (exchange, key, args)
+    # (exchange, routing key, arguments)
+    bindings: tuple[tuple[str, str, dict[str, Any]], ...] = field(default=())
 
 
 def _quorum(**extra: Any) -> dict[str, Any]:

@@ -42,12 +42,14 @@ from suppression import classify_rules as R
 _MAX_TEXT = 4000
 # a basic code starts a line (after punctuation), follows "said:", or precedes an enhanced code
 _CODE_RE = re.compile(
-    r"(?:^[^\w\n]*|said:\s*)([245]\d\d)(?=[ \-]|$)|(?<![\w.])([245]\d\d)[ \-]+[245]\.\d", re.M | re.I)
+    r"(?:^[^\w\n]*|said:\s*)([245]\d\d)(?=[ \-]|$)|(?<![\w.])([245]\d\d)[ \-]+[245]\.\d",
+    re.M | re.I)
 _ENH_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)")
 _LINE_PREFIX_RE = re.compile(r"^\s*[245]\d\d[ \-]", re.M)
 # one compiled regex per rule, in rule order (measured faster than one lookahead alternation)
 _TEXT_RULES = tuple(
-    (re.compile("|".join(f"(?:{p})" for p in pats), re.S).search, reason) for reason, pats in R.TEXT_RULES
+    (re.compile("|".join(f"(?:{p})" for p in pats), re.S).search, reason)
+    for reason, pats in R.TEXT_RULES
 )
 _KEY_RE = re.compile(r"[^a-z0-9]")
 
@@ -59,8 +61,9 @@ class Outcome:
     code: int | None = None
     enhanced: str | None = None
 
-    def as_dict(self) -> dict:
-        return {"kind": self.kind, "reason": self.reason, "code": self.code, "enhanced": self.enhanced}
+    def as_dict(self) -> dict[str, str | int | None]:
+        return {"kind": self.kind, "reason": self.reason, "code": self.code,
+                "enhanced": self.enhanced}
 
     @property
     def permanent(self) -> bool:
@@ -97,7 +100,8 @@ def _enhanced_reason(enhanced: str | None) -> str | None:
 
 
 def _is_success(code: int | None, enhanced: str | None) -> bool:
-    return (code is not None and 200 <= code < 300) or (code is None and (enhanced or "").startswith("2."))
+    return ((code is not None and 200 <= code < 300)
+            or (code is None and (enhanced or "").startswith("2.")))
 
 
 @lru_cache(maxsize=8192)
@@ -135,7 +139,8 @@ def classify_twilio(error_code: int | str | None) -> Outcome:
     if error_code is None or str(error_code).strip() in ("", "0"):
         return Outcome(None, "delivered")
     code = int(str(error_code).strip()) if str(error_code).strip().isdigit() else None
-    kind, reason = R.TWILIO_RULES.get(code, ("transient", "undefined"))
+    unknown = ("transient", "undefined")
+    kind, reason = R.TWILIO_RULES.get(code, unknown) if code is not None else unknown
     return Outcome(kind, reason, code)
 
 
@@ -151,6 +156,7 @@ def classify_provider(provider: str, bounce_type: str | None, sub_type: str | No
     kind, reason = R.PROVIDER_RULES.get((prov, bt, st)) or R.PROVIDER_RULES.get(
         (prov, bt, "*"), ("transient", "undefined"))
     diag = classify_reply(diagnostic) if diagnostic else None
-    if diag and reason in R.PROVIDER_REFINABLE and diag.kind is not None and diag.reason != "undefined":
+    if (diag and reason in R.PROVIDER_REFINABLE and diag.kind is not None
+            and diag.reason != "undefined"):
         return diag
     return Outcome(kind, reason, diag.code if diag else None, diag.enhanced if diag else None)

@@ -41,7 +41,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import CollectorRegistry, Counter
@@ -287,7 +287,7 @@ class ListenerSMTP(SMTP):
     def eof_received(self) -> bool | None:
         return None if self._turned_away else super().eof_received()
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:  # as aiosmtpd declares it
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         if text[:1] in ("4", "5"):
             self._metrics.count("refused" if text[:1] == "5" else "deferred")

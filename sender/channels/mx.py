@@ -11,13 +11,17 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
+import dns.name
 import dns.rdatatype
 import dns.resolver
+from dns.rdtypes.ANY.SOA import SOA
 from email_validator import EmailNotValidError, validate_email
 
 from suppression.address import BadAddress, email_domain
@@ -124,7 +128,8 @@ class MxChecker:
                 continue
             except (dns.exception.Timeout, dns.resolver.NoNameservers, OSError):
                 return None
-            return _Entry(True, rdtype, time.monotonic() + _clamp(answer.rrset.ttl))
+            ttl = answer.rrset.ttl if answer.rrset else MIN_TTL
+            return _Entry(True, rdtype, time.monotonic() + _clamp(ttl))
         return _negative("no MX and no address record", NEGATIVE_TTL)
 
 
@@ -138,8 +143,11 @@ def _clamp(ttl: float) -> float:
 
 def _soa_ttl(exc: dns.resolver.NXDOMAIN) -> float:
     """The negative-caching TTL from the SOA in the NXDOMAIN answer (RFC 2308), if present."""
-    for response in exc.responses().values():
+    # dnspython leaves NXDOMAIN.responses() unannotated; this names what it returns
+    responses: Callable[[], Mapping[dns.name.Name, dns.message.Message]] = exc.responses
+    for response in responses().values():
         for rrset in response.authority:
-            if rrset.rdtype == dns.rdatatype.SOA:
-                return min(rrset.ttl, rrset[0].minimum)
+            soa = rrset[0] if rrset.rdtype == dns.rdatatype.SOA else None
+            if isinstance(soa, SOA):
+                return min(rrset.ttl, soa.minimum)
     return NEGATIVE_TTL

@@ -211,7 +211,7 @@ class TwilioChannel:
         self._stopped = True
 
     async def close(self) -> None:
-        await self._client.http_client.close()  # type: ignore[union-attr]
+        await self._client.http_client.close()
 
 
 def build(settings: Settings) -> TwilioChannel | None:

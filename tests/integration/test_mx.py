@@ -29,6 +29,8 @@ class DnsServer(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.queries: Counter[tuple[str, str]] = Counter()
 
+    # narrower than BaseProtocol's BaseTransport on purpose, as typeshed's own DatagramProtocol
+    # declares it (with the same ignore): a datagram endpoint is given a DatagramTransport
     def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
         self.transport = transport
 
@@ -97,12 +99,14 @@ async def test_a_dns_timeout_never_blocks_sending_and_is_not_cached(dns_server):
     assert server.queries[("slow.example.", "MX")] >= 2
 
 
-@pytest.mark.parametrize("address", ["plain@example.com", "陳大文@例子.香港", "a.b+tag@sub.example.org"])
+@pytest.mark.parametrize("address",
+                         ["plain@example.com", "陳大文@例子.香港", "a.b+tag@sub.example.org"])
 def test_valid_syntax_including_internationalised_addresses(address):
     assert check_syntax(address)
 
 
-@pytest.mark.parametrize("address", ["no-at-sign", "two@@example.com", "a@-bad-.com", "a b@example.com"])
+@pytest.mark.parametrize("address",
+                         ["no-at-sign", "two@@example.com", "a@-bad-.com", "a b@example.com"])
 def test_invalid_syntax_is_refused(address):
     with pytest.raises(Undeliverable) as info:
         check_syntax(address)

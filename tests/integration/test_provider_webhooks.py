@@ -201,7 +201,8 @@ async def test_mailgun_a_stale_or_forged_event_is_refused(server, amqp_url, forg
     now = int(time.time())
     body = {"old": lambda: _mailgun("delivered", now - 301, token="b" * 50),
             "future": lambda: _mailgun("delivered", now + 120, token="c" * 50),
-            "wrong-key": lambda: _mailgun("delivered", token="d" * 50, key="not-the-key")}[forgery]()
+            "wrong-key": lambda: _mailgun("delivered", token="d" * 50, key="not-the-key"),
+            }[forgery]()
     assert (await _post(f"{server}/webhooks/mailgun", body))[0] == status
     assert await _nothing(amqp_url)
 

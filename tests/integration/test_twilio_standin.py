@@ -97,7 +97,7 @@ class Receiver:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.base_url = "http://127.0.0.1:%d" % self.runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]:d}"
 
     async def close(self) -> None:
         if self.runner is not None:
@@ -225,7 +225,8 @@ async def test_error_json_is_twilios_format(standin):
                 "more_info": "https://www.twilio.com/docs/errors/21610",
                 "status": 400,
             }
-        async with session.post(url, data={"To": "+85291230001", "From": FROM, "Body": "x"}) as response:
+        form = {"To": "+85291230001", "From": FROM, "Body": "x"}
+        async with session.post(url, data=form) as response:
             assert response.status == 401
             assert response.headers["WWW-Authenticate"].startswith("Basic")
             body = await response.json()
@@ -331,7 +332,8 @@ async def test_status_callbacks_arrive_in_order_signed_and_parse(client, standin
         assert params["AccountSid"] == SID
         assert params["From"] == FROM and params["To"] == to
         assert params["ApiVersion"] == "2010-04-01"
-        assert ("RawDlrDoneDate" in params) == (params["MessageStatus"] in ("delivered", "undelivered"))
+        done = params["MessageStatus"] in ("delivered", "undelivered")
+        assert ("RawDlrDoneDate" in params) == done
         assert twilio_provider.verify(callback, params, r.signature, TOKEN)
         # the server sees the same URL (with the port): both forms verify
         assert twilio_provider.verify(r.url, params, r.signature, TOKEN)

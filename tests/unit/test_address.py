@@ -21,7 +21,8 @@ from suppression.store import BadEntry, ConsentStore, PrefsStore, SuppressionSto
 #: (U-label, A-label) domains; the A-label is the canonical form
 DOMAINS = [("bücher.example", "xn--bcher-kva.example"), ("例子.广告", "xn--fsqu00a.xn--4rr70v"),
            ("faß.de", "xn--fa-hia.de"), ("example.com", "example.com"),
-           ("ÉCOLE.fr", "xn--cole-9oa.fr"), ("παράδειγμα.δοκιμή", "xn--hxajbheg2az3al.xn--jxalpdlp")]
+           ("ÉCOLE.fr", "xn--cole-9oa.fr"),
+           ("παράδειγμα.δοκιμή", "xn--hxajbheg2az3al.xn--jxalpdlp")]
 LOCALS = ["user", "José", "ünïcödé", "用户", "Ærøskøbing", "o'brien+tag", "δοκιμή", "ñ.ç"]
 
 

@@ -52,7 +52,8 @@ def probe(redis_session_url):
     client.close()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(0, 2_000_000), frac=st.floats(0, 1.5), z=st.sampled_from([1.645, 1.96, 2.576]),
        min_n=st.integers(1, 5000), early_n=st.integers(1, 5000),
        lines=st.tuples(st.floats(0.0001, 0.5), st.floats(0.0001, 0.5)))
@@ -77,6 +78,7 @@ def test_running_totals_follow_the_window(redis_url):
 
     r = _redis.Redis.from_url(redis_url, decode_responses=True)
     policy = Policy(reputation_bucket=1, reputation_window=2)
+    # no Redis: only post_send_call, which builds keys and arguments without I/O, is used
     gate = Gate(None, idempotency_ttl=60, policy=policy)  # type: ignore[arg-type]
     sha = r.script_load(POST_SEND.source)
     rep = keys.reputation("acct_win", "email")

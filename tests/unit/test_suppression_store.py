@@ -65,7 +65,8 @@ async def test_list_by_scope_and_reason(store):
     await store.add("a@example.com", channel="email", reason="complaint")
     await store.add("b@example.com", channel="email", reason="invalid")
     await store.add("+85291234567", channel="sms", reason="sms_stop", account_id="acct_1")
-    assert sorted([e["address"] async for e in store.entries()]) == ["a@example.com", "b@example.com"]
+    addresses = sorted([e["address"] async for e in store.entries()])
+    assert addresses == ["a@example.com", "b@example.com"]
     assert [e["address"] async for e in store.entries(reason="invalid")] == ["b@example.com"]
     assert [e["address"] async for e in store.entries(account_id="acct_1")] == ["+85291234567"]
 

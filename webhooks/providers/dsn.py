@@ -485,6 +485,9 @@ def _ids(msg: Message, top: str, text: str, raw: bytes, envelope_to: Sequence[st
     account = _ACCOUNT.search(_headers_of(original) + "\n" + text) or _ACCOUNT.search(
         everything) or _ACCOUNT_JSON.search(text)
     header_account = safe_id(account.group(1)) if account else None
+    account_id: str | None
+    job_id: str | None
+    attribution: str | None
     if verp:
         account_id, job_id, attribution = verp[0], verp[1], "verp"
     elif match:  # our Message-ID; its account from X-Outbox-Account, or a quoted VERP of it

@@ -23,9 +23,9 @@ anything else (``group_resubscribe``…)       ``other``
 
 A reply that reads permanent in a ``deferred`` or ``blocked`` event is kind ``soft``: SendGrid
 retries those. The job is the custom argument ``outbox_job``, else ``<job-id@domain>`` in
-``smtp-id`` (the message's own Message-ID); the account is the custom argument ``outbox_account`` (custom
-arguments, set with ``X-SMTPAPI`` ``unique_args`` over SMTP, arrive as top-level keys).
-``sg_event_id`` is the event id.
+``smtp-id`` (the message's own Message-ID); the account is the custom argument
+``outbox_account`` (custom arguments, set with ``X-SMTPAPI`` ``unique_args`` over SMTP, arrive
+as top-level keys). ``sg_event_id`` is the event id.
 """
 
 from __future__ import annotations

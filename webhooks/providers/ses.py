@@ -37,7 +37,8 @@ anything else (``Subscription`` …)          ``other``
 
 The job is the ``outbox_job`` message tag, else ``<job-id@domain>`` in the original
 ``Message-ID`` (``mail.headers`` when SES includes original headers, else
-``mail.commonHeaders.messageId``); the account is the ``X-Outbox-Account`` header or the ``outbox_account`` tag.
+``mail.commonHeaders.messageId``); the account is the ``X-Outbox-Account`` header or the
+``outbox_account`` tag.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def fetch_certificate(url: str) -> str:
     """The PEM at ``url`` (already checked by :func:`signing_cert_url_ok`). The one I/O of this
     module; replace it (or pass ``fetch=`` to :func:`verify`) where there is no network."""
     with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:  # https only (checked)
-        return response.read(65536).decode("ascii")
+        pem: bytes = response.read(65536)  # urlopen's result is untyped (Any) in typeshed
+    return pem.decode("ascii")
 
 
 def string_to_sign(message: Mapping[str, Any]) -> bytes | None:

@@ -149,7 +149,8 @@ def decode_form(body: bytes, content_type: str,
     if mime.strip().lower() != _FORM_TYPE:
         raise PayloadError(f"Twilio webhooks are {_FORM_TYPE}, not {content_type or 'untyped'!r}")
     params = (p.partition("=") for p in rest.split(";"))
-    charsets = [v.strip().strip('"').lower() for k, _, v in params if k.strip().lower() == "charset"]
+    charsets = [v.strip().strip('"').lower() for k, _, v in params
+                if k.strip().lower() == "charset"]
     if any(c not in ("utf-8", "utf8") for c in charsets):
         charset = ", ".join(charsets)
         raise PayloadError(f"Twilio webhooks are UTF-8, not {charset!r}")
