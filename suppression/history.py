@@ -100,7 +100,9 @@ async def recipient_history(redis: Redis, address: str, *, account_id: str | Non
     for name, addr in _channels_of(address, channel):
         key = (keys.history(account_id, name, addr) if account_id else
                keys.global_history(name, addr))
-        for member, score in await redis.zrevrange(key, 0, limit - 1, withscores=True):
+        pairs: list[tuple[Any, float]] = await redis.zrevrange(key, 0, limit - 1,
+                                                               withscores=True)
+        for member, score in pairs:
             if account_id:
                 account, job = account_id, text(member)
             else:
