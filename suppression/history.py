@@ -100,8 +100,7 @@ async def recipient_history(redis: Redis, address: str, *, account_id: str | Non
     for name, addr in _channels_of(address, channel):
         key = (keys.history(account_id, name, addr) if account_id else
                keys.global_history(name, addr))
-        pairs: list[tuple[Any, float]] = await redis.zrevrange(key, 0, limit - 1,
-                                                               withscores=True)
+        pairs: list[Any] = await redis.zrevrange(key, 0, limit - 1, withscores=True)
         for member, score in pairs:
             if account_id:
                 account, job = account_id, text(member)
