@@ -206,13 +206,26 @@ def _statuses(value: str | None) -> list[str]:
 
 def event_line(event: Any) -> str:
     """One readable line of a status event."""
-    at = event.at.astimezone().isoformat(timespec="milliseconds")
-    parts = [at, event.routing_key or f"{event.channel}.{event.status}",
+    parts = [_utc(event.at), event.routing_key or f"{event.channel}.{event.status}",
              event.account_id or "-", event.id]
     parts += [f"{name}={_cell(getattr(event, name))}"
               for name in ("attempt", "reason", "provider", "detail")
               if getattr(event, name) not in (None, "")]
     return "  ".join(parts)
+
+
+def _utc(at: Any) -> str:
+    """An event's time as the events write it: ISO 8601 UTC, milliseconds, ``Z``."""
+    from datetime import UTC
+
+    return str(at.astimezone(UTC).isoformat(timespec="milliseconds")).replace("+00:00", "Z")
+
+
+def event_json(event: Any) -> str:
+    """One event as JSON, as it was published (``at`` as the events write it)."""
+    data = event.model_dump(mode="json", by_alias=True)
+    data["at"] = _utc(event.at)
+    return json.dumps(data, ensure_ascii=False)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -251,9 +264,7 @@ async def _tail(cfg: Any, bindings: list[str], args: argparse.Namespace) -> int:
         async for event in outbox.events(*bindings, ready=ready):
             if args.account and event.account_id != args.account:
                 continue
-            print(json.dumps(event.model_dump(mode="json", by_alias=True),
-                             ensure_ascii=False) if args.json else event_line(event),
-                  flush=True)
+            print(event_json(event) if args.json else event_line(event), flush=True)
             printed += 1
             if args.count and printed >= args.count:
                 return
