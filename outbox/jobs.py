@@ -155,7 +155,8 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 
 def _story_text(story: dict[str, Any]) -> str:
     head = (f"job {story['id']} of account {story['account_id']}: {story['status']}"
-            + (f" ({story['reason']})" if story["reason"] else "")
+            + (f" ({story['reason']})" if story["reason"] not in (None, story["status"])
+               else "")
             + (f", updated {story['updated']}" if story["updated"] else ""))
     return f"{head}\n{table(story['timeline'], TIMELINE_COLUMNS)}"
 
