@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Settings
-from outbox import support
+from outbox import jobs, support
 from outbox.runtime import (
     EXIT_BAD_INPUT,
     CliError,
@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_classify)
 
     support.register(sub)
+    jobs.register(sub)
 
 
 # --- long-running ---------------------------------------------------------------------

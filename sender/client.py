@@ -27,7 +27,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -231,8 +231,8 @@ class Outbox:
     # --- status events ------------------------------------------------------------------
 
     async def events(self, *bindings: str, queue: str | None = None,
-                     max_length: int = EVENTS_MAX_LENGTH,
-                     prefetch: int = 100) -> AsyncIterator[StatusEvent]:
+                     max_length: int = EVENTS_MAX_LENGTH, prefetch: int = 100,
+                     ready: Callable[[], None] | None = None) -> AsyncIterator[StatusEvent]:
         """Status events as they are published, for the routing keys ``bindings`` (topic
         patterns on ``outbox.status``: ``email.*``, ``*.bounced``, ``account.#``; all when
         none is given).
@@ -244,7 +244,8 @@ class Outbox:
         ``queue="outbox.status"`` reads Outbox's own queue (every event; no bindings).
         An event is acknowledged when the loop asks for the next one, so one whose handling
         raised comes back (durable queues). Bodies that are not status events are logged and
-        skipped."""
+        skipped. ``ready`` is called once the queue is bound (events published from then on
+        are seen), before the first event."""
         keys = bindings or ("#",)
         for key in keys:
             if not _BINDING.match(key):
@@ -265,6 +266,8 @@ class Outbox:
                                "x-queue-type": "quorum", **bound}))
                 for key in keys:
                     await q.bind(STATUS_EXCHANGE, routing_key=key)
+            if ready is not None:
+                ready()
             async with q.iterator() as messages:
                 async for message in messages:
                     try:

@@ -151,7 +151,7 @@ class EventApplier:
             provider_message_id=event.provider_message_id, channel=event.channel,
             reason=event.reason, counts=counts, address=event.recipient or "",
             suppress=suppress, source=_source(event), detail=evidence(event),
-            event_id=f"{event.provider}:{event.event_id}")
+            event_id=f"{event.provider}:{event.event_id}", note=event.diagnostic)
         self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
                                              "applied").inc()

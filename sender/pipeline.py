@@ -293,7 +293,7 @@ class Pipeline:
                      failure: SendFailure, tier: int) -> None:
         await self.redis_call(lambda: self.gate.post_send(
             job.account_id, job.id, status="R", attempt=attempt, provider=failure.provider,
-            channel=job.channel))
+            channel=job.channel, reason=failure.outcome.reason, note=failure.detail))
         headers = dict(message.headers)
         headers[ATTEMPT_HEADER] = attempt + 1
         headers.setdefault(FIRST_SEEN_HEADER, int(time.time()))
@@ -316,7 +316,7 @@ class Pipeline:
             job.account_id, job.id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=job.channel, reason=reason,
             counts=_COUNTS.get(status, Counts()), address=job.to, refund=refund,
-            suppress=suppress))
+            suppress=suppress, note=event.get("detail")))
         if recorded.transition is not None:
             await self._account_moved(job, recorded.transition)
         if not recorded.applied:

@@ -10,9 +10,12 @@ Pre-send, in one round trip::
 
     HGET   outbox:supp:<channel>:<addr> reason      global suppression (bounce, complaint...)
     EXISTS outbox:dnc:<e164>                         only for marketing SMS
+    ZADD NX, ZREMRANGEBYRANK, EXPIRE  outbox:hist:<channel>:<addr>   the recipient's jobs
+                                                  across accounts (the newest kept)
     EVALSHA pre_send.lua  (claim, expiry, account state, per-account suppression,
                            consent / preferences, token bucket — in that order; the claim
-                           keeps the recipient's digest and the job's metadata)
+                           keeps the recipient's digest and the job's metadata; the
+                           recipient's job index of the account, a refusal's timeline entry)
 
 The script cannot see the global read (same pipeline, no dependency possible), so it claims
 *optimistically*: when it answers ``send`` (or ``rate_limited``) but the global read says the
@@ -31,10 +34,10 @@ Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are written 
 final status by the script itself, so a redelivery answers ``done``; ``rate_limited`` leaves
 the job waiting (``R``) and is not an attempt.
 
-Post-send, in one round trip: EVALSHA post_send.lua (job status, reputation counters, state
-transition with its audit record) plus, for a hard bounce or complaint, the global
-suppression entry of the address (queued by :func:`suppression.entries.queue`, the one
-writer), plus ``SADD outbox:accounts``.
+Post-send, in one round trip: EVALSHA post_send.lua (job status and its timeline entry,
+reputation counters, state transition with its audit record) plus, for a hard bounce or
+complaint, the global suppression entry of the address (queued by
+:func:`suppression.entries.queue`, the one writer), plus ``SADD outbox:accounts``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +70,7 @@ REFUSALS = ("blocked", "suppressed", "no_consent")
 #: the most of a job's ``metadata`` (its JSON, in bytes) the job hash keeps (field ``md``) for
 #: the status events of provider events; a larger one is not kept, and those events carry ``{}``
 METADATA_MAX_BYTES = 4096
+NOTE_CHARS = 500  # of a timeline entry's detail (a relay's reply, a provider's words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,16 +250,24 @@ class Gate:
             keys.job(account_id, job_id), keys.state(account_id), keys.config(account_id),
             keys.account_suppression(account_id, channel, addr),
             keys.consent(account_id, channel, addr), keys.prefs(account_id, addr),
-            keys.bucket(account_id, channel)]
+            keys.bucket(account_id, channel), keys.timeline(account_id, job_id),
+            keys.history(account_id, channel, addr)]
         p = self.policy
         args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
                 f"{topic}:{channel}" if topic else "", *p.script_args("pre_send"),
-                recipient_digest(channel, addr), metadata_arg(metadata)]
+                recipient_digest(channel, addr), job_id, keys.HISTORY_KEEP,
+                keys.TIMELINE_KEEP, metadata_arg(metadata)]
+        seen = f"{account_id}{keys.HISTORY_SEPARATOR}{job_id}"
+        everyone = keys.global_history(channel, addr)
 
         def build(pipe: Any) -> None:
             pipe.hget(keys.global_suppression(channel, addr), "reason")
             if dnc:
                 pipe.exists(keys.dnc(addr))
+            # the recipient's jobs across accounts: a global key, so beside the script
+            pipe.zadd(everyone, "NX", time.time_ns() // 1000, seen)
+            pipe.zremrangebyrank(everyone, 0, -keys.HISTORY_KEEP - 1)
+            pipe.expire(everyone, self._ttl)
             PRE_SEND.queue(pipe, script_keys, args)
 
         results = await run_pipeline(self._redis, build, PRE_SEND)
@@ -275,7 +288,8 @@ class Gate:
                         counts: Counts = Counts(), address: str = "",
                         refund: bool = False, suppress: str | None = None,
                         source: str | None = None, detail: str | None = None,
-                        event_id: str | None = None, event_ttl: int = 0) -> Recorded:
+                        event_id: str | None = None, event_ttl: int = 0,
+                        note: str | None = None) -> Recorded:
         """Record the job's new state (a final status, or ``R`` when a retry is scheduled),
         count the outcome, move the account's state; one round trip.
 
@@ -287,11 +301,12 @@ class Gate:
         ``detail`` (default ``reason``).
         With ``event_id`` (a provider event) the call takes effect once: a repeat changes
         nothing; and the job's kept ``metadata`` is read in the same round trip
-        (:attr:`Recorded.metadata`)."""
+        (:attr:`Recorded.metadata`). ``note``: the detail of the job's timeline entry (the
+        relay's reply, the provider's words)."""
         script_keys, args = self.post_send_call(
             account_id, job_id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=channel, reason=reason,
-            counts=counts, refund=refund, event_id=event_id, event_ttl=event_ttl)
+            counts=counts, refund=refund, event_id=event_id, event_ttl=event_ttl, note=note)
         fact = suppress if suppress is not None else (
             "hard_bounce" if counts.hard else "complaint" if counts.complaints else None)
         entry = None
@@ -319,20 +334,22 @@ class Gate:
                        provider: str | None = None, provider_message_id: str | None = None,
                        channel: str = "email", reason: str | None = None,
                        counts: Counts = Counts(), refund: bool = False,
-                       event_id: str | None = None, event_ttl: int = 0
-                       ) -> tuple[list[str], list[Any]]:
+                       event_id: str | None = None, event_ttl: int = 0,
+                       note: str | None = None) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of post_send.lua (tests run the script with them too): the account's
         state is the worst over every declared channel (:func:`suppression.channels.names`)."""
         script_keys = [
             keys.job(account_id, job_id), keys.state(account_id), keys.config(account_id),
             keys.reputation(account_id, channel), keys.audit(account_id),
-            keys.recent(account_id), keys.bucket(account_id, channel)]
+            keys.recent(account_id), keys.bucket(account_id, channel),
+            keys.timeline(account_id, job_id)]
         if event_id:
             script_keys.append(keys.event(account_id, event_id))
         args = [status, attempt, provider or "", provider_message_id or "", self._ttl,
                 reason or "", channel, job_id, counts.sends, counts.hard, counts.complaints,
                 *self.policy.script_args("post_send"), int(refund),
-                (event_ttl or keys.EVENT_TTL) if event_id else "", *channels.names()]
+                (event_ttl or keys.EVENT_TTL) if event_id else "",
+                (note or "")[:NOTE_CHARS], keys.TIMELINE_KEEP, *channels.names()]
         return script_keys, args
 
     async def suppress_address(self, channel: str, address: str, *, reason: str,

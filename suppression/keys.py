@@ -18,8 +18,11 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | per-account suppression (unsubscribe, sms_stop, manual...) |
 | ``outbox:{acct:A}:consent:<channel>:<addr>`` | hash | none (≥ 3 years required) | consent: ``status`` granted/revoked, grant and revoke times, source, evidence |
 | ``outbox:{acct:A}:prefs:<addr>`` | hash | none | notification preferences: field ``<topic>:<channel>`` → ``1`` on / ``0`` off |
+| ``outbox:{acct:A}:tl:<id>`` | list | ``idempotency_ttl``, refreshed on each entry | the job's timeline: one JSON entry per status (``at`` ms, ``status``, ``reason``, ``detail``, ``provider``, ``provider_message_id``, ``attempt``), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
+| ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
+| ``outbox:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
@@ -42,6 +45,12 @@ EVENT_TTL = 7 * 86400  # providers retry webhooks for up to 3 days (SendGrid 72 
 #: longer than the webhook freshness window (5 min back, 1 min ahead): a token is refused
 #: for as long as its timestamp would be accepted
 MAILGUN_TOKEN_TTL = 600
+#: entries kept in a job's timeline (a job has a handful: deferrals, sent, a provider report)
+TIMELINE_KEEP = 50
+#: jobs kept in a recipient's history, per account and across accounts
+HISTORY_KEEP = 100
+#: joins account and job id in the global history (ids are [A-Za-z0-9._-], never a ``/``)
+HISTORY_SEPARATOR = "/"
 
 
 def account_tag(account_id: str) -> str:
@@ -105,6 +114,22 @@ def prefs(account_id: str, address: str) -> str:
 def event(account_id: str, event_id: str) -> str:
     """Marker of a provider event already applied (``EVENT_TTL``, 7 days)."""
     return f"{account_tag(account_id)}:evt:{event_id}"
+
+
+def timeline(account_id: str, job_id: str) -> str:
+    """The job's timeline (every status with its time and evidence; written by the gate's
+    scripts in the round trips they make anyway). Expires with the job hash."""
+    return f"{account_tag(account_id)}:tl:{job_id}"
+
+
+def history(account_id: str, channel: str, address: str) -> str:
+    """The recipient's recent jobs of one account (``HISTORY_KEEP`` newest, by first seen)."""
+    return f"{account_tag(account_id)}:hist:{channel}:{address}"
+
+
+def global_history(channel: str, address: str) -> str:
+    """The recipient's recent jobs across accounts (members ``<account>/<job id>``)."""
+    return f"{PREFIX}hist:{channel}:{address}"
 
 
 def mailgun_token(token: str) -> str:

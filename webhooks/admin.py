@@ -39,6 +39,9 @@ from config.reputation import check_override
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
+from suppression import channels
+from suppression.address import BadAddress
+from suppression.history import MAX_HISTORY, job_story, recipient_history
 from suppression.reputation import OVERRIDES, STATES, Policy
 from suppression.store import (
     SENDER_FIELDS,
@@ -85,6 +88,7 @@ class AdminApi:
         self._accounts = AccountStore(redis, Policy.from_settings(settings))
         self._suppression = SuppressionStore(redis)
         self._consent = ConsentStore(redis)
+        self._redis = redis
         self._transitions = _transitions_counter(registry_or_metrics)
 
     def routes(self) -> list[web.RouteDef]:
@@ -102,6 +106,8 @@ class AdminApi:
             web.get("/admin/consent/{account}/{recipient}", g(self.show_consent)),
             web.post("/admin/consent/{account}/{recipient}", g(self.set_consent)),
             web.get("/admin/audit/{account}", g(self.audit)),
+            web.get("/admin/jobs/{account}/{job}", g(self.show_job)),
+            web.get("/admin/history/{address}", g(self.history)),
         ]
 
     # --- auth and errors ---------------------------------------------------------------
@@ -271,6 +277,37 @@ class AdminApi:
         limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
         await self._accounts.require(account)
         return _json(await self._accounts.audit.read(account, limit=limit))
+
+
+    # --- a job's story (suppression/history.py) ----------------------------------------
+
+    async def show_job(self, request: web.Request) -> web.StreamResponse:
+        """The document of ``outbox jobs show ACCOUNT ID --json``; 404 unknown."""
+        account, job = request.match_info["account"], request.match_info["job"]
+        story = await job_story(self._redis, account, job)
+        if story is None:
+            await self._accounts.require(account)
+            raise ApiError(404, f"no record of job {job!r} of account {account!r} (unknown, "
+                                f"or older than OUTBOX_IDEMPOTENCY_TTL)")
+        return _json(story)
+
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        """``?account=ID&channel=email&limit=20``: ``{"address", "jobs": [...]}``, newest
+        first (every account's without ``account``); 404 for an unknown account."""
+        address = request.match_info["address"]
+        account = _optional(request.query, "account")
+        channel = _optional(request.query, "channel")
+        limit = _int(request.query.get("limit"), "limit", default=20, high=MAX_HISTORY)
+        if channel is not None and channel not in channels.names():
+            raise ApiError(400, f"channel must be {channels.choices()}")
+        try:
+            rows = await recipient_history(self._redis, address, account_id=account,
+                                           channel=channel, limit=limit)
+        except BadAddress as exc:
+            raise ApiError(400, f"{address!r}: {exc}") from None
+        if not rows and account:
+            await self._accounts.require(account)
+        return _json({"address": address, "jobs": rows})
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -16,9 +16,12 @@
 --              early_complaint_volume, throttle_bounce, block_bounce, throttle_complaint,
 --              block_complaint, z
 -- ARGV[23]     refund the rate token (1: the job was claimed but not sent)
--- KEYS[8], ARGV[24]  (provider events only; ARGV[24] '' otherwise) the event's marker key and
+-- KEYS[8]  job timeline            outbox:{acct:A}:tl:ID (an entry for every status written,
+--          'R' as 'deferred'; a late one that does not move the status is entered too)
+-- KEYS[9], ARGV[24]  (provider events only; ARGV[24] '' otherwise) the event's marker key and
 --              how long it is kept: an event already applied changes nothing a second time
--- ARGV[25..]   every channel (suppression/channels.py): the account's state is the worst
+-- ARGV[25..26] the timeline entry's detail, entries kept in a timeline
+-- ARGV[27..]   every channel (suppression/channels.py): the account's state is the worst
 --              level over all of them (state hash fields lvl:<channel>)
 -- returns  {moved, from, to, audit id, why, detail, sends, hard, complaints, applied}:
 --          moved 1 when the account's state moved; applied 1 when the job took the status,
@@ -33,8 +36,8 @@ local function answer(moved, ...)
   return out
 end
 
-if KEYS[8] and ARGV[24] ~= '' then
-  if not redis.call('SET', KEYS[8], '1', 'NX', 'EX', tonumber(ARGV[24])) then
+if KEYS[9] and ARGV[24] ~= '' then
+  if not redis.call('SET', KEYS[9], '1', 'NX', 'EX', tonumber(ARGV[24])) then
     applied = -1
     return answer(0)
   end
@@ -45,7 +48,17 @@ local RANK = {S = 0, R = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 
   rejected = 4, failed = 4, suppressed = 4, no_consent = 4, blocked = 4, delivered = 5,
   bounced = 5, complained = 6, unsubscribed = 6}
 if ARGV[1] ~= '' then
-  local held = redis.call('HGET', job, 'st')
+  local held_job = redis.call('HMGET', job, 'st', 'a')
+  local held = held_job[1]
+  local att = tonumber(ARGV[2]) or 0
+  if att == 0 then att = tonumber(held_job[2]) or 0 end  -- a provider report: the last attempt
+  local tt = redis.call('TIME')
+  redis.call('RPUSH', KEYS[8], cjson.encode({
+    at = tonumber(tt[1]) * 1000 + math.floor(tonumber(tt[2]) / 1000),
+    status = ARGV[1] == 'R' and 'deferred' or ARGV[1], reason = ARGV[6], detail = ARGV[25],
+    provider = ARGV[3], provider_message_id = ARGV[4], attempt = att}))
+  redis.call('LTRIM', KEYS[8], -tonumber(ARGV[26]), -1)
+  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[5]))
   if held and (RANK[ARGV[1]] or 0) < (RANK[held] or 0) then
     applied = 0
     redis.call('HDEL', job, 'o')
@@ -144,12 +157,12 @@ local why = lb_level >= lc_level and 'hard_bounce_rate' or 'complaint_rate'
 
 -- the levels held: this channel's, and the worst of the others
 local fields = {'state'}
-for i = 25, #ARGV do fields[#fields + 1] = 'lvl:' .. ARGV[i] end
+for i = 27, #ARGV do fields[#fields + 1] = 'lvl:' .. ARGV[i] end
 local st = redis.call('HMGET', KEYS[2], unpack(fields))
 local from = st[1] or 'active'
 local held_lvl, others = 0, 0
-for i = 25, #ARGV do
-  local v = tonumber(st[i - 23]) or 0
+for i = 27, #ARGV do
+  local v = tonumber(st[i - 25]) or 0
   if ARGV[i] == channel then held_lvl = v else others = math.max(others, v) end
 end
 if held_lvl ~= lvl then

@@ -7,6 +7,8 @@
 -- KEYS[5]  consent record           outbox:{acct:A}:consent:<channel>:<addr>
 -- KEYS[6]  notification prefs       outbox:{acct:A}:prefs:<addr>
 -- KEYS[7]  token bucket             outbox:{acct:A}:tb:<channel>
+-- KEYS[8]  job timeline             outbox:{acct:A}:tl:ID
+-- KEYS[9]  recipient's job index    outbox:{acct:A}:hist:<channel>:<addr>
 -- ARGV[1..7]   owner, redelivered (0/1), expired (0/1), ttl seconds, attempt, category,
 --              prefs field ('<topic>:<channel>' or '')
 -- ARGV[8..11]  the defaults, in config/reputation.py's order (the account's cfg hash
@@ -14,7 +16,8 @@
 --              throttle_factor, consent_mode
 -- ARGV[12]     recipient digest (stored as 'rc' on the claim: a bounce that quotes the job
 --              must name this recipient)
--- ARGV[13]     the job's metadata as JSON, or '' (stored as 'md' on the claim: provider
+-- ARGV[13..15] job id, jobs kept in the recipient's index, entries kept in a timeline
+-- ARGV[16]     the job's metadata as JSON, or '' (stored as 'md' on the claim: provider
 --              events about the job carry it in their status events)
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
 --          a marketing job that may be sent, the account's sender information after them:
@@ -27,6 +30,7 @@ local job = KEYS[1]
 local owner, redelivered, expired = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
 local ttl, attempt = tonumber(ARGV[4]), ARGV[5]
 local category, pref_field = ARGV[6], ARGV[7]
+local job_id, history_keep, timeline_keep = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 
 local st = redis.call('HGET', job, 'st')
 if st and st ~= 'R' then
@@ -40,16 +44,30 @@ if st and st ~= 'R' then
   end
 end
 
--- A refusal is final: record it so a redelivery answers 'done' without re-evaluating.
-local function refuse(verdict, status, reason)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- the recipient's index of the account's jobs (first seen, in microseconds; the newest kept)
+if redis.call('ZADD', KEYS[9], 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), job_id) == 1 then
+  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -history_keep - 1)
+end
+redis.call('EXPIRE', KEYS[9], ttl)
+
+-- A refusal is final: record it so a redelivery answers 'done' without re-evaluating, and
+-- add it to the job's timeline.
+local function refuse(verdict, status, reason, detail)
   redis.call('HSET', job, 'st', status, 'a', attempt, 'r', reason)
   redis.call('HDEL', job, 'o')
   redis.call('EXPIRE', job, ttl)
+  redis.call('RPUSH', KEYS[8], cjson.encode({at = now, status = status, reason = reason,
+    detail = detail or '', provider = '', provider_message_id = '',
+    attempt = tonumber(attempt) or 0}))
+  redis.call('LTRIM', KEYS[8], -timeline_keep, -1)
+  redis.call('EXPIRE', KEYS[8], ttl)
   return {verdict, status, '', '', attempt, reason, 0}
 end
 
 if expired then
-  return refuse('expired', 'expired', 'expired')
+  return refuse('expired', 'expired', 'expired', 'past not_after')
 end
 
 local state = redis.call('HGET', KEYS[2], 'state') or 'active'
@@ -85,8 +103,6 @@ if state == 'throttled' then
   rate = rate * factor
   burst = math.max(1, math.floor(burst * factor))
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local b = redis.call('HMGET', KEYS[7], 't', 'ts')
 local tokens = tonumber(b[1]) or burst
 local last = tonumber(b[2]) or now
@@ -103,8 +119,8 @@ redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 
 redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', ARGV[12] or '')
-if ARGV[13] and ARGV[13] ~= '' then
-  redis.call('HSET', job, 'md', ARGV[13])
+if ARGV[16] and ARGV[16] ~= '' then
+  redis.call('HSET', job, 'md', ARGV[16])
 end
 redis.call('EXPIRE', job, ttl)
 if category == 'marketing' then

@@ -229,6 +229,7 @@ def test_post_send_gets_the_policy_at_the_declared_positions():
                      strict=True))
     assert given == {p.name: (repr(getattr(policy, p.name)) if p.kind is float
                               else getattr(policy, p.name)) for p in _script_params("post_send")}
-    # then the refund flag (ARGV[high + 1]), the event's TTL ('' for a job) and every channel
-    from suppression import channels
-    assert args[high:] == [0, "", *channels.names()]
+    # then the refund flag (ARGV[high + 1]), the event's TTL ('' for a job), the timeline
+    # entry's detail and how many entries a timeline keeps, and every channel
+    from suppression import channels, keys
+    assert args[high:] == [0, "", "", keys.TIMELINE_KEEP, *channels.names()]

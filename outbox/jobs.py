@@ -1,0 +1,286 @@
+"""What happened to a message: ``outbox jobs show``, ``outbox jobs history``, ``outbox events``.
+
+Thin: parse, read (:mod:`suppression.history` for Redis, :meth:`sender.client.Outbox.events`
+for the broker), print a table with headers (``--json``: the records). Times are ISO 8601
+UTC. Exit status: 0 found, 1 nothing found (one line on stderr), 2 bad input (an unknown
+account, a bad address or status).
+
+``outbox events`` reads ``outbox.status`` through a queue of its own (exclusive, auto-delete,
+at most :data:`sender.client.EVENTS_MAX_LENGTH` waiting): it sees what is published while it
+runs and takes nothing from ``outbox.status`` or the CRM's queues. Without ``--follow`` it
+listens ``--wait`` seconds (default 10) and exits (1 if nothing came); with ``--follow`` it runs
+until interrupted (Ctrl-C, SIGTERM: exit 0). ``--count N`` stops after N events either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from outbox.runtime import CliError, run_once, settings
+
+EXIT_NOTHING = 1
+EVENTS_WAIT = 10.0  # seconds ``outbox events`` listens without --follow
+CELL_CHARS = 60  # of a table cell (``--json`` has everything)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``jobs`` and ``events`` to the ``outbox`` parser."""
+    jobs = sub.add_parser("jobs", help="what happened to a job; a recipient's recent jobs"
+                          ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = jobs.add_parser("show", help="a job's current status and timeline")
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs_show)
+    p = jobs.add_parser("history", help="a recipient's recent jobs, newest first")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--account", metavar="ID", help="one account's jobs (default: every account)")
+    p.add_argument("--channel", help="the address's channel (default: guessed from it)")
+    p.add_argument("--limit", type=_positive, default=20, metavar="N",
+                   help="at most N jobs (default 20, at most 100)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs_history)
+
+    p = sub.add_parser("events", help="status events as they are published (own queue)")
+    p.add_argument("--follow", action="store_true", help="run until interrupted")
+    p.add_argument("--account", metavar="ID", help="only this account's events")
+    p.add_argument("--status", metavar="S,...", help="only these statuses (e.g. bounced,failed)")
+    p.add_argument("--wait", type=float, default=EVENTS_WAIT, metavar="SECONDS",
+                   help=f"without --follow, listen this long (default {EVENTS_WAIT:g})")
+    p.add_argument("--count", type=_positive, metavar="N", help="stop after N events")
+    p.add_argument("--json", action="store_true", help="one JSON event a line")
+    p.set_defaults(func=cmd_events)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+# --- plumbing ----------------------------------------------------------------------------
+
+
+def _redis(work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``work(redis)``; Redis unreachable → one line naming OUTBOX_REDIS_URL (exit 1)."""
+    from redis.asyncio import Redis
+
+    from sender.connect import REDIS_DOWN, ping_redis, redis_error
+
+    url = settings().redis_url.get_secret_value()
+
+    async def main() -> Any:
+        redis = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        try:
+            await ping_redis(redis, url)
+            return await work(redis)
+        except REDIS_DOWN as exc:
+            raise redis_error(url, exc) from None
+        finally:
+            await redis.aclose()
+
+    return run_once(main())
+
+
+async def _require_account(redis: Any, account_id: str) -> None:
+    from suppression.reputation import Policy
+    from suppression.store import AccountStore
+
+    if not await AccountStore(redis, Policy()).exists(account_id):
+        raise CliError(f"unknown account {account_id!r}")
+
+
+def _nothing(message: str) -> int:
+    print(f"outbox: {message}", file=sys.stderr)
+    return EXIT_NOTHING
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    flat = " ".join(str(value).split())
+    return flat if len(flat) <= CELL_CHARS else flat[:CELL_CHARS - 1] + "…"
+
+
+def table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> str:
+    """Rows under a header line, columns padded (``(title, field)`` each)."""
+    cells = [[title for title, _ in columns]]
+    cells += [[_cell(r.get(field)) for _, field in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    print(json.dumps(data, ensure_ascii=False) if as_json else text(data))
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+TIMELINE_COLUMNS = (("AT", "at"), ("STATUS", "status"), ("ATTEMPT", "attempt"),
+                    ("PROVIDER", "provider"), ("PROVIDER MESSAGE ID", "provider_message_id"),
+                    ("REASON", "reason"), ("DETAIL", "detail"))
+HISTORY_COLUMNS = (("FIRST SEEN", "first_seen"), ("ACCOUNT", "account_id"), ("JOB", "id"),
+                   ("CHANNEL", "channel"), ("STATUS", "status"), ("REASON", "reason"),
+                   ("UPDATED", "updated"))
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    from suppression.history import job_story
+
+    async def work(redis: Any) -> dict[str, Any] | None:
+        story = await job_story(redis, args.account_id, args.job_id)
+        if story is None:
+            await _require_account(redis, args.account_id)
+        return story
+
+    story = _redis(work)
+    if story is None:
+        return _nothing(f"no record of job {args.job_id!r} of account {args.account_id!r} "
+                        f"(unknown, or older than OUTBOX_IDEMPOTENCY_TTL)")
+    _print(story, args.json, _story_text)
+    return 0
+
+
+def _story_text(story: dict[str, Any]) -> str:
+    head = (f"job {story['id']} of account {story['account_id']}: {story['status']}"
+            + (f" ({story['reason']})" if story["reason"] not in (None, story["status"])
+               else "")
+            + (f", updated {story['updated']}" if story["updated"] else ""))
+    return f"{head}\n{table(story['timeline'], TIMELINE_COLUMNS)}"
+
+
+def cmd_jobs_history(args: argparse.Namespace) -> int:
+    from suppression import channels
+    from suppression.address import BadAddress
+    from suppression.history import MAX_HISTORY, recipient_history
+
+    if args.channel is not None and args.channel not in channels.names():
+        raise CliError(f"--channel must be {channels.choices()}, not {args.channel!r}")
+
+    async def work(redis: Any) -> list[dict[str, Any]]:
+        try:
+            rows = await recipient_history(redis, args.address, account_id=args.account,
+                                           channel=args.channel,
+                                           limit=min(args.limit, MAX_HISTORY))
+        except BadAddress as exc:
+            raise CliError(f"{args.address!r}: {exc}") from None
+        if not rows and args.account:
+            await _require_account(redis, args.account)
+        return rows
+
+    rows = _redis(work)
+    if not rows:
+        scope = f" of account {args.account!r}" if args.account else ""
+        return _nothing(f"no recent jobs{scope} for {args.address}")
+    _print(rows, args.json, lambda rs: table(rs, HISTORY_COLUMNS))
+    return 0
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def _statuses(value: str | None) -> list[str]:
+    """``--status bounced,failed`` checked against the job statuses and account states."""
+    from sender.models import STATUSES
+    from suppression.reputation import STATES
+
+    wanted = [s.strip() for s in (value or "").split(",") if s.strip()]
+    known = (*STATUSES, *STATES)
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise CliError(f"unknown status {', '.join(map(repr, unknown))}: one of "
+                       f"{', '.join(dict.fromkeys(known))}")
+    return wanted
+
+
+def event_line(event: Any) -> str:
+    """One readable line of a status event."""
+    parts = [_utc(event.at), event.routing_key or f"{event.channel}.{event.status}",
+             event.account_id or "-", event.id]
+    parts += [f"{name}={_cell(getattr(event, name))}"
+              for name in ("attempt", "reason", "provider", "detail")
+              if getattr(event, name) not in (None, "")]
+    return "  ".join(parts)
+
+
+def _utc(at: Any) -> str:
+    """An event's time as the events write it: ISO 8601 UTC, milliseconds, ``Z``."""
+    from datetime import UTC
+
+    return str(at.astimezone(UTC).isoformat(timespec="milliseconds")).replace("+00:00", "Z")
+
+
+def event_json(event: Any) -> str:
+    """One event as JSON, as it was published (``at`` as the events write it)."""
+    data = event.model_dump(mode="json", by_alias=True)
+    data["at"] = _utc(event.at)
+    return json.dumps(data, ensure_ascii=False)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    statuses = _statuses(args.status)
+    if not args.follow and args.wait <= 0:
+        raise CliError("--wait must be more than 0 seconds")
+    if args.account:
+        _redis(lambda redis: _require_account(redis, args.account))
+    cfg = settings()
+    bindings = [f"*.{s}" for s in dict.fromkeys(statuses)] or ["#"]
+    seen = run_once(_tail(cfg, bindings, args))
+    if seen == 0 and not args.follow:
+        return _nothing(f"no status events in {args.wait:g} s")
+    return 0
+
+
+async def _tail(cfg: Any, bindings: list[str], args: argparse.Namespace) -> int:
+    """Print events until --count, the --wait deadline (without --follow) or a signal;
+    returns how many were printed."""
+    from sender.client import Outbox
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)  # not in a thread (tests run it in one)
+    printed = 0
+
+    def ready() -> None:
+        how = "until interrupted" if args.follow else f"for {args.wait:g} s"
+        print(f"listening to outbox.status ({', '.join(bindings)}) {how}", file=sys.stderr,
+              flush=True)
+
+    async def consume(outbox: Outbox) -> None:
+        nonlocal printed
+        async for event in outbox.events(*bindings, ready=ready):
+            if args.account and event.account_id != args.account:
+                continue
+            print(event_json(event) if args.json else event_line(event), flush=True)
+            printed += 1
+            if args.count and printed >= args.count:
+                return
+
+    async with Outbox.from_settings(cfg) as outbox:
+        reader = asyncio.ensure_future(consume(outbox))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=None if args.follow else args.wait)
+        finally:
+            for task in (reader, stopper):
+                task.cancel()
+            await asyncio.gather(reader, stopper, return_exceptions=True)
+        failure = reader.exception() if reader.done() and not reader.cancelled() else None
+        if failure is not None:
+            raise failure
+    return printed

@@ -1,0 +1,118 @@
+"""A job's timeline and a recipient's history, written by the gate's real Lua on a real Redis
+(in the round trips it makes anyway) and read by suppression.history."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from redis.asyncio import Redis
+
+from suppression import keys
+from suppression.gate import Counts, Gate
+from suppression.history import job_story, recipient_history
+from suppression.reputation import Policy
+from suppression.store import SuppressionStore
+
+A = "acct_story"
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture
+async def redis(redis_url):
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def gate(redis):
+    return Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1000, burst=1000))
+
+
+async def claim(gate, job_id, *, account=A, address="ana@example.com", **kw):
+    return await gate.pre_send(account, job_id, owner="w", redelivered=False, expired=False,
+                               attempt=kw.pop("attempt", 1), address=address, **kw)
+
+
+async def test_sent_then_delivered_is_told_in_order_with_its_evidence(gate, redis):
+    assert (await claim(gate, "j1")).verdict == "send"
+    await gate.post_send(A, "j1", status="sent", attempt=1, provider="smtp",
+                         provider_message_id="<j1@x>", counts=Counts(sends=1),
+                         note="250 2.0.0 queued as ABC")
+    await gate.post_send(A, "j1", status="delivered", attempt=0, provider="ses",
+                         provider_message_id="<j1@x>", reason="delivered",
+                         note="smtp; 250 ok", event_id="e1")
+    story = await job_story(redis, A, "j1")
+    assert story["status"] == "delivered"
+    steps = [(s["status"], s["attempt"], s["provider"], s["detail"]) for s in story["timeline"]]
+    # a provider report keeps the job's attempt, not the event's 0
+    assert steps == [("sent", 1, "smtp", "250 2.0.0 queued as ABC"),
+                     ("delivered", 1, "ses", "smtp; 250 ok")]
+    assert all(ISO.match(s["at"]) for s in story["timeline"])
+    assert story["timeline"][0]["provider_message_id"] == "<j1@x>"
+    # the same event again changes nothing, the timeline included
+    await gate.post_send(A, "j1", status="delivered", attempt=0, provider="ses",
+                         event_id="e1")
+    assert len((await job_story(redis, A, "j1"))["timeline"]) == 2
+    ttl = await redis.ttl(keys.timeline(A, "j1"))
+    assert 3500 < ttl <= 3600  # kept as long as the idempotency record
+
+
+async def test_a_deferral_then_a_send_shows_both_attempts(gate, redis):
+    await claim(gate, "j2")
+    await gate.post_send(A, "j2", status="R", attempt=1, provider="smtp",
+                         reason="networkerror", note="connection refused")
+    await claim(gate, "j2", attempt=2)
+    await gate.post_send(A, "j2", status="sent", attempt=2, provider="smtp",
+                         counts=Counts(sends=1))
+    story = await job_story(redis, A, "j2")
+    assert [(s["status"], s["attempt"], s["reason"]) for s in story["timeline"]] == [
+        ("deferred", 1, "networkerror"), ("sent", 2, None)]
+    assert story["timeline"][0]["detail"] == "connection refused"
+
+
+async def test_refusals_are_told_by_the_pre_send_script_itself(gate, redis):
+    await SuppressionStore(redis).add("left@example.com", channel="email",
+                                      reason="unsubscribe", account_id=A)
+    d = await claim(gate, "j3", address="LEFT@example.com")
+    assert d.verdict == "suppressed"
+    story = await job_story(redis, A, "j3")
+    assert story["status"] == "suppressed"
+    assert [(s["status"], s["reason"]) for s in story["timeline"]] == [
+        ("suppressed", "unsubscribe")]
+    d = await gate.pre_send(A, "j4", owner="w", redelivered=False, expired=True, attempt=1,
+                            address="ana@example.com")
+    assert (await job_story(redis, A, "j4"))["timeline"][0]["detail"] == "past not_after"
+    # a redelivery of a refused job adds nothing
+    await claim(gate, "j3", address="left@example.com")
+    assert len((await job_story(redis, A, "j3"))["timeline"]) == 1
+
+
+async def test_unknown_job_has_no_story(redis):
+    assert await job_story(redis, A, "nope") is None
+
+
+async def test_history_newest_first_bounded_per_account_and_across(gate, redis, monkeypatch):
+    monkeypatch.setattr(keys, "HISTORY_KEEP", 5)
+    for i in range(7):
+        await claim(gate, f"h{i}", address="Bob@Example.com")
+        await gate.post_send(A, f"h{i}", status="sent", attempt=1, counts=Counts(sends=1))
+    await claim(gate, "other-1", account="acct_other", address="bob@example.com")
+    await claim(gate, "elsewhere", address="carol@example.com")
+    rows = await recipient_history(redis, "bob@EXAMPLE.com", account_id=A, limit=100)
+    assert [r["id"] for r in rows] == ["h6", "h5", "h4", "h3", "h2"]  # bounded at 5
+    assert {r["status"] for r in rows} == {"sent"}
+    assert all(ISO.match(r["first_seen"]) and r["address"] == "bob@example.com" for r in rows)
+    across = await recipient_history(redis, "bob@example.com", limit=3)
+    assert [(r["account_id"], r["id"], r["status"]) for r in across] == [
+        ("acct_other", "other-1", "sending"), (A, "h6", "sent"), (A, "h5", "sent")]
+    assert await redis.zcard(keys.global_history("email", "bob@example.com")) == 5
+    assert await recipient_history(redis, "nobody@example.com") == []
+
+
+async def test_sms_history_by_any_spelling_of_the_number(gate, redis):
+    await claim(gate, "s1", channel="sms", address="+852 9123 4567")
+    rows = await recipient_history(redis, "+85291234567", account_id=A)
+    assert [(r["id"], r["channel"], r["address"]) for r in rows] == [
+        ("s1", "sms", "+85291234567")]
