@@ -102,14 +102,16 @@ async def test_support_finds_a_blocked_account_sees_why_and_unblocks_it(browser,
                                                                         amqp_url):
     await block(redis, "acct_dirty")
     store = AccountStore(redis, Policy())
-    await store.configure("acct_fine", actor="setup", rate=10)
+    await store.configure("acct_a_fine", actor="setup", rate=10)
     async with opened(browser, site) as page:
         # the list: every account, with its state and its rates against the thresholds
         accounts = page.locator("#accounts")
-        await expect(accounts).to_contain_text("acct_fine")
+        await expect(accounts).to_contain_text("acct_a_fine")
+        # the ones that need support come first
+        await expect(cells(page, "accounts").nth(1)).to_contain_text("acct_dirty")
         await page.select_option("#state-filter", "blocked")
         await page.click("#accounts-form button")
-        await expect(accounts).not_to_contain_text("acct_fine")
+        await expect(accounts).not_to_contain_text("acct_a_fine")
         dirty = page.locator("#accounts tr", has_text="acct_dirty")
         await expect(dirty).to_contain_text("blocked")
         await expect(dirty).to_contain_text("100.00 % (10/10")  # bounce rate, count, sends
@@ -135,7 +137,14 @@ async def test_support_finds_a_blocked_account_sees_why_and_unblocks_it(browser,
         assert await page.locator("#reason").evaluate("e => !e.validity.valid")
         assert (await store.show("acct_dirty"))["state"] == "blocked"
 
+        # no name: refused by the page, nothing changes
+        await page.fill("#actor", "")
         await page.fill("#reason", "list cleaned, ticket 4711")
+        await page.click("#actions button")
+        await expect(page.locator("#message")).to_contain_text("Enter your name first")
+        assert (await store.show("acct_dirty"))["state"] == "blocked"
+
+        await page.fill("#actor", "alice")
         await page.click("#actions button")
         await expect(page.locator("#message")).to_have_text("acct_dirty: blocked → active")
         await expect(page.locator("#state")).to_have_text("active")

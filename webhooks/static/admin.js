@@ -8,6 +8,7 @@ const VIEWS = ["accounts", "account", "recipient", "job"];
 const ACTIONS = {blocked: ["unblock"], suspended: ["unsuspend"], active: ["suspend"],
                  throttled: ["suspend"]};
 const LABELS = {unblock: "Unblock 解除封鎖", suspend: "Suspend 暫停", unsuspend: "Unsuspend 恢復"};
+const SEVERITY = {blocked: 0, suspended: 1, throttled: 2, active: 3};
 const MAX_ROWS = 100;  // accounts whose rates are fetched in one list
 
 function el(tag, text, className) {
@@ -120,7 +121,9 @@ async function showAccounts(state, filter) {
   $("state-filter").value = state;
   $("account-filter").value = filter;
   const all = await api("GET", "/admin/accounts" + (state ? "?state=" + q(state) : ""));
-  const wanted = all.filter((a) => a.account_id.includes(filter));
+  // the ones that need support first: blocked, suspended, throttled, then active; by ID
+  const wanted = all.filter((a) => a.account_id.includes(filter)).sort((a, b) =>
+    (SEVERITY[a.state] ?? 9) - (SEVERITY[b.state] ?? 9) || (a.account_id < b.account_id ? -1 : 1));
   const shown = wanted.slice(0, MAX_ROWS);
   const infos = await Promise.all(shown.map((a) => api("GET", "/admin/accounts/" +
                                                          q(a.account_id)).catch(() => null)));
