@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # prometheus: Debian ships promtool in it; the tests check the alerting rules with it
-DEBS := rabbitmq-server redis-server postfix prometheus
+DEBS := rabbitmq-server redis-server postfix prometheus chromium
 
 .PHONY: run test lint bench services stop-services deps clean definitions
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from importlib import resources
 from string import Template
@@ -39,17 +40,17 @@ from config.reputation import check_override
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
-from suppression import channels
+from suppression import channels, entries, keys
 from suppression.address import BadAddress
+from suppression.entries import BadEntry, StoreError
 from suppression.history import MAX_HISTORY, job_story, recipient_history
+from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy
 from suppression.store import (
     SENDER_FIELDS,
     AccountStore,
-    BadEntry,
     Change,
     ConsentStore,
-    StoreError,
     SuppressionStore,
     UnknownAccount,
 )
@@ -58,7 +59,7 @@ log = logging.getLogger("outbox.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_TEXT = 1000  # characters in a reason, actor, source...
-MAX_AUDIT = 1000  # records in one audit answer
+MAX_AUDIT = 1000  # records in one audit answer (and suppression entries in one list)
 _REALM = 'Bearer realm="outbox-admin"'
 _NO_TOKENS = "the admin API is off: OUTBOX_ADMIN_TOKENS is not set"
 _dumps = partial(json.dumps, ensure_ascii=False)
@@ -85,6 +86,7 @@ class AdminApi:
                  registry_or_metrics: CollectorRegistry | Metrics | None = None) -> None:
         self._tokens = [_digest(t.get_secret_value()) for t in settings.admin_tokens]
         self._bus = bus
+        self._redis = redis
         self._accounts = AccountStore(redis, Policy.from_settings(settings))
         self._suppression = SuppressionStore(redis)
         self._consent = ConsentStore(redis)
@@ -97,6 +99,7 @@ class AdminApi:
             web.get("/admin", self.redirect), web.get("/admin/", self.page),
             web.get("/admin/accounts", g(self.list_accounts)),
             web.get("/admin/accounts/{account}", g(self.show_account)),
+            web.get("/admin/accounts/{account}/suppressions", g(self.account_suppressions)),
             web.patch("/admin/accounts/{account}", g(self.configure_account)),
             web.post("/admin/accounts/{account}/{action:unblock|suspend|unsuspend}",
                      g(self.support_action)),
@@ -170,6 +173,18 @@ class AdminApi:
         """The document of ``outbox accounts show ID --json``."""
         return _json(await self._accounts.show(request.match_info["account"]))
 
+    async def account_suppressions(self, request: web.Request) -> web.StreamResponse:
+        """``?limit=50``: the evidence behind an account's bounces and complaints, newest
+        first: the global entries its messages taught (hard bounces, complaints, invalid
+        numbers: their ``account`` field names it) and the account's own entries. The global
+        ones are found by SCAN over every global entry: seconds on millions of them."""
+        account = request.match_info["account"]
+        limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
+        await self._accounts.require(account)
+        found = [e async for e in self._suppression.entries(account_id=account)]
+        found += [e async for e in _global_entries(self._redis, account)]
+        return _json(heapq.nlargest(limit, found, key=_newest))
+
     async def configure_account(self, request: web.Request) -> web.StreamResponse:
         """Sender information, limits and overrides (names of ``accounts configure``)."""
         account = request.match_info["account"]
@@ -214,10 +229,24 @@ class AdminApi:
     async def check_suppression(self, request: web.Request) -> web.StreamResponse:
         """``?account=ID&channel=email``: like ``outbox suppression check --json``."""
         address = request.match_info["address"]
-        entries = await self._suppression.check(
+        found = await self._suppression.check(
             address, account_id=_optional(request.query, "account"),
             channel=_optional(request.query, "channel"))
-        return _json({"address": address, "suppressed": bool(entries), "entries": entries})
+        return _json({"address": address, "suppressed": bool(found),
+                      "entries": await self._with_origin(found)})
+
+    async def _with_origin(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add ``learnt_from`` to global entries: the account whose message taught it (the
+        entry's ``account`` field), so support can open that account and the job."""
+        wanted = [e for e in found if e["scope"] == "global"]
+        if not wanted:
+            return found
+        pipe = self._redis.pipeline(transaction=False)
+        for e in wanted:
+            pipe.hget(entries.key(e["channel"], e["address"], None), "account")
+        for e, origin in zip(wanted, await pipe.execute(), strict=True):
+            e["learnt_from"] = text(origin) or None
+        return found
 
     async def add_suppression(self, request: web.Request) -> web.StreamResponse:
         """Add an entry: global for facts, per account for a person's choices."""
@@ -316,6 +345,31 @@ class AdminApi:
 def _digest(token: str) -> bytes:
     """Tokens are compared as SHA-256 digests: equal lengths, so compare_digest is flat."""
     return hashlib.sha256(token.encode()).digest()
+
+
+async def _global_entries(redis: Redis, account: str) -> AsyncIterator[dict[str, Any]]:
+    """Global suppression entries whose ``account`` evidence field is ``account`` (SCAN)."""
+    async def fetch(batch: list[str]) -> list[dict[str, Any]]:
+        pipe = redis.pipeline(transaction=False)
+        for key in batch:
+            pipe.hgetall(key)
+        found = [(k, decode(raw)) for k, raw in zip(batch, await pipe.execute(), strict=True)]
+        return [{**entries.describe(k, f), "learnt_from": account} for k, f in found
+                if f.get("account") == account]
+
+    batch: list[str] = []
+    async for key in redis.scan_iter(match=f"{keys.PREFIX}supp:*", count=1000):
+        batch.append(text(key))
+        if len(batch) >= 500:
+            for e in await fetch(batch):
+                yield e
+            batch = []
+    for e in await fetch(batch) if batch else []:
+        yield e
+
+
+def _newest(entry: Mapping[str, Any]) -> int:
+    return int(entry.get("at") or 0)
 
 
 def _transitions_counter(source: CollectorRegistry | Metrics | None) -> Any:

@@ -1,112 +1,353 @@
 "use strict";
+// The support page: views chosen by the URL's hash (#/accounts, #/account/ID,
+// #/recipient/ADDRESS?account=ID, #/job/ACCOUNT/ID), data from the admin API with the token.
+// Everything shown may come from users: it becomes text (textContent), never markup.
 const $ = (id) => document.getElementById(id);
-let current = null;  // the account on show
+const VIEWS = ["accounts", "account", "recipient", "job"];
+// the support actions that apply in each state (the API answers 409 to the others)
+const ACTIONS = {blocked: ["unblock"], suspended: ["unsuspend"], active: ["suspend"],
+                 throttled: ["suspend"]};
+const LABELS = {unblock: "Unblock 解除封鎖", suspend: "Suspend 暫停", unsuspend: "Unsuspend 恢復"};
+const SEVERITY = {blocked: 0, suspended: 1, throttled: 2, active: 3};
+const MAX_ROWS = 100;  // accounts whose rates are fetched in one list
 
-// Text only: a value from the API never becomes markup.
-function el(tag, text) {
+function el(tag, text, className) {
   const node = document.createElement(tag);
   if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
   return node;
+}
+// a link to another view: the hash is built from encoded parts, so data cannot make it a URL
+function link(text, ...parts) {
+  const a = el("a", text);
+  a.href = "#/" + parts.map((p) => encodeURIComponent(String(p))).join("/");
+  return a;
 }
 function row(cells, header) {
   const tr = el("tr");
-  for (const cell of cells) tr.append(el(header ? "th" : "td", cell));
+  for (const cell of cells) {
+    const td = el(header ? "th" : "td");
+    if (cell instanceof Node) td.append(cell); else if (cell !== undefined && cell !== null)
+      td.textContent = String(cell);
+    tr.append(td);
+  }
   return tr;
+}
+function table(id, headers, rows, empty) {
+  $(id).replaceChildren(row(headers, true), ...rows.map((cells) => row(cells)));
+  if (!rows.length) $(id).append(row([empty || "None 沒有"]));
 }
 function say(text, ok) {
   $("message").textContent = text;
   $("message").className = text ? (ok ? "ok" : "error") : "";
 }
-const pct = (x) => (100 * Number(x)).toFixed(2) + " %";
-const when = (s) => (s ? new Date(Number(s) * 1000).toLocaleString() : "");
+const pct = (x) => (x === undefined || x === null ? "" : (100 * Number(x)).toFixed(2) + " %");
+// epoch seconds (number or numeral) or an ISO 8601 text, shown as ISO 8601 UTC
+function when(value) {
+  if (value === undefined || value === null || value === "") return "";
+  const n = Number(value);
+  const date = Number.isFinite(n) ? new Date(n > 1e12 ? n : n * 1000) : new Date(value);
+  return isNaN(date) ? String(value) : date.toISOString().replace(".000Z", "Z");
+}
+const channelOf = (address) => (address.includes("@") ? "email" : "sms");
 
+class ApiError extends Error {
+  constructor(status, message, json) { super(status + " " + message); this.status = status;
+                                       this.json = json; }
+}
 async function api(method, path, body) {
   const token = $("token").value.trim();
   if (!token) throw new Error("Paste the admin token first. 請先貼上存取權杖。");
   const response = await fetch(path, {
     method, headers: {"Authorization": "Bearer " + token, "Content-Type": "application/json"},
     body: body === undefined ? undefined : JSON.stringify(body)});
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(response.status + " " + (data.error || response.statusText));
+  const json = (response.headers.get("Content-Type") || "").startsWith("application/json");
+  const data = json ? await response.json().catch(() => ({})) : {};
+  if (!response.ok) throw new ApiError(response.status, data.error || response.statusText, json);
   return data;
 }
+const q = encodeURIComponent;
+function actor() {
+  const name = $("actor").value.trim();
+  if (!name) { $("actor").focus(); throw new Error("Enter your name first. 請先輸入你的名字。"); }
+  return name;
+}
 
-function show(info) {
-  current = info.account_id;
-  $("title").textContent = info.account_id;
+// --- routing -------------------------------------------------------------------------------
+
+function route() {
+  const [path, query] = (location.hash.replace(/^#\/?/, "") || "accounts").split("?");
+  const parts = path.split("/").map((p) => { try { return decodeURIComponent(p); }
+                                             catch (e) { return p; } });
+  return {view: VIEWS.includes(parts[0]) ? parts[0] : "accounts", args: parts.slice(1),
+          query: new URLSearchParams(query || "")};
+}
+async function render() {
+  const {view, args, query} = route();
+  for (const name of VIEWS) $("view-" + name).hidden = name !== view;
+  if (!$("token").value.trim()) { say("Paste the admin token first. 請先貼上存取權杖。", false);
+                                  return; }
+  say("", true);
+  try {
+    if (view === "accounts") await showAccounts(query.get("state") || "", query.get("q") || "");
+    if (view === "account") await showAccount(args[0]);
+    if (view === "recipient") await showRecipient(args[0], query.get("account") || "");
+    if (view === "job") await showJob(args[0], args[1]);
+  } catch (err) {
+    say(err.message, false);
+  }
+}
+
+// --- accounts ------------------------------------------------------------------------------
+
+// "10.00 % (bound 6.1 %) / throttle 2 % · block 5 %" for one rate of one channel
+function rateCell(r, kind, t) {
+  const cell = el("span", pct(r[kind + "_rate"]) + " (" + r[kind === "bounce" ? "hard_bounces"
+    : "complaints"] + "/" + r.sends + ", bound " + pct(r[kind + "_wilson_lower"]) + ")" +
+    " · throttle " + pct(t["throttle_" + kind]) + " · block " + pct(t["block_" + kind]),
+    "level-" + r[kind + "_level"]);
+  return cell;
+}
+function ratesSummary(info, kind) {
+  const box = el("span");
+  for (const [channel, r] of Object.entries(info.rates || {})) {
+    if (box.childNodes.length) box.append(el("br"));
+    box.append(channel + ": ", rateCell(r, kind, info.limits.thresholds));
+  }
+  return box;
+}
+
+async function showAccounts(state, filter) {
+  $("state-filter").value = state;
+  $("account-filter").value = filter;
+  const all = await api("GET", "/admin/accounts" + (state ? "?state=" + q(state) : ""));
+  // the ones that need support first: blocked, suspended, throttled, then active; by ID
+  const wanted = all.filter((a) => a.account_id.includes(filter)).sort((a, b) =>
+    (SEVERITY[a.state] ?? 9) - (SEVERITY[b.state] ?? 9) || (a.account_id < b.account_id ? -1 : 1));
+  const shown = wanted.slice(0, MAX_ROWS);
+  const infos = await Promise.all(shown.map((a) => api("GET", "/admin/accounts/" +
+                                                         q(a.account_id)).catch(() => null)));
+  table("accounts", ["Account 帳戶", "State 狀態", "Since 自", "Why 原因",
+                     "Bounces 退回", "Complaints 投訴"],
+        shown.map((a, i) => {
+          const info = infos[i];
+          return [link(a.account_id, "account", a.account_id), el("span", a.state,
+                  "state-" + a.state), info ? when(info.since) : "",
+                  info ? info.state_reason : "", info ? ratesSummary(info, "bounce") : "",
+                  info ? ratesSummary(info, "complaint") : ""];
+        }), "No accounts 沒有帳戶");
+  $("accounts-more").textContent = wanted.length > shown.length ? (wanted.length - shown.length)
+    + " more: filter by state or ID. 尚有更多，請篩選。" : "";
+}
+
+// --- one account ---------------------------------------------------------------------------
+
+async function showAccount(id) {
+  const [info, audit, evidence] = await Promise.all([
+    api("GET", "/admin/accounts/" + q(id)), api("GET", "/admin/audit/" + q(id) + "?limit=50"),
+    api("GET", "/admin/accounts/" + q(id) + "/suppressions?limit=50")]);
+  $("account-title").textContent = info.account_id;
   $("state").textContent = info.state;
   $("state").className = "state-" + info.state;
-  $("state-note").textContent = [
+  $("state-since").textContent = [info.since ? "since 自 " + when(info.since) : "",
     info.state_reason ? "(" + info.state_reason + ")" : "",
     info.probation_until ? "probation until 觀察期至 " + when(info.probation_until) : ""
   ].join(" ");
-  $("rates").replaceChildren(row(["Channel 渠道", "Sends 發送", "Hard bounces 硬退回",
-    "Bounce rate 退回率", "Complaints 投訴", "Complaint rate 投訴率"], true));
-  for (const [channel, r] of Object.entries(info.rates)) {
-    $("rates").append(row([channel, r.sends, r.hard_bounces, pct(r.bounce_rate),
-                           r.complaints, pct(r.complaint_rate)]));
-  }
-  $("transitions").replaceChildren(row(["When 時間", "Action 操作", "From → to",
-    "By 操作者", "Reason 原因"], true));
-  for (const t of info.recent_transitions) {
-    $("transitions").append(row([when(t.at), t.action, (t.from || "") + " → " + (t.to || ""),
-                                 t.actor, t.reason]));
-  }
-  $("details").hidden = false;
-}
+  // why: the audit record that put the account in its state
+  const cause = audit.find((r) => r.to === info.state);
+  $("why").textContent = cause && info.state !== "active" ? "Why 原因: " + cause.action + " by "
+    + cause.actor + " at " + when(cause.at) + ": " + cause.reason +
+    (cause.detail && cause.detail !== cause.actor + ": " + cause.reason ? " — " + cause.detail
+     : "") : "";
+  const actions = ACTIONS[info.state] || [];
+  $("actions").replaceChildren(...actions.map((action) => {
+    const button = el("button", LABELS[action]);
+    button.type = "submit";
+    button.value = action;
+    return button;
+  }));
+  $("act").hidden = !actions.length;
+  $("act").dataset.account = info.account_id;
 
-async function lookup(id) {
-  try {
-    show(await api("GET", "/admin/accounts/" + encodeURIComponent(id)));
-    say("", true);
-  } catch (err) {
-    $("details").hidden = true;
-    say(err.message, false);
-  }
+  const t = info.limits.thresholds;
+  table("rates", ["Channel 渠道", "Sends 發送", "Bounce rate (bound) 退回率（下限）",
+                  "Complaint rate (bound) 投訴率（下限）"],
+        Object.entries(info.rates).map(([channel, r]) => [channel, r.sends,
+          rateCell(r, "bounce", t), rateCell(r, "complaint", t)]));
+  table("limits", ["Rate/s 速率", "Burst 突發", "Window 時段", "Minimum volume 最少數量",
+                   "Consent 同意", "Overrides 覆寫"],
+        [[info.limits.rate, info.limits.burst, t.window + " s", "bounces " + t.min_bounce_volume
+          + " · complaints " + t.min_complaint_volume, info.limits.consent_mode,
+          Object.entries(info.overrides || {}).map(([k, v]) => k + "=" + v).join(", ")]]);
+  table("bounces", ["When 時間", "Channel 渠道", "Kind 類別", "Reason 原因", "Job 工作"],
+        (info.recent_bounce_reasons || []).map((b) => [when(b.at), b.channel, b.kind, b.reason,
+          b.job ? link(b.job, "job", info.account_id, b.job) : ""]));
+  table("account-entries", ["When 時間", "Address 地址", "Channel 渠道", "Reason 原因",
+                            "Scope 範圍", "Source 來源", "Evidence 證據", "By 操作者"],
+        evidence.map((e) => [when(e.at), recipientLink(e.address, info.account_id), e.channel,
+          e.reason, e.scope, source(e.source, info.account_id), e.detail, e.actor]));
+  table("audit", ["When 時間", "Action 操作", "From → to", "By 操作者", "Reason 原因",
+                  "Detail 詳情"],
+        audit.map((r) => [when(r.at), r.action, r.from || r.to ? (r.from || "") + " → " +
+          (r.to || "") : "", r.actor, r.reason, auditDetail(r)]));
+}
+function recipientLink(address, account) {
+  const a = link(address, "recipient", address);
+  if (account) a.href += "?account=" + q(account);
+  return a;
+}
+// "job:<id>" links to the job; anything else is text
+function source(value, account) {
+  const m = /^job:(.+)$/.exec(value || "");
+  return m && account ? link(value, "job", account, m[1]) : (value || "");
+}
+const AUDIT_SHOWN = new Set(["id", "at", "action", "from", "to", "actor", "reason"]);
+function auditDetail(r) {
+  const extra = Object.entries(r).filter(([k, v]) => !AUDIT_SHOWN.has(k) && v !== "" &&
+    !(k === "detail" && v === r.actor + ": " + r.reason));
+  return extra.map(([k, v]) => k + "=" + (/(_at|_until)$/.test(k) ? when(v) : v)).join(", ");
 }
 
 async function act(action) {
-  const body = {reason: $("reason").value, actor: $("actor").value};
-  try {
-    const r = await api("POST", "/admin/accounts/" + encodeURIComponent(current) + "/" + action,
-                        body);
-    await lookup(current);
-    say(r.account_id + ": " + r.from + " → " + r.state + (r.event_published ? "" :
-        " (status event NOT published: tell ops 狀態事件未發佈)"), r.event_published);
-    $("reason").value = "";
-  } catch (err) {
-    say(err.message, false);
-  }
+  const account = $("act").dataset.account;
+  const r = await api("POST", "/admin/accounts/" + q(account) + "/" + action,
+                      {reason: $("reason").value.trim(), actor: actor()});
+  $("reason").value = "";
+  await showAccount(account);
+  say(r.account_id + ": " + r.from + " → " + r.state + (r.event_published ? "" :
+      " (status event NOT published: tell ops 狀態事件未發佈)"), r.event_published);
 }
 
-async function listBlocked() {
-  try {
-    const rows = await api("GET", "/admin/accounts?state=blocked");
-    $("accounts").replaceChildren();
-    for (const a of rows) {
-      const button = el("button", a.account_id);
-      button.type = "button";
-      button.addEventListener("click", () => {
-        $("account").value = a.account_id;
-        lookup(a.account_id);
-      });
-      const item = el("li");
-      item.append(button);
-      $("accounts").append(item);
-    }
-    if (!rows.length) $("accounts").append(el("li", "None 沒有"));
-    $("list").hidden = false;
-  } catch (err) {
-    say(err.message, false);
-  }
+// --- one recipient -------------------------------------------------------------------------
+
+async function showRecipient(address, account) {
+  $("recipient").value = address;
+  $("recipient-account").value = account;
+  $("recipient-title").textContent = address + (account ? " · " + account : "");
+  const found = await api("GET", "/admin/suppression/" + q(address) +
+                          (account ? "?account=" + q(account) : ""));
+  $("suppressed").textContent = found.suppressed ? "Suppressed 已抑制" : "Not suppressed 未抑制";
+  $("suppressed").className = found.suppressed ? "level-2" : "";
+  table("entries", ["Channel 渠道", "Reason 原因", "Scope 範圍", "Since 自", "Expires 到期",
+                    "Source 來源", "Evidence 證據", "By 操作者", "Learnt from 來自帳戶",
+                    "Remove 移除"],
+        found.entries.map((e) => {
+          const owner = e.account_id || e.learnt_from;
+          return [e.channel, e.reason, e.scope + (e.account_id ? " " + e.account_id : ""),
+                  when(e.at), when(e.expires_at), source(e.source, owner), e.detail, e.actor,
+                  e.learnt_from ? link(e.learnt_from, "account", e.learnt_from) : "",
+                  e.scope === "dnc" ? "register 登記冊" : removeForm(address, e, account)];
+        }), "No entries 沒有記錄");
+  await Promise.all([showConsent(address, account), showHistory(address, account)]);
 }
 
-$("lookup").addEventListener("submit", (e) => {
-  e.preventDefault();
-  lookup($("account").value.trim());
+function removeForm(address, entry, account) {
+  const form = el("form", null, "inline remove");
+  const reason = el("input");
+  reason.required = true;
+  reason.placeholder = "reason 原因";
+  reason.maxLength = 1000;
+  const button = el("button", "Remove 移除");
+  button.type = "submit";
+  form.append(reason, button);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    remove(address, entry, reason.value.trim(), account).catch((err) => say(err.message, false));
+  });
+  return form;
+}
+async function remove(address, entry, reason, account) {
+  const scope = entry.scope === "account" ? "&account=" + q(entry.account_id) : "";
+  const r = await api("DELETE", "/admin/suppression/" + q(entry.address) + "?channel=" +
+                      q(entry.channel) + scope, {reason, actor: actor()});
+  await showRecipient(address, account);
+  say("Removed 已移除: " + r.removed.map((e) => e.channel + " " + e.reason + " (" + e.scope +
+      ")").join(", ") + " for " + r.address, true);
+}
+
+async function showConsent(address, account) {
+  if (!account) {
+    table("consent", ["Consent 同意"], [], "Give an account to see its consent record. " +
+          "輸入帳戶以查看同意記錄。");
+    return;
+  }
+  const c = await api("GET", "/admin/consent/" + q(account) + "/" + q(address) + "?channel=" +
+                      q(channelOf(address)));
+  const fields = Object.entries(c).filter(([k]) => !["account_id", "recipient"].includes(k));
+  table("consent", ["Field 欄位", "Value 值"],
+        fields.map(([k, v]) => [k, k.endsWith("_at") || k === "at" ? when(v) : v]));
+}
+
+// GET /admin/history/ADDRESS?account=ID: [{account_id, job_id, channel, status, at}]
+async function showHistory(address, account) {
+  $("history-note").textContent = "";
+  let jobs;
+  try {
+    jobs = await api("GET", "/admin/history/" + q(address) + (account ? "?account=" +
+                     q(account) : ""));
+  } catch (err) {
+    $("history").replaceChildren();
+    $("history-note").textContent = err.status === 404 && !err.json
+      ? "Job history is not available on this server. 此伺服器沒有工作記錄。" : err.message;
+    return;
+  }
+  const list = Array.isArray(jobs) ? jobs : (jobs.jobs || jobs.history || []);
+  table("history", ["When 時間", "Account 帳戶", "Job 工作", "Channel 渠道", "Status 狀態"],
+        list.map((j) => [when(j.at), link(j.account_id, "account", j.account_id),
+                         link(j.job_id, "job", j.account_id, j.job_id), j.channel, j.status]),
+        "No recent jobs 沒有最近工作");
+}
+
+// --- one job -------------------------------------------------------------------------------
+
+// GET /admin/jobs/ACCOUNT/ID: the timeline [{status, at, reason, detail, provider,
+// provider_message_id, attempt}] (or an object holding it as "timeline")
+async function showJob(account, id) {
+  $("job-title").textContent = id + " · " + account;
+  $("job-note").textContent = "";
+  let job;
+  try {
+    job = await api("GET", "/admin/jobs/" + q(account) + "/" + q(id));
+  } catch (err) {
+    $("job-fields").replaceChildren();
+    $("timeline").replaceChildren();
+    $("job-note").textContent = err.status === 404 && !err.json
+      ? "Job timelines are not available on this server. 此伺服器沒有工作時間線。" : err.message;
+    return;
+  }
+  const timeline = Array.isArray(job) ? job : (job.timeline || job.events || []);
+  const fields = Array.isArray(job) ? [] : Object.entries(job).filter(
+    ([, v]) => v === null || typeof v !== "object");
+  $("job-fields").replaceChildren(...fields.map(([k, v]) => row([k, k.endsWith("at") ? when(v)
+                                                                  : v])));
+  table("timeline", ["When 時間", "Status 狀態", "Reason 原因", "Detail 詳情",
+                     "Provider 供應商", "Provider message ID", "Attempt 嘗試"],
+        timeline.map((s) => [when(s.at), s.status, s.reason, s.detail, s.provider,
+                             s.provider_message_id, s.attempt]), "No timeline 沒有時間線");
+}
+
+// --- wiring --------------------------------------------------------------------------------
+
+$("accounts-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const params = new URLSearchParams();
+  if ($("state-filter").value) params.set("state", $("state-filter").value);
+  if ($("account-filter").value.trim()) params.set("q", $("account-filter").value.trim());
+  const hash = "#/accounts" + (params.toString() ? "?" + params : "");
+  if (location.hash === hash) render(); else location.hash = hash;
 });
-$("act").addEventListener("submit", (e) => {
-  e.preventDefault();
-  act(e.submitter.value);
+$("recipient-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const address = $("recipient").value.trim();
+  if (!address) return;
+  const account = $("recipient-account").value.trim();
+  const hash = "#/recipient/" + q(address) + (account ? "?account=" + q(account) : "");
+  if (location.hash === hash) render(); else location.hash = hash;
 });
-$("list-blocked").addEventListener("click", listBlocked);
+$("act").addEventListener("submit", (event) => {
+  event.preventDefault();
+  act(event.submitter.value).catch((err) => say(err.message, false));
+});
+$("token").addEventListener("change", render);
+window.addEventListener("hashchange", render);
+render();

@@ -1,0 +1,284 @@
+"""The support page in a real browser: Debian's ``chromium`` driven by Playwright against the
+real webhook server, real Redis and RabbitMQ (and the worker for a recipient's history).
+
+Support finds a blocked account in the list, sees why (the transition's reason and detail,
+the bounces and their evidence), unblocks it with a reason; looks a recipient up, sees its
+suppression entry with its evidence and removes it with a reason; reads a recipient's recent
+jobs and a job's timeline. Every change is checked in Redis too. Markup injected through the
+API stays text. No skip: without /usr/bin/chromium these tests fail."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from config.reputation import Policy
+from sender.service import make_redis
+from suppression import keys
+from suppression.gate import Counts, Gate
+from suppression.store import AccountStore, ConsentStore, SuppressionStore
+from tests.integration.helpers import collect, email_job, publish, running_app, running_worker
+from webhooks import admin
+
+pytestmark = pytest.mark.integration
+TOKEN = "page-token-for-tests"
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EVIL = "<img src=x onerror=alert(1)><script>alert('x')</script>"
+SHOT = Path(__file__).resolve().parents[2] / "var" / "admin-page.png"
+#: the job's story API comes with its own branch: until it is merged, the history test fails
+#: as expected (the page says the history is not available); after, it is an ordinary test
+STORY_API = all(path in inspect.getsource(admin) for path in ("/admin/jobs/", "/admin/history/"))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert CHROMIUM.exists(), "Debian's chromium is required (apt-get install chromium)"
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def site(make_settings: Any, unused_tcp_port_factory: Any) -> AsyncIterator[str]:
+    async with running_app(make_settings(admin_tokens=TOKEN), unused_tcp_port_factory()) as base:
+        yield base
+
+
+@pytest.fixture
+async def redis(make_settings: Any) -> AsyncIterator[Any]:
+    client = make_redis(make_settings())
+    yield client
+    await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def opened(browser: Browser, site: str) -> AsyncIterator[Page]:
+    """The page with the token and a name entered; fails the test on any dialog or script
+    error (an injected ``alert`` would be one)."""
+    page = await browser.new_page()
+    problems: list[str] = []
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
+    await page.goto(site + "/admin/")
+    await expect(page.locator("#message")).to_contain_text("token")
+    await page.fill("#token", TOKEN)
+    await page.fill("#actor", "alice")
+    await page.press("#token", "Enter")
+    try:
+        yield page
+    finally:
+        await page.close()
+    assert not problems, problems
+
+
+async def block(redis: Any, account: str, *, bounces: int = 10) -> None:
+    """Block ``account`` the way production does: hard bounces through Gate.post_send (the
+    real script), each suppressing its address with the job as evidence."""
+    store = AccountStore(redis, Policy())
+    await store.configure(account, actor="setup", min_bounce_volume=5, early_bounce_volume=5)
+    gate = Gate(redis, idempotency_ttl=3600)
+    for i in range(bounces):
+        await gate.post_send(account, f"j{i}", status="bounced", attempt=1,
+                             reason="smtp; 550 5.1.1 user unknown", counts=Counts(sends=1, hard=1),
+                             address=f"gone{i}@example.com")
+    assert (await store.show(account))["state"] == "blocked"
+
+
+def cells(page: Page, table: str) -> Any:
+    return page.locator(f"#{table} tr")
+
+
+async def test_support_finds_a_blocked_account_sees_why_and_unblocks_it(browser, site, redis,
+                                                                        amqp_url):
+    await block(redis, "acct_dirty")
+    store = AccountStore(redis, Policy())
+    await store.configure("acct_a_fine", actor="setup", rate=10)
+    async with opened(browser, site) as page:
+        # the list: every account, with its state and its rates against the thresholds
+        accounts = page.locator("#accounts")
+        await expect(accounts).to_contain_text("acct_a_fine")
+        # the ones that need support come first
+        await expect(cells(page, "accounts").nth(1)).to_contain_text("acct_dirty")
+        await page.select_option("#state-filter", "blocked")
+        await page.click("#accounts-form button")
+        await expect(accounts).not_to_contain_text("acct_a_fine")
+        dirty = page.locator("#accounts tr", has_text="acct_dirty")
+        await expect(dirty).to_contain_text("blocked")
+        await expect(dirty).to_contain_text("100.00 % (10/10")  # bounce rate, count, sends
+        await expect(dirty.locator(".level-2")).to_have_count(1)  # over the block threshold
+
+        # the account: why, the bounces and their evidence, only the action that applies
+        await dirty.locator("a").click()
+        await expect(page.locator("#state")).to_have_text("blocked")
+        await expect(page.locator("#why")).to_contain_text("auto by system")
+        await expect(page.locator("#why")).to_contain_text(
+            "hard_bounce_rate — email: 5 sends, 5 hard bounces")
+        await expect(page.locator("#actions button")).to_have_text(["Unblock 解除封鎖"])
+        await expect(cells(page, "bounces")).to_have_count(11)  # header and 10 bounces
+        await expect(page.locator("#bounces")).to_contain_text("550 5.1.1 user unknown")
+        evidence = page.locator("#account-entries tr", has_text="gone3@example.com")
+        await expect(evidence).to_contain_text("hard_bounce")
+        await expect(evidence).to_contain_text("job:j3")
+        await expect(evidence).to_contain_text("550 5.1.1 user unknown")
+        await expect(cells(page, "account-entries")).to_have_count(11)
+
+        # no reason: the browser refuses the form, nothing changes
+        await page.click("#actions button")
+        assert await page.locator("#reason").evaluate("e => !e.validity.valid")
+        assert (await store.show("acct_dirty"))["state"] == "blocked"
+
+        # no name: refused by the page, nothing changes
+        await page.fill("#actor", "")
+        await page.fill("#reason", "list cleaned, ticket 4711")
+        await page.click("#actions button")
+        await expect(page.locator("#message")).to_contain_text("Enter your name first")
+        assert (await store.show("acct_dirty"))["state"] == "blocked"
+
+        await page.fill("#actor", "alice")
+        await page.click("#actions button")
+        await expect(page.locator("#message")).to_have_text("acct_dirty: blocked → active")
+        await expect(page.locator("#state")).to_have_text("active")
+        await expect(page.locator("#actions button")).to_have_text(["Suspend 暫停"])
+        newest = cells(page, "audit").nth(1)
+        for text in ("unblock", "blocked → active", "alice", "list cleaned, ticket 4711"):
+            await expect(newest).to_contain_text(text)
+        SHOT.parent.mkdir(exist_ok=True)
+        await page.screenshot(path=str(SHOT), full_page=True)
+
+    shown = await store.show("acct_dirty")
+    assert shown["state"] == "active" and shown["probation_until"]
+    [record] = await store.audit.read("acct_dirty", limit=1)
+    assert (record["action"], record["from"], record["to"], record["actor"],
+            record["reason"]) == ("unblock", "blocked", "active", "alice",
+                                  "list cleaned, ticket 4711")
+    got = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 2, timeout=3)
+    assert [m.routing_key for m in got] == ["account.active"]  # announced once
+
+
+async def test_support_removes_a_suppression_entry_with_a_reason(browser, site, redis):
+    await block(redis, "acct_dirty", bounces=6)
+    consent = ConsentStore(redis)
+    await consent.grant("acct_dirty", "gone2@example.com", channel="email",
+                        source="signup form", evidence="form 1234", actor="crm")
+    async with opened(browser, site) as page:
+        await page.fill("#recipient", "Gone2@Example.com")
+        await page.fill("#recipient-account", "acct_dirty")
+        await page.click("#recipient-form button")
+        entry = page.locator("#entries tr", has_text="hard_bounce")
+        for text in ("global", "job:j2", "550 5.1.1 user unknown", "system", "acct_dirty"):
+            await expect(entry).to_contain_text(text)
+        await expect(page.locator("#consent")).to_contain_text("form 1234")
+        await expect(page.locator("#consent")).to_contain_text("granted")
+
+        # no reason: refused by the browser, the entry stays
+        await entry.locator("button").click()
+        assert await entry.locator("input").evaluate("e => !e.validity.valid")
+        assert await redis.exists(keys.global_suppression("email", "gone2@example.com"))
+
+        await entry.locator("input").fill("mailbox exists again, ticket 99")
+        await entry.locator("button").click()
+        await expect(page.locator("#message")).to_contain_text("Removed")
+        await expect(page.locator("#entries")).to_contain_text("No entries")
+        await expect(page.locator("#suppressed")).to_have_text("Not suppressed 未抑制")
+
+    assert not await redis.exists(keys.global_suppression("email", "gone2@example.com"))
+    assert await redis.exists(keys.global_suppression("email", "gone3@example.com"))
+    assert await SuppressionStore(redis).check("gone2@example.com", account_id="acct_dirty") \
+        == []
+    [record] = await SuppressionStore(redis).audit.read(None, limit=1)
+    assert (record["action"], record["address"], record["actor"], record["reason"],
+            record["removed"]) == ("suppression.remove", "gone2@example.com", "alice",
+                                   "mailbox exists again, ticket 99", "hard_bounce")
+
+
+@pytest.mark.xfail(not STORY_API, strict=True,
+                   reason="GET /admin/history and /admin/jobs are not merged yet")
+async def test_support_reads_a_recipients_history_and_a_jobs_timeline(
+        browser, site, redis, make_settings, smtp_server, amqp_url):
+    """Against ``GET /admin/history/ADDRESS?account=ID`` (``[{account_id, job_id, channel,
+    status, at}]``) and ``GET /admin/jobs/ACCOUNT/ID`` (the timeline: ``[{status, at, reason,
+    detail, provider, provider_message_id, attempt}]``)."""
+    smtp_url, _ = smtp_server
+    job = email_job(account_id="acct_h", to="carol@example.com")
+    await publish(amqp_url, [job])
+    async with running_worker(make_settings(smtp_url=smtp_url)):
+        await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1, timeout=20)
+    async with opened(browser, site) as page:
+        await page.fill("#recipient", "carol@example.com")
+        await page.fill("#recipient-account", "acct_h")
+        await page.click("#recipient-form button")
+        await page.wait_for_function("document.querySelector('#history tr') || "
+                                     "document.querySelector('#history-note').textContent")
+        assert await page.text_content("#history-note") == ""  # the API answered
+        listed = page.locator("#history tr", has_text=job["id"])
+        await expect(listed).to_contain_text("sent")
+        await expect(listed).to_contain_text("acct_h")
+        await listed.get_by_role("link", name=job["id"]).click()
+        await expect(page.locator("#job-title")).to_contain_text(job["id"])
+        sent = page.locator("#timeline tr", has_text="sent")
+        await expect(sent).to_contain_text("smtp")
+        await expect(sent).to_contain_text(re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"))
+
+
+async def test_markup_from_the_api_stays_text(browser, site, redis):
+    """Reasons, actors, sources and account ids with markup: shown as text, no script runs
+    (``opened`` fails on any dialog), no element is made from them."""
+    store = AccountStore(redis, Policy())
+    account = "acct_<b>x</b>"
+    await store.configure(account, actor=EVIL, business_name=EVIL)
+    await store.support(account, "suspend", actor=EVIL, reason=EVIL)
+    await SuppressionStore(redis).add("victim@example.com", channel="email", reason="manual",
+                                      account_id=account, source=EVIL, actor=EVIL)
+    async with opened(browser, site) as page:
+        await page.get_by_role("link", name=account).click()
+        await expect(page.locator("#why")).to_contain_text(EVIL)
+        await expect(page.locator("#audit")).to_contain_text(EVIL)
+        await expect(page.locator("#account-entries")).to_contain_text(EVIL)
+        await page.get_by_role("link", name="victim@example.com").click()
+        await expect(page.locator("#entries")).to_contain_text(EVIL)
+        assert await page.locator("img, b, section script").count() == 0
+
+
+async def test_history_and_timeline_render_the_contracts_shapes(browser, site):
+    """The page against the job's story contract alone (the two answers stubbed in the
+    browser, with markup in every text field): the real server's answers are tested above."""
+    history = [{"account_id": "acct_<i>h</i>", "job_id": "job<1>", "channel": "email",
+                "status": "bounced", "at": 1767225600}]
+    timeline = [{"status": "queued", "at": "2026-01-01T00:00:00.000Z", "reason": None,
+                 "detail": None, "provider": None, "provider_message_id": None, "attempt": 0},
+                {"status": "bounced", "at": 1767225601, "reason": "userunknown",
+                 "detail": EVIL, "provider": "smtp", "provider_message_id": "Q<9>",
+                 "attempt": 1}]
+    answers = {"/admin/history/": history, "/admin/jobs/": timeline}
+
+    async def stub(route: Any) -> None:
+        path = route.request.url.split("/", 3)[3]
+        [body] = [v for k, v in answers.items() if ("/" + path).startswith(k)]
+        assert route.request.headers["authorization"] == f"Bearer {TOKEN}"
+        await route.fulfill(status=200, content_type="application/json", json=body)
+
+    async with opened(browser, site) as page:
+        await page.route(re.compile(r".*/admin/(history|jobs)/.*"), stub)
+        # a link to the view (same document: the token stays in its field)
+        await page.goto(site + "/admin/#/recipient/carol%40example.com?account=acct_%3Ci%3Eh")
+        listed = page.locator("#history tr", has_text="job<1>")
+        for text in ("2026-01-01T00:00:00Z", "acct_<i>h</i>", "email", "bounced"):
+            await expect(listed).to_contain_text(text)
+        await listed.get_by_role("link", name="job<1>").click()
+        await expect(page.locator("#job-title")).to_have_text("job<1> · acct_<i>h</i>")
+        rows = page.locator("#timeline tr")
+        await expect(rows).to_have_count(3)
+        await expect(rows.nth(1)).to_contain_text("2026-01-01T00:00:00Z")
+        for text in ("2026-01-01T00:00:01Z", "userunknown", EVIL, "smtp", "Q<9>", "1"):
+            await expect(rows.nth(2)).to_contain_text(text)
+        assert await page.locator("i, img").count() == 0
