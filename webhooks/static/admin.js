@@ -278,7 +278,8 @@ async function showConsent(address, account) {
         fields.map(([k, v]) => [k, k.endsWith("_at") || k === "at" ? when(v) : v]));
 }
 
-// GET /admin/history/ADDRESS?account=ID: [{account_id, job_id, channel, status, at}]
+// GET /admin/history/ADDRESS?account=ID: {"address", "jobs": [{account_id, id, channel, status,
+// at, ...}]} (a job's id as "id"; "job_id" read too)
 async function showHistory(address, account) {
   $("history-note").textContent = "";
   let jobs;
@@ -294,7 +295,8 @@ async function showHistory(address, account) {
   const list = Array.isArray(jobs) ? jobs : (jobs.jobs || jobs.history || []);
   table("history", ["When 時間", "Account 帳戶", "Job 工作", "Channel 渠道", "Status 狀態"],
         list.map((j) => [when(j.at), link(j.account_id, "account", j.account_id),
-                         link(j.job_id, "job", j.account_id, j.job_id), j.channel, j.status]),
+                         link(j.id ?? j.job_id, "job", j.account_id, j.id ?? j.job_id),
+                         j.channel, j.status]),
         "No recent jobs 沒有最近工作");
 }
 
