@@ -26,21 +26,23 @@ from sender.models import StatusEvent  # noqa: E402
 async def print_events(idle: float, as_json: bool) -> int:
     """Print events until ``idle`` seconds pass without one; return how many were printed."""
     count = 0
+    loop = asyncio.get_running_loop()
     async with Outbox.from_settings(load_settings()) as outbox:
-        stream = outbox.events(queue="outbox.status")
-        async with contextlib.aclosing(stream):
-            while True:
-                try:
-                    event: StatusEvent = await asyncio.wait_for(anext(stream), idle)
-                except (TimeoutError, StopAsyncIteration):
-                    return count
-                count += 1
-                if as_json:
-                    print(json.dumps({"routing_key": event.routing_key,
-                                      **event.model_dump(mode="json")}, ensure_ascii=False))
-                else:
-                    print(f"{event.at:%H:%M:%S}  {event.routing_key:<18} {event.id:<20} "
-                          f"{event.status:<10} {event.reason or '-'}", flush=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(idle) as quiet:
+                async for event in outbox.events(queue="outbox.status"):
+                    count += 1
+                    print(_line(event, as_json), flush=True)
+                    quiet.reschedule(loop.time() + idle)
+    return count
+
+
+def _line(event: StatusEvent, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"routing_key": event.routing_key, **event.model_dump(mode="json")},
+                          ensure_ascii=False)
+    return (f"{event.at:%H:%M:%S}  {event.routing_key:<18} {event.id:<20} "
+            f"{event.status:<10} {event.reason or '-'}")
 
 
 def main() -> int:
