@@ -21,7 +21,7 @@ from benchmarks.sink import SmtpSink, Window
 from benchmarks.systems import Processes, System
 from benchmarks.workloads import Job, Stream
 
-JOBS_EXCHANGE = "outbox.jobs"     # DESIGN.md contracts
+JOBS_EXCHANGE = "outbox.jobs"     # README contracts
 JOB_QUEUE = "outbox.email"
 STATUS_QUEUE = "outbox.status"
 STALL_SECONDS = 15.0

@@ -10,7 +10,7 @@ import json
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="the envelope recipient it came to (e.g. the VERP address)")
     pp.set_defaults(func=cmd_bounces_parse)
 
-    p = sub.add_parser("enqueue", help="publish jobs from a JSON-lines file (or - for stdin)")
+    p = sub.add_parser("enqueue", help="publish jobs from a JSON-lines file, or a file holding "
+                       "one (pretty-printed) JSON job, or - for stdin")
     p.add_argument("source", metavar="FILE|-")
     p.add_argument("--no-validate", action="store_true",
                    help="publish lines as they are (the worker dead-letters invalid ones)")
@@ -436,15 +437,49 @@ async def _enqueue(cfg: Any, stream: Any, name: str, *, validate: bool) -> dict[
 
     async with Outbox.from_settings(cfg) as outbox:
         pending: set[asyncio.Task[None]] = set()
-        for lineno, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            pending.add(asyncio.create_task(one(lineno, line.rstrip(b"\r\n"))))
+        for lineno, line in job_lines(stream):
+            pending.add(asyncio.create_task(one(lineno, line)))
             if len(pending) >= ENQUEUE_WINDOW:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if pending:
             await asyncio.wait(pending)
     return counts
+
+
+def job_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(line number, job)`` of each non-blank line of a JSON-lines stream, read as it comes.
+    A file holding one JSON object over several lines (a pretty-printed job, as in
+    ``examples/*.json``) is one job, numbered by its first line: recognised by a first line
+    that is not JSON on its own while the whole is one object. Anything else is read line by
+    line, so a bad line is reported with its number."""
+    lines = iter(stream)
+    lineno, line = next(((n, x) for n, x in enumerate(lines, 1) if x.strip()), (0, b""))
+    if not lineno:
+        return
+    first = line.rstrip(b"\r\n")
+    if _is_json(first):
+        yield lineno, first
+        for n, rest in enumerate(lines, lineno + 1):
+            if rest.strip():
+                yield n, rest.rstrip(b"\r\n")
+        return
+    rest = list(lines)
+    whole = b"".join([line, *rest]).strip()
+    if whole.startswith(b"{") and _is_json(whole):
+        yield lineno, whole
+        return
+    yield lineno, first
+    for n, more in enumerate(rest, lineno + 1):
+        if more.strip():
+            yield n, more.rstrip(b"\r\n")
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from config import Settings, load_settings
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+#: Fields that hold a time. The stores keep Unix seconds; every command prints them as ISO 8601
+#: UTC (``2026-01-02T03:04:05Z``), in readable and ``--json`` output alike.
+TIME_FIELDS = frozenset({"at", "since", "probation_until", "expires_at", "granted_at",
+                         "revoked_at"})
+#: Fields whose contents are someone else's (a job's metadata, a provider's payload): never
+#: rewritten, whatever keys they hold.
+OPAQUE_FIELDS = frozenset({"metadata", "raw", "headers"})
+_EPOCH = re.compile(r"^\d{1,12}(\.\d+)?$")
 
 
 class CliError(Exception):
@@ -52,12 +64,50 @@ def run_once(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def iso_time(value: Any) -> Any:
+    """Unix seconds (a number, or digits as Redis returns them) as ISO 8601 UTC; anything else
+    (an ISO string already, ``None``, ``""``) unchanged."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return value
+    if isinstance(value, str):
+        if not _EPOCH.match(value):
+            return value
+        value = float(value)
+    moment = datetime.fromtimestamp(value, UTC)
+    spec = "seconds" if float(value).is_integer() else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def iso_times(records: Any) -> Any:
+    """``records`` with every :data:`TIME_FIELDS` value made ISO 8601 UTC, in nested objects
+    and lists too (not inside :data:`OPAQUE_FIELDS`)."""
+    if isinstance(records, dict):
+        return {k: v if k in OPAQUE_FIELDS else iso_time(v) if k in TIME_FIELDS
+                else iso_times(v) for k, v in records.items()}
+    if isinstance(records, list | tuple):
+        return [iso_times(r) for r in records]
+    return records
+
+
 def print_records(records: Any, as_json: bool, text: Callable[[Any], str] = str) -> None:
-    """Print records as JSON (``--json``) or as readable text."""
+    """Print records as JSON (``--json``) or as readable text; times as ISO 8601 UTC."""
+    records = iso_times(records)
     if as_json:
         print(json.dumps(records, ensure_ascii=False, default=str))
     else:
         print(text(records))
+
+
+def table(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Records as a table: a header line of ``columns``, one aligned line per record (``-`` for
+    an empty value); ``(none)`` when there is no record."""
+    if not records:
+        return "(none)"
+    rows = [list(columns)] + [["-" if r.get(c) in (None, "") else str(r.get(c)).replace("\n", " ")
+                               for c in columns] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)
 
 
 def read_lines(source: str) -> tuple[str, Any]:

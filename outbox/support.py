@@ -1,8 +1,12 @@
 """Support subcommands: ``accounts``, ``suppression``, ``consent``, ``prefs``, ``audit``.
 
 Thin: parse, build settings, call the stores in :mod:`suppression.store`, print. Exit status:
-0 done, 1 a failure while running (or bad lines in an import), 2 bad input (unknown account,
-missing reason or actor, bad address...).
+0 done; 1 a failure while running, bad lines in an import, or nothing to remove (the admin
+API's 404); 2 bad input (missing reason or actor, bad address...), an unknown account
+included: every command that names an account refuses one Outbox does not know (an account is
+known once it has sent a job or been configured with ``accounts configure``, the one command
+that makes one). Lists print as tables with a header line; times are ISO 8601 UTC
+(:func:`outbox.runtime.print_records`), in ``--json`` output too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from config.reputation import OVERRIDES
-from outbox.runtime import CliError, print_records, read_lines, run_once, settings
+from outbox.runtime import (
+    EXIT_FAILED,
+    CliError,
+    iso_time,
+    print_records,
+    read_lines,
+    run_once,
+    settings,
+    table,
+)
 from suppression import channels
 
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
@@ -169,13 +182,19 @@ def _prefs(sub: Sub) -> None:
 # --- plumbing ---------------------------------------------------------------------------
 
 
-def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
-    """Run ``work(redis, cfg)`` with a Redis client from the settings; store errors → exit 2;
-    Redis unreachable (at start or midway) → one line naming OUTBOX_REDIS_URL, exit 1."""
+#: Said after "unknown account 'X'": how an account becomes known.
+UNKNOWN_ACCOUNT_HINT = ("an account is known once it has sent a job or been configured "
+                        "(`outbox accounts configure ID --business-name ...`)")
+
+
+def _run(work: Callable[[Any, Any], Awaitable[Any]], *, account: str | None = None) -> Any:
+    """Run ``work(redis, cfg)`` with a Redis client from the settings, after checking that
+    ``account`` (when given) is known; store errors → exit 2; Redis unreachable (at start or
+    midway) → one line naming OUTBOX_REDIS_URL, exit 1."""
     from redis.asyncio import Redis
 
     from sender.connect import REDIS_DOWN, ping_redis, redis_error
-    from suppression.store import StoreError
+    from suppression.store import StoreError, UnknownAccount
 
     cfg = settings()
     url = cfg.redis_url.get_secret_value()
@@ -184,6 +203,8 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
         redis = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         try:
             await ping_redis(redis, url)
+            if account is not None:
+                await _account_store(redis, cfg).require(account)
             return await work(redis, cfg)
         except REDIS_DOWN as exc:
             raise redis_error(url, exc) from None
@@ -192,21 +213,22 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
 
     try:
         return run_once(_main())
+    except UnknownAccount as exc:
+        raise CliError(f"{exc}: {UNKNOWN_ACCOUNT_HINT}") from None
     except StoreError as exc:
         raise CliError(str(exc)) from None
+
+
+def _account_store(redis: Any, cfg: Any) -> Any:
+    from suppression.store import AccountStore
+
+    return AccountStore(redis, _policy(cfg))
 
 
 def _policy(cfg: Any) -> Any:
     from suppression.reputation import Policy
 
     return Policy.from_settings(cfg)
-
-
-def _lines(records: list[dict[str, Any]], fields: tuple[str, ...]) -> str:
-    if not records:
-        return "(none)"
-    return "\n".join("  ".join(str(r.get(f) if r.get(f) is not None else "-") for f in fields)
-                     for r in records)
 
 
 # --- accounts -----------------------------------------------------------------------------
@@ -216,7 +238,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
     from suppression.store import AccountStore
 
     rows = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).list(args.state))
-    print_records(rows, args.json, lambda rs: _lines(rs, ("account_id", "state")))
+    print_records(rows, args.json, lambda rs: table(rs, ("account_id", "state")))
     return 0
 
 
@@ -230,6 +252,7 @@ def cmd_accounts_show(args: argparse.Namespace) -> int:
 
 def _show_text(info: dict[str, Any]) -> str:
     lines = [f"account {info['account_id']}: {info['state']}"
+             + (f" since {info['since']}" if info.get("since") else "")
              + (f" (probation until {info['probation_until']})" if info["probation_until"]
                 else "")]
     for channel, r in info["rates"].items():
@@ -239,9 +262,8 @@ def _show_text(info: dict[str, Any]) -> str:
                      f"{r['complaint_wilson_lower']:.3%}) in {r['window']} s")
     lines.append(f"  limits: {json.dumps(info['limits'])}")
     lines.append(f"  sender: {json.dumps(info['sender'], ensure_ascii=False)}")
-    for t in info["recent_transitions"]:
-        lines.append(f"  {t.get('id')} {t.get('action')} {t.get('from')} -> {t.get('to')}: "
-                     f"{t.get('detail')}")
+    lines.append("recent transitions:")
+    lines.append(table(info["recent_transitions"], _AUDIT_COLUMNS))
     return "\n".join(lines)
 
 
@@ -302,6 +324,7 @@ async def _publish_account_event(cfg: Any, change: Any, args: argparse.Namespace
 
 _ENTRY_FIELDS = ("address", "channel", "scope", "account_id", "reason", "source", "at",
                  "expires_at", "detail")
+_AUDIT_COLUMNS = ("id", "at", "actor", "action", "from", "to", "reason")
 
 
 def cmd_suppression_add(args: argparse.Namespace) -> int:
@@ -309,8 +332,9 @@ def cmd_suppression_add(args: argparse.Namespace) -> int:
 
     entry = _run(lambda r, cfg: SuppressionStore(r).add(
         args.address, channel=args.channel, reason=args.reason, account_id=args.account,
-        expires=args.expires, source=args.source or f"cli:{args.actor}", actor=args.actor))
-    print_records(entry, args.json, lambda e: _lines([e], _ENTRY_FIELDS))
+        expires=args.expires, source=args.source or f"cli:{args.actor}", actor=args.actor),
+        account=args.account)
+    print_records(entry, args.json, lambda e: table([e], _ENTRY_FIELDS))
     return 0
 
 
@@ -319,9 +343,14 @@ def cmd_suppression_remove(args: argparse.Namespace) -> int:
 
     removed = _run(lambda r, cfg: SuppressionStore(r).remove(
         args.address, channel=args.channel, account_id=args.account, actor=args.actor,
-        reason=args.reason))
+        reason=args.reason), account=args.account)
     print_records({"address": args.address, "removed": removed}, args.json,
-                  lambda d: f"removed {len(d['removed'])} entr{'y' if len(d['removed']) == 1 else 'ies'}")
+                  lambda d: "removed:\n" + table(d["removed"], _ENTRY_FIELDS))
+    if not removed:  # as the admin API's 404: the caller thought there was one
+        scope = f"account {args.account}" if args.account else "the global list"
+        print(f"outbox: no {args.channel} entry for {args.address} in {scope}: nothing removed",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -329,11 +358,11 @@ def cmd_suppression_check(args: argparse.Namespace) -> int:
     from suppression.store import SuppressionStore
 
     entries = _run(lambda r, cfg: SuppressionStore(r).check(
-        args.address, account_id=args.account, channel=args.channel))
+        args.address, account_id=args.account, channel=args.channel), account=args.account)
     record = {"address": args.address, "suppressed": bool(entries), "entries": entries}
-    print_records(record, args.json,
-                  lambda d: f"{d['address']}: " + ("suppressed\n" + _lines(d["entries"], _ENTRY_FIELDS)
-                                                  if d["suppressed"] else "not suppressed"))
+    print_records(record, args.json, lambda d: f"{d['address']}: " + (
+        "suppressed\n" + table(d["entries"], _ENTRY_FIELDS) if d["suppressed"]
+        else "not suppressed"))
     return 0
 
 
@@ -344,8 +373,9 @@ async def _collect(store: Any, account: str | None, reason: str | None) -> list[
 def cmd_suppression_list(args: argparse.Namespace) -> int:
     from suppression.store import SuppressionStore
 
-    entries = _run(lambda r, cfg: _collect(SuppressionStore(r), args.account, args.reason))
-    print_records(entries, args.json, lambda es: _lines(es, _ENTRY_FIELDS))
+    entries = _run(lambda r, cfg: _collect(SuppressionStore(r), args.account, args.reason),
+                   account=args.account)
+    print_records(entries, args.json, lambda es: table(es, _ENTRY_FIELDS))
     return 0
 
 
@@ -353,8 +383,8 @@ def cmd_suppression_canonicalise(args: argparse.Namespace) -> int:
     from suppression.store import canonicalise_keys
 
     found = _run(lambda r, cfg: canonicalise_keys(r, apply=args.apply))
-    print_records(found, args.json, lambda fs: "\n".join(
-        f"{f['action']}: {f['key']} -> {f['canonical'] or '-'}" for f in fs) or "none found")
+    print_records(found, args.json,
+                  lambda fs: table(fs, ("action", "key", "address", "canonical")))
     return 0
 
 
@@ -367,11 +397,12 @@ def cmd_suppression_export(args: argparse.Namespace) -> int:
         count = 0
         async for e in SuppressionStore(redis).entries(account_id=args.account,
                                                        reason=args.reason):
-            out.writerow(["" if e[f] is None else e[f] for f in _ENTRY_FIELDS])
+            out.writerow(["" if e[f] is None else iso_time(e[f]) if f in ("at", "expires_at")
+                          else e[f] for f in _ENTRY_FIELDS])
             count += 1
         return count
 
-    _run(work)
+    _run(work, account=args.account)
     return 0
 
 
@@ -410,7 +441,7 @@ def cmd_suppression_import(args: argparse.Namespace) -> int:
                                  bad_lines=len(bad), dnc=int(args.dnc))
         return done
 
-    imported = _run(work)
+    imported = _run(work, account=args.account)
     if progress:
         progress.close()
     print_records({"file": name, "imported": imported, "bad": len(bad)}, args.json,
@@ -493,9 +524,10 @@ def cmd_consent(args: argparse.Namespace) -> int:
                          granted=args.consent_action == "grant", source=args.source,
                          evidence=args.evidence, actor=args.actor)
 
-    record = _run(work)
+    record = _run(work, account=args.account_id)
     print_records(record, args.json,
-                  lambda r: f"{r['account_id']} {r['recipient']} {r['channel']}: {r['status']}")
+                  lambda r: f"{r['account_id']} {r['recipient']} {r['channel']}: {r['status']}"
+                            + (f" since {r['at']}" if r.get("at") else ""))
     return 0
 
 
@@ -504,7 +536,8 @@ def cmd_prefs_set(args: argparse.Namespace) -> int:
 
     record = _run(lambda r, cfg: PrefsStore(r).set(args.account_id, args.recipient,
                                                    topic=args.topic, channel=args.channel,
-                                                   on=args.on))
+                                                   on=args.on),
+                   account=args.account_id)
     print_records(record, args.json, _prefs_text)
     return 0
 
@@ -513,28 +546,23 @@ def cmd_prefs_show(args: argparse.Namespace) -> int:
     from suppression.store import PrefsStore
 
     record = _run(lambda r, cfg: PrefsStore(r).get(args.account_id, args.recipient,
-                                                   channel=args.channel))
+                                                   channel=args.channel),
+                   account=args.account_id)
     print_records(record, args.json, _prefs_text)
     return 0
 
 
 def _prefs_text(r: dict[str, Any]) -> str:
-    lines = [f"{r['account_id']} {r['recipient']} (topics not listed are on)"]
-    for topic, chans in sorted(r["topics"].items()):
-        lines.append("  " + topic + ": " + ", ".join(
-            f"{c} {'on' if on else 'off'}" for c, on in sorted(chans.items())))
-    return "\n".join(lines)
+    rows = [{"topic": topic, "channel": c, "setting": "on" if on else "off"}
+            for topic, chans in sorted(r["topics"].items()) for c, on in sorted(chans.items())]
+    return (f"{r['account_id']} {r['recipient']} (topics not listed are on)\n"
+            + table(rows, ("topic", "channel", "setting")))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from suppression.store import AccountStore
 
-    async def work(redis: Any, cfg: Any) -> list[dict[str, str]]:
-        store = AccountStore(redis, _policy(cfg))
-        await store.require(args.account_id)
-        return await store.audit.read(args.account_id, limit=args.limit)
-
-    records = _run(work)
-    print_records(records, args.json,
-                  lambda rs: _lines(rs, ("id", "actor", "action", "from", "to", "detail")))
+    records = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).audit.read(
+        args.account_id, limit=args.limit), account=args.account_id)
+    print_records(records, args.json, lambda rs: table(rs, _AUDIT_COLUMNS))
     return 0

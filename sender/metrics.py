@@ -1,4 +1,4 @@
-"""Prometheus metrics of the worker (DESIGN.md "Metrics"); the registry is injected."""
+"""Prometheus metrics of the worker (README, "Metrics"); the registry is injected."""
 
 from __future__ import annotations
 

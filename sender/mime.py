@@ -47,7 +47,7 @@ Decisions
 * **Footers**: ``footer_text`` is appended to the text part (on a new line); ``footer_html`` is
   inserted before the last ``</body>`` of the html, or appended when there is none. A footer for
   a part the job does not have is ignored.
-* ``Message-ID`` is ``<{job.id}@{message_id_domain}>`` as DESIGN.md fixes it. Note: job ids may
+* ``Message-ID`` is ``<{job.id}@{message_id_domain}>`` as the README fixes it. Note: job ids may
   contain ``:`` (``SAFE_ID``), which is not dot-atom text, and strict parsers (Python's
   ``headerregistry``) misread such a Message-ID; the bytes still carry the id verbatim.
 """

@@ -316,7 +316,7 @@ def status_event(
     at: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One status event (DESIGN.md: "Status events"). Extra keys (e.g. ``segments``) are added."""
+    """One status event (README, "Status events"). Extra keys (e.g. ``segments``) are added."""
     event = {
         "v": SCHEMA_VERSION,
         "id": job_id,

@@ -1,7 +1,7 @@
 """Provider events (webhooks and bounce listener → worker, on ``outbox.events``), schema 1.
 
-One :class:`ProviderEvent` per recipient and happening, whoever reported it (DESIGN.md,
-"Webhook providers"). The webhook side builds it (every field validated on construction) and
+One :class:`ProviderEvent` per recipient and happening, whoever reported it (README,
+"Provider events"). The webhook side builds it (every field validated on construction) and
 publishes :meth:`ProviderEvent.to_json`; the worker reads it back with
 :meth:`ProviderEvent.from_json`, which raises :class:`InvalidEvent` with a readable reason (the
 worker dead-letters it with that reason). Fields (README "Provider events"):

@@ -8,7 +8,7 @@ and the support store (CLI, admin API, CSV and DNC imports, the unsubscribe hand
 :func:`queue` adds its commands to a pipeline (a redis-py pipeline or the gate's batch);
 :func:`write` sends them alone.
 
-Scope (DESIGN "Scope of suppression and consent")::
+Scope (README, "Support operations")::
 
     reason         what it is                        key
     hard_bounce    a fact about the address          outbox:supp:<channel>:<addr>, whatever

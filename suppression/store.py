@@ -4,8 +4,8 @@ Async, Redis injected; the CLI (``outbox/support.py``) and the admin API use the
 never does (its reads are the gate's single round trip). Key layout: :mod:`suppression.keys`.
 
 Suppression entries are written by :mod:`suppression.entries` (the one writer: shape, scope
-rule, canonical address), which the gate uses too. Scope (DESIGN "Scope of suppression and
-consent"): facts about an address (``hard_bounce``, ``complaint``, ``invalid``) are global
+rule, canonical address), which the gate uses too. Scope (README, "Support operations";
+"Suppression"): facts about an address (``hard_bounce``, ``complaint``, ``invalid``) are global
 whatever account is named; choices of a person (``unsubscribe``, ``sms_stop``) belong to one
 account and need it; ``manual`` is either; ``dnc_register`` entries come only from the register
 import (:meth:`SuppressionStore.add_dnc`) and apply to marketing SMS.

@@ -1,5 +1,5 @@
 """Email provider webhooks: ``POST /webhooks/ses``, ``/webhooks/sendgrid``, ``/webhooks/mailgun``
-and ``/webhooks/postmark`` (DESIGN.md, "Webhook providers").
+and ``/webhooks/postmark`` (README, "Email provider webhooks").
 
 Each handler, like :class:`webhooks.handlers.TwilioWebhooks`: answers 404 while its provider is
 not configured; verifies first (403 — 401 for Postmark's basic auth — and no effect when that

@@ -79,6 +79,7 @@ async def test_other_account_consent_does_not_count(make_settings, smtp_server, 
                                                     cli_env):
     smtp_url, recorder = smtp_server
     settings = make_settings(smtp_url=smtp_url)
+    assert await cli_env("accounts", "configure", "acct_other", "--business-name", "Other") == 0
     assert await cli_env("consent", "grant", "acct_other", RCPT, "--channel", "email") == 0
     async with running_worker(settings):
         event = await _one(amqp_url, email_job(account_id=ACCOUNT, category="marketing",

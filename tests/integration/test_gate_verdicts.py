@@ -43,6 +43,7 @@ async def test_suppressed_suspended_and_switched_off(make_settings, smtp_server,
     run = cli_runner(monkeypatch, amqp_url, redis_url)
     assert await run("suppression", "add", "gone@example.com", "--channel", "email",
                      "--reason", "hard_bounce", "--actor", "test") == 0
+    assert await run("accounts", "configure", "acct_p", "--rate", "50") == 0  # known to Outbox
     assert await run("prefs", "set", "acct_p", "pat@example.com", "--topic", "meeting",
                      "--channel", "email", "--off") == 0
     assert await run("accounts", "configure", "acct_s", "--rate", "50") == 0

@@ -1,6 +1,6 @@
 """Redis round trips per job, counted client-side: every packet the worker's Redis
 connections send is one round trip (a pipeline is one). At most one before the send and one
-after (DESIGN "Pipeline of one job")."""
+after (README, "What happens to a job")."""
 
 from __future__ import annotations
 

@@ -134,6 +134,7 @@ def test_csv_import_and_export(outbox, tmp_path):
     data.write_text("address,channel,reason\nA@x.example,email,unsubscribe\n"
                     "b@x.example,email,hard_bounce\nnope,email,manual\n"
                     "+85291234567,sms,sms_stop\nc@x.example,fax,manual\n")
+    assert outbox("accounts", "configure", "acct_1", "--rate", "50")[0] == 0  # a known account
     code, out, err = outbox("suppression", "import", str(data), "--account", "acct_1")
     assert code == 1 and "imported 3, bad lines 2" in out
     assert f"{data}:4:" in err and f"{data}:6:" in err
