@@ -49,10 +49,12 @@ async def publish_account_event(bus: Bus, change: Change, *, action: str, actor:
 
 def transition_event(t: Transition, channel: str) -> dict[str, Any]:
     """The status event of an automatic transition (``<channel>.<state>``, actor system)."""
-    return status_event(
+    event = status_event(
         job_id=f"{t.account_id}:{t.audit_id}", account_id=t.account_id, channel=channel,
-        status=cast(Status, t.to_state), reason=t.reason,
-        detail=f"system: {t.detail}", attempt=0, actor="system", **{"from": t.from_state})
+        status=cast(Status, t.to_state), reason=t.reason, detail=f"system: {t.detail}",
+        attempt=0, actor="system")
+    event["from"] = t.from_state
+    return event
 
 
 async def publish_transition(bus: Bus, t: Transition, channel: str) -> None:
