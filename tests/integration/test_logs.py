@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from outbox.devsinks.twilio_api import TwilioStandIn
 from tests.conftest import Recorder, RecordingHandler
 from tests.integration.helpers import (
+    cli_runner,
     collect,
     email_job,
     events,
@@ -262,7 +263,8 @@ def _complaint(job: dict[str, Any], n: int) -> bytes:
 
 
 async def test_a_block_caused_by_complaint_webhooks_is_published_and_logged(
-        make_settings, smtp_server, amqp_url, unused_tcp_port, caplog):
+        make_settings, smtp_server, amqp_url, redis_url, unused_tcp_port, caplog, monkeypatch,
+        capsys):
     caplog.set_level(logging.INFO, logger="outbox")
     smtp_url, recorder = smtp_server
     settings = make_settings(
@@ -300,6 +302,21 @@ async def test_a_block_caused_by_complaint_webhooks_is_published_and_logged(
     assert getattr(line, "from") == block["from"]
     assert f"{block['from']} -> blocked" in line.getMessage()
     assert block["id"] == f"acct_spam:{line.audit_id}"
+
+    # the support action that lifts it is logged (the CLI's own JSON line) and published too
+    run = cli_runner(monkeypatch, amqp_url, redis_url)
+    capsys.readouterr()
+    assert await run("accounts", "unblock", "acct_spam", "--reason", "list cleaned",
+                     "--actor", "alice@support") == 0
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    [unblock] = [x for x in lines if x["logger"] == "outbox.accounts"]
+    assert (unblock["level"], unblock["account_id"], unblock["from"], unblock["to"],
+            unblock["actor"], unblock["reason"]) == \
+        ("warning", "acct_spam", "blocked", "active", "alice@support", "list cleaned")
+    got = await collect(amqp_url, "outbox.status",
+                        lambda m: any(x.routing_key == "account.active" for x in m))
+    [published] = [x for x in got if x.routing_key == "account.active"]
+    assert json.loads(published.body)["id"] == f"acct_spam:{unblock['audit_id']}"
 
 
 def _complained(job_id: str) -> Any:
