@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -140,6 +141,10 @@ class Settings(ReputationSettings, BaseSettings):
     smtp_relay: Literal["smtp", "ses", "sendgrid", "mailgun", "postmark"] = "smtp"
     email_check_mx: bool = False
     metrics_port: int = Field(0, ge=0, le=65535)
+    #: Outbox's own loggers (libraries log at WARNING unless DEBUG); --log-level overrides
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: json: one object a line (ts, level, logger, msg, fields); text: readable, for a terminal
+    log_format: Literal["json", "text"] = "json"
     # account limits and reputation (account_rate ... probation_seconds): ReputationSettings
 
     # --- twilio ---------------------------------------------------------------------------
@@ -226,6 +231,13 @@ class Settings(ReputationSettings, BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value.rstrip("/")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _log_case(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @field_validator("retry_tiers")
     @classmethod

@@ -25,7 +25,9 @@ clicked, other    —                    —
 The job's status and the counters move in the same single Redis round trip as after a send
 (``Gate.post_send``), deduplicated by event id, and a status never moves backwards. A status
 event is published when the job's status changed, with the job's ``metadata`` as the worker
-kept it at the claim (read in that same round trip), as the worker's own events carry it.
+kept it at the claim (read in that same round trip), as the worker's own events carry it;
+and when the counters moved the account's state (a complaint can block it), the change is
+logged at WARNING and published as the pipeline does.
 
 Who is believed: the provider webhooks verify the provider's signature before publishing, so
 an event of theirs that names no account can still teach facts about the address (a hard
@@ -44,6 +46,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from sender.account_events import publish_transition
 from sender.bus import Bus
 from sender.metrics import Metrics
 from sender.models import status_event
@@ -155,9 +158,10 @@ class EventApplier:
         self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
                                              "applied").inc()
-        if recorded.transition is not None:
+        if recorded.transition is not None:  # e.g. blocked by a complaint: logged, published
             self._metrics.account_transitions.labels(recorded.transition.from_state,
                                                      recorded.transition.to_state).inc()
+            await publish_transition(self._bus, recorded.transition, event.channel)
         if job and status and recorded.applied == 1:
             await self._bus.publish_event(status_event(
                 job_id=job, account_id=account, channel=event.channel,

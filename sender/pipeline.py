@@ -28,8 +28,14 @@ Every delivery leaves on exactly one path:
 
 Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
 script itself; the pipeline only publishes their event. An automatic account transition found
-by the post-send script is counted (``outbox_account_transitions_total``) and logged; a block
-is also published as a status event (``<channel>.blocked``, id ``<account>:<audit id>``).
+by the post-send script is counted (``outbox_account_transitions_total``), logged at WARNING
+and published as a status event (``<channel>.<state>``, id ``<account>:<audit id>``:
+:func:`sender.account_events.publish_transition`).
+
+Each settled job logs one line (``outbox.pipeline``): INFO with ``job_id``, ``account_id``,
+``channel``, ``status``, ``reason``, ``attempt``, ``provider`` and ``ms`` (from receipt of the
+delivery to its ack); a deferral at WARNING with its cause (``detail``: the relay's reply or
+why it could not be reached); an invalid job at WARNING. Never a body or subject.
 
 Redis unreachable means no send: the job is held (not acked) and the Redis call retried with
 backoff until Redis answers or the worker stops.
@@ -42,6 +48,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,6 +56,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sender.account_events import publish_transition
 from sender.bus import ATTEMPT_HEADER, BROKER_ERRORS, FIRST_SEEN_HEADER, Bus
 from sender.channels.base import Channel, NotSent, SendFailure, SendResult
 from sender.channels.registry import parse_job
@@ -72,6 +80,8 @@ _COUNTS = {"sent": Counts(sends=1), "bounced": Counts(sends=1, hard=1),
 #: body that kills the process).
 ERROR_DELIVERIES = 3
 DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues
+#: when the delivery being handled (this task's) was received, for the outcome's ``ms``
+_RECEIVED: ContextVar[float | None] = ContextVar("received", default=None)
 
 
 class Stopping(Exception):
@@ -151,6 +161,7 @@ class Pipeline:
     async def handle(self, message: AbstractIncomingMessage, queue_channel: str) -> None:
         """Process one delivery from the queue of ``queue_channel`` and settle it (or leave it
         for redelivery on shutdown)."""
+        _RECEIVED.set(time.monotonic())
         try:
             job = parse_job(message.body, max_bytes=self._max_job_bytes)
         except InvalidJob as exc:
@@ -206,6 +217,8 @@ class Pipeline:
                 provider_message_id=decision.provider_message_id, reason=decision.reason,
                 attempt=decision.attempt, metadata=job.metadata, detail="redelivered"))
         await message.ack()
+        _log_outcome(job, decision.status or decision.verdict, decision.attempt,
+                     decision.reason, duplicate=decision.verdict)
 
     async def _park(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                     wait_ms: int) -> None:
@@ -226,6 +239,8 @@ class Pipeline:
         self._metrics.retries.labels(job.channel, str(tier)).inc()
         self._metrics.jobs.labels(job.channel, "rate_limited").inc()
         await message.ack()
+        log.debug("job %s rate limited, parked for %d s", job.id, tier, extra={
+            "job_id": job.id, "account_id": job.account_id, "channel": job.channel})
 
     async def _send(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                     sender: tuple[str, ...] | None) -> None:
@@ -324,23 +339,17 @@ class Pipeline:
             # announcing "sent" now would move the status backwards
             self._metrics.jobs.labels(job.channel, status).inc()
             await message.ack()
+            _log_outcome(job, status, attempt, reason, provider=provider,
+                         detail=event.get("detail"), superseded=True)
             return
         await self._event_and_ack(message, job, status, attempt, provider=provider,
                                   provider_message_id=provider_message_id, reason=reason,
                                   **event)
 
     async def _account_moved(self, job: Job, t: Transition) -> None:
-        """Count and log an automatic transition; publish a block as a status event."""
+        """Count an automatic transition; log and publish it as a status event."""
         self._metrics.account_transitions.labels(t.from_state, t.to_state).inc()
-        log.warning("account %s", t.to_state, extra={
-            "account_id": t.account_id, "from": t.from_state, "to": t.to_state,
-            "reason": t.reason, "detail": t.detail, "audit_id": t.audit_id})
-        if t.to_state == "blocked":
-            await self._bus.publish_event(status_event(
-                job_id=f"{t.account_id}:{t.audit_id}", account_id=t.account_id,
-                channel=job.channel, status="blocked", reason=t.reason,
-                detail=f"system: {t.detail}", attempt=0, actor="system",
-                **{"from": t.from_state}))
+        await publish_transition(self._bus, t, job.channel)
 
     async def _event_and_ack(self, message: AbstractIncomingMessage, job: Job, status: str,
                              attempt: int, extra: dict[str, Any] | None = None,
@@ -351,6 +360,8 @@ class Pipeline:
             **fields, **(extra or {})))
         self._metrics.jobs.labels(job.channel, status).inc()
         await message.ack()
+        _log_outcome(job, status, attempt, fields.get("reason"), provider=fields.get("provider"),
+                     detail=fields.get("detail"))
 
     async def _reject_invalid(self, message: AbstractIncomingMessage, exc: InvalidJob,
                               queue_channel: str) -> None:
@@ -363,8 +374,10 @@ class Pipeline:
                 job_id=exc.job_id, account_id=exc.account_id, channel=channel,
                 status="rejected", reason="invalid", detail=exc.reason))
         self._metrics.jobs.labels(channel, "rejected").inc()
-        log.warning("job rejected", extra={"job_id": exc.job_id, "reason": exc.reason})
         await message.ack()
+        log.warning("job %s rejected: %s", exc.job_id, exc.reason, extra={
+            "job_id": exc.job_id, "account_id": exc.account_id, "channel": channel,
+            "status": "rejected", "reason": "invalid", "detail": exc.reason, "ms": _ms()})
 
     async def unexpected(self, message: AbstractIncomingMessage, exc: Exception,
                          channel: str, *, announce: bool = True) -> None:
@@ -418,6 +431,25 @@ class Pipeline:
             job_id=job_id, account_id=account_id, channel=job_channel or channel,
             status="failed", reason="error", detail=reason[:1000],
             metadata=job.metadata if job is not None else None))
+
+
+def _ms() -> int | None:
+    """Milliseconds since this task's delivery was received."""
+    received = _RECEIVED.get()
+    return None if received is None else round((time.monotonic() - received) * 1000)
+
+
+def _log_outcome(job: Job, status: str, attempt: int, reason: str | None, *,
+                 provider: str | None = None, detail: str | None = None, **more: Any) -> None:
+    """The one line of a settled job: INFO; a deferral at WARNING with its cause."""
+    fields = {"job_id": job.id, "account_id": job.account_id, "channel": job.channel,
+              "status": status, "reason": reason, "attempt": attempt, "provider": provider,
+              "ms": _ms(), **more}
+    if status == "deferred":
+        log.warning("job %s deferred: %s", job.id, detail or reason,
+                    extra={**fields, "detail": detail})
+    else:
+        log.info("job %s %s", job.id, status, extra={**fields, "detail": detail})
 
 
 async def protected(step: Awaitable[None]) -> None:

@@ -1,0 +1,175 @@
+"""Log output of every ``outbox`` command: one JSON object a line (or readable text), secrets
+masked, libraries quiet.
+
+A JSON line holds ``ts`` (ISO 8601 UTC, milliseconds, ``Z``), ``level`` (lower case),
+``logger``, ``msg``, the record's extra fields, and ``exc`` for a traceback. ``text``
+(``OUTBOX_LOG_FORMAT=text``) is the same on one readable line, for a terminal.
+
+Level ``OUTBOX_LOG_LEVEL`` (``--log-level`` overrides it) applies to Outbox's own loggers
+(``outbox.*``); every other logger (aio-pika, aiormq, twilio, aiosmtplib, aiohttp, asyncio,
+redis...) stays at WARNING unless the level is DEBUG, so the Twilio library's request dump
+(about 11 INFO lines a message) never shows. aiosmtpd's (``mail.log``, the development sink)
+stays at WARNING even then: at DEBUG it logs every DATA line, i.e. the messages.
+
+Nothing secret is written, whoever logs it: every line passes :class:`Redactor`, which masks
+the configured secret values (passwords in the URLs, the Twilio token and its Basic
+credentials, secret keys, admin tokens, webhook keys), any URL's password, Basic and Bearer
+credentials, unsubscribe tokens in ``/u/`` paths, and extra fields named like a secret or a
+content field (``password``, ``token``, ``body``, ``text``, ``html``, ``subject``...).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+from urllib.parse import quote, urlsplit
+
+from pydantic import SecretStr
+
+from config import Settings
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FORMATS = ("json", "text")
+MASK = "***"
+#: our own loggers: everything else is a library's
+OWN = "outbox"
+#: loggers kept at WARNING whatever the level (aiosmtpd logs message content at DEBUG)
+ALWAYS_QUIET = ("mail.log",)
+#: libraries named explicitly as well (in case one sets its own level)
+LIBRARIES = ("aio_pika", "aiormq", "pamqp", "twilio", "aiosmtplib", "aiohttp", "asyncio",
+             "redis", "urllib3", "mail.log")
+
+#: extra fields never written as they are: secrets and message content
+SECRET_FIELDS = frozenset({"password", "passwd", "token", "auth_token", "secret", "secret_key",
+                           "authorization", "api_key", "signature", "body", "text", "html",
+                           "subject", "content"})
+_PATTERNS = (
+    # scheme://user:password@host -> scheme://user:***@host
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s\"']*:)[^@/?#\s\"']+@"), rf"\g<1>{MASK}@"),
+    (re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\g<1> {MASK}"),
+    (re.compile(r"/u/[A-Za-z0-9._~-]{16,}"), f"/u/{MASK}"),
+)
+
+
+class Redactor:
+    """Masks secrets in a finished log line (after formatting, so whatever logged them)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        for value in secrets:
+            if len(value) >= 4:  # shorter ones would mask ordinary words
+                forms |= {value, json.dumps(value)[1:-1], quote(value, safe="")}
+        self._secrets = sorted(forms, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for value in self._secrets:
+            line = line.replace(value, MASK)
+        for pattern, replacement in _PATTERNS:
+            line = pattern.sub(replacement, line)
+        return line
+
+
+def secret_values(cfg: Settings) -> list[str]:
+    """Every secret the settings hold, as it could be written: each SecretStr (the keys of a
+    comma-separated list each), a URL's password, and Twilio's Basic credentials."""
+    values: list[str] = []
+    for name in type(cfg).model_fields:
+        field = getattr(cfg, name)
+        items = field if isinstance(field, tuple) else (field,)
+        for item in items:
+            if not isinstance(item, SecretStr):
+                continue
+            value = item.get_secret_value()
+            values += [value, *(k.strip() for k in value.split(",") if "," in value)]
+            if "://" in value:
+                password = urlsplit(value).password
+                values += [password] if password else []
+    if cfg.twilio_account_sid and cfg.twilio_auth_token:
+        pair = f"{cfg.twilio_account_sid}:{cfg.twilio_auth_token.get_secret_value()}"
+        values.append(base64.b64encode(pair.encode()).decode())
+    return [v for v in values if v]
+
+
+def _utc(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message",
+                                                                              "taskName"}
+
+
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: MASK if k.lower() in SECRET_FIELDS else v
+            for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line with stable field names, secrets masked."""
+
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__()
+        self._redact = redact or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"ts": _utc(record), "level": record.levelname.lower(),
+                                 "logger": record.name, "msg": record.getMessage()}
+        entry.update(_extra(record))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return self._redact(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class TextFormatter(logging.Formatter):
+    """``ts LEVEL logger: msg key=value ...`` for a terminal, secrets masked."""
+
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__()
+        self._redact = redact or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in _extra(record).items())
+        line = f"{_utc(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line += f" {fields}" if fields else ""
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return self._redact(line)
+
+
+#: (logger, text in the message) of library records that are no news: on a broker restart
+#: aio-pika tries to reopen every robust channel on the dead connection and logs each failure
+#: as an error; the robust connection reopens them itself once it is back (and logs the
+#: outage and every reconnect attempt already). aiormq logs every refused connect as an
+#: error; at start sender.connect says it in one line, later the robust connection warns.
+_EXPECTED_NOISE = (("aio_pika.tools", "RobustChannel._on_close"),
+                   ("aiormq.connection", "error when creating transport"))
+
+
+class DropExpectedNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and text in record.getMessage()
+                       for name, text in _EXPECTED_NOISE)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (),
+                      stream: TextIO | None = None) -> None:
+    """Send every log record to ``stream`` (stderr) as ``fmt``; ``level`` for Outbox's own
+    loggers, WARNING for the libraries' unless ``level`` is DEBUG."""
+    redact = Redactor(secrets)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
+    handler.addFilter(DropExpectedNoise())
+    numeric = logging.getLevelName(level.upper())
+    libraries = numeric if numeric == logging.DEBUG else max(logging.WARNING, numeric)
+    logging.basicConfig(level=libraries, handlers=[handler], force=True)
+    logging.getLogger(OWN).setLevel(numeric)
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(libraries)
+    for name in ALWAYS_QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, numeric))

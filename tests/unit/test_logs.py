@@ -1,0 +1,183 @@
+"""Log output: JSON lines with UTC millisecond times, libraries quiet unless DEBUG, secrets and
+message content masked, OUTBOX_LOG_LEVEL with --log-level over it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from config import SettingsError, load_settings
+from outbox import cli
+from outbox.logs import (
+    MASK,
+    JsonFormatter,
+    Redactor,
+    TextFormatter,
+    configure_logging,
+    secret_values,
+)
+
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    named = {n: logging.getLogger(n).level for n in ("outbox", "twilio", "aiormq", "mail.log",
+                                                     "aio_pika", "redis", "asyncio")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in named.items():
+        logging.getLogger(name).setLevel(old)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("OUTBOX_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("outbox.pipeline", logging.INFO, __file__, 1, msg, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_a_json_line_has_utc_millisecond_time_level_logger_msg_and_fields() -> None:
+    record = _record("job %s %s", "j1", "sent", job_id="j1", ms=12)
+    record.created = 1767322245.678  # 2026-01-02T03:30:45.678Z
+    line = JsonFormatter().format(record)
+    entry = json.loads(line)
+    assert entry == {"ts": "2026-01-02T02:50:45.678Z", "level": "info",
+                     "logger": "outbox.pipeline", "msg": "job j1 sent", "job_id": "j1", "ms": 12}
+    assert TS.match(entry["ts"]) and "\n" not in line
+
+
+def test_a_traceback_stays_inside_the_one_json_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("outbox.x", logging.ERROR, __file__, 1, "failed", (),
+                                   sys.exc_info())
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "ValueError: boom" in json.loads(line)["exc"]
+
+
+def test_the_text_format_is_one_readable_line() -> None:
+    line = TextFormatter().format(_record("job %s sent", "j1", job_id="j1"))
+    assert re.match(r"^\S+Z INFO    outbox.pipeline: job j1 sent job_id=j1$", line), line
+
+
+@pytest.mark.parametrize(("text", "hidden"), [
+    ("relay smtp://user:hunter2-pw@mail:25 refused", "hunter2-pw"),
+    ("amqp://guest:p%40ss@rabbit:5672/ down", "p%40ss"),
+    ("redis://:only-a-pw@127.0.0.1:6379/0", "only-a-pw"),
+    ("Authorization: Basic QUMxMjM6dG9rZW4=", "QUMxMjM6dG9rZW4="),
+    ("Authorization: Bearer abcdef123456", "abcdef123456"),
+    ("GET /u/eyJhIjoiYWNjdCJ9.c2lnbmF0dXJlLXNpZ24 200", "eyJhIjoiYWNjdCJ9.c2lnbmF0dXJlLXNpZ24"),
+    ("the token is configured-token-1 and quoted configured-token-1", "configured-token-1"),
+    ('a quote"d-secret, JSON-escaped in the line', 'quote\\"d-secret'),
+])
+def test_secrets_are_masked_wherever_they_appear(text: str, hidden: str) -> None:
+    redact = Redactor(["configured-token-1", 'quote"d-secret'])
+    line = JsonFormatter(redact).format(_record("%s", text))
+    assert hidden not in line and MASK in line
+    assert json.loads(line)["msg"]  # still valid JSON
+
+
+def test_fields_named_like_secrets_or_content_are_masked() -> None:
+    entry = json.loads(JsonFormatter().format(_record(
+        "x", password="pw-1", token="tk-1", body="Hello secret body", subject="Subj",
+        html="<p>x</p>", text="plain", job_id="j1")))
+    assert {k: entry[k] for k in ("password", "token", "body", "subject", "html", "text")} == \
+        dict.fromkeys(("password", "token", "body", "subject", "html", "text"), MASK)
+    assert entry["job_id"] == "j1"
+
+
+def test_secret_values_lists_every_secret_setting(clean_env: pytest.MonkeyPatch) -> None:
+    cfg = load_settings(
+        smtp_url="smtp://u:smtp-pw-1@relay:25", amqp_url="amqp://g:amqp-pw-1@r/",
+        redis_url="redis://:redis-pw-1@h/0", twilio_account_sid="AC" + "1" * 32,
+        twilio_auth_token="twilio-token-1", twilio_from="+15005550006",
+        secret_key="first-key-0123456789,second-key-0123456789", admin_tokens="adm-1,adm-2",
+        mailgun_signing_key="mg-key-1", postmark_webhook_password="pm-pw-1")
+    values = set(secret_values(cfg))
+    assert {"smtp-pw-1", "amqp-pw-1", "redis-pw-1", "twilio-token-1", "first-key-0123456789",
+            "second-key-0123456789", "adm-1", "adm-2", "mg-key-1", "pm-pw-1"} <= values
+    import base64
+
+    assert base64.b64encode(f"AC{'1' * 32}:twilio-token-1".encode()).decode() in values
+
+
+def _emit_all(stream: io.StringIO) -> list[dict[str, object]]:
+    for name in ("twilio.http_client", "aiormq.connection", "aio_pika.robust", "aiosmtplib",
+                 "aiohttp.access", "asyncio", "redis.client", "somelib"):
+        logging.getLogger(name).info("library info")
+        logging.getLogger(name).debug("library debug")
+        logging.getLogger(name).warning("library warning")
+    logging.getLogger("mail.log").debug("DATA readline: the message")
+    logging.getLogger("outbox.pipeline").info("own info")
+    logging.getLogger("outbox.pipeline").debug("own debug")
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_at_info_libraries_log_only_warnings() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    lines = _emit_all(stream)
+    assert [x["msg"] for x in lines if not str(x["logger"]).startswith("outbox")] == \
+        ["library warning"] * 8
+    assert [x["msg"] for x in lines if str(x["logger"]).startswith("outbox")] == ["own info"]
+
+
+def test_at_debug_libraries_log_everything_but_the_smtp_sink_s_content() -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", stream=stream)
+    lines = _emit_all(stream)
+    assert sum(x["msg"] == "library debug" for x in lines) == 8
+    assert "own debug" in [x["msg"] for x in lines]
+    assert not any(x["logger"] == "mail.log" for x in lines)
+
+
+def test_outbox_log_level_and_format_are_settings(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OUTBOX_LOG_LEVEL", "warning")
+    clean_env.setenv("OUTBOX_LOG_FORMAT", "TEXT")
+    cfg = load_settings()
+    assert (cfg.log_level, cfg.log_format) == ("WARNING", "text")
+    clean_env.setenv("OUTBOX_LOG_LEVEL", "LOUD")
+    with pytest.raises(SettingsError, match="OUTBOX_LOG_LEVEL"):
+        load_settings()
+
+
+def test_the_cli_option_overrides_the_setting(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OUTBOX_LOG_LEVEL", "WARNING")
+    cli.configure_from_settings(None)
+    assert logging.getLogger("outbox").level == logging.WARNING
+    cli.configure_from_settings("DEBUG")
+    assert logging.getLogger("outbox").level == logging.DEBUG
+    assert cli.build_parser().parse_args(["--log-level", "error", "classify", "x"]).log_level \
+        == "ERROR"
+
+
+def test_the_cli_masks_the_configured_secrets(clean_env: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    clean_env.setenv("OUTBOX_TWILIO_ACCOUNT_SID", "AC" + "2" * 32)
+    clean_env.setenv("OUTBOX_TWILIO_AUTH_TOKEN", "tw-token-in-a-log")
+    clean_env.setenv("OUTBOX_TWILIO_FROM", "+15005550006")
+    cli.configure_from_settings("INFO")
+    logging.getLogger("outbox.x").warning("token tw-token-in-a-log leaked")
+    err = capsys.readouterr().err
+    assert "tw-token-in-a-log" not in err and f"token {MASK} leaked" in err
