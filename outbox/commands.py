@@ -31,7 +31,7 @@ log = logging.getLogger("outbox.cli")
 ENQUEUE_WINDOW = 256  # publishes awaiting their confirms at once
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add every subcommand to the parser."""
     p = sub.add_parser("worker", help="consume jobs and send them")
     p.set_defaults(func=cmd_worker)
@@ -459,9 +459,9 @@ def job_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     first = line.rstrip(b"\r\n")
     if _is_json(first):
         yield lineno, first
-        for n, rest in enumerate(lines, lineno + 1):
-            if rest.strip():
-                yield n, rest.rstrip(b"\r\n")
+        for n, more in enumerate(lines, lineno + 1):
+            if more.strip():
+                yield n, more.rstrip(b"\r\n")
         return
     rest = list(lines)
     whole = b"".join([line, *rest]).strip()

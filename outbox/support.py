@@ -32,13 +32,12 @@ from outbox.runtime import (
 )
 from suppression import channels
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 #: sender information of ``accounts configure`` (suppression.store.SENDER_FIELDS)
 SENDER_FLAGS = ("business_name", "address", "contact_email", "contact_phone")
 PROGRESS_MIN_LINES = 10_000  # show a progress bar on stderr above this many lines
 
 
-def register(sub: Sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the support subcommands to the ``outbox`` parser."""
     _accounts(sub)
     _suppression(sub)
@@ -56,7 +55,7 @@ def _who(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", required=True, help="who (written to the audit log)")
 
 
-def _accounts(sub: Sub) -> None:
+def _accounts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     acc = sub.add_parser("accounts", help="account state, limits, blocks").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     p = acc.add_parser("list", help="accounts and their states")
@@ -88,7 +87,7 @@ def _accounts(sub: Sub) -> None:
         p.set_defaults(func=cmd_accounts_support, support_action=name)
 
 
-def _suppression(sub: Sub) -> None:
+def _suppression(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sup = sub.add_parser("suppression", help="suppression entries").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     p = sup.add_parser("add", help="suppress an address (global, or for one account)")
@@ -142,7 +141,7 @@ def _suppression(sub: Sub) -> None:
     p.set_defaults(func=cmd_suppression_canonicalise)
 
 
-def _consent(sub: Sub) -> None:
+def _consent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     con = sub.add_parser("consent", help="marketing consent records").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     for name in ("grant", "revoke", "show"):
@@ -158,7 +157,7 @@ def _consent(sub: Sub) -> None:
         p.set_defaults(func=cmd_consent, consent_action=name)
 
 
-def _prefs(sub: Sub) -> None:
+def _prefs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pre = sub.add_parser("prefs", help="notification preferences").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     p = pre.add_parser("set", help="switch a notification topic on or off")
@@ -194,7 +193,8 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]], *, account: str | None = No
     from redis.asyncio import Redis
 
     from sender.connect import REDIS_DOWN, ping_redis, redis_error
-    from suppression.store import StoreError, UnknownAccount
+    from suppression.entries import StoreError
+    from suppression.store import UnknownAccount
 
     cfg = settings()
     url = cfg.redis_url.get_secret_value()
@@ -414,10 +414,13 @@ def cmd_suppression_import(args: argparse.Namespace) -> int:
     text = raw.decode("utf-8-sig", errors="replace") if isinstance(raw, bytes) else raw
     lines = text.splitlines()
     progress = _Progress(len(lines)) if len(lines) >= PROGRESS_MIN_LINES else None
+    numbers: list[str] = []
+    rows: list[tuple[str, str, str]] = []
     if args.dnc:
-        good, bad = _parse_dnc(lines)
+        numbers, bad = _parse_dnc(lines)
     else:
-        good, bad = _parse_csv(lines, args.reason, args.account)
+        rows, bad = _parse_csv(lines, args.reason, args.account)
+    good: list[Any] = numbers or rows
     for lineno, why in bad:
         print(f"{name}:{lineno}: {why}", file=sys.stderr)
     source = f"import:{name}"
@@ -428,12 +431,11 @@ def cmd_suppression_import(args: argparse.Namespace) -> int:
         store = SuppressionStore(redis)
         done = 0
         for i in range(0, len(good), 1000):
-            batch = good[i:i + 1000]
             if args.dnc:
-                done += await store.add_dnc(batch, source=source)  # type: ignore[arg-type]
+                done += await store.add_dnc(numbers[i:i + 1000], source=source)
             else:
-                done += await store.add_many(batch, account_id=args.account, source=source,
-                                             actor=args.actor)
+                done += await store.add_many(rows[i:i + 1000], account_id=args.account,
+                                             source=source, actor=args.actor)
             if progress:
                 progress.show(done + len(bad))
         await store.audit.record(args.account, actor=args.actor, action="suppression.import",
@@ -469,7 +471,8 @@ def _parse_csv(lines: list[str], default_reason: str, account: str | None
                ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
     """CSV with a header ``address[,channel,reason]``; each row checked as ``add`` would."""
     from suppression.address import BadAddress
-    from suppression.store import BadEntry, SuppressionStore
+    from suppression.entries import BadEntry
+    from suppression.store import SuppressionStore
 
     rows = list(csv.reader(io.StringIO("\n".join(lines))))
     if not rows or [c.strip().lower() for c in rows[0]][:1] != ["address"]:

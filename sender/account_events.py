@@ -25,11 +25,12 @@ log = logging.getLogger("outbox.accounts")
 
 def account_event(change: Change, *, action: str, actor: str, reason: str) -> dict[str, Any]:
     """The status event of one support action."""
+    extra: dict[str, Any] = {"from": change.from_state}  # a keyword Python reserves
     return status_event(
         job_id=f"{change.account_id}:{change.audit_id}", account_id=change.account_id,
-        channel=None, status=change.to_state, reason=reason,  # type: ignore[arg-type]
+        channel=None, status=change.to_state, reason=reason,
         detail=f"{actor}: {reason}", attempt=0, action=action, actor=actor,
-        probation_until=change.probation_until, **{"from": change.from_state})
+        probation_until=change.probation_until, **extra)
 
 
 async def publish_account_event(bus: Bus, change: Change, *, action: str, actor: str,

@@ -165,7 +165,7 @@ class EventApplier:
         if job and status and recorded.applied == 1:
             await self._bus.publish_event(status_event(
                 job_id=job, account_id=account, channel=event.channel,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 reason=event.reason, detail=event.diagnostic, provider=event.provider,
                 provider_message_id=event.provider_message_id, attempt=0,
                 metadata=job_metadata(recorded.metadata)))

@@ -306,7 +306,7 @@ def status_event(
     job_id: str,
     account_id: str | None,
     channel: str | None,
-    status: Status,
+    status: str,  # a job status (Status), or an account's state for account events
     reason: str | None = None,
     detail: str | None = None,
     provider: str | None = None,

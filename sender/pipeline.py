@@ -88,6 +88,10 @@ class Stopping(Exception):
     """The worker is stopping: leave the message unsettled so RabbitMQ redelivers it."""
 
 
+#: what passes through the after-send guard untouched: a stop, a cancellation, the broker
+_NOT_OURS: tuple[type[BaseException], ...] = (Stopping, asyncio.CancelledError, *BROKER_ERRORS)
+
+
 class SentThenFailed(Exception):
     """An unexpected exception after the provider took the message (``__cause__``): retrying
     would send it again."""
@@ -182,7 +186,7 @@ class Pipeline:
                 topic=job.topic, address=job.to, metadata=job.metadata))
         except BadAddress as exc:  # no canonical form, so no suppression key: never sent
             await self._reject_invalid(message, InvalidJob(
-                f"to: {exc}", job.id, job.account_id, job.channel))
+                f"to: {exc}", job.id, job.account_id, job.channel), job.channel)
             return
         if decision.verdict == "send":
             await self._send(message, job, attempt, decision.sender)
@@ -213,7 +217,7 @@ class Pipeline:
             # Its event may not have gone out before the crash that caused this redelivery.
             await self._bus.publish_event(status_event(
                 job_id=job.id, account_id=job.account_id, channel=job.channel,
-                status=decision.status, provider=decision.provider,  # type: ignore[arg-type]
+                status=decision.status or decision.verdict, provider=decision.provider,
                 provider_message_id=decision.provider_message_id, reason=decision.reason,
                 attempt=decision.attempt, metadata=job.metadata, detail="redelivered"))
         await message.ack()
@@ -255,7 +259,8 @@ class Pipeline:
         except NotSent as exc:
             raise Stopping from exc
         except SendFailure as failure:
-            self._metrics.provider_replies.labels(failure.provider, failure.outcome.kind).inc()
+            self._metrics.provider_replies.labels(failure.provider,
+                                                  failure.outcome.kind or "none").inc()
             await protected(self._failed(message, job, attempt, failure))
             return
         except (MimeError, InvalidJob) as exc:
@@ -267,7 +272,7 @@ class Pipeline:
             time.perf_counter() - started)
         try:
             await protected(self._sent(message, job, attempt, result))
-        except (Stopping, asyncio.CancelledError, *BROKER_ERRORS):
+        except _NOT_OURS:
             raise
         except Exception as exc:
             raise SentThenFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -356,7 +361,7 @@ class Pipeline:
                              **fields: Any) -> None:
         await self._bus.publish_event(status_event(
             job_id=job.id, account_id=job.account_id, channel=job.channel,
-            status=status, attempt=attempt, metadata=job.metadata,  # type: ignore[arg-type]
+            status=status, attempt=attempt, metadata=job.metadata,
             **fields, **(extra or {})))
         self._metrics.jobs.labels(job.channel, status).inc()
         await message.ack()
@@ -408,12 +413,13 @@ class Pipeline:
                               reason: str) -> None:
         """The ``failed`` event of a dead-lettered job, recorded first when it can be (so a
         republish answers ``done`` and no status moves backwards); best effort."""
+        job: Job | None = None
         try:
-            job: Job | None = parse_job(message.body, max_bytes=self._max_job_bytes)
+            job = parse_job(message.body, max_bytes=self._max_job_bytes)
+            ids: tuple[str | None, str | None, str | None] = (job.id, job.account_id,
+                                                              job.channel)
         except InvalidJob as exc:
-            job, ids = None, (exc.job_id, exc.account_id, exc.channel)
-        else:
-            ids = (job.id, job.account_id, job.channel)
+            ids = (exc.job_id, exc.account_id, exc.channel)
         job_id, account_id, job_channel = ids
         if not job_id:
             return

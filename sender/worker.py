@@ -102,7 +102,7 @@ class Worker:
             return  # left unsettled: returned to the queue when the channel closes
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             async with self._semaphore:
                 if not self._stop.is_set():
@@ -116,7 +116,7 @@ class Worker:
         except Exception as exc:
             await self._unexpected(message, exc, source)
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception,
                           source: str) -> None:

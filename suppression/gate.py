@@ -182,7 +182,7 @@ async def execute(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` in one write, read every reply (an error reply is returned, not
     raised). A connection left mid-reply (error, cancellation) is dropped, not reused."""
     pool = redis.connection_pool
-    conn = await pool.get_connection()
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: unannotated
     try:
         # hiredis packs in C; redis-py's asyncio connection packs argument by argument in
         # Python, which was a third of the client's time for these ~30-argument scripts

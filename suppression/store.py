@@ -55,7 +55,7 @@ class Audit:
         """Append one record; returns its id. Trimmed only below 3 years."""
         key = keys.audit(account_id) if account_id else keys.GLOBAL_AUDIT
         now = int(time.time())
-        fields = {"at": now, "actor": actor, "action": action, "reason": reason,
+        fields: dict[Any, Any] = {"at": now, "actor": actor, "action": action, "reason": reason,
                   "from": before, "to": after, "detail": f"{actor}: {reason}",
                   **{k: "" if v is None else v for k, v in extra.items()}}
         minid = (now - keys.AUDIT_KEEP_SECONDS) * 1000
@@ -64,7 +64,7 @@ class Audit:
     async def read(self, account_id: str | None, *, limit: int = 100) -> list[dict[str, str]]:
         """Newest first."""
         key = keys.audit(account_id) if account_id else keys.GLOBAL_AUDIT
-        rows = await self._redis.xrevrange(key, count=limit)
+        rows: list[tuple[Any, Any]] = await self._redis.xrevrange(key, count=limit) or []
         return [{"id": text(i), **decode(f)} for i, f in rows]
 
 
@@ -472,7 +472,7 @@ async def _move(redis: Redis, old: str, new: str) -> str:
         return "kept"
     ttl = await redis.pttl(old)
     pipe = redis.pipeline(transaction=False)  # old and new may live in different slots
-    pipe.hset(new, mapping=fields)
+    pipe.hset(new, mapping=dict[Any, Any](fields))
     if ttl > 0:
         pipe.pexpire(new, ttl)
     await pipe.execute()

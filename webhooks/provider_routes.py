@@ -76,11 +76,11 @@ class _ProviderWebhooks:
         self._metrics = metrics
 
     def _refuse(self, error: type[web.HTTPException], result: str, text: str,
-                **kwargs: object) -> web.HTTPException:
+                headers: dict[str, str] | None = None) -> web.HTTPException:
         self._metrics.count(self.provider, "unknown", result)
         log.warning("%s webhook refused: %s", self.provider, text,
                     extra={"provider": self.provider, "result": result})
-        return error(text=text, **kwargs)  # type: ignore[arg-type]
+        return error(text=text, headers=headers)
 
     def _parse(self, parse: Callable[[bytes, str], list[ProviderEvent]], body: bytes,
                content_type: str) -> list[ProviderEvent]:
