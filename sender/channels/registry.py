@@ -28,7 +28,7 @@ from config import Settings
 from sender import models
 from sender.channels import smtp, twilio
 from sender.channels.base import Channel as Sender
-from sender.models import EmailJob, JobBase, SmsJob
+from sender.models import BULK_CATEGORIES, EmailJob, JobBase, SmsJob
 from suppression import channels
 from suppression.channels import Channel
 
@@ -37,8 +37,6 @@ log = logging.getLogger("outbox.channels")
 #: The lanes of every channel, in the order the worker serves them.
 PRIORITY, BULK = "priority", "bulk"
 LANES = (PRIORITY, BULK)
-#: The job categories that travel on the bulk lane.
-BULK_CATEGORIES = frozenset({"marketing"})
 
 
 def lane_of(category: str) -> str:

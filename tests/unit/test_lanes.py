@@ -138,3 +138,29 @@ async def test_close_ends_every_waiter_and_refuses_new_ones():
 def test_bad_sizes_are_refused(size: int, share: float):
     with pytest.raises(ValueError):
         LaneSlots(size, share)
+
+
+async def test_a_priority_send_waits_ahead_of_bulk_for_a_connection():
+    """The SMTP pool and the domain limiter (``Slots``): ``first`` waiters are served first,
+    in order, and close() ends them too."""
+    from sender.channels.base import NotSent, Slots
+
+    slots = Slots(1)
+    await slots.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, first: bool) -> None:
+        async with slots.turn(first=first):
+            order.append(name)
+
+    tasks = [asyncio.create_task(wait(n, n.startswith("p"))) for n in ("b1", "b2", "p1", "p2")]
+    await asyncio.sleep(0)
+    slots.release()
+    await asyncio.gather(*tasks)
+    assert order == ["p1", "p2", "b1", "b2"] and slots.free == 1
+    await slots.acquire()
+    late = asyncio.create_task(slots.acquire(first=True))
+    await asyncio.sleep(0)
+    slots.close()
+    with pytest.raises(NotSent):
+        await late
