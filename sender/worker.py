@@ -147,11 +147,8 @@ class Worker:
         for sender in self.channels.values():
             sender.stop()
         await self.gauges.stop()
-        for queue, tag in self._consumers:
-            try:
-                await asyncio.wait_for(queue.cancel(tag), BROKER_CALL_TIMEOUT)
-            except Exception as exc:  # the channel may already be gone
-                log.debug("cancel %s: %s", tag, exc)
+        # all at once: during an outage each call waits out its timeout (a lane is a consumer)
+        await asyncio.gather(*(self._cancel(queue, tag) for queue, tag in self._consumers))
         self._consumers.clear()
         pending = set(self._tasks)
         if pending:
@@ -163,13 +160,24 @@ class Worker:
                 log.warning("cancelled %d jobs still running after %.1f s", len(still), grace)
                 await asyncio.wait(still, timeout=5)
 
+    @staticmethod
+    async def _cancel(queue: AbstractQueue, tag: str) -> None:
+        try:
+            await asyncio.wait_for(queue.cancel(tag), BROKER_CALL_TIMEOUT)
+        except Exception as exc:  # the channel may already be gone
+            log.debug("cancel %s: %s", tag, exc)
+
     async def close(self) -> None:
-        """Close the consuming channels; unsettled messages return to their queues."""
+        """Close the consuming channels (all at once, each call bounded); unsettled messages
+        return to their queues."""
         await self.gauges.close()
-        for channel in self._amqp_channels:
-            try:
-                await asyncio.wait_for(channel.close(), BROKER_CALL_TIMEOUT)
-            except Exception as exc:
-                log.debug("closing channel: %s", exc)
+        await asyncio.gather(*(self._close(channel) for channel in self._amqp_channels))
         self._amqp_channels.clear()
+
+    @staticmethod
+    async def _close(channel: AbstractChannel) -> None:
+        try:
+            await asyncio.wait_for(channel.close(), BROKER_CALL_TIMEOUT)
+        except Exception as exc:
+            log.debug("closing channel: %s", exc)
 
