@@ -124,6 +124,9 @@ class Settings(ReputationSettings, BaseSettings):
     # --- worker --------------------------------------------------------------------------
     prefetch: int = Field(64, ge=1, le=10000)
     concurrency: int = Field(64, ge=1, le=10000)
+    #: the share of the concurrency slots the bulk lanes (marketing) may hold while priority
+    #: jobs wait or run; with no priority work they may use them all
+    bulk_share: float = Field(0.5, gt=0, le=1)
     #: on SIGTERM, time for sends in flight; at least smtp_timeout (a send may wait that long
     #: for the relay's reply, and one cut mid-DATA may already be stored: a duplicate)
     shutdown_grace: float = Field(40.0, ge=0)

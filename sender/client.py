@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from config import Settings
 from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus, PublishFailed
+from sender.channels import registry
 from sender.channels.registry import parse_job
 from sender.models import Category, EmailJob, InvalidJob, JobBase, SmsJob, StatusEvent
 from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH, STATUS_EXCHANGE, STATUS_QUEUE
@@ -84,8 +85,9 @@ class PublishResult:
 
 
 def routing_key(job: Job) -> str:
-    """The key a job is published with on ``outbox.jobs``: its channel."""
-    return job.channel
+    """The key a job is published with on ``outbox.jobs``: its channel's lane for its
+    category (``email``; ``email.bulk`` for marketing, which waits behind no password reset)."""
+    return registry.routing_key(job.channel, job.category)
 
 
 def email_job(*, id: str, account_id: str, category: Category, to: str, from_: str,
@@ -223,7 +225,7 @@ class Outbox:
             await self.publish(job)
             return
         body = job if isinstance(job, bytes) else json.dumps(job, ensure_ascii=False).encode()
-        await self._bus.publish_job(body, _guess_channel(body))
+        await self._bus.publish_job(body, _guess_key(body))
 
     async def _publish(self, job: Job, body: bytes) -> None:
         await self._bus.publish_job(body, routing_key(job), message_id=job.id)
@@ -340,6 +342,17 @@ def _ids(data: Any) -> tuple[str | None, str | None, str | None]:
 
 def _validated(body: bytes, max_bytes: int) -> Job:
     return parse_job(body, max_bytes=max_bytes)
+
+
+def _guess_key(body: bytes) -> str:
+    """Routing key for an unvalidated body: its channel's lane for its category when both
+    are readable (marketing on ``<channel>.bulk``), else :func:`_guess_channel`'s."""
+    channel = _guess_channel(body)
+    try:
+        category = json.loads(body).get("category")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return channel
+    return registry.routing_key(channel, category if isinstance(category, str) else "")
 
 
 def _guess_channel(body: bytes) -> str:

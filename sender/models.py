@@ -54,6 +54,8 @@ JobId = Annotated[str, StringConstraints(pattern=SAFE_ID)]
 AccountId = Annotated[str, StringConstraints(pattern=SAFE_ID)]
 HeaderText = Annotated[str, StringConstraints(pattern=_NO_CRLF, max_length=998)]
 Category = Literal["marketing", "transactional", "notification"]
+#: the categories that travel on the bulk lane (``<channel>.bulk``) and yield to the others
+BULK_CATEGORIES = frozenset({"marketing"})
 
 STATUSES = (
     "sent",

@@ -8,9 +8,10 @@ Every delivery leaves on exactly one path:
 
 * ``ack``                       done: sent, refused for good, duplicate, expired;
 * dead-letter + ``ack``         the job is invalid, on the wrong queue (a job of another
-                                channel) or refused by the renderer: ``outbox.dead`` with the
-                                reason (``x-outbox-reason``) and a ``rejected`` event when an
-                                id could be read;
+                                channel; either lane of its own is right) or refused
+                                by the renderer: ``outbox.dead`` with the reason
+                                (``x-outbox-reason``) and a ``rejected`` event when an id
+                                could be read;
 * retry-publish + ``ack``       a temporary failure: parked in a delay tier;
 * park + ``ack``                the account is over its rate: parked in the smallest delay
                                 tier that covers the wait; not an attempt, and no status
@@ -59,7 +60,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sender.account_events import publish_transition
 from sender.bus import ATTEMPT_HEADER, BROKER_ERRORS, FIRST_SEEN_HEADER, Bus
 from sender.channels.base import Channel, NotSent, SendFailure, SendResult
-from sender.channels.registry import parse_job
+from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import InvalidJob, JobBase, status_event
@@ -174,7 +175,8 @@ class Pipeline:
         if job.channel != queue_channel or job.channel not in self._channels:
             await self._reject_invalid(message, InvalidJob(
                 f"an {job.channel} job on the {queue_channel} queue (routing key "
-                f"{message.routing_key!r}): publish it with routing key {job.channel!r}",
+                f"{message.routing_key!r}): publish it with routing key "
+                f"{routing_key(job.channel, job.category)!r}",
                 job.id, job.account_id, job.channel), queue_channel)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
@@ -238,8 +240,8 @@ class Pipeline:
         headers.setdefault(FIRST_SEEN_HEADER, int(time.time()))
         # spread the returns over the tier, never sooner than the wait
         expiration = max(wait_ms / 1000, tier * random.uniform(0.8, 1.0))
-        await self._bus.publish_retry(message.body, job.channel, tier, headers,
-                                      expiration=expiration)
+        await self._bus.publish_retry(message.body, routing_key(job.channel, job.category),
+                                      tier, headers, expiration=expiration)
         self._metrics.retries.labels(job.channel, str(tier)).inc()
         self._metrics.jobs.labels(job.channel, "rate_limited").inc()
         await message.ack()
@@ -319,8 +321,8 @@ class Pipeline:
         headers.setdefault(FIRST_SEEN_HEADER, int(time.time()))
         # Jitter inside the tier: per-message TTL between 80 % and 100 % of the queue's TTL.
         expiration = tier * random.uniform(0.8, 1.0)
-        await self._bus.publish_retry(message.body, job.channel, tier, headers,
-                                      expiration=expiration)
+        await self._bus.publish_retry(message.body, routing_key(job.channel, job.category),
+                                      tier, headers, expiration=expiration)
         self._metrics.retries.labels(job.channel, str(tier)).inc()
         await self._event_and_ack(message, job, "deferred", attempt,
                                   reason=failure.outcome.reason, detail=failure.detail,

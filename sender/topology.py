@@ -3,16 +3,20 @@
 
 ::
 
-    CRM ──► outbox.jobs (direct) ──email──► outbox.email (quorum) ─┐
-                    ▲            └──sms────► outbox.sms   (quorum) ─┤ worker
-                    │ dead-letter after TTL                         │
-    outbox.retry (headers, outbox-tier)   ──► outbox.retry.<s> ◄────┤ deferred jobs
-    outbox.dead (fanout) ──► outbox.dead (quorum)  ◄────────────────┤ invalid jobs, poison
-    outbox.status (topic) ──#──► outbox.status (quorum, for the CRM) ◄┘ status events
+    CRM ──► outbox.jobs (direct) ──email──────► outbox.email      (quorum) ─┐
+                    ▲            ├─email.bulk─► outbox.email.bulk (quorum) ─┤
+                    │            ├─sms────────► outbox.sms        (quorum) ─┤ worker
+                    │            └─sms.bulk───► outbox.sms.bulk   (quorum) ─┤
+                    │ dead-letter after TTL                                 │
+    outbox.retry (headers, outbox-tier)   ──► outbox.retry.<s> ◄────────────┤ deferred jobs
+    outbox.dead (fanout) ──► outbox.dead (quorum)  ◄────────────────────────┤ invalid, poison
+    outbox.status (topic) ──#──► outbox.status (quorum, for the CRM) ◄──────┘ status events
     (default exchange) ──► outbox.events (quorum) ◄── webhooks server; applied by the worker
 
-The job queues (``outbox.email``, ``outbox.sms``) are the declared channels'
-(:mod:`sender.channels.registry`): one quorum queue each, bound with the channel's name.
+The job queues are the declared channels' (:mod:`sender.channels.registry`): two lanes each,
+the priority lane (``outbox.email``, bound with ``email``) and the bulk lane
+(``outbox.email.bulk``, bound with ``email.bulk``, marketing jobs), quorum queues with the same
+arguments.
 
 ``outbox.status`` is bounded (``OUTBOX_STATUS_QUEUE_MAX_LENGTH``, x-max-length with overflow
 ``drop-head``): with no CRM consuming, the oldest events go, not the broker's memory and disk.
@@ -96,8 +100,8 @@ def describe(retry_tiers: tuple[int, ...],
         "x-delivery-limit": DELIVERY_LIMIT,
     })
     queues = [
-        *(Queue(d.queue, job_args, ((JOBS_EXCHANGE, d.name, {}),))
-          for d in registry.deliveries()),
+        *(Queue(queue, job_args, ((JOBS_EXCHANGE, key, {}),))
+          for d in registry.deliveries() for _, key, queue in d.lanes()),
         Queue(DEAD_QUEUE, _quorum(), ((DEAD_EXCHANGE, "", {}),)),
         Queue(EVENTS_QUEUE, _quorum(**{"x-delivery-limit": DELIVERY_LIMIT,
                                        "x-dead-letter-exchange": DEAD_EXCHANGE})),

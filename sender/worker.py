@@ -5,7 +5,10 @@ channels first (a send not yet started, e.g. waiting for an SMTP connection, giv
 left unsettled), cancels the consumers (no new work), waits up to ``shutdown_grace`` seconds
 for the sends in flight, then cancels the rest; whatever was not settled (including
 prefetched messages never started) goes back to its queue when the channels close.
-Concurrency is capped twice: the broker's prefetch per queue and a semaphore around the work.
+Concurrency is capped twice: the broker's prefetch per queue (each lane of each channel on an
+AMQP channel of its own) and the slots around the work (:class:`sender.lanes.LaneSlots`:
+``OUTBOX_CONCURRENCY`` shared by the lanes, the bulk lane held to ``OUTBOX_BULK_SHARE`` of them
+while priority jobs are pending).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sender.channels import registry
 from sender.channels.base import Channel
 from sender.events import EventApplier
 from sender.gauges import Gauges
+from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
 from sender.pipeline import Pipeline, Stopping, nack, protected
 
@@ -51,7 +55,7 @@ class Worker:
         self.worker_id = worker_id
         self._stop = stop
         self.gauges = gauges
-        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self.slots = LaneSlots(settings.concurrency, settings.bulk_share)
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._amqp_channels: list[AbstractChannel] = []
@@ -62,16 +66,18 @@ class Worker:
         return len(self._tasks)
 
     async def start(self) -> None:
-        """Consume the queue of every configured channel."""
+        """Consume both lanes of every configured channel, each on its own AMQP channel (the
+        prefetch is per lane: a full bulk lane leaves the priority lane its own)."""
         for name in self.channels:
-            channel = await self.bus.channel(self.settings.prefetch)
-            self._amqp_channels.append(channel)
-            # declare_queue (passive), not get_queue: only declared queues are restored,
-            # with their consumers, after aio-pika reconnects.
-            queue = await channel.declare_queue(registry.get(name).queue, passive=True)
-            tag = await queue.consume(self._job_consumer(name), no_ack=False)
-            self._consumers.append((queue, tag))
-            log.info("consuming %s", queue.name)
+            for lane, _, queue_name in registry.get(name).lanes():
+                channel = await self.bus.channel(self.settings.prefetch)
+                self._amqp_channels.append(channel)
+                # declare_queue (passive), not get_queue: only declared queues are restored,
+                # with their consumers, after aio-pika reconnects.
+                queue = await channel.declare_queue(queue_name, passive=True)
+                tag = await queue.consume(self._job_consumer(name, lane), no_ack=False)
+                self._consumers.append((queue, tag))
+                log.info("consuming %s", queue.name)
         await self._consume_events()
         self.gauges.start()
 
@@ -84,19 +90,21 @@ class Worker:
         self._consumers.append((queue, tag))
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        await self._guarded(message, self.events.handle, "events")
+        await self._guarded(message, self.events.handle, "events", EVENTS)
 
-    def _job_consumer(self, channel: str
+    def _job_consumer(self, channel: str, lane: str
                       ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        """The consumer of one channel's queue: its jobs must be of that channel."""
+        """The consumer of one lane of one channel: its jobs must be of that channel (of
+        either lane: a marketing job published on the plain key waits in the priority one)."""
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._guarded(message, lambda m: self.pipeline.handle(m, channel), channel)
+            await self._guarded(message, lambda m: self.pipeline.handle(m, channel), channel,
+                                lane)
         return on_message
 
     async def _guarded(self, message: AbstractIncomingMessage,
                        handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
-                       source: str) -> None:
-        """Run one delivery under the semaphore; whatever goes wrong, it is not lost and it
+                       source: str, lane: str) -> None:
+        """Run one delivery in a slot of its lane; whatever goes wrong, it is not lost and it
         does not loop (``Pipeline.unexpected``)."""
         if self._stop.is_set():
             return  # left unsettled: returned to the queue when the channel closes
@@ -104,9 +112,12 @@ class Worker:
         assert task is not None
         self._tasks.add(task)
         try:
-            async with self._semaphore:
-                if not self._stop.is_set():
-                    await handle(message)
+            if await self.slots.acquire(lane):  # False: stopping, left unsettled
+                try:
+                    if not self._stop.is_set():
+                        await handle(message)
+                finally:
+                    self.slots.release(lane)
         except (Stopping, asyncio.CancelledError):
             pass
         except BROKER_ERRORS as exc:  # not the job's fault: never counted towards poison
@@ -132,14 +143,12 @@ class Worker:
         """Stop the sends not yet started and consuming, wait for in-flight sends up to
         ``grace`` seconds, cancel the rest."""
         self._stop.set()
+        self.slots.close()  # deliveries waiting for a slot end now, unsettled
         for sender in self.channels.values():
             sender.stop()
         await self.gauges.stop()
-        for queue, tag in self._consumers:
-            try:
-                await asyncio.wait_for(queue.cancel(tag), BROKER_CALL_TIMEOUT)
-            except Exception as exc:  # the channel may already be gone
-                log.debug("cancel %s: %s", tag, exc)
+        # all at once: during an outage each call waits out its timeout (a lane is a consumer)
+        await asyncio.gather(*(self._cancel(queue, tag) for queue, tag in self._consumers))
         self._consumers.clear()
         pending = set(self._tasks)
         if pending:
@@ -151,13 +160,24 @@ class Worker:
                 log.warning("cancelled %d jobs still running after %.1f s", len(still), grace)
                 await asyncio.wait(still, timeout=5)
 
+    @staticmethod
+    async def _cancel(queue: AbstractQueue, tag: str) -> None:
+        try:
+            await asyncio.wait_for(queue.cancel(tag), BROKER_CALL_TIMEOUT)
+        except Exception as exc:  # the channel may already be gone
+            log.debug("cancel %s: %s", tag, exc)
+
     async def close(self) -> None:
-        """Close the consuming channels; unsettled messages return to their queues."""
+        """Close the consuming channels (all at once, each call bounded); unsettled messages
+        return to their queues."""
         await self.gauges.close()
-        for channel in self._amqp_channels:
-            try:
-                await asyncio.wait_for(channel.close(), BROKER_CALL_TIMEOUT)
-            except Exception as exc:
-                log.debug("closing channel: %s", exc)
+        await asyncio.gather(*(self._close(channel) for channel in self._amqp_channels))
         self._amqp_channels.clear()
+
+    @staticmethod
+    async def _close(channel: AbstractChannel) -> None:
+        try:
+            await asyncio.wait_for(channel.close(), BROKER_CALL_TIMEOUT)
+        except Exception as exc:
+            log.debug("closing channel: %s", exc)
 

@@ -2,7 +2,8 @@
 them here (keys, suppression entries, the gate, the Lua scripts' channel list, provider events,
 the CLI's ``--channel`` choices, the admin API).
 
-A channel is a name (a Redis key part and the routing key of its jobs: lower case, no ``:``),
+A channel is a name (a Redis key part and the routing key of its jobs, ``<name>`` for the
+priority lane and ``<name>.bulk`` for the bulk lane: lower case, no ``:`` and no ``.``),
 the kind of address it takes (:class:`suppression.address.AddressKind`: its canonical form and
 what it looks like) and the suppression reason a recipient's opt-out leaves. What only the
 worker needs (job model, queue, the provider behind it) is declared on top of this in

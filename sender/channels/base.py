@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,11 +38,14 @@ class NotSent(Exception):
 class Slots:
     """A semaphore whose waiters give up when it is closed: after :meth:`close`, every
     ``acquire`` (waiting or new) raises :class:`NotSent`. Waiters are futures, not tasks:
-    nothing is spent on the uncontended path."""
+    nothing is spent on the uncontended path. ``acquire(first=True)`` (a priority-lane job)
+    waits ahead of every other waiter: a password reset does not queue behind a blast for an
+    SMTP connection either."""
 
     def __init__(self, size: int) -> None:
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._first: deque[asyncio.Future[None]] = deque()
         self.closed = False
 
     @property
@@ -48,38 +53,50 @@ class Slots:
         """Slots not in use (tests, metrics)."""
         return self._free
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, first: bool = False) -> None:
         if self.closed:
             raise NotSent("stopping")
-        if self._free > 0 and not self._waiters:
+        if self._free > 0 and not self._waiters and not self._first:
             self._free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        queue = self._first if first else self._waiters
+        queue.append(waiter)
         try:
             await waiter  # release() hands the slot over by setting the result
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # handed over just as we were cancelled: pass it on
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
+            elif waiter in queue:
+                queue.remove(waiter)
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        for queue in (self._first, self._waiters):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
         self._free += 1
+
+    @asynccontextmanager
+    async def turn(self, *, first: bool = False) -> AsyncIterator[None]:
+        """``async with slots.turn(first=...)``: a slot, ahead of the others when ``first``."""
+        await self.acquire(first=first)
+        try:
+            yield
+        finally:
+            self.release()
 
     def close(self) -> None:
         """No slot is given out any more; the waiters raise :class:`NotSent` now."""
         self.closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(NotSent("stopping"))
+        for queue in (self._first, self._waiters):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_exception(NotSent("stopping"))
 
     async def __aenter__(self) -> None:
         await self.acquire()

@@ -2,11 +2,14 @@
 :mod:`suppression.channels` (name, address kind, opt-out reason).
 
 A :class:`Delivery` is the channel, its job model (a :class:`sender.models.JobBase` with
-``channel: Literal["<name>"]``), its queue (bound to ``outbox.jobs`` with the channel's name as
-routing key) and the factory of its sender (``None`` when the settings do not configure it: its
-jobs wait in its queue). The topology, the job parser, the client's routing and the worker's
-consumers all read this list; :func:`declare` also declares the channel in
-:mod:`suppression.channels`, so the keys, the Lua scripts, the CLI and the admin API know it.
+``channel: Literal["<name>"]``), its queue and the factory of its sender (``None`` when the
+settings do not configure it: its jobs wait in its queues). Each channel has two lanes derived
+from that one queue name (DESIGN.md, "Queues and lanes"): the priority lane ``<queue>`` bound
+with routing key ``<name>`` (transactional and notification jobs) and the bulk lane
+``<queue>.bulk`` bound with ``<name>.bulk`` (marketing jobs, :data:`BULK_CATEGORIES`). The
+topology, the job parser, the client's routing and the worker's consumers all read this list;
+:func:`declare` also declares the channel in :mod:`suppression.channels`, so the keys, the Lua
+scripts, the CLI and the admin API know it.
 
 Adding a channel (README, "Adding a channel"): a module ``sender/channels/<name>.py`` with its
 job model, its sender (:class:`sender.channels.base.Channel`) and ``build(settings)``, and one
@@ -25,11 +28,20 @@ from config import Settings
 from sender import models
 from sender.channels import smtp, twilio
 from sender.channels.base import Channel as Sender
-from sender.models import EmailJob, JobBase, SmsJob
+from sender.models import BULK_CATEGORIES, EmailJob, JobBase, SmsJob
 from suppression import channels
 from suppression.channels import Channel
 
 log = logging.getLogger("outbox.channels")
+
+#: The lanes of every channel, in the order the worker serves them.
+PRIORITY, BULK = "priority", "bulk"
+LANES = (PRIORITY, BULK)
+
+
+def lane_of(category: str) -> str:
+    """The lane a job of ``category`` is published on."""
+    return BULK if category in BULK_CATEGORIES else PRIORITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +55,20 @@ class Delivery:
 
     @property
     def name(self) -> str:
-        """The channel's name: its jobs' ``channel`` and their routing key."""
+        """The channel's name: its jobs' ``channel`` and their priority lane's routing key."""
         return self.channel.name
+
+    def routing_key(self, lane: str = PRIORITY) -> str:
+        """``email`` / ``email.bulk``: the key of one lane (a channel name has no ``.``)."""
+        return self.name if lane == PRIORITY else f"{self.name}.{lane}"
+
+    def lane_queue(self, lane: str = PRIORITY) -> str:
+        """``outbox.email`` / ``outbox.email.bulk``: the queue of one lane."""
+        return self.queue if lane == PRIORITY else f"{self.queue}.{lane}"
+
+    def lanes(self) -> tuple[tuple[str, str, str], ...]:
+        """(lane, routing key, queue) of both lanes, priority first."""
+        return tuple((lane, self.routing_key(lane), self.lane_queue(lane)) for lane in LANES)
 
 
 _DECLARED: dict[str, Delivery] = {}
@@ -75,8 +99,14 @@ def get(name: str) -> Delivery:
 
 
 def queues() -> dict[str, str]:
-    """Each channel's job queue."""
+    """Each channel's priority queue."""
     return {d.name: d.queue for d in _DECLARED.values()}
+
+
+def routing_key(channel: str, category: str) -> str:
+    """The key a job of ``channel`` and ``category`` is published (and retried) with:
+    ``email`` or, for marketing, ``email.bulk``."""
+    return get(channel).routing_key(lane_of(category))
 
 
 def parse_job(body: bytes, *, max_bytes: int) -> JobBase:
@@ -99,7 +129,8 @@ def build_senders(settings: Settings) -> dict[str, Sender]:
     for d in _DECLARED.values():
         sender = d.build(settings)
         if sender is None:
-            log.warning("channel %s is not configured: its jobs wait in %s", d.name, d.queue)
+            log.warning("channel %s is not configured: its jobs wait in %s and %s",
+                        d.name, d.queue, d.lane_queue(BULK))
         else:
             senders[d.name] = sender
     return senders

@@ -35,7 +35,7 @@ from sender.channels.base import NotSent, SendFailure, SendResult, Slots
 from sender.channels.mx import MxChecker, Undeliverable, check_syntax
 from sender.compliance import MissingSenderInfo, SenderInfo, email_compliance
 from sender.mime import RenderedEmail, render_email
-from sender.models import EmailJob
+from sender.models import BULK_CATEGORIES, EmailJob
 from suppression.classify import Outcome, classify_smtp
 from suppression.verp import verp_address
 
@@ -72,10 +72,11 @@ class SmtpPool:
         self.opened = 0  # connections opened so far (tests and metrics)
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
-                   *, smtputf8: bool = False) -> str:
+                   *, smtputf8: bool = False, first: bool = False) -> str:
         """Send one message; return the relay's reply text. Raises SMTPException/OSError, or
-        NotSent when the pool stopped before the transaction began."""
-        async with self._slots:
+        NotSent when the pool stopped before the transaction began. ``first``: a priority-lane
+        job, served before the bulk ones waiting for a connection."""
+        async with self._slots.turn(first=first):
             conn = await self._checkout()
             if self._slots.closed:  # stopped while the connection was being opened
                 self._checkin(conn)
@@ -268,9 +269,10 @@ class SmtpChannel:
         await self._check_address(job.to)
         msg = self._render(job, sender)
         try:
-            async with self._domains(msg.recipients[0]):
+            first = job.category not in BULK_CATEGORIES
+            async with self._domains(msg.recipients[0]).turn(first=first):
                 reply = await self._pool.send(msg.envelope_from, list(msg.recipients),
-                                              msg.data, smtputf8=msg.smtputf8)
+                                              msg.data, smtputf8=msg.smtputf8, first=first)
         except SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             raise self._failure(refused.code, refused.message) from None
