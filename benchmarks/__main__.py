@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import measure, report, systems
+from benchmarks.blast import blast_session
 from benchmarks.env import ROOT, Services, machine, versions
 from benchmarks.profile import summarise
 from benchmarks.runner import (
@@ -78,6 +79,8 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
     systems: list[tuple[str, System]] = []
     for wname in args.workloads:
         w = WORKLOADS[wname]
+        if w.kind != "throughput":
+            continue
         if w.baselines:
             systems += [(wname, NAIVE), (wname, BARE)]
         systems.append((wname, outbox(w.outbox_processes)))
@@ -139,7 +142,7 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
                 log(f"  achieved {res['achieved_jobs_per_s']} jobs/s, p50 {res['p50_ms']} ms, "
                     f"p99 {res['p99_ms']} ms")
                 out["load"].append(res)
-    if args.profile:
+    if args.profile and systems:
         system = outbox(1)
         n = min(args.jobs, 20_000)
         path = RESULTS / f"profile-{out['id']}.txt"
@@ -151,6 +154,8 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
                               **summarise(path, top=30)}
         else:
             out["profile"] = {"error": "py-spy wrote no file", "run": res}
+    if any(WORKLOADS[w].kind == "blast" for w in args.workloads):  # last: it may reseed
+        await blast_session(ctx, args.runs, out)
 
 
 def source_state() -> dict[str, Any]:
@@ -160,7 +165,7 @@ def source_state() -> dict[str, Any]:
 
     def git(*a: str) -> str:
         r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
-        return r.stdout.strip()
+        return r.stdout.rstrip()  # not strip(): " M path" keeps its column
 
     return {"head": git("rev-parse", "--short", "HEAD"),
             "modified": [ln[3:] for ln in git("status", "--porcelain").splitlines()
@@ -191,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             pool = args.jobs
             if not args.quick:
                 pool = max(args.jobs, 50_000)
-            log(f"generating {pool} jobs (workload stream email_mix)")
-            stream = WORKLOADS[args.workloads[0]].stream(pool)
+            first = next((w for w in args.workloads if WORKLOADS[w].kind == "throughput"),
+                         args.workloads[0])
+            log(f"generating {pool} jobs (workload {first}'s stream)")
+            stream = WORKLOADS[first].stream(pool)
             seeded = seed_template(stream)
             log(f"seeded {len(stream.consent)} consents and {len(stream.suppressed)} "
                 f"suppressions in {seeded:.1f} s (ConsentStore.grant / SuppressionStore.add)")
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if plot:
         log(f"plot: {plot.relative_to(ROOT)}")
     print(report.table(out))
-    if not args.no_readme:
+    if not args.no_readme and out.get("summary"):
         report.update_readme(out, Path(__file__).resolve().parent / "README.md")
         log("README: benchmarks/README.md results block rewritten")
     return 0

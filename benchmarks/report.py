@@ -32,7 +32,7 @@ def table(out: dict[str, Any]) -> str:
             f"{_f(lat.get('p99_ms'), 1)} | {_f(v['redis_commands_per_job'], 2)} | "
             f"{_f(v['redis_evalsha_per_job'], 2)} | {_f(v['redis_round_trips_per_job'], 2)} | "
             f"{rss} |")
-    lines = ["\n".join(rows)]
+    lines = ["\n".join(rows)] if s else []
     ratios = []
     for name, v in s.items():
         if not name.startswith("outbox"):
@@ -54,7 +54,22 @@ def table(out: dict[str, Any]) -> str:
                         f"{_f(r['achieved_jobs_per_s'])} | {_f(r['p50_ms'], 1)} | "
                         f"{_f(r['p90_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} |")
         lines.append("Outbox x1 against offered load (open loop):\n\n" + "\n".join(rows))
+    if out.get("blast"):
+        lines.append(blast_table(out["blast"]))
     return "\n\n".join(lines)
+
+
+def blast_table(runs: list[dict[str, Any]]) -> str:
+    """Workload ``blast``: transactional latency during a marketing blast, per mode and run."""
+    rows = ["| mode (marketing key) | run | tx sent | p50 ms | p99 ms | max ms | within 3 s | "
+            "blast sent | blast s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        rows.append(f"| {r['mode']} (`{r['marketing_routing_key']}`) | {r['run']} | "
+                    f"{r['tx_sent']}/{r['tx_jobs']} | {_f(r['tx_p50_ms'], 1)} | "
+                    f"{_f(r['tx_p99_ms'], 1)} | {_f(r['tx_max_ms'], 1)} | "
+                    f"{r['tx_within_3s']}/{r['tx_jobs']} | {r['blast_sent']:,}/"
+                    f"{r['blast_jobs']:,} | {_f(r['blast_s'], 1)} |")
+    return "Transactional jobs during a marketing blast (workload blast):\n\n" + "\n".join(rows)
 
 
 def profile_table(out: dict[str, Any], top: int = 15) -> str:

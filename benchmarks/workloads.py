@@ -197,6 +197,7 @@ class Workload:
     outbox_processes: int
     baselines: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    kind: str = "throughput"  # "blast": its own session (benchmarks/blast.py)
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -210,3 +211,14 @@ def register(w: Workload) -> Workload:
 register(Workload("a", "email mix, full pipeline, 1 outbox worker process", email_mix, 1,
                   baselines=True))
 register(Workload("b", "email mix, full pipeline, 2 outbox worker processes", email_mix, 2))
+
+
+def _blast(n: int) -> Stream:
+    from benchmarks.blast import blast_stream  # it imports this module
+
+    return blast_stream(n)
+
+
+register(Workload("blast", "transactional latency during an 8,000-job marketing blast, "
+                  "priority lanes vs one FIFO, 1 outbox worker process", _blast, 1,
+                  kind="blast"))
