@@ -25,12 +25,11 @@ import aio_pika
 from benchmarks import measure
 from benchmarks.env import REDIS_DB, Services, Vhost
 from benchmarks.runner import (
-    JOBS_EXCHANGE,
     STATUS_QUEUE,
     Context,
-    _message,
     declare,
     log,
+    prefill,
     prepare_redis,
     publish_at_rate,
     seed_template,
@@ -88,24 +87,6 @@ def blast_stream(_n: int = 0, seed: int = 20260415) -> Stream:
     return Stream(jobs, consent, [], accounts)
 
 
-async def publish_confirmed(url: str, jobs: list[Job], routing_key: str, queue: str) -> float:
-    """Publish with publisher confirms (512 in flight) and check the queue holds them all."""
-    t = time.perf_counter()
-    conn = await aio_pika.connect(url)
-    ch = await conn.channel(publisher_confirms=True)
-    ex = await ch.get_exchange(JOBS_EXCHANGE, ensure=False)
-    now = time.time()
-    for i in range(0, len(jobs), 512):
-        await asyncio.gather(*(ex.publish(_message(j.stamped(now)), routing_key)
-                               for j in jobs[i:i + 512]))
-    q = await ch.declare_queue(queue, passive=True)
-    count = q.declaration_result.message_count
-    await conn.close()
-    if count != len(jobs):
-        raise RuntimeError(f"blast: {count} messages in {queue}, expected {len(jobs)}")
-    return time.perf_counter() - t
-
-
 async def sent_events(url: str, expected: int) -> dict[str, dict[str, Any]]:
     """Every ``sent`` event in ``outbox.status`` by job id (read after the run and consumed:
     with more events than the prefetch, unacked reading would stop at the prefetch)."""
@@ -142,7 +123,7 @@ async def blast_run(ctx: Context, mode: str) -> dict[str, Any]:
         r = prepare_redis(True)
         await declare(vh.url)
         queue = "outbox.email.bulk" if key == "email.bulk" else "outbox.email"
-        fill = await publish_confirmed(vh.url, blast, key, queue)
+        fill = await prefill(vh.url, blast, key, queue)
         procs = Processes(system, ctx.log_dir, label)
         window = ctx.sink.mark()
         redis_url = Services.redis_url(REDIS_DB)

@@ -87,8 +87,9 @@ def _message(body: bytes) -> aio_pika.Message:
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
 
-async def prefill(url: str, jobs: list[Job], routing_key: str) -> float:
-    """Publish every job with publisher confirms (512 in flight); returns seconds taken."""
+async def prefill(url: str, jobs: list[Job], routing_key: str, queue: str = JOB_QUEUE) -> float:
+    """Publish every job with publisher confirms (512 in flight) and check ``queue`` holds them
+    all; returns seconds taken."""
     t = time.perf_counter()
     conn = await aio_pika.connect(url)
     ch = await conn.channel(publisher_confirms=True)
@@ -97,11 +98,11 @@ async def prefill(url: str, jobs: list[Job], routing_key: str) -> float:
     for i in range(0, len(jobs), 512):
         await asyncio.gather(*(ex.publish(_message(j.stamped(now)), routing_key)
                                for j in jobs[i:i + 512]))
-    q = await ch.declare_queue(JOB_QUEUE, passive=True)
+    q = await ch.declare_queue(queue, passive=True)
     count = q.declaration_result.message_count
     await conn.close()
     if count != len(jobs):
-        raise RuntimeError(f"prefill: {count} messages in {JOB_QUEUE}, expected {len(jobs)}")
+        raise RuntimeError(f"prefill: {count} messages in {queue}, expected {len(jobs)}")
     return time.perf_counter() - t
 
 

@@ -19,7 +19,7 @@ import math
 import operator
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -57,21 +57,6 @@ Category = Literal["marketing", "transactional", "notification"]
 #: the categories that travel on the bulk lane (``<channel>.bulk``) and yield to the others
 BULK_CATEGORIES = frozenset({"marketing"})
 
-STATUSES = (
-    "sent",
-    "deferred",
-    "delivered",
-    "bounced",
-    "soft_bounced",
-    "complained",
-    "unsubscribed",
-    "failed",
-    "suppressed",
-    "no_consent",
-    "blocked",
-    "expired",
-    "rejected",
-)
 Status = Literal[
     "sent",
     "deferred",
@@ -87,6 +72,7 @@ Status = Literal[
     "expired",
     "rejected",
 ]
+STATUSES: tuple[str, ...] = get_args(Status)
 
 
 class InvalidJob(ValueError):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any, TypeVar
 
 import aio_pika
 from prometheus_client import CollectorRegistry
@@ -19,6 +20,7 @@ from sender.bus import Bus
 from sender.service import make_redis, started_worker
 
 _seq = itertools.count()
+T = TypeVar("T")
 
 
 def email_job(**fields: Any) -> dict[str, Any]:
@@ -152,3 +154,38 @@ async def redis_state(url: str) -> dict[bytes, tuple[bytes | None, bool]]:
                 async for key in client.scan_iter(count=1000)}
     finally:
         await client.aclose()
+
+
+@contextmanager
+def served_in_thread(start: Callable[[], AbstractAsyncContextManager[T]],
+                     timeout: float = 60.0) -> Iterator[T]:
+    """Enter ``start()`` in an event loop of a thread of its own and yield what it yields, so
+    a synchronous test (hypothesis drawing and shrinking batches) can drive real servers;
+    leaving exits it there. A failure to start or to stop fails the test."""
+    entered: list[T] = []
+    failure: list[BaseException] = []
+    ready, done = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        async with start() as value:
+            entered.append(value)
+            ready.set()
+            while not done.is_set():
+                await asyncio.sleep(0.05)
+
+    def run() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+        ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(timeout) and not failure, failure
+    try:
+        yield entered[0]
+    finally:
+        done.set()
+        thread.join(timeout)
+    assert not failure, failure

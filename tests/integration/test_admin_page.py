@@ -10,7 +10,6 @@ API stays text. No skip: without /usr/bin/chromium these tests fail."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from suppression import keys
 from suppression.gate import Counts, Gate
 from suppression.store import AccountStore, ConsentStore, SuppressionStore
 from tests.integration.helpers import collect, email_job, publish, running_app, running_worker
-from webhooks import admin
 
 pytestmark = pytest.mark.integration
 TOKEN = "page-token-for-tests"
@@ -34,9 +32,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EVIL = "<img src=x onerror=alert(1)><script>alert('x')</script>"
 SHOT = Path(__file__).resolve().parents[2] / "var" / "admin-page.png"
-#: the job's story API comes with its own branch: until it is merged, the history test fails
-#: as expected (the page says the history is not available); after, it is an ordinary test
-STORY_API = all(path in inspect.getsource(admin) for path in ("/admin/jobs/", "/admin/history/"))
 
 
 @pytest.fixture
@@ -201,8 +196,6 @@ async def test_support_removes_a_suppression_entry_with_a_reason(browser, site, 
                                    "mailbox exists again, ticket 99", "hard_bounce")
 
 
-@pytest.mark.xfail(not STORY_API, strict=True,
-                   reason="GET /admin/history and /admin/jobs are not merged yet")
 async def test_support_reads_a_recipients_history_and_a_jobs_timeline(
         browser, site, redis, make_settings, smtp_server, amqp_url):
     """Against ``GET /admin/history/ADDRESS?account=ID`` (``[{account_id, job_id, channel,

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.integration.helpers import cli_runner, redis_state
+from tests.integration.helpers import redis_state
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +42,6 @@ NAMES_AN_ACCOUNT = [
     ("suppression", "import", "LIST", "--account", GHOST),
 ]
 
-
-@pytest.fixture
-def cli(monkeypatch, amqp_url, redis_url):
-    return cli_runner(monkeypatch, amqp_url, redis_url)
 
 
 @pytest.mark.parametrize("argv", NAMES_AN_ACCOUNT, ids=[" ".join(a[:2]) for a in NAMES_AN_ACCOUNT])

@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 
 from tests.integration.helpers import (
-    cli_runner,
     collect,
     email_job,
     events,
@@ -24,10 +23,6 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 ACCOUNT = "acct_shop"
 
-
-@pytest.fixture
-def cli(monkeypatch, amqp_url, redis_url):
-    return cli_runner(monkeypatch, amqp_url, redis_url)
 
 
 async def _configure(cli) -> None:

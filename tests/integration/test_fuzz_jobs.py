@@ -17,6 +17,8 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aio_pika
@@ -24,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.helpers import running_worker
+from tests.integration.helpers import running_worker, served_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -157,10 +159,9 @@ def fuzz_worker(make_settings, amqp_url):
     from tests.conftest import Recorder, RecordingHandler
 
     recorder, sink = Recorder(), _Sink()
-    ready, done = threading.Event(), threading.Event()
-    failure: list[BaseException] = []
 
-    async def serve() -> None:
+    @asynccontextmanager
+    async def serve() -> AsyncIterator[None]:
         from aiosmtpd.smtp import SMTP
 
         loop = asyncio.get_running_loop()
@@ -172,27 +173,13 @@ def fuzz_worker(make_settings, amqp_url):
         settings_ = make_settings(smtp_url=f"smtp://127.0.0.1:{port}")
         async with running_worker(settings_):
             drain = asyncio.create_task(_drain(amqp_url, sink, stop))
-            ready.set()
-            while not done.is_set():
-                await asyncio.sleep(0.05)
+            yield
             stop.set()
             await drain
         server.close()
 
-    def run() -> None:
-        try:
-            asyncio.run(serve())
-        except BaseException as exc:
-            failure.append(exc)
-        ready.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(60) and not failure, failure
-    yield recorder, sink
-    done.set()
-    thread.join(60)
-    assert not failure, failure
+    with served_in_thread(serve):
+        yield recorder, sink
 
 
 async def _publish(amqp_url: str, batch: list[tuple[int, bytes, str]]) -> None:

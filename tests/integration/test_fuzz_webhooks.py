@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,7 +31,7 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
-from tests.integration.helpers import collect, running_app
+from tests.integration.helpers import collect, running_app, served_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -165,28 +164,8 @@ def fuzz_server(make_settings, unused_tcp_port):
         sendgrid_public_key=base64.b64encode(b"not-a-key").decode(),
         ses_topic_arns=("arn:aws:sns:ap-east-1:123456789012:outbox",),
         secret_key="fuzz-secret-key-0123456789")
-    ready, stop = threading.Event(), threading.Event()
-    failure: list[BaseException] = []
-
-    async def serve() -> None:
-        async with running_app(settings_, unused_tcp_port):
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-
-    def run() -> None:
-        try:
-            asyncio.run(serve())
-        except BaseException as exc:  # reported by the test
-            failure.append(exc)
-            ready.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(30) and not failure, failure
-    yield settings_, public
-    stop.set()
-    thread.join(30)
+    with served_in_thread(lambda: running_app(settings_, unused_tcp_port)):
+        yield settings_, public
 
 
 async def _post_all(public: str, batch: list[dict[str, Any]]) -> None:

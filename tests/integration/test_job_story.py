@@ -21,7 +21,6 @@ from sender.topology import EVENTS_QUEUE
 from suppression.history import job_story
 from suppression.store import SuppressionStore
 from tests.integration.helpers import (
-    cli_runner,
     email_job,
     publish,
     running_app,
@@ -33,10 +32,6 @@ pytestmark = pytest.mark.integration
 TOKEN = "story-admin-token"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
-
-@pytest.fixture
-def cli(monkeypatch, amqp_url, redis_url):
-    return cli_runner(monkeypatch, amqp_url, redis_url)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from aiosmtpd.smtp import SMTP
 from sender.client import Outbox
 from suppression.store import ConsentStore
 from tests.integration.helpers import (
-    cli_runner,
     collect,
     email_job,
     events,
@@ -30,10 +29,6 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 ACCOUNT = "acct_lanes"
 
-
-@pytest.fixture
-def cli(monkeypatch, amqp_url, redis_url):
-    return cli_runner(monkeypatch, amqp_url, redis_url)
 
 
 async def _marketing_account(cli, redis_url: str, recipients: list[str]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from redis.asyncio import Redis
 
 from suppression.gate import Counts, Gate
 from suppression.reputation import Policy
@@ -13,17 +12,6 @@ from suppression.store import AccountStore, ConsentStore, PrefsStore, Suppressio
 
 A = "acct_g"
 
-
-@pytest.fixture
-async def redis(redis_url):
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def gate(redis):
-    return Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1000, burst=1000))
 
 
 _n = iter(range(10**9))

@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from redis.asyncio import Redis
-
 from suppression import keys
-from suppression.gate import Counts, Gate
+from suppression.gate import Counts
 from suppression.history import job_story, recipient_history
-from suppression.reputation import Policy
 from suppression.store import SuppressionStore
 
 A = "acct_story"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
-
-@pytest.fixture
-async def redis(redis_url):
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def gate(redis):
-    return Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1000, burst=1000))
 
 
 async def claim(gate, job_id, *, account=A, address="ana@example.com", **kw):

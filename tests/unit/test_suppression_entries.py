@@ -20,7 +20,6 @@ from sender.metrics import Metrics
 from suppression import entries, keys
 from suppression.entries import BadEntry
 from suppression.gate import Counts, Gate
-from suppression.reputation import Policy
 from suppression.store import SuppressionStore
 from suppression.tokens import Unsubscribe, make_token
 from webhooks.handlers import UnsubscribeWebhooks, WebhookMetrics
@@ -28,17 +27,6 @@ from webhooks.handlers import UnsubscribeWebhooks, WebhookMetrics
 SECRET = "a-secret-of-at-least-16"
 _n = iter(range(10**9))
 
-
-@pytest.fixture
-async def redis(redis_url):
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def gate(redis):
-    return Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1000, burst=1000))
 
 
 class FakeBus:
