@@ -78,7 +78,7 @@ class TwilioWebhooks:
         """Status callback → one event for its job (named by the signed ``j``/``a`` query)."""
         form = await self._verified(request)
         try:
-            events = twilio.parse(form)
+            events = twilio.parse_fields(form)
         except PayloadError as exc:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         job_id, account_id = safe_id(request.query.get("j")), safe_id(request.query.get("a"))
@@ -91,7 +91,7 @@ class TwilioWebhooks:
         """Inbound SMS: STOP and its kin opt out, START opts back in; others are ignored."""
         form = await self._verified(request)
         try:
-            sms = twilio.parse_inbound(form)
+            sms = twilio.parse_inbound_fields(form)
         except PayloadError as exc:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         if sms.keyword in ("stop", "start"):

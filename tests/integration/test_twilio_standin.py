@@ -344,7 +344,7 @@ async def test_status_callbacks_arrive_in_order_signed_and_parse(client, standin
                                           r.signature, TOKEN)
         assert not twilio_provider.verify(callback, {**params, "Extra": "1"}, r.signature, TOKEN)
 
-    events = [twilio_provider.parse(twilio_provider.decode_form(r.body, r.content_type))[0]
+    events = [twilio_provider.parse(r.body, r.content_type)[0]
               for r in received]
     assert [e.type for e in events] == [t for _, _, t in expected]
     for event, r in zip(events, received, strict=True):

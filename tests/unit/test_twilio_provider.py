@@ -37,11 +37,11 @@ def form(**fields: str) -> bytes:
 
 def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
     """What the handler does: decode once, then parse that decoding."""
-    return tw.parse(tw.decode_form(body, content_type))
+    return tw.parse(body, content_type)
 
 
 def parse_inbound(body: bytes, content_type: str) -> tw.InboundSms:
-    return tw.parse_inbound(tw.decode_form(body, content_type))
+    return tw.parse_inbound(body, content_type)
 
 
 def status_body(status: str, error_code: str | None = None, **extra: str) -> bytes:
@@ -202,9 +202,9 @@ def test_form_is_the_fields_in_order():
 
 def test_parsers_are_pure_over_plain_fields():
     fields = {"MessageSid": SID, "MessageStatus": "delivered", "To": "+85291234567"}
-    [event] = tw.parse(fields)
+    [event] = tw.parse_fields(fields)
     assert (event.type, event.recipient, event.raw) == ("delivered", "+85291234567", fields)
-    sms = tw.parse_inbound({"From": "+85291234567", "To": "+1", "MessageSid": SID,
+    sms = tw.parse_inbound_fields({"From": "+85291234567", "To": "+1", "MessageSid": SID,
                             "Body": "STOP"})
     assert sms.keyword == "stop"
 

@@ -209,7 +209,13 @@ def _failure_type(error_code: str | None, kind: str | None) -> str:
     return "soft_bounced"
 
 
-def parse(fields: Mapping[str, str]) -> list[ProviderEvent]:
+def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
+    """The provider-module contract: :func:`parse_fields` of :func:`decode_form`. The webhook
+    server decodes once itself, so that the signature covers exactly what is parsed."""
+    return parse_fields(decode_form(body, content_type))
+
+
+def parse_fields(fields: Mapping[str, str]) -> list[ProviderEvent]:
     """One :class:`ProviderEvent` for a message status callback, from the fields
     :func:`decode_form` decoded (and the signature covered); :class:`PayloadError` without
     ``MessageSid``/``MessageStatus``."""
@@ -287,7 +293,12 @@ def keyword_of(body: str, opt_out_type: str | None = None) -> str | None:
     return None
 
 
-def parse_inbound(fields: Mapping[str, str]) -> InboundSms:
+def parse_inbound(body: bytes, content_type: str) -> InboundSms:
+    """:func:`parse_inbound_fields` of :func:`decode_form`."""
+    return parse_inbound_fields(decode_form(body, content_type))
+
+
+def parse_inbound_fields(fields: Mapping[str, str]) -> InboundSms:
     """The inbound message Twilio posted, from the fields :func:`decode_form` decoded;
     :class:`PayloadError` without ``From``, ``To`` or ``MessageSid``. ``Body`` may be empty (an
     MMS with only media)."""
