@@ -1,5 +1,13 @@
 """Settings of Outbox (the bottom layer: imports nothing of the project)."""
 
-from config.settings import Settings, SettingsError, SmtpTarget, load_settings, parse_smtp_url
+from config.settings import (
+    Settings,
+    SettingsError,
+    SmtpTarget,
+    load_settings,
+    parse_processes,
+    parse_smtp_url,
+)
 
-__all__ = ["Settings", "SettingsError", "SmtpTarget", "load_settings", "parse_smtp_url"]
+__all__ = ["Settings", "SettingsError", "SmtpTarget", "load_settings", "parse_processes",
+           "parse_smtp_url"]

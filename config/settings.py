@@ -41,6 +41,8 @@ DEV_SECRET_KEY = "dev-only-secret-change-me"
 
 #: Delay tiers for retries, in seconds (``outbox.retry.<seconds>`` queues).
 DEFAULT_RETRY_TIERS = (10, 60, 300, 1800, 7200)
+#: The most worker processes one supervisor starts (a typo must not fork thousands).
+MAX_WORKER_PROCESSES = 256
 
 
 class SettingsError(ValueError):
@@ -90,6 +92,27 @@ def parse_smtp_url(url: str) -> SmtpTarget:
     )
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity: a container's limit), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_processes(value: Any) -> int:
+    """``OUTBOX_WORKER_PROCESSES`` or ``--processes``: a whole number from 1 to
+    :data:`MAX_WORKER_PROCESSES`, or ``auto`` (:func:`cpu_count`); ValueError otherwise."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return min(cpu_count(), MAX_WORKER_PROCESSES)
+    if (isinstance(value, bool) or not (text.isascii() and text.isdigit())
+            or not 1 <= int(text) <= MAX_WORKER_PROCESSES):
+        raise ValueError(f"must be a whole number from 1 to {MAX_WORKER_PROCESSES} or auto, "
+                         f"not {value!r}")
+    return int(text)
+
+
 def _flag(value: str, name: str) -> bool:
     if value in ("1", "true", "yes", "on"):
         return True
@@ -130,6 +153,9 @@ class Settings(ReputationSettings, BaseSettings):
     #: on SIGTERM, time for sends in flight; at least smtp_timeout (a send may wait that long
     #: for the relay's reply, and one cut mid-DATA may already be stored: a duplicate)
     shutdown_grace: float = Field(40.0, ge=0)
+    #: worker processes of ``outbox worker`` (and of ``outbox run``'s worker part): above 1, a
+    #: supervisor starts, restarts and drains them (outbox/supervisor.py); "auto" = CPU count
+    worker_processes: int = 1
     idempotency_ttl: int = Field(3 * 86400, ge=3600, description="seconds a job id is remembered")
     retry_tiers: Annotated[tuple[int, ...], NoDecode] = DEFAULT_RETRY_TIERS
     retry_max_attempts: int = Field(12, ge=1)
@@ -241,6 +267,11 @@ class Settings(ReputationSettings, BaseSettings):
         if not isinstance(value, str):
             return value
         return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _check_processes(cls, value: Any) -> int:
+        return parse_processes(value)
 
     @field_validator("retry_tiers")
     @classmethod

@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from config import Settings
+from config import Settings, parse_processes
 from outbox import jobs, support
 from outbox.runtime import (
     EXIT_BAD_INPUT,
@@ -34,6 +35,10 @@ ENQUEUE_WINDOW = 256  # publishes awaiting their confirms at once
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add every subcommand to the parser."""
     p = sub.add_parser("worker", help="consume jobs and send them")
+    p.add_argument("--processes", metavar="N|auto",
+                   help="worker processes under one supervisor, auto = one per CPU "
+                   "(default OUTBOX_WORKER_PROCESSES, 1)")
+    p.add_argument("--supervised-by", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("webhooks", help="the HTTP server: webhooks, admin API, metrics")
@@ -115,11 +120,84 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from sender.service import run_worker
 
     cfg = settings()
+    processes = worker_processes(args.processes, cfg)
+    if args.supervised_by is not None:
+        return _run_child(cfg, args.supervised_by)
     problem = dev_secret_problem(cfg)
     if problem:  # the worker only signs links; the servers that honour them refuse to start
         log.warning("%s", problem)
+    if processes > 1:
+        return run_async(lambda stop: _supervise(cfg, processes, stop, args.log_level))
     return run_async(lambda stop: _with_metrics(
         cfg, lambda reg: _when_reachable(cfg, stop, lambda: run_worker(cfg, stop, reg))))
+
+
+def worker_processes(flag: str | None, cfg: Settings) -> int:
+    """``--processes`` over ``OUTBOX_WORKER_PROCESSES``; a bad flag is a CliError naming it."""
+    if flag is None:
+        return cfg.worker_processes
+    try:
+        return parse_processes(flag)
+    except ValueError as exc:
+        raise CliError(f"--processes: {exc}") from None
+
+
+def _run_child(cfg: Settings, supervisor: int) -> int:
+    """One worker process under a supervisor: its lines name it, it serves no metrics (the
+    supervisor serves every child's), and it stops by itself if the supervisor is gone."""
+    from outbox.logs import name_processes
+    from outbox.supervisor import watch_parent
+    from sender.service import run_worker
+
+    name_processes()
+
+    async def run(stop: asyncio.Event) -> None:
+        watcher = asyncio.create_task(watch_parent(supervisor, stop))
+        try:
+            await _when_reachable(cfg, stop, lambda: run_worker(cfg, stop))
+        finally:
+            watcher.cancel()
+
+    return run_async(run)
+
+
+async def _supervise(cfg: Settings, processes: int, stop: asyncio.Event,
+                     log_level: str | None, env: dict[str, str] | None = None) -> int:
+    """``processes`` workers under a supervisor (outbox/supervisor.py), every child's metrics
+    on ``OUTBOX_METRICS_PORT``. RabbitMQ and Redis are checked (and the topology declared)
+    once first, so a refused login or a topology mismatch is said once, not by every child."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from outbox.logs import name_processes
+    from outbox.supervisor import Supervisor, child_argv, collect_children, metrics_dir
+
+    name_processes()
+    with contextlib.ExitStack() as stack:
+        path = stack.enter_context(metrics_dir()) if cfg.metrics_port else None
+        if path:
+            registry = collect_children(CollectorRegistry(), path)
+            server, _ = start_http_server(cfg.metrics_port, addr=cfg.http_host,
+                                          registry=registry)
+            stack.callback(server.shutdown)
+        if not await _checked(cfg, stop):
+            return 0
+        supervisor = Supervisor(processes, child_argv(os.getpid(), log_level),
+                                grace=cfg.shutdown_grace, env=env, metrics_path=path)
+        return await supervisor.run(stop)
+
+
+async def _checked(cfg: Settings, stop: asyncio.Event) -> bool:
+    """Wait for RabbitMQ and Redis and declare the topology (one line a failed attempt):
+    True when done, False when stopped first."""
+    reached = False
+
+    async def check() -> None:
+        nonlocal reached
+        async with _connected(cfg):
+            reached = True
+
+    await _when_reachable(cfg, stop, check)
+    return reached
 
 
 def _service_urls(cfg: Settings) -> dict[str, str]:
@@ -208,10 +286,13 @@ async def _http_server(cfg: Settings, registry: Any = None) -> AsyncIterator[Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = settings()
-    if args.dev:
-        cfg = settings(**dev_overrides(cfg))
+    overrides = dev_overrides(cfg) if args.dev else {}
+    cfg = settings(**overrides) if overrides else cfg
     refuse_dev_secret(cfg)
-    return run_async(lambda stop: _run_all(cfg, stop, dev=args.dev))
+    # worker children read the environment: what --dev changed is passed to them there
+    env = {**os.environ, **{f"OUTBOX_{k.upper()}": str(v) for k, v in overrides.items()}}
+    return run_async(lambda stop: _run_all(cfg, stop, dev=args.dev, env=env,
+                                           log_level=args.log_level))
 
 
 #: The admin token of ``outbox run --dev`` when none is configured and the server is loopback
@@ -238,21 +319,30 @@ DEV_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "dev-a
               "twilio_from": "+15005550006"}
 
 
-async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool) -> None:
+async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
+                   env: dict[str, str] | None = None, log_level: str | None = None) -> int:
     """Worker, HTTP server and bounce listener started in turn once RabbitMQ and Redis
-    answer; stopped in the reverse order (the worker drains last)."""
+    answer; stopped in the reverse order (the worker drains last). With
+    ``OUTBOX_WORKER_PROCESSES`` above 1 the worker part is that many processes under a
+    supervisor, their metrics on the HTTP server's ``/metrics``; 2 when one refused to start."""
     sinks = await _start_sinks(cfg) if dev else []
     if not cfg.bounce_domain:
         log.info("no OUTBOX_BOUNCE_DOMAIN: the bounce listener is not started")
+    code = 0
 
     async def start() -> None:
+        nonlocal code
         from prometheus_client import CollectorRegistry
 
         from sender.service import started_worker
 
         registry = CollectorRegistry()  # a new one each attempt: nothing registered twice
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(started_worker(cfg, registry))
+            if cfg.worker_processes > 1:
+                workers = await stack.enter_async_context(
+                    _supervised(cfg, stop, registry, env=env, log_level=log_level))
+            else:
+                await stack.enter_async_context(started_worker(cfg, registry))
             await stack.enter_async_context(_http_server(cfg, registry))
             if cfg.bounce_domain:
                 await stack.enter_async_context(_bounce_listener(cfg, registry))
@@ -260,12 +350,40 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool) -> None:
             if dev:
                 print(ready_banner(cfg), file=sys.stderr, flush=True)
             await stop.wait()
+        if cfg.worker_processes > 1:
+            code = workers.result()
 
     try:
         await _when_reachable(cfg, stop, start)
     finally:
         for sink in sinks:
             await sink.close()
+    return code
+
+
+@contextlib.asynccontextmanager
+async def _supervised(cfg: Settings, stop: asyncio.Event, registry: Any, *,
+                      env: dict[str, str] | None, log_level: str | None
+                      ) -> AsyncIterator[asyncio.Task[int]]:
+    """``outbox run``'s worker processes under a supervisor running beside the servers, their
+    metrics collected into ``registry``; a supervisor that ends by itself (a child refused to
+    start) sets ``stop``. On exit the children are drained; the task holds the exit status."""
+    from outbox.logs import name_processes
+    from outbox.supervisor import Supervisor, child_argv, collect_children, metrics_dir
+
+    name_processes()
+    with metrics_dir() as path:
+        collect_children(registry, path)
+        supervisor = Supervisor(cfg.worker_processes, child_argv(os.getpid(), log_level),
+                                grace=cfg.shutdown_grace, env=env, metrics_path=path)
+        own_stop = asyncio.Event()
+        task = asyncio.create_task(supervisor.run(own_stop))
+        task.add_done_callback(lambda _: stop.set())
+        try:
+            yield task
+        finally:
+            own_stop.set()
+            await asyncio.wait({task})
 
 
 #: The job the ready banner enqueues (a transactional email to the local sink).

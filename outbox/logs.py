@@ -2,7 +2,8 @@
 masked, libraries quiet.
 
 A JSON line holds ``ts`` (ISO 8601 UTC, milliseconds, ``Z``), ``level`` (lower case),
-``logger``, ``msg``, the record's extra fields, and ``exc`` for a traceback. ``text``
+``logger``, ``msg``, the record's extra fields, and ``exc`` for a traceback; with several
+worker processes (``--processes``) also ``pid``, the process that wrote it. ``text``
 (``OUTBOX_LOG_FORMAT=text``) is the same on one readable line, for a terminal.
 
 Level ``OUTBOX_LOG_LEVEL`` (``--log-level`` overrides it) applies to Outbox's own loggers
@@ -149,6 +150,22 @@ class TextFormatter(logging.Formatter):
 #: error; at start sender.connect says it in one line, later the robust connection warns.
 _EXPECTED_NOISE = (("aio_pika.tools", "RobustChannel._on_close"),
                    ("aiormq.connection", "error when creating transport"))
+
+
+class NamePid(logging.Filter):
+    """Adds the field ``pid`` (the process id) to every record: under a supervisor several
+    worker processes write to one stderr (:func:`name_processes`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.pid = record.process
+        return True
+
+
+def name_processes() -> None:
+    """From now on every line of this process names it (``pid``)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, NamePid) for f in handler.filters):
+            handler.addFilter(NamePid())
 
 
 class DropExpectedNoise(logging.Filter):

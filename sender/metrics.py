@@ -1,4 +1,13 @@
-"""Prometheus metrics of the worker (README, "Metrics"); the registry is injected."""
+"""Prometheus metrics of the worker (README, "Metrics"); the registry is injected.
+
+Several worker processes (``outbox worker --processes N``) write their values to files in
+``PROMETHEUS_MULTIPROC_DIR``, which the supervisor serves summed on one ``/metrics``
+(prometheus_client's multiprocess mode; counters and histograms are summed over the
+processes, dead ones included, so they never go back). Each gauge says how its processes'
+values combine (``multiprocess_mode``; ``live``: a process's value goes when it exits): jobs
+in flight add up (``livesum``); the queue depths and account counts are the same totals seen
+by every process, so the latest reading is shown (``livemostrecent``). One process alone
+ignores it."""
 
 from __future__ import annotations
 
@@ -52,7 +61,7 @@ class Metrics:
         self.retries = _Cached(Counter("outbox_retries_total", "Jobs parked in a delay tier",
                                ["channel", "tier"], registry=registry))
         self.inflight = _Cached(Gauge("outbox_inflight", "Jobs being processed now", ["channel"],
-                              registry=registry))
+                              registry=registry, multiprocess_mode="livesum"))
         self.redis_seconds = Histogram("outbox_redis_seconds", "Redis round-trip time",
                                        buckets=_REDIS_BUCKETS, registry=registry)
         self.provider_events = _Cached(Counter("outbox_provider_events_total",
@@ -70,7 +79,9 @@ class Metrics:
         for from_state, to_state in AUTOMATIC_TRANSITIONS:
             self.account_transitions.labels(from_state, to_state)
         self.queue_depth = _Cached(Gauge("outbox_queue_depth", "Messages ready in each queue",
-                                 ["queue"], registry=registry))
+                                 ["queue"], registry=registry,
+                                 multiprocess_mode="livemostrecent"))
         self.accounts = _Cached(Gauge("outbox_accounts",
                                       "Accounts by state (refreshed periodically)",
-                                      ["state"], registry=registry))
+                                      ["state"], registry=registry,
+                                      multiprocess_mode="livemostrecent"))
