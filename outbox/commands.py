@@ -378,7 +378,8 @@ async def _supervised(cfg: Settings, stop: asyncio.Event, registry: Any, *,
                                 grace=cfg.shutdown_grace, env=env, metrics_path=path)
         own_stop = asyncio.Event()
         task = asyncio.create_task(supervisor.run(own_stop))
-        task.add_done_callback(lambda _: stop.set())
+        # ended by itself (not drained on exit here, e.g. before a start-up retry): stop all
+        task.add_done_callback(lambda _: None if own_stop.is_set() else stop.set())
         try:
             yield task
         finally:

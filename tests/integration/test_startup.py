@@ -144,6 +144,8 @@ async def _stop(proc: asyncio.subprocess.Process, lines: list[str]) -> float:
 
 SERVERS = {
     "worker": (["worker"], {}),
+    # the supervisor waits for the services (once, not per child) before starting children
+    "worker --processes 2": (["worker", "--processes", "2"], {"OUTBOX_METRICS_PORT": "PORT"}),
     "webhooks": (["webhooks"], {"OUTBOX_HTTP_PORT": "PORT"}),
     "bounces": (["bounces"], {"OUTBOX_BOUNCES_PORT": "PORT",
                               "OUTBOX_BOUNCE_DOMAIN": "bounces.example.com"}),
