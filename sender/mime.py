@@ -8,7 +8,11 @@ encoding in C). ``tests/unit/test_mime.py`` proves the output by parsing it back
 Decisions
 ---------
 * Not done on purpose: lines starting ``From `` are not escaped (that is mbox's problem, not
-  SMTP's) and dot-stuffing is left to the SMTP client.
+  SMTP's).
+* **On the wire**: ``data`` is the message (CRLF lines, ending with CRLF); ``wire`` is the same
+  bytes dot-stuffed (a line starting ``.`` gets another, RFC 5321 4.5.2), what the SMTP channel
+  writes after DATA's 354 as it is, so nothing scans the body again on the way out. Without a
+  line starting ``.`` (nearly always) ``wire`` is ``data`` itself, not a copy.
 * **Headers**: ``From``, ``To``, ``Reply-To`` (when set), ``Subject``, ``Date``, ``Message-ID``,
   ``MIME-Version``, then ``extra_headers`` (the worker's), then the job's ``headers``, then the
   ``Content-*`` headers. Lines are folded at 78 octets where possible; no line may exceed 998
@@ -69,7 +73,7 @@ from sender.models import SAFE_ID, EmailJob
 from suppression.address import BadAddress, email_domain
 from suppression.address import email as canonical_email
 
-__all__ = ["MimeError", "RenderedEmail", "render_email", "RESERVED_HEADERS"]
+__all__ = ["MimeError", "RenderedEmail", "render_email", "dot_stuff", "RESERVED_HEADERS"]
 
 
 class MimeError(ValueError):
@@ -83,6 +87,7 @@ class RenderedEmail:
     data: bytes  # the full message, CRLF line endings
     message_id: str  # "<{job.id}@{message_id_domain}>"
     smtputf8: bool  # True when an address has non-ASCII (needs SMTPUTF8)
+    wire: bytes  # data dot-stuffed for SMTP DATA (``data`` itself when no line starts ".")
 
 
 #: Header names the worker's ``extra_headers`` may not set (lower case); ``content-*`` too.
@@ -608,4 +613,12 @@ def _render(job: EmailJob, message_id_domain: str, extra_headers: Sequence[tuple
     if len(data) > max_bytes:
         raise MimeError(f"message is {len(data)} bytes, over the limit of {max_bytes}")
     return RenderedEmail(envelope_from=env_from, recipients=to_addrs, data=data,
-                         message_id=message_id, smtputf8=smtputf8)
+                         message_id=message_id, smtputf8=smtputf8, wire=dot_stuff(data))
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """``data`` (CRLF lines) as SMTP DATA carries it: a ``.`` starting a line doubled (RFC 5321
+    4.5.2; the server takes it off again). One C-speed pass; ``data`` itself when no line starts
+    with ``.``."""
+    stuffed = data.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed[:1] == b"." else stuffed

@@ -23,12 +23,17 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 from aiosmtplib.errors import (
+    SMTPDataError,
     SMTPException,
     SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
     SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
 )
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.response import SMTPResponse
 
 from config import Settings, SmtpTarget
 from sender.channels.base import NotSent, SendFailure, SendResult, Slots
@@ -50,18 +55,22 @@ NETWORK_ERROR = Outcome("transient", "networkerror")
 @dataclass(slots=True)
 class _Conn:
     smtp: aiosmtplib.SMTP
+    pipelining: bool  # the relay's EHLO offered PIPELINING and the pool may use it
     sent: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
 
 class SmtpPool:
     """Up to ``size`` persistent connections; each carries at most ``max_messages`` messages
-    and is dropped after ``idle_timeout`` seconds unused."""
+    and is dropped after ``idle_timeout`` seconds unused. MAIL, RCPT and DATA are pipelined
+    (RFC 2920) on a connection whose relay offers PIPELINING, unless ``pipelining=False``."""
 
     def __init__(self, target: SmtpTarget, *, size: int, timeout: float, max_messages: int,
                  idle_timeout: float,
-                 factory: Callable[..., aiosmtplib.SMTP] = aiosmtplib.SMTP) -> None:
+                 factory: Callable[..., aiosmtplib.SMTP] = aiosmtplib.SMTP,
+                 pipelining: bool = True) -> None:
         self._target = target
+        self._pipelining = pipelining
         self._timeout = timeout
         self._max_messages = max_messages
         self._idle_timeout = idle_timeout
@@ -72,10 +81,11 @@ class SmtpPool:
         self.opened = 0  # connections opened so far (tests and metrics)
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
-                   *, smtputf8: bool = False, first: bool = False) -> str:
+                   *, smtputf8: bool = False, first: bool = False, stuffed: bool = False) -> str:
         """Send one message; return the relay's reply text. Raises SMTPException/OSError, or
         NotSent when the pool stopped before the transaction began. ``first``: a priority-lane
-        job, served before the bulk ones waiting for a connection."""
+        job, served before the bulk ones waiting for a connection. ``stuffed``: ``data`` is
+        already CRLF and dot-stuffed (:attr:`RenderedEmail.wire`) and goes out as it is."""
         async with self._slots.turn(first=first):
             conn = await self._checkout()
             if self._slots.closed:  # stopped while the connection was being opened
@@ -83,7 +93,8 @@ class SmtpPool:
                 raise NotSent("stopping")
             try:
                 reply = await _transaction(conn.smtp, envelope_from, recipients, data,
-                                           smtputf8=smtputf8)
+                                           smtputf8=smtputf8, pipelining=conn.pipelining,
+                                           stuffed=stuffed)
             except SMTPResponseException:
                 self._checkin(conn)  # reset after the refusal: the connection is still good
                 raise
@@ -124,7 +135,7 @@ class SmtpPool:
             except SMTPResponseException:
                 await smtp.helo()
         self.opened += 1
-        return _Conn(smtp)
+        return _Conn(smtp, self._pipelining and smtp.supports_extension("pipelining"))
 
     def _checkin(self, conn: _Conn) -> None:
         if conn.sent >= self._max_messages or not conn.smtp.is_connected:
@@ -153,31 +164,119 @@ _UNSAFE = re.compile(r"[\x00-\x20<>\x7f]")
 
 
 async def _transaction(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes,
-                       *, smtputf8: bool) -> str:
-    """MAIL, RCPT, DATA with aiosmtplib's ``execute_command`` and ``data``.
+                       *, smtputf8: bool, pipelining: bool, stuffed: bool) -> str:
+    """MAIL, RCPT, DATA and the message; with ``pipelining`` (the relay offered PIPELINING,
+    RFC 2920) MAIL, every RCPT and DATA go in one write.
 
     ``sendmail`` would parse every address again with ``email.utils`` (four times a message,
     about a tenth of the worker's time): ours come bare from the renderer, so they are only
-    checked for characters that could break the command line. A refusal raises the
+    checked for characters that could break the command line. ``data`` is written after the
+    354 as it is when ``stuffed`` (CRLF lines, dot-stuffed: :attr:`RenderedEmail.wire`), else
+    normalised and stuffed here exactly as aiosmtplib's ``data()`` would. A refusal raises the
     aiosmtplib exception with the reply after a RSET, as ``sendmail`` does."""
     encoding = "utf-8" if smtputf8 else "ascii"
     if any(_UNSAFE.search(a) for a in (sender, *recipients)):
         raise ValueError("an envelope address holds a character not allowed on a command line")
-    options = (b"SMTPUTF8",) if smtputf8 else ()
+    if not stuffed:
+        data = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
+    message = data + b".\r\n"
     try:
-        reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(encoding),
-                                           *options)
-        if reply.code != 250:
-            raise SMTPSenderRefused(reply.code, reply.message, sender)
-        for rcpt in recipients:
-            reply = await smtp.execute_command(b"RCPT", b"TO:<%s>" % rcpt.encode(encoding))
-            if reply.code not in (250, 251):
-                raise SMTPRecipientRefused(reply.code, reply.message, rcpt)
-        reply = await smtp.data(data)
+        if pipelining:
+            reply = await _pipelined(smtp, sender, recipients, message, encoding, smtputf8)
+        else:
+            reply = await _one_by_one(smtp, sender, recipients, message, encoding, smtputf8)
     except SMTPResponseException:
         await smtp.rset()
         raise
     return reply.message
+
+
+async def _one_by_one(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
+                      message: bytes, encoding: str, smtputf8: bool) -> SMTPResponse:
+    """One command, one reply (a relay without PIPELINING)."""
+    options = (b"SMTPUTF8",) if smtputf8 else ()
+    reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(encoding), *options)
+    if reply.code != 250:
+        raise SMTPSenderRefused(reply.code, reply.message, sender)
+    for rcpt in recipients:
+        reply = await smtp.execute_command(b"RCPT", b"TO:<%s>" % rcpt.encode(encoding))
+        if reply.code not in (250, 251):
+            raise SMTPRecipientRefused(reply.code, reply.message, rcpt)
+    protocol = _protocol(smtp)
+    try:
+        protocol.write(b"DATA\r\n")
+        reply = await protocol.read_response(timeout=smtp.timeout)
+        if reply.code != 354:
+            raise SMTPDataError(reply.code, reply.message)
+        return await _message(smtp, protocol, message)
+    except (SMTPServerDisconnected, SMTPTimeoutError):
+        smtp.close()  # as aiosmtplib's data() does: the replies are out of step now
+        raise
+
+
+async def _pipelined(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
+                     message: bytes, encoding: str, smtputf8: bool) -> SMTPResponse:
+    """MAIL, every RCPT and DATA in one write, then their replies in order (RFC 2920 3.1: the
+    client reads every one of them, whatever the first said), then the message after a 354.
+
+    The first refusal is the transaction's outcome, raised as on the unpipelined path (the
+    same exception for the same reply). A 421 to MAIL or RCPT closes the connection, as
+    aiosmtplib's ``execute_command`` does. A DATA that got 354 although something before it
+    was refused is given an empty message (a lone ".", as RFC 2920 3.1 says) so that the
+    replies stay in step; nothing of the message is sent then."""
+    protocol = _protocol(smtp)
+    mail = b"MAIL FROM:<%s>%s\r\n" % (sender.encode(encoding), b" SMTPUTF8" if smtputf8 else b"")
+    rcpts = [b"RCPT TO:<%s>\r\n" % rcpt.encode(encoding) for rcpt in recipients]
+    refused: SMTPResponseException | None = None
+    try:
+        protocol.write(b"".join((mail, *rcpts, b"DATA\r\n")))
+        for rcpt in (None, *recipients):  # None: MAIL's reply
+            reply = await _next_reply(smtp, protocol)
+            if reply.code == 250 or (reply.code == 251 and rcpt is not None):
+                continue
+            if refused is None:
+                refused = (SMTPSenderRefused(reply.code, reply.message, sender) if rcpt is None
+                           else SMTPRecipientRefused(reply.code, reply.message, rcpt))
+            if reply.code == 421:  # the relay is closing: the other replies may never come
+                smtp.close()
+                raise refused
+        reply = await _next_reply(smtp, protocol)  # DATA's
+        if reply.code != 354:
+            raise refused or SMTPDataError(reply.code, reply.message)
+        if refused is None:
+            return await _message(smtp, protocol, message)
+        protocol.write(b".\r\n")  # an empty message, refused for want of recipients
+        await _next_reply(smtp, protocol)
+        raise refused
+    except (SMTPServerDisconnected, SMTPTimeoutError):
+        smtp.close()
+        raise
+
+
+async def _message(smtp: aiosmtplib.SMTP, protocol: SMTPProtocol,
+                   message: bytes) -> SMTPResponse:
+    """After the 354: the message with its final ".", one write, and the relay's reply."""
+    protocol.write(message)
+    reply = await protocol.read_response(timeout=smtp.timeout)
+    if reply.code != 250:
+        raise SMTPDataError(reply.code, reply.message)
+    return reply
+
+
+def _protocol(smtp: aiosmtplib.SMTP) -> SMTPProtocol:
+    if smtp.protocol is None:
+        raise SMTPServerDisconnected("Connection lost")
+    return smtp.protocol
+
+
+async def _next_reply(smtp: aiosmtplib.SMTP, protocol: SMTPProtocol) -> SMTPResponse:
+    """The next reply of a pipelined group. aiosmtplib's protocol parses one reply per
+    ``data_received`` and leaves the rest in its buffer (relays send a group's replies in one
+    segment), so take a complete one from there first, with the protocol's own parser."""
+    reply = protocol._read_response_from_buffer()
+    if reply is not None:
+        return reply
+    return await protocol.read_response(timeout=smtp.timeout)
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:
@@ -272,7 +371,8 @@ class SmtpChannel:
             first = job.category not in BULK_CATEGORIES
             async with self._domains(msg.recipients[0]).turn(first=first):
                 reply = await self._pool.send(msg.envelope_from, list(msg.recipients),
-                                              msg.data, smtputf8=msg.smtputf8, first=first)
+                                              msg.wire, smtputf8=msg.smtputf8, first=first,
+                                              stuffed=True)
         except SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             raise self._failure(refused.code, refused.message) from None

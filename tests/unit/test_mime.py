@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sender import job_headers
-from sender.mime import MimeError, RenderedEmail, render_email
+from sender.mime import MimeError, RenderedEmail, dot_stuff, render_email
 from sender.models import EmailJob
 
 DOMAIN = "mail.outbox.example"
@@ -225,6 +225,34 @@ def test_round_trip(generated, footer_text, footer_html, unsub):
         assert nl(part.get_content()) == expected[part.get_content_type()]
         assert not part.defects
     assert not msg.defects
+
+
+dotted_bodies = st.lists(st.sampled_from([".", "..", ".x", "x.", "\n", "\r", "\r\n", "é", "x"]),
+                         max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs(), dotted_bodies, dotted_bodies)
+def test_wire_is_data_dot_stuffed(generated, text, html):
+    """What the SMTP channel writes after DATA: every line of ``data``, a leading "." doubled
+    (so the server's un-stuffing gives ``data`` back), and ``data`` itself when none starts
+    with "."."""
+    job = generated[0].model_copy(update={"text": text or None, "html": html or None})
+    if not job.text and not job.html:
+        job = job.model_copy(update={"text": "."})
+    r = render_email(job, message_id_domain=DOMAIN, date=1_700_000_000)
+    check_wire_format(r)
+    lines = r.wire.split(b"\r\n")
+    assert all(line[:2] == b".." for line in lines if line[:1] == b".")
+    assert b"\r\n".join(line[1:] if line[:1] == b"." else line for line in lines) == r.data
+    if not any(line[:1] == b"." for line in r.data.split(b"\r\n")):
+        assert r.wire is r.data
+
+
+def test_dot_stuff():
+    assert dot_stuff(b".a\r\n..b\r\n.\r\nc.\r\n") == b"..a\r\n...b\r\n..\r\nc.\r\n"
+    data = b"a\r\nb.\r\n"
+    assert dot_stuff(data) is data
 
 
 @settings(max_examples=200, deadline=None)
