@@ -15,7 +15,10 @@ never reused: its next reader would get this call's replies.
   the slot table and an ``ASK`` reply sends the command to the node named (after ``ASKING``,
   in the same write); ``TRYAGAIN`` (a slot half-migrated) waits a little; only those commands
   are sent again: Redis did not run them. A connection error propagates (the callers hold the
-  job and retry) and makes the client re-read the cluster's layout on its next call.
+  job and retry) and makes the client re-read the cluster's layout on its next call; so does
+  :class:`ClusterBusy`, for a cluster that cannot run a command now (``CLUSTERDOWN`` during a
+  failover; a multi-key script on a slot being migrated answers ``TRYAGAIN`` until the
+  migration ends).
 
 Keys of one account share a hash tag (:mod:`suppression.keys`), so a script and its keys
 always meet on one node; the global keys beside it go wherever their slot lives.
@@ -30,13 +33,8 @@ import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
-from redis.exceptions import (
-    AskError,
-    ClusterError,
-    MovedError,
-    ResponseError,
-    TryAgainError,
-)
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 #: a client of either kind: every Redis user in Outbox takes one (sender.connect makes it)
 Client: TypeAlias = Redis | RedisCluster
@@ -44,6 +42,11 @@ Client: TypeAlias = Redis | RedisCluster
 REDIRECTS = RedisCluster.RedisClusterRequestTTL
 TRYAGAIN_WAIT = 0.05  # seconds
 _SCRIPTS = frozenset({"EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO"})
+
+
+class ClusterBusy(RedisConnectionError):
+    """The cluster cannot run these commands now (down during a failover, or a slot still
+    migrating after every redirection): held and retried by the callers like an outage."""
 
 
 async def execute(redis: Client, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -116,6 +119,9 @@ async def _on_cluster(redis: RedisCluster, commands: list[tuple[Any, ...]]) -> l
                     asked[i] = _asked_node(redis, reply)
                 elif isinstance(reply, TryAgainError):
                     wait = True
+                elif isinstance(reply, ClusterDownError):
+                    redis._initialize = True  # the layout is changing: read it again
+                    raise ClusterBusy(f"Redis Cluster: {reply}")
                 else:
                     replies[i] = reply
                     continue
@@ -124,7 +130,8 @@ async def _on_cluster(redis: RedisCluster, commands: list[tuple[Any, ...]]) -> l
             return replies
         if wait:
             await asyncio.sleep(TRYAGAIN_WAIT)
-    raise ClusterError(f"{len(pending)} commands still redirected after {REDIRECTS} tries")
+    raise ClusterBusy(f"Redis Cluster: {len(pending)} commands still redirected after "
+                      f"{REDIRECTS} tries (a slot being migrated?)")
 
 
 async def _on_node(redis: RedisCluster, node: ClusterNode,
