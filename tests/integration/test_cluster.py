@@ -26,7 +26,13 @@ from suppression.reputation import Policy
 from suppression.roundtrip import ClusterBusy, execute
 from suppression.store import AccountStore
 from tests.conftest import Names
-from tests.integration.helpers import collect, email_job, events, running_worker
+from tests.integration.helpers import (
+    collect,
+    email_job,
+    events,
+    running_app,
+    running_worker,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.backends]
 UNKNOWN = "550 5.1.1 <{}>: Recipient address rejected: User unknown"
@@ -107,6 +113,53 @@ async def test_the_support_cli_works_on_it(cli, capsys, names: Names, backend_re
     shown = json.loads(capsys.readouterr().out)
     assert shown["state"] == "active"
     assert shown["recent_transitions"][0]["actor"] == "alice"
+
+
+async def test_the_admin_api_works_on_it(make_settings, names: Names,
+                                        unused_tcp_port_factory: Any) -> None:
+    """An account blocked by the real post-send script: shown, its evidence found by SCAN on
+    every primary, unblocked; a suppression added, checked, removed."""
+    import aiohttp
+
+    from sender.service import make_redis
+    from suppression.gate import Counts
+
+    token = "admin-token-for-cluster-tests"
+    settings = make_settings(admin_tokens=token)
+    account, policy = names.account("acct_admin"), Policy(early_bounce_volume=5,
+                                                          min_bounce_volume=10)
+    redis = make_redis(settings)
+    try:
+        gate = Gate(redis, idempotency_ttl=3600, policy=policy)
+        for i in range(6):  # every one a hard bounce: blocked at the early volume
+            await gate.post_send(account, f"j{i}", status="bounced", attempt=1,
+                                 counts=Counts(sends=1, hard=1), reason="userunknown",
+                                 address=names.email(f"gone{i}@example.com"))
+    finally:
+        await redis.aclose()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with running_app(settings, unused_tcp_port_factory()) as base, \
+            aiohttp.ClientSession(headers=headers) as http:
+        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            async with http.request(method, base + path, json=body) as answer:
+                return answer.status, await answer.json()
+
+        status, shown = await call("GET", f"/admin/accounts/{account}")
+        assert (status, shown["state"]) == (200, "blocked")
+        status, evidence = await call("GET", f"/admin/accounts/{account}/suppressions")
+        assert status == 200
+        assert {e["address"] for e in evidence} == {
+            names.email(f"gone{i}@example.com") for i in range(6)}
+        status, change = await call("POST", f"/admin/accounts/{account}/unblock",
+                                    {"actor": "alice", "reason": "list cleaned"})
+        assert (status, change["state"]) == (200, "active")
+        left = names.email("left@example.com")
+        status, _ = await call("POST", "/admin/suppression", {
+            "address": left, "channel": "email", "reason": "unsubscribe", "account": account,
+            "actor": "alice"})
+        assert status in (200, 201)
+        status, found = await call("GET", f"/admin/suppression/{left}?account={account}")
+        assert [e["reason"] for e in found["entries"]] == ["unsubscribe"]
 
 
 # --- the cluster alone -----------------------------------------------------------------
