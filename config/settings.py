@@ -135,6 +135,8 @@ class Settings(ReputationSettings, BaseSettings):
     # --- connections -------------------------------------------------------------------
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    #: OUTBOX_REDIS_URL names one node of a Redis Cluster (the client reads the others from it)
+    redis_cluster: bool = False
     smtp_url: SecretStr = SecretStr("smtp://127.0.0.1:2525")
     smtp_pool_size: int = Field(16, ge=1, le=512)
     smtp_timeout: float = Field(30.0, gt=0)
@@ -332,6 +334,19 @@ class Settings(ReputationSettings, BaseSettings):
                 f"OUTBOX_SHUTDOWN_GRACE ({self.shutdown_grace:g} s) must be at least "
                 f"OUTBOX_SMTP_TIMEOUT ({self.smtp_timeout:g} s): a send in flight at shutdown "
                 "may wait that long for the relay's reply")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> Settings:
+        if not self.redis_cluster:
+            return self
+        parts = urlsplit(self.redis_url.get_secret_value())
+        if parts.scheme == "unix":
+            raise ValueError("OUTBOX_REDIS_CLUSTER: a Redis Cluster is reached over TCP: "
+                             "OUTBOX_REDIS_URL must be a redis:// or rediss:// URL")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError("OUTBOX_REDIS_CLUSTER: a Redis Cluster has only db 0, not "
+                             f"{parts.path.strip('/')!r} (OUTBOX_REDIS_URL)")
         return self
 
     @model_validator(mode="after")

@@ -212,7 +212,7 @@ async def _when_reachable(cfg: Settings, stop: asyncio.Event,
     from sender.connect import RETRY_DELAYS, ServiceUnreachable, wait_for_services
 
     failures = 0
-    while await wait_for_services(_service_urls(cfg), stop):
+    while await wait_for_services(_service_urls(cfg), stop, redis_cluster=cfg.redis_cluster):
         try:
             await start()
             return

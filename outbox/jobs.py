@@ -74,14 +74,15 @@ def _positive(value: str) -> int:
 
 def _redis(work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Run ``work(redis)``; Redis unreachable → one line naming OUTBOX_REDIS_URL (exit 1)."""
-    from redis.asyncio import Redis
 
-    from sender.connect import REDIS_DOWN, ping_redis, redis_error
+    from sender.connect import REDIS_DOWN, ping_redis, redis_client, redis_error
 
-    url = settings().redis_url.get_secret_value()
+    cfg = settings()
+    url = cfg.redis_url.get_secret_value()
 
     async def main() -> Any:
-        redis = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        redis = redis_client(url, cluster=cfg.redis_cluster, socket_timeout=10,
+                             socket_connect_timeout=5)
         try:
             await ping_redis(redis, url)
             return await work(redis)

@@ -190,9 +190,8 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]], *, account: str | None = No
     """Run ``work(redis, cfg)`` with a Redis client from the settings, after checking that
     ``account`` (when given) is known; store errors → exit 2; Redis unreachable (at start or
     midway) → one line naming OUTBOX_REDIS_URL, exit 1."""
-    from redis.asyncio import Redis
 
-    from sender.connect import REDIS_DOWN, ping_redis, redis_error
+    from sender.connect import REDIS_DOWN, ping_redis, redis_client, redis_error
     from suppression.entries import StoreError
     from suppression.store import UnknownAccount
 
@@ -200,7 +199,8 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]], *, account: str | None = No
     url = cfg.redis_url.get_secret_value()
 
     async def _main() -> Any:
-        redis = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        redis = redis_client(url, cluster=cfg.redis_cluster, socket_timeout=10,
+                             socket_connect_timeout=5)
         try:
             await ping_redis(redis, url)
             if account is not None:

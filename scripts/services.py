@@ -5,8 +5,10 @@ Each service runs as its own process on loopback with its own ports and data dir
 we recorded, never by name. Standard library only: this runs before the virtualenv exists.
 
     python3 scripts/services.py start dev      # RabbitMQ :5672 (+ mgmt :15672), Redis :6379 (AOF)
-    python3 scripts/services.py start bench    # RabbitMQ :5674 (+ :15674), Redis :6381 (AOF, prod)
-    python3 scripts/services.py start test     # RabbitMQ :5673 (+ :15673), Redis :6380
+    python3 scripts/services.py start bench    # RabbitMQ :5674 (+ :15674), Redis :6381 (AOF, prod),
+                                               # Redis Cluster :7201-7203 (AOF)
+    python3 scripts/services.py start test     # RabbitMQ :5673 (+ :15673), Redis :6380,
+                                               # Redis Cluster :7101-7103
     python3 scripts/services.py stop test
     python3 scripts/services.py status dev
 """
@@ -24,12 +26,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class Profile:
     management_port: int
     redis_port: int
     redis_aof: bool
+    #: the masters of a Redis Cluster of its own (no replicas; each node's cluster bus on
+    #: port + 10000, loopback too); () = none
+    cluster_ports: tuple[int, ...] = ()
 
     @property
     def dir(self) -> Path:
@@ -58,12 +65,19 @@ class Profile:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
+    @property
+    def cluster_url(self) -> str:
+        """One node of the cluster (with OUTBOX_REDIS_CLUSTER=true the client finds the rest)."""
+        return f"redis://127.0.0.1:{self.cluster_ports[0]}/0"
+
 
 PROFILES = {
     "dev": Profile("dev", 5672, 15672, 6379, redis_aof=True),
-    "test": Profile("test", 5673, 15673, 6380, redis_aof=False),
+    "test": Profile("test", 5673, 15673, 6380, redis_aof=False,
+                    cluster_ports=(7101, 7102, 7103)),
     # benchmarks measure what production runs: AOF with fsync every second
-    "bench": Profile("bench", 5674, 15674, 6381, redis_aof=True),
+    "bench": Profile("bench", 5674, 15674, 6381, redis_aof=True,
+                     cluster_ports=(7201, 7202, 7203)),
 }
 
 
@@ -187,6 +201,102 @@ def stop_redis(p: Profile) -> None:
     pidfile.unlink(missing_ok=True)
 
 
+def cluster_ok(p: Profile) -> bool:
+    """True when every node of the profile's cluster answers ``cluster_state:ok``."""
+    return bool(p.cluster_ports) and all(
+        "cluster_state:ok" in _cli(port, "CLUSTER", "INFO") for port in p.cluster_ports)
+
+
+def start_cluster(p: Profile) -> bool:
+    """Start the profile's Redis Cluster (one master per port, no replicas, joined by
+    ``redis-cli --cluster create``) and wait until every node says ``cluster_state:ok``;
+    False when it was already up (then it is not ours to stop). Nodes start empty: each run
+    forgets the previous cluster's configuration and data."""
+    if not p.cluster_ports:
+        return False
+    busy = [port for port in p.cluster_ports if port_open(port)]
+    if busy:
+        if len(busy) == len(p.cluster_ports) and _wait(lambda: cluster_ok(p), 10):
+            print(f"redis cluster: already up on :{_span(p)}; using it")
+            return False
+        sys.exit(f"redis cluster: ports {busy} are taken but :{_span(p)} is no working "
+                 "cluster; stop what listens there")
+    for port in p.cluster_ports:
+        base = p.dir / "cluster" / str(port)
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "nodes.conf").unlink(missing_ok=True)
+        aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if p.redis_aof else \
+            ["--appendonly", "no"]
+        for old in base.glob("appendonly*"):
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        (base / "dump.rdb").unlink(missing_ok=True)
+        subprocess.run(
+            [REDIS_BIN, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base),
+             "--cluster-enabled", "yes", "--cluster-config-file", str(base / "nodes.conf"),
+             "--daemonize", "yes", "--pidfile", str(base / "redis.pid"),
+             "--logfile", str(base / "redis.log"), "--save", "", *aof],
+            check=True,
+        )
+    for port in p.cluster_ports:
+        _wait_port(port, "redis cluster node")
+    created = subprocess.run(
+        [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{port}" for port in p.cluster_ports),
+         "--cluster-replicas", "0", "--cluster-yes"],
+        capture_output=True, text=True, timeout=60)
+    if created.returncode != 0:
+        sys.exit(f"redis-cli --cluster create failed: {created.stdout[-500:]}"
+                 f"{created.stderr[-500:]}")
+    if not _wait(lambda: cluster_ok(p), 30):
+        sys.exit(f"redis cluster on :{_span(p)} did not reach cluster_state:ok within 30 s "
+                 f"(see {p.dir / 'cluster'})")
+    print(f"redis cluster: {len(p.cluster_ports)} masters up on 127.0.0.1:{_span(p)}")
+    return True
+
+
+def stop_cluster(p: Profile) -> None:
+    """Stop the cluster's nodes by the PIDs they wrote."""
+    stopped = False
+    for port in p.cluster_ports:
+        pidfile = p.dir / "cluster" / str(port) / "redis.pid"
+        pid = _read_pid(pidfile) if pidfile.exists() else None
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            stopped = True
+            for _ in range(100):
+                if not _alive(pid):
+                    break
+                time.sleep(0.05)
+        pidfile.unlink(missing_ok=True)
+    if stopped:
+        print("redis cluster: stopped")
+
+
+def _cli(port: int, *args: str) -> str:
+    """One command through redis-cli; its output, or "" when the node does not answer."""
+    try:
+        done = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args],
+                              capture_output=True, text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def _span(p: Profile) -> str:
+    return f"{p.cluster_ports[0]}-{p.cluster_ports[-1]}"
+
+
+def _wait(ready: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _wait_port(port: int, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not port_open(port):
@@ -238,15 +348,22 @@ def main(argv: list[str] | None = None) -> int:
     p = PROFILES[args.profile]
     if args.action == "start":
         start_redis(p)
+        start_cluster(p)
         start_rabbitmq(p)
     elif args.action == "stop":
         stop_rabbitmq(p)
+        stop_cluster(p)
         stop_redis(p)
     elif args.action == "env":
         print(f"OUTBOX_AMQP_URL={p.amqp_url}\nOUTBOX_REDIS_URL={p.redis_url}")
+        if p.cluster_ports:  # a comment: the lines above stay what `eval` should set
+            print(f"# Redis Cluster: OUTBOX_REDIS_CLUSTER=true OUTBOX_REDIS_URL={p.cluster_url}")
     else:
         for name, port in (("rabbitmq", p.amqp_port), ("redis", p.redis_port)):
             print(f"{name}: {'up' if port_open(port) else 'down'} on :{port}")
+        if p.cluster_ports:
+            state = "up" if cluster_ok(p) else "down"
+            print(f"redis cluster: {state} on :{_span(p)}")
     return 0
 
 

@@ -1,8 +1,15 @@
-"""Reaching RabbitMQ and Redis: one readable line when a service is not there.
+"""Reaching RabbitMQ and Redis: the Redis client, and one readable line when a service is not
+there.
+
+:func:`redis_client` is the one place a Redis client is made: ``redis.asyncio.Redis``, or
+``redis.asyncio.cluster.RedisCluster`` when ``OUTBOX_REDIS_CLUSTER`` says ``OUTBOX_REDIS_URL``
+names a node of a Redis Cluster (the client reads the other nodes from it).
 
 A connection that is refused, times out or names an unknown host becomes
 :class:`ServiceUnreachable`; a server that answers but refuses the login (wrong password, unknown
-vhost or db) becomes :class:`ServiceRefused`. Either message is one line naming the service, the
+vhost or db), or a Redis that is not what ``OUTBOX_REDIS_CLUSTER`` says (a cluster node used
+without it: every key on another node would fail with MOVED; a plain Redis named as a cluster
+node) becomes :class:`ServiceRefused`. Either message is one line naming the service, the
 URL with its password masked, the setting it came from and what to do::
 
     cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:5672/ (OUTBOX_AMQP_URL): connection
@@ -21,13 +28,18 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from suppression.roundtrip import Client
 
 log = logging.getLogger("outbox.connect")
 
@@ -42,6 +54,16 @@ CONNECT_TIMEOUT = 10.0
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 #: ... and what else a first ping can raise: our own time limit, a refused db or password
 _REDIS_AT_CONNECT: tuple[type[BaseException], ...] = (*REDIS_DOWN, OSError, RedisResponseError)
+
+
+def redis_client(url: str, *, cluster: bool = False, socket_timeout: float | None = 5.0,
+                 socket_connect_timeout: float = 5.0, **options: Any) -> Client:
+    """The Redis client for ``url``: a pool on one Redis, or with ``cluster`` a Redis Cluster
+    client (a pool per node) that finds the nodes from the one named. ``options``: more
+    connection settings (``max_connections`` is per node on a cluster)."""
+    factory = RedisCluster.from_url if cluster else Redis.from_url
+    return factory(url, socket_timeout=socket_timeout,
+                   socket_connect_timeout=socket_connect_timeout, **options)
 
 
 class ServiceUnreachable(ConnectionError):
@@ -68,6 +90,21 @@ class ServiceRefused(RuntimeError):
         super().__init__(f"{where} refused the connection: {why}; {fix}"
                          + (f" in {setting}" if setting else ""))
         self.service, self.setting, self.url, self.why = service, setting, mask_url(url), why
+
+
+class RedisModeMismatch(ServiceRefused):
+    """``OUTBOX_REDIS_CLUSTER`` and the Redis at ``OUTBOX_REDIS_URL`` disagree."""
+
+    def __init__(self, url: str, *, cluster_node: bool, setting: str | None) -> None:
+        where = f"Redis at {mask_url(url)}" + (f" ({setting})" if setting else "")
+        if cluster_node:
+            why_ = ("is a Redis Cluster node; set OUTBOX_REDIS_CLUSTER=true (a single-node "
+                    "client gets MOVED for every key another node holds)")
+        else:
+            why_ = ("is not a Redis Cluster node (cluster mode is not enabled there); unset "
+                    "OUTBOX_REDIS_CLUSTER or set OUTBOX_REDIS_URL to a node of the cluster")
+        RuntimeError.__init__(self, f"{where} {why_}")
+        self.service, self.setting, self.url, self.why = "redis", setting, mask_url(url), why_
 
 
 def mask_url(url: str) -> str:
@@ -127,13 +164,48 @@ def redis_error(url: str, exc: BaseException, setting: str | None = "OUTBOX_REDI
     return ServiceUnreachable("redis", url, why(exc), setting)
 
 
-async def ping_redis(redis: Redis, url: str, *, setting: str | None = "OUTBOX_REDIS_URL",
+async def ping_redis(redis: Client, url: str, *, setting: str | None = "OUTBOX_REDIS_URL",
                      within: float = CONNECT_TIMEOUT) -> None:
-    """Check ``redis`` answers; raise :class:`ServiceUnreachable` / :class:`ServiceRefused`."""
+    """Check ``redis`` answers, and is what the client takes it for (a cluster node or not);
+    raise :class:`ServiceUnreachable` / :class:`ServiceRefused`. On a cluster every node
+    answers (the ping goes to each)."""
     try:
-        await asyncio.wait_for(redis.ping(), within)
+        await asyncio.wait_for(_ping(redis, url, setting), within)
+    except RedisClusterException as exc:
+        raise _cluster_error(url, exc, setting) from None
     except _REDIS_AT_CONNECT as exc:
         raise redis_error(url, exc, setting) from None
+
+
+async def _ping(redis: Client, url: str, setting: str | None) -> None:
+    if isinstance(redis, RedisCluster):  # every primary: the worker talks to each
+        await redis.execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+        return
+    await redis.ping()
+    try:
+        info = await redis.info("cluster")
+    except RedisResponseError:  # INFO renamed away: nothing more to learn
+        return
+    if info.get("cluster_enabled"):
+        raise RedisModeMismatch(url, cluster_node=True, setting=setting)
+
+
+def _cluster_error(url: str, exc: RedisClusterException, setting: str | None
+                   ) -> ServiceUnreachable | ServiceRefused:
+    """What a failed first contact with a cluster means: no node reached, a login refused,
+    or a node that is no cluster node."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for err in chain:
+        if isinstance(err, RedisAuthError) or "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+            return redis_error(url, RedisAuthError(str(err)), setting)
+    if any("Cluster mode is not enabled" in str(err) for err in chain):
+        return RedisModeMismatch(url, cluster_node=False, setting=setting)
+    down = next((e for e in chain if isinstance(e, (*REDIS_DOWN, OSError))), exc)
+    return ServiceUnreachable("redis", url, why(down), setting)
 
 
 async def probe_amqp(url: str, *, setting: str | None = "OUTBOX_AMQP_URL",
@@ -153,9 +225,10 @@ async def probe_amqp(url: str, *, setting: str | None = "OUTBOX_AMQP_URL",
 
 
 async def probe_redis(url: str, *, setting: str | None = "OUTBOX_REDIS_URL",
-                      within: float = CONNECT_TIMEOUT) -> None:
+                      within: float = CONNECT_TIMEOUT, cluster: bool = False) -> None:
     """Ping Redis at ``url`` once with its own client."""
-    redis = Redis.from_url(url, socket_connect_timeout=within, socket_timeout=within)
+    redis = redis_client(url, cluster=cluster, socket_connect_timeout=within,
+                         socket_timeout=within)
     try:
         await ping_redis(redis, url, setting=setting, within=within)
     finally:
@@ -163,13 +236,16 @@ async def probe_redis(url: str, *, setting: str | None = "OUTBOX_REDIS_URL",
 
 
 async def wait_for_services(urls: dict[str, str], stop: asyncio.Event, *,
-                            delays: Iterable[float] = RETRY_DELAYS) -> bool:
+                            delays: Iterable[float] = RETRY_DELAYS,
+                            redis_cluster: bool = False) -> bool:
     """Probe each service of ``urls`` (``{"amqp": url, "redis": url}``) until all answer,
     logging one line per unreachable service and attempt, waiting with backoff in between.
     True once all are up; False when ``stop`` is set first (at once, even mid-probe).
-    A refused login raises :class:`ServiceRefused` (retrying would not help)."""
-    probes: dict[str, Callable[[str], Awaitable[None]]] = {"amqp": probe_amqp,
-                                                           "redis": probe_redis}
+    A refused login raises :class:`ServiceRefused` (retrying would not help), and so does a
+    Redis that is a cluster node when ``redis_cluster`` is false, or the reverse."""
+    probes: dict[str, Callable[[str], Awaitable[None]]] = {
+        "amqp": probe_amqp,
+        "redis": lambda url: probe_redis(url, cluster=redis_cluster)}
     steps = list(delays)
     attempt = 0
     while True:

@@ -18,13 +18,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from config import Settings
 from sender.bus import Bus
 from sender.channels.base import Channel
 from sender.channels.registry import build_senders
-from sender.connect import ping_redis
+from sender.connect import ping_redis, redis_client
 from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.metrics import Metrics
@@ -32,24 +31,26 @@ from sender.pipeline import Pipeline, RedisCalls, RetryPolicy
 from sender.worker import Worker
 from suppression.gate import Gate
 from suppression.reputation import Policy
+from suppression.roundtrip import Client
 from suppression.store import AccountStore, SuppressionStore
 
 log = logging.getLogger("outbox.service")
 
 
-def make_redis(settings: Settings, *, socket_timeout: float | None = 5.0) -> Redis:
-    """The Redis pool (hiredis parser when installed); timeouts so an outage is noticed.
+def make_redis(settings: Settings, *, socket_timeout: float | None = 5.0) -> Client:
+    """The Redis pool (hiredis parser when installed; a pool per node on a Redis Cluster,
+    ``OUTBOX_REDIS_CLUSTER``); timeouts so an outage is noticed.
 
     The worker passes ``socket_timeout=None`` and bounds each whole call itself
     (``Pipeline.redis_call``): redis-py implements a socket timeout with ``wait_for``, a new
     task for every write, about 20 µs twice a job."""
-    return Redis.from_url(settings.redis_url.get_secret_value(),
-                          socket_timeout=socket_timeout, socket_connect_timeout=5,
-                          health_check_interval=15,
-                          max_connections=max(64, settings.concurrency * 2))
+    return redis_client(settings.redis_url.get_secret_value(), cluster=settings.redis_cluster,
+                        socket_timeout=socket_timeout, socket_connect_timeout=5,
+                        health_check_interval=15,
+                        max_connections=max(64, settings.concurrency * 2))
 
 
-def build_worker(settings: Settings, *, bus: Bus, redis: Redis,
+def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                  channels: dict[str, Channel], registry: CollectorRegistry) -> Worker:
     """The worker and everything it runs, wired together (no I/O)."""
     metrics = Metrics(registry)

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from redis.asyncio import Redis
 
 from config import Settings
 from sender import topology
@@ -30,6 +29,7 @@ from sender.gauges import Gauges
 from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
 from sender.pipeline import Pipeline, Stopping, nack, protected
+from suppression.roundtrip import Client
 
 log = logging.getLogger("outbox.worker")
 #: seconds for one broker call while stopping: a robust channel waits for the broker forever,
@@ -42,7 +42,7 @@ class Worker:
     built and passed in by :mod:`sender.service` (the pipeline and the event applier share
     one gate and one Redis-call guard; ``channels`` is the pipeline's own mapping)."""
 
-    def __init__(self, settings: Settings, *, bus: Bus, redis: Redis, pipeline: Pipeline,
+    def __init__(self, settings: Settings, *, bus: Bus, redis: Client, pipeline: Pipeline,
                  events: EventApplier, channels: dict[str, Channel], metrics: Metrics,
                  stop: asyncio.Event, worker_id: str, gauges: Gauges) -> None:
         self.settings = settings

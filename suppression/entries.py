@@ -41,10 +41,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from suppression import channels, keys
 from suppression.address import BadAddress
+from suppression.roundtrip import Client
 
 FACTS = ("hard_bounce", "complaint", "invalid", "dnc_register")
 CHOICES = ("unsubscribe", "sms_stop")
@@ -132,7 +131,7 @@ def queue(pipe: Any, e: Entry) -> None:
         pipe.sadd(keys.ACCOUNTS, e.account_id)
 
 
-async def write(redis: Redis, e: Entry) -> None:
+async def write(redis: Client, e: Entry) -> None:
     """Write one entry (one round trip)."""
     pipe = redis.pipeline(transaction=False)
     queue(pipe, e)

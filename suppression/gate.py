@@ -52,8 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hiredis
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from suppression import channels, entries, keys
@@ -62,6 +61,8 @@ from suppression.channels import normalise
 from suppression.entries import BadEntry, Entry
 from suppression.replies import decode, text
 from suppression.reputation import Policy
+from suppression.roundtrip import Client as Redis  # a single Redis or a Redis Cluster
+from suppression.roundtrip import execute
 
 log = logging.getLogger("outbox.gate")
 
@@ -148,7 +149,13 @@ class Script:
         pipe.evalsha(self.sha, len(keys_), *keys_, *args)
 
     async def load(self, redis: Redis) -> None:
-        await redis.script_load(self.source)
+        """SCRIPT LOAD; on a Redis Cluster on every primary (a script runs where its keys
+        live; one failed over later answers NOSCRIPT and is loaded then)."""
+        if isinstance(redis, RedisCluster):
+            await redis.execute_command("SCRIPT LOAD", self.source,
+                                        target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await redis.script_load(self.source)
 
     async def __call__(self, redis: Redis, keys_: list[str], args: list[Any]) -> Any:
         """Run alone (support actions)."""
@@ -176,30 +183,6 @@ class Batch:
             flat = [x for kv in (mapping or {}).items() for x in kv]
             self.commands.append((name.upper(), *args, *flat))
         return add
-
-
-async def execute(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Send ``commands`` in one write, read every reply (an error reply is returned, not
-    raised). A connection left mid-reply (error, cancellation) is dropped, not reused."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: unannotated
-    try:
-        # hiredis packs in C; redis-py's asyncio connection packs argument by argument in
-        # Python, which was a third of the client's time for these ~30-argument scripts
-        await conn.send_packed_command(b"".join(map(hiredis.pack_command, commands)),
-                                       check_health=False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
-    return replies
 
 
 async def run_pipeline(redis: Redis, build: Any, script: Script) -> list[Any]:

@@ -21,11 +21,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
-
 from suppression import channels, keys
 from suppression.address import BadAddress
 from suppression.replies import decode, text
+from suppression.roundtrip import Client
 
 #: what the job hash's working states mean to a reader (every other value is a status)
 STATE_NAMES = {"S": "sending", "R": "deferred"}
@@ -54,7 +53,7 @@ def _status(state: str) -> str:
     return STATE_NAMES.get(state, state) if state else "unknown"
 
 
-async def job_story(redis: Redis, account_id: str, job_id: str) -> dict[str, Any] | None:
+async def job_story(redis: Client, account_id: str, job_id: str) -> dict[str, Any] | None:
     """The job's current status and its timeline (oldest first), or None when Redis holds
     neither its record nor its timeline (unknown, or older than the idempotency TTL)."""
     pipe = redis.pipeline(transaction=False)
@@ -88,7 +87,7 @@ def _channels_of(address: str, channel: str | None) -> list[tuple[str, str]]:
     return found
 
 
-async def recipient_history(redis: Redis, address: str, *, account_id: str | None = None,
+async def recipient_history(redis: Client, address: str, *, account_id: str | None = None,
                             channel: str | None = None, limit: int = 20
                             ) -> list[dict[str, Any]]:
     """The recipient's recent jobs, newest first (by when each was first seen), with their

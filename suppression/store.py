@@ -24,8 +24,6 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from config.reputation import check_override
 from suppression import channels, entries, keys
 from suppression.address import BadAddress
@@ -34,6 +32,7 @@ from suppression.entries import BadEntry, StoreError
 from suppression.gate import Script
 from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
+from suppression.roundtrip import Client
 
 SENDER_FIELDS = ("business_name", "address", "contact_email", "contact_phone")
 _SUPPORT = Script("support")
@@ -47,7 +46,7 @@ class UnknownAccount(StoreError):
 class Audit:
     """Audit streams: one per account (``outbox:{acct:A}:audit``) and one global."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
 
     async def record(self, account_id: str | None, *, actor: str, action: str, reason: str,
@@ -82,7 +81,7 @@ class Change:
 class AccountStore:
     """Account state, settings, reputation snapshot and support actions."""
 
-    def __init__(self, redis: Redis, policy: Policy) -> None:
+    def __init__(self, redis: Client, policy: Policy) -> None:
         self._redis = redis
         self.policy = policy
         self.audit = Audit(redis)
@@ -149,8 +148,8 @@ class AccountStore:
         for channel in channels.names():
             pipe.hgetall(keys.reputation(account_id, channel))
         pipe.lrange(keys.recent(account_id), 0, 19)
-        pipe.time()
-        state, cfg, *reps, recent, now = await pipe.execute()
+        state, cfg, *reps, recent = await pipe.execute()
+        now = await self._redis.time()  # keyless: no place in a Redis Cluster pipeline
         state, cfg = decode(state), decode(cfg)
         policy = self.policy.with_overrides(cfg)
         return {
@@ -226,7 +225,7 @@ def _json(raw: Any) -> Any:
 class SuppressionStore:
     """Suppression entries: global, per account, and the DNC register."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self.audit = Audit(redis)
 
@@ -353,7 +352,7 @@ class ConsentStore:
     """Consent records: account × recipient × channel, granted or revoked, with evidence.
     Never expire (kept at least 3 years); a revoke keeps the grant's evidence beside it."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self.audit = Audit(redis)
 
@@ -393,7 +392,7 @@ class PrefsStore:
     """Notification preferences: account × recipient × topic × channel, on or off
     (no record = on)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
 
     async def set(self, account_id: str, recipient: str, *, topic: str, channel: str,
@@ -423,7 +422,7 @@ _ADDRESS_KEYS = (f"{keys.PREFIX}supp:email:*", f"{keys.PREFIX}{{acct:*}}:supp:em
 _ADDRESS_AT = ("supp:email:", "consent:email:", "prefs:")
 
 
-async def canonicalise_keys(redis: Redis, *, apply: bool = False) -> list[dict[str, str]]:
+async def canonicalise_keys(redis: Client, *, apply: bool = False) -> list[dict[str, str]]:
     """E-mail keys written under an older address form (before the canonical form: a lower-cased
     U-label domain, a local part not in NFC) that the gate no longer reads.
 
@@ -463,7 +462,7 @@ def _split_address_key(key: str) -> tuple[str, str]:
     return key, ""
 
 
-async def _move(redis: Redis, old: str, new: str) -> str:
+async def _move(redis: Client, old: str, new: str) -> str:
     fields = await redis.hgetall(old)
     if await redis.exists(new):
         if ":prefs:" in new:

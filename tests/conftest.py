@@ -3,6 +3,14 @@ afterwards), a fresh vhost per test, a Redis db of this session (claimed by a lo
 on one machine never share one) wiped per test, and an aiosmtpd server per test with
 per-recipient switches for 4xx/5xx replies and a hold on DATA replies.
 
+Redis Cluster: a three-master cluster on loopback (``scripts/services.py``, ports 7101-7103)
+is started the same way by the tests that use it. Tests marked ``backends`` run once per
+``redis_backend`` (``single``: this session's wiped db; ``cluster``: the cluster), through the
+fixtures that honour it (``backend_redis_url``, ``make_settings``, the unit tests' ``redis``).
+A cluster has only db 0 and may be shared by concurrent runs: it is never flushed, and the
+tests that run on it use names of their own (``names``: accounts, addresses, job ids with a
+per-test suffix) and look only at their own keys.
+
 Every test is marked by the services its fixtures need (``redis``, ``rabbitmq``, ``smtp``), so
 ``pytest -m "not redis and not rabbitmq"`` runs the tests that need no service at all."""
 
@@ -28,8 +36,10 @@ import services  # noqa: E402  (scripts/services.py)
 
 PROFILE = services.PROFILES["test"]
 # marker -> the fixtures that need that service (fixtures built on them inherit it)
-SERVICE_MARKERS = {"redis": {"redis_server"}, "rabbitmq": {"rabbitmq_server"},
-                   "smtp": {"smtp_server"}}
+SERVICE_MARKERS = {"redis": {"redis_server", "redis_cluster_server"},
+                   "rabbitmq": {"rabbitmq_server"}, "smtp": {"smtp_server"}}
+#: the Redis deployments a test marked ``backends`` runs on
+BACKENDS = ("single", "cluster")
 # db 0 holds the locks; a stock Redis has 16 databases
 TEST_DBS = range(1, 16)
 LOCK_KEY = "outbox-test-lock:{db}"
@@ -39,6 +49,19 @@ _REFRESH = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
            "return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
            "return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends: run once on a single Redis and once on the "
+                            "Redis Cluster (the redis_backend fixture)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``backends`` that uses Redis (``redis_backend`` in its fixtures) runs
+    once per backend."""
+    if metafunc.definition.get_closest_marker("backends") and \
+            "redis_backend" in metafunc.fixturenames:
+        metafunc.parametrize("redis_backend", BACKENDS)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -57,6 +80,22 @@ def redis_server() -> Iterator[services.Profile]:
     yield PROFILE
     if started:  # only what this session started is stopped
         services.stop_redis(PROFILE)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[services.Profile]:
+    """The test Redis Cluster (three masters): reused when up, else started and stopped (by
+    PID) at the end."""
+    started = services.start_cluster(PROFILE)
+    yield PROFILE
+    if started:
+        services.stop_cluster(PROFILE)
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server: services.Profile) -> str:
+    """One node of the test cluster (never flushed: see the module's docstring)."""
+    return PROFILE.cluster_url
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +192,50 @@ def redis_url(redis_db_lock: DbLock, redis_session_url: str) -> Iterator[str]:
     yield redis_session_url
 
 
+@pytest.fixture
+def redis_backend() -> str:
+    """``single`` unless the test is marked ``backends`` (then each in turn)."""
+    return "single"
+
+
+@pytest.fixture
+def backend_redis_url(redis_backend: str, redis_server: services.Profile,
+                      request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """(URL, cluster?) of this test's Redis: this session's wiped db, or the cluster (the
+    test is marked ``redis`` either way: ``redis_server`` is among its fixtures)."""
+    if redis_backend == "cluster":
+        return request.getfixturevalue("redis_cluster_url"), True
+    return request.getfixturevalue("redis_url"), False
+
+
+class Names:
+    """Names of this test alone (the cluster is shared and never flushed): ``account("acct_a")``
+    → ``acct_a-<suffix>``; ``email("Bob@Example.com")`` → ``Bob.<suffix>@Example.com`` (the
+    spelling kept); ``phone(i)`` → an E.164 Hong Kong mobile number of its own; ``job("j1")``."""
+
+    def __init__(self) -> None:
+        self.suffix = uuid.uuid4().hex[:10]
+
+    def account(self, base: str) -> str:
+        return f"{base}-{self.suffix}"
+
+    def job(self, base: str) -> str:
+        return f"{base}-{self.suffix}"
+
+    def email(self, address: str) -> str:
+        local, _, domain = address.rpartition("@")
+        return f"{local}.{self.suffix}@{domain}"
+
+    def phone(self, i: int = 0) -> str:
+        """``+852`` and 8 digits starting 9, 6 or 5 (by ``i``), the rest from the suffix."""
+        return f"+852{'965'[i % 3]}{(int(self.suffix, 16) + i // 3) % 10**7:07d}"
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names()
+
+
 @dataclass
 class Recorder:
     """What the test SMTP server received, and the switches that make it refuse or hold."""
@@ -221,12 +304,16 @@ async def smtp_server() -> AsyncIterator[tuple[str, Recorder]]:
 
 
 @pytest.fixture
-def make_settings(amqp_url: str, redis_url: str) -> Any:
-    """Build settings for this test's vhost and Redis db, with overrides."""
+def make_settings(amqp_url: str, backend_redis_url: tuple[str, bool]) -> Any:
+    """Build settings for this test's vhost and Redis (its db, or the cluster), with
+    overrides."""
     from config import load_settings
 
+    redis_url, cluster = backend_redis_url
+
     def _make(**overrides: Any) -> Any:
-        base = {"amqp_url": amqp_url, "redis_url": redis_url, "retry_tiers": (1, 2),
+        base = {"amqp_url": amqp_url, "redis_url": redis_url, "redis_cluster": cluster,
+                "retry_tiers": (1, 2),
                 "shutdown_grace": 5.0, "smtp_timeout": 5.0, "metrics_port": 0}
         return load_settings(**{**base, **overrides})
 

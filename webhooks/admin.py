@@ -33,7 +33,6 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import Redis
 
 from config import Settings
 from config.reputation import check_override
@@ -46,6 +45,7 @@ from suppression.entries import BadEntry, StoreError
 from suppression.history import MAX_HISTORY, job_story, recipient_history
 from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy
+from suppression.roundtrip import Client
 from suppression.store import (
     SENDER_FIELDS,
     AccountStore,
@@ -82,7 +82,7 @@ class AdminApi:
     the process runs one (``outbox run`` shares the registry), a registry of the server's
     own otherwise, or None for no counting."""
 
-    def __init__(self, settings: Settings, bus: Bus, redis: Redis,
+    def __init__(self, settings: Settings, bus: Bus, redis: Client,
                  registry_or_metrics: CollectorRegistry | Metrics | None = None) -> None:
         self._tokens = [_digest(t.get_secret_value()) for t in settings.admin_tokens]
         self._bus = bus
@@ -347,7 +347,7 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def _global_entries(redis: Redis, account: str) -> AsyncIterator[dict[str, Any]]:
+async def _global_entries(redis: Client, account: str) -> AsyncIterator[dict[str, Any]]:
     """Global suppression entries whose ``account`` evidence field is ``account`` (SCAN)."""
     async def fetch(batch: list[str]) -> list[dict[str, Any]]:
         pipe = redis.pipeline(transaction=False)

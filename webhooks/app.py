@@ -6,10 +6,10 @@ import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.asyncio import Redis
 
 from config import Settings
 from sender.bus import Bus
+from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
 from webhooks.admin import AdminApi
 from webhooks.handlers import TwilioWebhooks, UnsubscribeWebhooks, WebhookMetrics
@@ -24,11 +24,11 @@ log = logging.getLogger("outbox.webhooks")
 
 SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", Bus)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Client] = web.AppKey("redis")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
-def make_app(settings: Settings, *, bus: Bus, redis: Redis,
+def make_app(settings: Settings, *, bus: Bus, redis: Client,
              registry: CollectorRegistry) -> web.Application:
     """The aiohttp application; connections are passed in, already open."""
     app = web.Application(client_max_size=1024 * 1024)
@@ -57,7 +57,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: Redis answers and the AMQP connection is open."""
+    """Ready: Client answers and the AMQP connection is open."""
     problems = []
     try:
         await request.app[REDIS].ping()

@@ -45,13 +45,13 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config import Settings
 from sender.bus import Bus, PublishFailed
 from sender.provider_events import ProviderEvent
 from suppression.gate import sent_to
+from suppression.roundtrip import Client
 from suppression.verp import parse_verp, verify_verp
 from webhooks.events import publish_events
 from webhooks.providers import dsn
@@ -135,7 +135,7 @@ def _peer_ip(peer: Any) -> str:
 class BounceHandler:
     """aiosmtpd handler: refuse what is not for us, believe only what proves itself."""
 
-    def __init__(self, config: ListenerConfig, *, bus: Bus, redis: Redis,
+    def __init__(self, config: ListenerConfig, *, bus: Bus, redis: Client,
                  metrics: BounceMetrics, buckets: PeerBuckets) -> None:
         self._config = config
         self._bus = bus
@@ -297,7 +297,7 @@ class ListenerSMTP(SMTP):
         await super().push(status)
 
 
-async def start_bounce_listener(config: ListenerConfig, *, bus: Bus, redis: Redis, host: str,
+async def start_bounce_listener(config: ListenerConfig, *, bus: Bus, redis: Client, host: str,
                                 port: int,
                                 registry: CollectorRegistry | None = None) -> asyncio.Server:
     """Start the listener in the running loop."""

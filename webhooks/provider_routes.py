@@ -33,13 +33,13 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config import Settings
 from sender.bus import Bus
 from sender.provider_events import ProviderEvent
 from suppression import keys
+from suppression.roundtrip import Client
 from webhooks.events import hand_over
 from webhooks.handlers import WebhookMetrics
 from webhooks.providers import mailgun, postmark, sendgrid, ses
@@ -201,7 +201,7 @@ class MailgunWebhooks(_ProviderWebhooks):
 
     provider = mailgun.PROVIDER
 
-    def __init__(self, settings: Settings, bus: Bus, redis: Redis,
+    def __init__(self, settings: Settings, bus: Bus, redis: Client,
                  metrics: WebhookMetrics) -> None:
         super().__init__(settings, bus, metrics)
         self._redis = redis

@@ -92,10 +92,11 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None
         await asyncio.sleep(0.05)
 
 
-def cli_runner(monkeypatch: Any, amqp_url: str, redis_url: str
+def cli_runner(monkeypatch: Any, amqp_url: str, redis_url: str, *, cluster: bool = False
                ) -> Callable[..., Awaitable[int]]:
     """``await run("accounts", "show", ...)``: ``outbox.cli.main`` in this process (in a
-    thread: the CLI runs its own loop), with OUTBOX_* pointed at the test vhost and Redis."""
+    thread: the CLI runs its own loop), with OUTBOX_* pointed at the test vhost and Redis
+    (``cluster``: a node of the test Redis Cluster, OUTBOX_REDIS_CLUSTER=true)."""
     import os
 
     from outbox import cli
@@ -105,6 +106,8 @@ def cli_runner(monkeypatch: Any, amqp_url: str, redis_url: str
             monkeypatch.delenv(key)
     monkeypatch.setenv("OUTBOX_AMQP_URL", amqp_url)
     monkeypatch.setenv("OUTBOX_REDIS_URL", redis_url)
+    if cluster:
+        monkeypatch.setenv("OUTBOX_REDIS_CLUSTER", "true")
 
     async def run(*argv: str) -> int:
         import logging

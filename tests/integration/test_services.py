@@ -19,10 +19,13 @@ def _listening(port: int) -> set[str]:
     return found
 
 
-def test_rabbitmq_and_redis_ports_are_loopback_only(broker: object) -> None:
+def test_rabbitmq_and_redis_ports_are_loopback_only(broker: object,
+                                                    redis_cluster_server: object) -> None:
     loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
     ports = {"amqp": PROFILE.amqp_port, "management": PROFILE.management_port,
              "erlang distribution": PROFILE.amqp_port + 20000, "redis": PROFILE.redis_port}
+    for port in PROFILE.cluster_ports:  # each node, and its cluster bus
+        ports |= {f"cluster node {port}": port, f"cluster bus {port}": port + 10000}
     for what, port in ports.items():
         addresses = _listening(port)
         assert addresses, f"nothing listens on {what} port {port}"

@@ -1,23 +1,38 @@
 """A job's timeline and a recipient's history, written by the gate's real Lua on a real Redis
-(in the round trips it makes anyway) and read by suppression.history."""
+(in the round trips it makes anyway) and read by suppression.history; on a single Redis and
+on a Redis Cluster (``backends``: each test's account and addresses are its own)."""
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from suppression import keys
 from suppression.gate import Counts
 from suppression.history import job_story, recipient_history
 from suppression.store import SuppressionStore
 
-A = "acct_story"
+pytestmark = pytest.mark.backends
+A = ""  # this test's account and names (the autouse fixture below)
+N = None
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
+@pytest.fixture(autouse=True)
+def _own_names(names, monkeypatch):
+    monkeypatch.setitem(globals(), "A", names.account("acct_story"))
+    monkeypatch.setitem(globals(), "N", names)
 
-async def claim(gate, job_id, *, account=A, address="ana@example.com", **kw):
-    return await gate.pre_send(account, job_id, owner="w", redelivered=False, expired=False,
-                               attempt=kw.pop("attempt", 1), address=address, **kw)
+
+def mail(address: str) -> str:
+    return N.email(address)
+
+
+async def claim(gate, job_id, *, account=None, address=None, **kw):
+    return await gate.pre_send(account or A, job_id, owner="w", redelivered=False,
+                               expired=False, attempt=kw.pop("attempt", 1),
+                               address=address or mail("ana@example.com"), **kw)
 
 
 async def test_sent_then_delivered_is_told_in_order_with_its_evidence(gate, redis):
@@ -58,19 +73,19 @@ async def test_a_deferral_then_a_send_shows_both_attempts(gate, redis):
 
 
 async def test_refusals_are_told_by_the_pre_send_script_itself(gate, redis):
-    await SuppressionStore(redis).add("left@example.com", channel="email",
+    await SuppressionStore(redis).add(mail("left@example.com"), channel="email",
                                       reason="unsubscribe", account_id=A)
-    d = await claim(gate, "j3", address="LEFT@example.com")
+    d = await claim(gate, "j3", address=mail("LEFT@example.com"))
     assert d.verdict == "suppressed"
     story = await job_story(redis, A, "j3")
     assert story["status"] == "suppressed"
     assert [(s["status"], s["reason"]) for s in story["timeline"]] == [
         ("suppressed", "unsubscribe")]
     d = await gate.pre_send(A, "j4", owner="w", redelivered=False, expired=True, attempt=1,
-                            address="ana@example.com")
+                            address=mail("ana@example.com"))
     assert (await job_story(redis, A, "j4"))["timeline"][0]["detail"] == "past not_after"
     # a redelivery of a refused job adds nothing
-    await claim(gate, "j3", address="left@example.com")
+    await claim(gate, "j3", address=mail("left@example.com"))
     assert len((await job_story(redis, A, "j3"))["timeline"]) == 1
 
 
@@ -81,23 +96,25 @@ async def test_unknown_job_has_no_story(redis):
 async def test_history_newest_first_bounded_per_account_and_across(gate, redis, monkeypatch):
     monkeypatch.setattr(keys, "HISTORY_KEEP", 5)
     for i in range(7):
-        await claim(gate, f"h{i}", address="Bob@Example.com")
+        await claim(gate, f"h{i}", address=mail("Bob@Example.com"))
         await gate.post_send(A, f"h{i}", status="sent", attempt=1, counts=Counts(sends=1))
-    await claim(gate, "other-1", account="acct_other", address="bob@example.com")
-    await claim(gate, "elsewhere", address="carol@example.com")
-    rows = await recipient_history(redis, "bob@EXAMPLE.com", account_id=A, limit=100)
+    await claim(gate, "other-1", account=N.account("acct_other"), address=mail("bob@example.com"))
+    await claim(gate, "elsewhere", address=mail("carol@example.com"))
+    rows = await recipient_history(redis, mail("bob@EXAMPLE.com"), account_id=A, limit=100)
     assert [r["id"] for r in rows] == ["h6", "h5", "h4", "h3", "h2"]  # bounded at 5
     assert {r["status"] for r in rows} == {"sent"}
-    assert all(ISO.match(r["first_seen"]) and r["address"] == "bob@example.com" for r in rows)
-    across = await recipient_history(redis, "bob@example.com", limit=3)
+    assert all(ISO.match(r["first_seen"]) and r["address"] == mail("bob@example.com")
+               for r in rows)
+    across = await recipient_history(redis, mail("bob@example.com"), limit=3)
     assert [(r["account_id"], r["id"], r["status"]) for r in across] == [
-        ("acct_other", "other-1", "sending"), (A, "h6", "sent"), (A, "h5", "sent")]
-    assert await redis.zcard(keys.global_history("email", "bob@example.com")) == 5
-    assert await recipient_history(redis, "nobody@example.com") == []
+        (N.account("acct_other"), "other-1", "sending"), (A, "h6", "sent"),
+        (A, "h5", "sent")]
+    assert await redis.zcard(keys.global_history("email", mail("bob@example.com"))) == 5
+    assert await recipient_history(redis, mail("nobody@example.com")) == []
 
 
 async def test_sms_history_by_any_spelling_of_the_number(gate, redis):
-    await claim(gate, "s1", channel="sms", address="+852 9123 4567")
-    rows = await recipient_history(redis, "+85291234567", account_id=A)
-    assert [(r["id"], r["channel"], r["address"]) for r in rows] == [
-        ("s1", "sms", "+85291234567")]
+    number = N.phone()
+    await claim(gate, "s1", channel="sms", address=f"{number[:4]} {number[4:8]} {number[8:]}")
+    rows = await recipient_history(redis, number, account_id=A)
+    assert [(r["id"], r["channel"], r["address"]) for r in rows] == [("s1", "sms", number)]

@@ -1,7 +1,8 @@
 """The one suppression writer (:mod:`suppression.entries`): every path that suppresses an
 address (the gate after a send, the support store, the unsubscribe handler, the event applier)
 leaves an entry of the same shape, under the key that both ``SuppressionStore.check`` and the
-gate's ``pre_send`` read."""
+gate's ``pre_send`` read; on a single Redis and on a Redis Cluster (``backends``: each test's
+accounts and addresses are its own)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,21 @@ from webhooks.handlers import UnsubscribeWebhooks, WebhookMetrics
 
 SECRET = "a-secret-of-at-least-16"
 _n = iter(range(10**9))
+pytestmark = pytest.mark.backends
+N: Any = None  # this test's names (the autouse fixture below)
 
+
+@pytest.fixture(autouse=True)
+def _own_names(names, monkeypatch):
+    monkeypatch.setitem(globals(), "N", names)
+
+
+def mail(address: str) -> str:
+    return N.email(address)
+
+
+def acct(base: str) -> str:
+    return N.account(base)
 
 
 class FakeBus:
@@ -56,7 +71,7 @@ def event_body(**fields: Any) -> bytes:
             "provider_message_id": "pm", "message_id": None, "job_id": "j-ev", "kind": "hard",
             "reason": "userunknown", "diagnostic": "550 5.1.1 no such user",
             "at": "2026-01-01T00:00:00.000Z", "event_id": f"e{next(_n)}",
-            "account_id": "acct_e"}
+            "account_id": acct("acct_e")}
     return json.dumps({**base, **fields}).encode()
 
 
@@ -75,15 +90,17 @@ def incoming(body: bytes) -> Any:
 
 
 async def by_gate(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
-    await gate.post_send("acct_g", "j-hb", status="bounced", attempt=1, reason="userunknown",
-                         counts=Counts(sends=1, hard=1), address="Gate@Example.com")
-    return "email", "gate@example.com", None
+    await gate.post_send(acct("acct_g"), "j-hb", status="bounced", attempt=1,
+                         reason="userunknown", counts=Counts(sends=1, hard=1),
+                         address=mail("Gate@Example.com"))
+    return "email", mail("gate@example.com"), None
 
 
 async def by_store(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
-    await SuppressionStore(redis).add("Store@Example.com", channel="email", reason="manual",
+    await SuppressionStore(redis).add(mail("Store@Example.com"), channel="email",
+                                      reason="manual",
                                       source="cli:alice", actor="alice")
-    return "email", "store@example.com", None
+    return "email", mail("store@example.com"), None
 
 
 async def by_unsubscribe(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
@@ -94,32 +111,35 @@ async def by_unsubscribe(redis: Redis, gate: Gate) -> tuple[str, str, str | None
                                   WebhookMetrics(CollectorRegistry()))
     app = web.Application()
     app.add_routes(handler.routes())
-    token = make_token(SECRET, Unsubscribe("acct_u", "email", "Unsub@Example.com", "j-u"))
+    token = make_token(SECRET, Unsubscribe(acct("acct_u"), "email", mail("Unsub@Example.com"),
+                                           "j-u"))
     async with TestClient(TestServer(app)) as client:
         answer = await client.post(f"/u/{token}", data="List-Unsubscribe=One-Click")
         assert answer.status == 200
     assert len(bus.published) == 1  # and the event for the job's status went to the worker
-    return "email", "unsub@example.com", "acct_u"
+    return "email", mail("unsub@example.com"), acct("acct_u")
 
 
 async def by_event(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
     await applier(redis, gate).handle(incoming(event_body(
-        recipient="Event@Example.com")))
-    return "email", "event@example.com", None
+        recipient=mail("Event@Example.com"))))
+    return "email", mail("event@example.com"), None
 
 
 async def by_unattributed_event(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
     await applier(redis, gate).handle(incoming(event_body(
-        type="complained", kind="complaint", recipient="Nobody@Example.com", account_id=None,
+        type="complained", kind="complaint", recipient=mail("Nobody@Example.com"),
+        account_id=None,
         job_id=None)))
-    return "email", "nobody@example.com", None
+    return "email", mail("nobody@example.com"), None
 
 
 async def by_sms_stop_event(redis: Redis, gate: Gate) -> tuple[str, str, str | None]:
     await applier(redis, gate).handle(incoming(event_body(
         provider="twilio", channel="sms", type="unsubscribed", kind=None, reason="sms_stop",
-        recipient="+852 9123 4567", account_id="acct_s", job_id=None)))
-    return "sms", "+85291234567", "acct_s"
+        recipient=f"{N.phone()[:4]} {N.phone()[4:8]} {N.phone()[8:]}",
+        account_id=acct("acct_s"), job_id=None)))
+    return "sms", N.phone(), acct("acct_s")
 
 
 PATHS = [by_gate, by_store, by_unsubscribe, by_event, by_unattributed_event, by_sms_stop_event]
@@ -134,12 +154,13 @@ async def test_every_path_writes_the_same_shape_where_both_readers_find_it(redis
     assert stored["source"] and int(stored["at"]) > 0 and stored["actor"]
     assert await redis.ttl(key) == -1  # no expiry: kept until support removes it
 
-    [found] = await SuppressionStore(redis).check(address, account_id=account or "acct_any",
+    [found] = await SuppressionStore(redis).check(address,
+                                                  account_id=account or acct("acct_any"),
                                                   channel=channel)
     assert (found["address"], found["reason"]) == (address, stored["reason"])
     assert found["scope"] == ("account" if account else "global")
 
-    d = await gate.pre_send(account or "acct_any", f"j{next(_n)}", owner="w",
+    d = await gate.pre_send(account or acct("acct_any"), f"j{next(_n)}", owner="w",
                             redelivered=False, expired=False, attempt=1, channel=channel,
                             address=address)
     assert (d.verdict, d.reason) == ("suppressed", stored["reason"])
@@ -149,13 +170,14 @@ async def test_evidence_names_what_taught_the_entry(redis, gate):
     await by_gate(redis, gate)
     await by_unsubscribe(redis, gate)
     await by_event(redis, gate)
-    hb = await redis.hgetall(keys.global_suppression("email", "gate@example.com"))
+    hb = await redis.hgetall(keys.global_suppression("email", mail("gate@example.com")))
     assert (hb[b"source"], hb[b"account"], hb[b"detail"], hb[b"actor"]) == (
-        b"job:j-hb", b"acct_g", b"userunknown", b"system")
-    un = await redis.hgetall(keys.account_suppression("acct_u", "email", "unsub@example.com"))
+        b"job:j-hb", acct("acct_g").encode(), b"userunknown", b"system")
+    un = await redis.hgetall(keys.account_suppression(acct("acct_u"), "email",
+                                                      mail("unsub@example.com")))
     assert (un[b"source"], un[b"detail"], un[b"actor"]) == (b"job:j-u", b"one-click",
                                                              b"recipient")
-    ev = await redis.hgetall(keys.global_suppression("email", "event@example.com"))
+    ev = await redis.hgetall(keys.global_suppression("email", mail("event@example.com")))
     assert ev[b"source"] == b"job:j-ev"
     assert ev[b"detail"] == b"550 5.1.1 no such user | received 2026-01-01T00:00:00.000Z"
 
@@ -182,18 +204,21 @@ def test_the_scope_rule():
 
 async def test_a_replaced_entry_keeps_nothing_of_the_old_one(redis, gate):
     store = SuppressionStore(redis)
-    await store.add("old@example.com", channel="email", reason="manual", expires=3600,
+    await store.add(mail("old@example.com"), channel="email", reason="manual", expires=3600,
                     source="cli:alice", actor="alice")
-    await gate.post_send("acct_r", "j-r", status="bounced", attempt=1, reason="userunknown",
-                         counts=Counts(sends=1, hard=1), address="old@example.com")
-    [entry] = await store.check("old@example.com")
+    await gate.post_send(acct("acct_r"), "j-r", status="bounced", attempt=1,
+                         reason="userunknown",
+                         counts=Counts(sends=1, hard=1), address=mail("old@example.com"))
+    [entry] = await store.check(mail("old@example.com"))
     assert (entry["reason"], entry["actor"], entry["expires_at"]) == ("hard_bounce", "system",
                                                                       None)
-    assert await redis.ttl("outbox:supp:email:old@example.com") == -1
+    assert await redis.ttl(keys.global_suppression("email", mail("old@example.com"))) == -1
 
 
-async def test_an_event_naming_no_address_writes_nothing(redis, gate):
-    """A signed provider event whose recipient has no canonical form: no entry under any key."""
+async def test_an_event_naming_no_address_writes_nothing(redis, gate, redis_backend):
+    """A signed provider event whose recipient has no canonical form: no entry under any key
+    (on the shared cluster: none naming this test's recipient)."""
     await applier(redis, gate).handle(incoming(event_body(
-        recipient="victim\u200b@example.com")))
-    assert [k async for k in redis.scan_iter(match="outbox:*supp*")] == []
+        recipient=f"victim.{N.suffix}\u200b@example.com")))
+    pattern = "outbox:*supp*" + (f"{N.suffix}*" if redis_backend == "cluster" else "")
+    assert [k async for k in redis.scan_iter(match=pattern)] == []
