@@ -59,6 +59,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from suppression import channels, entries, keys
 from suppression.address import BadAddress
 from suppression.channels import normalise
+from suppression.coalesce import Send
 from suppression.entries import BadEntry, Entry
 from suppression.replies import decode, text
 from suppression.reputation import Policy
@@ -202,14 +203,18 @@ async def execute(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     return replies
 
 
-async def run_pipeline(redis: Redis, build: Any, script: Script) -> list[Any]:
-    """Build and send one batch; reload the script after NOSCRIPT and send it again.
+async def run_pipeline(redis: Redis, build: Any, script: Script,
+                       send: Send | None = None) -> list[Any]:
+    """Build and send one batch (``send``: a :class:`~suppression.coalesce.Coalescer`, which
+    shares the write with other jobs' batches; default one round trip of its own); reload the
+    script after NOSCRIPT and send it again.
 
     Command errors other than NOSCRIPT are raised."""
     for _ in range(2):
         batch = Batch()
         build(batch)
-        results = await execute(redis, batch.commands)
+        results = await (send(batch.commands) if send is not None
+                         else execute(redis, batch.commands))
         if any(isinstance(r, NoScriptError) for r in results):
             await script.load(redis)
             continue
@@ -224,8 +229,12 @@ class Gate:
     """Pre- and post-send Redis checks for one worker process (stateless otherwise)."""
 
     def __init__(self, redis: Redis, *, idempotency_ttl: int,
-                 policy: Policy | None = None, sms_region: str = "HK") -> None:
+                 policy: Policy | None = None, sms_region: str = "HK",
+                 send: Send | None = None) -> None:
+        """``send``: how the pre- and post-send batches travel (the worker passes a
+        :class:`~suppression.coalesce.Coalescer`); default a round trip each."""
         self._redis = redis
+        self.send = send  # public: the benchmarks read its batch sizes
         self._ttl = idempotency_ttl
         self.policy = policy or Policy()
         self._region = sms_region  # numbers without a + (as the SMS channel reads them)
@@ -270,7 +279,7 @@ class Gate:
             pipe.expire(everyone, self._ttl)
             PRE_SEND.queue(pipe, script_keys, args)
 
-        results = await run_pipeline(self._redis, build, PRE_SEND)
+        results = await run_pipeline(self._redis, build, PRE_SEND, self.send)
         decision = _decision(results[-1])
         # UEMO s.11(2): a number on the DNC register may still get marketing its registered
         # user consented to; without a consent record (opt-out accounts), the register wins.
@@ -324,7 +333,7 @@ class Gate:
             if counts.sends and account_id not in self._known_accounts:
                 pipe.sadd(keys.ACCOUNTS, account_id)  # once per account and process
 
-        results = await run_pipeline(self._redis, build, POST_SEND)
+        results = await run_pipeline(self._redis, build, POST_SEND, self.send)
         if counts.sends:
             self._known_accounts.add(account_id)
         return Recorded(_transition(account_id, results[0]), int(results[0][9]),
