@@ -45,6 +45,7 @@ backoff until Redis answers or the worker stops.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -164,6 +165,7 @@ class Pipeline:
         self._retry = retry
         self._max_job_bytes = max_job_bytes
         self._owner = owner
+        self._deliveries = itertools.count(1)
         self._stopping = stopping
         self.redis_call = redis_call
 
@@ -184,9 +186,12 @@ class Pipeline:
                 job.id, job.account_id, job.channel), queue_channel)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
+        # the claim's owner is this delivery: a retried call (the reply of the first was
+        # lost) finds its own claim and goes on; a duplicate publish finds another's
+        owner = f"{self._owner}#{next(self._deliveries)}"
         try:
             decision = await self.redis_call(lambda: self.gate.pre_send(
-                job.account_id, job.id, owner=self._owner,
+                job.account_id, job.id, owner=owner,
                 redelivered=bool(message.redelivered), expired=job.expired(),
                 attempt=attempt, channel=job.channel, category=job.category,
                 topic=job.topic, address=job.to, metadata=job.metadata))

@@ -27,6 +27,9 @@ Claim rules (the job hash's ``st`` field):
 
 * absent, or ``R`` (waiting for a retry)    → evaluate, claim it (``S``) and send;
 * ``S`` and the delivery is a redelivery    → the previous holder died mid-send: take over;
+* ``S`` held by this same ``owner``         → this delivery's own earlier call ran but its
+                                              reply was lost (a hung Redis, a timed-out
+                                              batch): go on (the owner is one per delivery);
 * ``S`` and not a redelivery                → a concurrent duplicate publish: do not send;
 * a final status                            → already done: do not send again.
 

@@ -76,38 +76,38 @@ async def test_acks_out_of_order_with_a_held_delivery_settle_exactly_the_finishe
         await message.ack()
 
 
-async def test_acks_behind_a_late_one_are_settled_together_once_it_finishes(
-        amqp_url: str) -> None:
-    """The first delivery finishes last: the 63 behind it are acked alone meanwhile (their
-    prefetch slots freed at once), and after it, runs of contiguous tags go as one frame."""
-    await _queue_with(amqp_url, 300, "acks-late")
+async def test_acks_behind_a_late_one_go_alone_then_runs_go_as_one_frame(amqp_url: str
+                                                                          ) -> None:
+    """Prefetch 64, 128 messages. The first delivery finishes last: the 63 behind it, done
+    in one turn, are acked alone (63 frames: their prefetch slots freed at once, no
+    ``multiple`` may cover the first); then the first (1 frame); then the next 64, done in
+    one turn, leave as ONE ``multiple`` frame. The queue ends empty, the channel open."""
+    await _queue_with(amqp_url, 128, "acks-late")
     acks = Acks()
-    count = 0
-    done = asyncio.Event()
-    first: list[AbstractIncomingMessage] = []
+    got: list[AbstractIncomingMessage] = []
+    arrived = asyncio.Event()
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=64)
     queue = await channel.declare_queue("acks-late", passive=True)
 
     async def handle(message: AbstractIncomingMessage) -> None:
-        nonlocal count
-        if message.body == b"0":
-            first.append(message)
-            return
-        await asyncio.sleep(0)
-        await acks.ack(message)
-        count += 1
-        if count == 100:
-            await acks.ack(first[0])
-        if count == 299:
-            done.set()
+        got.append(message)
+        if len(got) in (64, 128):
+            arrived.set()
 
     await queue.consume(handle)
-    await asyncio.wait_for(done.wait(), 30)
+    await asyncio.wait_for(arrived.wait(), 30)
+    arrived.clear()
+    first, rest = got[0], got[1:64]
+    await asyncio.gather(*(acks.ack(m) for m in rest))
+    assert acks.frames == 63
+    await acks.ack(first)
+    assert acks.frames == 64
+    await asyncio.wait_for(arrived.wait(), 30)
+    await asyncio.gather(*(acks.ack(m) for m in got[64:]))
+    assert acks.frames == 65 and acks.acked == 128
     assert not channel.is_closed
-    assert acks.acked == 300
-    assert acks.frames < 250
     await connection.close()
     ready, _ = await _depths(amqp_url, "acks-late")
     assert ready == 0
@@ -131,7 +131,7 @@ async def test_a_nacked_delivery_does_not_stop_the_prefix(amqp_url: str) -> None
             await acks.nack(message)
             return
         await acks.ack(message)
-        if len(seen) == 51:
+        if acks.acked == 50:
             done.set()
 
     await queue.consume(handle)

@@ -4,6 +4,7 @@ writes, per-call replies and errors, cancelled callers not sent, failures seen b
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from functools import partial
 
@@ -13,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from suppression.coalesce import Coalescer
-from suppression.gate import Gate, execute
+from suppression.gate import Counts, Gate, execute
 from suppression.reputation import Policy
 
 pytestmark = pytest.mark.asyncio
@@ -90,6 +91,32 @@ async def test_a_full_batch_leaves_without_waiting(redis: Redis) -> None:
     assert time.monotonic() - started < 2.0 and coalescer.round_trips == 1
 
 
+async def test_a_retried_call_finds_its_own_claim_and_a_repeat_counts_once(redis: Redis
+                                                                           ) -> None:
+    """A batch that ran but whose reply was lost (the caller timed out) is retried: the
+    pre-send finds the claim of the same owner (the same delivery) and goes on, where another
+    delivery's is a duplicate; the post-send written again at the same attempt counts once."""
+    gate = Gate(redis, idempotency_ttl=3600, policy=Policy(rate=1000, burst=1000))
+
+    async def pre(owner: str) -> str:
+        decision = await gate.pre_send("acct", "job-r", owner=owner, redelivered=False,
+                                       expired=False, attempt=1, address="r@example.com")
+        return decision.verdict
+
+    assert await pre("w#1") == "send"
+    assert await pre("w#1") == "send"  # the same delivery again
+    assert await pre("w#2") == "duplicate"  # another delivery of the same id
+    for _ in range(2):
+        recorded = await gate.post_send("acct", "job-r", status="sent", attempt=1,
+                                        counts=Counts(sends=1))
+        assert recorded.applied == 1
+    reputation = await redis.hgetall("outbox:{acct:acct}:rep:email")
+    assert sum(int(v) for k, v in reputation.items() if k.startswith(b"s:")) == 1
+    timeline = await redis.lrange("outbox:{acct:acct}:tl:job-r", 0, -1)
+    assert [json.loads(e)["status"] for e in timeline] == ["sent"]
+    assert await pre("w#3") == "done"
+
+
 async def test_gate_decisions_are_the_same_batched(redis: Redis) -> None:
     """60 pre-sends at once through one coalescer, ten of them duplicates of others: each
     job is claimed exactly once, exactly as one round trip per call decides."""
@@ -98,7 +125,7 @@ async def test_gate_decisions_are_the_same_batched(redis: Redis) -> None:
                 send=coalescer)
 
     async def pre(i: int) -> str:
-        decision = await gate.pre_send(f"acct{i % 50 % 7}", f"job{i % 50}", owner="w",
+        decision = await gate.pre_send(f"acct{i % 50 % 7}", f"job{i % 50}", owner=f"w#{i}",
                                        redelivered=False, expired=False, attempt=1,
                                        address=f"r{i % 50}@example.com")
         return decision.verdict
