@@ -23,6 +23,7 @@ from benchmarks.env import Services, Vhost
 from benchmarks.runner import declare, prefill
 from benchmarks.sink import SMTP_SINK, free_port
 from benchmarks.workloads import email_mix
+from suppression.coalesce import Coalescer
 
 
 async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, Any]:
@@ -63,12 +64,18 @@ async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, Any]:
             statuses = {s.labels["status"]: int(s.value)
                         for m in worker.metrics.jobs.collect()
                         for s in m.samples if s.name.endswith("_total")}
+            send = worker.pipeline.gate.send
+            batching = ({"redis_round_trips": send.round_trips,
+                         "jobs_per_round_trip": round(send.calls / max(send.round_trips, 1), 1)}
+                        if isinstance(send, Coalescer) else {})
+            acks = worker.pipeline.acks
+            batching["ack_frames_per_job"] = round(acks.frames / max(acks.acked, 1), 3)
             retries = {s.labels["tier"]: int(s.value) for m in worker.metrics.retries.collect()
                        for s in m.samples if s.name.endswith("_total")}
     sink.terminate()
     sink.wait()
     return {"jobs": n, "cpu_us_per_job": round(cpu / n * 1e6), "jobs_per_s": round(n / wall),
-            "statuses": statuses, "retries": retries,
+            "statuses": statuses, "retries": retries, **batching,
             "rss_mib_each_tenth": [round(r / 1024, 1) for r in rss]}
 
 

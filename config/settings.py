@@ -152,6 +152,11 @@ class Settings(ReputationSettings, BaseSettings):
     #: the share of the concurrency slots the bulk lanes (marketing) may hold while priority
     #: jobs wait or run; with no priority work they may use them all
     bulk_share: float = Field(0.5, gt=0, le=1)
+    #: micro-batching: the longest a job's Redis round trip waits for other jobs' to share
+    #: one write (milliseconds; 0 = those made in the same turn of the event loop) ...
+    batch_wait_ms: float = Field(2.0, ge=0, le=100)
+    #: ... and the most jobs whose round trips share one write (1 = no batching)
+    batch_max: int = Field(128, ge=1, le=10000)
     #: on SIGTERM, time for sends in flight; at least smtp_timeout (a send may wait that long
     #: for the relay's reply, and one cut mid-DATA may already be stored: a duplicate)
     shutdown_grace: float = Field(40.0, ge=0)

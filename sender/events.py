@@ -47,6 +47,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from sender.account_events import publish_transition
+from sender.acks import Acks, DirectAcks
 from sender.bus import Bus
 from sender.metrics import Metrics
 from sender.models import status_event
@@ -106,7 +107,8 @@ class EventApplier:
     """Applies one provider event per delivery from ``outbox.events``."""
 
     def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore,
-                 metrics: Metrics, redis_call: RedisCalls | None = None) -> None:
+                 metrics: Metrics, redis_call: RedisCalls | None = None,
+                 acks: Acks | None = None) -> None:
         """``gate``: the pipeline's own; ``redis_call``: the pipeline's too, so an event is
         held (not acked) and retried while Redis is down, like a job."""
         self._bus = bus
@@ -114,6 +116,7 @@ class EventApplier:
         self._store = store
         self._metrics = metrics
         self._redis_call = redis_call
+        self.acks = acks or DirectAcks()
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Decode, validate, apply and ack; an invalid or inapplicable event is dead-lettered
@@ -133,7 +136,7 @@ class EventApplier:
         if problem:
             await self._dead(message, problem)
             return
-        await message.ack()
+        await self.acks.ack(message)
 
     async def apply(self, event: ProviderEvent) -> str | None:
         """Apply one event; returns why it could not be, or None."""
@@ -194,4 +197,4 @@ class EventApplier:
         log.warning("provider event not applied: %s", reason)
         await self._bus.publish_dead(message.body, reason, "events",
                                      headers=dict(message.headers))
-        await message.ack()
+        await self.acks.ack(message)

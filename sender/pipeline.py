@@ -45,6 +45,7 @@ backoff until Redis answers or the worker stops.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -58,6 +59,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sender.account_events import publish_transition
+from sender.acks import Acks, DirectAcks
 from sender.bus import ATTEMPT_HEADER, BROKER_ERRORS, FIRST_SEEN_HEADER, Bus
 from sender.channels.base import Channel, NotSent, SendFailure, SendResult
 from sender.channels.registry import parse_job, routing_key
@@ -152,14 +154,18 @@ class Pipeline:
 
     def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
-                 owner: str, stopping: Callable[[], bool], redis_call: RedisCalls) -> None:
+                 owner: str, stopping: Callable[[], bool], redis_call: RedisCalls,
+                 acks: Acks | None = None) -> None:
+        """``acks``: how deliveries are settled (the worker's coalesce per loop turn)."""
         self._bus = bus
+        self.acks = acks or DirectAcks()
         self.gate = gate
         self._channels = channels
         self._metrics = metrics
         self._retry = retry
         self._max_job_bytes = max_job_bytes
         self._owner = owner
+        self._deliveries = itertools.count(1)
         self._stopping = stopping
         self.redis_call = redis_call
 
@@ -180,9 +186,12 @@ class Pipeline:
                 job.id, job.account_id, job.channel), queue_channel)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
+        # the claim's owner is this delivery: a retried call (the reply of the first was
+        # lost) finds its own claim and goes on; a duplicate publish finds another's
+        owner = f"{self._owner}#{next(self._deliveries)}"
         try:
             decision = await self.redis_call(lambda: self.gate.pre_send(
-                job.account_id, job.id, owner=self._owner,
+                job.account_id, job.id, owner=owner,
                 redelivered=bool(message.redelivered), expired=job.expired(),
                 attempt=attempt, channel=job.channel, category=job.category,
                 topic=job.topic, address=job.to, metadata=job.metadata))
@@ -222,7 +231,7 @@ class Pipeline:
                 status=decision.status or decision.verdict, provider=decision.provider,
                 provider_message_id=decision.provider_message_id, reason=decision.reason,
                 attempt=decision.attempt, metadata=job.metadata, detail="redelivered"))
-        await message.ack()
+        await self.acks.ack(message)
         _log_outcome(job, decision.status or decision.verdict, decision.attempt,
                      decision.reason, duplicate=decision.verdict)
 
@@ -244,7 +253,7 @@ class Pipeline:
                                       tier, headers, expiration=expiration)
         self._metrics.retries.labels(job.channel, str(tier)).inc()
         self._metrics.jobs.labels(job.channel, "rate_limited").inc()
-        await message.ack()
+        await self.acks.ack(message)
         log.debug("job %s rate limited, parked for %d s", job.id, tier, extra={
             "job_id": job.id, "account_id": job.account_id, "channel": job.channel})
 
@@ -345,7 +354,7 @@ class Pipeline:
             # a provider event got there first (delivered before our own "sent"):
             # announcing "sent" now would move the status backwards
             self._metrics.jobs.labels(job.channel, status).inc()
-            await message.ack()
+            await self.acks.ack(message)
             _log_outcome(job, status, attempt, reason, provider=provider,
                          detail=event.get("detail"), superseded=True)
             return
@@ -366,7 +375,7 @@ class Pipeline:
             status=status, attempt=attempt, metadata=job.metadata,
             **fields, **(extra or {})))
         self._metrics.jobs.labels(job.channel, status).inc()
-        await message.ack()
+        await self.acks.ack(message)
         _log_outcome(job, status, attempt, fields.get("reason"), provider=fields.get("provider"),
                      detail=fields.get("detail"))
 
@@ -381,7 +390,7 @@ class Pipeline:
                 job_id=exc.job_id, account_id=exc.account_id, channel=channel,
                 status="rejected", reason="invalid", detail=exc.reason))
         self._metrics.jobs.labels(channel, "rejected").inc()
-        await message.ack()
+        await self.acks.ack(message)
         log.warning("job %s rejected: %s", exc.job_id, exc.reason, extra={
             "job_id": exc.job_id, "account_id": exc.account_id, "channel": channel,
             "status": "rejected", "reason": "invalid", "detail": exc.reason, "ms": _ms()})
@@ -398,7 +407,7 @@ class Pipeline:
         if deliveries < ERROR_DELIVERIES and not after_send:
             log.warning("unexpected error on delivery %d of at most %d, returned to its "
                         "queue: %s", deliveries, ERROR_DELIVERIES, what)
-            await nack(message)
+            await self.acks.nack(message)
             return
         reason = (f"sent, then an unexpected error: {what}" if after_send else
                   f"unexpected error on delivery {deliveries}: {what}")
@@ -409,7 +418,7 @@ class Pipeline:
             if not after_send:
                 await self._announce_error(message, channel, reason)
             self._metrics.jobs.labels(channel, "failed").inc()
-        await message.ack()
+        await self.acks.ack(message)
 
     async def _announce_error(self, message: AbstractIncomingMessage, channel: str,
                               reason: str) -> None:
@@ -482,13 +491,6 @@ def _orphan_done(task: asyncio.Future[None]) -> None:
     else:
         log.error("after the delivery was cancelled", exc_info=exc)
 
-
-async def nack(message: AbstractIncomingMessage) -> None:
-    """Return a delivery to its queue (marked redelivered, counted by a quorum queue)."""
-    try:
-        await message.nack(requeue=True)
-    except Exception as exc:  # the channel died: the broker requeues it anyway
-        log.debug("nack failed: %s", exc)
 
 
 def _int(value: Any, default: int) -> int:

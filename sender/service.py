@@ -16,10 +16,12 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
 from config import Settings
+from sender.acks import Acks
 from sender.bus import Bus
 from sender.channels.base import Channel
 from sender.channels.registry import build_senders
@@ -27,11 +29,12 @@ from sender.connect import ping_redis, redis_client
 from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.metrics import Metrics
-from sender.pipeline import Pipeline, RedisCalls, RetryPolicy
+from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.worker import Worker
+from suppression.coalesce import Coalescer
 from suppression.gate import Gate
 from suppression.reputation import Policy
-from suppression.roundtrip import Client
+from suppression.roundtrip import Client, execute
 from suppression.store import AccountStore, SuppressionStore
 
 log = logging.getLogger("outbox.service")
@@ -57,17 +60,21 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     stop = asyncio.Event()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     policy = Policy.from_settings(settings)
+    # the round trips of the jobs in flight share their writes (one per batch, not per job)
+    send = Coalescer(partial(execute, redis), wait=settings.batch_wait_ms / 1000,
+                     max_calls=settings.batch_max, timeout=REDIS_CALL_TIMEOUT)
     gate = Gate(redis, idempotency_ttl=settings.idempotency_ttl, policy=policy,
-                sms_region=settings.sms_region)
+                sms_region=settings.sms_region, send=send)
     redis_call = RedisCalls(metrics, stop.is_set)
+    acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn
     pipeline = Pipeline(
         bus=bus, gate=gate, channels=channels, metrics=metrics,
         retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
-        redis_call=redis_call)
+        redis_call=redis_call, acks=acks)
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), metrics=metrics,
-                          redis_call=redis_call)
+                          redis_call=redis_call, acks=acks)
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,

@@ -28,7 +28,7 @@ from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
-from sender.pipeline import Pipeline, Stopping, nack, protected
+from sender.pipeline import Pipeline, Stopping, protected
 from suppression.roundtrip import Client
 
 log = logging.getLogger("outbox.worker")
@@ -123,7 +123,7 @@ class Worker:
         except BROKER_ERRORS as exc:  # not the job's fault: never counted towards poison
             log.warning("broker: %s: %s; the job goes back to its queue",
                         type(exc).__name__, exc)
-            await nack(message)
+            await self.pipeline.acks.nack(message)
         except Exception as exc:
             await self._unexpected(message, exc, source)
         finally:
@@ -137,7 +137,7 @@ class Worker:
         except Exception as again:  # could not dead-letter: the broker keeps it
             log.warning("could not dead-letter after %s (%s), returned to its queue",
                         type(exc).__name__, again)
-            await nack(message)
+            await self.pipeline.acks.nack(message)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop the sends not yet started and consuming, wait for in-flight sends up to

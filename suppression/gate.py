@@ -27,6 +27,9 @@ Claim rules (the job hash's ``st`` field):
 
 * absent, or ``R`` (waiting for a retry)    → evaluate, claim it (``S``) and send;
 * ``S`` and the delivery is a redelivery    → the previous holder died mid-send: take over;
+* ``S`` held by this same ``owner``         → this delivery's own earlier call ran but its
+                                              reply was lost (a hung Redis, a timed-out
+                                              batch): go on (the owner is one per delivery);
 * ``S`` and not a redelivery                → a concurrent duplicate publish: do not send;
 * a final status                            → already done: do not send again.
 
@@ -58,11 +61,11 @@ from redis.exceptions import NoScriptError, ResponseError
 from suppression import channels, entries, keys
 from suppression.address import BadAddress
 from suppression.channels import normalise
+from suppression.coalesce import Send
 from suppression.entries import BadEntry, Entry
 from suppression.replies import decode, text
 from suppression.reputation import Policy
-from suppression.roundtrip import Client as Redis  # a single Redis or a Redis Cluster
-from suppression.roundtrip import execute
+from suppression.roundtrip import Client, execute  # Client: a single Redis or a Cluster
 
 log = logging.getLogger("outbox.gate")
 
@@ -148,7 +151,7 @@ class Script:
         """Add the EVALSHA to a pipeline."""
         pipe.evalsha(self.sha, len(keys_), *keys_, *args)
 
-    async def load(self, redis: Redis) -> None:
+    async def load(self, redis: Client) -> None:
         """SCRIPT LOAD; on a Redis Cluster on every primary (a script runs where its keys
         live; one failed over later answers NOSCRIPT and is loaded then)."""
         if isinstance(redis, RedisCluster):
@@ -157,7 +160,7 @@ class Script:
         else:
             await redis.script_load(self.source)
 
-    async def __call__(self, redis: Redis, keys_: list[str], args: list[Any]) -> Any:
+    async def __call__(self, redis: Client, keys_: list[str], args: list[Any]) -> Any:
         """Run alone (support actions)."""
         try:
             return await redis.evalsha(self.sha, len(keys_), *keys_, *args)
@@ -185,14 +188,18 @@ class Batch:
         return add
 
 
-async def run_pipeline(redis: Redis, build: Any, script: Script) -> list[Any]:
-    """Build and send one batch; reload the script after NOSCRIPT and send it again.
+async def run_pipeline(redis: Client, build: Any, script: Script,
+                       send: Send | None = None) -> list[Any]:
+    """Build and send one batch (``send``: a :class:`~suppression.coalesce.Coalescer`, which
+    shares the write with other jobs' batches; default one round trip of its own); reload the
+    script after NOSCRIPT and send it again.
 
     Command errors other than NOSCRIPT are raised."""
     for _ in range(2):
         batch = Batch()
         build(batch)
-        results = await execute(redis, batch.commands)
+        results = await (send(batch.commands) if send is not None
+                         else execute(redis, batch.commands))
         if any(isinstance(r, NoScriptError) for r in results):
             await script.load(redis)
             continue
@@ -206,9 +213,13 @@ async def run_pipeline(redis: Redis, build: Any, script: Script) -> list[Any]:
 class Gate:
     """Pre- and post-send Redis checks for one worker process (stateless otherwise)."""
 
-    def __init__(self, redis: Redis, *, idempotency_ttl: int,
-                 policy: Policy | None = None, sms_region: str = "HK") -> None:
+    def __init__(self, redis: Client, *, idempotency_ttl: int,
+                 policy: Policy | None = None, sms_region: str = "HK",
+                 send: Send | None = None) -> None:
+        """``send``: how the pre- and post-send batches travel (the worker passes a
+        :class:`~suppression.coalesce.Coalescer`); default a round trip each."""
         self._redis = redis
+        self.send = send  # public: the benchmarks read its batch sizes
         self._ttl = idempotency_ttl
         self.policy = policy or Policy()
         self._region = sms_region  # numbers without a + (as the SMS channel reads them)
@@ -253,7 +264,7 @@ class Gate:
             pipe.expire(everyone, self._ttl)
             PRE_SEND.queue(pipe, script_keys, args)
 
-        results = await run_pipeline(self._redis, build, PRE_SEND)
+        results = await run_pipeline(self._redis, build, PRE_SEND, self.send)
         decision = _decision(results[-1])
         # UEMO s.11(2): a number on the DNC register may still get marketing its registered
         # user consented to; without a consent record (opt-out accounts), the register wins.
@@ -307,7 +318,7 @@ class Gate:
             if counts.sends and account_id not in self._known_accounts:
                 pipe.sadd(keys.ACCOUNTS, account_id)  # once per account and process
 
-        results = await run_pipeline(self._redis, build, POST_SEND)
+        results = await run_pipeline(self._redis, build, POST_SEND, self.send)
         if counts.sends:
             self._known_accounts.add(account_id)
         return Recorded(_transition(account_id, results[0]), int(results[0][9]),
@@ -392,7 +403,7 @@ def recipient_digest(channel: str, address: str) -> str:
     return hashlib.sha256(f"{channel}:{address}".encode()).hexdigest()[:32]
 
 
-async def sent_to(redis: Redis, account_id: str, job_id: str, address: str | None,
+async def sent_to(redis: Client, account_id: str, job_id: str, address: str | None,
                   channel: str = "email") -> str | None:
     """None when job ``job_id`` of ``account_id`` was handed over for exactly ``address``;
     else why it cannot be said (no such job, not sent, another recipient)."""

@@ -23,6 +23,8 @@
 -- ARGV[25..26] the timeline entry's detail, entries kept in a timeline
 -- ARGV[27..]   every channel (suppression/channels.py): the account's state is the worst
 --              level over all of them (state hash fields lvl:<channel>)
+-- A job's status written again at the same attempt (its caller retried after losing the
+-- reply: a hung Redis, a batch's timeout) changes nothing and counts nothing a second time.
 -- returns  {moved, from, to, audit id, why, detail, sends, hard, complaints, applied}:
 --          moved 1 when the account's state moved; applied 1 when the job took the status,
 --          0 when it already had a later one (a status never moves backwards), -1 for an
@@ -50,6 +52,10 @@ local RANK = {S = 0, R = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 
 if ARGV[1] ~= '' then
   local held_job = redis.call('HMGET', job, 'st', 'a')
   local held = held_job[1]
+  if not KEYS[9] and held == ARGV[1] and held_job[2] == ARGV[2] and ARGV[1] ~= 'S' then
+    -- this very call again (its reply was lost, the caller retried): counted once
+    return answer(0)
+  end
   local att = tonumber(ARGV[2]) or 0
   if att == 0 then att = tonumber(held_job[2]) or 0 end  -- a provider report: the last attempt
   local tt = redis.call('TIME')

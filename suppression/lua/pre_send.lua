@@ -9,7 +9,7 @@
 -- KEYS[7]  token bucket             outbox:{acct:A}:tb:<channel>
 -- KEYS[8]  job timeline             outbox:{acct:A}:tl:ID
 -- KEYS[9]  recipient's job index    outbox:{acct:A}:hist:<channel>:<addr>
--- ARGV[1..7]   owner, redelivered (0/1), expired (0/1), ttl seconds, attempt, category,
+-- ARGV[1..7]   owner (one per delivery), redelivered (0/1), expired (0/1), ttl seconds, attempt, category,
 --              prefs field ('<topic>:<channel>' or '')
 -- ARGV[8..11]  the defaults, in config/reputation.py's order (the account's cfg hash
 --              overrides all but throttle_factor, under these names): rate, burst,
@@ -38,8 +38,9 @@ if st and st ~= 'R' then
     local f = redis.call('HMGET', job, 'p', 'pm', 'a', 'r')
     return {'done', st, f[1] or '', f[2] or '', f[3] or '0', f[4] or '', 0}
   end
-  if not redelivered then
-    -- held by a live delivery: this one is a duplicate publish of the same id
+  if not redelivered and redis.call('HGET', job, 'o') ~= owner then
+    -- held by another live delivery: this one is a duplicate publish of the same id (the
+    -- same owner is this very delivery again: its earlier call ran but the reply was lost)
     return {'duplicate', st, '', '', redis.call('HGET', job, 'a') or '0', '', 0}
   end
 end
