@@ -39,8 +39,10 @@ def spaced(number: str) -> str:
 
 
 async def check(gate, *, account=None, redelivered=False, **job):
+    """One delivery's pre-send (each call its own delivery: its own claim owner)."""
     job.setdefault("address", mail("rcpt@example.com"))
-    return await gate.pre_send(account or A, job.pop("job_id", f"j{next(_n)}"), owner="w",
+    return await gate.pre_send(account or A, job.pop("job_id", f"j{next(_n)}"),
+                               owner=f"w#{next(_n)}",
                                redelivered=redelivered, expired=False, attempt=1, **job)
 
 
