@@ -210,8 +210,9 @@ async def test_support_reads_a_recipients_history_and_a_jobs_timeline(
         await page.fill("#recipient", "carol@example.com")
         await page.fill("#recipient-account", "acct_h")
         await page.click("#recipient-form button")
-        await page.wait_for_function("document.querySelector('#history tr') || "
-                                     "document.querySelector('#history-note').textContent")
+        # a selector, not a wait_for_function string: the page's CSP forbids eval, which
+        # Playwright needs to poll a string predicate that is not true at once
+        await page.wait_for_selector("#history tr, #history-note:not(:empty)")
         assert await page.text_content("#history-note") == ""  # the API answered
         listed = page.locator("#history tr", has_text=job["id"])
         await expect(listed).to_contain_text("sent")
