@@ -167,8 +167,8 @@ async def test_the_admin_api_works_on_it(make_settings, names: Names,
 
 @pytest.fixture
 async def cluster(redis_backend: str, redis_cluster_url: str) -> Any:
-    if redis_backend != "cluster":
-        pytest.skip("about Redis Cluster only")
+    """A client of the test cluster (its tests are parametrized on the cluster alone)."""
+    assert redis_backend == "cluster"
     client = redis_client(redis_cluster_url, cluster=True)
     assert isinstance(client, RedisCluster)
     await client.initialize()
@@ -262,7 +262,7 @@ async def test_a_stale_slot_table_is_corrected_by_moved_and_only_those_are_resen
     # resent once, not run twice: one claim, one entry in the global history
     assert (await gate.job_state(account, "j1"))["st"] == "S"
     assert await cluster.zcard(keys.global_history("email", address)) == 1
-    again = await gate.pre_send(account, "j1", owner="w", redelivered=False, expired=False,
+    again = await gate.pre_send(account, "j1", owner="w#2", redelivered=False, expired=False,
                                 attempt=1, address=address)
     assert again.verdict == "duplicate"
 
@@ -309,7 +309,7 @@ async def test_a_slot_migrated_under_a_client_ask_then_moved(
         assert cluster.nodes_manager.get_node_from_slot(slot) == target
         assert (await _on_node(target.port, job))[b"st"] == b"S"
         assert (await cluster.hgetall(marker)) == {b"business_name": b"Ask Ltd"}
-        again = await gate.pre_send(account, "j1", owner="w", redelivered=False,
+        again = await gate.pre_send(account, "j1", owner="w#2", redelivered=False,
                                     expired=False, attempt=1, address=address)
         assert again.verdict == "duplicate"
     finally:
