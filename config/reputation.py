@@ -19,6 +19,7 @@ The rule the parameters feed is in :mod:`suppression.reputation` (and ``post_sen
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -118,12 +119,18 @@ class Policy:
         return replace(self, **{name: p.kind(cfg[name]) for name, p in OVERRIDES.items()
                                 if cfg.get(name) not in (None, "")})
 
-    def script_args(self, script: str) -> list[str | int]:
-        """The defaults ``script`` takes, in declared order (floats exactly, as repr)."""
+    def script_args(self, script: str) -> tuple[str | int, ...]:
+        """The defaults ``script`` takes, in declared order (floats exactly, as repr); made
+        once per policy and script (twice a job on the hot path)."""
         if script not in SCRIPTS:
             raise ValueError(f"no script {script!r}")
-        values = (getattr(self, p.name) for p in PARAMS if p.script == script)
-        return [repr(v) if isinstance(v, float) else v for v in values]
+        return _script_args(self, script)
+
+
+@functools.lru_cache(maxsize=256)
+def _script_args(policy: Policy, script: str) -> tuple[str | int, ...]:
+    values = (getattr(policy, p.name) for p in PARAMS if p.script == script)
+    return tuple(repr(v) if isinstance(v, float) else v for v in values)
 
 
 def _declared() -> tuple[Param, ...]:
