@@ -69,11 +69,11 @@ class Acks:
 
     async def nack(self, message: AbstractIncomingMessage) -> None:
         """Return a delivery to its queue (marked redelivered, counted by a quorum queue)."""
-        if message.delivery_tag is not None:
-            state = self._channels.setdefault(message.channel, _Channel())
-            if message.delivery_tag > state.low:
-                state.settled.add(message.delivery_tag)
         try:
+            if message.delivery_tag is not None:
+                state = self._channels.setdefault(message.channel, _Channel())
+                if message.delivery_tag > state.low:
+                    state.settled.add(message.delivery_tag)
             await message.nack(requeue=True)
         except Exception as exc:  # the channel died: the broker requeues it anyway
             log.debug("nack failed: %s", exc)
