@@ -26,9 +26,10 @@ from benchmarks.workloads import email_mix
 from suppression.coalesce import Coalescer
 
 
-async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, Any]:
+async def _run(n: int, profiler: cProfile.Profile | None, gc_tuned: bool = True
+               ) -> dict[str, Any]:
     from config import load_settings
-    from sender.service import make_redis, started_worker
+    from sender.service import make_redis, started_worker, tune_gc
 
     stream = email_mix(n)
     port = free_port()
@@ -54,6 +55,8 @@ async def _run(n: int, profiler: cProfile.Profile | None) -> dict[str, Any]:
             profiler.enable()
         rss: list[int] = []
         async with started_worker(settings) as worker:
+            if gc_tuned:  # as the worker process does (sender.service.run_worker)
+                tune_gc()
             while done(worker) < n:
                 await asyncio.sleep(0.05)
                 if done(worker) >= (len(rss) + 1) * n / 10:
@@ -87,6 +90,8 @@ def _rss_kib() -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--no-tune-gc", action="store_true",
+                   help="keep Python's garbage-collector defaults (the worker tunes them)")
     p.add_argument("--cprofile", type=int, default=0, metavar="N",
                    help="print the N functions with the most own time")
     args = p.parse_args()
@@ -94,7 +99,7 @@ def main() -> None:
 
     profiler = cProfile.Profile() if args.cprofile else None
     with Services():
-        result = uvloop.run(_run(args.jobs, profiler))
+        result = uvloop.run(_run(args.jobs, profiler, not args.no_tune_gc))
     print(result)
     if profiler:
         out = io.StringIO()

@@ -135,3 +135,4 @@ async def test_gate_decisions_are_the_same_batched(redis: Redis) -> None:
     assert verdicts.count("send") == 50  # one claim per distinct job
     assert sorted(set(verdicts)) == ["duplicate", "send"]
     assert coalescer.round_trips < 60
+
