@@ -25,13 +25,21 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def redis_snapshot(client: Any) -> dict[str, Any]:
-    """Per-command call counts and the server's read-event counter."""
-    stats = client.info("stats")
-    cmds = {k.removeprefix("cmdstat_"): v["calls"]
-            for k, v in client.info("commandstats").items()}
-    return {"cmds": cmds, "reads": stats["total_reads_processed"],
-            "commands": stats["total_commands_processed"]}
+def redis_snapshot(*clients: Any) -> dict[str, Any]:
+    """Per-command call counts and the read-event counter, summed over ``clients`` (one
+    Redis, or every primary of a cluster); ``nodes``: each server's command total."""
+    cmds: dict[str, int] = {}
+    reads = commands = 0
+    nodes: list[int] = []
+    for client in clients:
+        stats = client.info("stats")
+        for k, v in client.info("commandstats").items():
+            name = k.removeprefix("cmdstat_")
+            cmds[name] = cmds.get(name, 0) + v["calls"]
+        reads += stats["total_reads_processed"]
+        commands += stats["total_commands_processed"]
+        nodes.append(stats["total_commands_processed"])
+    return {"cmds": cmds, "reads": reads, "commands": commands, "nodes": nodes}
 
 
 def redis_delta(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dict[str, Any]:
@@ -50,6 +58,8 @@ def redis_delta(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dic
         "total_commands_processed_per_job": round(
             (after["commands"] - before["commands"]) / jobs, 2),
         "by_command": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+        "commands_per_job_by_node": [round((a - b) / jobs, 2) for a, b in
+                                     zip(after["nodes"], before["nodes"], strict=True)],
     }
 
 

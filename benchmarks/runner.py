@@ -41,7 +41,8 @@ class Context:
 
     def label(self, system: System, what: str) -> str:
         self.seq += 1
-        return f"{self.seq:03d}-{system.kind}{system.processes}-{what}"
+        cluster = "-cluster" if system.cluster else ""
+        return f"{self.seq:03d}-{system.kind}{system.processes}{cluster}-{what}"
 
 
 # --- Redis and RabbitMQ preparation ---------------------------------------------------------
@@ -55,6 +56,51 @@ def seed_template(stream: Stream) -> float:
     t = time.perf_counter()
     asyncio.run(stream.seed(Services.redis_url(TEMPLATE_DB)))
     return time.perf_counter() - t
+
+
+@dataclass
+class RedisSide:
+    """The Redis a system is given (``url``) and the servers whose statistics count
+    (``nodes``: the one Redis, or every primary of the cluster)."""
+
+    url: str
+    nodes: list[redis_sync.Redis]
+
+    def snapshot(self) -> dict[str, Any]:
+        return measure.redis_snapshot(*self.nodes)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+async def prepare(ctx: Context, system: System) -> RedisSide:
+    """The run's Redis: db 0 flushed (and the seed copied in when the system checks), or on
+    the cluster the previous run's ``outbox:*`` keys unlinked and the stream seeded again."""
+    if not system.cluster:
+        return RedisSide(Services.redis_url(REDIS_DB), [prepare_redis(system.checks)])
+    nodes = Services.cluster_primaries()
+    removed = clear_cluster(nodes)
+    t = time.perf_counter()
+    await ctx.stream.seed(Services.cluster_url(), cluster=True)
+    log(f"  cluster: {removed} keys unlinked, seeded in {time.perf_counter() - t:.1f} s")
+    return RedisSide(Services.cluster_url(), nodes)
+
+
+def clear_cluster(nodes: list[redis_sync.Redis]) -> int:
+    """UNLINK every ``outbox:*`` key, node by node (SCAN on a node lists its own keys; one
+    key per UNLINK: several keys of different slots are refused even on one node). Only the
+    bench profile's cluster, which belongs to the benchmark session."""
+    removed = 0
+    for node in nodes:
+        pipe = node.pipeline(transaction=False)
+        for key in node.scan_iter(match="outbox:*", count=2000):
+            pipe.unlink(key)
+            removed += 1
+            if len(pipe) >= 2000:
+                pipe.execute()
+        pipe.execute()
+    return removed
 
 
 def prepare_redis(with_seed: bool) -> redis_sync.Redis:
@@ -160,15 +206,17 @@ async def wait_consumers(url: str, n: int, procs: Processes, timeout: float = 60
 async def throughput_run(ctx: Context, system: System, n: int,
                          wrap: list[str] | None = None,
                          extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Prefill n jobs, start the system, measure from the first to the last accepted message."""
+    """Prefill n jobs, start the system, measure from the first to the last accepted message.
+    CPU and peak RSS cover every process of the system: the worker, or Outbox's supervisor
+    and its children (their pids read at the first accepted message and again at the end)."""
     jobs = ctx.stream.jobs[:n]
     expected = ctx.stream.expected(n, system.checks)
     label = ctx.label(system, "tput")
     with Vhost(label) as vh:
-        r = prepare_redis(system.checks)
+        rs = await prepare(ctx, system)
         await declare(vh.url)
         fill = await prefill(vh.url, jobs, ctx.stream.routing_key)
-        before = measure.redis_snapshot(r)
+        before = rs.snapshot()
         procs = Processes(system, ctx.log_dir, label)
         cpu0: dict[int, float] = {}
 
@@ -180,37 +228,50 @@ async def throughput_run(ctx: Context, system: System, n: int,
                     pass
 
         window = ctx.sink.mark(on_first=at_first)
-        redis_url = Services.redis_url(REDIS_DB)
-        procs.start(system.command(vh.url, redis_url, ctx.sink.port),
-                    system.env(vh.url, redis_url, ctx.sink.url, extra_env), wrap=wrap)
+        procs.start(system.command(vh.url, rs.url, ctx.sink.port),
+                    system.env(vh.url, rs.url, ctx.sink.url, extra_env), wrap=wrap)
         try:
             complete = await wait_done(vh.url, window, expected, procs,
                                        timeout=max(120, n / 20))
-            cpu1 = {pid: measure.cpu_seconds(pid) for pid in procs.pids}
-            rss = [measure.peak_rss_mib(pid) for pid in procs.pids]
-            after = measure.redis_snapshot(r)
+            cpu1, rss = _cpu_and_rss(procs.pids)
+            after = rs.snapshot()
         finally:
             codes = procs.stop()
         errors = procs.errors()
         if errors:
             log(f"  {errors} error records in {label}-*.log")
-        r.close()
+        rs.close()
     elapsed = (window.last or 0) - (window.first or 0)
     accepted = window.count
     sent_rate = (accepted - 1) / elapsed if elapsed > 0 and accepted > 1 else 0.0
     # every job (refused and invalid ones too) is work: jobs/s scales the sink's rate
     jobs_rate = sent_rate * n / expected if expected else 0.0
-    cpu = sum(cpu1[p] - cpu0.get(p, cpu1[p]) for p in cpu1)
+    # a pid first seen at the end (a restarted child) counts whole; one gone by the end is lost
+    cpu = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1)
     return {
         "system": system.name, "jobs": n, "expected_sent": expected, "accepted": accepted,
         "complete": complete, "prefill_s": round(fill, 2), "window_s": round(elapsed, 3),
         "sent_per_s": round(sent_rate, 1), "jobs_per_s": round(jobs_rate, 1),
         "cpu_us_per_job": round(cpu / n * 1e6, 1) if n else None,
-        "cpu_s": round(cpu, 2),
+        "cpu_s": round(cpu, 2), "processes": len(cpu1),
+        "pids_at_first": sorted(cpu0), "pids_at_end": sorted(cpu1),
         "peak_rss_mib": round(max(rss), 1), "peak_rss_mib_total": round(sum(rss), 1),
         "redis": measure.redis_delta(before, after, n), "exit_codes": codes, "log": label,
         "log_errors": errors,
     }
+
+
+def _cpu_and_rss(pids: list[int]) -> tuple[dict[int, float], list[float]]:
+    """CPU seconds by pid and peak RSS (MiB) of each of ``pids`` still running."""
+    cpu: dict[int, float] = {}
+    rss: list[float] = []
+    for pid in pids:
+        try:
+            cpu[pid] = measure.cpu_seconds(pid)
+            rss.append(measure.peak_rss_mib(pid))
+        except OSError:
+            pass
+    return cpu, rss or [0.0]
 
 
 # --- one open-loop run ----------------------------------------------------------------------
@@ -225,25 +286,26 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
     expected = ctx.stream.expected(n, system.checks)
     label = ctx.label(system, f"load{int(rate)}")
     lat_file = str(ctx.log_dir / f"{label}-latency.json") if system.kind != "outbox" else None
+    pub: dict[str, Any] = {}
     with Vhost(label) as vh:
-        r = prepare_redis(system.checks)
+        rs = await prepare(ctx, system)
         await declare(vh.url)
         procs = Processes(system, ctx.log_dir, label)
-        redis_url = Services.redis_url(REDIS_DB)
-        procs.start(system.command(vh.url, redis_url, ctx.sink.port, lat_file),
-                    system.env(vh.url, redis_url, ctx.sink.url))
+        procs.start(system.command(vh.url, rs.url, ctx.sink.port, lat_file),
+                    system.env(vh.url, rs.url, ctx.sink.url))
         try:
             await wait_consumers(vh.url, system.processes, procs)
             await asyncio.sleep(1.0)
             window = ctx.sink.mark()
-            published_s = await publish_at_rate(vh.url, jobs, rate, ctx.stream.routing_key)
+            published_s = await publish_at_rate(vh.url, jobs, rate, ctx.stream.routing_key,
+                                                pub)
             complete = await wait_done(vh.url, window, expected, procs,
                                        timeout=max(60, n / 50))
             if system.kind == "outbox":
                 latencies = await sent_latencies(vh.url, expected)
         finally:
             procs.stop()
-        r.close()
+        rs.close()
     if system.kind != "outbox":
         latencies = json.loads(Path(lat_file).read_text()) if lat_file and \
             Path(lat_file).exists() else []
@@ -258,7 +320,7 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
         "p50_ms": _ms(measure.percentile(latencies, 50)),
         "p90_ms": _ms(measure.percentile(latencies, 90)),
         "p99_ms": _ms(measure.percentile(latencies, 99)),
-        "max_ms": _ms(max(latencies) if latencies else None), "log": label,
+        "max_ms": _ms(max(latencies) if latencies else None), "publisher": pub, "log": label,
     }
 
 
@@ -266,23 +328,36 @@ def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
 
-async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: str) -> float:
+async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: str,
+                          stats: dict[str, Any] | None = None) -> float:
     """Open loop: job i is published at start + i/rate, stamped with the time it is sent,
     whatever the consumer does (no publisher confirms: the load generator must not slow down
-    with the broker's confirm latency; the queue's count is checked by the sink total)."""
+    with the broker's confirm latency; the queue's count is checked by the sink total). A late
+    loop catches up at once (the schedule is absolute); how late each job went out and the
+    largest burst are put in ``stats``."""
     conn = await aio_pika.connect(url)
     ch = await conn.channel(publisher_confirms=False)
     ex = await ch.get_exchange(JOBS_EXCHANGE, ensure=False)
+    late: list[float] = []
+    burst = 0
     start = time.monotonic()
     i = 0
     while i < len(jobs):
-        due = min(len(jobs), int((time.monotonic() - start) * rate) + 1)
+        now = time.monotonic()
+        due = min(len(jobs), int((now - start) * rate) + 1)
+        burst = max(burst, due - i)
         while i < due:
+            late.append(time.monotonic() - start - i / rate)
             await ex.publish(_message(jobs[i].stamped(time.time())), routing_key)
             i += 1
-        await asyncio.sleep(0.002)
+        if i < len(jobs):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
     took = time.monotonic() - start
     await conn.close()
+    if stats is not None:
+        stats.update(late_p50_ms=_ms(measure.percentile(late, 50)),
+                     late_p99_ms=_ms(measure.percentile(late, 99)),
+                     late_max_ms=_ms(max(late) if late else None), max_burst=burst)
     return took
 
 
