@@ -16,6 +16,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of those of ``pids`` still running (a vanished one counts 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, every core (/proc/stat:
+    busy = all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - fields[3] - fields[4]) / _TICK, total / _TICK
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on 127.0.0.1:``port`` (``ss -ltnpH``), or None."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"pid=(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM (peak resident set size) of one process, in MiB."""
     with open(f"/proc/{pid}/status") as f:

@@ -82,18 +82,25 @@ def scaling_table(sc: dict[str, Any]) -> str:
 
 def latency_table(summary: dict[str, Any]) -> str:
     """Every open-loop run at half load, per system: p50/p99/max and the p99 spread."""
-    rows = ["| system | run | offered jobs/s | achieved jobs/s | p50 ms | p99 ms | max ms |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| system | run | offered jobs/s | achieved jobs/s | p50 ms | p99 ms | max ms | "
+            "p99 spread ms | other cores |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in summary.items():
         lat = v.get("latency_at_half") or {}
-        for r in lat.get("each", []):
+        for i, r in enumerate(lat.get("each", [])):
+            spread = f"{_f(lat['p99_min_ms'], 1)}–{_f(lat['p99_max_ms'], 1)}" if i == 0 else ""
+            other = _f(r.get("other_cores"), 2)
+            if (r.get("other_cores") or 0) > lat.get("disturbed_above_cores", 1e9):
+                other += " (disturbed)"
             rows.append(f"| {name} | {r['run']} | {_f(r['offered_jobs_per_s'])} | "
                         f"{_f(r['achieved_jobs_per_s'])} | {_f(r['p50_ms'], 1)} | "
-                        f"{_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} |")
+                        f"{_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} | {spread} | "
+                        f"{other} |")
     if len(rows) == 2:
         return ""
-    return "Latency at 50 % load, every run (each its own fresh vhost and Redis):\n\n" + \
-        "\n".join(rows)
+    return ("Latency at 50 % load, every run (each its own fresh vhost and Redis; the first "
+            "second's jobs not counted; other cores: CPU used meanwhile by neither the system, "
+            "the services nor the harness; disturbed: more than a quarter of a core):\n\n"
+            + "\n".join(rows))
 
 
 def curve(out: dict[str, Any], system: str) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ JOBS_EXCHANGE = "outbox.jobs"     # README contracts
 JOB_QUEUE = "outbox.email"
 STATUS_QUEUE = "outbox.status"
 STALL_SECONDS = 15.0
+WARMUP_SECONDS = 1.0  # open loop: published at the rate first, not counted in the latency
 
 
 def log(msg: str) -> None:
@@ -38,6 +39,21 @@ class Context:
     stream: Stream
     seq: int = 0
     notes: list[str] = field(default_factory=list)
+    services: dict[str, list[int]] = field(default_factory=dict)
+
+    def service_pids(self, system: System) -> list[int]:
+        """The pids of what serves the run: RabbitMQ, the Redis (or the cluster's nodes) and
+        the sink (the listeners on their ports, looked up once)."""
+        from benchmarks.env import PROFILE
+
+        key = "cluster" if system.cluster else "redis"
+        if key not in self.services:
+            ports = [PROFILE.amqp_port, *(PROFILE.cluster_ports if system.cluster
+                                          else (PROFILE.redis_port,))]
+            pids = [measure.listener_pid(port) for port in ports]
+            self.services[key] = [p for p in pids if p]
+        sink = [self.sink.proc.pid] if self.sink.proc else []
+        return self.services[key] + sink
 
     def label(self, system: System, what: str) -> str:
         self.seq += 1
@@ -278,10 +294,12 @@ def _cpu_and_rss(pids: list[int]) -> tuple[dict[int, float], list[float]]:
 
 
 async def open_loop_run(ctx: Context, system: System, rate: float,
-                        duration: float) -> dict[str, Any]:
+                        duration: float, warmup: float = WARMUP_SECONDS) -> dict[str, Any]:
     """Publish at a fixed rate (open loop) while the system runs; latency of each accepted job
-    from its enqueue time (``metadata.t0``)."""
-    n = min(len(ctx.stream.jobs), max(1, int(rate * duration)))
+    from its enqueue time (``metadata.t0``), not counting the jobs of the first ``warmup``
+    seconds (published at the same rate). Where the machine's CPU went meanwhile: the system,
+    the services (RabbitMQ, Redis, the sink), the harness, and everything else."""
+    n = min(len(ctx.stream.jobs), max(1, int(rate * (duration + warmup))))
     jobs = ctx.stream.jobs[:n]
     expected = ctx.stream.expected(n, system.checks)
     label = ctx.label(system, f"load{int(rate)}")
@@ -297,22 +315,27 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
             await wait_consumers(vh.url, system.processes, procs)
             await asyncio.sleep(1.0)
             window = ctx.sink.mark()
+            cpu0 = _cpu_split(ctx, system, procs)
             published_s = await publish_at_rate(vh.url, jobs, rate, ctx.stream.routing_key,
                                                 pub)
             complete = await wait_done(vh.url, window, expected, procs,
                                        timeout=max(60, n / 50))
+            cpu = _cpu_used(cpu0, _cpu_split(ctx, system, procs))
             if system.kind == "outbox":
-                latencies = await sent_latencies(vh.url, expected)
+                timed = await sent_latencies(vh.url, expected)
         finally:
             procs.stop()
         rs.close()
     if system.kind != "outbox":
-        latencies = json.loads(Path(lat_file).read_text()) if lat_file and \
-            Path(lat_file).exists() else []
+        timed = [(t0, lat) for t0, lat in json.loads(Path(lat_file).read_text())] \
+            if lat_file and Path(lat_file).exists() else []
+    measured_from = pub.get("t_start", 0.0) + warmup
+    latencies = [lat for t0, lat in timed if t0 >= measured_from]
+    everything = [lat for _, lat in timed]
     elapsed = (window.last or 0) - (window.first or 0)
     return {
         "system": system.name, "offered_jobs_per_s": round(rate, 1), "jobs": n,
-        "publish_s": round(published_s, 2), "expected_sent": expected,
+        "warmup_s": warmup, "publish_s": round(published_s, 2), "expected_sent": expected,
         "accepted": window.count, "complete": complete,
         "achieved_jobs_per_s": round((window.count - 1) / elapsed * n / expected, 1)
         if elapsed > 0 and expected else None,
@@ -320,8 +343,27 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
         "p50_ms": _ms(measure.percentile(latencies, 50)),
         "p90_ms": _ms(measure.percentile(latencies, 90)),
         "p99_ms": _ms(measure.percentile(latencies, 99)),
-        "max_ms": _ms(max(latencies) if latencies else None), "publisher": pub, "log": label,
+        "max_ms": _ms(max(latencies) if latencies else None),
+        "p99_with_warmup_ms": _ms(measure.percentile(everything, 99)),
+        "publisher": pub, "cpu_cores": cpu, "log": label,
     }
+
+
+def _cpu_split(ctx: Context, system: System, procs: Processes) -> dict[str, float]:
+    busy, _ = measure.machine_cpu()
+    return {"wall": time.monotonic(), "busy": busy,
+            "system": measure.cpu_of(procs.pids),
+            "services": measure.cpu_of(ctx.service_pids(system)),
+            "harness": measure.cpu_of([os.getpid()])}
+
+
+def _cpu_used(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Cores used between two samples, by whom; ``other``: the rest of the machine (other
+    people's work: it takes the cores the system under test would use)."""
+    wall = max(1e-9, b["wall"] - a["wall"])
+    used = {k: (b[k] - a[k]) / wall for k in ("busy", "system", "services", "harness")}
+    used["other"] = used["busy"] - used["system"] - used["services"] - used["harness"]
+    return {k: round(v, 2) for k, v in used.items()}
 
 
 def _ms(v: float | None) -> float | None:
@@ -340,7 +382,7 @@ async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: s
     ex = await ch.get_exchange(JOBS_EXCHANGE, ensure=False)
     late: list[float] = []
     burst = 0
-    start = time.monotonic()
+    start, wall = time.monotonic(), time.time()
     i = 0
     while i < len(jobs):
         now = time.monotonic()
@@ -355,20 +397,21 @@ async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: s
     took = time.monotonic() - start
     await conn.close()
     if stats is not None:
-        stats.update(late_p50_ms=_ms(measure.percentile(late, 50)),
+        stats.update(t_start=wall, late_p50_ms=_ms(measure.percentile(late, 50)),
                      late_p99_ms=_ms(measure.percentile(late, 99)),
                      late_max_ms=_ms(max(late) if late else None), max_burst=burst)
     return took
 
 
-async def sent_latencies(url: str, expected: int) -> list[float]:
+async def sent_latencies(url: str, expected: int) -> list[tuple[float, float]]:
     """Read Outbox's ``sent`` status events from ``outbox.status`` (after the run, so the
-    reading does not compete for CPU) and return ``at`` − ``metadata.t0`` for each."""
+    reading does not compete for CPU) and return ``(metadata.t0, at − metadata.t0)`` for
+    each."""
     conn = await aio_pika.connect(url)
     ch = await conn.channel()
     await ch.set_qos(prefetch_count=2000)
     q = await ch.declare_queue(STATUS_QUEUE, passive=True)
-    out: list[float] = []
+    out: list[tuple[float, float]] = []
     idle_since = time.monotonic()
     async with q.iterator(no_ack=False) as it:  # never acked: requeued on close, no warnings
         while len(out) < expected and time.monotonic() - idle_since < 3:
@@ -383,7 +426,7 @@ async def sent_latencies(url: str, expected: int) -> list[float]:
             t0 = (ev.get("metadata") or {}).get("t0")
             if ev.get("status") == "sent" and isinstance(t0, (int, float)):
                 at = datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp()
-                out.append(at - t0)
+                out.append((t0, at - t0))
     await conn.close()
     return out
 

@@ -201,6 +201,7 @@ class Workload:
     extra_env: dict[str, str] = field(default_factory=dict)
     kind: str = "throughput"  # "blast": its own session (benchmarks/blast.py)
     cluster: bool = False  # Outbox on the bench profile's Redis Cluster (OUTBOX_REDIS_CLUSTER)
+    max_jobs: int | None = None  # fewer jobs per throughput run than --jobs (session time)
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -219,7 +220,7 @@ register(Workload("c", "email mix, full pipeline, 4 outbox worker processes "
                   "(`outbox worker --processes 4`: one supervisor)", email_mix, 4))
 register(Workload("cluster", "email mix, full pipeline, 1 outbox worker process on a "
                   "three-master Redis Cluster (OUTBOX_REDIS_CLUSTER=true)", email_mix, 1,
-                  cluster=True))
+                  cluster=True, max_jobs=10_000))
 
 
 def _blast(n: int) -> Stream:
