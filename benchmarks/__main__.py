@@ -1,9 +1,11 @@
-"""python -m benchmarks [--jobs N] [--runs 3] [--workloads a,b] [--quick] [--no-profile]
+"""python -m benchmarks [--jobs N] [--runs 3] [--workloads a,b,c,cluster] [--quick] [--no-profile]
 
-Starts (or reuses) the bench profile's RabbitMQ and Redis and an ``smtp-sink``; for every
-selected workload runs Outbox (``python -m outbox worker`` processes) and, for the workloads
-that ask for them, the naive and bare baselines; then open-loop latency runs at 50 % of each
-system's measured maximum, a load curve for Outbox x1, and a py-spy profile of Outbox x1.
+Starts (or reuses) the bench profile's RabbitMQ and Redis (and its Redis Cluster for the
+``cluster`` workload) and an ``smtp-sink``; for every selected workload runs Outbox
+(``python -m outbox worker``, or ``--processes N``: one supervisor) and, for the workloads that
+ask for them, the naive and bare baselines; then ``--latency-runs`` open-loop latency runs at
+50 % of each system's measured maximum, a load curve for Outbox x1, and a py-spy profile of
+Outbox x1.
 Writes benchmarks/results/<timestamp>.json, benchmarks/results/load.png and the results
 block of benchmarks/README.md. See benchmarks/README.md for what each figure means.
 """
@@ -49,11 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="jobs per run of the naive baseline (default min(jobs, 10000): it is "
                         "~10x slower and its rate does not depend on the count)")
     p.add_argument("--runs", type=int, help="runs per system; the median is reported (default 3)")
-    p.add_argument("--workloads", default="a,b", help=f"comma-separated: {', '.join(WORKLOADS)}")
+    p.add_argument("--workloads", default="a,b,c,cluster",
+                   help=f"comma-separated: {', '.join(WORKLOADS)} (default a,b,c,cluster)")
     p.add_argument("--quick", action="store_true",
                    help="development: 1 run of 5000 jobs, 5 s load points, no profile")
     p.add_argument("--load-seconds", type=float, help="duration of each open-loop run "
                    "(default 10; --quick 5)")
+    p.add_argument("--latency-runs", type=int, help="open-loop runs at 50 %% load per system, "
+                   "each in a fresh vhost, for the spread of p99 (default 3; --quick 2)")
     p.add_argument("--no-load-curve", action="store_true", help="only the 50 %% latency runs")
     p.add_argument("--profile", dest="profile", action="store_true", default=None,
                    help="profile Outbox x1 with py-spy (default on, off with --quick)")
@@ -66,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.runs = a.runs or (1 if a.quick else 3)
     a.naive_jobs = min(a.jobs, a.naive_jobs or 5000)
     a.load_seconds = a.load_seconds or (5.0 if a.quick else 10.0)
+    a.latency_runs = a.latency_runs or (2 if a.quick else 3)
     a.profile = (not a.quick) if a.profile is None else a.profile
     a.workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
     for w in a.workloads:
@@ -83,11 +89,12 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             continue
         if w.baselines:
             systems += [(wname, NAIVE), (wname, BARE)]
-        systems.append((wname, outbox(w.outbox_processes)))
+        systems.append((wname, outbox(w.outbox_processes, cluster=w.cluster)))
     # throughput: interleaved by run so that drift spreads over every system
     for run in range(args.runs):
         for wname, system in systems:
-            n = args.naive_jobs if system is NAIVE else args.jobs
+            n = args.naive_jobs if system is NAIVE else \
+                min(args.jobs, WORKLOADS[wname].max_jobs or args.jobs)
             log(f"run {run + 1}/{args.runs}: {system.name} ({wname}), {n} jobs")
             extra = WORKLOADS[wname].extra_env if system.kind == "outbox" else None
             res = await throughput_run(ctx, system, n, extra_env=extra)
@@ -114,20 +121,31 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             "redis_round_trips_per_job": measure.median(
                 [r["redis"]["round_trips_per_job"] for r in runs]),
             "redis_by_command": runs[-1]["redis"]["by_command"],
+            "redis_commands_per_job_by_node": runs[-1]["redis"]["commands_per_job_by_node"],
+            "processes": runs[-1].get("processes"),
             "all_complete": all(r["complete"] for r in runs),
         }
     out["summary"] = summary
-    # latency at half the measured maximum, per system
-    for wname, system in systems:
-        s = summary[system.name]
-        rate = 0.5 * s["jobs_per_s"]
-        log(f"latency: {system.name} at {rate:.0f} jobs/s (50 % of max) for {args.load_seconds} s")
-        res = await open_loop_run(ctx, system, rate, args.load_seconds)
-        res.update(workload=wname, fraction=0.5)
-        log(f"  p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, achieved "
-            f"{res['achieved_jobs_per_s']} jobs/s ({res['latency_samples']} samples)")
-        s["latency_at_half"] = res
-        out["load"].append(res)
+    # latency at half the measured maximum, per system, --latency-runs times (interleaved)
+    halves: dict[str, list[dict[str, Any]]] = {}
+    for k in range(args.latency_runs):
+        for wname, system in systems:
+            rate = 0.5 * summary[system.name]["jobs_per_s"]
+            log(f"latency {k + 1}/{args.latency_runs}: {system.name} at {rate:.0f} jobs/s "
+                f"(50 % of max) for {args.load_seconds} s")
+            res = await open_loop_run(ctx, system, rate, args.load_seconds)
+            res.update(workload=wname, fraction=0.5, run=k + 1)
+            cores = res["cpu_cores"]
+            log(f"  p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, max {res['max_ms']} ms, "
+                f"achieved {res['achieved_jobs_per_s']} jobs/s ({res['latency_samples']} "
+                f"samples; publisher late by up to {res['publisher']['late_max_ms']} ms; cores: "
+                f"system {cores['system']}, services {cores['services']}, harness "
+                f"{cores['harness']}, other {cores['other']})")
+            halves.setdefault(system.name, []).append(res)
+            out["load"].append(res)
+    for name, runs in halves.items():
+        summary[name]["latency_at_half"] = latency_summary(runs)
+    out["scaling"] = scaling(summary)
     # load curve of the first outbox system
     curve_systems = [s for _, s in systems if s.kind == "outbox"][:1]
     if not args.no_load_curve:
@@ -156,6 +174,51 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             out["profile"] = {"error": "py-spy wrote no file", "run": res}
     if any(WORKLOADS[w].kind == "blast" for w in args.workloads):  # last: it may reseed
         await blast_session(ctx, args.runs, out)
+
+
+#: a run during which the rest of the machine used more than this many cores is "disturbed"
+#: (other people's work took the headroom the half load is meant to leave)
+DISTURBED_CORES = 0.25
+
+
+def latency_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The half-load runs of one system: medians of p50/p99/max, the p99 spread (min–max),
+    the median p99 of the runs the rest of the machine left alone, and every run."""
+    p99 = [r["p99_ms"] for r in runs if r["p99_ms"] is not None]
+    quiet = [r["p99_ms"] for r in runs if r["p99_ms"] is not None
+             and r["cpu_cores"]["other"] <= DISTURBED_CORES]
+    return {
+        "runs": len(runs), "quiet_runs": len(quiet), "p99_quiet_ms": measure.median(quiet),
+        "disturbed_above_cores": DISTURBED_CORES,
+        "p50_ms": measure.median([r["p50_ms"] for r in runs]),
+        "p99_ms": measure.median(p99),
+        "max_ms": measure.median([r["max_ms"] for r in runs]),
+        "p99_min_ms": min(p99) if p99 else None, "p99_max_ms": max(p99) if p99 else None,
+        "each": [{**{k: r.get(k) for k in ("run", "offered_jobs_per_s", "achieved_jobs_per_s",
+                                           "p50_ms", "p90_ms", "p99_ms", "max_ms",
+                                           "p99_with_warmup_ms", "complete")},
+                  "other_cores": r["cpu_cores"]["other"],
+                  "publisher_late_max_ms": r["publisher"].get("late_max_ms")} for r in runs],
+    }
+
+
+def scaling(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Outbox with 1, 2, 4 processes (x2/x1, x4/x1: the issue's target is x2 ≥ 1.3 × x1) and
+    on the Redis Cluster against one Redis (both one process, same session)."""
+    one = summary.get("outbox x1")
+    out: dict[str, Any] = {}
+    if not one or not one["jobs_per_s"]:
+        return out
+    for n in (1, 2, 4):
+        s = summary.get(f"outbox x{n}")
+        if s and s["jobs_per_s"]:
+            out[f"x{n}"] = {"jobs_per_s": s["jobs_per_s"], "cpu_us_per_job": s["cpu_us_per_job"],
+                            "vs_x1": round(s["jobs_per_s"] / one["jobs_per_s"], 2)}
+    c = summary.get("outbox x1 cluster")
+    if c and c["jobs_per_s"]:
+        out["cluster"] = {"jobs_per_s": c["jobs_per_s"], "cpu_us_per_job": c["cpu_us_per_job"],
+                          "vs_x1": round(c["jobs_per_s"] / one["jobs_per_s"], 2)}
+    return out
 
 
 def source_state() -> dict[str, Any]:
@@ -187,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [], "load": [], "notes": [],
     }
     out["source"] = source_state()
-    with Services():
+    with Services(cluster=any(WORKLOADS[w].cluster for w in args.workloads)):
         out["versions"] = versions()
         sink = SmtpSink(log_dir)
         sink.start()

@@ -17,8 +17,8 @@ persistent connections, ack. No validation beyond the fields it needs, no suppre
 or reputation, no status events.
 
 Both skip (ack) a job that is not JSON or lacks a field they need. Each records, per accepted
-message, ``time.time() - metadata.t0`` (the enqueue time the harness wrote into the job) and
-writes the list to ``--latency-file`` when it stops (SIGTERM).
+message, ``[metadata.t0, time.time() - metadata.t0]`` (the enqueue time the harness wrote into
+the job, and the latency) and writes the list to ``--latency-file`` when it stops (SIGTERM).
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ QUEUE = "outbox.email"
 class Recorder:
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self.latencies: list[float] = []
+        self.latencies: list[tuple[float, float]] = []
 
     def accepted(self, job: dict[str, Any]) -> None:
         if self.path:
             t0 = (job.get("metadata") or {}).get("t0")
             if isinstance(t0, (int, float)):
-                self.latencies.append(time.time() - t0)
+                self.latencies.append((t0, time.time() - t0))
 
     def write(self) -> None:
         if self.path:

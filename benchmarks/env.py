@@ -1,6 +1,7 @@
 """The services a benchmark run uses: RabbitMQ and Redis of the ``bench`` profile
-(``scripts/services.py``, started when down and stopped afterwards, reused when up), a fresh
-vhost per run (management API) and a flushed Redis db per run."""
+(``scripts/services.py``, started when down and stopped afterwards, reused when up; its Redis
+Cluster too when a workload needs it), a fresh vhost per run (management API) and a flushed
+Redis db per run (on the cluster: the ``outbox:*`` keys of the previous run unlinked)."""
 
 from __future__ import annotations
 
@@ -19,26 +20,52 @@ TEMPLATE_DB = 1     # seeded once (consent, suppression), copied into REDIS_DB p
 
 
 class Services:
-    """Start (or reuse) the bench profile's RabbitMQ and Redis."""
+    """Start (or reuse) the bench profile's RabbitMQ and Redis, and with ``cluster`` its
+    three-master Redis Cluster (never the test profile's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: bool = False) -> None:
+        self.cluster = cluster
         self.started = False
+        self.cluster_started = False
 
     def __enter__(self) -> Services:
         self.redis_started = services.start_redis(PROFILE)
         self.rabbit_started = services.start_rabbitmq(PROFILE)
-        self.started = self.redis_started or self.rabbit_started
+        if self.cluster:
+            self.cluster_started = services.start_cluster(PROFILE)
+        self.started = self.redis_started or self.rabbit_started or self.cluster_started
         return self
 
     def __exit__(self, *exc: Any) -> None:  # only what this session started is stopped
         if self.rabbit_started:
             services.stop_rabbitmq(PROFILE)
+        if self.cluster_started:
+            services.stop_cluster(PROFILE)
         if self.redis_started:
             services.stop_redis(PROFILE)
 
     @staticmethod
     def redis_url(db: int = REDIS_DB) -> str:
         return f"redis://127.0.0.1:{PROFILE.redis_port}/{db}"
+
+    @staticmethod
+    def cluster_url() -> str:
+        """One node of the bench cluster (the client finds the others)."""
+        url: str = PROFILE.cluster_url
+        return url
+
+    @staticmethod
+    def cluster_primaries() -> list[Any]:
+        """A plain client per primary of the bench cluster (for SCAN/UNLINK and INFO, each
+        node's own keys and statistics); every node of the profile is a primary."""
+        import redis
+
+        nodes = [redis.Redis(host="127.0.0.1", port=port) for port in PROFILE.cluster_ports]
+        for port, node in zip(PROFILE.cluster_ports, nodes, strict=True):
+            role = node.info("replication").get("role")
+            if role != "master":
+                raise RuntimeError(f"bench cluster node :{port} is a {role}, expected a primary")
+        return nodes
 
 
 def management(method: str, path: str, body: Any = None) -> Any:

@@ -16,6 +16,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of those of ``pids`` still running (a vanished one counts 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, every core (/proc/stat:
+    busy = all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - fields[3] - fields[4]) / _TICK, total / _TICK
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on 127.0.0.1:``port`` (``ss -ltnpH``), or None."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"pid=(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM (peak resident set size) of one process, in MiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -25,13 +59,21 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def redis_snapshot(client: Any) -> dict[str, Any]:
-    """Per-command call counts and the server's read-event counter."""
-    stats = client.info("stats")
-    cmds = {k.removeprefix("cmdstat_"): v["calls"]
-            for k, v in client.info("commandstats").items()}
-    return {"cmds": cmds, "reads": stats["total_reads_processed"],
-            "commands": stats["total_commands_processed"]}
+def redis_snapshot(*clients: Any) -> dict[str, Any]:
+    """Per-command call counts and the read-event counter, summed over ``clients`` (one
+    Redis, or every primary of a cluster); ``nodes``: each server's command total."""
+    cmds: dict[str, int] = {}
+    reads = commands = 0
+    nodes: list[int] = []
+    for client in clients:
+        stats = client.info("stats")
+        for k, v in client.info("commandstats").items():
+            name = k.removeprefix("cmdstat_")
+            cmds[name] = cmds.get(name, 0) + v["calls"]
+        reads += stats["total_reads_processed"]
+        commands += stats["total_commands_processed"]
+        nodes.append(stats["total_commands_processed"])
+    return {"cmds": cmds, "reads": reads, "commands": commands, "nodes": nodes}
 
 
 def redis_delta(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dict[str, Any]:
@@ -50,6 +92,8 @@ def redis_delta(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dic
         "total_commands_processed_per_job": round(
             (after["commands"] - before["commands"]) / jobs, 2),
         "by_command": dict(sorted(per.items(), key=lambda kv: -kv[1])),
+        "commands_per_job_by_node": [round((a - b) / jobs, 2) for a, b in
+                                     zip(after["nodes"], before["nodes"], strict=True)],
     }
 
 

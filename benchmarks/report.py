@@ -19,17 +19,20 @@ def _f(v: Any, nd: int = 0) -> str:
 def table(out: dict[str, Any]) -> str:
     s = out.get("summary", {})
     rows = ["| system | workload | jobs/run | jobs/s | sent/s | CPU µs/job | p50 ms @50 % | "
-            "p99 ms @50 % | Redis cmd/job | EVALSHA/job | Redis reads/job | peak RSS MiB |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "p99 ms @50 % | p99 min–max | Redis cmd/job | EVALSHA/job | Redis reads/job | "
+            "peak RSS MiB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in s.items():
         lat = v.get("latency_at_half") or {}
         rss = _f(v["peak_rss_mib"], 0)
         if v["peak_rss_mib_total"] != v["peak_rss_mib"]:
             rss += f" (total {_f(v['peak_rss_mib_total'], 0)})"
+        spread = f"{_f(lat.get('p99_min_ms'), 1)}–{_f(lat.get('p99_max_ms'), 1)}" \
+            if lat.get("runs", 0) > 1 else "–"
         rows.append(
             f"| {name} | {v['workload']} | {v['jobs']:,} | {_f(v['jobs_per_s'])} | "
             f"{_f(v['sent_per_s'])} | {_f(v['cpu_us_per_job'])} | {_f(lat.get('p50_ms'), 1)} | "
-            f"{_f(lat.get('p99_ms'), 1)} | {_f(v['redis_commands_per_job'], 2)} | "
+            f"{_f(lat.get('p99_ms'), 1)} | {spread} | {_f(v['redis_commands_per_job'], 2)} | "
             f"{_f(v['redis_evalsha_per_job'], 2)} | {_f(v['redis_round_trips_per_job'], 2)} | "
             f"{rss} |")
     lines = ["\n".join(rows)] if s else []
@@ -44,12 +47,16 @@ def table(out: dict[str, Any]) -> str:
                               f"{v['cpu_us_per_job'] / b['cpu_us_per_job']:.2f} |")
     if ratios:
         lines.append("| ratio | jobs/s | CPU/job |\n|---|---:|---:|\n" + "\n".join(ratios))
-    load = [r for r in out.get("load", []) if r.get("fraction") is not None
-            and r["system"].startswith("outbox x1")]
+    if out.get("scaling"):
+        lines.append(scaling_table(out["scaling"]))
+    halves = latency_table(s)
+    if halves:
+        lines.append(halves)
+    load = curve(out, "outbox x1")
     if load:
         rows = ["| offered jobs/s | achieved jobs/s | p50 ms | p90 ms | p99 ms | max ms |",
                 "|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(load, key=lambda r: r["offered_jobs_per_s"]):
+        for r in load:
             rows.append(f"| {_f(r['offered_jobs_per_s'])} ({r['fraction']:.0%}) | "
                         f"{_f(r['achieved_jobs_per_s'])} | {_f(r['p50_ms'], 1)} | "
                         f"{_f(r['p90_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} |")
@@ -57,6 +64,57 @@ def table(out: dict[str, Any]) -> str:
     if out.get("blast"):
         lines.append(blast_table(out["blast"]))
     return "\n\n".join(lines)
+
+
+def scaling_table(sc: dict[str, Any]) -> str:
+    """Outbox x1, x2, x4 (one supervisor each) and x1 on the Redis Cluster, against x1."""
+    rows = ["| Outbox | jobs/s | CPU µs/job | × outbox x1 |", "|---|---:|---:|---:|"]
+    names = {"x1": "x1", "x2": "x2 (`--processes 2`)", "x4": "x4 (`--processes 4`)",
+             "cluster": "x1 on the Redis Cluster (3 masters)"}
+    for key, label in names.items():
+        v = sc.get(key)
+        if v:
+            rows.append(f"| {label} | {_f(v['jobs_per_s'])} | {_f(v['cpu_us_per_job'])} | "
+                        f"{v['vs_x1']:.2f} |")
+    return ("Scale-out (target: x2 ≥ 1.3 × x1) and Redis Cluster, jobs/s against Outbox x1 of "
+            "the same session:\n\n" + "\n".join(rows))
+
+
+def latency_table(summary: dict[str, Any]) -> str:
+    """Every open-loop run at half load, per system: p50/p99/max and the p99 spread."""
+    rows = ["| system | run | offered jobs/s | achieved jobs/s | p50 ms | p99 ms | max ms | "
+            "p99 spread ms | other cores |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, v in summary.items():
+        lat = v.get("latency_at_half") or {}
+        for i, r in enumerate(lat.get("each", [])):
+            spread = f"{_f(lat['p99_min_ms'], 1)}–{_f(lat['p99_max_ms'], 1)}" if i == 0 else ""
+            other = _f(r.get("other_cores"), 2)
+            if (r.get("other_cores") or 0) > lat.get("disturbed_above_cores", 1e9):
+                other += " (disturbed)"
+            rows.append(f"| {name} | {r['run']} | {_f(r['offered_jobs_per_s'])} | "
+                        f"{_f(r['achieved_jobs_per_s'])} | {_f(r['p50_ms'], 1)} | "
+                        f"{_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} | {spread} | "
+                        f"{other} |")
+    if len(rows) == 2:
+        return ""
+    return ("Latency at 50 % load, every run (each its own fresh vhost and Redis; the first "
+            "second's jobs not counted; other cores: CPU used meanwhile by neither the system, "
+            "the services nor the harness; disturbed: more than a quarter of a core):\n\n"
+            + "\n".join(rows))
+
+
+def curve(out: dict[str, Any], system: str) -> list[dict[str, Any]]:
+    """The load curve of ``system``: one open-loop run per offered load, by load; where a
+    load ran several times (the half-load runs) the run with the median p99."""
+    by: dict[float, list[dict[str, Any]]] = {}
+    for r in out.get("load", []):
+        if r.get("fraction") is not None and r["system"] == system:
+            by.setdefault(r["fraction"], []).append(r)
+    pts = []
+    for runs in by.values():
+        runs = sorted(runs, key=lambda r: (r["p99_ms"] is None, r["p99_ms"] or 0))
+        pts.append(runs[(len(runs) - 1) // 2])
+    return sorted(pts, key=lambda r: r["offered_jobs_per_s"])
 
 
 def blast_table(runs: list[dict[str, Any]]) -> str:
@@ -125,7 +183,8 @@ def plot(out: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    load = [r for r in out.get("load", []) if r.get("achieved_jobs_per_s")]
+    systems = dict.fromkeys(r["system"] for r in out.get("load", []))
+    load = [r for name in systems for r in curve(out, name) if r.get("achieved_jobs_per_s")]
     if not load:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -25,6 +25,7 @@ JOBS_EXCHANGE = "outbox.jobs"     # README contracts
 JOB_QUEUE = "outbox.email"
 STATUS_QUEUE = "outbox.status"
 STALL_SECONDS = 15.0
+WARMUP_SECONDS = 1.0  # open loop: published at the rate first, not counted in the latency
 
 
 def log(msg: str) -> None:
@@ -38,10 +39,26 @@ class Context:
     stream: Stream
     seq: int = 0
     notes: list[str] = field(default_factory=list)
+    services: dict[str, list[int]] = field(default_factory=dict)
+
+    def service_pids(self, system: System) -> list[int]:
+        """The pids of what serves the run: RabbitMQ, the Redis (or the cluster's nodes) and
+        the sink (the listeners on their ports, looked up once)."""
+        from benchmarks.env import PROFILE
+
+        key = "cluster" if system.cluster else "redis"
+        if key not in self.services:
+            ports = [PROFILE.amqp_port, *(PROFILE.cluster_ports if system.cluster
+                                          else (PROFILE.redis_port,))]
+            pids = [measure.listener_pid(port) for port in ports]
+            self.services[key] = [p for p in pids if p]
+        sink = [self.sink.proc.pid] if self.sink.proc else []
+        return self.services[key] + sink
 
     def label(self, system: System, what: str) -> str:
         self.seq += 1
-        return f"{self.seq:03d}-{system.kind}{system.processes}-{what}"
+        cluster = "-cluster" if system.cluster else ""
+        return f"{self.seq:03d}-{system.kind}{system.processes}{cluster}-{what}"
 
 
 # --- Redis and RabbitMQ preparation ---------------------------------------------------------
@@ -55,6 +72,51 @@ def seed_template(stream: Stream) -> float:
     t = time.perf_counter()
     asyncio.run(stream.seed(Services.redis_url(TEMPLATE_DB)))
     return time.perf_counter() - t
+
+
+@dataclass
+class RedisSide:
+    """The Redis a system is given (``url``) and the servers whose statistics count
+    (``nodes``: the one Redis, or every primary of the cluster)."""
+
+    url: str
+    nodes: list[redis_sync.Redis]
+
+    def snapshot(self) -> dict[str, Any]:
+        return measure.redis_snapshot(*self.nodes)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+async def prepare(ctx: Context, system: System) -> RedisSide:
+    """The run's Redis: db 0 flushed (and the seed copied in when the system checks), or on
+    the cluster the previous run's ``outbox:*`` keys unlinked and the stream seeded again."""
+    if not system.cluster:
+        return RedisSide(Services.redis_url(REDIS_DB), [prepare_redis(system.checks)])
+    nodes = Services.cluster_primaries()
+    removed = clear_cluster(nodes)
+    t = time.perf_counter()
+    await ctx.stream.seed(Services.cluster_url(), cluster=True)
+    log(f"  cluster: {removed} keys unlinked, seeded in {time.perf_counter() - t:.1f} s")
+    return RedisSide(Services.cluster_url(), nodes)
+
+
+def clear_cluster(nodes: list[redis_sync.Redis]) -> int:
+    """UNLINK every ``outbox:*`` key, node by node (SCAN on a node lists its own keys; one
+    key per UNLINK: several keys of different slots are refused even on one node). Only the
+    bench profile's cluster, which belongs to the benchmark session."""
+    removed = 0
+    for node in nodes:
+        pipe = node.pipeline(transaction=False)
+        for key in node.scan_iter(match="outbox:*", count=2000):
+            pipe.unlink(key)
+            removed += 1
+            if len(pipe) >= 2000:
+                pipe.execute()
+        pipe.execute()
+    return removed
 
 
 def prepare_redis(with_seed: bool) -> redis_sync.Redis:
@@ -160,15 +222,17 @@ async def wait_consumers(url: str, n: int, procs: Processes, timeout: float = 60
 async def throughput_run(ctx: Context, system: System, n: int,
                          wrap: list[str] | None = None,
                          extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Prefill n jobs, start the system, measure from the first to the last accepted message."""
+    """Prefill n jobs, start the system, measure from the first to the last accepted message.
+    CPU and peak RSS cover every process of the system: the worker, or Outbox's supervisor
+    and its children (their pids read at the first accepted message and again at the end)."""
     jobs = ctx.stream.jobs[:n]
     expected = ctx.stream.expected(n, system.checks)
     label = ctx.label(system, "tput")
     with Vhost(label) as vh:
-        r = prepare_redis(system.checks)
+        rs = await prepare(ctx, system)
         await declare(vh.url)
         fill = await prefill(vh.url, jobs, ctx.stream.routing_key)
-        before = measure.redis_snapshot(r)
+        before = rs.snapshot()
         procs = Processes(system, ctx.log_dir, label)
         cpu0: dict[int, float] = {}
 
@@ -180,77 +244,98 @@ async def throughput_run(ctx: Context, system: System, n: int,
                     pass
 
         window = ctx.sink.mark(on_first=at_first)
-        redis_url = Services.redis_url(REDIS_DB)
-        procs.start(system.command(vh.url, redis_url, ctx.sink.port),
-                    system.env(vh.url, redis_url, ctx.sink.url, extra_env), wrap=wrap)
+        procs.start(system.command(vh.url, rs.url, ctx.sink.port),
+                    system.env(vh.url, rs.url, ctx.sink.url, extra_env), wrap=wrap)
         try:
             complete = await wait_done(vh.url, window, expected, procs,
                                        timeout=max(120, n / 20))
-            cpu1 = {pid: measure.cpu_seconds(pid) for pid in procs.pids}
-            rss = [measure.peak_rss_mib(pid) for pid in procs.pids]
-            after = measure.redis_snapshot(r)
+            cpu1, rss = _cpu_and_rss(procs.pids)
+            after = rs.snapshot()
         finally:
             codes = procs.stop()
         errors = procs.errors()
         if errors:
             log(f"  {errors} error records in {label}-*.log")
-        r.close()
+        rs.close()
     elapsed = (window.last or 0) - (window.first or 0)
     accepted = window.count
     sent_rate = (accepted - 1) / elapsed if elapsed > 0 and accepted > 1 else 0.0
     # every job (refused and invalid ones too) is work: jobs/s scales the sink's rate
     jobs_rate = sent_rate * n / expected if expected else 0.0
-    cpu = sum(cpu1[p] - cpu0.get(p, cpu1[p]) for p in cpu1)
+    # a pid first seen at the end (a restarted child) counts whole; one gone by the end is lost
+    cpu = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1)
     return {
         "system": system.name, "jobs": n, "expected_sent": expected, "accepted": accepted,
         "complete": complete, "prefill_s": round(fill, 2), "window_s": round(elapsed, 3),
         "sent_per_s": round(sent_rate, 1), "jobs_per_s": round(jobs_rate, 1),
         "cpu_us_per_job": round(cpu / n * 1e6, 1) if n else None,
-        "cpu_s": round(cpu, 2),
+        "cpu_s": round(cpu, 2), "processes": len(cpu1),
+        "pids_at_first": sorted(cpu0), "pids_at_end": sorted(cpu1),
         "peak_rss_mib": round(max(rss), 1), "peak_rss_mib_total": round(sum(rss), 1),
         "redis": measure.redis_delta(before, after, n), "exit_codes": codes, "log": label,
         "log_errors": errors,
     }
 
 
+def _cpu_and_rss(pids: list[int]) -> tuple[dict[int, float], list[float]]:
+    """CPU seconds by pid and peak RSS (MiB) of each of ``pids`` still running."""
+    cpu: dict[int, float] = {}
+    rss: list[float] = []
+    for pid in pids:
+        try:
+            cpu[pid] = measure.cpu_seconds(pid)
+            rss.append(measure.peak_rss_mib(pid))
+        except OSError:
+            pass
+    return cpu, rss or [0.0]
+
+
 # --- one open-loop run ----------------------------------------------------------------------
 
 
 async def open_loop_run(ctx: Context, system: System, rate: float,
-                        duration: float) -> dict[str, Any]:
+                        duration: float, warmup: float = WARMUP_SECONDS) -> dict[str, Any]:
     """Publish at a fixed rate (open loop) while the system runs; latency of each accepted job
-    from its enqueue time (``metadata.t0``)."""
-    n = min(len(ctx.stream.jobs), max(1, int(rate * duration)))
+    from its enqueue time (``metadata.t0``), not counting the jobs of the first ``warmup``
+    seconds (published at the same rate). Where the machine's CPU went meanwhile: the system,
+    the services (RabbitMQ, Redis, the sink), the harness, and everything else."""
+    n = min(len(ctx.stream.jobs), max(1, int(rate * (duration + warmup))))
     jobs = ctx.stream.jobs[:n]
     expected = ctx.stream.expected(n, system.checks)
     label = ctx.label(system, f"load{int(rate)}")
     lat_file = str(ctx.log_dir / f"{label}-latency.json") if system.kind != "outbox" else None
+    pub: dict[str, Any] = {}
     with Vhost(label) as vh:
-        r = prepare_redis(system.checks)
+        rs = await prepare(ctx, system)
         await declare(vh.url)
         procs = Processes(system, ctx.log_dir, label)
-        redis_url = Services.redis_url(REDIS_DB)
-        procs.start(system.command(vh.url, redis_url, ctx.sink.port, lat_file),
-                    system.env(vh.url, redis_url, ctx.sink.url))
+        procs.start(system.command(vh.url, rs.url, ctx.sink.port, lat_file),
+                    system.env(vh.url, rs.url, ctx.sink.url))
         try:
             await wait_consumers(vh.url, system.processes, procs)
             await asyncio.sleep(1.0)
             window = ctx.sink.mark()
-            published_s = await publish_at_rate(vh.url, jobs, rate, ctx.stream.routing_key)
+            cpu0 = _cpu_split(ctx, system, procs)
+            published_s = await publish_at_rate(vh.url, jobs, rate, ctx.stream.routing_key,
+                                                pub)
             complete = await wait_done(vh.url, window, expected, procs,
                                        timeout=max(60, n / 50))
+            cpu = _cpu_used(cpu0, _cpu_split(ctx, system, procs))
             if system.kind == "outbox":
-                latencies = await sent_latencies(vh.url, expected)
+                timed = await sent_latencies(vh.url, expected)
         finally:
             procs.stop()
-        r.close()
+        rs.close()
     if system.kind != "outbox":
-        latencies = json.loads(Path(lat_file).read_text()) if lat_file and \
-            Path(lat_file).exists() else []
+        timed = [(t0, lat) for t0, lat in json.loads(Path(lat_file).read_text())] \
+            if lat_file and Path(lat_file).exists() else []
+    measured_from = pub.get("t_start", 0.0) + warmup
+    latencies = [lat for t0, lat in timed if t0 >= measured_from]
+    everything = [lat for _, lat in timed]
     elapsed = (window.last or 0) - (window.first or 0)
     return {
         "system": system.name, "offered_jobs_per_s": round(rate, 1), "jobs": n,
-        "publish_s": round(published_s, 2), "expected_sent": expected,
+        "warmup_s": warmup, "publish_s": round(published_s, 2), "expected_sent": expected,
         "accepted": window.count, "complete": complete,
         "achieved_jobs_per_s": round((window.count - 1) / elapsed * n / expected, 1)
         if elapsed > 0 and expected else None,
@@ -258,42 +343,75 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
         "p50_ms": _ms(measure.percentile(latencies, 50)),
         "p90_ms": _ms(measure.percentile(latencies, 90)),
         "p99_ms": _ms(measure.percentile(latencies, 99)),
-        "max_ms": _ms(max(latencies) if latencies else None), "log": label,
+        "max_ms": _ms(max(latencies) if latencies else None),
+        "p99_with_warmup_ms": _ms(measure.percentile(everything, 99)),
+        "publisher": pub, "cpu_cores": cpu, "log": label,
     }
+
+
+def _cpu_split(ctx: Context, system: System, procs: Processes) -> dict[str, float]:
+    busy, _ = measure.machine_cpu()
+    return {"wall": time.monotonic(), "busy": busy,
+            "system": measure.cpu_of(procs.pids),
+            "services": measure.cpu_of(ctx.service_pids(system)),
+            "harness": measure.cpu_of([os.getpid()])}
+
+
+def _cpu_used(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Cores used between two samples, by whom; ``other``: the rest of the machine (other
+    people's work: it takes the cores the system under test would use)."""
+    wall = max(1e-9, b["wall"] - a["wall"])
+    used = {k: (b[k] - a[k]) / wall for k in ("busy", "system", "services", "harness")}
+    used["other"] = used["busy"] - used["system"] - used["services"] - used["harness"]
+    return {k: round(v, 2) for k, v in used.items()}
 
 
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 1)
 
 
-async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: str) -> float:
+async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: str,
+                          stats: dict[str, Any] | None = None) -> float:
     """Open loop: job i is published at start + i/rate, stamped with the time it is sent,
     whatever the consumer does (no publisher confirms: the load generator must not slow down
-    with the broker's confirm latency; the queue's count is checked by the sink total)."""
+    with the broker's confirm latency; the queue's count is checked by the sink total). A late
+    loop catches up at once (the schedule is absolute); how late each job went out and the
+    largest burst are put in ``stats``."""
     conn = await aio_pika.connect(url)
     ch = await conn.channel(publisher_confirms=False)
     ex = await ch.get_exchange(JOBS_EXCHANGE, ensure=False)
-    start = time.monotonic()
+    late: list[float] = []
+    burst = 0
+    start, wall = time.monotonic(), time.time()
     i = 0
     while i < len(jobs):
-        due = min(len(jobs), int((time.monotonic() - start) * rate) + 1)
+        now = time.monotonic()
+        due = min(len(jobs), int((now - start) * rate) + 1)
+        burst = max(burst, due - i)
         while i < due:
+            late.append(time.monotonic() - start - i / rate)
             await ex.publish(_message(jobs[i].stamped(time.time())), routing_key)
             i += 1
-        await asyncio.sleep(0.002)
+        if i < len(jobs):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
     took = time.monotonic() - start
     await conn.close()
+    if stats is not None:
+        stats.update(t_start=wall, late_p50_ms=_ms(measure.percentile(late, 50)),
+                     late_p99_ms=_ms(measure.percentile(late, 99)),
+                     late_max_ms=_ms(max(late) if late else None), max_burst=burst)
     return took
 
 
-async def sent_latencies(url: str, expected: int) -> list[float]:
+async def sent_latencies(url: str, expected: int) -> list[tuple[float, float]]:
     """Read Outbox's ``sent`` status events from ``outbox.status`` (after the run, so the
-    reading does not compete for CPU) and return ``at`` − ``metadata.t0`` for each."""
+    reading does not compete for CPU) and return ``(metadata.t0, at − metadata.t0)`` for
+    each."""
     conn = await aio_pika.connect(url)
     ch = await conn.channel()
     await ch.set_qos(prefetch_count=2000)
     q = await ch.declare_queue(STATUS_QUEUE, passive=True)
-    out: list[float] = []
+    out: list[tuple[float, float]] = []
     idle_since = time.monotonic()
     async with q.iterator(no_ack=False) as it:  # never acked: requeued on close, no warnings
         while len(out) < expected and time.monotonic() - idle_since < 3:
@@ -308,7 +426,7 @@ async def sent_latencies(url: str, expected: int) -> list[float]:
             t0 = (ev.get("metadata") or {}).get("t0")
             if ev.get("status") == "sent" and isinstance(t0, (int, float)):
                 at = datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp()
-                out.append(at - t0)
+                out.append((t0, at - t0))
     await conn.close()
     return out
 

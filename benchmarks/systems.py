@@ -1,6 +1,7 @@
 """Systems under test, each run as its own OS process(es): Outbox through its command
-(``python -m outbox worker`` with ``OUTBOX_*`` settings: a black box), and the two baselines of
-``benchmarks.baselines``."""
+(``python -m outbox worker`` with ``OUTBOX_*`` settings: a black box; with N > 1 processes ONE
+``python -m outbox worker --processes N``, the product's supervisor, which starts the N workers
+as its children), and the two baselines of ``benchmarks.baselines``."""
 
 from __future__ import annotations
 
@@ -22,14 +23,21 @@ PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python
 class System:
     name: str
     kind: str            # outbox | naive | bare
-    processes: int = 1
+    processes: int = 1    # worker processes (Outbox: under one supervisor when > 1)
     checks: bool = False  # suppression/consent applied: fewer messages reach the sink
     src: str | None = None  # run Outbox from another source tree (e.g. a `git archive` copy)
+    cluster: bool = False  # Outbox on the bench profile's Redis Cluster (OUTBOX_REDIS_CLUSTER)
+
+    @property
+    def supervised(self) -> bool:
+        """Started as one supervisor whose children do the work."""
+        return self.kind == "outbox" and self.processes > 1
 
     def command(self, amqp: str, redis: str, smtp_port: int,
                 latency_file: str | None = None) -> list[str]:
         if self.kind == "outbox":
-            return [PY, "-m", "outbox", "worker"]
+            extra = ["--processes", str(self.processes)] if self.supervised else []
+            return [PY, "-m", "outbox", "worker", *extra]
         cmd = [PY, "-m", "benchmarks.baselines", self.kind, "--amqp", amqp,
                "--smtp-port", str(smtp_port)]
         if self.kind == "bare":
@@ -44,6 +52,8 @@ class System:
         if self.kind == "outbox":
             env.update({"OUTBOX_AMQP_URL": amqp, "OUTBOX_REDIS_URL": redis,
                         "OUTBOX_SMTP_URL": smtp_url, "OUTBOX_METRICS_PORT": "0"})
+            if self.cluster:
+                env["OUTBOX_REDIS_CLUSTER"] = "true"
             env.update(extra or {})
         env["PYTHONPATH"] = self.src if self.kind == "outbox" and self.src else str(ROOT)
         return env
@@ -52,8 +62,9 @@ class System:
 OUTBOX_SRC: str | None = None  # set by --outbox-src
 
 
-def outbox(processes: int) -> System:
-    return System(f"outbox x{processes}", "outbox", processes, checks=True, src=OUTBOX_SRC)
+def outbox(processes: int, cluster: bool = False) -> System:
+    name = f"outbox x{processes}" + (" cluster" if cluster else "")
+    return System(name, "outbox", processes, checks=True, src=OUTBOX_SRC, cluster=cluster)
 
 
 NAIVE = System("naive", "naive")
@@ -61,7 +72,9 @@ BARE = System("bare", "bare")
 
 
 class Processes:
-    """Started processes of one system, stopped by PID (SIGTERM, then SIGKILL)."""
+    """The started process of one system (one command: a worker, a baseline, or Outbox's
+    supervisor), stopped by PID: SIGTERM to the worker or the supervisor only (a supervisor
+    drains its children), then SIGKILL to what is left."""
 
     def __init__(self, system: System, log_dir: Path, label: str) -> None:
         self.system = system
@@ -69,23 +82,36 @@ class Processes:
         self.label = label
         self.procs: list[subprocess.Popen[bytes]] = []
         self.wrapped = False  # started under py-spy: the consumer is py-spy's child
+        self.seen: set[int] = set()  # every pid `pids` returned (a supervisor's children too)
 
     def start(self, cmd: list[str], env: dict[str, str], wrap: list[str] | None = None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.wrapped = bool(wrap)
-        for i in range(self.system.processes):
-            log = open(self.log_dir / f"{self.label}-{i}.log", "wb")
-            full = [*(wrap or []), *cmd]
-            self.procs.append(subprocess.Popen(full, env=env, stdout=log, stderr=log,
-                                               stdin=subprocess.DEVNULL, cwd=str(ROOT),
-                                               start_new_session=True))
+        log = open(self.log_dir / f"{self.label}-0.log", "wb")
+        self.procs.append(subprocess.Popen([*(wrap or []), *cmd], env=env, stdout=log,
+                                           stderr=log, stdin=subprocess.DEVNULL, cwd=str(ROOT),
+                                           start_new_session=True))
+
+    @property
+    def main_pids(self) -> list[int]:
+        """The process that gets SIGTERM: the worker (the child when wrapped by py-spy) or
+        the supervisor."""
+        if not self.wrapped:
+            return [p.pid for p in self.procs]
+        return [(children(p.pid) or [p.pid])[0] for p in self.procs]
 
     @property
     def pids(self) -> list[int]:
-        """PIDs of the consumer processes themselves (the child when wrapped by py-spy)."""
-        if not self.wrapped:
-            return [p.pid for p in self.procs]
-        return [_child(p.pid) or p.pid for p in self.procs]
+        """Every process doing the system's work now: the worker, or the supervisor and its
+        children (read from /proc at each call: children start a moment after the
+        supervisor, and a restarted one has a new pid)."""
+        out: list[int] = []
+        for pid in self.main_pids:
+            out.append(pid)
+            if self.system.supervised:
+                out += children(pid)
+        self.seen.update(out)
+        return out
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
@@ -93,16 +119,16 @@ class Processes:
     def errors(self) -> int:
         """Error records in the processes' logs (a broken build shows here, not as a crash)."""
         n = 0
-        for i in range(len(self.procs)):
-            path = self.log_dir / f"{self.label}-{i}.log"
-            if path.exists():
-                n += sum(1 for line in path.open("rb")
-                         if b'"level": "error"' in line or b"Traceback" in line[:10])
+        for path in self.log_dir.glob(f"{self.label}-*.log"):
+            n += sum(1 for line in path.open("rb")
+                     if b'"level": "error"' in line or b"Traceback" in line[:10])
         return n
 
-    def stop(self, timeout: float = 40) -> list[int | None]:
-        """SIGTERM each consumer (the worker drains and exits), wait, SIGKILL what is left."""
-        for pid in self.pids:
+    def stop(self, timeout: float = 60) -> list[int | None]:
+        """SIGTERM to the worker or supervisor (it drains and exits; a supervisor drains its
+        children first, within OUTBOX_SHUTDOWN_GRACE + 10 s), wait, SIGKILL what is left."""
+        self.seen.update(self.pids)  # remember the children before they go
+        for pid in self.main_pids:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -115,13 +141,33 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.kill(p.pid, signal.SIGKILL)
                 codes.append(p.wait())
+        for p in self.procs:  # a supervisor SIGKILLed: its children, checked by their command
+            for pid in self.seen:
+                if _is_child_of_supervisor(pid, p.pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
         return codes
 
 
-def _child(pid: int) -> int | None:
+def children(pid: int) -> list[int]:
+    """The child pids of ``pid`` (every thread's, from /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return sorted(set(out))
+
+
+def _is_child_of_supervisor(pid: int, supervisor: int) -> bool:
+    """True while ``pid`` is a worker started by ``supervisor`` (its command line says
+    ``--supervised-by <supervisor>``): a pid reused by another process is never matched."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = f.read().split()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return None
-    return int(kids[0]) if kids else None
+        return False
+    return any(a == b"--supervised-by" and b == str(supervisor).encode()
+               for a, b in zip(argv, argv[1:], strict=False))

@@ -1,7 +1,8 @@
 """Workloads: a job stream, what to seed in Redis before it, and what each job should end as.
 
-A workload is registered in ``WORKLOADS`` by name. The two of the issue share one job stream
-(``email_mix``) and differ in the number of ``outbox worker`` processes; an SMS or webhook
+A workload is registered in ``WORKLOADS`` by name. ``a``, ``b``, ``c`` and ``cluster`` share one
+job stream (``email_mix``) and differ in the number of ``outbox worker`` processes (1, 2, 4) or
+in the Redis (``cluster``: the bench profile's three-master Redis Cluster); an SMS or webhook
 workload adds a stream (and, if needed, a sink) of its own beside them.
 
 ``email_mix`` (deterministic, seeded): 1,000 accounts with a mild skew (weight 1/(rank+20):
@@ -95,13 +96,14 @@ class Stream:
             return sum(1 for j in part if j.expect == "sent")
         return sum(1 for j in part if j.valid)
 
-    async def seed(self, redis_url: str) -> None:
-        """Grant consents and add suppression entries through Outbox's own store API."""
-        from redis.asyncio import Redis
-
+    async def seed(self, redis_url: str, cluster: bool = False) -> None:
+        """Grant consents and add suppression entries through Outbox's own store API, with the
+        product's own client (``sender.connect.redis_client``: a Redis Cluster client with
+        ``cluster``, which finds the other nodes from the one named)."""
+        from sender.connect import redis_client
         from suppression import store
 
-        redis = Redis.from_url(redis_url)
+        redis = redis_client(redis_url, cluster=cluster)
         consent, supp = store.ConsentStore(redis), store.SuppressionStore(redis)
         accounts = None
         if hasattr(store, "SENDER_FIELDS"):  # marketing needs sender information (UEMO s.8)
@@ -198,6 +200,8 @@ class Workload:
     baselines: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     kind: str = "throughput"  # "blast": its own session (benchmarks/blast.py)
+    cluster: bool = False  # Outbox on the bench profile's Redis Cluster (OUTBOX_REDIS_CLUSTER)
+    max_jobs: int | None = None  # fewer jobs per throughput run than --jobs (session time)
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -210,7 +214,13 @@ def register(w: Workload) -> Workload:
 
 register(Workload("a", "email mix, full pipeline, 1 outbox worker process", email_mix, 1,
                   baselines=True))
-register(Workload("b", "email mix, full pipeline, 2 outbox worker processes", email_mix, 2))
+register(Workload("b", "email mix, full pipeline, 2 outbox worker processes "
+                  "(`outbox worker --processes 2`: one supervisor)", email_mix, 2))
+register(Workload("c", "email mix, full pipeline, 4 outbox worker processes "
+                  "(`outbox worker --processes 4`: one supervisor)", email_mix, 4))
+register(Workload("cluster", "email mix, full pipeline, 1 outbox worker process on a "
+                  "three-master Redis Cluster (OUTBOX_REDIS_CLUSTER=true)", email_mix, 1,
+                  cluster=True, max_jobs=10_000))
 
 
 def _blast(n: int) -> Stream:
