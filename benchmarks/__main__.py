@@ -124,6 +124,11 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             "redis_commands_per_job_by_node": runs[-1]["redis"]["commands_per_job_by_node"],
             "processes": runs[-1].get("processes"),
             "all_complete": all(r["complete"] for r in runs),
+            # cores busy on the whole machine during the run, and the system's own share
+            "machine_cores": measure.median([r["cpu_cores"].get("busy", 0.0) for r in runs
+                                             if r.get("cpu_cores")] or [0.0]),
+            "system_cores": measure.median([r["cpu_cores"].get("system", 0.0) for r in runs
+                                            if r.get("cpu_cores")] or [0.0]),
         }
     out["summary"] = summary
     # latency at half the measured maximum, per system, --latency-runs times (interleaved)

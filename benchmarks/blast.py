@@ -32,7 +32,7 @@ from benchmarks.runner import (
     prefill,
     prepare_redis,
     publish_at_rate,
-    seed_template,
+    seed_template_async,
     wait_done,
 )
 from benchmarks.systems import Processes, outbox
@@ -171,7 +171,7 @@ async def blast_session(ctx: Context, runs: int, out: dict[str, Any]) -> None:
     """``runs`` × (lanes, fifo), interleaved; results in ``out["blast"]``."""
     if ctx.stream.jobs[:1] and not ctx.stream.jobs[0].body.startswith(b'{"v": 1, "id": "b'):
         ctx.stream = blast_stream()
-        log(f"seeded the blast's consents in {seed_template(ctx.stream):.1f} s")
+        log(f"seeded the blast's consents in {await seed_template_async(ctx.stream):.1f} s")
     res_all: list[dict[str, Any]] = out.setdefault("blast", [])
     for run in range(runs):
         for mode in MODES:

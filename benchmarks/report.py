@@ -20,8 +20,8 @@ def table(out: dict[str, Any]) -> str:
     s = out.get("summary", {})
     rows = ["| system | workload | jobs/run | jobs/s | sent/s | CPU µs/job | p50 ms @50 % | "
             "p99 ms @50 % | p99 min–max | Redis cmd/job | EVALSHA/job | Redis reads/job | "
-            "peak RSS MiB |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "peak RSS MiB | cores busy (its own) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in s.items():
         lat = v.get("latency_at_half") or {}
         rss = _f(v["peak_rss_mib"], 0)
@@ -34,7 +34,7 @@ def table(out: dict[str, Any]) -> str:
             f"{_f(v['sent_per_s'])} | {_f(v['cpu_us_per_job'])} | {_f(lat.get('p50_ms'), 1)} | "
             f"{_f(lat.get('p99_ms'), 1)} | {spread} | {_f(v['redis_commands_per_job'], 2)} | "
             f"{_f(v['redis_evalsha_per_job'], 2)} | {_f(v['redis_round_trips_per_job'], 2)} | "
-            f"{rss} |")
+            f"{rss} | {_f(v.get('machine_cores'), 2)} ({_f(v.get('system_cores'), 2)}) |")
     lines = ["\n".join(rows)] if s else []
     ratios = []
     for name, v in s.items():
