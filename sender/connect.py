@@ -122,13 +122,19 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def why(exc: BaseException) -> str:
-    """A few words for people on why a connection failed (from the OS error underneath)."""
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (each once)."""
     chain: list[BaseException] = []
     cause: BaseException | None = exc
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def why(exc: BaseException) -> str:
+    """A few words for people on why a connection failed (from the OS error underneath)."""
+    chain = causes(exc)
     for err in chain:
         if isinstance(err, socket.gaierror):
             return f"unknown host ({err.strerror})"
@@ -194,11 +200,7 @@ def _cluster_error(url: str, exc: RedisClusterException, setting: str | None
                    ) -> ServiceUnreachable | ServiceRefused:
     """What a failed first contact with a cluster means: no node reached, a login refused,
     or a node that is no cluster node."""
-    chain: list[BaseException] = []
-    cause: BaseException | None = exc
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    chain = causes(exc)
     for err in chain:
         if isinstance(err, RedisAuthError) or "NOAUTH" in str(err) or "WRONGPASS" in str(err):
             return redis_error(url, RedisAuthError(str(err)), setting)
