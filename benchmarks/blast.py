@@ -17,15 +17,11 @@ import asyncio
 import json
 import random
 import time
-from datetime import datetime
 from typing import Any
-
-import aio_pika
 
 from benchmarks import measure
 from benchmarks.env import REDIS_DB, Services, Vhost
 from benchmarks.runner import (
-    STATUS_QUEUE,
     Context,
     declare,
     log,
@@ -33,6 +29,7 @@ from benchmarks.runner import (
     prepare_redis,
     publish_at_rate,
     seed_template_async,
+    sent_events,
     wait_done,
 )
 from benchmarks.systems import Processes, outbox
@@ -85,32 +82,6 @@ def blast_stream(_n: int = 0, seed: int = 20260415) -> Stream:
             "text": TX_TEXT.format(n=i), "html": TX_HTML.format(n=i), "headers": {},
             "metadata": {"crm_message_id": i, "t0": "__T0__"}}).encode(), "sent"))
     return Stream(jobs, consent, [], accounts)
-
-
-async def sent_events(url: str, expected: int) -> dict[str, dict[str, Any]]:
-    """Every ``sent`` event in ``outbox.status`` by job id (read after the run and consumed:
-    with more events than the prefetch, unacked reading would stop at the prefetch)."""
-    conn = await aio_pika.connect(url)
-    ch = await conn.channel()
-    await ch.set_qos(prefetch_count=2000)
-    q = await ch.declare_queue(STATUS_QUEUE, passive=True)
-    out: dict[str, dict[str, Any]] = {}
-    idle_since = time.monotonic()
-    async with q.iterator(no_ack=True) as it:
-        while len(out) < expected and time.monotonic() - idle_since < 3:
-            try:
-                msg = await asyncio.wait_for(it.__anext__(), 1.0)
-            except TimeoutError:
-                continue
-            except StopAsyncIteration:
-                break
-            idle_since = time.monotonic()
-            ev = json.loads(msg.body)
-            if ev.get("status") == "sent":
-                ev["_at"] = datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp()
-                out[str(ev.get("id"))] = ev
-    await conn.close()
-    return out
 
 
 async def blast_run(ctx: Context, mode: str) -> dict[str, Any]:

@@ -413,19 +413,18 @@ async def publish_at_rate(url: str, jobs: list[Job], rate: float, routing_key: s
     return took
 
 
-async def sent_latencies(url: str, expected: int) -> list[tuple[float, float]]:
-    """Read Outbox's ``sent`` status events from ``outbox.status`` (after the run, so the
-    reading does not compete for CPU) and return ``(metadata.t0, at − metadata.t0)`` for
-    each."""
+async def sent_events(url: str, expected: int) -> dict[str, dict[str, Any]]:
+    """Every ``sent`` event in ``outbox.status`` by job id, with ``_at`` (its ``at`` as epoch
+    seconds), read after the run (so the reading does not compete for CPU) until
+    ``expected`` jobs are seen or 3 s pass without an event. Consumed (no_ack): unacked with a
+    prefetch of 2,000, as it once was, the reading stopped at the first 2,000 events (the
+    latency of a 10 s run at 500 jobs/s covered its first 4 s only)."""
     conn = await aio_pika.connect(url)
     ch = await conn.channel()
     await ch.set_qos(prefetch_count=2000)
     q = await ch.declare_queue(STATUS_QUEUE, passive=True)
-    out: list[tuple[float, float]] = []
+    out: dict[str, dict[str, Any]] = {}
     idle_since = time.monotonic()
-    # no_ack: every event is read. (Unacked with prefetch 2,000, as it was, the reading
-    # stopped at the first 2,000 events: the latency of a 10 s run at 500 jobs/s covered its
-    # first 4 s only.)
     async with q.iterator(no_ack=True) as it:
         while len(out) < expected and time.monotonic() - idle_since < 3:
             try:
@@ -436,11 +435,20 @@ async def sent_latencies(url: str, expected: int) -> list[tuple[float, float]]:
                 break
             idle_since = time.monotonic()
             ev = json.loads(msg.body)
-            t0 = (ev.get("metadata") or {}).get("t0")
-            if ev.get("status") == "sent" and isinstance(t0, (int, float)):
-                at = datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp()
-                out.append((t0, at - t0))
+            if ev.get("status") == "sent":
+                ev["_at"] = datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp()
+                out[str(ev.get("id"))] = ev
     await conn.close()
+    return out
+
+
+async def sent_latencies(url: str, expected: int) -> list[tuple[float, float]]:
+    """``(metadata.t0, at − metadata.t0)`` of each sent job of an open-loop run."""
+    out = []
+    for ev in (await sent_events(url, expected)).values():
+        t0 = (ev.get("metadata") or {}).get("t0")
+        if isinstance(t0, (int, float)):
+            out.append((t0, ev["_at"] - t0))
     return out
 
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from outbox.runtime import CliError, run_once, settings
+from outbox.runtime import CliError, run_once, settings, with_redis
 
 EXIT_NOTHING = 1
 EVENTS_WAIT = 10.0  # seconds ``outbox events`` listens without --follow
@@ -74,24 +74,7 @@ def _positive(value: str) -> int:
 
 def _redis(work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Run ``work(redis)``; Redis unreachable → one line naming OUTBOX_REDIS_URL (exit 1)."""
-
-    from sender.connect import REDIS_DOWN, ping_redis, redis_client, redis_error
-
-    cfg = settings()
-    url = cfg.redis_url.get_secret_value()
-
-    async def main() -> Any:
-        redis = redis_client(url, cluster=cfg.redis_cluster, socket_timeout=10,
-                             socket_connect_timeout=5)
-        try:
-            await ping_redis(redis, url)
-            return await work(redis)
-        except REDIS_DOWN as exc:
-            raise redis_error(url, exc) from None
-        finally:
-            await redis.aclose()
-
-    return run_once(main())
+    return with_redis(settings(), work)
 
 
 async def _require_account(redis: Any, account_id: str) -> None:

@@ -12,7 +12,7 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,27 @@ def run_once(coro: Any) -> Any:
     import uvloop
 
     return uvloop.run(coro)
+
+
+def with_redis(cfg: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``work(redis)`` on a client of the settings' Redis (or Cluster), checked first;
+    Redis unreachable, at start or midway → one line naming OUTBOX_REDIS_URL (exit 1)."""
+    from sender.connect import REDIS_DOWN, ping_redis, redis_client, redis_error
+
+    url = cfg.redis_url.get_secret_value()
+
+    async def main() -> Any:
+        redis = redis_client(url, cluster=cfg.redis_cluster, socket_timeout=10,
+                             socket_connect_timeout=5)
+        try:
+            await ping_redis(redis, url)
+            return await work(redis)
+        except REDIS_DOWN as exc:
+            raise redis_error(url, exc) from None
+        finally:
+            await redis.aclose()
+
+    return run_once(main())
 
 
 def iso_time(value: Any) -> Any:

@@ -26,9 +26,9 @@ from outbox.runtime import (
     iso_time,
     print_records,
     read_lines,
-    run_once,
     settings,
     table,
+    with_redis,
 )
 from suppression import channels
 
@@ -191,28 +191,18 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]], *, account: str | None = No
     ``account`` (when given) is known; store errors → exit 2; Redis unreachable (at start or
     midway) → one line naming OUTBOX_REDIS_URL, exit 1."""
 
-    from sender.connect import REDIS_DOWN, ping_redis, redis_client, redis_error
     from suppression.entries import StoreError
     from suppression.store import UnknownAccount
 
     cfg = settings()
-    url = cfg.redis_url.get_secret_value()
 
-    async def _main() -> Any:
-        redis = redis_client(url, cluster=cfg.redis_cluster, socket_timeout=10,
-                             socket_connect_timeout=5)
-        try:
-            await ping_redis(redis, url)
-            if account is not None:
-                await _account_store(redis, cfg).require(account)
-            return await work(redis, cfg)
-        except REDIS_DOWN as exc:
-            raise redis_error(url, exc) from None
-        finally:
-            await redis.aclose()
+    async def _main(redis: Any) -> Any:
+        if account is not None:
+            await _account_store(redis, cfg).require(account)
+        return await work(redis, cfg)
 
     try:
-        return run_once(_main())
+        return with_redis(cfg, _main)
     except UnknownAccount as exc:
         raise CliError(f"{exc}: {UNKNOWN_ACCOUNT_HINT}") from None
     except StoreError as exc:

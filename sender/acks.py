@@ -61,7 +61,11 @@ class Acks:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._channels.setdefault(message.channel, _Channel()).done[tag] = future
+        channel = message.channel
+        state = self._channels.get(channel)
+        if state is None:  # not setdefault: no _Channel built on every ack
+            state = self._channels[channel] = _Channel()
+        state.done[tag] = future
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
