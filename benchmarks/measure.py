@@ -111,3 +111,67 @@ def median(values: list[float]) -> float | None:
         return None
     mid = len(v) // 2
     return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+class MachineSampler:
+    """Samples the whole machine every ``every`` seconds while a latency run goes on: the
+    cores busy, in iowait and stolen by the hypervisor (/proc/stat), and how late this
+    process's own event loop woke (a stall of the whole machine shows there too). Used to say
+    where a latency tail came from: the jobs enqueued during a stall are its tail."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+        #: (epoch seconds, busy cores, iowait cores, steal cores, loop lag seconds)
+        self.samples: list[tuple[float, float, float, float, float]] = []
+
+    async def run(self) -> None:
+        import asyncio
+        import time
+
+        prev_t, prev = time.time(), _stat_fields()
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(self.every)
+            lag = time.monotonic() - asked - self.every
+            t, now = time.time(), _stat_fields()
+            span = max(1e-6, t - prev_t) * _TICK
+            d = [b - a for a, b in zip(prev, now, strict=True)]
+            busy = (sum(d[:8]) - d[3] - d[4]) / span
+            self.samples.append((t, round(busy, 2), round(d[4] / span, 2),
+                                 round(d[7] / span, 2), round(max(0.0, lag), 4)))
+            prev_t, prev = t, now
+
+    def during(self, start: float, end: float) -> dict[str, float]:
+        """The worst sample between ``start`` and ``end`` (epoch seconds): the most cores
+        busy, in iowait and stolen, and the longest loop lag."""
+        if not self.samples:
+            return {}
+        inside = [s for s in self.samples if start <= s[0] <= end + self.every] or \
+            [min(self.samples, key=lambda s: abs(s[0] - end))]
+        return {"busy": max(s[1] for s in inside), "iowait": max(s[2] for s in inside),
+                "steal": max(s[3] for s in inside),
+                "loop_lag_ms": round(max(s[4] for s in inside) * 1000, 1)}
+
+
+def _stat_fields() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def stalls(timed: list[tuple[float, float]], threshold: float, gap: float = 0.25
+           ) -> list[tuple[float, float, int, float]]:
+    """The tail as episodes: the jobs (``(enqueued epoch s, latency s)``) slower than
+    ``threshold``, grouped while less than ``gap`` seconds apart. Each: (first enqueued,
+    last accepted, jobs, worst latency)."""
+    out: list[list[float]] = []
+    for t0, lat in sorted(timed):
+        if lat < threshold:
+            continue
+        if out and t0 - out[-1][0] <= gap + (out[-1][1] - out[-1][0]):
+            ep = out[-1]
+            ep[1] = max(ep[1], t0 + lat)
+            ep[2] += 1
+            ep[3] = max(ep[3], lat)
+        else:
+            out.append([t0, t0 + lat, 1, lat])
+    return [(a, b, int(n), w) for a, b, n, w in out]

@@ -326,10 +326,15 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
             await asyncio.sleep(1.0)
             window = ctx.sink.mark()
             cpu0 = _cpu_split(ctx, system, procs)
-            published_s = await publish_at_rate(vh.url, jobs, rate, ctx.stream.routing_key,
-                                                pub)
-            complete = await wait_done(vh.url, window, expected, procs,
-                                       timeout=max(60, n / 50))
+            sampler = measure.MachineSampler()
+            sampling = asyncio.create_task(sampler.run())
+            try:
+                published_s = await publish_at_rate(vh.url, jobs, rate,
+                                                    ctx.stream.routing_key, pub)
+                complete = await wait_done(vh.url, window, expected, procs,
+                                           timeout=max(60, n / 50))
+            finally:
+                sampling.cancel()
             cpu = _cpu_used(cpu0, _cpu_split(ctx, system, procs))
             if system.kind == "outbox":
                 timed = await sent_latencies(vh.url, expected)
@@ -343,6 +348,13 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
     latencies = [lat for t0, lat in timed if t0 >= measured_from]
     everything = [lat for _, lat in timed]
     elapsed = (window.last or 0) - (window.first or 0)
+    kept = [(t0, lat) for t0, lat in timed if t0 >= measured_from]
+    p50 = measure.percentile(latencies, 50) or 0.0
+    episodes = [{"at_s": round(a - measured_from, 2), "jobs": k, "worst_ms": _ms(w),
+                 **sampler.during(a, b)}
+                for a, b, k, w in measure.stalls(kept, max(0.05, 3 * p50))]
+    Path(ctx.log_dir / f"{label}-timed.json").write_text(json.dumps(
+        {"measured_from": measured_from, "timed": timed, "machine": sampler.samples}))
     return {
         "system": system.name, "offered_jobs_per_s": round(rate, 1), "jobs": n,
         "warmup_s": warmup, "publish_s": round(published_s, 2), "expected_sent": expected,
@@ -356,6 +368,9 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
         "max_ms": _ms(max(latencies) if latencies else None),
         "p99_with_warmup_ms": _ms(measure.percentile(everything, 99)),
         "publisher": pub, "cpu_cores": cpu, "log": label,
+        # the tail as episodes (jobs slower than max(50 ms, 3 x p50), enqueued close
+        # together) with the machine's worst sample while each lasted
+        "stalls": episodes[:20],
     }
 
 
