@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import subprocess
 import time
@@ -36,7 +37,6 @@ async def _run(n: int, profiler: cProfile.Profile | None, gc_tuned: bool = True
     sink = subprocess.Popen([SMTP_SINK, "-u", "root", "-m", "512", f"127.0.0.1:{port}", "1024"])
     with Vhost("inproc") as vhost:
         redis_url = Services.redis_url(2)
-        import os
         extra = {k[7:].lower(): v for k, v in os.environ.items() if k.startswith("INPROC_")}
         settings = load_settings(amqp_url=vhost.url, redis_url=redis_url, **extra,
                                  smtp_url=f"smtp://127.0.0.1:{port}")
@@ -51,6 +51,7 @@ async def _run(n: int, profiler: cProfile.Profile | None, gc_tuned: bool = True
 
         await redis.aclose()
         cpu0, wall0 = time.process_time(), time.perf_counter()
+        times0 = os.times()
         if profiler:
             profiler.enable()
         rss: list[int] = []
@@ -64,6 +65,8 @@ async def _run(n: int, profiler: cProfile.Profile | None, gc_tuned: bool = True
             if profiler:
                 profiler.disable()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            times1 = os.times()
+            kernel = times1.system - times0.system
             statuses = {s.labels["status"]: int(s.value)
                         for m in worker.metrics.jobs.collect()
                         for s in m.samples if s.name.endswith("_total")}
@@ -77,7 +80,8 @@ async def _run(n: int, profiler: cProfile.Profile | None, gc_tuned: bool = True
                        for s in m.samples if s.name.endswith("_total")}
     sink.terminate()
     sink.wait()
-    return {"jobs": n, "cpu_us_per_job": round(cpu / n * 1e6), "jobs_per_s": round(n / wall),
+    return {"jobs": n, "cpu_us_per_job": round(cpu / n * 1e6),
+            "of_which_kernel_us": round(kernel / n * 1e6), "jobs_per_s": round(n / wall),
             "statuses": statuses, "retries": retries, **batching,
             "rss_mib_each_tenth": [round(r / 1024, 1) for r in rss]}
 

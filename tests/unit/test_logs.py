@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config import SettingsError, load_settings
 from outbox import cli
@@ -181,3 +183,22 @@ def test_the_cli_masks_the_configured_secrets(clean_env: pytest.MonkeyPatch,
     logging.getLogger("outbox.x").warning("token tw-token-in-a-log leaked")
     err = capsys.readouterr().err
     assert "tw-token-in-a-log" not in err and f"token {MASK} leaked" in err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    "smtp://u:pw-1@relay:25", "SMTP://U:PW-2@RELAY", "Basic QUMxMjM6dG9rZW4=",
+    "BEARER abcdef123456", "bearer\tzzzzzzzz", "/u/eyJhIjoiYWNjdCJ9.c2lnbmF0dXJl",
+    "/U/eyJhIjoiYWNjdCJ9.c2lnbmF0dXJl", "job j1 sent", " ", ":", "//", "@", "basic",
+    "é", "\"", "https://example.com/x"]), max_size=8), st.text(max_size=20))
+def test_redaction_is_the_same_with_or_without_the_quick_checks(parts: list[str],
+                                                               noise: str) -> None:
+    """The patterns are only run where their fixed part is: the same line as running them
+    all on every line."""
+    from outbox.logs import _PATTERNS
+
+    line = noise.join(parts)
+    full = line
+    for pattern, replacement in _PATTERNS:
+        full = pattern.sub(replacement, full)
+    assert Redactor()(line) == full
