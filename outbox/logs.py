@@ -193,7 +193,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[
     logging.basicConfig(level=libraries, handlers=[handler], force=True)
     # no line says where in the source it was logged from, or which thread: not looked up
     # for every record (the logging HOWTO's "Optimization")
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging.getLogger(OWN).setLevel(numeric)
