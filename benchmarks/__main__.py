@@ -203,6 +203,7 @@ def latency_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                            "p50_ms", "p90_ms", "p99_ms", "max_ms",
                                            "p99_with_warmup_ms", "complete")},
                   "other_cores": r["cpu_cores"]["other"],
+                  "stalls": r.get("stalls", []),
                   "publisher_late_max_ms": r["publisher"].get("late_max_ms")} for r in runs],
     }
 

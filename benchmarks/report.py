@@ -83,7 +83,8 @@ def scaling_table(sc: dict[str, Any]) -> str:
 def latency_table(summary: dict[str, Any]) -> str:
     """Every open-loop run at half load, per system: p50/p99/max and the p99 spread."""
     rows = ["| system | run | offered jobs/s | achieved jobs/s | p50 ms | p99 ms | max ms | "
-            "p99 spread ms | other cores |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "p99 spread ms | other cores | tail episodes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, v in summary.items():
         lat = v.get("latency_at_half") or {}
         for i, r in enumerate(lat.get("each", [])):
@@ -94,13 +95,26 @@ def latency_table(summary: dict[str, Any]) -> str:
             rows.append(f"| {name} | {r['run']} | {_f(r['offered_jobs_per_s'])} | "
                         f"{_f(r['achieved_jobs_per_s'])} | {_f(r['p50_ms'], 1)} | "
                         f"{_f(r['p99_ms'], 1)} | {_f(r['max_ms'], 1)} | {spread} | "
-                        f"{other} |")
+                        f"{other} | {_episodes(r.get('stalls') or [])} |")
     if len(rows) == 2:
         return ""
     return ("Latency at 50 % load, every run (each its own fresh vhost and Redis; the first "
             "second's jobs not counted; other cores: CPU used meanwhile by neither the system, "
-            "the services nor the harness; disturbed: more than a quarter of a core):\n\n"
+            "the services nor the harness; disturbed: more than a quarter of a core; tail "
+            "episodes: jobs slower than max(50 ms, 3 × p50) enqueued together, how many, the "
+            "worst one's latency and the most cores in iowait and stolen by the hypervisor "
+            "while it lasted):\n\n"
             + "\n".join(rows))
+
+
+def _episodes(stalls: list[dict[str, Any]]) -> str:
+    """``3 · worst 89 ms (iowait 0.5, steal 0.9)``, or ``none``."""
+    if not stalls:
+        return "none"
+    worst = max(stalls, key=lambda s: s.get("worst_ms") or 0)
+    return (f"{len(stalls)} · worst {_f(worst.get('worst_ms'), 0)} ms (iowait "
+            f"{_f(max(s.get('iowait', 0) for s in stalls), 1)}, steal "
+            f"{_f(max(s.get('steal', 0) for s in stalls), 1)})")
 
 
 def curve(out: dict[str, Any], system: str) -> list[dict[str, Any]]:
