@@ -158,6 +158,16 @@ def fuzz_worker(make_settings, amqp_url):
     outbox.dead and outbox.status; the test publishes from its own thread."""
     from tests.conftest import Recorder, RecordingHandler
 
+    class HeadsOnly(RecordingHandler):
+        """Keeps each message's header only (the test reads its Message-ID): the valid 1 MiB
+        bodies it sends would hold about 600 MB for the test's length."""
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            content = envelope.original_content
+            end = content.find(b"\r\n\r\n")
+            envelope.original_content = content if end < 0 else content[:end + 4]
+            return await super().handle_DATA(server, session, envelope)
+
     recorder, sink = Recorder(), _Sink()
 
     @asynccontextmanager
@@ -166,7 +176,7 @@ def fuzz_worker(make_settings, amqp_url):
 
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: SMTP(RecordingHandler(recorder), enable_SMTPUTF8=True,
+            lambda: SMTP(HeadsOnly(recorder), enable_SMTPUTF8=True,
                          data_size_limit=0, hostname="fuzz-mx"), host="127.0.0.1", port=0)
         port = server.sockets[0].getsockname()[1]
         stop = asyncio.Event()
@@ -215,14 +225,16 @@ def _strict_json(raw: bytes) -> Any:
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 def test_hostile_job_bodies_each_end_in_exactly_one_place(fuzz_worker, amqp_url):
     recorder, sink = fuzz_worker
-    published: dict[int, tuple[bytes, str]] = {}
+    published: dict[int, tuple[bytes, str]] = {}  # n -> (the body's first 150 bytes, key)
 
     @settings(max_examples=BATCHES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(batch=st.lists(_body(), min_size=PER_BATCH, max_size=PER_BATCH))
     def publish(batch: list[tuple[int, bytes, str]]) -> None:
         asyncio.run(_publish(amqp_url, batch))
-        published.update({n: (body, key) for n, body, key in batch})
+        # the first 150 bytes are all a failure report shows (the 1-3 MiB bodies, kept
+        # whole, held 2.7 GB for the test's length)
+        published.update({n: (body[:150], key) for n, body, key in batch})
 
     publish()
     assert len(published) == BATCHES * PER_BATCH
