@@ -43,12 +43,14 @@ def table(out: dict[str, Any]) -> str:
         for base in ("bare", "naive"):
             b = s.get(base)
             if b and b["jobs_per_s"] and b["cpu_us_per_job"]:
+                each = ", ".join(f"{r:.2f}" for r in paired(out, name, base))
                 ratios.append(f"| {name} / {base} | {v['jobs_per_s'] / b['jobs_per_s']:.2f} | "
-                              f"{v['cpu_us_per_job'] / b['cpu_us_per_job']:.2f} |")
+                              f"{v['cpu_us_per_job'] / b['cpu_us_per_job']:.2f} | {each} |")
     if ratios:
-        lines.append("| ratio | jobs/s | CPU/job |\n|---|---:|---:|\n" + "\n".join(ratios))
+        lines.append("| ratio | jobs/s | CPU/job | jobs/s, each round |\n|---|---:|---:|---|\n"
+                     + "\n".join(ratios))
     if out.get("scaling"):
-        lines.append(scaling_table(out["scaling"]))
+        lines.append(scaling_table(out["scaling"], out))
     halves = latency_table(s)
     if halves:
         lines.append(halves)
@@ -66,18 +68,32 @@ def table(out: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
-def scaling_table(sc: dict[str, Any]) -> str:
-    """Outbox x1, x2, x4 (one supervisor each) and x1 on the Redis Cluster, against x1."""
-    rows = ["| Outbox | jobs/s | CPU µs/job | × outbox x1 |", "|---|---:|---:|---:|"]
-    names = {"x1": "x1", "x2": "x2 (`--processes 2`)", "x4": "x4 (`--processes 4`)",
-             "cluster": "x1 on the Redis Cluster (3 masters)"}
-    for key, label in names.items():
+def scaling_table(sc: dict[str, Any], out: dict[str, Any] | None = None) -> str:
+    """Outbox x1, x2, x4 (one supervisor each) and x1 on the Redis Cluster, against x1 (the
+    medians, and within each round of runs)."""
+    rows = ["| Outbox | jobs/s | CPU µs/job | × outbox x1 | × x1, each round |",
+            "|---|---:|---:|---:|---|"]
+    names = {"x1": ("x1", "outbox x1"), "x2": ("x2 (`--processes 2`)", "outbox x2"),
+             "x4": ("x4 (`--processes 4`)", "outbox x4"),
+             "cluster": ("x1 on the Redis Cluster (3 masters)", "outbox x1 cluster")}
+    for key, (label, system) in names.items():
         v = sc.get(key)
         if v:
+            each = ", ".join(f"{r:.2f}" for r in paired(out or {}, system, "outbox x1"))
             rows.append(f"| {label} | {_f(v['jobs_per_s'])} | {_f(v['cpu_us_per_job'])} | "
-                        f"{v['vs_x1']:.2f} |")
+                        f"{v['vs_x1']:.2f} | {each} |")
     return ("Scale-out (target: x2 ≥ 1.3 × x1) and Redis Cluster, jobs/s against Outbox x1 of "
             "the same session:\n\n" + "\n".join(rows))
+
+
+def paired(out: dict[str, Any], name: str, base: str) -> list[float]:
+    """jobs/s of ``name`` over ``base`` within each round of throughput runs (the k-th run of
+    each; the systems of a round run one after the other): the machine drifts between rounds
+    (+24 % CPU per job for the unchanged naive baseline within one session), less within one."""
+    def rates(system: str) -> list[float]:
+        return [r["jobs_per_s"] for r in out.get("runs", [])
+                if r.get("system") == system and r.get("jobs_per_s")]
+    return [a / b for a, b in zip(rates(name), rates(base), strict=False)]
 
 
 def latency_table(summary: dict[str, Any]) -> str:
