@@ -3,7 +3,9 @@ server statistics, percentiles."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -30,9 +32,8 @@ def cpu_of(pids: list[int]) -> float:
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, every core (/proc/stat:
     busy = all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    total = sum(fields[:8])  # guest time is already counted in user
+    fields = _stat_fields()
+    total = sum(fields)  # guest time is already counted in user
     return (total - fields[3] - fields[4]) / _TICK, total / _TICK
 
 
@@ -125,9 +126,6 @@ class MachineSampler:
         self.samples: list[tuple[float, float, float, float, float]] = []
 
     async def run(self) -> None:
-        import asyncio
-        import time
-
         prev_t, prev = time.time(), _stat_fields()
         while True:
             asked = time.monotonic()
@@ -136,7 +134,7 @@ class MachineSampler:
             t, now = time.time(), _stat_fields()
             span = max(1e-6, t - prev_t) * _TICK
             d = [b - a for a, b in zip(prev, now, strict=True)]
-            busy = (sum(d[:8]) - d[3] - d[4]) / span
+            busy = (sum(d) - d[3] - d[4]) / span
             self.samples.append((t, round(busy, 2), round(d[4] / span, 2),
                                  round(d[7] / span, 2), round(max(0.0, lag), 4)))
             prev_t, prev = t, now
@@ -154,6 +152,8 @@ class MachineSampler:
 
 
 def _stat_fields() -> list[int]:
+    """The machine's CPU times since boot in ticks (/proc/stat's first line): user, nice,
+    system, idle, iowait, irq, softirq, steal."""
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:9]]
 

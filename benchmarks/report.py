@@ -68,7 +68,7 @@ def table(out: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
-def scaling_table(sc: dict[str, Any], out: dict[str, Any] | None = None) -> str:
+def scaling_table(sc: dict[str, Any], out: dict[str, Any]) -> str:
     """Outbox x1, x2, x4 (one supervisor each) and x1 on the Redis Cluster, against x1 (the
     medians, and within each round of runs)."""
     rows = ["| Outbox | jobs/s | CPU µs/job | × outbox x1 | × x1, each round |",
@@ -79,7 +79,7 @@ def scaling_table(sc: dict[str, Any], out: dict[str, Any] | None = None) -> str:
     for key, (label, system) in names.items():
         v = sc.get(key)
         if v:
-            each = ", ".join(f"{r:.2f}" for r in paired(out or {}, system, "outbox x1"))
+            each = ", ".join(f"{r:.2f}" for r in paired(out, system, "outbox x1"))
             rows.append(f"| {label} | {_f(v['jobs_per_s'])} | {_f(v['cpu_us_per_job'])} | "
                         f"{v['vs_x1']:.2f} | {each} |")
     return ("Scale-out (target: x2 ≥ 1.3 × x1) and Redis Cluster, jobs/s against Outbox x1 of "

@@ -345,10 +345,10 @@ async def open_loop_run(ctx: Context, system: System, rate: float,
         timed = [(t0, lat) for t0, lat in json.loads(Path(lat_file).read_text())] \
             if lat_file and Path(lat_file).exists() else []
     measured_from = pub.get("t_start", 0.0) + warmup
-    latencies = [lat for t0, lat in timed if t0 >= measured_from]
+    kept = [(t0, lat) for t0, lat in timed if t0 >= measured_from]
+    latencies = [lat for _, lat in kept]
     everything = [lat for _, lat in timed]
     elapsed = (window.last or 0) - (window.first or 0)
-    kept = [(t0, lat) for t0, lat in timed if t0 >= measured_from]
     p50 = measure.percentile(latencies, 50) or 0.0
     episodes = [{"at_s": round(a - measured_from, 2), "jobs": k, "worst_ms": _ms(w),
                  **sampler.during(a, b)}

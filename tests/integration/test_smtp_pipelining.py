@@ -178,6 +178,17 @@ async def _outcome(channel: SmtpChannel, job: EmailJob) -> tuple[Any, ...]:
     return ("sent", result.provider_message_id, result.detail)
 
 
+async def _refused_then_ok(relay: Relay) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The outcomes of a job to gone@example.com, then one to ok@example.com, on one
+    connection of ``relay``."""
+    async with serving(relay) as url:
+        channel = _channel(url)
+        refused = await _outcome(channel, _job(to="gone@example.com"))
+        after = await _outcome(channel, _job(to="ok@example.com"))
+        await channel.close()
+    return refused, after
+
+
 def _groups(relay: Relay) -> list[bytes]:
     """The chunks that began a transaction (MAIL ...)."""
     return [c for _, c in relay.chunks if c.startswith(b"MAIL ")]
@@ -209,11 +220,7 @@ async def test_mail_rcpt_and_data_go_in_one_write_and_the_message_arrives_intact
 
 async def test_a_refused_recipient_in_a_pipelined_group_resets_and_keeps_the_connection():
     relay = Relay(rcpt={"gone@example.com": "550 5.1.1 <gone@example.com>: User unknown"})
-    async with serving(relay) as url:
-        channel = _channel(url)
-        refused = await _outcome(channel, _job(to="gone@example.com"))
-        after = await _outcome(channel, _job(to="ok@example.com"))
-        await channel.close()
+    refused, after = await _refused_then_ok(relay)
     assert refused[:4] == ("failure", "hard", "userunknown", 550)
     assert after[:2] == ("sent", "R1")
     assert relay.connections == 1
@@ -241,11 +248,7 @@ async def test_a_refused_sender_in_a_pipelined_group_reads_every_reply_then_rese
 async def test_data_accepted_after_every_recipient_was_refused_gets_a_lone_dot():
     """RFC 2920 3.1: a DATA accepted although no RCPT was is answered with a single "."."""
     relay = Relay(rcpt={"gone@example.com": "550 5.1.1 User unknown"}, data_despite_no_rcpt=True)
-    async with serving(relay) as url:
-        channel = _channel(url)
-        refused = await _outcome(channel, _job(to="gone@example.com"))
-        after = await _outcome(channel, _job(to="ok@example.com"))
-        await channel.close()
+    refused, after = await _refused_then_ok(relay)
     assert refused[:4] == ("failure", "hard", "userunknown", 550)
     assert after[:2] == ("sent", "R1")
     chunks = [c for _, c in relay.chunks]
