@@ -33,6 +33,7 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from config.reputation import ReputationSettings
+from config.roles import AdminToken, parse_admin_tokens
 
 ENV_PREFIX = "OUTBOX_"
 
@@ -209,7 +210,8 @@ class Settings(ReputationSettings, BaseSettings):
     #: comma-separated: the first signs (unsubscribe tokens, VERP addresses), all verify, so a
     #: rotated-out key keeps old links working (UEMO: at least 30 days after sending)
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
-    admin_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    #: NAME:ROLE:TOKEN entries (or bare tokens: admin), comma-separated: config/roles.py
+    admin_tokens: Annotated[tuple[AdminToken, ...], NoDecode] = ()
     bounces_port: int = Field(2626, ge=0, le=65535)
     #: the bounce listener's SIZE: real delivery reports are a few kilobytes
     bounces_max_bytes: int = Field(2 * 1024 * 1024, ge=64 * 1024)
@@ -289,10 +291,8 @@ class Settings(ReputationSettings, BaseSettings):
 
     @field_validator("admin_tokens", mode="before")
     @classmethod
-    def _split_tokens(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(t.strip() for t in value.split(",") if t.strip())
-        return value
+    def _parse_tokens(cls, value: Any) -> tuple[AdminToken, ...]:
+        return parse_admin_tokens(value)
 
     @field_validator("ses_topic_arns", mode="before")
     @classmethod

@@ -397,7 +397,7 @@ EXAMPLE_JOB = {"v": 1, "id": "example-1", "account_id": "acct_demo", "channel": 
 def ready_banner(cfg: Settings) -> str:
     """What ``outbox run --dev`` prints once everything is up: where mail lands, how to
     enqueue the example job, the admin page and its development token."""
-    token = cfg.admin_tokens[0].get_secret_value() if cfg.admin_tokens else "(none)"
+    token = cfg.admin_tokens[0].token.get_secret_value() if cfg.admin_tokens else "(none)"
     job = json.dumps(EXAMPLE_JOB, separators=(",", ":"))
     base = f"http://{cfg.http_host}:{cfg.http_port}"
     return "\n".join((

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from config import Settings
 
@@ -90,7 +90,7 @@ def secret_values(cfg: Settings) -> list[str]:
     for name in type(cfg).model_fields:
         field = getattr(cfg, name)
         items = field if isinstance(field, tuple) else (field,)
-        for item in items:
+        for item in (s for i in items for s in _held(i)):
             if not isinstance(item, SecretStr):
                 continue
             value = item.get_secret_value()
@@ -102,6 +102,13 @@ def secret_values(cfg: Settings) -> list[str]:
         pair = f"{cfg.twilio_account_sid}:{cfg.twilio_auth_token.get_secret_value()}"
         values.append(base64.b64encode(pair.encode()).decode())
     return [v for v in values if v]
+
+
+def _held(item: Any) -> tuple[Any, ...]:
+    """A setting's value, or the values of a model's fields (an admin token's SecretStr)."""
+    if isinstance(item, BaseModel):
+        return tuple(getattr(item, f) for f in type(item).model_fields)
+    return (item,)
 
 
 def _utc(record: logging.LogRecord) -> str:

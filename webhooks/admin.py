@@ -2,16 +2,24 @@
 audit. The data operations are :mod:`suppression.store`'s, the same the CLI uses.
 
 JSON in and out. Every API request needs ``Authorization: Bearer <token>``, compared in
-constant time with each of ``OUTBOX_ADMIN_TOKENS``. Answers other than 200::
+constant time with each of ``OUTBOX_ADMIN_TOKENS`` (:mod:`config.roles`: each token has a name
+and a role). What each route needs is declared in one table, :data:`ROUTES`: the least role
+that may call it, and what personal data it reads; the routes are made from that table only.
+Answers other than 200::
 
     400  bad input: invalid JSON, a missing or malformed field (named), a bad address...
     401  no token, or a wrong one (with ``WWW-Authenticate: Bearer``)
-    403  OUTBOX_ADMIN_TOKENS is not set: the admin API and page are off
+    403  OUTBOX_ADMIN_TOKENS is not set: the admin API and page are off; or the token's role
+         does not allow the route (logged); or an ``actor`` that is not the token's name
     404  unknown account, or no such suppression entry
     409  an action that does not apply to the account's state (unblock an active account)
 
-A refused request changes nothing. Changes are audited by the stores (with the actor and
-reason given in the request) and logged here with the actor; tokens are never logged.
+A refused request changes nothing. The actor of every change is the token's name: an
+``actor`` in the body or the query may only repeat it. Changes are audited by the stores (with
+that actor and the reason given) and logged here; every answered read of personal data (a
+recipient's history, a job's timeline, an address's suppression, a recipient's consent) is
+audited too (action ``read``: who, what, which address, job or account). Tokens are never
+logged.
 ``GET /admin/`` is a self-contained page (no external assets; its source is
 ``webhooks/static/admin.*``, put together once at import) over the same API; it holds no data
 of its own, so it is served without a token (a browser cannot send one on navigation).
@@ -26,6 +34,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from string import Template
@@ -36,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from config import Settings
 from config.reputation import check_override
+from config.roles import ROLES, AdminToken, allows
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
@@ -63,7 +73,54 @@ MAX_AUDIT = 1000  # records in one audit answer (and suppression entries in one 
 _REALM = 'Bearer realm="outbox-admin"'
 _NO_TOKENS = "the admin API is off: OUTBOX_ADMIN_TOKENS is not set"
 _dumps = partial(json.dumps, ensure_ascii=False)
-TOKEN_INDEX = web.RequestKey("admin_token_index", int)  # which token (by position) was used
+PRINCIPAL = web.RequestKey("admin_principal", AdminToken)  # whose token the request carries
+
+VIEWER, SUPPORT, ADMIN = ROLES
+PUBLIC = "public"  # no token: the page and its redirect (they hold no data)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of :data:`ROUTES`: a route, the least role that may call it (one of
+    :data:`config.roles.ROLES`, or :data:`PUBLIC`), and, for a read of personal data, what it
+    reads (each answer is then audited)."""
+
+    method: str
+    path: str
+    action: str  # its name: in whoami's "allowed", the logs and the 403s
+    role: str
+    handler: str  # the AdminApi method
+    reads: str = ""
+
+
+#: Every /admin route; AdminApi.routes() makes them from here and nowhere else.
+ROUTES = (
+    Route("GET", "/admin", "page.redirect", PUBLIC, "redirect"),
+    Route("GET", "/admin/", "page", PUBLIC, "page"),
+    Route("GET", "/admin/whoami", "whoami", VIEWER, "whoami"),
+    Route("GET", "/admin/accounts", "accounts.list", VIEWER, "list_accounts"),
+    Route("GET", "/admin/accounts/{account}", "accounts.show", VIEWER, "show_account"),
+    Route("GET", "/admin/accounts/{account}/suppressions", "accounts.evidence", VIEWER,
+          "account_suppressions"),
+    Route("PATCH", "/admin/accounts/{account}", "accounts.configure", ADMIN,
+          "configure_account"),
+    *(Route("POST", f"/admin/accounts/{{account}}/{{action:{a}}}", f"accounts.{a}", SUPPORT,
+            "support_action") for a in ("unblock", "suspend", "unsuspend")),
+    Route("GET", "/admin/suppression/{address}", "suppression.check", VIEWER,
+          "check_suppression", reads="an address's suppression"),
+    Route("POST", "/admin/suppression", "suppression.add", SUPPORT, "add_suppression"),
+    Route("DELETE", "/admin/suppression/{address}", "suppression.remove", SUPPORT,
+          "remove_suppression"),
+    Route("GET", "/admin/consent/{account}/{recipient}", "consent.show", VIEWER,
+          "show_consent", reads="a recipient's consent"),
+    Route("POST", "/admin/consent/{account}/{recipient}", "consent.set", SUPPORT,
+          "set_consent"),
+    Route("GET", "/admin/audit/{account}", "audit.read", VIEWER, "audit"),
+    Route("GET", "/admin/jobs/{account}/{job}", "jobs.show", VIEWER, "show_job",
+          reads="a job's timeline"),
+    Route("GET", "/admin/history/{address}", "history", VIEWER, "history",
+          reads="a recipient's history"),
+)
 
 
 class ApiError(Exception):
@@ -84,43 +141,36 @@ class AdminApi:
 
     def __init__(self, settings: Settings, bus: Bus, redis: Client,
                  registry_or_metrics: CollectorRegistry | Metrics | None = None) -> None:
-        self._tokens = [_digest(t.get_secret_value()) for t in settings.admin_tokens]
+        self._tokens = [(_digest(t.token.get_secret_value()), t) for t in settings.admin_tokens]
         self._bus = bus
         self._redis = redis
         self._accounts = AccountStore(redis, Policy.from_settings(settings))
         self._suppression = SuppressionStore(redis)
         self._consent = ConsentStore(redis)
-        self._redis = redis
         self._transitions = _transitions_counter(registry_or_metrics)
 
     def routes(self) -> list[web.RouteDef]:
-        g = self._guard
-        return [
-            web.get("/admin", self.redirect), web.get("/admin/", self.page),
-            web.get("/admin/accounts", g(self.list_accounts)),
-            web.get("/admin/accounts/{account}", g(self.show_account)),
-            web.get("/admin/accounts/{account}/suppressions", g(self.account_suppressions)),
-            web.patch("/admin/accounts/{account}", g(self.configure_account)),
-            web.post("/admin/accounts/{account}/{action:unblock|suspend|unsuspend}",
-                     g(self.support_action)),
-            web.get("/admin/suppression/{address}", g(self.check_suppression)),
-            web.post("/admin/suppression", g(self.add_suppression)),
-            web.delete("/admin/suppression/{address}", g(self.remove_suppression)),
-            web.get("/admin/consent/{account}/{recipient}", g(self.show_consent)),
-            web.post("/admin/consent/{account}/{recipient}", g(self.set_consent)),
-            web.get("/admin/audit/{account}", g(self.audit)),
-            web.get("/admin/jobs/{account}/{job}", g(self.show_job)),
-            web.get("/admin/history/{address}", g(self.history)),
-        ]
+        """The rows of :data:`ROUTES`, each behind the check of its role."""
+        def made(row: Route) -> web.RouteDef:
+            handler: Handler = getattr(self, row.handler)
+            return web.route(row.method, row.path,
+                             handler if row.role == PUBLIC else self._guard(row, handler))
+        return [made(row) for row in ROUTES]
 
     # --- auth and errors ---------------------------------------------------------------
 
-    def _guard(self, handler: Handler) -> Handler:
-        """Authorise, run, and turn refusals into JSON errors."""
+    def _guard(self, route: Route, handler: Handler) -> Handler:
+        """Authenticate, check the role and the actor, run, audit a read of personal data,
+        and turn refusals into JSON errors."""
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
-                request[TOKEN_INDEX] = self._authorise(request)
-                return await handler(request)
+                request[PRINCIPAL] = who = self._authorise(request)
+                self._permit(request, route, who)
+                await _check_actor(request, who)
+                response = await handler(request)
+                if route.reads and response.status == 200:
+                    await self._audit_read(request, route, who)
+                return response
             except ApiError as exc:
                 return _error(exc.status, exc.message, exc.headers)
             except UnknownAccount as exc:
@@ -131,8 +181,8 @@ class AdminApi:
                 return _error(409, str(exc))
         return guarded
 
-    def _authorise(self, request: web.Request) -> int:
-        """The position of the matching token (logged instead of the token)."""
+    def _authorise(self, request: web.Request) -> AdminToken:
+        """The entry of the token the request carries (its name is logged, never the token)."""
         if not self._tokens:
             raise ApiError(403, _NO_TOKENS)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -141,15 +191,48 @@ class AdminApi:
                            {"WWW-Authenticate": _REALM})
         digest = _digest(given.strip())
         # compare with every token, no early exit: the time says nothing about which matched
-        matches = [hmac.compare_digest(digest, token) for token in self._tokens]
+        matches = [hmac.compare_digest(digest, token) for token, _ in self._tokens]
         if not any(matches):
             log.warning("admin request with a bad token refused",
                         extra={"path": request.path, "remote": request.remote})
             raise ApiError(401, "the token is not valid",
                            {"WWW-Authenticate": f'{_REALM}, error="invalid_token"'})
-        return matches.index(True)
+        return self._tokens[matches.index(True)][1]
+
+    def _permit(self, request: web.Request, route: Route, who: AdminToken) -> None:
+        """403 (logged) when the token's role is below the route's."""
+        if allows(who.role, route.role):
+            return
+        log.warning("admin request refused: %s needs the %s role", route.action, route.role,
+                    extra={"action": route.action, "actor": who.name, "role": who.role,
+                           "needed": route.role, "method": request.method,
+                           "path": request.path, "remote": request.remote})
+        raise ApiError(403, f"{route.action} needs the {route.role} role; this token "
+                            f"({who.name}) is {who.role}: nothing was changed")
+
+    async def _audit_read(self, request: web.Request, route: Route, who: AdminToken) -> None:
+        """One ``read`` audit record: who read what. In the account's stream when the request
+        names a known account, else in the global one. Written before the answer leaves: a
+        read whose record cannot be written is not answered."""
+        m, query = request.match_info, request.query
+        account = m.get("account") or query.get("account") or ""
+        named = {k: v for k, v in (("address", m.get("address") or m.get("recipient")),
+                                   ("job", m.get("job")), ("channel", query.get("channel")))
+                 if v}
+        stream = account if account and await self._accounts.exists(account) else None
+        await self._accounts.audit.record(
+            stream, actor=who.name, action="read", reason=route.reads, what=route.action,
+            role=who.role, account=account, **named)
 
     # --- the page ----------------------------------------------------------------------
+
+    async def whoami(self, request: web.Request) -> web.StreamResponse:
+        """``{"name", "role", "allowed"}``: the token's name and role, and the actions of
+        :data:`ROUTES` it may call (the page shows only those)."""
+        who = request[PRINCIPAL]
+        return _json({"name": who.name, "role": who.role,
+                      "allowed": [r.action for r in ROUTES
+                                  if r.role != PUBLIC and allows(who.role, r.role)]})
 
     async def redirect(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/admin/")
@@ -189,7 +272,7 @@ class AdminApi:
         """Sender information, limits and overrides (names of ``accounts configure``)."""
         account = request.match_info["account"]
         body = await _json_body(request)
-        [actor] = _required(body, "actor")
+        actor = request[PRINCIPAL].name
         fields = {k: _setting(k, v) for k, v in body.items() if k != "actor"}
         if all(v is None for v in fields.values()):
             raise ApiError(400, "nothing to configure: give at least one setting")
@@ -201,7 +284,7 @@ class AdminApi:
     async def support_action(self, request: web.Request) -> web.StreamResponse:
         """unblock, suspend or unsuspend: change and audit (one script), then announce."""
         account, action = request.match_info["account"], request.match_info["action"]
-        reason, actor = _required(await _json_body(request), "reason", "actor")
+        [reason], actor = _required(await _json_body(request), "reason"), request[PRINCIPAL].name
         change = await self._accounts.support(account, action, actor=actor, reason=reason)
         _log(request, action, actor, account_id=account, reason=reason,
              from_state=change.from_state, to_state=change.to_state)
@@ -251,8 +334,8 @@ class AdminApi:
     async def add_suppression(self, request: web.Request) -> web.StreamResponse:
         """Add an entry: global for facts, per account for a person's choices."""
         body = await _json_body(request)
-        address, channel, reason, actor = _required(body, "address", "channel", "reason",
-                                                    "actor")
+        address, channel, reason = _required(body, "address", "channel", "reason")
+        actor = request[PRINCIPAL].name
         account = _optional(body, "account")
         entry = await self._suppression.add(
             address, channel=channel, reason=reason, account_id=account,
@@ -266,7 +349,8 @@ class AdminApi:
         """``?channel=..&account=..``, reason and actor in the body or the query; audited."""
         data = {**request.query, **await _json_body(request)}
         address = request.match_info["address"]
-        channel, reason, actor = _required(data, "channel", "reason", "actor")
+        channel, reason = _required(data, "channel", "reason")
+        actor = request[PRINCIPAL].name
         account = _optional(data, "account")
         removed = await self._suppression.remove(address, channel=channel, account_id=account,
                                                  actor=actor, reason=reason)
@@ -288,7 +372,7 @@ class AdminApi:
     async def set_consent(self, request: web.Request) -> web.StreamResponse:
         """``{"channel", "granted": true|false, "source", "evidence", "actor"}``."""
         body = await _json_body(request)
-        channel, actor = _required(body, "channel", "actor")
+        [channel], actor = _required(body, "channel"), request[PRINCIPAL].name
         granted = body.get("granted")
         if not isinstance(granted, bool):
             raise ApiError(400, "granted must be true or false")
@@ -395,10 +479,25 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None
 
 
 def _log(request: web.Request, action: str, actor: str, **fields: Any) -> None:
-    """One line per change: who (actor, and which token by position), what, from where."""
+    """One line per change: who (actor: the token's name, and its role), what, from where."""
     log.info("admin %s by %s", action, actor, extra={
-        "action": action, "actor": actor, "token_index": request[TOKEN_INDEX],
+        "action": action, "actor": actor, "role": request[PRINCIPAL].role,
         "remote": request.remote, **fields})
+
+
+async def _check_actor(request: web.Request, who: AdminToken) -> None:
+    """An ``actor`` in the query or the JSON body may only be the token's name (403); absent
+    or blank, the name is used. The body is read here as the handler reads it (aiohttp keeps
+    it): invalid JSON is the same 400."""
+    claims = [request.query.get("actor")]
+    if request.method not in ("GET", "HEAD"):
+        claims.append((await _json_body(request)).get("actor"))
+    for claim in claims:
+        given = _optional({"actor": claim}, "actor")
+        if given is not None and given != who.name:
+            raise ApiError(403, f"actor {given!r} is not this token's name ({who.name!r}): "
+                                "changes are audited under the token's name; leave actor "
+                                "out")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

@@ -61,7 +61,7 @@ async def serve(make_settings, unused_tcp_port_factory):
 
 @pytest.fixture
 async def admin(serve):
-    return await serve(admin_tokens=f"{TOKEN},{OTHER}")
+    return await serve(admin_tokens=f"alice:admin:{TOKEN},{OTHER}")
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ async def test_without_configured_tokens_everything_is_403(serve):
     admin = await serve()
     for method, path in [("GET", "/admin/accounts"), ("GET", "/admin/"),
                          ("POST", "/admin/accounts/a/unblock")]:
-        status, body = await admin(method, path, {"reason": "r", "actor": "a"})
+        status, body = await admin(method, path, {"reason": "r"})
         assert status == 403, path
         assert "OUTBOX_ADMIN_TOKENS" in body["error"]
 
@@ -107,8 +107,7 @@ async def test_without_configured_tokens_everything_is_403(serve):
 async def _block(admin: Admin, redis: Any, account: str) -> None:
     """Small volumes for this account, then hard bounces through Gate.post_send."""
     status, body = await admin("PATCH", f"/admin/accounts/{account}",
-                               {"min_bounce_volume": 5, "early_bounce_volume": 5,
-                                "actor": "setup"})
+                               {"min_bounce_volume": 5, "early_bounce_volume": 5})
     assert status == 200, body
     gate = Gate(redis, idempotency_ttl=3600)
     moves = []
@@ -133,7 +132,7 @@ async def test_a_blocked_account_is_unblocked_with_reason_and_actor(admin, redis
     status, body = await admin("POST", "/admin/accounts/acct_dirty/unblock", {"actor": "alice"})
     assert (status, body) == (400, {"error": "reason is required"})
     status, body = await admin("POST", "/admin/accounts/acct_dirty/unblock", {"reason": " "})
-    assert (status, body) == (400, {"error": "reason and actor are required"})
+    assert (status, body) == (400, {"error": "reason is required"})
     assert (await admin("GET", "/admin/accounts/acct_dirty"))[1]["state"] == "blocked"
 
     status, body = await admin("POST", "/admin/accounts/acct_dirty/unblock",
@@ -169,11 +168,10 @@ async def test_an_accounts_bounces_come_with_their_evidence(admin, redis):
     first; another account's entries are not listed."""
     await _block(admin, redis, "acct_dirty")
     await admin("POST", "/admin/suppression", {"address": "me@example.com", "channel": "email",
-                                               "reason": "unsubscribe", "account": "acct_dirty",
-                                               "actor": "crm"})
+                                               "reason": "unsubscribe", "account": "acct_dirty"})
     await admin("POST", "/admin/suppression", {"address": "other@example.com",
                                                "channel": "email", "reason": "unsubscribe",
-                                               "account": "acct_other", "actor": "crm"})
+                                               "account": "acct_other"})
     await Gate(redis, idempotency_ttl=3600).post_send(
         "acct_other", "o1", status="bounced", attempt=1, reason="mailbox full",
         counts=Counts(sends=1, hard=1), address="theirs@example.com")
@@ -202,7 +200,7 @@ async def test_an_accounts_bounces_come_with_their_evidence(admin, redis):
 
 async def test_an_action_that_does_not_apply_is_409_and_changes_nothing(admin, amqp_url):
     await _configure(admin, "acct_ok")
-    who = {"reason": "why not", "actor": "bob"}
+    who = {"reason": "why not"}
     status, body = await admin("POST", "/admin/accounts/acct_ok/unblock", who)
     assert status == 409 and "active" in body["error"]
     assert (await admin("POST", "/admin/accounts/acct_ok/unsuspend", who))[0] == 409
@@ -218,13 +216,13 @@ async def test_an_action_that_does_not_apply_is_409_and_changes_nothing(admin, a
 async def test_unknown_accounts_are_404(admin):
     for method, path in [("GET", "/admin/accounts/nobody"), ("GET", "/admin/audit/nobody"),
                          ("POST", "/admin/accounts/nobody/suspend")]:
-        status, body = await admin(method, path, {"reason": "r", "actor": "a"})
+        status, body = await admin(method, path, {"reason": "r"})
         assert status == 404 and "nobody" in body["error"], path
 
 
 async def _configure(admin: Admin, account: str, **fields: Any) -> dict[str, Any]:
     status, body = await admin("PATCH", f"/admin/accounts/{account}",
-                               {"rate": 50, "actor": "carol", **fields})
+                               {"rate": 50, **fields})
     assert status == 200, body
     return body
 
@@ -241,15 +239,14 @@ async def test_configure_sets_sender_information_and_limits(admin):
 
 
 @pytest.mark.parametrize("body, error", [
-    ({"rate": "fast", "actor": "a"}, "rate must be a number"),
-    ({"rate": True, "actor": "a"}, "rate must be a number"),
-    ({"rate": -1, "actor": "a"}, "rate must be positive"),
-    ({"burst": 1.5, "actor": "a"}, "burst must be a whole number"),
-    ({"business_name": 7, "actor": "a"}, "business_name must be a string"),
-    ({"consent_mode": "maybe", "actor": "a"}, "consent_mode must be opt_in or opt_out"),
-    ({"colour": "red", "actor": "a"}, "unknown account setting(s): colour"),
-    ({"rate": 5}, "actor is required"),
-    ({"actor": "a"}, "nothing to configure"),
+    ({"rate": "fast"}, "rate must be a number"),
+    ({"rate": True}, "rate must be a number"),
+    ({"rate": -1}, "rate must be positive"),
+    ({"burst": 1.5}, "burst must be a whole number"),
+    ({"business_name": 7}, "business_name must be a string"),
+    ({"consent_mode": "maybe"}, "consent_mode must be opt_in or opt_out"),
+    ({"colour": "red"}, "unknown account setting(s): colour"),
+    ({"actor": "alice"}, "nothing to configure"),
     (["rate", 5], "the body must be a JSON object"),
 ])
 async def test_bad_settings_are_400_and_change_nothing(admin, body, error):
@@ -278,7 +275,7 @@ async def test_bad_queries_are_400(admin):
 
 
 async def test_suppression_add_check_remove_global_and_per_account(admin):
-    add = {"address": "Bob@Example.com", "channel": "email", "actor": "dave"}
+    add = {"address": "Bob@Example.com", "channel": "email", "actor": "alice"}
     status, entry = await admin("POST", "/admin/suppression", {**add, "reason": "hard_bounce"})
     assert status == 200 and (entry["scope"], entry["address"]) == ("global", "bob@example.com")
     status, entry = await admin("POST", "/admin/suppression",
@@ -294,33 +291,35 @@ async def test_suppression_add_check_remove_global_and_per_account(admin):
 
     status, body = await admin("DELETE", "/admin/suppression/bob@example.com"
                                          "?channel=email&account=acct_s&reason=asked%20back"
-                                         "&actor=dave")
+                                         "&actor=alice")
     assert status == 200 and [e["reason"] for e in body["removed"]] == ["unsubscribe"]
     status, body = await admin("DELETE", "/admin/suppression/bob@example.com?channel=email",
-                               {"reason": "mailbox exists again", "actor": "dave"})
+                               {"reason": "mailbox exists again", "actor": "alice"})
     assert status == 200 and [e["scope"] for e in body["removed"]] == ["global"]
     assert await admin("GET", "/admin/suppression/bob@example.com?account=acct_s") == (
         200, {"address": "bob@example.com", "suppressed": False, "entries": []})
     status, _ = await admin("DELETE", "/admin/suppression/bob@example.com?channel=email",
-                            {"reason": "again", "actor": "dave"})
+                            {"reason": "again", "actor": "alice"})
     assert status == 404
 
     _, audit = await admin("GET", "/admin/audit/acct_s")
+    read = ("read", "alice", "an address's suppression")  # reads of personal data too
     assert [(r["action"], r["actor"], r["reason"]) for r in audit] == [
-        ("suppression.remove", "dave", "asked back"), ("suppression.add", "dave", "unsubscribe")]
+        read, ("suppression.remove", "alice", "asked back"), read,
+        ("suppression.add", "alice", "unsubscribe")]
 
 
 @pytest.mark.parametrize("body, error", [
-    ({"address": "x@example.com", "channel": "email", "reason": "unsubscribe", "actor": "a"},
+    ({"address": "x@example.com", "channel": "email", "reason": "unsubscribe"},
      "give --account"),
-    ({"address": "x@example.com", "channel": "fax", "reason": "manual", "actor": "a"},
+    ({"address": "x@example.com", "channel": "fax", "reason": "manual"},
      "channel must be email or sms"),
-    ({"address": "not an address", "channel": "email", "reason": "manual", "actor": "a"}, ""),
-    ({"address": "x@example.com", "channel": "email", "reason": "bored", "actor": "a"},
+    ({"address": "not an address", "channel": "email", "reason": "manual"}, ""),
+    ({"address": "x@example.com", "channel": "email", "reason": "bored"},
      "reason must be one of"),
-    ({"address": "x@example.com", "channel": "email", "reason": "manual", "actor": "a",
+    ({"address": "x@example.com", "channel": "email", "reason": "manual",
       "expires": "soon"}, "expires must be a whole number"),
-    ({"address": "x@example.com", "channel": "email", "reason": "manual"}, "actor is required"),
+    ({"address": "x@example.com", "channel": "email"}, "reason is required"),
 ])
 async def test_bad_suppression_entries_are_400_and_change_nothing(admin, body, error):
     status, answer = await admin("POST", "/admin/suppression", body)
@@ -329,11 +328,11 @@ async def test_bad_suppression_entries_are_400_and_change_nothing(admin, body, e
     assert found["suppressed"] is False
 
 
-async def test_delete_needs_channel_reason_and_actor(admin):
+async def test_delete_needs_channel_and_reason(admin):
     await admin("POST", "/admin/suppression", {"address": "y@example.com", "channel": "email",
-                                               "reason": "manual", "actor": "a"})
+                                               "reason": "manual"})
     status, body = await admin("DELETE", "/admin/suppression/y@example.com")
-    assert (status, body) == (400, {"error": "channel, reason and actor are required"})
+    assert (status, body) == (400, {"error": "channel and reason are required"})
     assert (await admin("GET", "/admin/suppression/y@example.com"))[1]["suppressed"]
 
 
@@ -343,16 +342,16 @@ async def test_consent_grant_revoke_show(admin):
     assert record["status"] == "none"
     status, record = await admin("POST", path, {"channel": "sms", "granted": True,
                                                 "source": "signup form",
-                                                "evidence": "form 1234", "actor": "erin"})
+                                                "evidence": "form 1234"})
     assert (status, record["status"], record["grant_evidence"]) == (200, "granted", "form 1234")
     status, record = await admin("POST", path, {"channel": "sms", "granted": False,
-                                                "source": "phone call", "actor": "erin"})
+                                                "source": "phone call"})
     assert (status, record["status"]) == (200, "revoked")
     _, record = await admin("GET", path + "?channel=sms")
     assert (record["status"], record["grant_evidence"], record["revoke_source"]) == (
         "revoked", "form 1234", "phone call")
     assert (await admin("GET", path))[0] == 400  # no channel
-    status, body = await admin("POST", path, {"channel": "sms", "granted": "yes", "actor": "e"})
+    status, body = await admin("POST", path, {"channel": "sms", "granted": "yes"})
     assert (status, body) == (400, {"error": "granted must be true or false"})
     assert (await admin("GET", path + "?channel=sms"))[1]["status"] == "revoked"
 
@@ -365,7 +364,7 @@ async def test_the_page_is_self_contained_and_builds_no_html_from_data(admin):
     assert status == 200 and page == PAGE
     for view in ("accounts", "account", "recipient", "job"):
         assert f'id="view-{view}"' in page
-    assert 'id="token"' in page and 'id="actor"' in page and "Unblock 解除封鎖" in page
+    assert 'id="token"' in page and 'id="whoami"' in page and "Unblock 解除封鎖" in page
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", page)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
     csp = admin.headers["Content-Security-Policy"]

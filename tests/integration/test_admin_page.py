@@ -26,12 +26,14 @@ from suppression.store import AccountStore, ConsentStore, SuppressionStore
 from tests.integration.helpers import collect, email_job, publish, running_app, running_worker
 
 pytestmark = pytest.mark.integration
-TOKEN = "page-token-for-tests"
+TOKEN = "page-token-for-tests"  # alice's: support
+VIEWER_TOKEN = "page-viewer-token-for-tests"  # vera's: viewer
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EVIL = "<img src=x onerror=alert(1)><script>alert('x')</script>"
 SHOT = Path(__file__).resolve().parents[2] / "var" / "admin-page.png"
+VIEWER_SHOT = SHOT.with_name("admin-page-viewer.png")
 
 
 @pytest.fixture
@@ -45,7 +47,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def site(make_settings: Any, unused_tcp_port_factory: Any) -> AsyncIterator[str]:
-    async with running_app(make_settings(admin_tokens=TOKEN), unused_tcp_port_factory()) as base:
+    tokens = f"alice:support:{TOKEN},vera:viewer:{VIEWER_TOKEN}"
+    async with running_app(make_settings(admin_tokens=tokens), unused_tcp_port_factory()) as base:
         yield base
 
 
@@ -57,18 +60,19 @@ async def redis(make_settings: Any) -> AsyncIterator[Any]:
 
 
 @contextlib.asynccontextmanager
-async def opened(browser: Browser, site: str) -> AsyncIterator[Page]:
-    """The page with the token and a name entered; fails the test on any dialog or script
-    error (an injected ``alert`` would be one)."""
+async def opened(browser: Browser, site: str, token: str = TOKEN) -> AsyncIterator[Page]:
+    """The page with the token entered (its holder's name and role shown); fails the test on
+    any dialog or script error (an injected ``alert`` would be one)."""
     page = await browser.new_page()
     problems: list[str] = []
     page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
     page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
     await page.goto(site + "/admin/")
     await expect(page.locator("#message")).to_contain_text("token")
-    await page.fill("#token", TOKEN)
-    await page.fill("#actor", "alice")
+    await page.fill("#token", token)
     await page.press("#token", "Enter")
+    await expect(page.locator("#whoami")).to_have_text(
+        "alice (support)" if token == TOKEN else "vera (viewer)")
     try:
         yield page
     finally:
@@ -132,14 +136,8 @@ async def test_support_finds_a_blocked_account_sees_why_and_unblocks_it(browser,
         assert await page.locator("#reason").evaluate("e => !e.validity.valid")
         assert (await store.show("acct_dirty"))["state"] == "blocked"
 
-        # no name: refused by the page, nothing changes
-        await page.fill("#actor", "")
+        # the change is made in the token's name (alice), not in a name typed in the page
         await page.fill("#reason", "list cleaned, ticket 4711")
-        await page.click("#actions button")
-        await expect(page.locator("#message")).to_contain_text("Enter your name first")
-        assert (await store.show("acct_dirty"))["state"] == "blocked"
-
-        await page.fill("#actor", "alice")
         await page.click("#actions button")
         await expect(page.locator("#message")).to_have_text("acct_dirty: blocked → active")
         await expect(page.locator("#state")).to_have_text("active")
@@ -277,3 +275,35 @@ async def test_history_and_timeline_render_the_contracts_shapes(browser, site):
         for text in ("2026-01-01T00:00:01Z", "userunknown", EVIL, "smtp", "Q<9>", "1"):
             await expect(rows.nth(2)).to_contain_text(text)
         assert await page.locator("i, img").count() == 0
+
+
+async def test_a_viewer_sees_no_write_buttons_and_its_reads_are_audited(browser, site, redis):
+    """A viewer token: a blocked account without its Unblock button, a suppression entry
+    without its Remove form; what it looked up is in the audit under the token's name."""
+    await block(redis, "acct_dirty", bounces=6)
+    async with opened(browser, site, VIEWER_TOKEN) as page:
+        await page.get_by_role("link", name="acct_dirty").click()
+        await expect(page.locator("#state")).to_have_text("blocked")
+        await expect(cells(page, "bounces")).to_have_count(7)  # everything else is shown
+        assert await page.locator("#act").is_hidden()
+        assert await page.locator("#view-account button").count() == 0
+        assert await page.locator("#view-account input:visible").count() == 0  # no reason
+        await page.screenshot(path=str(VIEWER_SHOT), full_page=True)
+
+        await page.fill("#recipient", "gone2@example.com")
+        await page.fill("#recipient-account", "acct_dirty")
+        await page.click("#recipient-form button")
+        entry = page.locator("#entries tr", has_text="hard_bounce")
+        await expect(entry).to_contain_text("job:j2")
+        await expect(page.locator("#entries")).not_to_contain_text("Remove")
+        assert await page.locator("#view-recipient button, #view-recipient input").count() == 0
+        await expect(page.locator("#history")).to_contain_text("No recent jobs")
+        await page.screenshot(path=str(VIEWER_SHOT.with_stem(VIEWER_SHOT.stem + "-recipient")),
+                              full_page=True)
+
+    reads = [r for r in await AccountStore(redis, Policy()).audit.read("acct_dirty", limit=20)
+             if r["action"] == "read"]
+    assert {(r["actor"], r["role"], r["what"], r["address"]) for r in reads} == {
+        ("vera", "viewer", what, "gone2@example.com")
+        for what in ("suppression.check", "consent.show", "history")}
+    assert (await AccountStore(redis, Policy()).show("acct_dirty"))["state"] == "blocked"

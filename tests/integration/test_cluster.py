@@ -125,7 +125,7 @@ async def test_the_admin_api_works_on_it(make_settings, names: Names,
     from suppression.gate import Counts
 
     token = "admin-token-for-cluster-tests"
-    settings = make_settings(admin_tokens=token)
+    settings = make_settings(admin_tokens=f"alice:admin:{token}")
     account, policy = names.account("acct_admin"), Policy(early_bounce_volume=5,
                                                           min_bounce_volume=10)
     redis = make_redis(settings)

@@ -185,7 +185,8 @@ def test_status_events_parse_typed_with_their_extra_fields() -> None:
 def test_dev_run_gets_a_development_admin_token_and_prints_it() -> None:
     cfg = load_settings()
     dev = load_settings(**dev_overrides(cfg))
-    assert [t.get_secret_value() for t in dev.admin_tokens] == [DEV_ADMIN_TOKEN]
+    assert [(t.name, t.role, t.token.get_secret_value()) for t in dev.admin_tokens] == [
+        ("token-0", "admin", DEV_ADMIN_TOKEN)]
     banner = ready_banner(dev)
     assert "var/mail/*.eml" in banner
     assert f"http://127.0.0.1:8080/admin/   token: {DEV_ADMIN_TOKEN}" in banner

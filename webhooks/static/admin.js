@@ -2,6 +2,8 @@
 // The support page: views chosen by the URL's hash (#/accounts, #/account/ID,
 // #/recipient/ADDRESS?account=ID, #/job/ACCOUNT/ID), data from the admin API with the token.
 // Everything shown may come from users: it becomes text (textContent), never markup.
+// The token's name and role come from GET /admin/whoami: the page offers only the actions the
+// role allows (the API refuses the others anyway), and every change is made in that name.
 const $ = (id) => document.getElementById(id);
 const VIEWS = ["accounts", "account", "recipient", "job"];
 // the support actions that apply in each state (the API answers 409 to the others)
@@ -10,6 +12,8 @@ const ACTIONS = {blocked: ["unblock"], suspended: ["unsuspend"], active: ["suspe
 const LABELS = {unblock: "Unblock 解除封鎖", suspend: "Suspend 暫停", unsuspend: "Unsuspend 恢復"};
 const SEVERITY = {blocked: 0, suspended: 1, throttled: 2, active: 3};
 const MAX_ROWS = 100;  // accounts whose rates are fetched in one list
+let me = null;  // {name, role, allowed: [action, ...]} of the token entered
+const can = (action) => me !== null && me.allowed.includes(action);
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -67,10 +71,9 @@ async function api(method, path, body) {
   return data;
 }
 const q = encodeURIComponent;
-function actor() {
-  const name = $("actor").value.trim();
-  if (!name) { $("actor").focus(); throw new Error("Enter your name first. 請先輸入你的名字。"); }
-  return name;
+async function signIn() {
+  me = await api("GET", "/admin/whoami");
+  $("whoami").textContent = me.name + " (" + me.role + ")";
 }
 
 // --- routing -------------------------------------------------------------------------------
@@ -89,6 +92,7 @@ async function render() {
                                   return; }
   say("", true);
   try {
+    if (me === null) await signIn();
     if (view === "accounts") await showAccounts(query.get("state") || "", query.get("q") || "");
     if (view === "account") await showAccount(args[0]);
     if (view === "recipient") await showRecipient(args[0], query.get("account") || "");
@@ -159,7 +163,7 @@ async function showAccount(id) {
     + cause.actor + " at " + when(cause.at) + ": " + cause.reason +
     (cause.detail && cause.detail !== cause.actor + ": " + cause.reason ? " — " + cause.detail
      : "") : "";
-  const actions = ACTIONS[info.state] || [];
+  const actions = (ACTIONS[info.state] || []).filter((action) => can("accounts." + action));
   $("actions").replaceChildren(...actions.map((action) => {
     const button = el("button", LABELS[action]);
     button.type = "submit";
@@ -211,7 +215,7 @@ function auditDetail(r) {
 async function act(action) {
   const account = $("act").dataset.account;
   const r = await api("POST", "/admin/accounts/" + q(account) + "/" + action,
-                      {reason: $("reason").value.trim(), actor: actor()});
+                      {reason: $("reason").value.trim()});
   $("reason").value = "";
   await showAccount(account);
   say(r.account_id + ": " + r.from + " → " + r.state + (r.event_published ? "" :
@@ -228,15 +232,17 @@ async function showRecipient(address, account) {
                           (account ? "?account=" + q(account) : ""));
   $("suppressed").textContent = found.suppressed ? "Suppressed 已抑制" : "Not suppressed 未抑制";
   $("suppressed").className = found.suppressed ? "level-2" : "";
+  const removable = can("suppression.remove");
   table("entries", ["Channel 渠道", "Reason 原因", "Scope 範圍", "Since 自", "Expires 到期",
                     "Source 來源", "Evidence 證據", "By 操作者", "Learnt from 來自帳戶",
-                    "Remove 移除"],
+                    ...(removable ? ["Remove 移除"] : [])],
         found.entries.map((e) => {
           const owner = e.account_id || e.learnt_from;
           return [e.channel, e.reason, e.scope + (e.account_id ? " " + e.account_id : ""),
                   when(e.at), when(e.expires_at), source(e.source, owner), e.detail, e.actor,
                   e.learnt_from ? link(e.learnt_from, "account", e.learnt_from) : "",
-                  e.scope === "dnc" ? "register 登記冊" : removeForm(address, e, account)];
+                  ...(!removable ? [] : [e.scope === "dnc" ? "register 登記冊"
+                                         : removeForm(address, e, account)])];
         }), "No entries 沒有記錄");
   await Promise.all([showConsent(address, account), showHistory(address, account)]);
 }
@@ -259,7 +265,7 @@ function removeForm(address, entry, account) {
 async function remove(address, entry, reason, account) {
   const scope = entry.scope === "account" ? "&account=" + q(entry.account_id) : "";
   const r = await api("DELETE", "/admin/suppression/" + q(entry.address) + "?channel=" +
-                      q(entry.channel) + scope, {reason, actor: actor()});
+                      q(entry.channel) + scope, {reason});
   await showRecipient(address, account);
   say("Removed 已移除: " + r.removed.map((e) => e.channel + " " + e.reason + " (" + e.scope +
       ")").join(", ") + " for " + r.address, true);
@@ -350,6 +356,10 @@ $("act").addEventListener("submit", (event) => {
   event.preventDefault();
   act(event.submitter.value).catch((err) => say(err.message, false));
 });
-$("token").addEventListener("change", render);
+$("token").addEventListener("change", () => {
+  me = null;
+  $("whoami").textContent = "";
+  render();
+});
 window.addEventListener("hashchange", render);
 render();
