@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 ROLES = ("viewer", "support", "admin")
 #: a name: what the audit and the logs show (no spaces, separators or markup)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 class AdminToken(BaseModel):
@@ -64,10 +64,10 @@ def _entry(item: Any, index: int) -> AdminToken:
         return AdminToken(name=f"token-{index}", role="admin", token=SecretStr(item))
     name, role, token = (item.split(":", 2) + ["", ""])[:3]
     name, role, token = name.strip(), role.strip(), token.strip()
-    where = f"entry {index + 1}" + (f" ({name!r})" if NAME.match(name) else "")
+    where = f"entry {index + 1}" + (f" ({name!r})" if NAME.fullmatch(name) else "")
     if item.count(":") < 2:
         raise ValueError(f"{where} must be NAME:ROLE:TOKEN (or a bare token without ':')")
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ValueError(f"{where}: the name must be 1 to 64 letters, digits, '.', '_', '@' "
                          "or '-', starting with a letter or digit")
     if role not in ROLES:
