@@ -98,3 +98,25 @@ def test_tokens_are_masked_in_logs_not_their_names() -> None:
     cfg = load_settings(admin_tokens="vera:viewer:tok-v-0123,legacy-token-0123")
     redact = Redactor(secret_values(cfg))
     assert redact("Bearer? tok-v-0123 legacy-token-0123 by vera") == "Bearer? *** *** by vera"
+
+
+def test_the_readme_lists_each_roles_actions_as_the_route_table_declares() -> None:
+    """README "Admin API": the row of each role names exactly the actions that need it, and
+    the calls table gives each route's role (generated from one declaration, or checked)."""
+    import re
+    from pathlib import Path
+
+    from webhooks.admin import PUBLIC, ROUTES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for role in ROLES:
+        [line] = [x for x in readme.splitlines() if x.startswith(f"| `{role}` | ")]
+        listed = set(re.findall(r"`([a-z]+(?:\.[a-z]+)?)`", line.split("|")[2]))
+        assert listed == {r.action for r in ROUTES if r.role == role}, role
+    names = {"account": "(ID|ACCOUNT)", "recipient": "RECIPIENT", "job": "ID",
+             "address": "ADDRESS"}
+    for route in (r for r in ROUTES if r.role != PUBLIC):
+        shown = re.sub(r"\{(\w+)\}", lambda m: names[m[1]], route.path)
+        shown = re.sub(r"\{action:(\w+)\}", r"\1", shown)
+        row = rf"^\| [^|]*`{route.method} {shown}[?`][^|]*\| {route.role} \|"
+        assert re.search(row, readme, re.M), (route.action, row)
