@@ -153,8 +153,10 @@ class AdminApi:
         """The rows of :data:`ROUTES`, each behind the check of its role."""
         def made(row: Route) -> web.RouteDef:
             handler: Handler = getattr(self, row.handler)
-            return web.route(row.method, row.path,
-                             handler if row.role == PUBLIC else self._guard(row, handler))
+            guarded = handler if row.role == PUBLIC else self._guard(row, handler)
+            if row.method == "GET":  # and HEAD, as web.get makes it
+                return web.get(row.path, guarded)
+            return web.route(row.method, row.path, guarded)
         return [made(row) for row in ROUTES]
 
     # --- auth and errors ---------------------------------------------------------------
