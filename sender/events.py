@@ -44,8 +44,9 @@ an event of theirs that names no account can still teach facts about the address
 bounce, a complaint: global suppression); one that needs an account and has none goes to
 ``outbox.dead`` with the reason. Events of the bounce listener (provider ``smtp``) come from
 mail anyone can send: the listener publishes only reports proven to concern a job we sent
-(signed VERP address or our quoted Message-ID, and the job's own recipient), always with their
-account and job, so one without both is not applied at all: it goes to ``outbox.dead``.
+(signed VERP address, ``trust`` ``signed``; or our quoted Message-ID, ``quoted``; and the
+job's own recipient), always with their account and job, so one without both (or a ``quoted``
+one from anywhere without both) is not applied at all: it goes to ``outbox.dead``.
 """
 
 from __future__ import annotations
