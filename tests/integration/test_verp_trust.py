@@ -24,6 +24,7 @@ from tests.integration.test_bounces_listener import (
     DOMAIN,
     KEY,
     MSGID_DOMAIN,
+    OLD_KEY,
     _settings,
     counted,
     dsn,
@@ -177,3 +178,22 @@ async def test_a_report_to_a_wrongly_signed_referenced_address_changes_nothing(
     assert sum("has no correct signature" in r for r in reasons) == 5
     assert sum("not sent to victim@example.org" in r for r in reasons) == 1
     assert counted(registry, "unattributed") == 6 and counted(registry, "accepted") == 0
+
+
+async def test_a_referenced_address_made_with_a_rotated_out_key_is_still_believed(
+        make_settings, smtp_server, amqp_url, unused_tcp_port):
+    smtp_url, recorder = smtp_server
+    old = _settings(make_settings, smtp_url, secret_key=OLD_KEY)
+    job, verp = await sent_job(old, amqp_url, recorder, id=ISSUE_JOB, account_id=ISSUE_ACCOUNT,
+                               to="dave@example.net")
+    assert parse_ref(verp) == verp_ref(ISSUE_ACCOUNT, ISSUE_JOB, OLD_KEY)
+    report = to_verp(ISSUE_JOB, "dave@example.net", verp)
+    for keys, believed in ((KEY, False), (f"{KEY},{OLD_KEY}", True)):
+        settings = _settings(make_settings, smtp_url, secret_key=keys)
+        async with listening(settings, unused_tcp_port) as registry, running_worker(settings):
+            await smtp_send(unused_tcp_port, [verp], report)
+            status = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1,
+                                          timeout=30 if believed else 3))
+        assert [(s["id"], s["status"]) for s in status] == (
+            [(ISSUE_JOB, "bounced")] if believed else [])
+        assert counted(registry, "accepted" if believed else "unattributed") == 1
