@@ -19,7 +19,7 @@ import pytest
 
 from suppression.store import SuppressionStore
 from suppression.verp import LOCAL_MAX, REF_LENGTH, parse_ref, verp_ref
-from tests.integration.helpers import collect, events, running_worker
+from tests.integration.helpers import collect, email_job, events, publish, running_worker
 from tests.integration.test_bounces_listener import (
     DOMAIN,
     KEY,
@@ -119,6 +119,14 @@ async def test_a_report_quoting_only_our_message_id_changes_no_rate_and_no_globa
         counts = await rates(worker.redis, "acct_q")
         state = await worker.redis.hget("outbox:{acct:acct_q}:state", "state")
         job_status = await worker.redis.hget(f"outbox:{{acct:acct_q}}:job:{job['id']}", "st")
+        # what the entry does: acct_q's next mail to carol is not sent; another account's is
+        await publish(amqp_url, [email_job(id="q-next", account_id="acct_q",
+                                           to="carol@example.org"),
+                                 email_job(id="o-next", account_id="acct_other",
+                                           to="carol@example.org")])
+        after = {e["id"]: (e["status"], e["reason"]) for e in events(await collect(
+            amqp_url, "outbox.status", lambda m: len(m) >= 2))}
+    assert after == {"q-next": ("suppressed", "reported"), "o-next": ("sent", None)}
     assert status == [] and job_status == b"sent"
     assert counts == (1, 0, 0) and state in (None, b"active")
     assert elsewhere == []  # no global entry: another account may still write to carol
