@@ -22,6 +22,16 @@ accepted, opened,
 clicked, other    —                    —
 ================  ===================  =================================================
 
+A ``quoted`` event (``ProviderEvent.trust``: a report by mail that only quotes our
+Message-ID and ``X-Outbox-Account``, which every recipient of the message sees, so any of them
+can forge it) is the recipient's own word about their own mailbox: where a ``signed`` one
+would suppress (a hard bounce, a complaint), it leaves the ACCOUNT's entry ``reported`` for
+that recipient, with the evidence (what was quoted, from which peer) in its ``detail``; it
+counts toward no rate, makes no global entry and leaves the job's status as it is (a status
+is what the customer's own bounce handling reads, and its event would be a second rate
+anyone could push); anything else it says changes nothing. Counted in
+``outbox_provider_events_total{result="quoted"}``.
+
 The job's status and the counters move in the same single Redis round trip as after a send
 (``Gate.post_send``), deduplicated by event id, and a status never moves backwards. A status
 event is published when the job's status changed, with the job's ``metadata`` as the worker
@@ -34,8 +44,9 @@ an event of theirs that names no account can still teach facts about the address
 bounce, a complaint: global suppression); one that needs an account and has none goes to
 ``outbox.dead`` with the reason. Events of the bounce listener (provider ``smtp``) come from
 mail anyone can send: the listener publishes only reports proven to concern a job we sent
-(signed VERP address or our quoted Message-ID, and the job's own recipient), always with their
-account and job, so one without both is not applied at all: it goes to ``outbox.dead``.
+(signed VERP address, ``trust`` ``signed``; or our quoted Message-ID, ``quoted``; and the
+job's own recipient), always with their account and job, so one without both (or a ``quoted``
+one from anywhere without both) is not applied at all: it goes to ``outbox.dead``.
 """
 
 from __future__ import annotations
@@ -52,8 +63,8 @@ from sender.bus import Bus
 from sender.metrics import Metrics
 from sender.models import status_event
 from sender.pipeline import RedisCalls
-from sender.provider_events import InvalidEvent, ProviderEvent
-from suppression import channels
+from sender.provider_events import QUOTED, InvalidEvent, ProviderEvent
+from suppression import channels, entries
 from suppression.gate import Counts, Gate
 from suppression.store import SuppressionStore
 
@@ -67,6 +78,13 @@ _STATUS = {"delivered": "delivered", "bounced": "bounced", "soft_bounced": "soft
 
 def _effects(event: ProviderEvent) -> tuple[Counts, str | None]:
     """What an event adds to the counters, and which suppression it leaves ("" = none)."""
+    if event.trust == QUOTED:
+        _, suppress = _signed_effects(event)
+        return Counts(), "" if suppress == "" else entries.REPORTED
+    return _signed_effects(event)
+
+
+def _signed_effects(event: ProviderEvent) -> tuple[Counts, str | None]:
     if event.type == "bounced" and event.kind == "hard":
         return Counts(hard=1), None  # None: the hard bounce's own global entry
     if event.type == "complained":
@@ -99,8 +117,20 @@ def evidence(event: ProviderEvent) -> str:
     raw = event.raw if isinstance(event.raw, dict) else {}
     parts = [str(event.diagnostic or event.reason or "")[:500],
              f"report {raw['report_message_id']}" if raw.get("report_message_id") else "",
-             f"received {event.at}" if event.at else ""]
+             f"received {event.at}" if event.at else "",
+             _quoted_evidence(raw) if event.trust == QUOTED else ""]
     return " | ".join(p for p in parts if p)
+
+
+def _quoted_evidence(raw: dict[str, Any]) -> str:
+    """What a ``quoted`` report rests on: what it quoted, and who sent it to us."""
+    seen = raw.get("evidence")
+    if not isinstance(seen, dict):
+        return "quoted our Message-ID only (no signed VERP address)"
+    return (f"quoted Message-ID {str(seen.get('quoted_message_id'))[:200]} and X-Outbox-Account "
+            f"{str(seen.get('quoted_account'))[:130]}, no signed VERP address; from "
+            f"{str(seen.get('peer'))[:64]} (MAIL FROM {str(seen.get('mail_from'))[:200]}, "
+            f"RCPT TO {str(seen.get('rcpt_to'))[:300]})")
 
 
 class EventApplier:
@@ -144,10 +174,14 @@ class EventApplier:
         account, job = event.account_id, event.job_id
         if event.type == "other" and event.reason == "sms_start":
             return await self._opt_in(event)
-        if event.provider == LISTENER_PROVIDER and not (account and job):
+        if (event.provider == LISTENER_PROVIDER or event.trust == QUOTED) \
+                and not (account and job):
             return "a bounce listener event that names no account and job is not believed"
         if not account:
             return await self._unattributed(event, counts)
+        if event.trust == QUOTED:
+            await self._quoted(event, suppress)
+            return None
         status = _STATUS.get(event.type, "")
         if not status and not counts.hard and not counts.complaints:
             return None  # accepted / opened / clicked: nothing to record
@@ -174,6 +208,23 @@ class EventApplier:
                 metadata=job_metadata(recorded.metadata)))
             self._metrics.jobs.labels(event.channel, status).inc()
         return None
+
+    async def _quoted(self, event: ProviderEvent, suppress: str | None) -> None:
+        """A report that only quotes our headers: the account's own entry for its recipient
+        (when a signed one would suppress), once per event; no status, no count."""
+        if suppress:
+            recorded = await self._gate.post_send(
+                str(event.account_id), str(event.job_id), status="", attempt=0,
+                provider=event.provider, channel=event.channel, reason=event.reason,
+                address=event.recipient or "", suppress=suppress, source=_source(event),
+                detail=evidence(event), event_id=f"{event.provider}:{event.event_id}")
+            result = "duplicate" if recorded.applied < 0 else "quoted"
+        else:
+            result = "quoted"
+        self._metrics.provider_events.labels(event.provider, event.type, result).inc()
+        log.info("report that only quotes our Message-ID applied to account %s alone",
+                 event.account_id, extra={"account_id": event.account_id, "job_id": event.job_id,
+                                          "type": event.type, "suppress": suppress or ""})
 
     async def _unattributed(self, event: ProviderEvent, counts: Counts) -> str | None:
         """No account: a fact about the address is still a fact; a choice needs an account."""

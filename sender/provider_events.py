@@ -22,11 +22,21 @@ worker dead-letters it with that reason). Fields (README "Provider events"):
 ``diagnostic``          the provider's own words (an SMTP reply, an error message)
 ``at``                  when it happened (RFC 3339)
 ``event_id``            stable for the same happening: the worker applies it once
-``raw``                 the provider's payload (an object)
+``raw``                 the provider's payload (an object); the bounce listener adds
+                        ``evidence``: ``peer``, ``mail_from``, ``rcpt_to`` and, for a ``quoted``
+                        report, ``quoted_message_id`` and ``quoted_account``
+``trust``               ``signed`` (default): proven by a signature (a provider's webhook
+                        signature, a signed VERP address): applied in full. ``quoted``: a report
+                        by mail that only quotes our ``Message-ID`` and ``X-Outbox-Account``,
+                        which every recipient sees: it may suppress that recipient for that
+                        account alone, and counts toward nothing (``sender.events``)
 ======================  ========================================================================
 
 Unknown fields are ignored when reading (a newer producer may add some), so events already
-queued by an older or newer webhook server are still applied.
+queued by an older or newer webhook server are still applied. An event without ``trust`` was
+queued by a producer that did not know it, and is ``signed`` (the rules of that time); a
+worker older than the field would apply a ``quoted`` report in full, so upgrade the workers
+before the bounce listener.
 """
 
 from __future__ import annotations
@@ -61,6 +71,11 @@ EventType = Literal[
     "other",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+Trust = Literal["signed", "quoted"]
+#: proven by a signature (a provider's webhook, a signed VERP address): applied in full
+SIGNED: Trust = "signed"
+#: only quotes our Message-ID (+ X-Outbox-Account): the recipient's own word, counted nowhere
+QUOTED: Trust = "quoted"
 #: ``webhooks.providers.twilio.PROVIDER``: before ``channel`` existed, the channel was guessed
 #: from the provider: Twilio's events were SMS, every other provider's e-mail
 _LEGACY_SMS_PROVIDER = "twilio"
@@ -103,6 +118,7 @@ class ProviderEvent(BaseModel):
     event_id: Annotated[str, StringConstraints(min_length=1)]
     account_id: AccountId | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
+    trust: Trust = SIGNED
 
     @model_validator(mode="before")
     @classmethod

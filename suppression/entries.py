@@ -17,6 +17,9 @@ Scope (README, "Support operations")::
     dnc_register   the Do-not-call register          outbox:dnc:<e164> (marketing SMS only)
     unsubscribe    a person's choice for one         outbox:{acct:A}:supp:<channel>:<addr>;
     sms_stop       account                           the account is required
+    reported       the recipient's own report (a
+                   bounce or complaint quoting our
+                   Message-ID, no signed VERP)
     manual         support's decision                the account's when one is named, else global
 
 The address is put in its canonical form (:func:`suppression.channels.normalise`): the form
@@ -46,7 +49,11 @@ from suppression.address import BadAddress
 from suppression.roundtrip import Client
 
 FACTS = ("hard_bounce", "complaint", "invalid", "dnc_register")
-CHOICES = ("unsubscribe", "sms_stop")
+#: a hard bounce or complaint the recipient's own mailbox reported by quoting our
+#: Message-ID, without a signed VERP address (``sender.events``): anyone who received the
+#: message can write one, so it is that recipient's word for that account only
+REPORTED = "reported"
+CHOICES = ("unsubscribe", "sms_stop", REPORTED)
 MANUAL = "manual"
 REASONS = (*FACTS, *CHOICES, MANUAL)
 FIELDS = ("reason", "source", "at", "account", "detail", "actor", "expires_at")

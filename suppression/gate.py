@@ -12,6 +12,8 @@ Pre-send, in one round trip::
     EXISTS outbox:dnc:<e164>                         only for marketing SMS
     ZADD NX, ZREMRANGEBYRANK, EXPIRE  outbox:hist:<channel>:<addr>   the recipient's jobs
                                                   across accounts (the newest kept)
+    SET    outbox:verp:<ref> <account>/<job> EX   an e-mail job whose VERP address is the
+                                                  referenced form (suppression/verp.py)
     EVALSHA pre_send.lua  (claim, expiry, account state, per-account suppression,
                            consent / preferences, token bucket — in that order; the claim
                            keeps the recipient's digest and the job's metadata; the
@@ -58,7 +60,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
-from suppression import channels, entries, keys
+from suppression import channels, entries, keys, verp
 from suppression.address import BadAddress
 from suppression.channels import normalise
 from suppression.coalesce import Send
@@ -215,10 +217,14 @@ class Gate:
 
     def __init__(self, redis: Client, *, idempotency_ttl: int,
                  policy: Policy | None = None, sms_region: str = "HK",
-                 send: Send | None = None) -> None:
+                 send: Send | None = None, verp_key: str | None = None) -> None:
         """``send``: how the pre- and post-send batches travel (the worker passes a
-        :class:`~suppression.coalesce.Coalescer`); default a round trip each."""
+        :class:`~suppression.coalesce.Coalescer`); default a round trip each. ``verp_key``:
+        the key VERP addresses are signed with, when ``OUTBOX_BOUNCE_DOMAIN`` is set: an
+        e-mail job whose address is the referenced form gets its ref record in the pre-send
+        round trip (:func:`suppression.verp.ref_record`)."""
         self._redis = redis
+        self._verp_key = verp_key
         self.send = send  # public: the benchmarks read its batch sizes
         self._ttl = idempotency_ttl
         self.policy = policy or Policy()
@@ -253,6 +259,8 @@ class Gate:
                 keys.TIMELINE_KEEP, metadata_arg(metadata)]
         seen = f"{account_id}{keys.HISTORY_SEPARATOR}{job_id}"
         everyone = keys.global_history(channel, addr)
+        ref = (verp.ref_record(account_id, job_id, self._verp_key)
+               if self._verp_key and channel == channels.EMAIL.name else None)
 
         def build(pipe: Any) -> None:
             pipe.hget(keys.global_suppression(channel, addr), "reason")
@@ -262,6 +270,8 @@ class Gate:
             pipe.zadd(everyone, "NX", time.time_ns() // 1000, seen)
             pipe.zremrangebyrank(everyone, 0, -keys.HISTORY_KEEP - 1)
             pipe.expire(everyone, self._ttl)
+            if ref is not None:  # a global key too; written before the message can leave
+                pipe.set(*ref, "EX", verp.ref_ttl(self._ttl))
             PRE_SEND.queue(pipe, script_keys, args)
 
         results = await run_pipeline(self._redis, build, PRE_SEND, self.send)

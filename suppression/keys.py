@@ -26,6 +26,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
+| ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
 | ``outbox:mg-token:<token>`` | string | ``MAILGUN_TOKEN_TTL`` (10 min) | a Mailgun webhook token already used (replays refused) |
 
 Suppression hashes (``supp`` and ``dnc``) are written only by :mod:`suppression.entries`
@@ -130,6 +131,12 @@ def history(account_id: str, channel: str, address: str) -> str:
 def global_history(channel: str, address: str) -> str:
     """The recipient's recent jobs across accounts (members ``<account>/<job id>``)."""
     return f"{PREFIX}hist:{channel}:{address}"
+
+
+def verp_ref(ref: str) -> str:
+    """A referenced VERP address's record: ``<account>/<job id>`` (``suppression.verp``). A
+    global key: the listener knows only the ref, so it cannot carry the account's hash tag."""
+    return f"{PREFIX}verp:{ref}"
 
 
 def mailgun_token(token: str) -> str:

@@ -1,20 +1,29 @@
 """``outbox bounces``: an SMTP listener for the bounces of a self-run relay.
 
 Point the MX of ``OUTBOX_BOUNCE_DOMAIN`` here. Anyone on the Internet can connect, so what a
-message says is believed only when it proves it concerns a message we sent:
+message says is believed only when it proves it concerns a message we sent, and only as far
+as its proof goes (``ProviderEvent.trust``):
 
-* (a) it comes to a correctly signed VERP address ``bounce+<account>+<job>+<sig>@<domain>``
-  (:mod:`suppression.verp`; any key of ``OUTBOX_SECRET_KEY`` verifies), or
-* (b) without a VERP address, it quotes our ``Message-ID: <job@OUTBOX_MESSAGE_ID_DOMAIN>`` and
-  ``X-Outbox-Account`` of that job;
+* (a) ``signed``: it comes to a correctly signed VERP address (:mod:`suppression.verp`; any
+  key of ``OUTBOX_SECRET_KEY`` verifies): ``bounce+<account>+<job>+<sig>@<domain>``, or
+  ``bounce+r=<ref>@<domain>`` whose ref record (``outbox:verp:<ref>``) names the job and whose
+  ref is the HMAC of it. Applied in full: the job's status, the account's rates, a global
+  suppression for a hard bounce or complaint;
+* (b) ``quoted``: without a VERP address, it quotes our
+  ``Message-ID: <job@OUTBOX_MESSAGE_ID_DOMAIN>`` and ``X-Outbox-Account`` of that job. Both
+  are in every copy the recipient holds, so this proves only that someone who saw the message
+  wrote it: the worker suppresses that recipient for that account alone and counts nothing
+  (``sender.events``). The event carries its evidence (``raw.evidence``: what was quoted, the
+  peer, MAIL FROM, RCPT TO), and its id differs from a signed report's of the same bounce, so
+  a forged quote sent first cannot make the genuine bounce look like a repeat;
 
 and in both cases every recipient the report names is the job's own: the job hash must show
 the job handed over (``gate.HANDED_OVER``) for exactly that recipient (``rc``, written on the
 claim). A signed address is no proof about the recipient (every recipient of our mail sees
 its own VERP address), so (a) checks it too; a job whose record has expired cannot be checked
 and is not believed. Believed reports are published to ``outbox.events`` (one event per
-recipient, its id derived from the job, recipient and type: a report repeated is applied once)
-and only then accepted (250).
+recipient, its id derived from the job, recipient, type and trust: a report repeated is
+applied once) and only then accepted (250).
 
 Anything else changes NOTHING: a message that is not a report, a VERP address without a
 correct signature, a Message-ID that is not ours or of a job not sent to the recipient named,
@@ -29,7 +38,8 @@ each connection and each message takes a token from its peer IP's bucket
 4xx/5xx reply is logged (one line) and counted (``refused`` for 5xx, ``deferred`` for 4xx).
 When the broker or Redis cannot be reached the answer is 451 and the relay retries.
 
-``result``: ``accepted``, ``not_report``, ``unattributed``, ``refused``, ``deferred``.
+``result``: ``accepted`` (signed), ``quoted`` (believed as the recipient's own word only),
+``not_report``, ``unattributed``, ``refused``, ``deferred``.
 """
 
 from __future__ import annotations
@@ -49,10 +59,10 @@ from redis.exceptions import RedisError
 
 from config import Settings
 from sender.bus import Bus, PublishFailed
-from sender.provider_events import ProviderEvent
+from sender.provider_events import QUOTED, SIGNED, ProviderEvent
 from suppression.gate import sent_to
 from suppression.roundtrip import Client
-from suppression.verp import parse_verp, verify_verp
+from suppression.verp import is_verp, parse_ref, ref_ttl, resolve_ref, verify_verp
 from webhooks.events import publish_events
 from webhooks.providers import dsn
 from webhooks.providers.base import PayloadError, safe_id
@@ -62,7 +72,7 @@ log = logging.getLogger("outbox.bounces")
 EVIDENCE_BYTES = 256 * 1024  # what outbox.dead keeps of a message that is not believed
 MAX_RECIPIENTS = 10  # a report goes to one address; a few for relays that batch
 IDLE_TIMEOUT = 60.0
-RESULTS = ("accepted", "not_report", "unattributed", "refused", "deferred")
+RESULTS = ("accepted", "quoted", "not_report", "unattributed", "refused", "deferred")
 TRY_LATER = "451 4.3.0 Temporary failure, try again later"
 
 
@@ -78,6 +88,8 @@ class ListenerConfig:
     keys: tuple[str, ...]
     message_id_domain: str
     max_bytes: int = 2 * 1024 * 1024
+    #: a referenced VERP address's record is refreshed to this when a report resolves it
+    ref_ttl: int = ref_ttl(3 * 86400)
     rate: float = 2.0
     burst: int = 60
 
@@ -90,7 +102,8 @@ class ListenerConfig:
         return cls(domain=settings.bounce_domain.lower(), keys=settings.secret_keys,
                    message_id_domain=settings.message_id_domain,
                    max_bytes=settings.bounces_max_bytes, rate=settings.bounces_rate,
-                   burst=settings.bounces_burst)
+                   burst=settings.bounces_burst,
+                   ref_ttl=ref_ttl(settings.idempotency_ttl))
 
 
 class PeerBuckets:
@@ -126,6 +139,15 @@ class BounceMetrics:
 
     def count(self, result: str) -> None:
         self.messages.labels(result).inc()
+
+
+def _event_id(account: str, job: str, event: ProviderEvent, trust: str) -> str:
+    """Stable for the same report; a quoted report's differs from the signed one's of the
+    same bounce (a forged quote must not pre-empt the genuine bounce as a "repeat")."""
+    seed = f"{account}|{job}|{event.recipient}|{event.type}"
+    if trust != SIGNED:
+        seed += f"|{trust}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
 def _peer_ip(peer: Any) -> str:
@@ -174,7 +196,7 @@ class BounceHandler:
             return await self._keep(raw, "not_report", f"unreadable ({type(exc).__name__}: "
                                     f"{exc})", session, envelope)
         try:
-            believed = await self._believe(events, envelope.rcpt_tos)
+            believed = await self._believe(events, session, envelope)
         except Unbelieved as exc:
             return await self._keep(raw, "unattributed", str(exc), session, envelope)
         except (RedisError, OSError) as exc:
@@ -185,41 +207,59 @@ class BounceHandler:
         except PublishFailed as exc:
             log.warning("report not published, asking the relay to retry: %s", exc)
             return TRY_LATER
-        self._metrics.count("accepted")
         first = believed[0]
-        log.info("report accepted", extra={"events": count, "account": first.account_id,
-                                           "job": first.job_id, "type": first.type})
+        result = "quoted" if first.trust == QUOTED else "accepted"
+        self._metrics.count(result)
+        log.info("report accepted (%s)", first.trust, extra={
+            "events": count, "account": first.account_id, "job": first.job_id,
+            "type": first.type, "trust": first.trust, "result": result})
         return "250 2.0.0 Report accepted"
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("bounce listener: unexpected error", exc_info=error)
         return TRY_LATER
 
-    async def _believe(self, events: list[ProviderEvent],
-                       rcpt_tos: list[str]) -> list[ProviderEvent]:
-        """The events with their account and job, when the report proves them; Unbelieved
-        otherwise."""
+    async def _believe(self, events: list[ProviderEvent], session: Session,
+                       envelope: Envelope) -> list[ProviderEvent]:
+        """The events with their account, job, trust and evidence, when the report proves
+        them; Unbelieved otherwise."""
         if not events:
             raise Unbelieved("the report has no recipient block with an Action")
-        account, job = self._verp(rcpt_tos) or self._quoted(events[0])
+        evidence: dict[str, Any] = {
+            "peer": _peer_ip(session.peer), "mail_from": str(envelope.mail_from)[:500],
+            "rcpt_to": ",".join(envelope.rcpt_tos)[:1000]}
+        signed = await self._verp(envelope.rcpt_tos)
+        if signed:
+            (account, job), trust = signed, SIGNED
+        else:
+            account, job = self._quoted(events[0])
+            trust = QUOTED
+            evidence.update(quoted_message_id=events[0].message_id,
+                            quoted_account=events[0].account_id)
         for event in events:
             problem = await sent_to(self._redis, account, job, event.recipient)
             if problem:
                 raise Unbelieved(problem)
-        return [e.replace(
-            account_id=account, job_id=job,
-            event_id=hashlib.sha256(f"{account}|{job}|{e.recipient}|{e.type}".encode())
-            .hexdigest()[:32]) for e in events]
+        return [e.replace(account_id=account, job_id=job, trust=trust,
+                          event_id=_event_id(account, job, e, trust),
+                          raw={**e.raw, "evidence": evidence}) for e in events]
 
-    def _verp(self, rcpt_tos: list[str]) -> tuple[str, str] | None:
+    async def _verp(self, rcpt_tos: list[str]) -> tuple[str, str] | None:
+        """The account and job of the first correctly signed VERP recipient; None when no
+        recipient looks like one; Unbelieved when some do but none is signed right."""
         claimed = [a for a in rcpt_tos
-                   if parse_verp(a) or a.strip("<>").lower().startswith("bounce+")]
+                   if is_verp(a) or a.strip("<>").lower().startswith("bounce+")]
         for address in claimed:
             verified = verify_verp(address, self._config.keys, self._config.domain)
+            ref = None if verified else parse_ref(address, self._config.domain)
+            if ref:
+                verified = await resolve_ref(self._redis, ref, self._config.keys,
+                                             self._config.ref_ttl)
             if verified:
                 return verified
         if claimed:
-            raise Unbelieved(f"VERP address {claimed[0]} has no correct signature")
+            raise Unbelieved(f"VERP address {claimed[0]} has no correct signature (or names "
+                             "no job of ours)")
         return None
 
     def _quoted(self, event: ProviderEvent) -> tuple[str, str]:

@@ -2,8 +2,9 @@
 
 Genuine reports still work: a DSN to the job's signed VERP address ends the job ``bounced``
 and suppresses the recipient; without VERP, a DSN quoting our Message-ID of a job sent to that
-recipient is believed; an ARF report ends the job ``complained``; a VERP address signed with a
-rotated-out key is still believed.
+recipient is believed as that recipient's word for that account only (``reported``); an ARF
+report to the VERP address ends the job ``complained``; a VERP address signed with a
+rotated-out key is still believed. (Long ids and trust: ``test_verp_trust.py``.)
 
 Each attack is the attacker's own SMTP conversation, and the test asserts NOTHING changed: the
 Redis db is byte-for-byte the same (no suppression, no account state, no job state), no event
@@ -147,8 +148,10 @@ async def test_a_dsn_to_the_signed_verp_address_bounces_the_job_and_suppresses(
     assert counted(registry, "accepted") == 2 and counted(registry, "unattributed") == 0
 
 
-async def test_without_verp_a_dsn_quoting_our_message_id_is_believed_for_its_own_recipient(
+async def test_without_verp_a_dsn_quoting_our_message_id_is_its_recipient_s_word_only(
         make_settings, smtp_server, amqp_url, unused_tcp_port):
+    """Quoting our Message-ID proves only that someone who saw the message wrote the report:
+    believed for the job's own recipient, as a suppression of that account alone."""
     smtp_url, recorder = smtp_server
     settings = _settings(make_settings, smtp_url)
     job, _ = await sent_job(settings, amqp_url, recorder, account_id="acct_q",
@@ -166,29 +169,47 @@ async def test_without_verp_a_dsn_quoting_our_message_id_is_believed_for_its_own
             await smtp_send(unused_tcp_port, [f"postmaster@{DOMAIN}"],
                             dsn(job_id=job["id"], recipient="carol@example.org",
                                 account="acct_q"))
-            [bounced] = events(await collect(amqp_url, "outbox.status",
-                                             lambda m: len(m) >= 1))
-            entries = await SuppressionStore(worker.redis).check("carol@example.org")
+            status = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1,
+                                   timeout=3)
+            entries = await SuppressionStore(worker.redis).check("carol@example.org",
+                                                                 account_id="acct_q")
             victim = await SuppressionStore(worker.redis).check("victim@example.org")
-    assert (bounced["id"], bounced["status"]) == (job["id"], "bounced")
-    assert [e["reason"] for e in entries] == ["hard_bounce"] and victim == []
-    assert (counted(registry, "accepted"), counted(registry, "unattributed")) == (1, 1)
+    assert status == []  # the job's status is not the forgeable report's to change
+    assert [(e["reason"], e["scope"]) for e in entries] == [("reported", "account")]
+    assert victim == []
+    assert (counted(registry, "quoted"), counted(registry, "unattributed")) == (1, 1)
 
 
-async def test_an_arf_complaint_marks_the_job_complained(make_settings, smtp_server, amqp_url,
-                                                         unused_tcp_port):
+@pytest.mark.parametrize("to_verp", [True, False])
+async def test_an_arf_complaint_marks_the_job_complained_only_through_verp(
+        make_settings, smtp_server, amqp_url, unused_tcp_port, to_verp):
+    """To the signed VERP address: ``complained``, counted, global entry. To a fixed address,
+    quoting the Message-ID (as a feedback loop sends it): the account's own entry only."""
     smtp_url, recorder = smtp_server
     settings = _settings(make_settings, smtp_url)
-    job, _ = await sent_job(settings, amqp_url, recorder, account_id="acct_8",
-                            to="user@example.com")
+    job, verp = await sent_job(settings, amqp_url, recorder, account_id="acct_8",
+                               to="user@example.com")
     assert b"X-Outbox-Account: acct_8" in recorder.messages[-1][2]
     report = (DATA / "arf-abuse.eml").read_bytes().replace(b"job-77", job["id"].encode())
     report = report.replace(b"Message-ID: <" + job["id"].encode(),
                             b"X-Outbox-Account: acct_8\nMessage-ID: <" + job["id"].encode())
-    async with listening(settings, unused_tcp_port), running_worker(settings):
-        await smtp_send(unused_tcp_port, [f"fbl@{DOMAIN}"], report, sender="fbl@example.com")
-        [complained] = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1))
-    assert (complained["id"], complained["status"]) == (job["id"], "complained")
+    async with listening(settings, unused_tcp_port) as registry, \
+            running_worker(settings) as worker:
+        await smtp_send(unused_tcp_port, [verp if to_verp else f"fbl@{DOMAIN}"], report,
+                        sender="fbl@example.com")
+        status = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1,
+                                      timeout=30 if to_verp else 3))
+        entries = await SuppressionStore(worker.redis).check("user@example.com",
+                                                             account_id="acct_8")
+        rep = await worker.redis.hgetall("outbox:{acct:acct_8}:rep:email")
+    if to_verp:
+        assert [(s["id"], s["status"]) for s in status] == [(job["id"], "complained")]
+        assert [(e["reason"], e["scope"]) for e in entries] == [("complaint", "global")]
+        assert rep[b"C"] == b"1" and counted(registry, "accepted") == 1
+    else:
+        assert status == []
+        assert [(e["reason"], e["scope"]) for e in entries] == [("reported", "account")]
+        assert rep.get(b"C", b"0") == b"0" and counted(registry, "quoted") == 1
 
 
 async def test_a_verp_address_signed_with_a_rotated_out_key_is_still_believed(
@@ -382,8 +403,11 @@ MAIL = Path(__file__).resolve().parents[1] / "data" / "bounces" / "mail"
 
 
 @pytest.mark.parametrize(("case", "to_verp"), [("nouser", True), ("msgid-only", False)])
-async def test_a_genuine_postfix_bounce_ends_the_job_bounced_with_its_evidence(
+async def test_a_genuine_postfix_bounce_is_applied_as_far_as_its_proof_goes(
         make_settings, smtp_server, amqp_url, unused_tcp_port, case, to_verp):
+    """To the signed VERP address: the job ends ``bounced``, the address is suppressed
+    globally. Quoting only our Message-ID: the account's own ``reported`` entry, the job as
+    it was. Both keep the evidence."""
     smtp_url, recorder = smtp_server
     settings = _settings(make_settings, smtp_url)
     job, verp = await sent_job(settings, amqp_url, recorder, id=f"job-pf-{case}",
@@ -396,17 +420,24 @@ async def test_a_genuine_postfix_bounce_ends_the_job_bounced_with_its_evidence(
             running_worker(settings) as worker:
         await smtp_send(unused_tcp_port, [verp if to_verp else f"postmaster@{DOMAIN}"], report,
                         sender="MAILER-DAEMON@sender-relay.test")
-        [bounced] = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1))
-        [entry] = await SuppressionStore(worker.redis).check("nouser@refuse.example.net")
-    assert (bounced["id"], bounced["status"], bounced["reason"]) == (job["id"], "bounced",
-                                                                     "userunknown")
-    assert (entry["reason"], entry["scope"], entry["source"]) == ("hard_bounce", "global",
-                                                                  f"job:{job['id']}")
+        status = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1,
+                                      timeout=30 if to_verp else 3))
+        [entry] = await SuppressionStore(worker.redis).check("nouser@refuse.example.net",
+                                                             account_id="acct_pf")
+    if to_verp:
+        assert [(s["id"], s["status"], s["reason"]) for s in status] == [
+            (job["id"], "bounced", "userunknown")]
+        assert (entry["reason"], entry["scope"]) == ("hard_bounce", "global")
+    else:
+        assert status == []
+        assert (entry["reason"], entry["scope"]) == ("reported", "account")
+        assert "no signed VERP address; from 127.0.0.1" in entry["detail"]
+    assert entry["source"] == f"job:{job['id']}"
     report_id = re.search(rb"^Message-Id: (<[^>]+>)", report, re.M | re.I).group(1).decode()
     assert entry["detail"].startswith("smtp; 550 5.1.1 <nouser@refuse.example.net>: Recipient "
                                       "address rejected")
     assert f"report {report_id}" in entry["detail"] and "| received 20" in entry["detail"]
-    assert counted(registry, "accepted") == 1
+    assert counted(registry, "accepted" if to_verp else "quoted") == 1
 
 
 async def test_an_auto_reply_to_our_verp_address_changes_nothing(

@@ -27,8 +27,16 @@ FIELDS = {"provider": "ses", "type": "bounced", "channel": "email",
 def test_round_trip_keeps_every_field():
     event = ProviderEvent(**FIELDS, raw={"n": 1, "name": "Zoë"})
     body = event.to_json()
-    assert json.loads(body) == {**FIELDS, "raw": {"n": 1, "name": "Zoë"}}
+    assert json.loads(body) == {**FIELDS, "raw": {"n": 1, "name": "Zoë"}, "trust": "signed"}
     assert ProviderEvent.from_json(body) == event
+
+
+def test_a_body_without_trust_is_signed_and_a_bad_trust_is_refused():
+    """Bodies queued before ``trust`` existed keep the rules of their time (``signed``)."""
+    assert ProviderEvent.from_json(json.dumps(FIELDS)).trust == "signed"
+    assert ProviderEvent.from_json(json.dumps({**FIELDS, "trust": "quoted"})).trust == "quoted"
+    with pytest.raises(InvalidEvent, match="trust"):
+        ProviderEvent.from_json(json.dumps({**FIELDS, "trust": "believe-me"}))
 
 
 @pytest.mark.parametrize(("provider", "channel"), [
@@ -198,3 +206,59 @@ async def test_the_metadata_costs_no_round_trip_of_its_own(applier, monkeypatch)
     await worker.apply(ProviderEvent(**{**FIELDS, "job_id": "j-rt", "event_id": "e-rt"}))
     assert len(calls) == 1 and calls[0][:2] == ["EVALSHA", "HGET"]
     assert bus.events[-1]["metadata"] == {"crm_message_id": 8}
+
+
+QUOTED = {**FIELDS, "provider": "smtp", "trust": "quoted", "message_id": "<j-q@m.example>",
+          "raw": {"evidence": {"peer": "203.0.113.9", "mail_from": "x@forger.example",
+                               "rcpt_to": "postmaster@b.example",
+                               "quoted_message_id": "<j-q@m.example>",
+                               "quoted_account": "acct_1"}}}
+
+
+@pytest.mark.parametrize(("type_", "kind"), [("bounced", "hard"), ("complained", "complaint")])
+async def test_a_quoted_report_suppresses_for_its_account_alone_and_counts_nothing(
+        applier, redis_url, type_, kind):
+    """Only our Message-ID quoted: the account's own ``reported`` entry with the evidence; no
+    rate, no global entry, no job status, no status event; applied once."""
+    worker, bus, store = applier
+    gate: Gate = worker._gate
+    await _sent(gate, "j-q", {})
+    event = ProviderEvent(**{**QUOTED, "type": type_, "kind": kind, "job_id": "j-q",
+                             "event_id": f"q-{type_}"})
+    for _ in range(2):
+        incoming: Any = FakeMessage(event.to_json())
+        await worker.handle(incoming)
+    assert bus.events == [] and bus.dead == []
+    [entry] = await store.check("bob@example.com", account_id="acct_1")
+    assert (entry["scope"], entry["account_id"], entry["reason"], entry["actor"],
+            entry["source"]) == ("account", "acct_1", "reported", "recipient", "job:j-q")
+    assert "quoted Message-ID <j-q@m.example> and X-Outbox-Account acct_1" in entry["detail"]
+    assert "from 203.0.113.9 (MAIL FROM x@forger.example" in entry["detail"]
+    assert await store.check("bob@example.com", account_id="acct_other") == []  # not global
+    assert (await gate.job_state("acct_1", "j-q"))["st"] == "sent"
+    client = Redis.from_url(redis_url)
+    rep = await client.hgetall(keys.reputation("acct_1", "email"))
+    assert (rep.get(b"S"), rep.get(b"H", b"0"), rep.get(b"C", b"0")) == (b"1", b"0", b"0")
+    assert await client.llen(keys.recent("acct_1")) == 0
+    await client.aclose()
+    counter = worker._metrics.provider_events
+    assert counter.labels("smtp", type_, "quoted")._value.get() == 1
+    assert counter.labels("smtp", type_, "duplicate")._value.get() == 1
+
+
+async def test_a_quoted_soft_bounce_or_delivery_changes_nothing(applier):
+    worker, bus, store = applier
+    await _sent(worker._gate, "j-qs", {})
+    for type_, kind in (("soft_bounced", "soft"), ("delivered", None)):
+        await worker.apply(ProviderEvent(**{**QUOTED, "type": type_, "kind": kind,
+                                            "job_id": "j-qs", "event_id": f"qs-{type_}"}))
+    assert bus.events == [] and await store.check("bob@example.com", account_id="acct_1") == []
+    assert (await worker._gate.job_state("acct_1", "j-qs"))["st"] == "sent"
+
+
+async def test_a_quoted_event_without_account_and_job_is_not_applied(applier):
+    worker, bus, store = applier
+    problem = await worker.apply(ProviderEvent(**{**QUOTED, "provider": "ses",
+                                                  "account_id": None, "job_id": None}))
+    assert problem and "not believed" in problem
+    assert await store.check("bob@example.com") == []
