@@ -17,8 +17,9 @@ output                 one ``DKIM-Signature`` header per key, RSA first then Ed2
                        dot-stuffed form is ``signature_headers(data) + rendered.wire``
 c=                     ``relaxed/relaxed``
 h=                     every header of :data:`DEFAULT_HEADERS` the message has, once per
-                       instance (bottom-up, RFC 6376 5.4.2), in that order; ``From`` once more
-                       than present (oversigned: a From added later breaks the signature)
+                       instance (bottom-up, RFC 6376 5.4.2), in that order; ``From`` and
+                       ``Reply-To`` once more than present (:data:`OVERSIGNED`: one added
+                       later breaks the signature)
 t=                     the signing time (``now``, seconds since the epoch)
 bh=, b=                SHA-256 of the relaxed body; the signature over the SHA-256 of the
                        signed headers (Ed25519 signs that 32-byte digest, RFC 8463 3)
@@ -46,9 +47,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, uti
 from suppression.address import BadAddress, email_domain
 
 __all__ = [
-    "Algorithm", "DEFAULT_HEADERS", "DkimError", "DkimKey", "DkimSigner", "PrivateKey",
-    "generate_ed25519", "generate_rsa", "public_record", "relaxed_body", "relaxed_header",
-    "txt_strings",
+    "Algorithm", "DEFAULT_HEADERS", "OVERSIGNED", "DkimError", "DkimKey", "DkimSigner",
+    "PrivateKey", "generate_ed25519", "generate_rsa", "public_record", "relaxed_body",
+    "relaxed_header", "txt_strings",
 ]
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -64,6 +65,10 @@ DEFAULT_HEADERS: tuple[str, ...] = (
     "List-Archive", "List-Unsubscribe-Post",
     "Message-ID", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
 )
+
+#: Listed in h= once more than the message has them, so that one added later (a second From,
+#: a Reply-To on a message that had none, diverting the replies) breaks the signature.
+OVERSIGNED: tuple[str, ...] = ("From", "Reply-To")
 
 _MIN_RSA_BITS = 1024  # RFC 8301 3.2: verifiers refuse smaller keys
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -237,7 +242,7 @@ class DkimSigner:
     """Signs messages with one or more :class:`DkimKey`; built once (the header list)."""
 
     def __init__(self, headers: Sequence[str] = DEFAULT_HEADERS, *,
-                 oversign: Iterable[str] = ("From",)) -> None:
+                 oversign: Iterable[str] = OVERSIGNED) -> None:
         names = list(dict.fromkeys(headers))
         for name in (*names, *oversign):
             if not isinstance(name, str) or not _FTEXT_RE.match(name):

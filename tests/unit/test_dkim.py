@@ -136,15 +136,17 @@ def test_dkimpy_verifies_every_generated_message(message: bytes, rsa_key: DkimKe
                                                  ed_key: DkimKey) -> None:
     signed = DkimSigner().sign(message, [ed_key, rsa_key], now=1_700_000_000)
     assert dkimpy_results(signed, records_of([rsa_key, ed_key])) == [True, True]
-    froms = len(re.findall(rb"(?mi)^from[ \t]*:", message))
-    assert h_tag(split_signatures(signed)[0][0]).count("From") == froms + 1
+    names = h_tag(split_signatures(signed)[0][0])
+    for name in ("From", "Reply-To"):  # oversigned
+        present = len(re.findall(rb"(?mi)^" + name.encode() + rb"[ \t]*:", message))
+        assert names.count(name) == present + 1
 
 
 def test_signed_headers_in_order_once_per_instance_from_oversigned(rsa_key: DkimKey) -> None:
     message = b"Received: x\r\nTo: b@x.example\r\nTo: c@x.example\r\n" + MESSAGE
     [signature], rest = split_signatures(DkimSigner().sign(message, [rsa_key]))
     assert rest == message
-    assert h_tag(signature) == ["From", "From", "Subject", "Date", "To", "To", "To",
+    assert h_tag(signature) == ["From", "From", "Reply-To", "Subject", "Date", "To", "To", "To",
                                 "Message-ID", "MIME-Version", "Content-Type",
                                 "Content-Transfer-Encoding"]
 
@@ -262,3 +264,17 @@ def test_public_records_hold_the_public_keys(rsa_key: DkimKey, ed_key: DkimKey) 
     strings = txt_strings(public_record(rsa_key))
     assert len(strings) == 2 and all(len(s) <= 255 for s in strings)
     assert "".join(strings) == public_record(rsa_key)
+
+
+def test_an_added_reply_to_breaks_the_signature_because_it_is_oversigned(
+        rsa_key: DkimKey) -> None:
+    """Why Reply-To is in OVERSIGNED: on a message without one, a Reply-To added by whoever
+    replays the message would divert the replies and still pass without it."""
+    records = records_of([rsa_key])
+
+    def added(signer: DkimSigner) -> bytes:
+        signed = signer.sign(MESSAGE, [rsa_key])
+        return signed.replace(b"\r\nTo:", b"\r\nReply-To: thief@evil.example\r\nTo:")
+
+    assert dkimpy_results(added(DkimSigner()), records) == [False]
+    assert dkimpy_results(added(DkimSigner(oversign=("From",))), records) == [True]
