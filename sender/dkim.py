@@ -38,6 +38,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -194,13 +195,28 @@ def _relaxed_value(value: bytes) -> bytes:
     return value.strip(b" \t")
 
 
+def _plain(head: bytes) -> bool:
+    """No tab and no two WSP in a row anywhere in the header block, not even across a fold:
+    then relaxed canonicalisation of each value is only :func:`_unfold_strip`. Three
+    searches over the block cost less than three over each of a dozen values."""
+    return b"\t" not in head and b"  " not in head and b" \r\n" not in head
+
+
+def _unfold_strip(value: bytes) -> bytes:
+    """:func:`_relaxed_value` of a value that has no tab and no WSP run after unfolding."""
+    if b"\r\n" in value:
+        value = value.replace(b"\r\n", b"")
+    return value.strip(b" ")
+
+
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4: WSP at the end of each line removed, other runs of WSP as one space,
     empty lines at the end removed, a final CRLF added to a non-empty body; an empty body
     (or one of empty lines only) is empty."""
-    if b" \r\n" in body or b"\t\r\n" in body:
+    tab = b"\t" in body  # one memchr; the multi-byte searches cost ~0.7 ns a byte each
+    if b" \r\n" in body or (tab and b"\t\r\n" in body):
         body = _TRAILING_WSP.sub(b"\r\n", body)
-    if b"\t" in body or b"  " in body:
+    if tab or b"  " in body:
         body = _WSP_RUN.sub(b" ", body)
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
@@ -225,13 +241,19 @@ def _split(message: bytes) -> tuple[bytes, bytes]:
 
 
 def _fields(head: bytes) -> dict[bytes, list[bytes]]:
-    """Every header field (``name:value`` with its folds) by lower-case name, in order."""
+    """Every header field's value (after the colon, folds kept) by lower-case name, in
+    order."""
     fields: dict[bytes, list[bytes]] = {}
     for raw in _FIELD_SPLIT.split(head):
         colon = raw.find(b":")
         if colon <= 0:
             raise DkimError("the message has a header line without a name and colon")
-        fields.setdefault(raw[:colon].rstrip(b" \t").lower(), []).append(raw)
+        name = raw[:colon].rstrip(b" \t").lower()
+        values = fields.get(name)
+        if values is None:
+            fields[name] = [raw[colon + 1:]]
+        else:
+            values.append(raw[colon + 1:])
     return fields
 
 
@@ -268,7 +290,8 @@ class DkimSigner:
         if not keys:
             return b""
         head, body = _split(message)
-        h_tag, signed = self._select(_fields(head))
+        h_tag, canonical = self._select(_fields(head), _plain(head))
+        signed = hashlib.sha256(canonical)
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
         t = int(time.time()) if now is None else _timestamp(now)
         out = []
@@ -276,20 +299,25 @@ class DkimSigner:
             out.append(_signature(key, h_tag, body_hash, t, signed))
         return b"".join(out)
 
-    def _select(self, fields: dict[bytes, list[bytes]]) -> tuple[list[str], hashlib._Hash]:
-        """The h= names and a SHA-256 fed with the signed headers, canonicalised in h= order
-        (several instances of a name: the last first, RFC 6376 5.4.2)."""
+    def _select(self, fields: dict[bytes, list[bytes]],
+                plain: bool) -> tuple[tuple[str, ...], bytes]:
+        """The h= names and the signed headers canonicalised in h= order (several instances
+        of a name: the last first, RFC 6376 5.4.2). ``plain``: see :func:`_plain`."""
+        relaxed = _unfold_strip if plain else _relaxed_value
         if b"from" not in fields:
             raise DkimError("the message has no From header")
         h_tag: list[str] = []
-        hasher = hashlib.sha256()
+        canonical: list[bytes] = []
         for lower, name, extra in self._plan:
-            instances = fields.get(lower, ())
-            h_tag.extend([name] * (len(instances) + extra))
-            for raw in reversed(instances):
-                colon = raw.index(b":")
-                hasher.update(lower + b":" + _relaxed_value(raw[colon + 1:]) + b"\r\n")
-        return h_tag, hasher
+            values = fields.get(lower)
+            if values is None:
+                if extra:
+                    h_tag.append(name)
+                continue
+            h_tag.extend([name] * (len(values) + extra))
+            for value in reversed(values):
+                canonical += (lower, b":", relaxed(value), b"\r\n")
+        return tuple(h_tag), b"".join(canonical)
 
 
 def _timestamp(now: int) -> int:
@@ -298,16 +326,12 @@ def _timestamp(now: int) -> int:
     return now
 
 
-def _signature(key: DkimKey, h_tag: list[str], body_hash: str, t: int,
+def _signature(key: DkimKey, h_tag: tuple[str, ...], body_hash: str, t: int,
                signed: hashlib._Hash) -> bytes:
     """One folded DKIM-Signature header for ``key``: the value up to ``b=`` is hashed after
     the signed headers (relaxed, no final CRLF, RFC 6376 3.7), then ``b=`` is filled in."""
-    tags = ["v=1;", f"a={key.algorithm};", "c=relaxed/relaxed;", f"d={key.domain};",
-            f"s={key.selector};", f"t={t};"]
-    last = len(h_tag) - 1
-    tags += [("h=" if i == 0 else "") + name + (";" if i == last else ":")
-             for i, name in enumerate(h_tag)]
-    value = _fold(tags) + f"\r\n bh={body_hash};\r\n b="
+    before_t, after_t = _template(key.algorithm, key.domain, key.selector, h_tag)
+    value = f"{before_t}{t}{after_t}{body_hash};\r\n b="
     digest_input = signed.copy()
     digest_input.update(b"dkim-signature:" + _relaxed_value(value.encode("ascii")))
     digest = digest_input.digest()
@@ -317,6 +341,20 @@ def _signature(key: DkimKey, h_tag: list[str], body_hash: str, t: int,
     else:
         raw = private.sign(digest)
     return f"DKIM-Signature:{value}{_fold_b(base64.b64encode(raw).decode())}\r\n".encode()
+
+
+@lru_cache(maxsize=1024)
+def _template(algorithm: str, domain: str, selector: str,
+              h_tag: tuple[str, ...]) -> tuple[str, str]:
+    """The folded value around ``t=``'s digits, up to ``bh=``: the same for every message
+    with these headers (``t=`` has 10 digits from 2001 to 2286, so the folds do not move)."""
+    last = len(h_tag) - 1
+    tags = ["v=1;", f"a={algorithm};", "c=relaxed/relaxed;", f"d={domain};",
+            f"s={selector};", "t=0000000000;"]
+    tags += [("h=" if i == 0 else "") + name + (";" if i == last else ":")
+             for i, name in enumerate(h_tag)]
+    before, _, after = (_fold(tags) + "\r\n bh=").partition("t=0000000000")
+    return before + "t=", after
 
 
 def _fold(tokens: list[str]) -> str:
