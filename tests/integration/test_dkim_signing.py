@@ -13,10 +13,14 @@ from urllib.parse import urlsplit
 import aiosmtplib
 import pytest
 
+from config import parse_smtp_url
+from sender.channels.smtp import EmailOptions, SmtpChannel, SmtpPool, from_domain
 from sender.dkim import DkimKey, DkimSigner, generate_ed25519, generate_rsa
 from sender.mime import render_email
 from sender.models import EmailJob
 from tests.dkim_verifiers import OpenDkim, dkimpy_results, records_of, split_signatures
+
+pytestmark = pytest.mark.integration
 
 DOMAIN = "acme.example"
 UNSUBSCRIBE = (("List-Unsubscribe", "<https://outbox.acme.example/u/tok123>, "
@@ -163,3 +167,72 @@ async def test_what_the_relay_received_verifies(name: str, keys: dict[str, DkimK
     assert received == signed
     assert dkimpy_results(received, opendkim.records) == [True, True]
     assert opendkim.results(received) == [(0, ""), (0, "")]
+
+
+# ---------------------------------------------------------------- the SMTP channel's hook
+
+
+class KeysFor:
+    """A stand-in for the domain store: keys per (account, From domain), and the calls."""
+
+    def __init__(self, keys: dict[tuple[str, str], list[DkimKey]]) -> None:
+        self.keys = keys
+        self.calls: list[tuple[str, str]] = []
+
+    async def __call__(self, account_id: str, from_domain: str) -> list[DkimKey]:
+        self.calls.append((account_id, from_domain))
+        return self.keys.get((account_id, from_domain), [])
+
+
+def email_channel(url: str, keys_for: KeysFor | None) -> SmtpChannel:
+    pool = SmtpPool(parse_smtp_url(url), size=2, timeout=5, max_messages=100, idle_timeout=30)
+    return SmtpChannel(pool, options=EmailOptions("mail.acme.example", keys_for=keys_for))
+
+
+async def test_the_smtp_channel_signs_with_the_keys_of_the_account_and_from_domain(
+        keys: dict[str, DkimKey], opendkim: OpenDkim, smtp_server: tuple[str, Any]) -> None:
+    """What the relay received from the channel (rendered, signed, dot-stuffed once, sent
+    over a pooled connection) verifies with both verifiers; the From domain is asked for as
+    its A-label, per account."""
+    url, recorder = smtp_server
+    idn = DkimKey.from_pem("bücher.example", "s1", generate_ed25519())
+    opendkim.records.update(records_of([idn]))
+    keys_for = KeysFor({("acct_1042", DOMAIN): list(keys.values()), ("acct_7", idn.domain): [idn]})
+    channel = email_channel(url, keys_for)
+    try:
+        await channel.send(job(category="transactional", text=".dot first\n..two\n"))
+        await channel.send(job(category="transactional", account_id="acct_7",
+                               **{"from": "Bücher <verkauf@Bücher.example>"}))
+        await channel.send(job(category="transactional", account_id="acct_7"))  # no key
+    finally:
+        await channel.close()
+    assert keys_for.calls == [("acct_1042", DOMAIN), ("acct_7", "xn--bcher-kva.example"),
+                              ("acct_7", DOMAIN)]
+    first, second, third = (data for _, _, data in recorder.messages)
+    assert b"\r\n.dot first\r\n..two\r\n" in first  # unstuffed again by the relay
+    assert dkimpy_results(first, opendkim.records) == [True, True]
+    assert opendkim.results(first) == [(0, ""), (0, "")]
+    assert dkimpy_results(second, opendkim.records) == [True]
+    assert opendkim.results(second) == [(0, "")]
+    assert b"DKIM-Signature" not in third
+
+
+def test_outbox_dkim_false_leaves_messages_unsigned() -> None:
+    from config import load_settings
+    from sender.channels import smtp
+
+    keys_for = KeysFor({})
+    on = smtp.build(load_settings(), keys_for=keys_for)
+    off = smtp.build(load_settings(dkim=False), keys_for=keys_for)
+    assert load_settings().dkim is True
+    assert on._options.keys_for is keys_for and off._options.keys_for is None
+
+
+@pytest.mark.parametrize("mailbox, domain", [
+    ("a@Acme.Example", "acme.example"),
+    ("Acme <sales@acme.example>", "acme.example"),
+    ('"Sales @ HK" <hk@mail.acme.example>', "mail.acme.example"),
+    ("Bücher <verkauf@bücher.example> ", "xn--bcher-kva.example"),
+])
+def test_from_domain(mailbox: str, domain: str) -> None:
+    assert from_domain(mailbox) == domain
