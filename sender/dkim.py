@@ -188,6 +188,7 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
 
 
 def _relaxed_value(value: bytes) -> bytes:
+    """A header value (after the colon) canonicalised as :func:`relaxed_header` says."""
     if b"\r\n" in value:
         value = value.replace(b"\r\n", b"")
     if b"\t" in value or b"  " in value:
@@ -266,6 +267,7 @@ class DkimSigner:
     def __init__(self, headers: Sequence[str] = DEFAULT_HEADERS, *,
                  oversign: Iterable[str] = OVERSIGNED) -> None:
         names = list(dict.fromkeys(headers))
+        oversign = tuple(oversign)
         for name in (*names, *oversign):
             if not isinstance(name, str) or not _FTEXT_RE.match(name):
                 raise DkimError(f"invalid header name {name!r}")
