@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # prometheus: Debian ships promtool in it; the tests check the alerting rules with it
-DEBS := rabbitmq-server redis-server postfix prometheus chromium
+# opendkim-tools: opendkim-testmsg, the independent DKIM verifier of tests/dkim_verifiers.py
+DEBS := rabbitmq-server redis-server postfix prometheus chromium opendkim-tools
 
 .PHONY: run test lint bench services stop-services deps clean definitions
 

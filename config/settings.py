@@ -177,6 +177,9 @@ class Settings(ReputationSettings, BaseSettings):
     #: the relay behind OUTBOX_SMTP_URL, so its events can name the job and account again
     smtp_relay: Literal["smtp", "ses", "sendgrid", "mailgun", "postmark"] = "smtp"
     email_check_mx: bool = False
+    #: DKIM-sign every email with its account's key for the From domain (off for a relay
+    #: that signs itself, e.g. SES with Easy DKIM)
+    dkim: bool = True
     metrics_port: int = Field(0, ge=0, le=65535)
     #: Outbox's own loggers (libraries log at WARNING unless DEBUG); --log-level overrides
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

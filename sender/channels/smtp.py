@@ -4,6 +4,11 @@ Connection problems (refused, dropped, timed out) are told apart from SMTP repli
 become a ``transient/networkerror`` failure and the connection is thrown away; the second are
 classified from their code, enhanced status code and text.
 
+DKIM: with ``EmailOptions.keys_for`` (``async def keys_for(account_id, from_domain) ->
+Sequence[DkimKey]``) every rendered message is signed (:mod:`sender.dkim`) with the keys it
+returns for the job's account and its From domain, before it goes to the pool; no keys, or no
+``keys_for`` (``OUTBOX_DKIM=false``), and the message goes unsigned.
+
 ``stop()`` (worker shutdown): a send waiting for its domain's turn, a pool slot or a new
 connection gives up with :class:`NotSent` before MAIL FROM; only transactions already started
 run on, so none is cut mid-DATA by the end of the grace (a relay that stores the message
@@ -18,8 +23,8 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 from aiosmtplib.errors import (
@@ -39,8 +44,10 @@ from config import Settings, SmtpTarget
 from sender.channels.base import NotSent, SendFailure, SendResult, Slots
 from sender.channels.mx import MxChecker, Undeliverable, check_syntax
 from sender.compliance import MissingSenderInfo, SenderInfo, email_compliance
-from sender.mime import RenderedEmail, render_email
+from sender.dkim import DkimError, DkimKey, DkimSigner
+from sender.mime import MimeError, RenderedEmail, render_email
 from sender.models import BULK_CATEGORIES, EmailJob
+from suppression.address import email_domain
 from suppression.classify import Outcome, classify_smtp
 from suppression.verp import verp_address
 
@@ -322,6 +329,11 @@ class DomainLimiter:
             semaphore.close()
 
 
+#: ``async def keys_for(account_id, from_domain) -> Sequence[DkimKey]``: the keys to sign a
+#: message of that account with, for that From domain (lower-case A-labels); none: unsigned.
+KeysFor = Callable[[str, str], Awaitable[Sequence[DkimKey]]]
+
+
 @dataclass(frozen=True, slots=True)
 class EmailOptions:
     """What the email channel needs besides the pool."""
@@ -332,6 +344,17 @@ class EmailOptions:
     bounce_domain: str | None = None  # VERP envelope senders bounce+<acct>+<job>+<sig>@ this
     mx: MxChecker | None = None
     relay: str = "smtp"  # ses, sendgrid, mailgun, postmark: tag mail the way its events return
+    #: DKIM keys of (account, From domain); None: messages go unsigned (OUTBOX_DKIM=false)
+    keys_for: KeysFor | None = None
+
+
+def from_domain(mailbox: str) -> str:
+    """The domain of a job's ``from`` (``addr`` or ``Name <addr>``, as the renderer accepts
+    it: the address comes last) as lower-case A-labels, as the From header carries it."""
+    addr = mailbox.strip()
+    if addr.endswith(">"):
+        addr = addr[addr.rfind("<") + 1:-1]
+    return email_domain(addr.rpartition("@")[2].strip())
 
 
 def relay_headers(relay: str, account_id: str, job_id: str) -> tuple[tuple[str, str], ...]:
@@ -362,11 +385,14 @@ class SmtpChannel:
         self._pool = pool
         self._options = options or EmailOptions(message_id_domain or "outbox.localhost")
         self._domains = domains or DomainLimiter({}, 32)
+        self._signer = DkimSigner()
 
     async def send(self, job: EmailJob, sender: tuple[str, ...] | None = None) -> SendResult:
         """Send one email job. Raises SendFailure; MimeError for content that cannot be sent."""
         await self._check_address(job.to)
         msg = self._render(job, sender)
+        if self._options.keys_for is not None:
+            msg = await self._sign(job, msg, self._options.keys_for)
         try:
             first = job.category not in BULK_CATEGORIES
             async with self._domains(msg.recipients[0]).turn(first=first):
@@ -416,6 +442,20 @@ class SmtpChannel:
                             footer_text=footer_text, footer_html=footer_html,
                             envelope_from=envelope)
 
+    async def _sign(self, job: EmailJob, msg: RenderedEmail, keys_for: KeysFor) -> RenderedEmail:
+        """``msg`` with a DKIM-Signature per key of the job's account and From domain
+        prepended to both its forms (the signatures never start a line with a dot)."""
+        keys = await keys_for(job.account_id, from_domain(job.from_))
+        if not keys:
+            return msg
+        try:
+            signatures = self._signer.signature_headers(msg.data, keys)
+        except DkimError as exc:
+            raise MimeError(f"the message cannot be DKIM-signed: {exc}") from None
+        data = signatures + msg.data
+        wire = data if msg.wire is msg.data else signatures + msg.wire
+        return replace(msg, data=data, wire=wire)
+
     def _failure(self, code: int, text: str) -> SendFailure:
         outcome = classify_smtp(code, text)
         return SendFailure(outcome, f"{code} {text}"[:500], self.provider)
@@ -429,8 +469,9 @@ class SmtpChannel:
         await self._pool.close()
 
 
-def build(settings: Settings) -> SmtpChannel:
-    """The e-mail channel the settings configure (always: the relay is required)."""
+def build(settings: Settings, *, keys_for: KeysFor | None = None) -> SmtpChannel:
+    """The e-mail channel the settings configure (always: the relay is required). Messages
+    are DKIM-signed with ``keys_for``'s keys unless ``OUTBOX_DKIM`` is off."""
     pool = SmtpPool(settings.smtp, size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                     max_messages=settings.smtp_max_messages_per_connection,
                     idle_timeout=settings.smtp_idle_timeout)
@@ -438,7 +479,8 @@ def build(settings: Settings) -> SmtpChannel:
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
         secret_key=settings.signing_key,
         bounce_domain=settings.bounce_domain, relay=settings.smtp_relay,
-        mx=MxChecker() if settings.email_check_mx else None)
+        mx=MxChecker() if settings.email_check_mx else None,
+        keys_for=keys_for if settings.dkim else None)
     domains = DomainLimiter(settings.smtp_domain_concurrency,
                             settings.smtp_domain_concurrency_default)
     return SmtpChannel(pool, options=options, domains=domains)
