@@ -39,7 +39,7 @@ from config.reputation import check_override
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
-from suppression import channels, entries, keys
+from suppression import channels, entries, ids, keys
 from suppression.address import BadAddress
 from suppression.entries import BadEntry, StoreError
 from suppression.history import MAX_HISTORY, job_story, recipient_history
@@ -171,14 +171,14 @@ class AdminApi:
 
     async def show_account(self, request: web.Request) -> web.StreamResponse:
         """The document of ``outbox accounts show ID --json``."""
-        return _json(await self._accounts.show(request.match_info["account"]))
+        return _json(await self._accounts.show(_path_account(request)))
 
     async def account_suppressions(self, request: web.Request) -> web.StreamResponse:
         """``?limit=50``: the evidence behind an account's bounces and complaints, newest
         first: the global entries its messages taught (hard bounces, complaints, invalid
         numbers: their ``account`` field names it) and the account's own entries. The global
         ones are found by SCAN over every global entry: seconds on millions of them."""
-        account = request.match_info["account"]
+        account = _path_account(request)
         limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
         await self._accounts.require(account)
         found = [e async for e in self._suppression.entries(account_id=account)]
@@ -187,7 +187,7 @@ class AdminApi:
 
     async def configure_account(self, request: web.Request) -> web.StreamResponse:
         """Sender information, limits and overrides (names of ``accounts configure``)."""
-        account = request.match_info["account"]
+        account = _path_account(request)
         body = await _json_body(request)
         [actor] = _required(body, "actor")
         fields = {k: _setting(k, v) for k, v in body.items() if k != "actor"}
@@ -200,7 +200,7 @@ class AdminApi:
 
     async def support_action(self, request: web.Request) -> web.StreamResponse:
         """unblock, suspend or unsuspend: change and audit (one script), then announce."""
-        account, action = request.match_info["account"], request.match_info["action"]
+        account, action = _path_account(request), request.match_info["action"]
         reason, actor = _required(await _json_body(request), "reason", "actor")
         change = await self._accounts.support(account, action, actor=actor, reason=reason)
         _log(request, action, actor, account_id=account, reason=reason,
@@ -212,6 +212,12 @@ class AdminApi:
                       "from": change.from_state, "audit_id": change.audit_id,
                       "probation_until": change.probation_until,
                       "event_published": published})
+
+    async def _known(self, account: str | None) -> str | None:
+        """``account`` when it is None or known; UnknownAccount (404) otherwise."""
+        if account is not None:
+            await self._accounts.require(account)
+        return account
 
     async def _announce(self, change: Change, action: str, actor: str, reason: str) -> bool:
         """Publish ``account.<state>``; the change stands (and says so) if the broker fails."""
@@ -229,9 +235,9 @@ class AdminApi:
     async def check_suppression(self, request: web.Request) -> web.StreamResponse:
         """``?account=ID&channel=email``: like ``outbox suppression check --json``."""
         address = request.match_info["address"]
+        account = await self._known(_optional_account(request.query))
         found = await self._suppression.check(
-            address, account_id=_optional(request.query, "account"),
-            channel=_optional(request.query, "channel"))
+            address, account_id=account, channel=_optional(request.query, "channel"))
         return _json({"address": address, "suppressed": bool(found),
                       "entries": await self._with_origin(found)})
 
@@ -251,9 +257,10 @@ class AdminApi:
     async def add_suppression(self, request: web.Request) -> web.StreamResponse:
         """Add an entry: global for facts, per account for a person's choices."""
         body = await _json_body(request)
+        account = _optional_account(body)
         address, channel, reason, actor = _required(body, "address", "channel", "reason",
                                                     "actor")
-        account = _optional(body, "account")
+        await self._known(account)
         entry = await self._suppression.add(
             address, channel=channel, reason=reason, account_id=account,
             expires=_seconds(body.get("expires")), actor=actor,
@@ -266,8 +273,9 @@ class AdminApi:
         """``?channel=..&account=..``, reason and actor in the body or the query; audited."""
         data = {**request.query, **await _json_body(request)}
         address = request.match_info["address"]
+        account = _optional_account(data)
         channel, reason, actor = _required(data, "channel", "reason", "actor")
-        account = _optional(data, "account")
+        await self._known(account)
         removed = await self._suppression.remove(address, channel=channel, account_id=account,
                                                  actor=actor, reason=reason)
         if not removed:
@@ -281,28 +289,32 @@ class AdminApi:
 
     async def show_consent(self, request: web.Request) -> web.StreamResponse:
         """``?channel=email``: the consent record (status ``none`` when there is none)."""
+        account = _path_account(request)
         [channel] = _required(request.query, "channel")
-        m = request.match_info
-        return _json(await self._consent.get(m["account"], m["recipient"], channel=channel))
+        await self._accounts.require(account)
+        recipient = request.match_info["recipient"]
+        return _json(await self._consent.get(account, recipient, channel=channel))
 
     async def set_consent(self, request: web.Request) -> web.StreamResponse:
         """``{"channel", "granted": true|false, "source", "evidence", "actor"}``."""
+        account = _path_account(request)
         body = await _json_body(request)
         channel, actor = _required(body, "channel", "actor")
         granted = body.get("granted")
         if not isinstance(granted, bool):
             raise ApiError(400, "granted must be true or false")
-        m = request.match_info
+        await self._accounts.require(account)  # consent nobody would read is refused
         record = await self._consent.set(
-            m["account"], m["recipient"], channel=channel, granted=granted, actor=actor,
-            source=_optional(body, "source") or "", evidence=_optional(body, "evidence") or "")
+            account, request.match_info["recipient"], channel=channel, granted=granted,
+            actor=actor, source=_optional(body, "source") or "",
+            evidence=_optional(body, "evidence") or "")
         _log(request, "consent.grant" if granted else "consent.revoke", actor,
-             account_id=m["account"], address=record["recipient"], channel=channel)
+             account_id=account, address=record["recipient"], channel=channel)
         return _json(record)
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
         """``?limit=50``: the account's audit records, newest first."""
-        account = request.match_info["account"]
+        account = _path_account(request)
         limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
         await self._accounts.require(account)
         return _json(await self._accounts.audit.read(account, limit=limit))
@@ -312,7 +324,8 @@ class AdminApi:
 
     async def show_job(self, request: web.Request) -> web.StreamResponse:
         """The document of ``outbox jobs show ACCOUNT ID --json``; 404 unknown."""
-        account, job = request.match_info["account"], request.match_info["job"]
+        account = _path_account(request)
+        job = _id(request.match_info["job"], "job")
         story = await job_story(self._redis, account, job)
         if story is None:
             await self._accounts.require(account)
@@ -324,7 +337,7 @@ class AdminApi:
         """``?account=ID&channel=email&limit=20``: ``{"address", "jobs": [...]}``, newest
         first (every account's without ``account``); 404 for an unknown account."""
         address = request.match_info["address"]
-        account = _optional(request.query, "account")
+        account = _optional_account(request.query)
         channel = _optional(request.query, "channel")
         limit = _int(request.query.get("limit"), "limit", default=20, high=MAX_HISTORY)
         if channel is not None and channel not in channels.names():
@@ -358,7 +371,7 @@ async def _global_entries(redis: Client, account: str) -> AsyncIterator[dict[str
                 if f.get("account") == account]
 
     batch: list[str] = []
-    async for key in redis.scan_iter(match=f"{keys.PREFIX}supp:*", count=1000):
+    async for key in redis.scan_iter(match=keys.GLOBAL_SUPPRESSIONS_PATTERN, count=1000):
         batch.append(text(key))
         if len(batch) >= 500:
             for e in await fetch(batch):
@@ -413,6 +426,27 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
+
+
+def _id(value: Any, name: str) -> str:
+    """An account or job id (:mod:`suppression.ids`, the rule of every entrance); 400 naming
+    ``name`` and the rule otherwise."""
+    try:
+        return ids.parse_id(value, name)
+    except ids.InvalidId as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _path_account(request: web.Request) -> str:
+    """The ``{account}`` of the path, checked (400 ``account must be ...``)."""
+    return _id(request.match_info["account"], "account")
+
+
+def _optional_account(data: Mapping[str, Any]) -> str | None:
+    """The ``account`` of a query or body: None when absent or empty, checked otherwise
+    (never stripped: ``"acct\n"`` is refused, not read as ``acct``)."""
+    value = data.get("account")
+    return None if value is None or value == "" else _id(value, "account")
 
 
 def _optional(data: Mapping[str, Any], name: str) -> str | None:
