@@ -25,6 +25,7 @@ import heapq
 import hmac
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from importlib import resources
@@ -95,7 +96,7 @@ class AdminApi:
 
     def routes(self) -> list[web.RouteDef]:
         g = self._guard
-        return [
+        return _any_segment([
             web.get("/admin", self.redirect), web.get("/admin/", self.page),
             web.get("/admin/accounts", g(self.list_accounts)),
             web.get("/admin/accounts/{account}", g(self.show_account)),
@@ -111,7 +112,7 @@ class AdminApi:
             web.get("/admin/audit/{account}", g(self.audit)),
             web.get("/admin/jobs/{account}/{job}", g(self.show_job)),
             web.get("/admin/history/{address}", g(self.history)),
-        ]
+        ])
 
     # --- auth and errors ---------------------------------------------------------------
 
@@ -426,6 +427,17 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
+
+
+_PLAIN_SEGMENT = re.compile(r"\{(\w+)\}")
+
+
+def _any_segment(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    """``{name}`` path segments matching any text but ``/`` (aiohttp's default also leaves
+    out ``{`` and ``}``, and would answer its own 404 to ``/admin/accounts/a%7D``): what is in
+    a segment is the handler's to check, so a malformed id is a 400 that names it."""
+    return [web.route(r.method, _PLAIN_SEGMENT.sub(r"{\1:[^/]+}", r.path), r.handler,
+                      **r.kwargs) for r in routes]
 
 
 def _id(value: Any, name: str) -> str:

@@ -278,6 +278,8 @@ async def test_bad_queries_are_400(admin):
 
 
 async def test_suppression_add_check_remove_global_and_per_account(admin):
+    for account in ("acct_s", "acct_t"):  # known accounts: an unknown one is 404
+        await _configure(admin, account, rate=5)
     add = {"address": "Bob@Example.com", "channel": "email", "actor": "dave"}
     status, entry = await admin("POST", "/admin/suppression", {**add, "reason": "hard_bounce"})
     assert status == 200 and (entry["scope"], entry["address"]) == ("global", "bob@example.com")
@@ -307,7 +309,8 @@ async def test_suppression_add_check_remove_global_and_per_account(admin):
 
     _, audit = await admin("GET", "/admin/audit/acct_s")
     assert [(r["action"], r["actor"], r["reason"]) for r in audit] == [
-        ("suppression.remove", "dave", "asked back"), ("suppression.add", "dave", "unsubscribe")]
+        ("suppression.remove", "dave", "asked back"), ("suppression.add", "dave", "unsubscribe"),
+        ("configure", "carol", "rate=5.0")]
 
 
 @pytest.mark.parametrize("body, error", [
@@ -323,6 +326,7 @@ async def test_suppression_add_check_remove_global_and_per_account(admin):
     ({"address": "x@example.com", "channel": "email", "reason": "manual"}, "actor is required"),
 ])
 async def test_bad_suppression_entries_are_400_and_change_nothing(admin, body, error):
+    await _configure(admin, "acct_1", rate=5)
     status, answer = await admin("POST", "/admin/suppression", body)
     assert status == 400 and error in answer["error"]
     _, found = await admin("GET", "/admin/suppression/x@example.com?account=acct_1")
@@ -338,6 +342,7 @@ async def test_delete_needs_channel_reason_and_actor(admin):
 
 
 async def test_consent_grant_revoke_show(admin):
+    await _configure(admin, "acct_m", rate=5)
     path = "/admin/consent/acct_m/+85291234567"
     _, record = await admin("GET", path + "?channel=sms")
     assert record["status"] == "none"
