@@ -532,8 +532,15 @@ def _static(name: str) -> str:
     return (resources.files("webhooks") / "static" / name).read_text(encoding="utf-8")
 
 
+def _with_id_rule(script: str) -> str:
+    """The page's script with the id rule of :mod:`suppression.ids` put in (generated, not
+    copied: the page refuses what the API would)."""
+    return (script.replace('"__ID_PATTERN__"', json.dumps(ids.PATTERN))
+            .replace('"__ID_RULE__"', json.dumps(ids.RULE)))
+
+
 _STYLE = _static("admin.css")
-_SCRIPT = _static("admin.js")
+_SCRIPT = _with_id_rule(_static("admin.js"))
 PAGE = Template(_static("admin.html")).substitute(style=_STYLE, script=_SCRIPT,
                                                    max_text=MAX_TEXT)
 
