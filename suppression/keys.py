@@ -42,6 +42,7 @@ and revoke times, sources and evidence, ``actor``.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from suppression import ids
@@ -63,6 +64,7 @@ HISTORY_KEEP = 100
 HISTORY_SEPARATOR = "/"
 
 
+@functools.lru_cache(maxsize=4096)  # the hot path builds ~20 keys a job: 0.1 µs, not 0.5
 def account_tag(account_id: str) -> str:
     """``outbox:{acct:<id>}``: the prefix of every key of one account; :class:`ids.InvalidId`
     for a malformed id (every entrance has refused one already: this is the last wall)."""

@@ -4,10 +4,13 @@ audit. The data operations are :mod:`suppression.store`'s, the same the CLI uses
 JSON in and out. Every API request needs ``Authorization: Bearer <token>``, compared in
 constant time with each of ``OUTBOX_ADMIN_TOKENS``. Answers other than 200::
 
-    400  bad input: invalid JSON, a missing or malformed field (named), a bad address...
+    400  bad input: invalid JSON, a missing or malformed field (named), a bad address, an
+         account or job id that breaks :mod:`suppression.ids`' rule (in the path, the query
+         or the body: "account must be ...")
     401  no token, or a wrong one (with ``WWW-Authenticate: Bearer``)
     403  OUTBOX_ADMIN_TOKENS is not set: the admin API and page are off
-    404  unknown account, or no such suppression entry
+    404  unknown account (every route that names one, reads included; only PATCH
+         /admin/accounts/ID makes one), or no such suppression entry
     409  an action that does not apply to the account's state (unblock an active account)
 
 A refused request changes nothing. Changes are audited by the stores (with the actor and
