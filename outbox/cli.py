@@ -1,9 +1,11 @@
 """The ``outbox`` command: argument parsing, logging, and the exit status.
 
 Every subcommand has ``--help`` and exits non-zero on failure: 2 for bad input or settings
-(with a message naming what is wrong, a login RabbitMQ or Redis refuses included), 1 for a
-failure while running (RabbitMQ or Redis unreachable: one line naming the setting and the URL,
-password masked, and what to do; never a traceback).
+(with a message naming what is wrong, a login RabbitMQ or Redis refuses included; a malformed
+account or job id is argparse's usage error), 1 for a failure while running (RabbitMQ or Redis
+unreachable: one line naming the setting and the URL, password masked, and what to do; never
+a traceback) and for an unknown account (:class:`outbox.runtime.NotFound`, the admin API's
+404).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from config import SettingsError
 from outbox import commands
 from outbox.logs import LEVELS
-from outbox.runtime import EXIT_BAD_INPUT, CliError
+from outbox.runtime import EXIT_BAD_INPUT, CliError, NotFound
 from sender.connect import ServiceRefused, ServiceUnreachable, amqp_error, redis_error
 from sender.topology import TopologyMismatch
 
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, CliError, TopologyMismatch, ServiceRefused) as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ServiceUnreachable as exc:
+    except (ServiceUnreachable, NotFound) as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OUTAGES as exc:  # a connection lost mid-command, or made where none is mapped

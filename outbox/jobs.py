@@ -2,8 +2,8 @@
 
 Thin: parse, read (:mod:`suppression.history` for Redis, :meth:`sender.client.Outbox.events`
 for the broker), print a table with headers (``--json``: the records). Times are ISO 8601
-UTC. Exit status: 0 found, 1 nothing found (one line on stderr), 2 bad input (an unknown
-account, a bad address or status).
+UTC. Exit status: 0 found, 1 nothing found or an unknown account (one line on stderr), 2 bad
+input (a malformed account or job id, a bad address or status).
 
 ``outbox events`` reads ``outbox.status`` through a queue of its own (exclusive, auto-delete,
 at most :data:`sender.client.EVENTS_MAX_LENGTH` waiting): it sees what is published while it
@@ -23,7 +23,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from outbox.runtime import CliError, run_once, settings, with_redis
+from outbox.runtime import (
+    CliError,
+    NotFound,
+    account_arg,
+    job_arg,
+    run_once,
+    settings,
+    with_redis,
+)
 
 EXIT_NOTHING = 1
 EVENTS_WAIT = 10.0  # seconds ``outbox events`` listens without --follow
@@ -35,13 +43,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     jobs = sub.add_parser("jobs", help="what happened to a job; a recipient's recent jobs"
                           ).add_subparsers(dest="action", required=True, metavar="ACTION")
     p = jobs.add_parser("show", help="a job's current status and timeline")
-    p.add_argument("account_id", metavar="ACCOUNT")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("account_id", metavar="ACCOUNT", type=account_arg)
+    p.add_argument("job_id", metavar="ID", type=job_arg)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs_show)
     p = jobs.add_parser("history", help="a recipient's recent jobs, newest first")
     p.add_argument("address", metavar="ADDRESS")
-    p.add_argument("--account", metavar="ID", help="one account's jobs (default: every account)")
+    p.add_argument("--account", metavar="ID", type=account_arg,
+                   help="one account's jobs (default: every account)")
     p.add_argument("--channel", help="the address's channel (default: guessed from it)")
     p.add_argument("--limit", type=_positive, default=20, metavar="N",
                    help="at most N jobs (default 20, at most 100)")
@@ -50,7 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("events", help="status events as they are published (own queue)")
     p.add_argument("--follow", action="store_true", help="run until interrupted")
-    p.add_argument("--account", metavar="ID", help="only this account's events")
+    p.add_argument("--account", metavar="ID", type=account_arg, help="only this account's events")
     p.add_argument("--status", metavar="S,...", help="only these statuses (e.g. bounced,failed)")
     p.add_argument("--wait", type=float, default=EVENTS_WAIT, metavar="SECONDS",
                    help=f"without --follow, listen this long (default {EVENTS_WAIT:g})")
@@ -82,7 +91,7 @@ async def _require_account(redis: Any, account_id: str) -> None:
     from suppression.store import AccountStore
 
     if not await AccountStore(redis, Policy()).exists(account_id):
-        raise CliError(f"unknown account {account_id!r}")
+        raise NotFound(f"unknown account {account_id!r}")
 
 
 def _nothing(message: str) -> int:

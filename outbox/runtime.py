@@ -7,6 +7,7 @@ and it imports none of them (tests/unit/test_layout.py checks the package has no
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings, load_settings
+from suppression.ids import InvalidId, parse_account_id, parse_job_id
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -34,6 +36,28 @@ _EPOCH = re.compile(r"^\d{1,12}(\.\d+)?$")
 
 class CliError(Exception):
     """A user-facing error: printed on one line without a traceback, exit status 2."""
+
+
+class NotFound(Exception):
+    """What the command names does not exist (an unknown account: the admin API's 404):
+    printed on one line, exit status 1."""
+
+
+def account_arg(text: str) -> str:
+    """``type=`` of every argument that names an account (:mod:`suppression.ids`): a malformed
+    id is argparse's usage error (exit 2) naming the argument and the rule."""
+    try:
+        return parse_account_id(text)
+    except InvalidId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def job_arg(text: str) -> str:
+    """``type=`` of every argument that names a job (:mod:`suppression.ids`)."""
+    try:
+        return parse_job_id(text)
+    except InvalidId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def settings(**overrides: Any) -> Settings:

@@ -1,11 +1,12 @@
 """Support subcommands: ``accounts``, ``suppression``, ``consent``, ``prefs``, ``audit``.
 
 Thin: parse, build settings, call the stores in :mod:`suppression.store`, print. Exit status:
-0 done; 1 a failure while running, bad lines in an import, or nothing to remove (the admin
-API's 404); 2 bad input (missing reason or actor, bad address...), an unknown account
-included: every command that names an account refuses one Outbox does not know (an account is
-known once it has sent a job or been configured with ``accounts configure``, the one command
-that makes one). Lists print as tables with a header line; times are ISO 8601 UTC
+0 done; 1 a failure while running, bad lines in an import, nothing to remove, or an unknown
+account (the admin API's 404s): every command that names an account refuses one Outbox does
+not know, reads included, and writes nothing (an account is known once it has sent a job or
+been configured with ``accounts configure``, the one command that makes one); 2 bad input
+(missing reason or actor, bad address, a malformed account id: argparse's usage error).
+Lists print as tables with a header line; times are ISO 8601 UTC
 (:func:`outbox.runtime.print_records`), in ``--json`` output too.
 """
 
@@ -23,6 +24,8 @@ from config.reputation import OVERRIDES
 from outbox.runtime import (
     EXIT_FAILED,
     CliError,
+    NotFound,
+    account_arg,
     iso_time,
     print_records,
     read_lines,
@@ -44,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _consent(sub)
     _prefs(sub)
     p = sub.add_parser("audit", help="an account's audit log, newest first")
-    p.add_argument("account_id", metavar="ID")
+    p.add_argument("account_id", metavar="ID", type=account_arg)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
@@ -63,11 +66,11 @@ def _accounts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_list)
     p = acc.add_parser("show", help="state, rates, limits, sender information, transitions")
-    p.add_argument("account_id", metavar="ID")
+    p.add_argument("account_id", metavar="ID", type=account_arg)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_show)
     p = acc.add_parser("configure", help="sender information, rate limits, threshold overrides")
-    p.add_argument("account_id", metavar="ID")
+    p.add_argument("account_id", metavar="ID", type=account_arg)
     for name in SENDER_FLAGS:
         p.add_argument("--" + name.replace("_", "-"))
     for param in OVERRIDES.values():  # declared in config/reputation.py
@@ -81,7 +84,7 @@ def _accounts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        ("suspend", "stop all sending until unsuspended"),
                        ("unsuspend", "lift a suspension (starts probation)")):
         p = acc.add_parser(name, help=text)
-        p.add_argument("account_id", metavar="ID")
+        p.add_argument("account_id", metavar="ID", type=account_arg)
         _who(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_accounts_support, support_action=name)
@@ -92,7 +95,7 @@ def _suppression(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         dest="action", required=True, metavar="ACTION")
     p = sup.add_parser("add", help="suppress an address (global, or for one account)")
     p.add_argument("address")
-    p.add_argument("--account")
+    p.add_argument("--account", metavar="ID", type=account_arg)
     p.add_argument("--channel", choices=channels.names(), required=True)
     p.add_argument("--reason", required=True,
                    help="hard_bounce, complaint, invalid (global); unsubscribe, sms_stop "
@@ -104,33 +107,33 @@ def _suppression(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=cmd_suppression_add)
     p = sup.add_parser("remove", help="remove an entry (audited)")
     p.add_argument("address")
-    p.add_argument("--account")
+    p.add_argument("--account", metavar="ID", type=account_arg)
     p.add_argument("--channel", choices=channels.names(), required=True)
     _who(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_suppression_remove)
     p = sup.add_parser("check", help="is an address suppressed, and why")
     p.add_argument("address")
-    p.add_argument("--account")
+    p.add_argument("--account", metavar="ID", type=account_arg)
     p.add_argument("--channel", choices=channels.names())
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_suppression_check)
     p = sup.add_parser("list", help="global entries, or one account's")
-    p.add_argument("--account")
+    p.add_argument("--account", metavar="ID", type=account_arg)
     p.add_argument("--reason")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_suppression_list)
     p = sup.add_parser("import", help="import a CSV (address[,channel,reason]) or, with --dnc, "
                                       "the Do-not-call register (one number a line)")
     p.add_argument("file", metavar="FILE|-")
-    p.add_argument("--account")
+    p.add_argument("--account", metavar="ID", type=account_arg)
     p.add_argument("--reason", default="manual", help="when the CSV has no reason column")
     p.add_argument("--dnc", action="store_true", help="OFCA DNC register numbers (global, SMS)")
     p.add_argument("--actor", default="import")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_suppression_import)
     p = sup.add_parser("export", help="entries as CSV on stdout")
-    p.add_argument("--account")
+    p.add_argument("--account", metavar="ID", type=account_arg)
     p.add_argument("--reason")
     p.set_defaults(func=cmd_suppression_export)
     p = sup.add_parser("canonicalise",
@@ -146,7 +149,7 @@ def _consent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="action", required=True, metavar="ACTION")
     for name in ("grant", "revoke", "show"):
         p = con.add_parser(name, help=f"{name} consent of a recipient for an account")
-        p.add_argument("account_id", metavar="ACCOUNT")
+        p.add_argument("account_id", metavar="ACCOUNT", type=account_arg)
         p.add_argument("recipient", metavar="RECIPIENT")
         p.add_argument("--channel", choices=channels.names(), required=True)
         if name != "show":
@@ -161,7 +164,7 @@ def _prefs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pre = sub.add_parser("prefs", help="notification preferences").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     p = pre.add_parser("set", help="switch a notification topic on or off")
-    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("account_id", metavar="ACCOUNT", type=account_arg)
     p.add_argument("recipient", metavar="RECIPIENT")
     p.add_argument("--topic", required=True)
     p.add_argument("--channel", choices=channels.names(), required=True)
@@ -171,7 +174,7 @@ def _prefs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prefs_set)
     p = pre.add_parser("show", help="a recipient's preferences for an account")
-    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("account_id", metavar="ACCOUNT", type=account_arg)
     p.add_argument("recipient", metavar="RECIPIENT")
     p.add_argument("--channel", choices=channels.names())
     p.add_argument("--json", action="store_true")
@@ -204,7 +207,7 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]], *, account: str | None = No
     try:
         return with_redis(cfg, _main)
     except UnknownAccount as exc:
-        raise CliError(f"{exc}: {UNKNOWN_ACCOUNT_HINT}") from None
+        raise NotFound(f"{exc}: {UNKNOWN_ACCOUNT_HINT}") from None
     except StoreError as exc:
         raise CliError(str(exc)) from None
 

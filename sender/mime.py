@@ -52,7 +52,7 @@ Decisions
   inserted before the last ``</body>`` of the html, or appended when there is none. A footer for
   a part the job does not have is ignored.
 * ``Message-ID`` is ``<{job.id}@{message_id_domain}>`` as the README fixes it. Note: job ids may
-  contain ``:`` (``SAFE_ID``), which is not dot-atom text, and strict parsers (Python's
+  contain ``:`` (:mod:`suppression.ids`), which is not dot-atom text, and strict parsers (Python's
   ``headerregistry``) misread such a Message-ID; the bytes still carry the id verbatim.
 """
 
@@ -69,7 +69,8 @@ from email.utils import getaddresses
 from functools import lru_cache
 
 from sender import job_headers
-from sender.models import SAFE_ID, EmailJob
+from sender.models import EmailJob
+from suppression import ids
 from suppression.address import BadAddress, email_domain
 from suppression.address import email as canonical_email
 
@@ -118,7 +119,6 @@ _DOMAIN_RE = re.compile(
 )
 # dot-atom local part; UTF8-non-ascii allowed (RFC 6532), printability checked separately
 _LOCAL_RE = re.compile(rf"[\u0080-\U0010ffff{_ATEXT}]+(?:\.[\u0080-\U0010ffff{_ATEXT}]+)*\Z")
-_SAFE_ID_RE = re.compile(SAFE_ID)
 # display-name tokens: quoted-string | white space | anything else up to a special
 _PHRASE_TOKEN_RE = re.compile(r'"((?:[^"\\]|\\.)*)"|([ \t]+)|([^" \t,;:<>\[\]@\\]+)|(.)', re.S)
 _BODY_CLOSE_RE = re.compile(r"</body\s*>", re.I)
@@ -524,7 +524,7 @@ def _render(job: EmailJob, message_id_domain: str, extra_headers: Sequence[tuple
             footer_text: str | None, footer_html: str | None, envelope_from: str | None,
             date: float | None, max_bytes: int) -> RenderedEmail:
     job_id = job.id
-    if not isinstance(job_id, str) or not _SAFE_ID_RE.match(job_id):
+    if not ids.is_id(job_id):
         raise MimeError(f"job id {job_id!r} cannot be used in a Message-ID")
     message_id = "<" + job_id + _message_id_suffix(message_id_domain)
 

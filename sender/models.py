@@ -18,10 +18,12 @@ import functools
 import math
 import operator
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -32,10 +34,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import from_json
+from pydantic_core import PydanticCustomError, from_json
 
 from sender import job_headers
-from suppression import channels
+from suppression import channels, ids
 from suppression.address import BadAddress
 from suppression.address import email as canonical_email
 
@@ -46,12 +48,24 @@ MAX_DEPTH = 64
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
-#: Ids are used in Message-IDs (dot-atom text: no ':'), VERP addresses, Redis keys and URLs.
-SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 _NO_CRLF = r"^[^\r\n\x00]*$"
 
-JobId = Annotated[str, StringConstraints(pattern=SAFE_ID)]
-AccountId = Annotated[str, StringConstraints(pattern=SAFE_ID)]
+
+def _id_check(parse: Callable[[object], str]) -> AfterValidator:
+    """A pydantic check by one of :mod:`suppression.ids`' parsers (the one rule), its error
+    the parser's words ("account id must be ...") without pydantic's "Value error" prefix."""
+    def check(value: str) -> str:
+        try:
+            return parse(value)
+        except ids.InvalidId as exc:
+            raise PydanticCustomError("invalid_id", str(exc)) from None
+    return AfterValidator(check)
+
+
+#: Ids are used in Message-IDs (dot-atom text: no ':'), VERP addresses, Redis keys and URLs:
+#: :mod:`suppression.ids` holds the rule, for every entrance.
+JobId = Annotated[str, _id_check(ids.parse_job_id)]
+AccountId = Annotated[str, _id_check(ids.parse_account_id)]
 HeaderText = Annotated[str, StringConstraints(pattern=_NO_CRLF, max_length=998)]
 Category = Literal["marketing", "transactional", "notification"]
 #: the categories that travel on the bulk lane (``<channel>.bulk``) and yield to the others
@@ -268,13 +282,13 @@ def _ids_of(data: Any) -> tuple[str | None, str | None, str | None]:
     if not isinstance(data, dict):
         return None, None, None
     job_id, account_id, channel = (
-        v if isinstance(v, str) and re.match(SAFE_ID, v) else None
+        v if ids.is_id(v) else None
         for v in (data.get("id"), data.get("account_id"), data.get("channel"))
     )
     return job_id, account_id, channel if channel in channels.names() else None
 
 
-_ID_RE = re.compile(rb'"(id|account_id|channel)"\s*:\s*"([A-Za-z0-9._\-]{1,128})"')
+_ID_RE = re.compile(rb'"(id|account_id|channel)"\s*:\s*"(' + ids.PATTERN.encode() + rb')"')
 
 
 def _regex_ids(body: bytes) -> tuple[str | None, str | None, str | None]:

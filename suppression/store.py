@@ -297,11 +297,11 @@ class SuppressionStore:
         """Entries of one account, or the global ones (DNC numbers only when
         ``reason='dnc_register'``), by SCAN."""
         if account_id:
-            pattern = f"{keys.account_tag(account_id)}:supp:*"
+            pattern = keys.account_suppressions_pattern(account_id)
         elif reason == "dnc_register":
-            pattern = f"{keys.PREFIX}dnc:*"
+            pattern = keys.DNC_PATTERN
         else:
-            pattern = f"{keys.PREFIX}supp:*"
+            pattern = keys.GLOBAL_SUPPRESSIONS_PATTERN
         batch: list[str] = []
         async for key in self._redis.scan_iter(match=pattern, count=1000):
             batch.append(text(key))
@@ -417,8 +417,7 @@ class PrefsStore:
 
 
 #: key patterns that hold an e-mail address, and where the address starts in them
-_ADDRESS_KEYS = (f"{keys.PREFIX}supp:email:*", f"{keys.PREFIX}{{acct:*}}:supp:email:*",
-                 f"{keys.PREFIX}{{acct:*}}:consent:email:*", f"{keys.PREFIX}{{acct:*}}:prefs:*")
+_ADDRESS_KEYS = keys.EMAIL_ADDRESS_PATTERNS
 _ADDRESS_AT = ("supp:email:", "consent:email:", "prefs:")
 
 

@@ -15,6 +15,8 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from suppression import ids
+
 _SEP = "\x1f"
 
 
@@ -62,4 +64,6 @@ def read_token(secrets: Sequence[str], token: str) -> Unsubscribe:
     matches = [hmac.compare_digest(given, _sign(s.encode(), payload)) for s in secrets]
     if not any(matches) or len(fields) != 4:
         raise BadToken("unsubscribe token signature does not match")
+    if not (ids.is_id(fields[0]) and ids.is_id(fields[3])):  # the ids' rule, as everywhere
+        raise BadToken("unsubscribe token names a malformed account or job id")
     return Unsubscribe(*fields)

@@ -7,11 +7,14 @@ and a role). What each route needs is declared in one table, :data:`ROUTES`: the
 that may call it, and what personal data it reads; the routes are made from that table only.
 Answers other than 200::
 
-    400  bad input: invalid JSON, a missing or malformed field (named), a bad address...
+    400  bad input: invalid JSON, a missing or malformed field (named), a bad address, an
+         account or job id that breaks :mod:`suppression.ids`' rule (in the path, the query
+         or the body: "account must be ...")
     401  no token, or a wrong one (with ``WWW-Authenticate: Bearer``)
     403  OUTBOX_ADMIN_TOKENS is not set: the admin API and page are off; or the token's role
          does not allow the route (logged); or an ``actor`` that is not the token's name
-    404  unknown account, or no such suppression entry
+    404  unknown account (every route that names one, reads included; only PATCH
+         /admin/accounts/ID makes one), or no such suppression entry
     409  an action that does not apply to the account's state (unblock an active account)
 
 A refused request changes nothing. The actor of every change is the token's name: an
@@ -33,6 +36,7 @@ import heapq
 import hmac
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -49,7 +53,7 @@ from config.roles import ROLES, AdminToken, allows
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.metrics import Metrics
-from suppression import channels, entries, keys
+from suppression import channels, entries, ids, keys
 from suppression.address import BadAddress
 from suppression.entries import BadEntry, StoreError
 from suppression.history import MAX_HISTORY, job_story, recipient_history
@@ -150,13 +154,15 @@ class AdminApi:
         self._transitions = _transitions_counter(registry_or_metrics)
 
     def routes(self) -> list[web.RouteDef]:
-        """The rows of :data:`ROUTES`, each behind the check of its role."""
+        """The rows of :data:`ROUTES`, each behind the check of its role; ``{name}`` segments
+        match any text but ``/`` (see :func:`_any_segment`)."""
         def made(row: Route) -> web.RouteDef:
             handler: Handler = getattr(self, row.handler)
             guarded = handler if row.role == PUBLIC else self._guard(row, handler)
+            path = _any_segment(row.path)
             if row.method == "GET":  # and HEAD, as web.get makes it
-                return web.get(row.path, guarded)
-            return web.route(row.method, row.path, guarded)
+                return web.get(path, guarded)
+            return web.route(row.method, path, guarded)
         return [made(row) for row in ROUTES]
 
     # --- auth and errors ---------------------------------------------------------------
@@ -256,14 +262,14 @@ class AdminApi:
 
     async def show_account(self, request: web.Request) -> web.StreamResponse:
         """The document of ``outbox accounts show ID --json``."""
-        return _json(await self._accounts.show(request.match_info["account"]))
+        return _json(await self._accounts.show(_path_account(request)))
 
     async def account_suppressions(self, request: web.Request) -> web.StreamResponse:
         """``?limit=50``: the evidence behind an account's bounces and complaints, newest
         first: the global entries its messages taught (hard bounces, complaints, invalid
         numbers: their ``account`` field names it) and the account's own entries. The global
         ones are found by SCAN over every global entry: seconds on millions of them."""
-        account = request.match_info["account"]
+        account = _path_account(request)
         limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
         await self._accounts.require(account)
         found = [e async for e in self._suppression.entries(account_id=account)]
@@ -272,7 +278,7 @@ class AdminApi:
 
     async def configure_account(self, request: web.Request) -> web.StreamResponse:
         """Sender information, limits and overrides (names of ``accounts configure``)."""
-        account = request.match_info["account"]
+        account = _path_account(request)
         body = await _json_body(request)
         actor = request[PRINCIPAL].name
         fields = {k: _setting(k, v) for k, v in body.items() if k != "actor"}
@@ -285,7 +291,7 @@ class AdminApi:
 
     async def support_action(self, request: web.Request) -> web.StreamResponse:
         """unblock, suspend or unsuspend: change and audit (one script), then announce."""
-        account, action = request.match_info["account"], request.match_info["action"]
+        account, action = _path_account(request), request.match_info["action"]
         [reason], actor = _required(await _json_body(request), "reason"), request[PRINCIPAL].name
         change = await self._accounts.support(account, action, actor=actor, reason=reason)
         _log(request, action, actor, account_id=account, reason=reason,
@@ -297,6 +303,12 @@ class AdminApi:
                       "from": change.from_state, "audit_id": change.audit_id,
                       "probation_until": change.probation_until,
                       "event_published": published})
+
+    async def _known(self, account: str | None) -> str | None:
+        """``account`` when it is None or known; UnknownAccount (404) otherwise."""
+        if account is not None:
+            await self._accounts.require(account)
+        return account
 
     async def _announce(self, change: Change, action: str, actor: str, reason: str) -> bool:
         """Publish ``account.<state>``; the change stands (and says so) if the broker fails."""
@@ -314,9 +326,9 @@ class AdminApi:
     async def check_suppression(self, request: web.Request) -> web.StreamResponse:
         """``?account=ID&channel=email``: like ``outbox suppression check --json``."""
         address = request.match_info["address"]
+        account = await self._known(_optional_account(request.query))
         found = await self._suppression.check(
-            address, account_id=_optional(request.query, "account"),
-            channel=_optional(request.query, "channel"))
+            address, account_id=account, channel=_optional(request.query, "channel"))
         return _json({"address": address, "suppressed": bool(found),
                       "entries": await self._with_origin(found)})
 
@@ -336,9 +348,10 @@ class AdminApi:
     async def add_suppression(self, request: web.Request) -> web.StreamResponse:
         """Add an entry: global for facts, per account for a person's choices."""
         body = await _json_body(request)
+        account = _optional_account(body)
         address, channel, reason = _required(body, "address", "channel", "reason")
         actor = request[PRINCIPAL].name
-        account = _optional(body, "account")
+        await self._known(account)
         entry = await self._suppression.add(
             address, channel=channel, reason=reason, account_id=account,
             expires=_seconds(body.get("expires")), actor=actor,
@@ -351,9 +364,10 @@ class AdminApi:
         """``?channel=..&account=..``, reason and actor in the body or the query; audited."""
         data = {**request.query, **await _json_body(request)}
         address = request.match_info["address"]
+        account = _optional_account(data)
         channel, reason = _required(data, "channel", "reason")
         actor = request[PRINCIPAL].name
-        account = _optional(data, "account")
+        await self._known(account)
         removed = await self._suppression.remove(address, channel=channel, account_id=account,
                                                  actor=actor, reason=reason)
         if not removed:
@@ -367,28 +381,32 @@ class AdminApi:
 
     async def show_consent(self, request: web.Request) -> web.StreamResponse:
         """``?channel=email``: the consent record (status ``none`` when there is none)."""
+        account = _path_account(request)
         [channel] = _required(request.query, "channel")
-        m = request.match_info
-        return _json(await self._consent.get(m["account"], m["recipient"], channel=channel))
+        await self._accounts.require(account)
+        recipient = request.match_info["recipient"]
+        return _json(await self._consent.get(account, recipient, channel=channel))
 
     async def set_consent(self, request: web.Request) -> web.StreamResponse:
         """``{"channel", "granted": true|false, "source", "evidence", "actor"}``."""
+        account = _path_account(request)
         body = await _json_body(request)
         [channel], actor = _required(body, "channel"), request[PRINCIPAL].name
         granted = body.get("granted")
         if not isinstance(granted, bool):
             raise ApiError(400, "granted must be true or false")
-        m = request.match_info
+        await self._accounts.require(account)  # consent nobody would read is refused
         record = await self._consent.set(
-            m["account"], m["recipient"], channel=channel, granted=granted, actor=actor,
-            source=_optional(body, "source") or "", evidence=_optional(body, "evidence") or "")
+            account, request.match_info["recipient"], channel=channel, granted=granted,
+            actor=actor, source=_optional(body, "source") or "",
+            evidence=_optional(body, "evidence") or "")
         _log(request, "consent.grant" if granted else "consent.revoke", actor,
-             account_id=m["account"], address=record["recipient"], channel=channel)
+             account_id=account, address=record["recipient"], channel=channel)
         return _json(record)
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
         """``?limit=50``: the account's audit records, newest first."""
-        account = request.match_info["account"]
+        account = _path_account(request)
         limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
         await self._accounts.require(account)
         return _json(await self._accounts.audit.read(account, limit=limit))
@@ -398,7 +416,8 @@ class AdminApi:
 
     async def show_job(self, request: web.Request) -> web.StreamResponse:
         """The document of ``outbox jobs show ACCOUNT ID --json``; 404 unknown."""
-        account, job = request.match_info["account"], request.match_info["job"]
+        account = _path_account(request)
+        job = _id(request.match_info["job"], "job")
         story = await job_story(self._redis, account, job)
         if story is None:
             await self._accounts.require(account)
@@ -410,7 +429,7 @@ class AdminApi:
         """``?account=ID&channel=email&limit=20``: ``{"address", "jobs": [...]}``, newest
         first (every account's without ``account``); 404 for an unknown account."""
         address = request.match_info["address"]
-        account = _optional(request.query, "account")
+        account = _optional_account(request.query)
         channel = _optional(request.query, "channel")
         limit = _int(request.query.get("limit"), "limit", default=20, high=MAX_HISTORY)
         if channel is not None and channel not in channels.names():
@@ -444,7 +463,7 @@ async def _global_entries(redis: Client, account: str) -> AsyncIterator[dict[str
                 if f.get("account") == account]
 
     batch: list[str] = []
-    async for key in redis.scan_iter(match=f"{keys.PREFIX}supp:*", count=1000):
+    async for key in redis.scan_iter(match=keys.GLOBAL_SUPPRESSIONS_PATTERN, count=1000):
         batch.append(text(key))
         if len(batch) >= 500:
             for e in await fetch(batch):
@@ -514,6 +533,37 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
+
+
+_PLAIN_SEGMENT = re.compile(r"\{(\w+)\}")
+
+
+def _any_segment(path: str) -> str:
+    """``{name}`` path segments matching any text but ``/`` (aiohttp's default also leaves
+    out ``{`` and ``}``, and would answer its own 404 to ``/admin/accounts/a%7D``): what is in
+    a segment is the handler's to check, so a malformed id is a 400 that names it."""
+    return _PLAIN_SEGMENT.sub(r"{\1:[^/]+}", path)
+
+
+def _id(value: Any, name: str) -> str:
+    """An account or job id (:mod:`suppression.ids`, the rule of every entrance); 400 naming
+    ``name`` and the rule otherwise."""
+    try:
+        return ids.parse_id(value, name)
+    except ids.InvalidId as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _path_account(request: web.Request) -> str:
+    """The ``{account}`` of the path, checked (400 ``account must be ...``)."""
+    return _id(request.match_info["account"], "account")
+
+
+def _optional_account(data: Mapping[str, Any]) -> str | None:
+    """The ``account`` of a query or body: None when absent or empty, checked otherwise
+    (never stripped: ``"acct\n"`` is refused, not read as ``acct``)."""
+    value = data.get("account")
+    return None if value is None or value == "" else _id(value, "account")
 
 
 def _optional(data: Mapping[str, Any], name: str) -> str | None:
@@ -587,8 +637,15 @@ def _static(name: str) -> str:
     return (resources.files("webhooks") / "static" / name).read_text(encoding="utf-8")
 
 
+def _with_id_rule(script: str) -> str:
+    """The page's script with the id rule of :mod:`suppression.ids` put in (generated, not
+    copied: the page refuses what the API would)."""
+    return (script.replace('"__ID_PATTERN__"', json.dumps(ids.PATTERN))
+            .replace('"__ID_RULE__"', json.dumps(ids.RULE)))
+
+
 _STYLE = _static("admin.css")
-_SCRIPT = _static("admin.js")
+_SCRIPT = _with_id_rule(_static("admin.js"))
 PAGE = Template(_static("admin.html")).substitute(style=_STYLE, script=_SCRIPT,
                                                    max_text=MAX_TEXT)
 

@@ -17,11 +17,12 @@ from config import Settings
 from sender.bus import Bus, PublishFailed
 from sender.models import utcnow_iso
 from sender.provider_events import ProviderEvent
+from suppression import ids
 from suppression.store import SuppressionStore
 from suppression.tokens import BadToken, Unsubscribe, read_token
 from webhooks.events import hand_over, publish_events
 from webhooks.providers import twilio
-from webhooks.providers.base import PayloadError, safe_id
+from webhooks.providers.base import PayloadError
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -81,7 +82,8 @@ class TwilioWebhooks:
             events = twilio.parse_fields(form)
         except PayloadError as exc:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
-        job_id, account_id = safe_id(request.query.get("j")), safe_id(request.query.get("a"))
+        job_id = self._query_id(request, "j", "job id")
+        account_id = self._query_id(request, "a", "account id")
         events = [e.replace(job_id=e.job_id or job_id, account_id=e.account_id or account_id)
                   for e in events]
         await self._publish(events)
@@ -95,12 +97,24 @@ class TwilioWebhooks:
         except PayloadError as exc:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         if sms.keyword in ("stop", "start"):
-            event = _opt_event(sms, safe_id(request.query.get("a")))
+            event = _opt_event(sms, self._query_id(request, "a", "account id"))
             await self._publish([event])
         else:
             self._metrics.count("twilio", "inbound", "ignored")
         # An empty TwiML answer: Twilio sends its own STOP/START confirmations.
         return web.Response(text="<Response/>", content_type="application/xml")
+
+    def _query_id(self, request: web.Request, name: str, what: str) -> str | None:
+        """The id in the query string's ``name`` (Outbox puts ``a`` and ``j`` in the callback
+        URL it gives Twilio), None when absent; 400 when it is not an id (:mod:`suppression.ids`):
+        no event is made for a made-up account."""
+        value = request.query.get(name)
+        if value is None:
+            return None
+        try:
+            return ids.parse_id(value, f"{what} (query {name})")
+        except ids.InvalidId as exc:
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
 
     async def _publish(self, events: list[ProviderEvent]) -> None:
         await hand_over(self._bus, events, self._metrics)

@@ -275,6 +275,8 @@ async def test_bad_queries_are_400(admin):
 
 
 async def test_suppression_add_check_remove_global_and_per_account(admin):
+    for account in ("acct_s", "acct_t"):  # known accounts: an unknown one is 404
+        await _configure(admin, account, rate=5)
     add = {"address": "Bob@Example.com", "channel": "email", "actor": "alice"}
     status, entry = await admin("POST", "/admin/suppression", {**add, "reason": "hard_bounce"})
     assert status == 200 and (entry["scope"], entry["address"]) == ("global", "bob@example.com")
@@ -306,7 +308,7 @@ async def test_suppression_add_check_remove_global_and_per_account(admin):
     read = ("read", "alice", "an address's suppression")  # reads of personal data too
     assert [(r["action"], r["actor"], r["reason"]) for r in audit] == [
         read, ("suppression.remove", "alice", "asked back"), read,
-        ("suppression.add", "alice", "unsubscribe")]
+        ("suppression.add", "alice", "unsubscribe"), ("configure", "alice", "rate=5.0")]
 
 
 @pytest.mark.parametrize("body, error", [
@@ -322,6 +324,7 @@ async def test_suppression_add_check_remove_global_and_per_account(admin):
     ({"address": "x@example.com", "channel": "email"}, "reason is required"),
 ])
 async def test_bad_suppression_entries_are_400_and_change_nothing(admin, body, error):
+    await _configure(admin, "acct_1", rate=5)
     status, answer = await admin("POST", "/admin/suppression", body)
     assert status == 400 and error in answer["error"]
     _, found = await admin("GET", "/admin/suppression/x@example.com?account=acct_1")
@@ -337,6 +340,7 @@ async def test_delete_needs_channel_and_reason(admin):
 
 
 async def test_consent_grant_revoke_show(admin):
+    await _configure(admin, "acct_m", rate=5)
     path = "/admin/consent/acct_m/+85291234567"
     _, record = await admin("GET", path + "?channel=sms")
     assert record["status"] == "none"

@@ -224,10 +224,11 @@ async def test_support_reads_a_recipients_history_and_a_jobs_timeline(
 
 
 async def test_markup_from_the_api_stays_text(browser, site, redis):
-    """Reasons, actors, sources and account ids with markup: shown as text, no script runs
-    (``opened`` fails on any dialog), no element is made from them."""
+    """Reasons, actors, sources and sender information with markup: shown as text, no script
+    runs (``opened`` fails on any dialog), no element is made from them. (Ids cannot hold
+    markup: suppression/ids.py refuses them everywhere, test_account_ids.py.)"""
     store = AccountStore(redis, Policy())
-    account = "acct_<b>x</b>"
+    account = "acct_x"
     await store.configure(account, actor=EVIL, business_name=EVIL)
     await store.support(account, "suspend", actor=EVIL, reason=EVIL)
     await SuppressionStore(redis).add("victim@example.com", channel="email", reason="manual",
@@ -242,10 +243,11 @@ async def test_markup_from_the_api_stays_text(browser, site, redis):
         assert await page.locator("img, b, section script").count() == 0
 
 
-async def test_history_and_timeline_render_the_contracts_shapes(browser, site):
+async def test_history_and_timeline_render_the_contracts_shapes(browser, site, redis):
     """The page against the job's story contract alone (the two answers stubbed in the
     browser, with markup in every text field): the real server's answers are tested above."""
-    history = [{"account_id": "acct_<i>h</i>", "job_id": "job<1>", "channel": "email",
+    await AccountStore(redis, Policy()).configure("acct_h", actor="t", rate=5)  # a known one
+    history = [{"account_id": "acct_h", "job_id": "job-1", "channel": "email",
                 "status": "bounced", "at": 1767225600}]
     timeline = [{"status": "queued", "at": "2026-01-01T00:00:00.000Z", "reason": None,
                  "detail": None, "provider": None, "provider_message_id": None, "attempt": 0},
@@ -263,12 +265,12 @@ async def test_history_and_timeline_render_the_contracts_shapes(browser, site):
     async with opened(browser, site) as page:
         await page.route(re.compile(r".*/admin/(history|jobs)/.*"), stub)
         # a link to the view (same document: the token stays in its field)
-        await page.goto(site + "/admin/#/recipient/carol%40example.com?account=acct_%3Ci%3Eh")
-        listed = page.locator("#history tr", has_text="job<1>")
-        for text in ("2026-01-01T00:00:00Z", "acct_<i>h</i>", "email", "bounced"):
+        await page.goto(site + "/admin/#/recipient/carol%40example.com?account=acct_h")
+        listed = page.locator("#history tr", has_text="job-1")
+        for text in ("2026-01-01T00:00:00Z", "acct_h", "email", "bounced"):
             await expect(listed).to_contain_text(text)
-        await listed.get_by_role("link", name="job<1>").click()
-        await expect(page.locator("#job-title")).to_have_text("job<1> · acct_<i>h</i>")
+        await listed.get_by_role("link", name="job-1").click()
+        await expect(page.locator("#job-title")).to_have_text("job-1 · acct_h")
         rows = page.locator("#timeline tr")
         await expect(rows).to_have_count(3)
         await expect(rows.nth(1)).to_contain_text("2026-01-01T00:00:00Z")
@@ -307,3 +309,26 @@ async def test_a_viewer_sees_no_write_buttons_and_its_reads_are_audited(browser,
         ("vera", "viewer", what, "gone2@example.com")
         for what in ("suppression.check", "consent.show", "history")}
     assert (await AccountStore(redis, Policy()).show("acct_dirty"))["state"] == "blocked"
+
+
+async def test_the_page_refuses_a_malformed_id_before_calling_the_api(browser, site):
+    """The id rule of suppression/ids.py is in the page's script: a link or a form with
+    ``a}:x``, ``acct*`` or a line break says what an id must be and calls nothing."""
+    async with opened(browser, site) as page:
+        calls: list[str] = []
+        page.on("request", lambda r: calls.append(r.url) if "/admin/" in r.url and
+                r.url.split("#")[0].rstrip("/") != site + "/admin" else None)
+        for view in ("#/account/a%7D%3Ax", "#/job/acct%2A/job-1", "#/job/acct/job%0A1",
+                     "#/recipient/ana%40example.com?account=acct%2A"):
+            await page.goto(site + "/admin/" + view)
+            await expect(page.locator("#message")).to_contain_text(
+                "must be 1-128 characters of A-Z a-z 0-9 . _ -")
+            assert calls == [], view  # refused in the page (the API would say it too)
+        await page.goto(site + "/admin/#/accounts")
+        await expect(page.locator("#message")).to_have_text("")
+        calls.clear()
+        await page.fill("#recipient", "ana@example.com")
+        await page.fill("#recipient-account", "a}:x")
+        await page.press("#recipient", "Enter")
+        await expect(page.locator("#message")).to_contain_text("account must be 1-128")
+        assert calls == []

@@ -1,6 +1,6 @@
-"""The support commands behave alike: an unknown account is exit 2 (and nothing is written),
-removing nothing is exit 1 (the admin API's 404), times are ISO 8601 UTC in readable and
-``--json`` output, and lists are tables with a header line."""
+"""The support commands behave alike: an unknown account is exit 1 (the admin API's 404, and
+nothing is written), removing nothing is exit 1 (the admin API's 404 too), times are ISO 8601
+UTC in readable and ``--json`` output, and lists are tables with a header line."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ NAMES_AN_ACCOUNT = [
 
 
 @pytest.mark.parametrize("argv", NAMES_AN_ACCOUNT, ids=[" ".join(a[:2]) for a in NAMES_AN_ACCOUNT])
-async def test_an_unknown_account_is_exit_2_and_changes_nothing(argv, cli, redis_url, capsys,
+async def test_an_unknown_account_is_exit_1_and_changes_nothing(argv, cli, redis_url, capsys,
                                                                 tmp_path):
     listing = tmp_path / "list.csv"
     listing.write_text("address,channel,reason\nana@example.com,email,unsubscribe\n")
@@ -54,7 +54,7 @@ async def test_an_unknown_account_is_exit_2_and_changes_nothing(argv, cli, redis
     before = await redis_state(redis_url)
     capsys.readouterr()
 
-    assert await cli(*argv) == 2
+    assert await cli(*argv) == 1
     out, err = capsys.readouterr()
     assert f"unknown account '{GHOST}'" in err and "accounts configure" in err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -65,7 +65,7 @@ async def test_an_unknown_account_is_exit_2_and_changes_nothing(argv, cli, redis
 async def test_configure_makes_an_account_known_then_consent_is_taken(cli, capsys):
     capsys.readouterr()
     assert await cli("consent", "grant", "acct_new", "ana@example.com", "--channel",
-                     "email") == 2
+                     "email") == 1
     assert await cli("accounts", "configure", "acct_new", "--business-name", "New Ltd") == 0
     assert await cli("consent", "grant", "acct_new", "ana@example.com", "--channel", "email",
                      "--json") == 0

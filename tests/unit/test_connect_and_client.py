@@ -123,7 +123,7 @@ def test_email_job_builds_the_job_the_worker_reads() -> None:
 @pytest.mark.parametrize(("fields", "reason"), [
     ({"to": "not an address"}, "to: "),
     ({"text": None}, "an email job needs text or html"),
-    ({"id": "has spaces"}, "id: String should match pattern"),
+    ({"id": "has spaces"}, "id: job id must be 1-128 characters"),
     ({"category": "notification"}, "a notification job needs a topic"),
     ({"metadata": {"score": float("nan")}}, "a number is out of range (not finite)"),
     ({"metadata": {"when": object()}}, "not JSON: object is not JSON serialisable"),

@@ -35,9 +35,9 @@ def test_a_valid_sms_job_parses():
 
 @pytest.mark.parametrize(("changes", "reason"), [
     ({"v": 2}, "v: Input should be 1"),
-    ({"id": "has space"}, "id: String should match pattern"),
-    ({"id": "crm:991"}, "id: String should match pattern"),  # ':' cannot be in a Message-ID
-    ({"account_id": "{acct}"}, "account_id: String should match pattern"),
+    ({"id": "has space"}, "id: job id must be 1-128 characters"),
+    ({"id": "crm:991"}, "id: job id must be 1-128 characters"),  # ':' cannot be in a Message-ID
+    ({"account_id": "{acct}"}, "account_id: account id must be 1-128 characters"),
     ({"category": "spam"}, "category: Input should be 'marketing'"),
     ({"text": None, "html": None}, "needs text or html"),
     ({"subject": "a\r\nBcc: x@y"}, "subject: String should match pattern"),

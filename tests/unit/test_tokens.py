@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from suppression import ids
 from suppression.tokens import BadToken, Unsubscribe, make_token, read_token
 
 SECRET = "k" * 32
@@ -11,7 +12,10 @@ text = st.text(st.characters(blacklist_characters="\x1f", blacklist_categories=(
                min_size=1, max_size=60)
 
 
-@given(text, st.sampled_from(["email", "sms"]), text, text)
+id_text = st.from_regex(ids.PATTERN, fullmatch=True)  # tokens name ids (suppression/ids.py)
+
+
+@given(id_text, st.sampled_from(["email", "sms"]), text, id_text)
 def test_round_trip(account, channel, recipient, job):
     u = Unsubscribe(account, channel, recipient, job)
     token = make_token(SECRET, u)

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from sender.models import SAFE_ID
+from suppression import ids
 
 
 class PayloadError(ValueError):
@@ -19,14 +19,13 @@ class PayloadError(ValueError):
 
 
 #: ``<job-id@domain>`` as Outbox writes Message-IDs; group 1 is the job id.
-MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>")
-_SAFE_ID = re.compile(SAFE_ID)
+MESSAGE_ID = re.compile(rf"<({ids.PATTERN})@[^<>@\s]+>")
 
 
 def safe_id(value: Any) -> str | None:
-    """``value`` as a job or account id if it is one (``[A-Za-z0-9._-]``), else None."""
+    """``value`` as a job or account id if it is one (:mod:`suppression.ids`), else None."""
     text = str(value or "").strip()
-    return text if _SAFE_ID.match(text) else None
+    return text if ids.is_id(text) else None
 
 
 def json_body(body: bytes, content_type: str, provider: str) -> Any:

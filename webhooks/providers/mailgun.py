@@ -42,11 +42,12 @@ from typing import Any
 
 from sender.models import utcnow_iso
 from sender.provider_events import ProviderEvent
+from suppression import ids
 from suppression.classify import Outcome, classify_provider
 from webhooks.providers.base import PayloadError, json_body, safe_id
 
 PROVIDER = "mailgun"
-_MESSAGE_ID = re.compile(r"^<?([A-Za-z0-9][A-Za-z0-9._\-]{0,127})@[^<>@\s]+>?$")
+_MESSAGE_ID = re.compile(rf"^<?({ids.PATTERN})@[^<>@\s]+>?$")
 _SIMPLE = {"delivered": "delivered", "complained": "complained", "unsubscribed": "unsubscribed",
            "accepted": "accepted", "opened": "opened", "clicked": "clicked"}
 _OUTCOMES = {"delivered": Outcome(None, "delivered"),

@@ -14,6 +14,15 @@ const SEVERITY = {blocked: 0, suspended: 1, throttled: 2, active: 3};
 const MAX_ROWS = 100;  // accounts whose rates are fetched in one list
 let me = null;  // {name, role, allowed: [action, ...]} of the token entered
 const can = (action) => me !== null && me.allowed.includes(action);
+// the id rule of every entrance (suppression/ids.py), put in by the server: a malformed
+// account or job id is refused here before any call, as the API would (400)
+const ID_PATTERN = "__ID_PATTERN__";
+const ID_RULE = "__ID_RULE__";
+const ID = new RegExp("^(?:" + ID_PATTERN + ")$");
+function checkId(value, name) {
+  if (!ID.test(value)) throw new Error(name + " must be " + ID_RULE + " 編號格式不正確");
+  return value;
+}
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -147,6 +156,7 @@ async function showAccounts(state, filter) {
 // --- one account ---------------------------------------------------------------------------
 
 async function showAccount(id) {
+  checkId(id, "account");
   const [info, audit, evidence] = await Promise.all([
     api("GET", "/admin/accounts/" + q(id)), api("GET", "/admin/audit/" + q(id) + "?limit=50"),
     api("GET", "/admin/accounts/" + q(id) + "/suppressions?limit=50")]);
@@ -225,6 +235,7 @@ async function act(action) {
 // --- one recipient -------------------------------------------------------------------------
 
 async function showRecipient(address, account) {
+  if (account) checkId(account, "account");
   $("recipient").value = address;
   $("recipient-account").value = account;
   $("recipient-title").textContent = address + (account ? " · " + account : "");
@@ -311,6 +322,8 @@ async function showHistory(address, account) {
 // GET /admin/jobs/ACCOUNT/ID: the timeline [{status, at, reason, detail, provider,
 // provider_message_id, attempt}] (or an object holding it as "timeline")
 async function showJob(account, id) {
+  checkId(account, "account");
+  checkId(id, "job");
   $("job-title").textContent = id + " · " + account;
   $("job-note").textContent = "";
   let job;
@@ -349,6 +362,8 @@ $("recipient-form").addEventListener("submit", (event) => {
   const address = $("recipient").value.trim();
   if (!address) return;
   const account = $("recipient-account").value.trim();
+  try { if (account) checkId(account, "account"); }
+  catch (err) { say(err.message, false); $("recipient-account").focus(); return; }
   const hash = "#/recipient/" + q(address) + (account ? "?account=" + q(account) : "");
   if (location.hash === hash) render(); else location.hash = hash;
 });
