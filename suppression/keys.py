@@ -49,6 +49,10 @@ MAILGUN_TOKEN_TTL = 600
 TIMELINE_KEEP = 50
 #: jobs kept in a recipient's history, per account and across accounts
 HISTORY_KEEP = 100
+#: the longest value a small hash keeps in Redis's compact encoding (``hash-max-listpack-value``,
+#: default 64 bytes): one longer value turns the whole hash into a hash table, several times
+#: its size. A job hash takes its newest timeline entry only when the entry's detail fits.
+HASH_VALUE_MAX = 64
 #: joins account and job id in the global history (ids are [A-Za-z0-9._-], never a ``/``)
 HISTORY_SEPARATOR = "/"
 
@@ -151,3 +155,30 @@ def account_from_key(key: str) -> str:
     """The account id in an account key (``outbox:{acct:A}:...`` → ``A``)."""
     start = key.index("{acct:") + 6
     return key[start:key.index("}", start)]
+
+
+#: the kind of record of an account key, by the segment after ``outbox:{acct:A}:``
+_ACCOUNT_KINDS = {"job": "job", "tl": "timeline", "hist": "history", "state": "state",
+                  "cfg": "config", "tb": "bucket", "rep": "reputation", "recent": "recent",
+                  "audit": "audit", "supp": "account_suppression", "consent": "consent",
+                  "prefs": "prefs", "evt": "event"}
+#: the kind of record of a global key, by the segment after ``outbox:``
+_GLOBAL_KINDS = {"hist": "global_history", "supp": "global_suppression", "dnc": "dnc",
+                 "accounts": "accounts", "audit": "global_audit",
+                 "mg-token": "mailgun_token"}
+
+
+def kind_of(key: str) -> str:
+    """The kind of record a key holds, named after its builder in this module (``job``,
+    ``timeline``, ``history``, ``global_history``, ``reputation``...; ``other`` for a key of
+    no known format). The memory benchmark groups Redis memory by it."""
+    if not key.startswith(PREFIX):
+        return "other"
+    rest = key[len(PREFIX):]
+    if rest.startswith("{acct:"):
+        close = rest.find("}:")
+        if close < 0:
+            return "other"
+        segment = rest[close + 2:].split(":", 1)[0]
+        return _ACCOUNT_KINDS.get(segment, "other")
+    return _GLOBAL_KINDS.get(rest.split(":", 1)[0], "other")
