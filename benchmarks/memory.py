@@ -172,9 +172,48 @@ def with_metadata(stream: Stream, size: int) -> Stream:
     return stream
 
 
+def statuses(client: redis_sync.Redis) -> Counter[str]:
+    """The jobs' statuses (field ``st`` of every job hash)."""
+    names = [k for k in client.scan_iter(match="outbox:{acct:*}:job:*", count=5000)]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(name, "st")
+    return Counter((v or b"").decode() for v in pipe.execute())
+
+
+async def report_delivered(amqp: str, stream: Stream, n: int, client: redis_sync.Redis,
+                           timeout: float) -> int:
+    """What a provider's webhook makes of each sent job: a ``delivered`` event in
+    ``outbox.events`` (as the webhook server publishes it), applied by the worker; waits
+    until every sent job is ``delivered``."""
+    import aio_pika
+
+    from sender.provider_events import ProviderEvent
+    from sender.topology import EVENTS_QUEUE
+
+    sent = [json.loads(j.body) for j in stream.jobs[:n] if j.expect == "sent"]
+    conn = await aio_pika.connect(amqp)
+    channel = await conn.channel(publisher_confirms=True)
+    for i in range(0, len(sent), 256):
+        await asyncio.gather(*(channel.default_exchange.publish(aio_pika.Message(
+            ProviderEvent(provider="ses", type="delivered", channel="email",
+                          recipient=job["to"], provider_message_id=f"ses-{job['id']}",
+                          message_id=None, job_id=job["id"], account_id=job["account_id"],
+                          kind=None, reason="delivered", diagnostic="smtp; 250 2.0.0 OK",
+                          at=datetime.now().astimezone().isoformat(),
+                          event_id=uuid.uuid4().hex).to_json(),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT), EVENTS_QUEUE)
+            for job in sent[i:i + 256]))
+    await conn.close()
+    deadline = time.monotonic() + timeout
+    while statuses(client)["delivered"] < len(sent) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    return statuses(client)["delivered"]
+
+
 async def run_system(label: str, system: System, n: int, sink: SmtpSink, log_dir: Path,
                      broker: services.Profile, extra_env: dict[str, str],
-                     metadata_bytes: int = 0) -> dict[str, Any]:
+                     metadata_bytes: int = 0, delivered: bool = False) -> dict[str, Any]:
     """One system on a fresh Redis: seed, measure, run n jobs, measure again."""
     stream = with_metadata(email_mix(n), metadata_bytes)
     expected = stream.expected(n, system.checks)
@@ -197,13 +236,18 @@ async def run_system(label: str, system: System, n: int, sink: SmtpSink, log_dir
         started = time.monotonic()
         procs.start(system.command(amqp, server.url, sink.port),
                     system.env(amqp, server.url, sink.url, extra_env))
+        reported = 0
         try:
             complete = await wait_done(amqp, window, expected, procs, timeout=max(120, n / 20))
+            if delivered and complete:
+                reported = await report_delivered(amqp, stream, n, client, max(120, n / 20))
+                complete = reported == expected
         finally:
             codes = procs.stop()
         took = time.monotonic() - started
         left, _ = await queue_state(amqp)
         after, after_kinds = memory_info(client), by_kind(client)
+        tally = statuses(client)
         samples = {kind: {"key": k.sample, "value": show(client, k.sample)}
                    for kind, k in after_kinds.items() if kind in PER_JOB and k.sample}
         version = client.info("server")["redis_version"]
@@ -235,7 +279,8 @@ async def run_system(label: str, system: System, n: int, sink: SmtpSink, log_dir
         "memory_usage_per_job": round(sum(k["bytes"] for k in kinds.values()) / n, 1),
         "per_job_kinds_per_job": round(sum(kinds[k]["bytes"] for k in PER_JOB
                                            if k in kinds) / n, 1),
-        "metadata_bytes": metadata_bytes,
+        "metadata_bytes": metadata_bytes, "delivered_reports": reported,
+        "statuses": dict(tally),
         "keyspace_tables_per_job": round(sum(
             after[t] - seeded[t] for t in ("overhead.hashtable.main",
                                            "overhead.hashtable.expires")) / n, 1),
@@ -272,6 +317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metadata-bytes", type=int, default=0, metavar="N",
                    help="make each job's metadata about N bytes of JSON (default: the mix's "
                    "own, ~50)")
+    p.add_argument("--delivered", action="store_true",
+                   help="then a provider's 'delivered' report for every sent job (as an SES "
+                   "webhook would), applied by the worker, before the second measurement")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="an OUTBOX_* setting for this tree's worker ('after'); repeatable")
     p.add_argument("--broker", default="bench", choices=sorted(services.PROFILES),
@@ -303,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, system, extra in systems:
             log(f"{label}: {system.name}, {args.jobs} jobs, src {system.src or ROOT}")
             res = asyncio.run(run_system(label, system, args.jobs, sink, log_dir, broker,
-                                         extra, args.metadata_bytes))
+                                         extra, args.metadata_bytes, args.delivered))
             log(f"  {res['used_memory_per_job']} B/job used_memory, "
                 f"{res['memory_usage_per_job']} B/job MEMORY USAGE, "
                 f"{res['accepted']}/{res['expected_sent']} sent, complete {res['complete']}")
