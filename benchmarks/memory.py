@@ -1,4 +1,4 @@
-"""python -m benchmarks.memory [--jobs 5000] [--before-src DIR] [--env NAME=VALUE ...]
+"""python -m benchmarks.memory [--jobs 5000] [--before-src DIR] [--delivered] [--env NAME=VALUE]
 
 Redis memory per job, by kind of record, measured on real jobs: the email mix
 (``benchmarks.workloads.email_mix``) published to a vhost of its own, consumed by the real
@@ -13,9 +13,15 @@ DIR``; ``after``: this tree, with ``--env`` settings), in the same session:
    with Outbox's store API; ``INFO memory`` and every key's ``MEMORY USAGE`` (``SAMPLES 0``:
    exact) read, grouped by :func:`suppression.keys.kind_of`;
 2. the jobs prefilled, the worker started, waited for until the sink accepted every message
-   that should be sent, stopped with SIGTERM (it drains: every post-send write is done);
+   that should be sent (with ``--delivered``, then a provider's ``delivered`` report for each
+   sent job published to ``outbox.events`` and waited for until every job is ``delivered``),
+   stopped with SIGTERM (it drains: every post-send write is done);
 3. ``INFO memory`` and ``MEMORY USAGE`` again: the deltas divided by the number of jobs, per
-   kind, with each kind's key count, encodings and TTL (of one key; the retention applied).
+   kind, with each kind's key count, encodings and TTL (of one key; the retention applied);
+   and the sizing: bytes per job of each per-job kind with every overhead in
+   (:func:`per_job_bytes`), and GB per million jobs a day at the TTLs measured.
+
+``--show FILE...`` prints the table of saved results again.
 
 Writes ``benchmarks/results/memory-<stamp>.json`` and prints the table recorded in
 benchmarks/README.md ("Redis memory per job").
@@ -52,6 +58,8 @@ from suppression import keys
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the records a job leaves for its retention (the rest are per account or seeded)
 PER_JOB = ("job", "timeline", "history", "global_history")
+#: records a job leaves that are kept for a time of their own (a provider report's marker)
+PER_REPORT = ("event",)
 
 
 class RedisServer:
@@ -136,7 +144,7 @@ def by_kind(client: redis_sync.Redis) -> dict[str, KindStats]:
     return out
 
 
-def show(client: redis_sync.Redis, key: str) -> Any:
+def content(client: redis_sync.Redis, key: str) -> Any:
     """A key's content, readable (the report shows one record of each kind)."""
     kind = client.type(key).decode()
     value: Any = {"hash": lambda: client.hgetall(key), "list": lambda: client.lrange(key, 0, -1),
@@ -248,7 +256,7 @@ async def run_system(label: str, system: System, n: int, sink: SmtpSink, log_dir
         left, _ = await queue_state(amqp)
         after, after_kinds = memory_info(client), by_kind(client)
         tally = statuses(client)
-        samples = {kind: {"key": k.sample, "value": show(client, k.sample)}
+        samples = {kind: {"key": k.sample, "value": content(client, k.sample)}
                    for kind, k in after_kinds.items() if kind in PER_JOB and k.sample}
         version = client.info("server")["redis_version"]
     finally:
@@ -288,6 +296,39 @@ async def run_system(label: str, system: System, n: int, sink: SmtpSink, log_dir
     }
 
 
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """The sizing figures of one run (added to its result)."""
+    return {"per_job_bytes": per_job_bytes(result),
+            "gb_per_million_jobs_a_day": gb_per_million_a_day(result)}
+
+
+def per_job_bytes(result: dict[str, Any]) -> dict[str, float]:
+    """Redis memory per job by kind of per-job record, all overheads in: each kind's MEMORY
+    USAGE plus its keys' share of the keyspace and expiry hash tables, scaled so that the
+    kinds of the run add up to its INFO used_memory delta (what MEMORY USAGE does not see is
+    spread in proportion)."""
+    kinds = result["kinds"]
+    n = result["jobs"]
+    new_keys = sum(k["keys"] for k in kinds.values()) or 1
+    tables = result["keyspace_tables_per_job"]
+    raw = {name: k["bytes"] / n + tables * k["keys"] / new_keys for name, k in kinds.items()}
+    scale = result["used_memory_per_job"] / (sum(raw.values()) or 1)
+    return {name: round(v * scale, 1) for name, v in raw.items()
+            if name in PER_JOB + PER_REPORT}
+
+
+def gb_per_million_a_day(result: dict[str, Any]) -> float:
+    """Steady-state Redis memory (GB, 10^9 bytes) for a million such jobs a day: each kind's
+    bytes per job times the days it is kept (its keys' TTL as measured, rounded up to the
+    hour). Per-account records (counters, buckets) are left out: they do not grow with jobs."""
+    total = 0.0
+    for name, size in per_job_bytes(result).items():
+        ttl = result["kinds"][name]["ttl_s"] or 0
+        days = -(-ttl // 3600) * 3600 / 86400
+        total += size * days
+    return round(total * 1e6 / 1e9, 2)
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown: bytes per job by kind, one column per system."""
     kinds = sorted({k for r in results for k in r["kinds"]},
@@ -305,6 +346,8 @@ def table(results: list[dict[str, Any]]) -> str:
                       ("INFO used_memory delta", "used_memory_per_job"),
                       ("INFO used_memory_dataset delta", "dataset_per_job")):
         lines.append(f"| **{name}** | " + " | ".join(f"**{r[key]}**" for r in results) + " |")
+    lines.append("| **GB per million jobs a day** (per-job records, their TTLs) | " + " | ".join(
+        f"**{gb_per_million_a_day(r)}**" for r in results) + " |")
     return "\n".join(lines)
 
 
@@ -322,6 +365,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "webhook would), applied by the worker, before the second measurement")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="an OUTBOX_* setting for this tree's worker ('after'); repeatable")
+    p.add_argument("--show", nargs="+", metavar="RESULTS.json",
+                   help="print the table of saved results (benchmarks/results/memory-*.json, "
+                   "their systems side by side) and run nothing")
     p.add_argument("--broker", default="bench", choices=sorted(services.PROFILES),
                    help="whose RabbitMQ (scripts/services.py profile; a vhost of its own, "
                    "deleted after; the bench one is started when down and stopped after)")
@@ -332,8 +378,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def show(paths: list[str]) -> int:
+    """The table of saved results, each system labelled with its file's id."""
+    results = []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        for res in saved["results"]:
+            env = ", ".join(f"{k.removeprefix('OUTBOX_')}={v}" for k, v in res["env"].items())
+            extra = " +delivered" if res.get("delivered_reports") else ""
+            extra += f" +md{res['metadata_bytes']}" if res.get("metadata_bytes") else ""
+            res["label"] = f"{saved['id']} {res['label']}{extra}" + (f" ({env})" if env else "")
+            results.append(res)
+    print(table(results))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.show:
+        return show(args.show)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     log_dir = ROOT / "var" / "bench" / f"memory-{stamp}"
     broker = services.PROFILES[args.broker]
@@ -355,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {res['used_memory_per_job']} B/job used_memory, "
                 f"{res['memory_usage_per_job']} B/job MEMORY USAGE, "
                 f"{res['accepted']}/{res['expected_sent']} sent, complete {res['complete']}")
+            res["sizing"] = summarise(res)
             results.append(res)
     finally:
         sink.stop()
