@@ -174,3 +174,22 @@ def test_metadata_pieces_fit_a_compact_hash_value_and_join_back(value: str) -> N
     assert all(len(p.encode()) <= keys.HASH_VALUE_MAX for p in pieces)
     fields = {"md": pieces[0], **{f"md{i}": p for i, p in enumerate(pieces[1:], 1)}}
     assert joined_metadata(fields) == value
+
+
+def test_every_key_builder_has_its_kind() -> None:
+    """benchmarks.memory groups Redis memory by keys.kind_of: each builder's key is named."""
+    a, addr = "acct_1", "ana@example.com"
+    built = {
+        "job": keys.job(a, "j"), "timeline": keys.timeline(a, "j"),
+        "history": keys.history(a, "email", addr), "state": keys.state(a),
+        "config": keys.config(a), "bucket": keys.bucket(a, "email"),
+        "reputation": keys.reputation(a, "email"), "recent": keys.recent(a),
+        "audit": keys.audit(a), "account_suppression": keys.account_suppression(a, "email", addr),
+        "consent": keys.consent(a, "email", addr), "prefs": keys.prefs(a, addr),
+        "event": keys.event(a, "e:1"), "global_history": keys.global_history("email", addr),
+        "global_suppression": keys.global_suppression("email", addr),
+        "dnc": keys.dnc("+85291234567"), "accounts": keys.ACCOUNTS,
+        "global_audit": keys.GLOBAL_AUDIT, "mailgun_token": keys.mailgun_token("t"),
+    }
+    assert {kind: keys.kind_of(key) for kind, key in built.items()} == {k: k for k in built}
+    assert keys.kind_of("unrelated") == keys.kind_of("outbox:{acct:x") == "other"
