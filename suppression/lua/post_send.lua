@@ -27,11 +27,13 @@
 --              level over all of them (state hash fields lvl:<channel>)
 -- The job's newest timeline entry that moved its status lives in the job hash itself (its
 -- st, a, p, pm, r plus 'et' time in ms, 'ed' detail and, for a provider's report, 'ea' the
--- attempt it concerns: no key of its own for the usual one-entry story). An entry it replaces, a late one, or one whose detail would not fit the
--- hash's compact encoding is stored packed, [at ms, status, reason, detail, provider,
--- provider_message_id, attempt]: in the job hash too (fields 'e1', 'e2'..., 'tn' the last
--- number) when it fits the compact encoding and the timeline is kept as long as the job,
--- else in the timeline list (KEYS[8]).
+-- attempt it concerns: no key of its own for the usual one-entry story). An entry it
+-- replaces, a late one, or one whose detail would not fit the hash's compact encoding is
+-- stored packed (push): in the job hash too when every part fits the compact encoding and
+-- the timeline is kept as long as the job (fields 'e<n>' [at ms, status, reason, provider,
+-- attempt], 'd<n>' detail, 'm<n>' provider message id, 'tn' the last n), else in the
+-- timeline list (KEYS[8]) as [at ms, status, reason, detail, provider, provider_message_id,
+-- attempt].
 -- A job's status written again at the same attempt (its caller retried after losing the
 -- reply: a hung Redis, a batch's timeout) changes nothing and counts nothing a second time.
 -- returns  {moved, from, to, audit id, why, detail, sends, hard, complaints, applied, and for
@@ -104,7 +106,7 @@ if ARGV[1] ~= '' then
     end
   end
   -- END push
-  -- the entry the job hash holds (if any) moves to the list before the hash changes
+  -- the entry the job hash holds (if any) joins the earlier ones before the hash changes
   local function push_held()
     if held_job[3] then
       local h = redis.call('HMGET', job, 'st', 'r', 'ed', 'p', 'pm', 'a', 'ea')

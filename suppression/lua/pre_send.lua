@@ -84,7 +84,8 @@ local function push(entry)
   end
 end
 -- END push
--- a deferred job's hash holds its deferral's entry: to the list before the hash changes
+-- a deferred job's hash holds its deferral's entry: it joins the earlier ones before the
+-- hash changes
 local function push_held()
   if st == 'R' then
     local h = redis.call('HMGET', job, 'et', 'r', 'ed', 'p', 'pm', 'a', 'ea')
