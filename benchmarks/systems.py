@@ -88,8 +88,11 @@ class Processes:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.wrapped = bool(wrap)
         log = open(self.log_dir / f"{self.label}-0.log", "wb")
+        # run from the system's own tree: `python -m` puts the working directory first on
+        # sys.path, before PYTHONPATH (from ROOT, --outbox-src would run ROOT's code)
         self.procs.append(subprocess.Popen([*(wrap or []), *cmd], env=env, stdout=log,
-                                           stderr=log, stdin=subprocess.DEVNULL, cwd=str(ROOT),
+                                           stderr=log, stdin=subprocess.DEVNULL,
+                                           cwd=self.system.src or str(ROOT),
                                            start_new_session=True))
 
     @property

@@ -42,6 +42,8 @@ DEV_SECRET_KEY = "dev-only-secret-change-me"
 
 #: Delay tiers for retries, in seconds (``outbox.retry.<seconds>`` queues).
 DEFAULT_RETRY_TIERS = (10, 60, 300, 1800, 7200)
+#: The shortest retention of a job's timeline or a recipient's job index, other than 0 (off).
+MIN_RETENTION = 3600
 #: The most worker processes one supervisor starts (a typo must not fork thousands).
 MAX_WORKER_PROCESSES = 256
 
@@ -165,6 +167,11 @@ class Settings(ReputationSettings, BaseSettings):
     #: supervisor starts, restarts and drains them (outbox/supervisor.py); "auto" = CPU count
     worker_processes: int = 1
     idempotency_ttl: int = Field(3 * 86400, ge=3600, description="seconds a job id is remembered")
+    #: seconds a job's timeline is kept beyond its newest entry (which the job record holds,
+    #: for idempotency_ttl), and the recipients' job indexes (``outbox history``); unset: as
+    #: idempotency_ttl; 0: not written (saves Redis memory: README "Sizing Redis")
+    retention_timelines: int | None = Field(None, ge=0)
+    retention_history: int | None = Field(None, ge=0)
     retry_tiers: Annotated[tuple[int, ...], NoDecode] = DEFAULT_RETRY_TIERS
     retry_max_attempts: int = Field(12, ge=1)
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
@@ -343,6 +350,34 @@ class Settings(ReputationSettings, BaseSettings):
                 f"OUTBOX_SMTP_TIMEOUT ({self.smtp_timeout:g} s): a send in flight at shutdown "
                 "may wait that long for the relay's reply")
         return self
+
+    @model_validator(mode="after")
+    def _retention_within_jobs(self) -> Settings:
+        for name in ("retention_timelines", "retention_history"):
+            value = getattr(self, name)
+            if value is None or value == 0:
+                continue
+            env = f"{ENV_PREFIX}{name.upper()}"
+            if value < MIN_RETENTION:
+                raise ValueError(f"{env} ({value} s) must be 0 (not kept) or at least "
+                                 f"{MIN_RETENTION} s")
+            if value > self.idempotency_ttl:
+                raise ValueError(
+                    f"{env} ({value} s) must not exceed OUTBOX_IDEMPOTENCY_TTL "
+                    f"({self.idempotency_ttl} s): what it keeps is read with the job's record")
+        return self
+
+    @property
+    def timeline_ttl(self) -> int:
+        """Seconds a job's timeline list is kept (0: not written)."""
+        value = self.retention_timelines
+        return self.idempotency_ttl if value is None else value
+
+    @property
+    def history_ttl(self) -> int:
+        """Seconds the recipients' job indexes are kept (0: not written)."""
+        value = self.retention_history
+        return self.idempotency_ttl if value is None else value
 
     @model_validator(mode="after")
     def _cluster_url(self) -> Settings:

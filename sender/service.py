@@ -66,6 +66,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                      max_calls=settings.batch_max, timeout=REDIS_CALL_TIMEOUT)
     gate = Gate(redis, idempotency_ttl=settings.idempotency_ttl, policy=policy,
                 sms_region=settings.sms_region, send=send,
+                timeline_ttl=settings.timeline_ttl, history_ttl=settings.history_ttl,
                 verp_key=settings.signing_key if settings.bounce_domain else None)
     redis_call = RedisCalls(metrics, stop.is_set)
     acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn

@@ -217,16 +217,22 @@ class Gate:
 
     def __init__(self, redis: Client, *, idempotency_ttl: int,
                  policy: Policy | None = None, sms_region: str = "HK",
-                 send: Send | None = None, verp_key: str | None = None) -> None:
+                 send: Send | None = None, timeline_ttl: int | None = None,
+                 history_ttl: int | None = None, verp_key: str | None = None) -> None:
         """``send``: how the pre- and post-send batches travel (the worker passes a
-        :class:`~suppression.coalesce.Coalescer`); default a round trip each. ``verp_key``:
-        the key VERP addresses are signed with, when ``OUTBOX_BOUNCE_DOMAIN`` is set: an
-        e-mail job whose address is the referenced form gets its ref record in the pre-send
-        round trip (:func:`suppression.verp.ref_record`)."""
+        :class:`~suppression.coalesce.Coalescer`); default a round trip each.
+        ``idempotency_ttl``: how long the job hash is kept (with its newest timeline entry);
+        ``timeline_ttl``: the rest of its timeline, ``history_ttl``: the recipients' job
+        indexes (default both ``idempotency_ttl``; 0: not written). ``verp_key``: the key
+        VERP addresses are signed with, when ``OUTBOX_BOUNCE_DOMAIN`` is set: an e-mail job
+        whose address is the referenced form gets its ref record in the pre-send round trip
+        (:func:`suppression.verp.ref_record`)."""
         self._redis = redis
         self._verp_key = verp_key
         self.send = send  # public: the benchmarks read its batch sizes
         self._ttl = idempotency_ttl
+        self._timeline_ttl = idempotency_ttl if timeline_ttl is None else timeline_ttl
+        self._history_ttl = idempotency_ttl if history_ttl is None else history_ttl
         self.policy = policy or Policy()
         self._region = sms_region  # numbers without a + (as the SMS channel reads them)
         self._known_accounts: set[str] = set()  # already in outbox:accounts
@@ -256,7 +262,9 @@ class Gate:
         args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
                 f"{topic}:{channel}" if topic else "", *p.script_args("pre_send"),
                 recipient_digest(channel, addr), job_id, keys.HISTORY_KEEP,
-                keys.TIMELINE_KEEP, metadata_arg(metadata)]
+                keys.TIMELINE_KEEP]
+        md = metadata_chunks(metadata_arg(metadata))
+        args += [md[0], self._timeline_ttl, self._history_ttl, keys.HASH_VALUE_MAX, *md[1:]]
         seen = f"{account_id}{keys.HISTORY_SEPARATOR}{job_id}"
         everyone = keys.global_history(channel, addr)
         ref = (verp.ref_record(account_id, job_id, self._verp_key)
@@ -266,10 +274,11 @@ class Gate:
             pipe.hget(keys.global_suppression(channel, addr), "reason")
             if dnc:
                 pipe.exists(keys.dnc(addr))
-            # the recipient's jobs across accounts: a global key, so beside the script
-            pipe.zadd(everyone, "NX", time.time_ns() // 1000, seen)
-            pipe.zremrangebyrank(everyone, 0, -keys.HISTORY_KEEP - 1)
-            pipe.expire(everyone, self._ttl)
+            if self._history_ttl:
+                # the recipient's jobs across accounts: a global key, so beside the script
+                pipe.zadd(everyone, "NX", time.time_ns() // 1000, seen)
+                pipe.zremrangebyrank(everyone, 0, -keys.HISTORY_KEEP - 1)
+                pipe.expire(everyone, self._history_ttl)
             if ref is not None:  # a global key too; written before the message can leave
                 pipe.set(*ref, "EX", verp.ref_ttl(self._ttl))
             PRE_SEND.queue(pipe, script_keys, args)
@@ -322,7 +331,8 @@ class Gate:
         def build(pipe: Any) -> None:
             POST_SEND.queue(pipe, script_keys, args)
             if event_id:
-                pipe.hget(script_keys[0], "md")  # results[1]: the job hash's metadata
+                pipe.hget(script_keys[0], "md")  # results[1]: the job's metadata (its
+                # first piece: the script's answer carries the rest, metadata_chunks)
             if entry is not None:
                 entries.queue(pipe, entry)
             if counts.sends and account_id not in self._known_accounts:
@@ -332,7 +342,7 @@ class Gate:
         if counts.sends:
             self._known_accounts.add(account_id)
         return Recorded(_transition(account_id, results[0]), int(results[0][9]),
-                        text(results[1]) if event_id else "")
+                        text(results[1]) + text(results[0][10]) if event_id else "")
 
     def post_send_call(self, account_id: str, job_id: str, *, status: str, attempt: int,
                        provider: str | None = None, provider_message_id: str | None = None,
@@ -353,7 +363,8 @@ class Gate:
                 reason or "", channel, job_id, counts.sends, counts.hard, counts.complaints,
                 *self.policy.script_args("post_send"), int(refund),
                 (event_ttl or keys.EVENT_TTL) if event_id else "",
-                (note or "")[:NOTE_CHARS], keys.TIMELINE_KEEP, *channels.names()]
+                (note or "")[:NOTE_CHARS], keys.TIMELINE_KEEP, self._timeline_ttl,
+                keys.HASH_VALUE_MAX, *channels.names()]
         return script_keys, args
 
     async def suppress_address(self, channel: str, address: str, *, reason: str,
@@ -379,9 +390,14 @@ class Gate:
             return None
 
     async def job_state(self, account_id: str, job_id: str) -> dict[str, str]:
-        """The job hash, decoded (support tools and tests)."""
-        raw = await self._redis.hgetall(keys.job(account_id, job_id))
-        return decode(raw)
+        """The job hash, decoded (support tools and tests); ``md`` whole again
+        (:func:`metadata_chunks`)."""
+        state = decode(await self._redis.hgetall(keys.job(account_id, job_id)))
+        if "md" in state:
+            state["md"] = joined_metadata(state)
+            for name in [f for f in state if f[:2] == "md" and f[2:].isdigit()]:
+                del state[name]
+        return state
 
 
 #: Job states in which the message may have been handed to the relay: ``S`` (being sent; its
@@ -405,6 +421,38 @@ def metadata_arg(metadata: Mapping[str, Any] | None) -> str:
         log.debug("job metadata of %d characters not kept for provider events", len(encoded))
         return ""
     return encoded
+
+
+def metadata_chunks(encoded: str) -> list[str]:
+    """The kept metadata as the job hash holds it: pieces of at most
+    :data:`suppression.keys.HASH_VALUE_MAX` bytes of UTF-8 (fields ``md``, ``md1``, ``md2``…),
+    cut between characters, so the hash keeps Redis's compact encoding (one longer value
+    turns it into a hash table, some 600 bytes more per job). Always at least one ("" for
+    none)."""
+    limit = keys.HASH_VALUE_MAX
+    if len(encoded) * 4 <= limit or len(encoded.encode()) <= limit:
+        return [encoded]
+    pieces: list[str] = []
+    start = size = 0
+    for i, char in enumerate(encoded):
+        width = len(char.encode())
+        if size + width > limit:
+            pieces.append(encoded[start:i])
+            start, size = i, 0
+        size += width
+    pieces.append(encoded[start:])
+    return pieces
+
+
+def joined_metadata(job: Mapping[str, str]) -> str:
+    """The job's kept metadata from its hash (decoded): ``md`` and its continuations
+    ``md1``, ``md2``… (a record written before holds it whole in ``md``); "" when none."""
+    parts = [job.get("md", "")]
+    n = 1
+    while f"md{n}" in job:
+        parts.append(job[f"md{n}"])
+        n += 1
+    return "".join(parts)
 
 
 def recipient_digest(channel: str, address: str) -> str:

@@ -2,10 +2,19 @@
 
 The worker writes both in the Redis round trips it makes anyway (:mod:`suppression.gate`):
 
-* the job's timeline (``outbox:{acct:A}:tl:<id>``): one entry per status — a refusal by the
-  pre-send script, every status the post-send script writes (``R`` entered as ``deferred``,
-  a provider's report, a late ``sent`` that no longer moves the status) — kept, like the job's
-  idempotency record, for ``OUTBOX_IDEMPOTENCY_TTL`` after its last entry;
+* the job's timeline: one entry per status — a refusal by the pre-send script, every status
+  the post-send script writes (``R`` entered as ``deferred``, a provider's report, a late
+  ``sent`` that no longer moves the status). The newest entry that moved the status is kept
+  in the job's record itself (fields ``et`` time, ``ed`` detail and, for a provider's
+  report, ``ea`` attempt, beside ``st``, ``a``, ``r``, ``p``, ``pm``), for
+  ``OUTBOX_IDEMPOTENCY_TTL``. The others are packed: in the record too when
+  ``OUTBOX_RETENTION_TIMELINES`` is the record's own and each part fits Redis's compact hash
+  encoding (64 bytes; fields ``e<n>`` ``[at, status, reason, provider, attempt]``, ``d<n>``
+  detail, ``m<n>`` provider message id, ``tn`` the last n), else in the list
+  ``outbox:{acct:A}:tl:<id>`` (``[at, status, reason, detail, provider,
+  provider_message_id, attempt]``), kept for ``OUTBOX_RETENTION_TIMELINES`` after its last
+  entry. So most jobs have no timeline key. Records written before (every entry a JSON
+  object in the list) read the same;
 * the recipient's index of an account's jobs (``outbox:{acct:A}:hist:<channel>:<addr>``,
   written by the pre-send script) and across accounts (``outbox:hist:<channel>:<addr>``,
   written beside it in the same pipeline): the newest :data:`suppression.keys.HISTORY_KEEP`
@@ -30,6 +39,10 @@ from suppression.roundtrip import Client
 STATE_NAMES = {"S": "sending", "R": "deferred"}
 MAX_HISTORY = keys.HISTORY_KEEP
 _ENTRY_FIELDS = ("status", "reason", "detail", "provider", "provider_message_id")
+#: the fields of a packed timeline entry, in order (post_send.lua, pre_send.lua)
+_PACKED = ("at", "status", "reason", "detail", "provider", "provider_message_id", "attempt")
+#: an entry kept in the job's record: these in field ``e<n>``, detail and message id beside
+_HEAD = ("at", "status", "reason", "provider", "attempt")
 
 
 def iso(ms: float | int | str | None) -> str | None:
@@ -41,12 +54,53 @@ def iso(ms: float | int | str | None) -> str | None:
 
 
 def _entry(raw: Any) -> dict[str, Any]:
-    """One timeline entry: ``at`` in ISO 8601, empty strings as None."""
+    """One timeline entry of the list: ``at`` in ISO 8601, empty strings as None. Packed
+    (a JSON array, :data:`_PACKED`) or, as written before, a JSON object."""
     data = json.loads(text(raw))
+    if isinstance(data, list):
+        data = dict(zip(_PACKED, data, strict=False))
+    return _shown(data)
+
+
+def _shown(data: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"at": iso(data.get("at"))}
     entry.update({f: data.get(f) or None for f in _ENTRY_FIELDS})
     entry["attempt"] = int(data.get("attempt") or 0)
     return entry
+
+
+def _held_entry(job: dict[str, str]) -> dict[str, Any] | None:
+    """The timeline entry the job's record holds (``et`` set), or None."""
+    if not job.get("et"):
+        return None
+    st = job.get("st", "")
+    return _shown({"at": int(job["et"]), "status": "deferred" if st == "R" else st,
+                   "reason": job.get("r"), "detail": job.get("ed"), "provider": job.get("p"),
+                   "provider_message_id": job.get("pm"),
+                   "attempt": job.get("ea") or job.get("a")})
+
+
+def _in_record(job: dict[str, str]) -> list[dict[str, Any]]:
+    """The earlier entries the job's record holds, in order: field ``e<n>`` ``[at, status,
+    reason, provider, attempt]``, ``d<n>`` its detail, ``m<n>`` its provider message id."""
+    numbers = sorted(int(f[1:]) for f in job if f[:1] == "e" and f[1:].isdigit())
+    entries = []
+    for n in numbers:
+        data = dict(zip(_HEAD, json.loads(job[f"e{n}"]), strict=False))
+        data.update(detail=job.get(f"d{n}"), provider_message_id=job.get(f"m{n}"))
+        entries.append(_shown(data))
+    return entries
+
+
+def _timeline(job: dict[str, str], listed: list[Any]) -> list[dict[str, Any]]:
+    """The entries of the record and of the list, oldest first (by time; among equal times
+    the record's earlier ones, the list's, then the record's newest)."""
+    timeline = _in_record(job) + [_entry(e) for e in listed]
+    held = _held_entry(job)
+    if held is not None:
+        timeline.append(held)
+    timeline.sort(key=lambda e: e["at"] or "")
+    return timeline
 
 
 def _status(state: str) -> str:
@@ -63,7 +117,7 @@ async def job_story(redis: Client, account_id: str, job_id: str) -> dict[str, An
     if not record and not raw_timeline:
         return None
     job = decode(record)
-    timeline = [_entry(e) for e in raw_timeline]
+    timeline = _timeline(job, raw_timeline)
     last = timeline[-1] if timeline else {}
     return {"account_id": account_id, "id": job_id, "status": _status(job.get("st", "")),
             "reason": job.get("r") or last.get("reason"),
@@ -111,13 +165,16 @@ async def recipient_history(redis: Client, address: str, *, account_id: str | No
     seen = seen[:limit]
     pipe = redis.pipeline(transaction=False)
     for _, account, job, _, _ in seen:
-        pipe.hmget(keys.job(account, job), ["st", "a", "r", "p"])
+        pipe.hgetall(keys.job(account, job))
         pipe.lindex(keys.timeline(account, job), -1)
     replies = await pipe.execute() if seen else []
     rows = []
     for i, (score, account, job, name, addr) in enumerate(seen):
-        (st, attempt, reason, provider), last_raw = replies[2 * i], replies[2 * i + 1]
-        last = _entry(last_raw) if last_raw else {}
+        record = decode(replies[2 * i])
+        st, attempt, reason, provider = (record.get(f) for f in ("st", "a", "r", "p"))
+        last_raw = replies[2 * i + 1]
+        listed = _timeline(record, [last_raw] if last_raw else [])
+        last = listed[-1] if listed else {}
         if st is None and not last:
             continue  # its record has expired: nothing left to tell
         rows.append({"account_id": account, "id": job, "channel": name, "address": addr,

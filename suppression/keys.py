@@ -8,7 +8,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 
 | key | type | expiry | what |
 | --- | --- | --- | --- |
-| ``outbox:{acct:A}:job:<id>`` | hash | ``idempotency_ttl`` (3 days) | job state: claim, final status, provider id, recipient digest |
+| ``outbox:{acct:A}:job:<id>`` | hash | ``idempotency_ttl`` (3 days) | job state: claim, final status, provider id, recipient digest, metadata; the timeline's newest entry and, when the timeline is kept as long, its short earlier ones (:func:`job`) |
 | ``outbox:{acct:A}:state`` | hash | none | ``state`` (active/throttled/blocked/suspended), ``since``, ``reason``, ``probation_until``, ``lvl:<channel>`` (0 ok, 1 throttle, 2 block) |
 | ``outbox:{acct:A}:cfg`` | hash | none | limits (``rate``, ``burst``), threshold overrides, ``consent_mode``, sender information |
 | ``outbox:{acct:A}:tb:<channel>`` | hash | ``burst / rate`` + 1 s | token bucket: ``t`` tokens, ``ts`` last refill (ms, Redis TIME) |
@@ -18,11 +18,11 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | per-account suppression (unsubscribe, sms_stop, manual...) |
 | ``outbox:{acct:A}:consent:<channel>:<addr>`` | hash | none (≥ 3 years required) | consent: ``status`` granted/revoked, grant and revoke times, source, evidence |
 | ``outbox:{acct:A}:prefs:<addr>`` | hash | none | notification preferences: field ``<topic>:<channel>`` → ``1`` on / ``0`` off |
-| ``outbox:{acct:A}:tl:<id>`` | list | ``idempotency_ttl``, refreshed on each entry | the job's timeline: one JSON entry per status (``at`` ms, ``status``, ``reason``, ``detail``, ``provider``, ``provider_message_id``, ``attempt``), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
-| ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
+| ``outbox:{acct:A}:tl:<id>`` | list | ``retention_timelines`` (default ``idempotency_ttl``; 0 none), refreshed on each entry | the job's timeline entries that its hash does not hold, packed ``[at ms, status, reason, detail, provider, provider_message_id, attempt]`` (written before: JSON objects with those names), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
+| ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``retention_history`` (default ``idempotency_ttl``; 0 none), refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
-| ``outbox:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
+| ``outbox:hist:<channel>:<addr>`` | sorted set | ``retention_history``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
@@ -61,6 +61,10 @@ MAILGUN_TOKEN_TTL = 600
 TIMELINE_KEEP = 50
 #: jobs kept in a recipient's history, per account and across accounts
 HISTORY_KEEP = 100
+#: the longest value a small hash keeps in Redis's compact encoding (``hash-max-listpack-value``,
+#: default 64 bytes): one longer value turns the whole hash into a hash table, several times
+#: its size. A job hash takes its newest timeline entry only when the entry's detail fits.
+HASH_VALUE_MAX = 64
 #: joins account and job id in the global history (ids are [A-Za-z0-9._-], never a ``/``)
 HISTORY_SEPARATOR = "/"
 
@@ -101,7 +105,14 @@ def job(account_id: str, job_id: str) -> str:
     """Job state hash: ``st`` state (``S`` sending, ``R`` waiting for a retry, or a final
     status), ``o`` owner of the claim, ``a`` attempt, ``p`` provider, ``pm`` provider message id,
     ``r`` reason of a refusal, ``rc`` digest of the recipient (written on the claim:
-    ``gate.recipient_digest``). Expires after ``idempotency_ttl``."""
+    ``gate.recipient_digest``), ``md`` (``md1``, ``md2``...) the job's metadata in pieces of
+    at most ``HASH_VALUE_MAX`` bytes; the timeline's newest entry that moved the status
+    (``et`` ms, ``ed`` detail, ``ea`` attempt of a provider's report) and earlier ones
+    (``e<n>`` ``[at, status, reason, provider, attempt]``, ``d<n>`` detail, ``m<n>``
+    provider message id, ``tn`` the last n; see :mod:`suppression.history`). Empty ``p``,
+    ``pm``, ``r`` are not stored. Every value fits ``HASH_VALUE_MAX`` (Redis keeps the hash
+    compact) except a provider message id or reason longer than that. Expires after
+    ``idempotency_ttl``."""
     return f"{account_tag(account_id)}:job:{job_id}"
 
 
@@ -196,3 +207,30 @@ def account_from_key(key: str) -> str:
     """The account id in an account key (``outbox:{acct:A}:...`` → ``A``)."""
     start = key.index("{acct:") + 6
     return key[start:key.index("}", start)]
+
+
+#: the kind of record of an account key, by the segment after ``outbox:{acct:A}:``
+_ACCOUNT_KINDS = {"job": "job", "tl": "timeline", "hist": "history", "state": "state",
+                  "cfg": "config", "tb": "bucket", "rep": "reputation", "recent": "recent",
+                  "audit": "audit", "supp": "account_suppression", "consent": "consent",
+                  "prefs": "prefs", "evt": "event"}
+#: the kind of record of a global key, by the segment after ``outbox:``
+_GLOBAL_KINDS = {"hist": "global_history", "supp": "global_suppression", "dnc": "dnc",
+                 "accounts": "accounts", "audit": "global_audit",
+                 "mg-token": "mailgun_token"}
+
+
+def kind_of(key: str) -> str:
+    """The kind of record a key holds, named after its builder in this module (``job``,
+    ``timeline``, ``history``, ``global_history``, ``reputation``...; ``other`` for a key of
+    no known format). The memory benchmark groups Redis memory by it."""
+    if not key.startswith(PREFIX):
+        return "other"
+    rest = key[len(PREFIX):]
+    if rest.startswith("{acct:"):
+        close = rest.find("}:")
+        if close < 0:
+            return "other"
+        segment = rest[close + 2:].split(":", 1)[0]
+        return _ACCOUNT_KINDS.get(segment, "other")
+    return _GLOBAL_KINDS.get(rest.split(":", 1)[0], "other")

@@ -25,7 +25,7 @@ or job, so a report sent to a correctly signed address really concerns a message
 Addresses are signed with the first key and checked against every key of the list, so a
 rotated-out key keeps the bounces of mail already sent attributable.
 
-Ids are ``[A-Za-z0-9._-]`` (see ``sender.models.SAFE_ID``), all allowed unquoted in a local
+Ids are ``[A-Za-z0-9._-]`` (see ``suppression.ids.SAFE_ID``), all allowed unquoted in a local
 part, and never contain ``+`` or ``=``, so both forms split back unambiguously. Base32 is
 case-insensitive: both the signature and the ref are compared in lower case.
 """

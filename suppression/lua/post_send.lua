@@ -21,20 +21,43 @@
 -- KEYS[9], ARGV[24]  (provider events only; ARGV[24] '' otherwise) the event's marker key and
 --              how long it is kept: an event already applied changes nothing a second time
 -- ARGV[25..26] the timeline entry's detail, entries kept in a timeline
--- ARGV[27..]   every channel (suppression/channels.py): the account's state is the worst
+-- ARGV[27..28] seconds the timeline list is kept (0: not written), the longest value a hash
+--              keeps in its compact encoding (hash-max-listpack-value)
+-- ARGV[29..]   every channel (suppression/channels.py): the account's state is the worst
 --              level over all of them (state hash fields lvl:<channel>)
+-- The job's newest timeline entry that moved its status lives in the job hash itself (its
+-- st, a, p, pm, r plus 'et' time in ms, 'ed' detail and, for a provider's report, 'ea' the
+-- attempt it concerns: no key of its own for the usual one-entry story). An entry it
+-- replaces, a late one, or one whose detail would not fit the hash's compact encoding is
+-- stored packed (push): in the job hash too when every part fits the compact encoding and
+-- the timeline is kept as long as the job (fields 'e<n>' [at ms, status, reason, provider,
+-- attempt], 'd<n>' detail, 'm<n>' provider message id, 'tn' the last n), else in the
+-- timeline list (KEYS[8]) as [at ms, status, reason, detail, provider, provider_message_id,
+-- attempt].
 -- A job's status written again at the same attempt (its caller retried after losing the
 -- reply: a hung Redis, a batch's timeout) changes nothing and counts nothing a second time.
--- returns  {moved, from, to, audit id, why, detail, sends, hard, complaints, applied}:
+-- returns  {moved, from, to, audit id, why, detail, sends, hard, complaints, applied, and for
+--          a provider event the rest of the job's metadata}:
 --          moved 1 when the account's state moved; applied 1 when the job took the status,
 --          0 when it already had a later one (a status never moves backwards), -1 for an
 --          event seen before
 local job = KEYS[1]
 local applied = 1
+-- a provider event's answer also carries the rest of the job's kept metadata (the pieces
+-- 'md1', 'md2'... after 'md', which the caller reads beside the script)
+local function metadata_rest()
+  local parts = {}
+  while true do
+    local piece = redis.call('HGET', job, 'md' .. (#parts + 1))
+    if not piece then return table.concat(parts) end
+    parts[#parts + 1] = piece
+  end
+end
 local function answer(moved, ...)
-  if moved == 0 then return {0, '', '', '', '', '', 0, 0, 0, applied} end
-  local out = {moved, ...}
+  local out = {0, '', '', '', '', '', 0, 0, 0}
+  if moved ~= 0 then out = {moved, ...} end
   out[10] = applied
+  if KEYS[9] then out[11] = metadata_rest() end
   return out
 end
 
@@ -50,7 +73,7 @@ local RANK = {S = 0, R = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 
   rejected = 4, failed = 4, suppressed = 4, no_consent = 4, blocked = 4, delivered = 5,
   bounced = 5, complained = 6, unsubscribed = 6}
 if ARGV[1] ~= '' then
-  local held_job = redis.call('HMGET', job, 'st', 'a')
+  local held_job = redis.call('HMGET', job, 'st', 'a', 'et')
   local held = held_job[1]
   if not KEYS[9] and held == ARGV[1] and held_job[2] == ARGV[2] and ARGV[1] ~= 'S' then
     -- this very call again (its reply was lost, the caller retried): counted once
@@ -59,20 +82,70 @@ if ARGV[1] ~= '' then
   local att = tonumber(ARGV[2]) or 0
   if att == 0 then att = tonumber(held_job[2]) or 0 end  -- a provider report: the last attempt
   local tt = redis.call('TIME')
-  redis.call('RPUSH', KEYS[8], cjson.encode({
-    at = tonumber(tt[1]) * 1000 + math.floor(tonumber(tt[2]) / 1000),
-    status = ARGV[1] == 'R' and 'deferred' or ARGV[1], reason = ARGV[6], detail = ARGV[25],
-    provider = ARGV[3], provider_message_id = ARGV[4], attempt = att}))
-  redis.call('LTRIM', KEYS[8], -tonumber(ARGV[26]), -1)
-  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[5]))
+  local at = tonumber(tt[1]) * 1000 + math.floor(tonumber(tt[2]) / 1000)
+  local tl_ttl, ttl, value_max = tonumber(ARGV[27]), tonumber(ARGV[5]), tonumber(ARGV[28])
+  local timeline_keep = tonumber(ARGV[26])
+  -- BEGIN push (pre_send.lua has the same)
+  -- entry: {at, status, reason, detail, provider, provider_message_id, attempt}
+  local function push(entry)
+    if tl_ttl <= 0 then return end
+    local head = cjson.encode({entry[1], entry[2], entry[3], entry[5], entry[7]})
+    if tl_ttl == ttl and #head <= value_max and #entry[4] <= value_max
+        and #entry[6] <= value_max then
+      local n = redis.call('HINCRBY', job, 'tn', 1)
+      local set = {'e' .. n, head}
+      if entry[4] ~= '' then set[3], set[4] = 'd' .. n, entry[4] end
+      if entry[6] ~= '' then set[#set + 1], set[#set + 2] = 'm' .. n, entry[6] end
+      redis.call('HSET', job, unpack(set))
+      local old = n - timeline_keep
+      if old > 0 then redis.call('HDEL', job, 'e' .. old, 'd' .. old, 'm' .. old) end
+    else
+      redis.call('RPUSH', KEYS[8], cjson.encode(entry))
+      redis.call('LTRIM', KEYS[8], -timeline_keep, -1)
+      redis.call('EXPIRE', KEYS[8], tl_ttl)
+    end
+  end
+  -- END push
+  -- the entry the job hash holds (if any) joins the earlier ones before the hash changes
+  local function push_held()
+    if held_job[3] then
+      local h = redis.call('HMGET', job, 'st', 'r', 'ed', 'p', 'pm', 'a', 'ea')
+      push({tonumber(held_job[3]), h[1] == 'R' and 'deferred' or h[1], h[2] or '',
+        h[3] or '', h[4] or '', h[5] or '', tonumber(h[7] or h[6]) or 0})
+      redis.call('HDEL', job, 'et', 'ed', 'ea')
+    end
+  end
+  local entry = {at, ARGV[1] == 'R' and 'deferred' or ARGV[1], ARGV[6], ARGV[25], ARGV[3],
+    ARGV[4], att}
   if held and (RANK[ARGV[1]] or 0) < (RANK[held] or 0) then
     applied = 0
+    push(entry)
     redis.call('HDEL', job, 'o')
-    if ARGV[4] ~= '' then redis.call('HSET', job, 'pm', ARGV[4]) end
+    if ARGV[4] ~= '' then
+      push_held()
+      redis.call('HSET', job, 'pm', ARGV[4])
+    end
   else
-    redis.call('HSET', job, 'st', ARGV[1], 'a', ARGV[2], 'p', ARGV[3], 'pm', ARGV[4],
-      'r', ARGV[6])
-    redis.call('HDEL', job, 'o')
+    push_held()
+    -- an empty provider, message id or reason is not stored (a missing field reads as '')
+    local set, gone = {'st', ARGV[1], 'a', ARGV[2]}, {'o'}
+    for _, f in ipairs({{'p', ARGV[3]}, {'pm', ARGV[4]}, {'r', ARGV[6]}}) do
+      if f[2] == '' then
+        gone[#gone + 1] = f[1]
+      else
+        set[#set + 1] = f[1]
+        set[#set + 1] = f[2]
+      end
+    end
+    redis.call('HSET', job, unpack(set))
+    redis.call('HDEL', job, unpack(gone))
+    if #ARGV[25] <= value_max then
+      redis.call('HSET', job, 'et', at, 'ed', ARGV[25])
+      -- a provider's report writes attempt 0 ('a'); its entry keeps the job's last ('ea')
+      if tonumber(ARGV[2]) ~= att then redis.call('HSET', job, 'ea', att) end
+    else
+      push(entry)
+    end
   end
   redis.call('EXPIRE', job, tonumber(ARGV[5]))
 end
@@ -162,13 +235,14 @@ local lvl = math.max(lb_level, lc_level)
 local why = lb_level >= lc_level and 'hard_bounce_rate' or 'complaint_rate'
 
 -- the levels held: this channel's, and the worst of the others
+local CH = 29  -- ARGV index of the first channel
 local fields = {'state'}
-for i = 27, #ARGV do fields[#fields + 1] = 'lvl:' .. ARGV[i] end
+for i = CH, #ARGV do fields[#fields + 1] = 'lvl:' .. ARGV[i] end
 local st = redis.call('HMGET', KEYS[2], unpack(fields))
 local from = st[1] or 'active'
 local held_lvl, others = 0, 0
-for i = 27, #ARGV do
-  local v = tonumber(st[i - 25]) or 0
+for i = CH, #ARGV do
+  local v = tonumber(st[i - CH + 2]) or 0
   if ARGV[i] == channel then held_lvl = v else others = math.max(others, v) end
 end
 if held_lvl ~= lvl then

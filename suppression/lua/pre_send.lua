@@ -18,7 +18,14 @@
 --              must name this recipient)
 -- ARGV[13..15] job id, jobs kept in the recipient's index, entries kept in a timeline
 -- ARGV[16]     the job's metadata as JSON, or '' (stored as 'md' on the claim: provider
---              events about the job carry it in their status events)
+--              events about the job carry it in their status events); its first piece
+--              when it is longer than a hash keeps compactly (64 bytes)
+-- ARGV[17..18] seconds the timeline list is kept, and the recipient's job index (0: not
+--              written)
+-- ARGV[19]     the longest value a hash keeps in its compact encoding (hash-max-listpack-value)
+-- ARGV[20..]   the metadata's further pieces, stored as 'md1', 'md2'... (gate.metadata_chunks)
+-- A refusal's timeline entry is stored packed as post_send.lua says; and so is the entry a
+-- deferred job's hash holds ('et', 'ed') when the job is claimed again.
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
 --          a marketing job that may be sent, the account's sender information after them:
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
@@ -31,6 +38,7 @@ local owner, redelivered, expired = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
 local ttl, attempt = tonumber(ARGV[4]), ARGV[5]
 local category, pref_field = ARGV[6], ARGV[7]
 local job_id, history_keep, timeline_keep = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
+local tl_ttl, hist_ttl, value_max = tonumber(ARGV[17]), tonumber(ARGV[18]), tonumber(ARGV[19])
 
 local st = redis.call('HGET', job, 'st')
 if st and st ~= 'R' then
@@ -48,22 +56,55 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- the recipient's index of the account's jobs (first seen, in microseconds; the newest kept)
-if redis.call('ZADD', KEYS[9], 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), job_id) == 1 then
-  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -history_keep - 1)
+if hist_ttl > 0 then
+  if redis.call('ZADD', KEYS[9], 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), job_id) == 1 then
+    redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -history_keep - 1)
+  end
+  redis.call('EXPIRE', KEYS[9], hist_ttl)
 end
-redis.call('EXPIRE', KEYS[9], ttl)
+
+-- BEGIN push (post_send.lua has the same)
+-- entry: {at, status, reason, detail, provider, provider_message_id, attempt}
+local function push(entry)
+  if tl_ttl <= 0 then return end
+  local head = cjson.encode({entry[1], entry[2], entry[3], entry[5], entry[7]})
+  if tl_ttl == ttl and #head <= value_max and #entry[4] <= value_max
+      and #entry[6] <= value_max then
+    local n = redis.call('HINCRBY', job, 'tn', 1)
+    local set = {'e' .. n, head}
+    if entry[4] ~= '' then set[3], set[4] = 'd' .. n, entry[4] end
+    if entry[6] ~= '' then set[#set + 1], set[#set + 2] = 'm' .. n, entry[6] end
+    redis.call('HSET', job, unpack(set))
+    local old = n - timeline_keep
+    if old > 0 then redis.call('HDEL', job, 'e' .. old, 'd' .. old, 'm' .. old) end
+  else
+    redis.call('RPUSH', KEYS[8], cjson.encode(entry))
+    redis.call('LTRIM', KEYS[8], -timeline_keep, -1)
+    redis.call('EXPIRE', KEYS[8], tl_ttl)
+  end
+end
+-- END push
+-- a deferred job's hash holds its deferral's entry: it joins the earlier ones before the
+-- hash changes
+local function push_held()
+  if st == 'R' then
+    local h = redis.call('HMGET', job, 'et', 'r', 'ed', 'p', 'pm', 'a', 'ea')
+    if h[1] then
+      push({tonumber(h[1]), 'deferred', h[2] or '', h[3] or '', h[4] or '', h[5] or '',
+        tonumber(h[7] or h[6]) or 0})
+      redis.call('HDEL', job, 'et', 'ed', 'ea')
+    end
+  end
+end
 
 -- A refusal is final: record it so a redelivery answers 'done' without re-evaluating, and
 -- add it to the job's timeline.
 local function refuse(verdict, status, reason, detail)
+  push_held()
   redis.call('HSET', job, 'st', status, 'a', attempt, 'r', reason)
   redis.call('HDEL', job, 'o')
   redis.call('EXPIRE', job, ttl)
-  redis.call('RPUSH', KEYS[8], cjson.encode({at = now, status = status, reason = reason,
-    detail = detail or '', provider = '', provider_message_id = '',
-    attempt = tonumber(attempt) or 0}))
-  redis.call('LTRIM', KEYS[8], -timeline_keep, -1)
-  redis.call('EXPIRE', KEYS[8], ttl)
+  push({now, status, reason, detail or '', '', '', tonumber(attempt) or 0})
   return {verdict, status, '', '', attempt, reason, 0}
 end
 
@@ -119,9 +160,11 @@ end
 redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 
+push_held()
 redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', ARGV[12] or '')
 if ARGV[16] and ARGV[16] ~= '' then
   redis.call('HSET', job, 'md', ARGV[16])
+  for i = 20, #ARGV do redis.call('HSET', job, 'md' .. (i - 19), ARGV[i]) end
 end
 redis.call('EXPIRE', job, ttl)
 if category == 'marketing' then

@@ -40,7 +40,7 @@ QUOTED_VERP = "bounce+acct_7+01JD6Y3M9Q0B8ZP6X2N4K7R1TC@bounces.outbox.example"
 
 
 def longest(base: str, suffix: str) -> str:
-    """A valid id of 128 characters, the most ``sender.models.SAFE_ID`` allows."""
+    """A valid id of 128 characters, the most ``suppression.ids.SAFE_ID`` allows."""
     return f"{base}-{suffix}-".ljust(128, "x")
 
 

@@ -4,7 +4,6 @@ writes, per-call replies and errors, cancelled callers not sent, failures seen b
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from functools import partial
 
@@ -15,6 +14,7 @@ from redis.exceptions import ResponseError
 
 from suppression.coalesce import Coalescer
 from suppression.gate import Counts, Gate
+from suppression.history import job_story
 from suppression.reputation import Policy
 from suppression.roundtrip import execute
 
@@ -113,8 +113,9 @@ async def test_a_retried_call_finds_its_own_claim_and_a_repeat_counts_once(redis
         assert recorded.applied == 1
     reputation = await redis.hgetall("outbox:{acct:acct}:rep:email")
     assert sum(int(v) for k, v in reputation.items() if k.startswith(b"s:")) == 1
-    timeline = await redis.lrange("outbox:{acct:acct}:tl:job-r", 0, -1)
-    assert [json.loads(e)["status"] for e in timeline] == ["sent"]
+    story = await job_story(redis, "acct", "job-r")
+    assert story is not None
+    assert [e["status"] for e in story["timeline"]] == ["sent"]
     assert await pre("w#3") == "done"
 
 

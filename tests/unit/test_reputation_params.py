@@ -230,6 +230,8 @@ def test_post_send_gets_the_policy_at_the_declared_positions():
     assert given == {p.name: (repr(getattr(policy, p.name)) if p.kind is float
                               else getattr(policy, p.name)) for p in _script_params("post_send")}
     # then the refund flag (ARGV[high + 1]), the event's TTL ('' for a job), the timeline
-    # entry's detail and how many entries a timeline keeps, and every channel
+    # entry's detail, how many entries a timeline keeps and for how long (the idempotency
+    # TTL by default), the longest compact hash value, and every channel
     from suppression import channels, keys
-    assert args[high:] == [0, "", "", keys.TIMELINE_KEEP, *channels.names()]
+    assert args[high:] == [0, "", "", keys.TIMELINE_KEEP, 60, keys.HASH_VALUE_MAX,
+                           *channels.names()]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sender.models import SAFE_ID
 from suppression.gate import Gate
+from suppression.ids import SAFE_ID
 from suppression.reputation import Policy
 from suppression.verp import (
     LOCAL_MAX,
