@@ -68,7 +68,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
 from config import Settings
-from sender.bus import Bus, PublishFailed
+from sender.bus import Bus, PublishFailed, QueueFull
 from sender.provider_events import QUOTED, SIGNED, ProviderEvent
 from suppression.gate import sent_to
 from suppression.roundtrip import Client
@@ -146,7 +146,8 @@ class PeerBuckets:
 
 
 class BounceMetrics:
-    """``outbox_bounces_total{result}``, ``outbox_bounces_read_cpu_seconds_total``."""
+    """``outbox_bounces_total{result}``, ``outbox_bounces_read_cpu_seconds_total``,
+    ``outbox_queue_refused_total{queue}``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.messages = Counter("outbox_bounces_total", "Bounce listener messages and "
@@ -155,6 +156,8 @@ class BounceMetrics:
             self.messages.labels(result)
         self.read_cpu = Counter("outbox_bounces_read_cpu_seconds", "CPU seconds the bounce "
                                 "listener's readers spent reading messages", registry=registry)
+        self.refused = Counter("outbox_queue_refused", "Publishes a full queue refused (nack)",
+                               ["queue"], registry=registry)
 
     def count(self, result: str) -> None:
         self.messages.labels(result).inc()
@@ -241,6 +244,8 @@ class BounceHandler:
         try:
             count = await publish_events(self._bus, believed)
         except PublishFailed as exc:
+            if isinstance(exc, QueueFull):
+                self._metrics.refused.labels(exc.queue).inc()
             log.warning("report not published, asking the relay to retry: %s", exc)
             return TRY_LATER
         first = believed[0]
@@ -323,6 +328,8 @@ class BounceHandler:
             await self._bus.publish_dead(kept, f"bounces listener: {result}{cut}: {reason}",
                                          "bounces", headers=headers)
         except PublishFailed as exc:
+            if isinstance(exc, QueueFull):
+                self._metrics.refused.labels(exc.queue).inc()
             log.warning("message not kept, asking the sender to retry: %s", exc)
             return TRY_LATER
         self._metrics.count(result)
