@@ -117,8 +117,9 @@ class _Reader:
     """One reader process and its end of the pipe."""
 
     def __init__(self) -> None:
-        parent, child = multiprocessing.get_context("spawn").Pipe()
-        self.process: SpawnProcess = multiprocessing.get_context("spawn").Process(
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        parent, child = spawn.Pipe()
+        self.process: SpawnProcess = spawn.Process(
             target=_serve, args=(child,), name="outbox-bounce-reader", daemon=True)
         self.process.start()
         child.close()
