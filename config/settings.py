@@ -228,6 +228,22 @@ class Settings(ReputationSettings, BaseSettings):
     #: per peer IP, each connection and each message takes a token (421/450 when none is left)
     bounces_rate: float = Field(2.0, gt=0, description="tokens/s per peer IP")
     bounces_burst: int = Field(60, ge=1)
+    #: bytes of a message the reader examines at most (its first ones; real reports are a
+    #: few kilobytes and the returned original's headers come first)
+    bounces_scan_bytes: int = Field(256 * 1024, ge=16 * 1024)
+    #: reader processes (the reading runs there, never on the listener's event loop)
+    bounces_readers: int = Field(1, ge=1, le=32)
+    #: seconds one message may take to read (the reader is then restarted; the message kept)
+    bounces_read_timeout: float = Field(5.0, gt=0)
+    #: per peer IP over OUTBOX_BOUNCES_SOURCE_WINDOW seconds: message bytes received and CPU
+    #: seconds spent reading them (450 past either, until the window has drained)
+    bounces_source_bytes: int = Field(10 * 1024 * 1024, ge=64 * 1024)
+    bounces_source_cpu: float = Field(2.0, gt=0)
+    bounces_source_window: float = Field(60.0, gt=0)
+    #: seconds: without a command; from DATA to the end of the message; a whole connection
+    bounces_idle_timeout: float = Field(30.0, gt=0)
+    bounces_data_timeout: float = Field(30.0, gt=0)
+    bounces_connection_timeout: float = Field(60.0, gt=0)
 
     # --- development sinks -------------------------------------------------------------------
     dev_mail_dir: Path = Path("var/mail")

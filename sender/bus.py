@@ -6,6 +6,7 @@ or refused message raises :class:`PublishFailed` to the caller, never a silent d
 Exceptions::
 
     PublishFailed          the broker did not take the message (nack, unroutable, channel lost)
+      QueueFull            a bounded queue is full (x-overflow reject-publish: a nack)
     ServiceUnreachable     connect: the broker cannot be reached (sender.connect; one line)
     ServiceRefused         connect: the broker refused the login or vhost (sender.connect)
 """
@@ -23,7 +24,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import AMQPError as AiormqError
-from aiormq.exceptions import ChannelInvalidStateError
+from aiormq.exceptions import ChannelInvalidStateError, DeliveryError
 from pamqp.commands import Basic
 
 from config import Settings
@@ -41,6 +42,15 @@ REASON_HEADER = "x-outbox-reason"
 
 class PublishFailed(RuntimeError):
     """The broker did not confirm the message; the caller still owns it."""
+
+
+class QueueFull(PublishFailed):
+    """The broker refused the message (a nack): its queue is at its bound
+    (:data:`sender.topology.BOUNDS`). ``queue`` names it."""
+
+    def __init__(self, queue: str, detail: str) -> None:
+        super().__init__(f"{queue} is full (nack): {detail}")
+        self.queue = queue
 
 
 #: What an ack, nack or publish raises when the broker connection is gone: the delivery is
@@ -119,6 +129,12 @@ class Bus:
             channel = await self._channel.get_underlay_channel()
             await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
                                         properties=properties, mandatory=True)
+        except DeliveryError as exc:
+            if not isinstance(exc.frame, Basic.Nack):
+                raise PublishFailed(f"{exchange or '(default)'} {routing_key}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+            raise QueueFull(topology.queue_for(exchange, routing_key, headers),
+                            f"{exchange or '(default)'} {routing_key}") from exc
         except (TimeoutError, AMQPError, AiormqError, ConnectionError, RuntimeError) as exc:
             raise PublishFailed(
                 f"{exchange or '(default)'} {routing_key}: {type(exc).__name__}: {exc}"

@@ -1,4 +1,5 @@
-"""The worker's periodic gauges: ``outbox_accounts{state}`` and ``outbox_queue_depth{queue}``
+"""The worker's periodic gauges: ``outbox_accounts{state}``, ``outbox_queue_depth{queue}`` and
+``outbox_queue_limit{queue,unit}``
 (every worker reports the same totals; the Prometheus rules take the max)."""
 
 from __future__ import annotations
@@ -72,3 +73,7 @@ class Gauges:
         for q in queues:
             ok = await raw.queue_declare(q.name, passive=True)
             self._metrics.queue_depth.labels(q.name).set(ok.message_count or 0)
+            bound = topology.limits(q)
+            if bound:
+                self._metrics.queue_limit.labels(q.name, "messages").set(bound[0])
+                self._metrics.queue_limit.labels(q.name, "bytes").set(bound[1])

@@ -81,6 +81,11 @@ class Metrics:
         self.queue_depth = _Cached(Gauge("outbox_queue_depth", "Messages ready in each queue",
                                  ["queue"], registry=registry,
                                  multiprocess_mode="livemostrecent"))
+        self.queue_limit = _Cached(Gauge("outbox_queue_limit", "Bound of each queue, in "
+                                         "messages or bytes (x-max-length, "
+                                         "x-max-length-bytes)", ["queue", "unit"],
+                                         registry=registry,
+                                         multiprocess_mode="livemostrecent"))
         self.accounts = _Cached(Gauge("outbox_accounts",
                                       "Accounts by state (refreshed periodically)",
                                       ["state"], registry=registry,

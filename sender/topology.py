@@ -18,10 +18,29 @@ the priority lane (``outbox.email``, bound with ``email``) and the bulk lane
 (``outbox.email.bulk``, bound with ``email.bulk``, marketing jobs), quorum queues with the same
 arguments.
 
-``outbox.status`` is bounded (``OUTBOX_STATUS_QUEUE_MAX_LENGTH``, x-max-length with overflow
-``drop-head``): with no CRM consuming, the oldest events go, not the broker's memory and disk.
-RabbitMQ refuses to declare a queue again with other arguments (PRECONDITION_FAILED); that
-becomes :class:`TopologyMismatch`, one line naming the queue and what to do.
+Every queue is bounded in messages and bytes (:data:`BOUNDS`, ``x-max-length`` and
+``x-max-length-bytes``), so no input from outside fills the broker's memory and disk:
+
+================================  ===================  ========================================
+queue                             bound                when full
+================================  ===================  ========================================
+job lanes, ``outbox.retry.<s>``   1,000,000 / 2 GiB    ``reject-publish``: the publisher gets a
+                                                       nack (``PublishFailed``), keeps the job
+``outbox.events``                 1,000,000 / 1 GiB    ``reject-publish``: the webhook or bounce
+                                                       is refused, its sender retries
+``outbox.dead``                   100,000 / 1 GiB      ``reject-publish``: nothing already kept
+                                                       is dropped; the publisher keeps its
+                                                       message (a job stays in its queue, the
+                                                       bounce listener answers 451)
+``outbox.status``                 ``OUTBOX_STATUS_``   ``drop-head`` (the oldest events go; 0 =
+                                  ``QUEUE_MAX_LENGTH``  unbounded, for a queue declared so)
+                                  / 1 GiB
+================================  ===================  ========================================
+
+A nack from a full queue raises :class:`sender.bus.QueueFull` (a ``PublishFailed``) naming
+the queue (:func:`queue_for`). RabbitMQ refuses to declare a queue again with other arguments
+(PRECONDITION_FAILED); that becomes :class:`TopologyMismatch`, one line naming the queue and
+what to do (README, "Queues": how an existing deployment takes the bounds).
 """
 
 from __future__ import annotations
@@ -48,6 +67,10 @@ TIER_HEADER = "outbox-tier"
 DELIVERY_LIMIT = 20
 #: Status events kept for the CRM when it does not consume (the oldest are dropped beyond).
 DEFAULT_STATUS_QUEUE_MAX_LENGTH = 100_000
+GIB = 1024 * 1024 * 1024
+#: (messages, bytes) each kind of queue holds at most.
+BOUNDS = {"jobs": (1_000_000, 2 * GIB), "retry": (1_000_000, 2 * GIB),
+          "events": (1_000_000, GIB), "dead": (100_000, GIB), "status": (0, GIB)}
 
 
 class TopologyMismatch(RuntimeError):
@@ -77,10 +100,42 @@ def _quorum(**extra: Any) -> dict[str, Any]:
     return {"x-queue-type": "quorum", **extra}
 
 
+def _bounded(kind: str, overflow: str = "reject-publish") -> dict[str, Any]:
+    messages, size = BOUNDS[kind]
+    return {"x-max-length": messages, "x-max-length-bytes": size, "x-overflow": overflow}
+
+
 def _status_args(max_length: int) -> dict[str, Any]:
     if not max_length:  # 0: unbounded (as before the setting existed)
         return _quorum()
-    return _quorum(**{"x-max-length": max_length, "x-overflow": "drop-head"})
+    return _quorum(**{"x-max-length": max_length, "x-max-length-bytes": BOUNDS["status"][1],
+                      "x-overflow": "drop-head"})
+
+
+_ONE_QUEUE = {DEAD_EXCHANGE: DEAD_QUEUE, STATUS_EXCHANGE: STATUS_QUEUE}
+
+
+def limits(queue: Queue) -> tuple[int, int] | None:
+    """(messages, bytes) a queue holds at most; None when unbounded."""
+    args = queue.arguments
+    if "x-max-length" not in args:
+        return None
+    return int(args["x-max-length"]), int(args["x-max-length-bytes"])
+
+
+def queue_for(exchange: str, routing_key: str, headers: dict[str, Any] | None = None) -> str:
+    """The queue a publish to ``exchange`` with ``routing_key`` lands in (for naming the one
+    that refused it); the exchange's name when that is not one queue."""
+    if exchange == "":
+        return routing_key
+    if exchange in _ONE_QUEUE:
+        return _ONE_QUEUE[exchange]
+    if exchange == RETRY_EXCHANGE and headers and TIER_HEADER in headers:
+        return retry_queue(int(headers[TIER_HEADER]))
+    if exchange == JOBS_EXCHANGE:
+        lanes = {key: queue for d in registry.deliveries() for _, key, queue in d.lanes()}
+        return lanes.get(routing_key, exchange)
+    return exchange
 
 
 def describe(retry_tiers: tuple[int, ...],
@@ -96,21 +151,23 @@ def describe(retry_tiers: tuple[int, ...],
     job_args = _quorum(**{
         "x-dead-letter-exchange": DEAD_EXCHANGE,
         "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
         "x-delivery-limit": DELIVERY_LIMIT,
+        **_bounded("jobs"),
     })
     queues = [
         *(Queue(queue, job_args, ((JOBS_EXCHANGE, key, {}),))
           for d in registry.deliveries() for _, key, queue in d.lanes()),
-        Queue(DEAD_QUEUE, _quorum(), ((DEAD_EXCHANGE, "", {}),)),
+        Queue(DEAD_QUEUE, _quorum(**_bounded("dead")), ((DEAD_EXCHANGE, "", {}),)),
         Queue(EVENTS_QUEUE, _quorum(**{"x-delivery-limit": DELIVERY_LIMIT,
-                                       "x-dead-letter-exchange": DEAD_EXCHANGE})),
+                                       "x-dead-letter-exchange": DEAD_EXCHANGE,
+                                       **_bounded("events")})),
         Queue(STATUS_QUEUE, _status_args(status_max_length), ((STATUS_EXCHANGE, "#", {}),)),
     ]
     for seconds in retry_tiers:
         # Classic queues: one TTL per queue, so messages expire in order from the head,
         # then dead-letter back to outbox.jobs with their original routing key.
-        args = {"x-message-ttl": seconds * 1000, "x-dead-letter-exchange": JOBS_EXCHANGE}
+        args = {"x-message-ttl": seconds * 1000, "x-dead-letter-exchange": JOBS_EXCHANGE,
+                **_bounded("retry")}
         match = {"x-match": "all", TIER_HEADER: str(seconds)}
         queues.append(Queue(retry_queue(seconds), args, ((RETRY_EXCHANGE, "", match),)))
     return exchanges, queues
@@ -137,8 +194,8 @@ def _mismatch(name: str, exc: ChannelPreconditionFailed) -> str:
     fix = ("set OUTBOX_STATUS_QUEUE_MAX_LENGTH to the queue's current x-max-length (0 for none), "
            "or delete the queue once drained so it is declared again"
            if name == STATUS_QUEUE else
-           "delete the queue once drained so it is declared again, or declare it as "
-           "deploy/rabbitmq/definitions.json does")
+           "delete the queue once drained so it is declared again (with its bounds: README, "
+           "Queues), or declare it as deploy/rabbitmq/definitions.json does")
     return f"queue {name} exists with other arguments ({said}): {fix} " \
            f"(rabbitmqctl delete_queue {name})"
 

@@ -38,6 +38,16 @@ each connection and each message takes a token from its peer IP's bucket
 4xx/5xx reply is logged (one line) and counted (``refused`` for 5xx, ``deferred`` for 4xx).
 When the broker or Redis cannot be reached the answer is 451 and the relay retries.
 
+Reading costs the event loop nothing (:mod:`webhooks.bounce_work`): each message is read in a
+reader process, from at most its first ``OUTBOX_BOUNCES_SCAN_BYTES`` (a message whose headers
+and parts say nothing of a report from its first 16 KiB only), within
+``OUTBOX_BOUNCES_READ_TIMEOUT`` (past it: kept as ``not_report``, the reader restarted). Each
+peer IP has a work budget over ``OUTBOX_BOUNCES_SOURCE_WINDOW`` seconds: message bytes
+(``OUTBOX_BOUNCES_SOURCE_BYTES``) and reading CPU seconds (``OUTBOX_BOUNCES_SOURCE_CPU``); past
+either, 450 at MAIL and at the end of DATA until it has drained. A connection is closed (421)
+after ``OUTBOX_BOUNCES_IDLE_TIMEOUT`` seconds without a command, ``OUTBOX_BOUNCES_DATA_TIMEOUT``
+from DATA to the end of the message, and ``OUTBOX_BOUNCES_CONNECTION_TIMEOUT`` in all.
+
 ``result``: ``accepted`` (signed), ``quoted`` (believed as the recipient's own word only),
 ``not_report``, ``unattributed``, ``refused``, ``deferred``.
 """
@@ -58,22 +68,28 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
 from config import Settings
-from sender.bus import Bus, PublishFailed
+from sender.bus import Bus, PublishFailed, QueueFull
 from sender.provider_events import QUOTED, SIGNED, ProviderEvent
 from suppression.gate import sent_to
 from suppression.roundtrip import Client
 from suppression.verp import is_verp, parse_ref, ref_ttl, resolve_ref, verify_verp
+from webhooks.bounce_work import (
+    ReaderPool,
+    ReaderUnavailable,
+    ReadTimeout,
+    SourceBudget,
+    WorkLimits,
+)
 from webhooks.events import publish_events
-from webhooks.providers import dsn
-from webhooks.providers.base import PayloadError, safe_id
+from webhooks.providers.base import safe_id
 
 log = logging.getLogger("outbox.bounces")
 
 EVIDENCE_BYTES = 256 * 1024  # what outbox.dead keeps of a message that is not believed
 MAX_RECIPIENTS = 10  # a report goes to one address; a few for relays that batch
-IDLE_TIMEOUT = 60.0
 RESULTS = ("accepted", "quoted", "not_report", "unattributed", "refused", "deferred")
 TRY_LATER = "451 4.3.0 Temporary failure, try again later"
+OVER_BUDGET = "450 4.7.1 Too much mail to read from your address, try again later"
 
 
 class Unbelieved(Exception):
@@ -92,6 +108,7 @@ class ListenerConfig:
     ref_ttl: int = ref_ttl(3 * 86400)
     rate: float = 2.0
     burst: int = 60
+    work: WorkLimits = WorkLimits()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ListenerConfig:
@@ -102,7 +119,7 @@ class ListenerConfig:
         return cls(domain=settings.bounce_domain.lower(), keys=settings.secret_keys,
                    message_id_domain=settings.message_id_domain,
                    max_bytes=settings.bounces_max_bytes, rate=settings.bounces_rate,
-                   burst=settings.bounces_burst,
+                   burst=settings.bounces_burst, work=WorkLimits.from_settings(settings),
                    ref_ttl=ref_ttl(settings.idempotency_ttl))
 
 
@@ -129,13 +146,18 @@ class PeerBuckets:
 
 
 class BounceMetrics:
-    """``outbox_bounces_total{result}``."""
+    """``outbox_bounces_total{result}``, ``outbox_bounces_read_cpu_seconds_total``,
+    ``outbox_queue_refused_total{queue}``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.messages = Counter("outbox_bounces_total", "Bounce listener messages and "
                                 "refusals by result", ["result"], registry=registry)
         for result in RESULTS:
             self.messages.labels(result)
+        self.read_cpu = Counter("outbox_bounces_read_cpu_seconds", "CPU seconds the bounce "
+                                "listener's readers spent reading messages", registry=registry)
+        self.refused = Counter("outbox_queue_refused", "Publishes a full queue refused (nack)",
+                               ["queue"], registry=registry)
 
     def count(self, result: str) -> None:
         self.messages.labels(result).inc()
@@ -158,12 +180,15 @@ class BounceHandler:
     """aiosmtpd handler: refuse what is not for us, believe only what proves itself."""
 
     def __init__(self, config: ListenerConfig, *, bus: Bus, redis: Client,
-                 metrics: BounceMetrics, buckets: PeerBuckets) -> None:
+                 metrics: BounceMetrics, buckets: PeerBuckets, readers: ReaderPool,
+                 budget: SourceBudget) -> None:
         self._config = config
         self._bus = bus
         self._redis = redis
         self._metrics = metrics
         self._buckets = buckets
+        self._readers = readers
+        self._budget = budget
         self._message_id = re.compile(
             rf"^<([A-Za-z0-9][A-Za-z0-9._\-]{{0,127}})@{re.escape(config.message_id_domain)}>$",
             re.IGNORECASE)
@@ -172,6 +197,8 @@ class BounceHandler:
                           address: str, mail_options: list[str]) -> str:
         if not self._buckets.take(_peer_ip(session.peer)):
             return "450 4.7.1 Too many messages from your address, try again later"
+        if not self._budget.allows(_peer_ip(session.peer)):
+            return OVER_BUDGET
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -188,13 +215,25 @@ class BounceHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        peer = _peer_ip(session.peer)
+        if not self._budget.allows(peer):
+            return OVER_BUDGET  # read nothing more from it; the sender keeps the message
+        self._budget.charge(peer, nbytes=len(raw))
+        if isinstance(server, ListenerSMTP):
+            server.working(self._config.work.read_timeout + 30)  # our time, not the client's
         try:
-            events = dsn.parse(raw, envelope.rcpt_tos, self._config.message_id_domain)
-        except PayloadError as exc:
+            outcome = await self._readers.read(raw, envelope.rcpt_tos,
+                                               self._config.message_id_domain)
+        except ReadTimeout as exc:
+            self._spent(peer, exc.seconds)
             return await self._keep(raw, "not_report", str(exc), session, envelope)
-        except Exception as exc:  # the parser choked on hostile input: kept, not retried forever
-            return await self._keep(raw, "not_report", f"unreadable ({type(exc).__name__}: "
-                                    f"{exc})", session, envelope)
+        except ReaderUnavailable as exc:
+            log.warning("report not read (reader died), asking the relay to retry: %s", exc)
+            return TRY_LATER
+        self._spent(peer, outcome.cpu)
+        if outcome.events is None:
+            return await self._keep(raw, "not_report", outcome.problem, session, envelope)
+        events = outcome.events
         try:
             believed = await self._believe(events, session, envelope)
         except Unbelieved as exc:
@@ -205,6 +244,8 @@ class BounceHandler:
         try:
             count = await publish_events(self._bus, believed)
         except PublishFailed as exc:
+            if isinstance(exc, QueueFull):
+                self._metrics.refused.labels(exc.queue).inc()
             log.warning("report not published, asking the relay to retry: %s", exc)
             return TRY_LATER
         first = believed[0]
@@ -214,6 +255,10 @@ class BounceHandler:
             "events": count, "account": first.account_id, "job": first.job_id,
             "type": first.type, "trust": first.trust, "result": result})
         return "250 2.0.0 Report accepted"
+
+    def _spent(self, peer: str, cpu: float) -> None:
+        self._budget.charge(peer, cpu=cpu)
+        self._metrics.read_cpu.inc(cpu)
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("bounce listener: unexpected error", exc_info=error)
@@ -283,6 +328,8 @@ class BounceHandler:
             await self._bus.publish_dead(kept, f"bounces listener: {result}{cut}: {reason}",
                                          "bounces", headers=headers)
         except PublishFailed as exc:
+            if isinstance(exc, QueueFull):
+                self._metrics.refused.labels(exc.queue).inc()
             log.warning("message not kept, asking the sender to retry: %s", exc)
             return TRY_LATER
         self._metrics.count(result)
@@ -293,17 +340,47 @@ class BounceHandler:
 
 
 class ListenerSMTP(SMTP):
-    """aiosmtpd's SMTP with a per-peer connection limit and a log line and count for every
-    refusal (4xx/5xx reply)."""
+    """aiosmtpd's SMTP with a per-peer connection limit, a log line and count for every
+    refusal (4xx/5xx reply), and three timeouts (:class:`WorkLimits`): idle (aiosmtpd's own,
+    restarted by each command), from DATA to the end of the message, and for the whole
+    connection (no timer ever runs past it). A timeout answers 421 and closes."""
 
     def __init__(self, handler: BounceHandler, *, buckets: PeerBuckets,
-                 metrics: BounceMetrics, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+                 metrics: BounceMetrics, limits: WorkLimits, **kwargs: Any) -> None:
+        super().__init__(handler, timeout=limits.idle_timeout, **kwargs)
         self._buckets = buckets
         self._metrics = metrics
+        self._limits = limits
         self._turned_away = False
+        self._deadline = self.loop.time() + limits.connection_timeout
+
+    def working(self, seconds: float) -> None:
+        """The listener works on a message for up to ``seconds``: no idle or DATA timeout
+        meanwhile (the connection's own still holds)."""
+        self._reset_timeout(seconds)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self._limits.data_timeout)
+        await super().smtp_DATA(arg)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        left = self._deadline - self.loop.time()
+        super()._reset_timeout(max(0.01, min(duration or self._timeout_duration, left)))
+
+    def _timeout_cb(self) -> None:
+        peer = _peer_ip(self.session.peer if self.session else None)
+        whole = self.loop.time() >= self._deadline - 0.01
+        log.warning("bounce listener closed a connection from %s: %s", peer,
+                    "connection time limit" if whole else "timeout",
+                    extra={"peer": peer, "result": "deferred"})
+        self._metrics.count("deferred")
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(b"421 4.4.2 Timeout, closing the connection\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._deadline = self.loop.time() + self._limits.connection_timeout
         peer = _peer_ip(transport.get_extra_info("peername"))
         if self._original_transport is None and not self._buckets.take(peer):
             self._turned_away = True
@@ -337,18 +414,48 @@ class ListenerSMTP(SMTP):
         await super().push(status)
 
 
+class BounceListener:
+    """The listening server and its reader processes: ``close()`` then ``wait_closed()``."""
+
+    def __init__(self, server: asyncio.Server, readers: ReaderPool) -> None:
+        self.server = server
+        self._readers = readers
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self.server.sockets)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.server.close()
+
+    async def wait_closed(self) -> None:
+        """Wait for the server to close, then stop the readers."""
+        await self.server.wait_closed()
+        await self._readers.close()
+
+
 async def start_bounce_listener(config: ListenerConfig, *, bus: Bus, redis: Client, host: str,
                                 port: int,
-                                registry: CollectorRegistry | None = None) -> asyncio.Server:
-    """Start the listener in the running loop."""
+                                registry: CollectorRegistry | None = None) -> BounceListener:
+    """Start the listener (and its reader processes) in the running loop."""
     metrics = BounceMetrics(registry or CollectorRegistry())
     buckets = PeerBuckets(config.rate, config.burst)
-    handler = BounceHandler(config, bus=bus, redis=redis, metrics=metrics, buckets=buckets)
+    work = config.work
+    readers = ReaderPool(work)
+    await readers.start()
+    budget = SourceBudget(work.source_bytes, work.source_cpu, work.source_window)
+    handler = BounceHandler(config, bus=bus, redis=redis, metrics=metrics, buckets=buckets,
+                            readers=readers, budget=budget)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: ListenerSMTP(handler, buckets=buckets, metrics=metrics,
-                             data_size_limit=config.max_bytes, enable_SMTPUTF8=True,
-                             hostname="outbox-bounces", timeout=IDLE_TIMEOUT),
-        host=host, port=port)
+    try:
+        server = await loop.create_server(
+            lambda: ListenerSMTP(handler, buckets=buckets, metrics=metrics, limits=work,
+                                 data_size_limit=config.max_bytes, enable_SMTPUTF8=True,
+                                 hostname="outbox-bounces"),
+            host=host, port=port)
+    except BaseException:
+        await readers.close()
+        raise
     log.info("bounce listener on %s:%d for @%s", host, port, config.domain)
-    return server
+    return BounceListener(server, readers)

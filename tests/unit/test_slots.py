@@ -62,7 +62,7 @@ def test_the_status_queue_is_bounded_dropping_the_oldest():
     _, queues = describe((10,))
     status = next(q for q in queues if q.name == STATUS_QUEUE)
     assert status.arguments == {"x-queue-type": "quorum", "x-max-length": 100_000,
-                                "x-overflow": "drop-head"}
+                                "x-max-length-bytes": 1024**3, "x-overflow": "drop-head"}
     _, unbounded = describe((10,), status_max_length=0)
     assert next(q for q in unbounded if q.name == STATUS_QUEUE).arguments == \
         {"x-queue-type": "quorum"}

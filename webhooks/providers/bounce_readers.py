@@ -14,7 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?"
+ADDR = (r"(?<![A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+"
+        r"@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
+#: Where a report may leave a line blank or indent: line-bounded, so no pattern runs over a
+#: long stretch of white space again and again (the text is normalised before, see
+#: :func:`webhooks.providers.dsn.scan_text`).
+BLANK = r"(?:[ \t]*\n)?[ \t]*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +41,17 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("postfix", (r"^This is the mail system at host", r"^\s*The mail system\s*$",
+    Family("postfix", (r"^This is the mail system at host", r"^[ \t]*The mail system[ \t]*$",
                        r"^Subject: (?:Undelivered Mail Returned to Sender|Delayed Mail)"),
            (rf"^<(?P<rcpt>{ADDR})>(?: \(expanded from <[^>]*>\))?: (?P<diag>.+(?:\n[ \t]+.+)*)",),
-           begin=r"^\s*The mail system\s*$",
+           begin=r"^[ \t]*The mail system[ \t]*$",
            delayed=(r"^Subject: Delayed Mail", r"This is a warning only")),
     Family("exim", (r"^This message was created automatically by mail delivery software",
                     r"^Subject: Mail delivery failed", r"^Subject: Warning: message \S+ delayed"),
-           (rf"^[ ]{{2}}\"?(?P<rcpt>{ADDR})\"?(?:\s+<{ADDR}>)?[ \t]*:?[ \t]*\n"
+           (rf"^[ ]{{2}}\"?(?P<rcpt>{ADDR})\"?(?:[ \t]+<{ADDR}>)?[ \t]*:?[ \t]*\n"
             r"(?P<diag>(?:[ ]{4}.*\n?|[ \t]*\n(?=[ ]{4}))+)",
-            rf"^\"?(?P<rcpt>{ADDR})\"?:?\s*\n\s*\n?(?P<diag>SMTP error from remote .+(?:\n.+)*)",
+            rf"^\"?(?P<rcpt>{ADDR})\"?:?[ \t]*\n{BLANK}"
+            r"(?P<diag>SMTP error from remote .+(?:\n.+)*)",
             rf"^(?P<rcpt>{ADDR}), ERROR CODE :(?P<diag>.+)"),
            begin=r"(?:following address(?:\(es\)|es)? (?:failed|has)|has not yet been delivered|"
                  r"could not be delivered)",
@@ -53,23 +59,24 @@ FAMILIES: tuple[Family, ...] = (
                     r"Delivery attempts will continue")),
     Family("qmail", (r"^Hi\. This is the qmail", r"I'm afraid I wasn't able to deliver",
                      r"^Subject: failure notice", r"Sorry, we were unable to deliver your message"),
-           (rf"^<(?P<rcpt>{ADDR})>:\s*\n(?P<diag>(?:.+\n?)+)",),
+           (rf"^<(?P<rcpt>{ADDR})>:[ \t]*\n(?P<diag>(?:.+\n?)+)",),
            begin=r"(?:wasn't able to deliver|unable to deliver your message)",
            delayed=(r"I'm not going to try again; this message has been in the queue too long",
                     r"This is a temporary error")),
     Family("sendmail", (r"^Subject: Returned mail:", r"^Subject: Warning: could not send message",
-                        r"-{3,} Transcript of session follows -{3,}",
+                        r"(?<!-)-{3,} Transcript of session follows -{3}",
                         r"The original message was received at"),
-           (rf"^\s*<?(?P<rcpt>{ADDR})>?\s*\n\s*\(reason: (?P<diag>[^)]*)\)",
+           (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n{BLANK}\(reason: (?P<diag>[^)\n]*)\)",
             rf"^(?P<diag>[245]\d\d[ -][245]\.\d+\.\d+ <?(?P<rcpt>{ADDR})>?\.\.\. .+)",
-            rf"^>>> RCPT To:\s*<(?P<rcpt>{ADDR})>\s*\n<<< (?P<diag>.+(?:\n<<< .+)*)"),
-           begin=r"-{3,} The following addresses had",
+            rf"^>>> RCPT To:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n<<< (?P<diag>.+(?:\n<<< .+)*)"),
+           begin=r"(?<!-)-{3,} The following addresses had",
            delayed=(r"^Subject: Warning: could not send message", r"will keep trying until",
                     r"Will be retried")),
     Family("gmail", (r"Delivery to the following recipients? (?:failed|has been delayed)",
                      r"Technical details of (?:permanent|temporary) failure",
                      r"Google tried to deliver your message"),
-           (rf"^\s+(?P<rcpt>{ADDR})\s*\n(?P<diag>(?:.*\n)*?)(?=^-{3,} Original message|\Z)",),
+           (rf"^[ \t]+(?P<rcpt>{ADDR})[ \t]*\n"
+            r"(?P<diag>(?:.*\n)*?)(?=^-{3,} Original message|.*\Z)",),
            begin=r"Delivery to the following recipients? (?:failed|has been delayed)",
            delayed=(r"has been delayed", r"Technical details of temporary failure",
                     r"will retry for")),
@@ -77,46 +84,48 @@ FAMILIES: tuple[Family, ...] = (
                         r"did not reach (?:some or all of )?the intended recipient",
                         r"Diagnostic information for administrators",
                         r"^Subject: Delivery delayed:"),
-           (rf"^\s*<?(?P<rcpt>{ADDR})>?\s*\n\s*(?:#|Remote Server returned ')(?P<diag>.+)",
-            rf"^\s*(?:'[^'\n@]*'\s*)?[<(']?(?P<rcpt>{ADDR})[>)']?\s+on\s.*\n\s+(?P<diag>.+)",
-            rf"^\s*(?P<rcpt>{ADDR})\s*(?:\(|<){ADDR}(?:\)|>)\s*\n(?P<diag>(?:.+\n?)+)"),
+           (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n{BLANK}"
+            r"(?:#|Remote Server returned ')(?P<diag>.+)",
+            rf"^[ \t]*(?:'[^'\n@]*'[ \t]*)?[<(']?(?P<rcpt>{ADDR})[>)']?[ \t]+on\s.*\n{BLANK}"
+            r"[ \t](?P<diag>.+)",
+            rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*(?:\(|<){ADDR}(?:\)|>)[ \t]*\n(?P<diag>(?:.+\n?)+)"),
            begin=r"(?:Delivery has failed to these recipients or groups|"
                  r"following recipient\(s\) cannot be reached|Delivery is delayed to these|"
                  r"Diagnostic information for administrators)",
            delayed=(r"^Subject: Delivery delayed", r"Delivery is delayed to these",
                     r"will keep trying", r"This is a delivery delay notification")),
-    Family("domino", (r"^Subject: DELIVERY[ _]FAILURE:", r"was not delivered to:\s*$"),
-           (rf"was not delivered to:\s*\n\s*\n?\s*(?P<rcpt>{ADDR})\s*\n\s*\n?\s*because:\s*\n"
-            r"\s*\n?(?P<diag>.+)",),
+    Family("domino", (r"^Subject: DELIVERY[ _]FAILURE:", r"was not delivered to:[ \t]*$"),
+           (rf"was not delivered to:[ \t]*\n{BLANK}(?P<rcpt>{ADDR})[ \t]*\n{BLANK}because:[ \t]*\n"
+            rf"{BLANK}(?P<diag>.+)",),
            delayed=(r"^Subject: DELIVERY[ _]DELAYED",)),
     Family("groupwise", (r"The message that you sent was undeliverable to the following",
                          r"^Subject: Message status - undeliverable"),
-           (rf"^\s+(?P<rcpt>{ADDR})\s*\((?P<diag>[^)]*)\)",),
+           (rf"^[ \t]+(?P<rcpt>{ADDR})[ \t]*\((?P<diag>[^)\n]*)\)",),
            begin=r"undeliverable to the following"),
     Family("courier", (r"running the Courier mail server",),
-           (rf"^<(?P<rcpt>{ADDR})>:\s*\n(?P<diag>(?:.+\n?)+)",),
+           (rf"^<(?P<rcpt>{ADDR})>:[ \t]*\n(?P<diag>(?:.+\n?)+)",),
            begin=r"cannot be delivered|UNDELIVERABLE MAIL|DELAYED MAIL",
            delayed=(r"DELAYED MAIL", r"has not been delivered yet")),
     Family("mdaemon", (r"The attached message had PERMANENT fatal delivery errors",
                        r"-{3} Session Transcript -{3}", r"MDaemon"),
-           (rf"RCPT To:\s*<(?P<rcpt>{ADDR})>\s*\n.*?<-- (?P<diag>[245]\d\d.+)",),
+           (rf"RCPT To:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n.*?<-- (?P<diag>[245]\d\d.+)",),
            delayed=(r"had a TEMPORARY", r"will attempt to deliver")),
     Family("opensmtpd", (r"This is the MAILER-DAEMON, please DO NOT REPLY",),
            (rf"^(?P<rcpt>{ADDR}): (?P<diag>.+)",),
            begin=r"following list of recipients",
            delayed=(r"temporary failure", r"Delivery attempts will continue")),
-    Family("imail", (r"^Subject: Undeliverable Mail\s*$", r"^Unknown user: "),
+    Family("imail", (r"^Subject: Undeliverable Mail[ \t]*$", r"^Unknown user: "),
            (rf"^(?P<diag>Unknown user|User mailbox exceeds allowed size|"
             rf"Requested action not taken: mailbox unavailable): (?P<rcpt>{ADDR})",)),
     Family("kerio", (r"Unable to deliver the message to the recipient",
                      r"^Subject: Undeliverable message"),
-           (rf"^\s*(?P<rcpt>{ADDR})\s*\n(?P<diag>(?:.+\n?)+)",
-            rf"Recipient:\s*<?(?P<rcpt>{ADDR})>?\s*\n(?P<diag>(?:.+\n?)+)")),
-    Family("notes", (r"^Subject: Undeliverable message\s*$", r"^-+ Failure Reasons -+"),
-           (rf"^-+ Failure Reasons -+\s*\n\s*(?P<diag>.+)\n\s*(?P<rcpt>{ADDR})",)),
+           (rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*\n(?P<diag>(?:.+\n?)+)",
+            rf"Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)")),
+    Family("notes", (r"^Subject: Undeliverable message[ \t]*$", r"^-+ Failure Reasons -+"),
+           (rf"^-+ Failure Reasons -+[ \t]*\n{BLANK}(?P<diag>.+)\n[ \t]*(?P<rcpt>{ADDR})",)),
     Family("mailmarshal", (r"^Subject: Undeliverable Mail: ", r"MailMarshal"),
-           (rf"could not be delivered to (?:the following|one or more) .*\n\s*\n?\s*"
-            rf"<?(?P<rcpt>{ADDR})>?\s*\n(?P<diag>(?:.+\n?)+)",)),
+           (rf"could not be delivered to (?:the following|one or more) .*\n{BLANK}"
+            rf"<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)",)),
 )
 
 #: Sender local parts and subjects that say "this is a bounce" for a family we do not know.
@@ -141,17 +150,18 @@ ORIGINAL_MARKERS = (
     r"^-+ ?Undelivered message",
     r"^Possibly truncated original message follows",
     r"^-+ ?(?:Unsent|Returned|Your) message",
-    r"^\s*-+ ?Original message headers",
+    r"^[ \t]*-+ ?Original message headers",
     r"^Original message headers:",
-    r"^Received: from .+\n\s+by ",
+    r"^Received: from .+\n[ \t]+by ",
 )
 
 #: Generic recipient lines, tried when no family pattern found one.
 GENERIC_RECIPIENTS = (
-    rf"^\s*<(?P<rcpt>{ADDR})>:?\s*(?P<diag>.*(?:\n(?![ \t]*<{ADDR}>).+)*)",
-    rf"(?:RCPT TO|rcpt to):\s*<(?P<rcpt>{ADDR})>[^\n]*\n(?:<<<\s*)?(?P<diag>[245]\d\d.*)",
-    rf"(?:Original|Final)-Recipient:\s*(?:rfc822;)?\s*<?(?P<rcpt>{ADDR})>?",
-    rf"^\s*(?:Recipient|Addressee|To|Address|Recipient address)\s*:\s*<?(?P<rcpt>{ADDR})>?",
+    rf"^[ \t]*<(?P<rcpt>{ADDR})>:?[ \t]*(?P<diag>.*(?:\n(?![ \t]*<{ADDR}>).+)*)",
+    rf"(?:RCPT TO|rcpt to):[ \t]*<(?P<rcpt>{ADDR})>[^\n]*\n(?:<<<\s*)?(?P<diag>[245]\d\d.*)",
+    rf"(?:Original|Final)-Recipient:[ \t]*(?:rfc822;)?[ \t]*<?(?P<rcpt>{ADDR})>?",
+    rf"^[ \t]*(?:Recipient|Addressee|To|Address|Recipient address)[ \t]*:[ \t]*(?:\n[ \t]*)?"
+    rf"<?(?P<rcpt>{ADDR})>?",
 )
 
 #: A delay notice, whatever the family.
@@ -188,8 +198,8 @@ COMPLAINT_MARKERS = (
     r"^Feedback-Type:\s*(?:abuse|fraud)",
 )
 COMPLAINT_RECIPIENTS = (
-    rf"^X-HmXmrOriginalRecipient:\s*<?(?P<rcpt>{ADDR})>?",
-    rf"^Original-Rcpt-To:\s*<?(?P<rcpt>{ADDR})>?",
+    rf"^X-HmXmrOriginalRecipient:[ \t]*<?(?P<rcpt>{ADDR})>?",
+    rf"^Original-Rcpt-To:[ \t]*<?(?P<rcpt>{ADDR})>?",
 )
 
 #: Amazon SES notifications that arrive by mail (an SNS e-mail subscription): the body is the

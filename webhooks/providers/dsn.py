@@ -56,7 +56,9 @@ from dataclasses import dataclass, field, replace
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import compat32
+from functools import lru_cache
 from typing import Any
 
 from sender.models import utcnow_iso
@@ -82,6 +84,22 @@ _NOT_RECIPIENTS = re.compile(r"^(?:mailer[-_]?daemon|postmaster|bounces?|noreply
                              r"abuse|root)(?:[+@])", re.I)
 _TYPE_FOR_ACTION = {"delivered": "delivered", "relayed": "delivered", "expanded": "delivered"}
 _MAX_DIAG = 1000
+#: Bytes of a message examined at most (its first ones): real reports are a few kilobytes, and
+#: the returned original's headers come before its body. The listener's
+#: ``OUTBOX_BOUNCES_SCAN_BYTES``.
+SCAN_BYTES = 256 * 1024
+#: A message larger than this whose headers and parts say nothing of a report is read from its
+#: first QUICK_BYTES only, and dropped as not a report unless they show one.
+QUICK_BYTES = 16 * 1024
+_MAX_LINE = 4000  # characters of one line of text scanned (a longer one is cut)
+_MAX_HEADERS = 200  # header fields of the report read
+#: Recipients read from one report at most: Outbox sends a message to one recipient, so a
+#: report about it names one; a long list is read no further.
+MAX_FINDINGS = 50
+_HTML_TAG = re.compile(r"<[^<>]+>")
+_SCRIPT = re.compile(r"<(script|style)\b", re.I)
+_REPORT_TYPES = (b"multipart/report", b"message/delivery-status", b"message/feedback-report",
+                 b"message/global-delivery-status")
 
 
 def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
@@ -143,9 +161,10 @@ class Report:
 
 
 def parse(message: bytes, envelope_to: Sequence[str] = (),
-          message_id_domain: str | None = None) -> list[ProviderEvent]:
+          message_id_domain: str | None = None, *,
+          scan_bytes: int = SCAN_BYTES) -> list[ProviderEvent]:
     """The events of one report message; PayloadError (saying why) when it is not a report."""
-    report = read(message, envelope_to, message_id_domain)
+    report = read(message, envelope_to, message_id_domain, scan_bytes=scan_bytes)
     if report.format == "none":
         raise PayloadError(report.why)
     found = events(report, seed=report.report_id or hashlib.sha256(message).hexdigest())
@@ -155,8 +174,36 @@ def parse(message: bytes, envelope_to: Sequence[str] = (),
 
 
 def read(message: bytes, envelope_to: Sequence[str] = (),
-         message_id_domain: str | None = None) -> Report:
-    """Read one message with the first reader that understands it (see the module doc)."""
+         message_id_domain: str | None = None, *, scan_bytes: int = SCAN_BYTES) -> Report:
+    """Read one message with the first reader that understands it (see the module doc).
+
+    Linear in the bytes examined: at most the first ``scan_bytes``; a message longer than
+    :data:`QUICK_BYTES` whose headers and MIME parts say nothing of a report only its first
+    :data:`QUICK_BYTES` (not a report unless they show one)."""
+    window = message[:scan_bytes]
+    if len(window) > QUICK_BYTES and not looks_like_report(window):
+        quick = _read(window[:QUICK_BYTES], envelope_to, message_id_domain)
+        if quick.format == "none":
+            return replace(quick, why=f"{quick.why} (read its first {QUICK_BYTES} of "
+                           f"{len(message)} bytes: no report part, no bounce headers)")
+    return _read(window, envelope_to, message_id_domain)
+
+
+def looks_like_report(message: bytes) -> bool:
+    """True when the message's headers or MIME types say it may be a report: a report or
+    delivery-status/feedback part, or a bounce's, complaint's, SES's or auto-reply's headers.
+    Cheap: a byte search and the top header block."""
+    lowered = message.lower()
+    if any(kind in lowered for kind in _REPORT_TYPES):
+        return True
+    top = _header_text(BytesHeaderParser(policy=compat32).parsebytes(message[:QUICK_BYTES]))
+    return bool(_BOUNCE_SENDERS.search(top) or _BOUNCE_SUBJECTS.search(top)
+                or _any(_COMPLAINT, top) or _SES[0].search(top) or _any(_AUTO_HEADERS, top)
+                or _any(_AUTO_SUBJECTS, top))
+
+
+def _read(message: bytes, envelope_to: Sequence[str],
+          message_id_domain: str | None) -> Report:
     msg = message_from_bytes(message, policy=compat32)
     top = _header_text(msg)
     text = _notification_text(msg)
@@ -291,8 +338,8 @@ def _own_parts(msg: Message) -> Iterable[Message]:
 
 
 def _dsn_findings(blocks: list[Message]) -> list[Finding]:
-    found = []
-    for block in blocks:
+    found: list[Finding] = []
+    for block in blocks[:MAX_FINDINGS]:
         recipient = _address(block.get("Final-Recipient") or block.get("Original-Recipient"))
         status = _status(block.get("Status"))
         action = (block.get("Action") or "").strip().lower().split()[0:1]
@@ -423,7 +470,7 @@ def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
     hits: list[tuple[int, int, str, str | None]] = []  # start, end, recipient, diag
     for pattern in patterns:
         for m in pattern.finditer(section):
-            rcpt = m.group("rcpt").lower().rstrip(".")
+            rcpt = m.group("rcpt").lower().rstrip(".").lstrip("'")  # ADDR starts a run
             if rcpt in exclude or _NOT_RECIPIENTS.match(rcpt) or parse_verp(rcpt):
                 continue
             diag = m.group("diag") if "diag" in pattern.groupindex else None
@@ -433,14 +480,15 @@ def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
     hits.sort()
     found: dict[str, Finding] = {}
     for i, (_, end, rcpt, diag) in enumerate(hits):
+        if rcpt in found or len(found) >= MAX_FINDINGS:
+            continue
         following = hits[i + 1][0] if i + 1 < len(hits) else len(section)
         words = diag if diag and diag.strip() else section[end:following]
         if not _CODE.search(words) and not _ENHANCED.search(words) and len(hits) == 1:
             words = f"{words}\n{section}"  # one recipient: the whole section is its story
-        if rcpt not in found:
-            clean = _clean(words)
-            found[rcpt] = Finding(rcpt, "delayed" if delayed else "failed", _status_in(clean),
-                                  _code(clean), clean)
+        clean = _clean(words)
+        found[rcpt] = Finding(rcpt, "delayed" if delayed else "failed", _status_in(clean),
+                              _code(clean), clean)
     return list(found.values())
 
 
@@ -448,8 +496,15 @@ def _section(text: str, begin: re.Pattern[str] | None) -> str:
     """The server's own words: after ``begin`` (when found), before the returned original."""
     match = begin.search(text) if begin else None
     start = match.end() if match else 0
+    return text[start:_original_at(text, start)]
+
+
+@lru_cache(maxsize=16)
+def _original_at(text: str, start: int) -> int:
+    """Where the returned original starts after ``start`` (the text's end if nowhere): once
+    per text and start, not once per family."""
     ends = [m.start() for p in _ORIGINAL for m in [p.search(text, start)] if m]
-    return text[start:min(ends)] if ends else text[start:]
+    return min(ends) if ends else len(text)
 
 
 def _delayed(top: str, text: str, markers: Iterable[re.Pattern[str]]) -> bool:
@@ -465,8 +520,7 @@ def _delayed(top: str, text: str, markers: Iterable[re.Pattern[str]]) -> bool:
 def _ids(msg: Message, top: str, text: str, raw: bytes, envelope_to: Sequence[str],
          message_id_domain: str | None) -> Ids:
     original = _original(msg)
-    everything = "\n".join((top, _headers_of(original), text,
-                            raw[:2_000_000].decode("latin-1")))
+    everything = "\n".join((top, _headers_of(original), text, raw.decode("latin-1")))
     verp = next((v for v in map(parse_verp, envelope_to) if v), None)
     quoted = next((v for v in map(parse_verp, _VERP_ANY.findall(everything)) if v), None)
     candidates = [c.strip() for c in (
@@ -474,7 +528,7 @@ def _ids(msg: Message, top: str, text: str, raw: bytes, envelope_to: Sequence[st
         + [m for h in ("References", "In-Reply-To") for m in re.findall(
             r"<[^<>\s]+>", msg.get(h) or "")]
         + [a or b for a, b in _MSGID_LINE.findall(text)]
-        + [a or b for a, b in _MSGID_LINE.findall(raw[:2_000_000].decode("latin-1"))])
+        + [a or b for a, b in _MSGID_LINE.findall(raw.decode("latin-1"))])
         if c.strip()]
     own = (msg.get("Message-ID") or "").strip()
     candidates = [c for c in candidates if c != own]
@@ -538,24 +592,47 @@ def _notification_text(msg: Message) -> str:
             body = raw.decode("utf-8", "replace")
         (texts if ctype == "text/plain" else htmls).append(body)
     if not texts and htmls:
-        texts = [html.unescape(re.sub(r"<[^>]+>", "\n", re.sub(
-            r"(?is)<(script|style).*?</\1>", "", h))) for h in htmls]
-    return "\n".join(texts).replace("\r\n", "\n").replace("\r", "\n")
+        texts = [html.unescape(_HTML_TAG.sub("\n", _without_scripts(h))) for h in htmls]
+    return _normalised("\n".join(texts))
+
+
+def _normalised(text: str) -> str:
+    """Lines without trailing white space, cut at :data:`_MAX_LINE`, at most one blank line
+    in a row: no pattern then finds a long run of white space to go over again and again."""
+    lines = (line[:_MAX_LINE].rstrip() for line in
+             text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def _without_scripts(page: str) -> str:
+    """The HTML without its ``<script>``/``<style>`` elements (one pass: linear)."""
+    lowered, kept, at = page.lower(), [], 0
+    while (start := _SCRIPT.search(page, at)) is not None:
+        end = lowered.find(f"</{start.group(1).lower()}", start.end())
+        close = lowered.find(">", end) if end >= 0 else -1
+        if close < 0:
+            break
+        kept.append(page[at:start.start()])
+        at = close + 1
+    kept.append(page[at:])
+    return "".join(kept)
 
 
 def _header_text(msg: Message) -> str:
     lines = []
-    for name, value in msg.items():
+    for name, value in msg.items()[:_MAX_HEADERS]:
+        text = str(value)[:_MAX_LINE]
         try:
-            decoded = str(make_header(decode_header(str(value))))
+            decoded = str(make_header(decode_header(text)))
         except (ValueError, LookupError, UnicodeDecodeError):
-            decoded = str(value)
+            decoded = text
         lines.append(f"{name}: {' '.join(decoded.split())}")
     return "\n".join(lines)
 
 
 def _headers_of(msg: Message | None) -> str:
-    return "" if msg is None else "\n".join(f"{k}: {v}" for k, v in msg.items())
+    return "" if msg is None else "\n".join(f"{k}: {str(v)[:_MAX_LINE]}"
+                                             for k, v in msg.items()[:_MAX_HEADERS])
 
 
 def _subject(msg: Message) -> str:
