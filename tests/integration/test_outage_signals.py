@@ -164,3 +164,37 @@ async def test_rabbitmq_outage_one_warning_one_info_and_the_gauge(
         ("WARNING", "down", "rabbitmq"), ("INFO", "up", "rabbitmq")]
     assert lines[1].down_s >= 2.0
     assert _waited(registry, "rabbitmq") >= 2.0
+
+
+async def test_the_webhook_server_and_an_idle_bounce_listener_export_and_move_the_gauges(
+        make_settings, redis_url, unused_tcp_port_factory, caplog):
+    """Both serve the gauges from the start; the listener, taking no mail, still sees Redis go
+    and come back (its watch pings every few seconds) and says so once each way."""
+    from outbox.commands import _bounce_listener
+    from tests.integration.helpers import running_app
+
+    caplog.set_level(logging.INFO)
+    proxy = await TcpProxy(urlsplit(redis_url).port).start()
+    settings = make_settings(redis_url=_via(redis_url, proxy.port),
+                             bounce_domain="bounces.outbox.example", secret_key="k" * 32,
+                             bounces_port=unused_tcp_port_factory(), http_host="127.0.0.1")
+    registry = CollectorRegistry()
+    try:
+        async with running_app(settings, unused_tcp_port_factory()) as base, \
+                aiohttp.ClientSession() as http:
+            async with http.get(base + "/metrics") as response:
+                exposed = await response.text()
+        assert 'outbox_dependency_up{dependency="redis"} 1.0' in exposed
+        assert 'outbox_dependency_up{dependency="rabbitmq"} 1.0' in exposed
+        assert 'outbox_dependency_wait_seconds_total{dependency="redis"} 0.0' in exposed
+        async with _bounce_listener(settings, registry):
+            assert _up(registry, "redis") == 1 and _up(registry, "rabbitmq") == 1
+            await proxy.cut()
+            assert await _until(lambda: _up(registry, "redis") == 0, 15)
+            await proxy.restore()
+            assert await _until(lambda: _up(registry, "redis") == 1, 15)
+    finally:
+        await proxy.close()
+    assert [(r.levelname, r.event) for r in _outage_lines(caplog)] == [
+        ("WARNING", "down"), ("INFO", "up")]
+    assert _waited(registry, "redis") > 0
