@@ -265,7 +265,8 @@ async def _connected(cfg: Settings) -> AsyncIterator[tuple[Any, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def _http_server(cfg: Settings, registry: Any = None) -> AsyncIterator[None]:
+async def _http_server(cfg: Settings, registry: Any = None,
+                       dependencies: Any = None) -> AsyncIterator[None]:
     """The webhook/admin HTTP server, listening until the block ends."""
     from aiohttp import web
     from prometheus_client import CollectorRegistry
@@ -273,7 +274,8 @@ async def _http_server(cfg: Settings, registry: Any = None) -> AsyncIterator[Non
     from webhooks.app import make_app
 
     async with _connected(cfg) as (bus, redis):
-        app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry())
+        app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry(),
+                       dependencies=dependencies)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
@@ -334,18 +336,23 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
         nonlocal code
         from prometheus_client import CollectorRegistry
 
+        from sender.outages import Dependencies
         from sender.service import started_worker
 
         registry = CollectorRegistry()  # a new one each attempt: nothing registered twice
+        # one outage tracker per dependency for the whole process: one line per outage; with
+        # worker processes theirs are exported (summed by the supervisor), this one is not
+        supervised = cfg.worker_processes > 1
+        deps = Dependencies(CollectorRegistry() if supervised else registry)
         async with contextlib.AsyncExitStack() as stack:
-            if cfg.worker_processes > 1:
+            if supervised:
                 workers = await stack.enter_async_context(
                     _supervised(cfg, stop, registry, env=env, log_level=log_level))
             else:
-                await stack.enter_async_context(started_worker(cfg, registry))
-            await stack.enter_async_context(_http_server(cfg, registry))
+                await stack.enter_async_context(started_worker(cfg, registry, deps))
+            await stack.enter_async_context(_http_server(cfg, registry, deps))
             if cfg.bounce_domain:
-                await stack.enter_async_context(_bounce_listener(cfg, registry))
+                await stack.enter_async_context(_bounce_listener(cfg, registry, deps))
             log.info("ready")
             if dev:
                 print(ready_banner(cfg), file=sys.stderr, flush=True)
@@ -508,17 +515,27 @@ async def _serve_bounces(cfg: Any, stop: asyncio.Event, registry: Any = None) ->
 
 
 @contextlib.asynccontextmanager
-async def _bounce_listener(cfg: Settings, registry: Any = None) -> AsyncIterator[None]:
-    """The DSN/ARF SMTP listener, listening until the block ends."""
+async def _bounce_listener(cfg: Settings, registry: Any = None,
+                           dependencies: Any = None) -> AsyncIterator[None]:
+    """The DSN/ARF SMTP listener, listening until the block ends; Redis and the broker
+    watched meanwhile (``outbox_dependency_up``, one line per outage: sender.outages)."""
+    from prometheus_client import CollectorRegistry
+
+    from sender.outages import Dependencies, Watch
     from webhooks.bounces import ListenerConfig, start_bounce_listener
 
+    registry = registry or CollectorRegistry()
     async with _connected(cfg) as (bus, redis):
         server = await start_bounce_listener(ListenerConfig.from_settings(cfg), bus=bus,
                                              redis=redis, host=cfg.http_host,
                                              port=cfg.bounces_port, registry=registry)
+        watch = Watch(dependencies or Dependencies(registry), redis=redis,
+                      connection=lambda: bus.connection)
+        watch.start()
         try:
             yield
         finally:
+            await watch.stop()
             server.close()
             await server.wait_closed()
 

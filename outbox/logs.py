@@ -161,9 +161,15 @@ class TextFormatter(logging.Formatter):
 #: aio-pika tries to reopen every robust channel on the dead connection and logs each failure
 #: as an error; the robust connection reopens them itself once it is back (and logs the
 #: outage and every reconnect attempt already). aiormq logs every refused connect as an
-#: error; at start sender.connect says it in one line, later the robust connection warns.
+#: error; at start sender.connect says it in one line. A broker outage later is said by the
+#: outage tracker (sender.outages: one WARNING, a reminder a minute, one INFO when it is
+#: back), so aio-pika's WARNING every 5 s per attempt and aiormq's traceback of the lost
+#: connection are dropped too (a malformed frame's traceback is kept: it is no outage).
 _EXPECTED_NOISE = (("aio_pika.tools", "RobustChannel._on_close"),
-                   ("aiormq.connection", "error when creating transport"))
+                   ("aiormq.connection", "error when creating transport"),
+                   ("aio_pika.robust_connection", "Connection attempt to"))
+#: (logger, message) dropped when its traceback is a lost connection
+_LOST_CONNECTION_NOISE = ("aiormq.connection", "Cancelling cause reader exited abnormally")
 
 
 class NamePid(logging.Filter):
@@ -184,8 +190,17 @@ def name_processes() -> None:
 
 class DropExpectedNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if (record.name, record.msg) == _LOST_CONNECTION_NOISE:
+            return not _lost_connection(record)
         return not any(record.name == name and text in record.getMessage()
                        for name, text in _EXPECTED_NOISE)
+
+
+def _lost_connection(record: logging.LogRecord) -> bool:
+    from aiormq.exceptions import AMQPConnectionError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return isinstance(exc, AMQPConnectionError | ConnectionError)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (),

@@ -39,6 +39,13 @@ kept it at the claim (read in that same round trip), as the worker's own events 
 and when the counters moved the account's state (a complaint can block it), the change is
 logged at WARNING and published as the pipeline does.
 
+Each event of a job logs one line (``outbox.events``) with the field names of the pipeline's
+line for the job (``job_id``, ``account_id``, ``channel``, ``status``, ``reason``,
+``provider``, ``detail``), and ``event``, ``event_id``, ``trust``, ``result``: INFO for one that
+changed the job's status or came after a later one (``superseded``), and for a ``quoted``
+report; DEBUG for a duplicate and for an accepted/opened/clicked event. So the job's id finds
+its whole story: its "sent" line, then e.g. "job order-1 bounced: ses event, applied".
+
 Who is believed: the provider webhooks verify the provider's signature before publishing, so
 an event of theirs that names no account can still teach facts about the address (a hard
 bounce, a complaint: global suppression); one that needs an account and has none goes to
@@ -133,6 +140,29 @@ def _quoted_evidence(raw: dict[str, Any]) -> str:
             f"RCPT TO {str(seen.get('rcpt_to'))[:300]})")
 
 
+#: what ``post_send``'s ``applied`` means for a job's line
+_RESULTS = {1: "applied", 0: "superseded", -1: "duplicate"}
+
+
+def _job_fields(event: ProviderEvent, status: str) -> dict[str, Any]:
+    """The fields of a job's line for a provider event: the names of the pipeline's line."""
+    return {"job_id": event.job_id, "account_id": event.account_id, "channel": event.channel,
+            "status": status or None, "reason": event.reason, "provider": event.provider,
+            "detail": event.diagnostic, "event": event.type, "event_id": event.event_id,
+            "trust": event.trust}
+
+
+def log_job_event(event: ProviderEvent, status: str, *, applied: int | None) -> None:
+    """One line for a provider event of a job, so the job's id tells its whole story after
+    its "sent" line: INFO (``result`` ``applied``, or ``superseded`` when the job already had
+    a later status); DEBUG for a duplicate and for events that record nothing (accepted,
+    opened, clicked: ``applied`` None)."""
+    result = "recorded nothing" if applied is None else _RESULTS.get(applied, str(applied))
+    level = logging.INFO if applied in (0, 1) else logging.DEBUG
+    log.log(level, "job %s %s: %s event, %s", event.job_id, status or event.type,
+            event.provider, result, extra={**_job_fields(event, status), "result": result})
+
+
 class EventApplier:
     """Applies one provider event per delivery from ``outbox.events``."""
 
@@ -184,6 +214,8 @@ class EventApplier:
             return None
         status = _STATUS.get(event.type, "")
         if not status and not counts.hard and not counts.complaints:
+            if job:
+                log_job_event(event, "", applied=None)
             return None  # accepted / opened / clicked: nothing to record
         recorded = await self._gate.post_send(
             account, job or f"event-{event.event_id}", status=status if job else "",
@@ -195,6 +227,8 @@ class EventApplier:
         self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
                                              "applied").inc()
+        if job:
+            log_job_event(event, status, applied=recorded.applied)
         if recorded.transition is not None:  # e.g. blocked by a complaint: logged, published
             self._metrics.account_transitions.labels(recorded.transition.from_state,
                                                      recorded.transition.to_state).inc()
@@ -222,9 +256,10 @@ class EventApplier:
         else:
             result = "quoted"
         self._metrics.provider_events.labels(event.provider, event.type, result).inc()
-        log.info("report that only quotes our Message-ID applied to account %s alone",
-                 event.account_id, extra={"account_id": event.account_id, "job_id": event.job_id,
-                                          "type": event.type, "suppress": suppress or ""})
+        log.info("job %s %s: report that only quotes our Message-ID, applied to account %s "
+                 "alone", event.job_id, event.type, event.account_id,
+                 extra={**_job_fields(event, ""), "result": result, "type": event.type,
+                        "suppress": suppress or ""})
 
     async def _unattributed(self, event: ProviderEvent, counts: Counts) -> str | None:
         """No account: a fact about the address is still a fact; a choice needs an account."""

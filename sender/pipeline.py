@@ -39,7 +39,8 @@ delivery to its ack); a deferral at WARNING with its cause (``detail``: the rela
 why it could not be reached); an invalid job at WARNING. Never a body or subject.
 
 Redis unreachable means no send: the job is held (not acked) and the Redis call retried with
-backoff until Redis answers or the worker stops.
+backoff until Redis answers or the worker stops; the outage is logged once when it starts and
+once when it ends (:mod:`sender.outages`), not per job.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -66,6 +68,7 @@ from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import InvalidJob, JobBase, status_event
+from sender.outages import Dependencies, OutageTracker
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 
@@ -125,14 +128,19 @@ class RetryPolicy:
 class RedisCalls:
     """Runs Redis calls for the deliveries: while Redis is unreachable the delivery is held
     (not settled) and the call retried with backoff, until Redis answers or the worker stops
-    (:class:`Stopping`). Shared by the pipeline and the provider-event applier."""
+    (:class:`Stopping`). Shared by the pipeline and the provider-event applier; an outage is
+    told to ``outage`` (one WARNING when it starts, one INFO when it ends: not a line per
+    job and attempt), each held delivery once."""
 
-    def __init__(self, metrics: Metrics, stopping: Callable[[], bool]) -> None:
+    def __init__(self, metrics: Metrics, stopping: Callable[[], bool],
+                 outage: OutageTracker | None = None) -> None:
         self._metrics = metrics
         self._stopping = stopping
+        self.outage = outage or Dependencies(CollectorRegistry()).redis
 
     async def __call__(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
+        held = False
         while True:
             started = time.perf_counter()
             try:
@@ -141,11 +149,15 @@ class RedisCalls:
             except _REDIS_ERRORS as exc:
                 if self._stopping():
                     raise Stopping from exc
-                log.warning("redis unavailable, holding job: %s", exc)
+                self.outage.failed(exc)
+                if not held:
+                    held = True
+                    self.outage.waiting()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             self._metrics.redis_seconds.observe(time.perf_counter() - started)
+            self.outage.reachable()
             return result
 
 

@@ -3,8 +3,9 @@ connections out.
 
 :func:`build_worker` is the one place the pieces are made and wired: one :class:`Gate` shared by
 the pipeline and the provider-event applier, one Redis-call guard (hold and retry while Redis
-is down) shared by both, the senders of the declared channels
-(:func:`sender.channels.registry.build_senders`), the metrics and the gauges.
+is down) shared by both, the outage trackers and their watch (:mod:`sender.outages`), the
+senders of the declared channels (:func:`sender.channels.registry.build_senders`), the metrics
+and the gauges.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sender.connect import ping_redis, redis_client
 from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.metrics import Metrics
+from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
@@ -55,9 +57,12 @@ def make_redis(settings: Settings, *, socket_timeout: float | None = 5.0) -> Cli
 
 
 def build_worker(settings: Settings, *, bus: Bus, redis: Client,
-                 channels: dict[str, Channel], registry: CollectorRegistry) -> Worker:
-    """The worker and everything it runs, wired together (no I/O)."""
+                 channels: dict[str, Channel], registry: CollectorRegistry,
+                 dependencies: Dependencies | None = None) -> Worker:
+    """The worker and everything it runs, wired together (no I/O). ``dependencies``: the
+    process's outage trackers (made on ``registry`` when not given)."""
     metrics = Metrics(registry)
+    dependencies = dependencies or Dependencies(registry)
     stop = asyncio.Event()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     policy = Policy.from_settings(settings)
@@ -68,7 +73,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                 sms_region=settings.sms_region, send=send,
                 timeline_ttl=settings.timeline_ttl, history_ttl=settings.history_ttl,
                 verp_key=settings.signing_key if settings.bounce_domain else None)
-    redis_call = RedisCalls(metrics, stop.is_set)
+    redis_call = RedisCalls(metrics, stop.is_set, dependencies.redis)
     acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn
     pipeline = Pipeline(
         bus=bus, gate=gate, channels=channels, metrics=metrics,
@@ -79,16 +84,18 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), metrics=metrics,
                           redis_call=redis_call, acks=acks)
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
+    watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
-                  gauges=gauges)
+                  gauges=gauges, watch=watch)
 
 
 @asynccontextmanager
-async def started_worker(settings: Settings,
-                         registry: CollectorRegistry | None = None) -> AsyncIterator[Worker]:
+async def started_worker(settings: Settings, registry: CollectorRegistry | None = None,
+                         dependencies: Dependencies | None = None) -> AsyncIterator[Worker]:
     """A worker with its own Redis pool, bus and channels, consuming; on exit it stops
-    (draining within the grace) and everything is closed."""
+    (draining within the grace) and everything is closed. ``dependencies``: the process's
+    outage trackers when it runs more than the worker (``outbox run``)."""
     redis = make_redis(settings, socket_timeout=None)
     try:  # fail fast, in one line, on a bad URL or a Redis that is not there
         await ping_redis(redis, settings.redis_url.get_secret_value())
@@ -102,7 +109,8 @@ async def started_worker(settings: Settings,
         await bus.connect(declare=True)
         channels = build_senders(settings)
         worker = build_worker(settings, bus=bus, redis=redis, channels=channels,
-                              registry=registry or CollectorRegistry())
+                              registry=registry or CollectorRegistry(),
+                              dependencies=dependencies)
         await worker.start()
         log.info("worker %s started (%s)", worker.worker_id, ", ".join(channels))
         yield worker

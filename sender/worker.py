@@ -28,6 +28,7 @@ from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
+from sender.outages import Watch
 from sender.pipeline import Pipeline, Stopping, protected
 from suppression.roundtrip import Client
 
@@ -44,7 +45,8 @@ class Worker:
 
     def __init__(self, settings: Settings, *, bus: Bus, redis: Client, pipeline: Pipeline,
                  events: EventApplier, channels: dict[str, Channel], metrics: Metrics,
-                 stop: asyncio.Event, worker_id: str, gauges: Gauges) -> None:
+                 stop: asyncio.Event, worker_id: str, gauges: Gauges,
+                 watch: Watch | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.redis = redis  # the connections it runs on (tests and support tools read them)
@@ -55,6 +57,7 @@ class Worker:
         self.worker_id = worker_id
         self._stop = stop
         self.gauges = gauges
+        self.watch = watch  # Redis and the broker checked while idle (sender.outages)
         self.slots = LaneSlots(settings.concurrency, settings.bulk_share)
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
@@ -80,6 +83,8 @@ class Worker:
                 log.info("consuming %s", queue.name)
         await self._consume_events()
         self.gauges.start()
+        if self.watch is not None:
+            self.watch.start()
 
     async def _consume_events(self) -> None:
         """Provider events from the webhook server and the bounce listener."""
@@ -147,6 +152,8 @@ class Worker:
         for sender in self.channels.values():
             sender.stop()
         await self.gauges.stop()
+        if self.watch is not None:
+            await self.watch.stop()
         # all at once: during an outage each call waits out its timeout (a lane is a consumer)
         await asyncio.gather(*(self._cancel(queue, tag) for queue, tag in self._consumers))
         self._consumers.clear()

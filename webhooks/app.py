@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config import Settings
 from sender.bus import Bus
+from sender.outages import Dependencies, Watch
 from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
 from webhooks.admin import AdminApi
 from webhooks.handlers import TwilioWebhooks, UnsubscribeWebhooks, WebhookMetrics
+from webhooks.outages import outage_middleware
 from webhooks.provider_routes import (
     MailgunWebhooks,
     PostmarkWebhooks,
@@ -28,10 +31,17 @@ REDIS: web.AppKey[Client] = web.AppKey("redis")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
-def make_app(settings: Settings, *, bus: Bus, redis: Client,
-             registry: CollectorRegistry) -> web.Application:
-    """The aiohttp application; connections are passed in, already open."""
-    app = web.Application(client_max_size=1024 * 1024)
+def make_app(settings: Settings, *, bus: Bus, redis: Client, registry: CollectorRegistry,
+             dependencies: Dependencies | None = None) -> web.Application:
+    """The aiohttp application; connections are passed in, already open. ``dependencies``:
+    the process's outage trackers (made on ``registry`` when not given); a Redis or broker
+    outage is answered with a JSON 503 (:mod:`webhooks.outages`) and watched while the app
+    runs."""
+    dependencies = dependencies or Dependencies(registry)
+    app = web.Application(client_max_size=1024 * 1024,
+                          middlewares=[outage_middleware(dependencies)])
+    app.cleanup_ctx.append(_watching(Watch(dependencies, redis=redis,
+                                           connection=lambda: bus.connection)))
     app[SETTINGS] = settings
     app[BUS] = bus
     app[REDIS] = redis
@@ -49,6 +59,14 @@ def make_app(settings: Settings, *, bus: Bus, redis: Client,
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+def _watching(watch: Watch) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        watch.start()
+        yield
+        await watch.stop()
+    return run
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -251,8 +251,8 @@ class BounceHandler:
         first = believed[0]
         result = "quoted" if first.trust == QUOTED else "accepted"
         self._metrics.count(result)
-        log.info("report accepted (%s)", first.trust, extra={
-            "events": count, "account": first.account_id, "job": first.job_id,
+        log.info("report accepted (%s) for job %s", first.trust, first.job_id, extra={
+            "events": count, "account_id": first.account_id, "job_id": first.job_id,
             "type": first.type, "trust": first.trust, "result": result})
         return "250 2.0.0 Report accepted"
 

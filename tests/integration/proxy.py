@@ -32,6 +32,10 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
+        if self._server is None:  # cut while this one was connecting upstream: cut it too
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
         self._writers |= {writer, up_writer}
         await asyncio.gather(_pipe(reader, up_writer, self._flowing),
                              _pipe(up_reader, writer, self._flowing))

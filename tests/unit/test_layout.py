@@ -55,6 +55,7 @@ def test_dashboards_and_alerts_use_only_metrics_that_exist():
     from prometheus_client import CollectorRegistry
 
     from sender.metrics import Metrics
+    from sender.outages import DependencyMetrics
     from webhooks.bounces import BounceMetrics
     from webhooks.handlers import WebhookMetrics
 
@@ -62,6 +63,7 @@ def test_dashboards_and_alerts_use_only_metrics_that_exist():
     Metrics(registry)
     WebhookMetrics(registry)
     BounceMetrics(registry)
+    DependencyMetrics(registry)
     known = {name for m in registry.collect() for name in
              (m.name, f"{m.name}_total", f"{m.name}_bucket", f"{m.name}_count", f"{m.name}_sum")}
     used = set()
