@@ -60,7 +60,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
-from suppression import channels, entries, keys, verp
+from suppression import channels, entries, history, keys, verp
 from suppression.address import BadAddress
 from suppression.channels import normalise
 from suppression.coalesce import Send
@@ -377,6 +377,14 @@ class Gate:
             log.warning("suppression not recorded: %s", exc, extra={
                 "account_id": account_id, "reason": reason, "source": source})
             return None
+
+    async def record_rejection(self, account_id: str, job_id: str, *, reason: str,
+                               detail: str, attempt: int = 0) -> None:
+        """A job rejected before its claim: its timeline entry (status ``rejected``), kept
+        for the idempotency TTL (:func:`suppression.history.record_rejection`)."""
+        await history.record_rejection(self._redis, account_id, job_id, status="rejected",
+                                       reason=reason, detail=detail[:NOTE_CHARS],
+                                       ttl=self._ttl, attempt=attempt)
 
     async def job_state(self, account_id: str, job_id: str) -> dict[str, str]:
         """The job hash, decoded (support tools and tests)."""
