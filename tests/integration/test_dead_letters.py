@@ -1,0 +1,207 @@
+"""Every job has a record, and ``outbox.dead`` can be read and settled: the real worker rejects
+jobs (an SMS to "123", a body that is not JSON), ``outbox jobs show`` finds them with their
+reason; ``outbox dead list|show|replay|purge`` run as ``sys.executable -m outbox`` against the
+test's vhost and Redis db."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sender.bus import Bus
+from sender.service import make_redis
+from sender.topology import DEAD_QUEUE
+from suppression import keys
+from suppression.store import Audit
+from tests.integration.helpers import email_job, publish, running_worker, wait_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SMS = {"v": 1, "account_id": "acct_demo", "channel": "sms", "category": "notification",
+       "topic": "task", "to": "123", "body": "Your task is due", "metadata": {}}
+NOT_JSON = b"this is not json {"
+
+
+def outbox(settings: Any, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m outbox ARGV`` on the test's services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env.update(OUTBOX_REDIS_URL=settings.redis_url.get_secret_value(),
+               OUTBOX_AMQP_URL=settings.amqp_url.get_secret_value(), OUTBOX_METRICS_PORT="0")
+    return subprocess.run([sys.executable, "-m", "outbox", *argv], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def dead_list(settings: Any, *argv: str) -> list[dict[str, Any]]:
+    done = outbox(settings, "dead", "list", "--json", *argv)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+async def dead_count(amqp_url: str) -> int:
+    bus = Bus(amqp_url, retry_tiers=(1, 2))
+    await bus.connect()
+    try:
+        assert bus.connection is not None
+        channel = await bus.connection.channel()
+        queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
+        count = queue.declaration_result.message_count
+        await channel.close()
+        return int(count or 0)
+    finally:
+        await bus.close()
+
+
+@pytest.fixture
+def settings(make_settings, smtp_server):
+    smtp_url, _ = smtp_server
+    return make_settings(smtp_url=smtp_url, twilio_account_sid="AC" + "0" * 32,
+                         twilio_auth_token="t" * 32, twilio_from="+85230000000",
+                         twilio_api_base="http://127.0.0.1:9")
+
+
+async def test_rejected_jobs_are_found_by_jobs_show_with_their_reason(settings, amqp_url):
+    sms = {**SMS, "id": "bad-sms-1234"}
+    await publish(amqp_url, [sms], routing_key="sms")
+    await publish(amqp_url, [NOT_JSON], routing_key="email")
+    async with running_worker(settings):
+        await wait_for_dead(amqp_url, 2)
+    shown = outbox(settings, "jobs", "show", "acct_demo", "bad-sms-1234", "--json")
+    assert shown.returncode == 0, shown.stderr
+    story = json.loads(shown.stdout)
+    assert story["status"] == "rejected" and story["reason"] == "invalid"
+    assert "not a possible phone number" in story["timeline"][-1]["detail"]
+    assert "rejected (invalid)" in outbox(settings, "jobs", "show", "acct_demo",
+                                          "bad-sms-1234").stdout
+    unreadable = keys.unreadable_id(NOT_JSON)
+    text = outbox(settings, "jobs", "show", keys.UNREADABLE_ACCOUNT, unreadable)
+    assert text.returncode == 0, text.stderr
+    assert "rejected" in text.stdout and "not valid JSON" in text.stdout
+    rows = {r["record"]: r for r in dead_list(settings)}
+    assert set(rows) == {"acct_demo/bad-sms-1234", f"unreadable/{unreadable}"}
+    assert rows["acct_demo/bad-sms-1234"]["lane"] == "sms"
+
+
+async def test_a_rejected_id_published_again_correctly_is_sent(settings, amqp_url, smtp_server):
+    """The rejection is a timeline entry, not the job's status: the fixed job goes out."""
+    _, recorder = smtp_server
+    bad = email_job(id="fix-me-1", account_id="acct_demo", to="not an address")
+    await publish(amqp_url, [bad])
+    async with running_worker(settings):
+        await wait_for_dead(amqp_url, 1)
+        await publish(amqp_url, [{**bad, "to": "fixed@example.com"}])
+        await wait_for(lambda: len(recorder.messages) == 1)
+    story = json.loads(outbox(settings, "jobs", "show", "acct_demo", "fix-me-1",
+                              "--json").stdout)
+    assert [e["status"] for e in story["timeline"]] == ["rejected", "sent"]
+    assert story["status"] == "sent"
+
+
+async def wait_for_dead(amqp_url: str, n: int) -> None:
+    for _ in range(600):
+        if await dead_count(amqp_url) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {n} dead letters")
+
+
+async def test_dead_list_show_replay_purge(settings, amqp_url, smtp_server):
+    _, recorder = smtp_server
+    # dead letters of three kinds: invalid jobs of two accounts, and a valid job dead-lettered
+    # as RabbitMQ would after its delivery limit (to be replayed once the cause is fixed)
+    invalid_a = [email_job(id=f"inv-a-{i}", account_id="acct_a", to="nobody") for i in range(3)]
+    invalid_b = email_job(id="inv-b-0", account_id="acct_b", subject=None)
+    good = email_job(id="replay-me-1", account_id="acct_b", to="back@example.com")
+    await publish(amqp_url, [*invalid_a, invalid_b])
+    bus = Bus(amqp_url, retry_tiers=(1, 2))
+    await bus.connect()
+    await bus.publish("outbox.dead", "email.bulk", json.dumps(good).encode(),
+                      message_id="orig-msg-1", headers={
+                          "x-first-death-reason": "delivery_limit",
+                          "x-first-death-queue": "outbox.email.bulk",
+                          "x-death": [{"queue": "outbox.email.bulk", "reason": "delivery_limit",
+                                       "exchange": "outbox.jobs", "routing-keys": ["email.bulk"],
+                                       "count": 1}]})
+    await bus.close()
+    async with running_worker(settings):
+        await wait_for_dead(amqp_url, 5)
+
+        everything = dead_list(settings)
+        assert len(everything) == 5 and await dead_count(amqp_url) == 5  # nothing lost
+        for _ in range(3):  # reading again and again loses nothing and keeps the order
+            assert dead_list(settings) == everything
+        assert everything[0]["id"] == "orig-msg-1"  # dead-lettered before the worker ran
+        assert {r["account_id"] for r in dead_list(settings, "--account", "acct_a")} == {
+            "acct_a"}
+        assert len(dead_list(settings, "--account", "acct_a")) == 3
+        assert [r["job_id"] for r in dead_list(settings, "--reason", "DELIVERY_LIMIT")] == [
+            "replay-me-1"]
+        assert [r["job_id"] for r in dead_list(settings, "--reason", "subject")] == ["inv-b-0"]
+        assert len(dead_list(settings, "--since", "1h")) == 5
+        assert dead_list(settings, "--since", "2999-01-01T00:00:00Z") == []
+        assert outbox(settings, "dead", "list", "--since", "yesterday").returncode == 2
+
+        shown = outbox(settings, "dead", "show", everything[1]["id"], "--json")
+        assert shown.returncode == 0, shown.stderr
+        one = json.loads(shown.stdout)
+        assert json.loads(one["body"])["id"] == everything[1]["job_id"]
+        assert one["headers"]["x-outbox-routing-key"] == "email"
+        assert "nobody" in one["reason"] or "to:" in one["reason"]
+        assert "header x-outbox-reason" in outbox(settings, "dead", "show",
+                                                  everything[1]["id"]).stdout
+        assert outbox(settings, "dead", "show", "dead-nosuch").returncode == 1
+        assert await dead_count(amqp_url) == 5
+
+        # replay: reason and actor required; back to its lane once, the worker sends it
+        assert outbox(settings, "dead", "replay", "orig-msg-1",
+                      "--actor", "ops").returncode == 2
+        replayed = outbox(settings, "dead", "replay", "orig-msg-1", "--reason", "bug fixed",
+                          "--actor", "ops@crm", "--json")
+        assert replayed.returncode == 0, replayed.stderr
+        [row] = json.loads(replayed.stdout)
+        assert row["lane"] == "email.bulk" and row["job_id"] == "replay-me-1"
+        await wait_for(lambda: len(recorder.by_rcpt("back@example.com")) == 1)
+        assert await dead_count(amqp_url) == 4
+        again = outbox(settings, "dead", "replay", "orig-msg-1", "--reason", "x",
+                       "--actor", "ops")
+        assert again.returncode == 1 and "not in outbox.dead" in again.stderr
+        story = json.loads(outbox(settings, "jobs", "show", "acct_b", "replay-me-1",
+                                  "--json").stdout)
+        assert story["status"] == "sent"
+
+        # purge exactly the selected: two of acct_a's three, by id
+        of_a = dead_list(settings, "--account", "acct_a")
+        ids = [r["id"] for r in of_a][:2]
+        assert outbox(settings, "dead", "purge", *ids, "--actor", "ops").returncode == 2
+        assert outbox(settings, "dead", "purge", "--reason", "x", "--actor",
+                      "ops").returncode == 2  # nothing selected: refused
+        purged = outbox(settings, "dead", "purge", *ids, "--reason", "junk from a test",
+                        "--actor", "ops@crm", "--json")
+        assert purged.returncode == 0, purged.stderr
+        assert sorted(r["id"] for r in json.loads(purged.stdout)) == sorted(ids)
+        left = dead_list(settings)
+        assert len(left) == 2 and not set(ids) & {r["id"] for r in left}
+        assert {r["job_id"] for r in left} == {of_a[2]["job_id"], "inv-b-0"}
+        assert await dead_count(amqp_url) == 2
+        await asyncio.sleep(1)
+        assert len(recorder.by_rcpt("back@example.com")) == 1  # replayed once, sent once
+
+    redis = make_redis(settings)
+    try:
+        b_audit = await Audit(redis).read("acct_b")
+        a_audit = await Audit(redis).read("acct_a")
+    finally:
+        await redis.aclose()
+    [replay_audit] = [r for r in b_audit if r["action"] == "dead.replay"]
+    assert replay_audit["actor"] == "ops@crm" and replay_audit["reason"] == "bug fixed"
+    assert replay_audit["message"] == "orig-msg-1" and replay_audit["lane"] == "email.bulk"
+    purges = [r for r in a_audit if r["action"] == "dead.purge"]
+    assert sorted(r["message"] for r in purges) == sorted(ids)
+    assert {r["reason"] for r in purges} == {"junk from a test"}
