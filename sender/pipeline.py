@@ -393,14 +393,15 @@ class Pipeline:
                               queue_channel: str) -> None:
         """Record an invalid job's timeline entry (under its ids, or an id made from its bytes:
         :func:`suppression.keys.rejection_record`), dead-letter it with its reason, publish a
-        ``rejected`` event if it had an id, ack. The record first: a crash after it repeats
-        an entry, never loses the dead letter; only rejected jobs pay this write."""
+        ``rejected`` event if it had an id, ack. The dead letter first (in the order the jobs
+        came): a crash before the ack repeats the copy and the entry, never loses either;
+        only rejected jobs pay this write."""
         channel = exc.channel or queue_channel
         account, record_id = rejection_record(message.body, exc.account_id, exc.job_id)
-        await self.redis_call(lambda: self.gate.record_rejection(
-            account, record_id, reason="invalid", detail=exc.reason))
         await self._bus.publish_dead(message.body, exc.reason, channel, headers={
             **dead_headers(message), RECORD_HEADER: f"{account}/{record_id}"})
+        await self.redis_call(lambda: self.gate.record_rejection(
+            account, record_id, reason="invalid", detail=exc.reason))
         if exc.job_id:
             await self._bus.publish_event(status_event(
                 job_id=exc.job_id, account_id=exc.account_id, channel=channel,
