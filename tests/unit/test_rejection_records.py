@@ -1,0 +1,60 @@
+"""A rejected job's record: keyed as any job's (or by its bytes when its ids cannot be read),
+written by the gate on a real Redis and a Redis Cluster (``backends``), read by
+``job_story``; the job hash untouched, so the same id is processed again when it comes back."""
+
+from __future__ import annotations
+
+import pytest
+
+from suppression import ids, keys
+from suppression.gate import Counts
+from suppression.history import job_story
+
+pytestmark = pytest.mark.backends
+
+
+def test_the_record_of_unreadable_jobs_is_a_stable_id_of_their_bytes():
+    body = b'{"id": 12, "account_id": "acct}:x"'
+    made = keys.unreadable_id(body)
+    assert made == keys.unreadable_id(body) != keys.unreadable_id(body + b" ")
+    assert made.startswith("unreadable-") and ids.is_id(made)
+    assert len(made) == len("unreadable-") + keys.UNREADABLE_DIGITS
+    assert keys.rejection_record(body, "acct_1", "job-1") == ("acct_1", "job-1")
+    assert keys.rejection_record(body, "acct_1", None) == ("acct_1", made)
+    assert keys.rejection_record(body, None, "job-1") == (keys.UNREADABLE_ACCOUNT, made)
+    assert keys.rejection_record(body, "acct}:x", "job-1") == (keys.UNREADABLE_ACCOUNT, made)
+    # on a Cluster the pseudo-account's keys share its hash tag like any account's
+    assert keys.timeline(keys.UNREADABLE_ACCOUNT, made).startswith("outbox:{acct:unreadable}:")
+
+
+async def test_a_rejection_is_found_with_its_reason_and_leaves_the_job_open(gate, redis, names):
+    account, job = names.account("acct_rej"), names.job("bad-sms")
+    await gate.record_rejection(account, job, reason="invalid",
+                                detail="to: not a possible phone number: '123'")
+    story = await job_story(redis, account, job)
+    assert story is not None
+    assert (story["status"], story["reason"]) == ("rejected", "invalid")
+    assert story["timeline"][0]["detail"] == "to: not a possible phone number: '123'"
+    assert await redis.exists(keys.job(account, job)) == 0  # no status: not "done"
+    assert 3500 < await redis.ttl(keys.timeline(account, job)) <= 3600
+    # the same id published again, fixed: claimed and sent, its timeline continues
+    decision = await gate.pre_send(account, job, owner="w", redelivered=False, expired=False,
+                                   attempt=1, address=names.email("ok@example.com"))
+    assert decision.verdict == "send"
+    await gate.post_send(account, job, status="sent", attempt=1, provider="smtp",
+                         counts=Counts(sends=1))
+    story = await job_story(redis, account, job)
+    assert story["status"] == "sent"
+    assert [e["status"] for e in story["timeline"]] == ["rejected", "sent"]
+
+
+async def test_a_rejected_duplicate_does_not_change_a_sent_jobs_status(gate, redis, names):
+    account, job = names.account("acct_rej"), names.job("dup")
+    await gate.pre_send(account, job, owner="w", redelivered=False, expired=False, attempt=1,
+                        address=names.email("a@example.com"))
+    await gate.post_send(account, job, status="sent", attempt=1, counts=Counts(sends=1))
+    await gate.record_rejection(account, job, reason="invalid", detail="an email job on the "
+                                "sms queue")
+    story = await job_story(redis, account, job)
+    assert story["status"] == "sent"
+    assert [e["status"] for e in story["timeline"]] == ["sent", "rejected"]
