@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sender.bus import Bus
@@ -20,13 +21,20 @@ from sender.service import make_redis
 from sender.topology import DEAD_QUEUE
 from suppression import keys
 from suppression.store import Audit
-from tests.integration.helpers import email_job, publish, running_worker, wait_for
+from tests.integration.helpers import (
+    email_job,
+    publish,
+    running_app,
+    running_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SMS = {"v": 1, "account_id": "acct_demo", "channel": "sms", "category": "notification",
        "topic": "task", "to": "123", "body": "Your task is due", "metadata": {}}
 NOT_JSON = b"this is not json {"
+TOKEN = "dead-letters-admin-token"
 
 
 def outbox(settings: Any, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -64,10 +72,17 @@ def settings(make_settings, smtp_server):
     smtp_url, _ = smtp_server
     return make_settings(smtp_url=smtp_url, twilio_account_sid="AC" + "0" * 32,
                          twilio_auth_token="t" * 32, twilio_from="+85230000000",
-                         twilio_api_base="http://127.0.0.1:9")
+                         twilio_api_base="http://127.0.0.1:9", admin_tokens=TOKEN)
 
 
-async def test_rejected_jobs_are_found_by_jobs_show_with_their_reason(settings, amqp_url):
+async def api(base: str, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(
+            base + path, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        return response.status, await response.json()
+
+
+async def test_rejected_jobs_are_found_by_jobs_show_with_their_reason(settings, amqp_url,
+                                                                      unused_tcp_port):
     sms = {**SMS, "id": "bad-sms-1234"}
     await publish(amqp_url, [sms], routing_key="sms")
     await publish(amqp_url, [NOT_JSON], routing_key="email")
@@ -87,6 +102,12 @@ async def test_rejected_jobs_are_found_by_jobs_show_with_their_reason(settings, 
     rows = {r["record"]: r for r in dead_list(settings)}
     assert set(rows) == {"acct_demo/bad-sms-1234", f"unreadable/{unreadable}"}
     assert rows["acct_demo/bad-sms-1234"]["lane"] == "sms"
+    async with running_app(settings, unused_tcp_port) as base:
+        status, body = await api(base, "/admin/jobs/acct_demo/bad-sms-1234")
+        assert status == 200 and (body["status"], body["reason"]) == ("rejected", "invalid")
+        assert "not a possible phone number" in body["timeline"][-1]["detail"]
+        status, body = await api(base, f"/admin/jobs/unreadable/{unreadable}")
+        assert status == 200 and body["timeline"][0]["detail"].startswith("not valid JSON")
 
 
 async def test_a_rejected_id_published_again_correctly_is_sent(settings, amqp_url, smtp_server):
