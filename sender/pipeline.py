@@ -303,7 +303,9 @@ class Pipeline:
         """Content the renderer refuses: a dead-letter copy with the reason, then the final
         ``rejected`` (dead-letter first: a crash between repeats the copy, never loses it)."""
         await self._bus.publish_dead(message.body, f"refused by the renderer: {problem}",
-                                     job.channel, headers=dead_headers(message))
+                                     job.channel, headers={
+                                         **dead_headers(message),
+                                         RECORD_HEADER: f"{job.account_id}/{job.id}"})
         await self._finish(message, job, "rejected", attempt, reason="invalid", detail=problem)
 
     async def _sent(self, message: AbstractIncomingMessage, job: Job, attempt: int,
