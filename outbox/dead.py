@@ -1,7 +1,9 @@
 """``outbox dead list|show|replay|purge``: the dead letters in ``outbox.dead``.
 
 Thin: parse, hold the queue (:class:`sender.deadletters.DeadQueue`: every message taken
-unsettled, then returned, replayed or removed), print. ``list`` and ``show`` change nothing;
+unsettled, then returned, replayed or removed), print. ``replay`` reopens a job's record first
+when it ended ``failed`` or ``rejected`` (:meth:`suppression.gate.Gate.reopen`, with a
+``replayed`` timeline entry naming the actor and reason). ``list`` and ``show`` change nothing;
 ``replay`` and ``purge`` settle exactly the selected messages (by id and the filters) and write
 one audit record each (``dead.replay`` / ``dead.purge``: actor, reason, the dead letter's id,
 job and lane) to the account's audit stream (the global one when no account can be read).
@@ -172,6 +174,8 @@ async def _settle(args: argparse.Namespace, selected: Any
     """Settle the selection, then audit each; ``(rows, ids not found)``. Redis is checked
     before anything is settled, so an audit record is not missed for want of it."""
     from sender.connect import ping_redis, redis_client
+    from sender.topology import JOBS_EXCHANGE
+    from suppression.gate import Gate
     from suppression.store import Audit
 
     cfg = settings()
@@ -181,13 +185,22 @@ async def _settle(args: argparse.Namespace, selected: Any
     try:
         await ping_redis(redis, url)
 
+        gate = Gate(redis, idempotency_ttl=cfg.idempotency_ttl)
+
+        async def reopen(dead: Any) -> None:
+            """A job's record reopened (when it ended failed or rejected) before its copy
+            goes back to its lane; provider events and unreadable jobs have none."""
+            if dead.account_id and dead.job_id and dead.lane[0] == JOBS_EXCHANGE:
+                await gate.reopen(dead.account_id, dead.job_id, actor=args.actor,
+                                  reason=args.reason)
+
         async def work(queue: Any) -> tuple[list[Any], set[str]]:
             missing = set(args.ids) - {dead.id for _, dead in queue.held}
             if missing:
                 return [], missing
             try:
                 if args.settle == "replay":
-                    return await queue.replay(selected, time.time()), set()
+                    return await queue.replay(selected, time.time(), reopen), set()
                 return await queue.purge(selected), set()
             except ValueError as exc:
                 raise CliError(str(exc)) from None

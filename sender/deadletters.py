@@ -13,7 +13,10 @@ only the rest: run one at a time), then settles them:
 * ``list`` / ``show``: every message is returned at once with one ``basic.nack(multiple,
   requeue)``; RabbitMQ puts returned messages back in their place, so the order stays;
 * ``replay``: each selected message is republished to its lane (publisher confirm, mandatory)
-  and only then acked; a republish that fails leaves its message in ``outbox.dead``;
+  and only then acked; a republish that fails leaves its message in ``outbox.dead``. A job's
+  record is reopened first when it ended ``failed`` or ``rejected`` (never handed over:
+  :meth:`suppression.gate.Gate.reopen`), so the worker sends the copy instead of answering
+  ``done``; a job sent, or being sent, is still never sent again;
 * ``purge``: each selected message is acked; the others are returned as above.
 
 A message is selected by its id (every copy with that id) and the filters; the channel's close
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -171,9 +175,12 @@ class DeadQueue:
             self.held.append((message, read(message)))
         return [dead for _, dead in self.held]
 
-    async def replay(self, selected: Filters, now: float) -> list[DeadLetter]:
-        """Republish each selected message to its lane, ack it once confirmed. Raises
-        :class:`ValueError` before anything is sent when one has no lane."""
+    async def replay(self, selected: Filters, now: float,
+                     before: Callable[[DeadLetter], Awaitable[None]] | None = None
+                     ) -> list[DeadLetter]:
+        """Republish each selected message to its lane (after ``before(dead)``: the CLI
+        reopens the job's record), ack it once confirmed. Raises :class:`ValueError` before
+        anything is sent when one has no lane."""
         chosen = [(m, d) for m, d in self.held if selected.match(d)]
         laneless = [d.id for _, d in chosen if d.lane is None]
         if laneless:
@@ -182,6 +189,8 @@ class DeadQueue:
         for message, dead in chosen:
             assert dead.lane is not None
             exchange, key = dead.lane
+            if before is not None:
+                await before(dead)
             await self._bus.publish(exchange, key, message.body,
                                     headers=replay_headers(dead.headers, now),
                                     content_type=message.content_type or "application/json")

@@ -12,7 +12,7 @@ The worker writes both in the Redis round trips it makes anyway (:mod:`suppressi
   jobs by first seen, refreshed with every new job.
 
 A job refused before the pre-send script could claim it (invalid, on the wrong queue, refused
-by its sender's checks) gets its timeline entry from :func:`record_rejection` (one write, only
+by its sender's checks) gets its timeline entry from :func:`record_entry` (one write, only
 for such jobs): the entry alone, never the job hash, so a corrected job published again with
 the same id, or replayed from ``outbox.dead``, is processed as new, and a rejected duplicate of
 a job already sent does not change that job's status. :func:`job_story` then reads the status
@@ -82,12 +82,13 @@ async def job_story(redis: Client, account_id: str, job_id: str) -> dict[str, An
             "updated": last.get("at"), "timeline": timeline}
 
 
-async def record_rejection(redis: Client, account_id: str, job_id: str, *, status: str,
-                           reason: str, detail: str, ttl: int, attempt: int = 0,
-                           keep: int = keys.TIMELINE_KEEP) -> None:
-    """Add a rejected job's timeline entry (the same fields as the gate's scripts write), kept
-    for ``ttl`` seconds; one round trip, the job hash untouched (see the module's docstring).
-    ``account_id`` and ``job_id`` come from :func:`suppression.keys.rejection_record`."""
+async def record_entry(redis: Client, account_id: str, job_id: str, *, status: str,
+                       reason: str, detail: str, ttl: int, attempt: int = 0,
+                       keep: int = keys.TIMELINE_KEEP) -> None:
+    """Add a timeline entry outside the gate's scripts (a rejection before the claim, a replay
+    from ``outbox.dead``): the same fields as theirs, kept for ``ttl`` seconds; one round trip,
+    the job hash untouched (see the module's docstring). A rejected job's ``account_id`` and
+    ``job_id`` come from :func:`suppression.keys.rejection_record`."""
     key = keys.timeline(account_id, job_id)
     entry = json.dumps({"at": time.time_ns() // 1_000_000, "status": status, "reason": reason,
                         "detail": detail, "provider": "", "provider_message_id": "",

@@ -20,6 +20,7 @@ from sender.bus import Bus
 from sender.service import make_redis
 from sender.topology import DEAD_QUEUE
 from suppression import keys
+from suppression.gate import Gate
 from suppression.store import Audit
 from tests.integration.helpers import (
     email_job,
@@ -151,6 +152,16 @@ async def test_dead_list_show_replay_purge(settings, amqp_url, smtp_server):
                                        "exchange": "outbox.jobs", "routing-keys": ["email.bulk"],
                                        "count": 1}]})
     await bus.close()
+    # its record says failed (as after a third unexpected error): replayed, it must still go
+    redis = make_redis(settings)
+    try:
+        gate = Gate(redis, idempotency_ttl=3600)
+        await gate.pre_send("acct_b", "replay-me-1", owner="w", redelivered=False,
+                            expired=False, attempt=1, address="back@example.com")
+        await gate.post_send("acct_b", "replay-me-1", status="failed", attempt=1,
+                             reason="error")
+    finally:
+        await redis.aclose()
     async with running_worker(settings):
         await wait_for_dead(amqp_url, 5)
 
@@ -196,6 +207,8 @@ async def test_dead_list_show_replay_purge(settings, amqp_url, smtp_server):
         story = json.loads(outbox(settings, "jobs", "show", "acct_b", "replay-me-1",
                                   "--json").stdout)
         assert story["status"] == "sent"
+        assert [e["status"] for e in story["timeline"]] == ["failed", "replayed", "sent"]
+        assert story["timeline"][1]["detail"] == "ops@crm: bug fixed (was failed)"
 
         # purge exactly the selected: two of acct_a's three, by id
         of_a = dead_list(settings, "--account", "acct_a")

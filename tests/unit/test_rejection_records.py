@@ -58,3 +58,21 @@ async def test_a_rejected_duplicate_does_not_change_a_sent_jobs_status(gate, red
     story = await job_story(redis, account, job)
     assert story["status"] == "sent"
     assert [e["status"] for e in story["timeline"]] == ["sent", "rejected"]
+
+
+@pytest.mark.parametrize(("state", "reopened"), [("failed", True), ("rejected", True),
+                                                 ("sent", False), ("S", False),
+                                                 ("delivered", False)])
+async def test_a_replay_reopens_only_jobs_never_handed_over(gate, redis, names, state,
+                                                           reopened):
+    account, job = names.account("acct_rej"), names.job(f"re-{state}")
+    await redis.hset(keys.job(account, job), mapping={"st": state, "a": "1", "o": "w#1"})
+    assert await gate.reopen(account, job, actor="ops", reason="bug fixed") == state
+    held = await redis.hget(keys.job(account, job), "st")
+    assert (held is None) == reopened
+    decision = await gate.pre_send(account, job, owner="w2", redelivered=False, expired=False,
+                                   attempt=1, address=names.email("b@example.com"))
+    assert (decision.verdict == "send") == reopened
+    story = await job_story(redis, account, job)
+    assert story["timeline"][0]["status"] == "replayed"
+    assert story["timeline"][0]["detail"] == f"ops: bug fixed (was {state})"
