@@ -108,7 +108,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     selected = _selection(args)
 
     async def work(queue: Any) -> list[dict[str, Any]]:
-        return [dead.row() for _, dead in queue.held if selected.match(dead)]
+        chosen = [dead for _, dead in queue.held if selected.match(dead)]
+        chosen.sort(key=lambda d: d.dead_at or datetime.min.replace(tzinfo=UTC))  # stable
+        return [dead.row() for dead in chosen]
 
     rows = run_once(_held(work))
     if args.json:

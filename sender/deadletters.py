@@ -11,7 +11,10 @@ Nothing is lost by reading. :class:`DeadQueue` takes every message of the queue 
 only the rest: run one at a time), then settles them:
 
 * ``list`` / ``show``: every message is returned at once with one ``basic.nack(multiple,
-  requeue)``; RabbitMQ puts returned messages back in their place, so the order stays;
+  requeue)``; RabbitMQ puts returned messages back in their place, so the order stays. One
+  returned :data:`RECOPY_AT` times already is given back as a confirmed copy (same id, body,
+  headers and time of death) and then acked: RabbitMQ 4.0-4.2 would drop it at 20 returns.
+  Such a copy goes to the back of the queue, so ``list`` sorts by the time of death;
 * ``replay``: each selected message is republished to its lane (publisher confirm, mandatory)
   and only then acked; a republish that fails leaves its message in ``outbox.dead``. A job's
   record is reopened first when it ended ``failed`` or ``rejected`` (never handed over:
@@ -54,10 +57,17 @@ from sender.models import salvage_ids
 EVENTS_KEY = "events"  # the routing key of a provider event's dead letter (sender.events)
 #: headers that describe the dead-lettering, not the job: dropped from a replayed copy
 _DEATH_HEADERS = frozenset({REASON_HEADER, ROUTE_HEADER, RECORD_HEADER, ATTEMPT_HEADER,
-                            "x-death", "x-delivery-count", "x-first-death-reason",
-                            "x-first-death-queue", "x-first-death-exchange",
+                            "x-death", "x-delivery-count", "x-outbox-dead-at",
+                            "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange",
                             "x-last-death-reason", "x-last-death-queue",
                             "x-last-death-exchange"})
+DELIVERY_COUNT = "x-delivery-count"  # quorum queues count every return of a message
+#: a message returned this often is given back as a copy instead (its count starts again):
+#: RabbitMQ 4.0-4.2 count returns against a quorum queue's default delivery limit of 20 and
+#: would drop it from ``outbox.dead``, which has no dead-letter exchange of its own
+RECOPY_AT = 10
+#: on such a copy: when the original was dead-lettered (epoch seconds)
+DEAD_AT_HEADER = "x-outbox-dead-at"
 BODY_SHOWN = 65536  # bytes of a body ``show`` prints (``--json``: the same, as text)
 
 
@@ -208,14 +218,38 @@ class DeadQueue:
         return done
 
     async def return_all(self) -> None:
-        """Give back every message still held (one nack with ``multiple``), close the channel."""
-        pending = [m for m, _ in self.held if not m.processed]
+        """Give back every message still held (one nack with ``multiple``; a worn one as a
+        confirmed copy, then acked: see :data:`RECOPY_AT`), close the channel."""
+        pending = [(m, d) for m, d in self.held if not m.processed]
         self.held = []
-        if pending:
-            await pending[-1].nack(multiple=True, requeue=True)
+        for message, dead in pending:
+            if _int(message.headers.get(DELIVERY_COUNT)) >= RECOPY_AT:
+                await self._bus.publish(topology.DEAD_EXCHANGE, message.routing_key or "",
+                                        message.body, headers=_fresh(dead),
+                                        message_id=dead.id,
+                                        content_type=message.content_type or "application/json")
+                await message.ack()
+        rest = [m for m, _ in pending if not m.processed]
+        if rest:
+            await rest[-1].nack(multiple=True, requeue=True)
         if self._channel is not None:
             channel, self._channel = self._channel, None
             await channel.close()
+
+
+def _fresh(dead: DeadLetter) -> dict[str, Any]:
+    """A returned copy's headers: the same, without the count, with when it died."""
+    headers = {k: v for k, v in dead.headers.items() if k != DELIVERY_COUNT}
+    if dead.dead_at is not None:
+        headers.setdefault(DEAD_AT_HEADER, int(dead.dead_at.timestamp()))
+    return headers
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _first_death(headers: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +269,9 @@ def _reason(headers: dict[str, Any], death: dict[str, Any]) -> str:
 
 
 def _dead_at(message: AbstractIncomingMessage, death: dict[str, Any]) -> datetime | None:
+    kept = _int((message.headers or {}).get(DEAD_AT_HEADER))
+    if kept:
+        return datetime.fromtimestamp(kept, UTC)
     moment = death.get("time") if death else None
     moment = moment if isinstance(moment, datetime) else message.timestamp
     if moment is None:

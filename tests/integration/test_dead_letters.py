@@ -239,3 +239,35 @@ async def test_dead_list_show_replay_purge(settings, amqp_url, smtp_server):
     purges = [r for r in a_audit if r["action"] == "dead.purge"]
     assert sorted(r["message"] for r in purges) == sorted(ids)
     assert {r["reason"] for r in purges} == {"junk from a test"}
+
+
+async def test_reading_over_and_over_never_wears_a_dead_letter_out(settings, amqp_url):
+    """Each read returns the messages (a quorum queue counts every return); one returned
+    RECOPY_AT times is given back as a copy with the same id, time and headers, so RabbitMQ
+    4.0-4.2's default delivery limit of 20 never drops it."""
+    from sender.deadletters import RECOPY_AT
+
+    bus = Bus(amqp_url, retry_tiers=(1, 2))
+    await bus.connect()
+    for i in range(3):
+        await bus.publish_dead(json.dumps(email_job(id=f"worn-{i}")).encode(), f"reason {i}",
+                               "email", headers={"x-outbox-routing-key": "email"})
+    await bus.close()
+    first = dead_list(settings)
+    for _ in range(RECOPY_AT + 12):  # past the count at which 4.0-4.2 would drop them
+        assert dead_list(settings) == first
+    assert await dead_count(amqp_url) == 3
+    assert [r["job_id"] for r in first] == ["worn-0", "worn-1", "worn-2"]
+    bus = Bus(amqp_url, retry_tiers=(1, 2))
+    await bus.connect()
+    try:
+        assert bus.connection is not None
+        channel = await bus.connection.channel()
+        queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
+        counts = []
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            counts.append(int(message.headers.get("x-delivery-count") or 0))
+        await channel.close()  # returned: this read is the test's own
+    finally:
+        await bus.close()
+    assert len(counts) == 3 and max(counts) <= RECOPY_AT
