@@ -115,8 +115,10 @@ def lane_of(message: AbstractIncomingMessage, headers: dict[str, Any]
     """Where a replay sends the message back: ``(exchange, routing key)``, or None."""
     lanes = job_routing_keys()
     route = _text(headers.get(ROUTE_HEADER))
-    if route:
+    if route in lanes:
         return (topology.JOBS_EXCHANGE, route)
+    if route == topology.EVENTS_QUEUE:  # an event consumed from its queue (default exchange)
+        return ("", topology.EVENTS_QUEUE)
     death = _first_death(headers)
     if death:
         if _text(death.get("queue")) == topology.EVENTS_QUEUE:

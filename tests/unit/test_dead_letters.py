@@ -31,6 +31,9 @@ def message(routing_key: str = "email", headers: dict[str, Any] | None = None,
      ("", "outbox.events")),
     ("email", {}, ("outbox.jobs", "email")),  # an older dead letter: its key is a lane
     ("events", {}, ("", "outbox.events")),
+    # a poison event dead-lettered by the worker: its delivery came from the default exchange
+    ("events", {"x-outbox-routing-key": "outbox.events"}, ("", "outbox.events")),
+    ("email", {"x-outbox-routing-key": "nonsense"}, ("outbox.jobs", "email")),
     ("bounces", {}, None),  # evidence kept by the bounce listener: nowhere to go
 ])
 def test_the_lane_of_a_dead_letter(key, headers, lane):
