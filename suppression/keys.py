@@ -19,9 +19,9 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:consent:<channel>:<addr>`` | hash | none (≥ 3 years required) | consent: ``status`` granted/revoked, grant and revoke times, source, evidence |
 | ``outbox:{acct:A}:prefs:<addr>`` | hash | none | notification preferences: field ``<topic>:<channel>`` → ``1`` on / ``0`` off |
 | ``outbox:{acct:A}:tl:<id>`` | list | ``idempotency_ttl``, refreshed on each entry | the job's timeline: one JSON entry per status (``at`` ms, ``status``, ``reason``, ``detail``, ``provider``, ``provider_message_id``, ``attempt``), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
-| ``outbox:{acct:unreadable}:tl:unreadable-<sha>`` | list | as any timeline | a rejected job whose account (or id) could not be read, kept under :data:`UNREADABLE_ACCOUNT` and :func:`unreadable_id` of its bytes (a readable account with an unreadable id: ``outbox:{acct:A}:tl:unreadable-<sha>``) |
 | ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
+| ``outbox:{acct:unreadable}:tl:unreadable-<sha>`` | list | as any timeline | a rejected job whose account (or id) could not be read, kept under :data:`UNREADABLE_ACCOUNT` and :func:`unreadable_id` of its bytes (a readable account with an unreadable id: ``outbox:{acct:A}:tl:unreadable-<sha>``) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
