@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from outbox.runtime import CliError, account_arg, run_once, settings, table
 
 EXIT_NOTHING = 1
 LIST_COLUMNS = ("dead_at", "id", "account_id", "job_id", "channel", "lane", "reason")
-_AGO = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,17 +56,13 @@ def _filters(p: argparse.ArgumentParser, *, reason_flag: str) -> None:
 
 
 def since_arg(value: str) -> datetime:
-    """``--since``: an ISO 8601 time (UTC when it names no zone) or an age (``90s``, ``30m``,
-    ``2h``, ``7d``)."""
-    ago = _AGO.match(value.strip())
-    if ago:
-        return datetime.now(UTC) - timedelta(seconds=int(ago[1]) * _UNITS[ago[2]])
+    """``--since``: :func:`sender.deadletters.parse_since` as an argparse type."""
+    from sender.deadletters import parse_since
+
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a time: {value!r} (ISO 8601, or an age such as 30m, 2h, 7d)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_since(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _selection(args: argparse.Namespace, ids: list[str] | None = None) -> Any:
@@ -80,21 +72,14 @@ def _selection(args: argparse.Namespace, ids: list[str] | None = None) -> Any:
                    since=args.since)
 
 
-async def _held(work: Any) -> Any:
-    """Run ``work(queue)`` on ``outbox.dead`` held for this command; whatever is still held
-    afterwards (an error included) goes back."""
+async def _on_bus(work: Any) -> Any:
+    """Run ``work(bus)`` on a connected bus (the topology declared first)."""
     from sender.bus import Bus
-    from sender.deadletters import DeadQueue
 
     bus = Bus.from_settings(settings())
     await bus.connect()
     try:
-        queue = DeadQueue(bus)
-        try:
-            await queue.scan()
-            return await work(queue)
-        finally:
-            await queue.return_all()
+        return await work(bus)
     finally:
         await bus.close()
 
@@ -105,14 +90,10 @@ def _nothing(message: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from sender.deadletters import listing
+
     selected = _selection(args)
-
-    async def work(queue: Any) -> list[dict[str, Any]]:
-        chosen = [dead for _, dead in queue.held if selected.match(dead)]
-        chosen.sort(key=lambda d: d.dead_at or datetime.min.replace(tzinfo=UTC))  # stable
-        return [dead.row() for dead in chosen]
-
-    rows = run_once(_held(work))
+    rows = [d.row() for d in run_once(_on_bus(lambda bus: listing(bus, selected)))]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
     else:
@@ -121,18 +102,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from sender.deadletters import BODY_SHOWN
+    from sender.deadletters import find
 
-    async def work(queue: Any) -> dict[str, Any] | None:
-        for message, dead in queue.held:
-            if dead.id == args.id:
-                body = message.body[:BODY_SHOWN].decode("utf-8", "replace")
-                return {**dead.row(), "routing_key": dead.routing_key,
-                        "headers": _plain(dead.headers), "body": body,
-                        "body_cut": len(message.body) > BODY_SHOWN}
-        return None
-
-    found = run_once(_held(work))
+    found = run_once(_on_bus(lambda bus: find(bus, args.id)))
     if found is None:
         return _nothing(f"no dead letter {args.id!r} in outbox.dead")
     if args.json:
@@ -151,15 +123,19 @@ def _show_text(found: dict[str, Any]) -> str:
 
 
 def cmd_settle(args: argparse.Namespace) -> int:
+    from sender.deadletters import NotInQueue
+
     if not (args.ids or args.account or args.matching or args.since):
         raise CliError(f"dead {args.settle}: name the dead letters (IDs) or select them with "
                        f"--account, --matching or --since")
     if not args.reason.strip() or not args.actor.strip():
         raise CliError("--reason and --actor must not be empty")
-    selected = _selection(args, args.ids)
-    done, missing = run_once(_settle(args, selected))
-    if missing:
-        return _nothing(f"not in outbox.dead: {', '.join(sorted(missing))} (nothing settled)")
+    try:
+        done = run_once(_settle(args, _selection(args, args.ids)))
+    except NotInQueue as exc:
+        return _nothing(str(exc))
+    except ValueError as exc:  # a replay of what has no lane
+        raise CliError(str(exc)) from None
     if not done:
         return _nothing("no dead letter selected (nothing settled)")
     if args.json:
@@ -171,14 +147,10 @@ def cmd_settle(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _settle(args: argparse.Namespace, selected: Any
-                  ) -> tuple[list[dict[str, Any]], set[str]]:
-    """Settle the selection, then audit each; ``(rows, ids not found)``. Redis is checked
-    before anything is settled, so an audit record is not missed for want of it."""
-    from sender.connect import ping_redis, redis_client
-    from sender.topology import JOBS_EXCHANGE
-    from suppression.gate import Gate
-    from suppression.store import Audit
+async def _settle(args: argparse.Namespace, selected: Any) -> list[dict[str, Any]]:
+    """:func:`sender.deadletters.settle` on this command's Redis and broker."""
+    from sender.connect import REDIS_DOWN, ping_redis, redis_client, redis_error
+    from sender.deadletters import settle
 
     cfg = settings()
     url = cfg.redis_url.get_secret_value()
@@ -186,52 +158,10 @@ async def _settle(args: argparse.Namespace, selected: Any
                          socket_connect_timeout=5)
     try:
         await ping_redis(redis, url)
-
-        gate = Gate(redis, idempotency_ttl=cfg.idempotency_ttl)
-
-        async def reopen(dead: Any) -> None:
-            """A job's record reopened (when it ended failed or rejected) before its copy
-            goes back to its lane; provider events and unreadable jobs have none."""
-            if dead.account_id and dead.job_id and dead.lane[0] == JOBS_EXCHANGE:
-                await gate.reopen(dead.account_id, dead.job_id, actor=args.actor,
-                                  reason=args.reason)
-
-        async def work(queue: Any) -> tuple[list[Any], set[str]]:
-            missing = set(args.ids) - {dead.id for _, dead in queue.held}
-            if missing:
-                return [], missing
-            try:
-                if args.settle == "replay":
-                    return await queue.replay(selected, time.time(), reopen), set()
-                return await queue.purge(selected), set()
-            except ValueError as exc:
-                raise CliError(str(exc)) from None
-
-        done, missing = await _held(work)
-        audit = Audit(redis)
-        rows = []
-        for dead in done:
-            row = dead.row()
-            row["audit_id"] = await audit.record(
-                dead.account_id, actor=args.actor, action=f"dead.{args.settle}",
-                reason=args.reason, message=dead.id, job=dead.job_id or "",
-                lane=row["lane"] or "", dead_reason=dead.reason[:500])
-            rows.append(row)
-        return rows, missing
+        return list(await _on_bus(lambda bus: settle(
+            bus, redis, action=args.settle, selected=selected, actor=args.actor,
+            reason=args.reason, idempotency_ttl=cfg.idempotency_ttl)))
+    except REDIS_DOWN as exc:
+        raise redis_error(url, exc) from None
     finally:
         await redis.aclose()
-
-
-def _plain(headers: dict[str, Any]) -> dict[str, Any]:
-    """Headers as JSON can hold them (bytes as text, times as ISO 8601)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        if isinstance(value, datetime):
-            return value.isoformat()
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        return value
-    return {k: plain(v) for k, v in headers.items()}

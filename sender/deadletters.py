@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
@@ -53,6 +55,11 @@ from sender.bus import (
 )
 from sender.channels import registry
 from sender.models import salvage_ids
+from suppression.gate import Gate
+from suppression.roundtrip import Client
+from suppression.store import Audit
+
+T = TypeVar("T")
 
 EVENTS_KEY = "events"  # the routing key of a provider event's dead letter (sender.events)
 #: headers that describe the dead-lettering, not the job: dropped from a replayed copy
@@ -69,6 +76,31 @@ RECOPY_AT = 10
 #: on such a copy: when the original was dead-lettered (epoch seconds)
 DEAD_AT_HEADER = "x-outbox-dead-at"
 BODY_SHOWN = 65536  # bytes of a body ``show`` prints (``--json``: the same, as text)
+ACTIONS = ("replay", "purge")
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class NotInQueue(LookupError):
+    """Dead letters named by id that are not in ``outbox.dead``: nothing was settled."""
+
+    def __init__(self, missing: set[str]) -> None:
+        super().__init__(f"not in outbox.dead: {', '.join(sorted(missing))} (nothing settled)")
+        self.missing = missing
+
+
+def parse_since(value: str) -> datetime:
+    """``--since`` / ``?since=``: an ISO 8601 time (UTC when it names no zone) or an age
+    (``90s``, ``30m``, ``2h``, ``7d``); ValueError otherwise."""
+    ago = _AGO.match(value.strip())
+    if ago:
+        return datetime.now(UTC) - timedelta(seconds=int(ago[1]) * _UNITS[ago[2]])
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {value!r} (ISO 8601, or an age such as 30m, 2h, "
+                         f"7d)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -298,3 +330,85 @@ def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def held(bus: Bus, work: Callable[[DeadQueue], Awaitable[T]]) -> T:
+    """Run ``work(queue)`` on ``outbox.dead`` held (scanned) for it; whatever is still held
+    afterwards (an error included) goes back."""
+    queue = DeadQueue(bus)
+    try:
+        await queue.scan()
+        return await work(queue)
+    finally:
+        await queue.return_all()
+
+
+async def listing(bus: Bus, selected: Filters) -> list[DeadLetter]:
+    """The selected dead letters, by time of death (a returned copy goes to the back)."""
+    async def work(queue: DeadQueue) -> list[DeadLetter]:
+        chosen = [dead for _, dead in queue.held if selected.match(dead)]
+        chosen.sort(key=lambda d: d.dead_at or datetime.min.replace(tzinfo=UTC))  # stable
+        return chosen
+    return await held(bus, work)
+
+
+async def find(bus: Bus, dead_id: str) -> dict[str, Any] | None:
+    """One dead letter as ``show`` prints it (its row, routing key, headers, body), or None."""
+    async def work(queue: DeadQueue) -> dict[str, Any] | None:
+        for message, dead in queue.held:
+            if dead.id == dead_id:
+                return {**dead.row(), "routing_key": dead.routing_key,
+                        "headers": plain(dead.headers),
+                        "body": message.body[:BODY_SHOWN].decode("utf-8", "replace"),
+                        "body_cut": len(message.body) > BODY_SHOWN}
+        return None
+    return await held(bus, work)
+
+
+async def settle(bus: Bus, redis: Client, *, action: str, selected: Filters, actor: str,
+                 reason: str, idempotency_ttl: int) -> list[dict[str, Any]]:
+    """Replay or purge the selection; one audit record each (``dead.<action>``: actor, reason,
+    the dead letter's id, job, lane and reason) in its account's stream, else the global one.
+    Rows with their ``audit_id``. :class:`NotInQueue` for an id not there, ValueError for a
+    replay of what has no lane: nothing settled either way."""
+    gate = Gate(redis, idempotency_ttl=idempotency_ttl)
+
+    async def reopen(dead: DeadLetter) -> None:
+        if dead.account_id and dead.job_id and dead.lane and \
+                dead.lane[0] == topology.JOBS_EXCHANGE:
+            await gate.reopen(dead.account_id, dead.job_id, actor=actor, reason=reason)
+
+    async def work(queue: DeadQueue) -> list[DeadLetter]:
+        missing = set(selected.ids) - {dead.id for _, dead in queue.held}
+        if missing:
+            raise NotInQueue(missing)
+        if action == "replay":
+            return await queue.replay(selected, time.time(), reopen)
+        return await queue.purge(selected)
+
+    await redis.ping()  # Redis answers before anything is settled: no audit record missed
+    done = await held(bus, work)
+    audit, rows = Audit(redis), []
+    for dead in done:
+        row = dead.row()
+        row["audit_id"] = await audit.record(
+            dead.account_id, actor=actor, action=f"dead.{action}", reason=reason,
+            message=dead.id, job=dead.job_id or "", lane=row["lane"] or "",
+            dead_reason=dead.reason[:500])
+        rows.append(row)
+    return rows
+
+
+def plain(headers: dict[str, Any]) -> dict[str, Any]:
+    """Headers as JSON can hold them (bytes as text, times as ISO 8601)."""
+    def one(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: one(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [one(v) for v in value]
+        return value
+    return {k: one(v) for k, v in headers.items()}
