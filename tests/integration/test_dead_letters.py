@@ -271,3 +271,50 @@ async def test_reading_over_and_over_never_wears_a_dead_letter_out(settings, amq
     finally:
         await bus.close()
     assert len(counts) == 3 and max(counts) <= RECOPY_AT
+
+
+async def post(base: str, path: str, body: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.post(
+            base + path, data=json.dumps(body),
+            headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        return response.status, await response.json()
+
+
+async def test_the_admin_api_lists_shows_replays_and_purges(settings, amqp_url, smtp_server,
+                                                            unused_tcp_port):
+    _, recorder = smtp_server
+    bus = Bus(amqp_url, retry_tiers=(1, 2))
+    await bus.connect()
+    jobs = [email_job(id=f"api-{i}", account_id="acct_api", to=f"api{i}@example.com")
+            for i in range(3)]
+    for job in jobs:
+        await bus.publish_dead(json.dumps(job).encode(), "unexpected error on delivery 3: X",
+                               "email", headers={"x-outbox-routing-key": "email"})
+    await bus.close()
+    async with running_worker(settings), running_app(settings, unused_tcp_port) as base:
+        status, rows = await api(base, "/admin/dead?account=acct_api&since=1h")
+        assert status == 200 and [r["job_id"] for r in rows] == ["api-0", "api-1", "api-2"]
+        status, [one] = await api(base, f"/admin/dead?id={rows[0]['id']}")
+        assert status == 200 and json.loads(one["body"])["id"] == "api-0"
+        assert (await api(base, "/admin/dead?account=a%7Db"))[0] == 400
+        assert (await post(base, "/admin/dead/replay", {"ids": [rows[0]["id"]]}))[0] == 400
+        status, done = await post(base, "/admin/dead/replay",
+                                  {"ids": [rows[0]["id"]], "reason": "fixed"})
+        assert status == 200 and [d["job_id"] for d in done] == ["api-0"]
+        await wait_for(lambda: len(recorder.by_rcpt("api0@example.com")) == 1)
+        status, done = await post(base, "/admin/dead/purge",
+                                  {"ids": [rows[1]["id"]], "reason": "not wanted"})
+        assert status == 200 and [d["job_id"] for d in done] == ["api-1"]
+        status, _ = await post(base, "/admin/dead/purge",
+                               {"ids": [rows[1]["id"]], "reason": "again"})
+        assert status == 404
+        status, rows = await api(base, "/admin/dead")
+        assert [r["job_id"] for r in rows] == ["api-2"]
+    assert await dead_count(amqp_url) == 1
+    redis = make_redis(settings)
+    try:
+        audit = await Audit(redis).read("acct_api")
+    finally:
+        await redis.aclose()
+    assert [(r["action"], r["reason"]) for r in audit if r["action"].startswith("dead.")] == [
+        ("dead.purge", "not wanted"), ("dead.replay", "fixed")]
