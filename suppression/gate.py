@@ -392,7 +392,9 @@ class Gate:
         (never handed over) loses that final status, so the replayed copy is claimed and sent
         once; any other state stays (a job sent or being sent is never sent again). A
         ``replayed`` timeline entry says who and why. Returns the state found ('' for none)."""
-        found = text(await REOPEN(self._redis, [keys.job(account_id, job_id)], []))
+        found = text(await REOPEN(
+            self._redis, [keys.job(account_id, job_id), keys.timeline(account_id, job_id)],
+            [self._ttl, keys.TIMELINE_KEEP]))
         note = f"{actor}: {reason} (was {found or 'not recorded'})"
         await history.record_entry(self._redis, account_id, job_id, status="replayed",
                                    reason="replay", detail=note[:NOTE_CHARS], ttl=self._ttl)

@@ -4,6 +4,8 @@ written by the gate on a real Redis and a Redis Cluster (``backends``), read by
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from suppression import ids, keys
@@ -53,6 +55,7 @@ async def test_a_rejected_duplicate_does_not_change_a_sent_jobs_status(gate, red
     await gate.pre_send(account, job, owner="w", redelivered=False, expired=False, attempt=1,
                         address=names.email("a@example.com"))
     await gate.post_send(account, job, status="sent", attempt=1, counts=Counts(sends=1))
+    await asyncio.sleep(0.01)  # entries are ordered by time (ms): a later one, for sure
     await gate.record_rejection(account, job, reason="invalid", detail="an email job on the "
                                 "sms queue")
     story = await job_story(redis, account, job)
@@ -76,3 +79,22 @@ async def test_a_replay_reopens_only_jobs_never_handed_over(gate, redis, names, 
     story = await job_story(redis, account, job)
     assert story["timeline"][0]["status"] == "replayed"
     assert story["timeline"][0]["detail"] == f"ops: bug fixed (was {state})"
+
+
+async def test_a_reopened_job_keeps_the_entry_its_hash_held(gate, redis, names):
+    """A job hash holding its newest timeline entry itself (``et``, ``ed``, ``ea``: the
+    compact storage) has it moved to the list before its status goes: the story still ends
+    ``failed`` before ``replayed``."""
+    account, job = names.account("acct_rej"), names.job("held")
+    await redis.hset(keys.job(account, job), mapping={
+        "st": "failed", "a": "3", "r": "error", "et": "1764000000000",
+        "ed": "unexpected error on delivery 3", "ea": "3"})
+    assert await gate.reopen(account, job, actor="ops", reason="bug fixed") == "failed"
+    held = await redis.hmget(keys.job(account, job), ["st", "et", "ed", "ea"])
+    assert held == [None, None, None, None]
+    story = await job_story(redis, account, job)
+    first, second = story["timeline"]
+    assert (first["status"], first["reason"], first["detail"], first["attempt"]) == (
+        "failed", "error", "unexpected error on delivery 3", 3)
+    assert first["at"] == "2025-11-24T16:00:00.000Z"
+    assert second["status"] == "replayed"
