@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Settings, parse_processes
-from outbox import jobs, support
+from outbox import dead, jobs, support
 from outbox.runtime import (
     EXIT_BAD_INPUT,
     CliError,
@@ -79,6 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     support.register(sub)
     jobs.register(sub)
+    dead.register(sub)
 
 
 # --- long-running ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,11 @@ log = logging.getLogger("outbox.bus")
 ATTEMPT_HEADER = "x-outbox-attempt"
 FIRST_SEEN_HEADER = "x-outbox-first-seen"  # epoch seconds of the first enqueue
 REASON_HEADER = "x-outbox-reason"
+#: on a dead letter: the routing key the job arrived with (its lane: ``outbox dead replay``)
+ROUTE_HEADER = "x-outbox-routing-key"
+#: on a rejected job's dead letter: ``<account>/<job id>`` its timeline is kept under
+RECORD_HEADER = "x-outbox-record"
+DEAD_ID_PREFIX = "dead-"  # message id of a dead letter Outbox publishes (unique per copy)
 
 
 class PublishFailed(RuntimeError):
@@ -162,9 +168,11 @@ class Bus:
 
     async def publish_dead(self, body: bytes, reason: str, routing_key: str,
                            headers: dict[str, Any] | None = None) -> None:
-        """Put a message on ``outbox.dead`` with the reason it could not be processed."""
+        """Put a message on ``outbox.dead`` with the reason it could not be processed, under a
+        message id of its own (``dead-<uuid>``: ``outbox dead show|replay|purge`` name it)."""
         await self.publish(topology.DEAD_EXCHANGE, routing_key, body,
-                           headers={**(headers or {}), REASON_HEADER: reason[:1000]})
+                           headers={**(headers or {}), REASON_HEADER: reason[:1000]},
+                           message_id=f"{DEAD_ID_PREFIX}{uuid.uuid4().hex}")
 
     async def publish_retry(self, body: bytes, routing_key: str, tier: int,
                             headers: dict[str, Any], *, expiration: float | None = None) -> None:

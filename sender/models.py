@@ -372,3 +372,9 @@ class StatusEvent(BaseModel):
         """One event from its JSON body; ``ValueError`` (pydantic's) when it is not one."""
         event = cls.model_validate_json(body)
         return event.model_copy(update={"routing_key": routing_key or event.routing_key})
+
+
+def salvage_ids(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """The ``(id, account_id, channel)`` of a job's bytes as far as they can be read (any of
+    them None when not): what ``outbox dead`` shows of a dead letter."""
+    return _salvage_ids(body)

@@ -10,8 +10,10 @@ Every delivery leaves on exactly one path:
 * dead-letter + ``ack``         the job is invalid, on the wrong queue (a job of another
                                 channel; either lane of its own is right) or refused
                                 by the renderer: ``outbox.dead`` with the reason
-                                (``x-outbox-reason``) and a ``rejected`` event when an id
-                                could be read;
+                                (``x-outbox-reason``) and its lane (``x-outbox-routing-key``),
+                                a timeline entry (its own ids, or an id made from its bytes,
+                                named by ``x-outbox-record`` and its log line) and a
+                                ``rejected`` event when an id could be read;
 * retry-publish + ``ack``       a temporary failure: parked in a delay tier;
 * park + ``ack``                the account is over its rate: parked in the smallest delay
                                 tier that covers the wait; not an attempt, and no status
@@ -62,7 +64,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sender.account_events import publish_transition
 from sender.acks import Acks, DirectAcks
-from sender.bus import ATTEMPT_HEADER, BROKER_ERRORS, FIRST_SEEN_HEADER, Bus
+from sender.bus import (
+    ATTEMPT_HEADER,
+    BROKER_ERRORS,
+    FIRST_SEEN_HEADER,
+    RECORD_HEADER,
+    ROUTE_HEADER,
+    Bus,
+)
 from sender.channels.base import Channel, NotSent, SendFailure, SendResult
 from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
@@ -71,6 +80,7 @@ from sender.models import InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
+from suppression.keys import rejection_record
 
 log = logging.getLogger("outbox.pipeline")
 T = TypeVar("T")
@@ -305,7 +315,9 @@ class Pipeline:
         """Content the renderer refuses: a dead-letter copy with the reason, then the final
         ``rejected`` (dead-letter first: a crash between repeats the copy, never loses it)."""
         await self._bus.publish_dead(message.body, f"refused by the renderer: {problem}",
-                                     job.channel, headers=dict(message.headers))
+                                     job.channel, headers={
+                                         **dead_headers(message),
+                                         RECORD_HEADER: f"{job.account_id}/{job.id}"})
         await self._finish(message, job, "rejected", attempt, reason="invalid", detail=problem)
 
     async def _sent(self, message: AbstractIncomingMessage, job: Job, attempt: int,
@@ -393,19 +405,29 @@ class Pipeline:
 
     async def _reject_invalid(self, message: AbstractIncomingMessage, exc: InvalidJob,
                               queue_channel: str) -> None:
-        """Dead-letter an invalid job with its reason; a ``rejected`` event if it had an id."""
+        """Record an invalid job's timeline entry (under its ids, or an id made from its bytes:
+        :func:`suppression.keys.rejection_record`), dead-letter it with its reason, publish a
+        ``rejected`` event if it had an id, ack. The dead letter first (in the order the jobs
+        came): a crash before the ack repeats the copy and the entry, never loses either;
+        only rejected jobs pay this write."""
         channel = exc.channel or queue_channel
-        await self._bus.publish_dead(message.body, exc.reason, channel,
-                                     headers=dict(message.headers))
+        account, record_id = rejection_record(message.body, exc.account_id, exc.job_id)
+        await self._bus.publish_dead(message.body, exc.reason, channel, headers={
+            **dead_headers(message), RECORD_HEADER: f"{account}/{record_id}"})
+        await self.redis_call(lambda: self.gate.record_rejection(
+            account, record_id, reason="invalid", detail=exc.reason))
         if exc.job_id:
             await self._bus.publish_event(status_event(
                 job_id=exc.job_id, account_id=exc.account_id, channel=channel,
                 status="rejected", reason="invalid", detail=exc.reason))
         self._metrics.jobs.labels(channel, "rejected").inc()
         await self.acks.ack(message)
-        log.warning("job %s rejected: %s", exc.job_id, exc.reason, extra={
-            "job_id": exc.job_id, "account_id": exc.account_id, "channel": channel,
-            "status": "rejected", "reason": "invalid", "detail": exc.reason, "ms": _ms()})
+        log.warning("job %s rejected: %s (outbox jobs show %s %s)", exc.job_id or record_id,
+                    exc.reason, account, record_id, extra={
+                        "job_id": exc.job_id or record_id, "account_id": exc.account_id,
+                        "record": f"{account}/{record_id}", "channel": channel,
+                        "status": "rejected", "reason": "invalid", "detail": exc.reason,
+                        "ms": _ms()})
 
     async def unexpected(self, message: AbstractIncomingMessage, exc: Exception,
                          channel: str, *, announce: bool = True) -> None:
@@ -425,7 +447,7 @@ class Pipeline:
                   f"unexpected error on delivery {deliveries}: {what}")
         log.error("dead-lettered: %s", reason, exc_info=cause)  # the one traceback
         await self._bus.publish_dead(message.body, reason, channel,
-                                     headers=dict(message.headers))
+                                     headers=dead_headers(message))
         if announce:
             if not after_send:
                 await self._announce_error(message, channel, reason)
@@ -460,6 +482,12 @@ class Pipeline:
             job_id=job_id, account_id=account_id, channel=job_channel or channel,
             status="failed", reason="error", detail=reason[:1000],
             metadata=job.metadata if job is not None else None))
+
+
+def dead_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """A dead letter's headers: the delivery's, and the routing key it came with (its lane,
+    where ``outbox dead replay`` sends it back)."""
+    return {**message.headers, ROUTE_HEADER: message.routing_key or ""}
 
 
 def _ms() -> int | None:

@@ -60,7 +60,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
-from suppression import channels, entries, keys, verp
+from suppression import channels, entries, history, keys, verp
 from suppression.address import BadAddress
 from suppression.channels import normalise
 from suppression.coalesce import Send
@@ -173,6 +173,7 @@ class Script:
 
 PRE_SEND = Script("pre_send")
 POST_SEND = Script("post_send")
+REOPEN = Script("reopen")
 
 
 class Batch:
@@ -388,6 +389,27 @@ class Gate:
             log.warning("suppression not recorded: %s", exc, extra={
                 "account_id": account_id, "reason": reason, "source": source})
             return None
+
+    async def record_rejection(self, account_id: str, job_id: str, *, reason: str,
+                               detail: str, attempt: int = 0) -> None:
+        """A job rejected before its claim: its timeline entry (status ``rejected``), kept
+        for the idempotency TTL (:func:`suppression.history.record_entry`)."""
+        await history.record_entry(self._redis, account_id, job_id, status="rejected",
+                                   reason=reason, detail=detail[:NOTE_CHARS], ttl=self._ttl,
+                                   attempt=attempt)
+
+    async def reopen(self, account_id: str, job_id: str, *, actor: str, reason: str) -> str:
+        """Before a replay from ``outbox.dead``: a job that ended ``failed`` or ``rejected``
+        (never handed over) loses that final status, so the replayed copy is claimed and sent
+        once; any other state stays (a job sent or being sent is never sent again). A
+        ``replayed`` timeline entry says who and why. Returns the state found ('' for none)."""
+        found = text(await REOPEN(
+            self._redis, [keys.job(account_id, job_id), keys.timeline(account_id, job_id)],
+            [self._ttl, keys.TIMELINE_KEEP]))
+        note = f"{actor}: {reason} (was {found or 'not recorded'})"
+        await history.record_entry(self._redis, account_id, job_id, status="replayed",
+                                   reason="replay", detail=note[:NOTE_CHARS], ttl=self._ttl)
+        return found
 
     async def job_state(self, account_id: str, job_id: str) -> dict[str, str]:
         """The job hash, decoded (support tools and tests); ``md`` whole again

@@ -20,6 +20,13 @@ The worker writes both in the Redis round trips it makes anyway (:mod:`suppressi
   written beside it in the same pipeline): the newest :data:`suppression.keys.HISTORY_KEEP`
   jobs by first seen, refreshed with every new job.
 
+A job refused before the pre-send script could claim it (invalid, on the wrong queue, refused
+by its sender's checks) gets its timeline entry from :func:`record_entry` (one write, only
+for such jobs): the entry alone, never the job hash, so a corrected job published again with
+the same id, or replayed from ``outbox.dead``, is processed as new, and a rejected duplicate of
+a job already sent does not change that job's status. :func:`job_story` then reads the status
+from the last entry.
+
 Addresses are read in their canonical form (:func:`suppression.channels.normalise`), so any
 spelling of an address finds its jobs. Times are ISO 8601 UTC with milliseconds.
 """
@@ -27,6 +34,7 @@ spelling of an address finds its jobs. Times are ISO 8601 UTC with milliseconds.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,12 +127,31 @@ async def job_story(redis: Client, account_id: str, job_id: str) -> dict[str, An
     job = decode(record)
     timeline = _timeline(job, raw_timeline)
     last = timeline[-1] if timeline else {}
-    return {"account_id": account_id, "id": job_id, "status": _status(job.get("st", "")),
+    return {"account_id": account_id, "id": job_id,
+            "status": _status(job.get("st", "") or last.get("status") or ""),
             "reason": job.get("r") or last.get("reason"),
             "attempt": int(job.get("a") or last.get("attempt") or 0),
             "provider": job.get("p") or last.get("provider"),
             "provider_message_id": job.get("pm") or last.get("provider_message_id"),
             "updated": last.get("at"), "timeline": timeline}
+
+
+async def record_entry(redis: Client, account_id: str, job_id: str, *, status: str,
+                       reason: str, detail: str, ttl: int, attempt: int = 0,
+                       keep: int = keys.TIMELINE_KEEP) -> None:
+    """Add a timeline entry outside the gate's scripts (a rejection before the claim, a replay
+    from ``outbox.dead``): the same fields as theirs, kept for ``ttl`` seconds; one round trip,
+    the job hash untouched (see the module's docstring). A rejected job's ``account_id`` and
+    ``job_id`` come from :func:`suppression.keys.rejection_record`."""
+    key = keys.timeline(account_id, job_id)
+    entry = json.dumps({"at": time.time_ns() // 1_000_000, "status": status, "reason": reason,
+                        "detail": detail, "provider": "", "provider_message_id": "",
+                        "attempt": attempt}, ensure_ascii=False, separators=(",", ":"))
+    pipe = redis.pipeline(transaction=False)
+    pipe.rpush(key, entry)
+    pipe.ltrim(key, -keep, -1)
+    pipe.expire(key, ttl)
+    await pipe.execute()
 
 
 def _channels_of(address: str, channel: str | None) -> list[tuple[str, str]]:

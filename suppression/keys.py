@@ -21,6 +21,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:tl:<id>`` | list | ``retention_timelines`` (default ``idempotency_ttl``; 0 none), refreshed on each entry | the job's timeline entries that its hash does not hold, packed ``[at ms, status, reason, detail, provider, provider_message_id, attempt]`` (written before: JSON objects with those names), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
 | ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``retention_history`` (default ``idempotency_ttl``; 0 none), refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
+| ``outbox:{acct:unreadable}:tl:unreadable-<sha>`` | list | as any timeline | a rejected job whose account (or id) could not be read, kept under :data:`UNREADABLE_ACCOUNT` and :func:`unreadable_id` of its bytes (a readable account with an unreadable id: ``outbox:{acct:A}:tl:unreadable-<sha>``) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:hist:<channel>:<addr>`` | sorted set | ``retention_history``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
@@ -44,6 +45,7 @@ and revoke times, sources and evidence, ``actor``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 
 from suppression import ids
@@ -67,6 +69,10 @@ HISTORY_KEEP = 100
 HASH_VALUE_MAX = 64
 #: joins account and job id in the global history (ids are [A-Za-z0-9._-], never a ``/``)
 HISTORY_SEPARATOR = "/"
+#: the pseudo-account under which a rejected job whose account cannot be read is kept
+UNREADABLE_ACCOUNT = "unreadable"
+UNREADABLE_PREFIX = "unreadable-"
+UNREADABLE_DIGITS = 20  # hex digits of the body's SHA-256 in the id (80 bits)
 
 
 @functools.lru_cache(maxsize=4096)  # the hot path builds ~20 keys a job: 0.1 µs, not 0.5
@@ -164,6 +170,22 @@ def prefs(account_id: str, address: str) -> str:
 def event(account_id: str, event_id: str) -> str:
     """Marker of a provider event already applied (``EVENT_TTL``, 7 days)."""
     return f"{account_tag(account_id)}:evt:{event_id}"
+
+
+def unreadable_id(body: bytes) -> str:
+    """The stable id of a job whose own id cannot be read: ``unreadable-<sha256 prefix>`` of its
+    bytes (the same body is always the same id; a valid job id by construction)."""
+    return UNREADABLE_PREFIX + hashlib.sha256(body).hexdigest()[:UNREADABLE_DIGITS]
+
+
+def rejection_record(body: bytes, account_id: str | None, job_id: str | None
+                     ) -> tuple[str, str]:
+    """``(account, job id)`` a rejected job's timeline is kept under: its own when both were
+    read, else :func:`unreadable_id` of its bytes (under :data:`UNREADABLE_ACCOUNT` when the
+    account could not be read: a job id alone does not say whose it is)."""
+    if account_id and ids.is_id(account_id):
+        return account_id, job_id if job_id and ids.is_id(job_id) else unreadable_id(body)
+    return UNREADABLE_ACCOUNT, unreadable_id(body)
 
 
 def timeline(account_id: str, job_id: str) -> str:

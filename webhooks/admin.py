@@ -30,6 +30,7 @@ of its own, so it is served without a token (a browser cannot send one on naviga
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import heapq
@@ -50,8 +51,10 @@ from prometheus_client import CollectorRegistry, Counter
 from config import Settings
 from config.reputation import check_override
 from config.roles import ROLES, AdminToken, allows
+from sender import deadletters
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
+from sender.deadletters import ACTIONS as DEAD_ACTIONS
 from sender.metrics import Metrics
 from suppression import channels, entries, ids, keys
 from suppression.address import BadAddress
@@ -124,6 +127,9 @@ ROUTES = (
           reads="a job's timeline"),
     Route("GET", "/admin/history/{address}", "history", VIEWER, "history",
           reads="a recipient's history"),
+    Route("GET", "/admin/dead", "dead.list", SUPPORT, "dead_list", reads="dead letters"),
+    *(Route("POST", f"/admin/dead/{a}", f"dead.{a}", SUPPORT, "dead_settle")
+      for a in DEAD_ACTIONS),
 )
 
 
@@ -152,6 +158,9 @@ class AdminApi:
         self._suppression = SuppressionStore(redis)
         self._consent = ConsentStore(redis)
         self._transitions = _transitions_counter(registry_or_metrics)
+        self._idempotency_ttl = settings.idempotency_ttl
+        # one look at outbox.dead at a time: each holds every message while it reads
+        self._dead = asyncio.Lock()
 
     def routes(self) -> list[web.RouteDef]:
         """The rows of :data:`ROUTES`, each behind the check of its role; ``{name}`` segments
@@ -425,6 +434,47 @@ class AdminApi:
                                 f"or older than OUTBOX_IDEMPOTENCY_TTL)")
         return _json(story)
 
+    # --- dead letters (sender/deadletters.py, as ``outbox dead``) ----------------------
+
+    async def dead_list(self, request: web.Request) -> web.StreamResponse:
+        """``?account=&reason=&since=``: the dead letters, by time of death; ``?id=``: that
+        one (every copy with that id) with its routing key, headers and body, as ``outbox dead
+        show`` prints it (``[]`` when it is not in outbox.dead)."""
+        query = request.query
+        if query.get("id"):
+            async with self._dead:
+                found = await deadletters.find(self._bus, query["id"])
+            return _json([found] if found is not None else [])
+        selected = _dead_filters(query, reason="reason")
+        async with self._dead:
+            rows = await deadletters.listing(self._bus, selected)
+        return _json([d.row() for d in rows])
+
+    async def dead_settle(self, request: web.Request) -> web.StreamResponse:
+        """replay or purge: ``{"ids": [...], "account", "matching", "since", "reason"}`` (ids or
+        a filter, and a reason, required); each message settled is audited under the token's
+        name. 404 for an id not in outbox.dead, 409 for a replay of what has no lane: nothing
+        settled either way."""
+        action = request.path.rsplit("/", 1)[-1]
+        body = await _json_body(request)
+        selected = _dead_filters(body, reason="matching")
+        [reason], actor = _required(body, "reason"), request[PRINCIPAL].name
+        if not (selected.ids or selected.account_id or selected.reason or selected.since):
+            raise ApiError(400, "name the dead letters (ids) or select them with account, "
+                                "matching or since")
+        try:
+            async with self._dead:
+                rows = await deadletters.settle(
+                    self._bus, self._redis, action=action, selected=selected, actor=actor,
+                    reason=reason, idempotency_ttl=self._idempotency_ttl)
+        except deadletters.NotInQueue as exc:
+            raise ApiError(404, str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(409, str(exc)) from None
+        _log(request, f"dead.{action}", actor, reason=reason, count=len(rows),
+             messages=[r["id"] for r in rows])
+        return _json(rows)
+
     async def history(self, request: web.Request) -> web.StreamResponse:
         """``?account=ID&channel=email&limit=20``: ``{"address", "jobs": [...]}``, newest
         first (every account's without ``account``); 404 for an unknown account."""
@@ -552,6 +602,26 @@ def _id(value: Any, name: str) -> str:
         return ids.parse_id(value, name)
     except ids.InvalidId as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def _dead_filters(given: Mapping[str, Any], *, reason: str) -> deadletters.Filters:
+    """The selection of a dead-letter request: ``ids`` (a list of strings), ``account`` (an
+    id), ``reason`` (list) or ``matching`` (replay, purge: text in the dead letter's reason),
+    ``since`` (ISO 8601 or an age such as ``2h``); 400 naming what is wrong."""
+    account = given.get("account")
+    account = _id(account, "account") if account not in (None, "") else None
+    ids_ = given.get("ids") or []
+    if not isinstance(ids_, list) or not all(isinstance(i, str) and i for i in ids_):
+        raise ApiError(400, "ids must be a list of dead letter ids")
+    since = given.get("since")
+    try:
+        when = deadletters.parse_since(since) if isinstance(since, str) and since else None
+    except ValueError as exc:
+        raise ApiError(400, f"since: {exc}") from None
+    text_ = given.get(reason)
+    return deadletters.Filters(ids=frozenset(ids_), account_id=account,
+                               reason=text_ if isinstance(text_, str) and text_ else None,
+                               since=when)
 
 
 def _path_account(request: web.Request) -> str:

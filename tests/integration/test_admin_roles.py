@@ -92,9 +92,10 @@ def test_the_roles_are_those_the_terms_promise() -> None:
         "accounts.unblock": SUPPORT, "accounts.suspend": SUPPORT,
         "accounts.unsuspend": SUPPORT, "suppression.add": SUPPORT,
         "suppression.remove": SUPPORT, "consent.set": SUPPORT,
+        "dead.list": SUPPORT, "dead.replay": SUPPORT, "dead.purge": SUPPORT,
         "accounts.configure": ADMIN}
     assert {r.action for r in GUARDED if r.reads} == {
-        "suppression.check", "consent.show", "jobs.show", "history"}
+        "suppression.check", "consent.show", "jobs.show", "history", "dead.list"}
 
 
 # --- one request per route, each of which succeeds for a token allowed to make it ------------
@@ -151,6 +152,11 @@ REQUESTS: dict[str, tuple[Callable[[Any], Awaitable[Any]], str, str, Any]] = {
     "audit.read": (_account, "GET", f"/admin/audit/{ACCOUNT}", None),
     "jobs.show": (_blocked, "GET", f"/admin/jobs/{ACCOUNT}/j3", None),
     "history": (_account, "GET", f"/admin/history/{ADDRESS}?account={ACCOUNT}", None),
+    "dead.list": (_account, "GET", f"/admin/dead?account={ACCOUNT}", None),
+    "dead.replay": (_account, "POST", "/admin/dead/replay",
+                    {"account": ACCOUNT, "reason": "cause fixed"}),
+    "dead.purge": (_account, "POST", "/admin/dead/purge",
+                   {"account": ACCOUNT, "reason": "junk"}),
 }
 GUARDED = [r for r in ROUTES if r.role != PUBLIC]
 
@@ -295,12 +301,13 @@ async def test_each_personal_read_is_audited_and_other_reads_are_not(call, redis
     for route in GUARDED:
         if route.method == "GET":
             _, method, path, body = REQUESTS[route.action]
-            assert (await call("vera", method, path, body))[0] == 200, route.action
+            who = "vera" if route.role == VIEWER else "sam"  # dead letters: support's read
+            assert (await call(who, method, path, body))[0] == 200, route.action
     assert (await call("vera", "GET", f"/admin/jobs/{ACCOUNT}/nope"))[0] == 404
     store = AccountStore(redis, Policy())
     reads = [r for r in await store.audit.read(ACCOUNT) + await store.audit.read(None)
              if r["action"] == "read"]
     assert sorted(r["what"] for r in reads) == sorted(r.action for r in GUARDED if r.reads)
-    assert {r["actor"] for r in reads} == {"vera"}
+    assert {r["actor"] for r in reads} == {"vera", "sam"}
     [job] = [r for r in reads if r["what"] == "jobs.show"]
     assert (job["job"], job["reason"]) == ("j3", "a job's timeline")
