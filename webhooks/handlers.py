@@ -162,7 +162,9 @@ class UnsubscribeWebhooks:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         u = self._read(request)
-        how = "one-click" if "List-Unsubscribe" in (await request.text()) else "unsubscribe page"
+        # the bytes, not text(): a body in no readable charset is still a click (RFC 8058's
+        # is ASCII), never a 500
+        how = "one-click" if b"List-Unsubscribe" in await request.read() else "unsubscribe page"
         await self._store.add(u.recipient, channel=u.channel, reason="unsubscribe",
                               account_id=u.account_id, source=f"job:{u.job_id}", detail=how,
                               actor="recipient")
