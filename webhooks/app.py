@@ -78,13 +78,13 @@ def make_app(settings: Settings, *, bus: Bus, redis: Client, registry: Collector
     app[REDIS] = redis
     app[REGISTRY] = registry
     metrics_ = WebhookMetrics(registry)
-    app.router.add_routes(TwilioWebhooks(settings, bus, metrics_).routes())
+    app.router.add_routes(TwilioWebhooks(settings, bus, redis, metrics_).routes())
     app.router.add_routes(UnsubscribeWebhooks(settings, bus, SuppressionStore(redis),
                                               metrics_).routes())
-    app.router.add_routes(SesWebhooks(settings, bus, metrics_).routes())
-    app.router.add_routes(SendGridWebhooks(settings, bus, metrics_).routes())
+    app.router.add_routes(SesWebhooks(settings, bus, redis, metrics_).routes())
+    app.router.add_routes(SendGridWebhooks(settings, bus, redis, metrics_).routes())
     app.router.add_routes(MailgunWebhooks(settings, bus, redis, metrics_).routes())
-    app.router.add_routes(PostmarkWebhooks(settings, bus, metrics_).routes())
+    app.router.add_routes(PostmarkWebhooks(settings, bus, redis, metrics_).routes())
     app.router.add_routes(AdminApi(settings, bus, redis).routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
