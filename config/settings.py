@@ -143,6 +143,9 @@ class Settings(ReputationSettings, BaseSettings):
     smtp_url: SecretStr = SecretStr("smtp://127.0.0.1:2525")
     smtp_pool_size: int = Field(16, ge=1, le=512)
     smtp_timeout: float = Field(30.0, gt=0)
+    #: the wait for the relay's reply to the end of DATA (RFC 5321 4.5.3.2.6: 10 minutes); a
+    #: send that gets none is of unknown outcome and is retried only as after a crash
+    smtp_data_timeout: float = Field(600.0, gt=0)
     smtp_max_messages_per_connection: int = Field(1000, ge=1)
     smtp_idle_timeout: float = Field(60.0, gt=0)
     #: sends in flight per recipient domain: "domain=n,..." over the built-in defaults
