@@ -24,6 +24,7 @@ verdict                meaning
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from enum import StrEnum
 
 from suppression import keys
@@ -31,7 +32,7 @@ from suppression.address import BadAddress
 from suppression.channels import normalise
 from suppression.gate import HANDED_OVER, recipient_digest
 from suppression.replies import text
-from suppression.roundtrip import Client
+from suppression.roundtrip import Client, execute
 
 
 class Handover(StrEnum):
@@ -48,24 +49,53 @@ class Handover(StrEnum):
         return self in (Handover.NOT_SENT, Handover.OTHER_RECIPIENT)
 
 
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One event's question: job ``job_id`` of ``account_id``, ``recipient`` on ``channel``."""
+
+    account_id: str
+    job_id: str
+    recipient: str | None
+    channel: str
+
+
 async def check(redis: Client, account_id: str, job_id: str, recipient: str | None,
                 channel: str, *, region: str = "HK") -> tuple[Handover, str]:
     """The verdict for an event of job ``job_id`` of ``account_id`` naming ``recipient`` on
     ``channel``, and why, in words for the log (one HMGET)."""
-    status, digest = (text(v) for v in await redis.hmget(keys.job(account_id, job_id),
-                                                          ["st", "rc"]))
+    [answer] = await check_all(redis, [Query(account_id, job_id, recipient, channel)],
+                               region=region)
+    return answer
+
+
+async def check_all(redis: Client, queries: list[Query], *,
+                    region: str = "HK") -> list[tuple[Handover, str]]:
+    """:func:`check` for each of ``queries``, in one round trip (a batch of SendGrid events
+    costs one, not one per event)."""
+    if not queries:
+        return []
+    replies = await execute(redis, [("HMGET", keys.job(q.account_id, q.job_id), "st", "rc")
+                                    for q in queries])
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return [_verdict(q, text(st), text(rc), region)
+            for q, (st, rc) in zip(queries, replies, strict=True)]
+
+
+def _verdict(q: Query, status: str, digest: str, region: str) -> tuple[Handover, str]:
     if not status:
-        return Handover.UNKNOWN_JOB, f"no record of job {job_id} of account {account_id}"
+        return Handover.UNKNOWN_JOB, f"no record of job {q.job_id} of account {q.account_id}"
     if status not in HANDED_OVER or not digest:
-        return Handover.NOT_SENT, f"job {job_id} of account {account_id} was not sent " \
+        return Handover.NOT_SENT, f"job {q.job_id} of account {q.account_id} was not sent " \
                                   f"(status {status})"
-    if not recipient:
+    if not q.recipient:
         return Handover.OTHER_RECIPIENT, "the event names no recipient"
     try:
-        canonical = normalise(channel, recipient, default_region=region)
+        canonical = normalise(q.channel, q.recipient, default_region=region)
     except BadAddress:
         return Handover.OTHER_RECIPIENT, "the event names no valid recipient"
-    if not hmac.compare_digest(digest, recipient_digest(channel, canonical)):
-        return Handover.OTHER_RECIPIENT, f"job {job_id} of account {account_id} was sent " \
-                                         "to another recipient"
+    if not hmac.compare_digest(digest, recipient_digest(q.channel, canonical)):
+        return Handover.OTHER_RECIPIENT, f"job {q.job_id} of account {q.account_id} was " \
+                                         "sent to another recipient"
     return Handover.SENT, ""

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from sender.bus import Bus, PublishFailed
 from sender.provider_events import ProviderEvent
 from sender.topology import EVENTS_QUEUE
-from suppression.handover import check
+from suppression.handover import Query, check_all
 from suppression.roundtrip import Client
 
 log = logging.getLogger("outbox.webhooks")
@@ -68,18 +68,18 @@ async def applicable(redis: Client, events: list[ProviderEvent], metrics: _Count
                      region: str = "HK") -> list[ProviderEvent]:
     """``events`` without those the job's record rules out: a job never handed over, or
     handed over for another recipient (each counted and logged once). An event naming no
-    job, or a job no longer remembered, is kept: the worker applies it without a job."""
-    kept = []
-    for event in events:
-        if event.job_id and event.account_id:
-            verdict, why = await check(redis, event.account_id, event.job_id,
-                                       event.recipient, event.channel, region=region)
-            if verdict.ignored:
-                metrics.count(event.provider, event.type, verdict.value)
-                log.warning("%s %s event ignored: %s", event.provider, event.type, why,
-                            extra={"provider": event.provider, "type": event.type,
-                                   "account_id": event.account_id, "job_id": event.job_id,
-                                   "recipient": event.recipient, "result": verdict.value})
-                continue
-        kept.append(event)
-    return kept
+    job, or a job no longer remembered, is kept: the worker applies it without a job. One
+    Redis round trip for the whole batch."""
+    named = [e for e in events if e.job_id and e.account_id]
+    verdicts = await check_all(redis, [Query(e.account_id or "", e.job_id or "", e.recipient,
+                                             e.channel) for e in named], region=region)
+    ignored = set()
+    for event, (verdict, why) in zip(named, verdicts, strict=True):
+        if verdict.ignored:
+            ignored.add(id(event))
+            metrics.count(event.provider, event.type, verdict.value)
+            log.warning("%s %s event ignored: %s", event.provider, event.type, why,
+                        extra={"provider": event.provider, "type": event.type,
+                               "account_id": event.account_id, "job_id": event.job_id,
+                               "recipient": event.recipient, "result": verdict.value})
+    return [e for e in events if id(e) not in ignored]
