@@ -224,12 +224,13 @@ class EventApplier:
             return "a bounce listener event that names no account and job is not believed"
         if not account:
             return await self._unattributed(event, counts)
+        result = "applied"
         if job:
             verdict = await self._handover(event, account, job)
             if verdict.ignored:
                 return None
-            if verdict is Handover.UNKNOWN_JOB:
-                job = None  # no job to change: applied as an event naming none
+            if verdict is Handover.UNKNOWN_JOB:  # no job to change: as an event naming none
+                job, result = None, verdict.value
         if event.trust == QUOTED:
             await self._quoted(event, suppress)
             return None
@@ -247,7 +248,7 @@ class EventApplier:
             event_id=f"{event.provider}:{event.event_id}", note=event.diagnostic)
         self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
-                                             "applied").inc()
+                                             result).inc()
         if job:
             log_job_event(event, status, applied=recorded.applied)
         if recorded.transition is not None:  # e.g. blocked by a complaint: logged, published
@@ -287,10 +288,9 @@ class EventApplier:
         it ignores is counted and logged here."""
         verdict, why = await check(self._redis, account, job, event.recipient,
                                    event.channel, region=self._region)
-        if verdict is not Handover.SENT:
+        if verdict.ignored:
             self._metrics.provider_events.labels(event.provider, event.type,
                                                  verdict.value).inc()
-        if verdict.ignored:
             log.warning("%s %s event ignored: %s", event.provider, event.type, why, extra={
                 "provider": event.provider, "type": event.type, "account_id": account,
                 "job_id": job, "recipient": event.recipient, "result": verdict.value})

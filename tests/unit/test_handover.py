@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from suppression.gate import Gate
@@ -59,14 +61,15 @@ async def test_sms_recipients_compare_in_their_canonical_form(gate, redis):
 @pytest.mark.backends
 async def test_a_batch_of_events_is_one_round_trip_on_either_redis(gate, redis):
     """Jobs of several accounts (several slots of a cluster), one answer each, in order."""
-    accounts = [f"acct_ho{i}" for i in range(6)]
+    run = uuid.uuid4().hex[:8]  # the cluster is not wiped between tests
+    accounts = [f"acct_ho{i}_{run}" for i in range(6)]
     for account in accounts:
         decision = await gate.pre_send(account, "j", owner="w", redelivered=False,
                                        expired=False, attempt=1, address="bob@example.com")
         assert decision.claimed
     await gate.post_send(accounts[1], "j", status="rejected", attempt=1)
     queries = [Query(a, "j", "eve@example.com" if a == accounts[2] else "bob@example.com",
-                     "email") for a in accounts] + [Query("acct_none", "j", None, "email")]
+                     "email") for a in accounts] + [Query(f"acct_none_{run}", "j", None, "email")]
     verdicts = [v for v, _ in await check_all(redis, queries)]
     assert verdicts == [Handover.SENT, Handover.NOT_SENT, Handover.OTHER_RECIPIENT,
                         Handover.SENT, Handover.SENT, Handover.SENT, Handover.UNKNOWN_JOB]
