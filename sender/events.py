@@ -230,6 +230,9 @@ class EventApplier:
             if verdict.ignored:
                 return None
             if verdict is Handover.UNKNOWN_JOB:  # no job to change: as an event naming none
+                if event.provider == LISTENER_PROVIDER or event.trust == QUOTED:
+                    return "a bounce listener event for a job no longer remembered is not " \
+                           "believed (as the listener itself refuses one)"
                 job, result = None, verdict.value
         if event.trust == QUOTED:
             await self._quoted(event, suppress)
