@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 SECRET = "fuzz-secret-key-0123456789"
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
 PM_USER, PM_PASSWORD = "postmark", "fuzz-password-0123456789"
-GENERATED = 60  # hypothesis bodies per route (one batch = one body for every route)
+GENERATED = 100  # hypothesis bodies per route (one batch = one body for every route)
 MIB = 1024 * 1024
 
 #: a value for each path parameter (a route with another name fails the test: add it here)
