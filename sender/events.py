@@ -54,7 +54,9 @@ malformed message, so not ``outbox.dead``), counted in ``outbox_provider_events_
 result ``ignored_not_sent`` / ``ignored_recipient`` and logged. The webhook server has already
 dropped such events (``webhooks.events.hand_over``); the worker asks again because the job may
 have moved since, and for the bounce listener's events. For a job no longer remembered (older
-than the idempotency TTL) the event changes no job; it applies as one naming no job would.
+than the idempotency TTL) a webhook's event changes no job; it applies as one naming no job
+would. A bounce listener's is not believed then (``outbox.dead``), as the listener itself
+refuses one.
 
 Who is believed: the provider webhooks verify the provider's signature before publishing, so
 an event of theirs that names no account can still teach facts about the address (a hard
