@@ -143,6 +143,9 @@ class Settings(ReputationSettings, BaseSettings):
     smtp_url: SecretStr = SecretStr("smtp://127.0.0.1:2525")
     smtp_pool_size: int = Field(16, ge=1, le=512)
     smtp_timeout: float = Field(30.0, gt=0)
+    #: the wait for the relay's reply to the end of DATA (RFC 5321 4.5.3.2.6: 10 minutes); a
+    #: send that gets none is of unknown outcome and is retried only as after a crash
+    smtp_data_timeout: float = Field(600.0, gt=0)
     smtp_max_messages_per_connection: int = Field(1000, ge=1)
     smtp_idle_timeout: float = Field(60.0, gt=0)
     #: sends in flight per recipient domain: "domain=n,..." over the built-in defaults
@@ -217,6 +220,11 @@ class Settings(ReputationSettings, BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    #: a connection idle this long is closed, and so is one whose request headers have not
+    #: all come this long after it opened (or after its previous answer): a slow-loris
+    http_idle_timeout: float = Field(30.0, gt=0, le=3600)
+    #: a request's body must have come whole this long after its headers (408 and closed)
+    http_body_timeout: float = Field(20.0, gt=0, le=3600)
     #: comma-separated: the first signs (unsubscribe tokens, VERP addresses), all verify, so a
     #: rotated-out key keeps old links working (UEMO: at least 30 days after sending)
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)

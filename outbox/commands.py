@@ -272,12 +272,12 @@ async def _http_server(cfg: Settings, registry: Any = None,
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
-    from webhooks.app import make_app
+    from webhooks.app import make_app, make_runner
 
     async with _connected(cfg) as (bus, redis):
         app = make_app(cfg, bus=bus, redis=redis, registry=registry or CollectorRegistry(),
                        dependencies=dependencies)
-        runner = web.AppRunner(app, access_log=None)
+        runner = make_runner(app, cfg)
         await runner.setup()
         try:
             await web.TCPSite(runner, cfg.http_host, cfg.http_port).start()

@@ -46,6 +46,18 @@ changed the job's status or came after a later one (``superseded``), and for a `
 report; DEBUG for a duplicate and for an accepted/opened/clicked event. So the job's id finds
 its whole story: its "sent" line, then e.g. "job order-1 bounced: ses event, applied".
 
+Which job: an event naming a job is checked against the job's record first
+(:func:`suppression.handover.check`, one HMGET). It applies only when the job was handed over
+for exactly the event's recipient; for a job never handed over (``rejected``, ``suppressed``,
+``failed`` before a send...) or sent to someone else it changes nothing at all: acked (it is no
+malformed message, so not ``outbox.dead``), counted in ``outbox_provider_events_total`` with
+result ``ignored_not_sent`` / ``ignored_recipient`` and logged. The webhook server has already
+dropped such events (``webhooks.events.hand_over``); the worker asks again because the job may
+have moved since, and for the bounce listener's events. For a job no longer remembered (older
+than the idempotency TTL) a webhook's event changes no job; it applies as one naming no job
+would. A bounce listener's is not believed then (``outbox.dead``), as the listener itself
+refuses one.
+
 Who is believed: the provider webhooks verify the provider's signature before publishing, so
 an event of theirs that names no account can still teach facts about the address (a hard
 bounce, a complaint: global suppression); one that needs an account and has none goes to
@@ -73,6 +85,8 @@ from sender.pipeline import RedisCalls
 from sender.provider_events import QUOTED, InvalidEvent, ProviderEvent
 from suppression import channels, entries
 from suppression.gate import Counts, Gate
+from suppression.handover import Handover, check
+from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
 
 log = logging.getLogger("outbox.events")
@@ -166,13 +180,16 @@ def log_job_event(event: ProviderEvent, status: str, *, applied: int | None) -> 
 class EventApplier:
     """Applies one provider event per delivery from ``outbox.events``."""
 
-    def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore,
+    def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore, redis: Client,
                  metrics: Metrics, redis_call: RedisCalls | None = None,
-                 acks: Acks | None = None) -> None:
-        """``gate``: the pipeline's own; ``redis_call``: the pipeline's too, so an event is
-        held (not acked) and retried while Redis is down, like a job."""
+                 acks: Acks | None = None, sms_region: str = "HK") -> None:
+        """``gate``: the pipeline's own; ``redis``: what the job's record is read with;
+        ``redis_call``: the pipeline's too, so an event is held (not acked) and retried while
+        Redis is down, like a job."""
         self._bus = bus
         self._gate = gate
+        self._redis = redis
+        self._region = sms_region
         self._store = store
         self._metrics = metrics
         self._redis_call = redis_call
@@ -209,6 +226,16 @@ class EventApplier:
             return "a bounce listener event that names no account and job is not believed"
         if not account:
             return await self._unattributed(event, counts)
+        result = "applied"
+        if job:
+            verdict = await self._handover(event, account, job)
+            if verdict.ignored:
+                return None
+            if verdict is Handover.UNKNOWN_JOB:  # no job to change: as an event naming none
+                if event.provider == LISTENER_PROVIDER or event.trust == QUOTED:
+                    return "a bounce listener event for a job no longer remembered is not " \
+                           "believed (as the listener itself refuses one)"
+                job, result = None, verdict.value
         if event.trust == QUOTED:
             await self._quoted(event, suppress)
             return None
@@ -226,7 +253,7 @@ class EventApplier:
             event_id=f"{event.provider}:{event.event_id}", note=event.diagnostic)
         self._metrics.provider_events.labels(event.provider, event.type,
                                              "duplicate" if recorded.applied < 0 else
-                                             "applied").inc()
+                                             result).inc()
         if job:
             log_job_event(event, status, applied=recorded.applied)
         if recorded.transition is not None:  # e.g. blocked by a complaint: logged, published
@@ -260,6 +287,19 @@ class EventApplier:
                  "alone", event.job_id, event.type, event.account_id,
                  extra={**_job_fields(event, ""), "result": result, "type": event.type,
                         "suppress": suppress or ""})
+
+    async def _handover(self, event: ProviderEvent, account: str, job: str) -> Handover:
+        """The job's record's verdict on ``event`` (:mod:`suppression.handover`); an event
+        it ignores is counted and logged here."""
+        verdict, why = await check(self._redis, account, job, event.recipient,
+                                   event.channel, region=self._region)
+        if verdict.ignored:
+            self._metrics.provider_events.labels(event.provider, event.type,
+                                                 verdict.value).inc()
+            log.warning("%s %s event ignored: %s", event.provider, event.type, why, extra={
+                "provider": event.provider, "type": event.type, "account_id": account,
+                "job_id": job, "recipient": event.recipient, "result": verdict.value})
+        return verdict
 
     async def _unattributed(self, event: ProviderEvent, counts: Counts) -> str | None:
         """No account: a fact about the address is still a fact; a choice needs an account."""

@@ -22,6 +22,12 @@ Every delivery leaves on exactly one path:
                                 and ``outbox_retries_total``;
 * no settlement                 shutdown or a broker outage: RabbitMQ redelivers it (marked
                                 redelivered, so the gate lets it take over its own claim);
+* ``nack`` (requeue)            the send's outcome is unknown (the relay got the whole message
+                                and never answered: ``OutcomeUnknown``): returned with its
+                                claim kept, as a crash leaves it, so the redelivery takes the
+                                claim over and sends once more; at the
+                                :data:`UNKNOWN_DELIVERIES`-th delivery it ends ``failed``
+                                (reason ``networkerror``, "outcome unknown") instead;
 * ``nack`` (requeue)            an unexpected exception (a bug, a poison body): returned until
                                 its :data:`ERROR_DELIVERIES`-th delivery (RabbitMQ's
                                 ``x-delivery-count``), then dead-lettered with the exception as
@@ -72,7 +78,7 @@ from sender.bus import (
     ROUTE_HEADER,
     Bus,
 )
-from sender.channels.base import Channel, NotSent, SendFailure, SendResult
+from sender.channels.base import Channel, NotSent, OutcomeUnknown, SendFailure, SendResult
 from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
@@ -95,6 +101,9 @@ _COUNTS = {"sent": Counts(sends=1), "bounced": Counts(sends=1, hard=1),
 #: every return, shutdowns included; the queues' own x-delivery-limit is the backstop for a
 #: body that kills the process).
 ERROR_DELIVERIES = 3
+#: Deliveries whose send ended with an unknown outcome before the job ends ``failed``: each
+#: may have reached the relay (a relay that stores, then never answers, gets it this often)
+UNKNOWN_DELIVERIES = 3
 DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues
 #: when the delivery being handled (this task's) was received, for the outcome's ``ms``
 _RECEIVED: ContextVar[float | None] = ContextVar("received", default=None)
@@ -291,6 +300,9 @@ class Pipeline:
             result = await channel.send(job, sender)
         except NotSent as exc:
             raise Stopping from exc
+        except OutcomeUnknown as unknown:
+            await protected(self._unknown(message, job, attempt, unknown))
+            return
         except SendFailure as failure:
             self._metrics.provider_replies.labels(failure.provider,
                                                   failure.outcome.kind or "none").inc()
@@ -309,6 +321,29 @@ class Pipeline:
             raise
         except Exception as exc:
             raise SentThenFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _unknown(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                       unknown: OutcomeUnknown) -> None:
+        """The relay got the message and no answer came: retried only as a crash is. The
+        claim is left as the send left it (``S``, this delivery's) and the delivery returned
+        to its queue, so RabbitMQ redelivers it marked redelivered and the gate lets that
+        delivery take the claim over; no ``deferred`` (a retry tier's copy would be a new
+        delivery, refused as a duplicate while the claim is held). Each time counts toward
+        :data:`UNKNOWN_DELIVERIES`; the last ends the job ``failed``."""
+        deliveries = _int(message.headers.get(DELIVERY_COUNT_HEADER), 0) + 1
+        self._metrics.provider_replies.labels(unknown.provider, "unknown").inc()
+        if deliveries < UNKNOWN_DELIVERIES:
+            log.warning("job %s: %s; returned to its queue, its claim kept as after a crash "
+                        "(delivery %d of at most %d)", job.id, unknown, deliveries,
+                        UNKNOWN_DELIVERIES, extra={
+                            "job_id": job.id, "account_id": job.account_id,
+                            "channel": job.channel, "attempt": attempt, "ms": _ms()})
+            await self.acks.nack(message)
+            return
+        await self._finish(message, job, "failed", attempt, reason="networkerror",
+                           provider=unknown.provider,
+                           detail=f"outcome unknown on {deliveries} deliveries (the relay may "
+                                  f"have the message): {unknown.detail}"[:500])
 
     async def _unrenderable(self, message: AbstractIncomingMessage, job: Job, attempt: int,
                             problem: str) -> None:

@@ -81,8 +81,9 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
         redis_call=redis_call, acks=acks)
-    events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), metrics=metrics,
-                          redis_call=redis_call, acks=acks)
+    events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
+                          metrics=metrics, redis_call=redis_call, acks=acks,
+                          sms_region=settings.sms_region)
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,

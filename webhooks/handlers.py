@@ -18,6 +18,7 @@ from sender.bus import Bus, PublishFailed
 from sender.models import utcnow_iso
 from sender.provider_events import ProviderEvent
 from suppression import ids
+from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
 from suppression.tokens import BadToken, Unsubscribe, read_token
 from webhooks.events import hand_over, publish_events
@@ -41,9 +42,11 @@ class WebhookMetrics:
 class TwilioWebhooks:
     """``POST /webhooks/twilio/status`` and ``POST /webhooks/twilio/inbound``."""
 
-    def __init__(self, settings: Settings, bus: Bus, metrics: WebhookMetrics) -> None:
+    def __init__(self, settings: Settings, bus: Bus, redis: Client,
+                 metrics: WebhookMetrics) -> None:
         self._settings = settings
         self._bus = bus
+        self._redis = redis
         self._metrics = metrics
 
     def routes(self) -> list[web.RouteDef]:
@@ -117,7 +120,8 @@ class TwilioWebhooks:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
 
     async def _publish(self, events: list[ProviderEvent]) -> None:
-        await hand_over(self._bus, events, self._metrics)
+        await hand_over(self._bus, self._redis, events, self._metrics,
+                        region=self._settings.sms_region)
 
 
 def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
@@ -162,7 +166,9 @@ class UnsubscribeWebhooks:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         u = self._read(request)
-        how = "one-click" if "List-Unsubscribe" in (await request.text()) else "unsubscribe page"
+        # the bytes, not text(): a body in no readable charset is still a click (RFC 8058's
+        # is ASCII), never a 500
+        how = "one-click" if b"List-Unsubscribe" in await request.read() else "unsubscribe page"
         await self._store.add(u.recipient, channel=u.channel, reason="unsubscribe",
                               account_id=u.account_id, source=f"job:{u.job_id}", detail=how,
                               actor="recipient")

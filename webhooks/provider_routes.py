@@ -20,8 +20,10 @@ What the provider modules cannot know is added here:
   :func:`suppression.keys.mailgun_token`; a replay gets 406, Mailgun's "do not retry"); the
   token is released again when the events could not be published, so Mailgun's retry is taken.
 * All: a ``job_id`` read from a Message-ID whose domain is not ``OUTBOX_MESSAGE_ID_DOMAIN``
-  is dropped (the provider's own Message-ID, not one of our jobs). The worker deduplicates
-  events by provider and event id.
+  is dropped (the provider's own Message-ID, not one of our jobs). An event naming a job that
+  was never handed over, or handed over for another recipient, is not published (200 all
+  the same: :func:`webhooks.events.hand_over`). The worker deduplicates events by provider
+  and event id.
 """
 
 from __future__ import annotations
@@ -70,9 +72,11 @@ class _ProviderWebhooks:
 
     provider = ""
 
-    def __init__(self, settings: Settings, bus: Bus, metrics: WebhookMetrics) -> None:
+    def __init__(self, settings: Settings, bus: Bus, redis: Client,
+                 metrics: WebhookMetrics) -> None:
         self._settings = settings
         self._bus = bus
+        self._redis = redis
         self._metrics = metrics
 
     def _refuse(self, error: type[web.HTTPException], result: str, text: str,
@@ -105,7 +109,8 @@ class _ProviderWebhooks:
         return event
 
     async def _publish(self, events: list[ProviderEvent]) -> web.Response:
-        await hand_over(self._bus, events, self._metrics)
+        await hand_over(self._bus, self._redis, events, self._metrics,
+                        region=self._settings.sms_region)
         return web.Response(status=200, text="ok")
 
     def _check_fresh(self, timestamp: str) -> None:
@@ -122,9 +127,9 @@ class SesWebhooks(_ProviderWebhooks):
 
     provider = ses.PROVIDER
 
-    def __init__(self, settings: Settings, bus: Bus, metrics: WebhookMetrics,
+    def __init__(self, settings: Settings, bus: Bus, redis: Client, metrics: WebhookMetrics,
                  fetch: CertificateFetcher | None = None) -> None:
-        super().__init__(settings, bus, metrics)
+        super().__init__(settings, bus, redis, metrics)
         self._fetch = fetch
         self._certificates: dict[str, str] = {}
 
@@ -200,11 +205,6 @@ class MailgunWebhooks(_ProviderWebhooks):
     """``POST /webhooks/mailgun``: signed, fresh, and each token once."""
 
     provider = mailgun.PROVIDER
-
-    def __init__(self, settings: Settings, bus: Bus, redis: Client,
-                 metrics: WebhookMetrics) -> None:
-        super().__init__(settings, bus, metrics)
-        self._redis = redis
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhooks/mailgun", self.event)]

@@ -7,6 +7,9 @@ Exceptions::
     SendFailure            the provider did not take the message; ``outcome`` says how
                            (kind hard/soft/block/complaint/transient, reason) and whether
                            a retry may help (``outcome.retryable``)
+    OutcomeUnknown         the whole message went to the provider but its answer never came
+                           (the connection lost, or no answer in time): it may have been
+                           taken. Retried only as after a crash (the pipeline's rule)
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ class SendResult:
 
 class NotSent(Exception):
     """The channel stopped before this send started (``Channel.stop``)."""
+
+
+class OutcomeUnknown(Exception):
+    """The message was handed over whole (an SMTP message up to its final dot) and no answer
+    came: the provider may have taken it. Not a :class:`SendFailure`: sending it again may
+    deliver it twice, so the pipeline retries it only the way it retries a crash."""
+
+    def __init__(self, provider: str, detail: str) -> None:
+        super().__init__(f"{provider}: outcome unknown: {detail}")
+        self.provider = provider
+        self.detail = detail
 
 
 class Slots:

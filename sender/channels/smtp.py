@@ -4,6 +4,13 @@ Connection problems (refused, dropped, timed out) are told apart from SMTP repli
 become a ``transient/networkerror`` failure and the connection is thrown away; the second are
 classified from their code, enhanced status code and text.
 
+The reply to the end of the message (the final ".") is waited for ``data_timeout`` seconds
+(``OUTBOX_SMTP_DATA_TIMEOUT``, 10 minutes as RFC 5321 4.5.3.2.6 says: a relay may scan or store
+the message before it answers), every other reply ``timeout``. When that last reply never
+comes (the connection lost, or the time out) the relay may have taken the message: that is
+:class:`~sender.channels.base.OutcomeUnknown`, not a failure, and the pipeline does not send
+it again as it would after a failure.
+
 DKIM: with ``EmailOptions.keys_for`` (``async def keys_for(account_id, from_domain) ->
 Sequence[DkimKey]``) every rendered message is signed (:mod:`sender.dkim`) with the keys it
 returns for the job's account and its From domain, before it goes to the pool; no keys, or no
@@ -41,7 +48,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_li
 from aiosmtplib.response import SMTPResponse
 
 from config import Settings, SmtpTarget
-from sender.channels.base import NotSent, SendFailure, SendResult, Slots
+from sender.channels.base import NotSent, OutcomeUnknown, SendFailure, SendResult, Slots
 from sender.channels.mx import MxChecker, Undeliverable, check_syntax
 from sender.compliance import MissingSenderInfo, SenderInfo, email_compliance
 from sender.dkim import DkimError, DkimKey, DkimSigner
@@ -57,6 +64,8 @@ log = logging.getLogger("outbox.smtp")
 _QUEUE_ID = re.compile(r"queued as\s+<?([\w.@\-]+)|^(?:\d\.\d\.\d\s+)?Ok\s+<?([\w.@\-]+)",
                        re.IGNORECASE)
 NETWORK_ERROR = Outcome("transient", "networkerror")
+#: RFC 5321 4.5.3.2.6: the client waits 10 minutes for the reply to the end of DATA
+DATA_TIMEOUT = 600.0
 
 
 @dataclass(slots=True)
@@ -70,15 +79,18 @@ class _Conn:
 class SmtpPool:
     """Up to ``size`` persistent connections; each carries at most ``max_messages`` messages
     and is dropped after ``idle_timeout`` seconds unused. MAIL, RCPT and DATA are pipelined
-    (RFC 2920) on a connection whose relay offers PIPELINING, unless ``pipelining=False``."""
+    (RFC 2920) on a connection whose relay offers PIPELINING, unless ``pipelining=False``.
+    Each reply is waited for ``timeout`` seconds, the one to the end of the message
+    ``data_timeout``."""
 
     def __init__(self, target: SmtpTarget, *, size: int, timeout: float, max_messages: int,
                  idle_timeout: float,
                  factory: Callable[..., aiosmtplib.SMTP] = aiosmtplib.SMTP,
-                 pipelining: bool = True) -> None:
+                 pipelining: bool = True, data_timeout: float = DATA_TIMEOUT) -> None:
         self._target = target
         self._pipelining = pipelining
         self._timeout = timeout
+        self._data_timeout = data_timeout
         self._max_messages = max_messages
         self._idle_timeout = idle_timeout
         self._factory = factory
@@ -89,8 +101,9 @@ class SmtpPool:
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
                    *, smtputf8: bool = False, first: bool = False, stuffed: bool = False) -> str:
-        """Send one message; return the relay's reply text. Raises SMTPException/OSError, or
-        NotSent when the pool stopped before the transaction began. ``first``: a priority-lane
+        """Send one message; return the relay's reply text. Raises SMTPException/OSError,
+        OutcomeUnknown when the message went out whole and no reply came, or NotSent when the
+        pool stopped before the transaction began. ``first``: a priority-lane
         job, served before the bulk ones waiting for a connection. ``stuffed``: ``data`` is
         already CRLF and dot-stuffed (:attr:`RenderedEmail.wire`) and goes out as it is."""
         async with self._slots.turn(first=first):
@@ -101,7 +114,7 @@ class SmtpPool:
             try:
                 reply = await _transaction(conn.smtp, envelope_from, recipients, data,
                                            smtputf8=smtputf8, pipelining=conn.pipelining,
-                                           stuffed=stuffed)
+                                           stuffed=stuffed, data_timeout=self._data_timeout)
             except SMTPResponseException:
                 self._checkin(conn)  # reset after the refusal: the connection is still good
                 raise
@@ -171,7 +184,8 @@ _UNSAFE = re.compile(r"[\x00-\x20<>\x7f]")
 
 
 async def _transaction(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes,
-                       *, smtputf8: bool, pipelining: bool, stuffed: bool) -> str:
+                       *, smtputf8: bool, pipelining: bool, stuffed: bool,
+                       data_timeout: float = DATA_TIMEOUT) -> str:
     """MAIL, RCPT, DATA and the message; with ``pipelining`` (the relay offered PIPELINING,
     RFC 2920) MAIL, every RCPT and DATA go in one write.
 
@@ -180,7 +194,8 @@ async def _transaction(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str]
     checked for characters that could break the command line. ``data`` is written after the
     354 as it is when ``stuffed`` (CRLF lines, dot-stuffed: :attr:`RenderedEmail.wire`), else
     normalised and stuffed here exactly as aiosmtplib's ``data()`` would. A refusal raises the
-    aiosmtplib exception with the reply after a RSET, as ``sendmail`` does."""
+    aiosmtplib exception with the reply after a RSET, as ``sendmail`` does. The reply to the
+    message's end is waited for ``data_timeout`` seconds (:func:`_message`)."""
     encoding = "utf-8" if smtputf8 else "ascii"
     if any(_UNSAFE.search(a) for a in (sender, *recipients)):
         raise ValueError("an envelope address holds a character not allowed on a command line")
@@ -189,9 +204,11 @@ async def _transaction(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str]
     message = data + b".\r\n"
     try:
         if pipelining:
-            reply = await _pipelined(smtp, sender, recipients, message, encoding, smtputf8)
+            reply = await _pipelined(smtp, sender, recipients, message, encoding, smtputf8,
+                                     data_timeout)
         else:
-            reply = await _one_by_one(smtp, sender, recipients, message, encoding, smtputf8)
+            reply = await _one_by_one(smtp, sender, recipients, message, encoding, smtputf8,
+                                      data_timeout)
     except SMTPResponseException:
         await smtp.rset()
         raise
@@ -199,7 +216,8 @@ async def _transaction(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str]
 
 
 async def _one_by_one(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
-                      message: bytes, encoding: str, smtputf8: bool) -> SMTPResponse:
+                      message: bytes, encoding: str, smtputf8: bool,
+                      data_timeout: float) -> SMTPResponse:
     """One command, one reply (a relay without PIPELINING)."""
     options = (b"SMTPUTF8",) if smtputf8 else ()
     reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(encoding), *options)
@@ -215,14 +233,15 @@ async def _one_by_one(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
         reply = await protocol.read_response(timeout=smtp.timeout)
         if reply.code != 354:
             raise SMTPDataError(reply.code, reply.message)
-        return await _message(smtp, protocol, message)
+        return await _message(smtp, protocol, message, data_timeout)
     except (SMTPServerDisconnected, SMTPTimeoutError):
         smtp.close()  # as aiosmtplib's data() does: the replies are out of step now
         raise
 
 
 async def _pipelined(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
-                     message: bytes, encoding: str, smtputf8: bool) -> SMTPResponse:
+                     message: bytes, encoding: str, smtputf8: bool,
+                     data_timeout: float) -> SMTPResponse:
     """MAIL, every RCPT and DATA in one write, then their replies in order (RFC 2920 3.1: the
     client reads every one of them, whatever the first said), then the message after a 354.
 
@@ -251,7 +270,7 @@ async def _pipelined(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
         if reply.code != 354:
             raise refused or SMTPDataError(reply.code, reply.message)
         if refused is None:
-            return await _message(smtp, protocol, message)
+            return await _message(smtp, protocol, message, data_timeout)
         protocol.write(b".\r\n")  # an empty message, refused for want of recipients
         await _next_reply(smtp, protocol)
         raise refused
@@ -260,11 +279,18 @@ async def _pipelined(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
         raise
 
 
-async def _message(smtp: aiosmtplib.SMTP, protocol: SMTPProtocol,
-                   message: bytes) -> SMTPResponse:
-    """After the 354: the message with its final ".", one write, and the relay's reply."""
-    protocol.write(message)
-    reply = await protocol.read_response(timeout=smtp.timeout)
+async def _message(smtp: aiosmtplib.SMTP, protocol: SMTPProtocol, message: bytes,
+                   data_timeout: float) -> SMTPResponse:
+    """After the 354: the message with its final ".", one write, and the relay's reply,
+    waited for ``data_timeout`` seconds. No reply (the connection lost, or the time out) is
+    :class:`OutcomeUnknown`: the relay may have stored the message before it stopped."""
+    protocol.write(message)  # SMTPServerDisconnected here: nothing went out, a plain failure
+    try:
+        reply = await protocol.read_response(timeout=data_timeout)
+    except (SMTPServerDisconnected, SMTPTimeoutError, OSError) as exc:
+        smtp.close()  # the replies are out of step now, as after aiosmtplib's data()
+        raise OutcomeUnknown("smtp", f"no reply to the end of the message: "
+                                     f"{type(exc).__name__}: {exc}") from exc
     if reply.code != 250:
         raise SMTPDataError(reply.code, reply.message)
     return reply
@@ -388,7 +414,8 @@ class SmtpChannel:
         self._signer = DkimSigner()
 
     async def send(self, job: EmailJob, sender: tuple[str, ...] | None = None) -> SendResult:
-        """Send one email job. Raises SendFailure; MimeError for content that cannot be sent."""
+        """Send one email job. Raises SendFailure; OutcomeUnknown when the relay got the
+        message but no reply came; MimeError for content that cannot be sent."""
         await self._check_address(job.to)
         msg = self._render(job, sender)
         if self._options.keys_for is not None:
@@ -474,7 +501,8 @@ def build(settings: Settings, *, keys_for: KeysFor | None = None) -> SmtpChannel
     are DKIM-signed with ``keys_for``'s keys unless ``OUTBOX_DKIM`` is off."""
     pool = SmtpPool(settings.smtp, size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                     max_messages=settings.smtp_max_messages_per_connection,
-                    idle_timeout=settings.smtp_idle_timeout)
+                    idle_timeout=settings.smtp_idle_timeout,
+                    data_timeout=settings.smtp_data_timeout)
     options = EmailOptions(
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
         secret_key=settings.signing_key,

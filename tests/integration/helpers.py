@@ -129,13 +129,13 @@ async def running_app(settings: Settings, port: int) -> AsyncIterator[str]:
     yields its base URL."""
     from aiohttp import web
 
-    from webhooks.app import make_app
+    from webhooks.app import make_app, make_runner
 
     bus = Bus.from_settings(settings)
     await bus.connect()
     redis = make_redis(settings)
-    runner = web.AppRunner(make_app(settings, bus=bus, redis=redis,
-                                    registry=CollectorRegistry()))
+    runner = make_runner(make_app(settings, bus=bus, redis=redis,
+                                  registry=CollectorRegistry()), settings)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()

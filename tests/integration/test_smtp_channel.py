@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from config import parse_smtp_url
-from sender.channels.base import SendFailure
+from sender.channels.base import OutcomeUnknown, SendFailure
 from sender.channels.smtp import SmtpChannel, SmtpPool
 from sender.models import EmailJob
 from tests.conftest import Recorder, RecordingHandler
@@ -137,7 +137,10 @@ class _DropOnce(RecordingHandler):
         return await super().handle_DATA(server, session, envelope)
 
 
-async def test_relay_dropping_the_connection_mid_data_is_a_network_error(smtp_server):
+async def test_relay_dropping_the_connection_after_the_message_is_an_unknown_outcome(
+        smtp_server):
+    """The relay had the whole message when it hung up: it may have stored it, so this is no
+    failure to retry (OutcomeUnknown: the pipeline retries it only as after a crash)."""
     recorder = Recorder()
     loop = asyncio.get_running_loop()
     handler = _DropOnce(recorder)  # one handler for every connection: it drops only once
@@ -145,10 +148,10 @@ async def test_relay_dropping_the_connection_mid_data_is_a_network_error(smtp_se
     port = server.sockets[0].getsockname()[1]
     channel = _channel(f"smtp://127.0.0.1:{port}")
     try:
-        with pytest.raises(SendFailure) as info:
+        with pytest.raises(OutcomeUnknown) as info:
             await channel.send(_job(to="x@example.com"))
-        assert (info.value.outcome.kind, info.value.outcome.reason) == ("transient",
-                                                                         "networkerror")
+        assert info.value.provider == "smtp" and "no reply to the end of the message" in \
+            info.value.detail
         await channel.send(_job(to="x@example.com"))  # the pool opened a fresh connection
     finally:
         await channel.close()
@@ -214,3 +217,26 @@ async def test_an_internationalised_address_goes_out_with_smtputf8(smtp_server):
     await channel.close()
     assert [r for _, r, _ in recorder.messages] == [["陳大文@example.com"]]
     assert channel._pool.opened == 1
+
+
+async def test_the_end_of_data_reply_has_its_own_timeout(smtp_server):
+    """Every other reply is waited for ``timeout`` (0.5 s here), the one to the message's
+    end ``data_timeout``: a relay taking 1.5 s to answer it is waited for; one taking
+    longer than ``data_timeout`` is an unknown outcome, and the next send gets a fresh
+    connection."""
+    url, recorder = smtp_server
+    recorder.delay = 1.5
+    patient = _channel(url, timeout=0.5, data_timeout=5)
+    hasty = _channel(url, timeout=0.5, data_timeout=0.5)
+    try:
+        result = await patient.send(_job(to="slow@example.com"))
+        assert result.detail and result.detail.startswith("2.0.0 Ok")
+        with pytest.raises(OutcomeUnknown) as info:
+            await hasty.send(_job(to="slow@example.com"))
+        assert "SMTPReadTimeoutError" in info.value.detail
+        recorder.delay = 0
+        await hasty.send(_job(to="fast@example.com"))
+        assert hasty._pool.opened == 2
+    finally:
+        await patient.close()
+        await hasty.close()

@@ -62,7 +62,7 @@ class FakeBus:
 
 def applier(redis: Redis, gate: Gate) -> EventApplier:
     bus: Any = FakeBus()
-    return EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis),
+    return EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                         metrics=Metrics(CollectorRegistry()))
 
 

@@ -7,6 +7,7 @@ helpers that read ids and JSON bodies. What they return, one
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -17,6 +18,10 @@ class PayloadError(ValueError):
     """The webhook body is malformed (wrong content type, not decodable, a required field
     missing); the message says what is wrong. The server answers 400 and changes nothing."""
 
+
+#: JSON nested deeper than this is refused: no provider's payload comes near it (SES and
+#: Mailgun nest about six levels), and a deeper one only costs stack and CPU downstream
+MAX_DEPTH = 64
 
 #: ``<job-id@domain>`` as Outbox writes Message-IDs; group 1 is the job id.
 MESSAGE_ID = re.compile(rf"<({ids.PATTERN})@[^<>@\s]+>")
@@ -33,7 +38,40 @@ def json_body(body: bytes, content_type: str, provider: str) -> Any:
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     if mime != "application/json":
         raise PayloadError(f"{provider} webhooks are application/json, not {content_type!r}")
+    return loads_json(body, "body")
+
+
+def loads_json(text: bytes | str, what: str) -> Any:
+    """``text`` decoded as JSON, at most :data:`MAX_DEPTH` deep and every number finite;
+    :class:`PayloadError` naming ``what`` otherwise. Never RecursionError: a hostile depth
+    (``[[[[...``) is a bad payload (400), not a server error."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from None
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError, TypeError) as exc:
+        raise PayloadError(f"{what} is not JSON: {exc}"[:300]) from None
+    except RecursionError:
+        raise PayloadError(f"{what} is nested more than {MAX_DEPTH} levels deep") from None
+    problem = _unreadable(data)
+    if problem:
+        raise PayloadError(f"{what} is {problem}")
+    return data
+
+
+def _unreadable(data: Any) -> str | None:
+    """Why decoded JSON is refused (too deep, a number out of range), or None. Iterative:
+    the check itself cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        elif isinstance(value, float) and not math.isfinite(value):
+            return "JSON with a number out of range (not finite)"
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep"
+        stack.extend((child, depth + 1) for child in children)
+    return None

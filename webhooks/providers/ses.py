@@ -47,7 +47,6 @@ import base64
 import binascii
 import dataclasses
 import hashlib
-import json
 import re
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -66,6 +65,7 @@ from suppression.classify import Outcome, classify_provider
 from webhooks.providers.base import (
     MESSAGE_ID,
     PayloadError,
+    loads_json,
     safe_id,
 )
 
@@ -190,10 +190,7 @@ def _rsa_verify(pem: str, signature: bytes, data: bytes, algorithm: hashes.HashA
 def decode_envelope(body: bytes, content_type: str = "") -> dict[str, Any]:
     """The SNS envelope as a dict. SNS posts ``text/plain; charset=UTF-8`` (raw message
     delivery off), so the content type is not checked. :class:`PayloadError` if not JSON."""
-    try:
-        envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"SNS body is not JSON: {exc}") from None
+    envelope = loads_json(body, "SNS body")
     if not isinstance(envelope, dict) or not isinstance(envelope.get("Type"), str):
         raise PayloadError("not an SNS message (no Type)")
     return envelope
@@ -207,10 +204,10 @@ def parse(body: bytes, content_type: str) -> list[ProviderEvent]:
         return []
     if envelope["Type"] != NOTIFICATION:
         raise PayloadError(f"unknown SNS message type {envelope['Type']!r}")
-    try:
-        note = json.loads(envelope.get("Message") or "")
-    except (ValueError, TypeError):
-        raise PayloadError("SNS Message is not an SES notification (not JSON)") from None
+    message = envelope.get("Message")
+    if not isinstance(message, str):
+        raise PayloadError("SNS Message is not an SES notification (not a string)")
+    note = loads_json(message, "SNS Message")
     if not isinstance(note, dict) or not isinstance(note.get("mail"), dict):
         raise PayloadError("SNS Message is not an SES notification (no mail object)")
     kind = note.get("notificationType") or note.get("eventType")
