@@ -64,6 +64,7 @@ from sender.metrics import Metrics
 from sender.models import status_event
 from sender.pipeline import RedisCalls
 from sender.provider_events import QUOTED, InvalidEvent, ProviderEvent
+from sender.recipient_events import Change, RecipientEvents
 from suppression import channels, entries
 from suppression.gate import Counts, Gate
 from suppression.store import SuppressionStore
@@ -138,9 +139,13 @@ class EventApplier:
 
     def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore,
                  metrics: Metrics, redis_call: RedisCalls | None = None,
-                 acks: Acks | None = None) -> None:
+                 acks: Acks | None = None, recipients: RecipientEvents | None = None) -> None:
         """``gate``: the pipeline's own; ``redis_call``: the pipeline's too, so an event is
-        held (not acked) and retried while Redis is down, like a job."""
+        held (not acked) and retried while Redis is down, like a job. ``recipients``: where
+        unsubscribes, complaints and START are announced to the CRM (once, confirmed; a
+        publish that fails raises, so the event goes back to its queue and the retry
+        publishes it)."""
+        self._recipients = recipients
         self._bus = bus
         self._gate = gate
         self._store = store
@@ -199,6 +204,7 @@ class EventApplier:
             self._metrics.account_transitions.labels(recorded.transition.from_state,
                                                      recorded.transition.to_state).inc()
             await publish_transition(self._bus, recorded.transition, event.channel)
+        await self._announce(event, account)
         if job and status and recorded.applied == 1:
             await self._bus.publish_event(status_event(
                 job_id=job, account_id=account, channel=event.channel,
@@ -232,6 +238,7 @@ class EventApplier:
             reason = "hard_bounce" if counts.hard else "complaint"
             await self._gate.suppress_address(event.channel, event.recipient, reason=reason,
                                               source=_source(event), detail=evidence(event))
+            await self._announce(event, None)
             return None
         if event.type == "unsubscribed":
             return "an unsubscribe that names no account cannot be applied"
@@ -240,9 +247,19 @@ class EventApplier:
     async def _opt_in(self, event: ProviderEvent) -> str | None:
         if not event.account_id or not event.recipient:
             return "an SMS START that names no account cannot be applied"
-        await self._store.remove(event.recipient, channel="sms", account_id=event.account_id,
-                                 actor="recipient", reason="replied START")
+        removed = await self._store.remove(event.recipient, channel="sms",
+                                           account_id=event.account_id, actor="recipient",
+                                           reason="replied START")
+        if self._recipients is not None:  # consent stays as STOP left it: revoked
+            await self._recipients.announce(Change(event.account_id, "sms", event.recipient,
+                                                   "resubscribed", "sms_start",
+                                                   removed=bool(removed)))
         return None
+
+    async def _announce(self, event: ProviderEvent, account: str | None) -> None:
+        """The recipient event of an unsubscribe or complaint (``sender.recipient_events``)."""
+        if self._recipients is not None:
+            await self._recipients.from_provider_event(event, account)
 
     async def _dead(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("provider event not applied: %s", reason)

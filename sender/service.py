@@ -31,6 +31,7 @@ from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.metrics import Metrics
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
+from sender.recipient_events import RecipientEvents
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
@@ -76,7 +77,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
         redis_call=redis_call, acks=acks)
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), metrics=metrics,
-                          redis_call=redis_call, acks=acks)
+                          redis_call=redis_call, acks=acks,
+                          recipients=RecipientEvents(redis, bus))
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
