@@ -21,15 +21,19 @@ Once: ``recipient.lua`` keeps, per account (or, for changes that name none, glob
 recipient, the last change recorded. A change equal to it is no change (a second STOP records
 nothing); a removal that removed nothing (START without a STOP) is none either, unless the
 record says the recipient was last stopped (a retry after the removal was made). A change is
-recorded together with its event in the scope's pending hash, atomically; then every pending
-event of the scope is published (confirmed) and removed from the pending hash.
+recorded together with its event in the scope's pending hash, atomically; then the pending
+events of the scope are published (confirmed) and removed from the pending hash. The script
+hands each pending event to one caller at a time (a claim, released when its publish fails,
+taken over after :data:`CLAIM_SECONDS` from a caller that died), so two changes applied at
+once do not publish the same event twice.
 
 When the publish fails the change stays made and its event pending, and the caller says so:
 the unsubscribe webhook answers 503 (the form or the mailbox provider posts again), the worker
 returns the provider event to its queue (redelivered), the CLI exits 1 and the admin API
 answers ``"event_published": false``. The retry finds the change recorded and publishes the
 pending event; so does the next change of the same account. An event may be published twice
-(confirmed, then the pending field not removed): its ``id`` (also the ``message_id``) tells.
+(confirmed, then Redis lost before the pending field was removed; or a publish slower than
+:data:`CLAIM_SECONDS`): its ``id`` (also the ``message_id``) tells.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from sender import topology
 from sender.bus import Bus
@@ -59,6 +65,9 @@ STOPPING = ("unsubscribed", "complained", "suppressed")
 #: a removal that found nothing to remove is still the change when the record says the
 #: recipient was last stopped by one of these (the removal was made, its event not recorded)
 _UNDOES = {"resubscribed": ("unsubscribed",), "unsuppressed": STOPPING}
+#: a pending event claimed for publishing longer ago than this is published by the next caller
+#: (its publisher died between the claim and the confirm)
+CLAIM_SECONDS = 60
 #: ``ProviderEvent.reason`` of an inbound SMS STOP (``webhooks.handlers``)
 SMS_STOP = "sms_stop"
 #: ``ProviderEvent.provider`` of the ``/u/<token>`` handler's events
@@ -125,23 +134,44 @@ class RecipientEvents:
             [keys.recipient(change.account_id, change.channel, address),
              keys.recipient_pending(change.account_id)],
             [change.change, event["id"], body, event["at"], change.source,
-             "1" if change.removed else "0", *undoes])]
+             "1" if change.removed else "0", CLAIM_SECONDS * 1000, *undoes])]
         pending = sorted(zip(reply[1::2], (r.encode() for r in reply[2::2]), strict=True))
         return (event if reply[0] == "1" else None), pending
 
     async def publish(self, account_id: str | None, pending: list[tuple[str, bytes]]) -> None:
-        """Publish each pending event (confirmed), then forget it."""
-        for event_id, body in pending:
-            event = json.loads(body)
-            await self._bus.publish(topology.STATUS_EXCHANGE,
-                                    routing_key(event["channel"], event["change"]), body,
-                                    message_id=event_id)
-            await self._redis.hdel(keys.recipient_pending(account_id), event_id)
-            log.info("recipient event %s: account %s, %s (%s)", event["change"],
-                     account_id or "-", event["channel"], event["source"],
-                     extra={"account_id": account_id, "channel": event["channel"],
-                            "change": event["change"], "source": event["source"],
-                            "event_id": event_id})
+        """Publish each claimed pending event (confirmed), then forget it; when the broker
+        refuses one, the claims of those left are released (they stay pending) and
+        :class:`sender.bus.PublishFailed` raised."""
+        left = list(pending)
+        try:
+            while left:
+                await self._publish_one(account_id, *left[0])
+                left.pop(0)
+        finally:
+            if left:
+                await self._release(account_id, [event_id for event_id, _ in left])
+
+    async def _publish_one(self, account_id: str | None, event_id: str, body: bytes) -> None:
+        event = json.loads(body)
+        await self._bus.publish(topology.STATUS_EXCHANGE,
+                                routing_key(event["channel"], event["change"]), body,
+                                message_id=event_id)
+        await self._redis.hdel(keys.recipient_pending(account_id), f"e:{event_id}",
+                               f"c:{event_id}")
+        log.info("recipient event %s: account %s, %s (%s)", event["change"],
+                 account_id or "-", event["channel"], event["source"],
+                 extra={"account_id": account_id, "channel": event["channel"],
+                        "change": event["change"], "source": event["source"],
+                        "event_id": event_id})
+
+    async def _release(self, account_id: str | None, event_ids: list[str]) -> None:
+        """Let the next caller publish these at once (best effort: else after the claim
+        time)."""
+        try:
+            await self._redis.hdel(keys.recipient_pending(account_id),
+                                   *(f"c:{event_id}" for event_id in event_ids))
+        except (RedisError, OSError) as exc:
+            log.warning("recipient events left claimed for %d s: %s", CLAIM_SECONDS, exc)
 
     async def from_provider_event(self, event: ProviderEvent,
                                   account_id: str | None) -> dict[str, Any] | None:
