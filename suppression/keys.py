@@ -20,14 +20,14 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:prefs:<addr>`` | hash | none | notification preferences: field ``<topic>:<channel>`` → ``1`` on / ``0`` off |
 | ``outbox:{acct:A}:tl:<id>`` | list | ``idempotency_ttl``, refreshed on each entry | the job's timeline: one JSON entry per status (``at`` ms, ``status``, ``reason``, ``detail``, ``provider``, ``provider_message_id``, ``attempt``), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
 | ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
-| ``outbox:{acct:A}:rcpt:<channel>:<addr>`` | hash | none | the last change of whether the recipient may be contacted that was announced to the CRM (``change``, ``id``, ``at``, ``source``: ``sender.recipient_events``) |
-| ``outbox:{acct:A}:rcpt-pending`` | hash | none (fields removed once published) | recipient events recorded but not yet confirmed by the broker: field event id → the event's JSON |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
+| ``outbox:{acct:A}:rcpt:<channel>:<addr>`` | hash | none | the last change of whether the recipient may be contacted that was announced to the CRM (``change``, ``id``, ``at``, ``source``: ``sender.recipient_events``) |
+| ``outbox:{acct:A}:rcpt-pending`` | hash | none (fields removed once published) | recipient events recorded but not yet confirmed by the broker: field ``e:<event id>`` the event's JSON, ``c:<event id>`` when a publisher claimed it (ms) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:hist:<channel>:<addr>`` | sorted set | ``idempotency_ttl``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
+| ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:{rcpt}:<channel>:<addr>`` | hash | none | as ``rcpt:`` above, for changes that name no account (global entries added or removed by support, a complaint without an account) |
 | ``outbox:{rcpt}:pending`` | hash | none (fields removed once published) | as ``rcpt-pending`` above, for those changes (one slot with their records, for the script) |
-| ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
