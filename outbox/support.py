@@ -354,8 +354,10 @@ def cmd_suppression_remove(args: argparse.Namespace) -> int:
         return removed, await _announce_recipient(redis, cfg, change)
 
     removed, published = _run(work, account=args.account)
-    print_records({"address": args.address, "removed": removed, "event_published": published},
-                  args.json, lambda d: "removed:\n" + table(d["removed"], _ENTRY_FIELDS))
+    record = {"address": args.address, "removed": removed}
+    if removed:  # an event only when something was removed
+        record["event_published"] = published
+    print_records(record, args.json, lambda d: "removed:\n" + table(d["removed"], _ENTRY_FIELDS))
     if not removed:  # as the admin API's 404: the caller thought there was one
         scope = f"account {args.account}" if args.account else "the global list"
         print(f"outbox: no {args.channel} entry for {args.address} in {scope}: nothing removed",
