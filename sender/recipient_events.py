@@ -181,6 +181,11 @@ class RecipientEvents:
         if found is None or not event.recipient:
             return None
         change, source = found
+        try:  # the entry writer has the same rule: no canonical form, no entry was written
+            entries.canonical(event.channel, event.recipient)
+        except entries.BadEntry as exc:
+            log.warning("no recipient event for an address without a canonical form: %s", exc)
+            return None
         if source == SMS_STOP and account_id:
             await self._revoke_consent(account_id, event)
         return await self.announce(Change(account_id, event.channel, event.recipient, change,

@@ -116,3 +116,14 @@ def test_a_recipient_event_prints_as_one_line() -> None:
     event = parse_event(_example(), "recipient.sms.unsubscribed")
     assert event_line(event) == ("2026-11-25T14:15:41.112Z  recipient.sms.unsubscribed  "
                                  "acct_1042  +85291234567  source=sms_stop")
+
+
+async def test_an_address_without_a_canonical_form_announces_nothing() -> None:
+    """The entry writer wrote nothing under it: no event, no error that would dead-letter
+    the provider event (its job status still counts)."""
+    from sender.recipient_events import RecipientEvents
+
+    never: Any = None  # no Redis, no bus: neither may be reached
+    events = RecipientEvents(never, never)
+    assert await events.from_provider_event(_event(recipient="ann\u200b@example.com"),
+                                            "acct_1") is None
