@@ -25,7 +25,9 @@ recorded together with its event in the scope's pending hash, atomically; then t
 events of the scope are published (confirmed) and removed from the pending hash. The script
 hands each pending event to one caller at a time (a claim, released when its publish fails,
 taken over after :data:`CLAIM_SECONDS` from a caller that died), so two changes applied at
-once do not publish the same event twice.
+once do not publish the same event twice. The worker's :class:`PendingSweeper` publishes,
+every :data:`SWEEP_SECONDS`, what such a caller left (claimed, never published: a process
+killed between the two, a try cancelled by a timeout), so nothing waits for the next change.
 
 When the publish fails the change stays made and its event pending, and the caller says so:
 the unsubscribe webhook answers 503 (the form or the mailbox provider posts again), the worker
@@ -38,6 +40,7 @@ pending event; so does the next change of the same account. An event may be publ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -68,10 +71,16 @@ _UNDOES = {"resubscribed": ("unsubscribed",), "unsuppressed": STOPPING}
 #: a pending event claimed for publishing longer ago than this is published by the next caller
 #: (its publisher died between the claim and the confirm)
 CLAIM_SECONDS = 60
+#: seconds between the worker's sweeps for pending events nobody is publishing
+SWEEP_SECONDS = 30.0
 #: ``ProviderEvent.reason`` of an inbound SMS STOP (``webhooks.handlers``)
 SMS_STOP = "sms_stop"
 #: ``ProviderEvent.provider`` of the ``/u/<token>`` handler's events
 UNSUBSCRIBE_PROVIDER = "unsubscribe"
+
+
+def _scope(account_id: str | None) -> str:
+    return account_id or keys.GLOBAL_RECIPIENT_SCOPE
 
 
 def routing_key(channel: str, change: str) -> str:
@@ -107,9 +116,10 @@ class Change:
 class RecipientEvents:
     """Records recipient changes once (Redis) and publishes their events (confirmed)."""
 
-    def __init__(self, redis: Client, bus: Bus) -> None:
+    def __init__(self, redis: Client, bus: Bus, *, claim_seconds: float = CLAIM_SECONDS) -> None:
         self._redis = redis
         self._bus = bus
+        self._claim_ms = int(claim_seconds * 1000)
 
     async def announce(self, change: Change) -> dict[str, Any] | None:
         """Record ``change`` unless it is none, then publish every pending event of its scope;
@@ -121,22 +131,44 @@ class RecipientEvents:
 
     async def record(self, change: Change) -> tuple[dict[str, Any] | None,
                                                      list[tuple[str, bytes]]]:
-        """The new event (or None) and every pending ``(id, body)`` of the scope, oldest
-        first. :class:`suppression.entries.BadEntry` for a bad channel or address."""
+        """The new event (or None) and the pending ``(id, body)`` of the scope that nobody
+        else is publishing, oldest first, now claimed by this caller.
+        :class:`suppression.entries.BadEntry` for a bad channel or address."""
         if change.change not in RECIPIENT_CHANGES:
             raise ValueError(f"not a recipient change: {change.change!r}")
         address = entries.canonical(change.channel, change.address)
         event = change.event(new_id(), address)
         body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
         undoes = () if change.removed else _UNDOES.get(change.change, ())
-        reply = [text(x) for x in await _RECIPIENT(
-            self._redis,
-            [keys.recipient(change.account_id, change.channel, address),
-             keys.recipient_pending(change.account_id)],
+        await self._redis.sadd(keys.RECIPIENT_SCOPES, _scope(change.account_id))
+        recorded, pending = await self._run(
+            change.account_id, keys.recipient(change.account_id, change.channel, address),
             [change.change, event["id"], body, event["at"], change.source,
-             "1" if change.removed else "0", CLAIM_SECONDS * 1000, *undoes])]
+             "1" if change.removed else "0", self._claim_ms, *undoes])
+        return (event if recorded else None), pending
+
+    async def sweep(self) -> int:
+        """Publish the pending events nobody is publishing (unclaimed, or claimed longer
+        than the claim time ago); returns how many. Raises as :meth:`publish`."""
+        published = 0
+        for member in await self._redis.smembers(keys.RECIPIENT_SCOPES):
+            account_id = None if text(member) == keys.GLOBAL_RECIPIENT_SCOPE else text(member)
+            pending_key = keys.recipient_pending(account_id)
+            if not await self._redis.hlen(pending_key):
+                continue
+            _, pending = await self._run(account_id, pending_key,
+                                         ["", "", "", "", "", "0", self._claim_ms])
+            await self.publish(account_id, pending)
+            published += len(pending)
+        return published
+
+    async def _run(self, account_id: str | None, record_key: str,
+                   args: list[Any]) -> tuple[bool, list[tuple[str, bytes]]]:
+        """recipient.lua: (recorded, the pending events now claimed, oldest first)."""
+        reply = [text(x) for x in await _RECIPIENT(
+            self._redis, [record_key, keys.recipient_pending(account_id)], args)]
         pending = sorted(zip(reply[1::2], (r.encode() for r in reply[2::2]), strict=True))
-        return (event if reply[0] == "1" else None), pending
+        return reply[0] == "1", pending
 
     async def publish(self, account_id: str | None, pending: list[tuple[str, bytes]]) -> None:
         """Publish each claimed pending event (confirmed), then forget it; when the broker
@@ -219,3 +251,34 @@ def unsubscribe_source(event: ProviderEvent) -> str:
     if event.provider == UNSUBSCRIBE_PROVIDER:
         return "one_click" if event.diagnostic == "one-click" else "unsubscribe_page"
     return event.provider
+
+
+class PendingSweeper:
+    """The worker's task that runs :meth:`RecipientEvents.sweep` every ``period`` seconds
+    until stopped; an outage is logged and tried again at the next sweep."""
+
+    def __init__(self, events: RecipientEvents, period: float = SWEEP_SECONDS) -> None:
+        self._events = events
+        self._period = period
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._period)
+            try:
+                published = await self._events.sweep()
+            except Exception as exc:  # Redis or the broker away: the next sweep tries again
+                log.warning("recipient events sweep: %s: %s", type(exc).__name__, exc)
+                continue
+            if published:
+                log.info("recipient events sweep: %d published", published,
+                         extra={"published": published})

@@ -31,7 +31,7 @@ from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.metrics import Metrics
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
-from sender.recipient_events import RecipientEvents
+from sender.recipient_events import PendingSweeper, RecipientEvents
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
@@ -99,15 +99,19 @@ async def started_worker(settings: Settings,
     bus = Bus.from_settings(settings)
     channels: dict[str, Channel] = {}
     worker: Worker | None = None
+    # recipient events whose publisher died after claiming them (sender.recipient_events)
+    sweeper = PendingSweeper(RecipientEvents(redis, bus))
     try:
         await bus.connect(declare=True)
         channels = build_senders(settings)
         worker = build_worker(settings, bus=bus, redis=redis, channels=channels,
                               registry=registry or CollectorRegistry())
         await worker.start()
+        sweeper.start()
         log.info("worker %s started (%s)", worker.worker_id, ", ".join(channels))
         yield worker
     finally:
+        await sweeper.stop()
         if worker is not None:
             log.info("stopping: %d jobs in flight", worker.inflight)
             await worker.stop()

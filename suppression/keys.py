@@ -28,6 +28,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:{rcpt}:<channel>:<addr>`` | hash | none | as ``rcpt:`` above, for changes that name no account (global entries added or removed by support, a complaint without an account) |
 | ``outbox:{rcpt}:pending`` | hash | none (fields removed once published) | as ``rcpt-pending`` above, for those changes (one slot with their records, for the script) |
+| ``outbox:{rcpt}:scopes`` | set | none | the accounts (and ``(global)``) that have had a recipient event pending: where the worker's sweeper looks for events whose publisher died |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
@@ -197,6 +198,13 @@ def recipient(account_id: str | None, channel: str, address: str) -> str:
     if account_id:
         return f"{account_tag(account_id)}:rcpt:{channel}:{address}"
     return f"{GLOBAL_RECIPIENT_TAG}:{channel}:{address}"
+
+
+#: the scopes (account ids, and :data:`GLOBAL_RECIPIENT_SCOPE` for changes that name none) that
+#: have had a recipient event pending: the worker's sweeper looks there for stale ones
+RECIPIENT_SCOPES = f"{GLOBAL_RECIPIENT_TAG}:scopes"
+#: the member of :data:`RECIPIENT_SCOPES` for changes that name no account (not an id)
+GLOBAL_RECIPIENT_SCOPE = "(global)"
 
 
 def recipient_pending(account_id: str | None) -> str:

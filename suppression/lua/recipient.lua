@@ -4,7 +4,8 @@
 -- KEYS[1] the recipient's record hash (change, id, at, source)
 -- KEYS[2] the pending hash of the same scope, same slot: field e:<id> the event's JSON,
 --         c:<id> when a caller claimed it for publishing (ms, Redis TIME)
--- ARGV    change, event id, event JSON, at, source, forced ('1': the write just made
+-- ARGV    change ('' to record nothing: the sweeper's call, KEYS[1] then the pending hash too),
+--         event id, event JSON, at, source, forced ('1': the write just made
 --         changed something), claim ms (a claim older than this is a publisher that died),
 --         ARGV[8..] the previous changes that let it happen unforced (none: any other does)
 -- returns {recorded ('1' or '0'), id1, json1, id2, json2, ...}: the pending events of the
@@ -19,7 +20,7 @@ if not allowed then
   end
 end
 local recorded = '0'
-if current ~= change and allowed then
+if change ~= '' and current ~= change and allowed then
   redis.call('HSET', KEYS[1], 'change', change, 'id', id, 'at', at, 'source', source)
   redis.call('HSET', KEYS[2], 'e:' .. id, event)
   recorded = '1'

@@ -390,3 +390,34 @@ async def test_a_change_is_recorded_once_and_a_pending_event_is_published_by_the
         await listener.close()
         await redis.aclose()
         await bus.close()
+
+
+@pytest.mark.backends
+async def test_the_sweep_publishes_what_a_vanished_publisher_claimed(
+        make_settings, amqp_url, redis_backend, names):
+    """A process killed between claiming an event and publishing it: the event waits for the
+    claim time, then the worker's sweep publishes it (no later change needed)."""
+    settings = make_settings()
+    bus = Bus.from_settings(settings)
+    await bus.connect()
+    redis = make_redis(settings)
+    listener = await Listener(amqp_url).start()
+    account = names.account("acct_sweep")
+    try:
+        events = RecipientEvents(redis, bus, claim_seconds=0.5)
+        event, claimed = await events.record(Change(account, "email", names.email(
+            "Hal@example.com"), "unsubscribed", "one_click"))
+        assert event is not None and [i for i, _ in claimed] == [event["id"]]
+        # ...and its publisher is gone. Within the claim time nobody takes it over:
+        await events.sweep()
+        assert await redis.hkeys(keys.recipient_pending(account)) != []
+        await asyncio.sleep(0.6)
+        assert await events.sweep() >= 1
+        got = [e for _, e in await listener.take(1)]
+        assert [e["id"] for e in got] == [event["id"]]
+        assert await redis.hgetall(keys.recipient_pending(account)) == {}
+        assert await listener.quiet(1.0) == []
+    finally:
+        await listener.close()
+        await redis.aclose()
+        await bus.close()
