@@ -140,11 +140,12 @@ class RecipientEvents:
         event = change.event(new_id(), address)
         body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
         undoes = () if change.removed else _UNDOES.get(change.change, ())
-        await self._redis.sadd(keys.RECIPIENT_SCOPES, _scope(change.account_id))
         recorded, pending = await self._run(
             change.account_id, keys.recipient(change.account_id, change.channel, address),
             [change.change, event["id"], body, event["at"], change.source,
              "1" if change.removed else "0", self._claim_ms, *undoes])
+        if pending:  # where the sweeper looks (nothing written when nothing changed)
+            await self._redis.sadd(keys.RECIPIENT_SCOPES, _scope(change.account_id))
         return (event if recorded else None), pending
 
     async def sweep(self) -> int:

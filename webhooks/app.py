@@ -9,7 +9,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from config import Settings
 from sender.bus import Bus
-from sender.recipient_events import RecipientEvents
 from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
 from webhooks.admin import AdminApi
@@ -39,8 +38,8 @@ def make_app(settings: Settings, *, bus: Bus, redis: Client,
     app[REGISTRY] = registry
     metrics_ = WebhookMetrics(registry)
     app.router.add_routes(TwilioWebhooks(settings, bus, metrics_).routes())
-    app.router.add_routes(UnsubscribeWebhooks(settings, bus, SuppressionStore(redis), metrics_,
-                                              RecipientEvents(redis, bus)).routes())
+    app.router.add_routes(UnsubscribeWebhooks(settings, bus, SuppressionStore(redis),
+                                              metrics_, redis).routes())
     app.router.add_routes(SesWebhooks(settings, bus, metrics_).routes())
     app.router.add_routes(SendGridWebhooks(settings, bus, metrics_).routes())
     app.router.add_routes(MailgunWebhooks(settings, bus, redis, metrics_).routes())

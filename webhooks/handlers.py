@@ -19,6 +19,7 @@ from sender.models import utcnow_iso
 from sender.provider_events import ProviderEvent
 from sender.recipient_events import Change, RecipientEvents
 from suppression import ids
+from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
 from suppression.tokens import BadToken, Unsubscribe, read_token
 from webhooks.events import hand_over, publish_events
@@ -142,12 +143,13 @@ class UnsubscribeWebhooks:
     (link scanners follow GETs)."""
 
     def __init__(self, settings: Settings, bus: Bus, store: SuppressionStore,
-                 metrics: WebhookMetrics, recipients: RecipientEvents) -> None:
+                 metrics: WebhookMetrics, redis: Client) -> None:
+        """``redis``: where recipient changes are recorded (``sender.recipient_events``)."""
         self._secrets = settings.secret_keys
         self._bus = bus
         self._store = store
         self._metrics = metrics
-        self._recipients = recipients
+        self._recipients = RecipientEvents(redis, bus)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/u/{token}", self.page), web.post("/u/{token}", self.unsubscribe)]

@@ -18,7 +18,6 @@ from redis.asyncio import Redis
 
 from sender.events import EventApplier
 from sender.metrics import Metrics
-from sender.recipient_events import RecipientEvents
 from suppression import entries, keys
 from suppression.entries import BadEntry
 from suppression.gate import Counts, Gate
@@ -112,8 +111,7 @@ async def by_unsubscribe(redis: Redis, gate: Gate) -> tuple[str, str, str | None
     settings: Any = SimpleNamespace(secret_keys=(SECRET,))
     publisher: Any = bus
     handler = UnsubscribeWebhooks(settings, publisher, SuppressionStore(redis),
-                                  WebhookMetrics(CollectorRegistry()),
-                                  RecipientEvents(redis, publisher))
+                                  WebhookMetrics(CollectorRegistry()), redis)
     app = web.Application()
     app.add_routes(handler.routes())
     token = make_token(SECRET, Unsubscribe(acct("acct_u"), "email", mail("Unsub@Example.com"),
