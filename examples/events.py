@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from config import load_settings  # noqa: E402
 from sender.client import Outbox  # noqa: E402
-from sender.models import StatusEvent  # noqa: E402
+from sender.models import Event, RecipientEvent  # noqa: E402
 
 
 async def print_events(idle: float, as_json: bool) -> int:
@@ -37,10 +37,13 @@ async def print_events(idle: float, as_json: bool) -> int:
     return count
 
 
-def _line(event: StatusEvent, as_json: bool) -> str:
+def _line(event: Event, as_json: bool) -> str:
     if as_json:
         return json.dumps({"routing_key": event.routing_key, **event.model_dump(mode="json")},
                           ensure_ascii=False)
+    if isinstance(event, RecipientEvent):  # recipient.<channel>.<change>
+        return (f"{event.at:%H:%M:%S}  {event.routing_key:<18} {event.address:<20} "
+                f"{event.change:<10} {event.source}")
     return (f"{event.at:%H:%M:%S}  {event.routing_key:<18} {event.id:<20} "
             f"{event.status:<10} {event.reason or '-'}")
 

@@ -10,6 +10,10 @@ at most :data:`sender.client.EVENTS_MAX_LENGTH` waiting): it sees what is publis
 runs and takes nothing from ``outbox.status`` or the CRM's queues. Without ``--follow`` it
 listens ``--wait`` seconds (default 10) and exits (1 if nothing came); with ``--follow`` it runs
 until interrupted (Ctrl-C, SIGTERM: exit 0). ``--count N`` stops after N events either way.
+It prints job and account status events and recipient events (``recipient.<channel>.<change>``);
+``--type status`` or ``--type recipient`` keeps one kind, ``--status`` the named statuses and
+recipient changes (``--status unsubscribed``: job events of that status and recipient events
+of that change), both by the routing keys its queue is bound with.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from outbox.runtime import (
 EXIT_NOTHING = 1
 EVENTS_WAIT = 10.0  # seconds ``outbox events`` listens without --follow
 CELL_CHARS = 60  # of a table cell (``--json`` has everything)
+#: ``outbox events --type``: job and account status events, or recipient events
+EVENT_TYPES = ("status", "recipient")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,7 +66,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("events", help="status events as they are published (own queue)")
     p.add_argument("--follow", action="store_true", help="run until interrupted")
     p.add_argument("--account", metavar="ID", type=account_arg, help="only this account's events")
-    p.add_argument("--status", metavar="S,...", help="only these statuses (e.g. bounced,failed)")
+    p.add_argument("--status", metavar="S,...",
+                   help="only these statuses or recipient changes (e.g. bounced,failed)")
+    p.add_argument("--type", choices=EVENT_TYPES, dest="event_type",
+                   help="only status events (jobs, accounts) or only recipient events")
     p.add_argument("--wait", type=float, default=EVENTS_WAIT, metavar="SECONDS",
                    help=f"without --follow, listen this long (default {EVENTS_WAIT:g})")
     p.add_argument("--count", type=_positive, metavar="N", help="stop after N events")
@@ -185,12 +194,10 @@ def cmd_jobs_history(args: argparse.Namespace) -> int:
 
 
 def _statuses(value: str | None) -> list[str]:
-    """``--status bounced,failed`` checked against the job statuses and account states."""
-    from sender.models import STATUSES
-    from suppression.reputation import STATES
-
+    """``--status bounced,failed`` checked against the job statuses, account states and
+    recipient changes."""
     wanted = [s.strip() for s in (value or "").split(",") if s.strip()]
-    known = (*STATUSES, *STATES)
+    known = _known_statuses()
     unknown = [s for s in wanted if s not in known]
     if unknown:
         raise CliError(f"unknown status {', '.join(map(repr, unknown))}: one of "
@@ -198,8 +205,40 @@ def _statuses(value: str | None) -> list[str]:
     return wanted
 
 
+def _known_statuses() -> tuple[str, ...]:
+    from sender.models import RECIPIENT_CHANGES, STATUSES
+    from suppression.reputation import STATES
+
+    return (*STATUSES, *STATES, *RECIPIENT_CHANGES)
+
+
+def event_bindings(statuses: list[str], event_type: str | None) -> list[str]:
+    """The routing keys ``outbox events`` binds: status events are ``<channel>.<status>`` and
+    ``account.<state>`` (two words), recipient events ``recipient.<channel>.<change>``
+    (three); :class:`CliError` when ``--status`` names nothing of ``--type``."""
+    from sender.models import RECIPIENT_CHANGES, STATUSES
+    from suppression.reputation import STATES
+
+    kinds = [event_type] if event_type else list(EVENT_TYPES)
+    wanted = list(dict.fromkeys(statuses))
+    bindings: list[str] = []
+    if "status" in kinds:
+        named = [s for s in wanted if s in (*STATUSES, *STATES)]
+        bindings += [f"*.{s}" for s in named] if wanted else ["*.*"]
+    if "recipient" in kinds:
+        named = [s for s in wanted if s in RECIPIENT_CHANGES]
+        bindings += [f"recipient.*.{s}" for s in named] if wanted else ["recipient.#"]
+    if not bindings:
+        raise CliError(f"--status {','.join(wanted)} names no {event_type} event")
+    return ["#"] if bindings == ["*.*", "recipient.#"] else bindings
+
+
 def event_line(event: Any) -> str:
-    """One readable line of a status event."""
+    """One readable line of a status or recipient event."""
+    if getattr(event, "type", None) == "recipient":
+        return "  ".join([_utc(event.at), event.routing_key or
+                          f"recipient.{event.channel}.{event.change}",
+                          event.account_id or "-", event.address, f"source={event.source}"])
     parts = [_utc(event.at), event.routing_key or f"{event.channel}.{event.status}",
              event.account_id or "-", event.id]
     parts += [f"{name}={_cell(getattr(event, name))}"
@@ -229,7 +268,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     if args.account:
         _redis(lambda redis: _require_account(redis, args.account))
     cfg = settings()
-    bindings = [f"*.{s}" for s in dict.fromkeys(statuses)] or ["#"]
+    bindings = event_bindings(statuses, args.event_type)
     seen = run_once(_tail(cfg, bindings, args))
     if seen == 0 and not args.follow:
         return _nothing(f"no status events in {args.wait:g} s")

@@ -321,30 +321,75 @@ _AUDIT_COLUMNS = ("id", "at", "actor", "action", "from", "to", "reason")
 
 
 def cmd_suppression_add(args: argparse.Namespace) -> int:
+    """Add an entry, then publish ``recipient.<channel>.suppressed`` (once: adding to an
+    address already suppressed for that scope publishes nothing new)."""
+    from sender.recipient_events import Change
     from suppression.store import SuppressionStore
 
-    entry = _run(lambda r, cfg: SuppressionStore(r).add(
-        args.address, channel=args.channel, reason=args.reason, account_id=args.account,
-        expires=args.expires, source=args.source or f"cli:{args.actor}", actor=args.actor),
-        account=args.account)
-    print_records(entry, args.json, lambda e: table([e], _ENTRY_FIELDS))
-    return 0
+    async def work(redis: Any, cfg: Any) -> Any:
+        entry = await SuppressionStore(redis).add(
+            args.address, channel=args.channel, reason=args.reason, account_id=args.account,
+            expires=args.expires, source=args.source or f"cli:{args.actor}", actor=args.actor)
+        change = Change(entry["account_id"], entry["channel"], entry["address"], "suppressed",
+                        "cli")
+        return entry, await _announce_recipient(redis, cfg, change)
+
+    entry, published = _run(work, account=args.account)
+    print_records({**entry, "event_published": published}, args.json,
+                  lambda e: table([e], _ENTRY_FIELDS))
+    return 0 if published else _not_published()
 
 
 def cmd_suppression_remove(args: argparse.Namespace) -> int:
+    """Remove an entry, then publish ``recipient.<channel>.unsuppressed`` (once)."""
+    from sender.recipient_events import Change
     from suppression.store import SuppressionStore
 
-    removed = _run(lambda r, cfg: SuppressionStore(r).remove(
-        args.address, channel=args.channel, account_id=args.account, actor=args.actor,
-        reason=args.reason), account=args.account)
-    print_records({"address": args.address, "removed": removed}, args.json,
-                  lambda d: "removed:\n" + table(d["removed"], _ENTRY_FIELDS))
+    async def work(redis: Any, cfg: Any) -> Any:
+        removed = await SuppressionStore(redis).remove(
+            args.address, channel=args.channel, account_id=args.account, actor=args.actor,
+            reason=args.reason)
+        change = Change(args.account, args.channel, args.address, "unsuppressed", "cli",
+                        removed=bool(removed))
+        return removed, await _announce_recipient(redis, cfg, change)
+
+    removed, published = _run(work, account=args.account)
+    record = {"address": args.address, "removed": removed}
+    if removed:  # an event only when something was removed
+        record["event_published"] = published
+    print_records(record, args.json, lambda d: "removed:\n" + table(d["removed"], _ENTRY_FIELDS))
     if not removed:  # as the admin API's 404: the caller thought there was one
         scope = f"account {args.account}" if args.account else "the global list"
         print(f"outbox: no {args.channel} entry for {args.address} in {scope}: nothing removed",
               file=sys.stderr)
         return EXIT_FAILED
-    return 0
+    return 0 if published else _not_published()
+
+
+async def _announce_recipient(redis: Any, cfg: Any, change: Any) -> bool:
+    """Record and publish a recipient event (``sender.recipient_events``); False (and one line
+    on stderr) when the broker did not take it: it stays pending."""
+    from sender.bus import Bus, PublishFailed
+    from sender.connect import ServiceRefused
+    from sender.recipient_events import RecipientEvents
+
+    bus = Bus.from_settings(cfg)
+    try:
+        await bus.connect(declare=True)
+        await RecipientEvents(redis, bus).announce(change)
+        return True
+    except (PublishFailed, ServiceRefused, OSError, ConnectionError) as exc:
+        print(f"outbox: recipient event not published: {exc}", file=sys.stderr)
+        return False
+    finally:
+        await bus.close()
+
+
+def _not_published() -> int:
+    print("outbox: the change is made and audited, but its recipient event was not published; "
+          "it is kept and published when this command is run again (or with the next change "
+          "of the same account)", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def cmd_suppression_check(args: argparse.Namespace) -> int:

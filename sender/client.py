@@ -17,8 +17,9 @@ the job; when it raises :class:`sender.bus.PublishFailed`, it does not (publish 
 job id is the idempotency key, so a job published twice is sent once). A broker that cannot be
 reached raises :class:`sender.connect.ServiceUnreachable` at connect, one line, password masked.
 
-Status events come back typed (:class:`sender.models.StatusEvent`): ``events()`` consumes a
-queue of its own bound to ``outbox.status`` with the routing keys asked for.
+Status events come back typed (:class:`sender.models.StatusEvent`; recipient events, routing
+key ``recipient.<channel>.<change>``, as :class:`sender.models.RecipientEvent`): ``events()``
+consumes a queue of its own bound to ``outbox.status`` with the routing keys asked for.
 """
 
 from __future__ import annotations
@@ -40,7 +41,17 @@ from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus, PublishFailed
 from sender.channels import registry
 from sender.channels.registry import parse_job
-from sender.models import Category, EmailJob, InvalidJob, JobBase, SmsJob, StatusEvent
+from sender.models import (
+    Category,
+    EmailJob,
+    Event,
+    InvalidJob,
+    JobBase,
+    RecipientEvent,
+    SmsJob,
+    StatusEvent,
+    parse_event,
+)
 from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH, STATUS_EXCHANGE, STATUS_QUEUE
 from suppression import channels
 
@@ -234,10 +245,12 @@ class Outbox:
 
     async def events(self, *bindings: str, queue: str | None = None,
                      max_length: int = EVENTS_MAX_LENGTH, prefetch: int = 100,
-                     ready: Callable[[], None] | None = None) -> AsyncIterator[StatusEvent]:
+                     ready: Callable[[], None] | None = None) -> AsyncIterator[Event]:
         """Status events as they are published, for the routing keys ``bindings`` (topic
-        patterns on ``outbox.status``: ``email.*``, ``*.bounced``, ``account.#``; all when
-        none is given).
+        patterns on ``outbox.status``: ``email.*``, ``*.bounced``, ``account.#``,
+        ``recipient.#``; all when none is given): :class:`StatusEvent`, or
+        :class:`RecipientEvent` for ``recipient.<channel>.<change>`` keys (``"type":
+        "recipient"``).
 
         Without ``queue``: an exclusive, auto-delete queue of this connection (deleted when it
         closes, at most ``max_length`` events waiting, the oldest dropped): sees what is
@@ -273,7 +286,7 @@ class Outbox:
             async with q.iterator() as messages:
                 async for message in messages:
                     try:
-                        event = StatusEvent.parse(message.body, message.routing_key or "")
+                        event = parse_event(message.body, message.routing_key or "")
                     except ValueError as exc:
                         log.warning("skipped a message on %s that is not a status event: %s",
                                     message.routing_key, " ".join(str(exc).split())[:300])
@@ -366,4 +379,4 @@ def _guess_channel(body: bytes) -> str:
 
 
 __all__ = ["EVENTS_MAX_LENGTH", "InvalidBatch", "InvalidJob", "Job", "Outbox", "PublishFailed",
-           "PublishResult", "StatusEvent", "email_job", "routing_key", "sms_job"]
+           "PublishResult", "RecipientEvent", "StatusEvent", "email_job", "routing_key", "sms_job"]

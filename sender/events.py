@@ -83,6 +83,7 @@ from sender.metrics import Metrics
 from sender.models import status_event
 from sender.pipeline import RedisCalls
 from sender.provider_events import QUOTED, InvalidEvent, ProviderEvent
+from sender.recipient_events import Change, RecipientEvents
 from suppression import channels, entries
 from suppression.gate import Counts, Gate
 from suppression.handover import Handover, check
@@ -182,10 +183,14 @@ class EventApplier:
 
     def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore, redis: Client,
                  metrics: Metrics, redis_call: RedisCalls | None = None,
-                 acks: Acks | None = None, sms_region: str = "HK") -> None:
+                 acks: Acks | None = None, sms_region: str = "HK",
+                 recipients: RecipientEvents | None = None) -> None:
         """``gate``: the pipeline's own; ``redis``: what the job's record is read with;
         ``redis_call``: the pipeline's too, so an event is held (not acked) and retried while
-        Redis is down, like a job."""
+        Redis is down, like a job. ``recipients``: where unsubscribes, complaints and START
+        are announced to the CRM (once, confirmed; a publish that fails raises, so the event
+        goes back to its queue and the retry publishes it)."""
+        self._recipients = recipients
         self._bus = bus
         self._gate = gate
         self._redis = redis
@@ -260,6 +265,7 @@ class EventApplier:
             self._metrics.account_transitions.labels(recorded.transition.from_state,
                                                      recorded.transition.to_state).inc()
             await publish_transition(self._bus, recorded.transition, event.channel)
+        await self._announce(event, account)
         if job and status and recorded.applied == 1:
             await self._bus.publish_event(status_event(
                 job_id=job, account_id=account, channel=event.channel,
@@ -307,6 +313,7 @@ class EventApplier:
             reason = "hard_bounce" if counts.hard else "complaint"
             await self._gate.suppress_address(event.channel, event.recipient, reason=reason,
                                               source=_source(event), detail=evidence(event))
+            await self._announce(event, None)
             return None
         if event.type == "unsubscribed":
             return "an unsubscribe that names no account cannot be applied"
@@ -315,9 +322,19 @@ class EventApplier:
     async def _opt_in(self, event: ProviderEvent) -> str | None:
         if not event.account_id or not event.recipient:
             return "an SMS START that names no account cannot be applied"
-        await self._store.remove(event.recipient, channel="sms", account_id=event.account_id,
-                                 actor="recipient", reason="replied START")
+        removed = await self._store.remove(event.recipient, channel="sms",
+                                           account_id=event.account_id, actor="recipient",
+                                           reason="replied START")
+        if self._recipients is not None:  # consent stays as STOP left it: revoked
+            await self._recipients.announce(Change(event.account_id, "sms", event.recipient,
+                                                   "resubscribed", "sms_start",
+                                                   removed=bool(removed)))
         return None
+
+    async def _announce(self, event: ProviderEvent, account: str | None) -> None:
+        """The recipient event of an unsubscribe or complaint (``sender.recipient_events``)."""
+        if self._recipients is not None:
+            await self._recipients.from_provider_event(event, account)
 
     async def _dead(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("provider event not applied: %s", reason)

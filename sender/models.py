@@ -87,6 +87,11 @@ Status = Literal[
     "rejected",
 ]
 STATUSES: tuple[str, ...] = get_args(Status)
+#: ``change`` of a recipient event (README, "Recipient events"): whether a recipient may be
+#: contacted changed. The first three stop messages to them, the last two allow them again.
+RecipientChange = Literal["unsubscribed", "resubscribed", "complained", "suppressed",
+                          "unsuppressed"]
+RECIPIENT_CHANGES: tuple[str, ...] = get_args(RecipientChange)
 
 
 class InvalidJob(ValueError):
@@ -378,3 +383,45 @@ def salvage_ids(body: bytes) -> tuple[str | None, str | None, str | None]:
     """The ``(id, account_id, channel)`` of a job's bytes as far as they can be read (any of
     them None when not): what ``outbox dead`` shows of a dead letter."""
     return _salvage_ids(body)
+
+
+class RecipientEvent(BaseModel):
+    """A recipient event as the CRM reads it (``"type": "recipient"``, routing key
+    ``recipient.<channel>.<change>``; :mod:`sender.recipient_events`): whether ``address``
+    may be contacted by ``account_id`` (None: by every account, a global entry) changed.
+    Unknown fields are kept as extra attributes, as :class:`StatusEvent` keeps them."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    v: Literal[1]
+    type: Literal["recipient"]
+    id: str = ""
+    account_id: str | None
+    channel: str
+    address: str
+    change: RecipientChange
+    source: str
+    at: AwareDatetime
+    routing_key: str = Field("", exclude=True)
+
+    @classmethod
+    def parse(cls, body: bytes, routing_key: str = "") -> RecipientEvent:
+        """One event from its JSON body; ``ValueError`` (pydantic's) when it is not one."""
+        event = cls.model_validate_json(body)
+        return event.model_copy(update={"routing_key": routing_key or event.routing_key})
+
+
+#: what ``outbox.status`` carries: job and account status events, and recipient events
+Event = StatusEvent | RecipientEvent
+
+
+def parse_event(body: bytes, routing_key: str = "") -> Event:
+    """A status or recipient event from its JSON body (told apart by ``"type"``); ``ValueError``
+    when it is neither."""
+    try:
+        data = from_json(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("type") == "recipient":
+        return RecipientEvent.parse(body, routing_key)
+    return StatusEvent.parse(body, routing_key)

@@ -33,6 +33,7 @@ from sender.gauges import Gauges
 from sender.metrics import Metrics
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
+from sender.recipient_events import PendingSweeper, RecipientEvents
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
@@ -83,7 +84,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         redis_call=redis_call, acks=acks)
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, acks=acks,
-                          sms_region=settings.sms_region)
+                          sms_region=settings.sms_region,
+                          recipients=RecipientEvents(redis, bus))
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
@@ -106,6 +108,8 @@ async def started_worker(settings: Settings, registry: CollectorRegistry | None 
     bus = Bus.from_settings(settings)
     channels: dict[str, Channel] = {}
     worker: Worker | None = None
+    # recipient events whose publisher died after claiming them (sender.recipient_events)
+    sweeper = PendingSweeper(RecipientEvents(redis, bus))
     try:
         await bus.connect(declare=True)
         channels = build_senders(settings)
@@ -113,9 +117,11 @@ async def started_worker(settings: Settings, registry: CollectorRegistry | None 
                               registry=registry or CollectorRegistry(),
                               dependencies=dependencies)
         await worker.start()
+        sweeper.start()
         log.info("worker %s started (%s)", worker.worker_id, ", ".join(channels))
         yield worker
     finally:
+        await sweeper.stop()
         if worker is not None:
             log.info("stopping: %d jobs in flight", worker.inflight)
             await worker.stop()

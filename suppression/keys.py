@@ -22,9 +22,14 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``retention_history`` (default ``idempotency_ttl``; 0 none), refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
 | ``outbox:{acct:unreadable}:tl:unreadable-<sha>`` | list | as any timeline | a rejected job whose account (or id) could not be read, kept under :data:`UNREADABLE_ACCOUNT` and :func:`unreadable_id` of its bytes (a readable account with an unreadable id: ``outbox:{acct:A}:tl:unreadable-<sha>``) |
+| ``outbox:{acct:A}:rcpt:<channel>:<addr>`` | hash | none | the last change of whether the recipient may be contacted that was announced to the CRM (``change``, ``id``, ``at``, ``source``: ``sender.recipient_events``) |
+| ``outbox:{acct:A}:rcpt-pending`` | hash | none (fields removed once published) | recipient events recorded but not yet confirmed by the broker: field ``e:<event id>`` the event's JSON, ``c:<event id>`` when a publisher claimed it (ms) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:hist:<channel>:<addr>`` | sorted set | ``retention_history``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
+| ``outbox:{rcpt}:<channel>:<addr>`` | hash | none | as ``rcpt:`` above, for changes that name no account (global entries added or removed by support, a complaint without an account) |
+| ``outbox:{rcpt}:pending`` | hash | none (fields removed once published) | as ``rcpt-pending`` above, for those changes (one slot with their records, for the script) |
+| ``outbox:{rcpt}:scopes`` | set | none | the accounts (and ``(global)``) that have had a recipient event pending: where the worker's sweeper looks for events whose publisher died |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
@@ -213,6 +218,34 @@ def verp_ref(ref: str) -> str:
 def mailgun_token(token: str) -> str:
     """Marker of a Mailgun webhook token already seen (``MAILGUN_TOKEN_TTL``)."""
     return f"{PREFIX}mg-token:{token}"
+
+
+#: the hash tag of the recipient records and pending events that name no account: one slot,
+#: so ``recipient.lua`` touches a record and its pending hash atomically on a Redis Cluster
+GLOBAL_RECIPIENT_TAG = f"{PREFIX}{{rcpt}}"
+
+
+def recipient(account_id: str | None, channel: str, address: str) -> str:
+    """The record of the last recipient change announced for ``address`` (an account's, or
+    the one of changes that name no account)."""
+    if account_id:
+        return f"{account_tag(account_id)}:rcpt:{channel}:{address}"
+    return f"{GLOBAL_RECIPIENT_TAG}:{channel}:{address}"
+
+
+#: the scopes (account ids, and :data:`GLOBAL_RECIPIENT_SCOPE` for changes that name none) that
+#: have had a recipient event pending: the worker's sweeper looks there for stale ones
+RECIPIENT_SCOPES = f"{GLOBAL_RECIPIENT_TAG}:scopes"
+#: the member of :data:`RECIPIENT_SCOPES` for changes that name no account (not an id)
+GLOBAL_RECIPIENT_SCOPE = "(global)"
+
+
+def recipient_pending(account_id: str | None) -> str:
+    """Recipient events recorded but not yet published (field event id → JSON), in the slot of
+    the records of :func:`recipient` with the same ``account_id``."""
+    if account_id:
+        return f"{account_tag(account_id)}:rcpt-pending"
+    return f"{GLOBAL_RECIPIENT_TAG}:pending"
 
 
 def global_suppression(channel: str, address: str) -> str:

@@ -365,7 +365,7 @@ class ConsentStore:
         verb = "grant" if granted else "revoke"
         status = "granted" if granted else "revoked"
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(key, mapping={"status": status, "at": now, f"{verb}ed_at": now,
+        pipe.hset(key, mapping={"status": status, "at": now, f"{status}_at": now,
                                 f"{verb}_source": source, f"{verb}_evidence": evidence,
                                 "actor": actor})
         pipe.sadd(keys.ACCOUNTS, account_id)
@@ -383,6 +383,8 @@ class ConsentStore:
     async def get(self, account_id: str, recipient: str, *, channel: str) -> dict[str, Any]:
         addr = entries.canonical(channel, recipient)
         raw = decode(await self._redis.hgetall(keys.consent(account_id, channel, addr)))
+        if "revokeed_at" in raw:  # written so before the README's ``revoked_at`` was
+            raw.setdefault("revoked_at", raw.pop("revokeed_at"))
         return {"account_id": account_id, "recipient": addr, "channel": channel,
                 "status": raw.get("status") or "none", **{k: v for k, v in raw.items()
                                                           if k != "status"}}

@@ -56,6 +56,8 @@ from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.deadletters import ACTIONS as DEAD_ACTIONS
 from sender.metrics import Metrics
+from sender.recipient_events import Change as RecipientChange
+from sender.recipient_events import RecipientEvents
 from suppression import channels, entries, ids, keys
 from suppression.address import BadAddress
 from suppression.entries import BadEntry, StoreError
@@ -157,6 +159,7 @@ class AdminApi:
         self._accounts = AccountStore(redis, Policy.from_settings(settings))
         self._suppression = SuppressionStore(redis)
         self._consent = ConsentStore(redis)
+        self._recipients = RecipientEvents(redis, bus)
         self._transitions = _transitions_counter(registry_or_metrics)
         self._idempotency_ttl = settings.idempotency_ttl
         # one look at outbox.dead at a time: each holds every message while it reads
@@ -367,7 +370,9 @@ class AdminApi:
             source=_optional(body, "source") or f"admin:{actor}")
         _log(request, "suppression.add", actor, account_id=entry["account_id"],
              address=entry["address"], channel=channel, reason=reason)
-        return _json(entry)
+        published = await self._announce_recipient(RecipientChange(
+            entry["account_id"], entry["channel"], entry["address"], "suppressed", "admin"))
+        return _json({**entry, "event_published": published})
 
     async def remove_suppression(self, request: web.Request) -> web.StreamResponse:
         """``?channel=..&account=..``, reason and actor in the body or the query; audited."""
@@ -379,12 +384,25 @@ class AdminApi:
         await self._known(account)
         removed = await self._suppression.remove(address, channel=channel, account_id=account,
                                                  actor=actor, reason=reason)
+        published = await self._announce_recipient(RecipientChange(
+            account, channel, address, "unsuppressed", "admin", removed=bool(removed)))
         if not removed:
             scope = f"account {account}" if account else "the global list"
             raise ApiError(404, f"no {channel} entry for {address} in {scope}")
         _log(request, "suppression.remove", actor, account_id=account,
              address=removed[0]["address"], channel=channel, reason=reason)
-        return _json({"address": address, "removed": removed})
+        return _json({"address": address, "removed": removed, "event_published": published})
+
+    async def _announce_recipient(self, change: RecipientChange) -> bool:
+        """Publish the recipient event (``sender.recipient_events``); the change stands (its
+        event pending, published by the next call) when the broker fails."""
+        try:
+            await self._recipients.announce(change)
+            return True
+        except PublishFailed as exc:
+            log.error("recipient event not published (kept pending): %s", exc,
+                      extra={"account_id": change.account_id, "change": change.change})
+            return False
 
     # --- consent and audit -------------------------------------------------------------
 

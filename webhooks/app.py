@@ -80,7 +80,7 @@ def make_app(settings: Settings, *, bus: Bus, redis: Client, registry: Collector
     metrics_ = WebhookMetrics(registry)
     app.router.add_routes(TwilioWebhooks(settings, bus, redis, metrics_).routes())
     app.router.add_routes(UnsubscribeWebhooks(settings, bus, SuppressionStore(redis),
-                                              metrics_).routes())
+                                              metrics_, redis).routes())
     app.router.add_routes(SesWebhooks(settings, bus, redis, metrics_).routes())
     app.router.add_routes(SendGridWebhooks(settings, bus, redis, metrics_).routes())
     app.router.add_routes(MailgunWebhooks(settings, bus, redis, metrics_).routes())

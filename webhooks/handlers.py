@@ -17,6 +17,7 @@ from config import Settings
 from sender.bus import Bus, PublishFailed
 from sender.models import utcnow_iso
 from sender.provider_events import ProviderEvent
+from sender.recipient_events import Change, RecipientEvents
 from suppression import ids
 from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
@@ -138,15 +139,20 @@ def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
 class UnsubscribeWebhooks:
     """``GET /u/<token>`` (a page with a button) and ``POST /u/<token>`` (the button, and
     RFC 8058 one-click from the mailbox provider). A POST is honoured at once: the account's
-    suppression entry is written before the answer, then the event goes to the worker for
-    the job's status. A GET changes nothing (link scanners follow GETs)."""
+    suppression entry is written before the answer and its recipient event published
+    (``unsubscribed``, once: a second POST publishes nothing; when the broker does not take
+    it the answer is 503, the entry stays and the event is pending, published by the next
+    POST), then the event goes to the worker for the job's status. A GET changes nothing
+    (link scanners follow GETs)."""
 
     def __init__(self, settings: Settings, bus: Bus, store: SuppressionStore,
-                 metrics: WebhookMetrics) -> None:
+                 metrics: WebhookMetrics, redis: Client) -> None:
+        """``redis``: where recipient changes are recorded (``sender.recipient_events``)."""
         self._secrets = settings.secret_keys
         self._bus = bus
         self._store = store
         self._metrics = metrics
+        self._recipients = RecipientEvents(redis, bus)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/u/{token}", self.page), web.post("/u/{token}", self.unsubscribe)]
@@ -172,6 +178,7 @@ class UnsubscribeWebhooks:
         await self._store.add(u.recipient, channel=u.channel, reason="unsubscribe",
                               account_id=u.account_id, source=f"job:{u.job_id}", detail=how,
                               actor="recipient")
+        await self._announce(u, how)
         event = ProviderEvent(
             provider="unsubscribe", type="unsubscribed", channel=u.channel, recipient=u.recipient,
             provider_message_id=None, message_id=None, job_id=u.job_id, kind=None,
@@ -184,9 +191,24 @@ class UnsubscribeWebhooks:
         self._metrics.count("unsubscribe", "unsubscribed", "accepted")
         return web.Response(text=_DONE, content_type="text/html")
 
+    async def _announce(self, u: Unsubscribe, how: str) -> None:
+        """Publish the recipient event; 503 (the entry stays, the event pending) when the
+        broker does not take it."""
+        source = "one_click" if how == "one-click" else "unsubscribe_page"
+        try:
+            await self._recipients.announce(Change(u.account_id, u.channel, u.recipient,
+                                                   "unsubscribed", source))
+        except PublishFailed as exc:
+            log.warning("unsubscribe recipient event not published (kept pending): %s", exc)
+            self._metrics.count("unsubscribe", "unsubscribed", "unavailable")
+            raise web.HTTPServiceUnavailable(text=_AGAIN, content_type="text/html") from None
+
 
 _PAGE = """<!doctype html><meta charset="utf-8"><title>Unsubscribe 取消訂閱</title>
 <p>Unsubscribe {recipient} from these messages? 要為 {recipient} 取消訂閱嗎？</p>
 <form method="post"><button type="submit">Unsubscribe 取消訂閱</button></form>"""
 _DONE = """<!doctype html><meta charset="utf-8"><title>Unsubscribed 已取消訂閱</title>
 <p>You are unsubscribed. 你已取消訂閱。</p>"""
+_AGAIN = """<!doctype html><meta charset="utf-8"><title>Unsubscribed 已取消訂閱</title>
+<p>You are unsubscribed, but we could not confirm it yet: please press the button again.
+你已取消訂閱，但暫時未能確認：請再按一次按鈕。</p>"""

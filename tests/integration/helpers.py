@@ -79,8 +79,16 @@ async def collect(amqp_url: str, queue: str, until: Callable[[list[Any]], bool],
 
 
 def events(messages: list[Any]) -> list[dict[str, Any]]:
-    """Decode status events."""
-    return [json.loads(m.body) for m in messages]
+    """Decode status events (of jobs and accounts; recipient events are left out:
+    :func:`recipient_events`)."""
+    return [e for e in map(json.loads, (m.body for m in messages))
+            if e.get("type") != "recipient"]
+
+
+def recipient_events(messages: list[Any]) -> list[dict[str, Any]]:
+    """Decode the recipient events (``recipient.<channel>.<change>``) among ``messages``."""
+    return [e for e in map(json.loads, (m.body for m in messages))
+            if e.get("type") == "recipient"]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -248,8 +248,12 @@ async def test_the_audit_names_the_tokens_owner(call, redis, amqp_url):
     _, audit = await call("vera", "GET", f"/admin/audit/{ACCOUNT}")
     assert [(r["action"], r["actor"]) for r in audit[:2]] == [
         ("suppression.add", "sam"), ("unsuspend", "sam")]
-    [event] = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 2, timeout=3)
+    event, recipient = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 3,
+                                     timeout=3)
     assert (event.routing_key, json.loads(event.body)["actor"]) == ("account.active", "sam")
+    # the entry added is told to the CRM as a recipient event (who: in the audit above)
+    assert (recipient.routing_key, json.loads(recipient.body)["source"]) == \
+        ("recipient.email.suppressed", "admin")
 
 
 @pytest.mark.parametrize("where", ["body", "query"])

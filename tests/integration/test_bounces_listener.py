@@ -197,7 +197,8 @@ async def test_an_arf_complaint_marks_the_job_complained_only_through_verp(
             running_worker(settings) as worker:
         await smtp_send(unused_tcp_port, [verp if to_verp else f"fbl@{DOMAIN}"], report,
                         sender="fbl@example.com")
-        status = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1,
+        status = events(await collect(amqp_url, "outbox.status",
+                                      lambda m: len(events(m)) >= 1,
                                       timeout=30 if to_verp else 3))
         entries = await SuppressionStore(worker.redis).check("user@example.com",
                                                              account_id="acct_8")

@@ -16,6 +16,7 @@ from tests.integration.helpers import (
     email_job,
     events,
     publish,
+    recipient_events,
     running_app,
     running_worker,
 )
@@ -79,13 +80,17 @@ async def test_marketing_mail_has_one_click_unsubscribe_and_bilingual_footer(
                     assert done.status == 200
                 async with session.post(f"{public}/u/forged.token") as forged:
                     assert forged.status == 404
-            unsubscribed = events(await collect(amqp_url, "outbox.status",
-                                                lambda m: len(m) >= 1))
+            got = await collect(amqp_url, "outbox.status",
+                                lambda m: len(events(m)) >= 1 and len(recipient_events(m)) >= 1)
+            unsubscribed = events(got)
             assert (unsubscribed[0]["id"], unsubscribed[0]["status"]) == (offer["id"],
                                                                           "unsubscribed")
+            assert [(r["change"], r["source"]) for r in recipient_events(got)] == [
+                ("unsubscribed", "one_click")]  # told to the CRM once
             again = email_job(account_id=ACCOUNT, category="marketing", to="amy@example.com")
             await publish(amqp_url, [again])
-            refused = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1))
+            refused = events(await collect(amqp_url, "outbox.status",
+                                           lambda m: len(events(m)) >= 1))
             assert (refused[0]["status"], refused[0]["reason"]) == ("suppressed",
                                                                     "unsubscribe")
     assert len(recorder.messages) == 2

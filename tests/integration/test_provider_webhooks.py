@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     email_job,
     events,
     publish,
+    recipient_events,
     redis_state,
     running_app,
     running_worker,
@@ -350,7 +351,12 @@ async def test_provider_events_end_sent_jobs_and_carry_their_metadata(loop, amqp
     body = json.dumps(sns_sign(notification(reject))).encode()
     assert (await _post(f"{loop}/webhooks/ses", body, content_type="text/plain"))[0] == 200
 
-    later = events(await collect(amqp_url, "outbox.status", lambda m: len(m) >= 4))
+    got = await collect(amqp_url, "outbox.status",
+                        lambda m: len(events(m)) >= 4 and len(recipient_events(m)) >= 1)
+    later = events(got)
+    # the complaint is told to the CRM once as a recipient event too
+    assert [(r["change"], r["address"], r["account_id"]) for r in recipient_events(got)] == [
+        ("complained", jobs["complained"]["to"], "acct_e2e")]
     by_status = {e["status"]: e for e in later}
     assert sorted(by_status) == sorted(names)
     for name in names:

@@ -56,6 +56,9 @@ class FakeBus:
     async def publish_to_queue(self, queue: str, body: bytes, **_: Any) -> None:
         self.published.append((queue, body))
 
+    async def publish(self, exchange: str, routing_key: str, body: bytes, **_: Any) -> None:
+        self.published.append((exchange, routing_key))
+
     async def publish_dead(self, body: bytes, reason: str, *_: Any, **__: Any) -> None:
         self.published.append(("dead", reason))
 
@@ -108,7 +111,7 @@ async def by_unsubscribe(redis: Redis, gate: Gate) -> tuple[str, str, str | None
     settings: Any = SimpleNamespace(secret_keys=(SECRET,))
     publisher: Any = bus
     handler = UnsubscribeWebhooks(settings, publisher, SuppressionStore(redis),
-                                  WebhookMetrics(CollectorRegistry()))
+                                  WebhookMetrics(CollectorRegistry()), redis)
     app = web.Application()
     app.add_routes(handler.routes())
     token = make_token(SECRET, Unsubscribe(acct("acct_u"), "email", mail("Unsub@Example.com"),
@@ -116,7 +119,9 @@ async def by_unsubscribe(redis: Redis, gate: Gate) -> tuple[str, str, str | None
     async with TestClient(TestServer(app)) as client:
         answer = await client.post(f"/u/{token}", data="List-Unsubscribe=One-Click")
         assert answer.status == 200
-    assert len(bus.published) == 1  # and the event for the job's status went to the worker
+    # the recipient event, then the event for the job's status to the worker
+    assert [p[0] for p in bus.published] == ["outbox.status", "outbox.events"]
+    assert bus.published[0][1] == "recipient.email.unsubscribed"
     return "email", mail("unsub@example.com"), acct("acct_u")
 
 
