@@ -21,12 +21,15 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:tl:<id>`` | list | ``retention_timelines`` (default ``idempotency_ttl``; 0 none), refreshed on each entry | the job's timeline entries that its hash does not hold, packed ``[at ms, status, reason, detail, provider, provider_message_id, attempt]`` (written before: JSON objects with those names), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
 | ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``retention_history`` (default ``idempotency_ttl``; 0 none), refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
+| ``outbox:{acct:A}:domains`` | hash | none | sending domains: field ``<domain>`` → JSON record (selectors with their public keys and AES-GCM-sealed private keys, the last verification) |
+| ``outbox:{acct:A}:senders`` | hash | none | what the pre-send script reads: field ``<domain>`` (verified for the account) → ``1`` with a DMARC record, ``0`` without |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:hist:<channel>:<addr>`` | sorted set | ``retention_history``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
+| ``outbox:domain:<domain>`` | hash | none | who may send as a domain: ``owner`` (the account that verified it first), ``shared:<account>`` → epoch s (support shared it, audited in ``outbox:audit``) |
 | ``outbox:mg-token:<token>`` | string | ``MAILGUN_TOKEN_TTL`` (10 min) | a Mailgun webhook token already used (replays refused) |
 
 Account ids are checked by :func:`suppression.ids.parse_account_id` in :func:`account_tag`, so
@@ -186,6 +189,22 @@ def verp_ref(ref: str) -> str:
     """A referenced VERP address's record: ``<account>/<job id>`` (``suppression.verp``). A
     global key: the listener knows only the ref, so it cannot carry the account's hash tag."""
     return f"{PREFIX}verp:{ref}"
+
+
+def domains(account_id: str) -> str:
+    """The account's sending domains (field per domain, a JSON record; no expiry)."""
+    return f"{account_tag(account_id)}:domains"
+
+
+def senders(account_id: str) -> str:
+    """The account's verified sending domains as the pre-send script reads them (field per
+    domain: ``1`` it has a DMARC record, ``0`` not)."""
+    return f"{account_tag(account_id)}:senders"
+
+
+def domain_owner(domain: str) -> str:
+    """Global: which account owns a verified domain and which it is shared with."""
+    return f"{PREFIX}domain:{domain}"
 
 
 def mailgun_token(token: str) -> str:

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
+from operator import attrgetter
 from string import Template
 from typing import Any
 
@@ -68,6 +69,7 @@ from suppression.store import (
     SuppressionStore,
     UnknownAccount,
 )
+from webhooks.admin_domains import DOMAINS, DomainsApi
 
 log = logging.getLogger("outbox.admin")
 
@@ -124,6 +126,16 @@ ROUTES = (
           reads="a job's timeline"),
     Route("GET", "/admin/history/{address}", "history", VIEWER, "history",
           reads="a recipient's history"),
+    # sending domains: webhooks/admin_domains.py
+    Route("GET", DOMAINS, "domains.list", VIEWER, "_domains.listing"),
+    Route("POST", DOMAINS, "domains.add", ADMIN, "_domains.add"),
+    Route("GET", DOMAINS + "/{domain}", "domains.show", VIEWER, "_domains.show"),
+    Route("DELETE", DOMAINS + "/{domain}", "domains.remove", ADMIN, "_domains.remove"),
+    Route("POST", DOMAINS + "/{domain}/verify", "domains.verify", ADMIN, "_domains.verify"),
+    *(Route("POST", f"{DOMAINS}/{{domain}}/{{action:{a}}}", f"domains.{a}", ADMIN,
+            "_domains.change") for a in ("rotate", "retire")),
+    *(Route("POST", f"{DOMAINS}/{{domain}}/{{action:{a}}}", f"domains.{a}", ADMIN,
+            "_domains.share") for a in ("share", "unshare")),
 )
 
 
@@ -152,12 +164,14 @@ class AdminApi:
         self._suppression = SuppressionStore(redis)
         self._consent = ConsentStore(redis)
         self._transitions = _transitions_counter(registry_or_metrics)
+        self._domains = DomainsApi(settings, redis, self._accounts,
+                                   actor=lambda request: request[PRINCIPAL].name)
 
     def routes(self) -> list[web.RouteDef]:
         """The rows of :data:`ROUTES`, each behind the check of its role; ``{name}`` segments
         match any text but ``/`` (see :func:`_any_segment`)."""
         def made(row: Route) -> web.RouteDef:
-            handler: Handler = getattr(self, row.handler)
+            handler: Handler = attrgetter(row.handler)(self)  # "_domains.x": admin_domains.py
             guarded = handler if row.role == PUBLIC else self._guard(row, handler)
             path = _any_segment(row.path)
             if row.method == "GET":  # and HEAD, as web.get makes it
