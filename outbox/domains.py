@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from outbox import support
-from outbox.runtime import EXIT_FAILED, print_records, table
+from outbox.runtime import EXIT_FAILED, account_arg, print_records, table
 
 _RECORD_COLUMNS = ("type", "name", "value")
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="an Ed25519 key beside the RSA one (a second signature, RFC 8463)")
     _command(dom, "verify", "look the records up in DNS; exit 0 when verified, 1 when not")
     p = dom.add_parser("list", help="the account's sending domains")
-    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("account_id", metavar="ACCOUNT", type=account_arg)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
     _command(dom, "show", "keys, records to publish, the last verification")
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _command(dom: Any, name: str, text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = dom.add_parser(name, help=text)
-    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("account_id", metavar="ACCOUNT", type=account_arg)
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--actor", default="support", help="who (written to the audit log)")
     p.add_argument("--json", action="store_true")

@@ -171,13 +171,25 @@ class AdminApi:
         """The rows of :data:`ROUTES`, each behind the check of its role; ``{name}`` segments
         match any text but ``/`` (see :func:`_any_segment`)."""
         def made(row: Route) -> web.RouteDef:
-            handler: Handler = attrgetter(row.handler)(self)  # "_domains.x": admin_domains.py
+            handler = self._handler(row.handler)
             guarded = handler if row.role == PUBLIC else self._guard(row, handler)
             path = _any_segment(row.path)
             if row.method == "GET":  # and HEAD, as web.get makes it
                 return web.get(path, guarded)
             return web.route(row.method, path, guarded)
         return [made(row) for row in ROUTES]
+
+    def _handler(self, name: str) -> Handler:
+        """The method ``name``; a dotted name (``_domains.add``: webhooks/admin_domains.py)
+        is looked up when a request comes (the route table is read without an instance)."""
+        if "." not in name:
+            handler: Handler = getattr(self, name)
+            return handler
+
+        async def delegated(request: web.Request) -> web.StreamResponse:
+            method: Handler = attrgetter(name)(self)
+            return await method(request)
+        return delegated
 
     # --- auth and errors ---------------------------------------------------------------
 
