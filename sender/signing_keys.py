@@ -6,8 +6,9 @@ An instance is the email channel's ``keys_for`` (``async def keys_for(account_id
 from_domain) -> Sequence[DkimKey]``): built with ``make=sender.dkim.DkimKey.from_pem``, it
 returns the signer's keys. A rotation, verification or removal reaches a worker within ``ttl``.
 No key (the domain is not verified, or no key of ``OUTBOX_SECRET_KEY`` opens it, logged): the
-message goes unsigned. While Redis is unreachable the last keys read are used; with none, the
-error is raised (the pipeline holds the job as for any Redis outage)."""
+message goes unsigned. While Redis is unreachable (or a read takes over ``timeout``) the last
+keys read are used; with none, a temporary :class:`~sender.channels.base.SendFailure`: the job
+is deferred and tried again, never sent unsigned for want of its keys."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Generic, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sender.channels.base import SendFailure
+from suppression.classify import Outcome
 from suppression.domains import DomainStore, UnknownDomain, domain_candidates
 from suppression.sealed import Unsealable
 
@@ -27,7 +30,8 @@ log = logging.getLogger("outbox.dkim")
 K = TypeVar("K")
 DEFAULT_TTL = 60.0  # seconds the keys of an (account, From domain) are kept
 MAX_ENTRIES = 10_000  # (account, From domain) pairs kept before the cache starts over
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # TimeoutError included
+KEYS_UNAVAILABLE = Outcome("transient", "networkerror")
 
 
 class SigningKeys(Generic[K]):
@@ -54,9 +58,10 @@ class SigningKeys(Generic[K]):
             return cached[1]
         try:
             keys = await self._load(account_id, from_domain)
-        except _REDIS_DOWN:
-            if cached is None:
-                raise
+        except _REDIS_DOWN as exc:
+            if cached is None:  # a temporary failure: the job is deferred, not sent unsigned
+                raise SendFailure(KEYS_UNAVAILABLE, f"DKIM keys not readable: "
+                                  f"{type(exc).__name__}: {exc}", "smtp") from None
             return cached[1]  # the last keys read, until Redis answers again
         if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()

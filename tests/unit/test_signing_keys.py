@@ -53,3 +53,27 @@ async def test_keys_sealed_before_a_secret_key_rotation_still_sign(redis: Any) -
     assert len(await SigningKeys(rotated, _key)("A", "shop.example")) == 1
     dropped = DomainStore(redis, Sealer([K2]), Publishing("o.example"))
     assert await SigningKeys(dropped, _key)("A", "shop.example") == []  # logged; unsigned
+
+
+async def test_without_redis_the_last_keys_sign_and_without_any_the_job_is_deferred(
+        redis: Any) -> None:
+    import pytest
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from sender.channels.base import SendFailure
+
+    store = DomainStore(redis, Sealer([K1]), Publishing("o.example"))
+    await _verified(store, "A", "shop.example")
+    now = [0.0]
+    keys_for = SigningKeys(store, _key, ttl=60, clock=lambda: now[0])
+    first = await keys_for("A", "shop.example")
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("connection refused")
+
+    store.signing_keys = down  # type: ignore[method-assign]
+    now[0] = 120  # expired: read again, which fails
+    assert await keys_for("A", "shop.example") == first  # the last keys read
+    with pytest.raises(SendFailure) as failed:
+        await keys_for("A", "other.example")  # never read: deferred, not unsigned
+    assert failed.value.outcome.kind == "transient"
