@@ -101,7 +101,7 @@ class Stream:
         product's own client (``sender.connect.redis_client``: a Redis Cluster client with
         ``cluster``, which finds the other nodes from the one named)."""
         from sender.connect import redis_client
-        from suppression import store
+        from suppression import keys, store
 
         redis = redis_client(redis_url, cluster=cluster)
         consent, supp = store.ConsentStore(redis), store.SuppressionStore(redis)
@@ -130,6 +130,8 @@ class Stream:
                     acct, actor="bench", business_name=f"Shop {n} Ltd",
                     address=f"{n} Queen's Road Central, Hong Kong",
                     contact_email=f"support@shop{n}.example.com", contact_phone="+85221234567")
+            if hasattr(keys, "senders"):  # its sending domain verified, with DMARC
+                await redis.hset(keys.senders(acct), f"shop{n}.example.com", "1")
 
         await asyncio.gather(*(configure(a) for a in (self.accounts if accounts else [])))
         await asyncio.gather(*(grant(a, r) for a, r in self.consent),

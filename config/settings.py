@@ -7,6 +7,7 @@ A bad value raises :class:`SettingsError`, whose message names the setting.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -93,6 +94,29 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         verify_tls=_flag(query.get("verify", "true"), "verify"),
         local_hostname=query.get("local_hostname"),
     )
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``host[:port]`` of ``OUTBOX_DNS_NAMESERVERS``: an IPv4 or IPv6 address (IPv6 with a
+    port in brackets, ``[::1]:5353``), port 53 by default; ValueError otherwise."""
+    text = text.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not host[:port]")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"{text!r}: a name server is an IP address[:port], "
+                         f"e.g. 127.0.0.1:5353 or [::1]:53") from None
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return address, int(port)
 
 
 def cpu_count() -> int:
@@ -190,6 +214,12 @@ class Settings(ReputationSettings, BaseSettings):
     #: DKIM-sign every email with its account's key for the From domain (off for a relay
     #: that signs itself, e.g. SES with Easy DKIM)
     dkim: bool = True
+    #: every DNS lookup of Outbox (MX checks, `outbox domains verify`): comma-separated
+    #: host[:port] (IP addresses); empty = the system's resolver
+    dns_nameservers: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
+    #: a job's from (and reply_to) must be on a domain verified for its account, an SMS's
+    #: sender one configured for it (`outbox domains`, `accounts configure --sms-senders`)
+    require_verified_senders: bool = True
     metrics_port: int = Field(0, ge=0, le=65535)
     #: Outbox's own loggers (libraries log at WARNING unless DEBUG); --log-level overrides
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -333,6 +363,16 @@ class Settings(ReputationSettings, BaseSettings):
     def _split_arns(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("dns_nameservers", mode="before")
+    @classmethod
+    def _split_nameservers(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment: comma-separated
+            value = value.split(",")
+        if isinstance(value, list | tuple):  # TOML: a list of "host[:port]" (or pairs)
+            return tuple(parse_nameserver(t) if isinstance(t, str) else t
+                         for t in value if not isinstance(t, str) or t.strip())
         return value
 
     @field_validator("smtp_domain_concurrency", mode="before")

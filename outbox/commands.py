@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Settings, parse_processes
-from outbox import dead, jobs, support
+from outbox import dead, domains, jobs, support
 from outbox.runtime import (
     EXIT_BAD_INPUT,
     CliError,
@@ -80,6 +80,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     support.register(sub)
     jobs.register(sub)
     dead.register(sub)
+    domains.register(sub)
 
 
 # --- long-running ---------------------------------------------------------------------
@@ -341,6 +342,8 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
         from sender.service import started_worker
 
         registry = CollectorRegistry()  # a new one each attempt: nothing registered twice
+        if dev and cfg.require_verified_senders:
+            await verify_dev_senders(cfg)
         # one outage tracker per dependency for the whole process: one line per outage; with
         # worker processes theirs are exported (summed by the supervisor), this one is not
         supervised = cfg.worker_processes > 1
@@ -395,6 +398,29 @@ async def _supervised(cfg: Settings, stop: asyncio.Event, registry: Any, *,
             await asyncio.wait({task})
 
 
+#: The example senders ``outbox run --dev`` verifies itself, without DNS (the accounts and
+#: domains of examples/ and the README walkthrough), so its jobs go out.
+DEV_SENDERS = {"acct_demo": ("demo.example", "example.com")}
+
+
+async def verify_dev_senders(cfg: Settings) -> None:
+    """Verify :data:`DEV_SENDERS` (development only: no DNS is asked)."""
+    from sender.service import make_redis
+    from suppression.domains import DomainStore
+
+    redis = make_redis(cfg)
+    try:
+        store = DomainStore.from_settings(redis, cfg)
+        for account, names in DEV_SENDERS.items():
+            for name in names:
+                await store.verify_without_dns(account, name,
+                                               why="outbox run --dev: an example domain")
+    finally:
+        await redis.aclose()
+    log.info("example sender domains verified without DNS (--dev)",
+             extra={"domains": [d for names in DEV_SENDERS.values() for d in names]})
+
+
 #: The job the ready banner enqueues (a transactional email to the local sink).
 EXAMPLE_JOB = {"v": 1, "id": "example-1", "account_id": "acct_demo", "channel": "email",
                "category": "transactional", "to": "someone@example.com",
@@ -415,6 +441,9 @@ def ready_banner(cfg: Settings) -> str:
         f"{cfg.dev_smtp_port}); SMS go to the Twilio stand-in on port {cfg.dev_twilio_port}",
         f"  enqueue a job   echo '{job}' | .venv/bin/outbox enqueue -",
         f"  admin page      {base}/admin/   token: {token}",
+        *([f"  senders         {', '.join(d for ds in DEV_SENDERS.values() for d in ds)} "
+           f"verified for {', '.join(DEV_SENDERS)} without DNS (development only; "
+           "`outbox domains` for real ones)"] if cfg.require_verified_senders else []),
         "  stop            Ctrl-C (then `make stop-services` for RabbitMQ and Redis)",
         ""))
 

@@ -27,7 +27,7 @@ EXIT_FAILED = 1
 #: Fields that hold a time. The stores keep Unix seconds; every command prints them as ISO 8601
 #: UTC (``2026-01-02T03:04:05Z``), in readable and ``--json`` output alike.
 TIME_FIELDS = frozenset({"at", "since", "probation_until", "expires_at", "granted_at",
-                         "revoked_at"})
+                         "revoked_at", "created_at", "verified_at"})
 #: Fields whose contents are someone else's (a job's metadata, a provider's payload): never
 #: rewritten, whatever keys they hold.
 OPAQUE_FIELDS = frozenset({"metadata", "raw", "headers"})

@@ -37,6 +37,8 @@ from suppression import channels
 
 #: sender information of ``accounts configure`` (suppression.store.SENDER_FIELDS)
 SENDER_FLAGS = ("business_name", "address", "contact_email", "contact_phone")
+#: who the account may send as (suppression.senders.ACCOUNT_SETTINGS)
+IDENTITY_FLAGS = ("sms_senders", "allow_any_reply_to", "allow_missing_dmarc")
 PROGRESS_MIN_LINES = 10_000  # show a progress bar on stderr above this many lines
 
 
@@ -73,6 +75,13 @@ def _accounts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("account_id", metavar="ID", type=account_arg)
     for name in SENDER_FLAGS:
         p.add_argument("--" + name.replace("_", "-"))
+    p.add_argument("--sms-senders", metavar="LIST",
+                   help="the SMS senders the account may use: comma-separated numbers, "
+                        "Messaging Service SIDs, sender IDs ('' for none)")
+    for flag in ("allow-any-reply-to", "allow-missing-dmarc"):
+        p.add_argument("--" + flag, choices=("true", "false"),
+                       help="reply_to on any domain" if "reply" in flag else
+                       "marketing e-mail from a domain without a DMARC record")
     for param in OVERRIDES.values():  # declared in config/reputation.py
         p.add_argument(param.flag, type=param.kind, choices=param.choices or None,
                        help=f"{param.help} (else OUTBOX_{param.setting.upper()}, default "
@@ -255,6 +264,8 @@ def _show_text(info: dict[str, Any]) -> str:
                      f"{r['complaint_wilson_lower']:.3%}) in {r['window']} s")
     lines.append(f"  limits: {json.dumps(info['limits'])}")
     lines.append(f"  sender: {json.dumps(info['sender'], ensure_ascii=False)}")
+    if "identity" in info:
+        lines.append(f"  identity: {json.dumps(info['identity'], ensure_ascii=False)}")
     lines.append("recent transitions:")
     lines.append(table(info["recent_transitions"], _AUDIT_COLUMNS))
     return "\n".join(lines)
@@ -263,7 +274,8 @@ def _show_text(info: dict[str, Any]) -> str:
 def cmd_accounts_configure(args: argparse.Namespace) -> int:
     from suppression.store import AccountStore
 
-    fields = {name: getattr(args, name) for name in (*SENDER_FLAGS, *OVERRIDES)}
+    fields = {name: getattr(args, name)
+              for name in (*SENDER_FLAGS, *IDENTITY_FLAGS, *OVERRIDES)}
     if all(v is None for v in fields.values()):
         raise CliError("nothing to configure: give at least one setting")
     cfg_now = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).configure(

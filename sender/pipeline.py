@@ -35,6 +35,11 @@ Every delivery leaves on exactly one path:
                                 with its traceback once. One raised after the provider took the
                                 message is not retried (that would send it again).
 
+A sender the account may not use (``OUTBOX_REQUIRE_VERIFIED_SENDERS``: ``from``/``reply_to`` not on
+a domain verified for it, an SMS sender not configured for it, marketing from a domain without
+DMARC: :mod:`suppression.senders`) ends the job ``rejected`` (reason ``sender_not_verified`` or
+``dmarc_missing``) in the same pre-send script, before any claim.
+
 Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
 script itself; the pipeline only publishes their event. An automatic account transition found
 by the post-send script is counted (``outbox_account_transitions_total``), logged at WARNING
@@ -225,7 +230,8 @@ class Pipeline:
                 job.account_id, job.id, owner=owner,
                 redelivered=bool(message.redelivered), expired=job.expired(),
                 attempt=attempt, channel=job.channel, category=job.category,
-                topic=job.topic, address=job.to, metadata=job.metadata))
+                topic=job.topic, address=job.to, metadata=job.metadata,
+                sender=getattr(job, "from_", None), reply_to=getattr(job, "reply_to", None)))
         except BadAddress as exc:  # no canonical form, so no suppression key: never sent
             await self._reject_invalid(message, InvalidJob(
                 f"to: {exc}", job.id, job.account_id, job.channel), job.channel)
@@ -243,6 +249,9 @@ class Pipeline:
         elif verdict == "expired":
             await self._event_and_ack(message, job, "expired", attempt, reason="expired",
                                       detail="past not_after")
+        elif verdict == "rejected":  # a sender the account may not use (suppression/senders)
+            await self._event_and_ack(message, job, "rejected", attempt,
+                                      reason=decision.reason, detail=decision.detail)
         elif verdict in REFUSALS and decision.settle:
             # a global suppression found beside the script's optimistic claim
             await self._finish(message, job, verdict, attempt, reason=decision.reason,

@@ -73,7 +73,9 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     gate = Gate(redis, idempotency_ttl=settings.idempotency_ttl, policy=policy,
                 sms_region=settings.sms_region, send=send,
                 timeline_ttl=settings.timeline_ttl, history_ttl=settings.history_ttl,
-                verp_key=settings.signing_key if settings.bounce_domain else None)
+                verp_key=settings.signing_key if settings.bounce_domain else None,
+                require_senders=settings.require_verified_senders,
+                own_sms_senders=(settings.twilio_from, settings.twilio_messaging_service_sid))
     redis_call = RedisCalls(metrics, stop.is_set, dependencies.redis)
     acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn
     pipeline = Pipeline(
@@ -91,6 +93,18 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
                   gauges=gauges, watch=watch)
+
+
+def signing_email_channel(settings: Settings, redis: Client) -> Channel:
+    """The email channel, its messages DKIM-signed (``OUTBOX_DKIM``) with the active keys of
+    the account's verified domain covering the From domain (:mod:`sender.signing_keys`)."""
+    from sender.channels import smtp
+    from sender.dkim import DkimKey
+    from sender.signing_keys import SigningKeys
+    from suppression.domains import DomainStore
+
+    keys_for = SigningKeys(DomainStore.from_settings(redis, settings), DkimKey.from_pem)
+    return smtp.build(settings, keys_for=keys_for)
 
 
 @asynccontextmanager
@@ -112,7 +126,8 @@ async def started_worker(settings: Settings, registry: CollectorRegistry | None 
     sweeper = PendingSweeper(RecipientEvents(redis, bus))
     try:
         await bus.connect(declare=True)
-        channels = build_senders(settings)
+        channels = build_senders(settings, built={"email": signing_email_channel(settings,
+                                                                                 redis)})
         worker = build_worker(settings, bus=bus, redis=redis, channels=channels,
                               registry=registry or CollectorRegistry(),
                               dependencies=dependencies)

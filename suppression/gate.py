@@ -52,7 +52,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ from suppression.entries import BadEntry, Entry
 from suppression.replies import decode, text
 from suppression.reputation import Policy
 from suppression.roundtrip import Client, execute  # Client: a single Redis or a Cluster
+from suppression.senders import check_arg, sms_sender
 
 log = logging.getLogger("outbox.gate")
 
@@ -83,11 +84,11 @@ NOTE_CHARS = 500  # of a timeline entry's detail (a relay's reply, a provider's 
 class Decision:
     """The answer of ``pre_send``.
 
-    ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``blocked``, ``suppressed``,
-    ``no_consent`` or ``rate_limited``. For ``done``, ``status`` is the final status recorded
-    earlier (its event may need resending). ``reason`` explains a refusal; ``wait_ms`` is the
-    wait before a token is free; ``settle`` says the refusal still has to be written
-    (a global suppression found beside an optimistic claim).
+    ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``rejected``, ``blocked``,
+    ``suppressed``, ``no_consent`` or ``rate_limited``. For ``done``, ``status`` is the final
+    status recorded earlier (its event may need resending). ``reason`` explains a refusal;
+    ``wait_ms`` is the wait before a token is free; ``settle`` says the refusal still has to
+    be written (a global suppression found beside an optimistic claim).
     """
 
     verdict: str
@@ -103,6 +104,8 @@ class Decision:
     #: contact_phone of the account ('' when unset)
     sender: tuple[str, ...] | None = None
     consent: str = ""  # a marketing job's consent status: "granted" or ""
+    #: for ``rejected`` (a sender the account may not use: suppression/senders.py): why
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +222,9 @@ class Gate:
     def __init__(self, redis: Client, *, idempotency_ttl: int,
                  policy: Policy | None = None, sms_region: str = "HK",
                  send: Send | None = None, timeline_ttl: int | None = None,
-                 history_ttl: int | None = None, verp_key: str | None = None) -> None:
+                 history_ttl: int | None = None, verp_key: str | None = None,
+                 require_senders: bool = False,
+                 own_sms_senders: Iterable[str | None] = ()) -> None:
         """``send``: how the pre- and post-send batches travel (the worker passes a
         :class:`~suppression.coalesce.Coalescer`); default a round trip each.
         ``idempotency_ttl``: how long the job hash is kept (with its newest timeline entry);
@@ -227,7 +232,11 @@ class Gate:
         indexes (default both ``idempotency_ttl``; 0: not written). ``verp_key``: the key
         VERP addresses are signed with, when ``OUTBOX_BOUNCE_DOMAIN`` is set: an e-mail job
         whose address is the referenced form gets its ref record in the pre-send round trip
-        (:func:`suppression.verp.ref_record`)."""
+        (:func:`suppression.verp.ref_record`). ``require_senders``: refuse a job whose sender
+        the account may not use (``OUTBOX_REQUIRE_VERIFIED_SENDERS``; :mod:`suppression.senders`);
+        ``own_sms_senders``: Outbox's own SMS senders, which every account may name."""
+        self.require_senders = require_senders
+        self._own_sms = frozenset(sms_sender(s, sms_region) for s in own_sms_senders if s)
         self._redis = redis
         self._verp_key = verp_key
         self.send = send  # public: the benchmarks read its batch sizes
@@ -241,8 +250,8 @@ class Gate:
     async def pre_send(self, account_id: str, job_id: str, *, owner: str, redelivered: bool,
                        expired: bool, attempt: int, channel: str = "email",
                        category: str = "transactional", topic: str | None = None,
-                       address: str = "", metadata: Mapping[str, Any] | None = None
-                       ) -> Decision:
+                       address: str = "", metadata: Mapping[str, Any] | None = None,
+                       sender: str | None = None, reply_to: str | None = None) -> Decision:
         """Claim the job for ``owner`` unless done, duplicate, expired or refused
         (one round trip).
 
@@ -250,7 +259,10 @@ class Gate:
         one that has none raises :class:`~suppression.address.BadAddress` before anything is
         read or claimed (job validation refuses such an e-mail address first). The job's
         ``metadata`` is kept with the claim (:func:`metadata_arg`), so the status events of
-        provider events about the job can carry it."""
+        provider events about the job can carry it. With ``require_senders``, the job's
+        ``sender`` (its ``from``) and ``reply_to`` are checked in the same script
+        (:mod:`suppression.senders`): a sender the account may not use ends the job
+        ``rejected`` before any claim."""
         addr = normalise(channel, address, default_region=self._region)
         dnc = channel == channels.DNC and category == "marketing"
         script_keys = [
@@ -258,14 +270,17 @@ class Gate:
             keys.account_suppression(account_id, channel, addr),
             keys.consent(account_id, channel, addr), keys.prefs(account_id, addr),
             keys.bucket(account_id, channel), keys.timeline(account_id, job_id),
-            keys.history(account_id, channel, addr)]
+            keys.history(account_id, channel, addr), keys.senders(account_id)]
         p = self.policy
+        senders = (check_arg(channel, category, sender, reply_to, self._region, self._own_sms)
+                   if self.require_senders else "")
         args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
                 f"{topic}:{channel}" if topic else "", *p.script_args("pre_send"),
                 recipient_digest(channel, addr), job_id, keys.HISTORY_KEEP,
                 keys.TIMELINE_KEEP]
         md = metadata_chunks(metadata_arg(metadata))
-        args += [md[0], self._timeline_ttl, self._history_ttl, keys.HASH_VALUE_MAX, *md[1:]]
+        args += [md[0], self._timeline_ttl, self._history_ttl, keys.HASH_VALUE_MAX, senders,
+                 *md[1:]]
         seen = f"{account_id}{keys.HISTORY_SEPARATOR}{job_id}"
         everyone = keys.global_history(channel, addr)
         ref = (verp.ref_record(account_id, job_id, self._verp_key)
@@ -506,6 +521,9 @@ async def sent_to(redis: Client, account_id: str, job_id: str, address: str | No
 
 def _decision(reply: list[Any]) -> Decision:
     verdict, status, provider, pm, att, reason, wait = (text(x) for x in reply[:7])
+    if verdict == "rejected":
+        return Decision(verdict, status, attempt=int(att or 0), reason=reason or None,
+                        detail=text(reply[7]) if len(reply) > 7 else None)
     sender = tuple(text(x) for x in reply[7:11]) if len(reply) > 7 else None
     consent = text(reply[11]) if len(reply) > 11 else ""
     return Decision(verdict, status or None, provider or None, pm or None, int(att or 0),

@@ -24,6 +24,8 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:unreadable}:tl:unreadable-<sha>`` | list | as any timeline | a rejected job whose account (or id) could not be read, kept under :data:`UNREADABLE_ACCOUNT` and :func:`unreadable_id` of its bytes (a readable account with an unreadable id: ``outbox:{acct:A}:tl:unreadable-<sha>``) |
 | ``outbox:{acct:A}:rcpt:<channel>:<addr>`` | hash | none | the last change of whether the recipient may be contacted that was announced to the CRM (``change``, ``id``, ``at``, ``source``: ``sender.recipient_events``) |
 | ``outbox:{acct:A}:rcpt-pending`` | hash | none (fields removed once published) | recipient events recorded but not yet confirmed by the broker: field ``e:<event id>`` the event's JSON, ``c:<event id>`` when a publisher claimed it (ms) |
+| ``outbox:{acct:A}:domains`` | hash | none | sending domains: field ``<domain>`` → JSON record (selectors with their public keys and AES-GCM-sealed private keys, the last verification) |
+| ``outbox:{acct:A}:senders`` | hash | none | what the pre-send script reads: field ``<domain>`` (verified for the account) → ``1`` with a DMARC record, ``0`` without |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:hist:<channel>:<addr>`` | sorted set | ``retention_history``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
@@ -33,6 +35,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
+| ``outbox:domain:<domain>`` | hash | none | who may send as a domain: ``owner`` (the account that verified it first), ``shared:<account>`` → epoch s (support shared it, audited in ``outbox:audit``) |
 | ``outbox:mg-token:<token>`` | string | ``MAILGUN_TOKEN_TTL`` (10 min) | a Mailgun webhook token already used (replays refused) |
 
 Account ids are checked by :func:`suppression.ids.parse_account_id` in :func:`account_tag`, so
@@ -213,6 +216,22 @@ def verp_ref(ref: str) -> str:
     """A referenced VERP address's record: ``<account>/<job id>`` (``suppression.verp``). A
     global key: the listener knows only the ref, so it cannot carry the account's hash tag."""
     return f"{PREFIX}verp:{ref}"
+
+
+def domains(account_id: str) -> str:
+    """The account's sending domains (field per domain, a JSON record; no expiry)."""
+    return f"{account_tag(account_id)}:domains"
+
+
+def senders(account_id: str) -> str:
+    """The account's verified sending domains as the pre-send script reads them (field per
+    domain: ``1`` it has a DMARC record, ``0`` not)."""
+    return f"{account_tag(account_id)}:senders"
+
+
+def domain_owner(domain: str) -> str:
+    """Global: which account owns a verified domain and which it is shared with."""
+    return f"{PREFIX}domain:{domain}"
 
 
 def mailgun_token(token: str) -> str:

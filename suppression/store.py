@@ -33,6 +33,8 @@ from suppression.gate import Script
 from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
 from suppression.roundtrip import Client
+from suppression.senders import ACCOUNT_SETTINGS as IDENTITY_FIELDS
+from suppression.senders import sms_senders
 
 SENDER_FIELDS = ("business_name", "address", "contact_email", "contact_phone")
 _SUPPORT = Script("support")
@@ -121,11 +123,12 @@ class AccountStore:
                         **fields: Any) -> dict[str, str]:
         """Set sender information, limits and overrides (``None`` values are left alone)."""
         values = {k: v for k, v in fields.items() if v is not None}
-        unknown = set(values) - set(OVERRIDES) - set(SENDER_FIELDS)
+        unknown = set(values) - set(OVERRIDES) - set(SENDER_FIELDS) - set(IDENTITY_FIELDS)
         if unknown:
             raise BadEntry(f"unknown account setting(s): {', '.join(sorted(unknown))}")
         try:  # the bounds and types declared in config/reputation.py
-            values = {k: check_override(k, v) if k in OVERRIDES else v
+            values = {k: check_override(k, v) if k in OVERRIDES else
+                      identity_setting(k, v) if k in IDENTITY_FIELDS else v
                       for k, v in values.items()}
         except ValueError as exc:
             raise BadEntry(str(exc)) from None
@@ -166,6 +169,7 @@ class AccountStore:
                        "thresholds": _thresholds(policy)},
             "overrides": {k: v for k, v in cfg.items() if k in OVERRIDES},
             "sender": {k: cfg.get(k) for k in SENDER_FIELDS},
+            "identity": identity_view(cfg),
             "recent_transitions": await self.audit.read(account_id, limit=transitions),
             "recent_bounce_reasons": [_json(r) for r in recent],
         }
@@ -191,6 +195,33 @@ class AccountStore:
             raise StoreError(f"cannot {action} account {account_id!r}: it is {reply[1]}")
         return Change(account_id, reply[1], reply[2], reply[3],
                       int(reply[4]) if reply[4] else None)
+
+
+def identity_setting(name: str, value: Any) -> str:
+    """An identity setting as the cfg hash keeps it (the pre-send script reads it):
+    ``sms_senders`` canonical and comma-separated, the ``allow_*`` switches ``1``/``0``;
+    ValueError for a bad value."""
+    if name == "sms_senders":
+        if not isinstance(value, str):
+            raise ValueError("sms_senders must be comma-separated senders (numbers, Messaging "
+                             "Service SIDs, sender IDs), or '' for none")
+        return sms_senders(value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    flag = str(value).strip().lower()
+    if flag in ("1", "true", "yes", "on"):
+        return "1"
+    if flag in ("0", "false", "no", "off"):
+        return "0"
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def identity_view(cfg: dict[str, str]) -> dict[str, Any]:
+    """The identity settings of an account's cfg hash, as shown."""
+    senders = cfg.get("sms_senders") or ""
+    return {"sms_senders": [s for s in senders.split(",") if s],
+            "allow_any_reply_to": cfg.get("allow_any_reply_to") == "1",
+            "allow_missing_dmarc": cfg.get("allow_missing_dmarc") == "1"}
 
 
 def support_call(account_id: str, action: str, *, actor: str, reason: str,

@@ -309,7 +309,8 @@ async def smtp_server() -> AsyncIterator[tuple[str, Recorder]]:
 @pytest.fixture
 def make_settings(amqp_url: str, backend_redis_url: tuple[str, bool]) -> Any:
     """Build settings for this test's vhost and Redis (its db, or the cluster), with
-    overrides."""
+    overrides. Senders are not checked (``require_verified_senders=False``): the tests send
+    from many domains; the tests of that rule turn it on (tests/integration/test_senders.py)."""
     from config import load_settings
 
     redis_url, cluster = backend_redis_url
@@ -317,7 +318,8 @@ def make_settings(amqp_url: str, backend_redis_url: tuple[str, bool]) -> Any:
     def _make(**overrides: Any) -> Any:
         base = {"amqp_url": amqp_url, "redis_url": redis_url, "redis_cluster": cluster,
                 "retry_tiers": (1, 2),
-                "shutdown_grace": 5.0, "smtp_timeout": 5.0, "metrics_port": 0}
+                "shutdown_grace": 5.0, "smtp_timeout": 5.0, "metrics_port": 0,
+                "require_verified_senders": False}
         return load_settings(**{**base, **overrides})
 
     return _make

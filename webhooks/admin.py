@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
+from operator import attrgetter
 from string import Template
 from typing import Any
 
@@ -73,6 +74,7 @@ from suppression.store import (
     SuppressionStore,
     UnknownAccount,
 )
+from webhooks.admin_domains import DOMAINS, DomainsApi
 
 log = logging.getLogger("outbox.admin")
 
@@ -132,6 +134,16 @@ ROUTES = (
     Route("GET", "/admin/dead", "dead.list", SUPPORT, "dead_list", reads="dead letters"),
     *(Route("POST", f"/admin/dead/{a}", f"dead.{a}", SUPPORT, "dead_settle")
       for a in DEAD_ACTIONS),
+    # sending domains: webhooks/admin_domains.py
+    Route("GET", DOMAINS, "domains.list", VIEWER, "_domains.listing"),
+    Route("POST", DOMAINS, "domains.add", ADMIN, "_domains.add"),
+    Route("GET", DOMAINS + "/{domain}", "domains.show", VIEWER, "_domains.show"),
+    Route("DELETE", DOMAINS + "/{domain}", "domains.remove", ADMIN, "_domains.remove"),
+    Route("POST", DOMAINS + "/{domain}/verify", "domains.verify", ADMIN, "_domains.verify"),
+    *(Route("POST", f"{DOMAINS}/{{domain}}/{{action:{a}}}", f"domains.{a}", ADMIN,
+            "_domains.change") for a in ("rotate", "retire")),
+    *(Route("POST", f"{DOMAINS}/{{domain}}/{{action:{a}}}", f"domains.{a}", ADMIN,
+            "_domains.share") for a in ("share", "unshare")),
 )
 
 
@@ -164,18 +176,32 @@ class AdminApi:
         self._idempotency_ttl = settings.idempotency_ttl
         # one look at outbox.dead at a time: each holds every message while it reads
         self._dead = asyncio.Lock()
+        self._domains = DomainsApi(settings, redis, self._accounts,
+                                   actor=lambda request: request[PRINCIPAL].name)
 
     def routes(self) -> list[web.RouteDef]:
         """The rows of :data:`ROUTES`, each behind the check of its role; ``{name}`` segments
         match any text but ``/`` (see :func:`_any_segment`)."""
         def made(row: Route) -> web.RouteDef:
-            handler: Handler = getattr(self, row.handler)
+            handler = self._handler(row.handler)
             guarded = handler if row.role == PUBLIC else self._guard(row, handler)
             path = _any_segment(row.path)
             if row.method == "GET":  # and HEAD, as web.get makes it
                 return web.get(path, guarded)
             return web.route(row.method, path, guarded)
         return [made(row) for row in ROUTES]
+
+    def _handler(self, name: str) -> Handler:
+        """The method ``name``; a dotted name (``_domains.add``: webhooks/admin_domains.py)
+        is looked up when a request comes (the route table is read without an instance)."""
+        if "." not in name:
+            handler: Handler = getattr(self, name)
+            return handler
+
+        async def delegated(request: web.Request) -> web.StreamResponse:
+            method: Handler = attrgetter(name)(self)
+            return await method(request)
+        return delegated
 
     # --- auth and errors ---------------------------------------------------------------
 

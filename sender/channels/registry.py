@@ -19,7 +19,7 @@ job model, its sender (:class:`sender.channels.base.Channel`) and ``build(settin
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import TypeAdapter, ValidationError
@@ -123,11 +123,13 @@ def parse_job(body: bytes, *, max_bytes: int) -> JobBase:
         raise models.invalid(exc, data) from None
 
 
-def build_senders(settings: Settings) -> dict[str, Sender]:
-    """The senders the settings configure, by channel."""
+def build_senders(settings: Settings, *, built: Mapping[str, Sender] | None = None
+                  ) -> dict[str, Sender]:
+    """The senders the settings configure, by channel; ``built``: senders the caller made
+    itself (the worker's email channel, with the DKIM keys of the domain store)."""
     senders: dict[str, Sender] = {}
     for d in _DECLARED.values():
-        sender = d.build(settings)
+        sender = (built or {}).get(d.name) or d.build(settings)
         if sender is None:
             log.warning("channel %s is not configured: its jobs wait in %s and %s",
                         d.name, d.queue, d.lane_queue(BULK))

@@ -54,6 +54,7 @@ from sender.compliance import MissingSenderInfo, SenderInfo, email_compliance
 from sender.dkim import DkimError, DkimKey, DkimSigner
 from sender.mime import MimeError, RenderedEmail, render_email
 from sender.models import BULK_CATEGORIES, EmailJob
+from sender.resolver import make_resolver
 from suppression.address import email_domain
 from suppression.classify import Outcome, classify_smtp
 from suppression.verp import verp_address
@@ -507,7 +508,8 @@ def build(settings: Settings, *, keys_for: KeysFor | None = None) -> SmtpChannel
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
         secret_key=settings.signing_key,
         bounce_domain=settings.bounce_domain, relay=settings.smtp_relay,
-        mx=MxChecker() if settings.email_check_mx else None,
+        mx=MxChecker(make_resolver(settings.dns_nameservers)) if settings.email_check_mx
+        else None,
         keys_for=keys_for if settings.dkim else None)
     domains = DomainLimiter(settings.smtp_domain_concurrency,
                             settings.smtp_domain_concurrency_default)

@@ -9,6 +9,7 @@
 -- KEYS[7]  token bucket             outbox:{acct:A}:tb:<channel>
 -- KEYS[8]  job timeline             outbox:{acct:A}:tl:ID
 -- KEYS[9]  recipient's job index    outbox:{acct:A}:hist:<channel>:<addr>
+-- KEYS[10] verified sending domains outbox:{acct:A}:senders (domain -> '1' DMARC, '0' none)
 -- ARGV[1..7]   owner (one per delivery), redelivered (0/1), expired (0/1), ttl seconds, attempt, category,
 --              prefs field ('<topic>:<channel>' or '')
 -- ARGV[8..11]  the defaults, in config/reputation.py's order (the account's cfg hash
@@ -23,14 +24,18 @@
 -- ARGV[17..18] seconds the timeline list is kept, and the recipient's job index (0: not
 --              written)
 -- ARGV[19]     the longest value a hash keeps in its compact encoding (hash-max-listpack-value)
--- ARGV[20..]   the metadata's further pieces, stored as 'md1', 'md2'... (gate.metadata_chunks)
+-- ARGV[20]     who the job sends as (suppression/senders.py: check_arg), or '' for no check:
+--              JSON {f = {{domain, parent...}, ...} (from), r = {...} (reply_to), m = 1 for
+--              marketing, s = SMS sender}
+-- ARGV[21..]   the metadata's further pieces, stored as 'md1', 'md2'... (gate.metadata_chunks)
 -- A refusal's timeline entry is stored packed as post_send.lua says; and so is the entry a
 -- deferred job's hash holds ('et', 'ed') when the job is claimed again.
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
 --          a marketing job that may be sent, the account's sender information after them:
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
 --          and the consent status ('granted' or ''; consent lifts the DNC register, s.11(2))
---   verdict: send | done | duplicate | expired | blocked | suppressed | no_consent | rate_limited
+--   verdict: send | done | duplicate | expired | rejected | blocked | suppressed | no_consent |
+--            rate_limited; for 'rejected' (a sender the account may not use) the detail follows
 -- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences, and
 -- the rate token last, so a refused job never consumes one.
 local job = KEYS[1]
@@ -112,6 +117,60 @@ if expired then
   return refuse('expired', 'expired', 'expired', 'past not_after')
 end
 
+local cfg = redis.call('HMGET', KEYS[3], 'rate', 'burst', 'consent_mode',
+  'business_name', 'address', 'contact_email', 'contact_phone',
+  'sms_senders', 'allow_any_reply_to', 'allow_missing_dmarc')
+
+-- Who the job sends as: a domain verified for the account (or a parent of one), an SMS
+-- sender configured for it (suppression/senders.py).
+local function verified(candidates)
+  for _, domain in ipairs(candidates) do
+    local flag = redis.call('HGET', KEYS[10], domain)
+    if flag then return flag end
+  end
+  return false
+end
+
+local function sender_problem(want)
+  if want.s then
+    if not string.find(',' .. (cfg[8] or '') .. ',', ',' .. want.s .. ',', 1, true) then
+      return 'sender_not_verified', 'from ' .. want.s .. ' is not among the account\'s sms_senders'
+    end
+    return nil
+  end
+  if not want.f then return nil end  -- an SMS from Outbox's own sender
+  local first = nil
+  for i, candidates in ipairs(want.f) do
+    local flag = verified(candidates)
+    if not flag then
+      return 'sender_not_verified', 'from ' .. (candidates[1] or '(no valid domain)') ..
+        ' is not a domain verified for the account'
+    end
+    if i == 1 then first = flag end
+  end
+  if cfg[9] ~= '1' then
+    for _, candidates in ipairs(want.r or {}) do
+      if not verified(candidates) then
+        return 'sender_not_verified', 'reply_to ' .. (candidates[1] or '(no valid domain)') ..
+          ' is not a domain verified for the account'
+      end
+    end
+  end
+  if want.m == 1 and first == '0' and cfg[10] ~= '1' then
+    return 'dmarc_missing', 'marketing from ' .. want.f[1][1] .. ', which has no DMARC record'
+  end
+  return nil
+end
+
+if ARGV[20] ~= '' then
+  local why, detail = sender_problem(cjson.decode(ARGV[20]))
+  if why then
+    local reply = refuse('rejected', 'rejected', why, detail)
+    reply[8] = detail
+    return reply
+  end
+end
+
 local state = redis.call('HGET', KEYS[2], 'state') or 'active'
 if state == 'blocked' or state == 'suspended' then
   return refuse('blocked', 'blocked', 'account_' .. state)
@@ -122,8 +181,6 @@ if entry then
   return refuse('suppressed', 'suppressed', entry)
 end
 
-local cfg = redis.call('HMGET', KEYS[3], 'rate', 'burst', 'consent_mode',
-  'business_name', 'address', 'contact_email', 'contact_phone')
 local consent = false
 if category == 'marketing' then
   consent = redis.call('HGET', KEYS[5], 'status')
@@ -164,7 +221,7 @@ push_held()
 redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', ARGV[12] or '')
 if ARGV[16] and ARGV[16] ~= '' then
   redis.call('HSET', job, 'md', ARGV[16])
-  for i = 20, #ARGV do redis.call('HSET', job, 'md' .. (i - 19), ARGV[i]) end
+  for i = 21, #ARGV do redis.call('HSET', job, 'md' .. (i - 20), ARGV[i]) end
 end
 redis.call('EXPIRE', job, ttl)
 if category == 'marketing' then

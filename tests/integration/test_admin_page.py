@@ -332,3 +332,32 @@ async def test_the_page_refuses_a_malformed_id_before_calling_the_api(browser, s
         await page.press("#recipient", "Enter")
         await expect(page.locator("#message")).to_contain_text("account must be 1-128")
         assert calls == []
+
+
+async def test_the_account_view_lists_its_sending_domains_and_the_bulk_sender_rules(
+        browser, site, redis, make_settings):
+    import time
+
+    from suppression.domains import DomainStore
+
+    store = DomainStore.from_settings(redis, make_settings())
+    await AccountStore(redis, Policy()).configure("acct_mail", actor="setup", rate=10)
+    for name, dmarc in (("good.example", "reject"), ("nodmarc.example", None)):
+        await store.add("acct_mail", name)
+        record = await store.get("acct_mail", name)
+        await store.record_verification("acct_mail", name, {
+            "at": int(time.time()), "dkim": [{"selector": record["keys"][0]["selector"],
+                                              "found": "match"}],
+            "spf": {"found": "missing"}, "return_path": {"found": "not_configured"},
+            "dmarc": {"policy": dmarc}})
+    await store.add("acct_mail", "new.example")
+    async with opened(browser, site) as page:
+        await page.goto(site + "/admin/#/account/acct_mail")
+        good = page.locator("#domains tr", has_text="good.example")
+        await expect(good).to_contain_text("yes 是 · 20")  # verified, with its time
+        await expect(good).to_contain_text("met 符合")
+        nodmarc = page.locator("#domains tr", has_text="nodmarc.example")
+        await expect(nodmarc).to_contain_text("not met 不符合: a DMARC record")
+        fresh = page.locator("#domains tr", has_text="new.example")
+        await expect(fresh).to_contain_text("no 否")
+        await expect(fresh).to_contain_text("not verified yet")

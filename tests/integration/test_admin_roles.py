@@ -21,8 +21,11 @@ from config.reputation import Policy
 from config.roles import ROLES, allows
 from sender.bus import Bus
 from sender.service import make_redis
+from suppression.domains import DomainStore, Publishing
 from suppression.gate import Counts, Gate
+from suppression.sealed import Sealer
 from suppression.store import AccountStore, SuppressionStore
+from tests.integration.dns_server import Zone, dns_server
 from tests.integration.helpers import collect, redis_state, running_app
 from webhooks.admin import ADMIN, PUBLIC, ROUTES, SUPPORT, VIEWER, Route
 from webhooks.app import make_app
@@ -46,8 +49,12 @@ async def redis(make_settings: Any) -> AsyncIterator[Any]:
 async def call(make_settings: Any, unused_tcp_port_factory: Any) -> AsyncIterator[Call]:
     """``await call("vera", "GET", "/admin/...", body)`` → (status, JSON)."""
     tokens = ",".join(f"{name}:{role}:{token}" for name, (role, token) in TOKENS.items())
-    settings = make_settings(admin_tokens=f"{tokens},{LEGACY}")
     async with contextlib.AsyncExitStack() as stack:
+        # domains.verify asks DNS: a server on loopback (NXDOMAIN for everything), never
+        # the machine's resolver
+        host, port = (await stack.enter_async_context(dns_server(Zone()))).split(":")
+        settings = make_settings(admin_tokens=f"{tokens},{LEGACY}",
+                                 dns_nameservers=((host, int(port)),))
         base = await stack.enter_async_context(running_app(settings, unused_tcp_port_factory()))
         session = await stack.enter_async_context(aiohttp.ClientSession())
 
@@ -93,7 +100,9 @@ def test_the_roles_are_those_the_terms_promise() -> None:
         "accounts.unsuspend": SUPPORT, "suppression.add": SUPPORT,
         "suppression.remove": SUPPORT, "consent.set": SUPPORT,
         "dead.list": SUPPORT, "dead.replay": SUPPORT, "dead.purge": SUPPORT,
-        "accounts.configure": ADMIN}
+        "accounts.configure": ADMIN, "domains.list": VIEWER, "domains.show": VIEWER,
+        **dict.fromkeys(("domains.add", "domains.remove", "domains.verify", "domains.rotate",
+                         "domains.retire", "domains.share", "domains.unshare"), ADMIN)}
     assert {r.action for r in GUARDED if r.reads} == {
         "suppression.check", "consent.show", "jobs.show", "history", "dead.list"}
 
@@ -126,6 +135,24 @@ async def _suppressed(redis: Any) -> None:
     await SuppressionStore(redis).add(ADDRESS, channel="email", reason="manual", actor="setup")
 
 
+async def _domain(redis: Any) -> DomainStore:
+    await _account(redis)
+    store = DomainStore(redis, Sealer(["roles-test-secret-0123"]), Publishing("o.example"))
+    await store.add(ACCOUNT, DOMAIN)
+    return store
+
+
+async def _rotated(redis: Any) -> None:
+    """A domain whose rotation was verified: its old keys are retiring."""
+    store = await _domain(redis)
+    await store.rotate(ACCOUNT, DOMAIN)
+    record = await store.get(ACCOUNT, DOMAIN)
+    await store.record_verification(ACCOUNT, DOMAIN, {"at": 1, "dkim": [
+        {"selector": k["selector"], "found": "match"} for k in record["keys"]]})
+
+
+D = f"/admin/api/accounts/{ACCOUNT}/domains"
+DOMAIN = "shop.example"
 #: action → (what must be true first, method, path, body): a request that succeeds for a
 #: token with the route's role
 REQUESTS: dict[str, tuple[Callable[[Any], Awaitable[Any]], str, str, Any]] = {
@@ -157,6 +184,15 @@ REQUESTS: dict[str, tuple[Callable[[Any], Awaitable[Any]], str, str, Any]] = {
                     {"account": ACCOUNT, "reason": "cause fixed"}),
     "dead.purge": (_account, "POST", "/admin/dead/purge",
                    {"account": ACCOUNT, "reason": "junk"}),
+    "domains.list": (_domain, "GET", D, None),
+    "domains.add": (_account, "POST", D, {"domain": DOMAIN}),
+    "domains.show": (_domain, "GET", f"{D}/{DOMAIN}", None),
+    "domains.remove": (_domain, "DELETE", f"{D}/{DOMAIN}", None),
+    "domains.verify": (_domain, "POST", f"{D}/{DOMAIN}/verify", None),
+    "domains.rotate": (_domain, "POST", f"{D}/{DOMAIN}/rotate", None),
+    "domains.retire": (_rotated, "POST", f"{D}/{DOMAIN}/retire", None),
+    "domains.share": (_account, "POST", f"{D}/{DOMAIN}/share", {"reason": "one group"}),
+    "domains.unshare": (_account, "POST", f"{D}/{DOMAIN}/unshare", {"reason": "sold"}),
 }
 GUARDED = [r for r in ROUTES if r.role != PUBLIC]
 
@@ -302,6 +338,7 @@ async def test_each_personal_read_is_audited_and_other_reads_are_not(call, redis
     nor for a read that was refused (404)."""
     await _blocked(redis)
     await _suppressed(redis)
+    await _domain(redis)
     for route in GUARDED:
         if route.method == "GET":
             _, method, path, body = REQUESTS[route.action]

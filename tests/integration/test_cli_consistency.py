@@ -40,6 +40,10 @@ NAMES_AN_ACCOUNT = [
     ("suppression", "list", "--account", GHOST),
     ("suppression", "export", "--account", GHOST),
     ("suppression", "import", "LIST", "--account", GHOST),
+    ("domains", "add", GHOST, "shop.example"),
+    ("domains", "verify", GHOST, "shop.example"),
+    ("domains", "list", GHOST),
+    ("domains", "share", GHOST, "shop.example", "--reason", "r", "--actor", "a"),
 ]
 
 

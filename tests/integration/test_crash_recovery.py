@@ -37,7 +37,8 @@ def _start_worker(amqp_url: str, redis_url: str, smtp_url: str, log: Path) -> su
     env.update(OUTBOX_AMQP_URL=amqp_url, OUTBOX_REDIS_URL=redis_url, OUTBOX_SMTP_URL=smtp_url,
                OUTBOX_PREFETCH=str(CONCURRENCY), OUTBOX_CONCURRENCY=str(CONCURRENCY),
                OUTBOX_SMTP_POOL_SIZE=str(CONCURRENCY),
-               OUTBOX_SHUTDOWN_GRACE="10", OUTBOX_SMTP_TIMEOUT="10")
+               OUTBOX_SHUTDOWN_GRACE="10", OUTBOX_SMTP_TIMEOUT="10",
+               OUTBOX_REQUIRE_VERIFIED_SENDERS="false")
     return subprocess.Popen([sys.executable, "-m", "outbox", "worker"], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 

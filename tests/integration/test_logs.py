@@ -155,7 +155,8 @@ def _env(amqp_url: str, redis_url: str, relay: Relay, twilio_base: str, port: in
             "OUTBOX_HTTP_PORT": str(port), "OUTBOX_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "OUTBOX_TWILIO_ACCOUNT_SID": SID, "OUTBOX_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
             "OUTBOX_TWILIO_FROM": FROM, "OUTBOX_TWILIO_API_BASE": twilio_base,
-            "OUTBOX_SECRET_KEY": SECRET_KEY, "OUTBOX_ADMIN_TOKENS": ADMIN_TOKEN}
+            "OUTBOX_SECRET_KEY": SECRET_KEY, "OUTBOX_ADMIN_TOKENS": ADMIN_TOKEN,
+            "OUTBOX_REQUIRE_VERIFIED_SENDERS": "false"}
 
 
 async def _send_and_settle(amqp_url: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -52,7 +52,8 @@ def _start(amqp_url: str, redis_url: str, smtp_url: str, log: Path, *args: str,
     clean.update(OUTBOX_AMQP_URL=amqp_url, OUTBOX_REDIS_URL=redis_url, OUTBOX_SMTP_URL=smtp_url,
                  OUTBOX_PREFETCH=str(CONCURRENCY), OUTBOX_CONCURRENCY=str(CONCURRENCY),
                  OUTBOX_SMTP_POOL_SIZE=str(CONCURRENCY),
-                 OUTBOX_SHUTDOWN_GRACE="10", OUTBOX_SMTP_TIMEOUT="10", **env)
+                 OUTBOX_SHUTDOWN_GRACE="10", OUTBOX_SMTP_TIMEOUT="10",
+                 OUTBOX_REQUIRE_VERIFIED_SENDERS="false", **env)
     return subprocess.Popen([sys.executable, "-m", "outbox", "worker", *args], env=clean,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
@@ -248,7 +249,8 @@ async def test_outbox_run_runs_its_worker_part_as_processes_with_their_metrics_o
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
     clean.update(OUTBOX_AMQP_URL=amqp_url, OUTBOX_REDIS_URL=redis_url, OUTBOX_SMTP_URL=smtp_url,
                  OUTBOX_HTTP_PORT=str(port), OUTBOX_WORKER_PROCESSES="2",
-                 OUTBOX_SHUTDOWN_GRACE="10", OUTBOX_SMTP_TIMEOUT="10")
+                 OUTBOX_SHUTDOWN_GRACE="10", OUTBOX_SMTP_TIMEOUT="10",
+                 OUTBOX_REQUIRE_VERIFIED_SENDERS="false")
     proc = subprocess.Popen([sys.executable, "-m", "outbox", "run"], env=clean,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:

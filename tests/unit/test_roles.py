@@ -114,7 +114,7 @@ def test_the_readme_lists_each_roles_actions_as_the_route_table_declares() -> No
         listed = set(re.findall(r"`([a-z]+(?:\.[a-z]+)?)`", line.split("|")[2]))
         assert listed == {r.action for r in ROUTES if r.role == role}, role
     names = {"account": "(ID|ACCOUNT)", "recipient": "RECIPIENT", "job": "ID",
-             "address": "ADDRESS"}
+             "address": "ADDRESS", "domain": "DOMAIN"}
     for route in (r for r in ROUTES if r.role != PUBLIC):
         shown = re.sub(r"\{(\w+)\}", lambda m: names[m[1]], route.path)
         shown = re.sub(r"\{action:(\w+)\}", r"\1", shown)

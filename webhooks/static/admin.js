@@ -157,9 +157,10 @@ async function showAccounts(state, filter) {
 
 async function showAccount(id) {
   checkId(id, "account");
-  const [info, audit, evidence] = await Promise.all([
+  const [info, audit, evidence, domains] = await Promise.all([
     api("GET", "/admin/accounts/" + q(id)), api("GET", "/admin/audit/" + q(id) + "?limit=50"),
-    api("GET", "/admin/accounts/" + q(id) + "/suppressions?limit=50")]);
+    api("GET", "/admin/accounts/" + q(id) + "/suppressions?limit=50"),
+    api("GET", "/admin/api/accounts/" + q(id) + "/domains")]);
   $("account-title").textContent = info.account_id;
   $("state").textContent = info.state;
   $("state").className = "state-" + info.state;
@@ -200,10 +201,21 @@ async function showAccount(id) {
                             "Scope 範圍", "Source 來源", "Evidence 證據", "By 操作者"],
         evidence.map((e) => [when(e.at), recipientLink(e.address, info.account_id), e.channel,
           e.reason, e.scope, source(e.source, info.account_id), e.detail, e.actor]));
+  table("domains", ["Domain 網域", "Verified 已驗證", "DMARC", "Return path 退回路徑",
+                    "Bulk-sender rules 大量寄件規則", "Selector 選擇器"],
+        domains.map((d) => [d.domain, d.verified ? "yes 是 · " + when(d.verified_at) :
+          "no 否" + (d.verification ? ": " + (d.verification.missing || []).join("; ") : ""),
+          d.dmarc ? "yes 是" : "no 否", d.return_path || "",
+          bulkRules((d.verification || {}).bulk_sender), d.selector]));
   table("audit", ["When 時間", "Action 操作", "From → to", "By 操作者", "Reason 原因",
                   "Detail 詳情"],
         audit.map((r) => [when(r.at), r.action, r.from || r.to ? (r.from || "") + " → " +
           (r.to || "") : "", r.actor, r.reason, auditDetail(r)]));
+}
+// Gmail's and Yahoo's bulk-sender requirements as the last verification found them
+function bulkRules(bulk) {
+  if (!bulk) return "not verified yet 尚未驗證";
+  return bulk.met ? "met 符合" : "not met 不符合: " + bulk.missing.join(", ");
 }
 function recipientLink(address, account) {
   const a = link(address, "recipient", address);
