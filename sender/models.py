@@ -15,7 +15,6 @@ validates can always be written back as valid JSON (status events carry its ``me
 from __future__ import annotations
 
 import functools
-import math
 import operator
 import re
 from collections.abc import Callable
@@ -37,13 +36,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, from_json
 
 from sender import job_headers
-from suppression import channels, ids
+from suppression import channels, ids, json_limits
 from suppression.address import BadAddress
 from suppression.address import email as canonical_email
 
 SCHEMA_VERSION = 1
 #: Nesting allowed in a job (objects and arrays); a real job is 3 deep.
-MAX_DEPTH = 64
+MAX_DEPTH = json_limits.MAX_DEPTH
 #: RFC 3339 date-time with its time zone (``Z`` or ``±hh:mm``)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
@@ -231,23 +230,12 @@ def _json_problem(body: bytes, exc: ValueError) -> str:
 
 
 def _unwritable(data: Any) -> str | None:
-    """Why ``data`` could not be written back as JSON (too deep, a non-finite number), or None.
-    Iterative: a hostile depth cannot exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        elif isinstance(value, float) and not math.isfinite(value):
-            return "a number is out of range (not finite)"
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            return f"nested more than {MAX_DEPTH} levels deep"
-        stack.extend((child, depth + 1) for child in children)
-    return None
+    """Why ``data`` could not be written back as JSON (too deep, a non-finite number), or
+    None (:func:`suppression.json_limits.problem`)."""
+    found = json_limits.problem(data)
+    if found == "too_deep":
+        return f"nested more than {MAX_DEPTH} levels deep"
+    return "a number is out of range (not finite)" if found else None
 
 
 def invalid(exc: ValidationError, data: Any) -> InvalidJob:

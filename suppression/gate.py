@@ -51,6 +51,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ class Script:
     loaded after NOSCRIPT (first use, or a Redis restart)."""
 
     def __init__(self, name: str) -> None:
-        self.source = (_LUA_DIR / f"{name}.lua").read_text()
+        self.source = _with_includes((_LUA_DIR / f"{name}.lua").read_text())
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def queue(self, pipe: Any, keys_: list[str], args: list[Any]) -> None:
@@ -172,6 +173,15 @@ class Script:
         except NoScriptError:
             await self.load(redis)
             return await redis.evalsha(self.sha, len(keys_), *keys_, *args)
+
+
+_INCLUDE = re.compile(r"^[ \t]*-- INCLUDE (\w+)[ \t]*$", re.M)
+
+
+def _with_includes(source: str) -> str:
+    """``-- INCLUDE name`` lines replaced by the fragment ``lua/name.lua`` (Redis scripts
+    cannot load one another: a piece two scripts share is written once and put in here)."""
+    return _INCLUDE.sub(lambda m: (_LUA_DIR / f"{m.group(1)}.lua").read_text(), source)
 
 
 PRE_SEND = Script("pre_send")

@@ -7,11 +7,10 @@ helpers that read ids and JSON bodies. What they return, one
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
-from suppression import ids
+from suppression import ids, json_limits
 
 
 class PayloadError(ValueError):
@@ -21,7 +20,7 @@ class PayloadError(ValueError):
 
 #: JSON nested deeper than this is refused: no provider's payload comes near it (SES and
 #: Mailgun nest about six levels), and a deeper one only costs stack and CPU downstream
-MAX_DEPTH = 64
+MAX_DEPTH = json_limits.MAX_DEPTH
 
 #: ``<job-id@domain>`` as Outbox writes Message-IDs; group 1 is the job id.
 MESSAGE_ID = re.compile(rf"<({ids.PATTERN})@[^<>@\s]+>")
@@ -58,20 +57,9 @@ def loads_json(text: bytes | str, what: str) -> Any:
 
 
 def _unreadable(data: Any) -> str | None:
-    """Why decoded JSON is refused (too deep, a number out of range), or None. Iterative:
-    the check itself cannot exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        elif isinstance(value, float) and not math.isfinite(value):
-            return "JSON with a number out of range (not finite)"
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            return f"nested more than {MAX_DEPTH} levels deep"
-        stack.extend((child, depth + 1) for child in children)
-    return None
+    """Why decoded JSON is refused (too deep, a number out of range), or None
+    (:func:`suppression.json_limits.problem`)."""
+    found = json_limits.problem(data)
+    if found == "too_deep":
+        return f"nested more than {MAX_DEPTH} levels deep"
+    return "JSON with a number out of range (not finite)" if found else None
