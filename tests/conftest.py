@@ -17,6 +17,7 @@ Every test is marked by the services its fixtures need (``redis``, ``rabbitmq``,
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -323,3 +324,22 @@ def make_settings(amqp_url: str, backend_redis_url: tuple[str, bool]) -> Any:
         return load_settings(**{**base, **overrides})
 
     return _make
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Logging as it was before the test: a test that runs ``cli.main`` in-process configures
+    logging (the root's handlers, the ``outbox`` logger at WARNING), which would otherwise
+    leave later tests' ``caplog`` without the INFO lines they read, and a handler writing to
+    a closed capture stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lg in list(logging.root.manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):
+            lg.setLevel(levels.get(name, logging.NOTSET))
+

@@ -52,7 +52,7 @@ MIB = 1024 * 1024
 SAMPLES = {
     "token": make_token(SECRET, Unsubscribe("acct_fuzz", "email", "bob@example.com", "job-1")),
     "account": "acct_fuzz", "address": "bob@example.com", "recipient": "bob@example.com",
-    "job": "job-1",
+    "job": "job-1", "domain": "mail.example.com",
 }
 
 _MULTIPART = "multipart/form-data; boundary=XyZ"
