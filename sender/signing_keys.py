@@ -8,7 +8,14 @@ returns the signer's keys. A rotation, verification or removal reaches a worker 
 No key (the domain is not verified, or no key of ``OUTBOX_SECRET_KEY`` opens it, logged): the
 message goes unsigned. While Redis is unreachable (or a read takes over ``timeout``) the last
 keys read are used; with none, a temporary :class:`~sender.channels.base.SendFailure`: the job
-is deferred and tried again, never sent unsigned for want of its keys."""
+is deferred and tried again, never sent unsigned for want of its keys.
+
+The same read gives the domain's verified return path (:meth:`SigningKeys.return_path`, the
+channel's ``return_path_for``): the VERP envelope sender's domain, ``bounces.<domain>``, when
+its CNAME to ``OUTBOX_BOUNCE_DOMAIN`` was found, so SPF aligns with From too. Both come from
+one cache entry: a job costs no Redis round trip for them past the first of its (account,
+From domain) in ``ttl``. With ``keys=False`` (``OUTBOX_DKIM`` off) no key is opened and only
+the return path is looked up."""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,30 +42,50 @@ _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)  # TimeoutError
 KEYS_UNAVAILABLE = Outcome("transient", "networkerror")
 
 
+@dataclass(frozen=True, slots=True)
+class FromDomain(Generic[K]):
+    """What the worker sends mail of an (account, From domain) with: the signer's keys and
+    the return-path subdomain (None: the envelope stays at ``OUTBOX_BOUNCE_DOMAIN``)."""
+
+    keys: list[K] = field(default_factory=list)
+    return_path: str | None = None
+
+
 class SigningKeys(Generic[K]):
-    """``keys_for`` of the email channel over the domain store, cached per (account, From
-    domain). ``make(domain, selector, pem)`` turns a stored key into the signer's key."""
+    """``keys_for`` (and ``return_path_for``) of the email channel over the domain store,
+    cached per (account, From domain). ``make(domain, selector, pem)`` turns a stored key
+    into the signer's key."""
 
     def __init__(self, store: DomainStore, make: Callable[[str, str, bytes], K], *,
-                 ttl: float = DEFAULT_TTL, timeout: float = 5.0,
+                 ttl: float = DEFAULT_TTL, timeout: float = 5.0, keys: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._make = make
         self._ttl = ttl
         self._timeout = timeout  # seconds for a read of the store (the worker's Redis has none)
+        self._keys = keys
         self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, list[K]]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, FromDomain[K]]] = {}
         self.loads = 0  # reads of the store (tests, metrics)
 
     async def __call__(self, account_id: str, from_domain: str) -> Sequence[K]:
         """The keys to sign a message of ``account_id`` from ``from_domain`` with."""
+        return (await self.lookup(account_id, from_domain)).keys
+
+    async def return_path(self, account_id: str, from_domain: str) -> str | None:
+        """The verified return-path subdomain for mail of ``account_id`` from
+        ``from_domain`` (its covering verified domain's), or None."""
+        return (await self.lookup(account_id, from_domain)).return_path
+
+    async def lookup(self, account_id: str, from_domain: str) -> FromDomain[K]:
+        """Keys and return path of an (account, From domain), cached ``ttl`` seconds."""
         key = (account_id, from_domain)
         now = self._clock()
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            keys = await self._load(account_id, from_domain)
+            found = await self._load(account_id, from_domain)
         except _REDIS_DOWN as exc:
             if cached is None:  # a temporary failure: the job is deferred, not sent unsigned
                 raise SendFailure(KEYS_UNAVAILABLE, f"DKIM keys not readable: "
@@ -65,21 +93,23 @@ class SigningKeys(Generic[K]):
             return cached[1]  # the last keys read, until Redis answers again
         if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()
-        self._cache[key] = (now + self._ttl, keys)
-        return keys
+        self._cache[key] = (now + self._ttl, found)
+        return found
 
-    async def _load(self, account_id: str, from_domain: str) -> list[K]:
+    async def _load(self, account_id: str, from_domain: str) -> FromDomain[K]:
         self.loads += 1
         for domain in domain_candidates(from_domain):
             try:
                 async with asyncio.timeout(self._timeout):
-                    found = await self._store.signing_keys(account_id, domain)
+                    found = await self._store.sending_domain(account_id, domain,
+                                                             keys=self._keys)
             except UnknownDomain:
                 continue
             except Unsealable as exc:
                 log.error("DKIM keys of %s not usable, sending unsigned: %s", domain, exc,
                           extra={"account_id": account_id, "domain": domain})
-                return []
-            if found:  # else a parent may be verified (an unverified subdomain added)
-                return [self._make(domain, selector, pem) for selector, _, pem in found]
-        return []
+                return FromDomain()
+            if found.verified:  # else a parent may be verified (an unverified subdomain added)
+                return FromDomain([self._make(domain, selector, pem)
+                                   for selector, _, pem in found.keys], found.return_path)
+        return FromDomain()
