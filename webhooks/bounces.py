@@ -76,7 +76,7 @@ from redis.exceptions import RedisError
 from config import Settings
 from sender.bus import Bus, PublishFailed, QueueFull
 from sender.provider_events import QUOTED, SIGNED, ProviderEvent
-from suppression.domains import is_return_path_of
+from suppression.domains import RETURN_PATH_LABEL, is_return_path_of
 from suppression.gate import sent_to
 from suppression.roundtrip import Client
 from suppression.verp import is_verp, parse_ref, ref_ttl, resolve_ref, verify_verp
@@ -321,6 +321,9 @@ class BounceHandler:
         """The account and job of a correctly signed VERP address at the bounce domain, or
         at the return-path subdomain of a domain verified for that account
         (:func:`~suppression.domains.is_return_path_of`, one HGET); None otherwise."""
+        domain = address.strip().strip("<>").rpartition("@")[2].lower()
+        if domain != self._config.domain and not domain.startswith(f"{RETURN_PATH_LABEL}."):
+            return None  # nothing of ours: no Redis read for it
         keys = self._config.keys
         verified = verify_verp(address, keys)
         ref = None if verified else parse_ref(address)
@@ -328,7 +331,6 @@ class BounceHandler:
             verified = await resolve_ref(self._redis, ref, keys, self._config.ref_ttl)
         if verified is None:
             return None
-        domain = address.strip().strip("<>").rpartition("@")[2].lower()
         if domain == self._config.domain or await is_return_path_of(self._redis, verified[0],
                                                                      domain):
             return verified
