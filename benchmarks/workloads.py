@@ -135,10 +135,10 @@ class Stream:
                     acct, actor="bench", business_name=f"Shop {n} Ltd",
                     address=f"{n} Queen's Road Central, Hong Kong",
                     contact_email=f"support@shop{n}.example.com", contact_phone="+85221234567")
-            if domains is not None:  # its sending domain verified, with a real DKIM key
-                await verify_domain(domains, acct, f"shop{n}.example.com")
-            elif hasattr(keys, "senders"):  # its sending domain verified, with DMARC
-                await redis.hset(keys.senders(acct), f"shop{n}.example.com", "1")
+                if domains is not None:  # its sending domain verified, with a real DKIM key
+                    await verify_domain(domains, acct, f"shop{n}.example.com")
+                elif hasattr(keys, "senders"):  # its sending domain verified, with DMARC
+                    await redis.hset(keys.senders(acct), f"shop{n}.example.com", "1")
 
         await asyncio.gather(*(configure(a) for a in (self.accounts if accounts else [])))
         await asyncio.gather(*(grant(a, r) for a, r in self.consent),

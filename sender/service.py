@@ -105,7 +105,7 @@ def signing_email_channel(settings: Settings, redis: Client) -> Channel:
     from sender.signing_keys import SigningKeys
     from suppression.domains import DomainStore
 
-    lookup = SigningKeys(DomainStore.from_settings(redis, settings), DkimKey.from_pem,
+    lookup = SigningKeys(DomainStore.from_settings(redis, settings), DkimKey.from_sealed_pem,
                          keys=settings.dkim)
     return smtp.build(settings, keys_for=lookup, return_path_for=lookup.return_path)
 

@@ -158,3 +158,54 @@ async def test_a_failed_return_path_lookup_keeps_what_the_last_one_found(redis: 
         "name": "bounces.shop.example", "found": "missing", "target": None})
     assert gone["return_path"] is None  # the CNAME deleted: no longer used
     assert not await is_return_path_of(redis, "A", "bounces.shop.example")
+
+
+async def test_jobs_missing_the_cache_together_share_one_read_and_a_key_is_parsed_once(
+        redis: Any) -> None:
+    import asyncio
+
+    store = DomainStore(redis, Sealer([K1]), Publishing("o.example"))
+    await _verified(store, "A", "shop.example")
+    now = [0.0]
+    lookup = SigningKeys(store, _key, ttl=60, clock=lambda: now[0])
+    got = await asyncio.gather(*(lookup("A", "shop.example") for _ in range(20)))
+    assert lookup.loads == 1 and lookup.made == 1 and all(g == got[0] for g in got)
+    now[0] = 61  # expired: read again, the same sealed key is not parsed again
+    assert await lookup("A", "shop.example") == got[0]
+    assert (lookup.loads, lookup.made) == (2, 1)
+    await store.rotate("A", "shop.example")  # a new key, once verified, is parsed
+    await _verified(store, "A", "shop.example")
+    now[0] = 122
+    [fresh] = await lookup("A", "shop.example")
+    assert fresh != got[0][0] and (lookup.loads, lookup.made) == (3, 2)
+
+
+async def test_a_cancelled_job_does_not_cancel_the_read_the_others_wait_for(
+        redis: Any) -> None:
+    import asyncio
+
+    store = DomainStore(redis, Sealer([K1]), Publishing("o.example"))
+    await _verified(store, "A", "shop.example")
+    lookup = SigningKeys(store, _key)
+    first = asyncio.ensure_future(lookup("A", "shop.example"))
+    second = asyncio.ensure_future(lookup("A", "shop.example"))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert len(await second) == 1 and lookup.loads == 1
+
+
+def test_a_sealed_key_loaded_without_the_rsa_check_signs_as_the_checked_one() -> None:
+    """DkimKey.from_sealed_pem (the worker's, for keys it unsealed) gives a key whose
+    signature dkimpy verifies against the published record, as from_pem's."""
+    from sender.dkim import DkimKey, DkimSigner
+    from tests.dkim_verifiers import dkimpy_results
+
+    pem = dkim_keys.generate(dkim_keys.RSA)
+    records = {"s1._domainkey.shop.example": dkim_keys.record_for(
+        dkim_keys.RSA, dkim_keys.public_key(pem))}
+    message = b"From: a@shop.example\r\nSubject: hi\r\n\r\nbody\r\n"
+    for key in (DkimKey.from_sealed_pem("shop.example", "s1", pem),
+                DkimKey.from_pem("shop.example", "s1", pem)):
+        signed = DkimSigner().sign(message, [key])
+        assert dkimpy_results(signed, records) == [True]
+        assert dkimpy_results(signed.replace(b"body", b"bodY"), records) == [False]
