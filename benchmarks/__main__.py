@@ -24,6 +24,7 @@ from typing import Any
 
 from benchmarks import measure, report, systems
 from benchmarks.blast import blast_session
+from benchmarks.dkim_check import signing_check
 from benchmarks.env import ROOT, Services, machine, versions
 from benchmarks.profile import summarise
 from benchmarks.runner import (
@@ -89,7 +90,12 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             continue
         if w.baselines:
             systems += [(wname, NAIVE), (wname, BARE)]
-        systems.append((wname, outbox(w.outbox_processes, cluster=w.cluster)))
+        systems.append((wname, outbox(w.outbox_processes, cluster=w.cluster, dkim=w.dkim)))
+    # a system that signs (or must not) shows it first, on a few jobs to an aiosmtpd relay
+    for wname, system in systems:
+        if WORKLOADS[wname].dkim is not None:
+            check = await signing_check(ctx, system, WORKLOADS[wname].dkim)
+            out.setdefault("dkim_check", {})[system.name] = check
     # throughput: interleaved by run so that drift spreads over every system
     for run in range(args.runs):
         for wname, system in systems:

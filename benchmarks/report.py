@@ -51,6 +51,8 @@ def table(out: dict[str, Any]) -> str:
                      + "\n".join(ratios))
     if out.get("scaling"):
         lines.append(scaling_table(out["scaling"], out))
+    if "outbox x1 dkim on" in s and "outbox x1 dkim off" in s:
+        lines.append(dkim_table(out))
     halves = latency_table(s)
     if halves:
         lines.append(halves)
@@ -84,6 +86,33 @@ def scaling_table(sc: dict[str, Any], out: dict[str, Any]) -> str:
                         f"{v['vs_x1']:.2f} | {each} |")
     return ("Scale-out (target: x2 ≥ 1.3 × x1) and Redis Cluster, jobs/s against Outbox x1 of "
             "the same session:\n\n" + "\n".join(rows))
+
+
+def dkim_table(out: dict[str, Any]) -> str:
+    """``OUTBOX_DKIM`` on against off, same session (workloads ``dkim`` and ``nodkim``): the
+    medians, every run in order, the CPU signing adds per job and what the check before the
+    runs saw (``benchmarks.dkim_check``)."""
+    s, checks = out["summary"], out.get("dkim_check") or {}
+    on, off = s["outbox x1 dkim on"], s["outbox x1 dkim off"]
+    rows = ["| OUTBOX_DKIM | jobs/s (median) | CPU µs/job (median) | each run, in order: "
+            "jobs/s · CPU µs/job | checked before the runs |", "|---|---:|---:|---|---|"]
+    for label, name, v in (("on (RSA-2048)", "outbox x1 dkim on", on),
+                           ("off", "outbox x1 dkim off", off)):
+        each = ", ".join(f"{_f(r['jobs_per_s'])} · {_f(r['cpu_us_per_job'])}"
+                         for r in out.get("runs", []) if r.get("system") == name)
+        c = checks.get(name) or {}
+        check = (f"{c['messages']} messages: {c['signed']} signed, {c['verified']} verified "
+                 "by dkimpy") if c else "–"
+        rows.append(f"| {label} | {_f(v['jobs_per_s'])} | {_f(v['cpu_us_per_job'])} | {each} | "
+                    f"{check} |")
+    added = on["cpu_us_per_job"] - off["cpu_us_per_job"]
+    ratio = on["jobs_per_s"] / off["jobs_per_s"] if off["jobs_per_s"] else 0.0
+    each = ", ".join(f"{r:.2f}" for r in paired(out, "outbox x1 dkim on",
+                                                 "outbox x1 dkim off"))
+    return ("DKIM signing on and off, same session (one worker process):" + "\n\n"
+            + "\n".join(rows) + "\n\n"
+            + f"Signing on: {added:+,.0f} µs of CPU per job, jobs/s × {ratio:.2f} "
+            f"(each round: {each}).")
 
 
 def paired(out: dict[str, Any], name: str, base: str) -> list[float]:

@@ -27,6 +27,7 @@ class System:
     checks: bool = False  # suppression/consent applied: fewer messages reach the sink
     src: str | None = None  # run Outbox from another source tree (e.g. a `git archive` copy)
     cluster: bool = False  # Outbox on the bench profile's Redis Cluster (OUTBOX_REDIS_CLUSTER)
+    settings: tuple[tuple[str, str], ...] = ()  # OUTBOX_* settings of its own (every run)
 
     @property
     def supervised(self) -> bool:
@@ -54,6 +55,7 @@ class System:
                         "OUTBOX_SMTP_URL": smtp_url, "OUTBOX_METRICS_PORT": "0"})
             if self.cluster:
                 env["OUTBOX_REDIS_CLUSTER"] = "true"
+            env.update(self.settings)
             env.update(extra or {})
         env["PYTHONPATH"] = self.src if self.kind == "outbox" and self.src else str(ROOT)
         return env
@@ -62,9 +64,16 @@ class System:
 OUTBOX_SRC: str | None = None  # set by --outbox-src
 
 
-def outbox(processes: int, cluster: bool = False) -> System:
+def outbox(processes: int, cluster: bool = False, dkim: bool | None = None) -> System:
+    """Outbox with ``processes`` worker processes; ``dkim``: ``OUTBOX_DKIM`` set (and the
+    system named ``... dkim on|off``), None: the default (on)."""
     name = f"outbox x{processes}" + (" cluster" if cluster else "")
-    return System(name, "outbox", processes, checks=True, src=OUTBOX_SRC, cluster=cluster)
+    settings: tuple[tuple[str, str], ...] = ()
+    if dkim is not None:
+        name += " dkim on" if dkim else " dkim off"
+        settings = (("OUTBOX_DKIM", "true" if dkim else "false"),)
+    return System(name, "outbox", processes, checks=True, src=OUTBOX_SRC, cluster=cluster,
+                  settings=settings)
 
 
 NAIVE = System("naive", "naive")

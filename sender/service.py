@@ -97,14 +97,17 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
 
 def signing_email_channel(settings: Settings, redis: Client) -> Channel:
     """The email channel, its messages DKIM-signed (``OUTBOX_DKIM``) with the active keys of
-    the account's verified domain covering the From domain (:mod:`sender.signing_keys`)."""
+    the account's verified domain covering the From domain, and (with a bounce domain) their
+    VERP envelope sender at that domain's verified return path: both from one cached read of
+    the domain (:mod:`sender.signing_keys`)."""
     from sender.channels import smtp
     from sender.dkim import DkimKey
     from sender.signing_keys import SigningKeys
     from suppression.domains import DomainStore
 
-    keys_for = SigningKeys(DomainStore.from_settings(redis, settings), DkimKey.from_pem)
-    return smtp.build(settings, keys_for=keys_for)
+    lookup = SigningKeys(DomainStore.from_settings(redis, settings), DkimKey.from_sealed_pem,
+                         keys=settings.dkim)
+    return smtp.build(settings, keys_for=lookup, return_path_for=lookup.return_path)
 
 
 @asynccontextmanager

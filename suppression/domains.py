@@ -28,7 +28,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from suppression import dkim_keys, keys
@@ -142,6 +142,46 @@ def new_selectors(now: float, algorithms: list[str]) -> list[tuple[str, str]]:
     return [(stem + ("-ed" if a == dkim_keys.ED25519 else ""), a) for a in algorithms]
 
 
+@dataclass(frozen=True, slots=True)
+class SendingDomain:
+    """What the worker needs of one of an account's sending domains (:meth:`DomainStore.
+    sending_domain`): whether it is verified, the active keys' ``(selector, algorithm,
+    private key PEM)`` and the return-path subdomain its bounces may come back to."""
+
+    verified: bool
+    keys: list[tuple[str, str, bytes]] = field(default_factory=list)
+    return_path: str | None = None
+
+
+def verified_return_path(record: Mapping[str, Any], bounce_domain: str | None) -> str | None:
+    """The return-path subdomain (``bounces.<domain>``) of a domain record when the domain
+    is verified and its last verification found that name's CNAME pointing at
+    ``bounce_domain`` (the current ``OUTBOX_BOUNCE_DOMAIN``; none set: None). The VERP
+    envelope sender of the domain's mail is then ``bounce+...@`` it, so SPF aligns with the
+    From domain, and the bounce listener accepts reports there for this account only."""
+    if not (bounce_domain and record.get("verified") and record.get("return_path")):
+        return None
+    found = (record.get("verification") or {}).get("return_path") or {}
+    target = str(found.get("target") or "").lower().rstrip(".")
+    if found.get("found") != "ok" or target != bounce_domain.lower().rstrip("."):
+        return None
+    return str(record["return_path"])
+
+
+async def is_return_path_of(redis: Client, account_id: str, name: str) -> bool:
+    """Whether ``name`` is the return-path subdomain (``bounces.<domain>``) of a domain
+    verified for ``account_id``, as its last verification found it: one HGET of that
+    domain's record. Another account's return path, or an unverified one: False."""
+    label, _, domain = name.lower().rstrip(".").partition(".")
+    if label != RETURN_PATH_LABEL or "." not in domain:
+        return False
+    raw = await redis.hget(keys.domains(account_id), domain)
+    if raw is None:
+        return False
+    record = json.loads(text(raw))
+    return bool(record.get("verified")) and record.get("return_path") == f"{label}.{domain}"
+
+
 #: how a key is made (``suppression.dkim_keys.generate``; the signer's module can replace it)
 KeyMaker = Callable[[str], bytes]
 
@@ -194,13 +234,24 @@ class DomainStore:
     async def signing_keys(self, account_id: str, domain: str) -> list[tuple[str, str, bytes]]:
         """``(selector, algorithm, private key PEM)`` of the active keys of a verified domain
         (for the DKIM signer only: never log or return them); ``[]`` when not verified."""
+        return (await self.sending_domain(account_id, domain)).keys
+
+    async def sending_domain(self, account_id: str, domain: str, *,
+                             keys: bool = True) -> SendingDomain:
+        """What the worker sends a verified domain's mail with, from one read of its record:
+        its active keys (opened only with ``keys``; for the DKIM signer only: never log or
+        return them) and its verified return path (:func:`verified_return_path`).
+        UnknownDomain if the account has no such domain; Unsealable if a key cannot be
+        opened."""
         record = await self.get(account_id, domain)
         if not record.get("verified"):
-            return []
-        return [(k["selector"], k["algorithm"],
-                 self._sealer.open(k["sealed"], _place(account_id, record["domain"],
-                                                       k["selector"])))
-                for k in record["keys"] if k["state"] == ACTIVE]
+            return SendingDomain(verified=False)
+        opened = [(k["selector"], k["algorithm"],
+                   self._sealer.open(k["sealed"], _place(account_id, record["domain"],
+                                                         k["selector"])))
+                  for k in record["keys"] if keys and k["state"] == ACTIVE]
+        return SendingDomain(verified=True, keys=opened, return_path=verified_return_path(
+            record, self.publishing.bounce_domain))
 
     # --- changes ---------------------------------------------------------------------------
 
@@ -297,6 +348,7 @@ class DomainStore:
         record = await self.get(account_id, domain)
         name = record["domain"]
         _promote(record, findings)
+        _keep_return_path(record, findings)
         missing, inconclusive = _dkim_missing(record, findings, assume_dkim)
         findings["bulk_sender"] = bulk_sender(findings, dkim_ok=not missing)
         missing += list(findings.get("missing") or [])
@@ -308,11 +360,9 @@ class DomainStore:
         found_dmarc = findings.get("dmarc") or {}
         dmarc = (bool(record.get("dmarc")) if found_dmarc.get("found") == "error"
                  else bool(found_dmarc.get("policy")))  # a failed lookup changes nothing
-        return_path = findings.get("return_path") or {}
         record.update(verified=verified, dmarc=dmarc, verification=findings,
                       verified_at=findings["at"] if not missing else record.get("verified_at"),
-                      return_path=return_path.get("name") if return_path.get("found") == "ok"
-                      else None)
+                      return_path=_return_path(findings))
         await self._save(account_id, record, allow=("1" if dmarc else "0") if verified else "")
         await self.audit.record(account_id, actor=actor, action="domain.verify", reason=name,
                                 after="verified" if not missing else "not verified",
@@ -445,6 +495,22 @@ def bulk_sender(findings: Mapping[str, Any], *, dkim_ok: bool) -> dict[str, Any]
     if not checks["dmarc"]:
         missing.append("a DMARC record")
     return {"met": not missing, **checks, "missing": missing}
+
+
+def _keep_return_path(record: Mapping[str, Any], findings: dict[str, Any]) -> None:
+    """A failed lookup of the return path (``error``) changes nothing: the last finding
+    stays (noted ``kept``), so mail keeps its aligned envelope and the listener its
+    bounces."""
+    found = findings.get("return_path") or {}
+    before = (record.get("verification") or {}).get("return_path") or {}
+    if found.get("found") == "error" and before.get("found") == "ok":
+        findings["return_path"] = {**before, "kept": str(found.get("detail") or "error")}
+
+
+def _return_path(findings: Mapping[str, Any]) -> str | None:
+    """The return-path name a verification found pointing at the bounce domain."""
+    found = findings.get("return_path") or {}
+    return str(found["name"]) if found.get("found") == "ok" else None
 
 
 def _dkim_missing(record: Mapping[str, Any], findings: Mapping[str, Any],

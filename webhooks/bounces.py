@@ -7,7 +7,11 @@ as its proof goes (``ProviderEvent.trust``):
 * (a) ``signed``: it comes to a correctly signed VERP address (:mod:`suppression.verp`; any
   key of ``OUTBOX_SECRET_KEY`` verifies): ``bounce+<account>+<job>+<sig>@<domain>``, or
   ``bounce+r=<ref>@<domain>`` whose ref record (``outbox:verp:<ref>``) names the job and whose
-  ref is the HMAC of it. Applied in full: the job's status, the account's rates, a global
+  ref is the HMAC of it. The same addresses are accepted at the return-path subdomain
+  (``bounces.<domain>``, a CNAME to the bounce domain) of a sending domain verified for the
+  account the address names, where the worker sends that domain's mail from
+  (:func:`suppression.domains.verified_return_path`); at any other account's, 550 at RCPT.
+  Applied in full: the job's status, the account's rates, a global
   suppression for a hard bounce or complaint;
 * (b) ``quoted``: without a VERP address, it quotes our
   ``Message-ID: <job@OUTBOX_MESSAGE_ID_DOMAIN>`` and ``X-Outbox-Account`` of that job. Both
@@ -31,7 +35,9 @@ no attribution at all. It is accepted (250, so nobody retries it), kept as evide
 ``outbox.dead`` (its first :data:`EVIDENCE_BYTES`; ``x-outbox-reason`` says why and whether
 it was cut), counted in ``outbox_bounces_total{result}`` and logged with one WARNING line.
 
-At the SMTP level: recipients outside the bounce domain get 550 5.1.1 at RCPT; at most
+At the SMTP level: recipients outside the bounce domain get 550 5.1.1 at RCPT, but for a
+correctly signed VERP address at a return-path subdomain of its own account (checked at RCPT:
+one Redis HGET, and a GETEX for the referenced form; 451 while Redis cannot answer); at most
 :data:`MAX_RECIPIENTS` per message; ``SIZE`` is ``OUTBOX_BOUNCES_MAX_BYTES`` (552 above it);
 each connection and each message takes a token from its peer IP's bucket
 (``OUTBOX_BOUNCES_RATE``/``OUTBOX_BOUNCES_BURST``; 421 and close, or 450, when empty). Every
@@ -70,6 +76,7 @@ from redis.exceptions import RedisError
 from config import Settings
 from sender.bus import Bus, PublishFailed, QueueFull
 from sender.provider_events import QUOTED, SIGNED, ProviderEvent
+from suppression.domains import RETURN_PATH_LABEL, is_return_path_of
 from suppression.gate import sent_to
 from suppression.roundtrip import Client
 from suppression.verp import is_verp, parse_ref, ref_ttl, resolve_ref, verify_verp
@@ -206,7 +213,14 @@ class BounceHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if address.rpartition("@")[2].lower() != self._config.domain:
-            return f"550 5.1.1 <{address}>: Recipient address rejected: not a bounce address"
+            try:  # a return-path subdomain: only a signed address of that domain's account
+                ours = await self._attribute(address) is not None
+            except (RedisError, OSError) as exc:
+                log.warning("return-path address not checked (Redis): %s", exc)
+                return TRY_LATER
+            if not ours:
+                return (f"550 5.1.1 <{address}>: Recipient address rejected: not a bounce "
+                        "address")
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
@@ -295,16 +309,31 @@ class BounceHandler:
         claimed = [a for a in rcpt_tos
                    if is_verp(a) or a.strip("<>").lower().startswith("bounce+")]
         for address in claimed:
-            verified = verify_verp(address, self._config.keys, self._config.domain)
-            ref = None if verified else parse_ref(address, self._config.domain)
-            if ref:
-                verified = await resolve_ref(self._redis, ref, self._config.keys,
-                                             self._config.ref_ttl)
+            verified = await self._attribute(address)
             if verified:
                 return verified
         if claimed:
             raise Unbelieved(f"VERP address {claimed[0]} has no correct signature (or names "
-                             "no job of ours)")
+                             "no job of ours, or is at a return path not of its account)")
+        return None
+
+    async def _attribute(self, address: str) -> tuple[str, str] | None:
+        """The account and job of a correctly signed VERP address at the bounce domain, or
+        at the return-path subdomain of a domain verified for that account
+        (:func:`~suppression.domains.is_return_path_of`, one HGET); None otherwise."""
+        domain = address.strip().strip("<>").rpartition("@")[2].lower()
+        if domain != self._config.domain and not domain.startswith(f"{RETURN_PATH_LABEL}."):
+            return None  # nothing of ours: no Redis read for it
+        keys = self._config.keys
+        verified = verify_verp(address, keys)
+        ref = None if verified else parse_ref(address)
+        if ref:
+            verified = await resolve_ref(self._redis, ref, keys, self._config.ref_ttl)
+        if verified is None:
+            return None
+        if domain == self._config.domain or await is_return_path_of(self._redis, verified[0],
+                                                                     domain):
+            return verified
         return None
 
     def _quoted(self, event: ProviderEvent) -> tuple[str, str]:

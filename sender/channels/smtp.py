@@ -16,6 +16,12 @@ Sequence[DkimKey]``) every rendered message is signed (:mod:`sender.dkim`) with 
 returns for the job's account and its From domain, before it goes to the pool; no keys, or no
 ``keys_for`` (``OUTBOX_DKIM=false``), and the message goes unsigned.
 
+Return path: with a bounce domain, the envelope sender is the job's signed VERP address
+(:mod:`suppression.verp`) at ``OUTBOX_BOUNCE_DOMAIN``, or, when ``EmailOptions.return_path_for``
+(``async def return_path_for(account_id, from_domain) -> str | None``) names the verified
+return-path subdomain of the From domain (``bounces.<domain>``), the same address at that
+subdomain, so SPF aligns with From.
+
 ``stop()`` (worker shutdown): a send waiting for its domain's turn, a pool slot or a new
 connection gives up with :class:`NotSent` before MAIL FROM; only transactions already started
 run on, so none is cut mid-DATA by the end of the grace (a relay that stores the message
@@ -359,6 +365,9 @@ class DomainLimiter:
 #: ``async def keys_for(account_id, from_domain) -> Sequence[DkimKey]``: the keys to sign a
 #: message of that account with, for that From domain (lower-case A-labels); none: unsigned.
 KeysFor = Callable[[str, str], Awaitable[Sequence[DkimKey]]]
+#: ``async def return_path_for(account_id, from_domain) -> str | None``: the verified
+#: return-path subdomain the VERP envelope sender goes to for that From domain, or None
+ReturnPathFor = Callable[[str, str], Awaitable[str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +382,8 @@ class EmailOptions:
     relay: str = "smtp"  # ses, sendgrid, mailgun, postmark: tag mail the way its events return
     #: DKIM keys of (account, From domain); None: messages go unsigned (OUTBOX_DKIM=false)
     keys_for: KeysFor | None = None
+    #: the From domain's verified return path (with a bounce domain); None: the bounce domain
+    return_path_for: ReturnPathFor | None = None
 
 
 def from_domain(mailbox: str) -> str:
@@ -419,6 +430,8 @@ class SmtpChannel:
         message but no reply came; MimeError for content that cannot be sent."""
         await self._check_address(job.to)
         msg = self._render(job, sender)
+        if self._options.return_path_for is not None and self._options.bounce_domain:
+            msg = await self._aligned(job, msg, self._options.return_path_for)
         if self._options.keys_for is not None:
             msg = await self._sign(job, msg, self._options.keys_for)
         try:
@@ -470,6 +483,16 @@ class SmtpChannel:
                             footer_text=footer_text, footer_html=footer_html,
                             envelope_from=envelope)
 
+    async def _aligned(self, job: EmailJob, msg: RenderedEmail,
+                       return_path_for: ReturnPathFor) -> RenderedEmail:
+        """``msg`` with its VERP envelope sender at the From domain's verified return path
+        (the same local part and signature), when it has one."""
+        return_path = await return_path_for(job.account_id, from_domain(job.from_))
+        if not return_path:
+            return msg
+        return replace(msg, envelope_from=verp_address(job.account_id, job.id, return_path,
+                                                       self._options.secret_key))
+
     async def _sign(self, job: EmailJob, msg: RenderedEmail, keys_for: KeysFor) -> RenderedEmail:
         """``msg`` with a DKIM-Signature per key of the job's account and From domain
         prepended to both its forms (the signatures never start a line with a dot)."""
@@ -497,9 +520,11 @@ class SmtpChannel:
         await self._pool.close()
 
 
-def build(settings: Settings, *, keys_for: KeysFor | None = None) -> SmtpChannel:
+def build(settings: Settings, *, keys_for: KeysFor | None = None,
+          return_path_for: ReturnPathFor | None = None) -> SmtpChannel:
     """The e-mail channel the settings configure (always: the relay is required). Messages
-    are DKIM-signed with ``keys_for``'s keys unless ``OUTBOX_DKIM`` is off."""
+    are DKIM-signed with ``keys_for``'s keys unless ``OUTBOX_DKIM`` is off; with a bounce
+    domain, their envelope sender is at ``return_path_for``'s return path when it names one."""
     pool = SmtpPool(settings.smtp, size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                     max_messages=settings.smtp_max_messages_per_connection,
                     idle_timeout=settings.smtp_idle_timeout,
@@ -510,7 +535,8 @@ def build(settings: Settings, *, keys_for: KeysFor | None = None) -> SmtpChannel
         bounce_domain=settings.bounce_domain, relay=settings.smtp_relay,
         mx=MxChecker(make_resolver(settings.dns_nameservers)) if settings.email_check_mx
         else None,
-        keys_for=keys_for if settings.dkim else None)
+        keys_for=keys_for if settings.dkim else None,
+        return_path_for=return_path_for if settings.bounce_domain else None)
     domains = DomainLimiter(settings.smtp_domain_concurrency,
                             settings.smtp_domain_concurrency_default)
     return SmtpChannel(pool, options=options, domains=domains)
