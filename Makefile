@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # prometheus: Debian ships promtool in it; the tests check the alerting rules with it
 # opendkim-tools: opendkim-testmsg, the independent DKIM verifier of tests/dkim_verifiers.py
-DEBS := rabbitmq-server redis-server postfix prometheus chromium opendkim-tools
+DEBS := rabbitmq-server redis-server postfix prometheus chromium opendkim-tools fonts-noto-cjk
 
 .PHONY: run test lint bench services stop-services deps clean definitions
 

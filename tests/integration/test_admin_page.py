@@ -9,9 +9,11 @@ API stays text. No skip: without /usr/bin/chromium these tests fail."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,11 @@ async def opened(browser: Browser, site: str, token: str = TOKEN) -> AsyncIterat
     page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
     page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
     await page.goto(site + "/admin/")
-    await expect(page.locator("#message")).to_contain_text("token")
+    # before the first action: a hint beside the token field, no error banner
+    await expect(page.locator("#token-hint")).to_be_visible()
+    await expect(page.locator("#token-hint")).to_contain_text("token")
+    await expect(page.locator("#message")).to_have_text("")
+    assert await page.get_attribute("#message", "class") != "error"
     await page.fill("#token", token)
     await page.press("#token", "Enter")
     await expect(page.locator("#whoami")).to_have_text(
@@ -147,6 +153,13 @@ async def test_support_finds_a_blocked_account_sees_why_and_unblocks_it(browser,
             await expect(newest).to_contain_text(text)
         SHOT.parent.mkdir(exist_ok=True)
         await page.screenshot(path=str(SHOT), full_page=True)
+        # the Chinese labels render: a CJK font the browser finds (fonts-noto-cjk, Makefile
+        # DEBS), not boxes; the screenshot is looked at by whoever changes the page
+        assert SHOT.stat().st_size > 0
+        fc_list = await asyncio.create_subprocess_exec(
+            "fc-list", ":lang=zh-tw", "family", stdout=asyncio.subprocess.PIPE)
+        found = (await fc_list.communicate())[0].decode()
+        assert "Noto Sans CJK" in found or "Noto Serif CJK" in found, found
 
     shown = await store.show("acct_dirty")
     assert shown["state"] == "active" and shown["probation_until"]
@@ -215,12 +228,38 @@ async def test_support_reads_a_recipients_history_and_a_jobs_timeline(
         listed = page.locator("#history tr", has_text=job["id"])
         await expect(listed).to_contain_text("sent")
         await expect(listed).to_contain_text("acct_h")
+        # the When column: every row's first cell a time (the API's first_seen)
+        cells = await page.locator("#history tr td:first-child").all_text_contents()
+        assert cells and all(cells), cells
+        for cell in cells:
+            datetime.fromisoformat(cell.replace("Z", "+00:00"))
         await listed.get_by_role("link", name=job["id"]).click()
         await expect(page.locator("#job-title")).to_contain_text(job["id"])
         sent = page.locator("#timeline tr", has_text="sent")
         await expect(sent).to_contain_text("smtp")
         await expect(sent).to_contain_text(
             re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"))
+        await expect(page.locator("#job-fields tr", has_text="channel")).to_contain_text("email")
+        await expect(page.locator("#job-fields tr", has_text="recipient")).to_contain_text(
+            "carol@example.com")
+        await _assert_attempt_agrees(page)
+        # lookup by job id: the form leads to the same job view
+        await page.goto(site + "/admin/#/accounts")
+        await page.fill("#job-account", "acct_h")
+        await page.fill("#job-id", job["id"])
+        await page.click("#job-form button")
+        await expect(page.locator("#job-title")).to_have_text(job["id"] + " · acct_h")
+        await expect(page.locator("#timeline tr", has_text="sent")).to_contain_text("smtp")
+        await _assert_attempt_agrees(page)
+        assert await page.text_content("#message") == ""
+
+
+async def _assert_attempt_agrees(page: Page) -> None:
+    """The job view's attempt is its timeline's last entry's (the Attempt column, last)."""
+    field = page.locator("#job-fields tr", has_text="attempt").locator("td").nth(1)
+    last = page.locator("#timeline tr").last.locator("td").last
+    shown, listed = (await field.text_content(), await last.text_content())
+    assert shown and shown == listed, (shown, listed)
 
 
 async def test_markup_from_the_api_stays_text(browser, site, redis):

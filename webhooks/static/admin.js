@@ -97,15 +97,20 @@ function route() {
 async function render() {
   const {view, args, query} = route();
   for (const name of VIEWS) $("view-" + name).hidden = name !== view;
-  if (!$("token").value.trim()) { say("Paste the admin token first. 請先貼上存取權杖。", false);
-                                  return; }
+  if (!$("token").value.trim()) {
+    // before the first action: a hint beside the field, no error banner
+    say("", true);
+    $("token-hint").hidden = false;
+    return;
+  }
+  $("token-hint").hidden = true;
   say("", true);
   try {
     if (me === null) await signIn();
     if (view === "accounts") await showAccounts(query.get("state") || "", query.get("q") || "");
     if (view === "account") await showAccount(args[0]);
     if (view === "recipient") await showRecipient(args[0], query.get("account") || "");
-    if (view === "job") await showJob(args[0], args[1]);
+    if (view === "job") await showJob(args[0], args[1], query);
   } catch (err) {
     say(err.message, false);
   }
@@ -307,8 +312,9 @@ async function showConsent(address, account) {
         fields.map(([k, v]) => [k, k.endsWith("_at") || k === "at" ? when(v) : v]));
 }
 
-// GET /admin/history/ADDRESS?account=ID: {"address", "jobs": [{account_id, id, channel, status,
-// at, ...}]} (a job's id as "id"; "job_id" read too)
+// GET /admin/history/ADDRESS?account=ID: {"address", "jobs": [{account_id, id, channel, address,
+// status, attempt, first_seen, updated, ...}]} (a job's id as "id"; "job_id" read too; "at"
+// read when there is no "first_seen")
 async function showHistory(address, account) {
   $("history-note").textContent = "";
   let jobs;
@@ -323,17 +329,28 @@ async function showHistory(address, account) {
   }
   const list = Array.isArray(jobs) ? jobs : (jobs.jobs || jobs.history || []);
   table("history", ["When 時間", "Account 帳戶", "Job 工作", "Channel 渠道", "Status 狀態"],
-        list.map((j) => [when(j.at), link(j.account_id, "account", j.account_id),
-                         link(j.id ?? j.job_id, "job", j.account_id, j.id ?? j.job_id),
-                         j.channel, j.status]),
+        list.map((j) => [when(j.first_seen ?? j.at), link(j.account_id, "account", j.account_id),
+                         jobLink(j), j.channel, j.status]),
         "No recent jobs 沒有最近工作");
+}
+
+// a job's link from the history: its channel and recipient ride in the hash's query, as the
+// job's story does not hold them
+function jobLink(j) {
+  const id = j.id ?? j.job_id;
+  const a = link(id, "job", j.account_id, id);
+  const params = new URLSearchParams();
+  if (j.channel) params.set("channel", j.channel);
+  if (j.address) params.set("recipient", j.address);
+  if (params.toString()) a.href += "?" + params;
+  return a;
 }
 
 // --- one job -------------------------------------------------------------------------------
 
 // GET /admin/jobs/ACCOUNT/ID: the timeline [{status, at, reason, detail, provider,
 // provider_message_id, attempt}] (or an object holding it as "timeline")
-async function showJob(account, id) {
+async function showJob(account, id, query) {
   checkId(account, "account");
   checkId(id, "job");
   $("job-title").textContent = id + " · " + account;
@@ -349,8 +366,16 @@ async function showJob(account, id) {
     return;
   }
   const timeline = Array.isArray(job) ? job : (job.timeline || job.events || []);
-  const fields = Array.isArray(job) ? [] : Object.entries(job).filter(
-    ([, v]) => v === null || typeof v !== "object");
+  const story = Array.isArray(job) ? {} : job;
+  // the job's attempt is its timeline's last one, so the two never disagree
+  const last = timeline.length ? timeline[timeline.length - 1] : null;
+  const shown = {...story, attempt: last ? last.attempt : story.attempt,
+                 channel: story.channel ?? query.get("channel"),
+                 recipient: story.recipient ?? story.address ?? query.get("recipient"),
+                 subject: story.subject};
+  for (const k of ["channel", "recipient", "subject"]) if (shown[k] == null) delete shown[k];
+  const fields = Object.entries(shown).filter(
+    ([k, v]) => v !== undefined && k !== "address" && (v === null || typeof v !== "object"));
   $("job-fields").replaceChildren(...fields.map(([k, v]) => row([k, k.endsWith("at") ? when(v)
                                                                   : v])));
   table("timeline", ["When 時間", "Status 狀態", "Reason 原因", "Detail 詳情",
@@ -377,6 +402,15 @@ $("recipient-form").addEventListener("submit", (event) => {
   try { if (account) checkId(account, "account"); }
   catch (err) { say(err.message, false); $("recipient-account").focus(); return; }
   const hash = "#/recipient/" + q(address) + (account ? "?account=" + q(account) : "");
+  if (location.hash === hash) render(); else location.hash = hash;
+});
+$("job-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const account = $("job-account").value.trim();
+  const id = $("job-id").value.trim();
+  try { checkId(account, "account"); checkId(id, "job"); }
+  catch (err) { say(err.message, false); return; }
+  const hash = "#/job/" + q(account) + "/" + q(id);
   if (location.hash === hash) render(); else location.hash = hash;
 });
 $("act").addEventListener("submit", (event) => {
