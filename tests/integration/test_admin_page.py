@@ -400,3 +400,30 @@ async def test_the_account_view_lists_its_sending_domains_and_the_bulk_sender_ru
         fresh = page.locator("#domains tr", has_text="new.example")
         await expect(fresh).to_contain_text("no 否")
         await expect(fresh).to_contain_text("not verified yet")
+
+
+async def test_the_job_view_and_its_timeline_show_the_same_attempt(browser, site, redis):
+    """A story whose record's attempt (2, a retry under way) is not its last entry's (a late
+    report of attempt 1, held as ``ea``): the job view shows the timeline's, so the two agree;
+    reached by the Find job form, with no error banner."""
+    story = {"account_id": "acct_h", "id": "job-2", "status": "deferred", "attempt": 2,
+             "updated": "2026-01-01T00:00:01.000Z",
+             "timeline": [{"status": "deferred", "at": "2026-01-01T00:00:00.000Z",
+                           "reason": "4.2.0", "detail": None, "provider": "smtp",
+                           "provider_message_id": None, "attempt": 0},
+                          {"status": "deferred", "at": "2026-01-01T00:00:01.000Z",
+                           "reason": "4.2.0", "detail": None, "provider": "smtp",
+                           "provider_message_id": None, "attempt": 1}]}
+
+    async def stub(route: Any) -> None:
+        await route.fulfill(status=200, content_type="application/json", json=story)
+
+    async with opened(browser, site) as page:
+        await page.route(re.compile(r".*/admin/jobs/.*"), stub)
+        await page.fill("#job-account", "acct_h")
+        await page.fill("#job-id", "job-2")
+        await page.press("#job-id", "Enter")
+        await expect(page.locator("#job-title")).to_have_text("job-2 · acct_h")
+        await expect(page.locator("#timeline tr")).to_have_count(3)
+        await _assert_attempt_agrees(page)
+        assert await page.text_content("#message") == ""
