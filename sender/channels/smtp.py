@@ -488,10 +488,12 @@ class SmtpChannel:
         """``msg`` with its VERP envelope sender at the From domain's verified return path
         (the same local part and signature), when it has one."""
         return_path = await return_path_for(job.account_id, from_domain(job.from_))
-        if not return_path:
+        if not return_path or not msg.envelope_from:
             return msg
-        return replace(msg, envelope_from=verp_address(job.account_id, job.id, return_path,
-                                                       self._options.secret_key))
+        # the local part (signature or ref) covers account and job, not the domain: the
+        # address _render made moves to the return path as it is, no second HMAC
+        local = msg.envelope_from.rpartition("@")[0]
+        return replace(msg, envelope_from=f"{local}@{return_path}")
 
     async def _sign(self, job: EmailJob, msg: RenderedEmail, keys_for: KeysFor) -> RenderedEmail:
         """``msg`` with a DKIM-Signature per key of the job's account and From domain
