@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiosmtplib
 import pytest
-from prometheus_client import CollectorRegistry
 
-from sender.bus import Bus
-from sender.service import make_redis
 from tests.integration.helpers import collect
-from webhooks.bounces import ListenerConfig, start_bounce_listener
+from tests.integration.test_bounces_listener import counted, listening
 
 pytestmark = pytest.mark.integration
 DOMAIN = "bounces.outbox.example"
@@ -35,29 +30,6 @@ def _settings(make_settings: Any, **overrides: Any) -> Any:
     base = {"bounce_domain": DOMAIN, "message_id_domain": "mail.outbox.example",
             "secret_key": "current-key-0123456789abcdef", "bounces_burst": 10_000}
     return make_settings(**{**base, **overrides})
-
-
-@asynccontextmanager
-async def listening(settings: Any, port: int) -> AsyncIterator[CollectorRegistry]:
-    """The listener on 127.0.0.1:``port``; yields its metrics."""
-    registry = CollectorRegistry()
-    bus = Bus.from_settings(settings)
-    await bus.connect()
-    redis = make_redis(settings)
-    server = await start_bounce_listener(ListenerConfig.from_settings(settings), bus=bus,
-                                         redis=redis, host="127.0.0.1", port=port,
-                                         registry=registry)
-    try:
-        yield registry
-    finally:
-        server.close()
-        await server.wait_closed()
-        await bus.close()
-        await redis.aclose()
-
-
-def counted(registry: CollectorRegistry, result: str) -> float:
-    return registry.get_sample_value("outbox_bounces_total", {"result": result}) or 0.0
 
 
 def junk(size: int, subject: str = "hello") -> bytes:
