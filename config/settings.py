@@ -67,6 +67,12 @@ class SmtpTarget(BaseModel):
     verify_tls: bool = True
     local_hostname: str | None = None
 
+    @property
+    def name(self) -> str:
+        """``host:port``: how logs and metrics name the relay (no credentials)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
 
 def parse_smtp_url(url: str) -> SmtpTarget:
     """Parse ``smtp://user:pass@host:port?starttls=true`` or ``smtps://...``."""
@@ -94,6 +100,33 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         verify_tls=_flag(query.get("verify", "true"), "verify"),
         local_hostname=query.get("local_hostname"),
     )
+
+
+def split_urls(value: str) -> list[str]:
+    """The URLs of a setting that may list several, comma-separated, in order of preference
+    (``OUTBOX_SMTP_URL``, ``OUTBOX_AMQP_URL``); blanks around them are dropped. A comma inside
+    a password is written ``%2C``."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_smtp_urls(value: str) -> list[SmtpTarget]:
+    """Every relay of ``OUTBOX_SMTP_URL``, the primary first; ValueError naming the bad one
+    (by its position: the URL may hold a password)."""
+    urls = split_urls(value)
+    if not urls:
+        raise ValueError("no SMTP URL")
+    targets = []
+    for n, url in enumerate(urls, 1):
+        try:
+            targets.append(parse_smtp_url(url))
+        except ValueError as exc:
+            raise ValueError(f"relay {n} of {len(urls)}: {exc}" if len(urls) > 1 else str(exc)
+                             ) from None
+    names = [t.name for t in targets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"relay {', '.join(twice)} is listed twice")
+    return targets
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -172,6 +205,9 @@ class Settings(ReputationSettings, BaseSettings):
     smtp_data_timeout: float = Field(600.0, gt=0)
     smtp_max_messages_per_connection: int = Field(1000, ge=1)
     smtp_idle_timeout: float = Field(60.0, gt=0)
+    #: seconds between two probes of a relay marked down (a fallback of OUTBOX_SMTP_URL
+    #: carries its traffic until a probe finds it up)
+    smtp_relay_probe_interval: float = Field(15.0, gt=0)
     #: sends in flight per recipient domain: "domain=n,..." over the built-in defaults
     smtp_domain_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     smtp_domain_concurrency_default: int = Field(32, ge=1)
@@ -307,15 +343,26 @@ class Settings(ReputationSettings, BaseSettings):
     @field_validator("smtp_url")
     @classmethod
     def _check_smtp_url(cls, value: SecretStr) -> SecretStr:
-        parse_smtp_url(value.get_secret_value())
+        parse_smtp_urls(value.get_secret_value())
         return value
 
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("amqp", "amqps"):
+        urls = split_urls(value.get_secret_value())
+        if not urls:
             raise ValueError("must be an amqp:// or amqps:// URL")
+        for n, url in enumerate(urls, 1):
+            parts = urlsplit(url)
+            which = f"node {n} of {len(urls)}: " if len(urls) > 1 else ""
+            if parts.scheme not in ("amqp", "amqps"):
+                raise ValueError(f"{which}must be an amqp:// or amqps:// URL")
+            if not parts.hostname:
+                raise ValueError(f"{which}no host in the URL")
+            try:
+                parts.port  # noqa: B018 (a bad port raises)
+            except ValueError:
+                raise ValueError(f"{which}bad port in the URL") from None
         return value
 
     @field_validator("redis_url")
@@ -468,8 +515,18 @@ class Settings(ReputationSettings, BaseSettings):
 
     @property
     def smtp(self) -> SmtpTarget:
-        """The parsed SMTP relay."""
-        return parse_smtp_url(self.smtp_url.get_secret_value())
+        """The primary SMTP relay (the first of ``OUTBOX_SMTP_URL``)."""
+        return self.smtp_relays[0]
+
+    @property
+    def smtp_relays(self) -> list[SmtpTarget]:
+        """Every relay of ``OUTBOX_SMTP_URL``, in order of preference."""
+        return parse_smtp_urls(self.smtp_url.get_secret_value())
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The RabbitMQ nodes of ``OUTBOX_AMQP_URL`` (any of them will do)."""
+        return split_urls(self.amqp_url.get_secret_value())
 
     @property
     def secret_keys(self) -> tuple[str, ...]:

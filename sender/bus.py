@@ -21,7 +21,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import AMQPError as AiormqError
@@ -30,7 +29,7 @@ from pamqp.commands import Basic
 
 from config import Settings
 from sender import topology
-from sender.connect import amqp_error
+from sender.nodes import connect_amqp
 
 BasicProperties = Basic.Properties
 
@@ -66,7 +65,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class Bus:
-    """A robust connection with one confirmed publishing channel.
+    """A robust connection with one confirmed publishing channel; with several nodes in the
+    URL (comma-separated: a cluster) it is to the first that answers and moves on to the next
+    when that one dies (:class:`sender.connect.ClusterConnection`).
 
     ``connect(fail_fast=True)`` fails loudly on a bad URL or refused login; afterwards the
     connection reconnects forever and consumers are restored by aio-pika.
@@ -93,12 +94,7 @@ class Bus:
         """Open the connection and publishing channel; declare the topology. A broker that
         cannot be reached raises :class:`sender.connect.ServiceUnreachable`, one that refuses
         the login :class:`sender.connect.ServiceRefused` (one line each, password masked)."""
-        try:
-            self.connection = await aio_pika.connect_robust(
-                self._url, fail_fast=True, client_properties={"connection_name": "outbox"}
-            )
-        except (AMQPError, AiormqError, OSError) as exc:
-            raise amqp_error(self._url, exc, self.setting) from None
+        self.connection = await connect_amqp(self._url, setting=self.setting)
         self._channel = await self.connection.channel(publisher_confirms=True,
                                                       on_return_raises=True)
         if declare:

@@ -89,6 +89,9 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                           sms_region=settings.sms_region,
                           recipients=RecipientEvents(redis, bus))
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
+    relays = getattr(channels.get("email"), "relays", None)  # outbox_relay_up{relay}
+    if relays is not None:
+        relays.watch(lambda relay, up: metrics.relay_up.labels(relay).set(1 if up else 0))
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
