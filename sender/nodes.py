@@ -40,11 +40,16 @@ class ClusterConnection(aio_pika.RobustConnection):
         super().__init__(url, **kwargs)
         self._nodes = [make_url(u) for u in urls] or [self.url]
         self._at = self._nodes.index(self.url) if self.url in self._nodes else 0
+        self._opened = False  # the first attempt's failure is connect_amqp's to tell
+
+    async def _on_connected(self) -> None:
+        self._opened = True
+        await super()._on_connected()
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         """Called by aio-pika when a connection is lost or an attempt failed (before its
         next attempt): point :attr:`url` at the next node."""
-        if len(self._nodes) > 1 and not self.close_called:
+        if len(self._nodes) > 1 and self._opened and not self.close_called:
             lost = self.url
             self._at = (self._at + 1) % len(self._nodes)
             self.url = self._nodes[self._at]
@@ -75,7 +80,7 @@ async def connect_amqp(urls: str, *, setting: str | None = "OUTBOX_AMQP_URL",
     nodes = split_urls(urls)
     failure: BaseException | None = None
     for at, url in enumerate(nodes):
-        order = nodes[at:] + nodes[:at]
+        order, node = nodes[at:] + nodes[:at], _node(make_url(url))
         connection = ClusterConnection(make_url(url), urls=order,
                                        fail_fast=True,
                                        client_properties={"connection_name": name}, **kwargs) \
@@ -91,8 +96,8 @@ async def connect_amqp(urls: str, *, setting: str | None = "OUTBOX_AMQP_URL",
                 raise error from None
             failure = exc
             if len(nodes) > 1:
-                log.warning("RabbitMQ node %s: %s; trying the next", _node(connection.url),
-                            error.why, extra={"node": _node(connection.url)})
+                log.warning("RabbitMQ node %s: %s; trying the next", node, error.why,
+                            extra={"node": node})
             continue
         return connection  # type: ignore[return-value]
     assert failure is not None
