@@ -14,6 +14,7 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -98,7 +99,20 @@ class Bus:
         self._channel = await self.connection.channel(publisher_confirms=True,
                                                       on_return_raises=True)
         if declare:
-            await topology.declare(self._channel, self.retry_tiers, self.status_max_length)
+            await self._declare()
+
+    async def _declare(self) -> None:
+        """The topology, on a channel of its own closed afterwards: aio-pika declares again,
+        at each reconnect, what a channel it keeps declared, and on a cluster a classic queue
+        (the retry tiers) whose node is down refuses that (NOT_FOUND), which would fail every
+        reconnect while that node is away."""
+        assert self.connection is not None
+        channel = await self.connection.channel()
+        try:
+            await topology.declare(channel, self.retry_tiers, self.status_max_length)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def channel(self, prefetch: int) -> AbstractChannel:
         """A new channel for consuming, with its prefetch."""
