@@ -198,15 +198,15 @@ class RabbitCluster:
                 return [m.strip(" []'\"") for m in members.split(",") if m.strip(" []")]
         return []
 
-    def stop(self) -> None:
-        """Stop every node by its PID (SIGTERM: the node shuts down; SIGKILL after 20 s) and
-        remove the data."""
+    def stop(self, *, within: float = 20) -> None:
+        """Stop every node by its PID (SIGTERM: the node shuts down; SIGKILL after
+        ``within`` seconds) and remove the data."""
         pids = [pid for pid in map(self.pid, range(len(self.names))) if pid and _alive(pid)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         for pid in pids:
-            _gone(pid, within=20)
+            _gone(pid, within=within)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

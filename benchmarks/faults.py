@@ -14,8 +14,9 @@ Runs (each on the same clusters, one after the other):
 
 For each: jobs, received by the relays (counted by job id from the Message-ID), lost (never
 received), duplicated (received more than once), the sends in flight bound (the worker's
-concurrency), seconds to resume (from the kill to the end of the longest pause in
-receptions after it), the final statuses, and what the metrics and the WARNING log lines said.
+concurrency), seconds to resume (from the kill to the first reception that cannot have been
+in flight at the kill), the longest pause in receptions after the kill, the final statuses,
+and what the metrics and the WARNING log lines said.
 ``--json PATH`` writes them. The clusters are throw-away (benchmarks.clusters), stopped by
 PID at the end.
 """
@@ -186,7 +187,7 @@ async def run_one(run: str, rabbit: RabbitCluster, redis: RedisCluster, *, jobs:
             while not ids <= {i for _, i in received()} and \
                     time.monotonic() - killed_at < deadline:
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # late copies
+            await asyncio.sleep(0.5)  # late copies
             result.total_seconds = round(time.monotonic() - started, 1)
             result.metrics = _samples(registry, _WATCHED)
     finally:
@@ -202,8 +203,7 @@ async def run_one(run: str, rabbit: RabbitCluster, redis: RedisCluster, *, jobs:
     result.lost = sum(1 for job in batch if counts[job["id"]] == 0)
     result.duplicated = sum(n - 1 for n in counts.values() if n > 1)
     times = [t for t, _ in got]
-    first = min((t for t, _ in got), default=started)
-    result.resume_seconds = _resume(killed_at, times, first)
+    result.resume_seconds = _resume(killed_at, times, concurrency)
     result.longest_pause = list(_longest_pause(killed_at, times))
     result.per_relay = [len(primary.received), len(fallback.received)]
     result.first_after = [round(t - killed_at, 2) for t, _ in got if t > killed_at][:5]
@@ -226,18 +226,12 @@ async def _kill(run: str, rabbit: RabbitCluster, redis: RedisCluster, primary: R
     return f"rabbitmq node {rabbit.names[rabbit.index(node)]} ({node}, the worker's)"
 
 
-def _resume(killed_at: float, times: list[float], started: float) -> float:
-    """Seconds from the kill until the relays receive again at half the rate they did
-    before it (over half-second windows)."""
-    before = [t for t in times if t <= killed_at]
-    rate = len(before) / max(killed_at - started, 0.1)
+def _resume(killed_at: float, times: list[float], in_flight: int) -> float:
+    """Seconds from the kill to the first reception the worker can only have started after
+    it: the ``in_flight + 1``-th (at most ``in_flight`` sends were under way at the kill).
+    An upper bound: it includes the time to send that many at full speed."""
     after = [t for t in times if t > killed_at]
-    t = killed_at
-    while t < (after[-1] if after else t):
-        if sum(1 for x in after if t <= x < t + 0.5) >= 0.5 * rate * 0.5:
-            return round(t - killed_at, 1)
-        t += 0.1
-    return float("nan")
+    return round(after[in_flight] - killed_at, 2) if len(after) > in_flight else float("nan")
 
 
 def _longest_pause(killed_at: float, times: list[float]) -> tuple[float, float]:
@@ -258,7 +252,7 @@ async def _statuses(urls: str, ids: set[str]) -> dict[str, int]:
         channel = await connection.channel()
         queue = await channel.get_queue("outbox.status", ensure=True)
         idle = time.monotonic()
-        while time.monotonic() - idle < 3:
+        while time.monotonic() - idle < 1.5:
             message = await queue.get(fail=False, no_ack=True)
             if message is None:
                 await asyncio.sleep(0.05)
