@@ -20,7 +20,8 @@ import pytest
 from benchmarks.clusters import RABBIT_BIN, RabbitCluster, RedisCluster
 from benchmarks.faults import run_one
 
-pytestmark = pytest.mark.integration
+# servers of their own, not the shared test services, but servers all the same
+pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.rabbitmq]
 
 JOBS = 200
 CONCURRENCY = 16

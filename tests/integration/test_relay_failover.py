@@ -23,7 +23,7 @@ from sender.service import started_worker
 from tests.conftest import Recorder, RecordingHandler
 from tests.integration.helpers import collect, email_job, events, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smtp]
 
 _MESSAGE_ID = re.compile(rb"^Message-ID: <([^@>]+)@", re.MULTILINE | re.IGNORECASE)
 
