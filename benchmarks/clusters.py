@@ -79,12 +79,6 @@ def _wait(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> b
     return predicate()
 
 
-def _gone(pid: int, *, within: float) -> None:
-    """Wait for ``pid`` to exit; SIGKILL it after ``within`` seconds."""
-    if not _wait(lambda: not _alive(pid), within, 0.1):
-        _kill(pid)
-
-
 def _kill(pid: int | None) -> None:
     if pid and _alive(pid):
         with contextlib.suppress(ProcessLookupError):
@@ -147,7 +141,8 @@ class RabbitCluster:
                                  start_new_session=True).wait()
         with ThreadPoolExecutor(len(self.names)) as pool:  # rabbitmqctl takes seconds a call
             list(pool.map(self._await, range(len(self.names))))
-            list(pool.map(self._join, range(1, len(self.names))))
+        for i in range(1, len(self.names)):  # one at a time: concurrent joins can fail
+            self._join(i)
         return self
 
     def _await(self, i: int) -> None:
@@ -205,8 +200,9 @@ class RabbitCluster:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        _wait(lambda: not any(map(_alive, pids)), within, 0.1)
         for pid in pids:
-            _gone(pid, within=within)
+            _kill(pid)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
