@@ -25,7 +25,7 @@ from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import AMQPError as AiormqError
 
 from config import split_urls
-from sender.connect import ServiceRefused, amqp_error
+from sender.connect import CONNECT_TIMEOUT, ServiceRefused, amqp_error
 
 log = logging.getLogger("outbox.connect")
 
@@ -69,10 +69,11 @@ def _node(url: Any) -> str:
 
 
 async def connect_amqp(urls: str, *, setting: str | None = "OUTBOX_AMQP_URL",
-                       name: str = "outbox", within: float | None = None,
+                       name: str = "outbox", within: float = CONNECT_TIMEOUT,
                        robust: bool = True, **kwargs: Any) -> AbstractRobustConnection:
     """A connection to the first node of ``urls`` (one AMQP URL, or several comma-separated)
-    that answers, tried in order. ``robust``: a :class:`ClusterConnection` that moves on to
+    that answers, tried in order, each given ``within`` seconds (at each reconnect too).
+    ``robust``: a :class:`ClusterConnection` that moves on to
     the next node when its node dies; else a plain connection (a probe). Raises
     :class:`ServiceRefused` at once for a refused login or vhost (a setting is wrong, the
     other nodes would say the same), :class:`ServiceUnreachable` naming every node when
@@ -87,7 +88,9 @@ async def connect_amqp(urls: str, *, setting: str | None = "OUTBOX_AMQP_URL",
             if robust else aio_pika.Connection(make_url(url),
                                                client_properties={"connection_name": name})
         try:
-            await asyncio.wait_for(connection.connect(), within)
+            # the timeout is kept for every reconnect: a node whose host is gone (no RST)
+            # is given up after it, not after the system's TCP timeout of minutes
+            await connection.connect(timeout=within)
         except (AMQPError, AiormqError, OSError) as exc:
             with contextlib.suppress(Exception):
                 await connection.close()

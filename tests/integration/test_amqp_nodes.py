@@ -38,3 +38,22 @@ async def test_no_node_answering_is_one_line_naming_each(unused_tcp_port_factory
     line = str(info.value)
     assert all(f"127.0.0.1:{p}" in line for p in ports) and "pw" not in line
     assert "connection refused" in line and "OUTBOX_AMQP_URL" in line
+
+
+async def test_a_node_that_accepts_but_never_answers_is_given_up_after_the_timeout(amqp_url):
+    import socket
+
+    from sender.nodes import connect_amqp
+
+    with socket.socket() as silent:  # takes the TCP connection, never says a word of AMQP
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        # without the timeout this waits for a Connection.Start that never comes
+        connection = await connect_amqp(f"amqp://guest:guest@127.0.0.1:{port}/,{amqp_url}",
+                                        within=1.0)
+    try:
+        assert isinstance(connection, ClusterConnection)
+        assert connection.node == urlsplit(amqp_url).netloc.rpartition("@")[2]
+    finally:
+        await connection.close()
