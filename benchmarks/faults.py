@@ -246,7 +246,7 @@ async def _statuses(urls: str, ids: set[str]) -> dict[str, int]:
     """The final status of each job from ``outbox.status`` (consumed)."""
     from sender.nodes import connect_amqp
 
-    connection = await connect_amqp(urls, robust=False, name="faults")
+    connection = await connect_amqp(urls, name="faults")
     final: dict[str, str] = {}
     try:
         channel = await connection.channel()

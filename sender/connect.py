@@ -222,12 +222,9 @@ async def probe_amqp(url: str, *, setting: str | None = "OUTBOX_AMQP_URL",
                      within: float = CONNECT_TIMEOUT) -> None:
     """Open and close one AMQP connection (to any node of the list); raise as
     :func:`amqp_error` says."""
-    from sender.nodes import connect_amqp
+    from sender.nodes import probe_nodes
 
-    connection = await connect_amqp(url, setting=setting, name="outbox probe",
-                                    within=within, robust=False)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(connection.close(), within)
+    await probe_nodes(url, setting=setting, within=within)
 
 
 async def probe_redis(url: str, *, setting: str | None = "OUTBOX_REDIS_URL",

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
 from aio_pika.connection import make_url
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import AMQPError as AiormqError
@@ -28,6 +27,7 @@ from config import split_urls
 from sender.connect import CONNECT_TIMEOUT, ServiceRefused, amqp_error
 
 log = logging.getLogger("outbox.connect")
+C = TypeVar("C", bound=aio_pika.Connection)
 
 
 class ClusterConnection(aio_pika.RobustConnection):
@@ -69,24 +69,41 @@ def _node(url: Any) -> str:
 
 
 async def connect_amqp(urls: str, *, setting: str | None = "OUTBOX_AMQP_URL",
-                       name: str = "outbox", within: float = CONNECT_TIMEOUT,
-                       robust: bool = True, **kwargs: Any) -> AbstractRobustConnection:
-    """A connection to the first node of ``urls`` (one AMQP URL, or several comma-separated)
-    that answers, tried in order, each given ``within`` seconds (at each reconnect too).
-    ``robust``: a :class:`ClusterConnection` that moves on to
-    the next node when its node dies; else a plain connection (a probe). Raises
+                       name: str = "outbox", within: float = CONNECT_TIMEOUT
+                       ) -> ClusterConnection:
+    """A :class:`ClusterConnection` to the first node of ``urls`` (one AMQP URL, or several
+    comma-separated) that answers, tried in order, each given ``within`` seconds (at every
+    reconnect too); it moves on to the next node when its node dies. Raises
     :class:`ServiceRefused` at once for a refused login or vhost (a setting is wrong, the
     other nodes would say the same), :class:`ServiceUnreachable` naming every node when
     none answers."""
+    def robust(url: str, order: list[str]) -> ClusterConnection:
+        return ClusterConnection(make_url(url), urls=order, fail_fast=True,
+                                 client_properties={"connection_name": name})
+
+    return await _first(urls, robust, setting, within)
+
+
+async def probe_nodes(urls: str, *, setting: str | None = "OUTBOX_AMQP_URL",
+                      within: float = CONNECT_TIMEOUT) -> None:
+    """Open and close one plain connection to the first node of ``urls`` that answers;
+    raise as :func:`connect_amqp` does."""
+    def plain(url: str, order: list[str]) -> aio_pika.Connection:
+        return aio_pika.Connection(make_url(url),
+                                   client_properties={"connection_name": "outbox probe"})
+
+    connection = await _first(urls, plain, setting, within)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.close(), within)
+
+
+async def _first(urls: str, make: Callable[[str, list[str]], C], setting: str | None,
+                 within: float) -> C:
+    """``make(url, nodes from that one on)`` for each node in turn, until one connects."""
     nodes = split_urls(urls)
     failure: BaseException | None = None
     for at, url in enumerate(nodes):
-        order, node = nodes[at:] + nodes[:at], _node(make_url(url))
-        connection = ClusterConnection(make_url(url), urls=order,
-                                       fail_fast=True,
-                                       client_properties={"connection_name": name}, **kwargs) \
-            if robust else aio_pika.Connection(make_url(url),
-                                               client_properties={"connection_name": name})
+        connection, node = make(url, nodes[at:] + nodes[:at]), _node(make_url(url))
         try:
             # the timeout is kept for every reconnect: a node whose host is gone (no RST)
             # is given up after it, not after the system's TCP timeout of minutes
@@ -102,6 +119,6 @@ async def connect_amqp(urls: str, *, setting: str | None = "OUTBOX_AMQP_URL",
                 log.warning("RabbitMQ node %s: %s; trying the next", node, error.why,
                             extra={"node": node})
             continue
-        return connection  # type: ignore[return-value]
+        return connection
     assert failure is not None
     raise amqp_error(urls, failure, setting) from None
