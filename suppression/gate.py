@@ -225,7 +225,9 @@ def scripts_for(policy_type: type) -> tuple[Script, Script]:
 
 
 PRE_SEND, POST_SEND = scripts_for(Policy)
-REOPEN = Script("reopen")
+#: reopen.lua's ARGV (its header says what each is)
+REOPEN_ARGS = Arguments.declare("reopen", timeline_ttl="num", timeline_keep="num")
+REOPEN = Script("reopen", REOPEN_ARGS)
 
 
 class Batch:
@@ -475,7 +477,7 @@ class Gate:
         ``replayed`` timeline entry says who and why. Returns the state found ('' for none)."""
         found = text(await REOPEN(
             self._redis, [keys.job(account_id, job_id), keys.timeline(account_id, job_id)],
-            [self._ttl, keys.TIMELINE_KEEP]))
+            REOPEN_ARGS.argv(dict(timeline_ttl=self._ttl, timeline_keep=keys.TIMELINE_KEEP))))
         note = f"{actor}: {reason} (was {found or 'not recorded'})"
         await history.record_entry(self._redis, account_id, job_id, status="replayed",
                                    reason="replay", detail=note[:NOTE_CHARS], ttl=self._ttl)

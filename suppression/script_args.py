@@ -57,17 +57,18 @@ class Arguments:
     rest: str = ""
 
     @classmethod
-    def declare(cls, script: str, policy_type: type, *, rest: str = "",
+    def declare(cls, script: str, policy_type: type | None = None, *, rest: str = "",
                 **names: Kind) -> Arguments:
-        """The arguments of ``script``: ``names`` in order, the parameters of
+        """The arguments of ``script``: ``names`` in order, then the parameters of
         ``policy_type`` (a :class:`~config.reputation.Policy`) declared for ``script``."""
-        params = tuple(p for p in declared(policy_type) if p.script == script)
+        params = () if policy_type is None else tuple(
+            p for p in declared(policy_type) if p.script == script)
         clash = set(names) & {p.name for p in params} | ({rest} & set(names))
         if clash:
             raise ArgumentError(f"{script}: {sorted(clash)} declared twice")
         return cls(script, tuple(names.items()), params, rest)
 
-    def argv(self, values: Mapping[str, Any], policy: Any,
+    def argv(self, values: Mapping[str, Any], policy: Any = None,
              rest: Iterable[Any] = ()) -> list[Any]:
         """ARGV in the declared order: ``values`` by name, then ``policy``'s parameters,
         then ``rest``."""
@@ -80,7 +81,9 @@ class Arguments:
             extra = sorted(set(values) - {n for n, _ in self.names})
             raise ArgumentError(f"{self.script}: missing {missing}, not declared {extra}") \
                 from None
-        return [*out, *_policy_values(self, policy), *rest]
+        if self.params:
+            out += _policy_values(self, policy)
+        return [*out, *rest]
 
     def prelude(self) -> str:
         """The Lua that names ARGV (``A``) and reads the policy (``policy``)."""
