@@ -30,11 +30,12 @@ REASON_KIND: dict[str, str | None] = {
     "hasmoved": "hard",
     "notaccept": "hard",
     "suppressed": "hard",
+    # hard only on a permanent reply (see PERMANENT_ONLY): the mailbox is disabled or suspended
+    "suspend": "hard",
     # soft: temporary recipient-side, retried
     "mailboxfull": "soft",
     "exceedlimit": "soft",
     "mesgtoobig": "soft",
-    "suspend": "soft",
     # block: receiver policy / reputation / rate; retried later, never suppresses
     "blocked": "block",
     "badreputation": "block",
@@ -70,6 +71,19 @@ REASON_KIND: dict[str, str | None] = {
 }
 
 REASONS: frozenset[str] = frozenset(REASON_KIND)
+
+# --------------------------------------------------------------------------
+# No guess made hard.  A ``hard`` reason above comes only from evidence that names the
+# recipient (an enhanced code 5.1.x, 5.2.1, 5.4.4, or words the text rules know mean "no such
+# user / host / mailbox disabled"); even then the kind is ``soft`` when the reply is not
+# permanent (a 4xx or 2xx basic code, a 4.x.x or 2.x.x enhanced code) or its words say the
+# failure is temporary (TEMPORARY_WORDS).  A basic code alone never says ``hard``
+# (BASIC_RULES maps no code to a hard reason).
+# --------------------------------------------------------------------------
+TEMPORARY_WORDS: list[str] = [
+    r"\btemporar(?:y|ily)\b", r"\btry (?:again )?later\b", r"\bplease try again\b",
+    r"\bretry (?:later|in)\b", r"\bwill (?:be )?retr(?:y|ied)\b",
+]
 KINDS: frozenset[str | None] = frozenset({"hard", "soft", "block", "complaint", "transient", None})
 
 # --------------------------------------------------------------------------
@@ -138,10 +152,10 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"no such (?:user|mailbox|recipient|address)", r"(?:user|mailbox|recipient|address|account) (?:does not|doesn't) exist",
         r"(?<!domain )does not exist", r"doesn't have a .{0,40}account", r"invalid (?:recipient|mailbox)",
         r"(?:recipient|mailbox|user|address) not found", r"not a valid rfc ?5321 address",
-        r"inactive email address", r"mailbox unavailable", r"bad destination mailbox",
+        r"inactive email address", r"bad destination mailbox",
         r"recipnotfound|exrecipnotfound", r"invalid recipient address", r"recipient (?:address )?rejected$",
         r"find the recipient domain", r"account does not exist", r"unknown local part",
-        r"no mailbox here", r"not our customer", r"address (?:is )?(?:invalid|rejected)",
+        r"no mailbox here", r"not our customer", r"(?<!sender )(?<!from )address (?:is )?(?:invalid|rejected)",
         # Domino ("not listed in Domino Directory"), RFC 3464's example gateway reply
         r"not listed in (?:the )?(?:domino directory|public name (?:&|and) address book)",
         r"is not a registered (?:gateway )?user",
@@ -303,8 +317,10 @@ ENHANCED_RULES: dict[str, str] = {
 BASIC_RULES: dict[int, str] = {
     421: "systemerror", 450: "undefined", 451: "systemerror", 452: "systemfull", 454: "securityerror",
     500: "syntaxerror", 501: "syntaxerror", 502: "syntaxerror", 503: "syntaxerror", 504: "syntaxerror",
-    521: "notaccept", 530: "securityerror", 535: "securityerror", 550: "undefined", 551: "hasmoved",
-    552: "mailboxfull", 553: "userunknown", 554: "undefined", 556: "notaccept",
+    530: "securityerror", 535: "securityerror", 550: "undefined", 552: "mailboxfull",
+    554: "undefined",
+    # 521, 551, 553, 556 alone are no evidence that names the recipient (553 is as often a
+    # sender or relay refusal): "undefined", soft for a 5xx
 }
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,13 @@ class Family:
     recipients: tuple[str, ...]
     begin: str | None = None
     delayed: tuple[str, ...] = ()
+    #: patterns (with a ``rcpt`` group) searched in the report's header lines, for families
+    #: that name the recipient only there (Google Groups' ``X-Failed-Recipients``)
+    headers: tuple[str, ...] = ()
+    #: a mailing list's refusal of a post: the refused recipient is the list, its kind
+    #: ``block`` (reason ``rejected`` unless the words name a more precise block, or
+    #: ``onhold`` for a post held for the moderator); never a bounce of another address
+    list_refusal: bool = False
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -68,6 +75,7 @@ FAMILIES: tuple[Family, ...] = (
                         r"The original message was received at"),
            (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n{BLANK}\(reason: (?P<diag>[^)\n]*)\)",
             rf"^(?P<diag>[245]\d\d[ -][245]\.\d+\.\d+ <?(?P<rcpt>{ADDR})>?\.\.\. .+)",
+            rf"^(?P<diag>[245]\d\d[ -]<?(?P<rcpt>{ADDR})>?\.\.\. .+)",  # V5 sendmail
             rf"^>>> RCPT To:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n<<< (?P<diag>.+(?:\n<<< .+)*)"),
            begin=r"(?<!-)-{3,} The following addresses had",
            delayed=(r"^Subject: Warning: could not send message", r"will keep trying until",
@@ -114,15 +122,75 @@ FAMILIES: tuple[Family, ...] = (
            (rf"^(?P<rcpt>{ADDR}): (?P<diag>.+)",),
            begin=r"following list of recipients",
            delayed=(r"temporary failure", r"Delivery attempts will continue")),
-    Family("imail", (r"^Subject: Undeliverable Mail[ \t]*$", r"^Unknown user: "),
-           (rf"^(?P<diag>Unknown user|User mailbox exceeds allowed size|"
-            rf"Requested action not taken: mailbox unavailable): (?P<rcpt>{ADDR})",)),
+    # Ipswitch IMail ("X-Mailer: <SMTP32 vN>"): "Unknown user: ADDR", "undeliverable to ADDR"
+    Family("imail", (r"^Subject: Undeliverable Mail\b", r"^X-Mailer: <SMTP32 v",
+                     r"^Unknown user: ", r"^Body of message generated response:"),
+           (rf"^(?P<diag>[A-Za-z][^:\n@ ]+ [^:\n@]{{2,80}}): <?(?P<rcpt>{ADDR})>?[ \t]*$",
+            rf"^undeliverable to <?(?P<rcpt>{ADDR})>?")),
     Family("kerio", (r"Unable to deliver the message to the recipient",
                      r"^Subject: Undeliverable message"),
            (rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*\n(?P<diag>(?:.+\n?)+)",
             rf"Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)")),
-    Family("notes", (r"^Subject: Undeliverable message[ \t]*$", r"^-+ Failure Reasons -+"),
-           (rf"^-+ Failure Reasons -+[ \t]*\n{BLANK}(?P<diag>.+)\n[ \t]*(?P<rcpt>{ADDR})",)),
+    # Lotus Notes: "------- Failure Reasons  --------", the reason, then the address alone
+    Family("notes", (r"^Subject: Undeliverable message\b", r"^-+ Failure Reasons\s+-+"),
+           (rf"^-+ Failure Reasons\s+-+[ \t]*\n{BLANK}(?P<diag>.+)\n[ \t]*<?(?P<rcpt>{ADDR})>?"
+            r"[ \t]*$",
+            rf"^(?P<diag>[^@\n]{{8,}})\n[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
+           begin=r"^-+ Failure Reasons\s+-+"),
+    # DragonFly Mail Agent (dma, net.c/mail.c): one report per recipient
+    Family("dma", (r"^This is the DragonFly Mail Agent", r"^Received: from MAILER-DAEMON\n.*\n"
+                   r"[ \t]+by .*\(DragonFly Mail Agent"),
+           (rf"There was an error delivering your mail to <(?P<rcpt>{ADDR})>\.?[ \t]*\n{BLANK}"
+            r"(?P<diag>(?:.+\n?)+)",)),
+    # Apache James (AbstractNotify: "Error message below:", "Message details:  RCPT TO: ...")
+    Family("james", (r"^Subject: \[BOUNCE\]", r"^Message-ID:.*\.JavaMail\.",
+                     r"JAMES SMTP Server", r"^Error message below:"),
+           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",),
+           begin=r"^Error message below:"),
+    # Verizon Wireless: vtext.com (James-like "Error: ... RCPT TO:"), vzwpix.com (MMS gateway)
+    Family("verizon", (r"^From:.*post_master@vtext\.com", r"^From:.*sysadmin@.*vzwpix\.com",
+                       r"^Message could not be delivered to mobile"),
+           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",
+            rf"^Error:[ \t]*(?P<diag>.+)\n(?:.*\n)*?To:[ \t]*(?:.*<)?(?P<rcpt>{ADDR})"),
+           begin=r"^(?:Error:|Message could not be delivered to mobile)"),
+    # au by KDDI (ezweb.ne.jp / au.com): "Could not be delivered to: <ADDR>", reason indented
+    Family("kddi", (r"^From:.*no-reply@.*\.dion\.ne\.jp", r"^Reply-To:.*no-reply@app\.auone-net",
+                    r"^Received:.*(?:ezweb\.ne\.jp|\.au\.com) \(",
+                    r"^Your mail (?:sent on|attempted to be delivered on):"),
+           (rf"Could not be delivered to:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n"
+            r"(?P<diag>(?:[ \t]+.+\n?)*)",)),
+    # Google Groups: the group refused a post; the group is named in X-Failed-Recipients only
+    Family("googlegroups", (r"the group you tried to contact \(", r"^X-Google-Group-Id:",
+                            r"you may not have permission to post messages to the group"),
+           (), headers=(rf"^X-Failed-Recipients:[ \t]*<?(?P<rcpt>{ADDR})>?",),
+           list_refusal=True),
+    # fml (Japanese mailing-list manager): "You are not a member of this mailing list <ADDR>."
+    Family("fml", (r"^X-MLServer:.*fml", r"^Message-ID:.*\.FML", r"fml system error message"),
+           (r"^(?P<diag>[^<\n]*(?:member|reject|spam|loop|duplicated message-id|alert|"
+            rf"warning)[^<\n]*<(?P<rcpt>{ADDR})>.*)$",), list_refusal=True),
+    # Mailman 2/3: a post rejected or held; the list is the refused recipient
+    Family("mailman", (r"^X-Mailman-Version:", r"^X-List-Administrivia:\s*yes",
+                       r"Is being held until the list moderator can review",
+                       r"Your message to the \S+ mailing[- ]list has been rejected"),
+           (rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
+            rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
+           headers=(rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
+                    rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
+           list_refusal=True),
+    # Unknown MTAs' common one-paragraph styles (sendmail-like without its markers, the
+    # "could not be delivered" / "Unable to deliver message to the following recipients"
+    # texts, Mailman's "simple match" one-liners): a list of addresses after the phrase
+    Family("anonymous", (
+        r"following addresses had permanent fatal errors",
+        r"Unable to deliver (?:the )?message to the following (?:recipients?|address(?:es)?)",
+        r"could not be delivered to the following (?:recipients?|address(?:es)?)",
+        r"(?:The )?following recipients? did not receive this message",
+        r"Delivery to the following recipients? failed",
+        r"Your message cannot be delivered to the following recipients",
+        r"message (?:to the following address(?:es)?|could not be delivered)"),
+        (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*(?:[:(\-,;.]|$)",),
+        begin=r"(?:permanent fatal errors|following (?:recipients?|address(?:es)?)(?:\(s\))?"
+              r"(?: did not receive this message| failed)?|could not be delivered)[^\n]*\n"),
     Family("mailmarshal", (r"^Subject: Undeliverable Mail: ", r"MailMarshal"),
            (rf"could not be delivered to (?:the following|one or more) .*\n{BLANK}"
             rf"<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)",)),
@@ -153,6 +221,8 @@ ORIGINAL_MARKERS = (
     r"^[ \t]*-+ ?Original message headers",
     r"^Original message headers:",
     r"^Received: from .+\n[ \t]+by ",
+    r"^Message headers follow\.",  # dma
+    r"Original mail as follows:",  # fml
 )
 
 #: Generic recipient lines, tried when no family pattern found one.

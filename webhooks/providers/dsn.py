@@ -109,6 +109,7 @@ def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
 _FAMILIES = tuple((f, _compile(f.detect), _compile(f.recipients),
                    re.compile(f.begin, _FLAGS) if f.begin else None, _compile(f.delayed))
                   for f in R.FAMILIES)
+_BY_NAME = {f.name: (f, _compile(f.headers)) for f in R.FAMILIES}
 _ORIGINAL = _compile(R.ORIGINAL_MARKERS)
 _GENERIC = _compile(R.GENERIC_RECIPIENTS)
 _DELAY = _compile(R.DELAY_MARKERS)
@@ -452,20 +453,45 @@ def _text_findings(top: str, text: str) -> tuple[str, list[Finding]]:
     """The family whose markers the report carries ("generic" if none) and its findings."""
     head = top + "\n" + text[:4000]
     name = next((f.name for f, detect, *_ in _FAMILIES if _any(detect, head)), "generic")
-    # the family's own patterns first, then every other family's, then the generic ones
-    for _family, _, recipients, begin, delayed in sorted(_FAMILIES,
-                                                        key=lambda f: f[0].name != name):
+    if name != "generic" and _BY_NAME[name][1]:  # a family that names the recipient in a header
+        found = _findings(top, _BY_NAME[name][1], "", False, _section(text, None))
+        if found:
+            return name, _as_list_refusal(name, found)
+    # the family's own patterns first, then every other family's (those whose section starts
+    # after a marker only when the marker is there), then the generic ones
+    for family, _, recipients, begin, delayed in sorted(_FAMILIES,
+                                                       key=lambda f: f[0].name != name):
+        if family.name != name and begin is not None and not begin.search(text):
+            continue
         found = _findings(_section(text, begin), recipients, top,
                           _delayed(top, text, delayed))
         if found:
-            return name, found
-    return name, _findings(_section(text, None), _GENERIC, top, _delayed(top, text, ()))
+            return name, _as_list_refusal(name, found)
+    return name, _as_list_refusal(name, _findings(_section(text, None), _GENERIC, top,
+                                                  _delayed(top, text, ())))
+
+
+def _as_list_refusal(name: str, found: list[Finding]) -> list[Finding]:
+    """A mailing list's refusal of a post (Google Groups, fml, Mailman): the list refused
+    this recipient by its policy, a ``block`` (``onhold`` when the post is held for the
+    moderator): never a hard bounce, nor one of another address."""
+    if name == "generic" or not _BY_NAME[name][0].list_refusal:
+        return found
+    out = []
+    for finding in found:
+        outcome = outcome_of(finding)
+        if outcome.kind not in ("block", "transient") or outcome.reason == "undefined":
+            outcome = Outcome("block", "rejected", outcome.code, outcome.enhanced)
+        out.append(replace(finding, outcome=outcome))
+    return out
 
 
 def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
-              delayed: bool) -> list[Finding]:
+              delayed: bool, story: str = "") -> list[Finding]:
+    """Recipients the patterns find in ``section``, each with its diagnostic (its ``diag``
+    group, the text up to the next recipient, or ``story`` when given)."""
     exclude = {a.lower() for line in top.splitlines() if re.match(
-        r"(?:From|To|Cc|Sender|Return-Path|Reply-To|Delivered-To|X-Original-To):", line, re.I)
+        r"(?:From|To|Cc|Sender|Return-Path|Reply-To|Delivered-To):", line, re.I)
         for a in _ADDR.findall(line)}
     hits: list[tuple[int, int, str, str | None]] = []  # start, end, recipient, diag
     for pattern in patterns:
@@ -483,7 +509,7 @@ def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
         if rcpt in found or len(found) >= MAX_FINDINGS:
             continue
         following = hits[i + 1][0] if i + 1 < len(hits) else len(section)
-        words = diag if diag and diag.strip() else section[end:following]
+        words = story or (diag if diag and diag.strip() else section[end:following])
         if not _CODE.search(words) and not _ENHANCED.search(words) and len(hits) == 1:
             words = f"{words}\n{section}"  # one recipient: the whole section is its story
         clean = _clean(words)
