@@ -107,6 +107,14 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
     ("speeding", [r"\bib(?:101|504|510|607)\b"]),
     ("badreputation", [r"\bib103\b"]),
     ("blocked", [r"\bib1(?:0[456]|1[0-3])\b", r"aup#(?:cxbl|cdrbl|ipbl\d+)\b"]),
+    # --- mailing lists refusing or holding a post (Google Groups, fml, Mailman) -------
+    ("onhold", [r"held (?:until|for) (?:the )?(?:list )?moderat", r"awaits moderator approval"]),
+    ("rejected", [
+        r"not (?:a )?member of this (?:mailing )?list", r"not member article", r"members?-only list",
+        r"non-?members? (?:are )?not allowed to post", r"post by non-?member",
+        r"may not have permission to post", r"not (?:allowed|authorized|permitted) to post",
+        r"reject spammers", r"rejected by the list moderator",
+    ]),
     # --- specific phrases that contain words of other reasons ---------------
     ("syntaxerror", [r"protocol violation", r"unrecognized authentication type"]),
     ("systemerror", [r"loops back to myself", r"message is looping", r"domain policy size",
@@ -114,7 +122,13 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
     ("rejected", [
         r"sender address rejected", r"domain of sender", r"spam abuse detected", r"envelope from address",
         r"bad outbound sender", r"unknown sender",
+        # a refusal of our sender, whose words ("does not exist", "invalid") name no recipient
+        r"sender (?:address |domain |e-?mail )?(?:does not|doesn't) exist",
+        r"sender (?:address )?(?:is )?invalid",
     ]),
+    ("norelaying", [r"list of allowed rcpthosts"]),
+    ("authfailure", [r"this (?:e-?)?mail is unauthenticated", r"\bunauthenticated (?:e-?)?mail"]),
+    ("blocked", [r"service refus[eé]\b"]),  # Orange / Wanadoo (FrancePTT) OFRxxx
     ("notcompliantrfc", [r"duplicate header", r"sender address .{0,60}not a valid rfc ?5321"]),
     ("filtered", [r"user reject", r"blocked by the recipient"]),
     ("blocked", [r"unusual rate of"]),
@@ -145,7 +159,7 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"deactivated mailbox", r"mailbox cannot be accessed", r"banned recipient", r"\b5\.7\.50[45]\b",
     ]),
     ("hasmoved", [r"has been replaced by", r"no longer on (?:this )?server", r"\buser has moved\b"]),
-    ("hostunknown", [r"domain (?:does not exist|not found)"]),
+    ("hostunknown", [r"domain (?:does not exist|doesn'?t exist|not found)"]),
     ("userunknown", [
         r"\b5\.4\.1 recipient address rejected: access denied",
         r"user(?:name)? (?:is )?unknown", r"unknown (?:user|recipient|address|or illegal alias)",
@@ -155,15 +169,19 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"inactive email address", r"bad destination mailbox",
         r"recipnotfound|exrecipnotfound", r"invalid recipient address", r"recipient (?:address )?rejected$",
         r"find the recipient domain", r"account does not exist", r"unknown local part",
-        r"no mailbox here", r"not our customer", r"(?<!sender )(?<!from )address (?:is )?(?:invalid|rejected)",
+        r"no mailbox here", r"not our customer", r"(?<!sender )(?<!from )address (?:is )?(?:invalid|rejected)(?!:)",
         # Domino ("not listed in Domino Directory"), RFC 3464's example gateway reply
         r"not listed in (?:the )?(?:domino directory|public name (?:&|and) address book)",
         r"is not a registered (?:gateway )?user",
+        # IMail, Verizon MMS, Lotus Notes (Japanese), KDDI
+        r"invalid final delivery userid", r"no valid recipients for this mm", r"unverified address",
+        r"ディレクトリのリストにありません",
     ]),
     ("mailboxfull", [
         r"mailbox (?:is )?full", r"over ?quota", r"quota (?:exceeded|full)", r"out of storage space",
         r"insufficient disk space", r"storage limit", r"mailbox (?:size )?limit exceeded",
         r"exceeded storage allocation", r"quotaexceeded", r"mailbox.{0,20}\bfull\b",
+        r"mailbox exceeds allowed size",
     ]),
     # --- sizes and limits ----------------------------------------------------------
     ("exceedlimit", [r"header size exceeds", r"limit of .{0,20}attachments", r"per individual header size",

@@ -48,6 +48,47 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
+    # families with markers of their own first (dma's subject is Exim's)
+    # DragonFly Mail Agent (dma, net.c/mail.c): one report per recipient
+    Family("dma", (r"^This is the DragonFly Mail Agent", r"^Received: from MAILER-DAEMON\n.*\n"
+                   r"[ \t]+by .*\(DragonFly Mail Agent"),
+           (rf"There was an error delivering your mail to <(?P<rcpt>{ADDR})>\.?[ \t]*\n{BLANK}"
+            r"(?P<diag>(?:.+\n?)+)",)),
+    # Apache James (AbstractNotify: "Error message below:", "Message details:  RCPT TO: ...")
+    Family("james", (r"^Subject: \[BOUNCE\]", r"^Message-ID:.*\.JavaMail\.",
+                     r"JAMES SMTP Server", r"^Error message below:"),
+           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",),
+           begin=r"^Error message below:"),
+    # Verizon Wireless: vtext.com (James-like "Error: ... RCPT TO:"), vzwpix.com (MMS gateway)
+    Family("verizon", (r"^From:.*post_master@vtext\.com", r"^From:.*sysadmin@.*vzwpix\.com",
+                       r"^Message could not be delivered to mobile"),
+           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",
+            rf"^Error:[ \t]*(?P<diag>.+)\n(?:.*\n)*?To:[ \t]*(?:.*<)?(?P<rcpt>{ADDR})"),
+           begin=r"^(?:Error:|Message could not be delivered to mobile)"),
+    # au by KDDI (ezweb.ne.jp / au.com): "Could not be delivered to: <ADDR>", reason indented
+    Family("kddi", (r"^From:.*no-reply@.*\.dion\.ne\.jp", r"^Reply-To:.*no-reply@app\.auone-net",
+                    r"^Received:.*(?:ezweb\.ne\.jp|\.au\.com) \(",
+                    r"^Your mail (?:sent on|attempted to be delivered on):"),
+           (rf"Could not be delivered to:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n"
+            r"(?P<diag>(?:[ \t]+.+\n?)*)",)),
+    # Google Groups: the group refused a post; the group is named in X-Failed-Recipients only
+    Family("googlegroups", (r"the group you tried to contact \(", r"^X-Google-Group-Id:",
+                            r"you may not have permission to post messages to the group"),
+           (), headers=(rf"^X-Failed-Recipients:[ \t]*<?(?P<rcpt>{ADDR})>?",),
+           list_refusal=True),
+    # fml (Japanese mailing-list manager): "You are not a member of this mailing list <ADDR>."
+    Family("fml", (r"^X-MLServer:.*fml", r"^Message-ID:.*\.FML", r"fml system error message"),
+           (r"^(?P<diag>[^<\n]*(?:member|reject|spam|loop|duplicated message-id|alert|"
+            rf"warning)[^<\n]*<(?P<rcpt>{ADDR})>.*)$",), list_refusal=True),
+    # Mailman 2/3: a post rejected or held; the list is the refused recipient
+    Family("mailman", (r"^X-Mailman-Version:", r"^X-List-Administrivia:\s*yes",
+                       r"Is being held until the list moderator can review",
+                       r"Your message to the \S+ mailing[- ]list has been rejected"),
+           (rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
+            rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
+           headers=(rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
+                    rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
+           list_refusal=True),
     Family("postfix", (r"^This is the mail system at host", r"^[ \t]*The mail system[ \t]*$",
                        r"^Subject: (?:Undelivered Mail Returned to Sender|Delayed Mail)"),
            (rf"^<(?P<rcpt>{ADDR})>(?: \(expanded from <[^>]*>\))?: (?P<diag>.+(?:\n[ \t]+.+)*)",),
@@ -127,56 +168,16 @@ FAMILIES: tuple[Family, ...] = (
                      r"^Unknown user: ", r"^Body of message generated response:"),
            (rf"^(?P<diag>[A-Za-z][^:\n@ ]+ [^:\n@]{{2,80}}): <?(?P<rcpt>{ADDR})>?[ \t]*$",
             rf"^undeliverable to <?(?P<rcpt>{ADDR})>?")),
-    Family("kerio", (r"Unable to deliver the message to the recipient",
-                     r"^Subject: Undeliverable message"),
-           (rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*\n(?P<diag>(?:.+\n?)+)",
-            rf"Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)")),
     # Lotus Notes: "------- Failure Reasons  --------", the reason, then the address alone
-    Family("notes", (r"^Subject: Undeliverable message\b", r"^-+ Failure Reasons\s+-+"),
+    Family("notes", (r"^-+ Failure Reasons\s+-+",),
            (rf"^-+ Failure Reasons\s+-+[ \t]*\n{BLANK}(?P<diag>.+)\n[ \t]*<?(?P<rcpt>{ADDR})>?"
             r"[ \t]*$",
             rf"^(?P<diag>[^@\n]{{8,}})\n[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
            begin=r"^-+ Failure Reasons\s+-+"),
-    # DragonFly Mail Agent (dma, net.c/mail.c): one report per recipient
-    Family("dma", (r"^This is the DragonFly Mail Agent", r"^Received: from MAILER-DAEMON\n.*\n"
-                   r"[ \t]+by .*\(DragonFly Mail Agent"),
-           (rf"There was an error delivering your mail to <(?P<rcpt>{ADDR})>\.?[ \t]*\n{BLANK}"
-            r"(?P<diag>(?:.+\n?)+)",)),
-    # Apache James (AbstractNotify: "Error message below:", "Message details:  RCPT TO: ...")
-    Family("james", (r"^Subject: \[BOUNCE\]", r"^Message-ID:.*\.JavaMail\.",
-                     r"JAMES SMTP Server", r"^Error message below:"),
-           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",),
-           begin=r"^Error message below:"),
-    # Verizon Wireless: vtext.com (James-like "Error: ... RCPT TO:"), vzwpix.com (MMS gateway)
-    Family("verizon", (r"^From:.*post_master@vtext\.com", r"^From:.*sysadmin@.*vzwpix\.com",
-                       r"^Message could not be delivered to mobile"),
-           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",
-            rf"^Error:[ \t]*(?P<diag>.+)\n(?:.*\n)*?To:[ \t]*(?:.*<)?(?P<rcpt>{ADDR})"),
-           begin=r"^(?:Error:|Message could not be delivered to mobile)"),
-    # au by KDDI (ezweb.ne.jp / au.com): "Could not be delivered to: <ADDR>", reason indented
-    Family("kddi", (r"^From:.*no-reply@.*\.dion\.ne\.jp", r"^Reply-To:.*no-reply@app\.auone-net",
-                    r"^Received:.*(?:ezweb\.ne\.jp|\.au\.com) \(",
-                    r"^Your mail (?:sent on|attempted to be delivered on):"),
-           (rf"Could not be delivered to:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n"
-            r"(?P<diag>(?:[ \t]+.+\n?)*)",)),
-    # Google Groups: the group refused a post; the group is named in X-Failed-Recipients only
-    Family("googlegroups", (r"the group you tried to contact \(", r"^X-Google-Group-Id:",
-                            r"you may not have permission to post messages to the group"),
-           (), headers=(rf"^X-Failed-Recipients:[ \t]*<?(?P<rcpt>{ADDR})>?",),
-           list_refusal=True),
-    # fml (Japanese mailing-list manager): "You are not a member of this mailing list <ADDR>."
-    Family("fml", (r"^X-MLServer:.*fml", r"^Message-ID:.*\.FML", r"fml system error message"),
-           (r"^(?P<diag>[^<\n]*(?:member|reject|spam|loop|duplicated message-id|alert|"
-            rf"warning)[^<\n]*<(?P<rcpt>{ADDR})>.*)$",), list_refusal=True),
-    # Mailman 2/3: a post rejected or held; the list is the refused recipient
-    Family("mailman", (r"^X-Mailman-Version:", r"^X-List-Administrivia:\s*yes",
-                       r"Is being held until the list moderator can review",
-                       r"Your message to the \S+ mailing[- ]list has been rejected"),
-           (rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
-            rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
-           headers=(rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
-                    rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
-           list_refusal=True),
+    Family("kerio", (r"Unable to deliver the message to the recipient",
+                     r"^Subject: Undeliverable message"),
+           (rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*\n(?P<diag>(?:.+\n?)+)",
+            rf"Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)")),
     # Unknown MTAs' common one-paragraph styles (sendmail-like without its markers, the
     # "could not be delivered" / "Unable to deliver message to the following recipients"
     # texts, Mailman's "simple match" one-liners): a list of addresses after the phrase

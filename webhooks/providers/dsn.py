@@ -510,7 +510,8 @@ def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
             continue
         following = hits[i + 1][0] if i + 1 < len(hits) else len(section)
         words = story or (diag if diag and diag.strip() else section[end:following])
-        if not _CODE.search(words) and not _ENHANCED.search(words) and len(hits) == 1:
+        if not story and not _CODE.search(words) and not _ENHANCED.search(words) \
+                and len(hits) == 1:
             words = f"{words}\n{section}"  # one recipient: the whole section is its story
         clean = _clean(words)
         found[rcpt] = Finding(rcpt, "delayed" if delayed else "failed", _status_in(clean),
