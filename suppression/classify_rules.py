@@ -87,6 +87,19 @@ TEMPORARY_WORDS: list[str] = [
 KINDS: frozenset[str | None] = frozenset({"hard", "soft", "block", "complaint", "transient", None})
 
 # --------------------------------------------------------------------------
+# Orange and La Poste (FrancePTT) reply labels: the number after OFR/LPN/OUK names the cause
+# (Sisimai's ``Rhost::FrancePTT``); numbers that only say "try later" are left to the words.
+# --------------------------------------------------------------------------
+ORANGE_CODES: dict[str, str] = {
+    "101": "blocked", "102": "blocked", "103": "blocked", "104": "toomanyconn",
+    "305": "securityerror", "401": "authfailure", "402": "securityerror", "403": "rejected",
+    "405": "rejected", "415": "rejected", "416": "userunknown", "417": "mailboxfull",
+    "418": "userunknown", "420": "suspend", "421": "rejected", "426": "suspend",
+    "505": "systemerror", "506": "spamdetected", "510": "blocked", "514": "mesgtoobig",
+    "517": "policyviolation", "630": "policyviolation", "999": "blocked",
+}
+
+# --------------------------------------------------------------------------
 # Text rules: (reason, [regex, ...]); ordered, first match wins.
 # Specific phrases come before generic words ("rejected", "blocked", ...).
 # --------------------------------------------------------------------------
@@ -107,6 +120,10 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
     ("speeding", [r"\bib(?:101|504|510|607)\b"]),
     ("badreputation", [r"\bib103\b"]),
     ("blocked", [r"\bib1(?:0[456]|1[0-3])\b", r"aup#(?:cxbl|cdrbl|ipbl\d+)\b"]),
+    # Orange / La Poste (Sisimai's FrancePTT table): OFR004_405, LPN105-104, OFR_416, OUK_513
+    *[(reason, [rf"\b(?:lpnaaa|lpn|ofr|ouk)(?:\d{{3}})?[-_]{code}\b"])
+      for code, reason in ORANGE_CODES.items()],
+    ("notaccept", [r"malformed or unexpected name server reply"]),  # AOL (Sisimai's Aol)
     # --- mailing lists refusing or holding a post (Google Groups, fml, Mailman) -------
     ("onhold", [r"held (?:until|for) (?:the )?(?:list )?moderat", r"awaits moderator approval"]),
     ("rejected", [

@@ -53,7 +53,9 @@ def test_each_message_reads_with_the_right_kind_per_recipient(directory, file, w
 FAMILY_FORMATS = {
     "googlegroups": "googlegroups", "fml": "fml", "mailman": "mailman", "james": "james",
     "verizon": "verizon", "imail": "imail", "kddi": "kddi", "notes": "notes",
-    "anonymous": "anonymous", "v5sendmail": "sendmail",
+    "anonymous": "anonymous", "v5sendmail": "sendmail", "interscan": "interscan",
+    "yahoo": "qmail", "orange": "postfix", "messagelabs": "rfc3464", "aol": "rfc3464",
+    "exchange2003": "exchange",
 }
 
 

@@ -178,6 +178,11 @@ FAMILIES: tuple[Family, ...] = (
                      r"^Subject: Undeliverable message"),
            (rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*\n(?P<diag>(?:.+\n?)+)",
             rf"Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)")),
+    # Trend Micro InterScan MSS: "Sent <<< RCPT TO:<ADDR>" then "Received >>> 550 ..."
+    Family("interscan", (r'^From:\s*"?InterScan MSS', r"^Subject: Mail could not be delivered",
+                         r"^Sent <<< RCPT TO:"),
+           (rf"^Sent <<< RCPT TO:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\nReceived >>> (?P<diag>.+)",
+            rf"^Received >>> (?P<diag>[245]\d\d .*<(?P<rcpt>{ADDR})>.*)")),
     # Unknown MTAs' common one-paragraph styles (sendmail-like without its markers, the
     # "could not be delivered" / "Unable to deliver message to the following recipients"
     # texts, Mailman's "simple match" one-liners): a list of addresses after the phrase
@@ -188,10 +193,17 @@ FAMILIES: tuple[Family, ...] = (
         r"(?:The )?following recipients? did not receive this message",
         r"Delivery to the following recipients? failed",
         r"Your message cannot be delivered to the following recipients",
-        r"message (?:to the following address(?:es)?|could not be delivered)"),
-        (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*(?:[:(\-,;.]|$)",),
+        r"message (?:to the following address(?:es)?|could not be delivered)",
+        r"^Failed addresses follow:", r"^Message delivery to '[^'\n]+@[^'\n]+' failed",
+        r"^[ \t]*(?:unknown address|undeliverable to|delivery failed for|invalid recipient):?"
+        rf"[ \t]*<?{ADDR}>?[ \t]*$"),
+        (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*(?:[:(\-,;.]|$)",
+         rf"^Message delivery to (?P<rcpt>{ADDR})' failed(?P<diag>.*(?:\n.+)*)",  # 'ADDR'
+         r"^[ \t]*(?:unknown address|undeliverable to|delivery failed for|invalid recipient):?"
+         rf"[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
         begin=r"(?:permanent fatal errors|following (?:recipients?|address(?:es)?)(?:\(s\))?"
-              r"(?: did not receive this message| failed)?|could not be delivered)[^\n]*\n"),
+              r"(?: did not receive this message| failed)?|could not be delivered|"
+              r"Failed addresses follow:)[^\n]*\n"),
     Family("mailmarshal", (r"^Subject: Undeliverable Mail: ", r"MailMarshal"),
            (rf"could not be delivered to (?:the following|one or more) .*\n{BLANK}"
             rf"<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)",)),
