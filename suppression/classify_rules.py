@@ -73,6 +73,49 @@ REASON_KIND: dict[str, str | None] = {
 REASONS: frozenset[str] = frozenset(REASON_KIND)
 
 # --------------------------------------------------------------------------
+# The taxonomy: what each reason means (Sisimai's reason names and definitions, the words
+# support and CRM tools use). ``outbox classify --reasons`` prints it with each kind.
+# --------------------------------------------------------------------------
+REASON_DOCS: dict[str, str] = {
+    "userunknown": "the recipient's mailbox does not exist at the destination",
+    "hostunknown": "the recipient's domain does not exist or has no mail server",
+    "hasmoved": "the recipient has moved; the server names the new address",
+    "notaccept": "the destination accepts no mail (null MX, 521/556)",
+    "suppressed": "the address is on a suppression list (ours or the provider's)",
+    "suspend": "the mailbox is disabled, suspended or archived (hard only on a permanent reply)",
+    "mailboxfull": "the recipient's mailbox is over quota",
+    "exceedlimit": "the message exceeds a recipient-side limit (header size, attachments)",
+    "mesgtoobig": "the message is larger than the destination accepts",
+    "expired": "delivery was given up when the queue lifetime ended",
+    "networkerror": "DNS or network failure, a mail loop, too many hops",
+    "systemerror": "the destination server's own error or misconfiguration",
+    "systemfull": "the destination server is out of disk or resources",
+    "toomanyconn": "too many connections or recipients per connection",
+    "speeding": "sending too fast for the destination (rate limit)",
+    "mailererror": "the destination's local delivery program failed",
+    "blocked": "our sending IP or host is refused (blocklist, DNSBL, banned)",
+    "badreputation": "refused for the sender's or the IP's reputation",
+    "spamdetected": "the message was judged spam",
+    "virusdetected": "the message carries malware",
+    "policyviolation": "refused by the receiver's policy (content, attachment, organisation rule)",
+    "securityerror": "authentication or credentials refused on the way",
+    "authfailure": "SPF, DKIM or DMARC failed",
+    "requireptr": "the sending IP has no PTR record (reverse DNS)",
+    "notcompliantrfc": "the message does not comply with RFC 5322",
+    "contenterror": "the message's content is malformed or refused",
+    "rejected": "our envelope sender was refused, or a mailing list refused the post",
+    "norelaying": "the server refused to relay",
+    "filtered": "the recipient's own filter refused the message",
+    "syntaxerror": "an SMTP command was refused as a syntax error",
+    "failedstarttls": "TLS was required or failed",
+    "feedback": "a complaint (ARF or feedback loop report)",
+    "onhold": "held for a decision (list moderator, challenge-response)",
+    "delivered": "delivered (or relayed)",
+    "vacation": "an auto-reply, not a failure",
+    "undefined": "no rule knows the words: soft for a 5xx reply, transient otherwise",
+}
+
+# --------------------------------------------------------------------------
 # No guess made hard.  A ``hard`` reason above comes only from evidence that names the
 # recipient (an enhanced code 5.1.x, 5.2.1, 5.4.4, or words the text rules know mean "no such
 # user / host / mailbox disabled"); even then the kind is ``soft`` when the reply is not
