@@ -91,7 +91,9 @@ FAMILIES: tuple[Family, ...] = (
            list_refusal=True),
     Family("postfix", (r"^This is the mail system at host", r"^[ \t]*The mail system[ \t]*$",
                        r"^Subject: (?:Undelivered Mail Returned to Sender|Delayed Mail)"),
-           (rf"^<(?P<rcpt>{ADDR})>(?: \(expanded from <[^>]*>\))?: (?P<diag>.+(?:\n[ \t]+.+)*)",),
+           # a forwarded or aliased address: the one we sent to is the "expanded from" one
+           (rf"^<{ADDR}> \(expanded from <(?P<rcpt>{ADDR})>\): (?P<diag>.+(?:\n[ \t]+.+)*)",
+            rf"^<(?P<rcpt>{ADDR})>: (?P<diag>.+(?:\n[ \t]+.+)*)"),
            begin=r"^[ \t]*The mail system[ \t]*$",
            delayed=(r"^Subject: Delayed Mail", r"This is a warning only")),
     Family("exim", (r"^This message was created automatically by mail delivery software",

@@ -341,7 +341,8 @@ def _own_parts(msg: Message) -> Iterable[Message]:
 def _dsn_findings(blocks: list[Message]) -> list[Finding]:
     found: list[Finding] = []
     for block in blocks[:MAX_FINDINGS]:
-        recipient = _address(block.get("Final-Recipient") or block.get("Original-Recipient"))
+        recipient = _sent_to(block.get("Original-Recipient")) or _address(
+            block.get("Final-Recipient") or block.get("Original-Recipient"))
         status = _status(block.get("Status"))
         action = (block.get("Action") or "").strip().lower().split()[0:1]
         act = action[0] if action else {"5": "failed", "4": "delayed", "2": "delivered"}.get(
@@ -357,6 +358,15 @@ def _dsn_findings(blocks: list[Message]) -> list[Finding]:
             status = specific  # Exim writes x.0.0 and the server's own code in the text
         found.append(Finding(recipient, act, status, _code(text), diagnostic or status or ""))
     return found
+
+
+def _sent_to(original: str | None) -> str | None:
+    """The address we sent to when a forwarder or alias changed it: RFC 3464's
+    ``Original-Recipient: rfc822; ...`` (not Exchange's encapsulated X.500 ``IMCEA...``)."""
+    value = (original or "").strip()
+    if not value.lower().startswith("rfc822;") or "imcea" in value.lower():
+        return None
+    return _address(value)
 
 
 def _enrich(findings: list[Finding], top: str, text: str) -> tuple[Finding, ...]:
