@@ -213,6 +213,9 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"try again later, closing connection",
     ]),
     # --- recipient state --------------------------------------------------------
+    # our side suspended (sending, our IP or account at the receiver): not the recipient's
+    ("blocked", [r"(?:sending|outbound|submission|your (?:access|ip|account)|sender|\bip)\b"
+                 r".{0,40}\bsuspended"]),
     ("suspend", [
         r"temporar(?:y|ily) locked", r"\bsuspend", r"tried to reach is (?:inactive|disabled)",
         r"is no longer valid", r"mailbox (?:is )?disabled", r"account (?:is )?disabled",
