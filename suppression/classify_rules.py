@@ -222,6 +222,8 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"deactivated mailbox", r"mailbox cannot be accessed", r"banned recipient", r"\b5\.7\.50[45]\b",
     ]),
     ("hasmoved", [r"has been replaced by", r"no longer on (?:this )?server", r"\buser has moved\b"]),
+    ("rejected", [r"(?:sender|from|mail from|envelope) domain (?:does not exist|doesn'?t exist|"
+                  r"not found)"]),
     ("hostunknown", [r"domain (?:does not exist|doesn'?t exist|not found)"]),
     ("userunknown", [
         r"\b5\.4\.1 recipient address rejected: access denied",
