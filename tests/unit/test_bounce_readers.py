@@ -105,6 +105,18 @@ def test_the_false_hard_corpus_has_no_hard_reading():
     assert replies["right_kind"] >= 0.9 * replies["replies"]
 
 
+def test_help_text_words_without_a_code_do_not_make_a_recipient_hard():
+    """"Possible reasons: the address does not exist..." names no one: without a reply code
+    the recipient is not hard; with the server's 550 5.1.1 for it, it is."""
+    raw = (CORPUS / "families" / "anonymous-helptext.eml").read_bytes()
+    [finding] = dsn.read(raw, (), "mail.outbox.example").findings
+    assert finding.recipient == "pat@helpful.example"
+    assert dsn.outcome_of(finding).kind == "soft"
+    coded = raw.replace(b"pat@helpful.example\n", b"pat@helpful.example: 550 5.1.1 no such user\n")
+    [finding] = dsn.read(coded, (), "mail.outbox.example").findings
+    assert dsn.outcome_of(finding).kind == "hard"
+
+
 def test_the_corpus_score_by_family_is_complete():
     table = score()
     assert sum(r.get("bounces", 0) for r in table.values()) >= 60

@@ -201,8 +201,8 @@ FAMILIES: tuple[Family, ...] = (
         rf"[ \t]*<?{ADDR}>?[ \t]*$"),
         (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*(?:[:(\-,;.]|$)",
          rf"^Message delivery to (?P<rcpt>{ADDR})' failed(?P<diag>.*(?:\n.+)*)",  # 'ADDR'
-         r"^[ \t]*(?:unknown address|undeliverable to|delivery failed for|invalid recipient):?"
-         rf"[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
+         r"^[ \t]*(?P<diag>unknown address|undeliverable to|delivery failed for|"
+         rf"invalid recipient):?[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
         begin=r"(?:permanent fatal errors|following (?:recipients?|address(?:es)?)(?:\(s\))?"
               r"(?: did not receive this message| failed)?|could not be delivered|"
               r"Failed addresses follow:)[^\n]*\n"),

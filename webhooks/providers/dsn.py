@@ -132,6 +132,10 @@ class Finding:
     diagnostic: str = ""
     outcome: Outcome | None = None
     complaint: bool = False
+    #: the recipient's own words, when ``diagnostic`` was widened to the whole notification
+    #: (one recipient whose own words carry no code): words elsewhere in it without any reply
+    #: code (help text, "possible reasons: ...") are no evidence that names the recipient
+    own: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +278,9 @@ def outcome_of(finding: Finding) -> Outcome:
     if enhanced and (not status or status.endswith(".0.0")):
         status = enhanced.group(1)  # the server's own code is more specific than x.0.0
     outcome = classify_smtp(finding.reply_code, text, status)
+    if outcome.kind == "hard" and finding.own is not None and not finding.reply_code \
+            and not status and classify_smtp(None, finding.own).kind != "hard":
+        return replace(outcome, kind="soft")  # words not the recipient's, and no code
     temporary = all(c is None or str(c).startswith("4") for c in (finding.reply_code, status)) \
         and (finding.reply_code or status)
     if outcome.kind == "hard" and (finding.action == "delayed" or temporary):
@@ -447,7 +454,8 @@ def _text_report(report: Report, msg: Message, top: str, text: str) -> Report:
             if to:
                 section = _section(text, None)
                 findings = [Finding(to, "delayed" if _delayed(top, text, ()) else "failed",
-                                    _status_in(section), _code(section), _clean(section))]
+                                    _status_in(section), _code(section), _clean(section),
+                                    own="")]  # the whole text: no words of its own
         if findings:
             return replace(report, format=family, findings=tuple(findings))
         return replace(report, why="looks like a bounce, but names no recipient we could find")
@@ -520,12 +528,15 @@ def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
             continue
         following = hits[i + 1][0] if i + 1 < len(hits) else len(section)
         words = story or (diag if diag and diag.strip() else section[end:following])
+        own = None
         if not story and not _CODE.search(words) and not _ENHANCED.search(words) \
                 and len(hits) == 1:
+            # its own words: its pattern's diagnostic, else its paragraph (not the help text)
+            own = _clean(words if diag and diag.strip() else words.split("\n\n")[0])
             words = f"{words}\n{section}"  # one recipient: the whole section is its story
         clean = _clean(words)
         found[rcpt] = Finding(rcpt, "delayed" if delayed else "failed", _status_in(clean),
-                              _code(clean), clean)
+                              _code(clean), clean, own=own)
     return list(found.values())
 
 
