@@ -55,7 +55,7 @@ FAMILY_FORMATS = {
     "verizon": "verizon", "imail": "imail", "kddi": "kddi", "notes": "notes",
     "anonymous": "anonymous", "v5sendmail": "sendmail", "interscan": "interscan",
     "yahoo": "qmail", "orange": "postfix", "messagelabs": "rfc3464", "aol": "rfc3464",
-    "exchange2003": "exchange",
+    "exchange2003": "exchange", "arf": "complaint",
 }
 
 

@@ -228,8 +228,10 @@ def _read(message: bytes, envelope_to: Sequence[str],
         if ses:
             return replace(report, format="ses-json", findings=ses)
     if _any(_COMPLAINT, top + "\n" + text) and (_original(msg) is not None
-                                                or _any(_COMPLAINT_RCPT, top)):
-        return replace(report, format="complaint", findings=(_complaint(msg, top),))
+                                                or _any(_COMPLAINT_RCPT, top + "\n" + text)):
+        # an ARF report whose feedback part is sent as text names the recipient in its text
+        return replace(report, format="complaint",
+                       findings=(_complaint(msg, top + "\n" + text),))
     return _text_report(report, msg, top, text)
 
 
