@@ -192,6 +192,7 @@ FAMILIES: tuple[Family, ...] = (
         r"following addresses had permanent fatal errors",
         r"Unable to deliver (?:the )?message to the following (?:recipients?|address(?:es)?)",
         r"could not be delivered to the following (?:recipients?|address(?:es)?)",
+        r"has not been delivered to the following (?:recipients?|address(?:es)?)",
         r"(?:The )?following recipients? did not receive this message",
         r"Delivery to the following recipients? failed",
         r"Your message cannot be delivered to the following recipients",
@@ -253,7 +254,9 @@ GENERIC_RECIPIENTS = (
 DELAY_MARKERS = (
     r"^Subject:.*(?:delayed|delay|still being retried|warning: could not send|"
     r"Delivery Status Notification \(Delay\))",
-    r"(?:has|have) not (?:yet )?been delivered",
+    # "has not been delivered" alone ends many final failures ("...to the following
+    # recipients"): only "not yet" / "not ... yet" says the delivery is still being tried
+    r"(?:has|have) not yet been delivered", r"(?:has|have) not been delivered yet",
     r"(?:will|shall) (?:continue to )?(?:retry|keep trying|try again)",
     r"this is a warning only", r"no action is required on your part",
     r"delivery attempts will continue",
