@@ -139,7 +139,10 @@ FAMILIES: tuple[Family, ...] = (
             r"(?:#|Remote Server returned ')(?P<diag>.+)",
             rf"^[ \t]*(?:'[^'\n@]*'[ \t]*)?[<(']?(?P<rcpt>{ADDR})[>)']?[ \t]+on\s.*\n{BLANK}"
             r"[ \t](?P<diag>.+)",
-            rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*(?:\(|<){ADDR}(?:\)|>)[ \t]*\n(?P<diag>(?:.+\n?)+)"),
+            rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*(?:\(|<){ADDR}(?:\)|>)[ \t]*\n(?P<diag>(?:.+\n?)+)",
+            # Exchange 5.5/2000: "The following message to <ADDR> was undeliverable."
+            rf"The following message to <(?P<rcpt>{ADDR})> was undeliverable\.?"
+            r"(?P<diag>(?:.*\n?){0,8})"),
            begin=r"(?:Delivery has failed to these recipients or groups|"
                  r"following recipient\(s\) cannot be reached|Delivery is delayed to these|"
                  r"Diagnostic information for administrators)",
@@ -198,15 +201,24 @@ FAMILIES: tuple[Family, ...] = (
         r"Your message cannot be delivered to the following recipients",
         r"message (?:to the following address(?:es)?|could not be delivered)",
         r"^Failed addresses follow:", r"^Message delivery to '[^'\n]+@[^'\n]+' failed",
+        r"Delivery to the following recipient\(s\) failed", r"^Failed Recipient:",
+        r"The following message to <[^>\n]+> was undeliverable",
+        r"This Message was undeliverable due to the following reason",
+        r"Message not delivered to recipients below", r"The message could not be delivered to:",
         r"^[ \t]*(?:unknown address|undeliverable to|delivery failed for|invalid recipient):?"
         rf"[ \t]*<?{ADDR}>?[ \t]*$"),
         (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*(?:[:(\-,;.]|$)",
          rf"^Message delivery to (?P<rcpt>{ADDR})' failed(?P<diag>.*(?:\n.+)*)",  # 'ADDR'
+         rf"^Failed Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?:Reason:[ \t]*(?P<diag>.+))?",
+         rf"The following message to <(?P<rcpt>{ADDR})> was undeliverable\.?"
+         r"(?P<diag>(?:.*\n?){0,8})",
+         rf"The message could not be delivered to:[ \t]*<?(?P<rcpt>{ADDR})>?",
          r"^[ \t]*(?P<diag>unknown address|undeliverable to|delivery failed for|"
          rf"invalid recipient):?[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
         begin=r"(?:permanent fatal errors|following (?:recipients?|address(?:es)?)(?:\(s\))?"
               r"(?: did not receive this message| failed)?|could not be delivered|"
-              r"Failed addresses follow:)[^\n]*\n"),
+              r"Failed addresses follow:|recipients below|undeliverable due to the following "
+              r"reason)[^\n]*\n"),
     Family("mailmarshal", (r"^Subject: Undeliverable Mail: ", r"MailMarshal"),
            (rf"could not be delivered to (?:the following|one or more) .*\n{BLANK}"
             rf"<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)",)),
