@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
@@ -41,6 +41,8 @@ ENV_PREFIX = "OUTBOX_"
 #: The development default of ``OUTBOX_SECRET_KEY``; refused where the public can reach us.
 DEV_SECRET_KEY = "dev-only-secret-change-me"
 
+#: The job categories (as sender.models.Category; config imports nothing of the project).
+JobCategory = Literal["marketing", "transactional", "notification"]
 #: Delay tiers for retries, in seconds (``outbox.retry.<seconds>`` queues).
 DEFAULT_RETRY_TIERS = (10, 60, 300, 1800, 7200)
 #: The shortest retention of a job's timeline or a recipient's job index, other than 0 (off).
@@ -211,6 +213,9 @@ class Settings(ReputationSettings, BaseSettings):
     #: sends in flight per recipient domain: "domain=n,..." over the built-in defaults
     smtp_domain_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     smtp_domain_concurrency_default: int = Field(32, ge=1)
+    #: per job category, the relay of OUTBOX_SMTP_URL (by position, 1 = the first) its mail goes
+    #: through first: "marketing=2"; the other relays, in their order, are its fallbacks
+    smtp_routes: Annotated[dict[JobCategory, int], NoDecode] = Field(default_factory=dict)
 
     # --- worker --------------------------------------------------------------------------
     prefetch: int = Field(64, ge=1, le=10000)
@@ -433,6 +438,23 @@ class Settings(ReputationSettings, BaseSettings):
         except ValueError:
             raise ValueError("must be domain=count pairs, e.g. gmail.com=20,qq.com=5") from None
 
+    @field_validator("smtp_routes", mode="before")
+    @classmethod
+    def _split_routes(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+            routes = {c.strip().lower(): int(n) for c, n in pairs}
+        except ValueError:
+            raise ValueError("must be category=relay pairs (the relay's position in "
+                             "OUTBOX_SMTP_URL), e.g. marketing=2,transactional=1") from None
+        known = get_args(JobCategory)
+        for category in routes:
+            if category not in known:
+                raise ValueError(f"unknown category {category!r}: one of {', '.join(known)}")
+        return routes
+
     @field_validator("retry_tiers", mode="before")
     @classmethod
     def _split_tiers(cls, value: Any) -> Any:
@@ -511,6 +533,15 @@ class Settings(ReputationSettings, BaseSettings):
         if all(parts) and not (self.twilio_from or self.twilio_messaging_service_sid):
             raise ValueError("Twilio needs OUTBOX_TWILIO_FROM or "
                              "OUTBOX_TWILIO_MESSAGING_SERVICE_SID")
+        return self
+
+    @model_validator(mode="after")
+    def _routes_name_relays(self) -> Settings:
+        count = len(self.smtp_relays)
+        for category, n in self.smtp_routes.items():
+            if not 1 <= n <= count:
+                raise ValueError(f"OUTBOX_SMTP_ROUTES: {category}={n}, but OUTBOX_SMTP_URL "
+                                 f"names {count} relay{'s' if count > 1 else ''}")
         return self
 
     @property

@@ -25,6 +25,9 @@ A message is never sent twice because of a failover:
   at most one extra copy per message in flight on it, exactly as without a fallback;
 * an SMTP reply (4xx, 5xx) is the relay's answer, classified as always, and moves nothing.
 
+``OUTBOX_SMTP_ROUTES`` (``marketing=2``) gives a job category its own first relay; the
+others, in their order, are its fallbacks, with the same rules.
+
 When every relay is down each send tries them all in order (the error of the last is the
 send's: a ``transient/networkerror`` deferral, as with one relay down).
 """
@@ -35,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiosmtplib.errors import SMTPServerDisconnected, SMTPTimeoutError
@@ -67,10 +70,16 @@ class Relays:
     """Pools to the relays of ``OUTBOX_SMTP_URL``, with failover; the interface of
     :class:`~sender.channels.smtp.SmtpPool` (``send``, ``stop``, ``close``)."""
 
-    def __init__(self, pools: Sequence[SmtpPool], *, probe_interval: float = 15.0) -> None:
+    def __init__(self, pools: Sequence[SmtpPool], *, probe_interval: float = 15.0,
+                 routes: Mapping[str, int] | None = None) -> None:
+        """``routes``: per job category, the index of the relay its mail goes through first
+        (the others follow in their order)."""
         if not pools:
             raise ValueError("no relay")
         self.relays = [Relay(pool.name, pool) for pool in pools]
+        self._orders = {category: [self.relays[at]] + [r for i, r in enumerate(self.relays)
+                                                       if i != at]
+                        for category, at in (routes or {}).items()}
         self._probe_interval = probe_interval
         self._watchers: list[RelayWatcher] = []
         self._stopped = False
@@ -86,11 +95,14 @@ class Relays:
         return [r.name for r in self.relays if r.up]
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
-                   *, smtputf8: bool = False, first: bool = False, stuffed: bool = False) -> str:
-        """Send through the first relay up (every relay in order when none is); the
-        exceptions of :meth:`SmtpPool.send`, a :class:`RelayUnavailable` only when no relay
-        could be reached."""
-        candidates = [r for r in self.relays if r.up] or list(self.relays)
+                   *, smtputf8: bool = False, first: bool = False, stuffed: bool = False,
+                   category: str | None = None) -> str:
+        """Send through the first relay up, in the order of ``category``'s route or the
+        configured one (every relay in that order when none is up); the exceptions of
+        :meth:`SmtpPool.send`, a :class:`RelayUnavailable` only when no relay could be
+        reached."""
+        order = self._orders.get(category or "", self.relays)
+        candidates = [r for r in order if r.up] or list(order)
         last: RelayUnavailable | None = None
         for relay in candidates:
             try:

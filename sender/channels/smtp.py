@@ -39,6 +39,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import aiosmtplib
@@ -451,7 +452,11 @@ class SmtpChannel:
     def __init__(self, pool: SmtpPool | Relays, *, message_id_domain: str | None = None,
                  options: EmailOptions | None = None,
                  domains: DomainLimiter | None = None) -> None:
+        from sender.channels.relays import Relays
+
         self._pool = pool
+        # sends through relays name their category (OUTBOX_SMTP_ROUTES)
+        self._routed = pool if isinstance(pool, Relays) else None
         self._options = options or EmailOptions(message_id_domain or "outbox.localhost")
         self._domains = domains or DomainLimiter({}, 32)
         self._signer = DkimSigner()
@@ -468,9 +473,10 @@ class SmtpChannel:
         try:
             first = job.category not in BULK_CATEGORIES
             async with self._domains(msg.recipients[0]).turn(first=first):
-                reply = await self._pool.send(msg.envelope_from, list(msg.recipients),
-                                              msg.wire, smtputf8=msg.smtputf8, first=first,
-                                              stuffed=True)
+                send = (partial(self._routed.send, category=job.category)
+                        if self._routed is not None else self._pool.send)
+                reply = await send(msg.envelope_from, list(msg.recipients), msg.wire,
+                                   smtputf8=msg.smtputf8, first=first, stuffed=True)
         except RelayUnavailable as exc:  # as the connection's own error, the relay's reply
             raise self._not_sent(exc.cause) from None
         except (TimeoutError, SMTPException, OSError) as exc:
@@ -552,9 +558,7 @@ class SmtpChannel:
     @property
     def relays(self) -> Relays | None:
         """The relays with their failover state (None for a bare pool)."""
-        from sender.channels.relays import Relays
-
-        return self._pool if isinstance(self._pool, Relays) else None
+        return self._routed
 
     def stop(self) -> None:
         """Shutdown begins: sends not yet in a transaction raise NotSent."""
@@ -577,7 +581,8 @@ def build(settings: Settings, *, keys_for: KeysFor | None = None,
                       idle_timeout=settings.smtp_idle_timeout,
                       data_timeout=settings.smtp_data_timeout)
              for relay in settings.smtp_relays]
-    pool = Relays(pools, probe_interval=settings.smtp_relay_probe_interval)
+    pool = Relays(pools, probe_interval=settings.smtp_relay_probe_interval,
+                  routes={c: n - 1 for c, n in settings.smtp_routes.items()})
     options = EmailOptions(
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
         secret_key=settings.signing_key,

@@ -186,3 +186,23 @@ async def test_a_relay_refusing_connections_is_marked_down_then_probed_back():
             await relays.send("a@x.test", ["b@y.test"], b"Subject: 4\r\n\r\nfour\r\n")
     finally:
         await relays.close()
+
+
+async def test_a_routed_category_goes_to_its_relay_first_then_to_the_others():
+    main, bulk = await StoppableRelay().start(), await StoppableRelay().start()
+    relays = Relays([_pool(main), _pool(bulk)], probe_interval=60, routes={"marketing": 1})
+    try:
+        await relays.send("a@x.test", ["b@y.test"], b"Subject: m\r\n\r\nm\r\n",
+                          category="marketing")
+        await relays.send("a@x.test", ["b@y.test"], b"Subject: t\r\n\r\nt\r\n",
+                          category="transactional")
+        assert (len(main.recorder.messages), len(bulk.recorder.messages)) == (1, 1)
+        assert b"Subject: m" in bulk.recorder.messages[0][2]
+        await bulk.stop()  # the marketing relay down: its mail falls back to the other
+        await relays.send("a@x.test", ["b@y.test"], b"Subject: m2\r\n\r\nm2\r\n",
+                          category="marketing")
+        assert b"Subject: m2" in main.recorder.messages[-1][2]
+        assert relays.up() == [main.name]
+    finally:
+        await relays.close()
+        await main.stop()

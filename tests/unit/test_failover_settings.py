@@ -52,3 +52,32 @@ def test_a_list_of_urls_is_masked_url_by_url():
     assert mask_url(urls) == "amqp://g:***@n1:5672/,amqp://g:***@n2:5672/"
     line = str(ServiceUnreachable("amqp", urls, "connection refused", "OUTBOX_AMQP_URL"))
     assert "secret" not in line and "n1:5672" in line and "n2:5672" in line
+
+
+def test_a_category_routed_to_a_relay_by_its_position(monkeypatch):
+    monkeypatch.setenv("OUTBOX_SMTP_URL", "smtp://a.test:25,smtp://b.test:25")
+    monkeypatch.setenv("OUTBOX_SMTP_ROUTES", "Marketing=2, transactional=1")
+    assert load_settings().smtp_routes == {"marketing": 2, "transactional": 1}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("marketing=3", "marketing=3, but OUTBOX_SMTP_URL names 2 relays"),
+    ("marketing=0", "marketing=0, but OUTBOX_SMTP_URL names 2 relays"),
+    ("newsletters=1", "OUTBOX_SMTP_ROUTES: unknown category 'newsletters'"),
+    ("marketing", "must be category=relay pairs"),
+])
+def test_a_bad_route_is_refused(monkeypatch, value, message):
+    monkeypatch.setenv("OUTBOX_SMTP_URL", "smtp://a.test:25,smtp://b.test:25")
+    monkeypatch.setenv("OUTBOX_SMTP_ROUTES", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert message in str(info.value)
+
+
+def test_the_routes_know_every_job_category():
+    from typing import get_args
+
+    from config.settings import JobCategory
+    from sender.models import Category
+
+    assert set(get_args(JobCategory)) == set(get_args(Category))
