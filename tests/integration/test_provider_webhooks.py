@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -27,6 +29,7 @@ from tests.integration.helpers import (
     running_app,
     running_worker,
 )
+from tests.integration.sns_standin import SnsStandIn, sns_standin
 from tests.unit.test_provider_mailgun import signature as mailgun_signature
 from tests.unit.test_provider_mailgun import signed as mailgun_signed
 from tests.unit.test_provider_postmark import record as postmark_record
@@ -34,6 +37,7 @@ from tests.unit.test_provider_sendgrid import PUBLIC as SENDGRID_PUBLIC
 from tests.unit.test_provider_sendgrid import sign as sendgrid_sign
 from tests.unit.test_provider_ses import (
     CERT,
+    CERT_URL,
     TOPIC,
     confirmation,
     fixture,
@@ -48,16 +52,20 @@ PM_USER, PM_PASSWORD = "postmark", "pm-password"
 
 
 @pytest.fixture
-def fetched(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Certificate URLs the server fetched (there is no network: the fetcher is replaced)."""
-    urls: list[str] = []
+async def standin(tmp_path, unused_tcp_port_factory, monkeypatch: pytest.MonkeyPatch
+                  ) -> AsyncIterator[SnsStandIn]:
+    """SNS's certificate host, stood in by a real HTTPS server on loopback serving ``CERT``;
+    the webhook server's fetcher trusts it and resolves SNS host names to it."""
+    async with sns_standin(tmp_path, unused_tcp_port_factory()) as running:
+        running.pems[urlsplit(CERT_URL).path] = CERT
+        monkeypatch.setattr(provider_routes, "SnsCertificates", running.fetcher)
+        yield running
 
-    async def fetch(url: str) -> str:
-        urls.append(url)
-        return CERT
 
-    monkeypatch.setattr(provider_routes, "fetch_certificate", fetch)
-    return urls
+@pytest.fixture
+def fetched(standin: SnsStandIn) -> list[str]:
+    """Certificate URLs the server fetched (from the stand-in, over HTTPS)."""
+    return standin.requests
 
 
 @pytest.fixture
@@ -97,7 +105,22 @@ async def test_ses_a_signed_bounce_is_an_event(server, amqp_url, fetched):
         ("ses", "bounced", "hard", "userunknown")
     assert (event["job_id"], event["account_id"], event["recipient"]) == \
         ("job-ses-1", "acct_7", "jane@example.com")
-    assert len(fetched) == 1
+    assert fetched == [CERT_URL]
+
+
+async def test_ses_a_certificate_that_cannot_be_fetched_is_a_503_and_nothing_published(
+        server, amqp_url, standin):
+    """SNS retries a delivery answered 5xx: a fetch that failed (here the certificate host
+    answers 404) must not be a 403 that would drop the notification."""
+    standin.pems.clear()
+    body = json.dumps(sns_sign(notification(fixture("ses-bounce")))).encode()
+    assert (await _post(f"{server}/webhooks/ses", body))[0] == 503
+    assert standin.requests == [CERT_URL]
+    assert await _nothing(amqp_url)
+    standin.pems[urlsplit(CERT_URL).path] = CERT  # the host is back: SNS's retry is taken
+    assert (await _post(f"{server}/webhooks/ses", body))[0] == 200
+    [event] = await _events(amqp_url, 1)
+    assert event["type"] == "bounced"
 
 
 async def test_ses_a_forged_signature_is_refused(server, amqp_url):
