@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sender.bus import PublishFailed
+from sender import topology
+from sender.bus import Bus, QueueFull
 from suppression import keys
 from suppression.store import SuppressionStore
 from tests.integration.helpers import (
@@ -295,21 +296,43 @@ async def test_an_unconfigured_provider_answers_404(make_settings, unused_tcp_po
             assert (status, "not configured" in text) == (404, True), path
 
 
+@pytest.fixture
+def small_events_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """outbox.events bounded at 2 messages (reject-publish) in this test's fresh vhost."""
+    monkeypatch.setitem(topology.BOUNDS, "events", (2, 1024**3))
+
+
+async def _fill_events_queue(amqp_url: str) -> int:
+    """Publish fillers on outbox.events until the broker refuses one; how many it took."""
+    bus = Bus(amqp_url, retry_tiers=(1,))
+    await bus.connect(declare=False)
+    try:
+        for taken in range(10):
+            try:
+                await bus.publish_to_queue(topology.EVENTS_QUEUE, b'{"filler": true}')
+            except QueueFull:
+                return taken
+    finally:
+        await bus.close()
+    raise AssertionError("outbox.events never refused a publish")
+
+
 async def test_mailgun_an_unconfirmed_publish_is_503_and_the_retry_is_taken(
-        server, amqp_url, monkeypatch):
-    from webhooks import events as webhook_events
-
-    real = webhook_events.publish_events
-
-    async def refuse(bus: Any, events: Any) -> int:
-        raise PublishFailed("broker did not confirm")
-
-    monkeypatch.setattr(webhook_events, "publish_events", refuse)
+        small_events_queue, server, amqp_url, redis_url):
+    """A real refusal: outbox.events is full (x-overflow reject-publish), the broker nacks
+    the event. The webhook answers 503 (Mailgun retries), the token is released, nothing is
+    lost; once the queue has room, Mailgun's retry is taken and its event published."""
+    fillers = await _fill_events_queue(amqp_url)
     body = _mailgun("failed_permanent", token="f" * 50)
-    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 503
-    assert await _nothing(amqp_url)
-    monkeypatch.setattr(webhook_events, "publish_events", real)
-    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200  # token released
+    status, text = await _post(f"{server}/webhooks/mailgun", body)
+    assert status == 503, text
+    redis = Redis.from_url(redis_url)
+    assert not await redis.exists(keys.mailgun_token("f" * 50))  # token released
+    await redis.aclose()
+    queued = await collect(amqp_url, "outbox.events", lambda m: len(m) >= fillers + 1,
+                           timeout=2)
+    assert [json.loads(m.body) for m in queued] == [{"filler": True}] * fillers  # drained
+    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200  # the retry
     [event] = await _events(amqp_url, 1)
     assert event["job_id"] == "job-mg-2"
 
