@@ -34,6 +34,8 @@ Decisions
   and ``To`` take one mailbox (``addr`` or ``Display Name <addr>``), ``Reply-To`` a list.
   An unquoted display name may contain atoms, white space, non-ASCII, ``.`` and ``(...)``;
   ``, ; : < > [ ] @ \\`` must be quoted. RFC 2047 encoded-words in a display name are decoded.
+  Control characters other than tab are dropped from a display name (RFC 5322 3.2.3: no word
+  of a phrase holds one); a name left with white space only is no name (the bare address).
   Addr-specs are dot-atoms (no quoted local parts, no domain literals); local part ≤ 64
   octets, domain ≤ 255.
 * **IDN**: a non-ASCII domain is always converted to its A-label, in the headers and in the
@@ -293,7 +295,19 @@ def _parse_phrase(display: str, what: str) -> str:
             pass  # not valid encoded-words: keep the text as it is
         if _BAD_VALUE_RE.search(name):
             raise MimeError(f"{what}: the display name decodes to CR, LF or NUL")
-    return name
+    return _visible_phrase(name)
+
+
+# RFC 5322 3.2.3/3.2.4: a phrase's words (atoms, quoted strings) hold no control character
+# but white space; obs-qtext allows them only as obsolete syntax, never to be generated (s. 4)
+_PHRASE_CTL_RE = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _visible_phrase(name: str) -> str:
+    """``name`` without control characters; "" when only white space is left (a phrase needs
+    a word: the mailbox is then written as its bare address)."""
+    name = _PHRASE_CTL_RE.sub("", name)
+    return name if name.strip(" \t") else ""
 
 
 def _parse_mailbox(value: str, what: str) -> tuple[str, str]:
