@@ -150,7 +150,10 @@ async def test_a_chinese_named_attachment_and_an_inline_image_arrive_intact(
 async def test_a_deferred_job_keeps_its_attachments_for_the_retry(
         make_settings, smtp_server, amqp_url):
     """The job's body waits in RabbitMQ (outbox.retry.<s>) during a retry: the relay's 451
-    first, then the retry delivers the attachment byte for byte."""
+    first, then the retry delivers the attachment byte for byte. The worker republished the
+    whole body for the retry, and at DEBUG no log line holds it."""
+    log_lines = io.StringIO()
+    configure_logging("DEBUG", "json", stream=log_lines)
     smtp_url, recorder = smtp_server
     settings = make_settings(smtp_url=smtp_url)
     pdf, png = _pdf(uuid.uuid4().hex.encode()), _png()
@@ -168,6 +171,9 @@ async def test_a_deferred_job_keeps_its_attachments_for_the_retry(
     [data] = recorder.by_rcpt(job["to"])
     [attached] = message_from_bytes(data, policy=default).iter_attachments()
     assert (attached.get_filename(), attached.get_content()) == (CHINESE, pdf)
+    logged = log_lines.getvalue().encode()
+    assert b"deferred" in logged
+    assert not [t for t in _traces(pdf) if t in logged]
 
 
 @pytest.mark.parametrize(("change", "reason"), [
