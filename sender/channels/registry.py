@@ -4,7 +4,7 @@
 A :class:`Delivery` is the channel, its job model (a :class:`sender.models.JobBase` with
 ``channel: Literal["<name>"]``), its queue and the factory of its sender (``None`` when the
 settings do not configure it: its jobs wait in its queues). Each channel has two lanes derived
-from that one queue name (README, "Priority lanes"): the priority lane ``<queue>`` bound
+from that one queue name (docs/design.md, "Priority lanes"): the priority lane ``<queue>`` bound
 with routing key ``<name>`` (transactional and notification jobs) and the bulk lane
 ``<queue>.bulk`` bound with ``<name>.bulk`` (marketing jobs, :data:`BULK_CATEGORIES`). The
 topology, the job parser, the client's routing and the worker's consumers all read this list;
