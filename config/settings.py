@@ -203,6 +203,12 @@ class Settings(ReputationSettings, BaseSettings):
     retry_max_attempts: int = Field(12, ge=1)
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    #: jobs of a blocked or suspended account are held (suppression/held.py): this long at
+    #: most, then they end `expired`; and at most this many jobs and bytes per account (one
+    #: more ends `blocked`, reason hold_full, logged at ERROR)
+    hold_seconds: int = Field(72 * 3600, ge=1)
+    hold_max_jobs: int = Field(10_000, ge=1)
+    hold_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     #: status events kept in outbox.status when the CRM does not consume (oldest dropped
     #: first); 0 = unbounded. Must match the queue's existing x-max-length.
     status_queue_max_length: int = Field(100_000, ge=0)

@@ -82,6 +82,7 @@ Status = Literal[
     "suppressed",
     "no_consent",
     "blocked",
+    "held",
     "expired",
     "rejected",
 ]

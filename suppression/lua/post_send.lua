@@ -69,7 +69,7 @@ if KEYS[9] and ARGV[24] ~= '' then
 end
 
 -- How far along a job is; a status is written only if it is at least as far as the one held.
-local RANK = {S = 0, R = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 4,
+local RANK = {S = 0, R = 0, held = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 4,
   rejected = 4, failed = 4, suppressed = 4, no_consent = 4, blocked = 4, delivered = 5,
   bounced = 5, complained = 6, unsubscribed = 6}
 if ARGV[1] ~= '' then
