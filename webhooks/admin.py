@@ -837,7 +837,8 @@ def _with_id_rule(script: str) -> str:
     """The page's script with the id rule of :mod:`suppression.ids` put in (generated, not
     copied: the page refuses what the API would)."""
     return (script.replace('"__ID_PATTERN__"', json.dumps(ids.PATTERN))
-            .replace('"__ID_RULE__"', json.dumps(ids.RULE)))
+            .replace('"__ID_RULE__"', json.dumps(ids.RULE))
+            .replace('"__CATEGORIES__"', json.dumps(CATEGORIES)))
 
 
 _STYLE = _static("admin.css")
