@@ -132,7 +132,7 @@ class HeldJobs:
 
     async def _release(self, batch: list[Held], actor: str, reason: str) -> int:
         at = time.time_ns() // 1_000_000
-        bodies = await self.store.bodies(batch[0].account_id, [h.job_id for h in batch])
+        bodies = await self.store.mark_released(batch)
         headers = {FIRST_SEEN_HEADER: int(time.time()), RELEASED_HEADER: actor[:200]}
         await asyncio.gather(*(
             self._bus.publish(topology.JOBS_EXCHANGE, routing_key(h.channel, h.category),

@@ -172,12 +172,26 @@ class HeldStore:
                 "bytes": int(text(size) or 0), "oldest": iso(oldest),
                 "expires_at": iso(oldest + self.hold_seconds * 1000) if oldest else None,
                 "hold_seconds": self.hold_seconds, "by": groups,
-                "jobs": [h.row(self.hold_seconds)
-                         for h in await self.listing(account_id, limit=limit)]}
+                "jobs": [h.row(self.hold_seconds) for h in (
+                    await self.listing(account_id, limit=limit) if limit > 0 else [])]}
 
     async def total(self, account_id: str) -> int:
         """How many jobs the account holds."""
         return sum(n for n, _ in (await self.counts(account_id)).values())
+
+    async def mark_released(self, held: list[Held]) -> list[bytes | None]:
+        """Before a release publishes them: mark each job (its record's ``rl``: a job held
+        again before :meth:`take` is held anew, not taken) and read the bodies; one round
+        trip."""
+        if not held:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for h in held:
+            pipe.hset(keys.job(h.account_id, h.job_id), "rl", "1")
+        pipe.hmget(keys.held_bodies(held[0].account_id), [h.job_id for h in held])
+        found = (await pipe.execute())[-1]
+        return [None if b is None else b if isinstance(b, bytes) else str(b).encode()
+                for b in found]
 
     async def bodies(self, account_id: str, ids: list[str]) -> list[bytes | None]:
         """The held jobs' bodies (None for one gone meanwhile)."""

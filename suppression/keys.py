@@ -133,7 +133,8 @@ def job(account_id: str, job_id: str) -> str:
     at most ``HASH_VALUE_MAX`` bytes; the timeline's newest entry that moved the status
     (``et`` ms, ``ed`` detail, ``ea`` attempt of a provider's report) and earlier ones
     (``e<n>`` ``[at, status, reason, provider, attempt]``, ``d<n>`` detail, ``m<n>``
-    provider message id, ``tn`` the last n; see :mod:`suppression.history`). Empty ``p``,
+    provider message id, ``tn`` the last n; see :mod:`suppression.history`); ``rl`` while a
+    release of the held job is publishing it (:mod:`suppression.held`). Empty ``p``,
     ``pm``, ``r`` are not stored. Every value fits ``HASH_VALUE_MAX`` (Redis keeps the hash
     compact) except a provider message id or reason longer than that. Expires after
     ``idempotency_ttl``."""

@@ -19,6 +19,7 @@ local since = redis.call('ZSCORE', KEYS[2], job_id)
 if not since or tonumber(since) ~= tonumber(ARGV[2]) then
   return 0
 end
+redis.call('HDEL', job, 'rl')  -- a release's mark (hold.lua)
 -- INCLUDE timeline_push
 redis.call('ZREM', KEYS[2], job_id)
 local bytes = redis.call('HSTRLEN', KEYS[3], job_id)

@@ -14,6 +14,7 @@
 -- ARGV[4..6]  seconds a job is held, most jobs held by the account, most bytes
 -- ARGV[7..10] idempotency ttl, seconds the timeline list is kept, entries kept in a
 --             timeline, the longest value a hash keeps compactly
+-- The job hash's 'rl' is set by a release before it publishes the job (suppression/held.py).
 -- returns {'held', reason, held at ms, held until ms}, {'again', state} when the account is
 --         no longer blocked or suspended, or {'full', reason, jobs, bytes} over the cap
 local job = KEYS[1]
@@ -32,7 +33,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- INCLUDE timeline_push
 local since = tonumber(redis.call('ZSCORE', KEYS[3], job_id))
 local old = redis.call('HSTRLEN', KEYS[4], job_id)
-if not since then
+if since and redis.call('HGET', job, 'rl') then
+  -- its release published it ('rl') and the account was blocked again before the release
+  -- took it out: held anew, under a new time, so that take (which checks the time) leaves it
+  redis.call('HDEL', job, 'rl')
+  since = now
+  redis.call('ZADD', KEYS[3], since, job_id)
+  push({now, 'held', reason, 'again after its release', '', '', tonumber(attempt) or 0})
+elseif not since then
   local size = redis.call('HMGET', KEYS[5], 'jobs', 'bytes')
   local jobs, bytes = tonumber(size[1]) or 0, tonumber(size[2]) or 0
   if jobs + 1 > max_jobs or bytes - old + #body > max_bytes then

@@ -4,6 +4,7 @@ unblock in between answers ``again``, a take only of the job as it was read, per
 
 from __future__ import annotations
 
+import asyncio
 from typing import get_args
 
 import pytest
@@ -85,3 +86,23 @@ async def test_a_take_is_of_the_job_as_read(redis, account) -> None:
     assert account not in await s.accounts()
     summary = await s.summary(account)
     assert (summary["held"], summary["bytes"], summary["oldest"]) == (0, 0, None)
+
+
+async def test_a_job_held_again_while_its_release_runs_stays_held(redis, account) -> None:
+    """The release marks, publishes, then takes; the account blocked again in between holds
+    the published copy anew (a new time), so the take leaves it: never lost."""
+    s = store(redis)
+    await redis.hset(keys.state(account), "state", "blocked")
+    await hold(s, account, "r1")
+    [read] = await s.listing(account)
+    assert await s.mark_released([read]) == [b'{"x":1}']
+    await asyncio.sleep(0.01)  # a later millisecond on Redis's clock
+    again = await hold(s, account, "r1")  # the released copy, the account blocked again
+    assert again.since_ms > read.since_ms and await s.total(account) == 1
+    assert await s.take([read], status="", entry="released", reason="released",
+                        detail="alice: ok") == [False]
+    [still] = await s.listing(account)
+    assert (still.job_id, still.since_ms) == ("r1", again.since_ms)
+    assert await redis.hget(keys.job(account, "r1"), "rl") is None
+    assert await s.take([still], status="", entry="released", reason="released",
+                        detail="alice: ok") == [True]
