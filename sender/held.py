@@ -1,12 +1,13 @@
 """Release, discard and expiry of held jobs: the publishing side of :mod:`suppression.held`.
 
 * **release** (``outbox accounts unblock|unsuspend ... --held release``, ``outbox accounts held
-  ACCOUNT --release``, the admin API and page): each held job's body is published again to its
-  lane on ``outbox.jobs`` exactly as it came (confirmed), then taken out of the held jobs with
-  a ``released`` timeline entry. Its record stays ``held`` (not final), so the copy goes
-  through every check again (account state, suppression, consent, preferences, quiet hours,
-  the rate) and is claimed and sent once, as any new job; a copy published twice (a crash
-  between publish and take) is refused by that claim.
+  ACCOUNT --release``, the admin API and page): each held job is marked, its body published
+  again to its lane on ``outbox.jobs`` exactly as it came (confirmed), then it is taken out of
+  the held jobs with a ``released`` timeline entry. Its record stays ``held`` (not final), so
+  the copy goes through every check of the pre-send gate again (account state, its sender,
+  suppression, consent, preferences, the DNC register, not_after, the rate) and is claimed
+  and sent once, as any new job; a copy published twice (a crash between publish and take)
+  is refused by that claim.
 * **discard**: each job's final ``blocked`` event (reason ``held_discarded``, detail ``actor:
   reason``) is published, then the job is taken out with that final status.
 * **expiry** (the worker's :class:`HeldSweeper`): a job held longer than

@@ -9,6 +9,7 @@ over the cap a job ends ``blocked`` (hold_full). The admin API does the same."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ from tests.integration.helpers import (
     publish,
     running_app,
     running_worker,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -150,21 +152,25 @@ async def test_held_jobs_are_released_once_after_unblock_with_every_check_again(
 async def test_a_job_held_past_the_hold_time_ends_expired(make_settings, smtp_server,
                                                           amqp_url, cli, capsys):
     smtp_url, recorder = smtp_server
-    settings = make_settings(smtp_url=smtp_url, hold_seconds=2,
+    settings = make_settings(smtp_url=smtp_url, hold_seconds=4,
                              require_verified_senders=False)
     await blocked(settings)
     job = email_job(account_id=ACCOUNT)
     async with running_worker(settings) as worker:
+        gauge = worker.metrics.held_jobs.labels("email", "transactional")
         await publish(amqp_url, [job])
         [held] = await statuses(amqp_url, 1)
         assert held["status"] == "held"
-        [ended] = await statuses(amqp_url, 1, timeout=20)  # sweeps every 0.5 s
+        await wait_for(lambda: gauge._value.get() == 1, timeout=4)  # counted (sweep: 1 s)
+        [ended] = await statuses(amqp_url, 1, timeout=20)
         assert (ended["id"], ended["status"], ended["reason"]) == (
             job["id"], "expired", "held_too_long")
         assert "OUTBOX_HOLD_SECONDS" in ended["detail"]
+        # not before the hold time; within a sweep (1 s) of it, with a generous margin
+        waited = (datetime.fromisoformat(ended["at"]) - datetime.fromisoformat(held["at"]))
+        assert 3.9 <= waited.total_seconds() <= 10, waited
         assert worker.metrics.jobs.labels("email", "expired")._value.get() == 1
-        gauge = worker.metrics.held_jobs.labels("email", "transactional")
-        assert gauge._value.get() == 0
+        await wait_for(lambda: gauge._value.get() == 0, timeout=4)
     shown = await story(settings, job["id"])
     assert (shown["status"], shown["reason"]) == ("expired", "held_too_long")
     assert (await held_json(cli, capsys))["held"] == 0
