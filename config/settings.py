@@ -209,6 +209,10 @@ class Settings(ReputationSettings, BaseSettings):
     hold_seconds: int = Field(72 * 3600, ge=1)
     hold_max_jobs: int = Field(10_000, ge=1)
     hold_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    #: an email job's attachments: at most this many, of at most this many bytes together
+    #: (decoded; the job itself must still fit max_job_bytes: base64 adds a third)
+    max_attachments: int = Field(10, ge=0)
+    max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=0)
     #: status events kept in outbox.status when the CRM does not consume (oldest dropped
     #: first); 0 = unbounded. Must match the queue's existing x-max-length.
     status_queue_max_length: int = Field(100_000, ge=0)

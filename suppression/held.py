@@ -40,12 +40,20 @@ from suppression.gate import Script, run_pipeline
 from suppression.history import iso
 from suppression.replies import text
 from suppression.roundtrip import Client
+from suppression.script_args import Arguments, Kind
 
 #: the job categories (sender.models.Category; a test keeps the two equal), in the order a
 #: release sends them: receipts and alerts before the blast
 CATEGORIES = ("transactional", "notification", "marketing")
-HOLD = Script("hold")
-TAKE = Script("held_take")
+_TAIL: dict[str, Kind] = {"ttl": "num", "timeline_ttl": "num", "timeline_keep": "num",
+                          "value_max": "num"}
+#: hold.lua's and held_take.lua's ARGV (their headers say what each is)
+HOLD_ARGS = Arguments.declare("hold", None, job_id="str", body="str", attempt="str",
+                              hold_seconds="num", max_jobs="num", max_bytes="num", **_TAIL)
+TAKE_ARGS = Arguments.declare("held_take", None, job_id="str", since="num", status="str",
+                              entry="str", reason="str", detail="str", at="num", **_TAIL)
+HOLD = Script("hold", HOLD_ARGS)
+TAKE = Script("held_take", TAKE_ARGS)
 BATCH = 100  # held jobs read, published and taken together
 
 
@@ -103,8 +111,9 @@ class HeldStore:
                    idempotency_ttl=settings.idempotency_ttl,
                    timeline_ttl=settings.timeline_ttl)
 
-    def _tail(self) -> list[Any]:
-        return [self._ttl, self._timeline_ttl, keys.TIMELINE_KEEP, keys.HASH_VALUE_MAX]
+    def _tail(self) -> dict[str, Any]:
+        return dict(ttl=self._ttl, timeline_ttl=self._timeline_ttl,
+                    timeline_keep=keys.TIMELINE_KEEP, value_max=keys.HASH_VALUE_MAX)
 
     async def hold(self, account_id: str, job_id: str, *, channel: str, category: str,
                    body: bytes, attempt: int) -> Hold:
@@ -115,8 +124,9 @@ class HeldStore:
         script_keys = [job, keys.state(account_id), keys.held(account_id, channel, category),
                        keys.held_bodies(account_id), keys.held_size(account_id), job, job,
                        keys.timeline(account_id, job_id)]
-        args = [job_id, body, attempt, self.hold_seconds, self._max_jobs, self._max_bytes,
-                *self._tail()]
+        args = HOLD_ARGS.argv(dict(job_id=job_id, body=body, attempt=attempt,
+                                   hold_seconds=self.hold_seconds, max_jobs=self._max_jobs,
+                                   max_bytes=self._max_bytes, **self._tail()))
 
         def build(pipe: Any) -> None:
             HOLD.queue(pipe, script_keys, args)
@@ -217,8 +227,9 @@ class HeldStore:
                                   keys.held_bodies(h.account_id),
                                   keys.held_size(h.account_id), job, job, job,
                                   keys.timeline(h.account_id, h.job_id)],
-                           [h.job_id, h.since_ms, status, entry, reason, detail[:500], at,
-                            *self._tail()])
+                           TAKE_ARGS.argv(dict(job_id=h.job_id, since=h.since_ms,
+                                               status=status, entry=entry, reason=reason,
+                                               detail=detail[:500], at=at, **self._tail())))
 
         return [int(r) == 1 for r in await run_pipeline(self._redis, build, TAKE)]
 

@@ -10,18 +10,18 @@
 -- KEYS[5]  held size hash            outbox:{acct:A}:held-size (jobs, bytes)
 -- KEYS[6..7] the job hash again (not used: the timeline writer reads KEYS[8])
 -- KEYS[8]  job timeline              outbox:{acct:A}:tl:ID
--- ARGV[1..3]  job id, body, attempt
--- ARGV[4..6]  seconds a job is held, most jobs held by the account, most bytes
--- ARGV[7..10] idempotency ttl, seconds the timeline list is kept, entries kept in a
---             timeline, the longest value a hash keeps compactly
+-- ARGV by name (suppression/held.py: HOLD_ARGS): job_id, body, attempt; hold_seconds,
+-- max_jobs, max_bytes (the account's cap); ttl (idempotency), timeline_ttl (seconds the
+-- timeline list is kept), timeline_keep (entries kept in a timeline), value_max (the longest
+-- value a hash keeps compactly)
 -- The job hash's 'rl' is set by a release before it publishes the job (suppression/held.py).
 -- returns {'held', reason, held at ms, held until ms}, {'again', state} when the account is
 --         no longer blocked or suspended, or {'full', reason, jobs, bytes} over the cap
+-- GENERATED arguments
 local job = KEYS[1]
-local job_id, body, attempt = ARGV[1], ARGV[2], ARGV[3]
-local hold_s, max_jobs, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local ttl, tl_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
-local timeline_keep, value_max = tonumber(ARGV[9]), tonumber(ARGV[10])
+local job_id, body, attempt = A.job_id, A.body, A.attempt
+local hold_s, max_jobs, max_bytes = A.hold_seconds, A.max_jobs, A.max_bytes
+local ttl, tl_ttl, timeline_keep, value_max = A.ttl, A.timeline_ttl, A.timeline_keep, A.value_max
 
 local state = redis.call('HGET', KEYS[2], 'state') or 'active'
 if state ~= 'blocked' and state ~= 'suspended' then
