@@ -244,6 +244,12 @@ class Settings(ReputationSettings, BaseSettings):
     retry_max_attempts: int = Field(12, ge=1)
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    #: jobs of a blocked or suspended account are held (suppression/held.py): this long at
+    #: most, then they end `expired`; and at most this many jobs and bytes per account (one
+    #: more ends `blocked`, reason hold_full, logged at ERROR)
+    hold_seconds: int = Field(72 * 3600, ge=1)
+    hold_max_jobs: int = Field(10_000, ge=1)
+    hold_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     #: an email job's attachments: at most this many, of at most this many bytes together
     #: (decoded; the job itself must still fit max_job_bytes: base64 adds a third)
     max_attachments: int = Field(10, ge=0)

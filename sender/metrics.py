@@ -95,3 +95,10 @@ class Metrics:
                                       "Accounts by state (refreshed periodically)",
                                       ["state"], registry=registry,
                                       multiprocess_mode="livemostrecent"))
+        # totals over every account (per account: outbox accounts held, the admin API)
+        self.held_jobs = _Cached(Gauge("outbox_held_jobs",
+                                       "Jobs held while their account is blocked or "
+                                       "suspended, over every account (refreshed by the "
+                                       "held jobs sweep)", ["channel", "category"],
+                                       registry=registry,
+                                       multiprocess_mode="livemostrecent"))
