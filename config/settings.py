@@ -203,6 +203,9 @@ class Settings(ReputationSettings, BaseSettings):
     retry_max_attempts: int = Field(12, ge=1)
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    #: the furthest ahead a job's ``send_at`` may be (seconds); a job further ahead is
+    #: rejected with the reason (README, "Send later")
+    schedule_max_ahead: int = Field(30 * 86400, ge=60, le=366 * 86400)
     #: status events kept in outbox.status when the CRM does not consume (oldest dropped
     #: first); 0 = unbounded. Must match the queue's existing x-max-length.
     status_queue_max_length: int = Field(100_000, ge=0)

@@ -34,11 +34,13 @@ from sender.metrics import Metrics
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.recipient_events import PendingSweeper, RecipientEvents
+from sender.schedule import Mover
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
 from suppression.reputation import Policy
 from suppression.roundtrip import Client, execute
+from suppression.schedule import Schedule
 from suppression.store import AccountStore, SuppressionStore
 
 log = logging.getLogger("outbox.service")
@@ -77,13 +79,16 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                 require_senders=settings.require_verified_senders,
                 own_sms_senders=(settings.twilio_from, settings.twilio_messaging_service_sid))
     redis_call = RedisCalls(metrics, stop.is_set, dependencies.redis)
+    schedule = Schedule(redis, idempotency_ttl=settings.idempotency_ttl,
+                        timeline_ttl=settings.timeline_ttl, send=send)
     acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn
     pipeline = Pipeline(
         bus=bus, gate=gate, channels=channels, metrics=metrics,
         retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
-        redis_call=redis_call, acks=acks)
+        redis_call=redis_call, acks=acks, schedule=schedule,
+        schedule_max_ahead=settings.schedule_max_ahead)
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, acks=acks,
                           sms_region=settings.sms_region,
@@ -92,7 +97,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
-                  gauges=gauges, watch=watch)
+                  gauges=gauges, watch=watch, mover=Mover(schedule, bus))
 
 
 def signing_email_channel(settings: Settings, redis: Client) -> Channel:

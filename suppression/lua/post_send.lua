@@ -69,8 +69,8 @@ if KEYS[9] and ARGV[24] ~= '' then
 end
 
 -- How far along a job is; a status is written only if it is at least as far as the one held.
-local RANK = {S = 0, R = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 4,
-  rejected = 4, failed = 4, suppressed = 4, no_consent = 4, blocked = 4, delivered = 5,
+local RANK = {S = 0, R = 0, W = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 4,
+  rejected = 4, failed = 4, cancelled = 4, suppressed = 4, no_consent = 4, blocked = 4, delivered = 5,
   bounced = 5, complained = 6, unsubscribed = 6}
 if ARGV[1] ~= '' then
   local held_job = redis.call('HMGET', job, 'st', 'a', 'et')
@@ -90,7 +90,8 @@ if ARGV[1] ~= '' then
   local function push_held()
     if held_job[3] then
       local h = redis.call('HMGET', job, 'st', 'r', 'ed', 'p', 'pm', 'a', 'ea')
-      push({tonumber(held_job[3]), h[1] == 'R' and 'deferred' or h[1], h[2] or '',
+      push({tonumber(held_job[3]), h[1] == 'R' and 'deferred' or h[1] == 'W' and 'scheduled'
+        or h[1], h[2] or '',
         h[3] or '', h[4] or '', h[5] or '', tonumber(h[7] or h[6]) or 0})
       redis.call('HDEL', job, 'et', 'ed', 'ea')
     end
