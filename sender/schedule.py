@@ -37,8 +37,9 @@ log = logging.getLogger("outbox.schedule")
 RELEASED_HEADER = "x-outbox-released"
 #: longest sleep between two looks at the shards (seconds)
 POLL = 0.2
-#: due jobs leased from each shard per turn
-BATCH = 500
+#: due jobs leased from each shard per turn (at most 1,600 a turn: the first of many due
+#: together leave without waiting for the whole lot to be read and published)
+BATCH = 100
 #: publishes awaiting their confirms at once
 PUBLISH_WINDOW = 256
 #: seconds for one round trip before the mover counts it failed and tries again
@@ -124,7 +125,10 @@ class Mover:
                 except BROKER_ERRORS as exc:
                     log.debug("release of %s failed: %s", due.member, exc)
                     return False
-                return True
+            if self._on_release is not None and due.due_ms:
+                # 0: a cancelled job, released at once for its event
+                self._on_release(due, time.time() - due.due_ms / 1000)
+            return True
 
         sent = await asyncio.gather(*(one(d) for d in dues))
         confirmed = [d for d, ok in zip(dues, sent, strict=True) if ok]
@@ -133,11 +137,6 @@ class Mover:
             await self.schedule.done(confirmed)
             await self.schedule.put_back(refused)
         self.released += len(confirmed)
-        now = time.time()
-        if self._on_release is not None:
-            for due in confirmed:
-                if due.due_ms:  # 0: a cancelled job, released at once for its event
-                    self._on_release(due, now - due.due_ms / 1000)
         if refused:
             raise PublishFailed(f"the broker took {len(confirmed)} of {len(dues)} due jobs; "
                                 f"the others are due again")
