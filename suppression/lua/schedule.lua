@@ -12,6 +12,9 @@
 local job = KEYS[1]
 local st = redis.call('HGET', job, 'st')
 if st == 'W' then
+  -- a redelivery, or the job published again with another send_at (the shard entry beside
+  -- this script took the new time and bytes): the record says the same
+  redis.call('HSET', job, 'sa', ARGV[1], 'ed', ARGV[4])
   return {'scheduled', 'W', '', '', redis.call('HGET', job, 'a') or '0', '', 0}
 end
 if st then

@@ -362,3 +362,45 @@ async def test_the_client_cancels_through_the_admin_api(
     story = await job_story(redis, "acct_1", job["id"])
     assert [(e["status"], e["detail"]) for e in story["timeline"]][-1] == \
         ("cancelled", "crm: appointment moved")
+
+
+# --- the mover's lease: a job published twice is sent once ----------------------------------
+
+
+@pytest.mark.backends
+async def test_a_lease_keeps_a_due_job_to_one_mover_and_a_second_publish_is_sent_once(
+        make_settings, smtp_server, amqp_url, redis, redis_backend):
+    """A mover that dies after the broker's confirm and before taking the job off its shard
+    leaves it to be published again when the lease ends: the job's record lets one copy be
+    sent. (The lease itself: leased jobs are not due to another mover; put back, they are.)"""
+    from sender.bus import Bus
+    from sender.schedule import RELEASED_HEADER
+
+    smtp_url, recorder = smtp_server
+    schedule = Schedule(redis, idempotency_ttl=3600)
+    job = email_job(send_at=at(0.0)[0])
+    body = json.dumps(job).encode()
+    due_ms = int(time.time() * 1000)
+    decision = await schedule.add("acct_1", job["id"], due_ms=due_ms, routing_key="email",
+                                  body=body)
+    assert decision.verdict == "scheduled"
+    [released], _ = await schedule.release(100)
+    assert (released.member, released.body, released.routing_key) == (
+        f"acct_1/{job['id']}", body, "email")
+    assert (await schedule.release(100))[0] == [], "leased: no other mover takes it"
+    await schedule.put_back([released])
+    [again], _ = await schedule.release(100)
+    bus = Bus(amqp_url, retry_tiers=(1, 2))
+    await bus.connect()
+    try:
+        for _ in range(2):  # the first mover's publish, and the one after its lease ran out
+            await bus.publish("outbox.jobs", again.routing_key, again.body,
+                              headers={RELEASED_HEADER: again.due_ms})
+    finally:
+        await bus.close()
+    await schedule.done([again])
+    assert await schedule.waiting() == 0
+    async with running_worker(make_settings(smtp_url=smtp_url)):
+        got = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 2, timeout=15)
+    assert len(recorder.by_rcpt(job["to"])) == 1, "sent once"
+    assert set(statuses(got, job["id"])) == {"sent"}
