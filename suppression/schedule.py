@@ -39,10 +39,16 @@ from suppression.gate import Decision, Script, _decision, run_pipeline
 from suppression.history import STATE_NAMES, iso
 from suppression.replies import text
 from suppression.roundtrip import Client, execute
+from suppression.script_args import Arguments
 
-SCHEDULE = Script("schedule")
-CANCEL = Script("cancel")
-RELEASE = Script("release")
+SCHEDULE_ARGS = Arguments.declare("schedule", due="num", ttl="num", attempt="str",
+                                  detail="str")
+SCHEDULE = Script("schedule", SCHEDULE_ARGS)
+CANCEL_ARGS = Arguments.declare("cancel", ttl="num", timeline_keep="num", timeline_ttl="num",
+                                value_max="num", detail="str")
+CANCEL = Script("cancel", CANCEL_ARGS)
+RELEASE_ARGS = Arguments.declare("release", limit="num", lease="num")
+RELEASE = Script("release", RELEASE_ARGS)
 #: how long a mover holds the due jobs it took before another may take them (ms)
 LEASE_MS = 60_000
 #: what cancel answers (:class:`Cancelled`)
@@ -129,8 +135,8 @@ class Schedule:
             # as a new one), never a record waiting for an entry that is not there
             pipe.hset(keys.schedule_jobs(shard), member, encode(routing_key, body))
             pipe.zadd(keys.schedule_due(shard), due_ms, member)
-            SCHEDULE.queue(pipe, [keys.job(account_id, job_id)],
-                           [due_ms, self._ttl, attempt, detail])
+            SCHEDULE.queue(pipe, [keys.job(account_id, job_id)], SCHEDULE_ARGS.argv(dict(
+                due=due_ms, ttl=self._ttl, attempt=attempt, detail=detail)))
 
         decision = _decision((await run_pipeline(self._redis, build, SCHEDULE, self._send))[-1])
         if decision.verdict != "scheduled":
@@ -147,7 +153,7 @@ class Schedule:
         def build(pipe: Any) -> None:
             for shard in shards:
                 RELEASE.queue(pipe, [keys.schedule_due(shard), keys.schedule_jobs(shard)],
-                              [limit, LEASE_MS])
+                              RELEASE_ARGS.argv(dict(limit=limit, lease=LEASE_MS)))
 
         replies = await run_pipeline(self._redis, build, RELEASE)
         released: list[Due] = []
@@ -192,8 +198,10 @@ class Schedule:
         due at once, so a worker publishes its ``cancelled`` event now."""
         reply = await CANCEL(self._redis, [keys.job(account_id, job_id),
                                            keys.timeline(account_id, job_id)],
-                             [self._ttl, keys.TIMELINE_KEEP, self._timeline_ttl,
-                              keys.HASH_VALUE_MAX, detail])
+                             CANCEL_ARGS.argv(dict(
+                                 ttl=self._ttl, timeline_keep=keys.TIMELINE_KEEP,
+                                 timeline_ttl=self._timeline_ttl,
+                                 value_max=keys.HASH_VALUE_MAX, detail=detail)))
         outcome, status, due = (text(x) for x in reply)
         if outcome in (CANCELLED, ALREADY):
             shard = keys.schedule_shard(account_id, job_id)

@@ -3,15 +3,17 @@
 -- (or one already released and not yet claimed) is never sent.
 -- KEYS[1]  job hash                 outbox:{acct:A}:job:ID
 -- KEYS[2]  job timeline             outbox:{acct:A}:tl:ID
--- ARGV[1..4] ttl seconds (the record after the cancellation), entries kept in a timeline,
---          seconds the timeline list is kept, the longest value a hash keeps compactly
--- ARGV[5]  the cancellation's detail (who, why)
+-- ARGV     by name (suppression/schedule.py: CANCEL_ARGS; read into A by a generated
+--          prelude): ttl (seconds the record is kept after the cancellation), timeline_keep
+--          (entries kept in a timeline), timeline_ttl (seconds the timeline list is kept),
+--          value_max (the longest value a hash keeps compactly), detail (who, why)
 -- returns  {outcome, status, due ms}: 'cancelled'; 'already' (cancelled before); 'unknown'
 --          (no record); 'too_late' (released and claimed, or sent, or ended otherwise)
+-- GENERATED arguments
 local job = KEYS[1]
 KEYS[8] = KEYS[2]  -- where the timeline fragment writes the list
-local ttl, timeline_keep = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tl_ttl, value_max = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, timeline_keep, tl_ttl, value_max = A.ttl, A.timeline_keep, A.timeline_ttl,
+  A.value_max
 local f = redis.call('HMGET', job, 'st', 'sa', 'et', 'ed', 'a')
 local st, due = f[1], f[2] or ''
 if not st then return {'unknown', '', ''} end
@@ -23,7 +25,7 @@ if f[3] then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local detail = ARGV[5]
+local detail = A.detail
 if #detail > value_max then
   push({now, 'cancelled', 'cancelled', detail, '', '', tonumber(f[5]) or 0})
   redis.call('HSET', job, 'st', 'cancelled', 'r', 'cancelled')
