@@ -141,6 +141,10 @@ class Mover:
             await self.schedule.done(confirmed)
             await self.schedule.put_back(refused)
         self.released += len(confirmed)
+        late = [time.time() - d.due_ms / 1000 for d in confirmed if d.due_ms]
+        if late:
+            log.info("released %d scheduled jobs, up to %.3f s after their time", len(late),
+                     max(late), extra={"released": len(late), "late_s": round(max(late), 3)})
         if refused:
             raise PublishFailed(f"the broker took {len(confirmed)} of {len(dues)} due jobs; "
                                 f"the others are due again")
