@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -47,6 +47,7 @@ from sender.bus import Bus, PublishFailed
 from sender.channels import registry
 from sender.channels.registry import parse_job
 from sender.models import (
+    AttachmentLimits,
     Category,
     EmailJob,
     Event,
@@ -131,15 +132,18 @@ def email_job(*, id: str, account_id: str, category: Category, to: str, from_: s
               metadata: Mapping[str, Any] | None = None,
               not_after: datetime | str | None = None,
               send_at: datetime | str | None = None,
+              attachments: Sequence[Mapping[str, Any]] | None = None,
               max_job_bytes: int = MAX_JOB_BYTES) -> EmailJob:
     """A validated email job (InvalidJob with the reason otherwise). ``id`` is yours and the
     idempotency key: use the CRM's id for this message, so a retried call is sent once.
-    ``category`` has no default: a marketing message needs consent and sender information."""
+    ``category`` has no default: a marketing message needs consent and sender information.
+    ``attachments``: ``{"filename", "content_type", "content" (base64), "content_id"?}``."""
     job = _validated(_encode(_fields(
         channel="email", id=id, account_id=account_id, category=category, to=to, subject=subject,
         text=text, html=html, topic=topic, reply_to=reply_to, headers=headers,
-        metadata=metadata, not_after=not_after, send_at=send_at, **{"from": from_})),
-        max_job_bytes)
+        metadata=metadata, not_after=not_after, send_at=send_at,
+        attachments=[dict(a) for a in attachments] if attachments else None,
+        **{"from": from_})), max_job_bytes)
     assert isinstance(job, EmailJob)
     return job
 
@@ -167,10 +171,12 @@ class Outbox:
                  max_job_bytes: int = MAX_JOB_BYTES,
                  status_queue_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH,
                  publish_window: int = PUBLISH_WINDOW, _setting: str | None = None,
+                 attachment_limits: AttachmentLimits | None = None,
                  admin_url: str | None = None, admin_token: str | None = None,
                  schedule_max_ahead: float = 30 * 86400) -> None:
         """``status_queue_max_length`` must match the workers' OUTBOX_STATUS_QUEUE_MAX_LENGTH
         (RabbitMQ refuses a queue declared again with other arguments);
+        ``attachment_limits`` the workers' OUTBOX_MAX_ATTACHMENTS and _BYTES;
         ``schedule_max_ahead`` their OUTBOX_SCHEDULE_MAX_AHEAD (a job whose ``send_at`` is
         further ahead is refused here, as they would refuse it). ``admin_url`` (the webhooks
         server, e.g. ``https://outbox.example``) and ``admin_token`` (role ``support``):
@@ -178,6 +184,7 @@ class Outbox:
         self._bus = Bus(amqp_url, retry_tiers=retry_tiers,
                         status_max_length=status_queue_max_length, setting=_setting)
         self._max_job_bytes = max_job_bytes
+        self._attachment_limits = attachment_limits
         self._window = publish_window
         self._admin = (admin_url.rstrip("/"), admin_token) if admin_url and admin_token else None
         self._max_ahead = schedule_max_ahead
@@ -189,7 +196,9 @@ class Outbox:
         return cls(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers,
                    max_job_bytes=settings.max_job_bytes,
                    status_queue_max_length=settings.status_queue_max_length,
-                   _setting="OUTBOX_AMQP_URL")
+                   _setting="OUTBOX_AMQP_URL",
+                   attachment_limits=AttachmentLimits(settings.max_attachments,
+                                                      settings.max_attachment_bytes))
 
     async def connect(self) -> Outbox:
         await self._bus.connect(declare=True)
@@ -201,7 +210,7 @@ class Outbox:
         """The job as the worker will read it and the bytes to publish; InvalidJob if not."""
         body = job if isinstance(job, bytes) else _encode(
             job.model_dump(by_alias=True) if isinstance(job, BaseModel) else dict(job))
-        parsed = _validated(body, self._max_job_bytes)
+        parsed = _validated(body, self._max_job_bytes, self._attachment_limits)
         problem = schedule_problem(parsed, self._max_ahead)
         if problem:
             raise InvalidJob(problem, parsed.id, parsed.account_id, parsed.channel)
@@ -220,13 +229,15 @@ class Outbox:
                          reply_to: str | None = None, headers: Mapping[str, str] | None = None,
                          metadata: Mapping[str, Any] | None = None,
                          not_after: datetime | str | None = None,
-                         send_at: datetime | str | None = None) -> EmailJob:
+                         send_at: datetime | str | None = None,
+                         attachments: Sequence[Mapping[str, Any]] | None = None) -> EmailJob:
         """Build (:func:`email_job`), validate and publish an email; returns the job once
         RabbitMQ has confirmed it."""
         job = email_job(id=id, account_id=account_id, category=category, to=to, from_=from_,
                         subject=subject, text=text, html=html, topic=topic, reply_to=reply_to,
                         headers=headers, metadata=metadata, not_after=not_after,
-                        send_at=send_at, max_job_bytes=self._max_job_bytes)
+                        send_at=send_at, attachments=attachments,
+                        max_job_bytes=self._max_job_bytes)
         await self.publish(job)
         return job
 
@@ -421,8 +432,9 @@ def _ids(data: Any) -> tuple[str | None, str | None, str | None]:
     return job_id, account_id, channel
 
 
-def _validated(body: bytes, max_bytes: int) -> Job:
-    return parse_job(body, max_bytes=max_bytes)
+def _validated(body: bytes, max_bytes: int,
+               attachment_limits: AttachmentLimits | None = None) -> Job:
+    return parse_job(body, max_bytes=max_bytes, attachment_limits=attachment_limits)
 
 
 def _guess_key(body: bytes) -> str:
