@@ -54,17 +54,32 @@ class Node:
         self.start()
 
 
+def _fresh() -> Node:
+    """A node started on free ports; a start that fails (once seen on a loaded machine:
+    ``rabbitmqctl wait`` gave up) is stopped, removed and tried once more on other ports."""
+    for attempt in (1, 2):
+        profile = services.Profile(f"t-{uuid.uuid4().hex[:8]}", _free_port(), _free_port(), 0,
+                                   redis_aof=False)
+        node = Node(profile)
+        try:
+            node.start()
+            return node
+        except SystemExit:  # scripts/services.py exits with the reason
+            node.stop()
+            shutil.rmtree(profile.dir, ignore_errors=True)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def own_node() -> Iterator[Node]:
     """A fresh node on free ports; stopped and its directory removed on exit."""
     if not (services.RABBIT_BIN / "rabbitmq-server").exists():
         raise RuntimeError("rabbitmq-server is not installed")
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    profile = services.Profile(name, _free_port(), _free_port(), 0, redis_aof=False)
-    node = Node(profile)
+    node = _fresh()
     try:
-        node.start()
         yield node
     finally:
         node.stop()
-        shutil.rmtree(profile.dir, ignore_errors=True)
+        shutil.rmtree(node.profile.dir, ignore_errors=True)
