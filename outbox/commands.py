@@ -579,7 +579,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     summary = run_once(_enqueue(cfg, stream, name, validate=not args.no_validate))
     print_records(summary, args.json,
                   lambda s: f"published {s['published']}, invalid {s['invalid']}, "
-                            f"failed {s['failed']}")
+                            f"failed {s['failed']}"
+                            + (f" ({s['warned']} with warnings)" if s["warned"] else ""))
     return 0 if summary["invalid"] == 0 and summary["failed"] == 0 else 1
 
 
@@ -588,12 +589,18 @@ async def _enqueue(cfg: Any, stream: Any, name: str, *, validate: bool) -> dict[
     from sender.client import Outbox
     from sender.models import InvalidJob
 
-    counts = {"published": 0, "invalid": 0, "failed": 0}
+    counts = {"published": 0, "invalid": 0, "failed": 0, "warned": 0}
+    notes = SmsNotes(cfg)
 
     async def one(lineno: int, line: bytes) -> None:
         try:
-            await outbox.enqueue(line, validate=validate)
+            job = await outbox.enqueue(line, validate=validate, warnings=False)
             counts["published"] += 1
+            warned = await notes.of(job) if job is not None else ()
+            for note in warned:
+                print(f"{name}:{lineno}: warning: job {job.id if job else ''}: {note}",
+                      file=sys.stderr)
+            counts["warned"] += bool(warned)
         except InvalidJob as exc:
             counts["invalid"] += 1
             print(f"{name}:{lineno}: invalid job: {exc.reason}", file=sys.stderr)
@@ -609,7 +616,54 @@ async def _enqueue(cfg: Any, stream: Any, name: str, *, validate: bool) -> dict[
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if pending:
             await asyncio.wait(pending)
+    await notes.close()
     return counts
+
+
+class SmsNotes:
+    """``outbox enqueue``'s warnings for an SMS (:func:`sender.validation.sms_notes`), a
+    marketing one counted with its account's own footer: the sender information read from
+    Redis once per account (when Redis cannot be read, the footer's fixed part, "at least")."""
+
+    def __init__(self, cfg: Settings) -> None:
+        self._cfg = cfg
+        self._redis: Any = None
+        self._senders: dict[str, Any] = {}
+
+    async def of(self, job: Any) -> tuple[str, ...]:
+        from sender.validation import sms_notes
+
+        if job.channel != "sms":
+            return ()
+        sender = await self._sender(job.account_id) if job.category == "marketing" else None
+        return sms_notes(job, sender=sender, max_segments=self._cfg.sms_max_segments)
+
+    async def _sender(self, account_id: str) -> Any:
+        if account_id not in self._senders:
+            self._senders[account_id] = await self._read(account_id)
+        return self._senders[account_id]
+
+    async def _read(self, account_id: str) -> Any:
+        from sender.compliance import SenderInfo
+        from sender.connect import redis_client
+        from suppression import keys
+        from suppression.store import SENDER_FIELDS
+
+        try:
+            if self._redis is None:
+                self._redis = redis_client(self._cfg.redis_url.get_secret_value(),
+                                           cluster=self._cfg.redis_cluster, socket_timeout=2,
+                                           socket_connect_timeout=2)
+            values = await self._redis.hmget(keys.config(account_id), *SENDER_FIELDS)
+        except Exception as exc:  # noqa: BLE001 (a warning's detail: publishing goes on)
+            log.debug("sender information of %s not read: %s", account_id, exc)
+            return None
+        fields = tuple((v.decode() if isinstance(v, bytes) else v) or "" for v in values)
+        return SenderInfo(*fields) if any(fields) else None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 def job_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:

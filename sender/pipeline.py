@@ -1,8 +1,9 @@
 """The pipeline of one job, and the single place where its message is settled.
 
-decode and validate → pre-send gate (claim, expiry, account state, suppression, consent and
-preferences, DNC, rate token; one Redis round trip) → send → classify → post-send record and
-reputation (one round trip) → status event (confirmed) → ack.
+decode and validate (:mod:`sender.validation`, the client's own) → pre-send gate (claim,
+expiry, account state, suppression, consent and preferences, DNC, rate token; one Redis round
+trip) → send → classify → post-send record and reputation (one round trip) → status event
+(confirmed) → ack.
 
 Every delivery leaves on exactly one path:
 
@@ -89,6 +90,7 @@ from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
+from sender.validation import Rules, validate
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 from suppression.keys import rejection_record
@@ -191,8 +193,9 @@ class Pipeline:
     def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
                  owner: str, stopping: Callable[[], bool], redis_call: RedisCalls,
-                 acks: Acks | None = None) -> None:
-        """``acks``: how deliveries are settled (the worker's coalesce per loop turn)."""
+                 acks: Acks | None = None, rules: Rules | None = None) -> None:
+        """``acks``: how deliveries are settled (the worker's coalesce per loop turn);
+        ``rules``: job validation's settings (:mod:`sender.validation`, the client's too)."""
         self._bus = bus
         self.acks = acks or DirectAcks()
         self.gate = gate
@@ -200,6 +203,7 @@ class Pipeline:
         self._metrics = metrics
         self._retry = retry
         self._max_job_bytes = max_job_bytes
+        self._rules = rules or Rules(max_job_bytes=max_job_bytes)
         self._owner = owner
         self._deliveries = itertools.count(1)
         self._stopping = stopping
@@ -210,7 +214,7 @@ class Pipeline:
         for redelivery on shutdown)."""
         _RECEIVED.set(time.monotonic())
         try:
-            job = parse_job(message.body, max_bytes=self._max_job_bytes)
+            job = validate(message.body, self._rules)
         except InvalidJob as exc:
             await self._reject_invalid(message, exc, queue_channel)
             return

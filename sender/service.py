@@ -34,6 +34,7 @@ from sender.metrics import Metrics
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.recipient_events import PendingSweeper, RecipientEvents
+from sender.validation import Rules
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
@@ -83,7 +84,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
-        redis_call=redis_call, acks=acks)
+        redis_call=redis_call, acks=acks, rules=Rules.from_settings(settings))
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, acks=acks,
                           sms_region=settings.sms_region,
