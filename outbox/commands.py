@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Settings, parse_processes
-from outbox import dead, domains, jobs, support
+from outbox import dead, dev, domains, jobs, support
 from outbox.runtime import (
     EXIT_BAD_INPUT,
     CliError,
@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     jobs.register(sub)
     dead.register(sub)
     domains.register(sub)
+    dev.register(sub)
 
 
 # --- long-running ---------------------------------------------------------------------
@@ -304,10 +305,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 DEV_ADMIN_TOKEN = "dev-admin-token"
 
 
+#: The bounce domain of ``outbox run --dev`` when none is configured: its bounce listener
+#: takes the reports the dev SMTP sink mails back (bounce-later@, complaint@).
+DEV_BOUNCE_DOMAIN = "bounces.outbox.localhost"
+
+
 def dev_overrides(cfg: Settings) -> dict[str, Any]:
     """What ``--dev`` changes: SMS to the Twilio stand-in when no Twilio account is
-    configured, and a development admin token when none is."""
+    configured, a development admin token when none is, and a bounce domain when none is
+    (its listener on a port of its own choosing unless OUTBOX_BOUNCES_PORT is set), so the dev
+    SMTP sink's reports come back as a remote server's would."""
     overrides: dict[str, Any] = {}
+    if not cfg.bounce_domain:
+        overrides["bounce_domain"] = DEV_BOUNCE_DOMAIN
+        if "bounces_port" not in cfg.model_fields_set:
+            overrides["bounces_port"] = 0
     if not cfg.twilio_configured:
         overrides |= {**DEV_TWILIO,
                       "twilio_api_base": f"http://{cfg.http_host}:{cfg.dev_twilio_port}"}
@@ -329,7 +341,7 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
     answer; stopped in the reverse order (the worker drains last). With
     ``OUTBOX_WORKER_PROCESSES`` above 1 the worker part is that many processes under a
     supervisor, their metrics on the HTTP server's ``/metrics``; 2 when one refused to start."""
-    sinks = await _start_sinks(cfg) if dev else []
+    sinks, mail_sink = await _start_sinks(cfg) if dev else ([], None)
     if not cfg.bounce_domain:
         log.info("no OUTBOX_BOUNCE_DOMAIN: the bounce listener is not started")
     code = 0
@@ -356,7 +368,9 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
                 await stack.enter_async_context(started_worker(cfg, registry, deps))
             await stack.enter_async_context(_http_server(cfg, registry, deps))
             if cfg.bounce_domain:
-                await stack.enter_async_context(_bounce_listener(cfg, registry, deps))
+                port = await stack.enter_async_context(_bounce_listener(cfg, registry, deps))
+                if mail_sink is not None:  # the dev sink's reports go to this listener
+                    mail_sink.report_to = (cfg.http_host, port)
             log.info("ready")
             if dev:
                 print(ready_banner(cfg), file=sys.stderr, flush=True)
@@ -439,6 +453,10 @@ def ready_banner(cfg: Settings) -> str:
         "Outbox is ready (development).",
         f"  mail lands in   {cfg.dev_mail_dir}/*.eml (SMTP sink {cfg.http_host}:"
         f"{cfg.dev_smtp_port}); SMS go to the Twilio stand-in on port {cfg.dev_twilio_port}",
+        f"  SMS land in     {cfg.dev_sms_dir}/*.json (text, segments, encoding)",
+        "  outcomes        bounce@ softbounce@ bounce-later@ complaint@ any domain; SMS to "
+        "numbers ending 0003/0005/0006/0007 fail; a STOP reply: "
+        ".venv/bin/outbox dev sms-reply NUMBER STOP --account ACCOUNT",
         f"  enqueue a job   echo '{job}' | .venv/bin/outbox enqueue -",
         f"  admin page      {base}/admin/   token: {token}",
         *([f"  senders         {', '.join(d for ds in DEV_SENDERS.values() for d in ds)} "
@@ -452,7 +470,7 @@ def cmd_dev_sinks(args: argparse.Namespace) -> int:
     cfg = settings()
 
     async def _run(stop: asyncio.Event) -> None:
-        sinks = await _start_sinks(cfg)
+        sinks, _ = await _start_sinks(cfg, report_to=(cfg.http_host, cfg.bounces_port))
         await stop.wait()
         for sink in sinks:
             await sink.close()
@@ -467,24 +485,30 @@ class _Closer:
         self.close = close
 
 
-async def _start_sinks(cfg: Any) -> list[_Closer]:
+async def _start_sinks(cfg: Any, report_to: tuple[str, int] | None = None
+                       ) -> tuple[list[_Closer], Any]:
+    """The dev SMTP sink and the Twilio stand-in, started: their closers, and the SMTP sink's
+    handler (its ``report_to`` is where bounce-later@ and complaint@ reports are mailed)."""
     from outbox.devsinks.smtp_sink import start_smtp_sink
     from outbox.devsinks.twilio_api import TwilioStandIn
 
-    server, _ = await start_smtp_sink(cfg.dev_mail_dir, cfg.http_host, cfg.dev_smtp_port)
+    server, handler = await start_smtp_sink(cfg.dev_mail_dir, cfg.http_host,
+                                            cfg.dev_smtp_port, report_to)
     sid = cfg.twilio_account_sid or DEV_TWILIO["twilio_account_sid"]
     token = (cfg.twilio_auth_token.get_secret_value() if cfg.twilio_auth_token
              else DEV_TWILIO["twilio_auth_token"])
-    twilio = TwilioStandIn(account_sid=sid, auth_token=token, callback_delay=0.5)
+    twilio = TwilioStandIn(account_sid=sid, auth_token=token, callback_delay=0.5,
+                           sms_dir=cfg.dev_sms_dir)
     base = await twilio.start(cfg.http_host, cfg.dev_twilio_port)
     print(f"dev SMTP sink on {cfg.http_host}:{cfg.dev_smtp_port} -> {cfg.dev_mail_dir}/\n"
-          f"dev Twilio API on {base} (account {sid})", file=sys.stderr)
+          f"dev Twilio API on {base} (account {sid}) -> {cfg.dev_sms_dir}/", file=sys.stderr)
 
     async def close_smtp() -> None:
+        await handler.close()
         server.close()
         await server.wait_closed()
 
-    return [_Closer(close_smtp), _Closer(twilio.close)]
+    return [_Closer(close_smtp), _Closer(twilio.close)], handler
 
 
 def cmd_bounces(args: argparse.Namespace) -> int:
@@ -546,9 +570,10 @@ async def _serve_bounces(cfg: Any, stop: asyncio.Event, registry: Any = None) ->
 
 @contextlib.asynccontextmanager
 async def _bounce_listener(cfg: Settings, registry: Any = None,
-                           dependencies: Any = None) -> AsyncIterator[None]:
-    """The DSN/ARF SMTP listener, listening until the block ends; Redis and the broker
-    watched meanwhile (``outbox_dependency_up``, one line per outage: sender.outages)."""
+                           dependencies: Any = None) -> AsyncIterator[int]:
+    """The DSN/ARF SMTP listener, listening until the block ends (yields its port); Redis and
+    the broker watched meanwhile (``outbox_dependency_up``, one line per outage:
+    sender.outages)."""
     from prometheus_client import CollectorRegistry
 
     from sender.outages import Dependencies, Watch
@@ -563,7 +588,7 @@ async def _bounce_listener(cfg: Settings, registry: Any = None,
                       connection=lambda: bus.connection)
         watch.start()
         try:
-            yield
+            yield int(server.sockets[0].getsockname()[1])
         finally:
             await watch.stop()
             server.close()

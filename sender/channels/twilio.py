@@ -24,7 +24,7 @@ from twilio.rest import Client
 from config import Settings
 from sender.channels.base import NotSent, SendFailure, SendResult
 from sender.channels.sms_numbers import InvalidNumber, normalise_number
-from sender.channels.sms_segments import segments
+from sender.channels.sms_segments import describe, segments
 from sender.compliance import MissingSenderInfo, SenderInfo, sms_marketing_body
 from sender.models import SmsJob
 from suppression.classify import Outcome, classify_twilio
@@ -145,7 +145,7 @@ class TwilioChannel:
         except (TimeoutError, ClientError, OSError) as exc:
             raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
         self._limiter.speed_up(lane)
-        return SendResult(PROVIDER, message.sid, message.status,
+        return SendResult(PROVIDER, message.sid, f"{message.status}; {describe(encoding, count)}",
                           {"segments": count, "encoding": encoding})
 
     def _check_number(self, raw: str) -> str:
