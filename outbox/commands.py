@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from config import Settings, parse_processes
 from outbox import dead, dev, domains, jobs, support
+from outbox.dev import DEV_TWILIO
 from outbox.runtime import (
     EXIT_BAD_INPUT,
     CliError,
@@ -329,10 +330,6 @@ def dev_overrides(cfg: Settings) -> dict[str, Any]:
     return overrides
 
 
-#: Credentials of the local Twilio stand-in (``outbox run --dev`` uses them when no real
-#: Twilio account is configured).
-DEV_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "dev-auth-token",
-              "twilio_from": "+15005550006"}
 
 
 async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,

@@ -23,6 +23,10 @@ from outbox.runtime import CliError, account_arg, settings
 
 #: seconds to wait for the webhook server's answer
 TIMEOUT = 10.0
+#: Credentials of the local Twilio stand-in (``outbox run --dev`` uses them when no real
+#: Twilio account is configured; ``sms-reply`` signs with them then).
+DEV_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "dev-auth-token",
+              "twilio_from": "+15005550006"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,8 +62,6 @@ def signed_request(url: str, form: dict[str, str], auth_token: str) -> dict[str,
 
 
 def cmd_sms_reply(args: argparse.Namespace) -> int:
-    from outbox.commands import DEV_TWILIO
-
     cfg = settings()
     to, body = _to_and_body(args.words, cfg.twilio_from or DEV_TWILIO["twilio_from"])
     token = (cfg.twilio_auth_token.get_secret_value() if cfg.twilio_auth_token
