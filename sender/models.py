@@ -36,7 +36,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, from_json
 
 from sender import job_headers
-from suppression import channels, ids, json_limits
+from suppression import channels, ids, json_limits, statuses
 from suppression.address import BadAddress
 from suppression.address import email as canonical_email
 
@@ -70,22 +70,13 @@ Category = Literal["marketing", "transactional", "notification"]
 #: the categories that travel on the bulk lane (``<channel>.bulk``) and yield to the others
 BULK_CATEGORIES = frozenset({"marketing"})
 
-Status = Literal[
-    "sent",
-    "deferred",
-    "delivered",
-    "bounced",
-    "soft_bounced",
-    "complained",
-    "unsubscribed",
-    "failed",
-    "suppressed",
-    "no_consent",
-    "blocked",
-    "expired",
-    "rejected",
-]
-STATUSES: tuple[str, ...] = get_args(Status)
+#: a job status: :mod:`suppression.statuses` declares them (with their ranking, which the
+#: post-send script is generated from)
+STATUSES: tuple[str, ...] = statuses.STATUSES
+if TYPE_CHECKING:
+    Status = str
+else:
+    Status = Literal[STATUSES]
 #: ``change`` of a recipient event (README, "Recipient events"): whether a recipient may be
 #: contacted changed. The first three stop messages to them, the last two allow them again.
 RecipientChange = Literal["unsubscribed", "resubscribed", "complained", "suppressed",
