@@ -7,7 +7,7 @@ the Twilio auth token (``OUTBOX_TWILIO_AUTH_TOKEN``, else the stand-in's develop
 ``outbox run --dev`` uses). ``TO`` defaults to ``OUTBOX_TWILIO_FROM`` (the stand-in's number).
 A ``STOP`` opts the number out for the account (suppression ``sms_stop``, a recipient event, the
 consent revoked); ``START`` opts it back in. Exit 0 when the server answered 2xx, 1 otherwise
-(its answer on stderr).
+(its answer on stderr; the server unreachable: one line).
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ TIMEOUT = 10.0
 #: Twilio account is configured; ``sms-reply`` signs with them then).
 DEV_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "dev-auth-token",
               "twilio_from": "+15005550006"}
+
+
+class Unreachable(Exception):
+    """The webhook server did not answer (exit 1, one line)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,7 +74,11 @@ def cmd_sms_reply(args: argparse.Namespace) -> int:
     query = f"?{urlencode({'a': args.account})}" if args.account else ""
     url = f"{cfg.public_url.rstrip('/')}/webhooks/twilio/inbound{query}"
     form = inbound_form(args.from_, to, body, sid)
-    status, answer = asyncio.run(_post(url, form, signed_request(url, form, token)))
+    try:
+        status, answer = asyncio.run(_post(url, form, signed_request(url, form, token)))
+    except Unreachable as exc:
+        print(f"outbox: {exc}", file=sys.stderr)
+        return 1
     if 200 <= status < 300:
         print(f"{url}: {status} ({form['From']} -> {form['To']}: {body!r})")
         return 0
@@ -95,5 +103,5 @@ async def _post(url: str, form: dict[str, str], headers: dict[str, str]) -> tupl
             return response.status, await response.text()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         why = str(exc) or type(exc).__name__
-        raise CliError(f"cannot reach the webhook server at {url} (OUTBOX_PUBLIC_URL): "
-                       f"{why}; is `outbox run --dev` running?") from None
+        raise Unreachable(f"cannot reach the webhook server at {url} (OUTBOX_PUBLIC_URL): "
+                          f"{why}; is `outbox run --dev` running?") from None
