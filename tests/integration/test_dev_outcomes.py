@@ -203,3 +203,21 @@ async def test_enqueue_warns_when_the_footer_or_a_character_makes_an_sms_ucs2(
     queued += await collect(amqp_url, "outbox.sms.bulk", lambda m: len(m) >= 1, timeout=10)
     assert sorted(json.loads(m.body)["id"] for m in queued) == [
         "dev-mkt-1", "dev-plain-1", "dev-quote-1"]
+
+
+async def test_the_client_logs_what_an_sms_costs_and_publishes_it(amqp_url, caplog):
+    from sender.client import Outbox, sms_warnings
+
+    job = sms("dev-client-mkt", "+85291234567", "Sale today", category="marketing")
+    async with Outbox(amqp_url) as client:
+        with caplog.at_level("WARNING", logger="outbox.client"):
+            published = await client.publish(job)
+            await client.publish(sms("dev-client-plain", "+85291234567", "Sale today"))
+    notes = sms_warnings(published)
+    assert len(notes) == 1 and "makes the SMS UCS-2" in notes[0] and "at least 1" in notes[0]
+    logged = [r for r in caplog.records if r.name == "outbox.client"]
+    assert [(r.levelname, r.getMessage()) for r in logged] == [
+        ("WARNING", f"job dev-client-mkt: {notes[0]}")]
+    assert logged[0].job_id == "dev-client-mkt"  # type: ignore[attr-defined]
+    queued = await collect(amqp_url, "outbox.sms.bulk", lambda m: len(m) >= 1, timeout=10)
+    assert [json.loads(m.body)["id"] for m in queued] == ["dev-client-mkt"]
