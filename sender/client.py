@@ -34,7 +34,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -47,6 +47,7 @@ from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus, PublishFailed
 from sender.channels import registry
 from sender.models import (
+    AttachmentLimits,
     Category,
     EmailJob,
     Event,
@@ -113,15 +114,18 @@ def email_job(*, id: str, account_id: str, category: Category, to: str, from_: s
               headers: Mapping[str, str] | None = None,
               metadata: Mapping[str, Any] | None = None,
               not_after: datetime | str | None = None,
+              attachments: Sequence[Mapping[str, Any]] | None = None,
               max_job_bytes: int = MAX_JOB_BYTES) -> EmailJob:
     """A validated email job (InvalidJob with the reason otherwise). ``id`` is yours and the
     idempotency key: use the CRM's id for this message, so a retried call is sent once.
-    ``category`` has no default: a marketing message needs consent and sender information."""
+    ``category`` has no default: a marketing message needs consent and sender information.
+    ``attachments``: ``{"filename", "content_type", "content" (base64), "content_id"?}``."""
     job = _validated(_encode(_fields(
         channel="email", id=id, account_id=account_id, category=category, to=to, subject=subject,
         text=text, html=html, topic=topic, reply_to=reply_to, headers=headers,
-        metadata=metadata, not_after=not_after, **{"from": from_})),
-        Rules(max_job_bytes=max_job_bytes))
+        metadata=metadata, not_after=not_after,
+        attachments=[dict(a) for a in attachments] if attachments else None,
+        **{"from": from_})), Rules(max_job_bytes=max_job_bytes))
     assert isinstance(job, EmailJob)
     return job
 
@@ -152,15 +156,18 @@ class Outbox:
                  publish_window: int = PUBLISH_WINDOW,
                  sms_region: str = DEFAULT_RULES.sms_region,
                  sms_max_segments: int = DEFAULT_RULES.sms_max_segments,
-                 _setting: str | None = None) -> None:
+                 _setting: str | None = None,
+                 attachment_limits: AttachmentLimits | None = None) -> None:
         """``status_queue_max_length`` must match the workers' OUTBOX_STATUS_QUEUE_MAX_LENGTH
         (RabbitMQ refuses a queue declared again with other arguments); ``max_job_bytes``,
-        ``sms_region`` and ``sms_max_segments`` their OUTBOX_MAX_JOB_BYTES, OUTBOX_SMS_REGION
-        and OUTBOX_SMS_MAX_SEGMENTS (validation uses them as the worker does)."""
+        ``sms_region``, ``sms_max_segments`` and ``attachment_limits`` their
+        OUTBOX_MAX_JOB_BYTES, OUTBOX_SMS_REGION, OUTBOX_SMS_MAX_SEGMENTS and
+        OUTBOX_MAX_ATTACHMENTS and _BYTES (validation uses them as the worker does)."""
         self._bus = Bus(amqp_url, retry_tiers=retry_tiers,
                         status_max_length=status_queue_max_length, setting=_setting)
         self._max_job_bytes = max_job_bytes
-        self.rules = Rules(max_job_bytes, sms_region, sms_max_segments)
+        self._attachment_limits = attachment_limits
+        self.rules = Rules(max_job_bytes, sms_region, sms_max_segments, attachment_limits)
         self._window = publish_window
 
     @classmethod
@@ -171,7 +178,9 @@ class Outbox:
                    max_job_bytes=settings.max_job_bytes,
                    status_queue_max_length=settings.status_queue_max_length,
                    sms_region=settings.sms_region, sms_max_segments=settings.sms_max_segments,
-                   _setting="OUTBOX_AMQP_URL")
+                   _setting="OUTBOX_AMQP_URL",
+                   attachment_limits=AttachmentLimits(settings.max_attachments,
+                                                      settings.max_attachment_bytes))
 
     async def connect(self) -> Outbox:
         await self._bus.connect(declare=True)
@@ -200,13 +209,14 @@ class Outbox:
                          html: str | None = None, topic: str | None = None,
                          reply_to: str | None = None, headers: Mapping[str, str] | None = None,
                          metadata: Mapping[str, Any] | None = None,
-                         not_after: datetime | str | None = None) -> EmailJob:
+                         not_after: datetime | str | None = None,
+                         attachments: Sequence[Mapping[str, Any]] | None = None) -> EmailJob:
         """Build (:func:`email_job`), validate and publish an email; returns the job once
         RabbitMQ has confirmed it."""
         job = email_job(id=id, account_id=account_id, category=category, to=to, from_=from_,
                         subject=subject, text=text, html=html, topic=topic, reply_to=reply_to,
                         headers=headers, metadata=metadata, not_after=not_after,
-                        max_job_bytes=self._max_job_bytes)
+                        attachments=attachments, max_job_bytes=self._max_job_bytes)
         await self.publish(job)
         return job
 

@@ -7,7 +7,8 @@ What it checks, in order (the first problem is the reason)::
     size, JSON, depth, finite numbers      sender.models.load (OUTBOX_MAX_JOB_BYTES)
     fields and their types                 the channel's job model (sender.models): ids,
                                            category, topic, not_after, header allow-list,
-                                           the canonical form of an e-mail ``to``
+                                           the canonical form of an e-mail ``to``,
+                                           attachments (OUTBOX_MAX_ATTACHMENTS, _BYTES)
     email: From, To, Reply-To, Subject,    sender.mime.check_job: what the renderer would
            headers                         refuse (one valid mailbox each, the sender's
                                            domain syntax and IDNA, foldable header lines)
@@ -40,7 +41,7 @@ from sender.channels.sms_numbers import InvalidNumber, normalise_number
 from sender.channels.sms_segments import GSM7_BASIC, GSM7_EXTENSION, segments
 from sender.compliance import SenderInfo, sms_marketing_body
 from sender.mime import MimeError, check_job
-from sender.models import EmailJob, InvalidJob, JobBase, SmsJob
+from sender.models import AttachmentLimits, EmailJob, InvalidJob, JobBase, SmsJob
 from suppression.address import BadAddress, e164
 
 if TYPE_CHECKING:
@@ -57,12 +58,16 @@ class Rules:
     max_job_bytes: int = MAX_JOB_BYTES
     sms_region: str = "HK"
     sms_max_segments: int = 10
+    #: None: :data:`sender.models.ATTACHMENT_LIMITS`
+    attachment_limits: AttachmentLimits | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
         """The rules of these settings (the worker's, ``outbox enqueue``'s)."""
         return cls(max_job_bytes=settings.max_job_bytes, sms_region=settings.sms_region,
-                   sms_max_segments=settings.sms_max_segments)
+                   sms_max_segments=settings.sms_max_segments,
+                   attachment_limits=AttachmentLimits(settings.max_attachments,
+                                                      settings.max_attachment_bytes))
 
 
 DEFAULT_RULES = Rules()
@@ -73,7 +78,8 @@ def validate(body: bytes, rules: Rules = DEFAULT_RULES) -> JobBase:
     the ids that could be read)."""
     from sender.channels.registry import parse_job  # the registry lists the job models
 
-    job = parse_job(body, max_bytes=rules.max_job_bytes)
+    job = parse_job(body, max_bytes=rules.max_job_bytes,
+                    attachment_limits=rules.attachment_limits)
     check = CHECKS.get(job.channel)
     problem = check(job, rules) if check else None
     if problem:
