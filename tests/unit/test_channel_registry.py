@@ -61,7 +61,8 @@ def build(settings: Settings) -> FakePush:
 @pytest.fixture
 def push() -> Iterator[registry.Delivery]:
     delivery = registry.declare(registry.Delivery(
-        channels.Channel("push", DEVICE), PushJob, "outbox.push", build))
+        channels.Channel("push", DEVICE), PushJob, "outbox.push",
+        "tests.unit.test_channel_registry:build"))
     try:
         yield delivery
     finally:
