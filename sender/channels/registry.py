@@ -128,6 +128,16 @@ def queues() -> dict[str, str]:
     return {d.name: d.queue for d in _DECLARED.values()}
 
 
+def described() -> list[dict[str, object]]:
+    """Every channel as data, in declaration order: ``{"name", "address" (what its addresses
+    are), "opt_out" (the suppression reason of an opt-out), "lanes": {lane: {"queue",
+    "routing_key"}}}`` (the admin API's ``GET /admin/channels``)."""
+    return [{"name": d.name, "address": d.channel.address.name, "opt_out": d.channel.opt_out,
+             "lanes": {lane: {"queue": queue, "routing_key": key}
+                       for lane, key, queue in d.lanes()}}
+            for d in _DECLARED.values()]
+
+
 def routing_key(channel: str, category: str) -> str:
     """The key a job of ``channel`` and ``category`` is published (and retried) with:
     ``email`` or, for marketing, ``email.bulk``."""

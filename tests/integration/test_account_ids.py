@@ -172,7 +172,8 @@ async def test_jobs_show_refuses_a_malformed_job_id(bad, redis_url):
 # --- the admin API: every route of its table ------------------------------------------------
 
 #: routes that take no account anywhere (checked to exist, so the list cannot go stale)
-NO_ACCOUNT = {"GET /admin", "GET /admin/", "GET /admin/accounts", "GET /admin/whoami"}
+NO_ACCOUNT = {"GET /admin", "GET /admin/", "GET /admin/accounts", "GET /admin/whoami",
+              "GET /admin/channels"}
 ROUTES = {f"{r.method} {r.path}": r for r in AdminApi.routes(object.__new__(AdminApi))}
 #: what a path parameter gets when the test is not about it
 _PATH_FILLERS = {"job": "job-1", "address": "ana@example.com", "recipient": "ana@example.com",
