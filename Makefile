@@ -50,7 +50,7 @@ bench: deps $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
-# the files that list the channels (definitions.json, the backlog alert, the README's table),
+# the files that list the channels (definitions.json, the backlog alert, docs' channel table),
 # generated from sender/channels/registry.py; `$(PY) -m outbox.generate --check` only checks
 definitions: $(STAMP)
 	$(PY) -m outbox.generate

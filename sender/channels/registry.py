@@ -9,19 +9,20 @@ a sender. Only :func:`build_senders` (the worker) imports the factories, on dema
 client, the topology and the webhook server load no SMTP, Twilio, aiohttp or DNS code
 (``tests/unit/test_import_layers.py`` checks it module by module).
 
-Each channel has two lanes derived from that one queue name (README, "Priority lanes"): the
-priority lane ``<queue>`` bound with routing key ``<name>`` (transactional and notification
-jobs) and the bulk lane ``<queue>.bulk`` bound with ``<name>.bulk`` (marketing jobs,
-:data:`BULK_CATEGORIES`). The topology, the job parser, the client's routing and the worker's
-consumers all read this list; :func:`declare` also declares the channel in
+Each channel has two lanes derived from that one queue name (docs/design.md, "Priority
+lanes"): the priority lane ``<queue>`` bound with routing key ``<name>`` (transactional and
+notification jobs) and the bulk lane ``<queue>.bulk`` bound with ``<name>.bulk`` (marketing
+jobs, :data:`BULK_CATEGORIES`). The topology, the job parser, the client's routing and the
+worker's consumers all read this list; :func:`declare` also declares the channel in
 :mod:`suppression.channels`, so the keys, the Lua scripts, the CLI and the admin API know it.
 
-Adding a channel (README, "Adding a channel"): its job model (in :mod:`sender.models` or a
-module of its own that imports no provider library: the client imports it), a module
-``sender/channels/<name>.py`` with its sender (:class:`sender.channels.base.Channel`) and
-``build(settings)``, and one ``declare`` line below. What lists channels outside the code
-(the backlog alert, the RabbitMQ definitions, the README's rows) is generated from here by
-``python -m outbox.generate``; the admin page asks the admin API (``GET /admin/channels``).
+Adding a channel (docs/reference.md, "Adding a channel"): its job model (in
+:mod:`sender.models` or a module of its own that imports no provider library: the client
+imports it), a module ``sender/channels/<name>.py`` with its sender
+(:class:`sender.channels.base.Channel`) and ``build(settings)``, and one ``declare`` line
+below. What lists channels outside the code (the backlog alert, the RabbitMQ definitions, the
+docs' channel table) is generated from here by ``python -m outbox.generate``; the admin page
+asks the admin API (``GET /admin/channels``).
 """
 
 from __future__ import annotations
