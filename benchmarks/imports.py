@@ -10,7 +10,8 @@ every tree and module), after one unrecorded run that writes the bytecode caches
 - ``python -X importtime -c 'import M'``: the module's cumulative import time (its own line of
   ``-X importtime``, in µs; the tracing itself adds some);
 - ``python -c 'import M'`` timed from outside: the wall time of the whole process
-  (interpreter start included), what a script that publishes one job waits;
+  (interpreter start included), what a script that publishes one job waits, and its CPU time
+  (user + system, from ``wait4``): on a machine other work shares, the CPU time moves least;
 - once, the modules it loads (``sys.modules``) and which of the sending libraries among them
   (aiosmtplib, twilio, aiohttp, dns).
 
@@ -58,12 +59,27 @@ def _run(src: str, args: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def one_run(src: str, module: str) -> tuple[int, float]:
-    """(cumulative import µs, process wall seconds) of one import of ``module``."""
-    traced = _run(src, ["-X", "importtime", "-c", f"import {module}"])
+def _timed(src: str, args: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one process, its output discarded (run again when it fails, for
+    the message)."""
     started = time.perf_counter()
-    _run(src, ["-c", f"import {module}"])
-    return cumulative_us(traced.stderr, module), time.perf_counter() - started
+    child = subprocess.Popen([sys.executable, *args], cwd=src, env={**os.environ,
+                             "PYTHONPATH": src}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        _run(src, args)  # raises with its stderr
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def one_run(src: str, module: str) -> tuple[int, float, float]:
+    """(cumulative import µs, process wall seconds, process CPU seconds) of one import of
+    ``module``."""
+    traced = _run(src, ["-X", "importtime", "-c", f"import {module}"])
+    wall, cpu = _timed(src, ["-c", f"import {module}"])
+    return cumulative_us(traced.stderr, module), wall, cpu
 
 
 def footprint(src: str, module: str) -> dict[str, Any]:
@@ -82,7 +98,7 @@ def spread(values: list[float], scale: float, digits: int) -> dict[str, float]:
 
 def measure(trees: dict[str, str], modules: tuple[str, ...], runs: int) -> dict[str, Any]:
     """Every tree and module ``runs`` times, interleaved, after a warm-up run of each."""
-    samples: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    samples: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
     for src in trees.values():
         for module in modules:
             one_run(src, module)  # bytecode caches written, files in the page cache
@@ -93,21 +109,23 @@ def measure(trees: dict[str, str], modules: tuple[str, ...], runs: int) -> dict[
     out: dict[str, Any] = {}
     for (name, module), got in samples.items():
         out.setdefault(name, {})[module] = {
-            "import_ms": spread([us for us, _ in got], 1e-3, 1),
-            "process_ms": spread([s for _, s in got], 1e3, 1),
+            "import_ms": spread([us for us, _, _ in got], 1e-3, 1),
+            "process_ms": spread([s for _, s, _ in got], 1e3, 1),
+            "process_cpu_ms": spread([c for _, _, c in got], 1e3, 1),
             **footprint(trees[name], module)}
     return out
 
 
 def table(result: dict[str, Any]) -> str:
     """The figures as a Markdown table (the one benchmarks/README.md records)."""
-    rows = ["| tree | module | import, -X importtime (ms) | process wall (ms) | modules | "
-            "sending libraries |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| tree | module | import, -X importtime (ms) | process CPU (ms) | "
+            "process wall (ms) | modules | sending libraries |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, modules in result.items():
         for module, r in modules.items():
-            imp, wall = r["import_ms"], r["process_ms"]
-            rows.append(f"| {name} | `{module}` | {imp['median']} ({imp['min']}–{imp['max']}) "
-                        f"| {wall['median']} ({wall['min']}–{wall['max']}) | {r['modules']} | "
+            cells = [f"{x['median']} ({x['min']}–{x['max']})"
+                     for x in (r["import_ms"], r["process_cpu_ms"], r["process_ms"])]
+            rows.append(f"| {name} | `{module}` | {' | '.join(cells)} | {r['modules']} | "
                         f"{', '.join(r['sending_libraries']) or 'none'} |")
     return "\n".join(rows)
 
@@ -130,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"imports-{stamp}.json"
+    load = os.getloadavg()
     path.write_text(json.dumps({"id": stamp, "python": sys.version.split()[0],
-                                "runs": args.runs, "trees": trees, "result": result},
+                                "runs": args.runs, "trees": trees, "load_average": load,
+                                "result": result},
                                indent=2) + "\n")
     print(table(result))
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"({os.cpu_count()} cores)")
     print(f"results: {path.relative_to(ROOT)}")
     return 0
 
