@@ -10,9 +10,10 @@ derived from this table:
 - :meth:`Policy.from_settings` and :meth:`Policy.with_overrides` (an account's cfg hash);
 - the flags of ``outbox accounts configure`` and the fields the admin API accepts
   (:data:`OVERRIDES`), both checked by :func:`check_override`;
-- the scripts' defaults, :meth:`Policy.script_args`: ``pre_send.lua`` ARGV[8..] and
-  ``post_send.lua`` ARGV[12..], in the order declared here (tests/unit/test_reputation.py
-  checks the scripts' header comments and cfg reads against it).
+- the scripts' arguments (:mod:`suppression.script_args`): each parameter declared for
+  ``pre_send`` or ``post_send`` is passed to that script and read there by name (``P.<name>``:
+  the account's override when it may have one, else the default), with no edit to the script
+  (tests/integration/test_script_args.py adds one and runs both).
 
 The rule the parameters feed is in :mod:`suppression.reputation` (and ``post_send.lua``).
 """
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from pydantic import Field
 
+#: the scripts a parameter may be passed to (``script=``)
 SCRIPTS = ("pre_send", "post_send")
 _T = TypeVar("_T", int, float, str)
 
@@ -45,7 +47,7 @@ class Param:
     le: float | None = None
     choices: tuple[str, ...] = ()
     per_account: bool = True
-    script: str = ""  # "pre_send" / "post_send": the script that gets it as a default
+    script: str = ""  # "pre_send" / "post_send": the script that gets it (as P.<name>)
 
     @property
     def flag(self) -> str:
@@ -69,7 +71,8 @@ _FRACTION = "a fraction: 0.05 = 5 %"
 class Policy:
     """Limits and reputation lines: the settings' values, with an account's overrides on top.
 
-    The table: the order of the fields is the order of each script's arguments."""
+    The table: one field per parameter (a subclass adding fields adds parameters: see
+    :func:`declared`)."""
 
     rate: float = _param(500.0, "messages per second per channel", setting="account_rate",
                          gt=0, script="pre_send")
@@ -119,32 +122,23 @@ class Policy:
         return replace(self, **{name: p.kind(cfg[name]) for name, p in OVERRIDES.items()
                                 if cfg.get(name) not in (None, "")})
 
-    def script_args(self, script: str) -> tuple[str | int, ...]:
-        """The defaults ``script`` takes, in declared order (floats exactly, as repr); made
-        once per policy and script (twice a job on the hot path)."""
-        if script not in SCRIPTS:
-            raise ValueError(f"no script {script!r}")
-        return _script_args(self, script)
 
-
-@functools.lru_cache(maxsize=256)
-def _script_args(policy: Policy, script: str) -> tuple[str | int, ...]:
-    values = (getattr(policy, p.name) for p in PARAMS if p.script == script)
-    return tuple(repr(v) if isinstance(v, float) else v for v in values)
-
-
-def _declared() -> tuple[Param, ...]:
+@functools.cache
+def declared(policy_type: type = Policy) -> tuple[Param, ...]:
+    """The parameters of ``policy_type`` (:class:`Policy` or a subclass), in declared order."""
     found = []
-    for f in fields(Policy):
+    for f in fields(policy_type):
         spec = dict(f.metadata["param"])
         spec["setting"] = spec["setting"] or f.name
+        if spec["script"] not in ("", *SCRIPTS):
+            raise ValueError(f"{f.name}: no script {spec['script']!r}")
         default = cast(int | float | str, f.default)
         found.append(Param(name=f.name, kind=type(default), default=default, **spec))
     return tuple(found)
 
 
 #: every parameter, in declared order
-PARAMS: tuple[Param, ...] = _declared()
+PARAMS: tuple[Param, ...] = declared(Policy)
 #: the parameters an account may override, by name (cfg field, CLI flag, admin API field)
 OVERRIDES: Mapping[str, Param] = {p.name: p for p in PARAMS if p.per_account}
 

@@ -203,6 +203,10 @@ class Settings(ReputationSettings, BaseSettings):
     retry_max_attempts: int = Field(12, ge=1)
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    #: an email job's attachments: at most this many, of at most this many bytes together
+    #: (decoded; the job itself must still fit max_job_bytes: base64 adds a third)
+    max_attachments: int = Field(10, ge=0)
+    max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=0)
     #: status events kept in outbox.status when the CRM does not consume (oldest dropped
     #: first); 0 = unbounded. Must match the queue's existing x-max-length.
     status_queue_max_length: int = Field(100_000, ge=0)

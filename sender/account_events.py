@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, cast
+from typing import Any
 
 from sender import topology
 from sender.bus import Bus
-from sender.models import Status, status_event
+from sender.models import status_event
 from suppression.gate import Transition
 from suppression.store import Change
 
@@ -52,7 +52,7 @@ def transition_event(t: Transition, channel: str) -> dict[str, Any]:
     """The status event of an automatic transition (``<channel>.<state>``, actor system)."""
     event = status_event(
         job_id=f"{t.account_id}:{t.audit_id}", account_id=t.account_id, channel=channel,
-        status=cast(Status, t.to_state), reason=t.reason, detail=f"system: {t.detail}",
+        status=t.to_state, reason=t.reason, detail=f"system: {t.detail}",
         attempt=0, actor="system")
     event["from"] = t.from_state
     return event

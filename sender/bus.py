@@ -31,6 +31,7 @@ from pamqp.commands import Basic
 from config import Settings
 from sender import topology
 from sender.connect import amqp_error
+from sender.models import without_attachment_content
 
 BasicProperties = Basic.Properties
 
@@ -169,8 +170,10 @@ class Bus:
     async def publish_dead(self, body: bytes, reason: str, routing_key: str,
                            headers: dict[str, Any] | None = None) -> None:
         """Put a message on ``outbox.dead`` with the reason it could not be processed, under a
-        message id of its own (``dead-<uuid>``: ``outbox dead show|replay|purge`` name it)."""
-        await self.publish(topology.DEAD_EXCHANGE, routing_key, body,
+        message id of its own (``dead-<uuid>``: ``outbox dead show|replay|purge`` name it).
+        An email job's attachments keep their metadata, not their content
+        (:func:`sender.models.without_attachment_content`)."""
+        await self.publish(topology.DEAD_EXCHANGE, routing_key, without_attachment_content(body),
                            headers={**(headers or {}), REASON_HEADER: reason[:1000]},
                            message_id=f"{DEAD_ID_PREFIX}{uuid.uuid4().hex}")
 

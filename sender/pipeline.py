@@ -87,7 +87,7 @@ from sender.channels.base import Channel, NotSent, OutcomeUnknown, SendFailure, 
 from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
-from sender.models import InvalidJob, JobBase, status_event
+from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
@@ -191,7 +191,8 @@ class Pipeline:
     def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
                  owner: str, stopping: Callable[[], bool], redis_call: RedisCalls,
-                 acks: Acks | None = None) -> None:
+                 acks: Acks | None = None,
+                 attachment_limits: AttachmentLimits | None = None) -> None:
         """``acks``: how deliveries are settled (the worker's coalesce per loop turn)."""
         self._bus = bus
         self.acks = acks or DirectAcks()
@@ -200,6 +201,7 @@ class Pipeline:
         self._metrics = metrics
         self._retry = retry
         self._max_job_bytes = max_job_bytes
+        self._attachment_limits = attachment_limits
         self._owner = owner
         self._deliveries = itertools.count(1)
         self._stopping = stopping
@@ -210,7 +212,8 @@ class Pipeline:
         for redelivery on shutdown)."""
         _RECEIVED.set(time.monotonic())
         try:
-            job = parse_job(message.body, max_bytes=self._max_job_bytes)
+            job = parse_job(message.body, max_bytes=self._max_job_bytes,
+                            attachment_limits=self._attachment_limits)
         except InvalidJob as exc:
             await self._reject_invalid(message, exc, queue_channel)
             return
@@ -504,7 +507,8 @@ class Pipeline:
         republish answers ``done`` and no status moves backwards); best effort."""
         job: Job | None = None
         try:
-            job = parse_job(message.body, max_bytes=self._max_job_bytes)
+            job = parse_job(message.body, max_bytes=self._max_job_bytes,
+                            attachment_limits=self._attachment_limits)
             ids: tuple[str | None, str | None, str | None] = (job.id, job.account_id,
                                                               job.channel)
         except InvalidJob as exc:

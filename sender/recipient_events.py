@@ -58,11 +58,16 @@ from suppression import entries, keys
 from suppression.gate import Script
 from suppression.replies import text
 from suppression.roundtrip import Client
+from suppression.script_args import Arguments
 from suppression.store import ConsentStore
 
 log = logging.getLogger("outbox.recipients")
 
-_RECIPIENT = Script("recipient")
+#: recipient.lua's ARGV (its header says what each is)
+RECIPIENT_ARGS = Arguments.declare("recipient", rest="unforced_by", change="str", id="str",
+                                   event="str", at="str", source="str", forced="flag",
+                                   stale="num")
+_RECIPIENT = Script("recipient", RECIPIENT_ARGS)
 #: the changes that stop messages to a recipient
 STOPPING = ("unsubscribed", "complained", "suppressed")
 #: a removal that found nothing to remove is still the change when the record says the
@@ -142,8 +147,10 @@ class RecipientEvents:
         undoes = () if change.removed else _UNDOES.get(change.change, ())
         recorded, pending = await self._run(
             change.account_id, keys.recipient(change.account_id, change.channel, address),
-            [change.change, event["id"], body, event["at"], change.source,
-             "1" if change.removed else "0", self._claim_ms, *undoes])
+            RECIPIENT_ARGS.argv(dict(
+                change=change.change, id=event["id"], event=body, at=event["at"],
+                source=change.source, forced=change.removed, stale=self._claim_ms),
+                rest=undoes))
         if pending:  # where the sweeper looks (nothing written when nothing changed)
             await self._redis.sadd(keys.RECIPIENT_SCOPES, _scope(change.account_id))
         return (event if recorded else None), pending
@@ -157,8 +164,9 @@ class RecipientEvents:
             pending_key = keys.recipient_pending(account_id)
             if not await self._redis.hlen(pending_key):
                 continue
-            _, pending = await self._run(account_id, pending_key,
-                                         ["", "", "", "", "", "0", self._claim_ms])
+            _, pending = await self._run(account_id, pending_key, RECIPIENT_ARGS.argv(dict(
+                change="", id="", event="", at="", source="", forced=False,
+                stale=self._claim_ms)))
             await self.publish(account_id, pending)
             published += len(pending)
         return published

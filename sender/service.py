@@ -31,6 +31,7 @@ from sender.connect import ping_redis, redis_client
 from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.metrics import Metrics
+from sender.models import AttachmentLimits
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.recipient_events import PendingSweeper, RecipientEvents
@@ -83,7 +84,9 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
-        redis_call=redis_call, acks=acks)
+        redis_call=redis_call, acks=acks,
+        attachment_limits=AttachmentLimits(settings.max_attachments,
+                                           settings.max_attachment_bytes))
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, acks=acks,
                           sms_region=settings.sms_region,

@@ -47,6 +47,7 @@ complaint, the global suppression entry of the address (queued by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -61,7 +62,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
-from suppression import channels, entries, history, keys, verp
+from suppression import channels, entries, history, keys, statuses, verp
 from suppression.address import BadAddress
 from suppression.channels import normalise
 from suppression.coalesce import Send
@@ -69,12 +70,13 @@ from suppression.entries import BadEntry, Entry
 from suppression.replies import decode, text
 from suppression.reputation import Policy
 from suppression.roundtrip import Client, execute  # Client: a single Redis or a Cluster
+from suppression.script_args import Arguments
 from suppression.senders import check_arg, sms_sender
 
 log = logging.getLogger("outbox.gate")
 
 _LUA_DIR = Path(__file__).parent / "lua"
-REFUSALS = ("blocked", "suppressed", "no_consent")
+REFUSALS = statuses.REFUSALS
 #: the most of a job's ``metadata`` (its JSON, in bytes) the job hash keeps (field ``md``) for
 #: the status events of provider events; a larger one is not kept, and those events carry ``{}``
 METADATA_MAX_BYTES = 4096
@@ -147,10 +149,12 @@ class Counts:
 
 class Script:
     """A Lua script run by EVALSHA (sha computed locally: no extra round trip on start);
-    loaded after NOSCRIPT (first use, or a Redis restart)."""
+    loaded after NOSCRIPT (first use, or a Redis restart). ``arguments``: its ARGV by name
+    (the prelude put in place of its ``-- GENERATED arguments`` line)."""
 
-    def __init__(self, name: str) -> None:
-        self.source = _with_includes((_LUA_DIR / f"{name}.lua").read_text())
+    def __init__(self, name: str, arguments: Arguments | None = None) -> None:
+        self.arguments = arguments
+        self.source = _with_includes((_LUA_DIR / f"{name}.lua").read_text(), arguments)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def queue(self, pipe: Any, keys_: list[str], args: list[Any]) -> None:
@@ -176,17 +180,54 @@ class Script:
 
 
 _INCLUDE = re.compile(r"^[ \t]*-- INCLUDE (\w+)[ \t]*$", re.M)
+_GENERATED = re.compile(r"^[ \t]*-- GENERATED (\w+)[ \t]*$", re.M)
 
 
-def _with_includes(source: str) -> str:
+def _with_includes(source: str, arguments: Arguments | None = None) -> str:
     """``-- INCLUDE name`` lines replaced by the fragment ``lua/name.lua`` (Redis scripts
-    cannot load one another: a piece two scripts share is written once and put in here)."""
-    return _INCLUDE.sub(lambda m: (_LUA_DIR / f"{m.group(1)}.lua").read_text(), source)
+    cannot load one another: a piece two scripts share is written once and put in here), and
+    ``-- GENERATED arguments`` / ``rank`` by the Lua made from their Python declarations
+    (:meth:`Arguments.prelude`, :func:`suppression.statuses.lua_rank`)."""
+    made = {"rank": statuses.lua_rank}
+    if arguments is not None:
+        made["arguments"] = arguments.prelude
+    source = _INCLUDE.sub(lambda m: (_LUA_DIR / f"{m.group(1)}.lua").read_text(), source)
+    return _GENERATED.sub(lambda m: made[m.group(1)](), source)
 
 
-PRE_SEND = Script("pre_send")
-POST_SEND = Script("post_send")
-REOPEN = Script("reopen")
+@functools.cache
+def pre_send_args(policy_type: type) -> Arguments:
+    """pre_send.lua's ARGV (its header says what each is)."""
+    return Arguments.declare(
+        "pre_send", policy_type, rest="metadata_more", owner="str", redelivered="flag",
+        expired="flag", ttl="num", attempt="str", category="str", pref_field="str",
+        recipient="str", job_id="str", history_keep="num", timeline_keep="num",
+        metadata="str", timeline_ttl="num", history_ttl="num", value_max="num", senders="str")
+
+
+@functools.cache
+def post_send_args(policy_type: type) -> Arguments:
+    """post_send.lua's ARGV (its header says what each is)."""
+    return Arguments.declare(
+        "post_send", policy_type, rest="channels", status="str", attempt="str",
+        provider="str", provider_message_id="str", ttl="num", reason="str", channel="str",
+        job_id="str", sends="num", hard="num", complaints="num", refund="flag",
+        event_ttl="str", detail="str", timeline_keep="num", timeline_ttl="num",
+        value_max="num")
+
+
+@functools.cache
+def scripts_for(policy_type: type) -> tuple[Script, Script]:
+    """pre_send.lua and post_send.lua for the parameters ``policy_type`` declares (one pair
+    per declaration: :class:`Policy`'s in production)."""
+    return (Script("pre_send", pre_send_args(policy_type)),
+            Script("post_send", post_send_args(policy_type)))
+
+
+PRE_SEND, POST_SEND = scripts_for(Policy)
+#: reopen.lua's ARGV (its header says what each is)
+REOPEN_ARGS = Arguments.declare("reopen", timeline_ttl="num", timeline_keep="num")
+REOPEN = Script("reopen", REOPEN_ARGS)
 
 
 class Batch:
@@ -254,6 +295,9 @@ class Gate:
         self._timeline_ttl = idempotency_ttl if timeline_ttl is None else timeline_ttl
         self._history_ttl = idempotency_ttl if history_ttl is None else history_ttl
         self.policy = policy or Policy()
+        declared: type = type(self.policy)  # its parameters: the scripts' arguments
+        self._pre, self._post = scripts_for(declared)
+        self._pre_args, self._post_args = pre_send_args(declared), post_send_args(declared)
         self._region = sms_region  # numbers without a + (as the SMS channel reads them)
         self._known_accounts: set[str] = set()  # already in outbox:accounts
 
@@ -281,16 +325,16 @@ class Gate:
             keys.consent(account_id, channel, addr), keys.prefs(account_id, addr),
             keys.bucket(account_id, channel), keys.timeline(account_id, job_id),
             keys.history(account_id, channel, addr), keys.senders(account_id)]
-        p = self.policy
         senders = (check_arg(channel, category, sender, reply_to, self._region, self._own_sms)
                    if self.require_senders else "")
-        args = [owner, int(redelivered), int(expired), self._ttl, attempt, category,
-                f"{topic}:{channel}" if topic else "", *p.script_args("pre_send"),
-                recipient_digest(channel, addr), job_id, keys.HISTORY_KEEP,
-                keys.TIMELINE_KEEP]
         md = metadata_chunks(metadata_arg(metadata))
-        args += [md[0], self._timeline_ttl, self._history_ttl, keys.HASH_VALUE_MAX, senders,
-                 *md[1:]]
+        args = self._pre_args.argv(dict(
+            owner=owner, redelivered=redelivered, expired=expired, ttl=self._ttl,
+            attempt=attempt, category=category, pref_field=f"{topic}:{channel}" if topic else "",
+            recipient=recipient_digest(channel, addr), job_id=job_id,
+            history_keep=keys.HISTORY_KEEP, timeline_keep=keys.TIMELINE_KEEP, metadata=md[0],
+            timeline_ttl=self._timeline_ttl, history_ttl=self._history_ttl,
+            value_max=keys.HASH_VALUE_MAX, senders=senders), self.policy, md[1:])
         seen = f"{account_id}{keys.HISTORY_SEPARATOR}{job_id}"
         everyone = keys.global_history(channel, addr)
         ref = (verp.ref_record(account_id, job_id, self._verp_key)
@@ -307,9 +351,9 @@ class Gate:
                 pipe.expire(everyone, self._history_ttl)
             if ref is not None:  # a global key too; written before the message can leave
                 pipe.set(*ref, "EX", verp.ref_ttl(self._ttl))
-            PRE_SEND.queue(pipe, script_keys, args)
+            self._pre.queue(pipe, script_keys, args)
 
-        results = await run_pipeline(self._redis, build, PRE_SEND, self.send)
+        results = await run_pipeline(self._redis, build, self._pre, self.send)
         decision = _decision(results[-1])
         # UEMO s.11(2): a number on the DNC register may still get marketing its registered
         # user consented to; without a consent record (opt-out accounts), the register wins.
@@ -355,7 +399,7 @@ class Gate:
                                 detail=reason if detail is None else detail)
 
         def build(pipe: Any) -> None:
-            POST_SEND.queue(pipe, script_keys, args)
+            self._post.queue(pipe, script_keys, args)
             if event_id:
                 pipe.hget(script_keys[0], "md")  # results[1]: the job's metadata (its
                 # first piece: the script's answer carries the rest, metadata_chunks)
@@ -364,7 +408,7 @@ class Gate:
             if counts.sends and account_id not in self._known_accounts:
                 pipe.sadd(keys.ACCOUNTS, account_id)  # once per account and process
 
-        results = await run_pipeline(self._redis, build, POST_SEND, self.send)
+        results = await run_pipeline(self._redis, build, self._post, self.send)
         if counts.sends:
             self._known_accounts.add(account_id)
         return Recorded(_transition(account_id, results[0]), int(results[0][9]),
@@ -385,12 +429,15 @@ class Gate:
             keys.timeline(account_id, job_id)]
         if event_id:
             script_keys.append(keys.event(account_id, event_id))
-        args = [status, attempt, provider or "", provider_message_id or "", self._ttl,
-                reason or "", channel, job_id, counts.sends, counts.hard, counts.complaints,
-                *self.policy.script_args("post_send"), int(refund),
-                (event_ttl or keys.EVENT_TTL) if event_id else "",
-                (note or "")[:NOTE_CHARS], keys.TIMELINE_KEEP, self._timeline_ttl,
-                keys.HASH_VALUE_MAX, *channels.names()]
+        args = self._post_args.argv(dict(
+            status=status, attempt=attempt, provider=provider or "",
+            provider_message_id=provider_message_id or "", ttl=self._ttl, reason=reason or "",
+            channel=channel, job_id=job_id, sends=counts.sends, hard=counts.hard,
+            complaints=counts.complaints, refund=refund,
+            event_ttl=(event_ttl or keys.EVENT_TTL) if event_id else "",
+            detail=(note or "")[:NOTE_CHARS], timeline_keep=keys.TIMELINE_KEEP,
+            timeline_ttl=self._timeline_ttl, value_max=keys.HASH_VALUE_MAX),
+            self.policy, channels.names())
         return script_keys, args
 
     async def suppress_address(self, channel: str, address: str, *, reason: str,
@@ -430,7 +477,7 @@ class Gate:
         ``replayed`` timeline entry says who and why. Returns the state found ('' for none)."""
         found = text(await REOPEN(
             self._redis, [keys.job(account_id, job_id), keys.timeline(account_id, job_id)],
-            [self._ttl, keys.TIMELINE_KEEP]))
+            REOPEN_ARGS.argv(dict(timeline_ttl=self._ttl, timeline_keep=keys.TIMELINE_KEEP))))
         note = f"{actor}: {reason} (was {found or 'not recorded'})"
         await history.record_entry(self._redis, account_id, job_id, status="replayed",
                                    reason="replay", detail=note[:NOTE_CHARS], ttl=self._ttl)
@@ -449,8 +496,7 @@ class Gate:
 
 #: Job states in which the message may have been handed to the relay: ``S`` (being sent; its
 #: bounce can overtake the post-send write) and the statuses that follow an accepted send.
-HANDED_OVER = frozenset({"S", "sent", "delivered", "bounced", "soft_bounced", "complained",
-                         "unsubscribed"})
+HANDED_OVER = statuses.HANDED_OVER
 
 
 def metadata_arg(metadata: Mapping[str, Any] | None) -> str:

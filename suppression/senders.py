@@ -1,6 +1,6 @@
 """Who a job claims to send as, in the form the pre-send script checks (``pre_send.lua``,
-ARGV[17]): the rule "a job may only send as its account's verified domains" on the hot path,
-inside the round trip the job makes anyway.
+argument ``senders``): the rule "a job may only send as its account's verified domains" on the
+hot path, inside the round trip the job makes anyway.
 
 E-mail: the domain of ``from`` (and of each ``reply_to`` address) with its parents, most
 specific first (:func:`suppression.domains.domain_candidates`): a sender on ``news.shop.example``
@@ -72,10 +72,10 @@ def sms_senders(value: str, region: str = "HK") -> str:
 @lru_cache(maxsize=8192)  # a few senders per account: the worker parses each once
 def check_arg(channel: str, category: str, sender: str | None, reply_to: str | None,
               region: str = "HK", own: frozenset[str] = frozenset()) -> str:
-    """ARGV[17] of pre_send.lua: a small JSON map (``f``: each from address's candidate
-    domains, the first one's DMARC deciding for marketing; ``r``: each reply_to address's;
-    ``m``: 1 for marketing; ``s``: the SMS sender), or ``{}`` for an SMS sent from Outbox's
-    own sender (no ``from``, or one of ``own``: ``OUTBOX_TWILIO_FROM`` and the Messaging
+    """Argument ``senders`` of pre_send.lua: a small JSON map (``f``: each from address's
+    candidate domains, the first one's DMARC deciding for marketing; ``r``: each reply_to
+    address's; ``m``: 1 for marketing; ``s``: the SMS sender), or ``{}`` for an SMS sent from
+    Outbox's own sender (no ``from``, or one of ``own``: ``OUTBOX_TWILIO_FROM`` and the Messaging
     Service, canonical)."""
     if channel != "email":
         canonical = sms_sender(sender, region) if sender else ""

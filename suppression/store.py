@@ -33,11 +33,15 @@ from suppression.gate import Script
 from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
 from suppression.roundtrip import Client
+from suppression.script_args import Arguments
 from suppression.senders import ACCOUNT_SETTINGS as IDENTITY_FIELDS
 from suppression.senders import sms_senders
 
 SENDER_FIELDS = ("business_name", "address", "contact_email", "contact_phone")
-_SUPPORT = Script("support")
+#: support.lua's ARGV (its header says what each is)
+SUPPORT_ARGS = Arguments.declare("support", rest="channels", action="str", actor="str",
+                                 reason="str", probation="num")
+_SUPPORT = Script("support", SUPPORT_ARGS)
 
 
 class UnknownAccount(StoreError):
@@ -231,7 +235,8 @@ def support_call(account_id: str, action: str, *, actor: str, reason: str,
         raise BadEntry(f"unknown support action {action!r}")
     return ([keys.state(account_id), keys.audit(account_id),
              *(keys.reputation(account_id, ch) for ch in channels.names())],
-            [action, actor, reason, probation, *channels.names()])
+            SUPPORT_ARGS.argv(dict(action=action, actor=actor, reason=reason,
+                                   probation=probation), rest=channels.names()))
 
 
 def _thresholds(p: Policy) -> dict[str, Any]:

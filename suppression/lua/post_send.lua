@@ -7,24 +7,23 @@
 -- KEYS[5]  audit stream            outbox:{acct:A}:audit
 -- KEYS[6]  recent bounces list     outbox:{acct:A}:recent
 -- KEYS[7]  token bucket            outbox:{acct:A}:tb:<channel>
--- ARGV[1..6]   status ('R' = retry scheduled, else a final status), attempt, provider,
---              provider_message_id, ttl seconds, reason
--- ARGV[7..11]  channel, job id, sends +n, hard bounces +n, complaints +n
--- ARGV[12..22] the defaults, in config/reputation.py's order (the account's cfg hash
---              overrides all but z, under these names): reputation_bucket, reputation_window,
---              min_bounce_volume, min_complaint_volume, early_bounce_volume,
---              early_complaint_volume, throttle_bounce, block_bounce, throttle_complaint,
---              block_complaint, z
--- ARGV[23]     refund the rate token (1: the job was claimed but not sent)
 -- KEYS[8]  job timeline            outbox:{acct:A}:tl:ID (an entry for every status written,
 --          'R' as 'deferred'; a late one that does not move the status is entered too)
--- KEYS[9], ARGV[24]  (provider events only; ARGV[24] '' otherwise) the event's marker key and
---              how long it is kept: an event already applied changes nothing a second time
--- ARGV[25..26] the timeline entry's detail, entries kept in a timeline
--- ARGV[27..28] seconds the timeline list is kept (0: not written), the longest value a hash
---              keeps in its compact encoding (hash-max-listpack-value)
--- ARGV[29..]   every channel (suppression/channels.py): the account's state is the worst
---              level over all of them (state hash fields lvl:<channel>)
+-- KEYS[9]  (provider events only) the event's marker key: an event already applied changes
+--          nothing a second time
+-- ARGV     by name, as suppression/gate.py declares them (POST_SEND_ARGS; the prelude that reads
+--          them into A is generated from that declaration, suppression/script_args.py):
+--   status ('R' = retry scheduled, else a final status), attempt, provider,
+--   provider_message_id, ttl (seconds), reason, channel, job_id, sends, hard, complaints (what
+--   to add to the counters), refund (give the rate token back: the job was claimed but not
+--   sent), event_ttl (how long a provider event's marker is kept; '' otherwise), detail (the
+--   timeline entry's), timeline_keep (entries kept in a timeline), timeline_ttl (seconds the
+--   timeline list is kept, 0: not written), value_max (the longest value a hash keeps in its
+--   compact encoding, hash-max-listpack-value),
+--   channels: every channel (suppression/channels.py): the account's state is the worst level
+--     over all of them (state hash fields lvl:<channel>),
+--   and the reputation parameters declared for this script (config/reputation.py), read by
+--   policy(KEYS[3]) into P: the account's override where it may have one, else the default.
 -- The job's newest timeline entry that moved its status lives in the job hash itself (its
 -- st, a, p, pm, r plus 'et' time in ms, 'ed' detail and, for a provider's report, 'ea' the
 -- attempt it concerns: no key of its own for the usual one-entry story). An entry it
@@ -41,6 +40,8 @@
 --          moved 1 when the account's state moved; applied 1 when the job took the status,
 --          0 when it already had a later one (a status never moves backwards), -1 for an
 --          event seen before
+-- GENERATED arguments
+-- GENERATED rank
 local job = KEYS[1]
 local applied = 1
 -- a provider event's answer also carries the rest of the job's kept metadata (the pieces
@@ -61,30 +62,28 @@ local function answer(moved, ...)
   return out
 end
 
-if KEYS[9] and ARGV[24] ~= '' then
-  if not redis.call('SET', KEYS[9], '1', 'NX', 'EX', tonumber(ARGV[24])) then
+if KEYS[9] and A.event_ttl ~= '' then
+  if not redis.call('SET', KEYS[9], '1', 'NX', 'EX', tonumber(A.event_ttl)) then
     applied = -1
     return answer(0)
   end
 end
 
--- How far along a job is; a status is written only if it is at least as far as the one held.
-local RANK = {S = 0, R = 0, deferred = 1, sent = 2, soft_bounced = 3, expired = 4,
-  rejected = 4, failed = 4, suppressed = 4, no_consent = 4, blocked = 4, delivered = 5,
-  bounced = 5, complained = 6, unsubscribed = 6}
-if ARGV[1] ~= '' then
+-- A status is written only if it is at least as far along (RANK) as the one held.
+local status, attempt = A.status, A.attempt
+if status ~= '' then
   local held_job = redis.call('HMGET', job, 'st', 'a', 'et')
   local held = held_job[1]
-  if not KEYS[9] and held == ARGV[1] and held_job[2] == ARGV[2] and ARGV[1] ~= 'S' then
+  if not KEYS[9] and held == status and held_job[2] == attempt and status ~= 'S' then
     -- this very call again (its reply was lost, the caller retried): counted once
     return answer(0)
   end
-  local att = tonumber(ARGV[2]) or 0
+  local att = tonumber(attempt) or 0
   if att == 0 then att = tonumber(held_job[2]) or 0 end  -- a provider report: the last attempt
   local tt = redis.call('TIME')
   local at = tonumber(tt[1]) * 1000 + math.floor(tonumber(tt[2]) / 1000)
-  local tl_ttl, ttl, value_max = tonumber(ARGV[27]), tonumber(ARGV[5]), tonumber(ARGV[28])
-  local timeline_keep = tonumber(ARGV[26])
+  local tl_ttl, ttl, value_max = A.timeline_ttl, A.ttl, A.value_max
+  local timeline_keep = A.timeline_keep
   -- INCLUDE timeline_push
   -- the entry the job hash holds (if any) joins the earlier ones before the hash changes
   local function push_held()
@@ -95,21 +94,21 @@ if ARGV[1] ~= '' then
       redis.call('HDEL', job, 'et', 'ed', 'ea')
     end
   end
-  local entry = {at, ARGV[1] == 'R' and 'deferred' or ARGV[1], ARGV[6], ARGV[25], ARGV[3],
-    ARGV[4], att}
-  if held and (RANK[ARGV[1]] or 0) < (RANK[held] or 0) then
+  local entry = {at, status == 'R' and 'deferred' or status, A.reason, A.detail, A.provider,
+    A.provider_message_id, att}
+  if held and (RANK[status] or 0) < (RANK[held] or 0) then
     applied = 0
     push(entry)
     redis.call('HDEL', job, 'o')
-    if ARGV[4] ~= '' then
+    if A.provider_message_id ~= '' then
       push_held()
-      redis.call('HSET', job, 'pm', ARGV[4])
+      redis.call('HSET', job, 'pm', A.provider_message_id)
     end
   else
     push_held()
     -- an empty provider, message id or reason is not stored (a missing field reads as '')
-    local set, gone = {'st', ARGV[1], 'a', ARGV[2]}, {'o'}
-    for _, f in ipairs({{'p', ARGV[3]}, {'pm', ARGV[4]}, {'r', ARGV[6]}}) do
+    local set, gone = {'st', status, 'a', attempt}, {'o'}
+    for _, f in ipairs({{'p', A.provider}, {'pm', A.provider_message_id}, {'r', A.reason}}) do
       if f[2] == '' then
         gone[#gone + 1] = f[1]
       else
@@ -119,21 +118,21 @@ if ARGV[1] ~= '' then
     end
     redis.call('HSET', job, unpack(set))
     redis.call('HDEL', job, unpack(gone))
-    if #ARGV[25] <= value_max then
-      redis.call('HSET', job, 'et', at, 'ed', ARGV[25])
+    if #A.detail <= value_max then
+      redis.call('HSET', job, 'et', at, 'ed', A.detail)
       -- a provider's report writes attempt 0 ('a'); its entry keeps the job's last ('ea')
-      if tonumber(ARGV[2]) ~= att then redis.call('HSET', job, 'ea', att) end
+      if tonumber(attempt) ~= att then redis.call('HSET', job, 'ea', att) end
     else
       push(entry)
     end
   end
-  redis.call('EXPIRE', job, tonumber(ARGV[5]))
+  redis.call('EXPIRE', job, A.ttl)
 end
-if ARGV[23] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then
+if A.refund and redis.call('EXISTS', KEYS[7]) == 1 then
   redis.call('HINCRBYFLOAT', KEYS[7], 't', 1)
 end
-local channel, job_id = ARGV[7], ARGV[8]
-local inc_s, inc_h, inc_c = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local channel, job_id = A.channel, A.job_id
+local inc_s, inc_h, inc_c = A.sends, A.hard, A.complaints
 if inc_s + inc_h + inc_c == 0 then
   return answer(0)
 end
@@ -141,13 +140,9 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cfg = redis.call('HMGET', KEYS[3], 'reputation_bucket', 'reputation_window',
-  'min_bounce_volume', 'min_complaint_volume', 'early_bounce_volume', 'early_complaint_volume',
-  'throttle_bounce', 'block_bounce', 'throttle_complaint', 'block_complaint')
-local p = {}
-for i = 1, 10 do p[i] = tonumber(cfg[i]) or tonumber(ARGV[11 + i]) end
-local bucket, window = p[1], p[2]
-local z = tonumber(ARGV[22])
+local P = policy(KEYS[3])
+local bucket, window = P.reputation_bucket, P.reputation_window
+local z = P.z
 
 -- Count into the current bucket and into the running totals (S, H, C) of the buckets held.
 -- When the oldest bucket held ('lo') has left the window, or the totals are missing, the
@@ -186,7 +181,7 @@ else
 end
 if inc_h > 0 or inc_c > 0 then
   redis.call('LPUSH', KEYS[6], cjson.encode({at = now, channel = channel, job = job_id,
-    kind = inc_c > 0 and 'complaint' or 'hard', reason = ARGV[6]}))
+    kind = inc_c > 0 and 'complaint' or 'hard', reason = A.reason}))
   redis.call('LTRIM', KEYS[6], 0, 49)
 end
 
@@ -209,21 +204,22 @@ local function level(k, n, min_n, early_n, throttle, block)
 end
 -- END wilson
 
-local lb_level, lb_b = level(sums.h, sums.s, p[3], p[5], p[7], p[8])
-local lc_level, lb_c = level(sums.c, sums.s, p[4], p[6], p[9], p[10])
+local lb_level, lb_b = level(sums.h, sums.s, P.min_bounce_volume, P.early_bounce_volume,
+  P.throttle_bounce, P.block_bounce)
+local lc_level, lb_c = level(sums.c, sums.s, P.min_complaint_volume, P.early_complaint_volume,
+  P.throttle_complaint, P.block_complaint)
 local lvl = math.max(lb_level, lc_level)
 local why = lb_level >= lc_level and 'hard_bounce_rate' or 'complaint_rate'
 
 -- the levels held: this channel's, and the worst of the others
-local CH = 29  -- ARGV index of the first channel
 local fields = {'state'}
-for i = CH, #ARGV do fields[#fields + 1] = 'lvl:' .. ARGV[i] end
+for _, name in ipairs(A.channels) do fields[#fields + 1] = 'lvl:' .. name end
 local st = redis.call('HMGET', KEYS[2], unpack(fields))
 local from = st[1] or 'active'
 local held_lvl, others = 0, 0
-for i = CH, #ARGV do
-  local v = tonumber(st[i - CH + 2]) or 0
-  if ARGV[i] == channel then held_lvl = v else others = math.max(others, v) end
+for i, name in ipairs(A.channels) do
+  local v = tonumber(st[i + 1]) or 0
+  if name == channel then held_lvl = v else others = math.max(others, v) end
 end
 if held_lvl ~= lvl then
   redis.call('HSET', KEYS[2], 'lvl:' .. channel, lvl)

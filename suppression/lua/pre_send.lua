@@ -10,24 +10,27 @@
 -- KEYS[8]  job timeline             outbox:{acct:A}:tl:ID
 -- KEYS[9]  recipient's job index    outbox:{acct:A}:hist:<channel>:<addr>
 -- KEYS[10] verified sending domains outbox:{acct:A}:senders (domain -> '1' DMARC, '0' none)
--- ARGV[1..7]   owner (one per delivery), redelivered (0/1), expired (0/1), ttl seconds, attempt, category,
---              prefs field ('<topic>:<channel>' or '')
--- ARGV[8..11]  the defaults, in config/reputation.py's order (the account's cfg hash
---              overrides all but throttle_factor, under these names): rate, burst,
---              throttle_factor, consent_mode
--- ARGV[12]     recipient digest (stored as 'rc' on the claim: a bounce that quotes the job
---              must name this recipient)
--- ARGV[13..15] job id, jobs kept in the recipient's index, entries kept in a timeline
--- ARGV[16]     the job's metadata as JSON, or '' (stored as 'md' on the claim: provider
---              events about the job carry it in their status events); its first piece
---              when it is longer than a hash keeps compactly (64 bytes)
--- ARGV[17..18] seconds the timeline list is kept, and the recipient's job index (0: not
---              written)
--- ARGV[19]     the longest value a hash keeps in its compact encoding (hash-max-listpack-value)
--- ARGV[20]     who the job sends as (suppression/senders.py: check_arg), or '' for no check:
---              JSON {f = {{domain, parent...}, ...} (from), r = {...} (reply_to), m = 1 for
---              marketing, s = SMS sender}
--- ARGV[21..]   the metadata's further pieces, stored as 'md1', 'md2'... (gate.metadata_chunks)
+-- ARGV     by name, as suppression/gate.py declares them (PRE_SEND_ARGS; the prelude that reads
+--          them into A is generated from that declaration, suppression/script_args.py):
+--   owner (one per delivery), redelivered, expired, ttl (seconds), attempt, category,
+--   pref_field ('<topic>:<channel>' or ''),
+--   recipient: its digest (stored as 'rc' on the claim: a bounce that quotes the job must
+--     name this recipient),
+--   job_id, history_keep (jobs kept in the recipient's index), timeline_keep (entries kept in
+--     a timeline),
+--   metadata: the job's metadata as JSON, or '' (stored as 'md' on the claim: provider events
+--     about the job carry it in their status events); its first piece when it is longer than
+--     a hash keeps compactly; metadata_more: its further pieces, stored as 'md1', 'md2'...
+--     (gate.metadata_chunks),
+--   timeline_ttl, history_ttl: seconds the timeline list is kept, and the recipient's job
+--     index (0: not written),
+--   value_max: the longest value a hash keeps in its compact encoding
+--     (hash-max-listpack-value),
+--   senders: who the job sends as (suppression/senders.py: check_arg), or '' for no check:
+--     JSON {f = {{domain, parent...}, ...} (from), r = {...} (reply_to), m = 1 for marketing,
+--     s = SMS sender},
+--   and the reputation parameters declared for this script (config/reputation.py), read by
+--   policy(KEYS[3]) into P: the account's override where it may have one, else the default.
 -- A refusal's timeline entry is stored packed as post_send.lua says; and so is the entry a
 -- deferred job's hash holds ('et', 'ed') when the job is claimed again.
 -- returns  {verdict, status, provider, provider_message_id, attempt, reason, wait_ms}, and for
@@ -38,12 +41,13 @@
 --            rate_limited; for 'rejected' (a sender the account may not use) the detail follows
 -- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences, and
 -- the rate token last, so a refused job never consumes one.
+-- GENERATED arguments
 local job = KEYS[1]
-local owner, redelivered, expired = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
-local ttl, attempt = tonumber(ARGV[4]), ARGV[5]
-local category, pref_field = ARGV[6], ARGV[7]
-local job_id, history_keep, timeline_keep = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
-local tl_ttl, hist_ttl, value_max = tonumber(ARGV[17]), tonumber(ARGV[18]), tonumber(ARGV[19])
+local owner, redelivered, expired = A.owner, A.redelivered, A.expired
+local ttl, attempt = A.ttl, A.attempt
+local category, pref_field = A.category, A.pref_field
+local job_id, history_keep, timeline_keep = A.job_id, A.history_keep, A.timeline_keep
+local tl_ttl, hist_ttl, value_max = A.timeline_ttl, A.history_ttl, A.value_max
 
 local st = redis.call('HGET', job, 'st')
 if st and st ~= 'R' then
@@ -97,8 +101,7 @@ if expired then
   return refuse('expired', 'expired', 'expired', 'past not_after')
 end
 
-local cfg = redis.call('HMGET', KEYS[3], 'rate', 'burst', 'consent_mode',
-  'business_name', 'address', 'contact_email', 'contact_phone',
+local P, cfg = policy(KEYS[3], 'business_name', 'address', 'contact_email', 'contact_phone',
   'sms_senders', 'allow_any_reply_to', 'allow_missing_dmarc')
 
 -- Who the job sends as: a domain verified for the account (or a parent of one), an SMS
@@ -113,7 +116,7 @@ end
 
 local function sender_problem(want)
   if want.s then
-    if not string.find(',' .. (cfg[8] or '') .. ',', ',' .. want.s .. ',', 1, true) then
+    if not string.find(',' .. (cfg[5] or '') .. ',', ',' .. want.s .. ',', 1, true) then
       return 'sender_not_verified', 'from ' .. want.s .. ' is not among the account\'s sms_senders'
     end
     return nil
@@ -128,7 +131,7 @@ local function sender_problem(want)
     end
     if i == 1 then first = flag end
   end
-  if cfg[9] ~= '1' then
+  if cfg[6] ~= '1' then
     for _, candidates in ipairs(want.r or {}) do
       if not verified(candidates) then
         return 'sender_not_verified', 'reply_to ' .. (candidates[1] or '(no valid domain)') ..
@@ -136,14 +139,14 @@ local function sender_problem(want)
       end
     end
   end
-  if want.m == 1 and first == '0' and cfg[10] ~= '1' then
+  if want.m == 1 and first == '0' and cfg[7] ~= '1' then
     return 'dmarc_missing', 'marketing from ' .. want.f[1][1] .. ', which has no DMARC record'
   end
   return nil
 end
 
-if ARGV[20] ~= '' then
-  local why, detail = sender_problem(cjson.decode(ARGV[20]))
+if A.senders ~= '' then
+  local why, detail = sender_problem(cjson.decode(A.senders))
   if why then
     local reply = refuse('rejected', 'rejected', why, detail)
     reply[8] = detail
@@ -164,7 +167,7 @@ end
 local consent = false
 if category == 'marketing' then
   consent = redis.call('HGET', KEYS[5], 'status')
-  local mode = cfg[3] or ARGV[11]
+  local mode = P.consent_mode
   if consent == 'revoked' or (consent ~= 'granted' and mode ~= 'opt_out') then
     return refuse('no_consent', 'no_consent', consent == 'revoked' and 'revoked' or 'no_consent')
   end
@@ -175,10 +178,9 @@ elseif category == 'notification' and pref_field ~= '' then
 end
 
 -- Token bucket on Redis's clock; a throttled account gets the reduced rate and burst.
-local rate = tonumber(cfg[1]) or tonumber(ARGV[8])
-local burst = tonumber(cfg[2]) or tonumber(ARGV[9])
+local rate, burst = P.rate, P.burst
 if state == 'throttled' then
-  local factor = tonumber(ARGV[10])
+  local factor = P.throttle_factor
   rate = rate * factor
   burst = math.max(1, math.floor(burst * factor))
 end
@@ -198,14 +200,14 @@ redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 
 push_held()
-redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', ARGV[12] or '')
-if ARGV[16] and ARGV[16] ~= '' then
-  redis.call('HSET', job, 'md', ARGV[16])
-  for i = 21, #ARGV do redis.call('HSET', job, 'md' .. (i - 20), ARGV[i]) end
+redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', A.recipient)
+if A.metadata ~= '' then
+  redis.call('HSET', job, 'md', A.metadata)
+  for i, piece in ipairs(A.metadata_more) do redis.call('HSET', job, 'md' .. i, piece) end
 end
 redis.call('EXPIRE', job, ttl)
 if category == 'marketing' then
-  return {'send', '', '', '', attempt, '', 0, cfg[4] or '', cfg[5] or '', cfg[6] or '',
-    cfg[7] or '', consent or ''}
+  return {'send', '', '', '', attempt, '', 0, cfg[1] or '', cfg[2] or '', cfg[3] or '',
+    cfg[4] or '', consent or ''}
 end
 return {'send', '', '', '', attempt, '', 0}

@@ -4,19 +4,22 @@
 -- KEYS[1] the recipient's record hash (change, id, at, source)
 -- KEYS[2] the pending hash of the same scope, same slot: field e:<id> the event's JSON,
 --         c:<id> when a caller claimed it for publishing (ms, Redis TIME)
--- ARGV    change ('' to record nothing: the sweeper's call, KEYS[1] then the pending hash too),
---         event id, event JSON, at, source, forced ('1': the write just made
---         changed something), claim ms (a claim older than this is a publisher that died),
---         ARGV[8..] the previous changes that let it happen unforced (none: any other does)
+-- ARGV    by name (sender/recipient_events.py: RECIPIENT_ARGS; read into A by a generated
+--         prelude): change ('' to record nothing: the sweeper's call, KEYS[1] then the pending
+--         hash too), id (the event's), event (its JSON), at, source, forced (the write just
+--         made changed something), stale (ms: a claim older than this is a publisher that
+--         died), unforced_by: the previous changes that let it happen unforced (none: any
+--         other does)
 -- returns {recorded ('1' or '0'), id1, json1, id2, json2, ...}: the pending events of the
 -- scope nobody else is publishing (the new one included), now claimed by the caller
-local change, id, event, at, source, forced = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local stale = tonumber(ARGV[7])
+-- GENERATED arguments
+local change, id, event, at, source = A.change, A.id, A.event, A.at, A.source
+local stale = A.stale
 local current = redis.call('HGET', KEYS[1], 'change') or ''
-local allowed = forced == '1' or #ARGV < 8
+local allowed = A.forced or #A.unforced_by == 0
 if not allowed then
-  for i = 8, #ARGV do
-    if ARGV[i] == current then allowed = true end
+  for _, previous in ipairs(A.unforced_by) do
+    if previous == current then allowed = true end
   end
 end
 local recorded = '0'

@@ -6,8 +6,10 @@
 -- first, as a JSON object, so the story still says how the job ended.
 -- KEYS[1]  job hash                 outbox:{acct:A}:job:ID
 -- KEYS[2]  job timeline             outbox:{acct:A}:tl:ID
--- ARGV[1]  seconds the timeline is kept; ARGV[2] entries kept in it
+-- ARGV     by name (suppression/gate.py: REOPEN_ARGS; read into A by a generated prelude):
+--          timeline_ttl (seconds the timeline is kept), timeline_keep (entries kept in it)
 -- returns  the state found ('' when none); reopened when it was 'failed' or 'rejected'
+-- GENERATED arguments
 local st = redis.call('HGET', KEYS[1], 'st')
 if st == 'failed' or st == 'rejected' then
   local h = redis.call('HMGET', KEYS[1], 'et', 'ed', 'ea', 'r', 'p', 'pm', 'a')
@@ -15,8 +17,8 @@ if st == 'failed' or st == 'rejected' then
     redis.call('RPUSH', KEYS[2], cjson.encode({at = tonumber(h[1]), status = st,
       reason = h[4] or '', detail = h[2] or '', provider = h[5] or '',
       provider_message_id = h[6] or '', attempt = tonumber(h[3] or h[7]) or 0}))
-    redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
-    redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+    redis.call('LTRIM', KEYS[2], -A.timeline_keep, -1)
+    redis.call('EXPIRE', KEYS[2], A.timeline_ttl)
     redis.call('HDEL', KEYS[1], 'et', 'ed', 'ea')
   end
   redis.call('HDEL', KEYS[1], 'st', 'o')

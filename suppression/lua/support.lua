@@ -1,11 +1,13 @@
 -- A support action on an account's state, with its audit record. Atomic against the worker's
 -- post-send script (same slot, same keys).
 -- KEYS[1] state hash, KEYS[2] audit stream, KEYS[3..] reputation counter hashes (reset)
--- ARGV    action (unblock | suspend | unsuspend), actor, reason, probation seconds,
---         ARGV[5..] every channel (suppression/channels.py): its level is reset
+-- ARGV    by name (suppression/store.py: SUPPORT_ARGS; read into A by a generated prelude):
+--         action (unblock | suspend | unsuspend), actor, reason, probation (seconds),
+--         channels: every channel (suppression/channels.py): its level is reset
 -- returns {'ok', from, to, audit id, probation_until} or {'refused', current state}
-local action, actor, reason = ARGV[1], ARGV[2], ARGV[3]
-local probation = tonumber(ARGV[4])
+-- GENERATED arguments
+local action, actor, reason = A.action, A.actor, A.reason
+local probation = A.probation
 local from = redis.call('HGET', KEYS[1], 'state') or 'active'
 if (action == 'unblock' and from ~= 'blocked')
     or (action == 'unsuspend' and from ~= 'suspended')
@@ -20,7 +22,7 @@ if action ~= 'suspend' then
   -- probation: the counters start afresh
   for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
   until_ = now + probation
-  for i = 5, #ARGV do redis.call('HSET', KEYS[1], 'lvl:' .. ARGV[i], 0) end
+  for _, name in ipairs(A.channels) do redis.call('HSET', KEYS[1], 'lvl:' .. name, 0) end
   redis.call('HSET', KEYS[1], 'probation_until', until_)
 end
 redis.call('HSET', KEYS[1], 'state', to, 'since', now, 'reason', action)

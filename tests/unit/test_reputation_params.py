@@ -184,39 +184,44 @@ def _subparser(parser, name):
 # --- the scripts' arguments -----------------------------------------------------------------
 
 
-def _argv_block(script: str, first: int) -> tuple[int, int, str]:
-    """The header comment's ``-- ARGV[first..last]`` entry: its range and its text."""
-    header = "".join(ln[2:] + "\n" for ln in (LUA / f"{script}.lua").read_text().splitlines()
-                     if ln.startswith("--"))
-    found = re.search(rf"ARGV\[{first}\.\.(\d+)\](.*?)(?=\n\s*(?:ARGV|KEYS)\[|\nreturns)",
-                      header, re.S)
-    assert found, f"no ARGV[{first}..] entry in {script}.lua's header"
-    return first, int(found.group(1)), " ".join(found.group(2).split())
+def _arguments(script: str):
+    from suppression.gate import post_send_args, pre_send_args
+
+    return {"pre_send": pre_send_args, "post_send": post_send_args}[script](Policy)
 
 
-@pytest.mark.parametrize("script, first", [("pre_send", 8), ("post_send", 12)])
-def test_the_script_header_lists_the_declared_arguments_in_order(script, first):
-    declared = _script_params(script)
-    low, high, text = _argv_block(script, first)
-    assert high - low + 1 == len(declared)
-    assert [n.strip() for n in text.rsplit(": ", 1)[1].split(",")] == [p.name for p in declared]
-    fixed = [p.name for p in declared if not p.per_account]
-    assert re.search(r"overrides all but (\w+)", text).group(1) == " ".join(fixed)
-    after = (LUA / f"{script}.lua").read_text()
-    assert f"-- ARGV[{high + 1}]" in after  # the next argument follows straight on
+@pytest.mark.parametrize("script", ["pre_send", "post_send", "support", "reopen", "recipient"])
+def test_the_scripts_name_no_argument_by_position(script):
+    """Every argument is read through the generated prelude (A.<name>, P.<name>)."""
+    source = (LUA / f"{script}.lua").read_text()
+    assert source.count("ARGV") == len(re.findall(r"^-- ARGV +by name", source, re.M)) == 1
+    assert "-- GENERATED arguments" in source
 
 
 @pytest.mark.parametrize("script", ["pre_send", "post_send"])
-def test_the_script_reads_the_account_overrides_under_the_declared_names(script):
+def test_the_script_header_names_every_declared_argument(script):
+    header = " ".join(ln[2:] for ln in (LUA / f"{script}.lua").read_text().splitlines()
+                      if ln.startswith("--"))
+    words = set(re.findall(r"\w+", header))
+    arguments = _arguments(script)
+    missing = [n for n, _ in arguments.names if n not in words]
+    assert not missing, f"{script}.lua's header does not describe {missing}"
+    assert arguments.rest in words
+
+
+@pytest.mark.parametrize("script", ["pre_send", "post_send"])
+def test_the_script_reads_no_override_itself(script):
+    """The account's overrides of the parameters are read by the generated policy() only."""
     source = (LUA / f"{script}.lua").read_text()
-    call = re.search(r"HMGET', KEYS\[3\],(.*?)\)", source, re.S).group(1)
-    read = re.findall(r"'(\w+)'", call)
-    overridable = [p.name for p in _script_params(script) if p.per_account]
-    assert read[:len(overridable)] == overridable  # by position: cfg[i] / p[i]
-    assert not set(read[len(overridable):]) & {p.name for p in PARAMS}
+    for call in re.findall(r"(?:HMGET', |policy\()KEYS\[3\],(.*?)\)", source, re.S):
+        assert not set(re.findall(r"'(\w+)'", call)) & {p.name for p in PARAMS}
+    assert "policy(KEYS[3]" in source
+    used = set(re.findall(r"\bP\.(\w+)", source))
+    assert used <= {p.name for p in _script_params(script)}
 
 
-def test_post_send_gets_the_policy_at_the_declared_positions():
+def test_post_send_gets_the_policy_under_the_declared_names():
+    from suppression import channels, keys
     from suppression.gate import Gate
 
     policy = Policy(reputation_bucket=11, reputation_window=222, min_bounce_volume=3,
@@ -225,14 +230,12 @@ def test_post_send_gets_the_policy_at_the_declared_positions():
                     block_complaint=0.01, z=2.5)
     gate = Gate(cast(Any, None), idempotency_ttl=60, policy=policy)  # no I/O here
     _, args = gate.post_send_call("a", "j", status="sent", attempt=1)
-    low, high, _ = _argv_block("post_send", 12)
-    given = dict(zip([p.name for p in _script_params("post_send")], args[low - 1:high],
-                     strict=True))
-    assert given == {p.name: (repr(getattr(policy, p.name)) if p.kind is float
-                              else getattr(policy, p.name)) for p in _script_params("post_send")}
-    # then the refund flag (ARGV[high + 1]), the event's TTL ('' for a job), the timeline
-    # entry's detail, how many entries a timeline keeps and for how long (the idempotency
-    # TTL by default), the longest compact hash value, and every channel
-    from suppression import channels, keys
-    assert args[high:] == [0, "", "", keys.TIMELINE_KEEP, 60, keys.HASH_VALUE_MAX,
-                           *channels.names()]
+    names = _arguments("post_send").describe()
+    given = dict(zip(names[:-1], args, strict=False))
+    assert {p.name: given[p.name] for p in _script_params("post_send")} == {
+        p.name: (repr(getattr(policy, p.name)) if p.kind is float else getattr(policy, p.name))
+        for p in _script_params("post_send")}
+    assert (given["refund"], given["event_ttl"], given["detail"], given["timeline_keep"],
+            given["timeline_ttl"], given["value_max"]) == (
+        0, "", "", keys.TIMELINE_KEEP, 60, keys.HASH_VALUE_MAX)
+    assert args[len(names) - 1:] == list(channels.names())  # the trailing list: every channel
