@@ -52,8 +52,10 @@ bench: deps $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
+# the files that list the channels (definitions.json, the backlog alert, docs' channel table),
+# generated from sender/channels/registry.py; `$(PY) -m outbox.generate --check` only checks
 definitions: $(STAMP)
-	$(PY) -c 'import json; from sender.topology import definitions; from config.settings import DEFAULT_RETRY_TIERS as T; print(json.dumps(definitions(T), indent=2))' > deploy/rabbitmq/definitions.json
+	$(PY) -m outbox.generate
 
 clean:
 	rm -rf $(VENV) var

@@ -10,7 +10,7 @@ worker needs (job model, queue, the provider behind it) is declared on top of th
 :mod:`sender.channels.registry`, whose ``declare`` also declares the channel here.
 
 Adding a channel: one module in ``sender/channels/`` (job model, sender, factory) and one
-``declare`` line in :mod:`sender.channels.registry` (see the README, "Adding a channel").
+``declare`` line in :mod:`sender.channels.registry` (docs/reference.md, "Adding a channel").
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from config.roles import ROLES, AdminToken, allows
 from sender import deadletters
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
+from sender.channels.registry import described as described_channels
 from sender.deadletters import ACTIONS as DEAD_ACTIONS
 from sender.held import ACTIONS as HELD_ACTIONS
 from sender.held import HeldJobs
@@ -113,6 +114,7 @@ ROUTES = (
     Route("GET", "/admin", "page.redirect", PUBLIC, "redirect"),
     Route("GET", "/admin/", "page", PUBLIC, "page"),
     Route("GET", "/admin/whoami", "whoami", VIEWER, "whoami"),
+    Route("GET", "/admin/channels", "channels.list", VIEWER, "list_channels"),
     Route("GET", "/admin/accounts", "accounts.list", VIEWER, "list_accounts"),
     Route("GET", "/admin/accounts/{account}", "accounts.show", VIEWER, "show_account"),
     Route("GET", "/admin/accounts/{account}/suppressions", "accounts.evidence", VIEWER,
@@ -300,6 +302,16 @@ class AdminApi:
         if not self._tokens:
             return _error(403, _NO_TOKENS)
         return web.Response(text=PAGE, content_type="text/html", headers=PAGE_HEADERS)
+
+    async def list_channels(self, request: web.Request) -> web.StreamResponse:
+        """``{"channels": [...]}`` (:func:`sender.channels.registry.described`); with
+        ``?address=A``, also ``"candidates"``: the channels whose addresses look like ``A``,
+        the one a row that names none is read on first (the page's consent lookup)."""
+        answer: dict[str, Any] = {"channels": described_channels()}
+        address = _optional(request.query, "address")
+        if address is not None:
+            answer["candidates"] = list(channels.candidates(address))
+        return _json(answer)
 
     # --- accounts ----------------------------------------------------------------------
 

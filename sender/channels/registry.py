@@ -1,36 +1,50 @@
-"""The delivery channels, each declared once: what the worker needs on top of
+"""The delivery channels, each declared once, as data: what the worker needs on top of
 :mod:`suppression.channels` (name, address kind, opt-out reason).
 
 A :class:`Delivery` is the channel, its job model (a :class:`sender.models.JobBase` with
-``channel: Literal["<name>"]``), its queue and the factory of its sender (``None`` when the
-settings do not configure it: its jobs wait in its queues). Each channel has two lanes derived
-from that one queue name (docs/design.md, "Priority lanes"): the priority lane ``<queue>`` bound
-with routing key ``<name>`` (transactional and notification jobs) and the bulk lane
-``<queue>.bulk`` bound with ``<name>.bulk`` (marketing jobs, :data:`BULK_CATEGORIES`). The
-topology, the job parser, the client's routing and the worker's consumers all read this list;
-:func:`declare` also declares the channel in :mod:`suppression.channels`, so the keys, the Lua
-scripts, the CLI and the admin API know it.
+``channel: Literal["<name>"]``), its queue and the dotted path of its sender's factory
+(``"sender.channels.smtp:build"``; the factory returns ``None`` when the settings do not
+configure the channel: its jobs wait in its queues). The path is a string: nothing here imports
+a sender. Only :func:`build_senders` (the worker) imports the factories, on demand, so the
+client, the topology and the webhook server load no SMTP, Twilio, aiohttp or DNS code
+(``tests/unit/test_import_layers.py`` checks it module by module).
 
-Adding a channel (README, "Adding a channel"): a module ``sender/channels/<name>.py`` with its
-job model, its sender (:class:`sender.channels.base.Channel`) and ``build(settings)``, and one
-``declare`` line below.
+Each channel has two lanes derived from that one queue name (docs/design.md, "Priority
+lanes"): the priority lane ``<queue>`` bound with routing key ``<name>`` (transactional and
+notification jobs) and the bulk lane ``<queue>.bulk`` bound with ``<name>.bulk`` (marketing
+jobs, :data:`BULK_CATEGORIES`). The topology, the job parser, the client's routing and the
+worker's consumers all read this list; :func:`declare` also declares the channel in
+:mod:`suppression.channels`, so the keys, the Lua scripts, the CLI and the admin API know it.
+
+Adding a channel (docs/reference.md, "Adding a channel"): its job model (in
+:mod:`sender.models` or a module of its own that imports no provider library: the client
+imports it), a module ``sender/channels/<name>.py`` with its sender
+(:class:`sender.channels.base.Channel`) and ``build(settings)``, and one ``declare`` line
+below. What lists channels outside the code (the backlog alert, the RabbitMQ definitions, the
+docs' channel table) is generated from here by ``python -m outbox.generate``; the admin page
+asks the admin API (``GET /admin/channels``).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from pydantic import TypeAdapter, ValidationError
 
-from config import Settings
 from sender import models
-from sender.channels import smtp, twilio
-from sender.channels.base import Channel as Sender
 from sender.models import BULK_CATEGORIES, EmailJob, JobBase, SmsJob
 from suppression import channels
 from suppression.channels import Channel
+
+if TYPE_CHECKING:
+    from config import Settings
+    from sender.channels.base import Channel as Sender
+
+    Factory = Callable[[Settings], Sender | None]
 
 log = logging.getLogger("outbox.channels")
 
@@ -51,7 +65,14 @@ class Delivery:
     channel: Channel
     job: type[JobBase]
     queue: str
-    build: Callable[[Settings], Sender | None]
+    #: ``"package.module:function"``, the factory of the channel's sender (imported on demand)
+    sender: str
+
+    def __post_init__(self) -> None:
+        module, _, name = self.sender.partition(":")
+        if not (module and name.isidentifier()):
+            raise ValueError(f"a sender factory is 'package.module:function', "
+                             f"not {self.sender!r}")
 
     @property
     def name(self) -> str:
@@ -69,6 +90,11 @@ class Delivery:
     def lanes(self) -> tuple[tuple[str, str, str], ...]:
         """(lane, routing key, queue) of both lanes, priority first."""
         return tuple((lane, self.routing_key(lane), self.lane_queue(lane)) for lane in LANES)
+
+    def factory(self) -> Factory:
+        """The sender's factory, its module imported now (the worker's, at start)."""
+        module, _, name = self.sender.partition(":")
+        return cast("Factory", getattr(importlib.import_module(module), name))
 
 
 _DECLARED: dict[str, Delivery] = {}
@@ -103,6 +129,16 @@ def queues() -> dict[str, str]:
     return {d.name: d.queue for d in _DECLARED.values()}
 
 
+def described() -> list[dict[str, object]]:
+    """Every channel as data, in declaration order: ``{"name", "address" (what its addresses
+    are), "opt_out" (the suppression reason of an opt-out), "lanes": {lane: {"queue",
+    "routing_key"}}}`` (the admin API's ``GET /admin/channels``)."""
+    return [{"name": d.name, "address": d.channel.address.name, "opt_out": d.channel.opt_out,
+             "lanes": {lane: {"queue": queue, "routing_key": key}
+                       for lane, key, queue in d.lanes()}}
+            for d in _DECLARED.values()]
+
+
 def routing_key(channel: str, category: str) -> str:
     """The key a job of ``channel`` and ``category`` is published (and retried) with:
     ``email`` or, for marketing, ``email.bulk``."""
@@ -131,7 +167,7 @@ def build_senders(settings: Settings, *, built: Mapping[str, Sender] | None = No
     itself (the worker's email channel, with the DKIM keys of the domain store)."""
     senders: dict[str, Sender] = {}
     for d in _DECLARED.values():
-        sender = (built or {}).get(d.name) or d.build(settings)
+        sender = (built or {}).get(d.name) or d.factory()(settings)
         if sender is None:
             log.warning("channel %s is not configured: its jobs wait in %s and %s",
                         d.name, d.queue, d.lane_queue(BULK))
@@ -140,5 +176,5 @@ def build_senders(settings: Settings, *, built: Mapping[str, Sender] | None = No
     return senders
 
 
-EMAIL = declare(Delivery(channels.EMAIL, EmailJob, "outbox.email", smtp.build))
-SMS = declare(Delivery(channels.SMS, SmsJob, "outbox.sms", twilio.build))
+EMAIL = declare(Delivery(channels.EMAIL, EmailJob, "outbox.email", "sender.channels.smtp:build"))
+SMS = declare(Delivery(channels.SMS, SmsJob, "outbox.sms", "sender.channels.twilio:build"))

@@ -112,7 +112,7 @@ def test_every_argument_that_names_an_account_or_job_is_checked():
             "suppression import", "suppression export", "consent grant", "consent show",
             "prefs set", "prefs show", "audit", "jobs show", "jobs history",
             "events"} <= set(ACCOUNT_COMMANDS)
-    assert set(JOB_COMMANDS) == {"jobs show"}
+    assert set(JOB_COMMANDS) == {"jobs show", "jobs cancel"}
 
 
 #: the refusals come before any connection: no test vhost is needed for them
@@ -161,18 +161,20 @@ async def test_every_command_refuses_a_malformed_account_id(command, bad, redis_
 
 
 @pytest.mark.parametrize("bad", list(BAD_IDS.values()), ids=list(BAD_IDS))
-async def test_jobs_show_refuses_a_malformed_job_id(bad, redis_url):
-    done = _outbox(_argv(("jobs", "show"), JOB_COMMANDS["jobs show"], "acct", job=bad),
+@pytest.mark.parametrize("command", sorted(JOB_COMMANDS))
+async def test_every_job_command_refuses_a_malformed_job_id(command, bad, redis_url):
+    done = _outbox(_argv(tuple(command.split()), JOB_COMMANDS[command], "acct", job=bad),
                    redis_url, NO_BROKER)
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith(
-        f"outbox jobs show: error: argument ID: job id {RULE}")
+        f"outbox {command}: error: argument ID: job id {RULE}")
 
 
 # --- the admin API: every route of its table ------------------------------------------------
 
 #: routes that take no account anywhere (checked to exist, so the list cannot go stale)
-NO_ACCOUNT = {"GET /admin", "GET /admin/", "GET /admin/accounts", "GET /admin/whoami"}
+NO_ACCOUNT = {"GET /admin", "GET /admin/", "GET /admin/accounts", "GET /admin/whoami",
+              "GET /admin/channels"}
 ROUTES = {f"{r.method} {r.path}": r for r in AdminApi.routes(object.__new__(AdminApi))}
 #: what a path parameter gets when the test is not about it
 _PATH_FILLERS = {"job": "job-1", "address": "ana@example.com", "recipient": "ana@example.com",

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from sender.service import make_redis
 from suppression.gate import Counts, Gate
 from tests.integration.helpers import collect, running_app
+from tests.throwaway_channel import declared
 from webhooks.admin import PAGE
 
 pytestmark = pytest.mark.integration
@@ -358,6 +360,33 @@ async def test_consent_grant_revoke_show(admin):
     status, body = await admin("POST", path, {"channel": "sms", "granted": "yes"})
     assert (status, body) == (400, {"error": "granted must be true or false"})
     assert (await admin("GET", path + "?channel=sms"))[1]["status"] == "revoked"
+
+
+# --- channels: the page's list, from the registry ------------------------------------------
+
+
+async def test_the_channels_are_the_registrys_and_an_address_gets_its_candidates(admin):
+    status, body = await admin("GET", "/admin/channels")
+    assert status == 200 and "candidates" not in body
+    assert body["channels"][0] == {
+        "name": "email", "address": "e-mail address", "opt_out": "unsubscribe",
+        "lanes": {"priority": {"queue": "outbox.email", "routing_key": "email"},
+                  "bulk": {"queue": "outbox.email.bulk", "routing_key": "email.bulk"}}}
+    assert [c["name"] for c in body["channels"]] == ["email", "sms"]
+    for address, expected in [("ana@example.com", ["email"]), ("+852 9123 4567", ["sms"]),
+                              ("push:abc123", ["sms"])]:  # no push channel: read as a phone
+        _, body = await admin("GET", "/admin/channels?address=" + quote(address))
+        assert body["candidates"] == expected, address
+    assert (await admin("GET", "/admin/channels", token=None))[0] == 401
+
+
+async def test_a_third_channel_is_on_the_list_without_a_hand_edit(admin):
+    with declared():
+        _, body = await admin("GET", "/admin/channels?address=push%3Aabc123")
+    assert [c["name"] for c in body["channels"]] == ["email", "sms", "push"]
+    assert body["channels"][2]["lanes"]["bulk"] == {"queue": "outbox.push.bulk",
+                                                    "routing_key": "push.bulk"}
+    assert body["candidates"] == ["push"]
 
 
 # --- the page -------------------------------------------------------------------------------

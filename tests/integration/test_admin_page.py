@@ -27,6 +27,7 @@ from suppression import keys
 from suppression.gate import Counts, Gate
 from suppression.store import AccountStore, ConsentStore, SuppressionStore
 from tests.integration.helpers import collect, email_job, publish, running_app, running_worker
+from tests.throwaway_channel import declared
 
 pytestmark = pytest.mark.integration
 TOKEN = "page-token-for-tests"  # alice's: support
@@ -428,6 +429,34 @@ async def test_the_job_view_and_its_timeline_show_the_same_attempt(browser, site
         await expect(page.locator("#timeline tr")).to_have_count(3)
         await _assert_attempt_agrees(page)
         assert await page.text_content("#message") == ""
+
+
+async def test_the_consent_channel_is_the_apis_a_third_one_included(browser, site, redis):
+    """The page guesses no channel: its list and the one an address is read on come from
+    GET /admin/channels, so a channel declared in the server (the throwaway ``push``) is on
+    it, its consent is found, and support may read another channel's record."""
+    await AccountStore(redis, Policy()).configure("acct_push", actor="setup", rate=5)
+    consent = ConsentStore(redis)
+    with declared():
+        await consent.grant("acct_push", "push:abc12345", channel="push", source="app",
+                            evidence="opt-in screen 3", actor="crm")
+        async with opened(browser, site) as page:
+            await page.fill("#recipient", "push:abc12345")
+            await page.fill("#recipient-account", "acct_push")
+            await page.click("#recipient-form button")
+            select = page.locator("#consent-channel")
+            await expect(page.locator("#consent")).to_contain_text("opt-in screen 3")
+            assert await select.input_value() == "push"
+            assert await select.locator("option").all_inner_texts() == [
+                "email (e-mail address)", "sms (phone number)", "push (device token)"]
+            await select.select_option("sms")
+            await expect(page.locator("#consent")).not_to_contain_text("opt-in screen 3")
+            await expect(page.locator("#consent")).to_contain_text("none")
+            # an e-mail address: the API reads it on email
+            await page.fill("#recipient", "ana@example.com")
+            await page.click("#recipient-form button")
+            await expect(page.locator("#recipient-title")).to_contain_text("ana@example.com")
+            await expect(select).to_have_value("email")
 
 
 HELD_SHOT = SHOT.with_name("admin-page-held.png")

@@ -94,7 +94,7 @@ def test_the_roles_are_those_the_terms_promise() -> None:
     """viewer: reads only; support: unblock, suspend, suppression, consent; admin:
     configuration. Pinned here, so a change to the table is a change to this contract."""
     assert {r.action: r.role for r in GUARDED} == {
-        "whoami": VIEWER, "accounts.list": VIEWER, "accounts.show": VIEWER,
+        "whoami": VIEWER, "channels.list": VIEWER, "accounts.list": VIEWER, "accounts.show": VIEWER,
         "accounts.evidence": VIEWER, "suppression.check": VIEWER, "consent.show": VIEWER,
         "audit.read": VIEWER, "jobs.show": VIEWER, "history": VIEWER,
         "accounts.unblock": SUPPORT, "accounts.suspend": SUPPORT,
@@ -170,6 +170,7 @@ DOMAIN = "shop.example"
 #: token with the route's role
 REQUESTS: dict[str, tuple[Callable[[Any], Awaitable[Any]], str, str, Any]] = {
     "whoami": (_account, "GET", "/admin/whoami", None),
+    "channels.list": (_account, "GET", "/admin/channels?address=%2B85291234567", None),
     "accounts.list": (_account, "GET", "/admin/accounts", None),
     "accounts.show": (_account, "GET", f"/admin/accounts/{ACCOUNT}", None),
     "accounts.evidence": (_blocked, "GET", f"/admin/accounts/{ACCOUNT}/suppressions", None),

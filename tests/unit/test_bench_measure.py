@@ -39,3 +39,14 @@ def test_the_table_names_the_worst_episode() -> None:
     assert _episodes([{"worst_ms": 60.4, "iowait": 0.5, "steal": 0.0},
                       {"worst_ms": 129.8, "iowait": 0.0, "steal": 0.9}]) == \
         "2 · worst 130 ms (iowait 0.5, steal 0.9)"
+
+
+def test_an_import_time_is_read_from_the_modules_own_line() -> None:
+    """benchmarks/imports.py: the module's top-level ``-X importtime`` line, not a nested
+    module whose name ends the same."""
+    from benchmarks.imports import cumulative_us
+
+    stderr = ("import time: self [us] | cumulative | imported package\n"
+              "import time:       120 |        120 |     sender.client.x\n"
+              "import time:      5178 |     266861 | sender.client\n")
+    assert cumulative_us(stderr, "sender.client") == 266861

@@ -1,72 +1,32 @@
-"""Adding a channel is one module and one line: a throwaway third channel (``push``), declared
-here exactly as a real one would be, reaches the topology, the job parser, the client's routing,
-the senders, the keys and suppression checks, provider events, the CLI's choices and the Lua
-scripts' worst account state; withdrawn afterwards."""
+"""Adding a channel is one module and one line: a throwaway third channel (``push``,
+:mod:`tests.throwaway_channel`), declared exactly as a real one would be, reaches the topology,
+the job parser, the client's routing, the senders, the keys and suppression checks, provider
+events, the CLI's choices, the Lua scripts' worst account state, and every generated list
+(``python -m outbox.generate``: the backlog alert, the RabbitMQ definitions, the docs'
+channel table); withdrawn afterwards. The admin page's list: tests/integration/test_admin_page.py
+and test_admin_api.py."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any, Literal, cast
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
 
-from config import Settings
 from config.settings import DEFAULT_RETRY_TIERS
 from sender.channels import registry
-from sender.channels.base import SendResult
-from sender.models import InvalidJob, JobBase
+from sender.models import InvalidJob
 from suppression import channels, keys
-from suppression.address import AddressKind, BadAddress
-
-# --- the "module" of the throwaway channel ---------------------------------------------------
-
-
-def _token(address: str, _region: str) -> str:
-    token = address.strip()
-    if not token.startswith("push:") or len(token) < 8:
-        raise BadAddress(f"not a device token: {address!r}")
-    return token
-
-
-DEVICE = AddressKind("device token", _token, lambda a: a.startswith("push:"))
-
-
-class PushJob(JobBase):
-    channel: Literal["push"]
-    to: str
-    title: str
-
-
-class FakePush:
-    name = "push"
-    provider = "fakepush"
-
-    async def send(self, job: Any, sender: tuple[str, ...] | None = None) -> SendResult:
-        return SendResult(self.provider, f"fp-{job.id}")
-
-    def stop(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-def build(settings: Settings) -> FakePush:
-    return FakePush()
-
-
-# --- the one line ------------------------------------------------------------------------------
+from tests.throwaway_channel import FakePush, PushJob, declared
 
 
 @pytest.fixture
 def push() -> Iterator[registry.Delivery]:
-    delivery = registry.declare(registry.Delivery(
-        channels.Channel("push", DEVICE), PushJob, "outbox.push", build))
-    try:
+    with declared() as delivery:
         yield delivery
-    finally:
-        registry.withdraw("push")
-    assert "push" not in channels.names()
 
 
 def test_the_built_in_channels_are_declared_once_in_order():
@@ -172,3 +132,78 @@ def test_the_account_state_is_the_worst_over_every_channel(push, redis_url):
     r.evalsha(post, len(k), *k, *a)
     assert r.hget(keys.state(account), "state") == "active"
     r.close()
+
+
+# --- the lists outside the code: generated (outbox/generate.py) ----------------------------
+
+
+def test_a_third_channel_reaches_every_generated_file_without_a_hand_edit(push, tmp_path):
+    """A copy of the generated files, rewritten by the generator with ``push`` declared: the
+    backlog alert watches its lanes, the definitions declare and bind them, the docs' channel
+    table has its row; a second pass finds nothing stale."""
+    import json
+    import shutil
+
+    from outbox import generate
+
+    root = tmp_path / "repo"
+    for path in generate.targets():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(generate.ROOT / path, root / path)
+    [doc] = [p for p in generate.documents() if generate.TABLE_START in (root / p).read_text()]
+    assert set(generate.stale(root, write=True)) == {generate.RULES, generate.DEFINITIONS, doc}
+    assert generate.stale(root) == []
+
+    rules = (root / generate.RULES).read_text()
+    assert 'outbox\\\\.push|outbox\\\\.push\\\\.bulk"' in rules
+    defs = json.loads((root / generate.DEFINITIONS).read_text())
+    assert {"outbox.push", "outbox.push.bulk"} <= {q["name"] for q in defs["queues"]}
+    assert ("push.bulk", "outbox.push.bulk") in {(b["routing_key"], b["destination"])
+                                                 for b in defs["bindings"]}
+    table = _channel_table((root / doc).read_text())
+    assert table["push"] == ["`push`", "device token", "`unsubscribe`", "`outbox.push` (`push`)",
+                             "`outbox.push.bulk` (`push.bulk`)",
+                             "`tests.throwaway_channel:build`"]
+    assert list(table) == ["email", "sms", "push"]
+    _backlog_fires_for(root, "outbox.push.bulk")
+
+
+def _channel_table(text: str) -> dict[str, list[str]]:
+    """The rows of the README's generated channel table, by channel."""
+    from outbox.generate import TABLE_END, TABLE_START
+
+    block = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in block.strip().splitlines()[2:]]
+    return {row[0].strip("`"): row for row in rows}
+
+
+def _backlog_fires_for(root: Path, queue: str) -> None:
+    """promtool runs the generated rules: the backlog alert fires for ``queue`` (the third
+    channel's bulk lane), not for a retry queue."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: install Debian's `prometheus` package"
+    series = "outbox_queue_depth{job=\"outbox-worker\", instance=\"w:9100\", queue=\"%s\"}"
+    case = {"rule_files": [str(root / "deploy/prometheus/outbox-rules.yml")],
+            "evaluation_interval": "1m",
+            "tests": [{"interval": "1m",
+                       "input_series": [{"series": series % queue, "values": "20000x30"},
+                                        {"series": series % "outbox.retry.60",
+                                         "values": "50000x30"}],
+                       "alert_rule_test": [{
+                           "alertname": "OutboxQueueBacklog", "eval_time": "20m",
+                           "exp_alerts": [{"exp_labels": {"severity": "warning",
+                                                          "queue": queue},
+                                           "exp_annotations": {
+                                               "summary": f"{queue} holds 20000 jobs for "
+                                                          f"10 minutes"}}]}]}]}
+    test = root / "backlog-test.yml"
+    test.write_text(yaml.safe_dump(case))
+    done = subprocess.run([promtool, "test", "rules", str(test)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -67,7 +67,6 @@ function when(value) {
   const date = Number.isFinite(n) ? new Date(n > 1e12 ? n : n * 1000) : new Date(value);
   return isNaN(date) ? String(value) : date.toISOString().replace(".000Z", "Z");
 }
-const channelOf = (address) => (address.includes("@") ? "email" : "sms");
 
 class ApiError extends Error {
   constructor(status, message, json) { super(status + " " + message); this.status = status;
@@ -357,14 +356,32 @@ async function remove(address, entry, reason, account) {
       ")").join(", ") + " for " + r.address, true);
 }
 
+// The channels come from the API (GET /admin/channels, the server's declared channels), and
+// so does the one an address is read on ("candidates", first): the page guesses none itself.
+// Support may pick another channel from the list; the choice holds while the address stays.
+async function consentChannel(address) {
+  const info = await api("GET", "/admin/channels?address=" + q(address));
+  const select = $("consent-channel");
+  const kept = select.dataset.address === address ? select.value : "";
+  select.replaceChildren(...info.channels.map((c) => {
+    const option = el("option", c.name + " (" + c.address + ")");
+    option.value = c.name;
+    return option;
+  }));
+  select.value = info.channels.some((c) => c.name === kept) ? kept : info.candidates[0];
+  select.dataset.address = address;
+  return select.value;
+}
 async function showConsent(address, account) {
+  const channel = await consentChannel(address);
+  $("consent-channel").dataset.account = account;
   if (!account) {
     table("consent", ["Consent 同意"], [], "Give an account to see its consent record. " +
           "輸入帳戶以查看同意記錄。");
     return;
   }
   const c = await api("GET", "/admin/consent/" + q(account) + "/" + q(address) + "?channel=" +
-                      q(channelOf(address)));
+                      q(channel));
   const fields = Object.entries(c).filter(([k]) => !["account_id", "recipient"].includes(k));
   table("consent", ["Field 欄位", "Value 值"],
         fields.map(([k, v]) => [k, k.endsWith("_at") || k === "at" ? when(v) : v]));
@@ -461,6 +478,10 @@ $("recipient-form").addEventListener("submit", (event) => {
   catch (err) { say(err.message, false); $("recipient-account").focus(); return; }
   const hash = "#/recipient/" + q(address) + (account ? "?account=" + q(account) : "");
   if (location.hash === hash) render(); else location.hash = hash;
+});
+$("consent-channel").addEventListener("change", () => {
+  const {address, account} = $("consent-channel").dataset;
+  showConsent(address, account || "").catch((err) => say(err.message, false));
 });
 $("job-form").addEventListener("submit", (event) => {
   event.preventDefault();
