@@ -77,13 +77,13 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from sender.account_events import publish_transition
-from sender.acks import Acks, DirectAcks
 from sender.bus import Bus
 from sender.metrics import Metrics
 from sender.models import status_event
 from sender.pipeline import RedisCalls
 from sender.provider_events import QUOTED, InvalidEvent, ProviderEvent
 from sender.recipient_events import Change, RecipientEvents
+from sender.settle import Settle
 from suppression import channels, entries
 from suppression.gate import Counts, Gate
 from suppression.handover import Handover, check
@@ -92,6 +92,8 @@ from suppression.store import SuppressionStore
 
 log = logging.getLogger("outbox.events")
 
+#: the routing key of a provider event's dead letter (``sender.deadletters.EVENTS_KEY``)
+DEAD_KEY = "events"
 #: ``webhooks.providers.dsn.PROVIDER``: the events of the ``outbox bounces`` listener
 LISTENER_PROVIDER = "smtp"
 _STATUS = {"delivered": "delivered", "bounced": "bounced", "soft_bounced": "soft_bounced",
@@ -183,13 +185,14 @@ class EventApplier:
 
     def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore, redis: Client,
                  metrics: Metrics, redis_call: RedisCalls | None = None,
-                 acks: Acks | None = None, sms_region: str = "HK",
+                 settle: Settle | None = None, sms_region: str = "HK",
                  recipients: RecipientEvents | None = None) -> None:
         """``gate``: the pipeline's own; ``redis``: what the job's record is read with;
         ``redis_call``: the pipeline's too, so an event is held (not acked) and retried while
         Redis is down, like a job. ``recipients``: where unsubscribes, complaints and START
         are announced to the CRM (once, confirmed; a publish that fails raises, so the event
-        goes back to its queue and the retry publishes it)."""
+        goes back to its queue and the retry publishes it). ``settle``: the worker's, shared
+        with the pipeline (default one ack per delivery)."""
         self._recipients = recipients
         self._bus = bus
         self._gate = gate
@@ -198,7 +201,7 @@ class EventApplier:
         self._store = store
         self._metrics = metrics
         self._redis_call = redis_call
-        self.acks = acks or DirectAcks()
+        self.settle = settle or Settle(bus)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Decode, validate, apply and ack; an invalid or inapplicable event is dead-lettered
@@ -218,7 +221,14 @@ class EventApplier:
         if problem:
             await self._dead(message, problem)
             return
-        await self.acks.ack(message)
+        await self.settle.ack(message)
+
+    async def unexpected(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """An exception nobody expected while applying an event: back to its queue a bounded
+        number of times, then ``outbox.dead`` with the exception as the reason
+        (:meth:`sender.settle.Settle.unexpected`); no job status moves (the event changed
+        nothing, or its change stands)."""
+        await self.settle.unexpected(message, exc, DEAD_KEY)
 
     async def apply(self, event: ProviderEvent) -> str | None:
         """Apply one event; returns why it could not be, or None."""
@@ -338,6 +348,4 @@ class EventApplier:
 
     async def _dead(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("provider event not applied: %s", reason)
-        await self._bus.publish_dead(message.body, reason, "events",
-                                     headers=dict(message.headers))
-        await self.acks.ack(message)
+        await self.settle.dead_letter(message, reason, DEAD_KEY)

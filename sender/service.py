@@ -34,6 +34,7 @@ from sender.metrics import Metrics
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.recipient_events import PendingSweeper, RecipientEvents
+from sender.settle import Settle
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
@@ -77,22 +78,24 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                 require_senders=settings.require_verified_senders,
                 own_sms_senders=(settings.twilio_from, settings.twilio_messaging_service_sid))
     redis_call = RedisCalls(metrics, stop.is_set, dependencies.redis)
-    acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn
+    # one settling object for the jobs, the events and the worker's guard; acks coalesced
+    # per loop turn
+    settle = Settle(bus, Acks())
     pipeline = Pipeline(
         bus=bus, gate=gate, channels=channels, metrics=metrics,
         retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
-        redis_call=redis_call, acks=acks)
+        redis_call=redis_call, settle=settle)
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
-                          metrics=metrics, redis_call=redis_call, acks=acks,
+                          metrics=metrics, redis_call=redis_call, settle=settle,
                           sms_region=settings.sms_region,
                           recipients=RecipientEvents(redis, bus))
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
-                  channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
-                  gauges=gauges, watch=watch)
+                  settle=settle, channels=channels, metrics=metrics, stop=stop,
+                  worker_id=worker_id, gauges=gauges, watch=watch)
 
 
 def signing_email_channel(settings: Settings, redis: Client) -> Channel:

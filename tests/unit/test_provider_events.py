@@ -105,6 +105,7 @@ class FakeMessage:
     def __init__(self, body: bytes) -> None:
         self.body: bytes = body
         self.headers: dict[str, Any] = {}
+        self.routing_key = "outbox.events"
         self.acked = False
 
     async def ack(self) -> None:
