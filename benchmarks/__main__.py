@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import measure, report, systems
+from benchmarks import systems as systems_mod
 from benchmarks.blast import blast_session
 from benchmarks.dkim_check import signing_check
 from benchmarks.env import ROOT, Services, machine, versions
@@ -36,7 +37,7 @@ from benchmarks.runner import (
     throughput_run,
 )
 from benchmarks.sink import SmtpSink
-from benchmarks.systems import BARE, NAIVE, System, outbox
+from benchmarks.systems import BARE, CELERY, NAIVE, System, outbox
 from benchmarks.workloads import WORKLOADS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--outbox-src", help="run Outbox from this source tree instead of the "
                    "working tree (e.g. `git archive HEAD | tar -x -C DIR`)")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    p.add_argument("--no-celery", action="store_true",
+                   help="leave out the Celery peer (it runs beside the baselines when installed)")
     a = p.parse_args(argv)
     a.jobs = a.jobs or (5000 if a.quick else 20_000)
     a.runs = a.runs or (1 if a.quick else 3)
@@ -90,6 +93,8 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             continue
         if w.baselines:
             systems += [(wname, NAIVE), (wname, BARE)]
+            if systems_mod.celery_available() and not args.no_celery:
+                systems.append((wname, CELERY))
         systems.append((wname, outbox(w.outbox_processes, cluster=w.cluster, dkim=w.dkim)))
     # a system that signs (or must not) shows it first, on a few jobs to an aiosmtpd relay
     for wname, system in systems:
@@ -141,6 +146,8 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
     halves: dict[str, list[dict[str, Any]]] = {}
     for k in range(args.latency_runs):
         for wname, system in systems:
+            if system.kind == "celery":  # throughput and CPU only: no latency recorder
+                continue
             rate = 0.5 * summary[system.name]["jobs_per_s"]
             log(f"latency {k + 1}/{args.latency_runs}: {system.name} at {rate:.0f} jobs/s "
                 f"(50 % of max) for {args.load_seconds} s")

@@ -154,16 +154,21 @@ def _message(body: bytes) -> aio_pika.Message:
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
 
-async def prefill(url: str, jobs: list[Job], routing_key: str, queue: str = JOB_QUEUE) -> float:
+async def prefill(url: str, jobs: list[Job], routing_key: str, queue: str = JOB_QUEUE,
+                  celery: bool = False) -> float:
     """Publish every job with publisher confirms (512 in flight) and check ``queue`` holds them
-    all; returns seconds taken."""
+    all; returns seconds taken. ``celery``: each job as a Celery task message calling
+    ``outbox.send(job)`` (``benchmarks.celery_peer``), on the same exchange and queue."""
     t = time.perf_counter()
     conn = await aio_pika.connect(url)
     ch = await conn.channel(publisher_confirms=True)
     ex = await ch.get_exchange(JOBS_EXCHANGE, ensure=False)
+    wrap = _message
+    if celery:
+        from benchmarks.celery_peer import task_message as wrap
     now = time.time()
     for i in range(0, len(jobs), 512):
-        await asyncio.gather(*(ex.publish(_message(j.stamped(now)), routing_key)
+        await asyncio.gather(*(ex.publish(wrap(j.stamped(now)), routing_key)
                                for j in jobs[i:i + 512]))
     q = await ch.declare_queue(queue, passive=True)
     count = q.declaration_result.message_count
@@ -236,7 +241,8 @@ async def throughput_run(ctx: Context, system: System, n: int,
     with Vhost(label) as vh:
         rs = await prepare(ctx, system)
         await declare(vh.url)
-        fill = await prefill(vh.url, jobs, ctx.stream.routing_key)
+        fill = await prefill(vh.url, jobs, ctx.stream.routing_key,
+                             celery=system.kind == "celery")
         before = rs.snapshot()
         procs = Processes(system, ctx.log_dir, label)
         cpu0: dict[int, float] = {}

@@ -31,14 +31,19 @@ class System:
 
     @property
     def supervised(self) -> bool:
-        """Started as one supervisor whose children do the work."""
-        return self.kind == "outbox" and self.processes > 1
+        """Started as one supervisor whose children do the work (Celery's prefork pool too)."""
+        return (self.kind == "outbox" and self.processes > 1) or self.kind == "celery"
 
     def command(self, amqp: str, redis: str, smtp_port: int,
                 latency_file: str | None = None) -> list[str]:
         if self.kind == "outbox":
             extra = ["--processes", str(self.processes)] if self.supervised else []
             return [PY, "-m", "outbox", "worker", *extra]
+        if self.kind == "celery":
+            return [PY, "-m", "celery", "-A", "benchmarks.celery_peer", "worker",
+                    "--pool", "prefork", "--concurrency", str(self.processes),
+                    "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+                    "--without-heartbeat"]
         cmd = [PY, "-m", "benchmarks.baselines", self.kind, "--amqp", amqp,
                "--smtp-port", str(smtp_port)]
         if self.kind == "bare":
@@ -57,6 +62,9 @@ class System:
                 env["OUTBOX_REDIS_CLUSTER"] = "true"
             env.update(self.settings)
             env.update(extra or {})
+        if self.kind == "celery":
+            env.update({"BENCH_AMQP_URL": amqp, "BENCH_REDIS_URL": redis,
+                        "BENCH_SMTP_PORT": smtp_url.rsplit(":", 1)[1]})
         env["PYTHONPATH"] = self.src if self.kind == "outbox" and self.src else str(ROOT)
         return env
 
@@ -78,6 +86,15 @@ def outbox(processes: int, cluster: bool = False, dkim: bool | None = None) -> S
 
 NAIVE = System("naive", "naive")
 BARE = System("bare", "bare")
+#: the peer a Python team would pick (benchmarks/celery_peer.py): prefork x8, late acks
+CELERY = System("celery prefork x8", "celery", processes=8)
+
+
+def celery_available() -> bool:
+    """Celery is a benchmark dependency only (``pip install -e '.[bench]'``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("celery") is not None
 
 
 class Processes:

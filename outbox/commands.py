@@ -74,7 +74,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_enqueue)
 
     p = sub.add_parser("classify", help="classify an SMTP reply (or - : one per line on stdin)")
-    p.add_argument("reply", metavar="REPLY|-")
+    p.add_argument("reply", metavar="REPLY|-", nargs="?")
+    p.add_argument("--reasons", action="store_true",
+                   help="print the reason taxonomy (reason, kind, meaning), one JSON a line")
     p.set_defaults(func=cmd_classify)
 
     support.register(sub)
@@ -650,7 +652,15 @@ def _is_json(data: bytes) -> bool:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from suppression.classify import classify_reply
+    from suppression.classify_rules import REASON_DOCS, REASON_KIND
 
+    if args.reasons:
+        for reason, meaning in REASON_DOCS.items():
+            print(json.dumps({"reason": reason, "kind": REASON_KIND[reason],
+                              "meaning": meaning}))
+        return 0
+    if args.reply is None:
+        raise CliError("classify needs a REPLY, - (stdin) or --reasons")
     if args.reply != "-":
         print(json.dumps({"reply": args.reply, **classify_reply(args.reply).as_dict()},
                          ensure_ascii=False))

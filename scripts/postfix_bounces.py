@@ -45,7 +45,7 @@ REPLIES: dict[str, tuple[str, str | None]] = {
     "nouser": ("550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual "
                "mailbox table", "hard"),
     "nosuch": ("550 No such user here", "hard"),
-    "disabled": ("550 5.2.1 The email account that you tried to reach is disabled.", "soft"),
+    "disabled": ("550 5.2.1 The email account that you tried to reach is disabled.", "hard"),
     "quota": ("552 5.2.2 <{rcpt}>: Mailbox full, quota exceeded", "soft"),
     "quota4": ("452 4.2.2 The email account that you tried to reach is over quota.", "soft"),
     "moved": ("551 5.1.6 User has moved; please try <new@elsewhere.test>", "hard"),

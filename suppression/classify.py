@@ -7,9 +7,11 @@ reply is not a failure (``delivered``, ``vacation``).  All rules are data in
 
 reason -> kind (``REASON_KIND``)::
 
-    hard       userunknown hostunknown hasmoved notaccept suppressed
-               (permanent recipient failure: suppress the address)
-    soft       mailboxfull exceedlimit mesgtoobig suspend
+    hard       userunknown hostunknown hasmoved notaccept suppressed suspend
+               (permanent recipient failure: suppress the address); only when the reply
+               is permanent and its words do not say "temporary" / "try again later",
+               else soft: no guess made hard (see ``TEMPORARY_WORDS``)
+    soft       mailboxfull exceedlimit mesgtoobig
                (temporary, recipient side: retried)
     block      blocked badreputation spamdetected virusdetected policyviolation
                authfailure requireptr notcompliantrfc contenterror rejected
@@ -52,6 +54,7 @@ _TEXT_RULES = tuple(
     for reason, pats in R.TEXT_RULES
 )
 _KEY_RE = re.compile(r"[^a-z0-9]")
+_TEMPORARY = re.compile("|".join(f"(?:{p})" for p in R.TEMPORARY_WORDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +77,23 @@ class Outcome:
         return self.kind in ("soft", "block", "transient")
 
 
-def _kind(reason: str, code: int | None, enhanced: str | None) -> str | None:
+def _kind(reason: str, code: int | None, enhanced: str | None, text: str) -> str | None:
     """Kind of a reason; ``undefined`` is soft for 5xx (words that say nothing are no ground
-    to suppress an address), transient otherwise."""
+    to suppress an address), transient otherwise. A hard reason is soft when the reply is
+    not permanent or its words say the failure is temporary (no guess made hard)."""
     if reason != "undefined":
-        return R.REASON_KIND[reason]
+        kind = R.REASON_KIND[reason]
+        if kind == "hard" and (_not_permanent(code, enhanced) or _TEMPORARY.search(text)):
+            return "soft"
+        return kind
     permanent = (code is not None and 500 <= code < 600) or (enhanced or "").startswith("5.")
     return "soft" if permanent else "transient"
+
+
+def _not_permanent(code: int | None, enhanced: str | None) -> bool:
+    """A basic or enhanced code that is not of the permanent class (5)."""
+    return (code is not None and not 500 <= code < 600) or bool(
+        enhanced and not enhanced.startswith("5."))
 
 
 def _text_reason(text: str) -> str | None:
@@ -112,7 +125,7 @@ def _classify(code: int | None, text: str, enhanced: str | None) -> Outcome:
         reason = "delivered"
     reason = reason or _enhanced_reason(enhanced) or R.BASIC_RULES.get(code or 0)
     reason = reason or "undefined"
-    return Outcome(_kind(reason, code, enhanced), reason, code, enhanced)
+    return Outcome(_kind(reason, code, enhanced, lowered), reason, code, enhanced)
 
 
 def classify_smtp(code: int | None, text: str = "", enhanced: str | None = None) -> Outcome:

@@ -30,11 +30,12 @@ REASON_KIND: dict[str, str | None] = {
     "hasmoved": "hard",
     "notaccept": "hard",
     "suppressed": "hard",
+    # hard only on a permanent reply (see PERMANENT_ONLY): the mailbox is disabled or suspended
+    "suspend": "hard",
     # soft: temporary recipient-side, retried
     "mailboxfull": "soft",
     "exceedlimit": "soft",
     "mesgtoobig": "soft",
-    "suspend": "soft",
     # block: receiver policy / reputation / rate; retried later, never suppresses
     "blocked": "block",
     "badreputation": "block",
@@ -70,7 +71,76 @@ REASON_KIND: dict[str, str | None] = {
 }
 
 REASONS: frozenset[str] = frozenset(REASON_KIND)
+
+# --------------------------------------------------------------------------
+# The taxonomy: what each reason means (Sisimai's reason names and definitions, the words
+# support and CRM tools use). ``outbox classify --reasons`` prints it with each kind.
+# --------------------------------------------------------------------------
+REASON_DOCS: dict[str, str] = {
+    "userunknown": "the recipient's mailbox does not exist at the destination",
+    "hostunknown": "the recipient's domain does not exist or has no mail server",
+    "hasmoved": "the recipient has moved; the server names the new address",
+    "notaccept": "the destination accepts no mail (null MX, 521/556)",
+    "suppressed": "the address is on a suppression list (ours or the provider's)",
+    "suspend": "the mailbox is disabled, suspended or archived (hard only on a permanent reply)",
+    "mailboxfull": "the recipient's mailbox is over quota",
+    "exceedlimit": "the message exceeds a recipient-side limit (header size, attachments)",
+    "mesgtoobig": "the message is larger than the destination accepts",
+    "expired": "delivery was given up when the queue lifetime ended",
+    "networkerror": "DNS or network failure, a mail loop, too many hops",
+    "systemerror": "the destination server's own error or misconfiguration",
+    "systemfull": "the destination server is out of disk or resources",
+    "toomanyconn": "too many connections or recipients per connection",
+    "speeding": "sending too fast for the destination (rate limit)",
+    "mailererror": "the destination's local delivery program failed",
+    "blocked": "our sending IP or host is refused (blocklist, DNSBL, banned)",
+    "badreputation": "refused for the sender's or the IP's reputation",
+    "spamdetected": "the message was judged spam",
+    "virusdetected": "the message carries malware",
+    "policyviolation": "refused by the receiver's policy (content, attachment, organisation rule)",
+    "securityerror": "authentication or credentials refused on the way",
+    "authfailure": "SPF, DKIM or DMARC failed",
+    "requireptr": "the sending IP has no PTR record (reverse DNS)",
+    "notcompliantrfc": "the message does not comply with RFC 5322",
+    "contenterror": "the message's content is malformed or refused",
+    "rejected": "our envelope sender was refused, or a mailing list refused the post",
+    "norelaying": "the server refused to relay",
+    "filtered": "the recipient's own filter refused the message",
+    "syntaxerror": "an SMTP command was refused as a syntax error",
+    "failedstarttls": "TLS was required or failed",
+    "feedback": "a complaint (ARF or feedback loop report)",
+    "onhold": "held for a decision (list moderator, challenge-response)",
+    "delivered": "delivered (or relayed)",
+    "vacation": "an auto-reply, not a failure",
+    "undefined": "no rule knows the words: soft for a 5xx reply, transient otherwise",
+}
+
+# --------------------------------------------------------------------------
+# No guess made hard.  A ``hard`` reason above comes only from evidence that names the
+# recipient (an enhanced code 5.1.x, 5.2.1, 5.4.4, or words the text rules know mean "no such
+# user / host / mailbox disabled"); even then the kind is ``soft`` when the reply is not
+# permanent (a 4xx or 2xx basic code, a 4.x.x or 2.x.x enhanced code) or its words say the
+# failure is temporary (TEMPORARY_WORDS).  A basic code alone never says ``hard``
+# (BASIC_RULES maps no code to a hard reason).
+# --------------------------------------------------------------------------
+TEMPORARY_WORDS: list[str] = [
+    r"\btemporar(?:y|ily)\b", r"\btry (?:again )?later\b", r"\bplease try again\b",
+    r"\bretry (?:later|in)\b", r"\bwill (?:be )?retr(?:y|ied)\b",
+]
 KINDS: frozenset[str | None] = frozenset({"hard", "soft", "block", "complaint", "transient", None})
+
+# --------------------------------------------------------------------------
+# Orange and La Poste (FrancePTT) reply labels: the number after OFR/LPN/OUK names the cause
+# (Sisimai's ``Rhost::FrancePTT``); numbers that only say "try later" are left to the words.
+# --------------------------------------------------------------------------
+ORANGE_CODES: dict[str, str] = {
+    "101": "blocked", "102": "blocked", "103": "blocked", "104": "toomanyconn",
+    "305": "securityerror", "401": "authfailure", "402": "securityerror", "403": "rejected",
+    "405": "rejected", "415": "rejected", "416": "userunknown", "417": "mailboxfull",
+    "418": "userunknown", "420": "suspend", "421": "rejected", "426": "suspend",
+    "505": "systemerror", "506": "spamdetected", "510": "blocked", "514": "mesgtoobig",
+    "517": "policyviolation", "630": "policyviolation", "999": "blocked",
+}
 
 # --------------------------------------------------------------------------
 # Text rules: (reason, [regex, ...]); ordered, first match wins.
@@ -93,6 +163,18 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
     ("speeding", [r"\bib(?:101|504|510|607)\b"]),
     ("badreputation", [r"\bib103\b"]),
     ("blocked", [r"\bib1(?:0[456]|1[0-3])\b", r"aup#(?:cxbl|cdrbl|ipbl\d+)\b"]),
+    # Orange / La Poste (Sisimai's FrancePTT table): OFR004_405, LPN105-104, OFR_416, OUK_513
+    *[(reason, [rf"\b(?:lpnaaa|lpn|ofr|ouk)(?:\d{{3}})?[-_]{code}\b"])
+      for code, reason in ORANGE_CODES.items()],
+    ("notaccept", [r"malformed or unexpected name server reply"]),  # AOL (Sisimai's Aol)
+    # --- mailing lists refusing or holding a post (Google Groups, fml, Mailman) -------
+    ("onhold", [r"held (?:until|for) (?:the )?(?:list )?moderat", r"awaits moderator approval"]),
+    ("rejected", [
+        r"not (?:a )?member of this (?:mailing )?list", r"not member article", r"members?-only list",
+        r"non-?members? (?:are )?not allowed to post", r"post by non-?member",
+        r"may not have permission to post", r"not (?:allowed|authorized|permitted) to post",
+        r"reject spammers", r"rejected by the list moderator",
+    ]),
     # --- specific phrases that contain words of other reasons ---------------
     ("syntaxerror", [r"protocol violation", r"unrecognized authentication type"]),
     ("systemerror", [r"loops back to myself", r"message is looping", r"domain policy size",
@@ -100,7 +182,13 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
     ("rejected", [
         r"sender address rejected", r"domain of sender", r"spam abuse detected", r"envelope from address",
         r"bad outbound sender", r"unknown sender",
+        # a refusal of our sender, whose words ("does not exist", "invalid") name no recipient
+        r"sender (?:address |domain |e-?mail )?(?:does not|doesn't) exist",
+        r"sender (?:address )?(?:is )?invalid",
     ]),
+    ("norelaying", [r"list of allowed rcpthosts"]),
+    ("authfailure", [r"this (?:e-?)?mail is unauthenticated", r"\bunauthenticated (?:e-?)?mail"]),
+    ("blocked", [r"service refus[eé]\b"]),  # Orange / Wanadoo (FrancePTT) OFRxxx
     ("notcompliantrfc", [r"duplicate header", r"sender address .{0,60}not a valid rfc ?5321"]),
     ("filtered", [r"user reject", r"blocked by the recipient"]),
     ("blocked", [r"unusual rate of"]),
@@ -125,31 +213,40 @@ TEXT_RULES: list[tuple[str, list[str]]] = [
         r"try again later, closing connection",
     ]),
     # --- recipient state --------------------------------------------------------
+    # our side suspended (sending, our IP or account at the receiver): not the recipient's
+    ("blocked", [r"(?:sending|outbound|submission|your (?:access|ip|account)|sender|\bip)\b"
+                 r".{0,40}\bsuspended"]),
     ("suspend", [
         r"temporar(?:y|ily) locked", r"\bsuspend", r"tried to reach is (?:inactive|disabled)",
         r"is no longer valid", r"mailbox (?:is )?disabled", r"account (?:is )?disabled",
         r"deactivated mailbox", r"mailbox cannot be accessed", r"banned recipient", r"\b5\.7\.50[45]\b",
     ]),
     ("hasmoved", [r"has been replaced by", r"no longer on (?:this )?server", r"\buser has moved\b"]),
-    ("hostunknown", [r"domain (?:does not exist|not found)"]),
+    ("rejected", [r"(?:sender|from|mail from|envelope) domain (?:does not exist|doesn'?t exist|"
+                  r"not found)"]),
+    ("hostunknown", [r"domain (?:does not exist|doesn'?t exist|not found)"]),
     ("userunknown", [
         r"\b5\.4\.1 recipient address rejected: access denied",
         r"user(?:name)? (?:is )?unknown", r"unknown (?:user|recipient|address|or illegal alias)",
         r"no such (?:user|mailbox|recipient|address)", r"(?:user|mailbox|recipient|address|account) (?:does not|doesn't) exist",
         r"(?<!domain )does not exist", r"doesn't have a .{0,40}account", r"invalid (?:recipient|mailbox)",
         r"(?:recipient|mailbox|user|address) not found", r"not a valid rfc ?5321 address",
-        r"inactive email address", r"mailbox unavailable", r"bad destination mailbox",
+        r"inactive email address", r"bad destination mailbox",
         r"recipnotfound|exrecipnotfound", r"invalid recipient address", r"recipient (?:address )?rejected$",
         r"find the recipient domain", r"account does not exist", r"unknown local part",
-        r"no mailbox here", r"not our customer", r"address (?:is )?(?:invalid|rejected)",
+        r"no mailbox here", r"not our customer", r"(?<!sender )(?<!from )address (?:is )?(?:invalid|rejected)(?!:)",
         # Domino ("not listed in Domino Directory"), RFC 3464's example gateway reply
         r"not listed in (?:the )?(?:domino directory|public name (?:&|and) address book)",
         r"is not a registered (?:gateway )?user",
+        # IMail, Verizon MMS, Lotus Notes (Japanese), KDDI
+        r"invalid final delivery userid", r"no valid recipients for this mm", r"unverified address",
+        r"ディレクトリのリストにありません",
     ]),
     ("mailboxfull", [
         r"mailbox (?:is )?full", r"over ?quota", r"quota (?:exceeded|full)", r"out of storage space",
         r"insufficient disk space", r"storage limit", r"mailbox (?:size )?limit exceeded",
         r"exceeded storage allocation", r"quotaexceeded", r"mailbox.{0,20}\bfull\b",
+        r"mailbox exceeds allowed size",
     ]),
     # --- sizes and limits ----------------------------------------------------------
     ("exceedlimit", [r"header size exceeds", r"limit of .{0,20}attachments", r"per individual header size",
@@ -303,8 +400,10 @@ ENHANCED_RULES: dict[str, str] = {
 BASIC_RULES: dict[int, str] = {
     421: "systemerror", 450: "undefined", 451: "systemerror", 452: "systemfull", 454: "securityerror",
     500: "syntaxerror", 501: "syntaxerror", 502: "syntaxerror", 503: "syntaxerror", 504: "syntaxerror",
-    521: "notaccept", 530: "securityerror", 535: "securityerror", 550: "undefined", 551: "hasmoved",
-    552: "mailboxfull", 553: "userunknown", 554: "undefined", 556: "notaccept",
+    530: "securityerror", 535: "securityerror", 550: "undefined", 552: "mailboxfull",
+    554: "undefined",
+    # 521, 551, 553, 556 alone are no evidence that names the recipient (553 is as often a
+    # sender or relay refusal): "undefined", soft for a 5xx
 }
 
 # --------------------------------------------------------------------------

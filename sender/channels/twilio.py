@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -60,41 +61,50 @@ def normalise_number(raw: str, region: str = "HK") -> str:
 
 
 class RateLimiter:
-    """A token bucket per sender: ``rate`` messages a second, bursts of ``burst``.
+    """A rate per sender: ``rate`` messages a second, bursts of ``burst`` (the generic cell
+    rate algorithm: each sender's theoretical arrival time moves ``1 / rate`` per message, and
+    a message may go while that time is at most ``(burst - 1) / rate`` ahead of now).
 
-    Twilio's 429 halves the sender's rate (down to ``floor``); each accepted message gives
-    back a twentieth of the configured rate (additive increase, multiplicative decrease), so a
-    storm of 429s slows sending down instead of hammering the API."""
+    Callers waiting at the same time are spaced ``1 / rate`` apart, however many wait.
+    Twilio's 429 halves the sender's rate (down to ``floor``) and spends its burst; each
+    accepted message gives back a twentieth of the configured rate (additive increase,
+    multiplicative decrease), so a storm of 429s slows sending down instead of hammering the
+    API."""
 
-    def __init__(self, rate: float, burst: int, floor: float = 0.5) -> None:
+    def __init__(self, rate: float, burst: int, floor: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._configured = rate
-        self._burst = burst
+        self._burst = max(1, burst)
         self._floor = min(floor, rate)
         self._rates: dict[str, float] = {}
         self.lowest = rate  # the lowest rate any sender was cut to (metrics, tests)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = asyncio.Lock()
+        self._tat: dict[str, float] = {}  # sender -> theoretical arrival time of the next
+        self._clock = clock
 
     def rate(self, sender: str) -> float:
         """The sender's current rate (messages per second)."""
         return self._rates.get(sender, self._configured)
 
+    def reserve(self, sender: str) -> float:
+        """Take ``sender``'s next place; return the seconds to wait before sending."""
+        interval = 1.0 / self.rate(sender)
+        now = self._clock()
+        tat = max(self._tat.get(sender, now), now)
+        wait = tat - (self._burst - 1) * interval - now
+        self._tat[sender] = tat + interval
+        return wait if wait > 1e-9 else 0.0  # not a float's rounding as a wait
+
     async def acquire(self, sender: str) -> None:
         """Wait until ``sender`` may send one more message."""
-        async with self._lock:
-            rate = self.rate(sender)
-            tokens, stamp = self._buckets.get(sender, (float(self._burst), time.monotonic()))
-            now = time.monotonic()
-            tokens = min(self._burst, tokens + max(0.0, now - stamp) * rate)
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
-            self._buckets[sender] = (tokens - 1 + wait * rate, now + wait)
+        wait = self.reserve(sender)  # no await between reading and moving the time: atomic
         if wait:
             await asyncio.sleep(wait)
 
     def slow_down(self, sender: str) -> None:
         self._rates[sender] = max(self._floor, self.rate(sender) / 2)
         self.lowest = min(self.lowest, self._rates[sender])
-        self._buckets[sender] = (0.0, time.monotonic())
+        now = self._clock()  # the burst is spent: the next message waits a whole interval
+        self._tat[sender] = max(self._tat.get(sender, now), now) + self._burst / self.rate(sender)
 
     def speed_up(self, sender: str) -> None:
         if sender in self._rates:

@@ -18,9 +18,10 @@ from outbox.commands import job_lines
 from outbox.runtime import iso_time, iso_times, table
 from sender.channels import registry
 from sender.models import InvalidJob
+from tests.docs import docs_text
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+README = docs_text()  # README.md and docs/*.md: together they must state every contract
 EXAMPLES = ROOT / "examples"
 #: paths the README names that are not in the repository, on purpose
 NOT_IN_GIT = {"deploy/.env",  # made by `cp deploy/.env.example`, git-ignored
@@ -38,7 +39,14 @@ def test_every_reputation_parameter_is_in_the_readme() -> None:
 
 
 def test_the_readme_names_no_file_outside_the_repository() -> None:
-    assert "DESIGN" not in README and "../" not in README
+    assert "DESIGN" not in README
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in link:
+                continue
+            target = (page.parent / link).resolve()  # a link stays inside the repository
+            assert target.is_relative_to(ROOT) and target.exists(), (page.name, link)
+        assert "../" not in page.read_text().replace("](../README.md)", ""), page.name
     for path in re.findall(r"`((?:examples|deploy|config|sender|suppression|webhooks|outbox|"
                            r"tests|scripts|benchmarks)/[\w./-]+)`", README):
         if "<" in path or "*" in path or path in NOT_IN_GIT:
@@ -47,10 +55,15 @@ def test_the_readme_names_no_file_outside_the_repository() -> None:
 
 
 def test_the_readme_starts_with_make_run_and_make_test() -> None:
-    first_block = README.split("```sh", 1)[1].split("```", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```sh", 1)[1].split("```", 1)[0]
     commands = [line.split()[0:2] for line in first_block.strip().splitlines()]
     assert commands[:2] == [["make", "run"], ["make", "test"]]
-    assert "**Contents**" in README.split("## ", 1)[0]
+    intro = readme.split("## ", 1)[0]  # points to every page of docs/
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in intro, page.name
+    for page in sorted((ROOT / "docs").glob("*.md")):  # each page has its contents line
+        assert "**Contents**" in page.read_text().split("\n## ", 1)[0], page.name
 
 
 def test_the_readme_documents_every_status_and_queue() -> None:
@@ -135,3 +148,16 @@ def test_enqueue_takes_json_lines_or_one_pretty_job() -> None:
     broken = b'{\n  "v": 1,\nnot json\n' + lines.splitlines()[0] + b"\n"
     assert [n for n, _ in job_lines(io.BytesIO(broken))] == [1, 2, 3, 4]
     assert list(job_lines(io.BytesIO(b"\n\n"))) == []
+
+
+def test_the_runbook_has_an_entry_for_every_alert() -> None:
+    """docs/operations.md, "Runbook": each alert of the rules file is named in a heading of
+    its own (two related alerts may share one), dead letters first."""
+    rules = (ROOT / "deploy/prometheus/outbox-rules.yml").read_text()
+    alerts = re.findall(r"^\s*- alert: (\w+)$", rules, re.M)
+    runbook = (ROOT / "docs/operations.md").read_text().split("## Runbook", 1)[1]
+    runbook = runbook.split("\n## ", 1)[0]
+    headings = [h for h in runbook.splitlines() if h.startswith("### ")]
+    named = [name for h in headings for name in re.findall(r"`(Outbox\w+)`", h)]
+    assert sorted(named) == sorted(alerts)
+    assert named[0] == "OutboxDeadLetters"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +14,11 @@ from outbox.runtime import CliError
 from sender.models import RECIPIENT_CHANGES, RecipientEvent, StatusEvent, parse_event
 from sender.provider_events import ProviderEvent
 from sender.recipient_events import Change, provider_change, routing_key
-
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+from tests.docs import section
 
 
 def _section() -> str:
-    start = README.index("### Recipient events")
-    return README[start:README.index("\n## ", start)]
+    return section("### Recipient events")
 
 
 def _example() -> bytes:

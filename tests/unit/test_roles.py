@@ -104,11 +104,11 @@ def test_the_readme_lists_each_roles_actions_as_the_route_table_declares() -> No
     """README "Admin API": the row of each role names exactly the actions that need it, and
     the calls table gives each route's role (generated from one declaration, or checked)."""
     import re
-    from pathlib import Path
 
+    from tests.docs import docs_text
     from webhooks.admin import PUBLIC, ROUTES
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = docs_text()
     for role in ROLES:
         [line] = [x for x in readme.splitlines() if x.startswith(f"| `{role}` | ")]
         listed = set(re.findall(r"`([a-z]+(?:\.[a-z]+)?)`", line.split("|")[2]))

@@ -162,13 +162,14 @@ def test_dev_senders_cover_every_example_job():
     from pathlib import Path
 
     from outbox.commands import DEV_SENDERS, EXAMPLE_JOB
+    from tests.docs import docs_text
 
     root = Path(__file__).resolve().parents[2]
     examples = root / "examples"
     jobs = [json.loads(line) for p in examples.glob("*.jsonl")
             for line in p.read_text().splitlines() if line.strip()]
     jobs += [json.loads(p.read_text()) for p in examples.glob("*.json")]
-    readme = (root / "README.md").read_text()
+    readme = docs_text()
     jobs += [json.loads(m) for m in re.findall(r"echo '(\{.*?\})'", readme)]
     jobs.append(EXAMPLE_JOB)
     email = [j for j in jobs if j.get("channel") == "email"]

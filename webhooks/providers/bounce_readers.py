@@ -38,12 +38,62 @@ class Family:
     recipients: tuple[str, ...]
     begin: str | None = None
     delayed: tuple[str, ...] = ()
+    #: patterns (with a ``rcpt`` group) searched in the report's header lines, for families
+    #: that name the recipient only there (Google Groups' ``X-Failed-Recipients``)
+    headers: tuple[str, ...] = ()
+    #: a mailing list's refusal of a post: the refused recipient is the list, its kind
+    #: ``block`` (reason ``rejected`` unless the words name a more precise block, or
+    #: ``onhold`` for a post held for the moderator); never a bounce of another address
+    list_refusal: bool = False
 
 
 FAMILIES: tuple[Family, ...] = (
+    # families with markers of their own first (dma's subject is Exim's)
+    # DragonFly Mail Agent (dma, net.c/mail.c): one report per recipient
+    Family("dma", (r"^This is the DragonFly Mail Agent", r"^Received: from MAILER-DAEMON\n.*\n"
+                   r"[ \t]+by .*\(DragonFly Mail Agent"),
+           (rf"There was an error delivering your mail to <(?P<rcpt>{ADDR})>\.?[ \t]*\n{BLANK}"
+            r"(?P<diag>(?:.+\n?)+)",)),
+    # Apache James (AbstractNotify: "Error message below:", "Message details:  RCPT TO: ...")
+    Family("james", (r"^Subject: \[BOUNCE\]", r"^Message-ID:.*\.JavaMail\.",
+                     r"JAMES SMTP Server", r"^Error message below:"),
+           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",),
+           begin=r"^Error message below:"),
+    # Verizon Wireless: vtext.com (James-like "Error: ... RCPT TO:"), vzwpix.com (MMS gateway)
+    Family("verizon", (r"^From:.*post_master@vtext\.com", r"^From:.*sysadmin@.*vzwpix\.com",
+                       r"^Message could not be delivered to mobile"),
+           (rf"^[ \t]+RCPT TO:[ \t]*<?(?P<rcpt>{ADDR})>?",
+            rf"^Error:[ \t]*(?P<diag>.+)\n(?:.*\n)*?To:[ \t]*(?:.*<)?(?P<rcpt>{ADDR})"),
+           begin=r"^(?:Error:|Message could not be delivered to mobile)"),
+    # au by KDDI (ezweb.ne.jp / au.com): "Could not be delivered to: <ADDR>", reason indented
+    Family("kddi", (r"^From:.*no-reply@.*\.dion\.ne\.jp", r"^Reply-To:.*no-reply@app\.auone-net",
+                    r"^Received:.*(?:ezweb\.ne\.jp|\.au\.com) \(",
+                    r"^Your mail (?:sent on|attempted to be delivered on):"),
+           (rf"Could not be delivered to:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n"
+            r"(?P<diag>(?:[ \t]+.+\n?)*)",)),
+    # Google Groups: the group refused a post; the group is named in X-Failed-Recipients only
+    Family("googlegroups", (r"the group you tried to contact \(", r"^X-Google-Group-Id:",
+                            r"you may not have permission to post messages to the group"),
+           (), headers=(rf"^X-Failed-Recipients:[ \t]*<?(?P<rcpt>{ADDR})>?",),
+           list_refusal=True),
+    # fml (Japanese mailing-list manager): "You are not a member of this mailing list <ADDR>."
+    Family("fml", (r"^X-MLServer:.*fml", r"^Message-ID:.*\.FML", r"fml system error message"),
+           (r"^(?P<diag>[^<\n]*(?:member|reject|spam|loop|duplicated message-id|alert|"
+            rf"warning)[^<\n]*<(?P<rcpt>{ADDR})>.*)$",), list_refusal=True),
+    # Mailman 2/3: a post rejected or held; the list is the refused recipient
+    Family("mailman", (r"^X-Mailman-Version:", r"^X-List-Administrivia:\s*yes",
+                       r"Is being held until the list moderator can review",
+                       r"Your message to the \S+ mailing[- ]list has been rejected"),
+           (rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
+            rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
+           headers=(rf"^X-BeenThere:[ \t]*<?(?P<rcpt>{ADDR})>?",
+                    rf"^List-Post:[ \t]*<mailto:(?P<rcpt>{ADDR})>"),
+           list_refusal=True),
     Family("postfix", (r"^This is the mail system at host", r"^[ \t]*The mail system[ \t]*$",
                        r"^Subject: (?:Undelivered Mail Returned to Sender|Delayed Mail)"),
-           (rf"^<(?P<rcpt>{ADDR})>(?: \(expanded from <[^>]*>\))?: (?P<diag>.+(?:\n[ \t]+.+)*)",),
+           # a forwarded or aliased address: the one we sent to is the "expanded from" one
+           (rf"^<{ADDR}> \(expanded from <(?P<rcpt>{ADDR})>\): (?P<diag>.+(?:\n[ \t]+.+)*)",
+            rf"^<(?P<rcpt>{ADDR})>: (?P<diag>.+(?:\n[ \t]+.+)*)"),
            begin=r"^[ \t]*The mail system[ \t]*$",
            delayed=(r"^Subject: Delayed Mail", r"This is a warning only")),
     Family("exim", (r"^This message was created automatically by mail delivery software",
@@ -68,6 +118,7 @@ FAMILIES: tuple[Family, ...] = (
                         r"The original message was received at"),
            (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n{BLANK}\(reason: (?P<diag>[^)\n]*)\)",
             rf"^(?P<diag>[245]\d\d[ -][245]\.\d+\.\d+ <?(?P<rcpt>{ADDR})>?\.\.\. .+)",
+            rf"^(?P<diag>[245]\d\d[ -]<?(?P<rcpt>{ADDR})>?\.\.\. .+)",  # V5 sendmail
             rf"^>>> RCPT To:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\n<<< (?P<diag>.+(?:\n<<< .+)*)"),
            begin=r"(?<!-)-{3,} The following addresses had",
            delayed=(r"^Subject: Warning: could not send message", r"will keep trying until",
@@ -88,7 +139,10 @@ FAMILIES: tuple[Family, ...] = (
             r"(?:#|Remote Server returned ')(?P<diag>.+)",
             rf"^[ \t]*(?:'[^'\n@]*'[ \t]*)?[<(']?(?P<rcpt>{ADDR})[>)']?[ \t]+on\s.*\n{BLANK}"
             r"[ \t](?P<diag>.+)",
-            rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*(?:\(|<){ADDR}(?:\)|>)[ \t]*\n(?P<diag>(?:.+\n?)+)"),
+            rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*(?:\(|<){ADDR}(?:\)|>)[ \t]*\n(?P<diag>(?:.+\n?)+)",
+            # Exchange 5.5/2000: "The following message to <ADDR> was undeliverable."
+            rf"The following message to <(?P<rcpt>{ADDR})> was undeliverable\.?"
+            r"(?P<diag>(?:.*\n?){0,8})"),
            begin=r"(?:Delivery has failed to these recipients or groups|"
                  r"following recipient\(s\) cannot be reached|Delivery is delayed to these|"
                  r"Diagnostic information for administrators)",
@@ -114,15 +168,57 @@ FAMILIES: tuple[Family, ...] = (
            (rf"^(?P<rcpt>{ADDR}): (?P<diag>.+)",),
            begin=r"following list of recipients",
            delayed=(r"temporary failure", r"Delivery attempts will continue")),
-    Family("imail", (r"^Subject: Undeliverable Mail[ \t]*$", r"^Unknown user: "),
-           (rf"^(?P<diag>Unknown user|User mailbox exceeds allowed size|"
-            rf"Requested action not taken: mailbox unavailable): (?P<rcpt>{ADDR})",)),
+    # Ipswitch IMail ("X-Mailer: <SMTP32 vN>"): "Unknown user: ADDR", "undeliverable to ADDR"
+    Family("imail", (r"^Subject: Undeliverable Mail\b", r"^X-Mailer: <SMTP32 v",
+                     r"^Unknown user: ", r"^Body of message generated response:"),
+           (rf"^(?P<diag>[A-Za-z][^:\n@ ]+ [^:\n@]{{2,80}}): <?(?P<rcpt>{ADDR})>?[ \t]*$",
+            rf"^undeliverable to <?(?P<rcpt>{ADDR})>?")),
+    # Lotus Notes: "------- Failure Reasons  --------", the reason, then the address alone
+    Family("notes", (r"^-+ Failure Reasons\s+-+",),
+           (rf"^-+ Failure Reasons\s+-+[ \t]*\n{BLANK}(?P<diag>.+)\n[ \t]*<?(?P<rcpt>{ADDR})>?"
+            r"[ \t]*$",
+            rf"^(?P<diag>[^@\n]{{8,}})\n[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
+           begin=r"^-+ Failure Reasons\s+-+"),
     Family("kerio", (r"Unable to deliver the message to the recipient",
                      r"^Subject: Undeliverable message"),
            (rf"^[ \t]*(?P<rcpt>{ADDR})[ \t]*\n(?P<diag>(?:.+\n?)+)",
             rf"Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)")),
-    Family("notes", (r"^Subject: Undeliverable message[ \t]*$", r"^-+ Failure Reasons -+"),
-           (rf"^-+ Failure Reasons -+[ \t]*\n{BLANK}(?P<diag>.+)\n[ \t]*(?P<rcpt>{ADDR})",)),
+    # Trend Micro InterScan MSS: "Sent <<< RCPT TO:<ADDR>" then "Received >>> 550 ..."
+    Family("interscan", (r'^From:\s*"?InterScan MSS', r"^Subject: Mail could not be delivered",
+                         r"^Sent <<< RCPT TO:"),
+           (rf"^Sent <<< RCPT TO:[ \t]*<(?P<rcpt>{ADDR})>[ \t]*\nReceived >>> (?P<diag>.+)",
+            rf"^Received >>> (?P<diag>[245]\d\d .*<(?P<rcpt>{ADDR})>.*)")),
+    # Unknown MTAs' common one-paragraph styles (sendmail-like without its markers, the
+    # "could not be delivered" / "Unable to deliver message to the following recipients"
+    # texts, Mailman's "simple match" one-liners): a list of addresses after the phrase
+    Family("anonymous", (
+        r"following addresses had permanent fatal errors",
+        r"Unable to deliver (?:the )?message to the following (?:recipients?|address(?:es)?)",
+        r"could not be delivered to the following (?:recipients?|address(?:es)?)",
+        r"has not been delivered to the following (?:recipients?|address(?:es)?)",
+        r"(?:The )?following recipients? did not receive this message",
+        r"Delivery to the following recipients? failed",
+        r"Your message cannot be delivered to the following recipients",
+        r"message (?:to the following address(?:es)?|could not be delivered)",
+        r"^Failed addresses follow:", r"^Message delivery to '[^'\n]+@[^'\n]+' failed",
+        r"Delivery to the following recipient\(s\) failed", r"^Failed Recipient:",
+        r"The following message to <[^>\n]+> was undeliverable",
+        r"This Message was undeliverable due to the following reason",
+        r"Message not delivered to recipients below", r"The message could not be delivered to:",
+        r"^[ \t]*(?:unknown address|undeliverable to|delivery failed for|invalid recipient):?"
+        rf"[ \t]*<?{ADDR}>?[ \t]*$"),
+        (rf"^[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*(?:[:(\-,;.]|$)",
+         rf"^Message delivery to (?P<rcpt>{ADDR})' failed(?P<diag>.*(?:\n.+)*)",  # 'ADDR'
+         rf"^Failed Recipient:[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*\n(?:Reason:[ \t]*(?P<diag>.+))?",
+         rf"The following message to <(?P<rcpt>{ADDR})> was undeliverable\.?"
+         r"(?P<diag>(?:.*\n?){0,8})",
+         rf"The message could not be delivered to:[ \t]*<?(?P<rcpt>{ADDR})>?",
+         r"^[ \t]*(?P<diag>unknown address|undeliverable to|delivery failed for|"
+         rf"invalid recipient):?[ \t]*<?(?P<rcpt>{ADDR})>?[ \t]*$"),
+        begin=r"(?:permanent fatal errors|following (?:recipients?|address(?:es)?)(?:\(s\))?"
+              r"(?: did not receive this message| failed)?|could not be delivered|"
+              r"Failed addresses follow:|recipients below|undeliverable due to the following "
+              r"reason)[^\n]*\n"),
     Family("mailmarshal", (r"^Subject: Undeliverable Mail: ", r"MailMarshal"),
            (rf"could not be delivered to (?:the following|one or more) .*\n{BLANK}"
             rf"<?(?P<rcpt>{ADDR})>?[ \t]*\n(?P<diag>(?:.+\n?)+)",)),
@@ -153,6 +249,8 @@ ORIGINAL_MARKERS = (
     r"^[ \t]*-+ ?Original message headers",
     r"^Original message headers:",
     r"^Received: from .+\n[ \t]+by ",
+    r"^Message headers follow\.",  # dma
+    r"Original mail as follows:",  # fml
 )
 
 #: Generic recipient lines, tried when no family pattern found one.
@@ -168,7 +266,9 @@ GENERIC_RECIPIENTS = (
 DELAY_MARKERS = (
     r"^Subject:.*(?:delayed|delay|still being retried|warning: could not send|"
     r"Delivery Status Notification \(Delay\))",
-    r"(?:has|have) not (?:yet )?been delivered",
+    # "has not been delivered" alone ends many final failures ("...to the following
+    # recipients"): only "not yet" / "not ... yet" says the delivery is still being tried
+    r"(?:has|have) not yet been delivered", r"(?:has|have) not been delivered yet",
     r"(?:will|shall) (?:continue to )?(?:retry|keep trying|try again)",
     r"this is a warning only", r"no action is required on your part",
     r"delivery attempts will continue",

@@ -109,6 +109,7 @@ def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
 _FAMILIES = tuple((f, _compile(f.detect), _compile(f.recipients),
                    re.compile(f.begin, _FLAGS) if f.begin else None, _compile(f.delayed))
                   for f in R.FAMILIES)
+_BY_NAME = {f.name: (f, _compile(f.headers)) for f in R.FAMILIES}
 _ORIGINAL = _compile(R.ORIGINAL_MARKERS)
 _GENERIC = _compile(R.GENERIC_RECIPIENTS)
 _DELAY = _compile(R.DELAY_MARKERS)
@@ -131,6 +132,10 @@ class Finding:
     diagnostic: str = ""
     outcome: Outcome | None = None
     complaint: bool = False
+    #: the recipient's own words, when ``diagnostic`` was widened to the whole notification
+    #: (one recipient whose own words carry no code): words elsewhere in it without any reply
+    #: code (help text, "possible reasons: ...") are no evidence that names the recipient
+    own: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +228,10 @@ def _read(message: bytes, envelope_to: Sequence[str],
         if ses:
             return replace(report, format="ses-json", findings=ses)
     if _any(_COMPLAINT, top + "\n" + text) and (_original(msg) is not None
-                                                or _any(_COMPLAINT_RCPT, top)):
-        return replace(report, format="complaint", findings=(_complaint(msg, top),))
+                                                or _any(_COMPLAINT_RCPT, top + "\n" + text)):
+        # an ARF report whose feedback part is sent as text names the recipient in its text
+        return replace(report, format="complaint",
+                       findings=(_complaint(msg, top + "\n" + text),))
     return _text_report(report, msg, top, text)
 
 
@@ -273,6 +280,9 @@ def outcome_of(finding: Finding) -> Outcome:
     if enhanced and (not status or status.endswith(".0.0")):
         status = enhanced.group(1)  # the server's own code is more specific than x.0.0
     outcome = classify_smtp(finding.reply_code, text, status)
+    if outcome.kind == "hard" and finding.own is not None and not finding.reply_code \
+            and not status and classify_smtp(None, finding.own).kind != "hard":
+        return replace(outcome, kind="soft")  # words not the recipient's, and no code
     temporary = all(c is None or str(c).startswith("4") for c in (finding.reply_code, status)) \
         and (finding.reply_code or status)
     if outcome.kind == "hard" and (finding.action == "delayed" or temporary):
@@ -340,7 +350,8 @@ def _own_parts(msg: Message) -> Iterable[Message]:
 def _dsn_findings(blocks: list[Message]) -> list[Finding]:
     found: list[Finding] = []
     for block in blocks[:MAX_FINDINGS]:
-        recipient = _address(block.get("Final-Recipient") or block.get("Original-Recipient"))
+        recipient = _sent_to(block.get("Original-Recipient")) or _address(
+            block.get("Final-Recipient") or block.get("Original-Recipient"))
         status = _status(block.get("Status"))
         action = (block.get("Action") or "").strip().lower().split()[0:1]
         act = action[0] if action else {"5": "failed", "4": "delayed", "2": "delivered"}.get(
@@ -356,6 +367,15 @@ def _dsn_findings(blocks: list[Message]) -> list[Finding]:
             status = specific  # Exim writes x.0.0 and the server's own code in the text
         found.append(Finding(recipient, act, status, _code(text), diagnostic or status or ""))
     return found
+
+
+def _sent_to(original: str | None) -> str | None:
+    """The address we sent to when a forwarder or alias changed it: RFC 3464's
+    ``Original-Recipient: rfc822; ...`` (not Exchange's encapsulated X.500 ``IMCEA...``)."""
+    value = (original or "").strip()
+    if not value.lower().startswith("rfc822;") or "imcea" in value.lower():
+        return None
+    return _address(value)
 
 
 def _enrich(findings: list[Finding], top: str, text: str) -> tuple[Finding, ...]:
@@ -436,7 +456,8 @@ def _text_report(report: Report, msg: Message, top: str, text: str) -> Report:
             if to:
                 section = _section(text, None)
                 findings = [Finding(to, "delayed" if _delayed(top, text, ()) else "failed",
-                                    _status_in(section), _code(section), _clean(section))]
+                                    _status_in(section), _code(section), _clean(section),
+                                    own="")]  # the whole text: no words of its own
         if findings:
             return replace(report, format=family, findings=tuple(findings))
         return replace(report, why="looks like a bounce, but names no recipient we could find")
@@ -452,20 +473,45 @@ def _text_findings(top: str, text: str) -> tuple[str, list[Finding]]:
     """The family whose markers the report carries ("generic" if none) and its findings."""
     head = top + "\n" + text[:4000]
     name = next((f.name for f, detect, *_ in _FAMILIES if _any(detect, head)), "generic")
-    # the family's own patterns first, then every other family's, then the generic ones
-    for _family, _, recipients, begin, delayed in sorted(_FAMILIES,
-                                                        key=lambda f: f[0].name != name):
+    if name != "generic" and _BY_NAME[name][1]:  # a family that names the recipient in a header
+        found = _findings(top, _BY_NAME[name][1], "", False, _section(text, None))
+        if found:
+            return name, _as_list_refusal(name, found)
+    # the family's own patterns first, then every other family's (those whose section starts
+    # after a marker only when the marker is there), then the generic ones
+    for family, _, recipients, begin, delayed in sorted(_FAMILIES,
+                                                       key=lambda f: f[0].name != name):
+        if family.name != name and begin is not None and not begin.search(text):
+            continue
         found = _findings(_section(text, begin), recipients, top,
                           _delayed(top, text, delayed))
         if found:
-            return name, found
-    return name, _findings(_section(text, None), _GENERIC, top, _delayed(top, text, ()))
+            return name, _as_list_refusal(name, found)
+    return name, _as_list_refusal(name, _findings(_section(text, None), _GENERIC, top,
+                                                  _delayed(top, text, ())))
+
+
+def _as_list_refusal(name: str, found: list[Finding]) -> list[Finding]:
+    """A mailing list's refusal of a post (Google Groups, fml, Mailman): the list refused
+    this recipient by its policy, a ``block`` (``onhold`` when the post is held for the
+    moderator): never a hard bounce, nor one of another address."""
+    if name == "generic" or not _BY_NAME[name][0].list_refusal:
+        return found
+    out = []
+    for finding in found:
+        outcome = outcome_of(finding)
+        if outcome.kind not in ("block", "transient") or outcome.reason == "undefined":
+            outcome = Outcome("block", "rejected", outcome.code, outcome.enhanced)
+        out.append(replace(finding, outcome=outcome))
+    return out
 
 
 def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
-              delayed: bool) -> list[Finding]:
+              delayed: bool, story: str = "") -> list[Finding]:
+    """Recipients the patterns find in ``section``, each with its diagnostic (its ``diag``
+    group, the text up to the next recipient, or ``story`` when given)."""
     exclude = {a.lower() for line in top.splitlines() if re.match(
-        r"(?:From|To|Cc|Sender|Return-Path|Reply-To|Delivered-To|X-Original-To):", line, re.I)
+        r"(?:From|To|Cc|Sender|Return-Path|Reply-To|Delivered-To):", line, re.I)
         for a in _ADDR.findall(line)}
     hits: list[tuple[int, int, str, str | None]] = []  # start, end, recipient, diag
     for pattern in patterns:
@@ -483,12 +529,16 @@ def _findings(section: str, patterns: Iterable[re.Pattern[str]], top: str,
         if rcpt in found or len(found) >= MAX_FINDINGS:
             continue
         following = hits[i + 1][0] if i + 1 < len(hits) else len(section)
-        words = diag if diag and diag.strip() else section[end:following]
-        if not _CODE.search(words) and not _ENHANCED.search(words) and len(hits) == 1:
+        words = story or (diag if diag and diag.strip() else section[end:following])
+        own = None
+        if not story and not _CODE.search(words) and not _ENHANCED.search(words) \
+                and len(hits) == 1:
+            # its own words: its pattern's diagnostic, else its paragraph (not the help text)
+            own = _clean(words if diag and diag.strip() else words.split("\n\n")[0])
             words = f"{words}\n{section}"  # one recipient: the whole section is its story
         clean = _clean(words)
         found[rcpt] = Finding(rcpt, "delayed" if delayed else "failed", _status_in(clean),
-                              _code(clean), clean)
+                              _code(clean), clean, own=own)
     return list(found.values())
 
 
