@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # prometheus: Debian ships promtool in it; the tests check the alerting rules with it
 # opendkim-tools: opendkim-testmsg, the independent DKIM verifier of tests/dkim_verifiers.py
-DEBS := rabbitmq-server redis-server postfix prometheus chromium opendkim-tools fonts-noto-cjk
+# ripmime: a MIME parser in C, the second reader of attachments (tests/integration/test_attachments.py)
+DEBS := rabbitmq-server redis-server postfix prometheus chromium opendkim-tools fonts-noto-cjk \
+	ripmime
 
 .PHONY: run test lint bench services stop-services deps clean definitions
 

@@ -195,8 +195,8 @@ def profile_table(out: dict[str, Any], top: int = 15) -> str:
     p = out.get("profile") or {}
     if "samples" not in p:
         return ""
-    rows = [f"py-spy, {p['samples']:,} samples ({p['file']}); % of samples of the worker's "
-            "threads, idle excluded.", "",
+    rows = [f"py-spy, {p['samples']:,} samples ({p['file']}, a run artefact kept out of git); "
+            "% of samples of the worker's threads, idle excluded.", "",
             "| self % by package | | cumulative % by function | |", "|---|---:|---|---:|"]
     a, b = p["self_by_package"][:top], p["cumulative_by_function"][:top]
     for i in range(max(len(a), len(b))):

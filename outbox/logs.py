@@ -10,7 +10,8 @@ Level ``OUTBOX_LOG_LEVEL`` (``--log-level`` overrides it) applies to Outbox's ow
 (``outbox.*``); every other logger (aio-pika, aiormq, twilio, aiosmtplib, aiohttp, asyncio,
 redis...) stays at WARNING unless the level is DEBUG, so the Twilio library's request dump
 (about 11 INFO lines a message) never shows. aiosmtpd's (``mail.log``, the development sink)
-stays at WARNING even then: at DEBUG it logs every DATA line, i.e. the messages.
+stays at WARNING even then: at DEBUG it logs every DATA line, i.e. the messages; so does
+aiormq's ``aiormq.connection`` (every AMQP frame, i.e. every job body and its attachments).
 
 Nothing secret is written, whoever logs it: every line passes :class:`Redactor`, which masks
 the configured secret values (passwords in the URLs, the Twilio token and its Basic
@@ -40,8 +41,10 @@ FORMATS = ("json", "text")
 MASK = "***"
 #: our own loggers: everything else is a library's
 OWN = "outbox"
-#: loggers kept at WARNING whatever the level (aiosmtpd logs message content at DEBUG)
-ALWAYS_QUIET = ("mail.log",)
+#: loggers kept at WARNING whatever the level: they log message content at DEBUG (aiosmtpd
+#: every DATA line; aiormq's connection every frame it sends or receives, i.e. job bodies with
+#: their text, html and attachments)
+ALWAYS_QUIET = ("mail.log", "aiormq.connection")
 #: libraries named explicitly as well (in case one sets its own level)
 LIBRARIES = ("aio_pika", "aiormq", "pamqp", "twilio", "aiosmtplib", "aiohttp", "asyncio",
              "redis", "urllib3", "mail.log")

@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -42,6 +42,7 @@ from sender.bus import Bus, PublishFailed
 from sender.channels import registry
 from sender.channels.registry import parse_job
 from sender.models import (
+    AttachmentLimits,
     Category,
     EmailJob,
     Event,
@@ -107,14 +108,18 @@ def email_job(*, id: str, account_id: str, category: Category, to: str, from_: s
               headers: Mapping[str, str] | None = None,
               metadata: Mapping[str, Any] | None = None,
               not_after: datetime | str | None = None,
+              attachments: Sequence[Mapping[str, Any]] | None = None,
               max_job_bytes: int = MAX_JOB_BYTES) -> EmailJob:
     """A validated email job (InvalidJob with the reason otherwise). ``id`` is yours and the
     idempotency key: use the CRM's id for this message, so a retried call is sent once.
-    ``category`` has no default: a marketing message needs consent and sender information."""
+    ``category`` has no default: a marketing message needs consent and sender information.
+    ``attachments``: ``{"filename", "content_type", "content" (base64), "content_id"?}``."""
     job = _validated(_encode(_fields(
         channel="email", id=id, account_id=account_id, category=category, to=to, subject=subject,
         text=text, html=html, topic=topic, reply_to=reply_to, headers=headers,
-        metadata=metadata, not_after=not_after, **{"from": from_})), max_job_bytes)
+        metadata=metadata, not_after=not_after,
+        attachments=[dict(a) for a in attachments] if attachments else None,
+        **{"from": from_})), max_job_bytes)
     assert isinstance(job, EmailJob)
     return job
 
@@ -139,12 +144,15 @@ class Outbox:
     def __init__(self, amqp_url: str, *, retry_tiers: tuple[int, ...] = DEFAULT_RETRY_TIERS,
                  max_job_bytes: int = MAX_JOB_BYTES,
                  status_queue_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH,
-                 publish_window: int = PUBLISH_WINDOW, _setting: str | None = None) -> None:
+                 publish_window: int = PUBLISH_WINDOW, _setting: str | None = None,
+                 attachment_limits: AttachmentLimits | None = None) -> None:
         """``status_queue_max_length`` must match the workers' OUTBOX_STATUS_QUEUE_MAX_LENGTH
-        (RabbitMQ refuses a queue declared again with other arguments)."""
+        (RabbitMQ refuses a queue declared again with other arguments);
+        ``attachment_limits`` the workers' OUTBOX_MAX_ATTACHMENTS and _BYTES."""
         self._bus = Bus(amqp_url, retry_tiers=retry_tiers,
                         status_max_length=status_queue_max_length, setting=_setting)
         self._max_job_bytes = max_job_bytes
+        self._attachment_limits = attachment_limits
         self._window = publish_window
 
     @classmethod
@@ -154,7 +162,9 @@ class Outbox:
         return cls(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers,
                    max_job_bytes=settings.max_job_bytes,
                    status_queue_max_length=settings.status_queue_max_length,
-                   _setting="OUTBOX_AMQP_URL")
+                   _setting="OUTBOX_AMQP_URL",
+                   attachment_limits=AttachmentLimits(settings.max_attachments,
+                                                      settings.max_attachment_bytes))
 
     async def connect(self) -> Outbox:
         await self._bus.connect(declare=True)
@@ -166,7 +176,7 @@ class Outbox:
         """The job as the worker will read it and the bytes to publish; InvalidJob if not."""
         body = job if isinstance(job, bytes) else _encode(
             job.model_dump(by_alias=True) if isinstance(job, BaseModel) else dict(job))
-        return _validated(body, self._max_job_bytes), body
+        return _validated(body, self._max_job_bytes, self._attachment_limits), body
 
     async def publish(self, job: JobInput) -> Job:
         """Validate and publish one job (a model, a mapping or JSON bytes); returns the job
@@ -180,13 +190,14 @@ class Outbox:
                          html: str | None = None, topic: str | None = None,
                          reply_to: str | None = None, headers: Mapping[str, str] | None = None,
                          metadata: Mapping[str, Any] | None = None,
-                         not_after: datetime | str | None = None) -> EmailJob:
+                         not_after: datetime | str | None = None,
+                         attachments: Sequence[Mapping[str, Any]] | None = None) -> EmailJob:
         """Build (:func:`email_job`), validate and publish an email; returns the job once
         RabbitMQ has confirmed it."""
         job = email_job(id=id, account_id=account_id, category=category, to=to, from_=from_,
                         subject=subject, text=text, html=html, topic=topic, reply_to=reply_to,
                         headers=headers, metadata=metadata, not_after=not_after,
-                        max_job_bytes=self._max_job_bytes)
+                        attachments=attachments, max_job_bytes=self._max_job_bytes)
         await self.publish(job)
         return job
 
@@ -353,8 +364,9 @@ def _ids(data: Any) -> tuple[str | None, str | None, str | None]:
     return job_id, account_id, channel
 
 
-def _validated(body: bytes, max_bytes: int) -> Job:
-    return parse_job(body, max_bytes=max_bytes)
+def _validated(body: bytes, max_bytes: int,
+               attachment_limits: AttachmentLimits | None = None) -> Job:
+    return parse_job(body, max_bytes=max_bytes, attachment_limits=attachment_limits)
 
 
 def _guess_key(body: bytes) -> str:

@@ -1,4 +1,4 @@
-"""The worker's concurrency slots, shared by the lanes (DESIGN.md, "Queues and lanes").
+"""The worker's concurrency slots, shared by the lanes (docs/design.md, "Priority lanes").
 
 ``OUTBOX_CONCURRENCY`` slots in all. A priority job (transactional, notification) or a provider
 event takes a free slot at once, and every freed slot goes to a waiting one of them before any

@@ -34,6 +34,8 @@ Decisions
   and ``To`` take one mailbox (``addr`` or ``Display Name <addr>``), ``Reply-To`` a list.
   An unquoted display name may contain atoms, white space, non-ASCII, ``.`` and ``(...)``;
   ``, ; : < > [ ] @ \\`` must be quoted. RFC 2047 encoded-words in a display name are decoded.
+  Control characters other than tab are dropped from a display name (RFC 5322 3.2.3: no word
+  of a phrase holds one); a name left with white space only is no name (the bare address).
   Addr-specs are dot-atoms (no quoted local parts, no domain literals); local part ≤ 64
   octets, domain ≤ 255.
 * **IDN**: a non-ASCII domain is always converted to its A-label, in the headers and in the
@@ -48,6 +50,14 @@ Decisions
   otherwise quoted-printable, or base64 when that is smaller (mostly CJK text). Text + html is
   ``multipart/alternative`` (text first) with a boundary starting ``=_``, which can never appear
   in quoted-printable or base64 output, and is checked against 7bit parts.
+* **Attachments** (``job.attachments``, validated by :class:`sender.models.Attachment`): the
+  body and the images with a ``content_id`` (``Content-Disposition: inline``, ``Content-ID:
+  <id>``, for ``<img src="cid:id">``) in a ``multipart/related`` whose ``type`` is the body's
+  (RFC 2387); the other files after it in a ``multipart/mixed`` (``Content-Disposition:
+  attachment``). Each file is base64; its name is a parameter of both ``Content-Disposition``
+  (``filename``) and ``Content-Type`` (``name``, for older readers): a quoted string when it
+  is printable ASCII of at most 60 characters, else RFC 2231 ``filename*0*=utf-8''%E5...``
+  continuations of whole characters, so no header line exceeds 78 octets.
 * **Footers**: ``footer_text`` is appended to the text part (on a new line); ``footer_html`` is
   inserted before the last ``</body>`` of the html, or appended when there is none. A footer for
   a part the job does not have is ignored.
@@ -62,6 +72,7 @@ import binascii
 import re
 import secrets
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import decode_header, make_header
@@ -69,7 +80,7 @@ from email.utils import getaddresses
 from functools import lru_cache
 
 from sender import job_headers
-from sender.models import EmailJob
+from sender.models import Attachment, EmailJob
 from suppression import ids
 from suppression.address import BadAddress, email_domain
 from suppression.address import email as canonical_email
@@ -293,7 +304,19 @@ def _parse_phrase(display: str, what: str) -> str:
             pass  # not valid encoded-words: keep the text as it is
         if _BAD_VALUE_RE.search(name):
             raise MimeError(f"{what}: the display name decodes to CR, LF or NUL")
-    return name
+    return _visible_phrase(name)
+
+
+# RFC 5322 3.2.3/3.2.4: a phrase's words (atoms, quoted strings) hold no control character
+# but white space; obs-qtext allows them only as obsolete syntax, never to be generated (s. 4)
+_PHRASE_CTL_RE = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _visible_phrase(name: str) -> str:
+    """``name`` without control characters; "" when only white space is left (a phrase needs
+    a word: the mailbox is then written as its bare address)."""
+    name = _PHRASE_CTL_RE.sub("", name)
+    return name if name.strip(" \t") else ""
 
 
 def _parse_mailbox(value: str, what: str) -> tuple[str, str]:
@@ -498,6 +521,75 @@ def _part(subtype: bytes, body: str) -> tuple[bytes, bytes, bytes]:
     return head, data, cte
 
 
+def _multipart(subtype: bytes, parts: Sequence[tuple[bytes, bytes, bytes]],
+               root_type: bytes | None = None) -> tuple[bytes, bytes]:
+    """``(Content-Type line, body)`` of a ``multipart/<subtype>`` of ``parts`` (head, data,
+    transfer encoding). The boundary starts ``=_``, which base64 and quoted-printable never
+    hold; the other parts (7bit, nested multiparts) are checked for it."""
+    while True:
+        boundary = b"=_" + secrets.token_hex(16).encode("ascii")
+        if not any(cte not in (b"base64", b"quoted-printable") and boundary in data
+                   for _, data, cte in parts):
+            break
+    delim = b"--" + boundary
+    body = b"".join(b"".join((delim, b"\r\n", h, b"\r\n", d, b"\r\n")) for h, d, _ in parts)
+    root = b';\r\n type="' + root_type + b'";\r\n' if root_type else b";"
+    return (b"Content-Type: multipart/" + subtype + root + b' boundary="' + boundary
+            + b'"\r\n', body + delim + b"--\r\n")
+
+
+def _with_attachments(body: tuple[bytes, bytes, bytes],
+                      attachments: Sequence[Attachment]) -> tuple[bytes, bytes]:
+    """The message body with its attachments: inline ones (with a ``content_id``) beside it
+    in a ``multipart/related`` (RFC 2387, the body its root), the others after that in a
+    ``multipart/mixed`` (RFC 2046 5.1.3)."""
+    inline = [_attachment_part(a, b"inline") for a in attachments if a.content_id]
+    files = [_attachment_part(a, b"attachment") for a in attachments if not a.content_id]
+    b_head, b_data, b_cte = body
+    if inline:
+        root = re.match(rb"Content-Type: ([^;\r]+)", b_head)
+        b_head, b_data = _multipart(b"related", [body, *inline], root.group(1) if root else None)
+        b_cte = b"multipart"
+    if files:
+        b_head, b_data = _multipart(b"mixed", [(b_head, b_data, b_cte), *files])
+    return b_head, b_data
+
+
+def _attachment_part(a: Attachment, disposition: bytes) -> tuple[bytes, bytes, bytes]:
+    """One file as a base64 MIME part; its name as an RFC 2231 parameter on both
+    Content-Type (``name``, for old readers) and Content-Disposition (``filename``)."""
+    head = "".join((
+        "Content-Type: ", a.content_type, _parameter("name", a.filename), "\r\n",
+        "Content-Transfer-Encoding: base64\r\n",
+        "Content-Disposition: ", disposition.decode("ascii"),
+        _parameter("filename", a.filename), "\r\n",
+        f"Content-ID: <{a.content_id}>\r\n" if a.content_id else "",
+    ))
+    return head.encode("ascii"), _base64(a.data()), b"base64"
+
+
+#: RFC 2231 attribute-char: ASCII but CTLs, space, ``*'%`` and the tspecials
+_ATTRIBUTE_CHARS = "!#$&+-.^_`|~"
+_PARAM_CHUNK = 60  # characters of one folded parameter line's value
+
+
+def _parameter(name: str, value: str) -> str:
+    """``; name="value"`` (folded onto its own line) for a short printable ASCII value, else
+    RFC 2231 ``; name*0*=utf-8''%E5...`` continuations of at most 60 characters each, so no
+    line exceeds 78 octets whatever the length or script of the name."""
+    if _PRINTABLE_ASCII_RE.match(value) and len(value) <= _PARAM_CHUNK:
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f';\r\n {name}="{quoted}"'
+    chunks = [""]
+    for char in value:  # whole characters per line: no reader has to join split UTF-8
+        encoded = urllib.parse.quote(char, safe=_ATTRIBUTE_CHARS)
+        if len(chunks[-1]) + len(encoded) > _PARAM_CHUNK:
+            chunks.append("")
+        chunks[-1] += encoded
+    chunks[0] = "utf-8''" + chunks[0]
+    return "".join(f";\r\n {name}*{i}*={chunk}" for i, chunk in enumerate(chunks))
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -593,23 +685,15 @@ def _render(job: EmailJob, message_id_domain: str, extra_headers: Sequence[tuple
     if text is not None and html is not None:
         t_head, t_data, t_cte = _part(b"plain", text)
         h_head, h_data, h_cte = _part(b"html", html)
-        while True:
-            boundary = b"=_" + secrets.token_hex(16).encode("ascii")
-            # "=_" never occurs in quoted-printable or base64; check the 7bit parts
-            if (not (t_cte == b"7bit" and boundary in t_data)
-                    and not (h_cte == b"7bit" and boundary in h_data)):
-                break
-        delim = b"--" + boundary
-        data = b"".join((
-            head, b'Content-Type: multipart/alternative; boundary="', boundary, b'"\r\n\r\n',
-            delim, b"\r\n", t_head, b"\r\n", t_data,
-            b"\r\n", delim, b"\r\n", h_head, b"\r\n", h_data,
-            b"\r\n", delim, b"--\r\n",
-        ))
+        b_head, b_data = _multipart(b"alternative", [(t_head, t_data, t_cte),
+                                                     (h_head, h_data, h_cte)])
+        b_cte = b"multipart"
     else:
-        p_head, p_data, _ = (_part(b"plain", text) if text is not None
-                             else _part(b"html", html or ""))
-        data = b"".join((head, p_head, b"\r\n", p_data))
+        b_head, b_data, b_cte = (_part(b"plain", text) if text is not None
+                                 else _part(b"html", html or ""))
+    if job.attachments:
+        b_head, b_data = _with_attachments((b_head, b_data, b_cte), job.attachments)
+    data = b"".join((head, b_head, b"\r\n", b_data))
     if len(data) > max_bytes:
         raise MimeError(f"message is {len(data)} bytes, over the limit of {max_bytes}")
     return RenderedEmail(envelope_from=env_from, recipients=to_addrs, data=data,

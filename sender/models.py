@@ -14,10 +14,13 @@ validates can always be written back as valid JSON (status events carry its ``me
 
 from __future__ import annotations
 
+import binascii
 import functools
+import json
 import operator
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
@@ -30,6 +33,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -140,8 +144,136 @@ class JobBase(BaseModel):
         return self.not_after is not None and (now or datetime.now(UTC)) > self.not_after
 
 
+@dataclass(frozen=True, slots=True)
+class AttachmentLimits:
+    """At most ``count`` attachments of at most ``total_bytes`` (decoded, all together) in one
+    email job (``OUTBOX_MAX_ATTACHMENTS``, ``OUTBOX_MAX_ATTACHMENT_BYTES``). Passed to a job's
+    validation as ``context={"attachment_limits": ...}``; :data:`ATTACHMENT_LIMITS` without."""
+
+    count: int = 10
+    total_bytes: int = 10 * 1024 * 1024
+
+
+ATTACHMENT_LIMITS = AttachmentLimits()
+#: RFC 2045 token: printable ASCII but space and tspecials
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_CONTENT_TYPE = re.compile(
+    rf"^({_TOKEN})/({_TOKEN})((?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*)$")
+#: content types an attachment may not have: RFC 2046 5.1/5.2 forbid base64 for them
+_NOT_ATTACHABLE = ("multipart", "message")
+#: parameters we write ourselves (``name``) or that would break the structure
+_OWN_PARAMETERS = re.compile(r";[ \t]*(name|boundary)\*?=", re.I)
+#: RFC 2392 content-id (without the angle brackets): dot-atom text, optionally @ another
+_CONTENT_ID = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"(@[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)?$")
+#: in a file name: path separators, C0 and C1 controls, DEL, and Unicode format characters
+#: (bidi overrides would disguise "gpj.exe" as "exe.jpg")
+_BAD_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e"
+                           r"\u2066-\u2069\ufeff]")
+
+
+class Attachment(BaseModel):
+    """One file of an email job (README, "Attachments"): its name as the reader sees it, its
+    MIME type, its bytes in base64 and, for an image the html shows inline, a content id
+    (``<img src="cid:ID">``). The content is never logged nor stored (only :meth:`meta`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    filename: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    content_type: Annotated[str, StringConstraints(min_length=3, max_length=255)]
+    content: str = Field(repr=False)
+    content_id: Annotated[str, StringConstraints(min_length=1, max_length=250)] | None = None
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_filename(cls, name: str) -> str:
+        bad = _BAD_FILENAME.search(name)
+        if bad:
+            raise ValueError(f"a file name may not contain {bad.group()!r} (no paths, no "
+                             "control or direction characters)")
+        if name != name.strip() or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a file name")
+        return name
+
+    @field_validator("content_type")
+    @classmethod
+    def _mime_type(cls, value: str) -> str:
+        match = _CONTENT_TYPE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a MIME type (type/subtype[; name=value])")
+        if match.group(1).lower() in _NOT_ATTACHABLE:
+            raise ValueError(f"{match.group(1)}/* cannot be attached (send it as a file, "
+                             "e.g. application/octet-stream)")
+        if _OWN_PARAMETERS.search(match.group(3)):
+            raise ValueError("content_type may not set name or boundary (the filename is used)")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _strict_base64(cls, value: str) -> str:
+        try:
+            binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+        except (UnicodeEncodeError, binascii.Error) as exc:
+            raise ValueError(f"content is not strictly valid base64 ({exc})") from None
+        if len(value) % 4:
+            raise ValueError("content is not strictly valid base64 (length not a multiple of 4)")
+        return value
+
+    @field_validator("content_id")
+    @classmethod
+    def _rfc2392(cls, value: str | None) -> str | None:
+        if value is not None and not _CONTENT_ID.match(value):
+            raise ValueError(f"{value!r} is not a content id (RFC 2392, without < >; "
+                             "e.g. logo@acme.example)")
+        return value
+
+    @property
+    def size(self) -> int:
+        """Decoded size in bytes (from the base64 length, without decoding)."""
+        return len(self.content) // 4 * 3 - self.content[-2:].count("=")
+
+    def data(self) -> bytes:
+        """The decoded content."""
+        return binascii.a2b_base64(self.content.encode("ascii"), strict_mode=True)
+
+    def meta(self) -> dict[str, Any]:
+        """What may be kept and shown of this attachment: everything but the content."""
+        return {"filename": self.filename, "content_type": self.content_type,
+                "size": self.size, "content_id": self.content_id}
+
+
+def without_attachment_content(body: bytes) -> bytes:
+    """``body`` with the ``content`` of each of its attachments replaced by its decoded
+    ``size`` (what a dead letter keeps: never an attachment's content); ``body`` itself when
+    it has none or is not a JSON object."""
+    if b'"attachments"' not in body:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body  # not JSON: the parser never read attachments out of it either
+    files = data.get("attachments") if isinstance(data, dict) else None
+    if not isinstance(files, list):
+        return body
+    data["attachments"] = [_metadata_only(f) for f in files]
+    return json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _metadata_only(item: Any) -> Any:
+    if not isinstance(item, dict):
+        return None
+    kept = {k: v for k, v in item.items() if k != "content"}
+    content = item.get("content")
+    kept["content_removed"] = True
+    if isinstance(content, str):
+        kept["size"] = len(content) * 3 // 4 - content[-2:].count("=")  # as if valid
+    return kept
+
+
 class EmailJob(JobBase):
-    """An email job: ``to`` is one address; ``text`` and/or ``html``."""
+    """An email job: ``to`` is one address; ``text`` and/or ``html``; ``attachments``."""
 
     channel: Literal["email"]
     to: Annotated[str, StringConstraints(pattern=_NO_CRLF, min_length=3, max_length=320)]
@@ -151,6 +283,7 @@ class EmailJob(JobBase):
     text: str | None = None
     html: str | None = None
     headers: dict[str, HeaderText] = Field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
 
     @field_validator("to")
     @classmethod
@@ -173,6 +306,23 @@ class EmailJob(JobBase):
     def _has_body(self) -> EmailJob:
         if not self.text and not self.html:
             raise ValueError("an email job needs text or html")
+        return self
+
+    @model_validator(mode="after")
+    def _attachments_within_limits(self, info: ValidationInfo) -> EmailJob:
+        if not self.attachments:
+            return self
+        limits = (info.context or {}).get("attachment_limits") or ATTACHMENT_LIMITS
+        if len(self.attachments) > limits.count:
+            raise ValueError(f"{len(self.attachments)} attachments, over the limit of "
+                             f"{limits.count} (OUTBOX_MAX_ATTACHMENTS)")
+        total = sum(a.size for a in self.attachments)
+        if total > limits.total_bytes:
+            raise ValueError(f"attachments are {total} bytes (decoded), over the limit of "
+                             f"{limits.total_bytes} (OUTBOX_MAX_ATTACHMENT_BYTES)")
+        ids_ = [a.content_id for a in self.attachments if a.content_id]
+        if len(set(ids_)) != len(ids_):
+            raise ValueError("two attachments have the same content_id")
         return self
 
 

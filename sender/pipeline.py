@@ -23,6 +23,11 @@ Every delivery leaves on exactly one path:
                                 and ``outbox_retries_total``;
 * no settlement                 shutdown or a broker outage: RabbitMQ redelivers it (marked
                                 redelivered, so the gate lets it take over its own claim);
+* hold + ``ack``                the account is blocked or suspended: the job is kept in
+                                Redis (:mod:`suppression.held`, a ``held`` event) until
+                                support releases or discards it, or the hold time ends;
+                                when the account was unblocked between the two round trips,
+                                ``nack`` (requeue) and it is evaluated again;
 * ``nack`` (requeue)            the send's outcome is unknown (the relay got the whole message
                                 and never answered: ``OutcomeUnknown``): returned with its
                                 claim kept, as a crash leaves it, so the redelivery takes the
@@ -45,7 +50,7 @@ a domain verified for it, an SMS sender not configured for it, marketing from a 
 DMARC: :mod:`suppression.senders`) ends the job ``rejected`` (reason ``sender_not_verified`` or
 ``dmarc_missing``) in the same pre-send script, before any claim.
 
-Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
+Refusals (``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
 script itself; the pipeline only publishes their event. An automatic account transition found
 by the post-send script is counted (``outbox_account_transitions_total``), logged at WARNING
 and published as a status event (``<channel>.<state>``, id ``<account>:<audit id>``:
@@ -90,11 +95,13 @@ from sender.channels.base import Channel, NotSent, OutcomeUnknown, SendFailure, 
 from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
-from sender.models import InvalidJob, JobBase, status_event
+from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
 from sender.settle import Settle, delivery_count
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
+from suppression.held import HeldStore
+from suppression.history import iso
 from suppression.keys import rejection_record
 
 log = logging.getLogger("outbox.pipeline")
@@ -193,9 +200,12 @@ class Pipeline:
     def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
                  owner: str, stopping: Callable[[], bool], redis_call: RedisCalls,
-                 settle: Settle | None = None) -> None:
+                 held: HeldStore, settle: Settle | None = None,
+                 attachment_limits: AttachmentLimits | None = None) -> None:
         """``settle``: how deliveries are settled (the worker's, shared with the
-        provider-event applier; default one ack per delivery)."""
+        provider-event applier; default one ack per delivery); ``held``: where jobs of
+        blocked and suspended accounts are kept."""
+        self.held = held
         self._bus = bus
         self.settle = settle or Settle(bus)
         self.gate = gate
@@ -203,6 +213,7 @@ class Pipeline:
         self._metrics = metrics
         self._retry = retry
         self._max_job_bytes = max_job_bytes
+        self._attachment_limits = attachment_limits
         self._owner = owner
         self._deliveries = itertools.count(1)
         self._stopping = stopping
@@ -214,7 +225,8 @@ class Pipeline:
         _RECEIVED.set(time.monotonic())
         _PARSED.set(None)
         try:
-            job = parse_job(message.body, max_bytes=self._max_job_bytes)
+            job = parse_job(message.body, max_bytes=self._max_job_bytes,
+                            attachment_limits=self._attachment_limits)
         except InvalidJob as exc:
             _PARSED.set(exc)
             await self._reject_invalid(message, exc, queue_channel)
@@ -244,6 +256,8 @@ class Pipeline:
             return
         if decision.verdict == "send":
             await self._send(message, job, attempt, decision.sender)
+        elif decision.verdict == "held":
+            await protected(self._hold(message, job, attempt))
         else:
             await protected(self._not_sent(message, job, decision))
 
@@ -266,6 +280,31 @@ class Pipeline:
             await self._event_and_ack(message, job, verdict, attempt, reason=decision.reason)
         else:
             await self._already(message, job, decision)
+
+    async def _hold(self, message: AbstractIncomingMessage, job: Job, attempt: int) -> None:
+        """The account is blocked or suspended: keep the job (:mod:`suppression.held`) and
+        announce ``held``; evaluate it anew when the account was unblocked meanwhile (back
+        to its queue); over the account's cap, end it ``blocked`` (``hold_full``), loudly."""
+        held = await self.redis_call(lambda: self.held.hold(
+            job.account_id, job.id, channel=job.channel, category=job.category,
+            body=message.body, attempt=attempt))
+        if held.outcome == "again":
+            await self.settle.nack(message)
+        elif held.outcome == "full":
+            detail = (f"the account holds {held.jobs} jobs, {held.bytes} bytes already "
+                      "(OUTBOX_HOLD_MAX_JOBS, OUTBOX_HOLD_MAX_BYTES): not held")
+            log.error("job %s of %s account %s not held: %s", job.id, held.reason[8:],
+                      job.account_id, detail, extra={
+                          "job_id": job.id, "account_id": job.account_id,
+                          "channel": job.channel, "category": job.category,
+                          "reason": "hold_full"})
+            await self._finish(message, job, "blocked", attempt, reason="hold_full",
+                               detail=detail)
+        else:
+            await self._event_and_ack(message, job, "held", attempt, reason=held.reason,
+                                      detail=f"held until {iso(held.until_ms)} unless "
+                                             "support releases or discards it first",
+                                      held_until=iso(held.until_ms))
 
     async def _already(self, message: AbstractIncomingMessage, job: Job,
                        decision: Decision) -> None:

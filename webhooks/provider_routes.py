@@ -9,9 +9,10 @@ answers 200 only after (503 when the broker does not confirm: the provider retri
 What the provider modules cannot know is added here:
 
 * SES: the ``TopicArn`` must be one of ``OUTBOX_SES_TOPIC_ARNS`` (SNS signs what any AWS
-  account publishes: the topic is what makes a message ours). The signing certificate is
-  fetched only from a URL :func:`ses.signing_cert_url_ok` accepts, with
-  :func:`fetch_certificate` (module level, replaceable) and cached by URL. A verified
+  account publishes: the topic is what makes a message ours). The signing certificate comes
+  from :class:`webhooks.sns_certificates.SnsCertificates` (only from an SNS URL, without
+  blocking, cached by URL): a URL not SNS's or a certificate out of its validity is refused
+  (403), a failed fetch answered 503 (SNS retries). A verified
   ``SubscriptionConfirmation`` is logged with its ``SubscribeURL`` and answered 200 but not
   confirmed: an operator confirms it once (a GET of that URL), so the server never fetches a
   URL named in a request body.
@@ -31,9 +32,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -46,6 +46,12 @@ from webhooks.events import hand_over
 from webhooks.handlers import WebhookMetrics
 from webhooks.providers import mailgun, postmark, sendgrid, ses
 from webhooks.providers.base import PayloadError
+from webhooks.sns_certificates import (
+    CertificateInvalid,
+    CertificateRefused,
+    CertificateUnavailable,
+    SnsCertificates,
+)
 
 log = logging.getLogger("outbox.webhooks")
 
@@ -54,18 +60,6 @@ MAX_AGE = 300
 FUTURE_SKEW = 60
 _MESSAGE_ID = re.compile(r"<([^<>@\s]+)@([^<>@\s]+)>")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
-
-CertificateFetcher = Callable[[str], Awaitable[str]]
-
-
-async def fetch_certificate(url: str) -> str:
-    """The PEM at ``url`` (already checked by :func:`ses.signing_cert_url_ok`)."""
-    timeout = aiohttp.ClientTimeout(total=ses.FETCH_TIMEOUT)
-    async with (aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(url, allow_redirects=False) as response):
-        response.raise_for_status()
-        return (await response.content.read(65536)).decode("ascii")
-
 
 class _ProviderWebhooks:
     """What the four handlers share: publishing with confirms, metrics, attribution."""
@@ -128,10 +122,9 @@ class SesWebhooks(_ProviderWebhooks):
     provider = ses.PROVIDER
 
     def __init__(self, settings: Settings, bus: Bus, redis: Client, metrics: WebhookMetrics,
-                 fetch: CertificateFetcher | None = None) -> None:
+                 certificates: SnsCertificates | None = None) -> None:
         super().__init__(settings, bus, redis, metrics)
-        self._fetch = fetch
-        self._certificates: dict[str, str] = {}
+        self._certificates = certificates or SnsCertificates()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhooks/ses", self.notify)]
@@ -155,21 +148,18 @@ class SesWebhooks(_ProviderWebhooks):
         return await self._publish(self._parse(ses.parse, body, request.content_type))
 
     async def _certificate(self, url: str) -> str:
-        """The signing certificate: refused before any fetch unless SNS's; cached."""
-        if not ses.signing_cert_url_ok(url):
+        """The signing certificate (:class:`SnsCertificates`), or the refusal to answer."""
+        try:
+            return await self._certificates.get(url)
+        except CertificateRefused:
             raise self._refuse(web.HTTPForbidden, "bad_certificate_url",
-                               "SigningCertURL is not an SNS certificate URL")
-        pem = self._certificates.get(url)
-        if pem is None:
-            try:
-                pem = await (self._fetch or fetch_certificate)(url)
-            except (OSError, ValueError, aiohttp.ClientError) as exc:
-                log.warning("SNS certificate not fetched: %s", exc, extra={"url": url})
-                raise web.HTTPServiceUnavailable(text="certificate unavailable") from None
-            if not ses.certificate_current(pem):
-                raise self._refuse(web.HTTPForbidden, "bad_certificate", "certificate invalid")
-            self._certificates[url] = pem
-        return pem
+                               "SigningCertURL is not an SNS certificate URL") from None
+        except CertificateInvalid:
+            raise self._refuse(web.HTTPForbidden, "bad_certificate", "certificate invalid"
+                               ) from None
+        except CertificateUnavailable as exc:
+            log.warning("SNS certificate not fetched: %s", exc, extra={"url": url})
+            raise web.HTTPServiceUnavailable(text="certificate unavailable") from None
 
     def _confirmation(self, envelope: dict[str, object]) -> web.Response:
         """Logged for an operator to confirm by hand (see the module docstring)."""

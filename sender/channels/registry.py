@@ -4,7 +4,7 @@
 A :class:`Delivery` is the channel, its job model (a :class:`sender.models.JobBase` with
 ``channel: Literal["<name>"]``), its queue and the factory of its sender (``None`` when the
 settings do not configure it: its jobs wait in its queues). Each channel has two lanes derived
-from that one queue name (DESIGN.md, "Queues and lanes"): the priority lane ``<queue>`` bound
+from that one queue name (docs/design.md, "Priority lanes"): the priority lane ``<queue>`` bound
 with routing key ``<name>`` (transactional and notification jobs) and the bulk lane
 ``<queue>.bulk`` bound with ``<name>.bulk`` (marketing jobs, :data:`BULK_CATEGORIES`). The
 topology, the job parser, the client's routing and the worker's consumers all read this list;
@@ -109,16 +109,18 @@ def routing_key(channel: str, category: str) -> str:
     return get(channel).routing_key(lane_of(category))
 
 
-def parse_job(body: bytes, *, max_bytes: int) -> JobBase:
+def parse_job(body: bytes, *, max_bytes: int,
+              attachment_limits: models.AttachmentLimits | None = None) -> JobBase:
     """Decode and validate one job of any declared channel; raise
-    :class:`sender.models.InvalidJob` with a readable reason."""
+    :class:`sender.models.InvalidJob` with a readable reason. ``attachment_limits``: the
+    settings' (default :data:`sender.models.ATTACHMENT_LIMITS`)."""
     data = models.load(body, max_bytes=max_bytes)
     job_models = tuple(d.job for d in _DECLARED.values())
     adapter = _ADAPTER.get(job_models)
     if adapter is None:
         adapter = _ADAPTER[job_models] = models.job_adapter(job_models)
     try:
-        return adapter.validate_python(data)
+        return adapter.validate_python(data, context={"attachment_limits": attachment_limits})
     except ValidationError as exc:
         raise models.invalid(exc, data) from None
 

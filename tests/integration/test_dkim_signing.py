@@ -6,6 +6,7 @@ the way, unstuffed by the relay)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,6 +54,17 @@ MESSAGES: dict[str, tuple[dict[str, Any], tuple[tuple[str, str], ...]]] = {
                                "References": " ".join(f"<m{i}@acme.example>" for i in range(9))}},
                   UNSUBSCRIBE),
     "utf8-address": ({"to": "josé@example.com", "text": "Olá\n" * 40}, ()),
+    # multipart/mixed around multipart/related (an inline image by cid:) and an attachment
+    # whose Chinese name is an RFC 2231 parameter in continuations
+    "attachments": ({"html": HTML.replace("</body>", '<img src="cid:logo@acme.example">'
+                                                     "</body>"),
+                     "attachments": [
+                         {"filename": "二零二六年春季價目表（香港）.pdf",
+                          "content_type": "application/pdf",
+                          "content": base64.b64encode(b"%PDF-1.4\n" * 300).decode()},
+                         {"filename": "logo.png", "content_type": "image/png",
+                          "content": base64.b64encode(bytes(range(256)) * 4).decode(),
+                          "content_id": "logo@acme.example"}]}, UNSUBSCRIBE),
 }
 
 

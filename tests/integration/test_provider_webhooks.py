@@ -8,13 +8,16 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from sender.bus import PublishFailed
+from sender import topology
+from sender.bus import Bus, QueueFull
 from suppression import keys
 from suppression.store import SuppressionStore
 from tests.integration.helpers import (
@@ -27,6 +30,7 @@ from tests.integration.helpers import (
     running_app,
     running_worker,
 )
+from tests.integration.sns_standin import SnsStandIn, sns_standin
 from tests.unit.test_provider_mailgun import signature as mailgun_signature
 from tests.unit.test_provider_mailgun import signed as mailgun_signed
 from tests.unit.test_provider_postmark import record as postmark_record
@@ -34,6 +38,7 @@ from tests.unit.test_provider_sendgrid import PUBLIC as SENDGRID_PUBLIC
 from tests.unit.test_provider_sendgrid import sign as sendgrid_sign
 from tests.unit.test_provider_ses import (
     CERT,
+    CERT_URL,
     TOPIC,
     confirmation,
     fixture,
@@ -48,16 +53,20 @@ PM_USER, PM_PASSWORD = "postmark", "pm-password"
 
 
 @pytest.fixture
-def fetched(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Certificate URLs the server fetched (there is no network: the fetcher is replaced)."""
-    urls: list[str] = []
+async def standin(tmp_path, unused_tcp_port_factory, monkeypatch: pytest.MonkeyPatch
+                  ) -> AsyncIterator[SnsStandIn]:
+    """SNS's certificate host, stood in by a real HTTPS server on loopback serving ``CERT``;
+    the webhook server's fetcher trusts it and resolves SNS host names to it."""
+    async with sns_standin(tmp_path, unused_tcp_port_factory()) as running:
+        running.pems[urlsplit(CERT_URL).path] = CERT
+        monkeypatch.setattr(provider_routes, "SnsCertificates", running.fetcher)
+        yield running
 
-    async def fetch(url: str) -> str:
-        urls.append(url)
-        return CERT
 
-    monkeypatch.setattr(provider_routes, "fetch_certificate", fetch)
-    return urls
+@pytest.fixture
+def fetched(standin: SnsStandIn) -> list[str]:
+    """Certificate URLs the server fetched (from the stand-in, over HTTPS)."""
+    return standin.requests
 
 
 @pytest.fixture
@@ -97,7 +106,22 @@ async def test_ses_a_signed_bounce_is_an_event(server, amqp_url, fetched):
         ("ses", "bounced", "hard", "userunknown")
     assert (event["job_id"], event["account_id"], event["recipient"]) == \
         ("job-ses-1", "acct_7", "jane@example.com")
-    assert len(fetched) == 1
+    assert fetched == [CERT_URL]
+
+
+async def test_ses_a_certificate_that_cannot_be_fetched_is_a_503_and_nothing_published(
+        server, amqp_url, standin):
+    """SNS retries a delivery answered 5xx: a fetch that failed (here the certificate host
+    answers 404) must not be a 403 that would drop the notification."""
+    standin.pems.clear()
+    body = json.dumps(sns_sign(notification(fixture("ses-bounce")))).encode()
+    assert (await _post(f"{server}/webhooks/ses", body))[0] == 503
+    assert standin.requests == [CERT_URL]
+    assert await _nothing(amqp_url)
+    standin.pems[urlsplit(CERT_URL).path] = CERT  # the host is back: SNS's retry is taken
+    assert (await _post(f"{server}/webhooks/ses", body))[0] == 200
+    [event] = await _events(amqp_url, 1)
+    assert event["type"] == "bounced"
 
 
 async def test_ses_a_forged_signature_is_refused(server, amqp_url):
@@ -272,21 +296,43 @@ async def test_an_unconfigured_provider_answers_404(make_settings, unused_tcp_po
             assert (status, "not configured" in text) == (404, True), path
 
 
+@pytest.fixture
+def small_events_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """outbox.events bounded at 2 messages (reject-publish) in this test's fresh vhost."""
+    monkeypatch.setitem(topology.BOUNDS, "events", (2, 1024**3))
+
+
+async def _fill_events_queue(amqp_url: str) -> int:
+    """Publish fillers on outbox.events until the broker refuses one; how many it took."""
+    bus = Bus(amqp_url, retry_tiers=(1,))
+    await bus.connect(declare=False)
+    try:
+        for taken in range(10):
+            try:
+                await bus.publish_to_queue(topology.EVENTS_QUEUE, b'{"filler": true}')
+            except QueueFull:
+                return taken
+    finally:
+        await bus.close()
+    raise AssertionError("outbox.events never refused a publish")
+
+
 async def test_mailgun_an_unconfirmed_publish_is_503_and_the_retry_is_taken(
-        server, amqp_url, monkeypatch):
-    from webhooks import events as webhook_events
-
-    real = webhook_events.publish_events
-
-    async def refuse(bus: Any, events: Any) -> int:
-        raise PublishFailed("broker did not confirm")
-
-    monkeypatch.setattr(webhook_events, "publish_events", refuse)
+        small_events_queue, server, amqp_url, redis_url):
+    """A real refusal: outbox.events is full (x-overflow reject-publish), the broker nacks
+    the event. The webhook answers 503 (Mailgun retries), the token is released, nothing is
+    lost; once the queue has room, Mailgun's retry is taken and its event published."""
+    fillers = await _fill_events_queue(amqp_url)
     body = _mailgun("failed_permanent", token="f" * 50)
-    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 503
-    assert await _nothing(amqp_url)
-    monkeypatch.setattr(webhook_events, "publish_events", real)
-    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200  # token released
+    status, text = await _post(f"{server}/webhooks/mailgun", body)
+    assert status == 503, text
+    redis = Redis.from_url(redis_url)
+    assert not await redis.exists(keys.mailgun_token("f" * 50))  # token released
+    await redis.aclose()
+    queued = await collect(amqp_url, "outbox.events", lambda m: len(m) >= fillers + 1,
+                           timeout=2)
+    assert [json.loads(m.body) for m in queued] == [{"filler": True}] * fillers  # drained
+    assert (await _post(f"{server}/webhooks/mailgun", body))[0] == 200  # the retry
     [event] = await _events(amqp_url, 1)
     assert event["job_id"] == "job-mg-2"
 

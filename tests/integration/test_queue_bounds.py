@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 from sender import topology
 from sender.bus import Bus, QueueFull
 from sender.service import make_redis
+from sender.topology import DELIVERY_LIMIT
 from tests.conftest import PROFILE, services
-from tests.integration.helpers import email_job
+from tests.integration.helpers import collect, email_job, events, publish, running_worker
 from webhooks.bounces import ListenerConfig, start_bounce_listener
 
 pytestmark = pytest.mark.integration
@@ -127,3 +128,56 @@ async def test_the_bounce_listener_answers_451_when_outbox_dead_is_full_and_coun
     assert [f"hello {n}".encode() in body for n, body in enumerate(kept)] == [True] * taken
     assert registry.get_sample_value("outbox_queue_refused_total",
                                      {"queue": "outbox.dead"}) == 6 - taken
+
+
+async def test_a_job_whose_dead_letter_the_broker_refuses_is_not_acked_and_not_lost(
+        make_settings, amqp_url, small_bounds):
+    """A real refusal inside the worker: an invalid job must go to outbox.dead, which is full
+    (reject-publish: the broker nacks the worker's publish). The job is not acked, no
+    ``rejected`` event claims it was dead-lettered, and the broker still holds it.
+
+    Found here (not fixed: the worker's settling is another change's): each refusal is a
+    nack-requeue that the quorum queue counts, so after ``DELIVERY_LIMIT`` (20) refusals in
+    a few milliseconds the broker dead-letters the job itself: at-least-once, so it is kept in
+    outbox.email (``messages_dlx``) until outbox.dead takes it (RabbitMQ retries on its own
+    timer, minutes later), with ``x-death`` but without Outbox's reason or a status event."""
+    settings = make_settings()
+    fillers = await _fill_dead(settings)
+    bad = {**email_job(id="job-undeliverable-dead"), "to": "not an address"}
+    async with running_worker(settings):
+        await publish(amqp_url, [bad])
+        early = await collect(amqp_url, "outbox.status", lambda m: False, timeout=3)
+        assert events(early) == []  # refused: not claimed rejected
+        assert await _drain(amqp_url, "outbox.dead") == [b'{"filler": true}'] * fillers
+        held = await _held(amqp_url, "outbox.email")
+    assert (held["messages"], held["message_stats"]["publish"]) == (1, 1)  # kept, not lost
+    assert held["message_stats"]["ack"] == 0
+    assert held["message_stats"]["redeliver"] == DELIVERY_LIMIT  # the loop described above
+    assert held["messages_dlx"] == 1
+
+
+async def _held(amqp_url: str, queue: str, timeout: float = 30) -> dict[str, Any]:
+    """The management record of ``queue`` once its statistics are in (every 5 s)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        record = (await _queues(amqp_url))[queue]
+        if "messages" in record and "ack" in record.get("message_stats", {}) or \
+                asyncio.get_running_loop().time() > deadline:
+            return record
+        await asyncio.sleep(1)
+
+
+async def _fill_dead(settings: Any) -> int:
+    """Publish fillers on outbox.dead until the broker refuses one; how many it took."""
+    bus = Bus.from_settings(settings)
+    await bus.connect()
+    fillers = 0
+    try:
+        while fillers < 10:
+            await bus.publish_dead(b'{"filler": true}', "filler", "email")
+            fillers += 1
+    except QueueFull:
+        return fillers
+    finally:
+        await bus.close()
+    raise AssertionError("outbox.dead never refused a publish")

@@ -87,11 +87,6 @@ def fixture(name: str) -> dict[str, Any]:
     return json.loads((DATA / f"{name}.json").read_text())
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache() -> None:
-    ses._CERT_CACHE.clear()
-
-
 @pytest.mark.parametrize("version", ["1", "2"])
 @pytest.mark.parametrize("subject", [None, "Amazon SES Email Event Notification"])
 def test_a_signed_notification_verifies(version: str, subject: str | None) -> None:
@@ -153,44 +148,24 @@ def test_a_message_without_a_signed_key_fails() -> None:
     "https://sns..amazonaws.com/x.pem",
     "",
 ])
-def test_a_certificate_url_not_from_sns_is_refused_before_any_fetch(url: str) -> None:
-    fetched: list[str] = []
-    message = {**sign(notification(fixture("ses-delivery"))), "SigningCertURL": url}
+def test_a_certificate_url_not_from_sns_is_refused(url: str) -> None:
+    """The rule the fetcher applies before any fetch (tests/integration/test_sns_certificates.py
+    fetches from a real HTTPS server)."""
     assert not ses.signing_cert_url_ok(url)
-    assert not ses.verify(message, fetch=lambda u: fetched.append(u) or CERT)
-    assert fetched == []
 
 
-def test_the_certificate_is_fetched_once_from_sns_and_cached() -> None:
-    fetched: list[str] = []
-
-    def fetch(url: str) -> str:
-        fetched.append(url)
-        return CERT
-
-    message = sign(notification(fixture("ses-delivery")))
-    assert ses.verify(message, fetch=fetch)
-    assert ses.verify(sign(notification(fixture("ses-bounce"))), fetch=fetch)
-    assert fetched == [CERT_URL]
+def test_the_sns_certificate_url_is_accepted() -> None:
+    assert ses.signing_cert_url_ok(CERT_URL)
+    assert ses.signing_cert_url_ok(CERT_URL.replace("us-east-1", "ap-east-1"))
 
 
-def test_a_fetched_certificate_out_of_its_validity_is_refused() -> None:
+def test_a_certificate_out_of_its_validity_is_not_current() -> None:
     key, expired = make_certificate(days=2, start=datetime.now(UTC) - timedelta(days=10))
+    assert not ses.certificate_current(expired)
+    assert ses.certificate_current(CERT)
+    assert not ses.certificate_current("not a certificate")
     message = sign(notification(fixture("ses-delivery")), key=key)
-    assert not ses.verify(message, fetch=lambda u: expired)
     assert ses.verify(message, expired)  # a given certificate is trusted as it is
-
-
-def test_a_failed_fetch_fails_verification() -> None:
-    def fetch(url: str) -> str:
-        raise OSError("no network")
-
-    assert not ses.verify(sign(notification(fixture("ses-delivery"))), fetch=fetch)
-
-
-def test_the_default_fetcher_is_the_module_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ses, "fetch_certificate", lambda url: CERT)
-    assert ses.verify(sign(notification(fixture("ses-delivery"))))
 
 
 # --- parse ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Amazon SES through Amazon SNS: signature check and bounce/complaint/delivery notifications.
-Pure but for one named I/O: fetching the SNS signing certificate (:func:`fetch_certificate`).
+Pure: the SNS signing certificate is fetched by :mod:`webhooks.sns_certificates`.
 
 SNS posts a JSON envelope (``Type``: ``Notification``, ``SubscriptionConfirmation`` or
 ``UnsubscribeConfirmation``) signed by SNS (``SignatureVersion`` 1: SHA1withRSA, 2:
@@ -12,8 +12,10 @@ byte order):
 * ``SubscriptionConfirmation``/``UnsubscribeConfirmation``: ``Message``, ``MessageId``,
   ``SubscribeURL``, ``Timestamp``, ``Token``, ``TopicArn``, ``Type``.
 
-The certificate is fetched only from ``https://sns.<region>.amazonaws.com/....pem``; any other
-URL is refused before anything is fetched. A certificate passed in is trusted as it is.
+The certificate may come only from ``https://sns.<region>.amazonaws.com/....pem``
+(:func:`signing_cert_url_ok`; any other URL is refused before anything is fetched) and must be
+within its validity period (:func:`certificate_current`); :func:`verify` trusts the certificate
+it is given as it is.
 
 A ``Notification``'s ``Message`` is the SES notification (``notificationType``, or
 ``eventType`` with event publishing) → ``ProviderEvent.type``, one per recipient:
@@ -48,7 +50,6 @@ import binascii
 import dataclasses
 import hashlib
 import re
-import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -79,9 +80,6 @@ _SIGNED_KEYS = {
 }
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 _CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com$")
-_CERT_CACHE: dict[str, str] = {}
-_CERT_CACHE_MAX = 32
-FETCH_TIMEOUT = 10.0
 
 
 def signing_cert_url_ok(url: str) -> bool:
@@ -95,14 +93,6 @@ def signing_cert_url_ok(url: str) -> bool:
     return (parts.scheme == "https" and _CERT_HOST.fullmatch(parts.hostname or "") is not None
             and port in (None, 443) and parts.username is None and parts.password is None
             and parts.path.endswith(".pem"))
-
-
-def fetch_certificate(url: str) -> str:
-    """The PEM at ``url`` (already checked by :func:`signing_cert_url_ok`). The one I/O of this
-    module; replace it (or pass ``fetch=`` to :func:`verify`) where there is no network."""
-    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:  # https only (checked)
-        pem: bytes = response.read(65536)  # urlopen's result is untyped (Any) in typeshed
-    return pem.decode("ascii")
 
 
 def string_to_sign(message: Mapping[str, Any]) -> bytes | None:
@@ -121,14 +111,10 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes | None:
     return "".join(out).encode("utf-8")
 
 
-def verify(message: dict[str, Any], certificate_pem: str | None = None, *,
-           fetch: Callable[[str], str] | None = None) -> bool:
-    """Whether the SNS ``message`` (the decoded JSON body) carries a valid SNS signature.
-
-    Without ``certificate_pem`` the certificate is fetched from ``SigningCertURL`` (only when
-    :func:`signing_cert_url_ok`; a fetched certificate must be within its validity period) with
-    ``fetch`` (default :func:`fetch_certificate`) and cached by URL.
-    """
+def verify(message: dict[str, Any], certificate_pem: str) -> bool:
+    """Whether the SNS ``message`` (the decoded JSON body) carries a valid SNS signature made
+    with the key of ``certificate_pem`` (trusted as it is: fetch it with
+    :class:`webhooks.sns_certificates.SnsCertificates`, which checks its URL and validity)."""
     if not isinstance(message, Mapping):
         return False
     algorithm = _HASHES.get(str(message.get("SignatureVersion")))
@@ -139,28 +125,7 @@ def verify(message: dict[str, Any], certificate_pem: str | None = None, *,
         signature = base64.b64decode(str(message.get("Signature") or ""), validate=True)
     except (binascii.Error, ValueError):
         return False
-    if certificate_pem is None:
-        certificate_pem = _certificate_for(str(message.get("SigningCertURL") or ""), fetch)
-        if certificate_pem is None:
-            return False
     return _rsa_verify(certificate_pem, signature, data, algorithm())
-
-
-def _certificate_for(url: str, fetch: Callable[[str], str] | None) -> str | None:
-    if not signing_cert_url_ok(url):
-        return None  # refused before any fetch
-    pem = _CERT_CACHE.get(url)
-    if pem is None:
-        try:
-            pem = (fetch or fetch_certificate)(url)
-        except (OSError, ValueError):
-            return None
-        if not certificate_current(pem):
-            return None
-        if len(_CERT_CACHE) >= _CERT_CACHE_MAX:
-            _CERT_CACHE.pop(next(iter(_CERT_CACHE)))
-        _CERT_CACHE[url] = pem
-    return pem
 
 
 def certificate_current(pem: str, now: datetime | None = None) -> bool:
