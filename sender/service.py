@@ -28,13 +28,13 @@ from sender.bus import Bus
 from sender.channels.base import Channel
 from sender.channels.registry import build_senders
 from sender.connect import ping_redis, redis_client
-from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.held import HeldJobs, HeldSweeper
 from sender.metrics import Metrics
 from sender.models import AttachmentLimits
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
+from sender.provider_event_applier import EventApplier
 from sender.recipient_events import PendingSweeper, RecipientEvents
 from sender.settle import Settle
 from sender.worker import Worker

@@ -1,6 +1,6 @@
 """Settling a delivery: the one object every consumer in the worker settles its messages
 through — the job pipeline (:mod:`sender.pipeline`), the provider-event applier
-(:mod:`sender.events`) and the worker's guard around both (:mod:`sender.worker`).
+(:mod:`sender.provider_event_applier`) and the worker's guard around both (:mod:`sender.worker`).
 
 Every delivery leaves on exactly one of these paths:
 

@@ -24,12 +24,12 @@ from sender import topology
 from sender.bus import BROKER_ERRORS, Bus
 from sender.channels import registry
 from sender.channels.base import Channel
-from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
 from sender.outages import Watch
 from sender.pipeline import Pipeline, Stopping, protected
+from sender.provider_event_applier import EventApplier
 from sender.settle import Settle
 from suppression.roundtrip import Client
 

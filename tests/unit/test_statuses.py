@@ -57,9 +57,9 @@ def test_the_gate_reads_the_declared_sets() -> None:
 
 
 def test_the_statuses_provider_events_write_are_declared() -> None:
-    from sender import events
+    from sender import provider_event_applier as applier
 
-    assert set(events._STATUS.values()) <= set(statuses.STATUSES)
+    assert set(applier._STATUS.values()) <= set(statuses.STATUSES)
 
 
 def test_the_table_in_the_docstring_is_the_declaration() -> None:

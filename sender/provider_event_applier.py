@@ -47,16 +47,17 @@ report; DEBUG for a duplicate and for an accepted/opened/clicked event. So the j
 its whole story: its "sent" line, then e.g. "job order-1 bounced: ses event, applied".
 
 Which job: an event naming a job is checked against the job's record first
-(:func:`suppression.handover.check`, one HMGET). It applies only when the job was handed over
-for exactly the event's recipient; for a job never handed over (``rejected``, ``suppressed``,
-``failed`` before a send...) or sent to someone else it changes nothing at all: acked (it is no
-malformed message, so not ``outbox.dead``), counted in ``outbox_provider_events_total`` with
-result ``ignored_not_sent`` / ``ignored_recipient`` and logged. The webhook server has already
-dropped such events (``webhooks.events.hand_over``); the worker asks again because the job may
-have moved since, and for the bounce listener's events. For a job no longer remembered (older
-than the idempotency TTL) a webhook's event changes no job; it applies as one naming no job
-would. A bounce listener's is not believed then (``outbox.dead``), as the listener itself
-refuses one.
+(:func:`suppression.handover.check`, one HMGET). It applies only when the job was handed
+over for exactly the event's recipient; for a job never handed over (``rejected``,
+``suppressed``, ``failed`` before a send...) or sent to someone else it changes nothing at
+all: acked (it is no malformed message, so not ``outbox.dead``), counted in
+``outbox_provider_events_total`` with result ``ignored_not_sent`` / ``ignored_recipient``
+and logged. The webhook server has already dropped such events
+(``webhooks.provider_event_publisher.hand_over``); the worker asks again because the job may
+have moved since, and for the bounce listener's events. For a job no longer remembered
+(older than the idempotency TTL) a webhook's event changes no job; it applies as one naming
+no job would. A bounce listener's is not believed then (``outbox.dead``), as the listener
+itself refuses one.
 
 Who is believed: the provider webhooks verify the provider's signature before publishing, so
 an event of theirs that names no account can still teach facts about the address (a hard
