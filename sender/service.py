@@ -36,6 +36,7 @@ from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.provider_event_applier import EventApplier
 from sender.recipient_events import PendingSweeper, RecipientEvents
+from sender.schedule import Mover
 from sender.settle import Settle
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
@@ -43,6 +44,7 @@ from suppression.gate import Gate
 from suppression.held import HeldStore
 from suppression.reputation import Policy
 from suppression.roundtrip import Client, execute
+from suppression.schedule import Schedule
 from suppression.store import AccountStore, Audit, SuppressionStore
 
 log = logging.getLogger("outbox.service")
@@ -81,6 +83,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                 require_senders=settings.require_verified_senders,
                 own_sms_senders=(settings.twilio_from, settings.twilio_messaging_service_sid))
     redis_call = RedisCalls(metrics, stop.is_set, dependencies.redis)
+    schedule = Schedule(redis, idempotency_ttl=settings.idempotency_ttl,
+                        timeline_ttl=settings.timeline_ttl, send=send)
     # one settling object for the jobs, the events and the worker's guard; acks coalesced
     # per loop turn
     settle = Settle(bus, Acks())
@@ -91,7 +95,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
         redis_call=redis_call, held=HeldStore.from_settings(redis, settings), settle=settle,
         attachment_limits=AttachmentLimits(settings.max_attachments,
-                                           settings.max_attachment_bytes))
+                                           settings.max_attachment_bytes),
+        schedule=schedule, schedule_max_ahead=settings.schedule_max_ahead)
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, settle=settle,
                           sms_region=settings.sms_region,
@@ -103,7 +108,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   settle=settle, channels=channels, metrics=metrics, stop=stop,
-                  worker_id=worker_id, gauges=gauges, watch=watch)
+                  worker_id=worker_id, gauges=gauges, watch=watch, mover=Mover(schedule, bus))
 
 
 def signing_email_channel(settings: Settings, redis: Client) -> Channel:
