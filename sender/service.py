@@ -38,6 +38,7 @@ from sender.provider_event_applier import EventApplier
 from sender.recipient_events import PendingSweeper, RecipientEvents
 from sender.schedule import Mover
 from sender.settle import Settle
+from sender.validation import Rules
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
@@ -96,7 +97,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         redis_call=redis_call, held=HeldStore.from_settings(redis, settings), settle=settle,
         attachment_limits=AttachmentLimits(settings.max_attachments,
                                            settings.max_attachment_bytes),
-        schedule=schedule, schedule_max_ahead=settings.schedule_max_ahead)
+        schedule=schedule, rules=Rules.from_settings(settings))
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, settle=settle,
                           sms_region=settings.sms_region,
