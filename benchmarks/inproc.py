@@ -74,7 +74,7 @@ async def _run(n: int, profiler: cProfile.Profile | None, gc_tuned: bool = True
             batching = ({"redis_round_trips": send.round_trips,
                          "jobs_per_round_trip": round(send.calls / max(send.round_trips, 1), 1)}
                         if isinstance(send, Coalescer) else {})
-            acks = worker.pipeline.acks
+            acks = worker.settle.acks
             batching["ack_frames_per_job"] = round(acks.frames / max(acks.acked, 1), 3)
             retries = {s.labels["tier"]: int(s.value) for m in worker.metrics.retries.collect()
                        for s in m.samples if s.name.endswith("_total")}

@@ -291,7 +291,7 @@ class Settings(ReputationSettings, BaseSettings):
     sms_region: str = Field("HK", pattern=r"^[A-Z]{2}$", description="for numbers without +")
     sms_max_segments: int = Field(10, ge=1, le=10)
 
-    # --- email provider webhooks (webhooks/provider_routes.py; unset secret = 404) -----------
+    # --- email provider webhooks (webhooks/providers/routes.py; unset secret = 404) -----------
     #: SNS topics whose messages are accepted; none = /webhooks/ses off (any AWS account can
     #: get SNS to sign a message, so the topic is what makes one ours)
     ses_topic_arns: Annotated[tuple[str, ...], NoDecode] = ()

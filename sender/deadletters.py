@@ -61,7 +61,8 @@ from suppression.store import Audit
 
 T = TypeVar("T")
 
-EVENTS_KEY = "events"  # the routing key of a provider event's dead letter (sender.events)
+#: the routing key of a provider event's dead letter (sender.provider_event_applier)
+EVENTS_KEY = "events"
 #: headers that describe the dead-lettering, not the job: dropped from a replayed copy
 _DEATH_HEADERS = frozenset({REASON_HEADER, ROUTE_HEADER, RECORD_HEADER, ATTEMPT_HEADER,
                             "x-death", "x-delivery-count", "x-outbox-dead-at",

@@ -1,4 +1,5 @@
-"""The pipeline of one job, and the single place where its message is settled.
+"""The pipeline of one job: what it does to the job, and which settling path its delivery
+takes (the paths themselves, shared with the provider-event applier: :mod:`sender.settle`).
 
 decode and validate (:mod:`sender.validation`, the client's own) → pre-send gate (claim,
 expiry, account state, suppression, consent and preferences, DNC, rate token; one Redis round
@@ -35,11 +36,15 @@ Every delivery leaves on exactly one path:
                                 :data:`UNKNOWN_DELIVERIES`-th delivery it ends ``failed``
                                 (reason ``networkerror``, "outcome unknown") instead;
 * ``nack`` (requeue)            an unexpected exception (a bug, a poison body): returned until
-                                its :data:`ERROR_DELIVERIES`-th delivery (RabbitMQ's
-                                ``x-delivery-count``), then dead-lettered with the exception as
-                                the reason and a ``failed`` event (reason ``error``), logged
-                                with its traceback once. One raised after the provider took the
-                                message is not retried (that would send it again).
+                                its :data:`~sender.settle.ERROR_DELIVERIES`-th delivery
+                                (RabbitMQ's ``x-delivery-count``), then dead-lettered with the
+                                exception as the reason and a ``failed`` event (reason
+                                ``error``), logged with its traceback once
+                                (:meth:`Pipeline.unexpected`). One raised after the provider
+                                took the message is not retried (that would send it again).
+
+The body is parsed once per delivery: what it parsed to (the job, or why it is invalid) is
+kept for the delivery's task (:data:`_PARSED`), so a job that fails later is announced from it.
 
 A sender the account may not use (``OUTBOX_REQUIRE_VERIFIED_SENDERS``: ``from``/``reply_to`` not on
 a domain verified for it, an SMS sender not configured for it, marketing from a domain without
@@ -80,22 +85,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sender.account_events import publish_transition
-from sender.acks import Acks, DirectAcks
 from sender.bus import (
     ATTEMPT_HEADER,
     BROKER_ERRORS,
     FIRST_SEEN_HEADER,
     RECORD_HEADER,
-    ROUTE_HEADER,
     Bus,
 )
 from sender.channels.base import Channel, NotSent, OutcomeUnknown, SendFailure, SendResult
-from sender.channels.registry import parse_job, routing_key
+from sender.channels.registry import routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
 from sender.schedule import RELEASED_HEADER
+from sender.settle import Settle, delivery_count
 from sender.validation import Rules, validate
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
@@ -113,16 +117,14 @@ _FINAL_FOR_KIND = {"hard": "bounced", "complaint": "complained"}
 # a message handed over counts as a send; a refusal at once also as a hard bounce/complaint
 _COUNTS = {"sent": Counts(sends=1), "bounced": Counts(sends=1, hard=1),
            "complained": Counts(sends=1, complaints=1)}
-#: Deliveries ending in an unexpected exception before a job is dead-lettered (RabbitMQ counts
-#: every return, shutdowns included; the queues' own x-delivery-limit is the backstop for a
-#: body that kills the process).
-ERROR_DELIVERIES = 3
 #: Deliveries whose send ended with an unknown outcome before the job ends ``failed``: each
 #: may have reached the relay (a relay that stores, then never answers, gets it this often)
 UNKNOWN_DELIVERIES = 3
-DELIVERY_COUNT_HEADER = "x-delivery-count"  # set by quorum queues
 #: when the delivery being handled (this task's) was received, for the outcome's ``ms``
 _RECEIVED: ContextVar[float | None] = ContextVar("received", default=None)
+#: what the body of the delivery being handled (this task's) parsed to: the job, why it is
+#: invalid, or None before it was parsed
+_PARSED: ContextVar[JobBase | InvalidJob | None] = ContextVar("parsed", default=None)
 
 
 class Stopping(Exception):
@@ -202,19 +204,19 @@ class Pipeline:
     def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
                  owner: str, stopping: Callable[[], bool], redis_call: RedisCalls,
-                 held: HeldStore, acks: Acks | None = None,
+                 held: HeldStore, settle: Settle | None = None,
                  attachment_limits: AttachmentLimits | None = None,
                  schedule: Schedule | None = None,
                  rules: Rules | None = None) -> None:
-        """``acks``: how deliveries are settled (the worker's coalesce per loop turn);
-        ``held``: where jobs of blocked and suspended accounts are kept;
-        ``schedule``: where jobs wait for their ``send_at`` (required for such jobs);
-        ``rules``: job validation's settings (:mod:`sender.validation`, the client's too; by
-        default ``max_job_bytes`` and ``attachment_limits``), ``send_at``'s furthest ahead
-        among them."""
+        """``settle``: how deliveries are settled (the worker's, shared with the
+        provider-event applier; default one ack per delivery); ``held``: where jobs of
+        blocked and suspended accounts are kept; ``schedule``: where jobs wait for their
+        ``send_at`` (required for such jobs); ``rules``: job validation's settings
+        (:mod:`sender.validation`, the client's too; by default ``max_job_bytes`` and
+        ``attachment_limits``), ``send_at``'s furthest ahead among them."""
         self.held = held
         self._bus = bus
-        self.acks = acks or DirectAcks()
+        self.settle = settle or Settle(bus)
         self.gate = gate
         self._channels = channels
         self._metrics = metrics
@@ -233,11 +235,14 @@ class Pipeline:
         """Process one delivery from the queue of ``queue_channel`` and settle it (or leave it
         for redelivery on shutdown)."""
         _RECEIVED.set(time.monotonic())
+        _PARSED.set(None)
         try:
             job = validate(message.body, self._rules)
         except InvalidJob as exc:
+            _PARSED.set(exc)
             await self._reject_invalid(message, exc, queue_channel)
             return
+        _PARSED.set(job)
         if job.channel != queue_channel or job.channel not in self._channels:
             await self._reject_invalid(message, InvalidJob(
                 f"an {job.channel} job on the {queue_channel} queue (routing key "
@@ -287,7 +292,7 @@ class Pipeline:
             await protected(self._already(message, job, decision))
             return
         self._metrics.jobs.labels(job.channel, "scheduled").inc()
-        await self.acks.ack(message)
+        await self.settle.ack(message)
         _log_outcome(job, "scheduled", attempt, None, detail=f"due {iso(due_ms)}")
 
     async def _not_sent(self, message: AbstractIncomingMessage, job: Job,
@@ -318,7 +323,7 @@ class Pipeline:
             job.account_id, job.id, channel=job.channel, category=job.category,
             body=message.body, attempt=attempt))
         if held.outcome == "again":
-            await self.acks.nack(message)
+            await self.settle.nack(message)
         elif held.outcome == "full":
             detail = (f"the account holds {held.jobs} jobs, {held.bytes} bytes already "
                       "(OUTBOX_HOLD_MAX_JOBS, OUTBOX_HOLD_MAX_BYTES): not held")
@@ -347,7 +352,7 @@ class Pipeline:
                 attempt=decision.attempt, metadata=job.metadata,
                 detail="cancelled before it was due" if decision.status == "cancelled"
                 else "redelivered"))
-        await self.acks.ack(message)
+        await self.settle.ack(message)
         _log_outcome(job, decision.status or decision.verdict, decision.attempt,
                      decision.reason, duplicate=decision.verdict)
 
@@ -369,7 +374,7 @@ class Pipeline:
                                       tier, headers, expiration=expiration)
         self._metrics.retries.labels(job.channel, str(tier)).inc()
         self._metrics.jobs.labels(job.channel, "rate_limited").inc()
-        await self.acks.ack(message)
+        await self.settle.ack(message)
         log.debug("job %s rate limited, parked for %d s", job.id, tier, extra={
             "job_id": job.id, "account_id": job.account_id, "channel": job.channel})
 
@@ -415,7 +420,7 @@ class Pipeline:
         delivery take the claim over; no ``deferred`` (a retry tier's copy would be a new
         delivery, refused as a duplicate while the claim is held). Each time counts toward
         :data:`UNKNOWN_DELIVERIES`; the last ends the job ``failed``."""
-        deliveries = _int(message.headers.get(DELIVERY_COUNT_HEADER), 0) + 1
+        deliveries = delivery_count(message)
         self._metrics.provider_replies.labels(unknown.provider, "unknown").inc()
         if deliveries < UNKNOWN_DELIVERIES:
             log.warning("job %s: %s; returned to its queue, its claim kept as after a crash "
@@ -423,7 +428,7 @@ class Pipeline:
                         UNKNOWN_DELIVERIES, extra={
                             "job_id": job.id, "account_id": job.account_id,
                             "channel": job.channel, "attempt": attempt, "ms": _ms()})
-            await self.acks.nack(message)
+            await self.settle.nack(message)
             return
         await self._finish(message, job, "failed", attempt, reason="networkerror",
                            provider=unknown.provider,
@@ -434,10 +439,8 @@ class Pipeline:
                             problem: str) -> None:
         """Content the renderer refuses: a dead-letter copy with the reason, then the final
         ``rejected`` (dead-letter first: a crash between repeats the copy, never loses it)."""
-        await self._bus.publish_dead(message.body, f"refused by the renderer: {problem}",
-                                     job.channel, headers={
-                                         **dead_headers(message),
-                                         RECORD_HEADER: f"{job.account_id}/{job.id}"})
+        await self.settle.copy_dead(message, f"refused by the renderer: {problem}",
+                                    job.channel, **{RECORD_HEADER: f"{job.account_id}/{job.id}"})
         await self._finish(message, job, "rejected", attempt, reason="invalid", detail=problem)
 
     async def _sent(self, message: AbstractIncomingMessage, job: Job, attempt: int,
@@ -498,7 +501,7 @@ class Pipeline:
             # a provider event got there first (delivered before our own "sent"):
             # announcing "sent" now would move the status backwards
             self._metrics.jobs.labels(job.channel, status).inc()
-            await self.acks.ack(message)
+            await self.settle.ack(message)
             _log_outcome(job, status, attempt, reason, provider=provider,
                          detail=event.get("detail"), superseded=True)
             return
@@ -519,29 +522,31 @@ class Pipeline:
             status=status, attempt=attempt, metadata=job.metadata,
             **fields, **(extra or {})))
         self._metrics.jobs.labels(job.channel, status).inc()
-        await self.acks.ack(message)
+        await self.settle.ack(message)
         _log_outcome(job, status, attempt, fields.get("reason"), provider=fields.get("provider"),
                      detail=fields.get("detail"))
 
     async def _reject_invalid(self, message: AbstractIncomingMessage, exc: InvalidJob,
                               queue_channel: str) -> None:
-        """Record an invalid job's timeline entry (under its ids, or an id made from its bytes:
-        :func:`suppression.keys.rejection_record`), dead-letter it with its reason, publish a
-        ``rejected`` event if it had an id, ack. The dead letter first (in the order the jobs
-        came): a crash before the ack repeats the copy and the entry, never loses either;
-        only rejected jobs pay this write."""
+        """Dead-letter an invalid job with its reason, then record its timeline entry (under
+        its ids, or an id made from its bytes: :func:`suppression.keys.rejection_record`) and
+        publish a ``rejected`` event if it had an id, then ack. The dead letter first (in the
+        order the jobs came): a crash before the ack repeats the copy and the entry, never
+        loses either; only rejected jobs pay this write."""
         channel = exc.channel or queue_channel
         account, record_id = rejection_record(message.body, exc.account_id, exc.job_id)
-        await self._bus.publish_dead(message.body, exc.reason, channel, headers={
-            **dead_headers(message), RECORD_HEADER: f"{account}/{record_id}"})
-        await self.redis_call(lambda: self.gate.record_rejection(
-            account, record_id, reason="invalid", detail=exc.reason))
-        if exc.job_id:
-            await self._bus.publish_event(status_event(
-                job_id=exc.job_id, account_id=exc.account_id, channel=channel,
-                status="rejected", reason="invalid", detail=exc.reason))
-        self._metrics.jobs.labels(channel, "rejected").inc()
-        await self.acks.ack(message)
+
+        async def recorded(_: str) -> None:
+            await self.redis_call(lambda: self.gate.record_rejection(
+                account, record_id, reason="invalid", detail=exc.reason))
+            if exc.job_id:
+                await self._bus.publish_event(status_event(
+                    job_id=exc.job_id, account_id=exc.account_id, channel=channel,
+                    status="rejected", reason="invalid", detail=exc.reason))
+            self._metrics.jobs.labels(channel, "rejected").inc()
+
+        await self.settle.dead_letter(message, exc.reason, channel, before_ack=recorded,
+                                      **{RECORD_HEADER: f"{account}/{record_id}"})
         log.warning("job %s rejected: %s (outbox jobs show %s %s)", exc.job_id or record_id,
                     exc.reason, account, record_id, extra={
                         "job_id": exc.job_id or record_id, "account_id": exc.account_id,
@@ -550,43 +555,39 @@ class Pipeline:
                         "ms": _ms()})
 
     async def unexpected(self, message: AbstractIncomingMessage, exc: Exception,
-                         channel: str, *, announce: bool = True) -> None:
-        """An exception nobody expected: back to the queue until the delivery is the
-        :data:`ERROR_DELIVERIES`-th, then ``outbox.dead`` with the exception as the reason
-        and (``announce``) a ``failed`` event, reason ``error``. Never loops, never drops."""
-        deliveries = _int(message.headers.get(DELIVERY_COUNT_HEADER), 0) + 1
+                         channel: str) -> None:
+        """An exception nobody expected while handling a job of ``channel``'s queue: settled
+        as :meth:`sender.settle.Settle.unexpected` says (back to the queue a bounded number
+        of times, then ``outbox.dead``), and with the dead letter a ``failed`` event, reason
+        ``error``. One raised after the provider took the message (:class:`SentThenFailed`)
+        is dead-lettered at once, without an event (its ``sent`` stands). Never loops, never
+        drops."""
         after_send = isinstance(exc, SentThenFailed)
         cause = exc.__cause__ if after_send and exc.__cause__ is not None else exc
-        what = f"{type(cause).__name__}: {cause}"
-        if deliveries < ERROR_DELIVERIES and not after_send:
-            log.warning("unexpected error on delivery %d of at most %d, returned to its "
-                        "queue: %s", deliveries, ERROR_DELIVERIES, what)
-            await self.acks.nack(message)
-            return
-        reason = (f"sent, then an unexpected error: {what}" if after_send else
-                  f"unexpected error on delivery {deliveries}: {what}")
-        log.error("dead-lettered: %s", reason, exc_info=cause)  # the one traceback
-        await self._bus.publish_dead(message.body, reason, channel,
-                                     headers=dead_headers(message))
-        if announce:
+
+        async def announce(reason: str) -> None:
             if not after_send:
                 await self._announce_error(message, channel, reason)
             self._metrics.jobs.labels(channel, "failed").inc()
-        await self.acks.ack(message)
+
+        await self.settle.unexpected(message, cause, channel, before_ack=announce,
+                                     final="sent, then an unexpected error" if after_send
+                                     else "")
 
     async def _announce_error(self, message: AbstractIncomingMessage, channel: str,
                               reason: str) -> None:
         """The ``failed`` event of a dead-lettered job, recorded first when it can be (so a
-        republish answers ``done`` and no status moves backwards); best effort."""
-        job: Job | None = None
-        try:
-            job = parse_job(message.body, max_bytes=self._max_job_bytes,
-                            attachment_limits=self._attachment_limits)
-            ids: tuple[str | None, str | None, str | None] = (job.id, job.account_id,
-                                                              job.channel)
-        except InvalidJob as exc:
-            ids = (exc.job_id, exc.account_id, exc.channel)
-        job_id, account_id, job_channel = ids
+        republish answers ``done`` and no status moves backwards); best effort. The job is
+        what this delivery's body parsed to (:data:`_PARSED`: not parsed again); none when
+        the error came before it was parsed."""
+        parsed = _PARSED.get()
+        if parsed is None:
+            return
+        job = parsed if isinstance(parsed, JobBase) else None
+        if isinstance(parsed, InvalidJob):
+            job_id, account_id, job_channel = parsed.job_id, parsed.account_id, parsed.channel
+        else:
+            job_id, account_id, job_channel = parsed.id, parsed.account_id, parsed.channel
         if not job_id:
             return
         if job is not None and account_id:
@@ -603,12 +604,6 @@ class Pipeline:
             job_id=job_id, account_id=account_id, channel=job_channel or channel,
             status="failed", reason="error", detail=reason[:1000],
             metadata=job.metadata if job is not None else None))
-
-
-def dead_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
-    """A dead letter's headers: the delivery's, and the routing key it came with (its lane,
-    where ``outbox dead replay`` sends it back)."""
-    return {**message.headers, ROUTE_HEADER: message.routing_key or ""}
 
 
 def _ms() -> int | None:

@@ -29,7 +29,7 @@ worker dead-letters it with that reason). Fields (README "Provider events"):
                         signature, a signed VERP address): applied in full. ``quoted``: a report
                         by mail that only quotes our ``Message-ID`` and ``X-Outbox-Account``,
                         which every recipient sees: it may suppress that recipient for that
-                        account alone, and counts toward nothing (``sender.events``)
+                        account alone, and counts toward nothing (``sender.provider_event_applier``)
 ======================  ========================================================================
 
 Unknown fields are ignored when reading (a newer producer may add some), so events already

@@ -78,7 +78,7 @@ _UNDOES = {"resubscribed": ("unsubscribed",), "unsuppressed": STOPPING}
 CLAIM_SECONDS = 60
 #: seconds between the worker's sweeps for pending events nobody is publishing
 SWEEP_SECONDS = 30.0
-#: ``ProviderEvent.reason`` of an inbound SMS STOP (``webhooks.handlers``)
+#: ``ProviderEvent.reason`` of an inbound SMS STOP (``webhooks.providers.routes``)
 SMS_STOP = "sms_stop"
 #: ``ProviderEvent.provider`` of the ``/u/<token>`` handler's events
 UNSUBSCRIBE_PROVIDER = "unsubscribe"

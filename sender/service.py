@@ -28,15 +28,16 @@ from sender.bus import Bus
 from sender.channels.base import Channel
 from sender.channels.registry import build_senders
 from sender.connect import ping_redis, redis_client
-from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.held import HeldJobs, HeldSweeper
 from sender.metrics import Metrics
 from sender.models import AttachmentLimits
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
+from sender.provider_event_applier import EventApplier
 from sender.recipient_events import PendingSweeper, RecipientEvents
 from sender.schedule import Mover
+from sender.settle import Settle
 from sender.validation import Rules
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
@@ -85,18 +86,20 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     redis_call = RedisCalls(metrics, stop.is_set, dependencies.redis)
     schedule = Schedule(redis, idempotency_ttl=settings.idempotency_ttl,
                         timeline_ttl=settings.timeline_ttl, send=send)
-    acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn
+    # one settling object for the jobs, the events and the worker's guard; acks coalesced
+    # per loop turn
+    settle = Settle(bus, Acks())
     pipeline = Pipeline(
         bus=bus, gate=gate, channels=channels, metrics=metrics,
         retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
-        redis_call=redis_call, held=HeldStore.from_settings(redis, settings), acks=acks,
+        redis_call=redis_call, held=HeldStore.from_settings(redis, settings), settle=settle,
         attachment_limits=AttachmentLimits(settings.max_attachments,
                                            settings.max_attachment_bytes),
         schedule=schedule, rules=Rules.from_settings(settings))
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
-                          metrics=metrics, redis_call=redis_call, acks=acks,
+                          metrics=metrics, redis_call=redis_call, settle=settle,
                           sms_region=settings.sms_region,
                           recipients=RecipientEvents(redis, bus))
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
@@ -105,8 +108,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         relays.watch(lambda relay, up: metrics.relay_up.labels(relay).set(1 if up else 0))
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
-                  channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
-                  gauges=gauges, watch=watch, mover=Mover(schedule, bus))
+                  settle=settle, channels=channels, metrics=metrics, stop=stop,
+                  worker_id=worker_id, gauges=gauges, watch=watch, mover=Mover(schedule, bus))
 
 
 def signing_email_channel(settings: Settings, redis: Client) -> Channel:

@@ -24,35 +24,41 @@ from sender import topology
 from sender.bus import BROKER_ERRORS, Bus
 from sender.channels import registry
 from sender.channels.base import Channel
-from sender.events import EventApplier
 from sender.gauges import Gauges
 from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
 from sender.outages import Watch
 from sender.pipeline import Pipeline, Stopping, protected
+from sender.provider_event_applier import EventApplier
 from sender.schedule import Mover
+from sender.settle import Settle
 from suppression.roundtrip import Client
 
 log = logging.getLogger("outbox.worker")
 #: seconds for one broker call while stopping: a robust channel waits for the broker forever,
 #: and a SIGTERM during an outage must still end the process (the broker requeues anyway)
 BROKER_CALL_TIMEOUT = 5.0
+#: a consumer's handling of one delivery, and its path for an exception nobody expected
+Handle = Callable[[AbstractIncomingMessage], Awaitable[None]]
+Unexpected = Callable[[AbstractIncomingMessage, Exception], Awaitable[None]]
 
 
 class Worker:
     """One worker process's consumer side: consumes, stops and closes. Everything it runs is
     built and passed in by :mod:`sender.service` (the pipeline and the event applier share
-    one gate and one Redis-call guard; ``channels`` is the pipeline's own mapping)."""
+    one gate, one Redis-call guard and ``settle``, which the worker's guard settles through
+    too; ``channels`` is the pipeline's own mapping)."""
 
     def __init__(self, settings: Settings, *, bus: Bus, redis: Client, pipeline: Pipeline,
-                 events: EventApplier, channels: dict[str, Channel], metrics: Metrics,
-                 stop: asyncio.Event, worker_id: str, gauges: Gauges,
+                 events: EventApplier, settle: Settle, channels: dict[str, Channel],
+                 metrics: Metrics, stop: asyncio.Event, worker_id: str, gauges: Gauges,
                  watch: Watch | None = None, mover: Mover | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.redis = redis  # the connections it runs on (tests and support tools read them)
         self.pipeline = pipeline
         self.events = events
+        self.settle = settle
         self.channels = channels
         self.metrics = metrics
         self.worker_id = worker_id
@@ -99,22 +105,23 @@ class Worker:
         self._consumers.append((queue, tag))
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        await self._guarded(message, self.events.handle, "events", EVENTS)
+        await self._guarded(message, self.events.handle,
+                            lambda m, exc: self.events.unexpected(m, exc), EVENTS)
 
     def _job_consumer(self, channel: str, lane: str
                       ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         """The consumer of one lane of one channel: its jobs must be of that channel (of
         either lane: a marketing job published on the plain key waits in the priority one)."""
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._guarded(message, lambda m: self.pipeline.handle(m, channel), channel,
-                                lane)
+            await self._guarded(message, lambda m: self.pipeline.handle(m, channel),
+                                lambda m, exc: self.pipeline.unexpected(m, exc, channel), lane)
         return on_message
 
-    async def _guarded(self, message: AbstractIncomingMessage,
-                       handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
-                       source: str, lane: str) -> None:
+    async def _guarded(self, message: AbstractIncomingMessage, handle: Handle,
+                       unexpected: Unexpected, lane: str) -> None:
         """Run one delivery in a slot of its lane; whatever goes wrong, it is not lost and it
-        does not loop (``Pipeline.unexpected``)."""
+        does not loop: an exception nobody expected goes to ``unexpected``, its consumer's own
+        path (``Pipeline.unexpected``, ``EventApplier.unexpected``)."""
         if self._stop.is_set():
             return  # left unsettled: returned to the queue when the channel closes
         task = asyncio.current_task()
@@ -132,21 +139,20 @@ class Worker:
         except BROKER_ERRORS as exc:  # not the job's fault: never counted towards poison
             log.warning("broker: %s: %s; the job goes back to its queue",
                         type(exc).__name__, exc)
-            await self.pipeline.acks.nack(message)
+            await self.settle.nack(message)
         except Exception as exc:
-            await self._unexpected(message, exc, source)
+            await self._unexpected(message, exc, unexpected)
         finally:
             self._tasks.discard(task)
 
     async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception,
-                          source: str) -> None:
+                          unexpected: Unexpected) -> None:
         try:
-            await protected(self.pipeline.unexpected(message, exc, source,
-                                                     announce=source != "events"))
+            await protected(unexpected(message, exc))
         except Exception as again:  # could not dead-letter: the broker keeps it
             log.warning("could not dead-letter after %s (%s), returned to its queue",
                         type(exc).__name__, again)
-            await self.pipeline.acks.nack(message)
+            await self.settle.nack(message)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop the sends not yet started and consuming, wait for in-flight sends up to

@@ -50,8 +50,8 @@ from suppression.roundtrip import Client
 
 FACTS = ("hard_bounce", "complaint", "invalid", "dnc_register")
 #: a hard bounce or complaint the recipient's own mailbox reported by quoting our
-#: Message-ID, without a signed VERP address (``sender.events``): anyone who received the
-#: message can write one, so it is that recipient's word for that account only
+#: Message-ID, without a signed VERP address (``sender.provider_event_applier``): anyone who
+#: received the message can write one, so it is that recipient's word for that account only
 REPORTED = "reported"
 CHOICES = ("unsubscribe", "sms_stop", REPORTED)
 MANUAL = "manual"

@@ -36,13 +36,14 @@ from sender.outages import Dependencies, Watch
 from suppression.roundtrip import Client
 from suppression.store import SuppressionStore
 from webhooks.admin import AdminApi
-from webhooks.handlers import TwilioWebhooks, UnsubscribeWebhooks, WebhookMetrics
+from webhooks.handlers import UnsubscribeWebhooks, WebhookMetrics
 from webhooks.outages import outage_middleware
-from webhooks.provider_routes import (
+from webhooks.providers.routes import (
     MailgunWebhooks,
     PostmarkWebhooks,
     SendGridWebhooks,
     SesWebhooks,
+    TwilioWebhooks,
 )
 
 log = logging.getLogger("outbox.webhooks")

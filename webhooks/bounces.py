@@ -17,9 +17,9 @@ as its proof goes (``ProviderEvent.trust``):
   ``Message-ID: <job@OUTBOX_MESSAGE_ID_DOMAIN>`` and ``X-Outbox-Account`` of that job. Both
   are in every copy the recipient holds, so this proves only that someone who saw the message
   wrote it: the worker suppresses that recipient for that account alone and counts nothing
-  (``sender.events``). The event carries its evidence (``raw.evidence``: what was quoted, the
-  peer, MAIL FROM, RCPT TO), and its id differs from a signed report's of the same bounce, so
-  a forged quote sent first cannot make the genuine bounce look like a repeat;
+  (``sender.provider_event_applier``). The event carries its evidence (``raw.evidence``: what
+  was quoted, the peer, MAIL FROM, RCPT TO), and its id differs from a signed report's of the
+  same bounce, so a forged quote sent first cannot make the genuine bounce look like a repeat;
 
 and in both cases every recipient the report names is the job's own: the job hash must show
 the job handed over (``gate.HANDED_OVER``) for exactly that recipient (``rc``, written on the
@@ -87,7 +87,7 @@ from webhooks.bounce_work import (
     SourceBudget,
     WorkLimits,
 )
-from webhooks.events import publish_events
+from webhooks.provider_event_publisher import publish_events
 from webhooks.providers.base import safe_id
 
 log = logging.getLogger("outbox.bounces")

@@ -1,7 +1,8 @@
-"""A job's log is its whole story (sender.events): a job sent by the real worker and later
-bounced through the real bounce listener (a DSN to its signed VERP address, over SMTP) has two
-worker lines with its id, "sent" and "bounced", with the same field names; a repeat of the
-report adds no INFO line; and every line is found by grepping the id in the JSON log."""
+"""A job's log is its whole story (sender.provider_event_applier): a job sent by the real
+worker and later bounced through the real bounce listener (a DSN to its signed VERP address,
+over SMTP) has two worker lines with its id, "sent" and "bounced", with the same field
+names; a repeat of the report adds no INFO line; and every line is found by grepping the id
+in the JSON log."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 
 from sender.bus import Bus
 from sender.channels.base import SendResult
-from sender.pipeline import ERROR_DELIVERIES
+from sender.settle import ERROR_DELIVERIES
 from sender.topology import TopologyMismatch
 from tests.integration.helpers import collect, email_job, events, publish, running_worker
 

@@ -45,7 +45,7 @@ from tests.unit.test_provider_ses import (
     notification,
 )
 from tests.unit.test_provider_ses import sign as sns_sign
-from webhooks import provider_routes
+from webhooks.providers import routes as provider_routes
 
 pytestmark = pytest.mark.integration
 MAILGUN_KEY = "key-signing-test-0123456789abcdef"

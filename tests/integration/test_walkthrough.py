@@ -127,7 +127,7 @@ def _output(ran: list[tuple[str, int, str, str]], part: str) -> str:
 
 
 def _events(out: str) -> list[tuple[str, str, str, str]]:
-    """``examples/events.py`` lines: (routing key, id, status, reason)."""
+    """``examples/status_events.py`` lines: (routing key, id, status, reason)."""
     rows = []
     for line in out.splitlines():
         _, key, job, status, reason = line.split()
@@ -190,7 +190,7 @@ async def test_the_readme_walkthrough_runs_as_written(amqp_url: str, redis_url: 
     # enqueue: published 4
     assert _output(first, " enqueue ").strip() == "published 4, invalid 0, failed 0"
     # the events: three emails sent, the SMS sent then delivered, nothing else
-    events = _events(_output(first, "examples/events.py"))
+    events = _events(_output(first, "examples/status_events.py"))
     assert sorted(events) == sorted([
         ("email.sent", "demo-receipt-1001", "sent", "-"),
         ("email.sent", "demo-spring-ana", "sent", "-"),
@@ -221,7 +221,7 @@ async def test_the_readme_walkthrough_runs_as_written(amqp_url: str, redis_url: 
     assert mails["Your receipt for order 1001"]["To"] == "ana@example.com"
 
     # the second block: Ben's reminders off; the next reminder is suppressed, not sent
-    assert _events(_output(second, "examples/events.py")) == [
+    assert _events(_output(second, "examples/status_events.py")) == [
         ("email.suppressed", "demo-meeting-43", "suppressed", "preference")]
     assert len(_output(second, "ls var/mail").split()) == 3
 

@@ -19,7 +19,7 @@ from bounce_corpus_score import (  # scripts/ (tests/conftest.py)
     score,
 )
 
-from sender.events import evidence
+from sender.provider_event_applier import evidence
 from webhooks.providers import dsn
 from webhooks.providers.base import PayloadError
 

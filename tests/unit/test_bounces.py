@@ -53,7 +53,7 @@ def test_outbox_bounces_refuses_to_start_without_a_bounce_domain(monkeypatch, ca
 
 
 def test_the_worker_knows_the_listener_events_by_their_provider():
-    from sender.events import LISTENER_PROVIDER
+    from sender.provider_event_applier import LISTENER_PROVIDER
     from webhooks.providers import dsn
 
     assert LISTENER_PROVIDER == dsn.PROVIDER

@@ -74,7 +74,7 @@ async def test_the_worker_gets_a_sender_for_the_third_channel(push):
 
 
 def test_a_third_channel_has_keys_addresses_and_provider_events(push):
-    from sender.events import _effects
+    from sender.provider_event_applier import _effects
     from sender.provider_events import ProviderEvent
     from suppression.entries import BadEntry, entry
 

@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from sender.events import EventApplier
 from sender.metrics import Metrics
+from sender.provider_event_applier import EventApplier
 from sender.provider_events import EVENT_TYPES, InvalidEvent, ProviderEvent
 from suppression import keys
 from suppression.gate import Counts, Gate
@@ -105,6 +105,7 @@ class FakeMessage:
     def __init__(self, body: bytes) -> None:
         self.body: bytes = body
         self.headers: dict[str, Any] = {}
+        self.routing_key = "outbox.events"
         self.acked = False
 
     async def ack(self) -> None:

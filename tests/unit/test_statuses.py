@@ -57,9 +57,9 @@ def test_the_gate_reads_the_declared_sets() -> None:
 
 
 def test_the_statuses_provider_events_write_are_declared() -> None:
-    from sender import events
+    from sender import provider_event_applier as applier
 
-    assert set(events._STATUS.values()) <= set(statuses.STATUSES)
+    assert set(applier._STATUS.values()) <= set(statuses.STATUSES)
 
 
 def test_the_table_in_the_docstring_is_the_declaration() -> None:
@@ -71,3 +71,13 @@ def test_the_table_in_the_docstring_is_the_declaration() -> None:
         cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
         rows.append((cells[0], int(cells[1]), cells[2] == "yes", cells[3] == "yes"))
     assert rows == [(s.name, s.rank, s.handed_over, s.refusal) for s in statuses.JOB_STATUSES]
+
+
+def test_the_reference_states_the_declared_order() -> None:
+    from tests.docs import section
+
+    text = " ".join(section("## Status events (Outbox → CRM)").split())
+    order = text.split("is this order, lowest first: ", 1)[1].split(" (", 1)[0]
+    stated = [re.findall(r"`(\w+)`", group) for group in order.split(";")]
+    ranks = sorted({statuses.RANK[s] for s in statuses.STATUSES})
+    assert stated == [[s for s in statuses.STATUSES if statuses.RANK[s] == r] for r in ranks]

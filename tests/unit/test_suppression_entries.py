@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from sender.events import EventApplier
 from sender.metrics import Metrics
+from sender.provider_event_applier import EventApplier
 from suppression import entries, keys
 from suppression.entries import BadEntry
 from suppression.gate import Counts, Gate

@@ -1,10 +1,14 @@
-"""Email provider webhooks: ``POST /webhooks/ses``, ``/webhooks/sendgrid``, ``/webhooks/mailgun``
-and ``/webhooks/postmark`` (README, "Email provider webhooks").
+"""Each provider's webhook routes, beside its parser (``webhooks/providers/<name>.py``):
+``POST /webhooks/twilio/status`` and ``/webhooks/twilio/inbound`` (:class:`TwilioWebhooks`),
+``POST /webhooks/ses``, ``/webhooks/sendgrid``, ``/webhooks/mailgun`` and
+``/webhooks/postmark`` (docs/reference.md, "Email provider webhooks").
 
-Each handler, like :class:`webhooks.handlers.TwilioWebhooks`: answers 404 while its provider is
-not configured; verifies first (403 — 401 for Postmark's basic auth — and no effect when that
-fails); parses (400); publishes the events on ``outbox.events`` with publisher confirms and
-answers 200 only after (503 when the broker does not confirm: the provider retries).
+Each handler answers 404 while its provider is not configured; verifies first (403 — 401 for
+Postmark's basic auth — and no effect when that fails); parses (400); publishes the events on
+``outbox.events`` with publisher confirms and answers 2xx only after (503 when the broker does
+not confirm: the provider retries). Twilio signs the decoded form, so its body is decoded
+once, strictly, before the check (400 for a body that is not a plain form, a repeated field
+included), and that decoding is what is parsed.
 
 What the provider modules cannot know is added here:
 
@@ -23,8 +27,8 @@ What the provider modules cannot know is added here:
 * All: a ``job_id`` read from a Message-ID whose domain is not ``OUTBOX_MESSAGE_ID_DOMAIN``
   is dropped (the provider's own Message-ID, not one of our jobs). An event naming a job that
   was never handed over, or handed over for another recipient, is not published (200 all
-  the same: :func:`webhooks.events.hand_over`). The worker deduplicates events by provider
-  and event id.
+  the same: :func:`webhooks.provider_event_publisher.hand_over`). The worker deduplicates
+  events by provider and event id.
 """
 
 from __future__ import annotations
@@ -34,17 +38,18 @@ import re
 import time
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from redis.exceptions import RedisError
 
 from config import Settings
 from sender.bus import Bus
+from sender.models import utcnow_iso
 from sender.provider_events import ProviderEvent
-from suppression import keys
+from suppression import ids, keys
 from suppression.roundtrip import Client
-from webhooks.events import hand_over
 from webhooks.handlers import WebhookMetrics
-from webhooks.providers import mailgun, postmark, sendgrid, ses
+from webhooks.provider_event_publisher import hand_over
+from webhooks.providers import mailgun, postmark, sendgrid, ses, twilio
 from webhooks.providers.base import PayloadError
 from webhooks.sns_certificates import (
     CertificateInvalid,
@@ -60,6 +65,102 @@ MAX_AGE = 300
 FUTURE_SKEW = 60
 _MESSAGE_ID = re.compile(r"<([^<>@\s]+)@([^<>@\s]+)>")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
+
+class TwilioWebhooks:
+    """``POST /webhooks/twilio/status`` and ``POST /webhooks/twilio/inbound``."""
+
+    def __init__(self, settings: Settings, bus: Bus, redis: Client,
+                 metrics: WebhookMetrics) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._redis = redis
+        self._metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/webhooks/twilio/status", self.status),
+                web.post("/webhooks/twilio/inbound", self.inbound)]
+
+    async def _verified(self, request: web.Request) -> twilio.Form:
+        """The body decoded once (400 if it is not a strict form) and its signature checked
+        (403): the same :class:`twilio.Form` is what the parser then reads."""
+        token = self._settings.twilio_auth_token
+        if token is None:
+            raise web.HTTPNotFound(text="Twilio is not configured")
+        try:
+            form = twilio.decode_form(await request.read(),
+                                      request.headers.get(hdrs.CONTENT_TYPE, ""))
+        except PayloadError as exc:
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        url = self._settings.public_url + request.path_qs
+        signature = request.headers.get(twilio.SIGNATURE_HEADER, "")
+        if not twilio.verify(url, form, signature, token.get_secret_value()):
+            raise self._refuse(request, web.HTTPForbidden, "bad_signature", "bad signature")
+        return form
+
+    def _refuse(self, request: web.Request, error: type[web.HTTPException], result: str,
+                text: str) -> web.HTTPException:
+        """Counted, logged, and the answer to raise: nothing of the request was acted on."""
+        self._metrics.count("twilio", "unknown", result)
+        log.warning("twilio webhook refused: %s", text,
+                    extra={"path": request.path_qs, "result": result})
+        return error(text=text)
+
+    async def status(self, request: web.Request) -> web.Response:
+        """Status callback → one event for its job (named by the signed ``j``/``a`` query)."""
+        form = await self._verified(request)
+        try:
+            events = twilio.parse_fields(form)
+        except PayloadError as exc:
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        job_id = self._query_id(request, "j", "job id")
+        account_id = self._query_id(request, "a", "account id")
+        events = [e.replace(job_id=e.job_id or job_id, account_id=e.account_id or account_id)
+                  for e in events]
+        await self._publish(events)
+        return web.Response(status=204)
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """Inbound SMS: STOP and its kin opt out, START opts back in; others are ignored."""
+        form = await self._verified(request)
+        try:
+            sms = twilio.parse_inbound_fields(form)
+        except PayloadError as exc:
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        if sms.keyword in ("stop", "start"):
+            event = _opt_event(sms, self._query_id(request, "a", "account id"))
+            await self._publish([event])
+        else:
+            self._metrics.count("twilio", "inbound", "ignored")
+        # An empty TwiML answer: Twilio sends its own STOP/START confirmations.
+        return web.Response(text="<Response/>", content_type="application/xml")
+
+    def _query_id(self, request: web.Request, name: str, what: str) -> str | None:
+        """The id in the query string's ``name`` (Outbox puts ``a`` and ``j`` in the callback
+        URL it gives Twilio), None when absent; 400 when it is not an id (:mod:`suppression.ids`):
+        no event is made for a made-up account."""
+        value = request.query.get(name)
+        if value is None:
+            return None
+        try:
+            return ids.parse_id(value, f"{what} (query {name})")
+        except ids.InvalidId as exc:
+            raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
+
+    async def _publish(self, events: list[ProviderEvent]) -> None:
+        await hand_over(self._bus, self._redis, events, self._metrics,
+                        region=self._settings.sms_region)
+
+
+def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
+    """An inbound STOP/START as an event: ``unsubscribed`` or ``other`` with reason ``start``."""
+    stop = sms.keyword == "stop"
+    return ProviderEvent(
+        provider="twilio", type="unsubscribed" if stop else "other", channel="sms",
+        recipient=sms.from_, provider_message_id=sms.message_sid, message_id=None, job_id=None,
+        kind=None, reason="sms_stop" if stop else "sms_start", diagnostic=sms.body[:160],
+        at=utcnow_iso(), event_id=f"{sms.message_sid}:{sms.keyword}", account_id=account_id,
+        raw={"to": sms.to})
+
 
 class _ProviderWebhooks:
     """What the four handlers share: publishing with confirms, metrics, attribution."""

@@ -3,7 +3,7 @@
 A CRM-side consumer in a few lines (``sender.client``): it reads the events waiting in
 Outbox's own queue, ``outbox.status`` (and acknowledges them, so each is printed once), then
 those that follow, and stops after ``--idle`` seconds without one. The broker is
-``OUTBOX_AMQP_URL``'s. Usage: ``.venv/bin/python examples/events.py [--idle 5] [--json]``.
+``OUTBOX_AMQP_URL``'s. Usage: ``.venv/bin/python examples/status_events.py [--idle 5] [--json]``.
 A real CRM binds a queue of its own instead (README, "Status events").
 """
 

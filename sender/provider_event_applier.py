@@ -47,16 +47,17 @@ report; DEBUG for a duplicate and for an accepted/opened/clicked event. So the j
 its whole story: its "sent" line, then e.g. "job order-1 bounced: ses event, applied".
 
 Which job: an event naming a job is checked against the job's record first
-(:func:`suppression.handover.check`, one HMGET). It applies only when the job was handed over
-for exactly the event's recipient; for a job never handed over (``rejected``, ``suppressed``,
-``failed`` before a send...) or sent to someone else it changes nothing at all: acked (it is no
-malformed message, so not ``outbox.dead``), counted in ``outbox_provider_events_total`` with
-result ``ignored_not_sent`` / ``ignored_recipient`` and logged. The webhook server has already
-dropped such events (``webhooks.events.hand_over``); the worker asks again because the job may
-have moved since, and for the bounce listener's events. For a job no longer remembered (older
-than the idempotency TTL) a webhook's event changes no job; it applies as one naming no job
-would. A bounce listener's is not believed then (``outbox.dead``), as the listener itself
-refuses one.
+(:func:`suppression.handover.check`, one HMGET). It applies only when the job was handed
+over for exactly the event's recipient; for a job never handed over (``rejected``,
+``suppressed``, ``failed`` before a send...) or sent to someone else it changes nothing at
+all: acked (it is no malformed message, so not ``outbox.dead``), counted in
+``outbox_provider_events_total`` with result ``ignored_not_sent`` / ``ignored_recipient``
+and logged. The webhook server has already dropped such events
+(``webhooks.provider_event_publisher.hand_over``); the worker asks again because the job may
+have moved since, and for the bounce listener's events. For a job no longer remembered
+(older than the idempotency TTL) a webhook's event changes no job; it applies as one naming
+no job would. A bounce listener's is not believed then (``outbox.dead``), as the listener
+itself refuses one.
 
 Who is believed: the provider webhooks verify the provider's signature before publishing, so
 an event of theirs that names no account can still teach facts about the address (a hard
@@ -77,13 +78,13 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from sender.account_events import publish_transition
-from sender.acks import Acks, DirectAcks
 from sender.bus import Bus
 from sender.metrics import Metrics
 from sender.models import status_event
 from sender.pipeline import RedisCalls
 from sender.provider_events import QUOTED, InvalidEvent, ProviderEvent
 from sender.recipient_events import Change, RecipientEvents
+from sender.settle import Settle
 from suppression import channels, entries
 from suppression.gate import Counts, Gate
 from suppression.handover import Handover, check
@@ -92,6 +93,8 @@ from suppression.store import SuppressionStore
 
 log = logging.getLogger("outbox.events")
 
+#: the routing key of a provider event's dead letter (``sender.deadletters.EVENTS_KEY``)
+DEAD_KEY = "events"
 #: ``webhooks.providers.dsn.PROVIDER``: the events of the ``outbox bounces`` listener
 LISTENER_PROVIDER = "smtp"
 _STATUS = {"delivered": "delivered", "bounced": "bounced", "soft_bounced": "soft_bounced",
@@ -183,13 +186,14 @@ class EventApplier:
 
     def __init__(self, *, bus: Bus, gate: Gate, store: SuppressionStore, redis: Client,
                  metrics: Metrics, redis_call: RedisCalls | None = None,
-                 acks: Acks | None = None, sms_region: str = "HK",
+                 settle: Settle | None = None, sms_region: str = "HK",
                  recipients: RecipientEvents | None = None) -> None:
         """``gate``: the pipeline's own; ``redis``: what the job's record is read with;
         ``redis_call``: the pipeline's too, so an event is held (not acked) and retried while
         Redis is down, like a job. ``recipients``: where unsubscribes, complaints and START
         are announced to the CRM (once, confirmed; a publish that fails raises, so the event
-        goes back to its queue and the retry publishes it)."""
+        goes back to its queue and the retry publishes it). ``settle``: the worker's, shared
+        with the pipeline (default one ack per delivery)."""
         self._recipients = recipients
         self._bus = bus
         self._gate = gate
@@ -198,7 +202,7 @@ class EventApplier:
         self._store = store
         self._metrics = metrics
         self._redis_call = redis_call
-        self.acks = acks or DirectAcks()
+        self.settle = settle or Settle(bus)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Decode, validate, apply and ack; an invalid or inapplicable event is dead-lettered
@@ -218,7 +222,14 @@ class EventApplier:
         if problem:
             await self._dead(message, problem)
             return
-        await self.acks.ack(message)
+        await self.settle.ack(message)
+
+    async def unexpected(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """An exception nobody expected while applying an event: back to its queue a bounded
+        number of times, then ``outbox.dead`` with the exception as the reason
+        (:meth:`sender.settle.Settle.unexpected`); no job status moves (the event changed
+        nothing, or its change stands)."""
+        await self.settle.unexpected(message, exc, DEAD_KEY)
 
     async def apply(self, event: ProviderEvent) -> str | None:
         """Apply one event; returns why it could not be, or None."""
@@ -338,6 +349,4 @@ class EventApplier:
 
     async def _dead(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("provider event not applied: %s", reason)
-        await self._bus.publish_dead(message.body, reason, "events",
-                                     headers=dict(message.headers))
-        await self.acks.ack(message)
+        await self.settle.dead_letter(message, reason, DEAD_KEY)
