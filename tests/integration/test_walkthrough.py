@@ -226,7 +226,7 @@ async def test_the_readme_walkthrough_runs_as_written(amqp_url: str, redis_url: 
     assert len(_output(second, "ls var/mail").split()) == 3
 
     # the third: a hard bounce, a complaint, a STOP and the SMS it stops (development outcomes)
-    told = _events(_output(third, "examples/events.py"))
+    told = _events(_output(third, "examples/status_events.py"))
     assert ("email.bounced", "demo-bounce-1", "bounced", "userunknown") in told
     complaint = [e[2] for e in told if e[1] == "demo-complaint-1"]
     assert complaint == ["sent", "complained"]

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SENDERS = ("sender.channels.smtp", "sender.channels.twilio", "sender.channels.mx",
            "sender.mime", "sender.dkim", "sender.resolver", "aiosmtplib")
 #: what runs jobs
-PIPELINE = ("sender.pipeline", "sender.worker", "sender.service", "sender.events")
+PIPELINE = ("sender.pipeline", "sender.worker", "sender.service", "sender.provider_event_applier")
 #: what a publisher needs none of. The renderer (``sender.mime``, standard library only) is
 #: not among them: the client validates a job with the worker's code (``sender.validation``),
 #: which asks the renderer what it would refuse of the headers and addresses
