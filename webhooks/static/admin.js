@@ -491,7 +491,7 @@ async function showDeadLetter(id, query) {
     ["When 時間", when(found.dead_at)], ["Account 帳戶", found.account_id],
     ["Job 工作", job], ["Channel 渠道", found.channel], ["Reason 原因", found.reason],
     ["Lane (replay to) 重送至", found.lane || "none: cannot be replayed 無法重送"],
-    ["Routing key 路由鍵", found.routing_key], ["Job record 工作記錄", found.record],
+    ["Routing key 路由鍵", found.routing_key], ["Job record 工作記錄", recordLink(found.record)],
     ["Bytes 大小", found.bytes]]);
   table("dead-headers", ["Header 標頭", "Value 值"], Object.entries(found.headers || {}).map(
     ([k, v]) => [k, el("span", typeof v === "string" ? v : JSON.stringify(v), "mono")]));
@@ -510,6 +510,11 @@ async function showDeadLetter(id, query) {
   $("dead-act").hidden = !settles.length;
   $("dead-act").dataset.id = found.id;
   $("dead-act").dataset.query = query.toString();
+}
+// "ACCOUNT/JOB", where the job's timeline is kept (an unreadable job's too), as a link to it
+function recordLink(record) {
+  const m = /^([^/]+)\/([^/]+)$/.exec(record || "");
+  return m ? link(record, "job", m[1], m[2]) : (record || "");
 }
 async function settleDead(action) {
   const id = $("dead-act").dataset.id;
