@@ -1,17 +1,19 @@
 "use strict";
 // The support page: views chosen by the URL's hash (#/accounts, #/account/ID,
-// #/recipient/ADDRESS?account=ID, #/job/ACCOUNT/ID), data from the admin API with the token.
+// #/recipient/ADDRESS?account=ID, #/job/ACCOUNT/ID, #/dead?account=&reason=&since=,
+// #/dead/ID), data from the admin API with the token.
 // Everything shown may come from users: it becomes text (textContent), never markup.
 // The token's name and role come from GET /admin/whoami: the page offers only the actions the
 // role allows (the API refuses the others anyway), and every change is made in that name.
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["accounts", "account", "recipient", "job"];
+const VIEWS = ["accounts", "account", "recipient", "job", "dead"];
 // the support actions that apply in each state (the API answers 409 to the others)
 const ACTIONS = {blocked: ["unblock"], suspended: ["unsuspend"], active: ["suspend"],
                  throttled: ["suspend"]};
 const LABELS = {unblock: "Unblock 解除封鎖", suspend: "Suspend 暫停", unsuspend: "Unsuspend 恢復"};
 const SEVERITY = {blocked: 0, suspended: 1, throttled: 2, active: 3};
 const MAX_ROWS = 100;  // accounts whose rates are fetched in one list
+let notice = null;  // {text, ok}: said once the next view is shown (after an action)
 let me = null;  // {name, role, allowed: [action, ...]} of the token entered
 const can = (action) => me !== null && me.allowed.includes(action);
 // the id rule of every entrance (suppression/ids.py), put in by the server: a malformed
@@ -24,6 +26,7 @@ const ID = new RegExp("^(?:" + ID_PATTERN + ")$");
 const CATEGORIES = "__CATEGORIES__";
 const CATEGORY_LABELS = {transactional: "交易", notification: "通知", marketing: "推廣"};
 const HELD_LABELS = {release: "Release held 放行", discard: "Discard held 棄置"};
+const DEAD_LABELS = {replay: "Replay 重送", purge: "Purge 清除"};
 function checkId(value, name) {
   if (!ID.test(value)) throw new Error(name + " must be " + ID_RULE + " 編號格式不正確");
   return value;
@@ -87,6 +90,7 @@ const q = encodeURIComponent;
 async function signIn() {
   me = await api("GET", "/admin/whoami");
   $("whoami").textContent = me.name + " (" + me.role + ")";
+  $("dead-link").hidden = !can("dead.list");  // support's: a viewer may not read them
 }
 
 // --- routing -------------------------------------------------------------------------------
@@ -115,8 +119,12 @@ async function render() {
     if (view === "account") await showAccount(args[0]);
     if (view === "recipient") await showRecipient(args[0], query.get("account") || "");
     if (view === "job") await showJob(args[0], args[1], query);
+    if (view === "dead") await showDead(query, args[0]);
+    if (notice) say(notice.text, notice.ok);
   } catch (err) {
     say(err.message, false);
+  } finally {
+    notice = null;
   }
 }
 
@@ -459,6 +467,86 @@ async function showJob(account, id, query) {
                              s.provider_message_id, s.attempt]), "No timeline 沒有時間線");
 }
 
+// --- dead letters ------------------------------------------------------------------------
+
+// GET /admin/dead?account=&reason=&since=: [{id, dead_at, account_id, job_id, channel, reason,
+// lane, record, bytes}], by time of death; ?id=ID: [that one with routing_key, headers, body]
+// (attachment content already left out by the API), or [] when it is not in outbox.dead
+async function showDead(query, id) {
+  const filters = {account: query.get("account") || "", reason: query.get("reason") || "",
+                   since: query.get("since") || ""};
+  $("dead-account").value = filters.account;
+  $("dead-reason").value = filters.reason;
+  $("dead-since").value = filters.since;
+  if (filters.account) checkId(filters.account, "account");
+  const params = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
+  const rows = await api("GET", "/admin/dead" + (params.toString() ? "?" + params : ""));
+  table("dead", ["When 時間", "Account 帳戶", "Job 工作", "Channel 渠道", "Reason 原因",
+                 "Queue / source 隊列／來源", "Bytes 大小"],
+        rows.map((d) => [when(d.dead_at), d.account_id ? link(d.account_id, "account",
+          d.account_id) : "", deadLink(d, query), d.channel, d.reason, d.lane || "none 無",
+          d.bytes]), "No dead letters 沒有無法投遞訊息");
+  $("dead-one").hidden = true;
+  if (id) await showDeadLetter(id, query);
+}
+// a row's link to its dead letter (the filters kept), shown by its job id, else its own id
+function deadLink(d, query) {
+  const a = link(d.job_id || d.id, "dead", d.id);
+  if (query.toString()) a.href += "?" + query;
+  if (d.job_id) a.title = d.id;
+  return a;
+}
+async function showDeadLetter(id, query) {
+  const [found] = await api("GET", "/admin/dead?id=" + q(id));
+  if (!found) throw new Error("Dead letter " + id + " is not in outbox.dead (replayed or purged?)"
+                              + " 此訊息已不在 outbox.dead。");
+  $("dead-one").hidden = false;
+  $("dead-title").textContent = found.id;
+  const job = found.account_id && found.job_id
+    ? link(found.job_id, "job", found.account_id, found.job_id) : found.job_id;
+  table("dead-fields", ["Field 欄位", "Value 值"], [
+    ["When 時間", when(found.dead_at)], ["Account 帳戶", found.account_id],
+    ["Job 工作", job], ["Channel 渠道", found.channel], ["Reason 原因", found.reason],
+    ["Lane (replay to) 重送至", found.lane || "none: cannot be replayed 無法重送"],
+    ["Routing key 路由鍵", found.routing_key], ["Job record 工作記錄", recordLink(found.record)],
+    ["Bytes 大小", found.bytes]]);
+  table("dead-headers", ["Header 標頭", "Value 值"], Object.entries(found.headers || {}).map(
+    ([k, v]) => [k, el("span", typeof v === "string" ? v : JSON.stringify(v), "mono")]));
+  $("dead-body").textContent = found.body;
+  $("dead-body-note").textContent = found.body_cut ? "Cut: only the start is shown. 只顯示開頭。"
+    : "";
+  // the buttons only for a token that may use them; replay only where there is a lane
+  const settles = ["replay", "purge"].filter((a) => can("dead." + a) &&
+                                                   (a !== "replay" || found.lane));
+  $("dead-buttons").replaceChildren(...settles.map((action) => {
+    const button = el("button", DEAD_LABELS[action]);
+    button.type = "submit";
+    button.value = action;
+    return button;
+  }));
+  $("dead-act").hidden = !settles.length;
+  $("dead-act").dataset.id = found.id;
+  $("dead-act").dataset.query = query.toString();
+}
+// "ACCOUNT/JOB", where the job's timeline is kept (an unreadable job's too), as a link to it
+function recordLink(record) {
+  const m = /^([^/]+)\/([^/]+)$/.exec(record || "");
+  return m ? link(record, "job", m[1], m[2]) : (record || "");
+}
+async function settleDead(action) {
+  const id = $("dead-act").dataset.id;
+  const r = await api("POST", "/admin/dead/" + action,
+                      {ids: [id], reason: $("dead-act-reason").value.trim()});
+  $("dead-act-reason").value = "";
+  const query = $("dead-act").dataset.query;
+  const hash = "#/dead" + (query ? "?" + query : "");
+  const text = r.map((d) => (d.job_id || d.id) + (action === "replay"
+    ? " replayed to " + d.lane + " 已重送" : " purged 已清除")).join(", ");
+  // said once the list is shown again (render clears the banner first)
+  notice = {text: text + " (audit " + r.map((d) => d.audit_id).join(", ") + ")", ok: true};
+  if (location.hash === hash) await render(); else location.hash = hash;
+}
+
 // --- wiring --------------------------------------------------------------------------------
 
 $("accounts-form").addEventListener("submit", (event) => {
@@ -491,6 +579,22 @@ $("job-form").addEventListener("submit", (event) => {
   catch (err) { say(err.message, false); return; }
   const hash = "#/job/" + q(account) + "/" + q(id);
   if (location.hash === hash) render(); else location.hash = hash;
+});
+$("dead-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const params = new URLSearchParams();
+  for (const [name, field] of [["account", "dead-account"], ["reason", "dead-reason"],
+                               ["since", "dead-since"]]) {
+    if ($(field).value.trim()) params.set(name, $(field).value.trim());
+  }
+  try { if (params.get("account")) checkId(params.get("account"), "account"); }
+  catch (err) { say(err.message, false); return; }
+  const hash = "#/dead" + (params.toString() ? "?" + params : "");
+  if (location.hash === hash) render(); else location.hash = hash;
+});
+$("dead-act").addEventListener("submit", (event) => {
+  event.preventDefault();
+  settleDead(event.submitter.value).catch((err) => say(err.message, false));
 });
 $("act").addEventListener("submit", (event) => {
   event.preventDefault();
