@@ -260,7 +260,8 @@ class Pipeline:
             await self._finish(message, job, verdict, attempt, reason=decision.reason,
                                refund=decision.claimed)
         elif verdict in REFUSALS:
-            await self._event_and_ack(message, job, verdict, attempt, reason=decision.reason)
+            await self._event_and_ack(message, job, verdict, attempt, reason=decision.reason,
+                                      detail=decision.detail)
         else:
             await self._already(message, job, decision)
 

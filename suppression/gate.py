@@ -15,7 +15,8 @@ Pre-send, in one round trip::
     SET    outbox:verp:<ref> <account>/<job> EX   an e-mail job whose VERP address is the
                                                   referenced form (suppression/verp.py)
     EVALSHA pre_send.lua  (claim, expiry, account state, per-account suppression,
-                           consent / preferences, token bucket — in that order; the claim
+                           consent / preferences, frequency cap, daily quota, token
+                           bucket — in that order; the claim
                            keeps the recipient's digest and the job's metadata; the
                            recipient's job index of the account, a refusal's timeline entry)
 
@@ -88,10 +89,11 @@ class Decision:
     """The answer of ``pre_send``.
 
     ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``rejected``, ``blocked``,
-    ``suppressed``, ``no_consent`` or ``rate_limited``. For ``done``, ``status`` is the final
-    status recorded earlier (its event may need resending). ``reason`` explains a refusal;
-    ``wait_ms`` is the wait before a token is free; ``settle`` says the refusal still has to
-    be written (a global suppression found beside an optimistic claim).
+    ``suppressed``, ``no_consent``, ``capped``, ``over_quota`` or ``rate_limited``. For
+    ``done``, ``status`` is the final status recorded earlier (its event may need
+    resending). ``reason`` explains a refusal; ``wait_ms`` is the wait before a token is
+    free; ``settle`` says the refusal still has to be written (a global suppression found
+    beside an optimistic claim).
     """
 
     verdict: str
@@ -107,7 +109,8 @@ class Decision:
     #: contact_phone of the account ('' when unset)
     sender: tuple[str, ...] | None = None
     consent: str = ""  # a marketing job's consent status: "granted" or ""
-    #: for ``rejected`` (a sender the account may not use: suppression/senders.py): why
+    #: for ``rejected`` (a sender the account may not use: suppression/senders.py),
+    #: ``capped`` and ``over_quota`` (which limit): why
     detail: str | None = None
 
 
@@ -202,7 +205,8 @@ def pre_send_args(policy_type: type) -> Arguments:
         "pre_send", policy_type, rest="metadata_more", owner="str", redelivered="flag",
         expired="flag", ttl="num", attempt="str", category="str", pref_field="str",
         recipient="str", job_id="str", history_keep="num", timeline_keep="num",
-        metadata="str", timeline_ttl="num", history_ttl="num", value_max="num", senders="str")
+        metadata="str", timeline_ttl="num", history_ttl="num", value_max="num", senders="str",
+        channel="str")
 
 
 @functools.cache
@@ -324,7 +328,8 @@ class Gate:
             keys.account_suppression(account_id, channel, addr),
             keys.consent(account_id, channel, addr), keys.prefs(account_id, addr),
             keys.bucket(account_id, channel), keys.timeline(account_id, job_id),
-            keys.history(account_id, channel, addr), keys.senders(account_id)]
+            keys.history(account_id, channel, addr), keys.senders(account_id),
+            keys.frequency(account_id, category, channel, addr), keys.quota(account_id)]
         senders = (check_arg(channel, category, sender, reply_to, self._region, self._own_sms)
                    if self.require_senders else "")
         md = metadata_chunks(metadata_arg(metadata))
@@ -334,7 +339,8 @@ class Gate:
             recipient=recipient_digest(channel, addr), job_id=job_id,
             history_keep=keys.HISTORY_KEEP, timeline_keep=keys.TIMELINE_KEEP, metadata=md[0],
             timeline_ttl=self._timeline_ttl, history_ttl=self._history_ttl,
-            value_max=keys.HASH_VALUE_MAX, senders=senders), self.policy, md[1:])
+            value_max=keys.HASH_VALUE_MAX, senders=senders, channel=channel), self.policy,
+            md[1:])
         seen = f"{account_id}{keys.HISTORY_SEPARATOR}{job_id}"
         everyone = keys.global_history(channel, addr)
         ref = (verp.ref_record(account_id, job_id, self._verp_key)
@@ -577,7 +583,7 @@ async def sent_to(redis: Client, account_id: str, job_id: str, address: str | No
 
 def _decision(reply: list[Any]) -> Decision:
     verdict, status, provider, pm, att, reason, wait = (text(x) for x in reply[:7])
-    if verdict == "rejected":
+    if verdict in ("rejected", "capped", "over_quota"):
         return Decision(verdict, status, attempt=int(att or 0), reason=reason or None,
                         detail=text(reply[7]) if len(reply) > 7 else None)
     sender = tuple(text(x) for x in reply[7:11]) if len(reply) > 7 else None

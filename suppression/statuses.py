@@ -25,6 +25,8 @@ failed            4                            given up without a hand-over (att
 suppressed        4                  yes       the address is suppressed (or preferences)
 no_consent        4                  yes       marketing without the consent it needs
 blocked           4                  yes       the account is blocked or suspended
+capped            4                  yes       over the recipient's frequency cap
+over_quota        4                  yes       over the account's daily quota
 expired           4                            past its ``not_after``
 rejected          4                            an invalid job, or a sender it may not use
 ================  ====  ===========  ========  ================================================
@@ -62,6 +64,8 @@ JOB_STATUSES: tuple[JobStatus, ...] = (
     JobStatus("suppressed", 4, refusal=True),
     JobStatus("no_consent", 4, refusal=True),
     JobStatus("blocked", 4, refusal=True),
+    JobStatus("capped", 4, refusal=True),
+    JobStatus("over_quota", 4, refusal=True),
     JobStatus("expired", 4),
     JobStatus("rejected", 4),
 )
