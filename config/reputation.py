@@ -141,6 +141,22 @@ class Policy:
                                    "(28800: midnight in Hong Kong)", ge=-43200, le=50400,
                                    script="pre_send")
 
+    quiet_marketing_email: str = _param("off", "marketing e-mail in the quiet hours: sent "
+                                        "(off) or dropped, ending quiet_hours (drop)",
+                                        choices=("off", "drop"), script="pre_send")
+    quiet_marketing_sms: str = _param("off", "marketing SMS in the quiet hours: off or drop",
+                                      choices=("off", "drop"), script="pre_send")
+    quiet_notification_email: str = _param("off", "notification e-mail in the quiet hours: "
+                                           "off or drop", choices=("off", "drop"),
+                                           script="pre_send")
+    quiet_notification_sms: str = _param("off", "notification SMS in the quiet hours: off or "
+                                         "drop", choices=("off", "drop"), script="pre_send")
+    quiet_start: int = _param(1320, "quiet hours' start, minutes after midnight in the "
+                              "recipient's time (1320: 22:00)", ge=0, le=1439,
+                              script="pre_send")
+    quiet_end: int = _param(480, "quiet hours' end, minutes after midnight (480: 08:00)",
+                            ge=0, le=1439, script="pre_send")
+
     @classmethod
     def from_settings(cls, settings: Any) -> Policy:
         """The settings' values (an object without one keeps the default)."""

@@ -234,7 +234,8 @@ class Pipeline:
                 redelivered=bool(message.redelivered), expired=job.expired(),
                 attempt=attempt, channel=job.channel, category=job.category,
                 topic=job.topic, address=job.to, metadata=job.metadata,
-                sender=getattr(job, "from_", None), reply_to=getattr(job, "reply_to", None)))
+                sender=getattr(job, "from_", None), reply_to=getattr(job, "reply_to", None),
+                timezone=job.timezone))
         except BadAddress as exc:  # no canonical form, so no suppression key: never sent
             await self._reject_invalid(message, InvalidJob(
                 f"to: {exc}", job.id, job.account_id, job.channel), job.channel)

@@ -27,6 +27,7 @@ no_consent        4                  yes       marketing without the consent it 
 blocked           4                  yes       the account is blocked or suspended
 capped            4                  yes       over the recipient's frequency cap
 over_quota        4                  yes       over the account's daily quota
+quiet_hours       4                  yes       in the recipient's quiet hours (dropped)
 expired           4                            past its ``not_after``
 rejected          4                            an invalid job, or a sender it may not use
 ================  ====  ===========  ========  ================================================
@@ -66,6 +67,7 @@ JOB_STATUSES: tuple[JobStatus, ...] = (
     JobStatus("blocked", 4, refusal=True),
     JobStatus("capped", 4, refusal=True),
     JobStatus("over_quota", 4, refusal=True),
+    JobStatus("quiet_hours", 4, refusal=True),
     JobStatus("expired", 4),
     JobStatus("rejected", 4),
 )

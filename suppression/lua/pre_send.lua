@@ -40,10 +40,12 @@
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
 --          and the consent status ('granted' or ''; consent lifts the DNC register, s.11(2))
 --   verdict: send | done | duplicate | expired | rejected | blocked | suppressed | no_consent |
---            capped | over_quota | rate_limited; for 'rejected' (a sender the account may not
---            use), 'capped' and 'over_quota' the detail follows
+--            quiet_hours | capped | over_quota | rate_limited; for 'rejected' (a sender the
+--            account may not use), 'quiet_hours', 'capped' and 'over_quota' the detail follows
 -- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences,
--- frequency cap (parameter cap_<category>_<channel>: jobs to the recipient within P.cap_period
+-- quiet hours (parameter quiet_<category>_<channel> 'drop': a job whose recipient's local
+-- minute, A.local_offset seconds east of UTC, is in [quiet_start, quiet_end) ends
+-- quiet_hours; the window may wrap midnight), frequency cap (parameter cap_<category>_<channel>: jobs to the recipient within P.cap_period
 -- seconds, rolling; 0 or none declared: no cap), daily quota (P.daily_quota claims in the
 -- day that starts at midnight P.quota_utc_offset seconds east of UTC; 0: none), and the rate
 -- token last, so a refused job never consumes one; the cap and the quota count a job only
@@ -184,6 +186,28 @@ elseif category == 'notification' and pref_field ~= '' then
   end
 end
 
+-- a limit's refusal carries its detail (reply[8]) for the status event
+local function over(verdict, reason, detail)
+  local reply = refuse(verdict, verdict, reason, detail)
+  reply[8] = detail
+  return reply
+end
+
+-- Quiet hours (dropped): the recipient's local minute, from Redis's clock and the offset of
+-- the recipient's time zone passed in (A.local_offset, seconds east of UTC).
+if P['quiet_' .. category .. '_' .. A.channel] == 'drop' then
+  local m = math.floor(((math.floor(now / 1000) + A.local_offset) % 86400) / 60)
+  local from, to = P.quiet_start, P.quiet_end
+  local inside
+  if from <= to then inside = m >= from and m < to else inside = m >= from or m < to end
+  if inside then
+    return over('quiet_hours', 'quiet_hours', string.format(
+      '%02d:%02d in the recipient\'s time, quiet from %02d:%02d to %02d:%02d',
+      math.floor(m / 60), m % 60, math.floor(from / 60), from % 60, math.floor(to / 60),
+      to % 60))
+  end
+end
+
 -- Frequency cap and daily quota: read here, counted below once the job is claimed.
 local cap = tonumber(P['cap_' .. category .. '_' .. A.channel]) or 0
 local capped = cap > 0 and st ~= 'R'
@@ -191,12 +215,6 @@ if capped then
   redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - P.cap_period * 1000)
   capped = redis.call('ZSCORE', KEYS[11], job_id) == false
     and redis.call('ZCARD', KEYS[11]) >= cap
-end
--- a cap's or the quota's refusal carries its detail (reply[8]) for the status event
-local function over(verdict, reason, detail)
-  local reply = refuse(verdict, verdict, reason, detail)
-  reply[8] = detail
-  return reply
 end
 if capped then
   return over('capped', 'frequency_cap', string.format(

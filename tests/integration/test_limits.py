@@ -184,3 +184,31 @@ async def test_the_warning_is_published_before_the_throttle(make_settings, smtp_
           f"{throttle['sends']} ({throttle['hard']} hard)", file=sys.__stderr__)
     assert (warning["to"], throttle["to"]) == ("warning", "throttled")
     assert 50 <= int(warning["sends"]) < 100 <= 200 <= int(throttle["sends"])
+
+
+async def test_quiet_hours_drop_marketing_sms_through_the_worker(sms_settings, amqp_url,
+                                                                 monkeypatch, redis_url):
+    """The account drops marketing SMS in its quiet hours, set around the present minute in
+    Hong Kong (the number's country): the job ends quiet_hours with its event and never
+    reaches Twilio; a transactional SMS at the same moment is sent."""
+    import redis.asyncio as aioredis
+
+    settings, api = sms_settings
+    client = aioredis.Redis.from_url(redis_url)
+    now = (int((await client.time())[0]) + 8 * 3600) % 86400 // 60
+    await client.aclose()
+    cli = cli_runner(monkeypatch, amqp_url, redis_url)
+    assert await cli("accounts", "configure", "acct_caps", "--business-name", "Acme",
+                     "--address", "Central, HK", "--contact-phone", "+852 2123 4567",
+                     "--quiet-marketing-sms", "drop", "--quiet-start", str((now - 60) % 1440),
+                     "--quiet-end", str((now + 60) % 1440)) == 0
+    assert await cli("consent", "grant", "acct_caps", "+85291230003", "--channel", "sms") == 0
+    final = {"sent", "quiet_hours", "no_consent", "rejected", "failed"}
+    async with running_worker(settings):
+        quiet = await _final(amqp_url, _sms("night-offer", "+85291230003"), wanted=final)
+        receipt = await _final(amqp_url, _sms("night-receipt", "+85291230003",
+                                              "transactional"), wanted=final)
+    assert (quiet["status"], quiet["reason"]) == ("quiet_hours", "quiet_hours")
+    assert "in the recipient's time, quiet from" in quiet["detail"]
+    assert receipt["status"] == "sent"
+    assert [m["to"] for m in api.messages] == ["+85291230003"]  # the receipt alone

@@ -136,3 +136,66 @@ def test_the_quota_day_starts_at_midnight_in_hong_kong():
     before = 1796659199
     assert quota_day(before + 1, 28800) == quota_day(before, 28800) + 1
     assert quota_day(before + 1, 0) == quota_day(before, 0)
+
+
+async def _local_minute(redis, offset: int) -> int:
+    return (int((await redis.time())[0]) + offset) % 86400 // 60
+
+
+async def test_quiet_hours_drop_marketing_in_the_recipients_window(redis, names):
+    """The window is set around the present minute of the recipient's time (Redis's clock):
+    a marketing SMS to a Hong Kong number is dropped; a transactional one, a notification
+    (not switched on) and one whose recipient is in New York (the job's ``timezone``) go."""
+    account, number = names.account("acct_quiet"), names.phone(0)
+    await _marketing_sms(redis, account, number)
+    now = await _local_minute(redis, 8 * 3600)
+    await AccountStore(redis, Policy()).configure(
+        account, actor="test", quiet_marketing_sms="drop",
+        quiet_start=(now - 60) % 1440, quiet_end=(now + 60) % 1440)
+    gate = _gate(redis)
+    sms = dict(channel="sms", address=number)
+    dropped = await _pre(gate, account, "quiet-1", category="marketing", **sms)
+    assert (dropped.verdict, dropped.status, dropped.reason) == \
+        ("quiet_hours", "quiet_hours", "quiet_hours")
+    assert dropped.detail is not None
+    assert dropped.detail.startswith(f"{now // 60:02d}:{now % 60:02d} in the recipient's time")
+    assert (await _pre(gate, account, category="transactional", **sms)).verdict == "send"
+    assert (await _pre(gate, account, category="notification", topic="t", **sms)).verdict == \
+        "send"
+    new_york = await _pre(gate, account, category="marketing", timezone="America/New_York",
+                          **sms)
+    assert new_york.verdict == "send"  # 12 or 13 hours from Hong Kong: outside the window
+    again = await _pre(gate, account, "quiet-1", redelivered=True, category="marketing", **sms)
+    assert (again.verdict, again.status) == ("done", "quiet_hours")
+
+
+async def test_the_window_may_wrap_midnight_and_is_off_by_default(redis, names):
+    account, address = names.account("acct_quiet_wrap"), names.email("ann@example.com")
+    now = await _local_minute(redis, 8 * 3600)
+    mail = dict(channel="email", category="notification", topic="t", address=address)
+    # all day but [now-5, now-2): wraps midnight (start after end), and holds the present
+    around = dict(quiet_start=(now - 2) % 1440, quiet_end=(now - 5) % 1440)
+    assert (await _pre(_gate(redis, **around), account, **mail)).verdict == "send"  # not set
+    drop = _gate(redis, quiet_notification_email="drop", **around)
+    assert (await _pre(drop, account, **mail)).verdict == "quiet_hours"
+    later = _gate(redis, quiet_notification_email="drop", quiet_start=(now + 5) % 1440,
+                  quiet_end=(now + 10) % 1440)
+    assert (await _pre(later, account, **mail)).verdict == "send"
+    empty = _gate(redis, quiet_notification_email="drop", quiet_start=now, quiet_end=now)
+    assert (await _pre(empty, account, **mail)).verdict == "send"  # start = end: no window
+
+
+def test_the_recipients_time_zone():
+    from datetime import UTC, datetime
+
+    from suppression.gate import local_offset
+
+    winter = datetime(2026, 1, 15, 12, tzinfo=UTC)
+    assert local_offset(None, "sms", "+85291234567", now=winter) == 8 * 3600
+    assert local_offset(None, "sms", "+14155550100", now=winter) == -8 * 3600
+    assert local_offset(None, "sms", "+81312345678", now=winter) == 9 * 3600
+    # a country of several zones (the UK's numbers: London, Jersey...): the default
+    assert local_offset(None, "sms", "+447700900123", now=winter) == 8 * 3600
+    assert local_offset("Asia/Tokyo", "sms", "+14155550100", now=winter) == \
+        9 * 3600  # the job's field wins
+    assert local_offset(None, "email", "a@example.com", now=winter) == 8 * 3600
