@@ -7,7 +7,9 @@ from config.settings import (
     load_settings,
     parse_processes,
     parse_smtp_url,
+    parse_smtp_urls,
+    split_urls,
 )
 
 __all__ = ["Settings", "SettingsError", "SmtpTarget", "load_settings", "parse_processes",
-           "parse_smtp_url"]
+           "parse_smtp_url", "parse_smtp_urls", "split_urls"]

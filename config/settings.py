@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
@@ -41,6 +41,8 @@ ENV_PREFIX = "OUTBOX_"
 #: The development default of ``OUTBOX_SECRET_KEY``; refused where the public can reach us.
 DEV_SECRET_KEY = "dev-only-secret-change-me"
 
+#: The job categories (as sender.models.Category; config imports nothing of the project).
+JobCategory = Literal["marketing", "transactional", "notification"]
 #: Delay tiers for retries, in seconds (``outbox.retry.<seconds>`` queues).
 DEFAULT_RETRY_TIERS = (10, 60, 300, 1800, 7200)
 #: The shortest retention of a job's timeline or a recipient's job index, other than 0 (off).
@@ -66,6 +68,12 @@ class SmtpTarget(BaseModel):
     start_tls: bool | None = None  # None: upgrade when the server offers it
     verify_tls: bool = True
     local_hostname: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``host:port``: how logs and metrics name the relay (no credentials)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 def parse_smtp_url(url: str) -> SmtpTarget:
@@ -94,6 +102,33 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         verify_tls=_flag(query.get("verify", "true"), "verify"),
         local_hostname=query.get("local_hostname"),
     )
+
+
+def split_urls(value: str) -> list[str]:
+    """The URLs of a setting that may list several, comma-separated, in order of preference
+    (``OUTBOX_SMTP_URL``, ``OUTBOX_AMQP_URL``); blanks around them are dropped. A comma inside
+    a password is written ``%2C``."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_smtp_urls(value: str) -> list[SmtpTarget]:
+    """Every relay of ``OUTBOX_SMTP_URL``, the primary first; ValueError naming the bad one
+    (by its position: the URL may hold a password)."""
+    urls = split_urls(value)
+    if not urls:
+        raise ValueError("no SMTP URL")
+    targets = []
+    for n, url in enumerate(urls, 1):
+        try:
+            targets.append(parse_smtp_url(url))
+        except ValueError as exc:
+            raise ValueError(f"relay {n} of {len(urls)}: {exc}" if len(urls) > 1 else str(exc)
+                             ) from None
+    names = [t.name for t in targets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"relay {', '.join(twice)} is listed twice")
+    return targets
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -172,9 +207,15 @@ class Settings(ReputationSettings, BaseSettings):
     smtp_data_timeout: float = Field(600.0, gt=0)
     smtp_max_messages_per_connection: int = Field(1000, ge=1)
     smtp_idle_timeout: float = Field(60.0, gt=0)
+    #: seconds between two probes of a relay marked down (a fallback of OUTBOX_SMTP_URL
+    #: carries its traffic until a probe finds it up)
+    smtp_relay_probe_interval: float = Field(15.0, gt=0)
     #: sends in flight per recipient domain: "domain=n,..." over the built-in defaults
     smtp_domain_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     smtp_domain_concurrency_default: int = Field(32, ge=1)
+    #: per job category, the relay of OUTBOX_SMTP_URL (by position, 1 = the first) its mail goes
+    #: through first: "marketing=2"; the other relays, in their order, are its fallbacks
+    smtp_routes: Annotated[dict[JobCategory, int], NoDecode] = Field(default_factory=dict)
 
     # --- worker --------------------------------------------------------------------------
     prefetch: int = Field(64, ge=1, le=10000)
@@ -203,6 +244,12 @@ class Settings(ReputationSettings, BaseSettings):
     retry_max_attempts: int = Field(12, ge=1)
     retry_max_age: int = Field(86400, ge=60, description="seconds after enqueue to give up")
     max_job_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    #: jobs of a blocked or suspended account are held (suppression/held.py): this long at
+    #: most, then they end `expired`; and at most this many jobs and bytes per account (one
+    #: more ends `blocked`, reason hold_full, logged at ERROR)
+    hold_seconds: int = Field(72 * 3600, ge=1)
+    hold_max_jobs: int = Field(10_000, ge=1)
+    hold_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     #: an email job's attachments: at most this many, of at most this many bytes together
     #: (decoded; the job itself must still fit max_job_bytes: base64 adds a third)
     max_attachments: int = Field(10, ge=0)
@@ -311,15 +358,26 @@ class Settings(ReputationSettings, BaseSettings):
     @field_validator("smtp_url")
     @classmethod
     def _check_smtp_url(cls, value: SecretStr) -> SecretStr:
-        parse_smtp_url(value.get_secret_value())
+        parse_smtp_urls(value.get_secret_value())
         return value
 
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("amqp", "amqps"):
+        urls = split_urls(value.get_secret_value())
+        if not urls:
             raise ValueError("must be an amqp:// or amqps:// URL")
+        for n, url in enumerate(urls, 1):
+            parts = urlsplit(url)
+            which = f"node {n} of {len(urls)}: " if len(urls) > 1 else ""
+            if parts.scheme not in ("amqp", "amqps"):
+                raise ValueError(f"{which}must be an amqp:// or amqps:// URL")
+            if not parts.hostname:
+                raise ValueError(f"{which}no host in the URL")
+            try:
+                parts.port  # noqa: B018 (a bad port raises)
+            except ValueError:
+                raise ValueError(f"{which}bad port in the URL") from None
         return value
 
     @field_validator("redis_url")
@@ -389,6 +447,23 @@ class Settings(ReputationSettings, BaseSettings):
             return {d.strip().lower(): int(n) for d, n in pairs}
         except ValueError:
             raise ValueError("must be domain=count pairs, e.g. gmail.com=20,qq.com=5") from None
+
+    @field_validator("smtp_routes", mode="before")
+    @classmethod
+    def _split_routes(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+            routes = {c.strip().lower(): int(n) for c, n in pairs}
+        except ValueError:
+            raise ValueError("must be category=relay pairs (the relay's position in "
+                             "OUTBOX_SMTP_URL), e.g. marketing=2,transactional=1") from None
+        known = get_args(JobCategory)
+        for category in routes:
+            if category not in known:
+                raise ValueError(f"unknown category {category!r}: one of {', '.join(known)}")
+        return routes
 
     @field_validator("retry_tiers", mode="before")
     @classmethod
@@ -470,10 +545,29 @@ class Settings(ReputationSettings, BaseSettings):
                              "OUTBOX_TWILIO_MESSAGING_SERVICE_SID")
         return self
 
+    @model_validator(mode="after")
+    def _routes_name_relays(self) -> Settings:
+        count = len(self.smtp_relays)
+        for category, n in self.smtp_routes.items():
+            if not 1 <= n <= count:
+                raise ValueError(f"OUTBOX_SMTP_ROUTES: {category}={n}, but OUTBOX_SMTP_URL "
+                                 f"names {count} relay{'s' if count > 1 else ''}")
+        return self
+
     @property
     def smtp(self) -> SmtpTarget:
-        """The parsed SMTP relay."""
-        return parse_smtp_url(self.smtp_url.get_secret_value())
+        """The primary SMTP relay (the first of ``OUTBOX_SMTP_URL``)."""
+        return self.smtp_relays[0]
+
+    @property
+    def smtp_relays(self) -> list[SmtpTarget]:
+        """Every relay of ``OUTBOX_SMTP_URL``, in order of preference."""
+        return parse_smtp_urls(self.smtp_url.get_secret_value())
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The RabbitMQ nodes of ``OUTBOX_AMQP_URL`` (any of them will do)."""
+        return split_urls(self.amqp_url.get_secret_value())
 
     @property
     def secret_keys(self) -> tuple[str, ...]:

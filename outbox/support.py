@@ -40,6 +40,7 @@ SENDER_FLAGS = ("business_name", "address", "contact_email", "contact_phone")
 #: who the account may send as (suppression.senders.ACCOUNT_SETTINGS)
 IDENTITY_FLAGS = ("sms_senders", "allow_any_reply_to", "allow_missing_dmarc")
 PROGRESS_MIN_LINES = 10_000  # show a progress bar on stderr above this many lines
+HELD_ACTIONS = ("release", "discard")  # sender.held.ACTIONS (not imported: startup cost)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,8 +96,38 @@ def _accounts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = acc.add_parser(name, help=text)
         p.add_argument("account_id", metavar="ID", type=account_arg)
         _who(p)
+        if name != "suspend":
+            p.add_argument("--held", choices=HELD_ACTIONS,
+                           help="what becomes of the jobs held while the account was "
+                                f"{name[2:]}ed: sent (every check again) or discarded; "
+                                "required while it holds any")
+            _category(p, "release or discard only the held jobs of this category (the "
+                         "others stay held)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_accounts_support, support_action=name)
+    p = acc.add_parser("held", help="jobs held while the account is (or was) blocked or "
+                                    "suspended: counts by channel and category, oldest, ids; "
+                                    "--release or --discard them")
+    p.add_argument("account_id", metavar="ID", type=account_arg)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--release", dest="settle", action="store_const", const="release",
+                      help="publish them again: each goes through every check and is sent "
+                           "once")
+    what.add_argument("--discard", dest="settle", action="store_const", const="discard",
+                      help="end them `blocked` (reason held_discarded), their events "
+                           "published")
+    _category(p, "only the held jobs of this category")
+    p.add_argument("--reason", help="why (with --release/--discard: the audit log)")
+    p.add_argument("--actor", help="who (with --release/--discard: the audit log)")
+    p.add_argument("--limit", type=int, default=100, help="ids listed (oldest first)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_held)
+
+
+def _category(p: argparse.ArgumentParser, text: str) -> None:
+    from suppression.held import CATEGORIES
+
+    p.add_argument("--category", choices=CATEGORIES, help=text)
 
 
 def _suppression(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -286,26 +317,126 @@ def cmd_accounts_configure(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_support(args: argparse.Namespace) -> int:
-    """unblock / suspend / unsuspend: change, audit, then publish ``account.<state>``."""
+    """unblock / suspend / unsuspend: change, audit, then publish ``account.<state>``; an
+    unblock or unsuspend refused while jobs are held and ``--held`` does not say what becomes
+    of them (nothing changed), which are then released or discarded (``sender.held``)."""
     from suppression.store import AccountStore
 
+    held_action = getattr(args, "held", None)
+    if getattr(args, "category", None) and not held_action:
+        raise CliError("--category chooses the held jobs --held release|discard applies to: "
+                       "give --held too")
+
     async def work(redis: Any, cfg: Any) -> Any:
-        change = await AccountStore(redis, _policy(cfg)).support(
+        store = AccountStore(redis, _policy(cfg))
+        await store.require(args.account_id)
+        if args.support_action != "suspend" and not held_action:
+            await _refuse_if_held(redis, cfg, args.account_id, args.support_action)
+        change = await store.support(
             args.account_id, args.support_action, actor=args.actor, reason=args.reason)
         published = await _publish_account_event(cfg, change, args)
-        return change, published
+        settled = (await _settle_held(redis, cfg, args.account_id, held_action, args)
+                   if held_action else None)
+        return change, published, settled
 
-    change, published = _run(work)
+    change, published, settled = _run(work)
     record = {"account_id": change.account_id, "from": change.from_state,
               "to": change.to_state, "audit_id": change.audit_id,
               "probation_until": change.probation_until, "event_published": published}
-    print_records(record, args.json,
-                  lambda c: f"{c['account_id']}: {c['from']} -> {c['to']} (audit {c['audit_id']})")
+    if held_action:
+        record["held"] = settled
+    print_records(record, args.json, _support_text)
     if not published:
         print("outbox: the change is made and audited, but its status event was not "
               "published", file=sys.stderr)
         return 1
+    return 0 if settled is None or "error" not in settled else EXIT_FAILED
+
+
+def _support_text(c: dict[str, Any]) -> str:
+    line = f"{c['account_id']}: {c['from']} -> {c['to']} (audit {c['audit_id']})"
+    return line + (f"\n{_settled_text(c['held'])}" if c.get("held") else "")
+
+
+async def _refuse_if_held(redis: Any, cfg: Any, account_id: str, action: str) -> None:
+    """CliError (nothing changed) when the account holds jobs: say what becomes of them."""
+    from suppression.held import HeldStore
+
+    summary = await HeldStore.from_settings(redis, cfg).summary(account_id, limit=0)
+    if summary["held"]:
+        groups = ", ".join(f"{g['channel']} {g['category']} {g['jobs']}" for g in summary["by"])
+        raise CliError(
+            f"account {account_id} holds {summary['held']} jobs ({groups}; oldest "
+            f"{summary['oldest']}): nothing was changed. Say what becomes of them: `outbox "
+            f"accounts {action} {account_id} --reason ... --actor ... --held release` (sent, "
+            f"every check again) or `--held discard`, with `--category C` for one category "
+            f"(`outbox accounts held {account_id}` lists them)")
+
+
+async def _settle_held(redis: Any, cfg: Any, account_id: str, action: str,
+                       args: argparse.Namespace) -> dict[str, Any]:
+    """Release or discard the account's held jobs (of ``--category``) on a bus of its own;
+    what was done, or what failed (``error``: the rest stays held)."""
+    from sender.bus import Bus, PublishFailed
+    from sender.held import HeldJobs
+    from suppression.held import HeldStore
+    from suppression.store import Audit
+
+    bus = Bus.from_settings(cfg)
+    store = HeldStore.from_settings(redis, cfg)
+    try:
+        await bus.connect(declare=True)
+        settled = await HeldJobs(store, bus, Audit(redis)).settle(
+            account_id, action, actor=args.actor, reason=args.reason,
+            category=args.category)
+        return settled.as_dict()
+    except (PublishFailed, OSError, ConnectionError) as exc:
+        remaining = await store.total(account_id)
+        print(f"outbox: held jobs not all {action}d: {exc}; {remaining} still held "
+              f"(`outbox accounts held {account_id} --{action} ...` to finish)",
+              file=sys.stderr)
+        return {"account_id": account_id, "action": action, "category": args.category,
+                "remaining": remaining, "error": str(exc)}
+    finally:
+        await bus.close()
+
+
+def _settled_text(s: dict[str, Any]) -> str:
+    if "error" in s:
+        return f"held jobs: {s['action']} failed ({s['error']}); {s['remaining']} still held"
+    what = "released" if s["action"] == "release" else "discarded"
+    return (f"held jobs {what}: {s['settled']}" + (f" ({s['category']})" if s["category"]
+                                                  else "")
+            + f"; still held: {s['remaining']} (audit {s['audit_id']})")
+
+
+def cmd_accounts_held(args: argparse.Namespace) -> int:
+    """List the account's held jobs, or (``--release``/``--discard``) settle them."""
+    from suppression.held import HeldStore
+
+    if args.settle:
+        if not (args.reason and args.reason.strip() and args.actor and args.actor.strip()):
+            raise CliError(f"--{args.settle} needs --reason and --actor (the audit log)")
+        settled = _run(lambda r, cfg: _settle_held(r, cfg, args.account_id, args.settle,
+                                                   args), account=args.account_id)
+        print_records(settled, args.json, _settled_text)
+        return EXIT_FAILED if "error" in settled else 0
+    if args.category or args.reason or args.actor:
+        raise CliError("--category, --reason and --actor go with --release or --discard")
+    summary = _run(lambda r, cfg: HeldStore.from_settings(r, cfg).summary(
+        args.account_id, limit=max(0, args.limit)), account=args.account_id)
+    print_records(summary, args.json, _held_text)
     return 0
+
+
+def _held_text(s: dict[str, Any]) -> str:
+    if not s["held"]:
+        return f"account {s['account_id']}: no held jobs"
+    lines = [f"account {s['account_id']}: {s['held']} held jobs ({s['bytes']} bytes), oldest "
+             f"{s['oldest']}, which expires {s['expires_at']}",
+             table(s["by"], ("channel", "category", "jobs", "oldest")), "oldest first:",
+             table(s["jobs"], ("id", "channel", "category", "held_at", "expires_at"))]
+    return "\n".join(lines)
 
 
 async def _publish_account_event(cfg: Any, change: Any, args: argparse.Namespace) -> bool:

@@ -14,6 +14,7 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,7 +22,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import AMQPError as AiormqError
@@ -30,8 +30,8 @@ from pamqp.commands import Basic
 
 from config import Settings
 from sender import topology
-from sender.connect import amqp_error
 from sender.models import without_attachment_content
+from sender.nodes import connect_amqp
 
 BasicProperties = Basic.Properties
 
@@ -67,7 +67,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class Bus:
-    """A robust connection with one confirmed publishing channel.
+    """A robust connection with one confirmed publishing channel; with several nodes in the
+    URL (comma-separated: a cluster) it is to the first that answers and moves on to the next
+    when that one dies (:class:`sender.connect.ClusterConnection`).
 
     ``connect(fail_fast=True)`` fails loudly on a bad URL or refused login; afterwards the
     connection reconnects forever and consumers are restored by aio-pika.
@@ -94,16 +96,24 @@ class Bus:
         """Open the connection and publishing channel; declare the topology. A broker that
         cannot be reached raises :class:`sender.connect.ServiceUnreachable`, one that refuses
         the login :class:`sender.connect.ServiceRefused` (one line each, password masked)."""
-        try:
-            self.connection = await aio_pika.connect_robust(
-                self._url, fail_fast=True, client_properties={"connection_name": "outbox"}
-            )
-        except (AMQPError, AiormqError, OSError) as exc:
-            raise amqp_error(self._url, exc, self.setting) from None
+        self.connection = await connect_amqp(self._url, setting=self.setting)
         self._channel = await self.connection.channel(publisher_confirms=True,
                                                       on_return_raises=True)
         if declare:
-            await topology.declare(self._channel, self.retry_tiers, self.status_max_length)
+            await self._declare()
+
+    async def _declare(self) -> None:
+        """The topology, on a channel of its own closed afterwards: aio-pika declares again,
+        at each reconnect, what a channel it keeps declared, and on a cluster a classic queue
+        (the retry tiers) whose node is down refuses that (NOT_FOUND), which would fail every
+        reconnect while that node is away."""
+        assert self.connection is not None
+        channel = await self.connection.channel()
+        try:
+            await topology.declare(channel, self.retry_tiers, self.status_max_length)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def channel(self, prefetch: int) -> AbstractChannel:
         """A new channel for consuming, with its prefetch."""

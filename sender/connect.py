@@ -15,6 +15,10 @@ URL with its password masked, the setting it came from and what to do::
     cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:5672/ (OUTBOX_AMQP_URL): connection
     refused; is RabbitMQ running? start it with `make services` or set OUTBOX_AMQP_URL
 
+``OUTBOX_AMQP_URL`` may list the nodes of a RabbitMQ cluster, comma-separated: the connection
+(:mod:`sender.nodes`) is to the first that answers, and when that node dies it moves on to the
+next of the list; the unreachable message then names every node.
+
 One-shot commands print it and exit 1 (2 for a refused login: a setting is wrong); the
 long-running ones wait with :func:`wait_for_services`, retrying with backoff, one log line an
 attempt, until the services are up or the process is told to stop.
@@ -39,6 +43,7 @@ from redis.exceptions import RedisClusterException
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config import split_urls
 from suppression.roundtrip import Client
 
 log = logging.getLogger("outbox.connect")
@@ -108,7 +113,10 @@ class RedisModeMismatch(ServiceRefused):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password (userinfo or a ``password=`` query value) as ``***``."""
+    """``url`` with its password (userinfo or a ``password=`` query value) as ``***``; a
+    comma-separated list of URLs, each so."""
+    if "," in url:
+        return ",".join(mask_url(one) for one in split_urls(url))
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
@@ -212,18 +220,11 @@ def _cluster_error(url: str, exc: RedisClusterException, setting: str | None
 
 async def probe_amqp(url: str, *, setting: str | None = "OUTBOX_AMQP_URL",
                      within: float = CONNECT_TIMEOUT) -> None:
-    """Open and close one AMQP connection; raise as :func:`amqp_error` says."""
-    import aio_pika
-    from aiormq.exceptions import AMQPError
+    """Open and close one AMQP connection (to any node of the list); raise as
+    :func:`amqp_error` says."""
+    from sender.nodes import probe_nodes
 
-    try:
-        connection = await asyncio.wait_for(
-            aio_pika.connect(url, client_properties={"connection_name": "outbox probe"}),
-            within)
-    except (AMQPError, OSError) as exc:
-        raise amqp_error(url, exc, setting) from None
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(connection.close(), within)
+    await probe_nodes(url, setting=setting, within=within)
 
 
 async def probe_redis(url: str, *, setting: str | None = "OUTBOX_REDIS_URL",

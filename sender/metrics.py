@@ -88,7 +88,19 @@ class Metrics:
                                          "x-max-length-bytes)", ["queue", "unit"],
                                          registry=registry,
                                          multiprocess_mode="livemostrecent"))
+        #: 1 while a relay of OUTBOX_SMTP_URL is up, 0 while it is marked down (its traffic
+        #: on the next); over processes the lowest (down when any process finds it down)
+        self.relay_up = _Cached(Gauge("outbox_relay_up", "1: the relay is up; 0: marked down, "
+                                      "its traffic on the next relay", ["relay"],
+                                      registry=registry, multiprocess_mode="livemin"))
         self.accounts = _Cached(Gauge("outbox_accounts",
                                       "Accounts by state (refreshed periodically)",
                                       ["state"], registry=registry,
                                       multiprocess_mode="livemostrecent"))
+        # totals over every account (per account: outbox accounts held, the admin API)
+        self.held_jobs = _Cached(Gauge("outbox_held_jobs",
+                                       "Jobs held while their account is blocked or "
+                                       "suspended, over every account (refreshed by the "
+                                       "held jobs sweep)", ["channel", "category"],
+                                       registry=registry,
+                                       multiprocess_mode="livemostrecent"))

@@ -22,6 +22,11 @@ Every delivery leaves on exactly one path:
                                 and ``outbox_retries_total``;
 * no settlement                 shutdown or a broker outage: RabbitMQ redelivers it (marked
                                 redelivered, so the gate lets it take over its own claim);
+* hold + ``ack``                the account is blocked or suspended: the job is kept in
+                                Redis (:mod:`suppression.held`, a ``held`` event) until
+                                support releases or discards it, or the hold time ends;
+                                when the account was unblocked between the two round trips,
+                                ``nack`` (requeue) and it is evaluated again;
 * ``nack`` (requeue)            the send's outcome is unknown (the relay got the whole message
                                 and never answered: ``OutcomeUnknown``): returned with its
                                 claim kept, as a crash leaves it, so the redelivery takes the
@@ -40,7 +45,7 @@ a domain verified for it, an SMS sender not configured for it, marketing from a 
 DMARC: :mod:`suppression.senders`) ends the job ``rejected`` (reason ``sender_not_verified`` or
 ``dmarc_missing``) in the same pre-send script, before any claim.
 
-Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
+Refusals (``suppressed``, ``no_consent``, ``expired``) are recorded by the pre-send
 script itself; the pipeline only publishes their event. An automatic account transition found
 by the post-send script is counted (``outbox_account_transitions_total``), logged at WARNING
 and published as a status event (``<channel>.<state>``, id ``<account>:<audit id>``:
@@ -91,6 +96,8 @@ from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
+from suppression.held import HeldStore
+from suppression.history import iso
 from suppression.keys import rejection_record
 
 log = logging.getLogger("outbox.pipeline")
@@ -191,9 +198,11 @@ class Pipeline:
     def __init__(self, *, bus: Bus, gate: Gate, channels: Mapping[str, Channel],
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
                  owner: str, stopping: Callable[[], bool], redis_call: RedisCalls,
-                 acks: Acks | None = None,
+                 held: HeldStore, acks: Acks | None = None,
                  attachment_limits: AttachmentLimits | None = None) -> None:
-        """``acks``: how deliveries are settled (the worker's coalesce per loop turn)."""
+        """``acks``: how deliveries are settled (the worker's coalesce per loop turn);
+        ``held``: where jobs of blocked and suspended accounts are kept."""
+        self.held = held
         self._bus = bus
         self.acks = acks or DirectAcks()
         self.gate = gate
@@ -242,6 +251,8 @@ class Pipeline:
             return
         if decision.verdict == "send":
             await self._send(message, job, attempt, decision.sender)
+        elif decision.verdict == "held":
+            await protected(self._hold(message, job, attempt))
         else:
             await protected(self._not_sent(message, job, decision))
 
@@ -265,6 +276,31 @@ class Pipeline:
                                       detail=decision.detail)
         else:
             await self._already(message, job, decision)
+
+    async def _hold(self, message: AbstractIncomingMessage, job: Job, attempt: int) -> None:
+        """The account is blocked or suspended: keep the job (:mod:`suppression.held`) and
+        announce ``held``; evaluate it anew when the account was unblocked meanwhile (back
+        to its queue); over the account's cap, end it ``blocked`` (``hold_full``), loudly."""
+        held = await self.redis_call(lambda: self.held.hold(
+            job.account_id, job.id, channel=job.channel, category=job.category,
+            body=message.body, attempt=attempt))
+        if held.outcome == "again":
+            await self.acks.nack(message)
+        elif held.outcome == "full":
+            detail = (f"the account holds {held.jobs} jobs, {held.bytes} bytes already "
+                      "(OUTBOX_HOLD_MAX_JOBS, OUTBOX_HOLD_MAX_BYTES): not held")
+            log.error("job %s of %s account %s not held: %s", job.id, held.reason[8:],
+                      job.account_id, detail, extra={
+                          "job_id": job.id, "account_id": job.account_id,
+                          "channel": job.channel, "category": job.category,
+                          "reason": "hold_full"})
+            await self._finish(message, job, "blocked", attempt, reason="hold_full",
+                               detail=detail)
+        else:
+            await self._event_and_ack(message, job, "held", attempt, reason=held.reason,
+                                      detail=f"held until {iso(held.until_ms)} unless "
+                                             "support releases or discards it first",
+                                      held_until=iso(held.until_ms))
 
     async def _already(self, message: AbstractIncomingMessage, job: Job,
                        decision: Decision) -> None:

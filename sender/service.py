@@ -30,6 +30,7 @@ from sender.channels.registry import build_senders
 from sender.connect import ping_redis, redis_client
 from sender.events import EventApplier
 from sender.gauges import Gauges
+from sender.held import HeldJobs, HeldSweeper
 from sender.metrics import Metrics
 from sender.models import AttachmentLimits
 from sender.outages import Dependencies, Watch
@@ -38,9 +39,10 @@ from sender.recipient_events import PendingSweeper, RecipientEvents
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
+from suppression.held import HeldStore
 from suppression.reputation import Policy
 from suppression.roundtrip import Client, execute
-from suppression.store import AccountStore, SuppressionStore
+from suppression.store import AccountStore, Audit, SuppressionStore
 
 log = logging.getLogger("outbox.service")
 
@@ -84,7 +86,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         retry=RetryPolicy(settings.retry_tiers, settings.retry_max_attempts,
                           settings.retry_max_age),
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
-        redis_call=redis_call, acks=acks,
+        redis_call=redis_call, held=HeldStore.from_settings(redis, settings), acks=acks,
         attachment_limits=AttachmentLimits(settings.max_attachments,
                                            settings.max_attachment_bytes))
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
@@ -92,6 +94,9 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                           sms_region=settings.sms_region,
                           recipients=RecipientEvents(redis, bus))
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
+    relays = getattr(channels.get("email"), "relays", None)  # outbox_relay_up{relay}
+    if relays is not None:
+        relays.watch(lambda relay, up: metrics.relay_up.labels(relay).set(1 if up else 0))
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
@@ -130,6 +135,7 @@ async def started_worker(settings: Settings, registry: CollectorRegistry | None 
     worker: Worker | None = None
     # recipient events whose publisher died after claiming them (sender.recipient_events)
     sweeper = PendingSweeper(RecipientEvents(redis, bus))
+    held_sweeper: HeldSweeper | None = None  # jobs held too long end expired
     try:
         await bus.connect(declare=True)
         channels = build_senders(settings, built={"email": signing_email_channel(settings,
@@ -139,10 +145,17 @@ async def started_worker(settings: Settings, registry: CollectorRegistry | None 
                               dependencies=dependencies)
         await worker.start()
         sweeper.start()
+        held_sweeper = HeldSweeper(
+            HeldJobs(HeldStore.from_settings(redis, settings), bus, Audit(redis),
+                     worker.metrics), worker.metrics,
+            HeldSweeper.period_for(settings.hold_seconds))
+        held_sweeper.start()
         log.info("worker %s started (%s)", worker.worker_id, ", ".join(channels))
         yield worker
     finally:
         await sweeper.stop()
+        if held_sweeper is not None:
+            await held_sweeper.stop()
         if worker is not None:
             log.info("stopping: %d jobs in flight", worker.inflight)
             await worker.stop()

@@ -28,7 +28,9 @@ post-send write (one round trip, which it makes anyway), which also gives back t
 
 Claim rules (the job hash's ``st`` field):
 
-* absent, or ``R`` (waiting for a retry)    → evaluate, claim it (``S``) and send;
+* absent, ``R`` (waiting for a retry) or    → evaluate, claim it (``S``) and send;
+  ``held`` (held while its account was
+  blocked: not final, :mod:`suppression.held`)
 * ``S`` and the delivery is a redelivery    → the previous holder died mid-send: take over;
 * ``S`` held by this same ``owner``         → this delivery's own earlier call ran but its
                                               reply was lost (a hung Redis, a timed-out
@@ -36,9 +38,12 @@ Claim rules (the job hash's ``st`` field):
 * ``S`` and not a redelivery                → a concurrent duplicate publish: do not send;
 * a final status                            → already done: do not send again.
 
-Refusals (``blocked``, ``suppressed``, ``no_consent``, ``expired``) are written as the job's
-final status by the script itself, so a redelivery answers ``done``; ``rate_limited`` leaves
-the job waiting (``R``) and is not an attempt.
+Refusals (``suppressed``, ``no_consent``, ``expired``) are written as the job's final status
+by the script itself, so a redelivery answers ``done``; ``rate_limited`` leaves the job waiting
+(``R``) and is not an attempt. A job of a blocked or suspended account is answered ``held``
+with nothing written: the caller holds it (:meth:`suppression.held.HeldStore.hold`, which
+reads the state again in the account's slot) and it ends ``blocked`` only when support
+discards it or the hold is full.
 
 Post-send, in one round trip: EVALSHA post_send.lua (job status and its timeline entry,
 reputation counters, state transition with its audit record) plus, for a hard bounce or
@@ -82,6 +87,9 @@ log = logging.getLogger("outbox.gate")
 
 _LUA_DIR = Path(__file__).parent / "lua"
 REFUSALS = statuses.REFUSALS
+#: job statuses that are not final: the same id is evaluated again (``held`` while the
+#: account is blocked; suppression/held.py)
+NOT_FINAL = statuses.NOT_FINAL
 #: the most of a job's ``metadata`` (its JSON, in bytes) the job hash keeps (field ``md``) for
 #: the status events of provider events; a larger one is not kept, and those events carry ``{}``
 METADATA_MAX_BYTES = 4096
@@ -94,12 +102,13 @@ NOTE_CHARS = 500  # of a timeline entry's detail (a relay's reply, a provider's 
 class Decision:
     """The answer of ``pre_send``.
 
-    ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``rejected``, ``blocked``,
-    ``suppressed``, ``no_consent``, ``capped``, ``over_quota`` or ``rate_limited``. For
-    ``done``, ``status`` is the final status recorded earlier (its event may need
-    resending). ``reason`` explains a refusal; ``wait_ms`` is the wait before a token is
-    free; ``settle`` says the refusal still has to be written (a global suppression found
-    beside an optimistic claim).
+    ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``rejected``, ``held`` (the
+    account is blocked or suspended: hold the job), ``suppressed``, ``no_consent``,
+    ``quiet_hours``, ``capped``, ``over_quota`` or ``rate_limited``. For ``done``,
+    ``status`` is the final status recorded earlier (its event may need resending).
+    ``reason`` explains a refusal; ``wait_ms`` is the wait before a token is free;
+    ``settle`` says the refusal still has to be written (a global suppression found beside an
+    optimistic claim).
     """
 
     verdict: str

@@ -43,7 +43,8 @@ from suppression.address import BadAddress
 from suppression.replies import decode, text
 from suppression.roundtrip import Client
 
-#: what the job hash's working states mean to a reader (every other value is a status)
+#: what the job hash's working states mean to a reader (every other value is a status, ``held``
+#: included: a job held while its account is blocked, suppression/held.py)
 STATE_NAMES = {"S": "sending", "R": "deferred"}
 MAX_HISTORY = keys.HISTORY_KEEP
 _ENTRY_FIELDS = ("status", "reason", "detail", "provider", "provider_message_id")

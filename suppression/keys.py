@@ -28,6 +28,10 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:rcpt-pending`` | hash | none (fields removed once published) | recipient events recorded but not yet confirmed by the broker: field ``e:<event id>`` the event's JSON, ``c:<event id>`` when a publisher claimed it (ms) |
 | ``outbox:{acct:A}:domains`` | hash | none | sending domains: field ``<domain>`` → JSON record (selectors with their public keys and AES-GCM-sealed private keys, the last verification) |
 | ``outbox:{acct:A}:senders`` | hash | none | what the pre-send script reads: field ``<domain>`` (verified for the account) → ``1`` with a DMARC record, ``0`` without |
+| ``outbox:{acct:A}:held:<channel>:<category>`` | sorted set | none (emptied by release, discard and expiry) | jobs held while the account is blocked or suspended: member job id, score when first held (ms, Redis TIME); :mod:`suppression.held` |
+| ``outbox:{acct:A}:held-bodies`` | hash | none (fields removed with their jobs) | the held jobs' bodies as published: field job id → bytes |
+| ``outbox:{acct:A}:held-size`` | hash | none | ``jobs`` and ``bytes`` held (the cap: ``OUTBOX_HOLD_MAX_JOBS``, ``OUTBOX_HOLD_MAX_BYTES``) |
+| ``outbox:{acct:A}:held-lock`` | string | ``HELD_LOCK_MS`` | a release, discard or expiry of the account's held jobs under way (one at a time) |
 | ``outbox:supp:<channel>:<addr>`` | hash | the entry's own expiry, else none | global suppression (hard_bounce, complaint, invalid, manual) |
 | ``outbox:hist:<channel>:<addr>`` | sorted set | ``retention_history``, refreshed on each new job | the recipient's recent jobs across accounts: member ``<account>/<job id>``, score first seen (µs, the worker's clock); the newest ``HISTORY_KEEP`` kept |
 | ``outbox:dnc:<e164>`` | hash | none (replaced on each register import) | Do-not-call register number (marketing SMS only) |
@@ -35,6 +39,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{rcpt}:pending`` | hash | none (fields removed once published) | as ``rcpt-pending`` above, for those changes (one slot with their records, for the script) |
 | ``outbox:{rcpt}:scopes`` | set | none | the accounts (and ``(global)``) that have had a recipient event pending: where the worker's sweeper looks for events whose publisher died |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
+| ``outbox:held-accounts`` | set | none (an account leaves it when it holds nothing) | accounts that may hold jobs: where the expiry sweep and the ``outbox_held_jobs`` gauge look |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
 | ``outbox:domain:<domain>`` | hash | none | who may send as a domain: ``owner`` (the account that verified it first), ``shared:<account>`` → epoch s (support shared it, audited in ``outbox:audit``) |
@@ -79,6 +84,11 @@ HISTORY_KEEP = 100
 HASH_VALUE_MAX = 64
 #: joins account and job id in the global history (ids are [A-Za-z0-9._-], never a ``/``)
 HISTORY_SEPARATOR = "/"
+#: how long a release, discard or expiry of one account's held jobs may hold its lock (ms; renewed
+#: between batches)
+HELD_LOCK_MS = 120_000
+#: accounts that may hold jobs (suppression/held.py)
+HELD_ACCOUNTS = f"{PREFIX}held-accounts"
 #: the pseudo-account under which a rejected job whose account cannot be read is kept
 UNREADABLE_ACCOUNT = "unreadable"
 UNREADABLE_PREFIX = "unreadable-"
@@ -125,7 +135,8 @@ def job(account_id: str, job_id: str) -> str:
     at most ``HASH_VALUE_MAX`` bytes; the timeline's newest entry that moved the status
     (``et`` ms, ``ed`` detail, ``ea`` attempt of a provider's report) and earlier ones
     (``e<n>`` ``[at, status, reason, provider, attempt]``, ``d<n>`` detail, ``m<n>``
-    provider message id, ``tn`` the last n; see :mod:`suppression.history`). Empty ``p``,
+    provider message id, ``tn`` the last n; see :mod:`suppression.history`); ``rl`` while a
+    release of the held job is publishing it (:mod:`suppression.held`). Empty ``p``,
     ``pm``, ``r`` are not stored. Every value fits ``HASH_VALUE_MAX`` (Redis keeps the hash
     compact) except a provider message id or reason longer than that. Expires after
     ``idempotency_ttl``."""
@@ -248,6 +259,28 @@ def domain_owner(domain: str) -> str:
     return f"{PREFIX}domain:{domain}"
 
 
+def held(account_id: str, channel: str, category: str) -> str:
+    """The account's jobs held on one channel and category (member job id, score the time it
+    was first held in ms): marketing and transactional apart, so each can be released or
+    discarded alone."""
+    return f"{account_tag(account_id)}:held:{channel}:{category}"
+
+
+def held_bodies(account_id: str) -> str:
+    """The held jobs' bodies (field job id → the bytes as published)."""
+    return f"{account_tag(account_id)}:held-bodies"
+
+
+def held_size(account_id: str) -> str:
+    """How many jobs and bytes the account holds (fields ``jobs``, ``bytes``)."""
+    return f"{account_tag(account_id)}:held-size"
+
+
+def held_lock(account_id: str) -> str:
+    """Taken while a release, discard or expiry of the account's held jobs runs."""
+    return f"{account_tag(account_id)}:held-lock"
+
+
 def mailgun_token(token: str) -> str:
     """Marker of a Mailgun webhook token already seen (``MAILGUN_TOKEN_TTL``)."""
     return f"{PREFIX}mg-token:{token}"
@@ -301,11 +334,13 @@ def account_from_key(key: str) -> str:
 _ACCOUNT_KINDS = {"job": "job", "tl": "timeline", "hist": "history", "state": "state",
                   "cfg": "config", "tb": "bucket", "rep": "reputation", "recent": "recent",
                   "audit": "audit", "supp": "account_suppression", "consent": "consent",
-                  "prefs": "prefs", "evt": "event", "cap": "frequency", "quota": "quota"}
+                  "prefs": "prefs", "evt": "event", "held": "held",
+                  "held-bodies": "held_bodies", "held-size": "held_size",
+                  "held-lock": "held_lock", "cap": "frequency", "quota": "quota"}
 #: the kind of record of a global key, by the segment after ``outbox:``
 _GLOBAL_KINDS = {"hist": "global_history", "supp": "global_suppression", "dnc": "dnc",
                  "accounts": "accounts", "audit": "global_audit",
-                 "mg-token": "mailgun_token"}
+                 "mg-token": "mailgun_token", "held-accounts": "held_accounts"}
 
 
 def kind_of(key: str) -> str:

@@ -24,7 +24,8 @@ unsubscribed      6     yes                    the recipient unsubscribed throug
 failed            4                            given up without a hand-over (attempts, age)
 suppressed        4                  yes       the address is suppressed (or preferences)
 no_consent        4                  yes       marketing without the consent it needs
-blocked           4                  yes       the account is blocked or suspended
+blocked           4                  yes       a held job discarded, or the hold was full
+held              0                            kept while the account is blocked (not final)
 capped            4                  yes       over the recipient's frequency cap
 over_quota        4                  yes       over the account's daily quota
 quiet_hours       4                  yes       in the recipient's quiet hours (dropped)
@@ -50,6 +51,7 @@ class JobStatus:
     rank: int
     handed_over: bool = False
     refusal: bool = False
+    final: bool = True  # False: the same id published again is evaluated again
 
 
 #: every job status, in the order the contract lists them (README, "Statuses")
@@ -65,6 +67,9 @@ JOB_STATUSES: tuple[JobStatus, ...] = (
     JobStatus("suppressed", 4, refusal=True),
     JobStatus("no_consent", 4, refusal=True),
     JobStatus("blocked", 4, refusal=True),
+    #: kept while its account is blocked or suspended (suppression/held.py): not final, so the
+    #: same id is evaluated again, and any status may follow
+    JobStatus("held", 0, final=False),
     JobStatus("capped", 4, refusal=True),
     JobStatus("over_quota", 4, refusal=True),
     JobStatus("quiet_hours", 4, refusal=True),
@@ -83,6 +88,8 @@ RANK: dict[str, int] = {**dict.fromkeys(WORKING, 0), **{s.name: s.rank for s in 
 HANDED_OVER = frozenset({CLAIMED, *(s.name for s in JOB_STATUSES if s.handed_over)})
 #: the pre-send verdicts that end a job without a send (each also its final status)
 REFUSALS: tuple[str, ...] = tuple(s.name for s in JOB_STATUSES if s.refusal)
+#: statuses that do not end a job (pre_send.lua evaluates a job holding one again)
+NOT_FINAL: tuple[str, ...] = tuple(s.name for s in JOB_STATUSES if not s.final)
 
 
 def lua_rank() -> str:

@@ -172,6 +172,7 @@ class AccountStore:
                        "throttle_factor": policy.throttle_factor,
                        "consent_mode": policy.consent_mode,
                        "thresholds": _thresholds(policy),
+                       "quiet_hours": _quiet(policy),
                        "frequency_caps": _caps(policy),
                        "daily_quota": policy.daily_quota,
                        "quota_used_today": _quota_used(decode(quota), policy, int(now[0]))},
@@ -259,6 +260,14 @@ def _caps(p: Policy) -> dict[str, Any]:
     caps = {f.name[4:]: getattr(p, f.name) for f in PARAMS
             if f.name.startswith("cap_") and f.name != "cap_period" and getattr(p, f.name)}
     return {"caps": caps, "period": p.cap_period}
+
+
+def _quiet(p: Policy) -> dict[str, Any]:
+    """The quiet hours (``HH:MM`` in the recipient's time) and what is dropped in them."""
+    return {"from": f"{p.quiet_start // 60:02d}:{p.quiet_start % 60:02d}",
+            "to": f"{p.quiet_end // 60:02d}:{p.quiet_end % 60:02d}",
+            "drop": sorted(f.name[6:] for f in PARAMS
+                           if f.name.startswith("quiet_") and getattr(p, f.name) == "drop")}
 
 
 def _quota_used(quota: dict[str, str], p: Policy, now: int) -> int:

@@ -56,12 +56,15 @@ from sender import deadletters
 from sender.account_events import publish_account_event
 from sender.bus import Bus, PublishFailed
 from sender.deadletters import ACTIONS as DEAD_ACTIONS
+from sender.held import ACTIONS as HELD_ACTIONS
+from sender.held import HeldJobs
 from sender.metrics import Metrics
 from sender.recipient_events import Change as RecipientChange
 from sender.recipient_events import RecipientEvents
 from suppression import channels, entries, ids, keys
 from suppression.address import BadAddress
 from suppression.entries import BadEntry, StoreError
+from suppression.held import CATEGORIES, HeldStore
 from suppression.history import MAX_HISTORY, job_story, recipient_history
 from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy
@@ -117,6 +120,9 @@ ROUTES = (
           "configure_account"),
     *(Route("POST", f"/admin/accounts/{{account}}/{{action:{a}}}", f"accounts.{a}", SUPPORT,
             "support_action") for a in ("unblock", "suspend", "unsuspend")),
+    Route("GET", "/admin/accounts/{account}/held", "held.show", VIEWER, "show_held"),
+    *(Route("POST", f"/admin/accounts/{{account}}/held/{{action:{a}}}", f"held.{a}", SUPPORT,
+            "settle_held") for a in HELD_ACTIONS),
     Route("GET", "/admin/suppression/{address}", "suppression.check", VIEWER,
           "check_suppression", reads="an address's suppression"),
     Route("POST", "/admin/suppression", "suppression.add", SUPPORT, "add_suppression"),
@@ -172,6 +178,8 @@ class AdminApi:
         self._suppression = SuppressionStore(redis)
         self._consent = ConsentStore(redis)
         self._recipients = RecipientEvents(redis, bus)
+        self._held = HeldJobs(HeldStore.from_settings(redis, settings), bus,
+                              self._accounts.audit)
         self._transitions = _transitions_counter(registry_or_metrics)
         self._idempotency_ttl = settings.idempotency_ttl
         # one look at outbox.dead at a time: each holds every message while it reads
@@ -296,7 +304,13 @@ class AdminApi:
         state = request.query.get("state") or None
         if state is not None and state not in STATES:
             raise ApiError(400, f"state must be one of {', '.join(STATES)}")
-        return _json(await self._accounts.list(state))
+        rows = await self._accounts.list(state)
+        holding = set(await self._held.store.accounts())
+        for row in rows:  # held jobs: only accounts that may hold any are asked
+            if row["account_id"] in holding:
+                summary = await self._held.store.summary(row["account_id"], limit=0)
+                row.update(held=summary["held"], held_oldest=summary["oldest"])
+        return _json(rows)
 
     async def show_account(self, request: web.Request) -> web.StreamResponse:
         """The document of ``outbox accounts show ID --json``."""
@@ -328,19 +342,72 @@ class AdminApi:
         return _json({"account_id": account, "settings": settings})
 
     async def support_action(self, request: web.Request) -> web.StreamResponse:
-        """unblock, suspend or unsuspend: change and audit (one script), then announce."""
+        """unblock, suspend or unsuspend: change and audit (one script), then announce;
+        ``{"reason", "held": "release"|"discard", "category"}``: what becomes of the jobs
+        held meanwhile (required while there are any: 409 otherwise, nothing changed)."""
         account, action = _path_account(request), request.match_info["action"]
-        [reason], actor = _required(await _json_body(request), "reason"), request[PRINCIPAL].name
+        body = await _json_body(request)
+        [reason], actor = _required(body, "reason"), request[PRINCIPAL].name
+        held, category = _held_choice(body, needed=action != "suspend")
+        await self._accounts.require(account)
+        if action != "suspend" and held is None:
+            await self._refuse_if_held(account, action)
         change = await self._accounts.support(account, action, actor=actor, reason=reason)
         _log(request, action, actor, account_id=account, reason=reason,
              from_state=change.from_state, to_state=change.to_state)
         if self._transitions is not None:
             self._transitions.labels(change.from_state, change.to_state).inc()
         published = await self._announce(change, action, actor, reason)
-        return _json({"account_id": account, "state": change.to_state,
-                      "from": change.from_state, "audit_id": change.audit_id,
-                      "probation_until": change.probation_until,
-                      "event_published": published})
+        answer: dict[str, Any] = {
+            "account_id": account, "state": change.to_state, "from": change.from_state,
+                  "audit_id": change.audit_id, "probation_until": change.probation_until,
+                  "event_published": published}
+        if held is not None:
+            answer["held"] = await self._settle(request, account, held, actor, reason,
+                                                category)
+        return _json(answer)
+
+    async def _refuse_if_held(self, account: str, action: str) -> None:
+        """409 (nothing changed) while the account holds jobs and the request does not say
+        what becomes of them."""
+        summary = await self._held.store.summary(account, limit=0)
+        if summary["held"]:
+            raise ApiError(409, f"account {account} holds {summary['held']} jobs (oldest "
+                                f"{summary['oldest']}): say what becomes of them with "
+                                f"\"held\": \"release\" or \"discard\" (and \"category\" for "
+                                f"one category); nothing was changed")
+
+    async def _settle(self, request: web.Request, account: str, action: str, actor: str,
+                      reason: str, category: str | None) -> dict[str, Any]:
+        """Release or discard the held jobs; what was done, or (``error``) what failed."""
+        try:
+            settled = (await self._held.settle(account, action, actor=actor, reason=reason,
+                                               category=category)).as_dict()
+        except PublishFailed as exc:
+            log.error("held jobs not all %sd: %s", action, exc, extra={"account_id": account})
+            settled = {"account_id": account, "action": action, "category": category,
+                       "remaining": await self._held.store.total(account), "error": str(exc)}
+        _log(request, f"held.{action}", actor, account_id=account, reason=reason,
+             category=category, jobs=settled.get("settled"))
+        return settled
+
+    async def show_held(self, request: web.Request) -> web.StreamResponse:
+        """``?limit=100``: the document of ``outbox accounts held ID --json``."""
+        account = _path_account(request)
+        limit = _int(request.query.get("limit"), "limit", default=100, high=MAX_AUDIT)
+        await self._accounts.require(account)
+        return _json(await self._held.store.summary(account, limit=limit))
+
+    async def settle_held(self, request: web.Request) -> web.StreamResponse:
+        """``{"reason", "category"}``: release or discard the account's held jobs (in any
+        state: after an unblock that released one category, the rest)."""
+        account, action = _path_account(request), request.match_info["action"]
+        body = await _json_body(request)
+        [reason], actor = _required(body, "reason"), request[PRINCIPAL].name
+        category = _held_choice({**body, "held": action}, needed=True)[1]
+        await self._accounts.require(account)
+        settled = await self._settle(request, account, action, actor, reason, category)
+        return _json(settled, status=503 if "error" in settled else 200)
 
     async def _known(self, account: str | None) -> str | None:
         """``account`` when it is None or known; UnknownAccount (404) otherwise."""
@@ -668,6 +735,21 @@ def _dead_filters(given: Mapping[str, Any], *, reason: str) -> deadletters.Filte
                                since=when)
 
 
+def _held_choice(body: Mapping[str, Any], *, needed: bool) -> tuple[str | None, str | None]:
+    """``held`` (release or discard) and ``category`` of a request; 400 naming what is wrong
+    (either given to a suspend, a category without held, an unknown value)."""
+    held, category = _optional(body, "held"), _optional(body, "category")
+    if not needed and (held or category):
+        raise ApiError(400, "held and category go with unblock and unsuspend")
+    if held is not None and held not in HELD_ACTIONS:
+        raise ApiError(400, f"held must be {' or '.join(HELD_ACTIONS)}")
+    if category is not None and category not in CATEGORIES:
+        raise ApiError(400, f"category must be one of {', '.join(CATEGORIES)}")
+    if category is not None and held is None:
+        raise ApiError(400, "category chooses the held jobs held applies to: give held too")
+    return held, category
+
+
 def _path_account(request: web.Request) -> str:
     """The ``{account}`` of the path, checked (400 ``account must be ...``)."""
     return _id(request.match_info["account"], "account")
@@ -755,7 +837,8 @@ def _with_id_rule(script: str) -> str:
     """The page's script with the id rule of :mod:`suppression.ids` put in (generated, not
     copied: the page refuses what the API would)."""
     return (script.replace('"__ID_PATTERN__"', json.dumps(ids.PATTERN))
-            .replace('"__ID_RULE__"', json.dumps(ids.RULE)))
+            .replace('"__ID_RULE__"', json.dumps(ids.RULE))
+            .replace('"__CATEGORIES__"', json.dumps(CATEGORIES)))
 
 
 _STYLE = _static("admin.css")

@@ -1,4 +1,5 @@
-"""Email over SMTP: a pool of persistent aiosmtplib connections to one relay.
+"""Email over SMTP: a pool of persistent aiosmtplib connections per relay (several relays,
+with failover: :mod:`sender.channels.relays`).
 
 Connection problems (refused, dropped, timed out) are told apart from SMTP replies: the first
 become a ``transient/networkerror`` failure and the connection is thrown away; the second are
@@ -38,9 +39,12 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 from aiosmtplib.errors import (
+    SMTPConnectError,
     SMTPDataError,
     SMTPException,
     SMTPRecipientRefused,
@@ -65,6 +69,9 @@ from suppression.address import email_domain
 from suppression.classify import Outcome, classify_smtp
 from suppression.verp import verp_address
 
+if TYPE_CHECKING:
+    from sender.channels.relays import Relays
+
 log = logging.getLogger("outbox.smtp")
 
 # The relay's id for the message: Postfix "queued as ABC", SES "Ok 0100018...".
@@ -73,6 +80,17 @@ _QUEUE_ID = re.compile(r"queued as\s+<?([\w.@\-]+)|^(?:\d\.\d\.\d\s+)?Ok\s+<?([\
 NETWORK_ERROR = Outcome("transient", "networkerror")
 #: RFC 5321 4.5.3.2.6: the client waits 10 minutes for the reply to the end of DATA
 DATA_TIMEOUT = 600.0
+
+
+class RelayUnavailable(SMTPConnectError):
+    """No connection to the relay could be opened (refused, timed out, a greeting other than
+    220, TLS or AUTH failing): nothing was sent. ``cause`` is what aiosmtplib raised, ``why``
+    a few words for the logs."""
+
+    def __init__(self, relay: str, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.relay, self.cause = relay, cause
+        self.why = f"{type(cause).__name__}: {' '.join(str(cause).split())}"[:300]
 
 
 @dataclass(slots=True)
@@ -95,6 +113,7 @@ class SmtpPool:
                  factory: Callable[..., aiosmtplib.SMTP] = aiosmtplib.SMTP,
                  pipelining: bool = True, data_timeout: float = DATA_TIMEOUT) -> None:
         self._target = target
+        self.name = target.name  # host:port, for logs and metrics
         self._pipelining = pipelining
         self._timeout = timeout
         self._data_timeout = data_timeout
@@ -109,12 +128,16 @@ class SmtpPool:
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
                    *, smtputf8: bool = False, first: bool = False, stuffed: bool = False) -> str:
         """Send one message; return the relay's reply text. Raises SMTPException/OSError,
-        OutcomeUnknown when the message went out whole and no reply came, or NotSent when the
-        pool stopped before the transaction began. ``first``: a priority-lane
+        OutcomeUnknown when the message went out whole and no reply came, NotSent when the
+        pool stopped before the transaction began, :class:`RelayUnavailable` when no
+        connection could be opened. ``first``: a priority-lane
         job, served before the bulk ones waiting for a connection. ``stuffed``: ``data`` is
         already CRLF and dot-stuffed (:attr:`RenderedEmail.wire`) and goes out as it is."""
         async with self._slots.turn(first=first):
-            conn = await self._checkout()
+            try:
+                conn = await self._checkout()
+            except Exception as exc:
+                raise RelayUnavailable(self.name, exc) from exc
             if self._slots.closed:  # stopped while the connection was being opened
                 self._checkin(conn)
                 raise NotSent("stopping")
@@ -163,6 +186,15 @@ class SmtpPool:
                 await smtp.helo()
         self.opened += 1
         return _Conn(smtp, self._pipelining and smtp.supports_extension("pipelining"))
+
+    async def probe(self) -> None:
+        """Open one connection to the relay and QUIT it (a relay marked down coming back);
+        :class:`RelayUnavailable` when it cannot be opened."""
+        try:
+            conn = await self._open()
+        except Exception as exc:
+            raise RelayUnavailable(self.name, exc) from exc
+        await _quit(conn.smtp)
 
     def _checkin(self, conn: _Conn) -> None:
         if conn.sent >= self._max_messages or not conn.smtp.is_connected:
@@ -417,10 +449,14 @@ class SmtpChannel:
     name = "email"
     provider = "smtp"
 
-    def __init__(self, pool: SmtpPool, *, message_id_domain: str | None = None,
+    def __init__(self, pool: SmtpPool | Relays, *, message_id_domain: str | None = None,
                  options: EmailOptions | None = None,
                  domains: DomainLimiter | None = None) -> None:
+        from sender.channels.relays import Relays
+
         self._pool = pool
+        # sends through relays name their category (OUTBOX_SMTP_ROUTES)
+        self._routed = pool if isinstance(pool, Relays) else None
         self._options = options or EmailOptions(message_id_domain or "outbox.localhost")
         self._domains = domains or DomainLimiter({}, 32)
         self._signer = DkimSigner()
@@ -437,17 +473,14 @@ class SmtpChannel:
         try:
             first = job.category not in BULK_CATEGORIES
             async with self._domains(msg.recipients[0]).turn(first=first):
-                reply = await self._pool.send(msg.envelope_from, list(msg.recipients),
-                                              msg.wire, smtputf8=msg.smtputf8, first=first,
-                                              stuffed=True)
-        except SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            raise self._failure(refused.code, refused.message) from None
-        except SMTPResponseException as exc:
-            raise self._failure(exc.code, exc.message) from None
+                send = (partial(self._routed.send, category=job.category)
+                        if self._routed is not None else self._pool.send)
+                reply = await send(msg.envelope_from, list(msg.recipients), msg.wire,
+                                   smtputf8=msg.smtputf8, first=first, stuffed=True)
+        except RelayUnavailable as exc:  # as the connection's own error, the relay's reply
+            raise self._not_sent(exc.cause) from None
         except (TimeoutError, SMTPException, OSError) as exc:
-            raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", self.provider) \
-                from None
+            raise self._not_sent(exc) from None
         match = _QUEUE_ID.search(reply)
         queue_id = (match.group(1) or match.group(2)) if match else None
         return SendResult(self.provider, queue_id, reply[:200])
@@ -509,9 +542,23 @@ class SmtpChannel:
         wire = data if msg.wire is msg.data else signatures + msg.wire
         return replace(msg, data=data, wire=wire)
 
+    def _not_sent(self, exc: Exception) -> SendFailure:
+        """The failure a refusal or a connection problem means."""
+        if isinstance(exc, SMTPRecipientsRefused):
+            refused = exc.recipients[0]
+            return self._failure(refused.code, refused.message)
+        if isinstance(exc, SMTPResponseException):
+            return self._failure(exc.code, exc.message)
+        return SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", self.provider)
+
     def _failure(self, code: int, text: str) -> SendFailure:
         outcome = classify_smtp(code, text)
         return SendFailure(outcome, f"{code} {text}"[:500], self.provider)
+
+    @property
+    def relays(self) -> Relays | None:
+        """The relays with their failover state (None for a bare pool)."""
+        return self._routed
 
     def stop(self) -> None:
         """Shutdown begins: sends not yet in a transaction raise NotSent."""
@@ -527,10 +574,15 @@ def build(settings: Settings, *, keys_for: KeysFor | None = None,
     """The e-mail channel the settings configure (always: the relay is required). Messages
     are DKIM-signed with ``keys_for``'s keys unless ``OUTBOX_DKIM`` is off; with a bounce
     domain, their envelope sender is at ``return_path_for``'s return path when it names one."""
-    pool = SmtpPool(settings.smtp, size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
-                    max_messages=settings.smtp_max_messages_per_connection,
-                    idle_timeout=settings.smtp_idle_timeout,
-                    data_timeout=settings.smtp_data_timeout)
+    from sender.channels.relays import Relays
+
+    pools = [SmtpPool(relay, size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
+                      max_messages=settings.smtp_max_messages_per_connection,
+                      idle_timeout=settings.smtp_idle_timeout,
+                      data_timeout=settings.smtp_data_timeout)
+             for relay in settings.smtp_relays]
+    pool = Relays(pools, probe_interval=settings.smtp_relay_probe_interval,
+                  routes={c: n - 1 for c, n in settings.smtp_routes.items()})
     options = EmailOptions(
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
         secret_key=settings.signing_key,

@@ -39,17 +39,20 @@
 --          a marketing job that may be sent, the account's sender information after them:
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
 --          and the consent status ('granted' or ''; consent lifts the DNC register, s.11(2))
---   verdict: send | done | duplicate | expired | rejected | blocked | suppressed | no_consent |
+--   verdict: send | done | duplicate | expired | rejected | held | suppressed | no_consent |
 --            quiet_hours | capped | over_quota | rate_limited; for 'rejected' (a sender the
---            account may not use), 'quiet_hours', 'capped' and 'over_quota' the detail follows
+--            account may not use), 'quiet_hours', 'capped' and 'over_quota' the detail
+--            follows; 'held' (the account is blocked or suspended) writes nothing: the caller
+--            holds the job (hold.lua, which checks the state again)
 -- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences,
 -- quiet hours (parameter quiet_<category>_<channel> 'drop': a job whose recipient's local
 -- minute, A.local_offset seconds east of UTC, is in [quiet_start, quiet_end) ends
--- quiet_hours; the window may wrap midnight), frequency cap (parameter cap_<category>_<channel>: jobs to the recipient within P.cap_period
--- seconds, rolling; 0 or none declared: no cap), daily quota (P.daily_quota claims in the
--- day that starts at midnight P.quota_utc_offset seconds east of UTC; 0: none), and the rate
--- token last, so a refused job never consumes one; the cap and the quota count a job only
--- when it is claimed (a job claimed again, after a retry or a crash, counts once).
+-- quiet_hours; the window may wrap midnight), frequency cap (parameter
+-- cap_<category>_<channel>: jobs to the recipient within P.cap_period seconds, rolling; 0 or
+-- none declared: no cap), daily quota (P.daily_quota claims in the day that starts at
+-- midnight P.quota_utc_offset seconds east of UTC; 0: none), and the rate token last, so a
+-- refused job never consumes one; the cap and the quota count a job only when it is claimed
+-- (a job claimed again, after a retry or a crash, counts once).
 -- GENERATED arguments
 local job = KEYS[1]
 local owner, redelivered, expired = A.owner, A.redelivered, A.expired
@@ -59,7 +62,8 @@ local job_id, history_keep, timeline_keep = A.job_id, A.history_keep, A.timeline
 local tl_ttl, hist_ttl, value_max = A.timeline_ttl, A.history_ttl, A.value_max
 
 local st = redis.call('HGET', job, 'st')
-if st and st ~= 'R' then
+-- 'held' is not final: a held job published again (or released) is evaluated again
+if st and st ~= 'R' and st ~= 'held' then
   if st ~= 'S' then
     local f = redis.call('HMGET', job, 'p', 'pm', 'a', 'r')
     return {'done', st, f[1] or '', f[2] or '', f[3] or '0', f[4] or '', 0}
@@ -165,7 +169,7 @@ end
 
 local state = redis.call('HGET', KEYS[2], 'state') or 'active'
 if state == 'blocked' or state == 'suspended' then
-  return refuse('blocked', 'blocked', 'account_' .. state)
+  return {'held', '', '', '', attempt, 'account_' .. state, 0}
 end
 
 local entry = redis.call('HGET', KEYS[4], 'reason')

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -427,3 +428,75 @@ async def test_the_job_view_and_its_timeline_show_the_same_attempt(browser, site
         await expect(page.locator("#timeline tr")).to_have_count(3)
         await _assert_attempt_agrees(page)
         assert await page.text_content("#message") == ""
+
+
+HELD_SHOT = SHOT.with_name("admin-page-held.png")
+
+
+async def test_support_sees_held_jobs_sends_the_receipts_and_drops_the_blast(
+        browser, site, redis, make_settings, smtp_server, amqp_url):
+    """Jobs of a blocked account are held: counted in the list, by channel and category with
+    the oldest in the account view; the unblock must say what becomes of them (the browser
+    refuses it without); receipts released with it (sent once), the blast discarded after
+    with a reason (its final event)."""
+    smtp_url, recorder = smtp_server
+    await block(redis, "acct_dirty", bounces=6)
+    await ConsentStore(redis).set("acct_dirty", "blast@example.com", channel="email",
+                                  granted=True, source="form", evidence="", actor="setup")
+    receipts = [email_job(account_id="acct_dirty", to=f"r{i}@example.com") for i in range(2)]
+    blast = email_job(account_id="acct_dirty", to="blast@example.com", category="marketing")
+    async with running_worker(make_settings(smtp_url=smtp_url)):
+        await publish(amqp_url, [*receipts, blast])
+        held = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 3, timeout=20)
+        assert {json.loads(m.body)["status"] for m in held} == {"held"}
+        async with opened(browser, site) as page:
+            dirty = page.locator("#accounts tr", has_text="acct_dirty")
+            await expect(dirty).to_contain_text("3 · oldest 最早 20")
+            await dirty.locator("a").click()
+            await expect(page.locator("#held-note")).to_contain_text("3 jobs held")
+            await expect(page.locator("#held tr", has_text="transactional").locator("td")
+                         ).to_have_text(["email", "transactional 交易", "2",
+                                         re.compile(r"^\d{4}-\d\d-\d\dT")])
+            await expect(page.locator("#held tr", has_text="marketing").locator("td")
+                         ).to_have_text(["email", "marketing 推廣", "1", re.compile(r"^\d{4}-")])
+            await expect(page.locator("#held-note a")).to_have_count(3)  # the ids, as links
+            # an unblock that does not say what becomes of them is refused by the browser
+            await page.fill("#reason", "list cleaned, ticket 4711")
+            await page.click("#actions button")
+            assert await page.locator("#held-action").evaluate("e => !e.validity.valid")
+            assert (await AccountStore(redis, Policy()).show("acct_dirty"))["state"] == \
+                "blocked"
+            await page.screenshot(path=str(HELD_SHOT), full_page=True)
+            # the receipts go with the unblock, the blast stays held
+            await page.select_option("#held-action", "release")
+            await page.select_option("#act-category", "transactional")
+            await page.click("#actions button")
+            await expect(page.locator("#message")).to_have_text(
+                "acct_dirty: blocked → active · held jobs released 已放行 2 (transactional), "
+                "still held 仍暫存 1")
+            await expect(page.locator("#held tr")).to_have_count(2)  # header and marketing
+            sent = await collect(amqp_url, "outbox.status",
+                                 lambda m: sum(json.loads(x.body)["status"] == "sent"
+                                               for x in m) >= 2, timeout=20)
+            assert sorted(json.loads(m.body)["id"] for m in sent
+                          if json.loads(m.body)["status"] == "sent") == sorted(
+                j["id"] for j in receipts)
+            # then the blast is dropped, with a reason
+            await expect(page.locator("#held-act")).to_be_visible()
+            await page.fill("#held-reason", "stale offer")
+            await page.click("#held-act button[value=discard]")
+            await expect(page.locator("#message")).to_have_text(
+                "acct_dirty · held jobs discarded 已棄置 1, still held 仍暫存 0")
+            await expect(page.locator("#held-note")).to_have_text("No held jobs 沒有暫存工作")
+            await expect(page.locator("#held-act")).to_be_hidden()
+            dropped = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1,
+                                    timeout=10)
+    [event] = [json.loads(m.body) for m in dropped]
+    assert (event["id"], event["status"], event["reason"], event["detail"]) == (
+        blast["id"], "blocked", "held_discarded", "alice: stale offer")
+    assert sorted(r[1][0] for r in recorder.messages) == ["r0@example.com", "r1@example.com"]
+    records = await AccountStore(redis, Policy()).audit.read("acct_dirty", limit=3)
+    assert [(r["action"], r["actor"], r["reason"]) for r in records] == [
+        ("held.discard", "alice", "stale offer"),
+        ("held.release", "alice", "list cleaned, ticket 4711"),
+        ("unblock", "alice", "list cleaned, ticket 4711")]

@@ -63,7 +63,7 @@ async def test_suppressed_suspended_and_switched_off(make_settings, smtp_server,
     by_id = {e["id"]: e for e in events(got)}
     assert [(by_id[j["id"]]["status"], by_id[j["id"]]["reason"]) for j in jobs] == [
         ("suppressed", "hard_bounce"), ("suppressed", "preference"), ("sent", None),
-        ("blocked", "account_suspended")]
+        ("held", "account_suspended")]
     assert [rcpts for _, rcpts, _ in recorder.messages] == [["pat@example.com"]]
     suspended = [m for m in got if m.routing_key == "account.suspended"]
     assert len(suspended) == 1

@@ -55,9 +55,9 @@ async def test_dirty_blast_is_blocked_clean_one_is_not(make_settings, smtp_serve
     b_status = Counter(final[j["id"]]["status"] for j in dirty)
     print(f"\nA: {dict(a_status)}  B: {dict(b_status)}", file=sys.__stderr__)
     assert a_status == {"sent": N}
-    assert set(b_status) == {"sent", "bounced", "blocked"}
-    assert b_status["blocked"] >= 100
-    blocked = [j for j in dirty if final[j["id"]]["status"] == "blocked"]
+    assert set(b_status) == {"sent", "bounced", "held"}
+    assert b_status["held"] >= 100  # held while blocked: kept for support to decide
+    blocked = [j for j in dirty if final[j["id"]]["status"] == "held"]
     assert {final[j["id"]]["reason"] for j in blocked} == {"account_blocked"}
     assert all(recorder.by_rcpt(j["to"]) == [] for j in blocked)  # never reached the relay
     # the automatic block itself is a status event: id <account>:<audit id>
@@ -77,8 +77,9 @@ async def test_dirty_blast_is_blocked_clean_one_is_not(make_settings, smtp_serve
           f"(Wilson lower bound {auto['bounce_lb']})", file=sys.__stderr__)
     assert 50 <= int(auto["sends"]) < 200
 
+    # the blast held while blocked is dropped with the unblock
     assert await run("accounts", "unblock", "acct_b", "--reason", "list cleaned, ticket 4711",
-                     "--actor", "alice@support") == 0
+                     "--actor", "alice@support", "--held", "discard") == 0
     capsys.readouterr()
     assert await run("accounts", "show", "acct_b", "--json") == 0
     shown = json.loads(capsys.readouterr().out)
@@ -87,11 +88,13 @@ async def test_dirty_blast_is_blocked_clean_one_is_not(make_settings, smtp_serve
 
     assert await run("audit", "acct_b", "--json") == 0
     audit = json.loads(capsys.readouterr().out)
-    assert [(r["action"], r["from"], r["to"]) for r in audit[:2]] == [
-        ("unblock", "blocked", "active"), ("auto", "active", "blocked")]
-    assert (audit[0]["actor"], audit[0]["reason"]) == ("alice@support",
+    assert [(r["action"], r["from"], r["to"]) for r in audit[:3]] == [
+        ("held.discard", "", ""), ("unblock", "blocked", "active"),
+        ("auto", "active", "blocked")]
+    assert audit[0]["jobs"] == str(b_status["held"])
+    assert (audit[1]["actor"], audit[1]["reason"]) == ("alice@support",
                                                        "list cleaned, ticket 4711")
-    assert (audit[1]["actor"], audit[1]["reason"]) == ("system", "hard_bounce_rate")
+    assert (audit[2]["actor"], audit[2]["reason"]) == ("system", "hard_bounce_rate")
     # the unblock is announced as account.active
     got = await collect(amqp_url, "outbox.status", lambda m: len(m) >= 1, timeout=10)
     assert got[0].routing_key == "account.active"

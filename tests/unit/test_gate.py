@@ -9,6 +9,7 @@ import json
 import pytest
 
 from suppression.gate import Counts, Gate
+from suppression.held import HeldStore
 from suppression.reputation import Policy
 from suppression.store import AccountStore, ConsentStore, PrefsStore, SuppressionStore
 
@@ -52,15 +53,25 @@ async def test_a_clean_job_is_claimed(gate):
     assert (await gate.job_state(A, "j-clean"))["st"] == "S"
 
 
-async def test_blocked_and_suspended_accounts_refuse_and_record_it(gate, redis):
+async def test_blocked_and_suspended_accounts_hold_jobs_and_nothing_is_final(gate, redis):
+    """``held`` writes nothing; the job held is ``held`` (not final): the same id again is
+    evaluated again, held while the account stays blocked, sent once it is not."""
     await redis.hset("outbox:{acct:" + A + "}:state", "state", "blocked")
     d = await check(gate, job_id="j-b")
-    assert (d.verdict, d.reason) == ("blocked", "account_blocked")
-    # recorded: a redelivery answers done, it does not re-evaluate
+    assert (d.verdict, d.reason, d.claimed) == ("held", "account_blocked", False)
+    assert await gate.job_state(A, "j-b") == {}
+    store = HeldStore(redis, hold_seconds=60, max_jobs=10, max_bytes=10_000,
+                      idempotency_ttl=3600)
+    held = await store.hold(A, "j-b", channel="email", category="marketing", body=b"{}",
+                            attempt=1)
+    assert (held.outcome, held.reason) == ("held", "account_blocked")
+    assert (await gate.job_state(A, "j-b"))["st"] == "held"
     again = await check(gate, job_id="j-b", redelivered=True)
-    assert (again.verdict, again.status, again.reason) == ("done", "blocked", "account_blocked")
+    assert (again.verdict, again.reason) == ("held", "account_blocked")  # not "done"
     await redis.hset("outbox:{acct:" + A + "}:state", "state", "suspended")
     assert (await check(gate)).reason == "account_suspended"
+    await redis.hset("outbox:{acct:" + A + "}:state", "state", "active")
+    assert (await check(gate, job_id="j-b")).verdict == "send"
 
 
 async def test_suppression_scopes(gate, redis):
@@ -229,10 +240,11 @@ async def test_the_claim_keeps_a_digest_of_the_recipient_that_sent_to_compares(g
 async def test_a_job_refused_before_the_send_was_not_sent_to_anyone(gate, redis):
     from suppression.gate import sent_to
 
-    await redis.hset("outbox:{acct:" + A + "}:state", "state", "blocked")
+    await SuppressionStore(redis).add(mail("bob@example.com"), channel="email",
+                                      reason="unsubscribe", account_id=A)
     await check(gate, job_id="j-refused", address=mail("bob@example.com"))
-    assert "was not sent (status blocked)" in await sent_to(redis, A, "j-refused",
-                                                            mail("bob@example.com"))
+    assert "was not sent (status suppressed)" in await sent_to(redis, A, "j-refused",
+                                                               mail("bob@example.com"))
 
 
 async def test_the_claim_keeps_the_job_s_metadata_within_its_bound(gate):
@@ -287,7 +299,7 @@ async def test_hard_bounces_throttle_then_block_the_account(redis):
     moves = []
     for i in range(40):
         d = await check(gate, job_id=f"j-rep-{i}")
-        if d.verdict == "blocked":
+        if d.verdict == "held":
             break
         hard = i % 2 == 0  # half of them unknown users
         recorded = await gate.post_send(
@@ -297,7 +309,7 @@ async def test_hard_bounces_throttle_then_block_the_account(redis):
         if recorded.transition:
             moves.append((recorded.transition.from_state, recorded.transition.to_state))
     assert moves and moves[-1][1] == "blocked"
-    assert (d.verdict, d.reason) == ("blocked", "account_blocked")
+    assert (d.verdict, d.reason) == ("held", "account_blocked")
     [entry] = await SuppressionStore(redis).check(mail("r0@example.com"))
     assert entry["reason"] == "hard_bounce"
     store = AccountStore(redis, policy)

@@ -89,7 +89,7 @@ async def test_no_cap_by_default_and_a_refused_job_is_not_counted(redis, names):
     gate = _gate(redis, cap_notification_email=1)
     mail = dict(channel="email", category="notification", address=address)
     await redis.hset(keys.state(account), "state", "blocked")
-    assert (await _pre(gate, account, **mail)).verdict == "blocked"
+    assert (await _pre(gate, account, **mail)).verdict == "held"  # not claimed, not counted
     await redis.hset(keys.state(account), "state", "active")
     assert (await _pre(gate, account, **mail)).verdict == "send"  # the refused one not counted
     assert (await _pre(gate, account, **mail)).verdict == "capped"  # the setting's default

@@ -190,6 +190,9 @@ def test_every_key_builder_has_its_kind() -> None:
         "global_suppression": keys.global_suppression("email", addr),
         "dnc": keys.dnc("+85291234567"), "accounts": keys.ACCOUNTS,
         "global_audit": keys.GLOBAL_AUDIT, "mailgun_token": keys.mailgun_token("t"),
+        "held": keys.held(a, "email", "marketing"), "held_bodies": keys.held_bodies(a),
+        "held_size": keys.held_size(a), "held_lock": keys.held_lock(a),
+        "held_accounts": keys.HELD_ACCOUNTS,
     }
     assert {kind: keys.kind_of(key) for kind, key in built.items()} == {k: k for k in built}
     assert keys.kind_of("unrelated") == keys.kind_of("outbox:{acct:x") == "other"

@@ -19,6 +19,11 @@ const can = (action) => me !== null && me.allowed.includes(action);
 const ID_PATTERN = "__ID_PATTERN__";
 const ID_RULE = "__ID_RULE__";
 const ID = new RegExp("^(?:" + ID_PATTERN + ")$");
+// the job categories (suppression/held.py), put in by the server: held jobs are kept apart by
+// category, so support can send the receipts and drop the blast
+const CATEGORIES = "__CATEGORIES__";
+const CATEGORY_LABELS = {transactional: "交易", notification: "通知", marketing: "推廣"};
+const HELD_LABELS = {release: "Release held 放行", discard: "Discard held 棄置"};
 function checkId(value, name) {
   if (!ID.test(value)) throw new Error(name + " must be " + ID_RULE + " 編號格式不正確");
   return value;
@@ -147,13 +152,14 @@ async function showAccounts(state, filter) {
   const infos = await Promise.all(shown.map((a) => api("GET", "/admin/accounts/" +
                                                          q(a.account_id)).catch(() => null)));
   table("accounts", ["Account 帳戶", "State 狀態", "Since 自", "Why 原因",
-                     "Bounces 退回", "Complaints 投訴"],
+                     "Bounces 退回", "Complaints 投訴", "Held 暫存"],
         shown.map((a, i) => {
           const info = infos[i];
           return [link(a.account_id, "account", a.account_id), el("span", a.state,
                   "state-" + a.state), info ? when(info.since) : "",
                   info ? info.state_reason : "", info ? ratesSummary(info, "bounce") : "",
-                  info ? ratesSummary(info, "complaint") : ""];
+                  info ? ratesSummary(info, "complaint") : "",
+                  a.held ? a.held + " · oldest 最早 " + when(a.held_oldest) : ""];
         }), "No accounts 沒有帳戶");
   $("accounts-more").textContent = wanted.length > shown.length ? (wanted.length - shown.length)
     + " more: filter by state or ID. 尚有更多，請篩選。" : "";
@@ -163,10 +169,11 @@ async function showAccounts(state, filter) {
 
 async function showAccount(id) {
   checkId(id, "account");
-  const [info, audit, evidence, domains] = await Promise.all([
+  const [info, audit, evidence, domains, held] = await Promise.all([
     api("GET", "/admin/accounts/" + q(id)), api("GET", "/admin/audit/" + q(id) + "?limit=50"),
     api("GET", "/admin/accounts/" + q(id) + "/suppressions?limit=50"),
-    api("GET", "/admin/api/accounts/" + q(id) + "/domains")]);
+    api("GET", "/admin/api/accounts/" + q(id) + "/domains"),
+    api("GET", "/admin/accounts/" + q(id) + "/held?limit=20")]);
   $("account-title").textContent = info.account_id;
   $("state").textContent = info.state;
   $("state").className = "state-" + info.state;
@@ -189,6 +196,7 @@ async function showAccount(id) {
   }));
   $("act").hidden = !actions.length;
   $("act").dataset.account = info.account_id;
+  showHeld(info, held, actions);
 
   const t = info.limits.thresholds;
   table("rates", ["Channel 渠道", "Sends 發送", "Bounce rate (bound) 退回率（下限）",
@@ -196,15 +204,18 @@ async function showAccount(id) {
         Object.entries(info.rates).map(([channel, r]) => [channel, r.sends,
           rateCell(r, "bounce", t), rateCell(r, "complaint", t)]));
   const caps = info.limits.frequency_caps || {caps: {}, period: 0};
+  const quiet = info.limits.quiet_hours || {drop: []};
   table("limits", ["Rate/s 速率", "Burst 突發", "Window 時段", "Minimum volume 最少數量",
                    "Consent 同意", "Daily quota 每日配額", "Frequency caps 頻率上限",
-                   "Overrides 覆寫"],
+                   "Quiet hours (dropped) 靜默時段（捨棄）", "Overrides 覆寫"],
         [[info.limits.rate, info.limits.burst, t.window + " s", "bounces " + t.min_bounce_volume
           + " · complaints " + t.min_complaint_volume, info.limits.consent_mode,
           info.limits.daily_quota ? info.limits.quota_used_today + " / " + info.limits.daily_quota
             : "none 無",
           Object.entries(caps.caps).map(([k, v]) => k + " " + v).join(", ") +
             (Object.keys(caps.caps).length ? " per " + caps.period + " s" : "none 無"),
+          quiet.drop.length ? quiet.drop.join(", ") + " " + quiet.from + "–" + quiet.to
+            : "none 無",
           Object.entries(info.overrides || {}).map(([k, v]) => k + "=" + v).join(", ")]]);
   table("bounces", ["When 時間", "Channel 渠道", "Kind 類別", "Reason 原因", "Job 工作"],
         (info.recent_bounce_reasons || []).map((b) => [when(b.at), b.channel, b.kind, b.reason,
@@ -246,14 +257,64 @@ function auditDetail(r) {
   return extra.map(([k, v]) => k + "=" + (/(_at|_until)$/.test(k) ? when(v) : v)).join(", ");
 }
 
+// the jobs held while the account is blocked or suspended: by channel and category, the
+// oldest (and when it expires), the oldest ids; an unblock must say what becomes of them
+function showHeld(info, held, actions) {
+  $("held-note").textContent = held.held ? held.held + " jobs held 暫存工作, oldest 最早 " +
+    when(held.oldest) + ", which expires 到期 " + when(held.expires_at) + ". Oldest 最早: " :
+    "No held jobs 沒有暫存工作";
+  for (const j of held.jobs.slice(0, 10)) {
+    $("held-note").append(" ", link(j.id, "job", info.account_id, j.id));
+  }
+  table("held", ["Channel 渠道", "Category 類別", "Jobs 工作", "Oldest 最早"],
+        held.by.map((g) => [g.channel, g.category + " " + (CATEGORY_LABELS[g.category] || ""),
+                            g.jobs, when(g.oldest)]), "None 沒有");
+  const lifts = actions.some((a) => a === "unblock" || a === "unsuspend");
+  $("held-choice").hidden = !(held.held && lifts);
+  $("held-action").required = !$("held-choice").hidden;
+  $("held-action").value = "";
+  $("act-category").value = "";
+  // the buttons only for a token that may use them (a viewer's page has none)
+  const settles = held.held ? ["release", "discard"].filter((a) => can("held." + a)) : [];
+  $("held-buttons").replaceChildren(...settles.map((action) => {
+    const button = el("button", HELD_LABELS[action]);
+    button.type = "submit";
+    button.value = action;
+    return button;
+  }));
+  $("held-act").hidden = !settles.length;
+  $("held-act").dataset.account = info.account_id;
+}
+function heldText(s) {
+  if (!s) return "";
+  if (s.error) return " · held jobs NOT all settled 暫存工作未全部處理: " + s.error;
+  return " · held jobs " + (s.action === "release" ? "released 已放行 " : "discarded 已棄置 ") +
+    s.settled + (s.category ? " (" + s.category + ")" : "") + ", still held 仍暫存 " +
+    s.remaining;
+}
+
 async function act(action) {
   const account = $("act").dataset.account;
-  const r = await api("POST", "/admin/accounts/" + q(account) + "/" + action,
-                      {reason: $("reason").value.trim()});
+  const body = {reason: $("reason").value.trim()};
+  if (!$("held-choice").hidden) {
+    body.held = $("held-action").value;
+    if ($("act-category").value) body.category = $("act-category").value;
+  }
+  const r = await api("POST", "/admin/accounts/" + q(account) + "/" + action, body);
   $("reason").value = "";
   await showAccount(account);
-  say(r.account_id + ": " + r.from + " → " + r.state + (r.event_published ? "" :
-      " (status event NOT published: tell ops 狀態事件未發佈)"), r.event_published);
+  say(r.account_id + ": " + r.from + " → " + r.state + heldText(r.held) +
+      (r.event_published ? "" : " (status event NOT published: tell ops 狀態事件未發佈)"),
+      r.event_published && !(r.held && r.held.error));
+}
+async function settleHeld(action) {
+  const account = $("held-act").dataset.account;
+  const body = {reason: $("held-reason").value.trim()};
+  if ($("held-category").value) body.category = $("held-category").value;
+  const r = await api("POST", "/admin/accounts/" + q(account) + "/held/" + action, body);
+  $("held-reason").value = "";
+  await showAccount(account);
+  say(account + heldText(r), !r.error);
 }
 
 // --- one recipient -------------------------------------------------------------------------
@@ -424,6 +485,14 @@ $("act").addEventListener("submit", (event) => {
   event.preventDefault();
   act(event.submitter.value).catch((err) => say(err.message, false));
 });
+$("held-act").addEventListener("submit", (event) => {
+  event.preventDefault();
+  settleHeld(event.submitter.value).catch((err) => say(err.message, false));
+});
+for (const select of document.querySelectorAll("select.categories")) {
+  select.append(new Option("all 全部", ""), ...CATEGORIES.map(
+    (c) => new Option(c + " " + (CATEGORY_LABELS[c] || ""), c)));
+}
 $("token").addEventListener("change", () => {
   me = null;
   $("whoami").textContent = "";
