@@ -250,6 +250,9 @@ class Settings(ReputationSettings, BaseSettings):
     hold_seconds: int = Field(72 * 3600, ge=1)
     hold_max_jobs: int = Field(10_000, ge=1)
     hold_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    #: the furthest ahead a job's ``send_at`` may be (seconds); a job further ahead is
+    #: rejected with the reason (README, "Send later")
+    schedule_max_ahead: int = Field(30 * 86400, ge=60, le=366 * 86400)
     #: an email job's attachments: at most this many, of at most this many bytes together
     #: (decoded; the job itself must still fit max_job_bytes: base64 adds a third)
     max_attachments: int = Field(10, ge=0)

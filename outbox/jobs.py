@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("job_id", metavar="ID", type=job_arg)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs_show)
+    p = jobs.add_parser("cancel", help="cancel a job waiting for its send_at (exit 0 when "
+                        "cancelled, 1 when already sent or unknown)")
+    p.add_argument("account_id", metavar="ACCOUNT", type=account_arg)
+    p.add_argument("job_id", metavar="ID", type=job_arg)
+    p.add_argument("--reason", default="", help="kept in the job's timeline")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs_cancel)
     p = jobs.add_parser("history", help="a recipient's recent jobs, newest first")
     p.add_argument("address", metavar="ADDRESS")
     p.add_argument("--account", metavar="ID", type=account_arg,
@@ -157,10 +164,39 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 
 def _story_text(story: dict[str, Any]) -> str:
     head = (f"job {story['id']} of account {story['account_id']}: {story['status']}"
+            + (f", due {story['due']}" if story.get("due") and story["status"] == "scheduled"
+               else "")
             + (f" ({story['reason']})" if story["reason"] not in (None, story["status"])
                else "")
             + (f", updated {story['updated']}" if story["updated"] else ""))
     return f"{head}\n{table(story['timeline'], TIMELINE_COLUMNS)}"
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    from suppression.schedule import Schedule
+
+    cfg = settings()
+    detail = f"cli: {args.reason}" if args.reason else "cli"
+
+    async def work(redis: Any) -> Any:
+        result = await Schedule(redis, idempotency_ttl=cfg.idempotency_ttl,
+                                timeline_ttl=cfg.timeline_ttl).cancel(
+            args.account_id, args.job_id, detail=detail[:500])
+        if not result.ok and not result.status:
+            await _require_account(redis, args.account_id)
+        return result
+
+    result = _redis(work)
+    said = result.message(args.account_id, args.job_id)
+    if args.json:
+        print(json.dumps({"account_id": args.account_id, "id": args.job_id,
+                          "cancelled": result.ok, "outcome": result.outcome,
+                          "due": result.due, "message": said}))
+    elif result.ok:
+        print(said)
+    if not result.ok:
+        return _nothing(said) if not args.json else EXIT_NOTHING
+    return 0
 
 
 def cmd_jobs_history(args: argparse.Namespace) -> int:

@@ -17,6 +17,10 @@ the job; when it raises :class:`sender.bus.PublishFailed`, it does not (publish 
 job id is the idempotency key, so a job published twice is sent once). A broker that cannot be
 reached raises :class:`sender.connect.ServiceUnreachable` at connect, one line, password masked.
 
+A job may wait for a ``send_at`` (RFC 3339 with its offset); :meth:`Outbox.cancel` cancels it
+before it is due through the admin API (``admin_url`` and a token of the ``support`` role:
+the CRM never holds Redis credentials), as ``outbox jobs cancel`` does.
+
 Status events come back typed (:class:`sender.models.StatusEvent`; recipient events, routing
 key ``recipient.<channel>.<change>``, as :class:`sender.models.RecipientEvent`): ``events()``
 consumes a queue of its own bound to ``outbox.status`` with the routing keys asked for.
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel
 
@@ -52,6 +57,7 @@ from sender.models import (
     SmsJob,
     StatusEvent,
     parse_event,
+    schedule_problem,
 )
 from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH, STATUS_EXCHANGE, STATUS_QUEUE
 from suppression import channels
@@ -83,6 +89,23 @@ class InvalidBatch(InvalidJob):
         self.problems = problems
 
 
+class CancelFailed(RuntimeError):
+    """The admin API did not answer whether the job was cancelled (unreachable, a refused
+    token, a server error): nothing is known; cancelling again is safe."""
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What :meth:`Outbox.cancel` got: ``cancelled`` True when the job will not be sent
+    (cancelled now, or before); False when it was sent (or is being sent) already, or is
+    unknown (``outcome`` ``too_late`` or ``unknown``); ``message`` says which."""
+
+    cancelled: bool
+    outcome: str
+    message: str
+    due: str | None = None
+
+
 @dataclass(frozen=True)
 class PublishResult:
     """What :meth:`Outbox.publish_many` did: every job confirmed by the broker, and every one
@@ -108,6 +131,7 @@ def email_job(*, id: str, account_id: str, category: Category, to: str, from_: s
               headers: Mapping[str, str] | None = None,
               metadata: Mapping[str, Any] | None = None,
               not_after: datetime | str | None = None,
+              send_at: datetime | str | None = None,
               attachments: Sequence[Mapping[str, Any]] | None = None,
               max_job_bytes: int = MAX_JOB_BYTES) -> EmailJob:
     """A validated email job (InvalidJob with the reason otherwise). ``id`` is yours and the
@@ -117,7 +141,7 @@ def email_job(*, id: str, account_id: str, category: Category, to: str, from_: s
     job = _validated(_encode(_fields(
         channel="email", id=id, account_id=account_id, category=category, to=to, subject=subject,
         text=text, html=html, topic=topic, reply_to=reply_to, headers=headers,
-        metadata=metadata, not_after=not_after,
+        metadata=metadata, not_after=not_after, send_at=send_at,
         attachments=[dict(a) for a in attachments] if attachments else None,
         **{"from": from_})), max_job_bytes)
     assert isinstance(job, EmailJob)
@@ -128,11 +152,13 @@ def sms_job(*, id: str, account_id: str, category: Category, to: str, body: str,
             from_: str | None = None, topic: str | None = None,
             metadata: Mapping[str, Any] | None = None,
             not_after: datetime | str | None = None,
+            send_at: datetime | str | None = None,
             max_job_bytes: int = MAX_JOB_BYTES) -> SmsJob:
     """A validated SMS job (``to`` in E.164); see :func:`email_job`."""
     job = _validated(_encode(_fields(
         channel="sms", id=id, account_id=account_id, category=category, to=to, body=body,
-        topic=topic, metadata=metadata, not_after=not_after, **{"from": from_})), max_job_bytes)
+        topic=topic, metadata=metadata, not_after=not_after, send_at=send_at,
+        **{"from": from_})), max_job_bytes)
     assert isinstance(job, SmsJob)
     return job
 
@@ -145,15 +171,23 @@ class Outbox:
                  max_job_bytes: int = MAX_JOB_BYTES,
                  status_queue_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH,
                  publish_window: int = PUBLISH_WINDOW, _setting: str | None = None,
-                 attachment_limits: AttachmentLimits | None = None) -> None:
+                 attachment_limits: AttachmentLimits | None = None,
+                 admin_url: str | None = None, admin_token: str | None = None,
+                 schedule_max_ahead: float = 30 * 86400) -> None:
         """``status_queue_max_length`` must match the workers' OUTBOX_STATUS_QUEUE_MAX_LENGTH
         (RabbitMQ refuses a queue declared again with other arguments);
-        ``attachment_limits`` the workers' OUTBOX_MAX_ATTACHMENTS and _BYTES."""
+        ``attachment_limits`` the workers' OUTBOX_MAX_ATTACHMENTS and _BYTES;
+        ``schedule_max_ahead`` their OUTBOX_SCHEDULE_MAX_AHEAD (a job whose ``send_at`` is
+        further ahead is refused here, as they would refuse it). ``admin_url`` (the webhooks
+        server, e.g. ``https://outbox.example``) and ``admin_token`` (role ``support``):
+        for :meth:`cancel` only."""
         self._bus = Bus(amqp_url, retry_tiers=retry_tiers,
                         status_max_length=status_queue_max_length, setting=_setting)
         self._max_job_bytes = max_job_bytes
         self._attachment_limits = attachment_limits
         self._window = publish_window
+        self._admin = (admin_url.rstrip("/"), admin_token) if admin_url and admin_token else None
+        self._max_ahead = schedule_max_ahead
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Outbox:
@@ -176,7 +210,11 @@ class Outbox:
         """The job as the worker will read it and the bytes to publish; InvalidJob if not."""
         body = job if isinstance(job, bytes) else _encode(
             job.model_dump(by_alias=True) if isinstance(job, BaseModel) else dict(job))
-        return _validated(body, self._max_job_bytes, self._attachment_limits), body
+        parsed = _validated(body, self._max_job_bytes, self._attachment_limits)
+        problem = schedule_problem(parsed, self._max_ahead)
+        if problem:
+            raise InvalidJob(problem, parsed.id, parsed.account_id, parsed.channel)
+        return parsed, body
 
     async def publish(self, job: JobInput) -> Job:
         """Validate and publish one job (a model, a mapping or JSON bytes); returns the job
@@ -191,24 +229,27 @@ class Outbox:
                          reply_to: str | None = None, headers: Mapping[str, str] | None = None,
                          metadata: Mapping[str, Any] | None = None,
                          not_after: datetime | str | None = None,
+                         send_at: datetime | str | None = None,
                          attachments: Sequence[Mapping[str, Any]] | None = None) -> EmailJob:
         """Build (:func:`email_job`), validate and publish an email; returns the job once
         RabbitMQ has confirmed it."""
         job = email_job(id=id, account_id=account_id, category=category, to=to, from_=from_,
                         subject=subject, text=text, html=html, topic=topic, reply_to=reply_to,
                         headers=headers, metadata=metadata, not_after=not_after,
-                        attachments=attachments, max_job_bytes=self._max_job_bytes)
+                        send_at=send_at, attachments=attachments,
+                        max_job_bytes=self._max_job_bytes)
         await self.publish(job)
         return job
 
     async def send_sms(self, *, id: str, account_id: str, category: Category, to: str,
                        body: str, from_: str | None = None, topic: str | None = None,
                        metadata: Mapping[str, Any] | None = None,
-                       not_after: datetime | str | None = None) -> SmsJob:
+                       not_after: datetime | str | None = None,
+                       send_at: datetime | str | None = None) -> SmsJob:
         """Build (:func:`sms_job`), validate and publish an SMS (``to`` in E.164)."""
         job = sms_job(id=id, account_id=account_id, category=category, to=to, body=body,
                       from_=from_, topic=topic, metadata=metadata, not_after=not_after,
-                      max_job_bytes=self._max_job_bytes)
+                      send_at=send_at, max_job_bytes=self._max_job_bytes)
         await self.publish(job)
         return job
 
@@ -251,6 +292,33 @@ class Outbox:
 
     async def _publish(self, job: Job, body: bytes) -> None:
         await self._bus.publish_job(body, routing_key(job), message_id=job.id)
+
+    async def cancel(self, account_id: str, job_id: str, *, reason: str | None = None
+                     ) -> CancelResult:
+        """Cancel a job waiting for its ``send_at`` (``POST /admin/jobs/ACCOUNT/ID/cancel``):
+        :class:`CancelResult` (``cancelled`` False when it is sent already or unknown);
+        :class:`CancelFailed` when the API did not say; ``ValueError`` without ``admin_url``
+        and ``admin_token``."""
+        if self._admin is None:
+            raise ValueError("cancel needs admin_url and admin_token (role support)")
+        import aiohttp  # only here: publishing needs no HTTP client
+
+        base, token = self._admin
+        url = f"{base}/admin/jobs/{quote(account_id, safe='')}/{quote(job_id, safe='')}/cancel"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+                    http.post(url, json={"reason": reason} if reason else {},
+                              headers={"Authorization": f"Bearer {token}"}) as answer:
+                status = answer.status
+                data = await answer.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise CancelFailed(f"{url}: {type(exc).__name__}: {exc}") from exc
+        if status == 200:
+            return CancelResult(True, data["outcome"], data["message"], data.get("due"))
+        if status in (404, 409):
+            said = str(data.get("error", ""))
+            return CancelResult(False, "unknown" if status == 404 else "too_late", said)
+        raise CancelFailed(f"{url}: HTTP {status}: {data.get('error') if data else ''}")
 
     # --- status events ------------------------------------------------------------------
 
@@ -390,5 +458,6 @@ def _guess_channel(body: bytes) -> str:
     return channel if channel in channels.names() else channels.EMAIL.name
 
 
-__all__ = ["EVENTS_MAX_LENGTH", "InvalidBatch", "InvalidJob", "Job", "Outbox", "PublishFailed",
-           "PublishResult", "RecipientEvent", "StatusEvent", "email_job", "routing_key", "sms_job"]
+__all__ = ["EVENTS_MAX_LENGTH", "CancelFailed", "CancelResult", "InvalidBatch", "InvalidJob",
+           "Job", "Outbox", "PublishFailed", "PublishResult", "RecipientEvent", "StatusEvent",
+           "email_job", "routing_key", "sms_job"]

@@ -116,6 +116,9 @@ class JobBase(BaseModel):
     topic: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     not_after: AwareDatetime | None = None
+    #: when to send it (README, "Send later"): until then it waits in Redis, then it goes
+    #: through the whole pipeline like any job
+    send_at: AwareDatetime | None = None
     #: the recipient's time zone (IANA name), for the account's quiet hours
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
@@ -138,7 +141,7 @@ class JobBase(BaseModel):
             raise ValueError(f"must be the integer {SCHEMA_VERSION}")
         return value
 
-    @field_validator("not_after", mode="before")
+    @field_validator("not_after", "send_at", mode="before")
     @classmethod
     def _rfc3339(cls, value: Any) -> Any:
         # pydantic would take a number as a Unix time and a date alone as midnight
@@ -151,6 +154,12 @@ class JobBase(BaseModel):
     def _topic_for_notifications(self) -> JobBase:
         if self.category == "notification" and not self.topic:
             raise ValueError("a notification job needs a topic (task, meeting, call, ...)")
+        return self
+
+    @model_validator(mode="after")
+    def _send_at_before_not_after(self) -> JobBase:
+        if self.send_at and self.not_after and self.send_at > self.not_after:
+            raise ValueError("send_at is after not_after: the job could never be sent")
         return self
 
     def expired(self, now: datetime | None = None) -> bool:
@@ -347,6 +356,19 @@ class SmsJob(JobBase):
     to: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()\-]{3,32}$")]
     from_: Annotated[str, StringConstraints(max_length=64)] | None = Field(None, alias="from")
     body: Annotated[str, StringConstraints(min_length=1, max_length=1600)]
+
+
+def schedule_problem(job: JobBase, max_ahead: float, now: datetime | None = None
+                     ) -> str | None:
+    """Why ``job`` cannot wait for its ``send_at`` (more than ``max_ahead`` seconds from
+    ``now``: ``OUTBOX_SCHEDULE_MAX_AHEAD``), or None."""
+    if job.send_at is None:
+        return None
+    ahead = (job.send_at - (now or datetime.now(UTC))).total_seconds()
+    if ahead <= max_ahead:
+        return None
+    return (f"send_at is {ahead / 86400:.1f} days ahead, more than the "
+            f"{max_ahead / 86400:g} days allowed (OUTBOX_SCHEDULE_MAX_AHEAD)")
 
 
 def job_adapter(models: tuple[type[JobBase], ...]) -> TypeAdapter[JobBase]:

@@ -92,13 +92,15 @@ from sender.channels.base import Channel, NotSent, OutcomeUnknown, SendFailure, 
 from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
-from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event
+from sender.models import AttachmentLimits, InvalidJob, JobBase, schedule_problem, status_event
 from sender.outages import Dependencies, OutageTracker
+from sender.schedule import RELEASED_HEADER
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 from suppression.held import HeldStore
 from suppression.history import iso
 from suppression.keys import rejection_record
+from suppression.schedule import Schedule
 
 log = logging.getLogger("outbox.pipeline")
 T = TypeVar("T")
@@ -199,9 +201,13 @@ class Pipeline:
                  metrics: Metrics, retry: RetryPolicy, max_job_bytes: int,
                  owner: str, stopping: Callable[[], bool], redis_call: RedisCalls,
                  held: HeldStore, acks: Acks | None = None,
-                 attachment_limits: AttachmentLimits | None = None) -> None:
+                 attachment_limits: AttachmentLimits | None = None,
+                 schedule: Schedule | None = None,
+                 schedule_max_ahead: float = 30 * 86400) -> None:
         """``acks``: how deliveries are settled (the worker's coalesce per loop turn);
-        ``held``: where jobs of blocked and suspended accounts are kept."""
+        ``held``: where jobs of blocked and suspended accounts are kept;
+        ``schedule``: where jobs wait for their ``send_at`` (required for such jobs),
+        ``schedule_max_ahead``: how far ahead it may be (seconds)."""
         self.held = held
         self._bus = bus
         self.acks = acks or DirectAcks()
@@ -215,6 +221,8 @@ class Pipeline:
         self._deliveries = itertools.count(1)
         self._stopping = stopping
         self.redis_call = redis_call
+        self.schedule = schedule
+        self._max_ahead = schedule_max_ahead
 
     async def handle(self, message: AbstractIncomingMessage, queue_channel: str) -> None:
         """Process one delivery from the queue of ``queue_channel`` and settle it (or leave it
@@ -234,6 +242,15 @@ class Pipeline:
                 job.id, job.account_id, job.channel), queue_channel)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
+        if job.send_at is not None and RELEASED_HEADER not in message.headers:
+            problem = schedule_problem(job, self._max_ahead)
+            if problem:
+                await self._reject_invalid(message, InvalidJob(
+                    problem, job.id, job.account_id, job.channel), job.channel)
+                return
+            if job.send_at.timestamp() > time.time():
+                await self._schedule(message, job, attempt, job.send_at.timestamp())
+                return
         # the claim's owner is this delivery: a retried call (the reply of the first was
         # lost) finds its own claim and goes on; a duplicate publish finds another's
         owner = f"{self._owner}#{next(self._deliveries)}"
@@ -255,6 +272,25 @@ class Pipeline:
             await protected(self._hold(message, job, attempt))
         else:
             await protected(self._not_sent(message, job, decision))
+
+    async def _schedule(self, message: AbstractIncomingMessage, job: Job, attempt: int,
+                        due: float) -> None:
+        """A job read before its ``send_at``: written to wait in Redis (:mod:`suppression.
+        schedule`), then acked; the mover publishes it again when due. A job whose record
+        is final or in flight already is not kept waiting (:meth:`_already`)."""
+        schedule = self.schedule
+        if schedule is None:
+            raise RuntimeError("a job with send_at, and no schedule to keep it in")
+        due_ms = int(due * 1000)
+        decision = await self.redis_call(lambda: schedule.add(
+            job.account_id, job.id, due_ms=due_ms, attempt=attempt, body=message.body,
+            routing_key=routing_key(job.channel, job.category)))
+        if decision.verdict != "scheduled":
+            await protected(self._already(message, job, decision))
+            return
+        self._metrics.jobs.labels(job.channel, "scheduled").inc()
+        await self.acks.ack(message)
+        _log_outcome(job, "scheduled", attempt, None, detail=f"due {iso(due_ms)}")
 
     async def _not_sent(self, message: AbstractIncomingMessage, job: Job,
                         decision: Decision) -> None:
@@ -311,7 +347,9 @@ class Pipeline:
                 job_id=job.id, account_id=job.account_id, channel=job.channel,
                 status=decision.status or decision.verdict, provider=decision.provider,
                 provider_message_id=decision.provider_message_id, reason=decision.reason,
-                attempt=decision.attempt, metadata=job.metadata, detail="redelivered"))
+                attempt=decision.attempt, metadata=job.metadata,
+                detail="cancelled before it was due" if decision.status == "cancelled"
+                else "redelivered"))
         await self.acks.ack(message)
         _log_outcome(job, decision.status or decision.verdict, decision.attempt,
                      decision.reason, duplicate=decision.verdict)

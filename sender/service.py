@@ -36,12 +36,14 @@ from sender.models import AttachmentLimits
 from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.recipient_events import PendingSweeper, RecipientEvents
+from sender.schedule import Mover
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
 from suppression.held import HeldStore
 from suppression.reputation import Policy
 from suppression.roundtrip import Client, execute
+from suppression.schedule import Schedule
 from suppression.store import AccountStore, Audit, SuppressionStore
 
 log = logging.getLogger("outbox.service")
@@ -80,6 +82,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                 require_senders=settings.require_verified_senders,
                 own_sms_senders=(settings.twilio_from, settings.twilio_messaging_service_sid))
     redis_call = RedisCalls(metrics, stop.is_set, dependencies.redis)
+    schedule = Schedule(redis, idempotency_ttl=settings.idempotency_ttl,
+                        timeline_ttl=settings.timeline_ttl, send=send)
     acks = Acks()  # the jobs' and the events' acks, coalesced per loop turn
     pipeline = Pipeline(
         bus=bus, gate=gate, channels=channels, metrics=metrics,
@@ -88,7 +92,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         max_job_bytes=settings.max_job_bytes, owner=worker_id, stopping=stop.is_set,
         redis_call=redis_call, held=HeldStore.from_settings(redis, settings), acks=acks,
         attachment_limits=AttachmentLimits(settings.max_attachments,
-                                           settings.max_attachment_bytes))
+                                           settings.max_attachment_bytes),
+        schedule=schedule, schedule_max_ahead=settings.schedule_max_ahead)
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, acks=acks,
                           sms_region=settings.sms_region,
@@ -100,7 +105,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   channels=channels, metrics=metrics, stop=stop, worker_id=worker_id,
-                  gauges=gauges, watch=watch)
+                  gauges=gauges, watch=watch, mover=Mover(schedule, bus))
 
 
 def signing_email_channel(settings: Settings, redis: Client) -> Channel:

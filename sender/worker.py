@@ -30,6 +30,7 @@ from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
 from sender.outages import Watch
 from sender.pipeline import Pipeline, Stopping, protected
+from sender.schedule import Mover
 from suppression.roundtrip import Client
 
 log = logging.getLogger("outbox.worker")
@@ -46,7 +47,7 @@ class Worker:
     def __init__(self, settings: Settings, *, bus: Bus, redis: Client, pipeline: Pipeline,
                  events: EventApplier, channels: dict[str, Channel], metrics: Metrics,
                  stop: asyncio.Event, worker_id: str, gauges: Gauges,
-                 watch: Watch | None = None) -> None:
+                 watch: Watch | None = None, mover: Mover | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.redis = redis  # the connections it runs on (tests and support tools read them)
@@ -58,6 +59,7 @@ class Worker:
         self._stop = stop
         self.gauges = gauges
         self.watch = watch  # Redis and the broker checked while idle (sender.outages)
+        self.mover = mover  # releases scheduled jobs when due (sender.schedule)
         self.slots = LaneSlots(settings.concurrency, settings.bulk_share)
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
@@ -85,6 +87,8 @@ class Worker:
         self.gauges.start()
         if self.watch is not None:
             self.watch.start()
+        if self.mover is not None:
+            self.mover.start()
 
     async def _consume_events(self) -> None:
         """Provider events from the webhook server and the bounce listener."""
@@ -149,6 +153,8 @@ class Worker:
         ``grace`` seconds, cancel the rest."""
         self._stop.set()
         self.slots.close()  # deliveries waiting for a slot end now, unsettled
+        if self.mover is not None:
+            await self.mover.stop()
         for sender in self.channels.values():
             sender.stop()
         await self.gauges.stop()

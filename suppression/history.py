@@ -45,7 +45,7 @@ from suppression.roundtrip import Client
 
 #: what the job hash's working states mean to a reader (every other value is a status, ``held``
 #: included: a job held while its account is blocked, suppression/held.py)
-STATE_NAMES = {"S": "sending", "R": "deferred"}
+STATE_NAMES = {"S": "sending", "R": "deferred", "W": "scheduled"}
 MAX_HISTORY = keys.HISTORY_KEEP
 _ENTRY_FIELDS = ("status", "reason", "detail", "provider", "provider_message_id")
 #: the fields of a packed timeline entry, in order (post_send.lua, pre_send.lua)
@@ -83,7 +83,8 @@ def _held_entry(job: dict[str, str]) -> dict[str, Any] | None:
     if not job.get("et"):
         return None
     st = job.get("st", "")
-    return _shown({"at": int(job["et"]), "status": "deferred" if st == "R" else st,
+    shown = STATE_NAMES[st] if st in ("R", "W") else st  # "S" never holds an entry
+    return _shown({"at": int(job["et"]), "status": shown,
                    "reason": job.get("r"), "detail": job.get("ed"), "provider": job.get("p"),
                    "provider_message_id": job.get("pm"),
                    "attempt": job.get("ea") or job.get("a")})
@@ -118,7 +119,8 @@ def _status(state: str) -> str:
 
 async def job_story(redis: Client, account_id: str, job_id: str) -> dict[str, Any] | None:
     """The job's current status and its timeline (oldest first), or None when Redis holds
-    neither its record nor its timeline (unknown, or older than the idempotency TTL)."""
+    neither its record nor its timeline (unknown, or older than the idempotency TTL).
+    ``due``: its ``send_at`` when it was scheduled (status ``scheduled`` while it waits)."""
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.job(account_id, job_id))
     pipe.lrange(keys.timeline(account_id, job_id), 0, -1)
@@ -134,7 +136,7 @@ async def job_story(redis: Client, account_id: str, job_id: str) -> dict[str, An
             "attempt": int(job.get("a") or last.get("attempt") or 0),
             "provider": job.get("p") or last.get("provider"),
             "provider_message_id": job.get("pm") or last.get("provider_message_id"),
-            "updated": last.get("at"), "timeline": timeline}
+            "updated": last.get("at"), "due": iso(job.get("sa")), "timeline": timeline}
 
 
 async def record_entry(redis: Client, account_id: str, job_id: str, *, status: str,

@@ -38,6 +38,8 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{rcpt}:<channel>:<addr>`` | hash | none | as ``rcpt:`` above, for changes that name no account (global entries added or removed by support, a complaint without an account) |
 | ``outbox:{rcpt}:pending`` | hash | none (fields removed once published) | as ``rcpt-pending`` above, for those changes (one slot with their records, for the script) |
 | ``outbox:{rcpt}:scopes`` | set | none | the accounts (and ``(global)``) that have had a recipient event pending: where the worker's sweeper looks for events whose publisher died |
+| ``outbox:{sched:N}:due`` | sorted set | none (members removed once released) | jobs waiting for their ``send_at``, ``N`` their shard (:func:`schedule_shard`, 0..``SCHEDULE_SHARDS``-1): member ``<account>/<job id>``, score when due (epoch ms; while a mover releases it, the end of its lease) |
+| ``outbox:{sched:N}:jobs`` | hash | none (fields removed once released) | the waiting jobs themselves, same slot as ``due``: field ``<account>/<job id>`` → ``<routing key>`` newline the job's bytes |
 | ``outbox:accounts`` | set | none | ids of accounts that have sent or been configured |
 | ``outbox:held-accounts`` | set | none (an account leaves it when it holds nothing) | accounts that may hold jobs: where the expiry sweep and the ``outbox_held_jobs`` gauge look |
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
@@ -62,6 +64,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import zlib
 
 from suppression import ids
 
@@ -89,6 +92,9 @@ HISTORY_SEPARATOR = "/"
 HELD_LOCK_MS = 120_000
 #: accounts that may hold jobs (suppression/held.py)
 HELD_ACCOUNTS = f"{PREFIX}held-accounts"
+#: shards of the scheduled jobs (``outbox:{sched:N}:...``): hash tags spread over a Redis
+#: Cluster's nodes. Fixed: a job is found again by its shard (a change would strand jobs)
+SCHEDULE_SHARDS = 16
 #: the pseudo-account under which a rejected job whose account cannot be read is kept
 UNREADABLE_ACCOUNT = "unreadable"
 UNREADABLE_PREFIX = "unreadable-"
@@ -281,6 +287,26 @@ def held_lock(account_id: str) -> str:
     return f"{account_tag(account_id)}:held-lock"
 
 
+def schedule_member(account_id: str, job_id: str) -> str:
+    """A scheduled job's member in its shard (``<account>/<job id>``)."""
+    return f"{ids.parse_account_id(account_id)}{HISTORY_SEPARATOR}{job_id}"
+
+
+def schedule_shard(account_id: str, job_id: str) -> int:
+    """The shard a job waits in (CRC32 of its member, so every process finds it)."""
+    return zlib.crc32(schedule_member(account_id, job_id).encode()) % SCHEDULE_SHARDS
+
+
+def schedule_due(shard: int) -> str:
+    """The shard's sorted set of waiting jobs by due time (epoch ms)."""
+    return f"{PREFIX}{{sched:{shard}}}:due"
+
+
+def schedule_jobs(shard: int) -> str:
+    """The shard's waiting jobs (routing key and bytes), in the slot of :func:`schedule_due`."""
+    return f"{PREFIX}{{sched:{shard}}}:jobs"
+
+
 def mailgun_token(token: str) -> str:
     """Marker of a Mailgun webhook token already seen (``MAILGUN_TOKEN_TTL``)."""
     return f"{PREFIX}mg-token:{token}"
@@ -340,7 +366,8 @@ _ACCOUNT_KINDS = {"job": "job", "tl": "timeline", "hist": "history", "state": "s
 #: the kind of record of a global key, by the segment after ``outbox:``
 _GLOBAL_KINDS = {"hist": "global_history", "supp": "global_suppression", "dnc": "dnc",
                  "accounts": "accounts", "audit": "global_audit",
-                 "mg-token": "mailgun_token", "held-accounts": "held_accounts"}
+                 "mg-token": "mailgun_token", "held-accounts": "held_accounts",
+                 "{sched": "schedule"}
 
 
 def kind_of(key: str) -> str:

@@ -31,11 +31,13 @@ over_quota        4                  yes       over the account's daily quota
 quiet_hours       4                  yes       in the recipient's quiet hours (dropped)
 expired           4                            past its ``not_after``
 rejected          4                            an invalid job, or a sender it may not use
+cancelled         4                            cancelled while it waited for its ``send_at``
 ================  ====  ===========  ========  ================================================
 
-Besides the statuses, the job hash holds two working states, both of rank 0: ``S`` (claimed,
-being sent: its bounce can overtake the post-send write, so it counts as handed over) and
-``R`` (a retry waits; written as ``deferred``).
+Besides the statuses, the job hash holds three working states, all of rank 0: ``S`` (claimed,
+being sent: its bounce can overtake the post-send write, so it counts as handed over),
+``R`` (a retry waits; written as ``deferred``) and ``W`` (waiting for its ``send_at``,
+:mod:`suppression.schedule`; written as ``scheduled``).
 """
 
 from __future__ import annotations
@@ -75,12 +77,14 @@ JOB_STATUSES: tuple[JobStatus, ...] = (
     JobStatus("quiet_hours", 4, refusal=True),
     JobStatus("expired", 4),
     JobStatus("rejected", 4),
+    JobStatus("cancelled", 4),
 )
 
 CLAIMED = "S"  # the job hash's state while a delivery holds the job
 WAITING = "R"  # the job hash's state while a retry waits
+SCHEDULED = "W"  # the job hash's state while it waits for its send_at
 #: the job hash's working states, ranked below every status
-WORKING: tuple[str, ...] = (CLAIMED, WAITING)
+WORKING: tuple[str, ...] = (CLAIMED, WAITING, SCHEDULED)
 
 STATUSES: tuple[str, ...] = tuple(s.name for s in JOB_STATUSES)
 RANK: dict[str, int] = {**dict.fromkeys(WORKING, 0), **{s.name: s.rank for s in JOB_STATUSES}}

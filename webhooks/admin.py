@@ -69,6 +69,7 @@ from suppression.history import MAX_HISTORY, job_story, recipient_history
 from suppression.replies import decode, text
 from suppression.reputation import OVERRIDES, STATES, Policy
 from suppression.roundtrip import Client
+from suppression.schedule import UNKNOWN, Schedule
 from suppression.store import (
     SENDER_FIELDS,
     AccountStore,
@@ -135,6 +136,7 @@ ROUTES = (
     Route("GET", "/admin/audit/{account}", "audit.read", VIEWER, "audit"),
     Route("GET", "/admin/jobs/{account}/{job}", "jobs.show", VIEWER, "show_job",
           reads="a job's timeline"),
+    Route("POST", "/admin/jobs/{account}/{job}/cancel", "jobs.cancel", SUPPORT, "cancel_job"),
     Route("GET", "/admin/history/{address}", "history", VIEWER, "history",
           reads="a recipient's history"),
     Route("GET", "/admin/dead", "dead.list", SUPPORT, "dead_list", reads="dead letters"),
@@ -182,6 +184,8 @@ class AdminApi:
                               self._accounts.audit)
         self._transitions = _transitions_counter(registry_or_metrics)
         self._idempotency_ttl = settings.idempotency_ttl
+        self._schedule = Schedule(redis, idempotency_ttl=settings.idempotency_ttl,
+                                  timeline_ttl=settings.timeline_ttl)
         # one look at outbox.dead at a time: each holds every message while it reads
         self._dead = asyncio.Lock()
         self._domains = DomainsApi(settings, redis, self._accounts,
@@ -544,6 +548,27 @@ class AdminApi:
             raise ApiError(404, f"no record of job {job!r} of account {account!r} (unknown, "
                                 f"or older than OUTBOX_IDEMPOTENCY_TTL)")
         return _json(story)
+
+    async def cancel_job(self, request: web.Request) -> web.StreamResponse:
+        """``outbox jobs cancel``: 200 ``{"cancelled": true, "outcome", "due", "message"}``
+        when the job will not be sent (cancelled now, or before); 409 when it is too late
+        (being sent, sent, ended otherwise); 404 unknown job or account. Body (optional):
+        ``{"reason"}``, kept in the job's timeline with the token's name."""
+        account = _path_account(request)
+        job = _id(request.match_info["job"], "job")
+        reason, actor = _optional(await _json_body(request), "reason"), request[PRINCIPAL].name
+        result = await self._schedule.cancel(
+            account, job, detail=(f"{actor}: {reason}" if reason else actor)[:500])
+        said = result.message(account, job)
+        if result.outcome == UNKNOWN:
+            await self._accounts.require(account)
+            raise ApiError(404, said)
+        if not result.ok:
+            raise ApiError(409, said)
+        _log(request, "jobs.cancel", actor, account_id=account, job_id=job, reason=reason,
+             outcome=result.outcome)
+        return _json({"account_id": account, "id": job, "cancelled": True,
+                      "outcome": result.outcome, "due": result.due, "message": said})
 
     # --- dead letters (sender/deadletters.py, as ``outbox dead``) ----------------------
 

@@ -90,7 +90,8 @@ if status ~= '' then
   local function push_held()
     if held_job[3] then
       local h = redis.call('HMGET', job, 'st', 'r', 'ed', 'p', 'pm', 'a', 'ea')
-      push({tonumber(held_job[3]), h[1] == 'R' and 'deferred' or h[1], h[2] or '',
+      push({tonumber(held_job[3]),
+        h[1] == 'R' and 'deferred' or h[1] == 'W' and 'scheduled' or h[1], h[2] or '',
         h[3] or '', h[4] or '', h[5] or '', tonumber(h[7] or h[6]) or 0})
       redis.call('HDEL', job, 'et', 'ed', 'ea')
     end

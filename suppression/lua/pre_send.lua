@@ -62,8 +62,9 @@ local job_id, history_keep, timeline_keep = A.job_id, A.history_keep, A.timeline
 local tl_ttl, hist_ttl, value_max = A.timeline_ttl, A.history_ttl, A.value_max
 
 local st = redis.call('HGET', job, 'st')
--- 'held' is not final: a held job published again (or released) is evaluated again
-if st and st ~= 'R' and st ~= 'held' then
+-- 'held' is not final: a held job published again (or released) is evaluated again;
+-- 'W': a scheduled job released when due (suppression/schedule.py), claimed like a new one
+if st and st ~= 'R' and st ~= 'held' and st ~= 'W' then
   if st ~= 'S' then
     local f = redis.call('HMGET', job, 'p', 'pm', 'a', 'r')
     return {'done', st, f[1] or '', f[2] or '', f[3] or '0', f[4] or '', 0}
@@ -86,14 +87,14 @@ if hist_ttl > 0 then
 end
 
 -- INCLUDE timeline_push
--- a deferred job's hash holds its deferral's entry: it joins the earlier ones before the
--- hash changes
+-- a deferred (or scheduled) job's hash holds that entry: it joins the earlier ones before
+-- the hash changes
 local function push_held()
-  if st == 'R' then
+  if st == 'R' or st == 'W' then
     local h = redis.call('HMGET', job, 'et', 'r', 'ed', 'p', 'pm', 'a', 'ea')
     if h[1] then
-      push({tonumber(h[1]), 'deferred', h[2] or '', h[3] or '', h[4] or '', h[5] or '',
-        tonumber(h[7] or h[6]) or 0})
+      push({tonumber(h[1]), st == 'W' and 'scheduled' or 'deferred', h[2] or '', h[3] or '',
+        h[4] or '', h[5] or '', tonumber(h[7] or h[6]) or 0})
       redis.call('HDEL', job, 'et', 'ed', 'ea')
     end
   end

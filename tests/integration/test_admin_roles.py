@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -101,6 +102,7 @@ def test_the_roles_are_those_the_terms_promise() -> None:
         "suppression.remove": SUPPORT, "consent.set": SUPPORT,
         "dead.list": SUPPORT, "dead.replay": SUPPORT, "dead.purge": SUPPORT,
         "held.show": VIEWER, "held.release": SUPPORT, "held.discard": SUPPORT,
+        "jobs.cancel": SUPPORT,
         "accounts.configure": ADMIN, "domains.list": VIEWER, "domains.show": VIEWER,
         **dict.fromkeys(("domains.add", "domains.remove", "domains.verify", "domains.rotate",
                          "domains.retire", "domains.share", "domains.unshare"), ADMIN)}
@@ -152,6 +154,16 @@ async def _rotated(redis: Any) -> None:
         {"selector": k["selector"], "found": "match"} for k in record["keys"]]})
 
 
+async def _scheduled(redis: Any) -> None:
+    """A job of the account waiting for its send_at (an hour ahead)."""
+    from suppression.schedule import Schedule
+
+    await _account(redis)
+    await Schedule(redis, idempotency_ttl=3600).add(
+        ACCOUNT, "s1", due_ms=int((time.time() + 3600) * 1000), routing_key="email",
+        body=b"{}")
+
+
 D = f"/admin/api/accounts/{ACCOUNT}/domains"
 DOMAIN = "shop.example"
 #: action → (what must be true first, method, path, body): a request that succeeds for a
@@ -179,6 +191,8 @@ REQUESTS: dict[str, tuple[Callable[[Any], Awaitable[Any]], str, str, Any]] = {
                     {"channel": "email", "granted": True, "source": "form"}),
     "audit.read": (_account, "GET", f"/admin/audit/{ACCOUNT}", None),
     "jobs.show": (_blocked, "GET", f"/admin/jobs/{ACCOUNT}/j3", None),
+    "jobs.cancel": (_scheduled, "POST", f"/admin/jobs/{ACCOUNT}/s1/cancel",
+                    {"reason": "moved"}),
     "history": (_account, "GET", f"/admin/history/{ADDRESS}?account={ACCOUNT}", None),
     "dead.list": (_account, "GET", f"/admin/dead?account={ACCOUNT}", None),
     "held.show": (_account, "GET", f"/admin/accounts/{ACCOUNT}/held", None),
