@@ -339,6 +339,7 @@ class Settings(ReputationSettings, BaseSettings):
 
     # --- development sinks -------------------------------------------------------------------
     dev_mail_dir: Path = Path("var/mail")
+    dev_sms_dir: Path = Path("var/sms")
     dev_smtp_port: int = Field(2525, ge=0, le=65535)
     dev_twilio_port: int = Field(8081, ge=0, le=65535)
 

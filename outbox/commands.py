@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Settings, parse_processes
-from outbox import dead, domains, jobs, support
+from outbox import dead, dev, domains, jobs, support
+from outbox.dev import DEV_TWILIO
 from outbox.runtime import (
     EXIT_BAD_INPUT,
     CliError,
@@ -83,6 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     jobs.register(sub)
     dead.register(sub)
     domains.register(sub)
+    dev.register(sub)
 
 
 # --- long-running ---------------------------------------------------------------------
@@ -306,10 +308,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 DEV_ADMIN_TOKEN = "dev-admin-token"
 
 
+#: The bounce domain of ``outbox run --dev`` when none is configured: its bounce listener
+#: takes the reports the dev SMTP sink mails back (bounce-later@, complaint@).
+DEV_BOUNCE_DOMAIN = "bounces.outbox.localhost"
+
+
 def dev_overrides(cfg: Settings) -> dict[str, Any]:
     """What ``--dev`` changes: SMS to the Twilio stand-in when no Twilio account is
-    configured, and a development admin token when none is."""
+    configured, a development admin token when none is, and a bounce domain when none is
+    (its listener on a port of its own choosing unless OUTBOX_BOUNCES_PORT is set), so the dev
+    SMTP sink's reports come back as a remote server's would."""
     overrides: dict[str, Any] = {}
+    if not cfg.bounce_domain:
+        overrides["bounce_domain"] = DEV_BOUNCE_DOMAIN
+        if "bounces_port" not in cfg.model_fields_set:
+            overrides["bounces_port"] = 0
     if not cfg.twilio_configured:
         overrides |= {**DEV_TWILIO,
                       "twilio_api_base": f"http://{cfg.http_host}:{cfg.dev_twilio_port}"}
@@ -319,10 +332,6 @@ def dev_overrides(cfg: Settings) -> dict[str, Any]:
     return overrides
 
 
-#: Credentials of the local Twilio stand-in (``outbox run --dev`` uses them when no real
-#: Twilio account is configured).
-DEV_TWILIO = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "dev-auth-token",
-              "twilio_from": "+15005550006"}
 
 
 async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
@@ -331,7 +340,7 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
     answer; stopped in the reverse order (the worker drains last). With
     ``OUTBOX_WORKER_PROCESSES`` above 1 the worker part is that many processes under a
     supervisor, their metrics on the HTTP server's ``/metrics``; 2 when one refused to start."""
-    sinks = await _start_sinks(cfg) if dev else []
+    sinks, mail_sink = await _start_sinks(cfg) if dev else ([], None)
     if not cfg.bounce_domain:
         log.info("no OUTBOX_BOUNCE_DOMAIN: the bounce listener is not started")
     code = 0
@@ -358,7 +367,9 @@ async def _run_all(cfg: Any, stop: asyncio.Event, *, dev: bool,
                 await stack.enter_async_context(started_worker(cfg, registry, deps))
             await stack.enter_async_context(_http_server(cfg, registry, deps))
             if cfg.bounce_domain:
-                await stack.enter_async_context(_bounce_listener(cfg, registry, deps))
+                port = await stack.enter_async_context(_bounce_listener(cfg, registry, deps))
+                if mail_sink is not None:  # the dev sink's reports go to this listener
+                    mail_sink.report_to = (cfg.http_host, port)
             log.info("ready")
             if dev:
                 print(ready_banner(cfg), file=sys.stderr, flush=True)
@@ -441,6 +452,10 @@ def ready_banner(cfg: Settings) -> str:
         "Outbox is ready (development).",
         f"  mail lands in   {cfg.dev_mail_dir}/*.eml (SMTP sink {cfg.http_host}:"
         f"{cfg.dev_smtp_port}); SMS go to the Twilio stand-in on port {cfg.dev_twilio_port}",
+        f"  SMS land in     {cfg.dev_sms_dir}/*.json (text, segments, encoding)",
+        "  outcomes        bounce@ softbounce@ bounce-later@ complaint@ any domain; SMS to "
+        "numbers ending 0003/0005/0006/0007 fail; a STOP reply: "
+        ".venv/bin/outbox dev sms-reply NUMBER STOP --account ACCOUNT",
         f"  enqueue a job   echo '{job}' | .venv/bin/outbox enqueue -",
         f"  admin page      {base}/admin/   token: {token}",
         *([f"  senders         {', '.join(d for ds in DEV_SENDERS.values() for d in ds)} "
@@ -454,7 +469,7 @@ def cmd_dev_sinks(args: argparse.Namespace) -> int:
     cfg = settings()
 
     async def _run(stop: asyncio.Event) -> None:
-        sinks = await _start_sinks(cfg)
+        sinks, _ = await _start_sinks(cfg, report_to=(cfg.http_host, cfg.bounces_port))
         await stop.wait()
         for sink in sinks:
             await sink.close()
@@ -469,24 +484,30 @@ class _Closer:
         self.close = close
 
 
-async def _start_sinks(cfg: Any) -> list[_Closer]:
+async def _start_sinks(cfg: Any, report_to: tuple[str, int] | None = None
+                       ) -> tuple[list[_Closer], Any]:
+    """The dev SMTP sink and the Twilio stand-in, started: their closers, and the SMTP sink's
+    handler (its ``report_to`` is where bounce-later@ and complaint@ reports are mailed)."""
     from outbox.devsinks.smtp_sink import start_smtp_sink
     from outbox.devsinks.twilio_api import TwilioStandIn
 
-    server, _ = await start_smtp_sink(cfg.dev_mail_dir, cfg.http_host, cfg.dev_smtp_port)
+    server, handler = await start_smtp_sink(cfg.dev_mail_dir, cfg.http_host,
+                                            cfg.dev_smtp_port, report_to)
     sid = cfg.twilio_account_sid or DEV_TWILIO["twilio_account_sid"]
     token = (cfg.twilio_auth_token.get_secret_value() if cfg.twilio_auth_token
              else DEV_TWILIO["twilio_auth_token"])
-    twilio = TwilioStandIn(account_sid=sid, auth_token=token, callback_delay=0.5)
+    twilio = TwilioStandIn(account_sid=sid, auth_token=token, callback_delay=0.5,
+                           sms_dir=cfg.dev_sms_dir)
     base = await twilio.start(cfg.http_host, cfg.dev_twilio_port)
     print(f"dev SMTP sink on {cfg.http_host}:{cfg.dev_smtp_port} -> {cfg.dev_mail_dir}/\n"
-          f"dev Twilio API on {base} (account {sid})", file=sys.stderr)
+          f"dev Twilio API on {base} (account {sid}) -> {cfg.dev_sms_dir}/", file=sys.stderr)
 
     async def close_smtp() -> None:
+        await handler.close()
         server.close()
         await server.wait_closed()
 
-    return [_Closer(close_smtp), _Closer(twilio.close)]
+    return [_Closer(close_smtp), _Closer(twilio.close)], handler
 
 
 def cmd_bounces(args: argparse.Namespace) -> int:
@@ -548,9 +569,10 @@ async def _serve_bounces(cfg: Any, stop: asyncio.Event, registry: Any = None) ->
 
 @contextlib.asynccontextmanager
 async def _bounce_listener(cfg: Settings, registry: Any = None,
-                           dependencies: Any = None) -> AsyncIterator[None]:
-    """The DSN/ARF SMTP listener, listening until the block ends; Redis and the broker
-    watched meanwhile (``outbox_dependency_up``, one line per outage: sender.outages)."""
+                           dependencies: Any = None) -> AsyncIterator[int]:
+    """The DSN/ARF SMTP listener, listening until the block ends (yields its port); Redis and
+    the broker watched meanwhile (``outbox_dependency_up``, one line per outage:
+    sender.outages)."""
     from prometheus_client import CollectorRegistry
 
     from sender.outages import Dependencies, Watch
@@ -565,7 +587,7 @@ async def _bounce_listener(cfg: Settings, registry: Any = None,
                       connection=lambda: bus.connection)
         watch.start()
         try:
-            yield
+            yield int(server.sockets[0].getsockname()[1])
         finally:
             await watch.stop()
             server.close()
@@ -581,7 +603,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     summary = run_once(_enqueue(cfg, stream, name, validate=not args.no_validate))
     print_records(summary, args.json,
                   lambda s: f"published {s['published']}, invalid {s['invalid']}, "
-                            f"failed {s['failed']}")
+                            f"failed {s['failed']}"
+                            + (f" ({s['warned']} with warnings)" if s["warned"] else ""))
     return 0 if summary["invalid"] == 0 and summary["failed"] == 0 else 1
 
 
@@ -590,12 +613,18 @@ async def _enqueue(cfg: Any, stream: Any, name: str, *, validate: bool) -> dict[
     from sender.client import Outbox
     from sender.models import InvalidJob
 
-    counts = {"published": 0, "invalid": 0, "failed": 0}
+    counts = {"published": 0, "invalid": 0, "failed": 0, "warned": 0}
+    notes = SmsNotes(cfg)
 
     async def one(lineno: int, line: bytes) -> None:
         try:
-            await outbox.enqueue(line, validate=validate)
+            job = await outbox.enqueue(line, validate=validate, warnings=False)
             counts["published"] += 1
+            warned = await notes.of(job) if job is not None else ()
+            for note in warned:
+                print(f"{name}:{lineno}: warning: job {job.id if job else ''}: {note}",
+                      file=sys.stderr)
+            counts["warned"] += bool(warned)
         except InvalidJob as exc:
             counts["invalid"] += 1
             print(f"{name}:{lineno}: invalid job: {exc.reason}", file=sys.stderr)
@@ -611,7 +640,54 @@ async def _enqueue(cfg: Any, stream: Any, name: str, *, validate: bool) -> dict[
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if pending:
             await asyncio.wait(pending)
+    await notes.close()
     return counts
+
+
+class SmsNotes:
+    """``outbox enqueue``'s warnings for an SMS (:func:`sender.validation.sms_notes`), a
+    marketing one counted with its account's own footer: the sender information read from
+    Redis once per account (when Redis cannot be read, the footer's fixed part, "at least")."""
+
+    def __init__(self, cfg: Settings) -> None:
+        self._cfg = cfg
+        self._redis: Any = None
+        self._senders: dict[str, Any] = {}
+
+    async def of(self, job: Any) -> tuple[str, ...]:
+        from sender.validation import sms_notes
+
+        if job.channel != "sms":
+            return ()
+        sender = await self._sender(job.account_id) if job.category == "marketing" else None
+        return sms_notes(job, sender=sender, max_segments=self._cfg.sms_max_segments)
+
+    async def _sender(self, account_id: str) -> Any:
+        if account_id not in self._senders:
+            self._senders[account_id] = await self._read(account_id)
+        return self._senders[account_id]
+
+    async def _read(self, account_id: str) -> Any:
+        from sender.compliance import SenderInfo
+        from sender.connect import redis_client
+        from suppression import keys
+        from suppression.store import SENDER_FIELDS
+
+        try:
+            if self._redis is None:
+                self._redis = redis_client(self._cfg.redis_url.get_secret_value(),
+                                           cluster=self._cfg.redis_cluster, socket_timeout=2,
+                                           socket_connect_timeout=2)
+            values = await self._redis.hmget(keys.config(account_id), *SENDER_FIELDS)
+        except Exception as exc:  # noqa: BLE001 (a warning's detail: publishing goes on)
+            log.debug("sender information of %s not read: %s", account_id, exc)
+            return None
+        fields = tuple((v.decode() if isinstance(v, bytes) else v) or "" for v in values)
+        return SenderInfo(*fields) if any(fields) else None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 def job_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:

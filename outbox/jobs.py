@@ -158,8 +158,20 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     if story is None:
         return _nothing(f"no record of job {args.job_id!r} of account {args.account_id!r} "
                         f"(unknown, or older than OUTBOX_IDEMPOTENCY_TTL)")
-    _print(story, args.json, _story_text)
+    _print(_with_segments(story), args.json, _story_text)
     return 0
+
+
+def _with_segments(story: dict[str, Any]) -> dict[str, Any]:
+    """An SMS's ``segments`` and ``encoding``, as its ``sent`` entry's detail says them (the
+    Twilio channel writes them there: :func:`sender.channels.sms_segments.describe`)."""
+    from sender.channels.sms_segments import described
+
+    for entry in story["timeline"]:
+        found = described(entry.get("detail")) if entry.get("status") == "sent" else None
+        if found:
+            return {**story, "encoding": found[0], "segments": found[1]}
+    return story
 
 
 def _story_text(story: dict[str, Any]) -> str:
@@ -169,6 +181,9 @@ def _story_text(story: dict[str, Any]) -> str:
             + (f" ({story['reason']})" if story["reason"] not in (None, story["status"])
                else "")
             + (f", updated {story['updated']}" if story["updated"] else ""))
+    if "segments" in story:
+        head += (f"\nSMS: {story['segments']} segment{'' if story['segments'] == 1 else 's'}, "
+                 f"{story['encoding']}")
     return f"{head}\n{table(story['timeline'], TIMELINE_COLUMNS)}"
 
 

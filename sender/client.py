@@ -9,9 +9,15 @@
         async for event in outbox.events("email.*", "*.bounced"):
             print(event.id, event.status, event.reason)
 
-Every job is validated as the worker will validate it (:func:`sender.models.parse_job` on the
-exact bytes published: size, depth, finite numbers, fields) before anything is published: an
-invalid one raises :class:`sender.models.InvalidJob` with a readable reason and nothing is sent.
+Every job is validated by the worker's own validation (:func:`sender.validation.validate` on
+the exact bytes published: size, depth, finite numbers, fields, addresses and headers as the
+renderer reads them, phone numbers, SMS segments) before anything is published: an invalid one
+raises :class:`sender.models.InvalidJob` with the reason the worker would give, and nothing is
+sent. Give the worker's ``sms_region`` and ``sms_max_segments`` when they are not the defaults
+(``Outbox.from_settings`` does). Not checked here: whether the sender is verified for the
+account (the worker's records decide). An SMS that a character or the marketing footer makes
+UCS-2, or longer by a segment, is published with a WARNING logged (``outbox.client``);
+:func:`sms_warnings` gives the same notes as a value.
 Jobs are published persistent, mandatory and confirmed: when a publish returns, RabbitMQ has
 the job; when it raises :class:`sender.bus.PublishFailed`, it does not (publish it again: the
 job id is the idempotency key, so a job published twice is sent once). A broker that cannot be
@@ -45,7 +51,6 @@ from config import Settings
 from config.settings import DEFAULT_RETRY_TIERS
 from sender.bus import Bus, PublishFailed
 from sender.channels import registry
-from sender.channels.registry import parse_job
 from sender.models import (
     AttachmentLimits,
     Category,
@@ -57,14 +62,14 @@ from sender.models import (
     SmsJob,
     StatusEvent,
     parse_event,
-    schedule_problem,
 )
 from sender.topology import DEFAULT_STATUS_QUEUE_MAX_LENGTH, STATUS_EXCHANGE, STATUS_QUEUE
+from sender.validation import DEFAULT_RULES, Rules, sms_notes, validate
 from suppression import channels
 
 log = logging.getLogger("outbox.client")
 
-MAX_JOB_BYTES = 2 * 1024 * 1024
+MAX_JOB_BYTES = DEFAULT_RULES.max_job_bytes
 #: Publishes awaiting their confirms at once in :meth:`Outbox.publish_many`.
 PUBLISH_WINDOW = 256
 #: Events an ``events()`` queue keeps for a slow reader; beyond, the oldest are dropped.
@@ -143,7 +148,7 @@ def email_job(*, id: str, account_id: str, category: Category, to: str, from_: s
         text=text, html=html, topic=topic, reply_to=reply_to, headers=headers,
         metadata=metadata, not_after=not_after, send_at=send_at,
         attachments=[dict(a) for a in attachments] if attachments else None,
-        **{"from": from_})), max_job_bytes)
+        **{"from": from_})), Rules(max_job_bytes=max_job_bytes))
     assert isinstance(job, EmailJob)
     return job
 
@@ -153,12 +158,14 @@ def sms_job(*, id: str, account_id: str, category: Category, to: str, body: str,
             metadata: Mapping[str, Any] | None = None,
             not_after: datetime | str | None = None,
             send_at: datetime | str | None = None,
-            max_job_bytes: int = MAX_JOB_BYTES) -> SmsJob:
-    """A validated SMS job (``to`` in E.164); see :func:`email_job`."""
+            max_job_bytes: int = MAX_JOB_BYTES, sms_region: str = DEFAULT_RULES.sms_region,
+            sms_max_segments: int = DEFAULT_RULES.sms_max_segments) -> SmsJob:
+    """A validated SMS job (``to`` in E.164, or national in ``sms_region``); see
+    :func:`email_job`."""
     job = _validated(_encode(_fields(
         channel="sms", id=id, account_id=account_id, category=category, to=to, body=body,
         topic=topic, metadata=metadata, not_after=not_after, send_at=send_at,
-        **{"from": from_})), max_job_bytes)
+        **{"from": from_})), Rules(max_job_bytes, sms_region, sms_max_segments))
     assert isinstance(job, SmsJob)
     return job
 
@@ -170,24 +177,29 @@ class Outbox:
     def __init__(self, amqp_url: str, *, retry_tiers: tuple[int, ...] = DEFAULT_RETRY_TIERS,
                  max_job_bytes: int = MAX_JOB_BYTES,
                  status_queue_max_length: int = DEFAULT_STATUS_QUEUE_MAX_LENGTH,
-                 publish_window: int = PUBLISH_WINDOW, _setting: str | None = None,
+                 publish_window: int = PUBLISH_WINDOW,
+                 sms_region: str = DEFAULT_RULES.sms_region,
+                 sms_max_segments: int = DEFAULT_RULES.sms_max_segments,
+                 _setting: str | None = None,
                  attachment_limits: AttachmentLimits | None = None,
                  admin_url: str | None = None, admin_token: str | None = None,
-                 schedule_max_ahead: float = 30 * 86400) -> None:
+                 schedule_max_ahead: float = DEFAULT_RULES.schedule_max_ahead) -> None:
         """``status_queue_max_length`` must match the workers' OUTBOX_STATUS_QUEUE_MAX_LENGTH
-        (RabbitMQ refuses a queue declared again with other arguments);
-        ``attachment_limits`` the workers' OUTBOX_MAX_ATTACHMENTS and _BYTES;
-        ``schedule_max_ahead`` their OUTBOX_SCHEDULE_MAX_AHEAD (a job whose ``send_at`` is
-        further ahead is refused here, as they would refuse it). ``admin_url`` (the webhooks
-        server, e.g. ``https://outbox.example``) and ``admin_token`` (role ``support``):
-        for :meth:`cancel` only."""
+        (RabbitMQ refuses a queue declared again with other arguments); ``max_job_bytes``,
+        ``sms_region``, ``sms_max_segments``, ``attachment_limits`` and ``schedule_max_ahead``
+        their OUTBOX_MAX_JOB_BYTES, OUTBOX_SMS_REGION, OUTBOX_SMS_MAX_SEGMENTS,
+        OUTBOX_MAX_ATTACHMENTS and _BYTES and OUTBOX_SCHEDULE_MAX_AHEAD (validation uses them
+        as the worker does). ``admin_url`` (the webhooks server, e.g.
+        ``https://outbox.example``) and ``admin_token`` (role ``support``): for :meth:`cancel`
+        only."""
         self._bus = Bus(amqp_url, retry_tiers=retry_tiers,
                         status_max_length=status_queue_max_length, setting=_setting)
         self._max_job_bytes = max_job_bytes
         self._attachment_limits = attachment_limits
+        self.rules = Rules(max_job_bytes, sms_region, sms_max_segments, attachment_limits,
+                           schedule_max_ahead)
         self._window = publish_window
         self._admin = (admin_url.rstrip("/"), admin_token) if admin_url and admin_token else None
-        self._max_ahead = schedule_max_ahead
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Outbox:
@@ -196,9 +208,11 @@ class Outbox:
         return cls(settings.amqp_url.get_secret_value(), retry_tiers=settings.retry_tiers,
                    max_job_bytes=settings.max_job_bytes,
                    status_queue_max_length=settings.status_queue_max_length,
+                   sms_region=settings.sms_region, sms_max_segments=settings.sms_max_segments,
                    _setting="OUTBOX_AMQP_URL",
                    attachment_limits=AttachmentLimits(settings.max_attachments,
-                                                      settings.max_attachment_bytes))
+                                                      settings.max_attachment_bytes),
+                   schedule_max_ahead=settings.schedule_max_ahead)
 
     async def connect(self) -> Outbox:
         await self._bus.connect(declare=True)
@@ -210,16 +224,15 @@ class Outbox:
         """The job as the worker will read it and the bytes to publish; InvalidJob if not."""
         body = job if isinstance(job, bytes) else _encode(
             job.model_dump(by_alias=True) if isinstance(job, BaseModel) else dict(job))
-        parsed = _validated(body, self._max_job_bytes, self._attachment_limits)
-        problem = schedule_problem(parsed, self._max_ahead)
-        if problem:
-            raise InvalidJob(problem, parsed.id, parsed.account_id, parsed.channel)
-        return parsed, body
+        return _validated(body, self.rules), body
 
-    async def publish(self, job: JobInput) -> Job:
+    async def publish(self, job: JobInput, *, warnings: bool = True) -> Job:
         """Validate and publish one job (a model, a mapping or JSON bytes); returns the job
-        once RabbitMQ has confirmed it."""
+        once RabbitMQ has confirmed it. An SMS's :func:`sms_warnings` are logged (WARNING)
+        unless ``warnings`` is False (the caller reports them itself)."""
         parsed, body = self.validate(job)
+        if warnings:
+            _log_warnings(parsed, self.rules)
         await self._publish(parsed, body)
         return parsed
 
@@ -249,7 +262,9 @@ class Outbox:
         """Build (:func:`sms_job`), validate and publish an SMS (``to`` in E.164)."""
         job = sms_job(id=id, account_id=account_id, category=category, to=to, body=body,
                       from_=from_, topic=topic, metadata=metadata, not_after=not_after,
-                      send_at=send_at, max_job_bytes=self._max_job_bytes)
+                      send_at=send_at, max_job_bytes=self._max_job_bytes,
+                      sms_region=self.rules.sms_region,
+                      sms_max_segments=self.rules.sms_max_segments)
         await self.publish(job)
         return job
 
@@ -262,6 +277,7 @@ class Outbox:
         for index, job in enumerate(jobs):
             try:
                 checked.append(self.validate(job))
+                _log_warnings(checked[-1][0], self.rules)
             except InvalidJob as exc:
                 problems.append((index, exc))
         if problems:
@@ -281,14 +297,16 @@ class Outbox:
             published=tuple(p for (p, _), why in zip(checked, outcomes, strict=True) if not why),
             failed=tuple((p, why) for (p, _), why in zip(checked, outcomes, strict=True) if why))
 
-    async def enqueue(self, job: Mapping[str, Any] | bytes, *, validate: bool = True) -> None:
-        """Validate and publish one job; returns once RabbitMQ has confirmed it.
-        ``validate=False`` publishes bytes as they are (the worker dead-letters invalid ones)."""
+    async def enqueue(self, job: Mapping[str, Any] | bytes, *, validate: bool = True,
+                      warnings: bool = True) -> Job | None:
+        """Validate and publish one job; returns it once RabbitMQ has confirmed it.
+        ``validate=False`` publishes bytes as they are (the worker dead-letters invalid ones)
+        and returns None; ``warnings`` as for :meth:`publish`."""
         if validate:
-            await self.publish(job)
-            return
+            return await self.publish(job, warnings=warnings)
         body = job if isinstance(job, bytes) else json.dumps(job, ensure_ascii=False).encode()
         await self._bus.publish_job(body, _guess_key(body))
+        return None
 
     async def _publish(self, job: Job, body: bytes) -> None:
         await self._bus.publish_job(body, routing_key(job), message_id=job.id)
@@ -432,9 +450,23 @@ def _ids(data: Any) -> tuple[str | None, str | None, str | None]:
     return job_id, account_id, channel
 
 
-def _validated(body: bytes, max_bytes: int,
-               attachment_limits: AttachmentLimits | None = None) -> Job:
-    return parse_job(body, max_bytes=max_bytes, attachment_limits=attachment_limits)
+def _validated(body: bytes, rules: Rules) -> Job:
+    return validate(body, rules)
+
+
+def sms_warnings(job: Job, *, max_segments: int = DEFAULT_RULES.sms_max_segments
+                 ) -> tuple[str, ...]:
+    """What an SMS job will cost that its text does not show (empty for other jobs): a
+    character outside GSM-7 making the whole message UCS-2, the marketing footer (the
+    account's sender information, unknown here, and the bilingual STOP line) making it UCS-2 or
+    adding segments (:func:`sender.validation.sms_notes`)."""
+    return sms_notes(job, max_segments=max_segments)
+
+
+def _log_warnings(job: Job, rules: Rules) -> None:
+    for note in sms_warnings(job, max_segments=rules.sms_max_segments):
+        log.warning("job %s: %s", job.id, note, extra={
+            "job_id": job.id, "account_id": job.account_id, "channel": job.channel})
 
 
 def _guess_key(body: bytes) -> str:
@@ -459,5 +491,5 @@ def _guess_channel(body: bytes) -> str:
 
 
 __all__ = ["EVENTS_MAX_LENGTH", "CancelFailed", "CancelResult", "InvalidBatch", "InvalidJob",
-           "Job", "Outbox", "PublishFailed", "PublishResult", "RecipientEvent", "StatusEvent",
-           "email_job", "routing_key", "sms_job"]
+           "Job", "Outbox", "PublishFailed", "PublishResult", "RecipientEvent", "Rules",
+           "StatusEvent", "email_job", "routing_key", "sms_job", "sms_warnings"]

@@ -85,7 +85,8 @@ from suppression import ids
 from suppression.address import BadAddress, email_domain
 from suppression.address import email as canonical_email
 
-__all__ = ["MimeError", "RenderedEmail", "render_email", "dot_stuff", "RESERVED_HEADERS"]
+__all__ = ["MimeError", "RenderedEmail", "check_job", "render_email", "dot_stuff",
+           "RESERVED_HEADERS"]
 
 
 class MimeError(ValueError):
@@ -608,6 +609,25 @@ def render_email(
     try:
         return _render(job, message_id_domain, extra_headers, footer_text, footer_html,
                        envelope_from, date, max_bytes)
+    except UnicodeEncodeError as exc:
+        raise MimeError(f"text is not valid Unicode (lone surrogate?): {exc.reason}") from None
+
+
+def check_job(job: EmailJob) -> None:
+    """What :func:`render_email` checks of the job's own content, by the same functions,
+    without rendering the body: ``From``, ``To``, ``Reply-To`` (one valid address each, a
+    list for ``Reply-To``; dot-atom local parts, a valid domain, IDNA for a non-ASCII one),
+    ``Subject`` and the job's ``headers`` (allow-list, foldable under 998 octets a line).
+    :class:`MimeError` says what is wrong. Job validation (:mod:`sender.validation`) runs it,
+    so what the renderer would refuse is refused before a job is published or claimed."""
+    try:
+        _address_header("From", job.from_, False)
+        _address_header("To", job.to, False)
+        if job.reply_to:
+            _address_header("Reply-To", job.reply_to, True)
+        _check_lines(_unstructured("Subject", job.subject), "Subject")
+        for name, value in job.headers.items():
+            _caller_header(name, value, False)
     except UnicodeEncodeError as exc:
         raise MimeError(f"text is not valid Unicode (lone surrogate?): {exc.reason}") from None
 

@@ -1,8 +1,9 @@
 """The pipeline of one job, and the single place where its message is settled.
 
-decode and validate → pre-send gate (claim, expiry, account state, suppression, consent and
-preferences, DNC, rate token; one Redis round trip) → send → classify → post-send record and
-reputation (one round trip) → status event (confirmed) → ack.
+decode and validate (:mod:`sender.validation`, the client's own) → pre-send gate (claim,
+expiry, account state, suppression, consent and preferences, DNC, rate token; one Redis round
+trip) → send → classify → post-send record and reputation (one round trip) → status event
+(confirmed) → ack.
 
 Every delivery leaves on exactly one path:
 
@@ -92,9 +93,10 @@ from sender.channels.base import Channel, NotSent, OutcomeUnknown, SendFailure, 
 from sender.channels.registry import parse_job, routing_key
 from sender.metrics import Metrics
 from sender.mime import MimeError
-from sender.models import AttachmentLimits, InvalidJob, JobBase, schedule_problem, status_event
+from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
 from sender.schedule import RELEASED_HEADER
+from sender.validation import Rules, validate
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
 from suppression.held import HeldStore
@@ -203,11 +205,13 @@ class Pipeline:
                  held: HeldStore, acks: Acks | None = None,
                  attachment_limits: AttachmentLimits | None = None,
                  schedule: Schedule | None = None,
-                 schedule_max_ahead: float = 30 * 86400) -> None:
+                 rules: Rules | None = None) -> None:
         """``acks``: how deliveries are settled (the worker's coalesce per loop turn);
         ``held``: where jobs of blocked and suspended accounts are kept;
-        ``schedule``: where jobs wait for their ``send_at`` (required for such jobs),
-        ``schedule_max_ahead``: how far ahead it may be (seconds)."""
+        ``schedule``: where jobs wait for their ``send_at`` (required for such jobs);
+        ``rules``: job validation's settings (:mod:`sender.validation`, the client's too; by
+        default ``max_job_bytes`` and ``attachment_limits``), ``send_at``'s furthest ahead
+        among them."""
         self.held = held
         self._bus = bus
         self.acks = acks or DirectAcks()
@@ -217,20 +221,20 @@ class Pipeline:
         self._retry = retry
         self._max_job_bytes = max_job_bytes
         self._attachment_limits = attachment_limits
+        self._rules = rules or Rules(max_job_bytes=max_job_bytes,
+                                     attachment_limits=attachment_limits)
         self._owner = owner
         self._deliveries = itertools.count(1)
         self._stopping = stopping
         self.redis_call = redis_call
         self.schedule = schedule
-        self._max_ahead = schedule_max_ahead
 
     async def handle(self, message: AbstractIncomingMessage, queue_channel: str) -> None:
         """Process one delivery from the queue of ``queue_channel`` and settle it (or leave it
         for redelivery on shutdown)."""
         _RECEIVED.set(time.monotonic())
         try:
-            job = parse_job(message.body, max_bytes=self._max_job_bytes,
-                            attachment_limits=self._attachment_limits)
+            job = validate(message.body, self._rules)
         except InvalidJob as exc:
             await self._reject_invalid(message, exc, queue_channel)
             return
@@ -242,15 +246,10 @@ class Pipeline:
                 job.id, job.account_id, job.channel), queue_channel)
             return
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
-        if job.send_at is not None and RELEASED_HEADER not in message.headers:
-            problem = schedule_problem(job, self._max_ahead)
-            if problem:
-                await self._reject_invalid(message, InvalidJob(
-                    problem, job.id, job.account_id, job.channel), job.channel)
-                return
-            if job.send_at.timestamp() > time.time():
-                await self._schedule(message, job, attempt, job.send_at.timestamp())
-                return
+        if job.send_at is not None and RELEASED_HEADER not in message.headers \
+                and job.send_at.timestamp() > time.time():  # too far ahead: validate refused it
+            await self._schedule(message, job, attempt, job.send_at.timestamp())
+            return
         # the claim's owner is this delivery: a retried call (the reply of the first was
         # lost) finds its own claim and goes on; a duplicate publish finds another's
         owner = f"{self._owner}#{next(self._deliveries)}"

@@ -37,6 +37,7 @@ from sender.outages import Dependencies, Watch
 from sender.pipeline import REDIS_CALL_TIMEOUT, Pipeline, RedisCalls, RetryPolicy
 from sender.recipient_events import PendingSweeper, RecipientEvents
 from sender.schedule import Mover
+from sender.validation import Rules
 from sender.worker import Worker
 from suppression.coalesce import Coalescer
 from suppression.gate import Gate
@@ -93,7 +94,7 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         redis_call=redis_call, held=HeldStore.from_settings(redis, settings), acks=acks,
         attachment_limits=AttachmentLimits(settings.max_attachments,
                                            settings.max_attachment_bytes),
-        schedule=schedule, schedule_max_ahead=settings.schedule_max_ahead)
+        schedule=schedule, rules=Rules.from_settings(settings))
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, acks=acks,
                           sms_region=settings.sms_region,

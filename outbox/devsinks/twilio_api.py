@@ -63,6 +63,11 @@ from ``twilio.request_validator.RequestValidator``, ``callback_delay`` seconds a
 resource follows the same steps (a GET shows the current status). Callbacks are not retried; a
 failed one is recorded with status ``None`` and never stops the server.
 
+Each SMS is kept as sent (:attr:`TwilioStandIn.sms`: sid, to, from, body, segments, encoding,
+status) and, with ``sms_dir``, written to ``<sms_dir>/<sid>.json`` (rewritten as its status
+moves on; a temporary name, then renamed), so development can read what was sent and what it
+cost (``outbox run --dev``: ``var/sms``).
+
 Switches for tests: :meth:`TwilioStandIn.fail_next` (answer the next creates with an error, 429 /
 20429 by default) and :meth:`TwilioStandIn.rate_limit` (429 / 20429 above N creates in any
 second of ``clock``). ``num_segments`` is counted by :func:`sender.channels.sms_segments.segments`
@@ -75,6 +80,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import json
 import logging
 import re
 import time
@@ -83,6 +89,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -159,8 +166,14 @@ class TwilioStandIn:
     pool_number = "+15005550006"
 
     def __init__(self, *, account_sid: str, auth_token: str, callback_delay: float = 0.05,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, sms_dir: Path | None = None) -> None:
         self.account_sid = account_sid
+        self.sms_dir = sms_dir
+        if sms_dir is not None:
+            sms_dir.mkdir(parents=True, exist_ok=True)
+        #: every SMS created, as sent: sid, to, from, body, segments, encoding, status
+        self.sms: list[dict[str, Any]] = []
+        self._sms_by_sid: dict[str, dict[str, Any]] = {}
         self.auth_token = auth_token
         self.callback_delay = callback_delay
         self.clock = clock
@@ -342,6 +355,7 @@ class TwilioStandIn:
         }
         self.messages.append(message)
         self._by_sid[sid] = message
+        self._keep(message)
         task = asyncio.get_running_loop().create_task(self._progress(message, callback_url))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -376,12 +390,34 @@ class TwilioStandIn:
                     message["date_sent"] = _rfc2822(now)
                 if code is not None:
                     message.update(error_code=code, error_message=text)
+                self._keep(message)
                 if callback_url:
                     await self._send_callback(callback_url, self._callback_params(message, now))
         except asyncio.CancelledError:
             raise
         except Exception:  # never let a callback take the server down
             log.exception("status callbacks for %s stopped", message["sid"])
+
+    def _keep(self, message: dict[str, Any]) -> None:
+        """Record the SMS (new, or its status moved on) in :attr:`sms` and ``sms_dir``."""
+        encoding, count = segments(message["body"])
+        record = {"sid": message["sid"], "to": message["to"], "from": message["from"],
+                  "messaging_service_sid": message["messaging_service_sid"],
+                  "body": message["body"], "segments": count, "encoding": encoding,
+                  "status": message["status"], "error_code": message["error_code"],
+                  "date_created": message["date_created"]}
+        known = self._sms_by_sid.get(record["sid"])
+        if known is None:
+            self.sms.append(record)
+            self._sms_by_sid[record["sid"]] = record
+        else:
+            known.update(record)
+        if self.sms_dir is not None:
+            path = self.sms_dir / f"{message['sid']}.json"
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n",
+                           encoding="utf-8")
+            tmp.rename(path)
 
     def _callback_params(self, message: dict[str, Any], now: datetime) -> dict[str, str]:
         status = message["status"]

@@ -13,6 +13,8 @@ This is what Twilio reports as ``num_segments`` for a message sent from a number
 
 from __future__ import annotations
 
+import re
+
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
@@ -49,3 +51,18 @@ def segments(body: str) -> tuple[str, int]:
         return "GSM-7", _split([2 if ch in GSM7_EXTENSION else 1 for ch in body],
                                GSM7_SINGLE, GSM7_MULTI)
     return "UCS-2", _split([2 if ord(ch) > 0xFFFF else 1 for ch in body], UCS2_SINGLE, UCS2_MULTI)
+
+
+_DESCRIBED = re.compile(r"\b(\d+) (GSM-7|UCS-2) segments?\b")
+
+
+def describe(encoding: str, count: int) -> str:
+    """``"2 UCS-2 segments"``: how an SMS's cost is written in its ``sent`` detail (and read
+    back by :func:`described`)."""
+    return f"{count} {encoding} segment{'' if count == 1 else 's'}"
+
+
+def described(text: str | None) -> tuple[str, int] | None:
+    """``(encoding, count)`` written by :func:`describe` in ``text``, or None."""
+    found = _DESCRIBED.search(text or "")
+    return (found.group(2), int(found.group(1))) if found else None

@@ -17,47 +17,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-import phonenumbers
 from aiohttp import ClientError
-from phonenumbers import PhoneNumberType
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from config import Settings
 from sender.channels.base import NotSent, SendFailure, SendResult
-from sender.channels.sms_segments import segments
+from sender.channels.sms_numbers import InvalidNumber, normalise_number
+from sender.channels.sms_segments import describe, segments
 from sender.compliance import MissingSenderInfo, SenderInfo, sms_marketing_body
 from sender.models import SmsJob
 from suppression.classify import Outcome, classify_twilio
 
 PROVIDER = "twilio"
-SMS_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE,
-                       PhoneNumberType.PERSONAL_NUMBER, PhoneNumberType.PAGER,
-                       PhoneNumberType.VOIP})
 NETWORK_ERROR = Outcome("transient", "networkerror")
 RATE_LIMITED = Outcome("transient", "speeding")
 # Twilio errors that end the job with a status other than the kind's default.
 _STATUS_FOR_CODE = {21211: "rejected", 21614: "rejected", 21610: "unsubscribed"}
 _SUPPRESS_FOR_CODE = {21211: "invalid", 21614: "invalid", 21610: "sms_stop"}
-
-
-class InvalidNumber(ValueError):
-    """The recipient cannot take SMS; the message says why."""
-
-
-def normalise_number(raw: str, region: str = "HK") -> str:
-    """E.164 form of ``raw``; InvalidNumber when it is not a number that can take SMS."""
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidNumber(f"not a phone number: {exc}") from None
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidNumber("not a valid phone number")
-    kind = phonenumbers.number_type(number)
-    if kind not in SMS_TYPES:
-        raise InvalidNumber(f"cannot take SMS ({PhoneNumberType.to_string(kind).lower()})")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 class RateLimiter:
@@ -177,7 +155,7 @@ class TwilioChannel:
         except (TimeoutError, ClientError, OSError) as exc:
             raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
         self._limiter.speed_up(lane)
-        return SendResult(PROVIDER, message.sid, message.status,
+        return SendResult(PROVIDER, message.sid, f"{message.status}; {describe(encoding, count)}",
                           {"segments": count, "encoding": encoding})
 
     def _check_number(self, raw: str) -> str:

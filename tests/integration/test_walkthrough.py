@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import os
 import re
 import signal
@@ -57,14 +58,17 @@ def walkthrough_blocks(text: str) -> list[list[str]]:
 
 def test_the_readme_has_a_walkthrough_parsed_into_commands() -> None:
     blocks = walkthrough_blocks(README.read_text())
-    assert len(blocks) == 2
-    first, second = blocks
+    assert len(blocks) == 3
+    first, second, third = blocks
     assert first[0].startswith(".venv/bin/outbox accounts configure acct_demo --business-name")
     assert "--contact-email hello@demo.example" in first[0]  # the continuation joined
     assert any(c.startswith(".venv/bin/outbox consent grant acct_demo") for c in first)
     assert ".venv/bin/outbox enqueue examples/jobs.jsonl" in first
     assert not any("#" in c for c in first)  # comments dropped
     assert second[1].endswith("| .venv/bin/outbox enqueue -")
+    assert third[0].startswith("sed 's/demo-receipt-1001/demo-bounce-1/;")
+    assert third[0].endswith("examples/transactional-email.json | .venv/bin/outbox enqueue -")
+    assert "outbox dev sms-reply +85291234567 STOP --account acct_demo" in third[2]
 
 
 def _free_port() -> int:
@@ -131,10 +135,12 @@ def _events(out: str) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _mails(directory: Path) -> dict[str, Any]:
-    """The captured messages by Subject."""
+def _mails(directory: Path, names: list[str] | None = None) -> dict[str, Any]:
+    """The captured messages by Subject (of the files ``names`` only, when given)."""
     found = {}
     for path in sorted(directory.glob("*.eml")):
+        if names is not None and path.name not in names:
+            continue
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         found[str(message["Subject"])] = message
     return found
@@ -164,7 +170,8 @@ async def test_the_readme_walkthrough_runs_as_written(amqp_url: str, redis_url: 
     try:
         await _wait_ready(server, seen)
         drain = asyncio.create_task(_drain(server))
-        env = _env(**urls)  # the second terminal: only where RabbitMQ and Redis are
+        # the second terminal: where RabbitMQ, Redis and the webhook server are
+        env = _env(**urls, OUTBOX_PUBLIC_URL=f"http://127.0.0.1:{http_port}")
         for block in walkthrough_blocks(README.read_text()):
             ran = []
             for command in block:
@@ -179,7 +186,7 @@ async def test_the_readme_walkthrough_runs_as_written(amqp_url: str, redis_url: 
     await drain
     assert server.returncode == 0
 
-    first, second = results
+    first, second, third = results
     # enqueue: published 4
     assert _output(first, " enqueue ").strip() == "published 4, invalid 0, failed 0"
     # the events: three emails sent, the SMS sent then delivered, nothing else
@@ -195,8 +202,9 @@ async def test_the_readme_walkthrough_runs_as_written(amqp_url: str, redis_url: 
     # var/mail: three messages, `ls` lists them, the Subject lines are the examples'
     mail_dir = work / "var" / "mail"
     listed = _output(first, "ls var/mail")
-    assert sorted(listed.split()) == sorted(p.name for p in mail_dir.glob("*.eml"))
-    mails = _mails(mail_dir)
+    assert len(listed.split()) == 3  # (the third block adds one)
+    assert set(listed.split()) <= {p.name for p in mail_dir.glob("*.eml")}
+    mails = _mails(mail_dir, listed.split())  # the first block's three
     assert set(mails) == {"Your receipt for order 1001", "Spring offer: 20% off",
                           "Reminder: meeting with Acme at 15:00"}
     subjects = _output(first, 'grep -h "^Subject:"').splitlines()
@@ -216,4 +224,20 @@ async def test_the_readme_walkthrough_runs_as_written(amqp_url: str, redis_url: 
     assert _events(_output(second, "examples/events.py")) == [
         ("email.suppressed", "demo-meeting-43", "suppressed", "preference")]
     assert len(_output(second, "ls var/mail").split()) == 3
-    assert len(list(mail_dir.glob("*.eml"))) == 3
+
+    # the third: a hard bounce, a complaint, a STOP and the SMS it stops (development outcomes)
+    told = _events(_output(third, "examples/events.py"))
+    assert ("email.bounced", "demo-bounce-1", "bounced", "userunknown") in told
+    complaint = [e[2] for e in told if e[1] == "demo-complaint-1"]
+    assert complaint == ["sent", "complained"]
+    assert ("recipient.sms.unsubscribed", "+85291234567", "unsubscribed") in [
+        e[:3] for e in told]
+    assert ("sms.suppressed", "demo-sms-code-8", "suppressed", "sms_stop") in told
+    shown = _output(third, "jobs show acct_demo demo-sms-code-7")
+    assert "SMS: 1 segment, GSM-7" in shown
+    [kept] = [json.loads(x) for x in re.findall(r"\{.*?\n\}", _output(third, "cat var/sms"),
+                                               re.S)]
+    assert (kept["to"], kept["body"], kept["segments"], kept["encoding"]) == (
+        "+85291234567", "Demo Shop: your pick-up code is 4821.", 1, "GSM-7")
+    # the complaint's message was accepted (it lands), the bounce's never was
+    assert len(list(mail_dir.glob("*.eml"))) == 4

@@ -89,9 +89,9 @@ def _examples() -> dict[str, bytes]:
 
 
 def test_the_examples_are_valid_jobs_of_each_kind() -> None:
-    from sender.client import _validated
+    from sender.validation import validate
 
-    jobs = {name: _validated(body, 2 ** 21) for name, body in _examples().items()}
+    jobs = {name: validate(body) for name, body in _examples().items()}
     kinds = {(j.channel, j.category, j.topic) for j in jobs.values()}
     assert kinds == {("email", "transactional", None), ("email", "marketing", None),
                      ("email", "notification", "meeting"), ("sms", "transactional", None)}
@@ -105,11 +105,11 @@ def test_the_examples_are_valid_jobs_of_each_kind() -> None:
 
 
 def test_an_invalid_example_would_be_caught() -> None:
-    from sender.client import _validated
+    from sender.validation import validate
 
     body = json.loads(_examples()["sms.json"])
     with pytest.raises(InvalidJob, match="v"):
-        _validated(json.dumps({**body, "v": True}).encode(), 2 ** 21)
+        validate(json.dumps({**body, "v": True}).encode())
 
 
 # --- the output conventions of "Command line" ---------------------------------------------
