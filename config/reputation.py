@@ -106,10 +106,56 @@ class Policy:
     block_complaint: float = _param(0.003, f"complaint block line, {_FRACTION}",
                                     setting="block_complaint_rate", gt=0, le=1,
                                     script="post_send")
+    warning_bounce: float = _param(0.02, f"hard bounce warning line, {_FRACTION}: the "
+                                   "account is in warning, nothing is slowed",
+                                   setting="warning_bounce_rate", gt=0, le=1,
+                                   script="post_send")
+    warning_complaint: float = _param(0.0008, f"complaint warning line, {_FRACTION}",
+                                      setting="warning_complaint_rate", gt=0, le=1,
+                                      script="post_send")
     z: float = _param(1.96, "z of the Wilson lower bound (1.96: 95 %)", setting="wilson_z",
                       gt=0, per_account=False, script="post_send")
     probation_seconds: int = _param(86400, "seconds of probation after an unblock or "
                                     "unsuspend", ge=0, per_account=False)
+
+    cap_marketing_email: int = _param(0, "marketing e-mails to one recipient per cap_period "
+                                      "(0: no cap); over it a job ends capped", ge=0,
+                                      setting="frequency_cap_marketing_email",
+                                      script="pre_send")
+    cap_marketing_sms: int = _param(0, "marketing SMS to one recipient per cap_period (0: no "
+                                    "cap)", ge=0, setting="frequency_cap_marketing_sms",
+                                    script="pre_send")
+    cap_notification_email: int = _param(0, "notification e-mails to one recipient per "
+                                         "cap_period (0: no cap)", ge=0,
+                                         setting="frequency_cap_notification_email",
+                                         script="pre_send")
+    cap_notification_sms: int = _param(0, "notification SMS to one recipient per cap_period "
+                                       "(0: no cap)", ge=0,
+                                       setting="frequency_cap_notification_sms",
+                                       script="pre_send")
+    cap_period: int = _param(604800, "seconds a frequency cap counts back (rolling)", ge=60,
+                             setting="frequency_cap_period", script="pre_send")
+    daily_quota: int = _param(0, "messages per day, all channels (0: none); over it a job "
+                              "ends over_quota", ge=0, script="pre_send")
+    quota_utc_offset: int = _param(28800, "seconds east of UTC where the quota's day starts "
+                                   "(28800: midnight in Hong Kong)", ge=-43200, le=50400,
+                                   script="pre_send")
+
+    quiet_marketing_email: str = _param("off", "marketing e-mail in the quiet hours: sent "
+                                        "(off) or dropped, ending quiet_hours (drop)",
+                                        choices=("off", "drop"), script="pre_send")
+    quiet_marketing_sms: str = _param("off", "marketing SMS in the quiet hours: off or drop",
+                                      choices=("off", "drop"), script="pre_send")
+    quiet_notification_email: str = _param("off", "notification e-mail in the quiet hours: "
+                                           "off or drop", choices=("off", "drop"),
+                                           script="pre_send")
+    quiet_notification_sms: str = _param("off", "notification SMS in the quiet hours: off or "
+                                         "drop", choices=("off", "drop"), script="pre_send")
+    quiet_start: int = _param(1320, "quiet hours' start, minutes after midnight in the "
+                              "recipient's time (1320: 22:00)", ge=0, le=1439,
+                              script="pre_send")
+    quiet_end: int = _param(480, "quiet hours' end, minutes after midnight (480: 08:00)",
+                            ge=0, le=1439, script="pre_send")
 
     @classmethod
     def from_settings(cls, settings: Any) -> Policy:

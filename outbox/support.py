@@ -65,7 +65,7 @@ def _accounts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     acc = sub.add_parser("accounts", help="account state, limits, blocks").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     p = acc.add_parser("list", help="accounts and their states")
-    p.add_argument("--state", choices=["active", "throttled", "blocked", "suspended"])
+    p.add_argument("--state", choices=["active", "warning", "throttled", "blocked", "suspended"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_list)
     p = acc.add_parser("show", help="state, rates, limits, sender information, transitions")

@@ -23,7 +23,10 @@ _REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 #: at 1 gives ``increase()`` nothing to compare, and the first block after a start went
 #: unalerted (deploy/prometheus/outbox-rules.yml, OutboxAccountBlocked).
 AUTOMATIC_TRANSITIONS = (("active", "throttled"), ("active", "blocked"),
-                         ("throttled", "active"), ("throttled", "blocked"))
+                         ("throttled", "active"), ("throttled", "blocked"),
+                         ("active", "warning"), ("warning", "throttled"),
+                         ("warning", "blocked"), ("warning", "active"),
+                         ("throttled", "warning"))
 
 
 class _Cached:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -118,6 +119,19 @@ class JobBase(BaseModel):
     #: when to send it (README, "Send later"): until then it waits in Redis, then it goes
     #: through the whole pipeline like any job
     send_at: AwareDatetime | None = None
+    #: the recipient's time zone (IANA name), for the account's quiet hours
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                raise ValueError(f"unknown time zone {value!r}: an IANA name such as "
+                                 "Asia/Hong_Kong") from None
+        return value
 
     @field_validator("v", mode="before")
     @classmethod

@@ -264,7 +264,8 @@ class Pipeline:
                 redelivered=bool(message.redelivered), expired=job.expired(),
                 attempt=attempt, channel=job.channel, category=job.category,
                 topic=job.topic, address=job.to, metadata=job.metadata,
-                sender=getattr(job, "from_", None), reply_to=getattr(job, "reply_to", None)))
+                sender=getattr(job, "from_", None), reply_to=getattr(job, "reply_to", None),
+                timezone=job.timezone))
         except BadAddress as exc:  # no canonical form, so no suppression key: never sent
             await self._reject_invalid(message, InvalidJob(
                 f"to: {exc}", job.id, job.account_id, job.channel), job.channel)
@@ -311,7 +312,8 @@ class Pipeline:
             await self._finish(message, job, verdict, attempt, reason=decision.reason,
                                refund=decision.claimed)
         elif verdict in REFUSALS:
-            await self._event_and_ack(message, job, verdict, attempt, reason=decision.reason)
+            await self._event_and_ack(message, job, verdict, attempt, reason=decision.reason,
+                                      detail=decision.detail)
         else:
             await self._already(message, job, decision)
 

@@ -15,7 +15,8 @@ Pre-send, in one round trip::
     SET    outbox:verp:<ref> <account>/<job> EX   an e-mail job whose VERP address is the
                                                   referenced form (suppression/verp.py)
     EVALSHA pre_send.lua  (claim, expiry, account state, per-account suppression,
-                           consent / preferences, token bucket — in that order; the claim
+                           consent / preferences, frequency cap, daily quota, token
+                           bucket — in that order; the claim
                            keeps the recipient's digest and the job's metadata; the
                            recipient's job index of the account, a refusal's timeline entry)
 
@@ -61,9 +62,13 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import phonenumbers
+from phonenumbers import timezone as phone_timezones
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -88,6 +93,8 @@ NOT_FINAL = statuses.NOT_FINAL
 #: the most of a job's ``metadata`` (its JSON, in bytes) the job hash keeps (field ``md``) for
 #: the status events of provider events; a larger one is not kept, and those events carry ``{}``
 METADATA_MAX_BYTES = 4096
+#: the recipients' time zone for the quiet hours when neither the job nor the number says
+DEFAULT_TIMEZONE = "Asia/Hong_Kong"
 NOTE_CHARS = 500  # of a timeline entry's detail (a relay's reply, a provider's words)
 
 
@@ -96,11 +103,12 @@ class Decision:
     """The answer of ``pre_send``.
 
     ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``rejected``, ``held`` (the
-    account is blocked or suspended: hold the job), ``suppressed``, ``no_consent`` or
-    ``rate_limited``. For ``done``, ``status`` is the final
-    status recorded earlier (its event may need resending). ``reason`` explains a refusal;
-    ``wait_ms`` is the wait before a token is free; ``settle`` says the refusal still has to
-    be written (a global suppression found beside an optimistic claim).
+    account is blocked or suspended: hold the job), ``suppressed``, ``no_consent``,
+    ``quiet_hours``, ``capped``, ``over_quota`` or ``rate_limited``. For ``done``,
+    ``status`` is the final status recorded earlier (its event may need resending).
+    ``reason`` explains a refusal; ``wait_ms`` is the wait before a token is free;
+    ``settle`` says the refusal still has to be written (a global suppression found beside an
+    optimistic claim).
     """
 
     verdict: str
@@ -116,7 +124,8 @@ class Decision:
     #: contact_phone of the account ('' when unset)
     sender: tuple[str, ...] | None = None
     consent: str = ""  # a marketing job's consent status: "granted" or ""
-    #: for ``rejected`` (a sender the account may not use: suppression/senders.py): why
+    #: for ``rejected`` (a sender the account may not use: suppression/senders.py),
+    #: ``capped`` and ``over_quota`` (which limit): why
     detail: str | None = None
 
 
@@ -211,7 +220,8 @@ def pre_send_args(policy_type: type) -> Arguments:
         "pre_send", policy_type, rest="metadata_more", owner="str", redelivered="flag",
         expired="flag", ttl="num", attempt="str", category="str", pref_field="str",
         recipient="str", job_id="str", history_keep="num", timeline_keep="num",
-        metadata="str", timeline_ttl="num", history_ttl="num", value_max="num", senders="str")
+        metadata="str", timeline_ttl="num", history_ttl="num", value_max="num", senders="str",
+        channel="str", local_offset="num")
 
 
 @functools.cache
@@ -314,7 +324,8 @@ class Gate:
                        expired: bool, attempt: int, channel: str = "email",
                        category: str = "transactional", topic: str | None = None,
                        address: str = "", metadata: Mapping[str, Any] | None = None,
-                       sender: str | None = None, reply_to: str | None = None) -> Decision:
+                       sender: str | None = None, reply_to: str | None = None,
+                       timezone: str | None = None) -> Decision:
         """Claim the job for ``owner`` unless done, duplicate, expired or refused
         (one round trip).
 
@@ -325,7 +336,8 @@ class Gate:
         provider events about the job can carry it. With ``require_senders``, the job's
         ``sender`` (its ``from``) and ``reply_to`` are checked in the same script
         (:mod:`suppression.senders`): a sender the account may not use ends the job
-        ``rejected`` before any claim."""
+        ``rejected`` before any claim. ``timezone``: the recipient's (an IANA name, the
+        job's field), for the quiet hours (:func:`local_offset`)."""
         addr = normalise(channel, address, default_region=self._region)
         dnc = channel == channels.DNC and category == "marketing"
         script_keys = [
@@ -333,7 +345,8 @@ class Gate:
             keys.account_suppression(account_id, channel, addr),
             keys.consent(account_id, channel, addr), keys.prefs(account_id, addr),
             keys.bucket(account_id, channel), keys.timeline(account_id, job_id),
-            keys.history(account_id, channel, addr), keys.senders(account_id)]
+            keys.history(account_id, channel, addr), keys.senders(account_id),
+            keys.frequency(account_id, category, channel, addr), keys.quota(account_id)]
         senders = (check_arg(channel, category, sender, reply_to, self._region, self._own_sms)
                    if self.require_senders else "")
         md = metadata_chunks(metadata_arg(metadata))
@@ -343,7 +356,9 @@ class Gate:
             recipient=recipient_digest(channel, addr), job_id=job_id,
             history_keep=keys.HISTORY_KEEP, timeline_keep=keys.TIMELINE_KEEP, metadata=md[0],
             timeline_ttl=self._timeline_ttl, history_ttl=self._history_ttl,
-            value_max=keys.HASH_VALUE_MAX, senders=senders), self.policy, md[1:])
+            value_max=keys.HASH_VALUE_MAX, senders=senders, channel=channel,
+            local_offset=local_offset(timezone, channel, addr)
+            if category != "transactional" else 0), self.policy, md[1:])
         seen = f"{account_id}{keys.HISTORY_SEPARATOR}{job_id}"
         everyone = keys.global_history(channel, addr)
         ref = (verp.ref_record(account_id, job_id, self._verp_key)
@@ -557,6 +572,33 @@ def joined_metadata(job: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
+def local_offset(timezone: str | None, channel: str, address: str,
+                 now: datetime | None = None) -> int:
+    """Seconds east of UTC of the recipient's time now: ``timezone`` (the job's), else for a
+    phone number its country's zone when the country has one, else
+    :data:`DEFAULT_TIMEZONE`."""
+    name = timezone or (_number_zone(address) if channel == channels.DNC else None) \
+        or DEFAULT_TIMEZONE
+    offset = (now or datetime.now(UTC)).astimezone(_zone(name)).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _number_zone(number: str) -> str | None:
+    """The time zone of an E.164 number's country or region, when it has exactly one."""
+    try:
+        zones = phone_timezones.time_zones_for_number(phonenumbers.parse(number))
+    except phonenumbers.NumberParseException:
+        return None
+    return zones[0] if len(zones) == 1 and zones[0] != phone_timezones.UNKNOWN_TIMEZONE \
+        else None
+
+
 def recipient_digest(channel: str, address: str) -> str:
     """What the job hash keeps of its recipient (``rc``): enough to compare, not the address.
     ``address`` is canonical (:func:`suppression.channels.normalise`)."""
@@ -586,7 +628,7 @@ async def sent_to(redis: Client, account_id: str, job_id: str, address: str | No
 
 def _decision(reply: list[Any]) -> Decision:
     verdict, status, provider, pm, att, reason, wait = (text(x) for x in reply[:7])
-    if verdict == "rejected":
+    if verdict in ("rejected", "quiet_hours", "capped", "over_quota"):
         return Decision(verdict, status, attempt=int(att or 0), reason=reason or None,
                         detail=text(reply[7]) if len(reply) > 7 else None)
     sender = tuple(text(x) for x in reply[7:11]) if len(reply) > 7 else None

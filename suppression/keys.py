@@ -9,7 +9,7 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | key | type | expiry | what |
 | --- | --- | --- | --- |
 | ``outbox:{acct:A}:job:<id>`` | hash | ``idempotency_ttl`` (3 days) | job state: claim, final status, provider id, recipient digest, metadata; the timeline's newest entry and, when the timeline is kept as long, its short earlier ones (:func:`job`) |
-| ``outbox:{acct:A}:state`` | hash | none | ``state`` (active/throttled/blocked/suspended), ``since``, ``reason``, ``probation_until``, ``lvl:<channel>`` (0 ok, 1 throttle, 2 block) |
+| ``outbox:{acct:A}:state`` | hash | none | ``state`` (active/warning/throttled/blocked/suspended), ``since``, ``reason``, ``probation_until``, ``lvl:<channel>`` (0 ok, 1 throttle, 2 block), ``warn:<channel>`` (1 over a warning line) |
 | ``outbox:{acct:A}:cfg`` | hash | none | limits (``rate``, ``burst``), threshold overrides, ``consent_mode``, sender information |
 | ``outbox:{acct:A}:tb:<channel>`` | hash | ``burst / rate`` + 1 s | token bucket: ``t`` tokens, ``ts`` last refill (ms, Redis TIME) |
 | ``outbox:{acct:A}:rep:<channel>`` | hash | window + bucket | reputation counters: fields ``s:<t>``, ``h:<t>``, ``c:<t>`` (sends, hard bounces, complaints in the bucket starting at epoch second t) |
@@ -20,6 +20,8 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:{acct:A}:prefs:<addr>`` | hash | none | notification preferences: field ``<topic>:<channel>`` → ``1`` on / ``0`` off |
 | ``outbox:{acct:A}:tl:<id>`` | list | ``retention_timelines`` (default ``idempotency_ttl``; 0 none), refreshed on each entry | the job's timeline entries that its hash does not hold, packed ``[at ms, status, reason, detail, provider, provider_message_id, attempt]`` (written before: JSON objects with those names), oldest first, the last ``TIMELINE_KEEP`` (50) kept |
 | ``outbox:{acct:A}:hist:<channel>:<addr>`` | sorted set | ``retention_history`` (default ``idempotency_ttl``; 0 none), refreshed on each new job | the recipient's recent jobs of the account: member job id, score first seen (µs); the newest ``HISTORY_KEEP`` (100) kept |
+| ``outbox:{acct:A}:cap:<category>:<channel>:<addr>`` | sorted set | ``cap_period``, refreshed on each claim counted | frequency cap: the recipient's jobs of that category and channel claimed within ``cap_period`` (member job id, score claimed at, ms, Redis TIME) |
+| ``outbox:{acct:A}:quota`` | hash | 2 days, refreshed on each claim | daily quota: ``day`` (days since the epoch at ``quota_utc_offset``), ``n`` jobs claimed that day |
 | ``outbox:{acct:A}:evt:<event id>`` | string | ``EVENT_TTL`` (7 days) | a provider event already applied (deduplication) |
 | ``outbox:{acct:unreadable}:tl:unreadable-<sha>`` | list | as any timeline | a rejected job whose account (or id) could not be read, kept under :data:`UNREADABLE_ACCOUNT` and :func:`unreadable_id` of its bytes (a readable account with an unreadable id: ``outbox:{acct:A}:tl:unreadable-<sha>``) |
 | ``outbox:{acct:A}:rcpt:<channel>:<addr>`` | hash | none | the last change of whether the recipient may be contacted that was announced to the CRM (``change``, ``id``, ``at``, ``source``: ``sender.recipient_events``) |
@@ -192,6 +194,18 @@ def prefs(account_id: str, address: str) -> str:
     return f"{account_tag(account_id)}:prefs:{address}"
 
 
+def frequency(account_id: str, category: str, channel: str, address: str) -> str:
+    """A recipient's frequency-cap counter for one category and channel: a sorted set of the
+    job ids sent (score: claimed at, ms), kept ``cap_period``; under the account's tag."""
+    return f"{account_tag(account_id)}:cap:{category}:{channel}:{address}"
+
+
+def quota(account_id: str) -> str:
+    """The account's daily quota counter: ``day`` (the day number) and ``n`` (claims that
+    day)."""
+    return f"{account_tag(account_id)}:quota"
+
+
 def event(account_id: str, event_id: str) -> str:
     """Marker of a provider event already applied (``EVENT_TTL``, 7 days)."""
     return f"{account_tag(account_id)}:evt:{event_id}"
@@ -348,7 +362,7 @@ _ACCOUNT_KINDS = {"job": "job", "tl": "timeline", "hist": "history", "state": "s
                   "audit": "audit", "supp": "account_suppression", "consent": "consent",
                   "prefs": "prefs", "evt": "event", "held": "held",
                   "held-bodies": "held_bodies", "held-size": "held_size",
-                  "held-lock": "held_lock"}
+                  "held-lock": "held_lock", "cap": "frequency", "quota": "quota"}
 #: the kind of record of a global key, by the segment after ``outbox:``
 _GLOBAL_KINDS = {"hist": "global_history", "supp": "global_suppression", "dnc": "dnc",
                  "accounts": "accounts", "audit": "global_audit",

@@ -35,6 +35,12 @@ volumes, window and bucket can be overridden per account (``outbox accounts conf
 ``blocked`` and ``suspended`` are left only by a support action (unblock, unsuspend), which
 starts a probation period (``probation_seconds``, default 24 h) with fresh counters.
 ``throttled`` is left automatically when the rates fall back under the lines.
+
+Before the throttle, a warning (``warning``, as SES's "under review"): from the early volume
+on (``min(min_volume, early_volume)``), a lower bound at or above a warning line
+(``warning_bounce`` 2 %, ``warning_complaint`` 0.08 %) moves an account that is neither
+throttled nor blocked to ``warning``, with its audit record and status event; nothing is
+slowed, and it is left automatically too.
 """
 
 from __future__ import annotations
@@ -46,9 +52,9 @@ from typing import Any
 from config.reputation import OVERRIDES, PARAMS, Policy
 
 __all__ = ["OVERRIDES", "PARAMS", "STATES", "Policy", "Rates", "level", "sum_buckets",
-           "wilson_lower"]
+           "warned", "wilson_lower"]
 
-STATES = ("active", "throttled", "blocked", "suspended")
+STATES = ("active", "warning", "throttled", "blocked", "suspended")
 
 
 def wilson_lower(k: float, n: float, z: float = 1.96) -> float:
@@ -72,6 +78,13 @@ def level(k: int, n: int, *, min_n: int, early_n: int, throttle: float, block: f
     if n >= min_n and lb >= throttle:
         return 1
     return 0
+
+
+def warned(k: int, n: int, *, min_n: int, early_n: int, line: float,
+           z: float = 1.96) -> bool:
+    """Over a warning line (``wb``/``wc`` in post_send.lua): from the early volume on, the
+    lower bound at or above the line."""
+    return n >= min(min_n, early_n) and wilson_lower(k, n, z) >= line
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,15 @@ class Rates:
                      early_n=p.early_complaint_volume, throttle=p.throttle_complaint,
                      block=p.block_complaint, z=p.z)
 
+    @property
+    def warning(self) -> bool:
+        """Over a warning line (bounces or complaints)."""
+        p = self.policy
+        return (warned(self.hard_bounces, self.sends, min_n=p.min_bounce_volume,
+                       early_n=p.early_bounce_volume, line=p.warning_bounce, z=p.z)
+                or warned(self.complaints, self.sends, min_n=p.min_complaint_volume,
+                          early_n=p.early_complaint_volume, line=p.warning_complaint, z=p.z))
+
     def as_dict(self) -> dict[str, Any]:
         n = self.sends
         return {
@@ -107,6 +129,7 @@ class Rates:
             "bounce_wilson_lower": wilson_lower(self.hard_bounces, n, self.policy.z),
             "complaint_wilson_lower": wilson_lower(self.complaints, n, self.policy.z),
             "bounce_level": self.bounce_level, "complaint_level": self.complaint_level,
+            "warning": self.warning,
             "window": self.window,
         }
 

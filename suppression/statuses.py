@@ -26,6 +26,9 @@ suppressed        4                  yes       the address is suppressed (or pre
 no_consent        4                  yes       marketing without the consent it needs
 blocked           4                  yes       a held job discarded, or the hold was full
 held              0                            kept while the account is blocked (not final)
+capped            4                  yes       over the recipient's frequency cap
+over_quota        4                  yes       over the account's daily quota
+quiet_hours       4                  yes       in the recipient's quiet hours (dropped)
 expired           4                            past its ``not_after``
 rejected          4                            an invalid job, or a sender it may not use
 cancelled         4                            cancelled while it waited for its ``send_at``
@@ -69,6 +72,9 @@ JOB_STATUSES: tuple[JobStatus, ...] = (
     #: kept while its account is blocked or suspended (suppression/held.py): not final, so the
     #: same id is evaluated again, and any status may follow
     JobStatus("held", 0, final=False),
+    JobStatus("capped", 4, refusal=True),
+    JobStatus("over_quota", 4, refusal=True),
+    JobStatus("quiet_hours", 4, refusal=True),
     JobStatus("expired", 4),
     JobStatus("rejected", 4),
     JobStatus("cancelled", 4),

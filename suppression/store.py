@@ -31,7 +31,7 @@ from suppression.address import email as canonical_email
 from suppression.entries import BadEntry, StoreError
 from suppression.gate import Script
 from suppression.replies import decode, text
-from suppression.reputation import OVERRIDES, STATES, Policy, Rates, sum_buckets
+from suppression.reputation import OVERRIDES, PARAMS, STATES, Policy, Rates, sum_buckets
 from suppression.roundtrip import Client
 from suppression.script_args import Arguments
 from suppression.senders import ACCOUNT_SETTINGS as IDENTITY_FIELDS
@@ -155,7 +155,8 @@ class AccountStore:
         for channel in channels.names():
             pipe.hgetall(keys.reputation(account_id, channel))
         pipe.lrange(keys.recent(account_id), 0, 19)
-        state, cfg, *reps, recent = await pipe.execute()
+        pipe.hgetall(keys.quota(account_id))
+        state, cfg, *reps, recent, quota = await pipe.execute()
         now = await self._redis.time()  # keyless: no place in a Redis Cluster pipeline
         state, cfg = decode(state), decode(cfg)
         policy = self.policy.with_overrides(cfg)
@@ -170,7 +171,11 @@ class AccountStore:
             "limits": {"rate": policy.rate, "burst": policy.burst,
                        "throttle_factor": policy.throttle_factor,
                        "consent_mode": policy.consent_mode,
-                       "thresholds": _thresholds(policy)},
+                       "thresholds": _thresholds(policy),
+                       "quiet_hours": _quiet(policy),
+                       "frequency_caps": _caps(policy),
+                       "daily_quota": policy.daily_quota,
+                       "quota_used_today": _quota_used(decode(quota), policy, int(now[0]))},
             "overrides": {k: v for k, v in cfg.items() if k in OVERRIDES},
             "sender": {k: cfg.get(k) for k in SENDER_FIELDS},
             "identity": identity_view(cfg),
@@ -240,13 +245,40 @@ def support_call(account_id: str, action: str, *, actor: str, reason: str,
 
 
 def _thresholds(p: Policy) -> dict[str, Any]:
-    return {"throttle_bounce": p.throttle_bounce, "block_bounce": p.block_bounce,
+    return {"warning_bounce": p.warning_bounce, "warning_complaint": p.warning_complaint,
+            "throttle_bounce": p.throttle_bounce, "block_bounce": p.block_bounce,
             "throttle_complaint": p.throttle_complaint, "block_complaint": p.block_complaint,
             "min_bounce_volume": p.min_bounce_volume,
             "min_complaint_volume": p.min_complaint_volume,
             "early_bounce_volume": p.early_bounce_volume,
             "early_complaint_volume": p.early_complaint_volume,
             "window": p.reputation_window, "bucket": p.reputation_bucket, "z": p.z}
+
+
+def _caps(p: Policy) -> dict[str, Any]:
+    """The frequency caps set (``<category>_<channel>`` → messages per ``period``)."""
+    caps = {f.name[4:]: getattr(p, f.name) for f in PARAMS
+            if f.name.startswith("cap_") and f.name != "cap_period" and getattr(p, f.name)}
+    return {"caps": caps, "period": p.cap_period}
+
+
+def _quiet(p: Policy) -> dict[str, Any]:
+    """The quiet hours (``HH:MM`` in the recipient's time) and what is dropped in them."""
+    return {"from": f"{p.quiet_start // 60:02d}:{p.quiet_start % 60:02d}",
+            "to": f"{p.quiet_end // 60:02d}:{p.quiet_end % 60:02d}",
+            "drop": sorted(f.name[6:] for f in PARAMS
+                           if f.name.startswith("quiet_") and getattr(p, f.name) == "drop")}
+
+
+def _quota_used(quota: dict[str, str], p: Policy, now: int) -> int:
+    """Jobs claimed in the quota's current day (as pre_send.lua counts them)."""
+    today = quota_day(now, p.quota_utc_offset)
+    return int(quota.get("n") or 0) if quota.get("day") == str(today) else 0
+
+
+def quota_day(now: int, utc_offset: int) -> int:
+    """The quota's day number at epoch second ``now`` (pre_send.lua's arithmetic)."""
+    return (now + utc_offset) // 86400
 
 
 def _json(raw: Any) -> Any:

@@ -21,7 +21,8 @@
 --   timeline list is kept, 0: not written), value_max (the longest value a hash keeps in its
 --   compact encoding, hash-max-listpack-value),
 --   channels: every channel (suppression/channels.py): the account's state is the worst level
---     over all of them (state hash fields lvl:<channel>),
+--     over all of them (state hash fields lvl:<channel>, and warn:<channel> for the warning
+--     lines),
 --   and the reputation parameters declared for this script (config/reputation.py), read by
 --   policy(KEYS[3]) into P: the account's override where it may have one, else the default.
 -- The job's newest timeline entry that moved its status lives in the job hash itself (its
@@ -211,19 +212,36 @@ local lc_level, lb_c = level(sums.c, sums.s, P.min_complaint_volume, P.early_com
   P.throttle_complaint, P.block_complaint)
 local lvl = math.max(lb_level, lc_level)
 local why = lb_level >= lc_level and 'hard_bounce_rate' or 'complaint_rate'
+-- the warning lines: from the early volume on, nothing slowed (state 'warning')
+local wb = sums.s >= math.min(P.min_bounce_volume, P.early_bounce_volume)
+  and lb_b >= P.warning_bounce
+local wc = sums.s >= math.min(P.min_complaint_volume, P.early_complaint_volume)
+  and lb_c >= P.warning_complaint
+local warn = (wb or wc) and 1 or 0
+if lvl == 0 and warn == 1 then why = wb and 'hard_bounce_rate' or 'complaint_rate' end
 
 -- the levels held: this channel's, and the worst of the others
 local fields = {'state'}
-for _, name in ipairs(A.channels) do fields[#fields + 1] = 'lvl:' .. name end
+for _, name in ipairs(A.channels) do
+  fields[#fields + 1] = 'lvl:' .. name
+  fields[#fields + 1] = 'warn:' .. name
+end
 local st = redis.call('HMGET', KEYS[2], unpack(fields))
 local from = st[1] or 'active'
-local held_lvl, others = 0, 0
+local held_lvl, held_warn, others, others_warn = 0, 0, 0, 0
 for i, name in ipairs(A.channels) do
-  local v = tonumber(st[i + 1]) or 0
-  if name == channel then held_lvl = v else others = math.max(others, v) end
+  local v, w = tonumber(st[2 * i]) or 0, tonumber(st[2 * i + 1]) or 0
+  if name == channel then
+    held_lvl, held_warn = v, w
+  else
+    others, others_warn = math.max(others, v), math.max(others_warn, w)
+  end
 end
 if held_lvl ~= lvl then
   redis.call('HSET', KEYS[2], 'lvl:' .. channel, lvl)
+end
+if held_warn ~= warn then
+  redis.call('HSET', KEYS[2], 'warn:' .. channel, warn)
 end
 if from == 'blocked' or from == 'suspended' then
   return answer(0)  -- only a support action lifts these
@@ -233,8 +251,13 @@ if lvl == 2 then
   to = 'blocked'
 else
   local worst = math.max(lvl, others)
-  if worst >= 1 then to = 'throttled' end
-  if lvl == 0 and worst >= 1 then why = 'other_channel' end
+  if worst >= 1 then
+    to = 'throttled'
+    if lvl == 0 then why = 'other_channel' end
+  elseif warn == 1 or others_warn == 1 then
+    to = 'warning'
+    if warn == 0 then why = 'other_channel' end
+  end
 end
 if to == from then
   return answer(0)

@@ -10,6 +10,8 @@
 -- KEYS[8]  job timeline             outbox:{acct:A}:tl:ID
 -- KEYS[9]  recipient's job index    outbox:{acct:A}:hist:<channel>:<addr>
 -- KEYS[10] verified sending domains outbox:{acct:A}:senders (domain -> '1' DMARC, '0' none)
+-- KEYS[11] frequency cap counter    outbox:{acct:A}:cap:<category>:<channel>:<addr>
+-- KEYS[12] daily quota counter      outbox:{acct:A}:quota
 -- ARGV     by name, as suppression/gate.py declares them (PRE_SEND_ARGS; the prelude that reads
 --          them into A is generated from that declaration, suppression/script_args.py):
 --   owner (one per delivery), redelivered, expired, ttl (seconds), attempt, category,
@@ -38,11 +40,19 @@
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
 --          and the consent status ('granted' or ''; consent lifts the DNC register, s.11(2))
 --   verdict: send | done | duplicate | expired | rejected | held | suppressed | no_consent |
---            rate_limited; for 'rejected' (a sender the account may not use) the detail follows;
---            'held' (the account is blocked or suspended) writes nothing: the caller holds the
---            job (hold.lua, which checks the state again)
--- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences, and
--- the rate token last, so a refused job never consumes one.
+--            quiet_hours | capped | over_quota | rate_limited; for 'rejected' (a sender the
+--            account may not use), 'quiet_hours', 'capped' and 'over_quota' the detail
+--            follows; 'held' (the account is blocked or suspended) writes nothing: the caller
+--            holds the job (hold.lua, which checks the state again)
+-- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences,
+-- quiet hours (parameter quiet_<category>_<channel> 'drop': a job whose recipient's local
+-- minute, A.local_offset seconds east of UTC, is in [quiet_start, quiet_end) ends
+-- quiet_hours; the window may wrap midnight), frequency cap (parameter
+-- cap_<category>_<channel>: jobs to the recipient within P.cap_period seconds, rolling; 0 or
+-- none declared: no cap), daily quota (P.daily_quota claims in the day that starts at
+-- midnight P.quota_utc_offset seconds east of UTC; 0: none), and the rate token last, so a
+-- refused job never consumes one; the cap and the quota count a job only when it is claimed
+-- (a job claimed again, after a retry or a crash, counts once).
 -- GENERATED arguments
 local job = KEYS[1]
 local owner, redelivered, expired = A.owner, A.redelivered, A.expired
@@ -181,6 +191,52 @@ elseif category == 'notification' and pref_field ~= '' then
   end
 end
 
+-- a limit's refusal carries its detail (reply[8]) for the status event
+local function over(verdict, reason, detail)
+  local reply = refuse(verdict, verdict, reason, detail)
+  reply[8] = detail
+  return reply
+end
+
+-- Quiet hours (dropped): the recipient's local minute, from Redis's clock and the offset of
+-- the recipient's time zone passed in (A.local_offset, seconds east of UTC).
+if P['quiet_' .. category .. '_' .. A.channel] == 'drop' then
+  local m = math.floor(((math.floor(now / 1000) + A.local_offset) % 86400) / 60)
+  local from, to = P.quiet_start, P.quiet_end
+  local inside
+  if from <= to then inside = m >= from and m < to else inside = m >= from or m < to end
+  if inside then
+    return over('quiet_hours', 'quiet_hours', string.format(
+      '%02d:%02d in the recipient\'s time, quiet from %02d:%02d to %02d:%02d',
+      math.floor(m / 60), m % 60, math.floor(from / 60), from % 60, math.floor(to / 60),
+      to % 60))
+  end
+end
+
+-- Frequency cap and daily quota: read here, counted below once the job is claimed.
+local cap = tonumber(P['cap_' .. category .. '_' .. A.channel]) or 0
+local capped = cap > 0 and st ~= 'R'
+if capped then
+  redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - P.cap_period * 1000)
+  capped = redis.call('ZSCORE', KEYS[11], job_id) == false
+    and redis.call('ZCARD', KEYS[11]) >= cap
+end
+if capped then
+  return over('capped', 'frequency_cap', string.format(
+    '%d %s %s to this recipient in %d s', cap, category, A.channel, P.cap_period))
+end
+local day = math.floor((math.floor(now / 1000) + P.quota_utc_offset) / 86400)
+local quota = P.daily_quota
+local used = 0
+if quota > 0 then
+  local q = redis.call('HMGET', KEYS[12], 'day', 'n')
+  if tonumber(q[1]) == day then used = tonumber(q[2]) or 0 end
+  if used >= quota and not st then
+    return over('over_quota', 'daily_quota', string.format(
+      '%d messages a day, all used (day %d)', quota, day))
+  end
+end
+
 -- Token bucket on Redis's clock; a throttled account gets the reduced rate and burst.
 local rate, burst = P.rate, P.burst
 if state == 'throttled' then
@@ -202,6 +258,17 @@ if tokens < 1 then
 end
 redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
+if cap > 0 and redis.call('ZADD', KEYS[11], 'NX', now, job_id) == 1 then
+  redis.call('PEXPIRE', KEYS[11], P.cap_period * 1000)
+end
+if quota > 0 and not st then
+  if used == 0 then
+    redis.call('HSET', KEYS[12], 'day', day, 'n', 1)
+  else
+    redis.call('HINCRBY', KEYS[12], 'n', 1)
+  end
+  redis.call('EXPIRE', KEYS[12], 2 * 86400)
+end
 
 push_held()
 redis.call('HSET', job, 'st', 'S', 'o', owner, 'a', attempt, 'rc', A.recipient)

@@ -22,7 +22,9 @@ if action ~= 'suspend' then
   -- probation: the counters start afresh
   for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
   until_ = now + probation
-  for _, name in ipairs(A.channels) do redis.call('HSET', KEYS[1], 'lvl:' .. name, 0) end
+  for _, name in ipairs(A.channels) do
+    redis.call('HSET', KEYS[1], 'lvl:' .. name, 0, 'warn:' .. name, 0)
+  end
   redis.call('HSET', KEYS[1], 'probation_until', until_)
 end
 redis.call('HSET', KEYS[1], 'state', to, 'since', now, 'reason', action)

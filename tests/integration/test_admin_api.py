@@ -240,6 +240,20 @@ async def test_configure_sets_sender_information_and_limits(admin):
     assert shown["limits"]["thresholds"]["block_bounce"] == 0.2
 
 
+async def test_configure_sets_the_sending_limits(admin):
+    body = await _configure(admin, "acct_lim", cap_marketing_sms=2, daily_quota="1000",
+                            quiet_marketing_sms="drop", warning_bounce=0.03)
+    assert body["settings"] == {"rate": "50.0", "cap_marketing_sms": "2",
+                                "daily_quota": "1000", "quiet_marketing_sms": "drop",
+                                "warning_bounce": "0.03"}
+    _, shown = await admin("GET", "/admin/accounts/acct_lim")
+    limits = shown["limits"]
+    assert limits["frequency_caps"] == {"caps": {"marketing_sms": 2}, "period": 604800}
+    assert (limits["daily_quota"], limits["quota_used_today"]) == (1000, 0)
+    assert limits["thresholds"]["warning_bounce"] == 0.03
+    assert limits["quiet_hours"] == {"from": "22:00", "to": "08:00", "drop": ["marketing_sms"]}
+
+
 @pytest.mark.parametrize("body, error", [
     ({"rate": "fast"}, "rate must be a number"),
     ({"rate": True}, "rate must be a number"),
@@ -248,6 +262,12 @@ async def test_configure_sets_sender_information_and_limits(admin):
     ({"business_name": 7}, "business_name must be a string"),
     ({"consent_mode": "maybe"}, "consent_mode must be opt_in or opt_out"),
     ({"colour": "red"}, "unknown account setting(s): colour"),
+    ({"cap_marketing_sms": -2}, "cap_marketing_sms must be at least 0"),
+    ({"daily_quota": 2.5}, "daily_quota must be a whole number"),
+    ({"cap_period": 59}, "cap_period must be at least 60"),
+    ({"quiet_marketing_sms": "wait"}, "quiet_marketing_sms must be off or drop"),
+    ({"quiet_start": 1440}, "quiet_start must be at most 1439"),
+    ({"warning_bounce": 2}, "warning_bounce is a fraction"),
     ({"actor": "alice"}, "nothing to configure"),
     (["rate", 5], "the body must be a JSON object"),
 ])

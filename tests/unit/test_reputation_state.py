@@ -1,8 +1,8 @@
 """Stateful test over the real Lua (post_send.lua, support.lua) on a real Redis: random
 sends, hard bounces, complaints on both channels and support actions. Invariants: nothing
 but a support action moves an account out of ``blocked`` or ``suspended``; every automatic
-state is the one the Python mirror of the rule predicts; support actions are refused when
-they do not apply, and unblock/unsuspend start afresh."""
+state (``warning`` included) is the one the Python mirror of the rule predicts; support
+actions are refused when they do not apply, and unblock/unsuspend start afresh."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def test_only_support_lifts_a_block_or_suspension(redis_url):
             rates = Rates(sums["s"], sums["h"], sums["c"], POLICY.reputation_window, POLICY)
             return max(rates.bounce_level, rates.complaint_level)
 
+        def warning(self, channel: str) -> bool:
+            now = int(r.time()[0])
+            sums = sum_buckets(r.hgetall(keys.reputation(self.account, channel)), now=now,
+                               bucket=POLICY.reputation_bucket,
+                               window=POLICY.reputation_window)
+            return Rates(sums["s"], sums["h"], sums["c"], POLICY.reputation_window,
+                         POLICY).warning
+
         @rule(channel=st.sampled_from(channels.names()), kind=st.sampled_from(sorted(KINDS)),
               n=st.integers(1, 25))
         def outcomes(self, channel: str, kind: str, n: int) -> None:
@@ -63,8 +71,10 @@ def test_only_support_lifts_a_block_or_suspension(redis_url):
                     continue
                 mine = self.level(channel)
                 other = max(self.level(c) for c in channels.names() if c != channel)
+                warned = any(self.warning(c) for c in channels.names())
                 expected = ("blocked" if mine == 2 else
-                            "throttled" if max(mine, other) >= 1 else "active")
+                            "throttled" if max(mine, other) >= 1 else
+                            "warning" if warned else "active")
                 assert after == expected
                 assert (int(reply[0]) == 1) == (after != before)
 

@@ -9,9 +9,9 @@ const $ = (id) => document.getElementById(id);
 const VIEWS = ["accounts", "account", "recipient", "job", "dead"];
 // the support actions that apply in each state (the API answers 409 to the others)
 const ACTIONS = {blocked: ["unblock"], suspended: ["unsuspend"], active: ["suspend"],
-                 throttled: ["suspend"]};
+                 warning: ["suspend"], throttled: ["suspend"]};
 const LABELS = {unblock: "Unblock 解除封鎖", suspend: "Suspend 暫停", unsuspend: "Unsuspend 恢復"};
-const SEVERITY = {blocked: 0, suspended: 1, throttled: 2, active: 3};
+const SEVERITY = {blocked: 0, suspended: 1, throttled: 2, warning: 3, active: 4};
 const MAX_ROWS = 100;  // accounts whose rates are fetched in one list
 let notice = null;  // {text, ok}: said once the next view is shown (after an action)
 let me = null;  // {name, role, allowed: [action, ...]} of the token entered
@@ -134,7 +134,8 @@ async function render() {
 function rateCell(r, kind, t) {
   const cell = el("span", pct(r[kind + "_rate"]) + " (" + r[kind === "bounce" ? "hard_bounces"
     : "complaints"] + "/" + r.sends + ", bound " + pct(r[kind + "_wilson_lower"]) + ")" +
-    " · throttle " + pct(t["throttle_" + kind]) + " · block " + pct(t["block_" + kind]),
+    " · warning " + pct(t["warning_" + kind]) + " · throttle " + pct(t["throttle_" + kind]) +
+    " · block " + pct(t["block_" + kind]),
     "level-" + r[kind + "_level"]);
   return cell;
 }
@@ -209,10 +210,19 @@ async function showAccount(id) {
                   "Complaint rate (bound) 投訴率（下限）"],
         Object.entries(info.rates).map(([channel, r]) => [channel, r.sends,
           rateCell(r, "bounce", t), rateCell(r, "complaint", t)]));
+  const caps = info.limits.frequency_caps || {caps: {}, period: 0};
+  const quiet = info.limits.quiet_hours || {drop: []};
   table("limits", ["Rate/s 速率", "Burst 突發", "Window 時段", "Minimum volume 最少數量",
-                   "Consent 同意", "Overrides 覆寫"],
+                   "Consent 同意", "Daily quota 每日配額", "Frequency caps 頻率上限",
+                   "Quiet hours (dropped) 靜默時段（捨棄）", "Overrides 覆寫"],
         [[info.limits.rate, info.limits.burst, t.window + " s", "bounces " + t.min_bounce_volume
           + " · complaints " + t.min_complaint_volume, info.limits.consent_mode,
+          info.limits.daily_quota ? info.limits.quota_used_today + " / " + info.limits.daily_quota
+            : "none 無",
+          Object.entries(caps.caps).map(([k, v]) => k + " " + v).join(", ") +
+            (Object.keys(caps.caps).length ? " per " + caps.period + " s" : "none 無"),
+          quiet.drop.length ? quiet.drop.join(", ") + " " + quiet.from + "–" + quiet.to
+            : "none 無",
           Object.entries(info.overrides || {}).map(([k, v]) => k + "=" + v).join(", ")]]);
   table("bounces", ["When 時間", "Channel 渠道", "Kind 類別", "Reason 原因", "Job 工作"],
         (info.recent_bounce_reasons || []).map((b) => [when(b.at), b.channel, b.kind, b.reason,
