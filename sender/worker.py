@@ -14,6 +14,7 @@ while priority jobs are pending).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from config import Settings
 from sender import topology
-from sender.bus import BROKER_ERRORS, Bus
+from sender.bus import BROKER_ERRORS, Bus, QueueFull
 from sender.channels import registry
 from sender.channels.base import Channel
 from sender.gauges import Gauges
@@ -38,6 +39,12 @@ log = logging.getLogger("outbox.worker")
 #: seconds for one broker call while stopping: a robust channel waits for the broker forever,
 #: and a SIGTERM during an outage must still end the process (the broker requeues anyway)
 BROKER_CALL_TIMEOUT = 5.0
+#: a delivery whose handling a full queue refused waits this long before it is returned,
+#: doubled at each refusal of the same job, up to QUEUE_FULL_MAX_WAIT (seconds)
+QUEUE_FULL_FIRST_WAIT = 1.0
+QUEUE_FULL_MAX_WAIT = 60.0
+#: refusal counts kept (the most recent jobs)
+REFUSALS_KEPT = 10_000
 #: a consumer's handling of one delivery, and its path for an exception nobody expected
 Handle = Callable[[AbstractIncomingMessage], Awaitable[None]]
 Unexpected = Callable[[AbstractIncomingMessage, Exception], Awaitable[None]]
@@ -68,6 +75,7 @@ class Worker:
         self.mover = mover  # releases scheduled jobs when due (sender.schedule)
         self.slots = LaneSlots(settings.concurrency, settings.bulk_share)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusals: dict[str, int] = {}  # job body -> refusals by a full queue, oldest first
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._amqp_channels: list[AbstractChannel] = []
 
@@ -136,6 +144,8 @@ class Worker:
                     self.slots.release(lane)
         except (Stopping, asyncio.CancelledError):
             pass
+        except QueueFull as exc:  # a queue it must publish to is at its bound
+            await self._after_refusal(message, exc)
         except BROKER_ERRORS as exc:  # not the job's fault: never counted towards poison
             log.warning("broker: %s: %s; the job goes back to its queue",
                         type(exc).__name__, exc)
@@ -144,6 +154,29 @@ class Worker:
             await self._unexpected(message, exc, unexpected)
         finally:
             self._tasks.discard(task)
+
+    async def _after_refusal(self, message: AbstractIncomingMessage, exc: QueueFull) -> None:
+        """A bounded queue refused what handling this delivery had to publish (a dead letter,
+        a retry): keep the delivery (its slot is free again) for a wait that doubles at each
+        refusal of the same body, up to :data:`QUEUE_FULL_MAX_WAIT`, then return it. A quorum
+        queue counts every return towards its delivery limit, so returning it at once would
+        spend the limit in milliseconds and leave the broker to dead-letter the job without
+        Outbox's reason; spaced out, the ~20 returns last ~15 minutes, while
+        OutboxQueueRefusing pages."""
+        key = message.message_id or hashlib.blake2b(message.body, digest_size=16).hexdigest()
+        refusals = self._refusals.pop(key, 0) + 1
+        self._refusals[key] = refusals
+        while len(self._refusals) > REFUSALS_KEPT:
+            del self._refusals[next(iter(self._refusals))]
+        wait = min(QUEUE_FULL_MAX_WAIT, QUEUE_FULL_FIRST_WAIT * 2 ** (refusals - 1))
+        log.warning("broker: %s; the job goes back to its queue in %.1f s (refusal %d of "
+                    "this job)", exc, wait, refusals)
+        try:
+            await asyncio.wait_for(self._stop.wait(), wait)
+            return  # stopping: left unsettled, returned when the channel closes
+        except TimeoutError:
+            pass
+        await self.settle.nack(message)
 
     async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception,
                           unexpected: Unexpected) -> None:
