@@ -81,8 +81,11 @@ class RateLimiter:
     def slow_down(self, sender: str) -> None:
         self._rates[sender] = max(self._floor, self.rate(sender) / 2)
         self.lowest = min(self.lowest, self._rates[sender])
-        now = self._clock()  # the burst is spent: the next message waits a whole interval
-        self._tat[sender] = max(self._tat.get(sender, now), now) + self._burst / self.rate(sender)
+        # the burst is spent: from now, the next message waits a whole interval at the new
+        # rate. max(), not +: a storm of 429s must not add a burst's time per 429 on top of
+        # the reservations already made (30 jobs once waited ~4 minutes that way)
+        now = self._clock()
+        self._tat[sender] = max(self._tat.get(sender, now), now + self._burst / self.rate(sender))
 
     def speed_up(self, sender: str) -> None:
         if sender in self._rates:

@@ -144,13 +144,29 @@ async def _seed(redis_url: str, *accounts: str) -> None:
         await client.aclose()
 
 
+#: the malformed id that goes through the real command (a process of its own, its Redis checked
+#: untouched); the others go through the same parser in this process (the refusal is the
+#: parser's, before any connection), which saves ~300 process starts (~2 minutes)
+THROUGH_A_PROCESS = "newline"
+
+
 @pytest.mark.parametrize("bad", list(BAD_IDS.values()), ids=list(BAD_IDS))
 @pytest.mark.parametrize("command", sorted(ACCOUNT_COMMANDS))
-async def test_every_command_refuses_a_malformed_account_id(command, bad, redis_url):
+async def test_every_command_refuses_a_malformed_account_id(command, bad, redis_url, capsys):
+    argv = _argv(tuple(command.split()), ACCOUNT_COMMANDS[command], bad)
+    if bad != BAD_IDS[THROUGH_A_PROCESS]:
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args(argv)
+        assert exited.value.code == 2
+        stderr = capsys.readouterr().err
+        usage, error = stderr.splitlines()[0], stderr.splitlines()[-1]
+        assert usage.startswith(f"usage: outbox {command}")
+        assert error.startswith(f"outbox {command}: error: argument ")
+        assert f"account id {RULE}" in error
+        return
     await _seed(redis_url, "a", "acct", "acct_other")
     before = await redis_state(redis_url)
-    done = _outbox(_argv(tuple(command.split()), ACCOUNT_COMMANDS[command], bad),
-                   redis_url, NO_BROKER)
+    done = _outbox(argv, redis_url, NO_BROKER)
     assert done.returncode == 2, done.stderr
     usage, error = done.stderr.splitlines()[0], done.stderr.splitlines()[-1]
     assert usage.startswith(f"usage: outbox {command}")

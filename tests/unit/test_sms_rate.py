@@ -63,3 +63,16 @@ async def test_acquire_waits_in_real_time() -> None:
     start = loop.time()
     await asyncio.gather(*(limiter.acquire("s") for _ in range(6)))
     assert loop.time() - start >= 5 * 0.02 - 0.005  # five intervals after the first
+
+
+def test_a_storm_of_429s_does_not_pile_up_waits() -> None:
+    """Each 429 spends the burst from now; it does not add a burst's time to the reservations
+    already made (seven 429s in a row once pushed the next send minutes away)."""
+    clock = Clock()
+    limiter = RateLimiter(50.0, 50, clock=clock)
+    for _ in range(30):
+        limiter.reserve("s")
+    for _ in range(7):
+        limiter.slow_down("s")
+    assert limiter.rate("s") == 0.5
+    assert limiter.reserve("s") <= 2.0 + 1e-9  # one interval at the floor rate, no more
