@@ -21,13 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from postfix_bounces import BOUNCE_DOMAIN, KEY, MSGID_DOMAIN, REPLIES  # scripts/
+from postfix_bounces import BOUNCE_DOMAIN, KEY, REPLIES, expected, test_message  # scripts/
 
 from suppression.verp import verp_address
 
@@ -72,20 +71,11 @@ class Smarthost:
 
 def send(dma: Path, case: str, parts: list[str]) -> dict[str, Any]:
     job = f"job-dma-{case}"
-    msg = EmailMessage()
-    msg["From"] = "Acme <sales@acme.example>"
-    msg["To"] = ", ".join(f"{p}@refuse.test" for p in parts)
-    msg["Subject"] = f"Receipt for {case}"
-    msg["Message-ID"] = f"<{job}@{MSGID_DOMAIN}>"
-    msg["X-Outbox-Account"] = ACCOUNT
-    msg.set_content(f"Thank you ({case}).\n")
+    msg = test_message(job, case, parts, ACCOUNT)
     sender = verp_address(ACCOUNT, job, BOUNCE_DOMAIN, KEY)
     subprocess.run([str(dma), "-f", sender, *[f"{p}@refuse.test" for p in parts]],
                    input=msg.as_bytes(), check=True, timeout=30)
-    return {"job": job, "account": ACCOUNT, "sender": sender,
-            "recipients": {f"{p}@refuse.test": {
-                "reply": REPLIES[p][0].removeprefix("DATA ").format(rcpt=f"{p}@refuse.test"),
-                "kind": REPLIES[p][1]} for p in parts}}
+    return expected(job, ACCOUNT, sender, parts)
 
 
 def main(out: Path, unpacked: Path) -> int:

@@ -23,13 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from dma_bounces import CASES, SMARTHOST, Smarthost  # scripts/
-from postfix_bounces import BOUNCE_DOMAIN, KEY, MSGID_DOMAIN, REPLIES
+from postfix_bounces import BOUNCE_DOMAIN, KEY, expected, test_message
 
 from suppression.verp import verp_address
 
@@ -45,21 +44,12 @@ match from local for any action "out"
 
 def send(case: str, parts: list[str]) -> dict[str, Any]:
     job = f"job-osmtpd-{case}"
-    msg = EmailMessage()
-    msg["From"] = "Acme <sales@acme.example>"
-    msg["To"] = ", ".join(f"{p}@refuse.test" for p in parts)
-    msg["Subject"] = f"Receipt for {case}"
-    msg["Message-ID"] = f"<{job}@{MSGID_DOMAIN}>"
-    msg["X-Outbox-Account"] = ACCOUNT
-    msg.set_content(f"Thank you ({case}).\n")
+    msg = test_message(job, case, parts, ACCOUNT)
     sender = verp_address(ACCOUNT, job, BOUNCE_DOMAIN, KEY)
     with smtplib.SMTP("127.0.0.1", PORT) as client:
         client.ehlo("outbox.test")
         client.sendmail(sender, [f"{p}@refuse.test" for p in parts], msg.as_bytes())
-    return {"job": job, "account": ACCOUNT, "sender": sender,
-            "recipients": {f"{p}@refuse.test": {
-                "reply": REPLIES[p][0].removeprefix("DATA ").format(rcpt=f"{p}@refuse.test"),
-                "kind": REPLIES[p][1]} for p in parts}}
+    return expected(job, ACCOUNT, sender, parts)
 
 
 def main(out: Path, unpacked: Path) -> int:

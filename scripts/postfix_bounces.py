@@ -222,16 +222,33 @@ def start_exim(root: Path, unpacked: Path) -> subprocess.Popen[bytes]:
     return daemon
 
 
-def send(case: str, parts: list[str], options: str, verp: bool,
-         port: int = POSTFIX) -> dict[str, Any]:
-    job = f"job-pf-{case}"
+def test_message(job: str, case: str, parts: list[str], account: str) -> EmailMessage:
+    """The receipt every generator here sends (to ``parts`` at refuse.test), with our
+    Message-ID and account header, as Outbox would send it."""
     msg = EmailMessage()
     msg["From"] = "Acme <sales@acme.example>"
     msg["To"] = ", ".join(f"{p}@refuse.test" for p in parts)
     msg["Subject"] = f"Receipt for {case}"
     msg["Message-ID"] = f"<{job}@{MSGID_DOMAIN}>"
-    msg["X-Outbox-Account"] = ACCOUNT
+    msg["X-Outbox-Account"] = account
     msg.set_content(f"Thank you ({case}).\n")
+    return msg
+
+
+def expected(job: str, account: str, sender: str, parts: list[str]) -> dict[str, Any]:
+    """What the bounce of ``job`` must be read as: each recipient's reply and kind."""
+    return {"job": job, "account": account, "sender": sender,
+            "recipients": {f"{p}@refuse.test": {"reply": REPLIES.get(p, ("250 2.0.0 Ok", None))[0]
+                                               .removeprefix("DATA ").format(
+                                                   rcpt=f"{p}@refuse.test"),
+                                               "kind": REPLIES.get(p, ("", None))[1]}
+                           for p in parts}}
+
+
+def send(case: str, parts: list[str], options: str, verp: bool,
+         port: int = POSTFIX) -> dict[str, Any]:
+    job = f"job-pf-{case}"
+    msg = test_message(job, case, parts, ACCOUNT)
     sender = verp_address(ACCOUNT, job, BOUNCE_DOMAIN, KEY) if verp \
         else f"bounces@{BOUNCE_DOMAIN}"
     with smtplib.SMTP("127.0.0.1", port) as client:
@@ -239,12 +256,7 @@ def send(case: str, parts: list[str], options: str, verp: bool,
         rcpt_options = [options] if options else []
         client.sendmail(sender, [f"{p}@refuse.test" for p in parts], msg.as_bytes(),
                         rcpt_options=rcpt_options)
-    return {"job": job, "account": ACCOUNT, "sender": sender,
-            "recipients": {f"{p}@refuse.test": {"reply": REPLIES.get(p, ("250 2.0.0 Ok", None))[0]
-                                               .removeprefix("DATA ").format(
-                                                   rcpt=f"{p}@refuse.test"),
-                                               "kind": REPLIES.get(p, ("", None))[1]}
-                           for p in parts}}
+    return expected(job, ACCOUNT, sender, parts)
 
 
 def main(out: Path, exim: Path | None = None) -> int:

@@ -35,6 +35,7 @@ from sender.bus import FIRST_SEEN_HEADER, Bus
 from sender.channels.registry import routing_key
 from sender.metrics import Metrics
 from sender.models import status_event
+from sender.periodic import Periodic
 from suppression.held import BATCH, Held, HeldBusy, HeldStore
 from suppression.store import Audit
 
@@ -165,16 +166,18 @@ class HeldJobs:
         return sum(taken)
 
 
-class HeldSweeper:
+class HeldSweeper(Periodic):
     """The worker's task that ends jobs held too long (:meth:`HeldJobs.expire`) and refreshes
     ``outbox_held_jobs{channel,category}`` every ``period`` seconds until stopped; an outage
     is logged and tried again at the next sweep."""
 
+    name = "held jobs sweep"
+    log = log
+
     def __init__(self, held: HeldJobs, metrics: Metrics, period: float) -> None:
+        super().__init__(period)
         self._held = held
         self._metrics = metrics
-        self._period = period
-        self._task: asyncio.Task[None] | None = None
 
     @staticmethod
     def period_for(hold_seconds: int) -> float:
@@ -182,27 +185,12 @@ class HeldSweeper:
         a second)."""
         return max(0.5, min(60.0, hold_seconds / 4))
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._period)
-            try:
-                ended = await self._held.expire()
-                for (channel, category), n in (await self._held.store.totals()).items():
-                    self._metrics.held_jobs.labels(channel, category).set(n)
-            except Exception as exc:  # Redis or the broker away: the next sweep tries again
-                log.warning("held jobs sweep: %s: %s", type(exc).__name__, exc)
-                continue
-            if ended:
-                log.warning("held jobs sweep: %d expired", ended, extra={"expired": ended})
+    async def turn(self) -> None:
+        ended = await self._held.expire()
+        for (channel, category), n in (await self._held.store.totals()).items():
+            self._metrics.held_jobs.labels(channel, category).set(n)
+        if ended:
+            log.warning("held jobs sweep: %d expired", ended, extra={"expired": ended})
 
 
 def _metadata(body: bytes | None) -> dict[str, Any] | None:

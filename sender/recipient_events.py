@@ -40,7 +40,6 @@ pending event; so does the next change of the same account. An event may be publ
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -53,6 +52,7 @@ from redis.exceptions import RedisError
 from sender import topology
 from sender.bus import Bus
 from sender.models import RECIPIENT_CHANGES, SCHEMA_VERSION, utcnow_iso
+from sender.periodic import Periodic
 from sender.provider_events import ProviderEvent
 from suppression import entries, keys
 from suppression.gate import Script
@@ -262,32 +262,19 @@ def unsubscribe_source(event: ProviderEvent) -> str:
     return event.provider
 
 
-class PendingSweeper:
+class PendingSweeper(Periodic):
     """The worker's task that runs :meth:`RecipientEvents.sweep` every ``period`` seconds
     until stopped; an outage is logged and tried again at the next sweep."""
 
+    name = "recipient events sweep"
+    log = log
+
     def __init__(self, events: RecipientEvents, period: float = SWEEP_SECONDS) -> None:
+        super().__init__(period)
         self._events = events
-        self._period = period
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._period)
-            try:
-                published = await self._events.sweep()
-            except Exception as exc:  # Redis or the broker away: the next sweep tries again
-                log.warning("recipient events sweep: %s: %s", type(exc).__name__, exc)
-                continue
-            if published:
-                log.info("recipient events sweep: %d published", published,
-                         extra={"published": published})
+    async def turn(self) -> None:
+        published = await self._events.sweep()
+        if published:
+            log.info("recipient events sweep: %d published", published,
+                     extra={"published": published})
