@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import hdrs, web
+from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from config import Settings
@@ -271,6 +272,13 @@ class SesWebhooks(_ProviderWebhooks):
         return web.Response(status=200, text="logged; confirm by hand")
 
 
+def _configured(secret: SecretStr | None, provider: str) -> str:
+    """The provider's secret; 404 while it is not configured (the route is not there)."""
+    if secret is None:
+        raise web.HTTPNotFound(text=f"{provider} is not configured")
+    return secret.get_secret_value()
+
+
 class SendGridWebhooks(_ProviderWebhooks):
     """``POST /webhooks/sendgrid``: the signed Event Webhook."""
 
@@ -280,13 +288,11 @@ class SendGridWebhooks(_ProviderWebhooks):
         return [web.post("/webhooks/sendgrid", self.events)]
 
     async def events(self, request: web.Request) -> web.Response:
-        key = self._settings.sendgrid_public_key
-        if key is None:
-            raise web.HTTPNotFound(text="SendGrid is not configured")
+        key = _configured(self._settings.sendgrid_public_key, "SendGrid")
         body = await request.read()
         signature = request.headers.get(sendgrid.SIGNATURE_HEADER, "")
         timestamp = request.headers.get(sendgrid.TIMESTAMP_HEADER, "")
-        if not sendgrid.verify(body, signature, timestamp, key.get_secret_value()):
+        if not sendgrid.verify(body, signature, timestamp, key):
             raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
         self._check_fresh(timestamp)
         return await self._publish(self._parse(sendgrid.parse, body, request.content_type))
@@ -301,16 +307,13 @@ class MailgunWebhooks(_ProviderWebhooks):
         return [web.post("/webhooks/mailgun", self.event)]
 
     async def event(self, request: web.Request) -> web.Response:
-        key = self._settings.mailgun_signing_key
-        if key is None:
-            raise web.HTTPNotFound(text="Mailgun is not configured")
+        key = _configured(self._settings.mailgun_signing_key, "Mailgun")
         body = await request.read()
         try:
             sig = mailgun.decode(body, request.content_type)["signature"]
         except PayloadError as exc:
             raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
-        if not mailgun.verify(sig["timestamp"], sig["token"], sig["signature"],
-                              key.get_secret_value()):
+        if not mailgun.verify(sig["timestamp"], sig["token"], sig["signature"], key):
             raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
         self._check_fresh(sig["timestamp"])
         token_key = await self._claim(sig["token"])
