@@ -37,6 +37,8 @@ BasicProperties = Basic.Properties
 
 log = logging.getLogger("outbox.bus")
 
+#: seconds to wait for the broker's confirm of one publish (then PublishFailed)
+CONFIRM_TIMEOUT = 30.0
 ATTEMPT_HEADER = "x-outbox-attempt"
 FIRST_SEEN_HEADER = "x-outbox-first-seen"  # epoch seconds of the first enqueue
 REASON_HEADER = "x-outbox-reason"
@@ -144,8 +146,11 @@ class Bus:
             expiration=str(int(expiration * 1000)) if expiration is not None else None)
         try:
             channel = await self._channel.get_underlay_channel()
-            await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
-                                        properties=properties, mandatory=True)
+            # a confirm that never comes on a live channel must not hold a job or a webhook
+            # forever: PublishFailed, and the caller's usual path (nack, 503) takes over
+            async with asyncio.timeout(CONFIRM_TIMEOUT):
+                await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
+                                            properties=properties, mandatory=True)
         except DeliveryError as exc:
             if not isinstance(exc.frame, Basic.Nack):
                 raise PublishFailed(f"{exchange or '(default)'} {routing_key}: "

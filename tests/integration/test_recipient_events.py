@@ -110,8 +110,8 @@ async def _inbound(base: str, account: str, sid: str, number: str, body: str) ->
     url = f"{base}/webhooks/twilio/inbound?a={account}"
     params = {"MessageSid": sid, "From": number, "To": FROM, "Body": body, "AccountSid": SID}
     signature = RequestValidator(TOKEN).compute_signature(url, params)
-    async with aiohttp.ClientSession() as session, session.post(
-            url, data=params, headers={"X-Twilio-Signature": signature}) as response:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=45)) as session, \
+            session.post(url, data=params, headers={"X-Twilio-Signature": signature}) as response:
         return response.status
 
 
