@@ -578,7 +578,9 @@ def _parameter(name: str, value: str) -> str:
     """``; name="value"`` (folded onto its own line) for a short printable ASCII value, else
     RFC 2231 ``; name*0*=utf-8''%E5...`` continuations of at most 60 characters each, so no
     line exceeds 78 octets whatever the length or script of the name."""
-    if _PRINTABLE_ASCII_RE.match(value) and len(value) <= _PARAM_CHUNK:
+    # "<" or ">" quoted: Python's parser reads '"<>"' back as '' (RFC 2231 keeps them)
+    if _PRINTABLE_ASCII_RE.match(value) and len(value) <= _PARAM_CHUNK \
+            and "<" not in value and ">" not in value:
         quoted = value.replace("\\", "\\\\").replace('"', '\\"')
         return f';\r\n {name}="{quoted}"'
     chunks = [""]
