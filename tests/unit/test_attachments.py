@@ -101,7 +101,10 @@ def test_a_short_ascii_name_is_quoted() -> None:
 
 names = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Zl", "Zp"),
                               blacklist_characters="/\\"), min_size=1, max_size=255
-                ).filter(lambda s: s == s.strip() and s not in (".", ".."))
+                ).filter(lambda s: s == s.strip() and s not in (".", "..")
+                         # Python's get_filename() unquotes: it drops the <> or "" around a
+                         # whole name (email.utils.unquote), whatever the wire says
+                         and not (len(s) > 1 and (s[0], s[-1]) in (("<", ">"), ('"', '"'))))
 
 
 @settings(max_examples=200, deadline=None)
