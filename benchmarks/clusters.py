@@ -26,6 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.env import services
+
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -55,14 +57,6 @@ def _free(port: int) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])
@@ -80,10 +74,10 @@ def _wait(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> b
 
 
 def _kill(pid: int | None) -> None:
-    if pid and _alive(pid):
+    if pid and services._alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not _alive(pid), 10, 0.05)
+        _wait(lambda: not services._alive(pid), 10, 0.05)
 
 
 class RabbitCluster:
@@ -196,11 +190,12 @@ class RabbitCluster:
     def stop(self, *, within: float = 20) -> None:
         """Stop every node by its PID (SIGTERM: the node shuts down; SIGKILL after
         ``within`` seconds) and remove the data."""
-        pids = [pid for pid in map(self.pid, range(len(self.names))) if pid and _alive(pid)]
+        pids = [pid for pid in map(self.pid, range(len(self.names)))
+                if pid and services._alive(pid)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        _wait(lambda: not any(map(_alive, pids)), within, 0.1)
+        _wait(lambda: not any(map(services._alive, pids)), within, 0.1)
         for pid in pids:
             _kill(pid)
         shutil.rmtree(self.dir, ignore_errors=True)
