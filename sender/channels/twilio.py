@@ -41,51 +41,66 @@ _SUPPRESS_FOR_CODE = {21211: "invalid", 21614: "invalid", 21610: "sms_stop"}
 class RateLimiter:
     """A rate per sender: ``rate`` messages a second, bursts of ``burst`` (the generic cell
     rate algorithm: each sender's theoretical arrival time moves ``1 / rate`` per message, and
-    a message may go while that time is at most ``(burst - 1) / rate`` ahead of now).
+    a message may go while that time is at most the burst's tolerance,
+    ``(burst - 1) / configured rate`` seconds, ahead of now).
 
-    Callers waiting at the same time are spaced ``1 / rate`` apart, however many wait.
-    Twilio's 429 halves the sender's rate (down to ``floor``) and spends its burst; each
-    accepted message gives back a twentieth of the configured rate (additive increase,
-    multiplicative decrease), so a storm of 429s slows sending down instead of hammering the
-    API."""
+    Nothing is reserved ahead: a caller takes a place only when it may go now, otherwise it
+    sleeps until the earliest moment it might and asks again, at the rate of that moment. So
+    waiters are spaced ``1 / rate`` apart however many wait, and a rate that recovers speeds
+    up the callers already waiting (reservations made at a cut rate once held 25 retried
+    jobs 2 s apart while the rate was back to 50/s).
+
+    Twilio's 429 halves the sender's rate (down to ``floor``) and spends its burst, once per
+    congestion signal: the 429s of requests that went before the last cut were answers to the
+    old rate and do not cut again (as TCP cuts once per window). Each accepted message gives
+    back a twentieth of the configured rate (additive increase, multiplicative decrease)."""
 
     def __init__(self, rate: float, burst: int, floor: float = 0.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._configured = rate
-        self._burst = max(1, burst)
+        self._tolerance = (max(1, burst) - 1) / rate  # seconds of burst, whatever the rate
         self._floor = min(floor, rate)
         self._rates: dict[str, float] = {}
         self.lowest = rate  # the lowest rate any sender was cut to (metrics, tests)
         self._tat: dict[str, float] = {}  # sender -> theoretical arrival time of the next
+        self._cut_at: dict[str, float] = {}  # sender -> when its rate was last cut
         self._clock = clock
 
     def rate(self, sender: str) -> float:
         """The sender's current rate (messages per second)."""
         return self._rates.get(sender, self._configured)
 
-    def reserve(self, sender: str) -> float:
-        """Take ``sender``'s next place; return the seconds to wait before sending."""
-        interval = 1.0 / self.rate(sender)
+    def try_take(self, sender: str) -> float:
+        """Take ``sender``'s next place if it may send now (0.0); otherwise take nothing and
+        return the seconds until it might."""
         now = self._clock()
         tat = max(self._tat.get(sender, now), now)
-        wait = tat - (self._burst - 1) * interval - now
-        self._tat[sender] = tat + interval
-        return wait if wait > 1e-9 else 0.0  # not a float's rounding as a wait
+        wait = tat - self._tolerance - now
+        if wait > 1e-9:  # not a float's rounding as a wait
+            return wait
+        self._tat[sender] = tat + 1.0 / self.rate(sender)
+        return 0.0
 
-    async def acquire(self, sender: str) -> None:
-        """Wait until ``sender`` may send one more message."""
-        wait = self.reserve(sender)  # no await between reading and moving the time: atomic
-        if wait:
+    async def acquire(self, sender: str) -> float:
+        """Wait until ``sender`` may send one more message; return the clock's time then
+        (hand it back to :meth:`slow_down` if the provider answers 429)."""
+        while True:  # a timed re-check, not an event: the place frees up with the clock
+            wait = self.try_take(sender)  # no await between reading and moving the time
+            if not wait:
+                return self._clock()
             await asyncio.sleep(wait)
 
-    def slow_down(self, sender: str) -> None:
+    def slow_down(self, sender: str, sent_at: float | None = None) -> None:
+        """A 429 for a message that went at ``sent_at`` (None: now)."""
+        now = self._clock()
+        if sent_at is not None and sent_at < self._cut_at.get(sender, float("-inf")):
+            return  # sent before the last cut: that cut already answered it
+        self._cut_at[sender] = now
         self._rates[sender] = max(self._floor, self.rate(sender) / 2)
         self.lowest = min(self.lowest, self._rates[sender])
-        # the burst is spent: from now, the next message waits a whole interval at the new
-        # rate. max(), not +: a storm of 429s must not add a burst's time per 429 on top of
-        # the reservations already made (30 jobs once waited ~4 minutes that way)
-        now = self._clock()
-        self._tat[sender] = max(self._tat.get(sender, now), now + self._burst / self.rate(sender))
+        # the burst is spent: the next message waits one whole interval at the new rate
+        self._tat[sender] = max(self._tat.get(sender, now),
+                                now + self._tolerance + 1.0 / self.rate(sender))
 
     def speed_up(self, sender: str) -> None:
         if sender in self._rates:
@@ -146,14 +161,14 @@ class TwilioChannel:
         from_ = job.from_ or self._config.from_
         params = self._params(job, to, from_, body)
         lane = from_ or self._config.messaging_service_sid or ""
-        await self._limiter.acquire(lane)
+        sent_at = await self._limiter.acquire(lane)
         if self._stopped:  # the wait for the sender's rate outlived the worker
             raise NotSent("stopping")
         try:
             message = await self._client.messages.create_async(**params)
         except TwilioRestException as exc:
             if exc.status == 429 or exc.code == 20429:
-                self._limiter.slow_down(lane)
+                self._limiter.slow_down(lane, sent_at)
             raise self._failure(exc) from None
         except (TimeoutError, ClientError, OSError) as exc:
             raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
