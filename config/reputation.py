@@ -65,6 +65,7 @@ def _param(default: _T, help: str, *, setting: str = "", gt: float | None = None
 
 
 _FRACTION = "a fraction: 0.05 = 5 %"
+_QUIET = ("off", "drop", "wait")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,8 @@ class Policy:
                                     "unsuspend", ge=0, per_account=False)
 
     cap_marketing_email: int = _param(0, "marketing e-mails to one recipient per cap_period "
-                                      "(0: no cap); over it a job ends capped", ge=0,
+                                      "(0: no cap); over it a job ends capped or waits "
+                                      "(cap_mode)", ge=0,
                                       setting="frequency_cap_marketing_email",
                                       script="pre_send")
     cap_marketing_sms: int = _param(0, "marketing SMS to one recipient per cap_period (0: no "
@@ -135,22 +137,31 @@ class Policy:
                                        script="pre_send")
     cap_period: int = _param(604800, "seconds a frequency cap counts back (rolling)", ge=60,
                              setting="frequency_cap_period", script="pre_send")
+    cap_mode: str = _param("end", "a job over a frequency cap ends capped (end) or waits "
+                           "until the oldest message counted leaves the period (wait)",
+                           choices=("end", "wait"), setting="frequency_cap_mode",
+                           script="pre_send")
     daily_quota: int = _param(0, "messages per day, all channels (0: none); over it a job "
-                              "ends over_quota", ge=0, script="pre_send")
+                              "ends over_quota or waits (quota_mode)", ge=0, script="pre_send")
+    quota_mode: str = _param("end", "a job over the daily quota ends over_quota (end) or "
+                             "waits for the next day (wait; transactional jobs never wait)",
+                             choices=("end", "wait"),
+                             script="pre_send")
     quota_utc_offset: int = _param(28800, "seconds east of UTC where the quota's day starts "
                                    "(28800: midnight in Hong Kong)", ge=-43200, le=50400,
                                    script="pre_send")
 
     quiet_marketing_email: str = _param("off", "marketing e-mail in the quiet hours: sent "
-                                        "(off) or dropped, ending quiet_hours (drop)",
-                                        choices=("off", "drop"), script="pre_send")
-    quiet_marketing_sms: str = _param("off", "marketing SMS in the quiet hours: off or drop",
-                                      choices=("off", "drop"), script="pre_send")
+                                        "(off), dropped, ending quiet_hours (drop), or kept "
+                                        "until the window ends (wait)",
+                                        choices=_QUIET, script="pre_send")
+    quiet_marketing_sms: str = _param("off", "marketing SMS in the quiet hours: off, drop or "
+                                      "wait", choices=_QUIET, script="pre_send")
     quiet_notification_email: str = _param("off", "notification e-mail in the quiet hours: "
-                                           "off or drop", choices=("off", "drop"),
+                                           "off, drop or wait", choices=_QUIET,
                                            script="pre_send")
-    quiet_notification_sms: str = _param("off", "notification SMS in the quiet hours: off or "
-                                         "drop", choices=("off", "drop"), script="pre_send")
+    quiet_notification_sms: str = _param("off", "notification SMS in the quiet hours: off, "
+                                         "drop or wait", choices=_QUIET, script="pre_send")
     quiet_start: int = _param(1320, "quiet hours' start, minutes after midnight in the "
                               "recipient's time (1320: 22:00)", ge=0, le=1439,
                               script="pre_send")

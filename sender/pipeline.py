@@ -253,7 +253,7 @@ class Pipeline:
         attempt = _int(message.headers.get(ATTEMPT_HEADER), 1)
         if job.send_at is not None and RELEASED_HEADER not in message.headers \
                 and job.send_at.timestamp() > time.time():  # too far ahead: validate refused it
-            await self._schedule(message, job, attempt, job.send_at.timestamp())
+            await self._schedule(message, job, attempt, int(job.send_at.timestamp() * 1000))
             return
         # the claim's owner is this delivery: a retried call (the reply of the first was
         # lost) finds its own claim and goes on; a duplicate publish finds another's
@@ -274,27 +274,31 @@ class Pipeline:
             await self._send(message, job, attempt, decision.sender)
         elif decision.verdict == "held":
             await protected(self._hold(message, job, attempt))
+        elif decision.verdict == "wait":  # quiet hours, a cap or the quota, in 'wait' mode
+            await self._schedule(message, job, attempt, decision.due_ms,
+                                 why=decision.detail)
         else:
             await protected(self._not_sent(message, job, decision))
 
     async def _schedule(self, message: AbstractIncomingMessage, job: Job, attempt: int,
-                        due: float) -> None:
-        """A job read before its ``send_at``: written to wait in Redis (:mod:`suppression.
-        schedule`), then acked; the mover publishes it again when due. A job whose record
-        is final or in flight already is not kept waiting (:meth:`_already`)."""
+                        due_ms: int, why: str | None = None) -> None:
+        """A job read before its ``send_at`` (or told to wait by a limit: ``why``): written
+        to wait in Redis (:mod:`suppression.schedule`), then acked; the mover publishes it
+        again when due. A job whose record is final or in flight already is not kept
+        waiting (:meth:`_already`)."""
         schedule = self.schedule
         if schedule is None:
-            raise RuntimeError("a job with send_at, and no schedule to keep it in")
-        due_ms = int(due * 1000)
+            raise RuntimeError("a job to keep waiting, and no schedule to keep it in")
         decision = await self.redis_call(lambda: schedule.add(
             job.account_id, job.id, due_ms=due_ms, attempt=attempt, body=message.body,
-            routing_key=routing_key(job.channel, job.category)))
+            routing_key=routing_key(job.channel, job.category), why=why))
         if decision.verdict != "scheduled":
             await protected(self._already(message, job, decision))
             return
         self._metrics.jobs.labels(job.channel, "scheduled").inc()
         await self.settle.ack(message)
-        _log_outcome(job, "scheduled", attempt, None, detail=f"due {iso(due_ms)}")
+        _log_outcome(job, "scheduled", attempt, None,
+                     detail=f"{why}, due {iso(due_ms)}" if why else f"due {iso(due_ms)}")
 
     async def _not_sent(self, message: AbstractIncomingMessage, job: Job,
                         decision: Decision) -> None:

@@ -104,7 +104,7 @@ class Decision:
 
     ``verdict``: ``send``, ``done``, ``duplicate``, ``expired``, ``rejected``, ``held`` (the
     account is blocked or suspended: hold the job), ``suppressed``, ``no_consent``,
-    ``quiet_hours``, ``capped``, ``over_quota`` or ``rate_limited``. For ``done``,
+    ``quiet_hours``, ``capped``, ``over_quota``, ``rate_limited`` or ``wait``. For ``done``,
     ``status`` is the final status recorded earlier (its event may need resending).
     ``reason`` explains a refusal; ``wait_ms`` is the wait before a token is free;
     ``settle`` says the refusal still has to be written (a global suppression found beside an
@@ -125,8 +125,11 @@ class Decision:
     sender: tuple[str, ...] | None = None
     consent: str = ""  # a marketing job's consent status: "granted" or ""
     #: for ``rejected`` (a sender the account may not use: suppression/senders.py),
-    #: ``capped`` and ``over_quota`` (which limit): why
+    #: ``capped``, ``over_quota`` and ``wait`` (which limit): why
     detail: str | None = None
+    #: for ``wait`` (a limit whose mode is wait): until when, epoch ms on Redis's clock; the
+    #: record says ``W`` already, and the caller puts the job in the schedule
+    due_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,6 +634,9 @@ def _decision(reply: list[Any]) -> Decision:
     if verdict in ("rejected", "quiet_hours", "capped", "over_quota"):
         return Decision(verdict, status, attempt=int(att or 0), reason=reason or None,
                         detail=text(reply[7]) if len(reply) > 7 else None)
+    if verdict == "wait":
+        return Decision(verdict, status, attempt=int(att or 0), reason=reason, wait_ms=int(wait),
+                        detail=text(reply[7]), due_ms=int(reply[8]))
     sender = tuple(text(x) for x in reply[7:11]) if len(reply) > 7 else None
     consent = text(reply[11]) if len(reply) > 11 else ""
     return Decision(verdict, status or None, provider or None, pm or None, int(att or 0),

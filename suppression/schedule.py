@@ -122,13 +122,14 @@ class Schedule:
         self._send = send
 
     async def add(self, account_id: str, job_id: str, *, due_ms: int, routing_key: str,
-                  body: bytes, attempt: int = 1) -> Decision:
+                  body: bytes, attempt: int = 1, why: str | None = None) -> Decision:
         """Make the job wait until ``due_ms`` (one round trip): verdict ``scheduled``, or
         ``done``/``duplicate`` when its record says it is known already (then it is not kept
-        waiting: a second round trip takes the shard entry back)."""
+        waiting: a second round trip takes the shard entry back). ``why``: a limit made it
+        wait (the record says ``W`` already: pre_send.lua), said in its timeline entry."""
         shard = keys.schedule_shard(account_id, job_id)
         member = keys.schedule_member(account_id, job_id)
-        detail = f"due {iso(due_ms)}"
+        detail = f"{why}, due {iso(due_ms)}" if why else f"due {iso(due_ms)}"
 
         def build(pipe: Any) -> None:
             # the shard first: a crash between leaves a job released when due (then claimed

@@ -40,19 +40,22 @@
 --          business_name, address, contact_email, contact_phone ('' when unset; UEMO s.8),
 --          and the consent status ('granted' or ''; consent lifts the DNC register, s.11(2))
 --   verdict: send | done | duplicate | expired | rejected | held | suppressed | no_consent |
---            quiet_hours | capped | over_quota | rate_limited; for 'rejected' (a sender the
---            account may not use), 'quiet_hours', 'capped' and 'over_quota' the detail
---            follows; 'held' (the account is blocked or suspended) writes nothing: the caller
+--            quiet_hours | capped | over_quota | rate_limited | wait; for 'rejected' (a sender
+--            the account may not use), 'quiet_hours', 'capped' and 'over_quota' the detail
+--            follows; 'wait' (a limit whose mode is wait: the quiet hours, a frequency cap,
+--            the daily quota) the detail and the epoch ms it waits until; 'held' (the account is blocked or suspended) writes nothing: the caller
 --            holds the job (hold.lua, which checks the state again)
 -- Order: claim/done/duplicate, expired, account state, suppression, consent/preferences,
--- quiet hours (parameter quiet_<category>_<channel> 'drop': a job whose recipient's local
--- minute, A.local_offset seconds east of UTC, is in [quiet_start, quiet_end) ends
--- quiet_hours; the window may wrap midnight), frequency cap (parameter
--- cap_<category>_<channel>: jobs to the recipient within P.cap_period seconds, rolling; 0 or
--- none declared: no cap), daily quota (P.daily_quota claims in the day that starts at
--- midnight P.quota_utc_offset seconds east of UTC; 0: none), and the rate token last, so a
--- refused job never consumes one; the cap and the quota count a job only when it is claimed
--- (a job claimed again, after a retry or a crash, counts once).
+-- quiet hours (parameter quiet_<category>_<channel> 'drop' or 'wait': a job whose recipient's
+-- local minute, A.local_offset seconds east of UTC, is in [quiet_start, quiet_end) ends
+-- quiet_hours, or waits until quiet_end; the window may wrap midnight), frequency cap
+-- (parameter cap_<category>_<channel>: jobs to the recipient within P.cap_period seconds,
+-- rolling; 0 or none declared: no cap; over it, per cap_mode, the job ends capped or waits
+-- for a place), daily quota (P.daily_quota claims in the day that starts at midnight
+-- P.quota_utc_offset seconds east of UTC; 0: none; over it, per quota_mode, over_quota or a
+-- wait for the next day), and the rate token last, so a refused job never consumes one; the
+-- cap and the quota count a job only when it is claimed (a job claimed again, after a
+-- retry, a crash or a wait, counts once).
 -- GENERATED arguments
 local job = KEYS[1]
 local owner, redelivered, expired = A.owner, A.redelivered, A.expired
@@ -198,22 +201,43 @@ local function over(verdict, reason, detail)
   return reply
 end
 
--- Quiet hours (dropped): the recipient's local minute, from Redis's clock and the offset of
--- the recipient's time zone passed in (A.local_offset, seconds east of UTC).
-if P['quiet_' .. category .. '_' .. A.channel] == 'drop' then
-  local m = math.floor(((math.floor(now / 1000) + A.local_offset) % 86400) / 60)
+-- A limit whose mode is 'wait': the job waits in the schedule until due_ms (the caller adds
+-- it there: suppression/schedule.py, which finds st 'W'), unclaimed and uncounted; the entry
+-- it held joins the timeline first, and a crashed holder's claim goes with the old state.
+local function wait(reason, detail, due_ms)
+  push_held()
+  redis.call('HSET', job, 'st', 'W', 'sa', due_ms, 'a', attempt, 'et', now, 'ed', detail)
+  redis.call('HDEL', job, 'o')
+  redis.call('EXPIRE', job, math.ceil((due_ms - now) / 1000) + ttl)
+  return {'wait', 'W', '', '', attempt, reason, due_ms - now, detail, due_ms}
+end
+
+local function hhmm(minutes)
+  return string.format('%02d:%02d', math.floor(minutes / 60), minutes % 60)
+end
+
+-- Quiet hours: the recipient's local minute, from Redis's clock and the offset of the
+-- recipient's time zone passed in (A.local_offset, seconds east of UTC). 'drop' ends the
+-- job; 'wait' keeps it until the window's end (quiet_end, the recipient's time).
+local quiet = P['quiet_' .. category .. '_' .. A.channel]
+if quiet == 'drop' or quiet == 'wait' then
+  local local_s = (math.floor(now / 1000) + A.local_offset) % 86400
+  local m = math.floor(local_s / 60)
   local from, to = P.quiet_start, P.quiet_end
   local inside
   if from <= to then inside = m >= from and m < to else inside = m >= from or m < to end
   if inside then
-    return over('quiet_hours', 'quiet_hours', string.format(
-      '%02d:%02d in the recipient\'s time, quiet from %02d:%02d to %02d:%02d',
-      math.floor(m / 60), m % 60, math.floor(from / 60), from % 60, math.floor(to / 60),
-      to % 60))
+    local detail = string.format('%s in the recipient\'s time, quiet from %s to %s',
+      hhmm(m), hhmm(from), hhmm(to))
+    if quiet == 'drop' then return over('quiet_hours', 'quiet_hours', detail) end
+    local left = ((to * 60 - local_s) % 86400) * 1000 - now % 1000
+    return wait('quiet_hours', detail .. ': waits until ' .. hhmm(to), now + math.max(left, 1))
   end
 end
 
--- Frequency cap and daily quota: read here, counted below once the job is claimed.
+-- Frequency cap and daily quota: read here, counted below once the job is claimed. A job
+-- counted once (field 'q': the quota; the cap's set holds the job's id) is not counted again
+-- when it is claimed again, after a retry, a crash or a wait.
 local cap = tonumber(P['cap_' .. category .. '_' .. A.channel]) or 0
 local capped = cap > 0 and st ~= 'R'
 if capped then
@@ -222,18 +246,29 @@ if capped then
     and redis.call('ZCARD', KEYS[11]) >= cap
 end
 if capped then
-  return over('capped', 'frequency_cap', string.format(
-    '%d %s %s to this recipient in %d s', cap, category, A.channel, P.cap_period))
+  local detail = string.format('%d %s %s to this recipient in %d s', cap, category,
+    A.channel, P.cap_period)
+  if P.cap_mode ~= 'wait' then return over('capped', 'frequency_cap', detail) end
+  -- the place frees when the cap-th newest leaves the period (older ones leave before it)
+  local oldest = redis.call('ZREVRANGE', KEYS[11], cap - 1, cap - 1, 'WITHSCORES')
+  return wait('frequency_cap', detail .. ': waits for a place',
+    math.max(now + 1, tonumber(oldest[2]) + P.cap_period * 1000 + 1))
 end
 local day = math.floor((math.floor(now / 1000) + P.quota_utc_offset) / 86400)
 local quota = P.daily_quota
+local counted = (st and st ~= 'W') or redis.call('HEXISTS', job, 'q') == 1
 local used = 0
 if quota > 0 then
   local q = redis.call('HMGET', KEYS[12], 'day', 'n')
   if tonumber(q[1]) == day then used = tonumber(q[2]) or 0 end
-  if used >= quota and not st then
-    return over('over_quota', 'daily_quota', string.format(
-      '%d messages a day, all used (day %d)', quota, day))
+  if used >= quota and not counted then
+    local detail = string.format('%d messages a day, all used (day %d)', quota, day)
+    -- a receipt that arrives tomorrow is no receipt: transactional jobs never wait
+    if P.quota_mode ~= 'wait' or category == 'transactional' then
+      return over('over_quota', 'daily_quota', detail)
+    end
+    return wait('daily_quota', detail .. ': waits for the next day',
+      ((day + 1) * 86400 - P.quota_utc_offset) * 1000)
   end
 end
 
@@ -261,7 +296,8 @@ redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 if cap > 0 and redis.call('ZADD', KEYS[11], 'NX', now, job_id) == 1 then
   redis.call('PEXPIRE', KEYS[11], P.cap_period * 1000)
 end
-if quota > 0 and not st then
+if quota > 0 and not counted then
+  redis.call('HSET', job, 'q', 1)
   if used == 0 then
     redis.call('HSET', KEYS[12], 'day', day, 'n', 1)
   else

@@ -5,9 +5,11 @@ moves its account to ``warning`` (published, shown, nothing slowed) before ``thr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -212,3 +214,65 @@ async def test_quiet_hours_drop_marketing_sms_through_the_worker(sms_settings, a
     assert "in the recipient's time, quiet from" in quiet["detail"]
     assert receipt["status"] == "sent"
     assert [m["to"] for m in api.messages] == ["+85291230003"]  # the receipt alone
+
+
+async def test_quiet_hours_wait_holds_a_marketing_sms_until_the_windows_end(
+        sms_settings, amqp_url, monkeypatch, redis_url, capsys):
+    """The account keeps marketing SMS that fall in its quiet hours (22:00-08:00, the
+    default) until the window ends. The clock is the recipient's: their time zone is set so
+    that it is 07:59:57 there when the job is read (suppression.gate.local_offset, as a job's
+    ``timezone`` field sets it), so the wait is three real seconds, not a night. The job waits
+    in the schedule (``jobs show``: scheduled, with why), no Twilio request is made before
+    08:00:00 in the recipient's time, and it is sent just after, once."""
+    import redis.asyncio as aioredis
+
+    import suppression.gate
+
+    settings, api = sms_settings
+    cli = cli_runner(monkeypatch, amqp_url, redis_url)
+    assert await cli("accounts", "configure", "acct_caps", "--business-name", "Acme",
+                     "--address", "Central, HK", "--contact-phone", "+852 2123 4567",
+                     "--quiet-marketing-sms", "wait") == 0
+    assert await cli("consent", "grant", "acct_caps", "+85291230004", "--channel", "sms") == 0
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def redis_now() -> float:
+        seconds, micros = await client.time()
+        return int(seconds) + int(micros) / 1e6
+
+    now = await redis_now()
+    offset = (8 * 3600 - 3 - int(now)) % 86400  # 07:59:57 in the recipient's time
+    window_end = int(now) + 3  # epoch seconds of 08:00:00 there
+    monkeypatch.setattr(suppression.gate, "local_offset", lambda *a, **k: offset)
+    job_key = "outbox:{acct:acct_caps}:job:dawn-offer"
+    try:
+        async with running_worker(settings):
+            await publish(amqp_url, [_sms("dawn-offer", "+85291230004")])
+            async with asyncio.timeout(10):
+                while await client.hget(job_key, "st") != b"W":
+                    await asyncio.sleep(0.02)
+            capsys.readouterr()
+            assert await cli("jobs", "show", "acct_caps", "dawn-offer", "--json") == 0
+            story = json.loads(capsys.readouterr().out)
+            assert story["status"] == "scheduled"
+            assert datetime.fromisoformat(story["due"]).timestamp() == window_end
+            assert "quiet from 22:00 to 08:00: waits until 08:00" in \
+                story["timeline"][-1]["detail"]
+            async with asyncio.timeout(20):  # watched: nothing reaches Twilio before 08:00
+                while True:
+                    polled = await redis_now()  # read before looking
+                    if api.messages:
+                        created_by = await redis_now()
+                        break
+                    still_nothing_at = polled
+                    await asyncio.sleep(0.02)
+            got = await collect(amqp_url, "outbox.status",
+                                lambda m: any(e["status"] == "sent" for e in events(m)))
+    finally:
+        await client.aclose()
+    print(f"nothing sent at {still_nothing_at - window_end:+.3f} s from the window's end, "
+          f"sent by {created_by - window_end:+.3f} s", file=sys.__stderr__)
+    assert still_nothing_at >= window_end - 0.1  # watched until the end: nothing went early
+    assert created_by < window_end + 1.5  # and it went when the window ended
+    assert [e["status"] for e in events(got) if e["id"] == "dawn-offer"][-1] == "sent"
+    assert [m["to"] for m in api.messages] == ["+85291230004"]  # once

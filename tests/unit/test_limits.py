@@ -199,3 +199,101 @@ def test_the_recipients_time_zone():
     assert local_offset("Asia/Tokyo", "sms", "+14155550100", now=winter) == \
         9 * 3600  # the job's field wins
     assert local_offset(None, "email", "a@example.com", now=winter) == 8 * 3600
+
+
+# -- the waiting modes: quiet hours, a cap or the quota make a job wait (st 'W') until a
+#    due time the script computes on Redis's clock; the pipeline puts it in the schedule
+
+
+async def _redis_ms(redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def test_quiet_hours_in_wait_mode_keep_the_job_until_the_windows_end(redis, names):
+    account, number = names.account("acct_quiet_wait"), names.phone(0)
+    await _marketing_sms(redis, account, number)
+    now = await _local_minute(redis, 8 * 3600)
+    end = (now + 2) % 1440
+    await AccountStore(redis, Policy()).configure(
+        account, actor="test", quiet_marketing_sms="wait", quiet_start=(now - 60) % 1440,
+        quiet_end=end)
+    gate = _gate(redis)
+    sms = dict(channel="sms", category="marketing", address=number)
+    before = await _redis_ms(redis)
+    waits = await _pre(gate, account, "qw-1", **sms)
+    assert (waits.verdict, waits.status, waits.reason) == ("wait", "W", "quiet_hours")
+    assert waits.detail is not None and waits.detail.endswith(
+        f"waits until {end // 60:02d}:{end % 60:02d}")
+    # due at the window's end, the recipient's time (Hong Kong, the number's country)
+    assert waits.due_ms % 1000 == 0 and (waits.due_ms // 1000 + 8 * 3600) % 86400 == end * 60
+    assert 60_000 <= waits.due_ms - before <= 180_000 and waits.wait_ms > 0
+    job = await gate.job_state(account, "qw-1")
+    assert (job["st"], job["sa"]) == ("W", str(waits.due_ms))
+    assert "o" not in job  # not claimed: nothing counted, no token taken
+    # released while still inside (a clock a little behind): it waits again, same due
+    again = await _pre(gate, account, "qw-1", redelivered=True, **sms)
+    assert (again.verdict, again.due_ms) == ("wait", waits.due_ms)
+    # the window over (moved, as the clock would have): the same job is claimed and sent,
+    # its wait on the timeline
+    await AccountStore(redis, Policy()).configure(account, actor="test",
+                                                  quiet_end=now, quiet_start=(now + 5) % 1440)
+    sent = await _pre(gate, account, "qw-1", redelivered=True, **sms)
+    assert sent.verdict == "send"
+    story = await history.job_story(redis, account, "qw-1")
+    assert story is not None
+    assert [e["status"] for e in story["timeline"]] == ["scheduled", "scheduled"]
+    assert "quiet from" in story["timeline"][0]["detail"]
+    # transactional messages never wait
+    assert (await _pre(gate, account, category="transactional", channel="sms",
+                       address=number)).verdict == "send"
+
+
+async def test_a_cap_in_wait_mode_waits_for_a_place(redis, names):
+    account, number = names.account("acct_cap_wait"), names.phone(3)
+    await _marketing_sms(redis, account, number)
+    await AccountStore(redis, Policy()).configure(account, actor="test", cap_marketing_sms=2,
+                                                  cap_mode="wait")
+    counter = keys.frequency(account, "marketing", "sms", number)
+    now = await _redis_ms(redis)
+    # two sends this week: the older leaves the period in 3 s, the newer in 5 days
+    await redis.zadd(counter, {"old": now - WEEK * 1000 + 3000, "new": now - 2 * 86400_000})
+    gate = _gate(redis)
+    sms = dict(channel="sms", category="marketing", address=number)
+    waits = await _pre(gate, account, "cw-1", **sms)
+    assert (waits.verdict, waits.reason) == ("wait", "frequency_cap")
+    assert waits.due_ms == now - WEEK * 1000 + 3000 + WEEK * 1000 + 1
+    assert waits.detail == "2 marketing sms to this recipient in 604800 s: waits for a place"
+    assert await redis.zscore(counter, "cw-1") is None  # not counted while it waits
+    await redis.zrem(counter, "old")  # the period moved on past it
+    assert (await _pre(gate, account, "cw-1", redelivered=True, **sms)).verdict == "send"
+    assert await redis.zscore(counter, "cw-1") is not None
+
+
+async def test_the_quota_in_wait_mode_waits_for_the_next_day_and_counts_once(redis, names):
+    account = names.account("acct_quota_wait")
+    await AccountStore(redis, Policy()).configure(account, actor="test", daily_quota=1,
+                                                  quota_mode="wait")
+    gate = _gate(redis)
+    mail = dict(channel="email", category="notification", topic="t")
+    assert (await _pre(gate, account, address=names.email("a@example.com"), **mail)).verdict \
+        == "send"
+    waits = await _pre(gate, account, "qq-1", address=names.email("b@example.com"), **mail)
+    assert (waits.verdict, waits.reason) == ("wait", "daily_quota")
+    assert (waits.due_ms // 1000 + 28800) % 86400 == 0 and waits.due_ms % 1000 == 0
+    assert 0 < waits.due_ms - await _redis_ms(redis) <= 86400_000
+    # a receipt is not kept until tomorrow: it ends over_quota
+    receipt = await _pre(gate, account, address=names.email("c@example.com"),
+                         category="transactional")
+    assert receipt.verdict == "over_quota"
+    # the next day (yesterday's count, as the clock would make it): the waiting job goes and
+    # is counted, once, though its record said W (a scheduled job once went uncounted)
+    now = int((await redis.time())[0])
+    await redis.hset(keys.quota(account), mapping={"day": quota_day(now, 28800) - 1, "n": 1})
+    assert (await _pre(gate, account, "qq-1", redelivered=True,
+                       address=names.email("b@example.com"), **mail)).verdict == "send"
+    assert await redis.hget(keys.quota(account), "n") == b"1"
+    # claimed again (a crash before its send ended): not counted again
+    assert (await _pre(gate, account, "qq-1", redelivered=True,
+                       address=names.email("b@example.com"), **mail)).verdict == "send"
+    assert await redis.hget(keys.quota(account), "n") == b"1"
