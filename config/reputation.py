@@ -206,7 +206,9 @@ def check_override(name: str, value: Any) -> int | float | str:
     p = OVERRIDES[name]
     if p.choices:
         if value not in p.choices:
-            raise ValueError(f"{name} must be {' or '.join(p.choices)}")
+            *others, last = p.choices
+            raise ValueError(f"{name} must be {', '.join(others)} or {last}" if others
+                             else f"{name} must be {last}")
         return cast(str, value)
     try:
         if isinstance(value, bool) or not isinstance(value, int | float | str):

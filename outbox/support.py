@@ -39,6 +39,8 @@ from suppression import channels
 SENDER_FLAGS = ("business_name", "address", "contact_email", "contact_phone")
 #: who the account may send as (suppression.senders.ACCOUNT_SETTINGS)
 IDENTITY_FLAGS = ("sms_senders", "allow_any_reply_to", "allow_missing_dmarc")
+#: caps per topic and channel (suppression.store.topic_caps_setting)
+LIMIT_FLAGS = ("topic_caps",)
 PROGRESS_MIN_LINES = 10_000  # show a progress bar on stderr above this many lines
 HELD_ACTIONS = ("release", "discard")  # sender.held.ACTIONS (not imported: startup cost)
 
@@ -83,6 +85,10 @@ def _accounts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--" + flag, choices=("true", "false"),
                        help="reply_to on any domain" if "reply" in flag else
                        "marketing e-mail from a domain without a DMARC record")
+    p.add_argument("--topic-caps", metavar="LIST",
+                   help="frequency caps per topic and channel: 'topic:channel=N,...' (e.g. "
+                        "'promo:sms=2,newsletter:email=1'; '' for none), over cap_period, "
+                        "for marketing and notification jobs with that topic")
     for param in OVERRIDES.values():  # declared in config/reputation.py
         p.add_argument(param.flag, type=param.kind, choices=param.choices or None,
                        help=f"{param.help} (else OUTBOX_{param.setting.upper()}, default "
@@ -306,7 +312,7 @@ def cmd_accounts_configure(args: argparse.Namespace) -> int:
     from suppression.store import AccountStore
 
     fields = {name: getattr(args, name)
-              for name in (*SENDER_FLAGS, *IDENTITY_FLAGS, *OVERRIDES)}
+              for name in (*SENDER_FLAGS, *IDENTITY_FLAGS, *LIMIT_FLAGS, *OVERRIDES)}
     if all(v is None for v in fields.values()):
         raise CliError("nothing to configure: give at least one setting")
     cfg_now = _run(lambda r, cfg: AccountStore(r, _policy(cfg)).configure(

@@ -349,7 +349,8 @@ class Gate:
             keys.consent(account_id, channel, addr), keys.prefs(account_id, addr),
             keys.bucket(account_id, channel), keys.timeline(account_id, job_id),
             keys.history(account_id, channel, addr), keys.senders(account_id),
-            keys.frequency(account_id, category, channel, addr), keys.quota(account_id)]
+            keys.frequency(account_id, category, channel, addr), keys.quota(account_id),
+            keys.topic_frequency(account_id, topic or "", channel, addr)]
         senders = (check_arg(channel, category, sender, reply_to, self._region, self._own_sms)
                    if self.require_senders else "")
         md = metadata_chunks(metadata_arg(metadata))

@@ -200,6 +200,12 @@ def frequency(account_id: str, category: str, channel: str, address: str) -> str
     return f"{account_tag(account_id)}:cap:{category}:{channel}:{address}"
 
 
+def topic_frequency(account_id: str, topic: str, channel: str, address: str) -> str:
+    """A recipient's frequency-cap counter for one topic and channel (the account's
+    ``topic_caps``): as :func:`frequency`; under the account's tag."""
+    return f"{account_tag(account_id)}:tcap:{channel}:{address}:{topic}"
+
+
 def quota(account_id: str) -> str:
     """The account's daily quota counter: ``day`` (the day number) and ``n`` (claims that
     day)."""

@@ -19,6 +19,7 @@ Exceptions (``StoreError`` and ``BadEntry`` are :mod:`suppression.entries`')::
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -127,12 +128,14 @@ class AccountStore:
                         **fields: Any) -> dict[str, str]:
         """Set sender information, limits and overrides (``None`` values are left alone)."""
         values = {k: v for k, v in fields.items() if v is not None}
-        unknown = set(values) - set(OVERRIDES) - set(SENDER_FIELDS) - set(IDENTITY_FIELDS)
+        unknown = set(values) - set(OVERRIDES) - set(SENDER_FIELDS) - set(IDENTITY_FIELDS) \
+            - {"topic_caps"}
         if unknown:
             raise BadEntry(f"unknown account setting(s): {', '.join(sorted(unknown))}")
         try:  # the bounds and types declared in config/reputation.py
             values = {k: check_override(k, v) if k in OVERRIDES else
-                      identity_setting(k, v) if k in IDENTITY_FIELDS else v
+                      identity_setting(k, v) if k in IDENTITY_FIELDS else
+                      topic_caps_setting(v) if k == "topic_caps" else v
                       for k, v in values.items()}
         except ValueError as exc:
             raise BadEntry(str(exc)) from None
@@ -173,8 +176,8 @@ class AccountStore:
                        "consent_mode": policy.consent_mode,
                        "thresholds": _thresholds(policy),
                        "quiet_hours": _quiet(policy),
-                       "frequency_caps": _caps(policy),
-                       "daily_quota": policy.daily_quota,
+                       "frequency_caps": _caps(policy, cfg),
+                       "daily_quota": policy.daily_quota, "quota_mode": policy.quota_mode,
                        "quota_used_today": _quota_used(decode(quota), policy, int(now[0]))},
             "overrides": {k: v for k, v in cfg.items() if k in OVERRIDES},
             "sender": {k: cfg.get(k) for k in SENDER_FIELDS},
@@ -225,6 +228,30 @@ def identity_setting(name: str, value: Any) -> str:
     raise ValueError(f"{name} must be true or false, not {value!r}")
 
 
+_TOPIC_CAP = re.compile(r"^([^\s,=:]{1,64}):([a-z][a-z0-9_]*)=([0-9]{1,6})$")
+
+
+def topic_caps_setting(value: Any) -> str:
+    """Caps per topic and channel as the cfg hash keeps them (pre_send.lua reads it):
+    ``topic:channel=N`` entries, comma-separated, sorted, one per topic and channel (''
+    clears them); ValueError naming the bad entry."""
+    if not isinstance(value, str):
+        raise ValueError("topic_caps must be text: 'topic:channel=N,...' ('' for none)")
+    caps: dict[str, int] = {}
+    for raw in filter(None, (e.strip() for e in value.split(","))):
+        match = _TOPIC_CAP.match(raw)
+        if not match or match.group(2) not in channels.names():
+            raise ValueError(f"topic_caps: {raw!r} is not 'topic:channel=N' (channel one of "
+                             f"{', '.join(channels.names())}; a topic without spaces, ',', "
+                             "'=' or ':', at most 64 characters)")
+        n = int(match.group(3))
+        if n < 1:
+            raise ValueError(f"topic_caps: {raw!r}: N must be at least 1 (leave it out for "
+                             "no cap)")
+        caps[f"{match.group(1)}:{match.group(2)}"] = n
+    return ",".join(f"{k}={n}" for k, n in sorted(caps.items()))
+
+
 def identity_view(cfg: dict[str, str]) -> dict[str, Any]:
     """The identity settings of an account's cfg hash, as shown."""
     senders = cfg.get("sms_senders") or ""
@@ -255,19 +282,25 @@ def _thresholds(p: Policy) -> dict[str, Any]:
             "window": p.reputation_window, "bucket": p.reputation_bucket, "z": p.z}
 
 
-def _caps(p: Policy) -> dict[str, Any]:
-    """The frequency caps set (``<category>_<channel>`` → messages per ``period``)."""
+def _caps(p: Policy, cfg: dict[str, str]) -> dict[str, Any]:
+    """The frequency caps set (``<category>_<channel>`` → messages per ``period``; per
+    ``<topic>:<channel>`` under ``topics``) and what a job over one does (``mode``)."""
     caps = {f.name[4:]: getattr(p, f.name) for f in PARAMS
-            if f.name.startswith("cap_") and f.name != "cap_period" and getattr(p, f.name)}
-    return {"caps": caps, "period": p.cap_period}
+            if f.name.startswith("cap_") and f.name not in ("cap_period", "cap_mode")
+            and getattr(p, f.name)}
+    topics = {k: int(n) for k, _, n in (e.rpartition("=") for e in
+                                        (cfg.get("topic_caps") or "").split(",") if e)}
+    return {"caps": caps, "topics": topics, "period": p.cap_period, "mode": p.cap_mode}
 
 
 def _quiet(p: Policy) -> dict[str, Any]:
-    """The quiet hours (``HH:MM`` in the recipient's time) and what is dropped in them."""
+    """The quiet hours (``HH:MM`` in the recipient's time) and what is dropped in them, and
+    what waits for their end."""
     return {"from": f"{p.quiet_start // 60:02d}:{p.quiet_start % 60:02d}",
             "to": f"{p.quiet_end // 60:02d}:{p.quiet_end % 60:02d}",
-            "drop": sorted(f.name[6:] for f in PARAMS
-                           if f.name.startswith("quiet_") and getattr(p, f.name) == "drop")}
+            **{mode: sorted(f.name[6:] for f in PARAMS
+                            if f.name.startswith("quiet_") and getattr(p, f.name) == mode)
+               for mode in ("drop", "wait")}}
 
 
 def _quota_used(quota: dict[str, str], p: Policy, now: int) -> int:

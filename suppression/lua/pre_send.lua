@@ -12,6 +12,7 @@
 -- KEYS[10] verified sending domains outbox:{acct:A}:senders (domain -> '1' DMARC, '0' none)
 -- KEYS[11] frequency cap counter    outbox:{acct:A}:cap:<category>:<channel>:<addr>
 -- KEYS[12] daily quota counter      outbox:{acct:A}:quota
+-- KEYS[13] topic cap counter        outbox:{acct:A}:tcap:<channel>:<addr>:<topic>
 -- ARGV     by name, as suppression/gate.py declares them (PRE_SEND_ARGS; the prelude that reads
 --          them into A is generated from that declaration, suppression/script_args.py):
 --   owner (one per delivery), redelivered, expired, ttl (seconds), attempt, category,
@@ -119,7 +120,7 @@ if expired then
 end
 
 local P, cfg = policy(KEYS[3], 'business_name', 'address', 'contact_email', 'contact_phone',
-  'sms_senders', 'allow_any_reply_to', 'allow_missing_dmarc')
+  'sms_senders', 'allow_any_reply_to', 'allow_missing_dmarc', 'topic_caps')
 
 -- Who the job sends as: a domain verified for the account (or a parent of one), an SMS
 -- sender configured for it (suppression/senders.py).
@@ -254,6 +255,28 @@ if capped then
   return wait('frequency_cap', detail .. ': waits for a place',
     math.max(now + 1, tonumber(oldest[2]) + P.cap_period * 1000 + 1))
 end
+-- The account's cap on the job's topic and channel (cfg topic_caps: 'topic:channel=N,...',
+-- canonical: suppression/store.py), counted in KEYS[13] over the same period and mode.
+local tcap = 0
+if category ~= 'transactional' and pref_field ~= '' and cfg[8] then
+  local list = ',' .. cfg[8] .. ','
+  local at = string.find(list, ',' .. pref_field .. '=', 1, true)
+  if at then tcap = tonumber(string.match(list, '^%d+', at + #pref_field + 2)) or 0 end
+end
+local tcapped = tcap > 0 and st ~= 'R'
+if tcapped then
+  redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', now - P.cap_period * 1000)
+  tcapped = redis.call('ZSCORE', KEYS[13], job_id) == false
+    and redis.call('ZCARD', KEYS[13]) >= tcap
+end
+if tcapped then
+  local detail = string.format('%d %s %s to this recipient in %d s', tcap,
+    string.sub(pref_field, 1, -#A.channel - 2), A.channel, P.cap_period)
+  if P.cap_mode ~= 'wait' then return over('capped', 'frequency_cap', detail) end
+  local oldest = redis.call('ZREVRANGE', KEYS[13], tcap - 1, tcap - 1, 'WITHSCORES')
+  return wait('frequency_cap', detail .. ': waits for a place',
+    math.max(now + 1, tonumber(oldest[2]) + P.cap_period * 1000 + 1))
+end
 local day = math.floor((math.floor(now / 1000) + P.quota_utc_offset) / 86400)
 local quota = P.daily_quota
 local counted = (st and st ~= 'W') or redis.call('HEXISTS', job, 'q') == 1
@@ -295,6 +318,9 @@ redis.call('HSET', KEYS[7], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
 if cap > 0 and redis.call('ZADD', KEYS[11], 'NX', now, job_id) == 1 then
   redis.call('PEXPIRE', KEYS[11], P.cap_period * 1000)
+end
+if tcap > 0 and redis.call('ZADD', KEYS[13], 'NX', now, job_id) == 1 then
+  redis.call('PEXPIRE', KEYS[13], P.cap_period * 1000)
 end
 if quota > 0 and not counted then
   redis.call('HSET', job, 'q', 1)

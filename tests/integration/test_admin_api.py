@@ -242,19 +242,27 @@ async def test_configure_sets_sender_information_and_limits(admin):
 
 async def test_configure_sets_the_sending_limits(admin):
     body = await _configure(admin, "acct_lim", cap_marketing_sms=2, daily_quota="1000",
-                            quiet_marketing_sms="drop", warning_bounce=0.03)
+                            quiet_marketing_sms="drop", quiet_notification_sms="wait",
+                            warning_bounce=0.03, topic_caps="promo:sms=1, promo:email=3")
     assert body["settings"] == {"rate": "50.0", "cap_marketing_sms": "2",
                                 "daily_quota": "1000", "quiet_marketing_sms": "drop",
-                                "warning_bounce": "0.03"}
+                                "quiet_notification_sms": "wait", "warning_bounce": "0.03",
+                                "topic_caps": "promo:email=3,promo:sms=1"}
     _, shown = await admin("GET", "/admin/accounts/acct_lim")
     limits = shown["limits"]
-    assert limits["frequency_caps"] == {"caps": {"marketing_sms": 2}, "period": 604800}
+    assert limits["frequency_caps"] == {
+        "caps": {"marketing_sms": 2}, "topics": {"promo:email": 3, "promo:sms": 1},
+        "period": 604800, "mode": "end"}
     assert (limits["daily_quota"], limits["quota_used_today"]) == (1000, 0)
     assert limits["thresholds"]["warning_bounce"] == 0.03
-    assert limits["quiet_hours"] == {"from": "22:00", "to": "08:00", "drop": ["marketing_sms"]}
+    assert limits["quiet_hours"] == {"from": "22:00", "to": "08:00", "drop": ["marketing_sms"],
+                                     "wait": ["notification_sms"]}
 
 
 @pytest.mark.parametrize("body, error", [
+    ({"topic_caps": "promo:fax=1"}, "topic_caps: 'promo:fax=1' is not 'topic:channel=N'"),
+    ({"topic_caps": "promo:sms=0"}, "N must be at least 1"),
+    ({"topic_caps": 3}, "topic_caps must be text"),
     ({"rate": "fast"}, "rate must be a number"),
     ({"rate": True}, "rate must be a number"),
     ({"rate": -1}, "rate must be positive"),
@@ -265,7 +273,7 @@ async def test_configure_sets_the_sending_limits(admin):
     ({"cap_marketing_sms": -2}, "cap_marketing_sms must be at least 0"),
     ({"daily_quota": 2.5}, "daily_quota must be a whole number"),
     ({"cap_period": 59}, "cap_period must be at least 60"),
-    ({"quiet_marketing_sms": "wait"}, "quiet_marketing_sms must be off or drop"),
+    ({"quiet_marketing_sms": "later"}, "quiet_marketing_sms must be off, drop or wait"),
     ({"quiet_start": 1440}, "quiet_start must be at most 1439"),
     ({"warning_bounce": 2}, "warning_bounce is a fraction"),
     ({"actor": "alice"}, "nothing to configure"),

@@ -97,7 +97,8 @@ async def test_the_cap_ends_the_third_marketing_sms_of_the_week(sms_settings, am
     capsys.readouterr()
     assert await cli("accounts", "show", "acct_caps", "--json") == 0
     limits = json.loads(capsys.readouterr().out)["limits"]
-    assert limits["frequency_caps"] == {"caps": {"marketing_sms": 2}, "period": 604800}
+    assert limits["frequency_caps"] == {"caps": {"marketing_sms": 2}, "topics": {},
+                                        "period": 604800, "mode": "end"}
     assert await cli("jobs", "show", "acct_caps", "week-3", "--json") == 0
     assert '"capped"' in capsys.readouterr().out
 

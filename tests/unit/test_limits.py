@@ -297,3 +297,45 @@ async def test_the_quota_in_wait_mode_waits_for_the_next_day_and_counts_once(red
     assert (await _pre(gate, account, "qq-1", redelivered=True,
                        address=names.email("b@example.com"), **mail)).verdict == "send"
     assert await redis.hget(keys.quota(account), "n") == b"1"
+
+
+async def test_a_topic_cap_counts_that_topic_and_channel_only(redis, names):
+    """``topic_caps``: 'reminder:sms=2' caps the recipient's notification SMS of topic
+    'reminder' at two per period, beside the category caps; other topics, the e-mail channel
+    and transactional jobs are not counted against it."""
+    account, number = names.account("acct_tcap"), names.phone(4)
+    await AccountStore(redis, Policy()).configure(account, actor="test",
+                                                  topic_caps=" reminder:sms=2 ,promo:email=5")
+    cfg = await redis.hget(keys.config(account), "topic_caps")
+    assert cfg == b"promo:email=5,reminder:sms=2"  # canonical: trimmed and sorted
+    gate = _gate(redis)
+    reminder = dict(channel="sms", category="notification", topic="reminder", address=number)
+    verdicts = [(await _pre(gate, account, f"r{i}", **reminder)).verdict for i in range(3)]
+    assert verdicts == ["send", "send", "capped"]
+    third = await gate.job_state(account, "r2")
+    assert (third["st"], third["r"]) == ("capped", "frequency_cap")
+    story = await history.job_story(redis, account, "r2")
+    assert story is not None
+    assert story["timeline"][-1]["detail"] == "2 reminder sms to this recipient in 604800 s"
+    assert (await _pre(gate, account, channel="sms", category="notification", topic="billing",
+                       address=number)).verdict == "send"
+    assert (await _pre(gate, account, channel="sms", category="transactional",
+                       topic="reminder", address=number)).verdict == "send"
+    counter = keys.topic_frequency(account, "reminder", "sms", number)
+    assert await redis.zcard(counter) == 2
+    # in wait mode the third waits for a place instead
+    await AccountStore(redis, Policy()).configure(account, actor="test", cap_mode="wait")
+    waits = await _pre(gate, account, "r3", **reminder)
+    assert (waits.verdict, waits.reason) == ("wait", "frequency_cap")
+
+
+@pytest.mark.parametrize("value, error", [
+    ("reminder:fax=2", "is not 'topic:channel=N'"), ("reminder=2", "is not"),
+    ("a b:sms=2", "is not"), ("reminder:sms=0", "at least 1"), ("x:sms=two", "is not")])
+async def test_bad_topic_caps_are_refused_and_change_nothing(redis, names, value, error):
+    from suppression.entries import BadEntry
+
+    account = names.account("acct_tcap_bad")
+    with pytest.raises(BadEntry, match=error):
+        await AccountStore(redis, Policy()).configure(account, actor="test", topic_caps=value)
+    assert await redis.hget(keys.config(account), "topic_caps") is None

@@ -168,14 +168,15 @@ def test_the_admin_api_takes_exactly_the_declared_overrides():
 
 def test_the_cli_has_a_flag_for_exactly_each_declared_override():
     from outbox.cli import build_parser
-    from outbox.support import IDENTITY_FLAGS, SENDER_FLAGS
+    from outbox.support import IDENTITY_FLAGS, LIMIT_FLAGS, SENDER_FLAGS
 
     parser = build_parser()
     accounts = _subparser(parser, "accounts")
     configure = _subparser(accounts, "configure")
     options = {a.option_strings[0]: a for a in configure._actions if a.option_strings}
     other = {"-h", "--actor", "--json",
-             *("--" + f.replace("_", "-") for f in (*SENDER_FLAGS, *IDENTITY_FLAGS))}
+             *("--" + f.replace("_", "-") for f in (*SENDER_FLAGS, *IDENTITY_FLAGS,
+                                                    *LIMIT_FLAGS))}
     assert set(options) - other == {p.flag for p in OVERRIDES.values()}
     for p in OVERRIDES.values():
         assert options[p.flag].type is p.kind and options[p.flag].dest == p.name
