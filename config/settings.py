@@ -288,6 +288,16 @@ class Settings(ReputationSettings, BaseSettings):
     twilio_messaging_service_sid: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
     twilio_rate_per_sender: float = Field(10.0, gt=0, description="messages/s per number")
+    #: a second path for SMS while the first cannot be used (sender/channels/twilio.py): another
+    #: account (SID and token; the first's when not given) or the first account's other
+    #: Messaging Service, with its own sender (FROM or MESSAGING_SERVICE_SID) and API base
+    twilio_fallback_account_sid: str | None = None
+    twilio_fallback_auth_token: SecretStr | None = None
+    twilio_fallback_from: str | None = None
+    twilio_fallback_messaging_service_sid: str | None = None
+    twilio_fallback_api_base: str | None = None
+    #: seconds an SMS path that could not be used stays marked down before it is tried again
+    twilio_probe_interval: float = Field(15.0, gt=0)
     sms_region: str = Field("HK", pattern=r"^[A-Z]{2}$", description="for numbers without +")
     sms_max_segments: int = Field(10, ge=1, le=10)
 
@@ -392,9 +402,11 @@ class Settings(ReputationSettings, BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("public_url", "twilio_api_base")
+    @field_validator("public_url", "twilio_api_base", "twilio_fallback_api_base")
     @classmethod
-    def _check_http_url(cls, value: str) -> str:
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
@@ -547,6 +559,24 @@ class Settings(ReputationSettings, BaseSettings):
         if all(parts) and not (self.twilio_from or self.twilio_messaging_service_sid):
             raise ValueError("Twilio needs OUTBOX_TWILIO_FROM or "
                              "OUTBOX_TWILIO_MESSAGING_SERVICE_SID")
+        return self._twilio_fallback_complete()
+
+    def _twilio_fallback_complete(self) -> Settings:
+        fallback = (self.twilio_fallback_account_sid, self.twilio_fallback_auth_token,
+                    self.twilio_fallback_from, self.twilio_fallback_messaging_service_sid,
+                    self.twilio_fallback_api_base)
+        if not any(fallback):
+            return self
+        if not self.twilio_configured:
+            raise ValueError("OUTBOX_TWILIO_FALLBACK_*: a fallback needs the first path "
+                             "(OUTBOX_TWILIO_ACCOUNT_SID and OUTBOX_TWILIO_AUTH_TOKEN)")
+        other = self.twilio_fallback_account_sid not in (None, self.twilio_account_sid)
+        if other and self.twilio_fallback_auth_token is None:
+            raise ValueError("OUTBOX_TWILIO_FALLBACK_ACCOUNT_SID of another account needs "
+                             "OUTBOX_TWILIO_FALLBACK_AUTH_TOKEN")
+        if not (self.twilio_fallback_from or self.twilio_fallback_messaging_service_sid):
+            raise ValueError("the Twilio fallback needs OUTBOX_TWILIO_FALLBACK_FROM or "
+                             "OUTBOX_TWILIO_FALLBACK_MESSAGING_SERVICE_SID")
         return self
 
     @model_validator(mode="after")
@@ -591,6 +621,22 @@ class Settings(ReputationSettings, BaseSettings):
     @property
     def twilio_configured(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def twilio_fallback_configured(self) -> bool:
+        return self.twilio_configured and bool(self.twilio_fallback_from or
+                                               self.twilio_fallback_messaging_service_sid)
+
+    def twilio_auth_tokens(self) -> dict[str, str]:
+        """Account SID → auth token of every Twilio account configured (the webhook server
+        checks a callback's signature with the token of the account it names)."""
+        tokens: dict[str, str] = {}  # the first account's first
+        if self.twilio_account_sid and self.twilio_auth_token:
+            tokens[self.twilio_account_sid] = self.twilio_auth_token.get_secret_value()
+        if self.twilio_fallback_configured and self.twilio_fallback_auth_token:
+            tokens.setdefault(self.twilio_fallback_account_sid or "",
+                              self.twilio_fallback_auth_token.get_secret_value())
+        return tokens
 
 
 def load_settings(**overrides: Any) -> Settings:

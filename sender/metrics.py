@@ -89,8 +89,9 @@ class Metrics:
                                          "x-max-length-bytes)", ["queue", "unit"],
                                          registry=registry,
                                          multiprocess_mode="livemostrecent"))
-        #: 1 while a relay of OUTBOX_SMTP_URL is up, 0 while it is marked down (its traffic
-        #: on the next); over processes the lowest (down when any process finds it down)
+        #: 1 while a relay of OUTBOX_SMTP_URL (or an SMS path, twilio:<account>:<sender>) is
+        #: up, 0 while it is marked down (its traffic on the next); over processes the lowest
+        #: (down when any process finds it down)
         self.relay_up = _Cached(Gauge("outbox_relay_up", "1: the relay is up; 0: marked down, "
                                       "its traffic on the next relay", ["relay"],
                                       registry=registry, multiprocess_mode="livemin"))

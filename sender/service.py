@@ -103,9 +103,11 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
                           sms_region=settings.sms_region,
                           recipients=RecipientEvents(redis, bus))
     gauges = Gauges(settings, bus=bus, accounts=AccountStore(redis, policy), metrics=metrics)
-    relays = getattr(channels.get("email"), "relays", None)  # outbox_relay_up{relay}
-    if relays is not None:
-        relays.watch(lambda relay, up: metrics.relay_up.labels(relay).set(1 if up else 0))
+    # outbox_relay_up{relay}: the SMTP relays, and the SMS paths (twilio:<account>:<sender>)
+    for watched in (getattr(channels.get("email"), "relays", None), channels.get("sms")):
+        watch_paths = getattr(watched, "watch", None)
+        if watch_paths is not None:
+            watch_paths(lambda relay, up: metrics.relay_up.labels(relay).set(1 if up else 0))
     watch = Watch(dependencies, redis=redis, connection=lambda: bus.connection)
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   settle=settle, channels=channels, metrics=metrics, stop=stop,

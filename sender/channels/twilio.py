@@ -7,17 +7,31 @@ take SMS (landline, invalid), and the body's segments are counted (GSM-7 or UCS-
 maximum. Each sender (number or Messaging Service) has its own rate limit, so Twilio's queue
 is never overfilled. The status callback URL carries the job and account ids; Twilio signs
 the whole URL, so a callback names its job authentically.
+
+A second path (``OUTBOX_TWILIO_FALLBACK_*``: another Twilio account, or the same account's
+other Messaging Service) takes the SMS while the first cannot be used, and only then. A job
+moves to it only on evidence that the first did not create the message: the connection could
+not be opened (refused, DNS, TLS), or Twilio answered 5xx (an error response, no Message
+resource). The first is then marked down for ``OUTBOX_TWILIO_PROBE_INTERVAL`` seconds, during
+which its traffic goes straight to the fallback; the first send after that tries it again (a
+probe by traffic). A request whose answer was lost (a timeout, a connection cut after it was
+written) may have created the message: it is not sent on the fallback but deferred as before
+(``transient/networkerror``). A job with its own ``from`` (a number of the first account)
+stays on the first path. Each change is a WARNING line of ``outbox.sms`` and the gauge
+``outbox_relay_up{relay="twilio:<account SID>:<sender>"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlencode
 
-from aiohttp import ClientError
+from aiohttp import ClientConnectorError, ClientError
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
@@ -30,7 +44,10 @@ from sender.compliance import MissingSenderInfo, SenderInfo, sms_marketing_body
 from sender.models import SmsJob
 from suppression.classify import Outcome, classify_twilio
 
+log = logging.getLogger("outbox.sms")
 PROVIDER = "twilio"
+#: ``watcher(path, up)``: told of every path at start and of each change (sender.service)
+PathWatcher = Callable[[str, bool], None]
 NETWORK_ERROR = Outcome("transient", "networkerror")
 RATE_LIMITED = Outcome("transient", "speeding")
 # Twilio errors that end the job with a status other than the kind's default.
@@ -123,6 +140,33 @@ class TwilioConfig:
     max_segments: int = 10
     rate_per_sender: float = 10.0
 
+    @property
+    def name(self) -> str:
+        """How logs and the gauge name this path (no secret)."""
+        return f"twilio:{self.account_sid}:{self.messaging_service_sid or self.from_ or ''}"
+
+
+class Unreachable(Exception):
+    """The path certainly did not create the message (no connection, or a 5xx answer)."""
+
+    def __init__(self, failure: SendFailure) -> None:
+        super().__init__(failure.detail)
+        self.failure = failure
+
+
+@dataclass(eq=False)
+class Path:
+    """One way to Twilio: an account (client) and its sender, and whether it is up."""
+
+    config: TwilioConfig
+    client: Client
+    down_until: float = 0.0  # monotonic; 0: up
+    why: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
 
 def make_client(config: TwilioConfig) -> Client:
     """The twilio ``Client`` on one shared async HTTP session, pointed at ``api_base``."""
@@ -140,13 +184,29 @@ class TwilioChannel:
     name = "sms"
     provider = PROVIDER
 
-    def __init__(self, config: TwilioConfig, client: Client | None = None) -> None:
-        if not (config.from_ or config.messaging_service_sid):
-            raise ValueError("Twilio needs OUTBOX_TWILIO_FROM or a Messaging Service SID")
+    def __init__(self, config: TwilioConfig, client: Client | None = None, *,
+                 fallback: TwilioConfig | None = None, fallback_client: Client | None = None,
+                 probe_interval: float = 15.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        for path in (config, fallback):
+            if path is not None and not (path.from_ or path.messaging_service_sid):
+                raise ValueError("Twilio needs OUTBOX_TWILIO_FROM or a Messaging Service SID")
         self._config = config
         self._client = client or make_client(config)
+        self.paths = [Path(config, self._client)]
+        if fallback is not None:
+            self.paths.append(Path(fallback, fallback_client or make_client(fallback)))
+        self._probe_interval = probe_interval
+        self._clock = clock
+        self._watchers: list[PathWatcher] = []
         self._limiter = RateLimiter(config.rate_per_sender, max(1, int(config.rate_per_sender)))
         self._stopped = False
+
+    def watch(self, watcher: PathWatcher) -> None:
+        """Call ``watcher(path, up)`` now for every path and then on each change."""
+        self._watchers.append(watcher)
+        for path in self.paths:
+            watcher(path.name, not path.down_until)
 
     async def send(self, job: SmsJob, sender: tuple[str, ...] | None = None) -> SendResult:
         """Send one SMS job; SendFailure (with ``status`` for refusals that end the job).
@@ -158,23 +218,75 @@ class TwilioChannel:
             raise SendFailure(Outcome("hard", "mesgtoobig"), f"{count} segments, over the "
                               f"maximum of {self._config.max_segments}", PROVIDER,
                               status="rejected", suppress="")
-        from_ = job.from_ or self._config.from_
-        params = self._params(job, to, from_, body)
-        lane = from_ or self._config.messaging_service_sid or ""
+        # a job's own number belongs to the first account: it stays on that path
+        paths = self.paths[:1] if job.from_ else self.paths
+        now = self._clock()
+        # the paths up (or whose time down is over: tried again), else all, in order
+        order = [p for p in paths if p.down_until <= now] or list(paths)
+        last: Unreachable | None = None
+        for path in order:
+            try:
+                message = await self._create(path, job, to, body)
+            except Unreachable as exc:
+                self._down(path, exc)
+                last = exc
+                continue
+            self._up(path)
+            return SendResult(PROVIDER, message.sid,
+                              f"{message.status}; {describe(encoding, count)}",
+                              {"segments": count, "encoding": encoding})
+        assert last is not None  # the loop returned unless every path was unreachable
+        raise last.failure
+
+    async def _create(self, path: Path, job: SmsJob, to: str, body: str) -> Any:
+        """One create on ``path``: its Message resource; SendFailure for Twilio's answers,
+        :class:`Unreachable` when the message was certainly not created."""
+        from_ = job.from_ or path.config.from_
+        params = self._params(job, to, from_, body, path.config)
+        lane = from_ or path.config.messaging_service_sid or ""
         sent_at = await self._limiter.acquire(lane)
         if self._stopped:  # the wait for the sender's rate outlived the worker
             raise NotSent("stopping")
         try:
-            message = await self._client.messages.create_async(**params)
+            message = await path.client.messages.create_async(**params)
         except TwilioRestException as exc:
             if exc.status == 429 or exc.code == 20429:
                 self._limiter.slow_down(lane, sent_at)
-            raise self._failure(exc) from None
+            failure = self._failure(exc)
+            if exc.status >= 500:  # an error answer: no Message resource was created
+                raise Unreachable(failure) from None
+            raise failure from None
+        except ClientConnectorError as exc:  # never connected: nothing was sent
+            raise Unreachable(SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}",
+                                          PROVIDER)) from None
         except (TimeoutError, ClientError, OSError) as exc:
             raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
         self._limiter.speed_up(lane)
-        return SendResult(PROVIDER, message.sid, f"{message.status}; {describe(encoding, count)}",
-                          {"segments": count, "encoding": encoding})
+        return message
+
+    def _down(self, path: Path, exc: Unreachable) -> None:
+        """Mark ``path`` down for the probe interval (said once per change)."""
+        was_up = not path.down_until
+        path.down_until, path.why = self._clock() + self._probe_interval, str(exc)
+        if was_up and len(self.paths) > 1:
+            rest = [p.name for p in self.paths if not p.down_until]
+            log.warning("SMS path %s is down (%s); its traffic goes to %s for %.0f s, then "
+                        "it is tried again", path.name, exc,
+                        rest[0] if rest else "no path (none is up)", self._probe_interval,
+                        extra={"relay": path.name, "detail": str(exc)})
+            self._tell(path)
+
+    def _up(self, path: Path) -> None:
+        if path.down_until:
+            path.down_until, path.why = 0.0, ""
+            if len(self.paths) > 1:
+                log.warning("SMS path %s is up again; its traffic returns to it", path.name,
+                            extra={"relay": path.name})
+                self._tell(path)
+
+    def _tell(self, path: Path) -> None:
+        for watcher in self._watchers:
+            watcher(path.name, not path.down_until)
 
     def _check_number(self, raw: str) -> str:
         try:
@@ -192,12 +304,13 @@ class TwilioChannel:
             raise SendFailure(Outcome("hard", "notaccept"), str(exc), PROVIDER,
                               status="rejected", suppress="") from None
 
-    def _params(self, job: SmsJob, to: str, from_: str | None, body: str) -> dict[str, str]:
+    def _params(self, job: SmsJob, to: str, from_: str | None, body: str,
+                config: TwilioConfig) -> dict[str, str]:
         params = {"to": to, "body": body}
-        if job.from_ or not self._config.messaging_service_sid:
+        if job.from_ or not config.messaging_service_sid:
             params["from_"] = from_ or ""
         else:
-            params["messaging_service_sid"] = self._config.messaging_service_sid
+            params["messaging_service_sid"] = config.messaging_service_sid
         if self._config.status_callback:
             query = urlencode({"j": job.id, "a": job.account_id})
             params["status_callback"] = f"{self._config.status_callback}?{query}"
@@ -217,14 +330,15 @@ class TwilioChannel:
         self._stopped = True
 
     async def close(self) -> None:
-        await self._client.http_client.close()
+        for path in self.paths:
+            await path.client.http_client.close()
 
 
 def build(settings: Settings) -> TwilioChannel | None:
     """The SMS channel when Twilio is configured; None leaves SMS jobs waiting in their queue."""
     if not settings.twilio_configured:
         return None
-    return TwilioChannel(TwilioConfig(
+    config = TwilioConfig(
         account_sid=settings.twilio_account_sid or "",
         auth_token=settings.twilio_auth_token.get_secret_value()
         if settings.twilio_auth_token else "",
@@ -232,4 +346,15 @@ def build(settings: Settings) -> TwilioChannel | None:
         messaging_service_sid=settings.twilio_messaging_service_sid,
         status_callback=f"{settings.public_url}/webhooks/twilio/status",
         region=settings.sms_region, max_segments=settings.sms_max_segments,
-        rate_per_sender=settings.twilio_rate_per_sender))
+        rate_per_sender=settings.twilio_rate_per_sender)
+    fallback = None
+    if settings.twilio_fallback_configured:
+        token = settings.twilio_fallback_auth_token
+        fallback = replace(
+            config, account_sid=settings.twilio_fallback_account_sid or config.account_sid,
+            auth_token=token.get_secret_value() if token else config.auth_token,
+            api_base=settings.twilio_fallback_api_base or config.api_base,
+            from_=settings.twilio_fallback_from,
+            messaging_service_sid=settings.twilio_fallback_messaging_service_sid)
+    return TwilioChannel(config, fallback=fallback,
+                         probe_interval=settings.twilio_probe_interval)

@@ -86,6 +86,29 @@ def test_twilio_settings_must_be_complete(monkeypatch):
     assert load_settings().twilio_configured
 
 
+def test_a_twilio_fallback_is_complete_or_refused(monkeypatch):
+    monkeypatch.setenv("OUTBOX_TWILIO_FALLBACK_MESSAGING_SERVICE_SID", "MG1")
+    with pytest.raises(SettingsError, match="a fallback needs the first path"):
+        load_settings()
+    for name, value in (("ACCOUNT_SID", "AC123"), ("AUTH_TOKEN", "t"),
+                        ("FROM", "+15005550006")):
+        monkeypatch.setenv(f"OUTBOX_TWILIO_{name}", value)
+    same = load_settings()  # the first account's other Messaging Service
+    assert same.twilio_fallback_configured and same.twilio_auth_tokens() == {"AC123": "t"}
+    monkeypatch.setenv("OUTBOX_TWILIO_FALLBACK_ACCOUNT_SID", "AC456")
+    with pytest.raises(SettingsError, match="needs OUTBOX_TWILIO_FALLBACK_AUTH_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("OUTBOX_TWILIO_FALLBACK_AUTH_TOKEN", "u")
+    assert load_settings().twilio_auth_tokens() == {"AC123": "t", "AC456": "u"}
+    monkeypatch.delenv("OUTBOX_TWILIO_FALLBACK_MESSAGING_SERVICE_SID")
+    with pytest.raises(SettingsError, match="OUTBOX_TWILIO_FALLBACK_FROM or"):
+        load_settings()
+    monkeypatch.setenv("OUTBOX_TWILIO_FALLBACK_FROM", "+15005550007")
+    monkeypatch.setenv("OUTBOX_TWILIO_FALLBACK_API_BASE", "ftp://x")
+    with pytest.raises(SettingsError, match="twilio_fallback_api_base|TWILIO_FALLBACK_API_BASE"):
+        load_settings()
+
+
 def test_secret_key_is_a_list_the_first_signs() -> None:
     s = load_settings(secret_key="new-key-0123456789abcdef, old-key-0123456789abcdef")
     assert s.secret_keys == ("new-key-0123456789abcdef", "old-key-0123456789abcdef")

@@ -84,8 +84,8 @@ class TwilioWebhooks:
     async def _verified(self, request: web.Request) -> twilio.Form:
         """The body decoded once (400 if it is not a strict form) and its signature checked
         (403): the same :class:`twilio.Form` is what the parser then reads."""
-        token = self._settings.twilio_auth_token
-        if token is None:
+        tokens = self._settings.twilio_auth_tokens()
+        if not tokens:
             raise web.HTTPNotFound(text="Twilio is not configured")
         try:
             form = twilio.decode_form(await request.read(),
@@ -94,7 +94,10 @@ class TwilioWebhooks:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         url = self._settings.public_url + request.path_qs
         signature = request.headers.get(twilio.SIGNATURE_HEADER, "")
-        if not twilio.verify(url, form, signature, token.get_secret_value()):
+        # the token of the account the callback names (a fallback account signs with its
+        # own); an unknown account's is checked against the first's, and fails
+        token = tokens.get(form.get("AccountSid") or "", next(iter(tokens.values())))
+        if not twilio.verify(url, form, signature, token):
             raise self._refuse(request, web.HTTPForbidden, "bad_signature", "bad signature")
         return form
 
