@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -35,6 +36,10 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from config.reputation import ReputationSettings
 from config.roles import AdminToken, parse_admin_tokens
+
+#: the account id rule of suppression.ids (config sits below it: tests/unit/test_settings.py
+#: checks the two agree)
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 
 ENV_PREFIX = "OUTBOX_"
 
@@ -216,6 +221,8 @@ class Settings(ReputationSettings, BaseSettings):
     #: per job category, the relay of OUTBOX_SMTP_URL (by position, 1 = the first) its mail goes
     #: through first: "marketing=2"; the other relays, in their order, are its fallbacks
     smtp_routes: Annotated[dict[JobCategory, int], NoDecode] = Field(default_factory=dict)
+    #: per account, its first relay the same way ("acct_bank=2"); over the category's route
+    smtp_account_routes: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
 
     # --- worker --------------------------------------------------------------------------
     prefetch: int = Field(64, ge=1, le=10000)
@@ -481,6 +488,23 @@ class Settings(ReputationSettings, BaseSettings):
                 raise ValueError(f"unknown category {category!r}: one of {', '.join(known)}")
         return routes
 
+    @field_validator("smtp_account_routes", mode="before")
+    @classmethod
+    def _split_account_routes(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+            routes = {a.strip(): int(n) for a, n in pairs}
+        except ValueError:
+            raise ValueError("must be account=relay pairs (the relay's position in "
+                             "OUTBOX_SMTP_URL), e.g. acct_bank=2,acct_shop=1") from None
+        for account in routes:
+            if not _ACCOUNT_ID.fullmatch(account):
+                raise ValueError(f"{account[:40]!r} is not an account id (1-128 characters "
+                                 "of A-Z a-z 0-9 . _ -, starting with a letter or digit)")
+        return routes
+
     @field_validator("retry_tiers", mode="before")
     @classmethod
     def _split_tiers(cls, value: Any) -> Any:
@@ -582,10 +606,12 @@ class Settings(ReputationSettings, BaseSettings):
     @model_validator(mode="after")
     def _routes_name_relays(self) -> Settings:
         count = len(self.smtp_relays)
-        for category, n in self.smtp_routes.items():
-            if not 1 <= n <= count:
-                raise ValueError(f"OUTBOX_SMTP_ROUTES: {category}={n}, but OUTBOX_SMTP_URL "
-                                 f"names {count} relay{'s' if count > 1 else ''}")
+        for name, routes in (("OUTBOX_SMTP_ROUTES", self.smtp_routes),
+                             ("OUTBOX_SMTP_ACCOUNT_ROUTES", self.smtp_account_routes)):
+            for key, n in routes.items():
+                if not 1 <= n <= count:
+                    raise ValueError(f"{name}: {key}={n}, but OUTBOX_SMTP_URL names {count} "
+                                     f"relay{'s' if count > 1 else ''}")
         return self
 
     @property

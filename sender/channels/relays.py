@@ -25,8 +25,9 @@ A message is never sent twice because of a failover:
   at most one extra copy per message in flight on it, exactly as without a fallback;
 * an SMTP reply (4xx, 5xx) is the relay's answer, classified as always, and moves nothing.
 
-``OUTBOX_SMTP_ROUTES`` (``marketing=2``) gives a job category its own first relay; the
-others, in their order, are its fallbacks, with the same rules.
+``OUTBOX_SMTP_ROUTES`` (``marketing=2``) gives a job category its own first relay, and
+``OUTBOX_SMTP_ACCOUNT_ROUTES`` (``acct_bank=2``) an account (over its category's); the others,
+in their order, are its fallbacks, with the same rules.
 
 When every relay is down each send tries them all in order (the error of the last is the
 send's: a ``transient/networkerror`` deferral, as with one relay down).
@@ -71,18 +72,23 @@ class Relays:
     :class:`~sender.channels.smtp.SmtpPool` (``send``, ``stop``, ``close``)."""
 
     def __init__(self, pools: Sequence[SmtpPool], *, probe_interval: float = 15.0,
-                 routes: Mapping[str, int] | None = None) -> None:
+                 routes: Mapping[str, int] | None = None,
+                 account_routes: Mapping[str, int] | None = None) -> None:
         """``routes``: per job category, the index of the relay its mail goes through first
-        (the others follow in their order)."""
+        (the others follow in their order); ``account_routes`` the same per account, over
+        the category's."""
         if not pools:
             raise ValueError("no relay")
         self.relays = [Relay(pool.name, pool) for pool in pools]
-        self._orders = {category: [self.relays[at]] + [r for i, r in enumerate(self.relays)
-                                                       if i != at]
-                        for category, at in (routes or {}).items()}
+        self._orders = {category: self._order(at) for category, at in (routes or {}).items()}
+        self._account_orders = {account: self._order(at)
+                                for account, at in (account_routes or {}).items()}
         self._probe_interval = probe_interval
         self._watchers: list[RelayWatcher] = []
         self._stopped = False
+
+    def _order(self, first: int) -> list[Relay]:
+        return [self.relays[first]] + [r for i, r in enumerate(self.relays) if i != first]
 
     def watch(self, watcher: RelayWatcher) -> None:
         """Call ``watcher(relay, up)`` now for every relay and then on each change."""
@@ -96,12 +102,13 @@ class Relays:
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
                    *, smtputf8: bool = False, first: bool = False, stuffed: bool = False,
-                   category: str | None = None) -> str:
-        """Send through the first relay up, in the order of ``category``'s route or the
-        configured one (every relay in that order when none is up); the exceptions of
-        :meth:`SmtpPool.send`, a :class:`RelayUnavailable` only when no relay could be
-        reached."""
-        order = self._orders.get(category or "", self.relays)
+                   category: str | None = None, account_id: str | None = None) -> str:
+        """Send through the first relay up, in the order of ``account_id``'s route,
+        ``category``'s or the configured one (every relay in that order when none is up);
+        the exceptions of :meth:`SmtpPool.send`, a :class:`RelayUnavailable` only when no
+        relay could be reached."""
+        order = self._account_orders.get(account_id or "") or \
+            self._orders.get(category or "", self.relays)
         candidates = [r for r in order if r.up] or list(order)
         last: RelayUnavailable | None = None
         for relay in candidates:

@@ -473,7 +473,8 @@ class SmtpChannel:
         try:
             first = job.category not in BULK_CATEGORIES
             async with self._domains(msg.recipients[0]).turn(first=first):
-                send = (partial(self._routed.send, category=job.category)
+                send = (partial(self._routed.send, category=job.category,
+                                account_id=job.account_id)
                         if self._routed is not None else self._pool.send)
                 reply = await send(msg.envelope_from, list(msg.recipients), msg.wire,
                                    smtputf8=msg.smtputf8, first=first, stuffed=True)
@@ -582,7 +583,8 @@ def build(settings: Settings, *, keys_for: KeysFor | None = None,
                       data_timeout=settings.smtp_data_timeout)
              for relay in settings.smtp_relays]
     pool = Relays(pools, probe_interval=settings.smtp_relay_probe_interval,
-                  routes={c: n - 1 for c, n in settings.smtp_routes.items()})
+                  routes={c: n - 1 for c, n in settings.smtp_routes.items()},
+                  account_routes={a: n - 1 for a, n in settings.smtp_account_routes.items()})
     options = EmailOptions(
         message_id_domain=settings.message_id_domain, public_url=settings.public_url,
         secret_key=settings.signing_key,

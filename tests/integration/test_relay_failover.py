@@ -206,3 +206,23 @@ async def test_a_routed_category_goes_to_its_relay_first_then_to_the_others():
     finally:
         await relays.close()
         await main.stop()
+
+
+async def test_a_routed_account_goes_to_its_relay_whatever_its_category():
+    main, own = await StoppableRelay().start(), await StoppableRelay().start()
+    relays = Relays([_pool(main), _pool(own)], probe_interval=60, routes={"marketing": 0},
+                    account_routes={"acct_bank": 1})
+    try:
+        for account, category in (("acct_bank", "marketing"), ("acct_bank", "transactional"),
+                                  ("acct_shop", "marketing")):
+            await relays.send("a@x.test", ["b@y.test"],
+                              f"Subject: {account} {category}\r\n\r\nx\r\n".encode(),
+                              category=category, account_id=account)
+        assert [m[2].split(b"\r\n")[0] for m in own.recorder.messages] == [
+            b"Subject: acct_bank marketing", b"Subject: acct_bank transactional"]
+        assert [m[2].split(b"\r\n")[0] for m in main.recorder.messages] == [
+            b"Subject: acct_shop marketing"]
+    finally:
+        await relays.close()
+        await main.stop()
+        await own.stop()

@@ -81,3 +81,32 @@ def test_the_routes_know_every_job_category():
     from sender.models import Category
 
     assert set(get_args(JobCategory)) == set(get_args(Category))
+
+
+def test_an_account_routed_to_a_relay_by_its_position(monkeypatch):
+    monkeypatch.setenv("OUTBOX_SMTP_URL", "smtp://a.test:25,smtp://b.test:25")
+    monkeypatch.setenv("OUTBOX_SMTP_ACCOUNT_ROUTES", "acct_bank=2, acct.shop-1=1")
+    assert load_settings().smtp_account_routes == {"acct_bank": 2, "acct.shop-1": 1}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("acct_bank=3", "OUTBOX_SMTP_ACCOUNT_ROUTES: acct_bank=3, but OUTBOX_SMTP_URL names 2"),
+    ("acct*=1", "'acct*' is not an account id"),
+    ("acct:x=1", "'acct:x' is not an account id"),
+    ("acct_bank", "must be account=relay pairs"),
+])
+def test_a_bad_account_route_is_refused(monkeypatch, value, message):
+    monkeypatch.setenv("OUTBOX_SMTP_URL", "smtp://a.test:25,smtp://b.test:25")
+    monkeypatch.setenv("OUTBOX_SMTP_ACCOUNT_ROUTES", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["a", "acct_1", "A.b-c_d", "x" * 128, "x" * 129, "_a", "a b",
+                                   "a}", "a*", "a:b", "a\n", "", "é"])
+def test_the_settings_account_id_rule_is_suppression_ids(value):
+    from config.settings import _ACCOUNT_ID
+    from suppression.ids import is_id
+
+    assert (_ACCOUNT_ID.fullmatch(value) is not None) == is_id(value)
