@@ -42,19 +42,26 @@ QUIET = 3.0  # seconds an absence is watched for (the publish follows its write 
 
 
 class Listener:
-    """A queue of the test's own bound to ``outbox.status`` with ``recipient.#``."""
+    """A queue of the test's own bound to ``outbox.status`` with ``recipient.#``, consumed into
+    an asyncio queue. (It once polled with ``basic_get`` under ``asyncio.timeout``: a timeout
+    that cancelled a ``basic_get`` in flight left aiormq's channel broken, so the next
+    ``take()`` failed, and twice in full runs a test hung past pytest's 120 s.)"""
 
     def __init__(self, amqp_url: str) -> None:
         self._url = amqp_url
         self._connection: Any = None
-        self._queue: Any = None
+        self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
 
     async def start(self) -> Listener:
         self._connection = await aio_pika.connect(self._url)
         channel = await self._connection.channel()
-        self._queue = await channel.declare_queue(None, exclusive=True, auto_delete=True)
-        await self._queue.bind("outbox.status", routing_key="recipient.#")
+        queue = await channel.declare_queue(None, exclusive=True, auto_delete=True)
+        await queue.bind("outbox.status", routing_key="recipient.#")
+        await queue.consume(self._received, no_ack=True)
         return self
+
+    async def _received(self, message: Any) -> None:
+        self._inbox.put_nowait((message.routing_key, json.loads(message.body)))
 
     async def close(self) -> None:
         await self._connection.close()
@@ -62,13 +69,9 @@ class Listener:
     async def take(self, n: int, timeout: float = 30.0) -> list[tuple[str, dict[str, Any]]]:
         """The next ``n`` events (routing key, body); fails when they do not come."""
         got: list[tuple[str, dict[str, Any]]] = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout):  # cancels only a wait on the local queue
             while len(got) < n:
-                message = await self._queue.get(fail=False, no_ack=True)
-                if message is None:
-                    await asyncio.sleep(0.05)
-                    continue
-                got.append((message.routing_key, json.loads(message.body)))
+                got.append(await self._inbox.get())
         return got
 
     async def quiet(self, seconds: float = QUIET) -> list[tuple[str, dict[str, Any]]]:
