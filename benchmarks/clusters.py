@@ -213,12 +213,7 @@ class RedisCluster:
 
     def cli(self, port: int, *args: str) -> str:
         """One redis-cli command; its output ("" when the node does not answer)."""
-        try:
-            done = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args],
-                                  capture_output=True, text=True, timeout=5)
-        except subprocess.TimeoutExpired:
-            return ""
-        return done.stdout if done.returncode == 0 else ""
+        return services._cli(port, *args)
 
     def start(self) -> RedisCluster:
         """Start the nodes, create the cluster, wait for ``cluster_state:ok`` on each and for

@@ -34,58 +34,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
 from prometheus_client import CollectorRegistry
 
 from benchmarks.clusters import RabbitCluster, RedisCluster
+from benchmarks.relay import StoppableRelay
 
 _MESSAGE_ID = re.compile(rb"^Message-ID: <([^@>]+)@", re.MULTILINE | re.IGNORECASE)
 RUNS = ("relay", "redis", "rabbitmq")
 
 
-class Relay:
-    """An aiosmtpd relay in this loop, recording (time, job id) per message; ``crash()``
-    closes its port and aborts every session (what a killed relay process does)."""
+class Relay(StoppableRelay):
+    """A relay recording (time, job id) per message; ``stop(abort=True)`` is its crash (the
+    port closed, every session aborted: what a killed relay process does)."""
 
     def __init__(self) -> None:
+        super().__init__(self)
         self.received: list[tuple[float, str]] = []
-        self.sessions: list[SMTP] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         match = _MESSAGE_ID.search(envelope.original_content or b"")
         self.received.append((time.monotonic(), match.group(1).decode() if match else "?"))
         return f"250 2.0.0 Ok: queued as R{len(self.received)}"
-
-    async def start(self) -> Relay:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._session, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    def _session(self) -> SMTP:
-        session = SMTP(self, hostname="relay", enable_SMTPUTF8=True)
-        self.sessions.append(session)
-        return session
-
-    async def crash(self, *, abort: bool = True) -> None:
-        """Stop: the port closed and every session's connection aborted (or closed, its
-        pending replies flushed first, with ``abort=False``)."""
-        assert self.server is not None
-        self.server.close()
-        for session in self.sessions:
-            if session.transport is not None:
-                if abort:
-                    session.transport.abort()
-                else:
-                    session.transport.close()
-        self.sessions.clear()
-        await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
 
 
 @dataclass
@@ -195,8 +164,8 @@ async def run_one(run: str, rabbit: RabbitCluster, redis: RedisCluster, *, jobs:
             logger.removeHandler(lines)
             logger.setLevel(level)
         for relay in relays:
-            if relay.server is not None and relay.server.is_serving():
-                await relay.crash(abort=False)
+            if relay.serving:
+                await relay.stop()
     got = received()
     counts = Counter(i for _, i in got)
     result.received = len(got)
@@ -215,7 +184,7 @@ async def run_one(run: str, rabbit: RabbitCluster, redis: RedisCluster, *, jobs:
 async def _kill(run: str, rabbit: RabbitCluster, redis: RedisCluster, primary: Relay,
                 worker: Any) -> str:
     if run == "relay":
-        await primary.crash()
+        await primary.stop(abort=True)
         return f"relay 127.0.0.1:{primary.port} (primary)"
     if run == "redis":
         port = redis.masters()[0]

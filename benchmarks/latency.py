@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 from benchmarks.env import ROOT, Services, machine
 from benchmarks.runner import Context, log, seed_template_async, throughput_run
-from benchmarks.sink import SmtpSink, free_port
+from benchmarks.sink import SmtpSink, free_port, wait_listening
 from benchmarks.systems import PY, outbox
 from benchmarks.workloads import WORKLOADS, Job
 
@@ -69,14 +68,8 @@ class DelayedSink(SmtpSink):
              "--to", str(self.port), "--delay", str(self.delay)],
             cwd=ROOT, stdout=err, stderr=err, stdin=subprocess.DEVNULL,
             start_new_session=True)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.proxy_port)) == 0:
-                    return
-            if time.monotonic() > deadline or self.proxy.poll() is not None:
-                raise SystemExit("latency proxy did not start (see latency-proxy.log)")
-            time.sleep(0.05)
+        wait_listening(self.proxy_port, self.proxy,
+                       "latency proxy did not start (see latency-proxy.log)")
 
     def stop(self) -> None:
         if self.proxy is not None and self.proxy.poll() is None:

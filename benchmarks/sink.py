@@ -35,6 +35,20 @@ def free_port() -> int:
     return port
 
 
+def wait_listening(port: int, proc: subprocess.Popen[bytes], failure: str,
+                   timeout: float = 10) -> None:
+    """Until ``proc`` accepts connections on 127.0.0.1:``port``; exits with ``failure`` when
+    it exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(failure)
+        time.sleep(0.05)
+
+
 @dataclass
 class Window:
     """Messages accepted since ``mark()``: count, and monotonic times of the first and last."""
@@ -80,14 +94,7 @@ class SmtpSink:
         self._thread = threading.Thread(target=self._read, name="smtp-sink-reader",
                                         daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("smtp-sink did not start (see smtp-sink.log)")
-            time.sleep(0.05)
+        wait_listening(self.port, self.proc, "smtp-sink did not start (see smtp-sink.log)")
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

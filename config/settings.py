@@ -180,6 +180,16 @@ def parse_processes(value: Any) -> int:
     return int(text)
 
 
+def _int_pairs(value: str, error: str) -> dict[str, int]:
+    """``a=1, B=2`` (from the environment) as ``{"a": 1, "b": 2}``; ``ValueError(error)``
+    for an item that is not a name=whole number pair."""
+    try:
+        pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+        return {name.strip().lower(): int(n) for name, n in pairs}
+    except ValueError:
+        raise ValueError(error) from None
+
+
 def _flag(value: str, name: str) -> bool:
     if value in ("1", "true", "yes", "on"):
         return True
@@ -465,23 +475,15 @@ class Settings(ReputationSettings, BaseSettings):
     def _split_domains(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        try:
-            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
-            return {d.strip().lower(): int(n) for d, n in pairs}
-        except ValueError:
-            raise ValueError("must be domain=count pairs, e.g. gmail.com=20,qq.com=5") from None
+        return _int_pairs(value, "must be domain=count pairs, e.g. gmail.com=20,qq.com=5")
 
     @field_validator("smtp_routes", mode="before")
     @classmethod
     def _split_routes(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        try:
-            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
-            routes = {c.strip().lower(): int(n) for c, n in pairs}
-        except ValueError:
-            raise ValueError("must be category=relay pairs (the relay's position in "
-                             "OUTBOX_SMTP_URL), e.g. marketing=2,transactional=1") from None
+        routes = _int_pairs(value, "must be category=relay pairs (the relay's position in "
+                                   "OUTBOX_SMTP_URL), e.g. marketing=2,transactional=1")
         known = get_args(JobCategory)
         for category in routes:
             if category not in known:

@@ -78,23 +78,36 @@ def send(dma: Path, case: str, parts: list[str]) -> dict[str, Any]:
     return expected(job, ACCOUNT, sender, parts)
 
 
-def main(out: Path, unpacked: Path) -> int:
-    if os.environ.get("OUTBOX_DMA_NS") != "1":  # re-run in a private mount namespace
+def in_private_namespace(flag: str) -> None:
+    """Re-run this script in a private mount namespace (``unshare -m``) unless the environment
+    variable ``flag`` says it already runs in one."""
+    if os.environ.get(flag) != "1":
         os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", sys.executable,
-                               *sys.argv], {**os.environ, "OUTBOX_DMA_NS": "1"})
+                               *sys.argv], {**os.environ, flag: "1"})
+
+
+def overlaid(target: str, prefix: str) -> Path:
+    """A new temporary directory (mode 755) whose ``upper`` layer takes every write to
+    ``target``, mounted over it as an overlay (in this mount namespace only)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    for sub in ("upper", "work"):
+        (root / sub).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={target},upperdir="
+                    f"{root / 'upper'},workdir={root / 'work'}", target], check=True)
+    return root
+
+
+def main(out: Path, unpacked: Path) -> int:
+    in_private_namespace("OUTBOX_DMA_NS")
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="outbox-dma-"))
+    # /etc seen through an overlay in this namespace only: /etc/dma/dma.conf is ours
+    root = overlaid("/etc", "outbox-dma-")
     (root / "etc").mkdir()
     (root / "spool").mkdir(mode=0o1777)
     (root / "spool").chmod(0o1777)  # dma drops to the mail group
-    root.chmod(0o755)
     (root / "etc" / "dma.conf").write_text(DMA_CONF.format(port=SMARTHOST, spool=root / "spool"))
     (root / "etc" / "auth.conf").write_text("")
-    for sub in ("upper", "work"):
-        (root / sub).mkdir()
-    # /etc seen through an overlay in this namespace only: /etc/dma/dma.conf is ours
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir=/etc,upperdir="
-                    f"{root / 'upper'},workdir={root / 'work'}", "/etc"], check=True)
     shutil.copytree(root / "etc", "/etc/dma", dirs_exist_ok=True)
     smarthost = Smarthost()
     server = Controller(smarthost, hostname="127.0.0.1", port=SMARTHOST)

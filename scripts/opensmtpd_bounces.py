@@ -16,18 +16,16 @@ the smarthost of :mod:`dma_bounces` (127.0.0.1:2528: refuses ``@refuse.test`` re
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import smtplib
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from dma_bounces import CASES, SMARTHOST, Smarthost  # scripts/
+from dma_bounces import CASES, SMARTHOST, Smarthost, in_private_namespace, overlaid  # scripts/
 from postfix_bounces import BOUNCE_DOMAIN, KEY, expected, test_message
 
 from suppression.verp import verp_address
@@ -53,16 +51,9 @@ def send(case: str, parts: list[str]) -> dict[str, Any]:
 
 
 def main(out: Path, unpacked: Path) -> int:
-    if os.environ.get("OUTBOX_SMTPD_NS") != "1":  # re-run in a private mount namespace
-        os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", sys.executable,
-                               *sys.argv], {**os.environ, "OUTBOX_SMTPD_NS": "1"})
+    in_private_namespace("OUTBOX_SMTPD_NS")
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="outbox-smtpd-"))
-    root.chmod(0o755)
-    for sub in ("upper", "work"):
-        (root / sub).mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir=/var,upperdir="
-                    f"{root / 'upper'},workdir={root / 'work'}", "/var"], check=True)
+    root = overlaid("/var", "outbox-smtpd-")
     Path("/var/lib/opensmtpd/empty").mkdir(parents=True, exist_ok=True)
     shutil.rmtree("/var/spool/smtpd", ignore_errors=True)
     conf = root / "smtpd.conf"

@@ -13,6 +13,7 @@ from config import Settings
 from sender import topology
 from sender.bus import Bus
 from sender.metrics import Metrics
+from sender.periodic import Periodic
 from suppression.store import AccountStore
 
 log = logging.getLogger("outbox.worker")
@@ -21,26 +22,24 @@ ACCOUNTS_GAUGE_PERIOD = 30.0  # seconds between refreshes of outbox_accounts{sta
 BROKER_CALL_TIMEOUT = 5.0
 
 
-class Gauges:
-    """Refreshes the gauges every :data:`ACCOUNTS_GAUGE_PERIOD` seconds until stopped."""
+class Gauges(Periodic):
+    """Refreshes the gauges at the start, then every :data:`ACCOUNTS_GAUGE_PERIOD` seconds
+    until stopped; a failed refresh is logged at DEBUG only (an outage: the pipeline reports
+    it)."""
+
+    name = "gauges"
+    log = log
+    turn_at_start = True
+    failure_level = logging.DEBUG
 
     def __init__(self, settings: Settings, *, bus: Bus, accounts: AccountStore,
                  metrics: Metrics) -> None:
+        super().__init__(ACCOUNTS_GAUGE_PERIOD)
         self._settings = settings
         self._bus = bus
         self._accounts = accounts
         self._metrics = metrics
-        self._task: asyncio.Task[None] | None = None
         self._channel: AbstractChannel | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -50,16 +49,12 @@ class Gauges:
                 log.debug("closing channel: %s", exc)
             self._channel = None
 
-    async def _refresh(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(ACCOUNTS_GAUGE_PERIOD):
-                    for state, count in (await self._accounts.count_by_state()).items():
-                        self._metrics.accounts.labels(state).set(count)
-                    await self.queue_depths()
-            except Exception as exc:  # an outage: the pipeline reports it; try again later
-                log.debug("gauges: %s", exc)
-            await asyncio.sleep(ACCOUNTS_GAUGE_PERIOD)
+    async def turn(self) -> None:
+        """One refresh of every gauge, bounded by the period."""
+        async with asyncio.timeout(ACCOUNTS_GAUGE_PERIOD):
+            for state, count in (await self._accounts.count_by_state()).items():
+                self._metrics.accounts.labels(state).set(count)
+            await self.queue_depths()
 
     async def queue_depths(self) -> None:
         """Set ``outbox_queue_depth`` of every queue of the topology (one pass)."""

@@ -1,6 +1,6 @@
 """A worker task that does one piece of upkeep every ``period`` seconds until stopped (held
-jobs' expiry, recipient events left pending): a turn that fails (Redis or the broker away) is
-logged and the next turn tries again."""
+jobs' expiry, recipient events left pending, the gauges): a turn that fails (Redis or the
+broker away) is logged and the next turn tries again."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ class Periodic:
 
     name = "periodic task"
     log = logging.getLogger("outbox.periodic")
+    #: the first turn at the start (else one period later)
+    turn_at_start = False
+    #: the level a failed turn is logged at
+    failure_level = logging.WARNING
 
     def __init__(self, period: float) -> None:
         self._period = period
@@ -32,9 +36,12 @@ class Periodic:
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        if not self.turn_at_start:
             await asyncio.sleep(self._period)
+        while True:
             try:
                 await self.turn()
             except Exception as exc:  # Redis or the broker away: the next turn tries again
-                self.log.warning("%s: %s: %s", self.name, type(exc).__name__, exc)
+                self.log.log(self.failure_level, "%s: %s: %s", self.name, type(exc).__name__,
+                             exc)
+            await asyncio.sleep(self._period)

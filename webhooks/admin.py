@@ -337,9 +337,7 @@ class AdminApi:
         first: the global entries its messages taught (hard bounces, complaints, invalid
         numbers: their ``account`` field names it) and the account's own entries. The global
         ones are found by SCAN over every global entry: seconds on millions of them."""
-        account = _path_account(request)
-        limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
-        await self._accounts.require(account)
+        account, limit = await self._account_and_limit(request, default=50)
         found = [e async for e in self._suppression.entries(account_id=account)]
         found += [e async for e in _global_entries(self._redis, account)]
         return _json(heapq.nlargest(limit, found, key=_newest))
@@ -407,11 +405,18 @@ class AdminApi:
              category=category, jobs=settled.get("settled"))
         return settled
 
+    async def _account_and_limit(self, request: web.Request, *, default: int
+                                 ) -> tuple[str, int]:
+        """The path's account (404 when it is unknown) and ``?limit=`` (``default``, at most
+        :data:`MAX_AUDIT`; 400 when it is not a whole number in range)."""
+        account = _path_account(request)
+        limit = _int(request.query.get("limit"), "limit", default=default, high=MAX_AUDIT)
+        await self._accounts.require(account)
+        return account, limit
+
     async def show_held(self, request: web.Request) -> web.StreamResponse:
         """``?limit=100``: the document of ``outbox accounts held ID --json``."""
-        account = _path_account(request)
-        limit = _int(request.query.get("limit"), "limit", default=100, high=MAX_AUDIT)
-        await self._accounts.require(account)
+        account, limit = await self._account_and_limit(request, default=100)
         return _json(await self._held.store.summary(account, limit=limit))
 
     async def settle_held(self, request: web.Request) -> web.StreamResponse:
@@ -542,9 +547,7 @@ class AdminApi:
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
         """``?limit=50``: the account's audit records, newest first."""
-        account = _path_account(request)
-        limit = _int(request.query.get("limit"), "limit", default=50, high=MAX_AUDIT)
-        await self._accounts.require(account)
+        account, limit = await self._account_and_limit(request, default=50)
         return _json(await self._accounts.audit.read(account, limit=limit))
 
 

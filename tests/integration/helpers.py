@@ -1,15 +1,19 @@
-"""Helpers for integration tests: jobs, an in-process worker, reading queues."""
+"""Helpers for integration tests: jobs, an in-process worker, reading queues, the CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
@@ -19,6 +23,7 @@ from config import Settings
 from sender.bus import Bus
 from sender.service import make_redis, started_worker
 
+ROOT = Path(__file__).resolve().parents[2]
 _seq = itertools.count()
 T = TypeVar("T")
 
@@ -89,6 +94,36 @@ def recipient_events(messages: list[Any]) -> list[dict[str, Any]]:
     """Decode the recipient events (``recipient.<channel>.<change>``) among ``messages``."""
     return [e for e in map(json.loads, (m.body for m in messages))
             if e.get("type") == "recipient"]
+
+
+async def queue_depth(amqp_url: str, queue: str) -> int:
+    """How many messages ``queue`` holds now (a passive declare: it must exist)."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+def outbox_env(settings: Settings, **env: str) -> dict[str, str]:
+    """This process's environment without its ``OUTBOX_*`` variables, pointed at the test's
+    services (``settings``' Redis and AMQP URLs, no metrics port), with ``env`` added."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    return {**clean, "OUTBOX_REDIS_URL": settings.redis_url.get_secret_value(),
+            "OUTBOX_AMQP_URL": settings.amqp_url.get_secret_value(),
+            "OUTBOX_METRICS_PORT": "0", **env}
+
+
+def run_outbox(settings: Settings, *argv: str, stdin: str | None = None, timeout: float = 60,
+               **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m outbox ARGV`` from the checkout (its code) on the test's services
+    (:func:`outbox_env`); ``stdin`` is its input (none: /dev/null)."""
+    given: dict[str, Any] = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
+    return subprocess.run([sys.executable, "-m", "outbox", *argv], env=outbox_env(settings, **env),
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          check=False, **given)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -17,7 +17,7 @@ from outbox.devsinks.twilio_api import TwilioStandIn
 from sender.client import EVENTS_MAX_LENGTH, InvalidBatch, Outbox, email_job, sms_job
 from sender.models import EmailJob, InvalidJob, SmsJob, StatusEvent
 from tests.conftest import PROFILE, services
-from tests.integration.helpers import collect, events, running_worker, wait_for
+from tests.integration.helpers import collect, events, queue_depth, running_worker, wait_for
 
 pytestmark = pytest.mark.integration
 SID, TOKEN, FROM = "AC" + "4" * 32, "client-token", "+15005550006"
@@ -29,16 +29,6 @@ def _email(n: int, **fields: Any) -> EmailJob:
                                 subject=f"Receipt {n}", text=f"Thank you {n}",
                                 metadata={"order": n})
     return email_job(**{**base, **fields})
-
-
-async def _depth(amqp_url: str, queue: str) -> int:
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
@@ -79,7 +69,7 @@ async def test_publish_many_waits_for_every_confirm(amqp_url: str) -> None:
         result = await outbox.publish_many(jobs)
     assert result.ok and result.failed == ()
     assert sorted(j.id for j in result.published) == sorted(f"crm-{n}" for n in range(300))
-    assert await _depth(amqp_url, "outbox.email") == 300  # confirmed: all in the queue
+    assert await queue_depth(amqp_url, "outbox.email") == 300  # confirmed: all in the queue
 
 
 async def test_publish_many_reports_the_jobs_the_broker_did_not_take(amqp_url: str) -> None:
@@ -96,8 +86,8 @@ async def test_publish_many_reports_the_jobs_the_broker_did_not_take(amqp_url: s
     assert [j.id for j in result.published] == ["crm-1", "crm-3"]
     assert [(j.id, "NO_ROUTE" in why or "unroutable" in why.lower())
             for j, why in result.failed] == [("sms-2", True)]
-    assert await _depth(amqp_url, "outbox.email") == 2
-    assert await _depth(amqp_url, "outbox.sms") == 0
+    assert await queue_depth(amqp_url, "outbox.email") == 2
+    assert await queue_depth(amqp_url, "outbox.sms") == 0
 
 
 async def test_an_invalid_job_is_refused_before_publishing(amqp_url: str) -> None:
@@ -116,8 +106,8 @@ async def test_an_invalid_job_is_refused_before_publishing(amqp_url: str) -> Non
         with pytest.raises(InvalidJob, match="not finite"):
             await outbox.publish({**_email(4).model_dump(by_alias=True),
                                   "metadata": {"x": float("nan")}})
-    assert await _depth(amqp_url, "outbox.email") == 0  # nothing of any of them published
-    assert await _depth(amqp_url, "outbox.sms") == 0
+    assert await queue_depth(amqp_url, "outbox.email") == 0  # nothing of any of them published
+    assert await queue_depth(amqp_url, "outbox.sms") == 0
 
 
 async def _bindings(amqp_url: str) -> list[dict[str, Any]]:
@@ -220,7 +210,7 @@ async def test_a_durable_events_queue_keeps_what_came_while_away(
 
 async def wait_for_depth(amqp_url: str, queue: str, depth: int) -> None:
     for _ in range(300):
-        if await _depth(amqp_url, queue) >= depth:
+        if await queue_depth(amqp_url, queue) >= depth:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{queue} did not reach {depth} messages")

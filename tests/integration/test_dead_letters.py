@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,31 +21,21 @@ from suppression.store import Audit
 from tests.integration.helpers import (
     email_job,
     publish,
+    run_outbox,
     running_app,
     running_worker,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 SMS = {"v": 1, "account_id": "acct_demo", "channel": "sms", "category": "notification",
        "topic": "task", "to": "123", "body": "Your task is due", "metadata": {}}
 NOT_JSON = b"this is not json {"
 TOKEN = "dead-letters-admin-token"
 
 
-def outbox(settings: Any, *argv: str) -> subprocess.CompletedProcess[str]:
-    """``python -m outbox ARGV`` on the test's services."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(OUTBOX_REDIS_URL=settings.redis_url.get_secret_value(),
-               OUTBOX_AMQP_URL=settings.amqp_url.get_secret_value(), OUTBOX_METRICS_PORT="0")
-    return subprocess.run([sys.executable, "-m", "outbox", *argv], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
 def dead_list(settings: Any, *argv: str) -> list[dict[str, Any]]:
-    done = outbox(settings, "dead", "list", "--json", *argv)
+    done = run_outbox(settings, "dead", "list", "--json", *argv)
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout))
 
@@ -89,15 +75,15 @@ async def test_rejected_jobs_are_found_by_jobs_show_with_their_reason(settings, 
     await publish(amqp_url, [NOT_JSON], routing_key="email")
     async with running_worker(settings):
         await wait_for_dead(amqp_url, 2)
-    shown = outbox(settings, "jobs", "show", "acct_demo", "bad-sms-1234", "--json")
+    shown = run_outbox(settings, "jobs", "show", "acct_demo", "bad-sms-1234", "--json")
     assert shown.returncode == 0, shown.stderr
     story = json.loads(shown.stdout)
     assert story["status"] == "rejected" and story["reason"] == "invalid"
     assert "not a possible phone number" in story["timeline"][-1]["detail"]
-    assert "rejected (invalid)" in outbox(settings, "jobs", "show", "acct_demo",
-                                          "bad-sms-1234").stdout
+    assert "rejected (invalid)" in run_outbox(settings, "jobs", "show", "acct_demo",
+                                              "bad-sms-1234").stdout
     unreadable = keys.unreadable_id(NOT_JSON)
-    text = outbox(settings, "jobs", "show", keys.UNREADABLE_ACCOUNT, unreadable)
+    text = run_outbox(settings, "jobs", "show", keys.UNREADABLE_ACCOUNT, unreadable)
     assert text.returncode == 0, text.stderr
     assert "rejected" in text.stdout and "not valid JSON" in text.stdout
     rows = {r["record"]: r for r in dead_list(settings)}
@@ -120,8 +106,8 @@ async def test_a_rejected_id_published_again_correctly_is_sent(settings, amqp_ur
         await wait_for_dead(amqp_url, 1)
         await publish(amqp_url, [{**bad, "to": "fixed@example.com"}])
         await wait_for(lambda: len(recorder.messages) == 1)
-    story = json.loads(outbox(settings, "jobs", "show", "acct_demo", "fix-me-1",
-                              "--json").stdout)
+    story = json.loads(run_outbox(settings, "jobs", "show", "acct_demo", "fix-me-1",
+                                  "--json").stdout)
     assert [e["status"] for e in story["timeline"]] == ["rejected", "sent"]
     assert story["status"] == "sent"
 
@@ -178,34 +164,34 @@ async def test_dead_list_show_replay_purge(settings, amqp_url, smtp_server):
         assert [r["job_id"] for r in dead_list(settings, "--reason", "subject")] == ["inv-b-0"]
         assert len(dead_list(settings, "--since", "1h")) == 5
         assert dead_list(settings, "--since", "2999-01-01T00:00:00Z") == []
-        assert outbox(settings, "dead", "list", "--since", "yesterday").returncode == 2
+        assert run_outbox(settings, "dead", "list", "--since", "yesterday").returncode == 2
 
-        shown = outbox(settings, "dead", "show", everything[1]["id"], "--json")
+        shown = run_outbox(settings, "dead", "show", everything[1]["id"], "--json")
         assert shown.returncode == 0, shown.stderr
         one = json.loads(shown.stdout)
         assert json.loads(one["body"])["id"] == everything[1]["job_id"]
         assert one["headers"]["x-outbox-routing-key"] == "email"
         assert "nobody" in one["reason"] or "to:" in one["reason"]
-        assert "header x-outbox-reason" in outbox(settings, "dead", "show",
-                                                  everything[1]["id"]).stdout
-        assert outbox(settings, "dead", "show", "dead-nosuch").returncode == 1
+        assert "header x-outbox-reason" in run_outbox(settings, "dead", "show",
+                                                      everything[1]["id"]).stdout
+        assert run_outbox(settings, "dead", "show", "dead-nosuch").returncode == 1
         assert await dead_count(amqp_url) == 5
 
         # replay: reason and actor required; back to its lane once, the worker sends it
-        assert outbox(settings, "dead", "replay", "orig-msg-1",
-                      "--actor", "ops").returncode == 2
-        replayed = outbox(settings, "dead", "replay", "orig-msg-1", "--reason", "bug fixed",
-                          "--actor", "ops@crm", "--json")
+        assert run_outbox(settings, "dead", "replay", "orig-msg-1",
+                          "--actor", "ops").returncode == 2
+        replayed = run_outbox(settings, "dead", "replay", "orig-msg-1", "--reason", "bug fixed",
+                              "--actor", "ops@crm", "--json")
         assert replayed.returncode == 0, replayed.stderr
         [row] = json.loads(replayed.stdout)
         assert row["lane"] == "email.bulk" and row["job_id"] == "replay-me-1"
         await wait_for(lambda: len(recorder.by_rcpt("back@example.com")) == 1)
         assert await dead_count(amqp_url) == 4
-        again = outbox(settings, "dead", "replay", "orig-msg-1", "--reason", "x",
-                       "--actor", "ops")
+        again = run_outbox(settings, "dead", "replay", "orig-msg-1", "--reason", "x",
+                           "--actor", "ops")
         assert again.returncode == 1 and "not in outbox.dead" in again.stderr
-        story = json.loads(outbox(settings, "jobs", "show", "acct_b", "replay-me-1",
-                                  "--json").stdout)
+        story = json.loads(run_outbox(settings, "jobs", "show", "acct_b", "replay-me-1",
+                                      "--json").stdout)
         assert story["status"] == "sent"
         assert [e["status"] for e in story["timeline"]] == ["failed", "replayed", "sent"]
         assert story["timeline"][1]["detail"] == "ops@crm: bug fixed (was failed)"
@@ -213,11 +199,11 @@ async def test_dead_list_show_replay_purge(settings, amqp_url, smtp_server):
         # purge exactly the selected: two of acct_a's three, by id
         of_a = dead_list(settings, "--account", "acct_a")
         ids = [r["id"] for r in of_a][:2]
-        assert outbox(settings, "dead", "purge", *ids, "--actor", "ops").returncode == 2
-        assert outbox(settings, "dead", "purge", "--reason", "x", "--actor",
-                      "ops").returncode == 2  # nothing selected: refused
-        purged = outbox(settings, "dead", "purge", *ids, "--reason", "junk from a test",
-                        "--actor", "ops@crm", "--json")
+        assert run_outbox(settings, "dead", "purge", *ids, "--actor", "ops").returncode == 2
+        assert run_outbox(settings, "dead", "purge", "--reason", "x", "--actor",
+                          "ops").returncode == 2  # nothing selected: refused
+        purged = run_outbox(settings, "dead", "purge", *ids, "--reason", "junk from a test",
+                            "--actor", "ops@crm", "--json")
         assert purged.returncode == 0, purged.stderr
         assert sorted(r["id"] for r in json.loads(purged.stdout)) == sorted(ids)
         left = dead_list(settings)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,38 +20,25 @@ from outbox.commands import _bounce_listener
 from outbox.devsinks.smtp_sink import outcome_of, start_smtp_sink
 from outbox.devsinks.twilio_api import TwilioStandIn
 from tests.integration.helpers import (
+    ROOT,
     collect,
     events,
+    outbox_env,
     publish,
     recipient_events,
+    run_outbox,
     running_app,
     running_worker,
 )
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 SID, TOKEN = "AC" + "0" * 32, "dev-outcomes-token"
 
 
-def outbox(settings: Any, *argv: str, stdin: str | None = None,
-           **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m outbox ARGV`` on the test's services."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    base.update(OUTBOX_REDIS_URL=settings.redis_url.get_secret_value(),
-                OUTBOX_AMQP_URL=settings.amqp_url.get_secret_value(), OUTBOX_METRICS_PORT="0",
-                **env)
-    return subprocess.run([sys.executable, "-m", "outbox", *argv], env=base, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, input=stdin, check=False)
-
-
 async def outbox_async(settings: Any, *argv: str, **env: str) -> tuple[int, str, str]:
-    """:func:`outbox` while this loop serves (the webhook server the command posts to)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    base.update(OUTBOX_REDIS_URL=settings.redis_url.get_secret_value(),
-                OUTBOX_AMQP_URL=settings.amqp_url.get_secret_value(), OUTBOX_METRICS_PORT="0",
-                **env)
+    """:func:`run_outbox` while this loop serves (the webhook server the command posts to)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "outbox", *argv, env=base, cwd=ROOT,
+        sys.executable, "-m", "outbox", *argv, env=outbox_env(settings, **env), cwd=ROOT,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -105,7 +90,7 @@ async def test_the_sink_makes_hard_soft_later_bounces_and_a_complaint(
     assert [s for i, s, _ in seen if i == "dev-later"][:2] == ["sent", "bounced"]
     assert [s for i, s, _ in seen if i == "dev-complaint"][:2] == ["sent", "complained"]
     assert sink.reports_sent == 2 and sink.received == 3  # ok, later, complaint accepted
-    later = outbox(settings, "jobs", "show", "acct_dev", "dev-later", "--json")
+    later = run_outbox(settings, "jobs", "show", "acct_dev", "dev-later", "--json")
     assert json.loads(later.stdout)["status"] == "bounced"
 
 
@@ -151,10 +136,10 @@ async def test_the_stand_in_keeps_each_sms_and_a_stop_reply_is_believed(
     files = [json.loads(p.read_text()) for p in (tmp_path / "sms").glob("*.json")]
     assert {(f["to"], f["encoding"], f["status"]) for f in files} == {
         ("+85291234567", "UCS-2", "delivered"), ("+85291230005", "GSM-7", "undelivered")}
-    shown = outbox(settings, "jobs", "show", "acct_dev", "dev-sms-ucs2")
+    shown = run_outbox(settings, "jobs", "show", "acct_dev", "dev-sms-ucs2")
     assert "SMS: 1 segment, UCS-2" in shown.stdout, shown.stdout + shown.stderr
-    story = json.loads(outbox(settings, "jobs", "show", "acct_dev", "dev-sms-ucs2",
-                              "--json").stdout)
+    story = json.loads(run_outbox(settings, "jobs", "show", "acct_dev", "dev-sms-ucs2",
+                                  "--json").stdout)
     assert (story["segments"], story["encoding"]) == (1, "UCS-2")
     [stop] = recipient_events(stopped)
     assert (stop["address"], stop["change"], stop["account_id"]) == (
@@ -181,14 +166,14 @@ async def test_a_wrong_signature_is_refused_and_changes_nothing(
 async def test_enqueue_warns_when_the_footer_or_a_character_makes_an_sms_ucs2(
         make_settings, amqp_url):
     settings = make_settings()
-    done = outbox(settings, "accounts", "configure", "acct_dev", "--business-name",
-                  "Demo Shop Ltd", "--address", "1 Queen's Road Central, Hong Kong",
-                  "--contact-email", "hello@demo.example")
+    done = run_outbox(settings, "accounts", "configure", "acct_dev", "--business-name",
+                      "Demo Shop Ltd", "--address", "1 Queen's Road Central, Hong Kong",
+                      "--contact-email", "hello@demo.example")
     assert done.returncode == 0, done.stderr
     lines = [sms("dev-mkt-1", "+85291234567", "Sale today", category="marketing"),
              sms("dev-quote-1", "+85291234567", "It’s ready"),
              sms("dev-plain-1", "+85291234567", "It's ready")]
-    done = outbox(settings, "enqueue", "-", stdin="\n".join(json.dumps(j) for j in lines))
+    done = run_outbox(settings, "enqueue", "-", stdin="\n".join(json.dumps(j) for j in lines))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "published 3, invalid 0, failed 0 (2 with warnings)"
     warned = sorted(done.stderr.splitlines())  # published concurrently: in any order

@@ -6,24 +6,25 @@ job; what enqueue refuses never reaches a job queue."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 
 from sender.client import Outbox
 from sender.models import InvalidJob
 from sender.topology import DEAD_QUEUE
-from tests.integration.helpers import collect, events, publish, running_worker
+from tests.integration.helpers import (
+    collect,
+    events,
+    publish,
+    queue_depth,
+    run_outbox,
+    running_worker,
+)
 from tests.refusals import CORPUS
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 REASON = "x-outbox-reason"
 VALID = {"v": 1, "id": "corpus-control", "account_id": "acct_corpus", "channel": "email",
          "category": "transactional", "to": "ok@example.com", "from": "Acme <s@acme.example>",
@@ -38,16 +39,6 @@ def settings(make_settings, smtp_server):
                          twilio_api_base="http://127.0.0.1:9")
 
 
-def outbox(settings: Any, *argv: str) -> subprocess.CompletedProcess[str]:
-    """``python -m outbox ARGV`` on the test's services."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(OUTBOX_REDIS_URL=settings.redis_url.get_secret_value(),
-               OUTBOX_AMQP_URL=settings.amqp_url.get_secret_value(), OUTBOX_METRICS_PORT="0")
-    return subprocess.run([sys.executable, "-m", "outbox", *argv], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, check=False)
-
-
 async def worker_reasons(settings: Any, amqp_url: str) -> tuple[dict[bytes, str], list[Any]]:
     """Each corpus body published unvalidated on its channel's lane, the worker's dead-letter
     reason for each, and the status events it published meanwhile."""
@@ -57,16 +48,6 @@ async def worker_reasons(settings: Any, amqp_url: str) -> tuple[dict[bytes, str]
         dead = await collect(amqp_url, DEAD_QUEUE, lambda m: len(m) >= len(CORPUS), timeout=60)
         status = await collect(amqp_url, "outbox.status", lambda m: False, timeout=1.0)
     return {m.body: str(m.headers[REASON]) for m in dead}, events(status)
-
-
-async def queued(amqp_url: str, queue: str) -> int:
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-    finally:
-        await connection.close()
 
 
 async def test_worker_client_and_enqueue_refuse_the_corpus_with_the_same_reasons(
@@ -90,14 +71,14 @@ async def test_worker_client_and_enqueue_refuse_the_corpus_with_the_same_reasons
     path = tmp_path / "corpus.jsonl"
     bodies = [json.dumps(VALID).encode(), *(body for body, _, _ in CORPUS.values())]
     path.write_bytes(b"\n".join(bodies) + b"\n")
-    done = outbox(settings, "enqueue", str(path))
+    done = run_outbox(settings, "enqueue", str(path), timeout=120)
     assert done.returncode == 1
     assert done.stdout.strip() == f"published 1, invalid {len(CORPUS)}, failed 0"
     said = dict(re.findall(r"^[^\n]*?:(\d+): invalid job: (.*)$", done.stderr, re.M))
     for lineno, (name, (body, _, _)) in enumerate(CORPUS.items(), start=2):
         assert said.get(str(lineno)) == worker[body], name
     # only the control job reached a job queue (through the real broker)
-    counts = {q: await queued(amqp_url, q) for q in
+    counts = {q: await queue_depth(amqp_url, q) for q in
               ("outbox.email", "outbox.email.bulk", "outbox.sms", "outbox.sms.bulk")}
     assert counts == {"outbox.email": 1, "outbox.email.bulk": 0, "outbox.sms": 0,
                       "outbox.sms.bulk": 0}

@@ -5,15 +5,14 @@ answering is never sent to the fallback by the failover (README, "Several relays
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP
 from prometheus_client import CollectorRegistry
 
+from benchmarks.relay import StoppableRelay
 from config import parse_smtp_url
 from sender.channels.base import OutcomeUnknown
 from sender.channels.relays import Relays
@@ -28,44 +27,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.smtp]
 _MESSAGE_ID = re.compile(rb"^Message-ID: <([^@>]+)@", re.MULTILINE | re.IGNORECASE)
 
 
-class StoppableRelay:
-    """An aiosmtpd relay in this loop that can be stopped (its port closed and every session's
-    connection closed, as a relay process that exits) and started again on the same port."""
+class RecordingRelay(StoppableRelay):
+    """A stoppable relay (:class:`benchmarks.relay.StoppableRelay`) recording what it receives
+    (:class:`tests.conftest.Recorder`, or through ``handler``)."""
 
     def __init__(self, handler: Any = None) -> None:
         self.recorder = Recorder()
-        self.handler = handler or RecordingHandler(self.recorder)
-        self.sessions: list[SMTP] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> StoppableRelay:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._session, host="127.0.0.1", port=self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    def _session(self) -> SMTP:
-        session = SMTP(self.handler, hostname="relay", enable_SMTPUTF8=True)
-        self.sessions.append(session)
-        return session
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for session in self.sessions:
-            if session.transport is not None:
-                session.transport.close()
-        self.sessions.clear()
-        await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    @property
-    def name(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        super().__init__(handler or RecordingHandler(self.recorder))
 
     def job_ids(self) -> list[str]:
         """The job id of every message received (from its Message-ID)."""
@@ -79,7 +47,7 @@ class StoppableRelay:
 
 async def test_a_relay_stopped_mid_run_moves_its_traffic_to_the_fallback_once(
         make_settings, amqp_url, caplog):
-    primary, fallback = await StoppableRelay().start(), await StoppableRelay().start()
+    primary, fallback = await RecordingRelay().start(), await RecordingRelay().start()
     primary.recorder.delay = fallback.recorder.delay = 0.01  # sends in flight at the stop
     settings = make_settings(smtp_url=f"{primary.url}, {fallback.url}",
                              smtp_relay_probe_interval=0.3, smtp_timeout=5)
@@ -123,7 +91,7 @@ async def test_a_relay_stopped_mid_run_moves_its_traffic_to_the_fallback_once(
     finally:
         for relay in (primary, fallback):
             relay.recorder.release()
-            if relay.server is not None and relay.server.is_serving():
+            if relay.serving:
                 await relay.stop()
 
 
@@ -143,10 +111,10 @@ def _pool(relay: StoppableRelay) -> SmtpPool:
 
 
 async def test_a_message_the_relay_took_without_answering_is_not_sent_to_the_fallback():
-    dropping = StoppableRelay()
+    dropping = RecordingRelay()
     dropping.handler = _TakesDataThenDrops(dropping.recorder)
     await dropping.start()
-    fallback = await StoppableRelay().start()
+    fallback = await RecordingRelay().start()
     relays = Relays([_pool(dropping), _pool(fallback)], probe_interval=60)
     seen: list[tuple[str, bool]] = []
     relays.watch(lambda relay, up: seen.append((relay, up)))
@@ -164,7 +132,7 @@ async def test_a_message_the_relay_took_without_answering_is_not_sent_to_the_fal
 
 
 async def test_a_relay_refusing_connections_is_marked_down_then_probed_back():
-    primary, fallback = await StoppableRelay().start(), await StoppableRelay().start()
+    primary, fallback = await RecordingRelay().start(), await RecordingRelay().start()
     await primary.stop()  # refuses connections now
     relays = Relays([_pool(primary), _pool(fallback)], probe_interval=0.2)
     seen: list[tuple[str, bool]] = []
@@ -189,7 +157,7 @@ async def test_a_relay_refusing_connections_is_marked_down_then_probed_back():
 
 
 async def test_a_routed_category_goes_to_its_relay_first_then_to_the_others():
-    main, bulk = await StoppableRelay().start(), await StoppableRelay().start()
+    main, bulk = await RecordingRelay().start(), await RecordingRelay().start()
     relays = Relays([_pool(main), _pool(bulk)], probe_interval=60, routes={"marketing": 1})
     try:
         await relays.send("a@x.test", ["b@y.test"], b"Subject: m\r\n\r\nm\r\n",

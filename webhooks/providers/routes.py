@@ -37,6 +37,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from aiohttp import hdrs, web
 from pydantic import SecretStr
@@ -66,9 +67,12 @@ MAX_AGE = 300
 FUTURE_SKEW = 60
 _MESSAGE_ID = re.compile(r"<([^<>@\s]+)@([^<>@\s]+)>")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
+T = TypeVar("T")
 
-class TwilioWebhooks:
-    """``POST /webhooks/twilio/status`` and ``POST /webhooks/twilio/inbound``."""
+
+class _Routes:
+    """What every provider's routes hold: the settings, the bus the events are published on
+    (with confirms), Redis (the hand-over check) and the webhook metrics."""
 
     def __init__(self, settings: Settings, bus: Bus, redis: Client,
                  metrics: WebhookMetrics) -> None:
@@ -76,6 +80,14 @@ class TwilioWebhooks:
         self._bus = bus
         self._redis = redis
         self._metrics = metrics
+
+    async def _hand_over(self, events: list[ProviderEvent]) -> None:
+        await hand_over(self._bus, self._redis, events, self._metrics,
+                        region=self._settings.sms_region)
+
+
+class TwilioWebhooks(_Routes):
+    """``POST /webhooks/twilio/status`` and ``POST /webhooks/twilio/inbound``."""
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhooks/twilio/status", self.status),
@@ -120,7 +132,7 @@ class TwilioWebhooks:
         account_id = self._query_id(request, "a", "account id")
         events = [e.replace(job_id=e.job_id or job_id, account_id=e.account_id or account_id)
                   for e in events]
-        await self._publish(events)
+        await self._hand_over(events)
         return web.Response(status=204)
 
     async def inbound(self, request: web.Request) -> web.Response:
@@ -132,7 +144,7 @@ class TwilioWebhooks:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
         if sms.keyword in ("stop", "start"):
             event = _opt_event(sms, self._query_id(request, "a", "account id"))
-            await self._publish([event])
+            await self._hand_over([event])
         else:
             self._metrics.count("twilio", "inbound", "ignored")
         # An empty TwiML answer: Twilio sends its own STOP/START confirmations.
@@ -150,11 +162,6 @@ class TwilioWebhooks:
         except ids.InvalidId as exc:
             raise self._refuse(request, web.HTTPBadRequest, "bad_payload", str(exc)) from None
 
-    async def _publish(self, events: list[ProviderEvent]) -> None:
-        await hand_over(self._bus, self._redis, events, self._metrics,
-                        region=self._settings.sms_region)
-
-
 def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
     """An inbound STOP/START as an event: ``unsubscribed`` or ``other`` with reason ``start``."""
     stop = sms.keyword == "stop"
@@ -166,17 +173,18 @@ def _opt_event(sms: twilio.InboundSms, account_id: str | None) -> ProviderEvent:
         raw={"to": sms.to})
 
 
-class _ProviderWebhooks:
-    """What the four handlers share: publishing with confirms, metrics, attribution."""
+class _ProviderWebhooks(_Routes):
+    """What the four email providers' handlers share: one route (``path``, answered by
+    :meth:`receive`), refusals, parsing, attribution, publishing with confirms."""
 
     provider = ""
+    path = ""
 
-    def __init__(self, settings: Settings, bus: Bus, redis: Client,
-                 metrics: WebhookMetrics) -> None:
-        self._settings = settings
-        self._bus = bus
-        self._redis = redis
-        self._metrics = metrics
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(self.path, self.receive)]
+
+    async def receive(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
 
     def _refuse(self, error: type[web.HTTPException], result: str, text: str,
                 headers: dict[str, str] | None = None) -> web.HTTPException:
@@ -207,10 +215,26 @@ class _ProviderWebhooks:
             return event.replace(job_id=None)
         return event
 
-    async def _publish(self, events: list[ProviderEvent]) -> web.Response:
-        await hand_over(self._bus, self._redis, events, self._metrics,
-                        region=self._settings.sms_region)
+    def _decoded(self, decode: Callable[[], T]) -> T:
+        """What ``decode`` reads of the body; a :class:`PayloadError` refused (400)."""
+        try:
+            return decode()
+        except PayloadError as exc:
+            raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
+
+    async def _publish(self, parse: Callable[[bytes, str], list[ProviderEvent]], body: bytes,
+                       content_type: str) -> web.Response:
+        """The body's events (:meth:`_parse`) handed over; 200 once the broker confirmed."""
+        await self._hand_over(self._parse(parse, body, content_type))
         return web.Response(status=200, text="ok")
+
+    def _check_signed(self, verified: bool, timestamp: str | None = None) -> None:
+        """403 unless the signature was ``verified`` and its signed ``timestamp`` (if any)
+        is fresh."""
+        if not verified:
+            raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
+        if timestamp is not None:
+            self._check_fresh(timestamp)
 
     def _check_fresh(self, timestamp: str) -> None:
         try:
@@ -225,32 +249,26 @@ class SesWebhooks(_ProviderWebhooks):
     """``POST /webhooks/ses``: Amazon SNS notifications carrying SES events."""
 
     provider = ses.PROVIDER
+    path = "/webhooks/ses"
 
     def __init__(self, settings: Settings, bus: Bus, redis: Client, metrics: WebhookMetrics,
                  certificates: SnsCertificates | None = None) -> None:
         super().__init__(settings, bus, redis, metrics)
         self._certificates = certificates or SnsCertificates()
 
-    def routes(self) -> list[web.RouteDef]:
-        return [web.post("/webhooks/ses", self.notify)]
-
-    async def notify(self, request: web.Request) -> web.Response:
+    async def receive(self, request: web.Request) -> web.Response:
         topics = self._settings.ses_topic_arns
         if not topics:
             raise web.HTTPNotFound(text="SES is not configured")
         body = await request.read()
-        try:
-            envelope = ses.decode_envelope(body)
-        except PayloadError as exc:
-            raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
+        envelope = self._decoded(lambda: ses.decode_envelope(body))
         if envelope.get("TopicArn") not in topics:
             raise self._refuse(web.HTTPForbidden, "bad_topic", "topic not accepted")
         pem = await self._certificate(str(envelope.get("SigningCertURL") or ""))
-        if not ses.verify(envelope, certificate_pem=pem):
-            raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
+        self._check_signed(ses.verify(envelope, certificate_pem=pem))
         if envelope["Type"] in ses.CONFIRMATION_TYPES:
             return self._confirmation(envelope)
-        return await self._publish(self._parse(ses.parse, body, request.content_type))
+        return await self._publish(ses.parse, body, request.content_type)
 
     async def _certificate(self, url: str) -> str:
         """The signing certificate (:class:`SnsCertificates`), or the refusal to answer."""
@@ -286,42 +304,32 @@ class SendGridWebhooks(_ProviderWebhooks):
     """``POST /webhooks/sendgrid``: the signed Event Webhook."""
 
     provider = sendgrid.PROVIDER
+    path = "/webhooks/sendgrid"
 
-    def routes(self) -> list[web.RouteDef]:
-        return [web.post("/webhooks/sendgrid", self.events)]
-
-    async def events(self, request: web.Request) -> web.Response:
+    async def receive(self, request: web.Request) -> web.Response:
         key = _configured(self._settings.sendgrid_public_key, "SendGrid")
         body = await request.read()
         signature = request.headers.get(sendgrid.SIGNATURE_HEADER, "")
         timestamp = request.headers.get(sendgrid.TIMESTAMP_HEADER, "")
-        if not sendgrid.verify(body, signature, timestamp, key):
-            raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
-        self._check_fresh(timestamp)
-        return await self._publish(self._parse(sendgrid.parse, body, request.content_type))
+        self._check_signed(sendgrid.verify(body, signature, timestamp, key), timestamp)
+        return await self._publish(sendgrid.parse, body, request.content_type)
 
 
 class MailgunWebhooks(_ProviderWebhooks):
     """``POST /webhooks/mailgun``: signed, fresh, and each token once."""
 
     provider = mailgun.PROVIDER
+    path = "/webhooks/mailgun"
 
-    def routes(self) -> list[web.RouteDef]:
-        return [web.post("/webhooks/mailgun", self.event)]
-
-    async def event(self, request: web.Request) -> web.Response:
+    async def receive(self, request: web.Request) -> web.Response:
         key = _configured(self._settings.mailgun_signing_key, "Mailgun")
         body = await request.read()
-        try:
-            sig = mailgun.decode(body, request.content_type)["signature"]
-        except PayloadError as exc:
-            raise self._refuse(web.HTTPBadRequest, "bad_payload", str(exc)) from None
-        if not mailgun.verify(sig["timestamp"], sig["token"], sig["signature"], key):
-            raise self._refuse(web.HTTPForbidden, "bad_signature", "bad signature")
-        self._check_fresh(sig["timestamp"])
+        sig = self._decoded(lambda: mailgun.decode(body, request.content_type)["signature"])
+        self._check_signed(mailgun.verify(sig["timestamp"], sig["token"], sig["signature"], key),
+                           sig["timestamp"])
         token_key = await self._claim(sig["token"])
         try:
-            return await self._publish(self._parse(mailgun.parse, body, request.content_type))
+            return await self._publish(mailgun.parse, body, request.content_type)
         except web.HTTPException as exc:
             if exc.status >= 400:  # not taken: let Mailgun's retry through
                 await self._release(token_key)
@@ -351,11 +359,9 @@ class PostmarkWebhooks(_ProviderWebhooks):
     """``POST /webhooks/postmark``: HTTP basic auth on the webhook URL."""
 
     provider = postmark.PROVIDER
+    path = "/webhooks/postmark"
 
-    def routes(self) -> list[web.RouteDef]:
-        return [web.post("/webhooks/postmark", self.event)]
-
-    async def event(self, request: web.Request) -> web.Response:
+    async def receive(self, request: web.Request) -> web.Response:
         user = self._settings.postmark_webhook_user
         password = self._settings.postmark_webhook_password
         if not user or password is None:
@@ -365,4 +371,4 @@ class PostmarkWebhooks(_ProviderWebhooks):
             raise self._refuse(web.HTTPUnauthorized, "bad_auth", "authentication required",
                                headers={"WWW-Authenticate": 'Basic realm="outbox"'})
         body = await request.read()
-        return await self._publish(self._parse(postmark.parse, body, request.content_type))
+        return await self._publish(postmark.parse, body, request.content_type)

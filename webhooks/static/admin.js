@@ -195,14 +195,7 @@ async function showAccount(id) {
     (cause.detail && cause.detail !== cause.actor + ": " + cause.reason ? " — " + cause.detail
      : "") : "";
   const actions = (ACTIONS[info.state] || []).filter((action) => can("accounts." + action));
-  $("actions").replaceChildren(...actions.map((action) => {
-    const button = el("button", LABELS[action]);
-    button.type = "submit";
-    button.value = action;
-    return button;
-  }));
-  $("act").hidden = !actions.length;
-  $("act").dataset.account = info.account_id;
+  showButtons("act", "actions", actions, LABELS, info.account_id);
   showHeld(info, held, actions);
 
   const t = info.limits.thresholds;
@@ -283,14 +276,19 @@ function showHeld(info, held, actions) {
   $("act-category").value = "";
   // the buttons only for a token that may use them (a viewer's page has none)
   const settles = held.held ? ["release", "discard"].filter((a) => can("held." + a)) : [];
-  $("held-buttons").replaceChildren(...settles.map((action) => {
-    const button = el("button", HELD_LABELS[action]);
+  showButtons("held-act", "held-buttons", settles, HELD_LABELS, info.account_id);
+}
+// form `form`'s submit buttons (in `box`): one per action, labelled from `labels`, each
+// submitting its action; the form hidden when there are none
+function showButtons(form, box, actions, labels, account) {
+  $(box).replaceChildren(...actions.map((action) => {
+    const button = el("button", labels[action]);
     button.type = "submit";
     button.value = action;
     return button;
   }));
-  $("held-act").hidden = !settles.length;
-  $("held-act").dataset.account = info.account_id;
+  $(form).hidden = !actions.length;
+  $(form).dataset.account = account;
 }
 function heldText(s) {
   if (!s) return "";
