@@ -177,7 +177,7 @@ async def test_a_routed_category_goes_to_its_relay_first_then_to_the_others():
 
 
 async def test_a_routed_account_goes_to_its_relay_whatever_its_category():
-    main, own = await StoppableRelay().start(), await StoppableRelay().start()
+    main, own = await RecordingRelay().start(), await RecordingRelay().start()
     relays = Relays([_pool(main), _pool(own)], probe_interval=60, routes={"marketing": 0},
                     account_routes={"acct_bank": 1})
     try:
