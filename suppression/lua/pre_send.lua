@@ -239,44 +239,36 @@ end
 -- Frequency cap and daily quota: read here, counted below once the job is claimed. A job
 -- counted once (field 'q': the quota; the cap's set holds the job's id) is not counted again
 -- when it is claimed again, after a retry, a crash or a wait.
-local cap = tonumber(P['cap_' .. category .. '_' .. A.channel]) or 0
-local capped = cap > 0 and st ~= 'R'
-if capped then
-  redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - P.cap_period * 1000)
-  capped = redis.call('ZSCORE', KEYS[11], job_id) == false
-    and redis.call('ZCARD', KEYS[11]) >= cap
-end
-if capped then
-  local detail = string.format('%d %s %s to this recipient in %d s', cap, category,
-    A.channel, P.cap_period)
+
+-- A cap of n jobs in P.cap_period on the counter at KEYS[key]: the refusal (or the wait,
+-- per cap_mode) when the job would be over it, else nil. The place frees when the n-th
+-- newest leaves the period (older ones leave before it).
+local function over_cap(n, key, what)
+  if n <= 0 or st == 'R' then return nil end
+  redis.call('ZREMRANGEBYSCORE', KEYS[key], '-inf', now - P.cap_period * 1000)
+  if redis.call('ZSCORE', KEYS[key], job_id) or redis.call('ZCARD', KEYS[key]) < n then
+    return nil
+  end
+  local detail = string.format('%d %s %s to this recipient in %d s', n, what, A.channel,
+    P.cap_period)
   if P.cap_mode ~= 'wait' then return over('capped', 'frequency_cap', detail) end
-  -- the place frees when the cap-th newest leaves the period (older ones leave before it)
-  local oldest = redis.call('ZREVRANGE', KEYS[11], cap - 1, cap - 1, 'WITHSCORES')
+  local oldest = redis.call('ZREVRANGE', KEYS[key], n - 1, n - 1, 'WITHSCORES')
   return wait('frequency_cap', detail .. ': waits for a place',
     math.max(now + 1, tonumber(oldest[2]) + P.cap_period * 1000 + 1))
 end
--- The account's cap on the job's topic and channel (cfg topic_caps: 'topic:channel=N,...',
--- canonical: suppression/store.py), counted in KEYS[13] over the same period and mode.
+
+local cap = tonumber(P['cap_' .. category .. '_' .. A.channel]) or 0
+-- the account's cap on the job's topic and channel (cfg topic_caps: 'topic:channel=N,...',
+-- canonical: suppression/store.py), counted in KEYS[13]
 local tcap = 0
 if category ~= 'transactional' and pref_field ~= '' and cfg[8] then
   local list = ',' .. cfg[8] .. ','
   local at = string.find(list, ',' .. pref_field .. '=', 1, true)
   if at then tcap = tonumber(string.match(list, '^%d+', at + #pref_field + 2)) or 0 end
 end
-local tcapped = tcap > 0 and st ~= 'R'
-if tcapped then
-  redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', now - P.cap_period * 1000)
-  tcapped = redis.call('ZSCORE', KEYS[13], job_id) == false
-    and redis.call('ZCARD', KEYS[13]) >= tcap
-end
-if tcapped then
-  local detail = string.format('%d %s %s to this recipient in %d s', tcap,
-    string.sub(pref_field, 1, -#A.channel - 2), A.channel, P.cap_period)
-  if P.cap_mode ~= 'wait' then return over('capped', 'frequency_cap', detail) end
-  local oldest = redis.call('ZREVRANGE', KEYS[13], tcap - 1, tcap - 1, 'WITHSCORES')
-  return wait('frequency_cap', detail .. ': waits for a place',
-    math.max(now + 1, tonumber(oldest[2]) + P.cap_period * 1000 + 1))
-end
+local capped = over_cap(cap, 11, category) or
+  over_cap(tcap, 13, string.sub(pref_field, 1, -#A.channel - 2))
+if capped then return capped end
 local day = math.floor((math.floor(now / 1000) + P.quota_utc_offset) / 86400)
 local quota = P.daily_quota
 local counted = (st and st ~= 'W') or redis.call('HEXISTS', job, 'q') == 1

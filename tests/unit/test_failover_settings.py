@@ -98,11 +98,8 @@ def test_an_account_routed_to_a_relay_by_its_position(monkeypatch):
     ("acct_bank", "must be account=relay pairs"),
 ])
 def test_a_bad_account_route_is_refused(monkeypatch, value, message):
-    monkeypatch.setenv("OUTBOX_SMTP_URL", "smtp://a.test:25,smtp://b.test:25")
-    monkeypatch.setenv("OUTBOX_SMTP_ACCOUNT_ROUTES", value)
-    with pytest.raises(SettingsError) as info:
-        load_settings()
-    assert message in str(info.value)
+    assert message in refusal(monkeypatch, OUTBOX_SMTP_URL="smtp://a.test:25,smtp://b.test:25",
+                              OUTBOX_SMTP_ACCOUNT_ROUTES=value)
 
 
 @pytest.mark.parametrize("value", ["a", "acct_1", "A.b-c_d", "x" * 128, "x" * 129, "_a", "a b",
