@@ -414,8 +414,12 @@ class Settings(ReputationSettings, BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        urls = split_urls(value.get_secret_value())
+        for n, url in enumerate(urls, 1):
+            if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+                where = f"node {n} of {len(urls)}: " if len(urls) > 1 else ""
+                raise ValueError(f"{where}must be a redis://, rediss:// or unix:// URL")
+        if not urls:
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
@@ -566,15 +570,20 @@ class Settings(ReputationSettings, BaseSettings):
 
     @model_validator(mode="after")
     def _cluster_url(self) -> Settings:
+        urls = split_urls(self.redis_url.get_secret_value())
         if not self.redis_cluster:
+            if len(urls) > 1:
+                raise ValueError("OUTBOX_REDIS_URL lists several nodes: that is a Redis "
+                                 "Cluster's (set OUTBOX_REDIS_CLUSTER=true); one Redis is "
+                                 "one URL")
             return self
-        parts = urlsplit(self.redis_url.get_secret_value())
-        if parts.scheme == "unix":
-            raise ValueError("OUTBOX_REDIS_CLUSTER: a Redis Cluster is reached over TCP: "
-                             "OUTBOX_REDIS_URL must be a redis:// or rediss:// URL")
-        if parts.path.strip("/") not in ("", "0"):
-            raise ValueError("OUTBOX_REDIS_CLUSTER: a Redis Cluster has only db 0, not "
-                             f"{parts.path.strip('/')!r} (OUTBOX_REDIS_URL)")
+        for parts in map(urlsplit, urls):
+            if parts.scheme == "unix":
+                raise ValueError("OUTBOX_REDIS_CLUSTER: a Redis Cluster is reached over TCP: "
+                                 "OUTBOX_REDIS_URL must be a redis:// or rediss:// URL")
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError("OUTBOX_REDIS_CLUSTER: a Redis Cluster has only db 0, not "
+                                 f"{parts.path.strip('/')!r} (OUTBOX_REDIS_URL)")
         return self
 
     @model_validator(mode="after")

@@ -33,10 +33,10 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
@@ -64,8 +64,18 @@ _REDIS_AT_CONNECT: tuple[type[BaseException], ...] = (*REDIS_DOWN, OSError, Redi
 def redis_client(url: str, *, cluster: bool = False, socket_timeout: float | None = 5.0,
                  socket_connect_timeout: float = 5.0, **options: Any) -> Client:
     """The Redis client for ``url``: a pool on one Redis, or with ``cluster`` a Redis Cluster
-    client (a pool per node) that finds the nodes from the one named. ``options``: more
-    connection settings (``max_connections`` is per node on a cluster)."""
+    client (a pool per node) that finds the nodes from the one named, or from the first that
+    answers of several, comma-separated (so a node down at start-up does not stop it).
+    ``options``: more connection settings (``max_connections`` is per node on a cluster)."""
+    urls = split_urls(url)
+    if cluster and len(urls) > 1:
+        first = urlsplit(urls[0])
+        nodes = [ClusterNode(p.hostname or "127.0.0.1", p.port or 6379)
+                 for p in map(urlsplit, urls)]
+        return RedisCluster(startup_nodes=nodes, username=unquote(first.username or "") or None,
+                            password=unquote(first.password or "") or None,
+                            ssl=first.scheme == "rediss", socket_timeout=socket_timeout,
+                            socket_connect_timeout=socket_connect_timeout, **options)
     factory = RedisCluster.from_url if cluster else Redis.from_url
     return factory(url, socket_timeout=socket_timeout,
                    socket_connect_timeout=socket_connect_timeout, **options)

@@ -378,3 +378,18 @@ def test_no_cluster_node_reachable_is_the_usual_unreachable_line_and_exit_1() ->
     assert done.stderr.splitlines() == [
         "outbox: cannot reach Redis at redis://127.0.0.1:1/0 (OUTBOX_REDIS_URL): connection "
         "refused; is Redis running? start it with `make services` or set OUTBOX_REDIS_URL"]
+
+
+def test_a_list_of_nodes_starts_from_the_first_that_answers(
+        redis_cluster_url: str, amqp_url: str, capsys: Any) -> None:
+    """OUTBOX_REDIS_URL may list several nodes of the cluster: a node down at start-up (the
+    first, here: nothing listens on port 1) does not stop a command; the cluster's map comes
+    from the next."""
+    nodes = f"redis://127.0.0.1:1/0,{redis_cluster_url}"
+    done = _outbox(["accounts", "list", "--json"], OUTBOX_REDIS_URL=nodes,
+                   OUTBOX_REDIS_CLUSTER="true", OUTBOX_AMQP_URL=amqp_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.lstrip().startswith("[")
+    plain = _outbox(["accounts", "list"], OUTBOX_REDIS_URL=nodes, OUTBOX_AMQP_URL=amqp_url)
+    assert plain.returncode == 2
+    assert "OUTBOX_REDIS_URL lists several nodes: that is a Redis Cluster's" in plain.stderr
