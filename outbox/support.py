@@ -303,6 +303,10 @@ def _show_text(info: dict[str, Any]) -> str:
     lines.append(f"  sender: {json.dumps(info['sender'], ensure_ascii=False)}")
     if "identity" in info:
         lines.append(f"  identity: {json.dumps(info['identity'], ensure_ascii=False)}")
+    domains = info.get("sending_domains") or []
+    lines.append("  sending domains: " + (", ".join(
+        d["domain"] + ("" if d["dmarc"] else " (no DMARC)") for d in domains)
+        or "none verified (outbox domains add)"))
     lines.append("recent transitions:")
     lines.append(table(info["recent_transitions"], _AUDIT_COLUMNS))
     return "\n".join(lines)

@@ -159,7 +159,8 @@ class AccountStore:
             pipe.hgetall(keys.reputation(account_id, channel))
         pipe.lrange(keys.recent(account_id), 0, 19)
         pipe.hgetall(keys.quota(account_id))
-        state, cfg, *reps, recent, quota = await pipe.execute()
+        pipe.hgetall(keys.senders(account_id))
+        state, cfg, *reps, recent, quota, senders = await pipe.execute()
         now = await self._redis.time()  # keyless: no place in a Redis Cluster pipeline
         state, cfg = decode(state), decode(cfg)
         policy = self.policy.with_overrides(cfg)
@@ -182,6 +183,9 @@ class AccountStore:
             "overrides": {k: v for k, v in cfg.items() if k in OVERRIDES},
             "sender": {k: cfg.get(k) for k in SENDER_FIELDS},
             "identity": identity_view(cfg),
+            # verified sending domains (outbox domains), with whether each has DMARC
+            "sending_domains": [{"domain": d, "dmarc": flag == "1"}
+                                for d, flag in sorted(decode(senders).items())],
             "recent_transitions": await self.audit.read(account_id, limit=transitions),
             "recent_bounce_reasons": [_json(r) for r in recent],
         }

@@ -201,7 +201,11 @@ async def test_with_the_check_off_any_sender_goes(make_settings, smtp_server, am
 
 
 
-async def test_the_identity_settings_through_the_cli(cli, capsys):
+async def test_the_identity_settings_through_the_cli(cli, capsys, redis_url):
+    import redis.asyncio as aioredis
+
+    from suppression import keys
+
     assert await cli("accounts", "configure", "acct_cli", "--sms-senders",
                      "6123 4567, #ShopHK", "--allow-any-reply-to", "true") == 0
     capsys.readouterr()
@@ -209,6 +213,16 @@ async def test_the_identity_settings_through_the_cli(cli, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["identity"] == {"sms_senders": ["+85261234567", "#ShopHK"],
                                  "allow_any_reply_to": True, "allow_missing_dmarc": False}
+    assert shown["sending_domains"] == []
+    # the verified domains, as `domains verify` records them for the pre-send script
+    client = aioredis.Redis.from_url(redis_url)
+    await client.hset(keys.senders("acct_cli"), mapping={"shop.example": "1", "b.example": "0"})
+    await client.aclose()
+    assert await cli("accounts", "show", "acct_cli") == 0
+    assert "sending domains: b.example (no DMARC), shop.example" in capsys.readouterr().out
+    assert await cli("accounts", "show", "acct_cli", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["sending_domains"] == [
+        {"domain": "b.example", "dmarc": False}, {"domain": "shop.example", "dmarc": True}]
     with pytest.raises(SystemExit) as refused:  # argparse refuses it
         await cli("accounts", "configure", "acct_cli", "--allow-missing-dmarc", "maybe")
     assert refused.value.code == 2
