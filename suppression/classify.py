@@ -53,6 +53,8 @@ _TEXT_RULES = tuple(
     (re.compile("|".join(f"(?:{p})" for p in pats), re.S).search, reason)
     for reason, pats in R.TEXT_RULES
 )
+_SLOW_DOWN = tuple((re.compile(pattern, re.S).search, name)
+                   for name, pattern, _ in R.SLOW_DOWN_RULES)
 _KEY_RE = re.compile(r"[^a-z0-9]")
 _TEMPORARY = re.compile("|".join(f"(?:{p})" for p in R.TEMPORARY_WORDS))
 
@@ -145,6 +147,23 @@ def classify_reply(reply: str) -> Outcome:
     enhanced = ".".join(enh_m.groups()) if enh_m else None
     text = " ".join(_LINE_PREFIX_RE.sub("", reply).split())
     return _classify(code, text, enhanced)
+
+
+@lru_cache(maxsize=4096)
+def slow_down(reply: str) -> str | None:
+    """The name of the slow-down rule (``SLOW_DOWN_RULES``) a raw SMTP reply matches, or None.
+
+    Only a temporary reply can be one: a 4xx basic code, or with none a 4.x.x enhanced code."""
+    reply = (reply or "")[:_MAX_TEXT]
+    code_m, enh_m = _CODE_RE.search(reply), _ENH_RE.search(reply)
+    code = int(code_m.group(1) or code_m.group(2)) if code_m else None
+    enhanced = ".".join(enh_m.groups()) if enh_m else None
+    temporary = 400 <= code < 500 if code is not None else (enhanced or "").startswith("4.")
+    if not temporary:
+        return None
+    text = " ".join(_LINE_PREFIX_RE.sub("", reply).split())
+    lowered = f"{code or ''} {enhanced or ''} {text}".lower()
+    return next((name for search, name in _SLOW_DOWN if search(lowered)), None)
 
 
 def classify_twilio(error_code: int | str | None) -> Outcome:

@@ -507,3 +507,53 @@ PROVIDER_ALIASES: dict[str, str] = {"amazonses": "ses", "aws": "ses", "amazon": 
 
 # Provider verdicts that a diagnostic reply may refine.
 PROVIDER_REFINABLE: frozenset[str] = frozenset({"undefined", "blocked", "onhold"})
+
+# --------------------------------------------------------------------------
+# Slow-down replies: a temporary reply (4xx basic code or 4.x.x enhanced code) that says the
+# destination wants less mail from us for a while (a rate limit or a temporary reputation
+# deferral). Such a reply slows its destination (:mod:`suppression.destinations`); it changes
+# nothing in the outcome above (kind and reason stay as classified). Rows: (name, pattern
+# on the lower-cased ``"<code> <enhanced> <text>"`` as for TEXT_RULES, an example reply the
+# tests check it against). First match wins; texts from the providers' postmaster pages.
+# A permanent reply is never a slow-down (it is a refusal, whatever its words); nor is one
+# recipient's own rate (Gmail's "450 4.2.1 ... receiving mail at a rate"): that mailbox, not
+# the destination, is busy.
+# --------------------------------------------------------------------------
+SLOW_DOWN_RULES: list[tuple[str, str, str]] = [
+    # Gmail: IP, SPF, DKIM or URL domain rate limited (support.google.com/mail/?p=UnsolicitedRateLimitError)
+    ("google-unsolicited-rate", r"\b4\.7\.28\b",
+     "421-4.7.28 [203.0.113.42] Our system has detected an unusual rate of unsolicited mail "
+     "originating from your IP address. To protect our users from spam, mail sent from your IP "
+     "address has been temporarily rate limited. - gsmtp"),
+    # Gmail's older form, and its low-reputation deferral
+    ("google-unusual-rate", r"\b4\.7\.0\b.{0,300}(?:unusual rate|temporarily rate limited)",
+     "421-4.7.0 Our system has detected that this message is suspicious due to the very low "
+     "reputation of the sending IP address. To protect our users from spam, mail sent from "
+     "your IP address has been temporarily rate limited. - gsmtp"),
+    # Gmail closes the connection when one client opens too many
+    ("google-try-again-later", r"\b4\.7\.0 try again later, closing connection",
+     "421 4.7.0 Try again later, closing connection. (EHLO) - gsmtp"),
+    # Yahoo / AOL: [TS01] .. [TS03], [TSS04] .. (postmaster.yahooinc.com/error-codes)
+    ("yahoo-deferred", r"\[tss?\d{2}\]",
+     "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume "
+     "or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"),
+    ("yahoo-deferred-numeric", r"message temporarily deferred - \[?4\.16\.5\d",
+     "421 Message temporarily deferred - 4.16.52"),
+    # Microsoft (Outlook.com, Hotmail, Live, MSN): IP reputation rate limits (postmaster.live.com)
+    ("microsoft-ip-reputation", r"\b4\.7\.65[01]\b",
+     "451 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP "
+     "reputation. For e-mail delivery information, see https://postmaster.live.com (S775)"),
+    ("microsoft-server-busy", r"\b4\.7\.500\b.{0,100}server busy",
+     "451 4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77714)"),
+    # any receiver: words that ask for fewer connections or a lower rate
+    ("too-many-connections",
+     r"too many (?:connections|concurrent connections|sessions|concurrent smtp connections)",
+     "421 4.7.0 Too many concurrent SMTP connections from this IP address; please try again "
+     "later"),
+    ("rate-limited",
+     r"\brate[- ]?limit(?:ed|ing)?\b|\bsending (?:too fast|too quickly)\b|try again slower"
+     r"|due to excessive volume",
+     "450 4.7.1 Rate limit exceeded for this sender, try again later"),
+    ("policy-try-again-later", r"\b4\.7\.\d{1,3}\b.{0,300}\btry again later\b",
+     "421 4.7.1 Deferred: try again later"),
+]

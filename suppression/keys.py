@@ -45,6 +45,8 @@ e-mail with an NFC lower-case local part and an IDNA A-label domain, phone numbe
 | ``outbox:audit`` | stream | as the account audit streams | support changes to global suppression entries |
 | ``outbox:verp:<ref>`` | string | ``idempotency_ttl`` + 1 day (``verp.ref_ttl``), refreshed when a report resolves it | ``<account>/<job id>`` of a referenced VERP address ``bounce+r=<ref>@<bounce domain>`` (ids too long for the readable form; ``suppression.verp``); written in the pre-send round trip beside the script |
 | ``outbox:domain:<domain>`` | hash | none | who may send as a domain: ``owner`` (the account that verified it first), ``shared:<account>`` → epoch s (support shared it, audited in ``outbox:audit``) |
+| ``outbox:dst:<destination>@<relay>`` | hash | until the destination is back to its nominal rate + 60 s (set on each cut) | a destination slowed or paused by slow-down replies (:mod:`suppression.destinations`): ``rate``, ``cut_at``, ``resume_at``, ``paused_until`` (epoch s), ``cuts`` (JSON list of the cuts within the window), ``reply``, ``rule``, ``since``, ``v`` (version, compare-and-set), ``tat`` (GCRA pace, ms); one key per script: Cluster safe |
+| ``outbox:destinations`` | set | none (members whose hash expired are removed when read) | the ``<destination>@<relay>`` names that have a ``dst`` record |
 | ``outbox:mg-token:<token>`` | string | ``MAILGUN_TOKEN_TTL`` (10 min) | a Mailgun webhook token already used (replays refused) |
 
 Account ids are checked by :func:`suppression.ids.parse_account_id` in :func:`account_tag`, so
@@ -313,6 +315,15 @@ def schedule_jobs(shard: int) -> str:
     return f"{PREFIX}{{sched:{shard}}}:jobs"
 
 
+#: the destinations that have a shaping record (:func:`destination`)
+DESTINATIONS = f"{PREFIX}destinations"
+
+
+def destination(name: str) -> str:
+    """A slowed or paused destination's record (``name``: ``<destination>@<relay>``)."""
+    return f"{PREFIX}dst:{name}"
+
+
 def mailgun_token(token: str) -> str:
     """Marker of a Mailgun webhook token already seen (``MAILGUN_TOKEN_TTL``)."""
     return f"{PREFIX}mg-token:{token}"
@@ -373,7 +384,7 @@ _ACCOUNT_KINDS = {"job": "job", "tl": "timeline", "hist": "history", "state": "s
 _GLOBAL_KINDS = {"hist": "global_history", "supp": "global_suppression", "dnc": "dnc",
                  "accounts": "accounts", "audit": "global_audit",
                  "mg-token": "mailgun_token", "held-accounts": "held_accounts",
-                 "{sched": "schedule"}
+                 "{sched": "schedule", "dst": "destination", "destinations": "destinations"}
 
 
 def kind_of(key: str) -> str:
