@@ -233,6 +233,26 @@ class Settings(ReputationSettings, BaseSettings):
     smtp_routes: Annotated[dict[JobCategory, int], NoDecode] = Field(default_factory=dict)
     #: per account, its first relay the same way ("acct_bank=2"); over the category's route
     smtp_account_routes: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    #: reply-driven shaping (suppression.destinations): a slow-down reply (Gmail 421 4.7.28,
+    #: Yahoo [TSS04], Microsoft 451 4.7.650...) slows its destination (provider and relay)
+    shaping: bool = True
+    #: a destination's nominal rate (messages a second over every worker), where a first cut
+    #: starts and recovery ends
+    shaping_rate: float = Field(50.0, gt=0)
+    #: a cut multiplies the destination's rate by this
+    shaping_decrease: float = Field(0.5, gt=0, lt=1)
+    #: the lowest rate a cut leaves (and the rate a pause resumes at)
+    shaping_min_rate: float = Field(0.5, gt=0)
+    #: seconds a cut rate holds before recovery begins
+    shaping_hold: float = Field(60.0, ge=0)
+    #: messages a second given back every OUTBOX_SHAPING_STEP_PERIOD seconds of recovery
+    shaping_step: float = Field(5.0, gt=0)
+    shaping_step_period: float = Field(30.0, gt=0)
+    #: this many cuts within OUTBOX_SHAPING_WINDOW seconds pause the destination
+    shaping_pause_after: int = Field(5, ge=1)
+    shaping_window: float = Field(600.0, gt=0)
+    #: seconds a paused destination gets no mail; then it resumes on its own
+    shaping_pause: float = Field(900.0, gt=0)
 
     # --- worker --------------------------------------------------------------------------
     prefetch: int = Field(64, ge=1, le=10000)
@@ -623,6 +643,12 @@ class Settings(ReputationSettings, BaseSettings):
                 if not 1 <= n <= count:
                     raise ValueError(f"{name}: {key}={n}, but OUTBOX_SMTP_URL names {count} "
                                      f"relay{'s' if count > 1 else ''}")
+        return self
+
+    @model_validator(mode="after")
+    def _shaping_rates(self) -> Settings:
+        if self.shaping_min_rate > self.shaping_rate:
+            raise ValueError("OUTBOX_SHAPING_MIN_RATE must not exceed OUTBOX_SHAPING_RATE")
         return self
 
     @property

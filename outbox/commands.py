@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config import Settings, parse_processes
-from outbox import dead, dev, domains, jobs, support
+from outbox import dead, destinations, dev, domains, jobs, support
 from outbox.dev import DEV_TWILIO
 from outbox.runtime import (
     EXIT_BAD_INPUT,
@@ -83,6 +83,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     support.register(sub)
     jobs.register(sub)
     dead.register(sub)
+    destinations.register(sub)
     domains.register(sub)
     dev.register(sub)
 

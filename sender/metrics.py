@@ -95,6 +95,15 @@ class Metrics:
         self.relay_up = _Cached(Gauge("outbox_relay_up", "1: the relay is up; 0: marked down, "
                                       "its traffic on the next relay", ["relay"],
                                       registry=registry, multiprocess_mode="livemin"))
+        #: reply-driven shaping (sender.shaping): 1 on each destination's state; over
+        #: processes the highest (slowed or paused when any process finds it so)
+        self.destination_state = _Cached(Gauge(
+            "outbox_destination_state", "1 on a destination's current shaping state (normal, "
+            "slowed, paused), per provider group and relay", ["destination", "relay", "state"],
+            registry=registry, multiprocess_mode="livemax"))
+        self.destination_cuts = _Cached(Counter(
+            "outbox_destination_cuts", "Slow-down replies that cut a destination's rate (or "
+            "paused it)", ["destination", "relay"], registry=registry))
         self.accounts = _Cached(Gauge("outbox_accounts",
                                       "Accounts by state (refreshed periodically)",
                                       ["state"], registry=registry,

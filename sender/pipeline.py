@@ -100,6 +100,7 @@ from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event
 from sender.outages import Dependencies, OutageTracker
 from sender.schedule import RELEASED_HEADER
 from sender.settle import Settle, delivery_count
+from sender.shaping import Shaping
 from sender.validation import Rules, validate
 from suppression.address import BadAddress
 from suppression.gate import REFUSALS, Counts, Decision, Gate, Transition
@@ -207,7 +208,7 @@ class Pipeline:
                  held: HeldStore, settle: Settle | None = None,
                  attachment_limits: AttachmentLimits | None = None,
                  schedule: Schedule | None = None,
-                 rules: Rules | None = None) -> None:
+                 rules: Rules | None = None, shaping: Shaping | None = None) -> None:
         """``settle``: how deliveries are settled (the worker's, shared with the
         provider-event applier; default one ack per delivery); ``held``: where jobs of
         blocked and suspended accounts are kept; ``schedule``: where jobs wait for their
@@ -230,6 +231,7 @@ class Pipeline:
         self._stopping = stopping
         self.redis_call = redis_call
         self.schedule = schedule
+        self.shaping = shaping  # slowed and paused destinations (sender.shaping)
 
     async def handle(self, message: AbstractIncomingMessage, queue_channel: str) -> None:
         """Process one delivery from the queue of ``queue_channel`` and settle it (or leave it
@@ -255,6 +257,11 @@ class Pipeline:
                 and job.send_at.timestamp() > time.time():  # too far ahead: validate refused it
             await self._schedule(message, job, attempt, int(job.send_at.timestamp() * 1000))
             return
+        if self.shaping is not None:  # its destination slowed or paused: parked, no attempt
+            wait_ms = await self.shaping.admit(job.channel, job.to, job.category)
+            if wait_ms:
+                await protected(self._park(message, job, attempt, wait_ms))
+                return
         # the claim's owner is this delivery: a retried call (the reply of the first was
         # lost) finds its own claim and goes on; a duplicate publish finds another's
         owner = f"{self._owner}#{next(self._deliveries)}"

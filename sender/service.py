@@ -19,10 +19,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from config import Settings
+from sender import shaping, topology
 from sender.acks import Acks
 from sender.bus import Bus
 from sender.channels.base import Channel
@@ -72,6 +74,10 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     metrics = Metrics(registry)
     dependencies = dependencies or Dependencies(registry)
     stop = asyncio.Event()
+    if settings.shaping and "email" in channels:  # reply-driven shaping (sender.shaping)
+        channels = {**channels, "email": shaping.build(
+            settings, redis, channels["email"], metrics=metrics,
+            publish=partial(_publish_ops, bus))}
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     policy = Policy.from_settings(settings)
     # the round trips of the jobs in flight share their writes (one per batch, not per job)
@@ -97,7 +103,8 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
         redis_call=redis_call, held=HeldStore.from_settings(redis, settings), settle=settle,
         attachment_limits=AttachmentLimits(settings.max_attachments,
                                            settings.max_attachment_bytes),
-        schedule=schedule, rules=Rules.from_settings(settings))
+        schedule=schedule, rules=Rules.from_settings(settings),
+        shaping=getattr(channels.get("email"), "shaping", None))
     events = EventApplier(bus=bus, gate=gate, store=SuppressionStore(redis), redis=redis,
                           metrics=metrics, redis_call=redis_call, settle=settle,
                           sms_region=settings.sms_region,
@@ -112,6 +119,12 @@ def build_worker(settings: Settings, *, bus: Bus, redis: Client,
     return Worker(settings, bus=bus, redis=redis, pipeline=pipeline, events=events,
                   settle=settle, channels=channels, metrics=metrics, stop=stop,
                   worker_id=worker_id, gauges=gauges, watch=watch, mover=Mover(schedule, bus))
+
+
+async def _publish_ops(bus: Bus, routing_key: str, event: dict[str, Any]) -> None:
+    """An ops event (a destination paused) on ``outbox.status``, confirmed."""
+    await bus.publish(topology.STATUS_EXCHANGE, routing_key, shaping.event_body(event),
+                      message_id=event["id"])
 
 
 def signing_email_channel(settings: Settings, redis: Client) -> Channel:

@@ -15,7 +15,8 @@ The state machine (pure, a clock passed in: :func:`refused`, :func:`view`):
   ``Params.step_period`` seconds (additive increase) until it reaches the nominal rate: the
   destination is ``normal`` again. Replies that arrive within ``CUT_SPACING`` of the last cut
   are the same congestion signal (the sends that were already in flight): no second cut.
-* ``Params.pause_after`` cuts within ``Params.window`` seconds: the destination is ``paused``
+* ``Params.pause_after`` cuts within ``Params.window`` seconds (counted across recoveries: a
+  destination that recovers and refuses again keeps refusing): the destination is ``paused``
   for ``Params.pause`` seconds (no send at all), and then resumes by itself at
   ``Params.min_rate``, recovering step by step as after a cut.
 
@@ -23,7 +24,8 @@ Recovery needs no write: the rate at any time follows from the record (:func:`vi
 happen only on a cut (a compare-and-set of the one hash, so concurrent workers cut once per
 signal) and, while a destination is slowed, one small script per send admitted
 (:meth:`DestinationStore.admit`: a GCRA pace, the theoretical arrival time ``tat`` kept in the
-same hash). A record expires by itself once its destination is back to normal.
+same hash). A record expires by itself once its destination is back to normal and its cuts
+have left the window.
 
 Redis (:mod:`suppression.keys`): the hash ``outbox:dst:<destination>@<relay>`` (a single-key
 design: every command and script touches one key, so it is Redis Cluster safe) and the set
@@ -220,7 +222,8 @@ def refused(record: Record | None, now: float, params: Params, *, reply: str,
     if record is not None and current.state != NORMAL and now - record.cut_at < CUT_SPACING:
         return Cut(None, current.state)
     episode = record is not None and current.state != NORMAL
-    cuts = tuple(t for t in (record.cuts if episode and record else ()) if now - t < params.window)
+    # the cuts of the window count whether or not the destination recovered in between
+    cuts = tuple(t for t in (record.cuts if record else ()) if now - t < params.window)
     cuts += (now,)
     base = current.rate if current.rate is not None else params.rate
     rate = max(params.min_rate, base * params.decrease)
@@ -314,7 +317,9 @@ class DestinationStore:
             cut = refused(record, now, self.params, reply=reply, rule=rule)
             if cut.record is None:
                 return cut
-            ttl_ms = int((normal_at(cut.record, self.params) + KEEP_AFTER - now) * 1000)
+            # kept while it counts: until back to normal, and while its cuts are in the window
+            ttl_ms = int((max(normal_at(cut.record, self.params) + KEEP_AFTER,
+                              now + self.params.window) - now) * 1000)
             flat = [x for pair in cut.record.fields().items() for x in pair]
             written = await self._cas(self._redis, keys.destination(name),
                                       str(record.version if record else 0), ttl_ms, *flat)

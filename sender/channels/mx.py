@@ -44,6 +44,7 @@ class _Entry:
     deliverable: bool
     why: str
     expires: float
+    hosts: tuple[str, ...] = ()  # the MX hosts (lower case), for the shaping provider groups
 
 
 # RFC 5322 dot-atom local part in ASCII (what nearly every address has): email-validator
@@ -102,6 +103,11 @@ class MxChecker:
         if entry is not None and not entry.deliverable:
             raise Undeliverable(f"{domain}: {entry.why}", "hostunknown")
 
+    def hosts(self, domain: str) -> tuple[str, ...]:
+        """The MX hosts of ``domain`` from the cache (none when not looked up, or expired)."""
+        entry = self._cache.get(domain.lower().rstrip("."))
+        return entry.hosts if entry is not None and entry.expires >= time.monotonic() else ()
+
     async def _lookup(self, domain: str) -> _Entry | None:
         self.lookups += 1
         try:
@@ -117,7 +123,7 @@ class MxChecker:
         hosts = [r.exchange.to_text(omit_final_dot=True) for r in answer]
         if hosts == [""] or hosts == ["."] or all(h in ("", ".") for h in hosts):
             return _negative("null MX: the domain accepts no mail", ttl)
-        return _Entry(True, "mx", time.monotonic() + ttl)
+        return _Entry(True, "mx", time.monotonic() + ttl, tuple(h.lower() for h in hosts))
 
     async def _fallback_address(self, domain: str) -> _Entry | None:
         """No MX: RFC 5321 says deliver to the domain's own address record, if any."""

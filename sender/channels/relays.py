@@ -100,6 +100,12 @@ class Relays:
         """The relays up now, in order of preference."""
         return [r.name for r in self.relays if r.up]
 
+    def route(self, category: str | None = None) -> str:
+        """The relay a send of ``category`` goes through now (the first up in its order; the
+        first of all when none is up): the relay part of a shaping destination."""
+        order = self._orders.get(category or "", self.relays)
+        return next((r.name for r in order if r.up), order[0].name)
+
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
                    *, smtputf8: bool = False, first: bool = False, stuffed: bool = False,
                    category: str | None = None, account_id: str | None = None) -> str:

@@ -146,7 +146,10 @@ class SmtpPool:
                                            smtputf8=smtputf8, pipelining=conn.pipelining,
                                            stuffed=stuffed, data_timeout=self._data_timeout)
             except SMTPResponseException:
-                self._checkin(conn)  # reset after the refusal: the connection is still good
+                if conn.smtp.is_connected:  # reset after the refusal: still good
+                    self._checkin(conn)
+                else:  # a 421 ("closing transmission channel") ended it
+                    self._discard(conn)
                 raise
             except BaseException:
                 self._discard(conn)
@@ -249,7 +252,8 @@ async def _transaction(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str]
             reply = await _one_by_one(smtp, sender, recipients, message, encoding, smtputf8,
                                       data_timeout)
     except SMTPResponseException:
-        await smtp.rset()
+        if smtp.is_connected:  # a 421 closed it: the refusal stands, no RSET to send
+            await smtp.rset()
         raise
     return reply.message
 
@@ -555,6 +559,11 @@ class SmtpChannel:
     def _failure(self, code: int, text: str) -> SendFailure:
         outcome = classify_smtp(code, text)
         return SendFailure(outcome, f"{code} {text}"[:500], self.provider)
+
+    @property
+    def mx(self) -> MxChecker | None:
+        """The MX checker (its cached hosts name a domain's provider), if MX checks are on."""
+        return self._options.mx
 
     @property
     def relays(self) -> Relays | None:

@@ -1,0 +1,261 @@
+"""Reply-driven shaping in the worker: slow-down replies slow their destination, for every
+worker process (the state machine and its records: :mod:`suppression.destinations`).
+
+* :class:`ShapedChannel` wraps the email channel: a send refused with a slow-down reply
+  (:func:`suppression.classify.slow_down`: Gmail ``421 4.7.28``, Yahoo ``421 4.7.0 [TSS04]``,
+  Microsoft ``451 4.7.650``...) cuts its destination's rate (the job itself is deferred as any
+  temporary refusal is: the reply's outcome is unchanged).
+* :meth:`Shaping.admit`, called by the pipeline before the pre-send gate: a job whose
+  destination is slowed waits its turn (a GCRA pace in Redis at the destination's rate now),
+  one whose destination is paused waits for the end of the pause; either way the pipeline
+  *parks* it (as over the account's rate: no attempt counted, no status event, back after the
+  smallest delay tier that covers the wait). Other destinations are untouched: a job to a
+  normal destination costs a dictionary lookup, no Redis call.
+* The records are read at most every ``refresh_every`` seconds per process (one SMEMBERS and
+  an HGETALL per slowed destination); writes happen only on a cut and, while slowed, one
+  small script per send admitted.
+* A pause is announced: a WARNING (logger ``outbox.shaping``) and an ops event on
+  ``outbox.status``, routing key ``destination.paused``; each cut a WARNING; the gauge
+  ``outbox_destination_state{destination,relay,state}`` (1 on the current state) and the
+  counter ``outbox_destination_cuts_total{destination,relay}``.
+
+Redis unreachable while admitting: the job goes on (the gate's own round trip then holds it
+until Redis is back); while recording a cut: logged, the job's deferral unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sender.channels.base import SendFailure, SendResult
+from sender.metrics import Metrics
+from sender.outages import REDIS_UNREACHABLE
+from suppression.classify import slow_down
+from suppression.destinations import (
+    NORMAL,
+    PAUSED,
+    SLOWED,
+    STATES,
+    Cut,
+    DestinationStore,
+    Record,
+    View,
+    destination_id,
+    provider_of,
+    view,
+)
+from suppression.history import iso
+
+log = logging.getLogger("outbox.shaping")
+
+#: ``publish(routing_key, event)``: an ops event on ``outbox.status``
+Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: seconds between two reads of the records by one process
+REFRESH_EVERY = 1.0
+
+
+def _show(metrics: Metrics, name: str, state: str) -> None:
+    """Set ``outbox_destination_state`` of ``name`` to 1 on ``state``, 0 on the others."""
+    destination, _, relay = name.partition("@")
+    for each in STATES:
+        metrics.destination_state.labels(destination, relay, each).set(1 if each == state else 0)
+
+
+class Shaping:
+    """Per worker process: the cached states of the slowed destinations, the admission of a
+    job and the cut a slow-down reply makes."""
+
+    def __init__(self, store: DestinationStore, *, relay_for: Callable[[str | None], str],
+                 mx_hosts: Callable[[str], tuple[str, ...]] = lambda _domain: (),
+                 metrics: Metrics | None = None, publish: Publish | None = None,
+                 clock: Callable[[], float] = time.time,
+                 refresh_every: float = REFRESH_EVERY) -> None:
+        self.store = store
+        self._relay_for = relay_for
+        self._mx_hosts = mx_hosts
+        self._metrics = metrics
+        self._publish = publish
+        self._clock = clock
+        self._refresh_every = refresh_every
+        self._records: dict[str, Record] = {}
+        self._shown: dict[str, str] = {}
+        self._fetched = float("-inf")
+        self._lock = asyncio.Lock()
+        self._watch: asyncio.Task[None] | None = None
+
+    def destination(self, address: str, category: str | None) -> str:
+        """``<provider group>@<relay>`` of a recipient address and job category."""
+        domain = address.rpartition("@")[2].lower()
+        return destination_id(provider_of(domain, self._mx_hosts(domain)),
+                              self._relay_for(category))
+
+    def state(self, name: str) -> View:
+        """The cached state of a destination now."""
+        return view(self._records.get(name), self._clock(), self.store.params)
+
+    async def admit(self, channel: str, address: str, category: str | None) -> int:
+        """Milliseconds the job must wait (0: send now)."""
+        if channel != "email":
+            return 0
+        self.start()
+        try:
+            await self.refresh()
+            name = self.destination(address, category)
+            record = self._records.get(name)
+            if record is None:
+                return 0
+            now = self._clock()
+            current = view(record, now, self.store.params)
+            if current.state == PAUSED:
+                return max(1, int(((current.until or now) - now) * 1000))
+            if current.state == NORMAL or current.rate is None:
+                return 0
+            return int(await self.store.admit(name, current.rate, now) * 1000)
+        except REDIS_UNREACHABLE as exc:
+            log.debug("shaping: Redis unreachable while admitting (%s); sending", exc)
+            return 0
+
+    def start(self) -> None:
+        """Refresh the states every ``refresh_every`` seconds in the background too, so the
+        gauge follows recoveries and pauses while no job asks."""
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._run(),
+                                                                 name="outbox shaping")
+
+    async def stop(self) -> None:
+        """End the background refresh."""
+        task, self._watch = self._watch, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_every)
+            try:
+                await self.refresh()
+            except Exception as exc:  # Redis away: the next turn tries again
+                log.debug("shaping: refresh failed: %s: %s", type(exc).__name__, exc)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Read the records again when the cache is older than ``refresh_every`` (one reader
+        at a time; the others use the cache meanwhile)."""
+        now = self._clock()
+        if not force and (now - self._fetched < self._refresh_every or self._lock.locked()):
+            return
+        async with self._lock:
+            self._records = await self.store.all()
+            self._fetched = now
+        self._show(now)
+
+    async def refused(self, address: str, category: str | None, failure: SendFailure) -> None:
+        """A send was refused: a slow-down reply cuts its destination (never raises)."""
+        rule = slow_down(failure.detail)
+        if rule is None:
+            return
+        name = self.destination(address, category)
+        now = self._clock()
+        try:
+            cut = await self.store.refused(name, now, reply=failure.detail, rule=rule)
+        except REDIS_UNREACHABLE as exc:
+            log.warning("shaping: %s answered %r; not recorded, Redis unreachable (%s)", name,
+                        failure.detail[:120], exc)
+            return
+        if cut.record is None:
+            return
+        self._records[name] = cut.record
+        if self._metrics is not None:
+            self._metrics.destination_cuts.labels(*name.split("@", 1)).inc()
+        self._show(now)
+        await self._announce(name, cut, now)
+
+    async def _announce(self, name: str, cut: Cut, now: float) -> None:
+        assert cut.record is not None
+        current = view(cut.record, now, self.store.params)
+        destination, _, relay = name.partition("@")
+        fields = {"destination": destination, "relay": relay, "state": current.state,
+                  "rate": current.rate, "until": iso((current.until or now) * 1000),
+                  "reason": cut.record.rule, "detail": cut.record.reply}
+        if not cut.paused:
+            log.warning("destination %s through %s slowed to %.2f messages/s until %s: %s",
+                        destination, relay, current.rate or 0, fields["until"],
+                        cut.record.reply[:200], extra=fields)
+            return
+        log.warning("destination %s through %s paused until %s after %d slow-downs: %s",
+                    destination, relay, fields["until"], self.store.params.pause_after,
+                    cut.record.reply[:200], extra=fields)
+        if self._publish is None:
+            return
+        event = {"v": 1, "type": "destination", "id": f"{name}:{int(now * 1000)}",
+                 "at": iso(now * 1000), **fields}
+        try:
+            await self._publish("destination.paused", event)
+        except Exception as exc:  # an ops event lost is logged, never a job's problem
+            log.warning("destination %s: the paused event was not published: %s", name, exc)
+
+    def _show(self, now: float) -> None:
+        """Set the gauge for every destination known to this process; log a return."""
+        for name in set(self._records) | set(self._shown):
+            state = view(self._records.get(name), now, self.store.params).state
+            before = self._shown.get(name)
+            if before == state:
+                continue
+            if before in (SLOWED, PAUSED) and state != before:
+                log.info("destination %s is %s again", name, state,
+                         extra={"destination": name, "state": state})
+            self._shown[name] = state
+            if self._metrics is not None:
+                _show(self._metrics, name, state)
+
+
+class ShapedChannel:
+    """The email channel with shaping: every slow-down reply is told to :class:`Shaping`.
+    Everything else is the wrapped channel's."""
+
+    def __init__(self, channel: Any, shaping: Shaping) -> None:
+        self._channel = channel
+        self.shaping = shaping
+        self.name = channel.name
+        self.provider = channel.provider
+
+    async def send(self, job: Any, sender: tuple[str, ...] | None = None) -> SendResult:
+        """Send through the wrapped channel; a refusal is shown to the shaping first."""
+        try:
+            return await self._channel.send(job, sender)  # type: ignore[no-any-return]
+        except SendFailure as failure:
+            await self.shaping.refused(job.to, job.category, failure)
+            raise
+
+    def stop(self) -> None:
+        self._channel.stop()
+
+    async def close(self) -> None:
+        await self.shaping.stop()
+        await self._channel.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+def build(settings: Any, redis: Any, channel: Any, *, metrics: Metrics,
+          publish: Publish | None = None) -> ShapedChannel:
+    """The email channel wrapped with shaping (``OUTBOX_SHAPING_*``)."""
+    from suppression.destinations import Params
+
+    relays = getattr(channel, "relays", None)
+    mx = getattr(channel, "mx", None)
+    shaping = Shaping(DestinationStore(redis, Params.from_settings(settings)),
+                      relay_for=relays.route if relays is not None else lambda _c: "relay",
+                      mx_hosts=mx.hosts if mx is not None else lambda _d: (),
+                      metrics=metrics, publish=publish)
+    return ShapedChannel(channel, shaping)
+
+
+def event_body(event: dict[str, Any]) -> bytes:
+    """An ops event as published."""
+    return json.dumps(event, ensure_ascii=False).encode()

@@ -1,0 +1,172 @@
+"""Reply-driven shaping on real servers (RabbitMQ, Redis, an aiosmtpd relay): a relay that
+answers ``421 4.7.28`` for gmail.com slows that destination only, which recovers once the
+relay stops refusing, every job sent exactly once; a destination that keeps refusing is
+paused with an ops event and resumes by itself (README, "Reply-driven shaping")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sender.client import Outbox
+from sender.service import started_worker
+from tests.integration.helpers import cli_runner, collect, email_job, events, wait_for
+from tests.integration.test_relay_failover import StoppableRelay
+
+pytestmark = [pytest.mark.integration, pytest.mark.smtp]
+
+GMAIL_421 = ("421 4.7.28 [127.0.0.1] Our system has detected an unusual rate of unsolicited "
+             "mail originating from your IP address. To protect our users from spam, mail "
+             "sent from your IP address has been temporarily rate limited. - gsmtp")
+
+
+class ScriptedRelay(StoppableRelay):
+    """Answers ``GMAIL_421`` to RCPT for gmail.com while ``refusing``; counts the attempts
+    per domain with their times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = True
+        self.attempts: dict[str, list[float]] = {}
+        relay = self
+
+        class Handler(type(self.handler)):  # type: ignore[misc]
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any,
+                                  address: str, options: list[str]) -> str:
+                domain = address.rpartition("@")[2]
+                relay.attempts.setdefault(domain, []).append(time.monotonic())
+                if relay.refusing and domain == "gmail.com":
+                    return GMAIL_421
+                return await super().handle_RCPT(server, session, envelope, address, options)
+
+        self.handler = Handler(self.recorder)
+
+
+def _state(registry: CollectorRegistry, relay: str, state: str) -> float | None:
+    return registry.get_sample_value("outbox_destination_state", {
+        "destination": "google", "relay": relay, "state": state})
+
+
+async def test_a_421_for_one_domain_slows_that_domain_only_and_it_recovers(
+        make_settings, amqp_url):
+    relay = await ScriptedRelay().start()
+    settings = make_settings(smtp_url=relay.url, shaping_rate=20, shaping_decrease=0.5,
+                             shaping_min_rate=2, shaping_hold=1, shaping_step=5,
+                             shaping_step_period=0.5, shaping_pause_after=100)
+    gmail = [email_job(to=f"user{i}@gmail.com") for i in range(60)]
+    other = [email_job(to=f"user{i}@example.com") for i in range(60)]
+    registry = CollectorRegistry()
+    try:
+        async with started_worker(settings, registry=registry):
+            async with Outbox(amqp_url) as outbox:
+                for a, b in zip(gmail, other, strict=True):
+                    await outbox.enqueue(a)
+                    await outbox.enqueue(b)
+            await wait_for(lambda: _state(registry, relay.name, "slowed") == 1, timeout=20)
+            first = relay.attempts["gmail.com"][0]
+            # the other domain flows at full speed meanwhile: all sent, gmail still refused
+            await wait_for(lambda: len(relay.attempts.get("example.com", [])) >= len(other),
+                           timeout=20)
+            assert _state(registry, relay.name, "slowed") == 1
+            await asyncio.sleep(max(0.0, first + 5.0 - time.monotonic()))
+            relay.refusing = False
+            stopped = time.monotonic()
+            # after the first wave (the sends in flight before the first 421 came back),
+            # gmail was tried at most at its cut rate: 10/s (nominal 20/s), far below the
+            # ~40/s the 1-2 s retry tiers would give 60 refused jobs unshaped
+            window = [t for t in relay.attempts["gmail.com"] if first + 1.5 <= t < stopped]
+            per_second = len(window) / (stopped - first - 1.5)
+            assert per_second <= 20 * 0.5 + 2, (per_second, len(window))
+            got = await collect(amqp_url, "outbox.status",
+                                lambda m: sum(e["status"] == "sent" for e in events(m))
+                                >= len(gmail) + len(other), timeout=90)
+            statuses = events(got)
+            # exactly once: every job's message reached the relay once
+            delivered = relay.job_ids()
+            assert sorted(delivered) == sorted(j["id"] for j in gmail + other)
+            sent = [e for e in statuses if e["status"] == "sent"]
+            assert sorted(e["id"] for e in sent) == sorted(j["id"] for j in gmail + other)
+            # gmail's refusals were deferrals (never failed); the other domain had none
+            assert not [e for e in statuses if e["status"] in ("failed", "bounced")]
+            deferred = [e for e in statuses if e["status"] == "deferred"]
+            assert deferred and {e["id"] for e in deferred} <= {j["id"] for j in gmail}
+            assert all("4.7.28" in e["detail"] for e in deferred)
+            # and the destination recovers step by step back to normal
+            await wait_for(lambda: _state(registry, relay.name, "normal") == 1, timeout=20)
+            assert registry.get_sample_value("outbox_destination_cuts_total", {
+                "destination": "google", "relay": relay.name}) >= 1
+    finally:
+        await relay.stop()
+
+
+async def test_a_destination_that_keeps_refusing_is_paused_then_resumes(
+        make_settings, amqp_url):
+    relay = await ScriptedRelay().start()
+    settings = make_settings(smtp_url=relay.url, shaping_rate=20, shaping_min_rate=2,
+                             shaping_hold=0.5, shaping_step=10, shaping_step_period=0.5,
+                             shaping_pause_after=2, shaping_window=60, shaping_pause=3)
+    gmail = [email_job(to=f"user{i}@gmail.com") for i in range(20)]
+    registry = CollectorRegistry()
+    try:
+        async with started_worker(settings, registry=registry):
+            async with Outbox(amqp_url) as outbox:
+                for job in gmail:
+                    await outbox.enqueue(job)
+            await wait_for(lambda: _state(registry, relay.name, "paused") == 1, timeout=30)
+            paused_at = time.monotonic()
+            relay.refusing = False
+            await asyncio.sleep(1.5)
+            # nothing went to gmail while paused (beyond sends already on their way)
+            during = [t for t in relay.attempts["gmail.com"] if paused_at + 0.5 <= t]
+            assert during == []
+            got = await collect(amqp_url, "outbox.status",
+                                lambda m: sum(e.get("status") == "sent" for e in events(m))
+                                >= len(gmail), timeout=60)
+            ops = [json.loads(m.body) for m in got if m.routing_key == "destination.paused"]
+            assert len(ops) == 1
+            assert ops[0]["type"] == "destination" and ops[0]["destination"] == "google"
+            assert ops[0]["relay"] == relay.name and ops[0]["state"] == "paused"
+            assert ops[0]["reason"] == "google-unsolicited-rate" and ops[0]["until"]
+            assert sorted(relay.job_ids()) == sorted(j["id"] for j in gmail)
+            resumed = min(t for t in relay.attempts["gmail.com"] if t > paused_at)
+            assert resumed - paused_at >= 2.0  # the 3 s pause, less the refresh lag
+    finally:
+        await relay.stop()
+
+
+@pytest.mark.backends
+async def test_outbox_destinations_lists_why_and_until_when_and_clears(
+        monkeypatch, amqp_url, backend_redis_url, names, capsys):
+    from sender.connect import redis_client
+    from suppression.destinations import DestinationStore, Params
+
+    url, cluster = backend_redis_url
+    name = f"google@relay-{names.suffix}:25"
+    redis = redis_client(url, cluster=cluster)
+    try:
+        await DestinationStore(redis, Params()).refused(name, time.time(), reply=GMAIL_421,
+                                                        rule="google-unsolicited-rate")
+    finally:
+        await redis.aclose()
+    run = cli_runner(monkeypatch, amqp_url, url, cluster=cluster)
+    capsys.readouterr()
+    assert await run("destinations", "--json") == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["relay"] == name[7:]]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["destination"], row["state"], row["rate"]) == ("google", "slowed", 25.0)
+    assert row["rule"] == "google-unsolicited-rate" and row["reply"].startswith("421 4.7.28")
+    assert row["until"].endswith("Z") and row["since"].endswith("Z")
+    assert await run("destinations") == 0
+    text = capsys.readouterr().out
+    assert "google" in text and "slowed" in text and "4.7.28" in text
+    assert await run("destinations", "clear", name) == 0
+    assert await run("destinations", "clear", name) == 1
+    capsys.readouterr()
+    assert await run("destinations", "--json") == 0
+    assert not [r for r in json.loads(capsys.readouterr().out) if r["relay"] == name[7:]]
