@@ -19,8 +19,9 @@ worker process (the state machine and its records: :mod:`suppression.destination
   ``outbox_destination_state{destination,relay,state}`` (1 on the current state) and the
   counter ``outbox_destination_cuts_total{destination,relay}``.
 
-Redis unreachable while admitting: the job goes on (the gate's own round trip then holds it
-until Redis is back); while recording a cut: logged, the job's deferral unchanged.
+Redis unreachable (or any error) while admitting: the job goes on unshaped (the gate's own
+round trip then holds it until Redis is back); while recording a cut: logged, the job's
+deferral unchanged. Shaping never fails, parks or holds a job by an error of its own.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class Shaping:
         self.start()
         try:
             await self.refresh()
+            if not self._records:  # nothing slowed anywhere: the common case, no more work
+                return 0
             name = self.destination(address, category)
             record = self._records.get(name)
             if record is None:
@@ -118,6 +121,10 @@ class Shaping:
             return int(await self.store.admit(name, current.rate, now) * 1000)
         except REDIS_UNREACHABLE as exc:
             log.debug("shaping: Redis unreachable while admitting (%s); sending", exc)
+            return 0
+        except Exception as exc:  # never a job's problem: it goes on unshaped
+            log.warning("shaping: admission failed, sending unshaped: %s: %s",
+                        type(exc).__name__, exc)
             return 0
 
     def start(self) -> None:
@@ -162,9 +169,9 @@ class Shaping:
         now = self._clock()
         try:
             cut = await self.store.refused(name, now, reply=failure.detail, rule=rule)
-        except REDIS_UNREACHABLE as exc:
-            log.warning("shaping: %s answered %r; not recorded, Redis unreachable (%s)", name,
-                        failure.detail[:120], exc)
+        except Exception as exc:  # Redis away or refusing: the job's deferral is unchanged
+            log.warning("shaping: %s answered %r; not recorded: %s: %s", name,
+                        failure.detail[:120], type(exc).__name__, exc)
             return
         if cut.record is None:
             return
