@@ -728,8 +728,12 @@ def _is_json(data: bytes) -> bool:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from suppression.classify import classify_reply
+    from suppression.classify import classify_reply, slow_down
     from suppression.classify_rules import REASON_DOCS, REASON_KIND
+
+    def verdict(reply: str) -> dict[str, Any]:
+        return {"reply": reply, **classify_reply(reply).as_dict(),
+                "slow_down": slow_down(reply)}
 
     if args.reasons:
         for reason, meaning in REASON_DOCS.items():
@@ -739,15 +743,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.reply is None:
         raise CliError("classify needs a REPLY, - (stdin) or --reasons")
     if args.reply != "-":
-        print(json.dumps({"reply": args.reply, **classify_reply(args.reply).as_dict()},
-                         ensure_ascii=False))
+        print(json.dumps(verdict(args.reply), ensure_ascii=False))
         return 0
     for raw in sys.stdin:
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
-        print(json.dumps({"reply": line, **classify_reply(line).as_dict()},
-                         ensure_ascii=False), flush=True)
+        print(json.dumps(verdict(line), ensure_ascii=False), flush=True)
     return 0
 
 

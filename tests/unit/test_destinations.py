@@ -4,6 +4,7 @@ records on Redis (single and Cluster)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 
@@ -68,6 +69,16 @@ def test_provider_slow_downs_are_found(reply: str) -> None:
 ])
 def test_other_replies_are_not_slow_downs(reply: str) -> None:
     assert slow_down(reply) is None
+
+
+def test_the_classify_command_names_the_slow_down_rule(capsys) -> None:
+    from outbox.cli import main
+
+    assert main(["classify", GMAIL]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["slow_down"] == "google-unsolicited-rate" and out["kind"] == "block"
+    assert main(["classify", "550 5.1.1 unknown user"]) == 0
+    assert json.loads(capsys.readouterr().out)["slow_down"] is None
 
 
 def test_a_slow_down_keeps_its_classified_outcome() -> None:
