@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from outbox.runtime import settings, table, with_redis
@@ -34,33 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.set_defaults(func=cmd_clear)
 
 
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
-def listing(records: dict[str, Any], now: float, params: Any, *, everything: bool
-            ) -> list[dict[str, Any]]:
-    """The rows of ``outbox destinations`` (and of the admin page)."""
-    from suppression.destinations import NORMAL, describe, view
-
-    rows = []
-    for name, record in sorted(records.items()):
-        row = describe(name, view(record, now, params))
-        if row["state"] == NORMAL and not everything:
-            continue
-        if row["state"] == NORMAL:
-            row.update(rule=record.rule, reply=record.reply)
-        row["rate"] = None if row["rate"] is None else round(row["rate"], 3)
-        row["until"], row["since"] = _iso(row["until"]), _iso(row["since"] or record.since)
-        rows.append(row)
-    return rows
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from suppression.destinations import DestinationStore, Params
+    from suppression.destinations import DestinationStore, Params, listing
 
     cfg = settings()
 

@@ -40,6 +40,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -340,6 +341,31 @@ class DestinationStore:
         removed = await self._redis.delete(keys.destination(name))
         await self._redis.srem(keys.DESTINATIONS, name)
         return bool(removed)
+
+
+def _iso(seconds: float | None) -> str | None:
+    if not seconds:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def listing(records: Mapping[str, Record], now: float, params: Params, *,
+            everything: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``outbox destinations`` and ``GET /admin/destinations``: the slowed and
+    paused destinations (``everything``: those back to normal whose record is kept too),
+    times ISO 8601 UTC."""
+    rows = []
+    for name, record in sorted(records.items()):
+        row = describe(name, view(record, now, params))
+        if row["state"] == NORMAL and not everything:
+            continue
+        if row["state"] == NORMAL:
+            row.update(rule=record.rule, reply=record.reply)
+        row["rate"] = None if row["rate"] is None else round(row["rate"], 3)
+        row["until"], row["since"] = _iso(row["until"]), _iso(row["since"] or record.since)
+        rows.append(row)
+    return rows
 
 
 def describe(name: str, current: View) -> dict[str, Any]:

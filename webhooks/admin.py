@@ -38,6 +38,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -64,6 +65,7 @@ from sender.recipient_events import Change as RecipientChange
 from sender.recipient_events import RecipientEvents
 from suppression import channels, entries, ids, keys
 from suppression.address import BadAddress
+from suppression.destinations import DestinationStore, Params, listing
 from suppression.entries import BadEntry, StoreError
 from suppression.held import CATEGORIES, HeldStore
 from suppression.history import MAX_HISTORY, job_story, recipient_history
@@ -141,6 +143,7 @@ ROUTES = (
     Route("POST", "/admin/jobs/{account}/{job}/cancel", "jobs.cancel", SUPPORT, "cancel_job"),
     Route("GET", "/admin/history/{address}", "history", VIEWER, "history",
           reads="a recipient's history"),
+    Route("GET", "/admin/destinations", "destinations.list", VIEWER, "list_destinations"),
     Route("GET", "/admin/dead", "dead.list", SUPPORT, "dead_list", reads="dead letters"),
     *(Route("POST", f"/admin/dead/{a}", f"dead.{a}", SUPPORT, "dead_settle")
       for a in DEAD_ACTIONS),
@@ -190,6 +193,7 @@ class AdminApi:
                                   timeline_ttl=settings.timeline_ttl)
         # one look at outbox.dead at a time: each holds every message while it reads
         self._dead = asyncio.Lock()
+        self._destinations = DestinationStore(redis, Params.from_settings(settings))
         self._domains = DomainsApi(settings, redis, self._accounts,
                                    actor=lambda request: request[PRINCIPAL].name)
 
@@ -312,6 +316,14 @@ class AdminApi:
         if address is not None:
             answer["candidates"] = list(channels.candidates(address))
         return _json(answer)
+
+    async def list_destinations(self, request: web.Request) -> web.StreamResponse:
+        """``[{destination, relay, state, rate, until, since, rule, reply}]``: the
+        destinations slowed or paused by slow-down replies (``?all=1``: also those back to
+        normal whose record is kept), as ``outbox destinations --json``."""
+        records = await self._destinations.all()
+        return _json(listing(records, time.time(), self._destinations.params,
+                             everything=request.query.get("all") in ("1", "true")))
 
     # --- accounts ----------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ async def test_every_job_command_refuses_a_malformed_job_id(command, bad, redis_
 
 #: routes that take no account anywhere (checked to exist, so the list cannot go stale)
 NO_ACCOUNT = {"GET /admin", "GET /admin/", "GET /admin/accounts", "GET /admin/whoami",
-              "GET /admin/channels"}
+              "GET /admin/channels", "GET /admin/destinations"}
 ROUTES = {f"{r.method} {r.path}": r for r in AdminApi.routes(object.__new__(AdminApi))}
 #: what a path parameter gets when the test is not about it
 _PATH_FILLERS = {"job": "job-1", "address": "ana@example.com", "recipient": "ana@example.com",

@@ -104,6 +104,7 @@ def test_the_roles_are_those_the_terms_promise() -> None:
         "held.show": VIEWER, "held.release": SUPPORT, "held.discard": SUPPORT,
         "jobs.cancel": SUPPORT,
         "accounts.configure": ADMIN, "domains.list": VIEWER, "domains.show": VIEWER,
+        "destinations.list": VIEWER,
         **dict.fromkeys(("domains.add", "domains.remove", "domains.verify", "domains.rotate",
                          "domains.retire", "domains.share", "domains.unshare"), ADMIN)}
     assert {r.action for r in GUARDED if r.reads} == {
@@ -196,6 +197,7 @@ REQUESTS: dict[str, tuple[Callable[[Any], Awaitable[Any]], str, str, Any]] = {
                     {"reason": "moved"}),
     "history": (_account, "GET", f"/admin/history/{ADDRESS}?account={ACCOUNT}", None),
     "dead.list": (_account, "GET", f"/admin/dead?account={ACCOUNT}", None),
+    "destinations.list": (_account, "GET", "/admin/destinations", None),
     "held.show": (_account, "GET", f"/admin/accounts/{ACCOUNT}/held", None),
     "held.release": (_account, "POST", f"/admin/accounts/{ACCOUNT}/held/release",
                      {"reason": "receipts go", "category": "transactional"}),

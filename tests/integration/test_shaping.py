@@ -170,3 +170,59 @@ async def test_outbox_destinations_lists_why_and_until_when_and_clears(
     capsys.readouterr()
     assert await run("destinations", "--json") == 0
     assert not [r for r in json.loads(capsys.readouterr().out) if r["relay"] == name[7:]]
+
+
+async def test_the_admin_api_and_page_list_the_slowed_destinations(make_settings, redis_url, names,
+                                                          unused_tcp_port):
+    import aiohttp
+
+    from sender.connect import redis_client
+    from suppression.destinations import DestinationStore, Params
+    from tests.integration.helpers import running_app
+
+    name = f"yahoo@relay-{names.suffix}:25"
+    redis = redis_client(redis_url)
+    try:
+        await DestinationStore(redis, Params()).refused(
+            name, time.time(), reply="421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily "
+            "deferred due to unexpected volume or user complaints", rule="yahoo-deferred")
+    finally:
+        await redis.aclose()
+    settings = make_settings(admin_tokens="vera:viewer:tok-viewer-0123")
+    async with running_app(settings, unused_tcp_port) as base, aiohttp.ClientSession() as s:
+        async with s.get(base + "/admin/destinations",
+                         headers={"Authorization": "Bearer tok-viewer-0123"}) as response:
+            assert response.status == 200
+            rows = await response.json()
+        async with s.get(base + "/admin/destinations") as response:
+            assert response.status == 401
+        await _page_shows(base, name.partition("@")[2])
+    [row] = [r for r in rows if r["relay"] == name.partition("@")[2]]
+    assert (row["destination"], row["state"], row["rule"]) == ("yahoo", "slowed",
+                                                               "yahoo-deferred")
+    assert "[TSS04]" in row["reply"] and row["until"].endswith("Z")
+
+
+async def _page_shows(base: str, relay: str) -> None:
+    """The support page's Destinations view (Debian's chromium, as test_admin_page.py)
+    lists the destination with its state and the reply, with no script error."""
+    from playwright.async_api import async_playwright, expect
+
+    from tests.integration.test_admin_page import ARGS, CHROMIUM
+
+    errors: list[str] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = await browser.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(base + "/admin/#/destinations")
+            await page.fill("#token", "tok-viewer-0123")
+            await page.press("#token", "Enter")
+            row = page.locator("#destinations tr", has_text=relay)
+            await expect(row).to_contain_text("slowed")
+            await expect(row).to_contain_text("[TSS04]")
+            await expect(row).to_contain_text("yahoo")
+        finally:
+            await browser.close()
+    assert not errors, errors

@@ -6,7 +6,7 @@
 // The token's name and role come from GET /admin/whoami: the page offers only the actions the
 // role allows (the API refuses the others anyway), and every change is made in that name.
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["accounts", "account", "recipient", "job", "dead"];
+const VIEWS = ["accounts", "account", "recipient", "job", "dead", "destinations"];
 // the support actions that apply in each state (the API answers 409 to the others)
 const ACTIONS = {blocked: ["unblock"], suspended: ["unsuspend"], active: ["suspend"],
                  warning: ["suspend"], throttled: ["suspend"]};
@@ -120,6 +120,7 @@ async function render() {
     if (view === "recipient") await showRecipient(args[0], query.get("account") || "");
     if (view === "job") await showJob(args[0], args[1], query);
     if (view === "dead") await showDead(query, args[0]);
+    if (view === "destinations") await showDestinations();
     if (notice) say(notice.text, notice.ok);
   } catch (err) {
     say(err.message, false);
@@ -473,6 +474,18 @@ async function showJob(account, id, query) {
                      "Provider 供應商", "Provider message ID", "Attempt 嘗試"],
         timeline.map((s) => [when(s.at), s.status, s.reason, s.detail, s.provider,
                              s.provider_message_id, s.attempt]), "No timeline 沒有時間線");
+}
+
+// --- destinations (reply-driven shaping) ---------------------------------------------------
+
+// GET /admin/destinations: [{destination, relay, state, rate, until, since, rule, reply}]
+async function showDestinations() {
+  const rows = await api("GET", "/admin/destinations");
+  table("destinations", ["Destination 目的地", "Relay 中繼", "State 狀態", "Rate/s 速率",
+                         "Until 直至", "Why 原因"],
+        rows.map((d) => [d.destination, d.relay, d.state, d.rate === null ? "" : d.rate,
+                         when(d.until), d.reply]),
+        "None slowed or paused 沒有減速或暫停");
 }
 
 // --- dead letters ------------------------------------------------------------------------
