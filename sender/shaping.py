@@ -227,8 +227,8 @@ class ShapedChannel:
     def __init__(self, channel: Any, shaping: Shaping) -> None:
         self._channel = channel
         self.shaping = shaping
-        self.name = channel.name
-        self.provider = channel.provider
+        self.name = getattr(channel, "name", "email")
+        self.provider = getattr(channel, "provider", "smtp")
 
     async def send(self, job: Any, sender: tuple[str, ...] | None = None) -> SendResult:
         """Send through the wrapped channel; a refusal is shown to the shaping first."""
