@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sender.channels.base import SendFailure, SendResult
+from sender.channels.base import Channel, SendFailure, SendResult
 from sender.metrics import Metrics
 from sender.outages import REDIS_UNREACHABLE
 from suppression.classify import slow_down
@@ -224,7 +224,7 @@ class ShapedChannel:
     """The email channel with shaping: every slow-down reply is told to :class:`Shaping`.
     Everything else is the wrapped channel's."""
 
-    def __init__(self, channel: Any, shaping: Shaping) -> None:
+    def __init__(self, channel: Channel, shaping: Shaping) -> None:
         self._channel = channel
         self.shaping = shaping
         self.name = getattr(channel, "name", "email")
@@ -233,7 +233,7 @@ class ShapedChannel:
     async def send(self, job: Any, sender: tuple[str, ...] | None = None) -> SendResult:
         """Send through the wrapped channel; a refusal is shown to the shaping first."""
         try:
-            return await self._channel.send(job, sender)  # type: ignore[no-any-return]
+            return await self._channel.send(job, sender)
         except SendFailure as failure:
             await self.shaping.refused(job.to, job.category, failure)
             raise
@@ -249,7 +249,7 @@ class ShapedChannel:
         return getattr(self._channel, name)
 
 
-def build(settings: Any, redis: Any, channel: Any, *, metrics: Metrics,
+def build(settings: Any, redis: Any, channel: Channel, *, metrics: Metrics,
           publish: Publish | None = None) -> ShapedChannel:
     """The email channel wrapped with shaping (``OUTBOX_SHAPING_*``)."""
     from suppression.destinations import Params

@@ -1,7 +1,7 @@
 """Reply-driven shaping on real servers (RabbitMQ, Redis, an aiosmtpd relay): a relay that
 answers ``421 4.7.28`` for gmail.com slows that destination only, which recovers once the
 relay stops refusing, every job sent exactly once; a destination that keeps refusing is
-paused with an ops event and resumes by itself (README, "Reply-driven shaping")."""
+paused with an ops event and resumes by itself (docs/operations.md, "Reply-driven shaping")."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from sender.client import Outbox
 from sender.service import started_worker
+from tests.conftest import RecordingHandler
 from tests.integration.helpers import cli_runner, collect, email_job, events, wait_for
 from tests.integration.test_relay_failover import StoppableRelay
 
@@ -25,26 +26,31 @@ GMAIL_421 = ("421 4.7.28 [127.0.0.1] Our system has detected an unusual rate of 
              "sent from your IP address has been temporarily rate limited. - gsmtp")
 
 
+class _Refusing(RecordingHandler):
+    """Answers ``GMAIL_421`` to RCPT for gmail.com while its relay is ``refusing``; counts the
+    attempts per domain with their times."""
+
+    def __init__(self, relay: ScriptedRelay) -> None:
+        super().__init__(relay.recorder)
+        self.relay = relay
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        domain = address.rpartition("@")[2]
+        self.relay.attempts.setdefault(domain, []).append(time.monotonic())
+        if self.relay.refusing and domain == "gmail.com":
+            return GMAIL_421
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
 class ScriptedRelay(StoppableRelay):
-    """Answers ``GMAIL_421`` to RCPT for gmail.com while ``refusing``; counts the attempts
-    per domain with their times."""
+    """A relay that refuses gmail.com with ``GMAIL_421`` while ``refusing``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refusing = True
         self.attempts: dict[str, list[float]] = {}
-        relay = self
-
-        class Handler(type(self.handler)):  # type: ignore[misc]
-            async def handle_RCPT(self, server: Any, session: Any, envelope: Any,
-                                  address: str, options: list[str]) -> str:
-                domain = address.rpartition("@")[2]
-                relay.attempts.setdefault(domain, []).append(time.monotonic())
-                if relay.refusing and domain == "gmail.com":
-                    return GMAIL_421
-                return await super().handle_RCPT(server, session, envelope, address, options)
-
-        self.handler = Handler(self.recorder)
+        self.handler = _Refusing(self)
 
 
 def _state(registry: CollectorRegistry, relay: str, state: str) -> float | None:
