@@ -127,3 +127,23 @@ async def test_the_wrapped_channel_reports_refusals_and_passes_everything_throug
     channel.stop()
     assert inner.stopped
     await channel.close()
+
+
+@pytest.mark.backends
+async def test_a_cut_seen_by_one_process_slows_the_others_within_a_refresh(redis) -> None:
+    """Two worker processes (two Shaping objects on one Redis): one gets the reply, the other
+    paces the destination from its next refresh (at most a second later), sharing one pace."""
+    clock, relay = Clock(), f"relay-{uuid.uuid4().hex[:8]}:25"
+    one, two = (Shaping(DestinationStore(redis, P), relay_for=lambda _c: relay, clock=clock)
+                for _ in range(2))
+    try:
+        assert await two.admit("email", "a@gmail.com", None) == 0  # read: nothing slowed
+        await one.refused("a@gmail.com", None, _failure(GMAIL))
+        assert await two.admit("email", "b@gmail.com", None) == 0  # its cache: not yet
+        clock.now += 1.0
+        assert await two.admit("email", "c@gmail.com", None) == 0  # refreshed: paced, first
+        assert await one.admit("email", "d@gmail.com", None) == 200  # the same pace
+        assert await two.admit("email", "e@gmail.com", None) == 200
+    finally:
+        await one.stop()
+        await two.stop()
