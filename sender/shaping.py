@@ -30,7 +30,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sender.channels.base import Channel, SendFailure, SendResult
@@ -75,8 +75,12 @@ class Shaping:
                  mx_hosts: Callable[[str], tuple[str, ...]] = lambda _domain: (),
                  metrics: Metrics | None = None, publish: Publish | None = None,
                  clock: Callable[[], float] = time.time,
-                 refresh_every: float = REFRESH_EVERY) -> None:
+                 refresh_every: float = REFRESH_EVERY, tiers: Sequence[int] = ()) -> None:
+        """``tiers``: the retry delay tiers (``OUTBOX_RETRY_TIERS``) a parked job waits in: a
+        long wait is given as the longest tier within it, so the job is back (and parked
+        again for the rest) no later than the destination is (see :meth:`admit`)."""
         self.store = store
+        self._tiers = sorted(tiers)
         self._relay_for = relay_for
         self._mx_hosts = mx_hosts
         self._metrics = metrics
@@ -100,7 +104,16 @@ class Shaping:
         return view(self._records.get(name), self._clock(), self.store.params)
 
     async def admit(self, channel: str, address: str, category: str | None) -> int:
-        """Milliseconds the job must wait (0: send now)."""
+        """Milliseconds the job must wait (0: send now). A wait longer than a retry tier is
+        cut to the longest tier within it: parked for the smallest tier that covers it, a
+        15-minute pause would otherwise keep the job 30 (the default tiers' 1800 s)."""
+        return self._within_tiers(await self._wait_ms(channel, address, category))
+
+    def _within_tiers(self, wait_ms: int) -> int:
+        fits = [t * 1000 for t in self._tiers if t * 1000 <= wait_ms]
+        return fits[-1] if fits else wait_ms
+
+    async def _wait_ms(self, channel: str, address: str, category: str | None) -> int:
         if channel != "email":
             return 0
         self.start()
@@ -259,7 +272,7 @@ def build(settings: Any, redis: Any, channel: Channel, *, metrics: Metrics,
     shaping = Shaping(DestinationStore(redis, Params.from_settings(settings)),
                       relay_for=relays.route if relays is not None else lambda _c: "relay",
                       mx_hosts=mx.hosts if mx is not None else lambda _d: (),
-                      metrics=metrics, publish=publish)
+                      metrics=metrics, publish=publish, tiers=settings.retry_tiers)
     return ShapedChannel(channel, shaping)
 
 

@@ -147,3 +147,20 @@ async def test_a_cut_seen_by_one_process_slows_the_others_within_a_refresh(redis
     finally:
         await one.stop()
         await two.stop()
+
+
+async def test_a_long_wait_is_given_as_the_longest_retry_tier_within_it(redis) -> None:
+    """Paused for 900 s with the default tiers: parked 300 s at a time (back no later than the
+    destination), not 1800 s (the smallest tier covering 900)."""
+    clock, relay = Clock(), f"relay-{uuid.uuid4().hex[:8]}:25"
+    shaping = Shaping(DestinationStore(redis, P), relay_for=lambda _c: relay, clock=clock,
+                      tiers=(10, 60, 300, 1800, 7200))
+    try:
+        for _ in range(P.pause_after):
+            await shaping.refused("a@gmail.com", None, _failure(GMAIL))
+            clock.now += 10
+        assert await shaping.admit("email", "b@gmail.com", None) == 300_000
+        clock.now += P.pause - 10 - 5
+        assert await shaping.admit("email", "b@gmail.com", None) == 5_000  # under every tier
+    finally:
+        await shaping.stop()
