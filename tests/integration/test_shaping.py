@@ -139,7 +139,8 @@ async def test_a_destination_that_keeps_refusing_is_paused_then_resumes(
             assert ops[0]["relay"] == relay.name and ops[0]["state"] == "paused"
             assert ops[0]["reason"] == "google-unsolicited-rate" and ops[0]["until"]
             assert sorted(relay.job_ids()) == sorted(j["id"] for j in gmail)
-            resumed = min(t for t in relay.attempts["gmail.com"] if t > paused_at)
+            # (sends admitted before the pause may still arrive in its first half second)
+            resumed = min(t for t in relay.attempts["gmail.com"] if t > paused_at + 0.5)
             assert resumed - paused_at >= 2.0  # the 3 s pause, less the refresh lag
     finally:
         await relay.stop()
