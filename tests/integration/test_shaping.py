@@ -78,10 +78,11 @@ async def test_a_421_for_one_domain_slows_that_domain_only_and_it_recovers(
             # the other domain flows at full speed meanwhile: all sent, gmail still refused
             await wait_for(lambda: len(relay.attempts.get("example.com", [])) >= len(other),
                            timeout=20)
-            assert _state(registry, relay.name, "slowed") == 1
             await asyncio.sleep(max(0.0, first + 5.0 - time.monotonic()))
             relay.refusing = False
             stopped = time.monotonic()
+            # every example.com job went through while gmail.com was still being refused
+            assert max(relay.attempts["example.com"]) < stopped
             # after the first wave (the sends in flight before the first 421 came back),
             # gmail was tried at most at its cut rate: 10/s (nominal 20/s), far below the
             # ~40/s the 1-2 s retry tiers would give 60 refused jobs unshaped
