@@ -211,8 +211,12 @@ class Shaping:
                     cut.record.reply[:200], extra=fields)
         if self._publish is None:
             return
-        event = {"v": 1, "type": "destination", "id": f"{name}:{int(now * 1000)}",
-                 "at": iso(now * 1000), **fields}
+        # a status event's shape (sender.models.StatusEvent: a client reads it as one, the
+        # destination's fields as extras), for no account and no channel
+        event: dict[str, Any] = {
+            "v": 1, "type": "destination", "id": f"{name}:{int(now * 1000)}",
+            "account_id": None, "channel": None, "status": current.state, "attempt": 0,
+            "at": iso(now * 1000), "metadata": {}, **fields}
         try:
             await self._publish("destination.paused", event)
         except Exception as exc:  # an ops event lost is logged, never a job's problem

@@ -3,6 +3,7 @@ destination's admission, and nothing to the others."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from sender.channels.base import SendFailure, SendResult
 from sender.metrics import Metrics
+from sender.models import parse_event
 from sender.shaping import ShapedChannel, Shaping
 from suppression.classify import classify_reply
 from suppression.destinations import DestinationStore, Params
@@ -89,6 +91,10 @@ async def test_repeated_slow_downs_pause_with_one_event_then_resume(parts) -> No
         assert (event["type"], event["destination"], event["relay"]) == (
             "destination", "google", relay)
         assert event["reason"] == "google-unsolicited-rate" and event["detail"] == GMAIL
+        # a client reading outbox.status takes it as a status event of no account
+        parsed = parse_event(json.dumps(event).encode(), "destination.paused")
+        assert (parsed.status, parsed.account_id, parsed.channel) == ("paused", None, None)
+        assert (parsed.model_extra or {})["destination"] == "google"
         wait = await shaping.admit("email", "b@gmail.com", None)
         assert wait == pytest.approx((P.pause - 10) * 1000, abs=1)
         clock.now += P.pause
