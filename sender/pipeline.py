@@ -258,7 +258,8 @@ class Pipeline:
             await self._schedule(message, job, attempt, int(job.send_at.timestamp() * 1000))
             return
         if self.shaping is not None:  # its destination slowed or paused: parked, no attempt
-            wait_ms = await self.shaping.admit(job.channel, job.to, job.category)
+            wait_ms = await self.shaping.admit(job.channel, job.to, job.category,
+                                               job.account_id)
             if wait_ms:
                 await protected(self._park(message, job, attempt, wait_ms))
                 return

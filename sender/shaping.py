@@ -71,7 +71,8 @@ class Shaping:
     """Per worker process: the cached states of the slowed destinations, the admission of a
     job and the cut a slow-down reply makes."""
 
-    def __init__(self, store: DestinationStore, *, relay_for: Callable[[str | None], str],
+    def __init__(self, store: DestinationStore, *,
+                 relay_for: Callable[[str | None, str | None], str],
                  mx_hosts: Callable[[str], tuple[str, ...]] = lambda _domain: (),
                  metrics: Metrics | None = None, publish: Publish | None = None,
                  clock: Callable[[], float] = time.time,
@@ -93,27 +94,33 @@ class Shaping:
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
 
-    def destination(self, address: str, category: str | None) -> str:
-        """``<provider group>@<relay>`` of a recipient address and job category."""
+    def destination(self, address: str, category: str | None,
+                    account_id: str | None = None) -> str:
+        """``<provider group>@<relay>`` of a recipient address, and of the job category and
+        account whose route (``OUTBOX_SMTP_ROUTES``, ``OUTBOX_SMTP_ACCOUNT_ROUTES``) names
+        the relay."""
         domain = address.rpartition("@")[2].lower()
         return destination_id(provider_of(domain, self._mx_hosts(domain)),
-                              self._relay_for(category))
+                              self._relay_for(category, account_id))
 
     def state(self, name: str) -> View:
         """The cached state of a destination now."""
         return view(self._records.get(name), self._clock(), self.store.params)
 
-    async def admit(self, channel: str, address: str, category: str | None) -> int:
+    async def admit(self, channel: str, address: str, category: str | None,
+                    account_id: str | None = None) -> int:
         """Milliseconds the job must wait (0: send now). A wait longer than a retry tier is
         cut to the longest tier within it: parked for the smallest tier that covers it, a
         15-minute pause would otherwise keep the job 30 (the default tiers' 1800 s)."""
-        return self._within_tiers(await self._wait_ms(channel, address, category))
+        return self._within_tiers(await self._wait_ms(channel, address, category,
+                                                      account_id))
 
     def _within_tiers(self, wait_ms: int) -> int:
         fits = [t * 1000 for t in self._tiers if t * 1000 <= wait_ms]
         return fits[-1] if fits else wait_ms
 
-    async def _wait_ms(self, channel: str, address: str, category: str | None) -> int:
+    async def _wait_ms(self, channel: str, address: str, category: str | None,
+                       account_id: str | None) -> int:
         if channel != "email":
             return 0
         self.start()
@@ -121,7 +128,7 @@ class Shaping:
             await self.refresh()
             if not self._records:  # nothing slowed anywhere: the common case, no more work
                 return 0
-            name = self.destination(address, category)
+            name = self.destination(address, category, account_id)
             record = self._records.get(name)
             if record is None:
                 return 0
@@ -173,12 +180,13 @@ class Shaping:
             self._fetched = now
         self._show(now)
 
-    async def refused(self, address: str, category: str | None, failure: SendFailure) -> None:
+    async def refused(self, address: str, category: str | None, failure: SendFailure,
+                      account_id: str | None = None) -> None:
         """A send was refused: a slow-down reply cuts its destination (never raises)."""
         rule = slow_down(failure.detail)
         if rule is None:
             return
-        name = self.destination(address, category)
+        name = self.destination(address, category, account_id)
         now = self._clock()
         try:
             cut = await self.store.refused(name, now, reply=failure.detail, rule=rule)
@@ -252,7 +260,8 @@ class ShapedChannel:
         try:
             return await self._channel.send(job, sender)
         except SendFailure as failure:
-            await self.shaping.refused(job.to, job.category, failure)
+            await self.shaping.refused(job.to, job.category, failure,
+                                       getattr(job, "account_id", None))
             raise
 
     def stop(self) -> None:
@@ -274,7 +283,8 @@ def build(settings: Any, redis: Any, channel: Channel, *, metrics: Metrics,
     relays = getattr(channel, "relays", None)
     mx = getattr(channel, "mx", None)
     shaping = Shaping(DestinationStore(redis, Params.from_settings(settings)),
-                      relay_for=relays.route if relays is not None else lambda _c: "relay",
+                      relay_for=relays.route if relays is not None
+                      else lambda _category, _account: "relay",
                       mx_hosts=mx.hosts if mx is not None else lambda _d: (),
                       metrics=metrics, publish=publish, tiers=settings.retry_tiers)
     return ShapedChannel(channel, shaping)

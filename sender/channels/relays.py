@@ -100,11 +100,17 @@ class Relays:
         """The relays up now, in order of preference."""
         return [r.name for r in self.relays if r.up]
 
-    def route(self, category: str | None = None) -> str:
-        """The relay a send of ``category`` goes through now (the first up in its order; the
-        first of all when none is up): the relay part of a shaping destination."""
-        order = self._orders.get(category or "", self.relays)
+    def route(self, category: str | None = None, account_id: str | None = None) -> str:
+        """The relay a send of ``account_id`` and ``category`` goes through now (the first up
+        in its order; the first of all when none is up): the relay part of a shaping
+        destination."""
+        order = self._order_for(category, account_id)
         return next((r.name for r in order if r.up), order[0].name)
+
+    def _order_for(self, category: str | None, account_id: str | None) -> list[Relay]:
+        """``account_id``'s route, else ``category``'s, else the configured order."""
+        return self._account_orders.get(account_id or "") or \
+            self._orders.get(category or "", self.relays)
 
     async def send(self, envelope_from: str, recipients: list[str], data: bytes,
                    *, smtputf8: bool = False, first: bool = False, stuffed: bool = False,
@@ -113,8 +119,7 @@ class Relays:
         ``category``'s or the configured one (every relay in that order when none is up);
         the exceptions of :meth:`SmtpPool.send`, a :class:`RelayUnavailable` only when no
         relay could be reached."""
-        order = self._account_orders.get(account_id or "") or \
-            self._orders.get(category or "", self.relays)
+        order = self._order_for(category, account_id)
         candidates = [r for r in order if r.up] or list(order)
         last: RelayUnavailable | None = None
         for relay in candidates:

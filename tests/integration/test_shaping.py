@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from sender.client import Outbox
 from sender.service import started_worker
-from tests.conftest import RecordingHandler
+from tests.conftest import Recorder, RecordingHandler
 from tests.integration.helpers import cli_runner, collect, email_job, events, wait_for
-from tests.integration.test_relay_failover import StoppableRelay
+from tests.integration.test_relay_failover import RecordingRelay
 
 pytestmark = [pytest.mark.integration, pytest.mark.smtp]
 
@@ -30,27 +30,41 @@ class _Refusing(RecordingHandler):
     """Answers ``GMAIL_421`` to RCPT for gmail.com while its relay is ``refusing``; counts the
     attempts per domain with their times."""
 
-    def __init__(self, relay: ScriptedRelay) -> None:
-        super().__init__(relay.recorder)
-        self.relay = relay
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(recorder)
+        self.refusing = True
+        self.attempts: dict[str, list[float]] = {}
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           options: list[str]) -> str:
         domain = address.rpartition("@")[2]
-        self.relay.attempts.setdefault(domain, []).append(time.monotonic())
-        if self.relay.refusing and domain == "gmail.com":
+        self.attempts.setdefault(domain, []).append(time.monotonic())
+        if self.refusing and domain == "gmail.com":
             return GMAIL_421
         return await super().handle_RCPT(server, session, envelope, address, options)
 
 
-class ScriptedRelay(StoppableRelay):
-    """A relay that refuses gmail.com with ``GMAIL_421`` while ``refusing``."""
+class ScriptedRelay(RecordingRelay):
+    """A relay (tests/integration/test_relay_failover.py's) that refuses gmail.com with
+    ``GMAIL_421`` while ``refusing``."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.refusing = True
-        self.attempts: dict[str, list[float]] = {}
-        self.handler = _Refusing(self)
+        recorder = Recorder()
+        self.script = _Refusing(recorder)
+        super().__init__(self.script)
+        self.recorder = recorder
+
+    @property
+    def refusing(self) -> bool:
+        return self.script.refusing
+
+    @refusing.setter
+    def refusing(self, value: bool) -> None:
+        self.script.refusing = value
+
+    @property
+    def attempts(self) -> dict[str, list[float]]:
+        return self.script.attempts
 
 
 def _state(registry: CollectorRegistry, relay: str, state: str) -> float | None:

@@ -43,7 +43,7 @@ def parts(redis: Client) -> tuple[Shaping, Clock, Metrics, list[Any], str]:
     async def publish(key: str, event: dict[str, Any]) -> None:
         events.append((key, event))
 
-    shaping = Shaping(DestinationStore(redis, P), relay_for=lambda _category: relay,
+    shaping = Shaping(DestinationStore(redis, P), relay_for=lambda _category, _account: relay,
                       metrics=metrics, publish=publish, clock=clock, refresh_every=1.0)
     return shaping, clock, metrics, events, relay
 
@@ -140,7 +140,7 @@ async def test_a_cut_seen_by_one_process_slows_the_others_within_a_refresh(redis
     """Two worker processes (two Shaping objects on one Redis): one gets the reply, the other
     paces the destination from its next refresh (at most a second later), sharing one pace."""
     clock, relay = Clock(), f"relay-{uuid.uuid4().hex[:8]}:25"
-    one, two = (Shaping(DestinationStore(redis, P), relay_for=lambda _c: relay, clock=clock)
+    one, two = (Shaping(DestinationStore(redis, P), relay_for=lambda _c, _a: relay, clock=clock)
                 for _ in range(2))
     try:
         assert await two.admit("email", "a@gmail.com", None) == 0  # read: nothing slowed
@@ -159,7 +159,7 @@ async def test_a_long_wait_is_given_as_the_longest_retry_tier_within_it(redis) -
     """Paused for 900 s with the default tiers: parked 300 s at a time (back no later than the
     destination), not 1800 s (the smallest tier covering 900)."""
     clock, relay = Clock(), f"relay-{uuid.uuid4().hex[:8]}:25"
-    shaping = Shaping(DestinationStore(redis, P), relay_for=lambda _c: relay, clock=clock,
+    shaping = Shaping(DestinationStore(redis, P), relay_for=lambda _c, _a: relay, clock=clock,
                       tiers=(10, 60, 300, 1800, 7200))
     try:
         for _ in range(P.pause_after):
@@ -170,3 +170,21 @@ async def test_a_long_wait_is_given_as_the_longest_retry_tier_within_it(redis) -
         assert await shaping.admit("email", "b@gmail.com", None) == 5_000  # under every tier
     finally:
         await shaping.stop()
+
+
+def test_the_relay_of_a_destination_follows_the_account_and_category_routes() -> None:
+    """``google@<relay>``: the relay a send of that account and category would use now."""
+    from config import parse_smtp_url
+    from sender.channels.relays import Relays
+    from sender.channels.smtp import SmtpPool
+
+    pools = [SmtpPool(parse_smtp_url(f"smtp://127.0.0.1:{port}"), size=1, timeout=1,
+                      max_messages=1, idle_timeout=1) for port in (2501, 2502, 2503)]
+    relays = Relays(pools, routes={"marketing": 2}, account_routes={"acct_bank": 1})
+    shaping = Shaping(DestinationStore(None, P), relay_for=relays.route)  # no Redis needed
+    assert shaping.destination("a@gmail.com", "transactional") == "google@127.0.0.1:2501"
+    assert shaping.destination("a@gmail.com", "marketing") == "google@127.0.0.1:2503"
+    assert shaping.destination("a@gmail.com", "marketing", "acct_bank") == \
+        "google@127.0.0.1:2502"
+    relays.relays[1].up = False  # acct_bank's first relay down: its traffic on the next
+    assert shaping.destination("a@hotmail.com", None, "acct_bank") == "microsoft@127.0.0.1:2501"
