@@ -23,8 +23,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelInvalidStateError
+
+from sender.delivery import Delivery
 
 log = logging.getLogger("outbox.worker")
 
@@ -53,7 +54,7 @@ class Acks:
         self.frames = 0
         self.acked = 0
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         """Ack ``message`` (with others of the same loop turn); returns once written, raises
         what the write raised (the channel is gone: the broker redelivers it)."""
         tag = message.delivery_tag
@@ -71,7 +72,7 @@ class Acks:
             loop.call_soon(self._flush)
         await future
 
-    async def nack(self, message: AbstractIncomingMessage) -> None:
+    async def nack(self, message: Delivery) -> None:
         """Return a delivery to its queue (marked redelivered, counted by a quorum queue)."""
         try:
             if message.delivery_tag is not None:
@@ -143,5 +144,5 @@ class Acks:
 class DirectAcks(Acks):
     """One ack per delivery, written at once (tools and tests that settle by hand)."""
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         await message.ack()
