@@ -189,7 +189,9 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
                     f"p99 {res['p99_ms']} ms")
                 out["load"].append(res)
     if args.profile and systems:
-        system = outbox(1)
+        # the session's first Outbox system (with its settings: `--workloads nodkim` profiles
+        # signing off), from the tree it runs from
+        system = next((s for _, s in systems if s.kind == "outbox"), outbox(1))
         n = min(args.jobs, 20_000)
         path = RESULTS / f"profile-{out['id']}.txt"
         log(f"profile: {system.name} under py-spy, {n} jobs -> {path.name}")
