@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from benchmarks.sink import SmtpSink
 from benchmarks.systems import BARE, CELERY, NAIVE, System, outbox
 from benchmarks.workloads import WORKLOADS
 
+BEFORE_SRC: list[str | None] = [None]  # --before-src, recorded with the source state
 RESULTS = Path(__file__).resolve().parent / "results"
 LOAD_POINTS = (0.25, 0.5, 0.75, 1.0, 1.25)
 
@@ -67,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--outbox-src", help="run Outbox from this source tree instead of the "
                    "working tree (e.g. `git archive HEAD | tar -x -C DIR`)")
+    p.add_argument("--before-src", help="also run each one-process Outbox system from this "
+                   "source tree, as `<name> before`, beside it in the same rounds (e.g. "
+                   "`git archive main | tar -x -C DIR`): before and after in one session")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     p.add_argument("--no-celery", action="store_true",
                    help="leave out the Celery peer (it runs beside the baselines when installed)")
@@ -75,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.runs = a.runs or (1 if a.quick else 3)
     a.naive_jobs = min(a.jobs, a.naive_jobs or 5000)
     a.load_seconds = a.load_seconds or (5.0 if a.quick else 10.0)
-    a.latency_runs = a.latency_runs or (2 if a.quick else 3)
+    if a.latency_runs is None:  # 0: no open-loop runs
+        a.latency_runs = 2 if a.quick else 3
     a.profile = (not a.quick) if a.profile is None else a.profile
     a.workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
     for w in a.workloads:
@@ -96,6 +102,10 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             if systems_mod.celery_available() and not args.no_celery:
                 systems.append((wname, CELERY))
         systems.append((wname, outbox(w.outbox_processes, cluster=w.cluster, dkim=w.dkim)))
+        if args.before_src and w.outbox_processes == 1 and not w.cluster:
+            twin = systems[-1][1]
+            systems.append((wname, replace(twin, name=f"{twin.name} before",
+                                           src=str(Path(args.before_src).resolve()))))
     # a system that signs (or must not) shows it first, on a few jobs to an aiosmtpd relay
     for wname, system in systems:
         if WORKLOADS[wname].dkim is not None:
@@ -179,7 +189,9 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
                     f"p99 {res['p99_ms']} ms")
                 out["load"].append(res)
     if args.profile and systems:
-        system = outbox(1)
+        # the session's first Outbox system (with its settings: `--workloads nodkim` profiles
+        # signing off), from the tree it runs from
+        system = next((s for _, s in systems if s.kind == "outbox"), outbox(1))
         n = min(args.jobs, 20_000)
         path = RESULTS / f"profile-{out['id']}.txt"
         log(f"profile: {system.name} under py-spy, {n} jobs -> {path.name}")
@@ -252,11 +264,13 @@ def source_state() -> dict[str, Any]:
     return {"head": git("rev-parse", "--short", "HEAD"),
             "modified": [ln[3:] for ln in git("status", "--porcelain").splitlines()
                          if not ln[3:].startswith("benchmarks/")],
-            "outbox_src": systems.OUTBOX_SRC}
+            "outbox_src": systems.OUTBOX_SRC, "before_src": BEFORE_SRC[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.before_src:
+        BEFORE_SRC[0] = str(Path(args.before_src).resolve())
     if args.outbox_src:
         systems.OUTBOX_SRC = str(Path(args.outbox_src).resolve())
     started = time.monotonic()

@@ -5,7 +5,7 @@ A job is acked only after its status event is confirmed (the pipeline awaits the
 channel, the run of delivery tags right above the last one settled that are all done is acked
 with ONE ``basic.ack(multiple=True)`` of the highest; a done tag above a gap (a delivery still
 being processed) is acked on its own at once, so a slow send never holds its successors'
-prefetch slots.
+prefetch slots. The frames of one flush on one channel leave in ONE socket write.
 
 Why it is safe: RabbitMQ numbers the deliveries of a channel 1, 2, 3... with no gap, and
 ``multiple`` settles every outstanding tag up to the one named. The prefix is advanced only
@@ -23,8 +23,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
+import aiormq
+from aiormq.abc import ChannelFrame
 from aiormq.exceptions import ChannelInvalidStateError
+from pamqp.commands import Basic
+
+from sender.delivery import Delivery
 
 log = logging.getLogger("outbox.worker")
 
@@ -49,11 +53,13 @@ class Acks:
         self._channels: dict[Any, _Channel] = {}
         self._scheduled = False
         self._writing: set[asyncio.Task[None]] = set()  # referenced until done
-        #: ack frames written and deliveries they settled (tests, benchmarks)
+        #: ack frames written, the writes that carried them (one per channel and flush) and
+        #: the deliveries they settled (tests, benchmarks)
         self.frames = 0
+        self.writes = 0
         self.acked = 0
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         """Ack ``message`` (with others of the same loop turn); returns once written, raises
         what the write raised (the channel is gone: the broker redelivers it)."""
         tag = message.delivery_tag
@@ -71,7 +77,7 @@ class Acks:
             loop.call_soon(self._flush)
         await future
 
-    async def nack(self, message: AbstractIncomingMessage) -> None:
+    async def nack(self, message: Delivery) -> None:
         """Return a delivery to its queue (marked redelivered, counted by a quorum queue)."""
         try:
             if message.delivery_tag is not None:
@@ -123,12 +129,11 @@ class Acks:
         try:
             if getattr(channel, "is_closed", False):
                 raise ChannelInvalidStateError(f"{channel!r} closed")
-            if top is not None:
-                await channel.basic_ack(top, multiple=True)
-                self.frames += 1
-            for tag in alone:
-                await channel.basic_ack(tag)
-                self.frames += 1
+            frames = ([Basic.Ack(delivery_tag=top, multiple=True)] if top is not None else [])
+            frames += [Basic.Ack(delivery_tag=tag) for tag in alone]
+            await _send(channel, frames)
+            self.frames += len(frames)
+            self.writes += 1
         except Exception as exc:
             for future in done.values():
                 if not future.done():
@@ -140,8 +145,25 @@ class Acks:
                 future.set_result(None)
 
 
+async def _send(channel: Any, frames: list[Basic.Ack]) -> None:
+    """The ack frames of one flush in ONE write on ``channel`` (aiormq's ``basic_ack`` makes a
+    write per frame: a socket send each), returning once written."""
+    if not isinstance(channel, aiormq.Channel):  # not aiormq's: frame by frame
+        for frame in frames:
+            await channel.basic_ack(frame.delivery_tag, multiple=frame.multiple)
+        return
+    drain = channel.create_future()
+    try:
+        await channel.write_queue.put(ChannelFrame.marshall(
+            frames=frames, channel_number=channel.number, drain_future=drain))
+    except BaseException:
+        drain.cancel()
+        raise
+    await drain
+
+
 class DirectAcks(Acks):
     """One ack per delivery, written at once (tools and tests that settle by hand)."""
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         await message.ack()

@@ -20,13 +20,17 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
+from aiormq import Channel as AiormqChannel
+from aiormq.abc import ChannelFrame
 from aiormq.exceptions import AMQPError as AiormqError
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from config import Settings
 from sender import topology
@@ -68,6 +72,67 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     PublishFailed, AMQPError, AiormqError, ChannelInvalidStateError, ConnectionError)
 
 
+#: a status event waiting for its turn's write: routing key, body, message id, its outcome
+_Event = tuple[str, bytes, str | None, "asyncio.Future[None]"]
+
+
+async def _publish_many(channel: AiormqChannel, exchange: str, batch: list[_Event]
+                        ) -> list[asyncio.Future[Any]]:
+    """Publish ``batch`` (persistent, mandatory, JSON) on ``channel``, a confirming aiormq
+    channel, in ONE write, and return each message's confirmation future. What
+    ``Channel.basic_publish`` does per message (tags, confirmations, message ids for
+    returns), done for all of them under the channel's lock; on a failure before the write
+    the tags are given back, as aiormq does."""
+    if channel.is_closed:
+        raise ChannelInvalidStateError(f"{channel!r} closed")
+    timestamp = datetime.now(UTC).replace(microsecond=0)
+    async with channel.lock:
+        first = channel.delivery_tag
+        frames: list[Any] = []
+        confirms: list[asyncio.Future[Any]] = []
+        ids: list[tuple[str, int]] = []
+        written = False
+        drain: asyncio.Future[Any] | None = None
+        try:
+            for key, body, message_id in ((k, b, m) for k, b, m, _ in batch):
+                mid = message_id or uuid.uuid4().hex  # returns are matched by message id
+                properties = BasicProperties(content_type="application/json", delivery_mode=2,
+                                             message_id=mid, timestamp=timestamp)
+                channel.delivery_tag += 1
+                tag = channel.delivery_tag
+                confirm = channel.create_future()
+                channel.confirmations[tag] = confirm
+                channel.message_id_delivery_tag[mid] = tag
+                ids.append((mid, tag))
+                confirm.add_done_callback(partial(_forget, channel, mid, tag))
+                confirms.append(confirm)
+                frames += [Basic.Publish(exchange=exchange, routing_key=key, mandatory=True),
+                           ContentHeader(properties=properties, body_size=len(body)),
+                           *channel._split_body(body)]
+            drain = channel.create_future()
+            await channel.write_queue.put(ChannelFrame.marshall(
+                frames=frames, channel_number=channel.number, drain_future=drain))
+            written = True
+            await drain
+        except BaseException:
+            if not written:  # the broker has seen none of them
+                channel.delivery_tag = first
+                for (mid, tag), confirm in zip(ids, confirms, strict=True):
+                    channel.confirmations.pop(tag, None)
+                    if channel.message_id_delivery_tag.get(mid) == tag:
+                        channel.message_id_delivery_tag.pop(mid)
+                    confirm.cancel()
+            if drain is not None:
+                drain.cancel()
+            raise
+    return confirms
+
+
+def _forget(channel: AiormqChannel, message_id: str, tag: int, _: asyncio.Future[Any]) -> None:
+    if channel.message_id_delivery_tag.get(message_id) == tag:
+        channel.message_id_delivery_tag.pop(message_id)
+
+
 class Bus:
     """A robust connection with one confirmed publishing channel; with several nodes in the
     URL (comma-separated: a cluster) it is to the first that answers and moves on to the next
@@ -87,6 +152,9 @@ class Bus:
         self.status_max_length = status_max_length
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._events: list[_Event] = []  # status events of this loop turn (publish_event)
+        self._events_scheduled = False
+        self._publishing: set[asyncio.Task[None]] = set()  # referenced until done
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bus:
@@ -173,14 +241,63 @@ class Bus:
                            message_id=message_id)
 
     async def publish_event(self, event: dict[str, Any]) -> None:
-        """Publish one status event on ``outbox.status`` as ``<channel>.<status>``.
+        """Publish one status event on ``outbox.status`` as ``<channel>.<status>`` and wait
+        for its confirm, as :meth:`publish` does. The events asked for in one turn of the
+        event loop leave together (:meth:`_flush_events`): one write of all their frames,
+        their confirms awaited together; each caller gets its own event's outcome.
 
         Always valid JSON: NaN/Infinity raise ValueError here (jobs holding them are refused
         at validation, so this is a bug, never a CRM's parse error)."""
         body = json.dumps(event, ensure_ascii=False, separators=(",", ":"),
                           allow_nan=False).encode()
         key = f"{event.get('channel') or 'unknown'}.{event['status']}"
-        await self.publish(topology.STATUS_EXCHANGE, key, body, message_id=event.get("id"))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._events.append((key, body, event.get("id"), future))
+        if not self._events_scheduled:
+            self._events_scheduled = True
+            loop.call_soon(self._flush_events)
+        await future
+
+    def _flush_events(self) -> None:
+        self._events_scheduled = False
+        batch, self._events = self._events, []
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish_events(batch))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish_events(self, batch: list[_Event]) -> None:
+        """One write of the batch's publishes on the raw aiormq channel, then every confirm;
+        a failure of the write fails the batch, a nack or a return only its own event."""
+        exchange = topology.STATUS_EXCHANGE
+        try:
+            assert self._channel is not None, "connect() first"
+            channel = cast(AiormqChannel, await self._channel.get_underlay_channel())
+            async with asyncio.timeout(CONFIRM_TIMEOUT):
+                confirms = await _publish_many(channel, exchange, batch)
+                outcomes = await asyncio.gather(*confirms, return_exceptions=True)
+        except BaseException as exc:
+            failed = PublishFailed(f"{exchange} ({len(batch)} events): "
+                                   f"{type(exc).__name__}: {exc}")
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(failed)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (key, *_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, DeliveryError) and isinstance(outcome.frame, Basic.Nack):
+                future.set_exception(QueueFull(topology.queue_for(exchange, key, None),
+                                               f"{exchange} {key}"))
+            elif isinstance(outcome, BaseException):
+                future.set_exception(PublishFailed(
+                    f"{exchange} {key}: {type(outcome).__name__}: {outcome}"))
+            else:
+                future.set_result(None)
 
     async def publish_dead(self, body: bytes, reason: str, routing_key: str,
                            headers: dict[str, Any] | None = None) -> None:

@@ -79,7 +79,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -94,6 +93,7 @@ from sender.bus import (
 )
 from sender.channels.base import Channel, NotSent, OutcomeUnknown, SendFailure, SendResult
 from sender.channels.registry import routing_key
+from sender.delivery import Delivery as AbstractIncomingMessage  # aio-pika's or RawDelivery
 from sender.metrics import Metrics
 from sender.mime import MimeError
 from sender.models import AttachmentLimits, InvalidJob, JobBase, status_event

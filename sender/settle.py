@@ -28,10 +28,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from sender.acks import Acks, DirectAcks
 from sender.bus import ROUTE_HEADER, Bus
+from sender.delivery import Delivery
 
 log = logging.getLogger("outbox.worker")
 
@@ -52,15 +51,15 @@ class Settle:
         self._bus = bus
         self.acks = acks or DirectAcks()
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         """Done with ``message`` (returns once the ack is written)."""
         await self.acks.ack(message)
 
-    async def nack(self, message: AbstractIncomingMessage) -> None:
+    async def nack(self, message: Delivery) -> None:
         """Back to its queue (marked redelivered); a dead channel requeues it anyway."""
         await self.acks.nack(message)
 
-    async def copy_dead(self, message: AbstractIncomingMessage, reason: str, source: str,
+    async def copy_dead(self, message: Delivery, reason: str, source: str,
                         **headers: Any) -> None:
         """A copy of ``message`` on ``outbox.dead`` (routing key ``source``: its channel, or
         ``events``) with ``reason``, the delivery's headers and ``headers``; confirmed. Not
@@ -69,7 +68,7 @@ class Settle:
         await self._bus.publish_dead(message.body, reason, source,
                                      headers={**dead_headers(message), **headers})
 
-    async def dead_letter(self, message: AbstractIncomingMessage, reason: str, source: str,
+    async def dead_letter(self, message: Delivery, reason: str, source: str,
                           *, before_ack: BeforeAck | None = None, **headers: Any) -> None:
         """:meth:`copy_dead`, then ``before_ack(reason)``, then ack."""
         await self.copy_dead(message, reason, source, **headers)
@@ -77,7 +76,7 @@ class Settle:
             await before_ack(reason)
         await self.ack(message)
 
-    async def unexpected(self, message: AbstractIncomingMessage, exc: BaseException,
+    async def unexpected(self, message: Delivery, exc: BaseException,
                          source: str, *, final: str = "",
                          before_ack: BeforeAck | None = None) -> bool:
         """An exception nobody expected (``exc``, logged with its traceback once): back to
@@ -99,7 +98,7 @@ class Settle:
         return True
 
 
-def delivery_count(message: AbstractIncomingMessage) -> int:
+def delivery_count(message: Delivery) -> int:
     """Which delivery of the message this is (1 for the first; RabbitMQ's count + 1)."""
     count: Any = message.headers.get(DELIVERY_COUNT_HEADER)
     try:
@@ -108,7 +107,7 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
         return 1
 
 
-def dead_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+def dead_headers(message: Delivery) -> dict[str, Any]:
     """A dead letter's headers: the delivery's, and the routing key it came with (its lane,
     where ``outbox dead replay`` sends it back)."""
     return {**message.headers, ROUTE_HEADER: message.routing_key or ""}

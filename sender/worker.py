@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
@@ -25,6 +26,7 @@ from sender import topology
 from sender.bus import BROKER_ERRORS, Bus, QueueFull
 from sender.channels import registry
 from sender.channels.base import Channel
+from sender.delivery import Delivery, consume_raw
 from sender.gauges import Gauges
 from sender.lanes import EVENTS, LaneSlots
 from sender.metrics import Metrics
@@ -46,8 +48,9 @@ QUEUE_FULL_MAX_WAIT = 60.0
 #: refusal counts kept (the most recent jobs)
 REFUSALS_KEPT = 10_000
 #: a consumer's handling of one delivery, and its path for an exception nobody expected
-Handle = Callable[[AbstractIncomingMessage], Awaitable[None]]
-Unexpected = Callable[[AbstractIncomingMessage, Exception], Awaitable[None]]
+M = TypeVar("M", bound=Delivery)  # RawDelivery for jobs, aio-pika's for provider events
+Handle = Callable[[M], Awaitable[None]]
+Unexpected = Callable[[M, Exception], Awaitable[None]]
 
 
 class Worker:
@@ -94,7 +97,8 @@ class Worker:
                 # declare_queue (passive), not get_queue: only declared queues are restored,
                 # with their consumers, after aio-pika reconnects.
                 queue = await channel.declare_queue(queue_name, passive=True)
-                tag = await queue.consume(self._job_consumer(name, lane), no_ack=False)
+                # on aiormq's delivery, without aio-pika's message and task per job
+                tag = await consume_raw(queue, self._job_consumer(name, lane))
                 self._consumers.append((queue, tag))
                 log.info("consuming %s", queue.name)
         await self._consume_events()
@@ -116,17 +120,16 @@ class Worker:
         await self._guarded(message, self.events.handle,
                             lambda m, exc: self.events.unexpected(m, exc), EVENTS)
 
-    def _job_consumer(self, channel: str, lane: str
-                      ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    def _job_consumer(self, channel: str, lane: str) -> Callable[[Delivery], Awaitable[None]]:
         """The consumer of one lane of one channel: its jobs must be of that channel (of
         either lane: a marketing job published on the plain key waits in the priority one)."""
-        async def on_message(message: AbstractIncomingMessage) -> None:
+        async def on_message(message: Delivery) -> None:
             await self._guarded(message, lambda m: self.pipeline.handle(m, channel),
                                 lambda m, exc: self.pipeline.unexpected(m, exc, channel), lane)
         return on_message
 
-    async def _guarded(self, message: AbstractIncomingMessage, handle: Handle,
-                       unexpected: Unexpected, lane: str) -> None:
+    async def _guarded(self, message: M, handle: Handle[M],
+                       unexpected: Unexpected[M], lane: str) -> None:
         """Run one delivery in a slot of its lane; whatever goes wrong, it is not lost and it
         does not loop: an exception nobody expected goes to ``unexpected``, its consumer's own
         path (``Pipeline.unexpected``, ``EventApplier.unexpected``)."""
@@ -155,7 +158,7 @@ class Worker:
         finally:
             self._tasks.discard(task)
 
-    async def _after_refusal(self, message: AbstractIncomingMessage, exc: QueueFull) -> None:
+    async def _after_refusal(self, message: Delivery, exc: QueueFull) -> None:
         """A bounded queue refused what handling this delivery had to publish (a dead letter,
         a retry): keep the delivery (its slot is free again) for a wait that doubles at each
         refusal of the same body, up to :data:`QUEUE_FULL_MAX_WAIT`, then return it. A quorum
@@ -178,8 +181,8 @@ class Worker:
             pass
         await self.settle.nack(message)
 
-    async def _unexpected(self, message: AbstractIncomingMessage, exc: Exception,
-                          unexpected: Unexpected) -> None:
+    async def _unexpected(self, message: M, exc: Exception,
+                          unexpected: Unexpected[M]) -> None:
         try:
             await protected(unexpected(message, exc))
         except Exception as again:  # could not dead-letter: the broker keeps it
