@@ -101,7 +101,10 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
             systems += [(wname, NAIVE), (wname, BARE)]
             if systems_mod.celery_available() and not args.no_celery:
                 systems.append((wname, CELERY))
-        systems.append((wname, outbox(w.outbox_processes, cluster=w.cluster, dkim=w.dkim)))
+        system = outbox(w.outbox_processes, cluster=w.cluster, dkim=w.dkim)
+        if w.variant:
+            system = replace(system, name=f"{system.name} {w.variant}")
+        systems.append((wname, system))
         if args.before_src and w.outbox_processes == 1 and not w.cluster:
             twin = systems[-1][1]
             systems.append((wname, replace(twin, name=f"{twin.name} before",

@@ -262,6 +262,8 @@ class Workload:
     max_jobs: int | None = None  # fewer jobs per throughput run than --jobs (session time)
     #: OUTBOX_DKIM for this workload's Outbox (its system named "... dkim on|off"); None: default
     dkim: bool | None = None
+    #: added to its Outbox system's name (workloads that differ by ``extra_env`` alone)
+    variant: str = ""
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -286,6 +288,17 @@ register(Workload("dkim", "email mix, full pipeline, 1 outbox worker process, ev
                   "DKIM-signed (OUTBOX_DKIM=true, RSA-2048)", email_mix, 1, dkim=True))
 register(Workload("nodkim", "email mix, full pipeline, 1 outbox worker process, signing off "
                   "(OUTBOX_DKIM=false)", email_mix, 1, dkim=False))
+#: issue 21's limits on, none ever reached, so every job runs and counts every check: frequency
+#: caps on marketing and notification e-mail, a daily quota, quiet hours in wait mode (an
+#: empty window: checked, never inside). Signing off, to be read against "nodkim".
+LIMITS_ON = {"OUTBOX_FREQUENCY_CAP_MARKETING_EMAIL": "1000000",
+             "OUTBOX_FREQUENCY_CAP_NOTIFICATION_EMAIL": "1000000",
+             "OUTBOX_DAILY_QUOTA": "1000000000", "OUTBOX_QUIET_MARKETING_EMAIL": "wait",
+             "OUTBOX_QUIET_NOTIFICATION_EMAIL": "wait", "OUTBOX_QUIET_START": "0",
+             "OUTBOX_QUIET_END": "0"}
+register(Workload("limits", "email mix, full pipeline, 1 outbox worker process, signing off, "
+                  "caps, quota and quiet hours on and never reached", email_mix, 1,
+                  dkim=False, extra_env=LIMITS_ON, variant="limits on"))
 
 
 def _blast(n: int) -> Stream:
