@@ -180,12 +180,14 @@ def parse_processes(value: Any) -> int:
     return int(text)
 
 
-def _int_pairs(value: str, error: str) -> dict[str, int]:
-    """``a=1, B=2`` (from the environment) as ``{"a": 1, "b": 2}``; ``ValueError(error)``
-    for an item that is not a name=whole number pair."""
+def _int_pairs(value: str, error: str, *, lower: bool = True) -> dict[str, int]:
+    """``a=1, B=2`` (from the environment) as ``{"a": 1, "b": 2}`` (names kept as written
+    with ``lower=False``); ``ValueError(error)`` for an item that is not a name=whole number
+    pair."""
     try:
         pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
-        return {name.strip().lower(): int(n) for name, n in pairs}
+        return {(name.strip().lower() if lower else name.strip()): int(n)
+                for name, n in pairs}
     except ValueError:
         raise ValueError(error) from None
 
@@ -519,12 +521,9 @@ class Settings(ReputationSettings, BaseSettings):
     def _split_account_routes(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        try:
-            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
-            routes = {a.strip(): int(n) for a, n in pairs}
-        except ValueError:
-            raise ValueError("must be account=relay pairs (the relay's position in "
-                             "OUTBOX_SMTP_URL), e.g. acct_bank=2,acct_shop=1") from None
+        routes = _int_pairs(value, "must be account=relay pairs (the relay's position in "
+                                   "OUTBOX_SMTP_URL), e.g. acct_bank=2,acct_shop=1",
+                            lower=False)  # account ids are case-sensitive
         for account in routes:
             if not _ACCOUNT_ID.fullmatch(account):
                 raise ValueError(f"{account[:40]!r} is not an account id (1-128 characters "

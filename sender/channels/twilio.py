@@ -161,11 +161,14 @@ class Path:
     config: TwilioConfig
     client: Client
     down_until: float = 0.0  # monotonic; 0: up
-    why: str = ""
 
     @property
     def name(self) -> str:
         return self.config.name
+
+
+def _network_failure(exc: BaseException) -> SendFailure:
+    return SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER)
 
 
 def make_client(config: TwilioConfig) -> Client:
@@ -257,17 +260,16 @@ class TwilioChannel:
                 raise Unreachable(failure) from None
             raise failure from None
         except ClientConnectorError as exc:  # never connected: nothing was sent
-            raise Unreachable(SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}",
-                                          PROVIDER)) from None
-        except (TimeoutError, ClientError, OSError) as exc:
-            raise SendFailure(NETWORK_ERROR, f"{type(exc).__name__}: {exc}", PROVIDER) from None
+            raise Unreachable(_network_failure(exc)) from None
+        except (TimeoutError, ClientError, OSError) as exc:  # the answer lost: not moved
+            raise _network_failure(exc) from None
         self._limiter.speed_up(lane)
         return message
 
     def _down(self, path: Path, exc: Unreachable) -> None:
         """Mark ``path`` down for the probe interval (said once per change)."""
         was_up = not path.down_until
-        path.down_until, path.why = self._clock() + self._probe_interval, str(exc)
+        path.down_until = self._clock() + self._probe_interval
         if was_up and len(self.paths) > 1:
             rest = [p.name for p in self.paths if not p.down_until]
             log.warning("SMS path %s is down (%s); its traffic goes to %s for %.0f s, then "
@@ -278,7 +280,7 @@ class TwilioChannel:
 
     def _up(self, path: Path) -> None:
         if path.down_until:
-            path.down_until, path.why = 0.0, ""
+            path.down_until = 0.0
             if len(self.paths) > 1:
                 log.warning("SMS path %s is up again; its traffic returns to it", path.name,
                             extra={"relay": path.name})

@@ -38,6 +38,7 @@ SID, TOKEN, FROM = "AC" + "4" * 32, "recipient-events-token", "+15005550006"
 PM_USER, PM_PASSWORD = "postmark", "pm-recipients"
 ADMIN = "admin-token-recipients"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+ANY = object()  # Listener.take: events of any account
 QUIET = 3.0  # seconds an absence is watched for (the publish follows its write by ms)
 
 
@@ -66,23 +67,16 @@ class Listener:
     async def close(self) -> None:
         await self._connection.close()
 
-    async def take(self, n: int, timeout: float = 30.0) -> list[tuple[str, dict[str, Any]]]:
-        """The next ``n`` events (routing key, body); fails when they do not come."""
+    async def take(self, n: int, timeout: float = 30.0, *, account: Any = ANY
+                   ) -> list[tuple[str, dict[str, Any]]]:
+        """The next ``n`` events (routing key, body), of ``account`` only when given (on the
+        shared Redis Cluster a sweep also publishes what another run left pending); fails
+        when they do not come."""
         got: list[tuple[str, dict[str, Any]]] = []
         async with asyncio.timeout(timeout):  # cancels only a wait on the local queue
             while len(got) < n:
-                got.append(await self._inbox.get())
-        return got
-
-    async def take_of(self, account: str | None, n: int, timeout: float = 30.0
-                      ) -> list[tuple[str, dict[str, Any]]]:
-        """The next ``n`` events of ``account``, passing over others' (on the shared Redis
-        Cluster a sweep also publishes what another run left pending)."""
-        got: list[tuple[str, dict[str, Any]]] = []
-        async with asyncio.timeout(timeout):
-            while len(got) < n:
                 key, event = await self._inbox.get()
-                if event.get("account_id") == account:
+                if account is ANY or event.get("account_id") == account:
                     got.append((key, event))
         return got
 
@@ -429,11 +423,11 @@ async def test_the_sweep_publishes_what_a_vanished_publisher_claimed(
         assert await redis.hkeys(keys.recipient_pending(account)) != []
         await asyncio.sleep(3.1)
         assert await events.sweep() >= 1
-        got = [e for _, e in await listener.take_of(account, 1)]
+        got = [e for _, e in await listener.take(1, account=account)]
         assert [e["id"] for e in got] == [event["id"]]
         assert await redis.hgetall(keys.recipient_pending(account)) == {}
         with pytest.raises(TimeoutError):  # nothing more of this account
-            await listener.take_of(account, 1, timeout=1.0)
+            await listener.take(1, timeout=1.0, account=account)
     finally:
         await listener.close()
         await redis.aclose()

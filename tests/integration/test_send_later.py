@@ -154,9 +154,12 @@ async def started(proc: Any, log: Any, timeout: float = 60) -> None:
         await asyncio.sleep(0.05)
 
 
-def killed(proc: Any) -> None:
-    proc.kill()
-    proc.wait()
+def killed(*procs: Any) -> None:
+    """SIGKILL each process started (``None``: one not started yet) and reap it."""
+    for proc in procs:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
 
 async def arrival(recorder: Any, rcpt: str, timeout: float) -> float:
@@ -190,9 +193,7 @@ async def test_a_job_due_in_3_s_is_sent_within_a_second_and_not_before_across_a_
         ready = time.time()
         sent = await arrival(recorder, job["to"], timeout=due - time.time() + 10)
     finally:
-        killed(first)
-        if second is not None:
-            killed(second)
+        killed(first, second)
     print(f"\ndue {datetime.fromtimestamp(due, UTC):%H:%M:%S.%f}, the new worker ready "
           f"{ready - due:+.3f} s, stored by the relay {sent - due:+.3f} s after it")
     assert sent >= due, "never before send_at"
@@ -229,9 +230,7 @@ async def test_a_scheduled_job_survives_a_rabbitmq_restart_and_a_worker_restart(
             assert recorder.messages == [], "nothing sent before send_at"
             sent = await arrival(recorder, job["to"], timeout=left + 10)
         finally:
-            killed(first)
-            if second is not None:
-                killed(second)
+            killed(first, second)
     print(f"\nrestarts done {left:.1f} s before due; stored by the relay {sent - due:+.3f} s "
           f"after send_at")
     assert sent >= due, "never before send_at"
