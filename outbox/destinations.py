@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from typing import Any
 
 from outbox.runtime import settings, table, with_redis
 
 EXIT_NOTHING = 1
+#: a destination's name as listed: ``<group>@<host>:<port>`` (printable, no space)
+_NAME = re.compile(r"[!-~]{1,200}@[!-~]{1,300}")
 COLUMNS = ("destination", "relay", "state", "rate", "until", "rule", "reply")
 
 
@@ -29,8 +32,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_list)
     actions = p.add_subparsers(dest="action", metavar="[clear]")
     c = actions.add_parser("clear", help="put a destination back to normal now")
-    c.add_argument("name", metavar="DESTINATION@RELAY", help="as listed: google@host:port")
+    c.add_argument("name", metavar="DESTINATION@RELAY", type=destination_arg,
+                   help="as listed: google@host:port")
     c.set_defaults(func=cmd_clear)
+
+
+def destination_arg(text: str) -> str:
+    """``type=`` of a destination's name: argparse's usage error (exit 2) for what cannot be
+    one (no ``@``, white space or control characters, too long)."""
+    if not _NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:60]!r} is not a destination: DESTINATION@RELAY as `outbox destinations` "
+            "lists it (e.g. google@relay.example:587)")
+    return text
 
 
 def cmd_list(args: argparse.Namespace) -> int:

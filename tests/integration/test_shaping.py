@@ -193,6 +193,11 @@ async def test_outbox_destinations_lists_why_and_until_when_and_clears(
     assert "google" in text and "slowed" in text and "4.7.28" in text
     assert await run("destinations", "clear", name) == 0
     assert await run("destinations", "clear", name) == 1
+    for bad in ("google", "google@relay 25", "google@relay\n:25"):  # argparse: exit 2
+        with pytest.raises(SystemExit) as refused:
+            await run("destinations", "clear", bad)
+        assert refused.value.code == 2
+    assert "is not a destination: DESTINATION@RELAY" in capsys.readouterr().err
     capsys.readouterr()
     assert await run("destinations", "--json") == 0
     assert not [r for r in json.loads(capsys.readouterr().out) if r["relay"] == name[7:]]
