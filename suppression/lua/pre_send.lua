@@ -271,7 +271,8 @@ local capped = over_cap(cap, 11, category) or
 if capped then return capped end
 local day = math.floor((math.floor(now / 1000) + P.quota_utc_offset) / 86400)
 local quota = P.daily_quota
-local counted = (st and st ~= 'W') or redis.call('HEXISTS', job, 'q') == 1
+-- read only with a quota: without one a job pays no command for it
+local counted = quota > 0 and ((st and st ~= 'W') or redis.call('HEXISTS', job, 'q') == 1)
 local used = 0
 if quota > 0 then
   local q = redis.call('HMGET', KEYS[12], 'day', 'n')
