@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "source tree, as `<name> before`, beside it in the same rounds (e.g. "
                    "`git archive main | tar -x -C DIR`): before and after in one session")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    p.add_argument("--profile-hz", type=int, default=250, metavar="HZ",
+                   help="py-spy's samples a second for the profile (default 250)")
     p.add_argument("--no-celery", action="store_true",
                    help="leave out the Celery peer (it runs beside the baselines when installed)")
     a = p.parse_args(argv)
@@ -198,7 +200,7 @@ async def session(args: argparse.Namespace, ctx: Context, out: dict[str, Any]) -
         n = min(args.jobs, 20_000)
         path = RESULTS / f"profile-{out['id']}.txt"
         log(f"profile: {system.name} under py-spy, {n} jobs -> {path.name}")
-        res = await profile_run(ctx, system, n, path)
+        res = await profile_run(ctx, system, n, path, rate_hz=args.profile_hz)
         log(f"  (under py-spy) {res['jobs_per_s']} jobs/s")
         if path.exists():
             out["profile"] = {"file": str(path.relative_to(ROOT)), "run": res,

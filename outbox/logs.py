@@ -128,6 +128,11 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
             for k, v in vars(record).items() if k not in _RECORD_FIELDS}
 
 
+#: what ``json.dumps(entry, default=str, ensure_ascii=False)`` writes, made once (dumps makes
+#: an encoder per call when given options: a line per job)
+_LINE = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line with stable field names, secrets masked."""
 
@@ -141,7 +146,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extra(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self._redact(json.dumps(entry, default=str, ensure_ascii=False))
+        return self._redact(_LINE.encode(entry))
 
 
 class TextFormatter(logging.Formatter):

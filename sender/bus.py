@@ -36,6 +36,7 @@ from config import Settings
 from sender import topology
 from sender.models import without_attachment_content
 from sender.nodes import connect_amqp
+from suppression.json_limits import compact
 
 BasicProperties = Basic.Properties
 
@@ -248,8 +249,7 @@ class Bus:
 
         Always valid JSON: NaN/Infinity raise ValueError here (jobs holding them are refused
         at validation, so this is a bug, never a CRM's parse error)."""
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"),
-                          allow_nan=False).encode()
+        body = compact(event)
         key = f"{event.get('channel') or 'unknown'}.{event['status']}"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()

@@ -176,14 +176,20 @@ class RedisCalls:
         self._stopping = stopping
         self.outage = outage or Dependencies(CollectorRegistry()).redis
 
-    async def __call__(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def __call__(self, call: Callable[[], Awaitable[T]], *, bounded: bool = False) -> T:
+        """``call``'s result, retried while Redis is unreachable. ``bounded``: the call
+        bounds its own round trips (the gate's, through the coalescer: :attr:`Gate.bounded`),
+        so no timeout of its own is armed here (a timer set and cancelled twice a job)."""
         delay = 0.1
         held = False
         while True:
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(REDIS_CALL_TIMEOUT):
+                if bounded:
                     result = await call()
+                else:
+                    async with asyncio.timeout(REDIS_CALL_TIMEOUT):
+                        result = await call()
             except _REDIS_ERRORS as exc:
                 if self._stopping():
                     raise Stopping from exc
@@ -273,7 +279,7 @@ class Pipeline:
                 attempt=attempt, channel=job.channel, category=job.category,
                 topic=job.topic, address=job.to, metadata=job.metadata,
                 sender=getattr(job, "from_", None), reply_to=getattr(job, "reply_to", None),
-                timezone=job.timezone))
+                timezone=job.timezone), bounded=self.gate.bounded)
         except BadAddress as exc:  # no canonical form, so no suppression key: never sent
             await self._reject_invalid(message, InvalidJob(
                 f"to: {exc}", job.id, job.account_id, job.channel), job.channel)
@@ -485,7 +491,8 @@ class Pipeline:
                      failure: SendFailure, tier: int) -> None:
         await self.redis_call(lambda: self.gate.post_send(
             job.account_id, job.id, status="R", attempt=attempt, provider=failure.provider,
-            channel=job.channel, reason=failure.outcome.reason, note=failure.detail))
+            channel=job.channel, reason=failure.outcome.reason, note=failure.detail),
+            bounded=self.gate.bounded)
         headers = dict(message.headers)
         headers[ATTEMPT_HEADER] = attempt + 1
         headers.setdefault(FIRST_SEEN_HEADER, int(time.time()))
@@ -508,7 +515,7 @@ class Pipeline:
             job.account_id, job.id, status=status, attempt=attempt, provider=provider,
             provider_message_id=provider_message_id, channel=job.channel, reason=reason,
             counts=_COUNTS.get(status, Counts()), address=job.to, refund=refund,
-            suppress=suppress, note=event.get("detail")))
+            suppress=suppress, note=event.get("detail")), bounded=self.gate.bounded)
         if recorded.transition is not None:
             await self._account_moved(job, recorded.transition)
         if not recorded.applied:

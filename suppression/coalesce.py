@@ -49,7 +49,8 @@ class Coalescer:
         self._send = send
         self._wait = wait
         self._max = max_calls
-        self._timeout = timeout
+        #: seconds a round trip may take (public: the gate's callers arm no timer of their own)
+        self.timeout = timeout
         #: seconds between calls, a moving average (0 at first: the first calls of a worker
         #: are a prefetch burst)
         self._gap = 0.0
@@ -94,7 +95,7 @@ class Coalescer:
                           ) -> None:
         commands = [command for batch, _ in calls for command in batch]
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 replies = await self._send(commands)
         except BaseException as exc:  # the round trip failed: every caller sees it
             for _, future in calls:

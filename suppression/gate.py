@@ -53,10 +53,10 @@ complaint, the global suppression entry of the address (queued by
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -77,6 +77,7 @@ from suppression.address import BadAddress
 from suppression.channels import normalise
 from suppression.coalesce import Send
 from suppression.entries import BadEntry, Entry
+from suppression.json_limits import compact
 from suppression.replies import decode, text
 from suppression.reputation import Policy
 from suppression.roundtrip import Client, execute  # Client: a single Redis or a Cluster
@@ -96,6 +97,8 @@ METADATA_MAX_BYTES = 4096
 #: the recipients' time zone for the quiet hours when neither the job nor the number says
 DEFAULT_TIMEZONE = "Asia/Hong_Kong"
 NOTE_CHARS = 500  # of a timeline entry's detail (a relay's reply, a provider's words)
+#: seconds a script's reload (SCRIPT LOAD after NOSCRIPT) may take
+LOAD_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +283,8 @@ async def run_pipeline(redis: Client, build: Any, script: Script,
         results = await (send(batch.commands) if send is not None
                          else execute(redis, batch.commands))
         if any(isinstance(r, NoScriptError) for r in results):
-            await script.load(redis)
+            async with asyncio.timeout(LOAD_TIMEOUT):
+                await script.load(redis)
             continue
         for r in results:
             if isinstance(r, ResponseError):
@@ -313,6 +317,9 @@ class Gate:
         self._redis = redis
         self._verp_key = verp_key
         self.send = send  # public: the benchmarks read its batch sizes
+        #: every round trip of pre_send and post_send has a time limit: the coalescer's
+        #: (``send``), and a script reload's (:data:`LOAD_TIMEOUT`)
+        self.bounded = getattr(send, "timeout", None) is not None
         self._ttl = idempotency_ttl
         self._timeline_ttl = idempotency_ttl if timeline_ttl is None else timeline_ttl
         self._history_ttl = idempotency_ttl if history_ttl is None else history_ttl
@@ -534,8 +541,7 @@ def metadata_arg(metadata: Mapping[str, Any] | None) -> str:
     if not metadata:
         return ""
     try:
-        encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False,
-                             allow_nan=False)
+        encoded = compact(metadata).decode()
     except (TypeError, ValueError):  # job validation makes this unreachable; keep nothing
         return ""
     if len(encoded.encode()) > METADATA_MAX_BYTES:

@@ -30,7 +30,6 @@ flag     bool                 ``true`` / ``false`` (sent as 1 / 0)
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -122,11 +121,27 @@ class Arguments:
                 *([f"{self.rest}..."] if self.rest else [])]
 
 
-@functools.lru_cache(maxsize=256)
+#: (id(arguments), id(policy)) -> (arguments, policy, their values): kept with the objects
+#: themselves, so an id reused after one is freed never finds another's values
+_POLICY_VALUES: dict[tuple[int, int], tuple[Arguments, Any, tuple[Any, ...]]] = {}
+_POLICY_VALUES_KEPT = 256
+
+
 def _policy_values(arguments: Arguments, policy: Any) -> tuple[Any, ...]:
     """A policy's parameters as ``arguments`` passes them: made once per policy (the hot
-    path passes the same one twice a job)."""
-    return tuple(_encode(getattr(policy, p.name)) for p in arguments.params)
+    path passes the same one twice a job). Found by identity: hashing the two frozen
+    declarations (their every field, each parameter's too) cost ~30 ``__hash__`` calls a
+    job, more than making the values. A policy is frozen (:class:`config.reputation.Policy`),
+    so the same object always gives the same values."""
+    key = (id(arguments), id(policy))
+    kept = _POLICY_VALUES.get(key)
+    if kept is not None and kept[0] is arguments and kept[1] is policy:
+        return kept[2]
+    values = tuple(_encode(getattr(policy, p.name)) for p in arguments.params)
+    if len(_POLICY_VALUES) >= _POLICY_VALUES_KEPT:
+        _POLICY_VALUES.clear()
+    _POLICY_VALUES[key] = (arguments, policy, values)
+    return values
 
 
 def _kind(p: Param) -> Kind:

@@ -47,6 +47,7 @@ from aiosmtplib.errors import (
     SMTPConnectError,
     SMTPDataError,
     SMTPException,
+    SMTPReadTimeoutError,
     SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
@@ -298,25 +299,32 @@ async def _pipelined(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
     rcpts = [b"RCPT TO:<%s>\r\n" % rcpt.encode(encoding) for rcpt in recipients]
     refused: SMTPResponseException | None = None
     try:
-        protocol.write(b"".join((mail, *rcpts, b"DATA\r\n")))
-        for rcpt in (None, *recipients):  # None: MAIL's reply
-            reply = await _next_reply(smtp, protocol)
-            if reply.code == 250 or (reply.code == 251 and rcpt is not None):
-                continue
-            if refused is None:
-                refused = (SMTPSenderRefused(reply.code, reply.message, sender) if rcpt is None
-                           else SMTPRecipientRefused(reply.code, reply.message, rcpt))
-            if reply.code == 421:  # the relay is closing: the other replies may never come
-                smtp.close()
-                raise refused
-        reply = await _next_reply(smtp, protocol)  # DATA's
-        if reply.code != 354:
-            raise refused or SMTPDataError(reply.code, reply.message)
-        if refused is None:
-            return await _message(smtp, protocol, message, data_timeout)
-        protocol.write(b".\r\n")  # an empty message, refused for want of recipients
-        await _next_reply(smtp, protocol)
-        raise refused
+        # one timer for the group's replies, set when one must be waited for: each within
+        # smtp.timeout (aiosmtplib's read_response arms a wait_for per reply)
+        try:
+            async with asyncio.timeout(None) as within:
+                protocol.write(b"".join((mail, *rcpts, b"DATA\r\n")))
+                for rcpt in (None, *recipients):  # None: MAIL's reply
+                    reply = await _next_reply(protocol, within, smtp.timeout)
+                    if reply.code == 250 or (reply.code == 251 and rcpt is not None):
+                        continue
+                    if refused is None:
+                        refused = (SMTPSenderRefused(reply.code, reply.message, sender)
+                                   if rcpt is None
+                                   else SMTPRecipientRefused(reply.code, reply.message, rcpt))
+                    if reply.code == 421:  # the relay is closing: the other replies may never
+                        smtp.close()       # come
+                        raise refused
+                reply = await _next_reply(protocol, within, smtp.timeout)  # DATA's
+                if reply.code != 354:
+                    raise refused or SMTPDataError(reply.code, reply.message)
+                if refused is not None:
+                    protocol.write(b".\r\n")  # an empty message, refused for want of
+                    await _next_reply(protocol, within, smtp.timeout)  # recipients
+                    raise refused
+        except TimeoutError as exc:
+            raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
+        return await _message(smtp, protocol, message, data_timeout)
     except (SMTPServerDisconnected, SMTPTimeoutError):
         smtp.close()
         raise
@@ -345,14 +353,19 @@ def _protocol(smtp: aiosmtplib.SMTP) -> SMTPProtocol:
     return smtp.protocol
 
 
-async def _next_reply(smtp: aiosmtplib.SMTP, protocol: SMTPProtocol) -> SMTPResponse:
-    """The next reply of a pipelined group. aiosmtplib's protocol parses one reply per
-    ``data_received`` and leaves the rest in its buffer (relays send a group's replies in one
-    segment), so take a complete one from there first, with the protocol's own parser."""
+async def _next_reply(protocol: SMTPProtocol, within: asyncio.Timeout,
+                      seconds: float | None) -> SMTPResponse:
+    """The next reply of a pipelined group, within ``seconds`` of now (``within``,
+    the group's timer, moved on: a reply that comes before it fires never waits on a timer
+    of its own). aiosmtplib's protocol parses one reply per ``data_received`` and leaves the
+    rest in its buffer (relays send a group's replies in one segment), so take a complete
+    one from there first, with the protocol's own parser."""
     reply = protocol._read_response_from_buffer()
     if reply is not None:
         return reply
-    return await protocol.read_response(timeout=smtp.timeout)
+    if seconds is not None:
+        within.reschedule(asyncio.get_running_loop().time() + seconds)
+    return await protocol.read_response(timeout=None)
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:

@@ -51,6 +51,9 @@ class Relay:
     final: str | None = None  # a refusal for the message
     data_despite_no_rcpt: bool = False
     drop_after_mail: int = 0  # connections still to drop right after answering MAIL
+    #: verb (MAIL, RCPT, DATA, "." for the message's end) -> seconds its reply comes after
+    #: the one before it (the replies before it go at once)
+    delays: dict[str, float] = field(default_factory=dict)
     chunks: list[tuple[int, bytes]] = field(default_factory=list)  # (connection, bytes read)
     commands: list[tuple[int, str]] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)  # un-stuffed, as received
@@ -79,18 +82,43 @@ class _RelayProtocol(asyncio.Protocol):
         self.buffer += data
         out: list[str] = []
         self.hang_up: str | None = None  # "close" after the replies, or "abort"
+        verbs: list[str] = []  # of each reply in out
         while b"\r\n" in self.buffer and self.hang_up is None:
             line, self.buffer = self.buffer.split(b"\r\n", 1)
             if self.lines is not None:
                 self._data_line(line, out)
+                verb = "."
             else:
                 self._command(line.decode("utf-8"), out)
-        if out:  # every reply to this chunk in one write
+                verb = line[:4].decode().upper()
+            verbs += [verb] * (len(out) - len(verbs))
+        if out and not self.relay.delays:  # every reply to this chunk in one write
             self.transport.write("".join(f"{r}\r\n" for r in out).encode())
+        elif out:
+            self._write_late(list(zip(verbs, out, strict=True)))
         if self.hang_up == "close":
             self.transport.close()
         elif self.hang_up == "abort":
             self.transport.abort()
+
+    def _write_late(self, replies: list[tuple[str, str]]) -> None:
+        """The replies in order, each delayed one after its ``delays`` (the others of a
+        run without a delay in one write)."""
+        loop = asyncio.get_running_loop()
+        at, run = 0.0, []
+
+        def write(data: bytes) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+        for verb, reply in replies:
+            delay = self.relay.delays.get(verb, 0.0)
+            if delay and run:
+                loop.call_later(at, write, "".join(run).encode())
+                run = []
+            at += delay
+            run.append(f"{reply}\r\n")
+        loop.call_later(at, write, "".join(run).encode())
 
     def _command(self, line: str, out: list[str]) -> None:
         r = self.relay
@@ -453,3 +481,39 @@ async def _round_trip(bodies: list[tuple[str, str | None, str]]) -> None:
                  ("x\r\n.y\n\nz", ".\n<p>\n.</p>", "陳大文@example.com")])
 def test_arbitrary_bodies_arrive_byte_identical_over_both_paths(bodies):
     asyncio.run(_round_trip(bodies))
+
+
+async def test_a_relay_silent_after_the_commands_is_given_up_on_after_the_reply_timeout():
+    """The replies to a pipelined group are waited for ``timeout`` (0.5 s here): a relay
+    that takes 3 s to answer MAIL is a network error at 0.5 s, not a 3 s wait, and its
+    connection is dropped (its replies are out of step); the next send opens a fresh one."""
+    relay = Relay(delays={"MAIL": 3.0})
+    async with serving(relay) as url:
+        channel = _channel(url, timeout=0.5)
+        started = time.monotonic()
+        outcome = await _outcome(channel, _job(to="slow@example.com"))
+        took = time.monotonic() - started
+        relay.delays = {}
+        after = await _outcome(channel, _job(to="ok@example.com"))
+        await channel.close()
+    assert outcome[:3] == ("failure", "transient", "networkerror")
+    assert "SMTPReadTimeoutError" in outcome[4]
+    assert 0.4 < took < 2.5
+    assert after[0] == "sent"
+    assert relay.connections == 2
+    assert len(relay.messages) == 1
+
+
+async def test_each_reply_of_a_group_is_waited_for_the_whole_timeout():
+    """The timeout is per reply, as aiosmtplib's own: three replies 0.6 s apart (1.8 s in
+    all) with a 1 s timeout are each in time, and the message goes out."""
+    relay = Relay(delays={"MAIL": 0.6, "RCPT": 0.6, "DATA": 0.6})
+    async with serving(relay) as url:
+        channel = _channel(url, timeout=1.0)
+        started = time.monotonic()
+        outcome = await _outcome(channel, _job(to="patient@example.com"))
+        took = time.monotonic() - started
+        await channel.close()
+    assert outcome[0] == "sent", outcome
+    assert took >= 1.7
+    assert len(relay.messages) == 1
