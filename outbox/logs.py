@@ -28,13 +28,13 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
 from config import Settings
+from suppression.clock import iso_ms
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMATS = ("json", "text")
@@ -115,8 +115,7 @@ def _held(item: Any) -> tuple[Any, ...]:
 
 
 def _utc(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
+    return iso_ms(record.created)
 
 
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message",

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import time
 import uuid
 from datetime import UTC, datetime
@@ -30,7 +31,6 @@ from aiormq.abc import ChannelFrame
 from aiormq.exceptions import AMQPError as AiormqError
 from aiormq.exceptions import ChannelInvalidStateError, DeliveryError
 from pamqp.commands import Basic
-from pamqp.header import ContentHeader
 
 from config import Settings
 from sender import topology
@@ -77,19 +77,56 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 _Event = tuple[str, bytes, str | None, "asyncio.Future[None]"]
 
 
+_FRAME = struct.Struct(">BHI")  # type, channel, payload size (AMQP 0-9-1 section 4.2.3)
+_FRAME_END = b"\xce"
+#: Basic.Publish (class 60, method 40, reserved short 0)
+_PUBLISH = b"\x00\x3c\x00\x28\x00\x00"
+#: a content header's class (60), weight (0), body size, property flags: content-type,
+#: delivery-mode, message-id and timestamp set
+_HEADER = struct.Struct(">HHQH")
+_FLAGS = 0x8000 | 0x1000 | 0x0080 | 0x0040
+_TIMESTAMP = struct.Struct(">Q")
+
+
+def _shortstr(value: str) -> bytes:
+    data = value.encode()
+    if len(data) > 255:
+        raise ValueError(f"over 255 bytes for an AMQP short string: {value[:40]!r}...")
+    return bytes((len(data),)) + data
+
+
+def publish_frames(channel_number: int, exchange: str, routing_key: str, body: bytes,
+                   message_id: str, timestamp: int, max_content: int) -> bytes:
+    """The frames of one persistent, mandatory JSON publish, as pamqp marshals
+    ``Basic.Publish``, its ``ContentHeader`` (content type ``application/json``, delivery
+    mode 2, ``message_id``, ``timestamp`` in seconds) and the body in frames of at most
+    ``max_content`` bytes (tests/unit/test_publish_frames.py compares them byte for byte):
+    ~1.6 µs against pamqp's ~16 a status event."""
+    method = b"".join((_PUBLISH, _shortstr(exchange), _shortstr(routing_key), b"\x01"))
+    header = b"".join((_HEADER.pack(60, 0, len(body), _FLAGS), b"\x10application/json\x02",
+                       _shortstr(message_id), _TIMESTAMP.pack(timestamp)))
+    out = [_FRAME.pack(1, channel_number, len(method)), method, _FRAME_END,
+           _FRAME.pack(2, channel_number, len(header)), header, _FRAME_END]
+    for at in range(0, len(body), max_content):
+        chunk = body[at:at + max_content]
+        out += (_FRAME.pack(3, channel_number, len(chunk)), chunk, _FRAME_END)
+    return b"".join(out)
+
+
 async def _publish_many(channel: AiormqChannel, exchange: str, batch: list[_Event]
                         ) -> list[asyncio.Future[Any]]:
     """Publish ``batch`` (persistent, mandatory, JSON) on ``channel``, a confirming aiormq
     channel, in ONE write, and return each message's confirmation future. What
     ``Channel.basic_publish`` does per message (tags, confirmations, message ids for
-    returns), done for all of them under the channel's lock; on a failure before the write
-    the tags are given back, as aiormq does."""
+    returns), done for all of them under the channel's lock, the frames written by
+    :func:`publish_frames`; on a failure before the write the tags are given back, as
+    aiormq does."""
     if channel.is_closed:
         raise ChannelInvalidStateError(f"{channel!r} closed")
-    timestamp = datetime.now(UTC).replace(microsecond=0)
+    timestamp = int(time.time())
     async with channel.lock:
         first = channel.delivery_tag
-        frames: list[Any] = []
+        frames: list[bytes] = []
         confirms: list[asyncio.Future[Any]] = []
         ids: list[tuple[str, int]] = []
         written = False
@@ -97,8 +134,8 @@ async def _publish_many(channel: AiormqChannel, exchange: str, batch: list[_Even
         try:
             for key, body, message_id in ((k, b, m) for k, b, m, _ in batch):
                 mid = message_id or uuid.uuid4().hex  # returns are matched by message id
-                properties = BasicProperties(content_type="application/json", delivery_mode=2,
-                                             message_id=mid, timestamp=timestamp)
+                frames.append(publish_frames(channel.number, exchange, key, body, mid,
+                                             timestamp, channel.max_content_size))
                 channel.delivery_tag += 1
                 tag = channel.delivery_tag
                 confirm = channel.create_future()
@@ -107,12 +144,9 @@ async def _publish_many(channel: AiormqChannel, exchange: str, batch: list[_Even
                 ids.append((mid, tag))
                 confirm.add_done_callback(partial(_forget, channel, mid, tag))
                 confirms.append(confirm)
-                frames += [Basic.Publish(exchange=exchange, routing_key=key, mandatory=True),
-                           ContentHeader(properties=properties, body_size=len(body)),
-                           *channel._split_body(body)]
             drain = channel.create_future()
-            await channel.write_queue.put(ChannelFrame.marshall(
-                frames=frames, channel_number=channel.number, drain_future=drain))
+            await channel.write_queue.put(ChannelFrame(
+                payload=b"".join(frames), should_close=False, drain_future=drain))
             written = True
             await drain
         except BaseException:

@@ -44,6 +44,7 @@ from sender import job_headers
 from suppression import channels, ids, json_limits, statuses
 from suppression.address import BadAddress
 from suppression.address import email as canonical_email
+from suppression.clock import now_iso
 
 SCHEMA_VERSION = 1
 #: Nesting allowed in a job (objects and arrays); a real job is 3 deep.
@@ -470,7 +471,7 @@ def _regex_ids(body: bytes) -> tuple[str | None, str | None, str | None]:
 
 def utcnow_iso() -> str:
     """Now, as the events write it: RFC 3339 UTC with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return now_iso()
 
 
 def status_event(

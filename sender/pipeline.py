@@ -263,7 +263,8 @@ class Pipeline:
                 and job.send_at.timestamp() > time.time():  # too far ahead: validate refused it
             await self._schedule(message, job, attempt, int(job.send_at.timestamp() * 1000))
             return
-        if self.shaping is not None:  # its destination slowed or paused: parked, no attempt
+        if self.shaping is not None and not self.shaping.idle(job.channel):
+            # its destination slowed or paused: parked, no attempt
             wait_ms = await self.shaping.admit(job.channel, job.to, job.category,
                                                job.account_id)
             if wait_ms:

@@ -107,6 +107,14 @@ class Shaping:
         """The cached state of a destination now."""
         return view(self._records.get(name), self._clock(), self.store.params)
 
+    def idle(self, channel: str) -> bool:
+        """Nothing to admit: not e-mail, or no destination slowed or paused anywhere in a
+        cache still fresh (the common case, answered without a coroutine a job; the
+        background refresh keeps the cache fresh)."""
+        return channel != "email" or (
+            self._watch is not None and not self._records
+            and self._clock() - self._fetched < self._refresh_every)
+
     async def admit(self, channel: str, address: str, category: str | None,
                     account_id: str | None = None) -> int:
         """Milliseconds the job must wait (0: send now). A wait longer than a retry tier is

@@ -263,6 +263,32 @@ class Batch:
     def __init__(self) -> None:
         self.commands: list[tuple[Any, ...]] = []
 
+    # the commands of the hot path, as methods: found at once, where __getattr__ made a
+    # closure per command (six a job)
+    def hget(self, *args: Any) -> None:
+        self.commands.append(("HGET", *args))
+
+    def exists(self, *args: Any) -> None:
+        self.commands.append(("EXISTS", *args))
+
+    def zadd(self, *args: Any) -> None:
+        self.commands.append(("ZADD", *args))
+
+    def zremrangebyrank(self, *args: Any) -> None:
+        self.commands.append(("ZREMRANGEBYRANK", *args))
+
+    def expire(self, *args: Any) -> None:
+        self.commands.append(("EXPIRE", *args))
+
+    def set(self, *args: Any) -> None:
+        self.commands.append(("SET", *args))
+
+    def sadd(self, *args: Any) -> None:
+        self.commands.append(("SADD", *args))
+
+    def evalsha(self, *args: Any) -> None:
+        self.commands.append(("EVALSHA", *args))
+
     def __getattr__(self, name: str) -> Any:
         def add(*args: Any, mapping: dict[str, Any] | None = None) -> None:
             flat = [x for kv in (mapping or {}).items() for x in kv]
