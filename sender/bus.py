@@ -107,6 +107,8 @@ def publish_frames(channel_number: int, exchange: str, routing_key: str, body: b
                        _shortstr(message_id), _TIMESTAMP.pack(timestamp)))
     out = [_FRAME.pack(1, channel_number, len(method)), method, _FRAME_END,
            _FRAME.pack(2, channel_number, len(header)), header, _FRAME_END]
+    if max_content <= 0:  # frame_max 0: no limit was negotiated, the body in one frame
+        max_content = max(len(body), 1)
     for at in range(0, len(body), max_content):
         chunk = body[at:at + max_content]
         out += (_FRAME.pack(3, channel_number, len(chunk)), chunk, _FRAME_END)

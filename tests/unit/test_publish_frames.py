@@ -50,3 +50,13 @@ def test_an_event_larger_than_a_frame_is_split_as_aiormq_splits_it() -> None:
 def test_a_name_over_255_bytes_is_refused_before_anything_is_written() -> None:
     with pytest.raises(ValueError, match="short string"):
         publish_frames(1, "outbox.status", "email." + "x" * 260, b"{}", "j1", 0, 1000)
+
+
+def test_no_frame_limit_puts_the_body_in_one_frame() -> None:
+    """frame_max 0 (no limit negotiated) gives aiormq a negative content size: it sends the
+    body in one frame, and so do we."""
+    body = b"x" * 5000
+    ours = publish_frames(1, "outbox.status", "email.sent", body, "j1", 0, 0 - 8)
+    assert ours == _pamqp(1, "outbox.status", "email.sent", body, "j1", 0, 5000)
+    assert publish_frames(1, "outbox.status", "email.sent", b"", "j1", 0, -8) == \
+        _pamqp(1, "outbox.status", "email.sent", b"", "j1", 0, 1)
