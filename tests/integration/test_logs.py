@@ -143,7 +143,12 @@ async def _outbox(level: str, env: dict[str, str]) -> Outbox:
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     running = Outbox(proc)
-    await wait_for(lambda: any('"msg": "ready"' in x for x in running.lines), 60)
+    try:
+        await wait_for(lambda: any('"msg": "ready"' in x for x in running.lines), 60)
+    except BaseException:  # never left running: an orphan worker keeps using the test
+        proc.kill()        # Redis db after the test (and the next run's, on the same port)
+        await proc.wait()
+        raise
     return running
 
 
