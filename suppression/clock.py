@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC, datetime
 
 _second: tuple[int, str] = (-1, "")
 
 
 def iso_ms(t: float) -> str:
-    """``t`` (seconds since the epoch, not before it) as RFC 3339 UTC with milliseconds."""
+    """``t`` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
     global _second
+    if t < 0:  # before the epoch: rare, left to datetime
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z")
     fraction, whole = math.modf(t)
     micros = round(fraction * 1e6)  # as datetime.fromtimestamp rounds
     second = int(whole)

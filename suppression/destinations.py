@@ -124,11 +124,8 @@ class Params:
     @classmethod
     def from_settings(cls, settings: Any) -> Params:
         """The parameters of ``OUTBOX_SHAPING_*``."""
-        return cls(rate=settings.shaping_rate, decrease=settings.shaping_decrease,
-                   min_rate=settings.shaping_min_rate, hold=settings.shaping_hold,
-                   step=settings.shaping_step, step_period=settings.shaping_step_period,
-                   pause_after=settings.shaping_pause_after, window=settings.shaping_window,
-                   pause=settings.shaping_pause)
+        return cls(**{name: getattr(settings, f"shaping_{name}")
+                      for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,6 +255,13 @@ REOPEN_ARGS = Arguments.declare("reopen", timeline_ttl="num", timeline_keep="num
 REOPEN = Script("reopen", REOPEN_ARGS)
 
 
+def _command(name: str) -> Callable[..., None]:
+    """A :class:`Batch` method that adds command ``name`` with its arguments."""
+    def add(self: Batch, *args: Any) -> None:
+        self.commands.append((name, *args))
+    return add
+
+
 class Batch:
     """Commands for one round trip, written like a redis-py pipeline (``hget``, ``evalsha``…)
     but sent straight on a pooled connection: redis-py's Pipeline machinery (command stack,
@@ -265,29 +272,14 @@ class Batch:
 
     # the commands of the hot path, as methods: found at once, where __getattr__ made a
     # closure per command (six a job)
-    def hget(self, *args: Any) -> None:
-        self.commands.append(("HGET", *args))
-
-    def exists(self, *args: Any) -> None:
-        self.commands.append(("EXISTS", *args))
-
-    def zadd(self, *args: Any) -> None:
-        self.commands.append(("ZADD", *args))
-
-    def zremrangebyrank(self, *args: Any) -> None:
-        self.commands.append(("ZREMRANGEBYRANK", *args))
-
-    def expire(self, *args: Any) -> None:
-        self.commands.append(("EXPIRE", *args))
-
-    def set(self, *args: Any) -> None:
-        self.commands.append(("SET", *args))
-
-    def sadd(self, *args: Any) -> None:
-        self.commands.append(("SADD", *args))
-
-    def evalsha(self, *args: Any) -> None:
-        self.commands.append(("EVALSHA", *args))
+    hget = _command("HGET")
+    exists = _command("EXISTS")
+    zadd = _command("ZADD")
+    zremrangebyrank = _command("ZREMRANGEBYRANK")
+    expire = _command("EXPIRE")
+    set = _command("SET")
+    sadd = _command("SADD")
+    evalsha = _command("EVALSHA")
 
     def __getattr__(self, name: str) -> Any:
         def add(*args: Any, mapping: dict[str, Any] | None = None) -> None:
@@ -567,13 +559,13 @@ def metadata_arg(metadata: Mapping[str, Any] | None) -> str:
     if not metadata:
         return ""
     try:
-        encoded = compact(metadata).decode()
+        encoded = compact(metadata)
     except (TypeError, ValueError):  # job validation makes this unreachable; keep nothing
         return ""
-    if len(encoded.encode()) > METADATA_MAX_BYTES:
-        log.debug("job metadata of %d characters not kept for provider events", len(encoded))
+    if len(encoded) > METADATA_MAX_BYTES:
+        log.debug("job metadata of %d bytes not kept for provider events", len(encoded))
         return ""
-    return encoded
+    return encoded.decode()
 
 
 def metadata_chunks(encoded: str) -> list[str]:

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from suppression import channels, keys
 from suppression.address import BadAddress
+from suppression.clock import iso_ms
 from suppression.replies import decode, text
 from suppression.roundtrip import Client
 
@@ -58,8 +58,7 @@ def iso(ms: float | int | str | None) -> str | None:
     """Epoch milliseconds as ISO 8601 UTC (``2026-11-25T14:15:51.123Z``)."""
     if ms in (None, ""):
         return None
-    moment = datetime.fromtimestamp(float(ms) / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_ms(float(ms) / 1000)
 
 
 def _entry(raw: Any) -> dict[str, Any]:

@@ -251,6 +251,10 @@ class Recorder:
     # are received by the relay but not yet confirmed to the sender (in flight)
     hold_after: int | None = None
     held: int = 0  # DATA replies waiting now
+    #: False: a message whose connection closed during ``delay`` is not stored (aiosmtpd's
+    #: handler goes on after a close; its 250 would go to a closed transport, which is the
+    #: ambiguous "on the wire at the kill" case, not what a test of failover means)
+    keep_unconfirmed: bool = True
     _released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def release(self) -> None:
@@ -278,6 +282,9 @@ class RecordingHandler:
         if self.recorder.delay:
             await asyncio.sleep(self.recorder.delay)
         recorder = self.recorder
+        if not recorder.keep_unconfirmed and (server.transport is None
+                                              or server.transport.is_closing()):
+            return "421 4.3.2 stopping"  # never read: nothing stored that is not confirmed
         recorder.messages.append(
             (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         queued = len(recorder.messages)

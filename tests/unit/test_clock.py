@@ -34,3 +34,8 @@ def test_now() -> None:
     after = time.time()
     assert _datetime(before)[:19] <= text[:19] <= _datetime(after)[:19]
     assert text.endswith("Z") and len(text) == 24
+
+
+def test_before_the_epoch() -> None:
+    for t in (-0.0005, -1.25, -86_400.999):
+        assert iso_ms(t) == _datetime(t)
