@@ -184,7 +184,10 @@ async def started_worker(settings: Settings, registry: CollectorRegistry | None 
             log.info("stopping: %d jobs in flight", worker.inflight)
             await worker.stop()
             await worker.close()
-        for channel in channels.values():
+        # the worker's own channels: the e-mail one wrapped with shaping, whose close also
+        # ends the shaping's background refresh (closing the unwrapped channel left that
+        # task running past the worker)
+        for channel in (worker.channels if worker is not None else channels).values():
             await channel.close()
         await bus.close()
         await redis.aclose()

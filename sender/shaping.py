@@ -93,6 +93,7 @@ class Shaping:
         self._fetched = float("-inf")
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
+        self._stopped = False  # stop() was called: no background refresh starts again
 
     def destination(self, address: str, category: str | None,
                     account_id: str | None = None) -> str:
@@ -158,12 +159,14 @@ class Shaping:
     def start(self) -> None:
         """Refresh the states every ``refresh_every`` seconds in the background too, so the
         gauge follows recoveries and pauses while no job asks."""
-        if self._watch is None:
+        if self._watch is None and not self._stopped:
             self._watch = asyncio.get_running_loop().create_task(self._run(),
                                                                  name="outbox shaping")
 
     async def stop(self) -> None:
-        """End the background refresh."""
+        """End the background refresh (for good: a job admitted later, during shutdown,
+        reads the records itself)."""
+        self._stopped = True
         task, self._watch = self._watch, None
         if task is not None:
             task.cancel()

@@ -257,3 +257,19 @@ async def _page_shows(base: str, relay: str) -> None:
         finally:
             await browser.close()
     assert not errors, errors
+
+
+async def test_the_shaping_refresh_ends_with_the_worker(make_settings, smtp_server, amqp_url):
+    """The worker's e-mail channel is wrapped with shaping; stopping the worker closes the
+    wrapper, which ends the background refresh its first job started (closing the unwrapped
+    channel left it pending past the worker, and its coroutine was later collected by
+    another test, outside any loop)."""
+    url, recorder = smtp_server
+    job = email_job()
+    async with Outbox(amqp_url) as outbox:
+        await outbox.enqueue(job)
+    async with started_worker(make_settings(smtp_url=url)):
+        await wait_for(lambda: len(recorder.messages) == 1)
+        assert [t for t in asyncio.all_tasks() if t.get_name() == "outbox shaping"]
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "outbox shaping"
+            and not t.done()] == []
