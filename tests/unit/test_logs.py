@@ -205,3 +205,49 @@ def test_redaction_is_the_same_with_or_without_the_quick_checks(parts: list[str]
     for pattern, replacement, _ in _PATTERNS:
         full = pattern.sub(replacement, full)
     assert Redactor()(line) == full
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.text(), _JSONISH | st.binary() | st.sets(st.integers()), max_size=6))
+def test_a_line_is_what_json_dumps_writes(entry: dict[str, object]) -> None:
+    """The encoder made once writes what ``json.dumps(default=str, ensure_ascii=False)`` did
+    (NaN and the infinities as Python writes them, other types through ``str``)."""
+    from outbox.logs import _line
+
+    assert _line(entry) == json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def test_a_line_whose_extras_refer_to_themselves_fails_as_before() -> None:
+    from outbox.logs import _line
+
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="Circular reference"):
+        _line({"x": loop})
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.from_regex(r"[a-z_]{1,12}", fullmatch=True), st.integers(),
+                       max_size=6))
+def test_extra_fields_are_every_field_but_the_record_s_own(extra: dict[str, int]) -> None:
+    """Only the fields after the standard ones are looked at: the same fields, in the same
+    order, as a look at every attribute; secrets masked."""
+    from outbox.logs import _RECORD_FIELDS, SECRET_FIELDS, _extra
+
+    own = {k: v for k, v in extra.items() if k not in _RECORD_FIELDS}
+    record = logging.getLogger("outbox.test").makeRecord(
+        "outbox.test", logging.INFO, "f", 1, "m", (), None, extra=own)
+    record.pid = 7
+    every = {k: MASK if k.lower() in SECRET_FIELDS else v for k, v in vars(record).items()
+             if k not in _RECORD_FIELDS}
+    assert _extra(record) == every
+    assert list(_extra(record)) == list(every)
+    odd = logging.makeLogRecord({"name": "x", "msg": "m", **own})  # attributes set late
+    assert _extra(odd) == {k: MASK if k.lower() in SECRET_FIELDS else v
+                           for k, v in vars(odd).items() if k not in _RECORD_FIELDS}
