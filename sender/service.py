@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from sender import shaping, topology
+from sender import frames, shaping, topology
 from sender.acks import Acks
 from sender.bus import Bus
 from sender.channels.base import Channel
@@ -148,6 +148,7 @@ async def started_worker(settings: Settings, registry: CollectorRegistry | None 
     """A worker with its own Redis pool, bus and channels, consuming; on exit it stops
     (draining within the grace) and everything is closed. ``dependencies``: the process's
     outage trackers when it runs more than the worker (``outbox run``)."""
+    frames.install()  # AMQP frames already whole read at once (sender.frames)
     redis = make_redis(settings, socket_timeout=None)
     try:  # fail fast, in one line, on a bad URL or a Redis that is not there
         await ping_redis(redis, settings.redis_url.get_secret_value())
