@@ -47,7 +47,6 @@ from aiosmtplib.errors import (
     SMTPConnectError,
     SMTPDataError,
     SMTPException,
-    SMTPReadTimeoutError,
     SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
@@ -298,32 +297,27 @@ async def _pipelined(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
     mail = b"MAIL FROM:<%s>%s\r\n" % (sender.encode(encoding), b" SMTPUTF8" if smtputf8 else b"")
     rcpts = [b"RCPT TO:<%s>\r\n" % rcpt.encode(encoding) for rcpt in recipients]
     refused: SMTPResponseException | None = None
+    seconds = smtp.timeout
     try:
-        # one timer for the group's replies, set when one must be waited for: each within
-        # smtp.timeout (aiosmtplib's read_response arms a wait_for per reply)
-        try:
-            async with asyncio.timeout(None) as within:
-                protocol.write(b"".join((mail, *rcpts, b"DATA\r\n")))
-                for rcpt in (None, *recipients):  # None: MAIL's reply
-                    reply = await _next_reply(protocol, within, smtp.timeout)
-                    if reply.code == 250 or (reply.code == 251 and rcpt is not None):
-                        continue
-                    if refused is None:
-                        refused = (SMTPSenderRefused(reply.code, reply.message, sender)
-                                   if rcpt is None
-                                   else SMTPRecipientRefused(reply.code, reply.message, rcpt))
-                    if reply.code == 421:  # the relay is closing: the other replies may never
-                        smtp.close()       # come
-                        raise refused
-                reply = await _next_reply(protocol, within, smtp.timeout)  # DATA's
-                if reply.code != 354:
-                    raise refused or SMTPDataError(reply.code, reply.message)
-                if refused is not None:
-                    protocol.write(b".\r\n")  # an empty message, refused for want of
-                    await _next_reply(protocol, within, smtp.timeout)  # recipients
-                    raise refused
-        except TimeoutError as exc:
-            raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
+        protocol.write(b"".join((mail, *rcpts, b"DATA\r\n")))
+        for rcpt in (None, *recipients):  # None: MAIL's reply
+            reply = await _next_reply(protocol, seconds)
+            if reply.code == 250 or (reply.code == 251 and rcpt is not None):
+                continue
+            if refused is None:
+                refused = (SMTPSenderRefused(reply.code, reply.message, sender)
+                           if rcpt is None
+                           else SMTPRecipientRefused(reply.code, reply.message, rcpt))
+            if reply.code == 421:  # the relay is closing: the other replies may never come
+                smtp.close()
+                raise refused
+        reply = await _next_reply(protocol, seconds)  # DATA's
+        if reply.code != 354:
+            raise refused or SMTPDataError(reply.code, reply.message)
+        if refused is not None:
+            protocol.write(b".\r\n")  # an empty message, refused for want of recipients
+            await _next_reply(protocol, seconds)
+            raise refused
         return await _message(smtp, protocol, message, data_timeout)
     except (SMTPServerDisconnected, SMTPTimeoutError):
         smtp.close()
@@ -337,7 +331,7 @@ async def _message(smtp: aiosmtplib.SMTP, protocol: SMTPProtocol, message: bytes
     :class:`OutcomeUnknown`: the relay may have stored the message before it stopped."""
     protocol.write(message)  # SMTPServerDisconnected here: nothing went out, a plain failure
     try:
-        reply = await protocol.read_response(timeout=data_timeout)
+        reply = await _reply(protocol, data_timeout)
     except (SMTPServerDisconnected, SMTPTimeoutError, OSError) as exc:
         smtp.close()  # the replies are out of step now, as after aiosmtplib's data()
         raise OutcomeUnknown("smtp", f"no reply to the end of the message: "
@@ -353,19 +347,35 @@ def _protocol(smtp: aiosmtplib.SMTP) -> SMTPProtocol:
     return smtp.protocol
 
 
-async def _next_reply(protocol: SMTPProtocol, within: asyncio.Timeout,
-                      seconds: float | None) -> SMTPResponse:
-    """The next reply of a pipelined group, within ``seconds`` of now (``within``,
-    the group's timer, moved on: a reply that comes before it fires never waits on a timer
-    of its own). aiosmtplib's protocol parses one reply per ``data_received`` and leaves the
-    rest in its buffer (relays send a group's replies in one segment), so take a complete
-    one from there first, with the protocol's own parser."""
+async def _next_reply(protocol: SMTPProtocol, seconds: float | None) -> SMTPResponse:
+    """The next reply of a pipelined group, within ``seconds``. aiosmtplib's protocol parses
+    one reply per ``data_received`` and leaves the rest in its buffer (relays send a group's
+    replies in one segment), so take a complete one from there first, with the protocol's
+    own parser: a reply already there is not waited for."""
     reply = protocol._read_response_from_buffer()
     if reply is not None:
         return reply
-    if seconds is not None:
-        within.reschedule(asyncio.get_running_loop().time() + seconds)
-    return await protocol.read_response(timeout=None)
+    return await _reply(protocol, seconds)
+
+
+async def _reply(protocol: SMTPProtocol, seconds: float | None) -> SMTPResponse:
+    """``protocol.read_response(timeout=seconds)`` with one timer handle: aiosmtplib's
+    ``wait_for`` makes a future, a timer and two callbacks for every reply. When the time is
+    up the reply's future fails with ``TimeoutError`` (``wait_for`` cancels it instead), which
+    ``read_response`` raises as the same :class:`SMTPReadTimeoutError`."""
+    waiter = protocol._response_waiter
+    if seconds is None or waiter is None or waiter.done():
+        return await protocol.read_response(timeout=seconds)
+    timer = asyncio.get_running_loop().call_later(seconds, _time_up, waiter)
+    try:
+        return await protocol.read_response(timeout=None)
+    finally:
+        timer.cancel()
+
+
+def _time_up(waiter: asyncio.Future[SMTPResponse]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:
