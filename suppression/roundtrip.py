@@ -30,6 +30,7 @@ import asyncio
 from typing import Any, TypeAlias
 
 import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
@@ -71,12 +72,52 @@ async def _send(conn: Connection, commands: list[tuple[Any, ...]]) -> list[Any]:
     # Python, which was a third of the client's time for these ~30-argument scripts
     await conn.send_packed_command(b"".join(map(hiredis.pack_command, commands)),
                                    check_health=False)
-    replies: list[Any] = []
+    parser = conn._parser
+    if isinstance(parser, _AsyncHiredisParser) and parser._reader is not None \
+            and not conn.socket_timeout:
+        replies = await _hiredis_replies(parser, len(commands))
+        if conn.health_check_interval:  # as read_response keeps it: the connection is alive
+            conn.next_health_check = (asyncio.get_running_loop().time()
+                                      + conn.health_check_interval)
+        return replies
+    replies = []
     for _ in commands:
         try:
             replies.append(await conn.read_response())
         except ResponseError as exc:
             replies.append(exc)
+    return replies
+
+
+async def _hiredis_replies(parser: _AsyncHiredisParser, count: int) -> list[Any]:
+    """``count`` replies straight from the connection's hiredis reader: what
+    ``Connection.read_response`` returns for each (an error reply as its exception, from the
+    reader's own ``replyError``), without its per-reply work (a timeout context when the
+    connection has a socket timeout, which is why such a connection is not read here, the
+    health-check clock, set once for the round trip). A RESP3 push between the replies goes
+    to the parser's handler, as redis-py's reading does. Reading stops at a connection error,
+    raised as redis-py raises it; the caller drops the connection."""
+    reader = parser._reader
+    assert reader is not None
+    gets = reader.gets
+    push = parser._hiredis_PushNotificationType
+    replies: list[Any] = []
+    for _ in range(count):
+        while True:
+            if not parser._connected:
+                raise RedisConnectionError("Connection closed by server.")
+            reply = gets()
+            while reply is NOT_ENOUGH_DATA:
+                await parser.read_from_socket()
+                reply = gets()
+            if push is None or not isinstance(reply, push):
+                break
+            await parser.handle_push_response(reply)
+        if isinstance(reply, RedisConnectionError):
+            raise reply
+        if isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError):
+            raise reply[0]
+        replies.append(reply)
     return replies
 
 
