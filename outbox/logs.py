@@ -224,8 +224,14 @@ def name_processes() -> None:
             handler.addFilter(NamePid())
 
 
+#: the loggers those come from: every other record passes at once (a line per job)
+_NOISY = frozenset(name for name, _ in _EXPECTED_NOISE) | {_LOST_CONNECTION_NOISE[0]}
+
+
 class DropExpectedNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name not in _NOISY:
+            return True
         if (record.name, record.msg) == _LOST_CONNECTION_NOISE:
             return not _lost_connection(record)
         return not any(record.name == name and text in record.getMessage()

@@ -251,3 +251,19 @@ def test_extra_fields_are_every_field_but_the_record_s_own(extra: dict[str, int]
     odd = logging.makeLogRecord({"name": "x", "msg": "m", **own})  # attributes set late
     assert _extra(odd) == {k: MASK if k.lower() in SECRET_FIELDS else v
                            for k, v in vars(odd).items() if k not in _RECORD_FIELDS}
+
+
+@pytest.mark.parametrize(("name", "message", "dropped"), [
+    ("aio_pika.tools", "RobustChannel._on_close failed", True),
+    ("aiormq.connection", "error when creating transport: refused", True),
+    ("aio_pika.robust_connection", "Connection attempt to amqp://x failed", True),
+    ("aio_pika.robust_connection", "something else", False),
+    ("outbox.pipeline", "Connection attempt to amqp://x failed", False),
+    ("outbox.pipeline", "job j1 sent", False),
+])
+def test_expected_noise_is_dropped_and_nothing_else(name: str, message: str,
+                                                    dropped: bool) -> None:
+    from outbox.logs import DropExpectedNoise
+
+    record = logging.getLogger(name).makeRecord(name, logging.ERROR, "f", 1, message, (), None)
+    assert DropExpectedNoise().filter(record) is not dropped
