@@ -72,9 +72,9 @@ async def _send(conn: Connection, commands: list[tuple[Any, ...]]) -> list[Any]:
     # Python, which was a third of the client's time for these ~30-argument scripts
     await conn.send_packed_command(b"".join(map(hiredis.pack_command, commands)),
                                    check_health=False)
-    parser = conn._parser
-    if isinstance(parser, _AsyncHiredisParser) and parser._reader is not None \
-            and not conn.socket_timeout:
+    parser = getattr(conn, "_parser", None)  # redis-py's own parts: any other shape is read
+    if isinstance(parser, _AsyncHiredisParser) and getattr(parser, "_reader", None) is not None \
+            and hasattr(parser, "_connected") and not conn.socket_timeout:  # the usual way
         replies = await _hiredis_replies(parser, len(commands))
         if conn.health_check_interval:  # as read_response keeps it: the connection is alive
             conn.next_health_check = (asyncio.get_running_loop().time()
@@ -100,7 +100,7 @@ async def _hiredis_replies(parser: _AsyncHiredisParser, count: int) -> list[Any]
     reader = parser._reader
     assert reader is not None
     gets = reader.gets
-    push = parser._hiredis_PushNotificationType
+    push = getattr(parser, "_hiredis_PushNotificationType", None)
     replies: list[Any] = []
     for _ in range(count):
         while True:

@@ -363,7 +363,7 @@ async def _reply(protocol: SMTPProtocol, seconds: float | None) -> SMTPResponse:
     ``wait_for`` makes a future, a timer and two callbacks for every reply. When the time is
     up the reply's future fails with ``TimeoutError`` (``wait_for`` cancels it instead), which
     ``read_response`` raises as the same :class:`SMTPReadTimeoutError`."""
-    waiter = protocol._response_waiter
+    waiter = getattr(protocol, "_response_waiter", None)  # aiosmtplib's: else its own way
     if seconds is None or waiter is None or waiter.done():
         return await protocol.read_response(timeout=seconds)
     timer = asyncio.get_running_loop().call_later(seconds, _time_up, waiter)
