@@ -40,21 +40,11 @@ from benchmarks.runner import (
 from benchmarks.sink import SmtpSink
 from benchmarks.systems import BARE, CELERY, NAIVE, System, outbox
 from benchmarks.workloads import WORKLOADS
+from outbox.runtime import positive_int
 
 BEFORE_SRC: list[str | None] = [None]  # --before-src, recorded with the source state
 RESULTS = Path(__file__).resolve().parent / "results"
 LOAD_POINTS = (0.25, 0.5, 0.75, 1.0, 1.25)
-
-
-def _positive(value: str) -> int:
-    """A whole number above 0 (argparse's usage error otherwise)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not above 0")
-    return number
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "source tree, as `<name> before`, beside it in the same rounds (e.g. "
                    "`git archive main | tar -x -C DIR`): before and after in one session")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
-    p.add_argument("--profile-hz", type=_positive, default=250, metavar="HZ",
+    p.add_argument("--profile-hz", type=positive_int, default=250, metavar="HZ",
                    help="py-spy's samples a second for the profile (default 250)")
     p.add_argument("--no-celery", action="store_true",
                    help="leave out the Celery peer (it runs beside the baselines when installed)")

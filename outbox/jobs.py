@@ -32,6 +32,7 @@ from outbox.runtime import (
     NotFound,
     account_arg,
     job_arg,
+    positive_int,
     run_once,
     settings,
     with_redis,
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--account", metavar="ID", type=account_arg,
                    help="one account's jobs (default: every account)")
     p.add_argument("--channel", help="the address's channel (default: guessed from it)")
-    p.add_argument("--limit", type=_positive, default=20, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=20, metavar="N",
                    help="at most N jobs (default 20, at most 100)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs_history)
@@ -79,19 +80,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="only status events (jobs, accounts) or only recipient events")
     p.add_argument("--wait", type=float, default=EVENTS_WAIT, metavar="SECONDS",
                    help=f"without --follow, listen this long (default {EVENTS_WAIT:g})")
-    p.add_argument("--count", type=_positive, metavar="N", help="stop after N events")
+    p.add_argument("--count", type=positive_int, metavar="N", help="stop after N events")
     p.add_argument("--json", action="store_true", help="one JSON event a line")
     p.set_defaults(func=cmd_events)
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
 
 
 # --- plumbing ----------------------------------------------------------------------------

@@ -137,17 +137,13 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
             for k in tail if k not in _RECORD_FIELDS}
 
 
-def _default(value: Any) -> str:
-    return str(value)
-
-
 #: what ``json.dumps(entry, default=str, ensure_ascii=False)`` writes: the standard library's
 #: C encoder, made once (``dumps`` makes an encoder and ``iterencode`` a C encoder per call:
 #: a line per job); without the circular-reference check, so a line whose extras refer to
 #: themselves goes to :data:`_CHECKED` instead of failing
-_CHECKED = json.JSONEncoder(ensure_ascii=False, default=_default)
+_CHECKED = json.JSONEncoder(ensure_ascii=False, default=str)
 _MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
-_C_ENCODER = (_MAKE_ENCODER(None, _default, json.encoder.encode_basestring, None,
+_C_ENCODER = (_MAKE_ENCODER(None, str, json.encoder.encode_basestring, None,
                             _CHECKED.key_separator, _CHECKED.item_separator, False, False, True)
               if _MAKE_ENCODER is not None else None)
 

@@ -60,6 +60,17 @@ def job_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def settings(**overrides: Any) -> Settings:
     """Build the settings once, at start; a bad value raises SettingsError (one line, exit 2).
     ``None`` overrides (options not given) are left out."""

@@ -33,17 +33,16 @@ from typing import Any
 from aiormq.connection import FrameReceiver
 from aiormq.exceptions import InvalidFrameError
 from pamqp import body as pamqp_body
-from pamqp import commands, decode
+from pamqp import commands, constants, decode
 from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
+from pamqp.common import Struct
 from pamqp.exceptions import PAMQPException
 
-_FRAME_HEADER = struct.Struct(">BHI")
-_METHOD_INDEX = struct.Struct(">I")
-_LONG_LONG = struct.Struct(">q")  # pamqp's 'longlong' (signed)
-_CONTENT_HEADER = struct.Struct(">HHQH")
-_FRAME_END = 0xCE
-_METHOD, _HEADER, _BODY = 1, 2, 3
+_FRAME_HEADER = struct.Struct(">BHI")  # type, channel, size (pamqp.frame.frame_parts)
+_CONTENT_HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags
+_LONG_LONG = Struct.long_long_int  # pamqp's 'longlong' (signed)
+_METHOD, _HEADER, _BODY = constants.FRAME_METHOD, constants.FRAME_HEADER, constants.FRAME_BODY
 Deliver = commands.Basic.Deliver
 Ack = commands.Basic.Ack
 Properties = commands.Basic.Properties
@@ -89,12 +88,12 @@ _METHODS: dict[int, Callable[[bytes, int], Any]] = {Deliver.index: _deliver, Ack
 #: TABLE_MAPPING): fixed-size integers and booleans by struct, long strings, void; the others
 #: (floats, decimals, arrays, nested tables, timestamps, byte arrays) by pamqp's own
 _FIXED: dict[int, tuple[struct.Struct, bool]] = {
-    ord("t"): (struct.Struct(">B"), True), ord("b"): (struct.Struct(">b"), False),
-    ord("B"): (struct.Struct(">B"), False), ord("s"): (struct.Struct(">h"), False),
-    ord("u"): (struct.Struct(">H"), False), ord("I"): (struct.Struct(">l"), False),
-    ord("i"): (struct.Struct(">L"), False), ord("l"): (struct.Struct(">q"), False),
-    ord("L"): (struct.Struct(">q"), False)}
-_LONG_STR = struct.Struct(">I")
+    ord("t"): (Struct.byte, True), ord("b"): (Struct.short_short_int, False),
+    ord("B"): (Struct.short_short_uint, False), ord("s"): (Struct.short, False),
+    ord("u"): (Struct.ushort, False), ord("I"): (Struct.long, False),
+    ord("i"): (Struct.ulong, False), ord("l"): (Struct.long_long_int, False),
+    ord("L"): (Struct.long_long_int, False)}
+_LONG_STR = Struct.integer  # a long string's (and a table's) length
 
 
 def _field_table(data: bytes) -> tuple[int, dict[str, Any]]:
@@ -176,12 +175,12 @@ def unmarshal(data: bytes) -> tuple[int, int, Any]:
     if len(data) >= 8 and data[:4] != b"AMQP":
         kind, channel, size = _FRAME_HEADER.unpack_from(data)
         end = 7 + size
-        if size and len(data) > end and data[end] == _FRAME_END:
+        if size and len(data) > end and data[end] == constants.FRAME_END:
             try:
                 if kind == _BODY:
                     return end + 1, channel, pamqp_body.ContentBody(data[7:end])
                 if kind == _METHOD and size >= 4:
-                    method = _METHODS.get(_METHOD_INDEX.unpack_from(data, 7)[0])
+                    method = _METHODS.get(_LONG_STR.unpack_from(data, 7)[0])
                     if method is not None:
                         return end + 1, channel, method(data, end)
                 elif kind == _HEADER and size >= 14:

@@ -273,7 +273,7 @@ async def _one_by_one(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str],
     protocol = _protocol(smtp)
     try:
         protocol.write(b"DATA\r\n")
-        reply = await protocol.read_response(timeout=smtp.timeout)
+        reply = await _reply(protocol, smtp.timeout)
         if reply.code != 354:
             raise SMTPDataError(reply.code, reply.message)
         return await _message(smtp, protocol, message, data_timeout)
